@@ -1,0 +1,373 @@
+"""Geometry, network-output decoding, the keypoint confidence, and the pose metrics.
+
+Conventions (spec §3, §4, §9):
+    K = 9 keypoints: the model origin (the "centroid") then the 8 corners of the 3-D box in the
+    §9.2 order. 2-D points are either *normalised* (x / image width, y / image height) or in
+    *pixels*; every function says which. 3-D points are in metres.
+    A network output is (B, A*(2K+1+C), H, W): per anchor [x0, y0, ..., x8, y8, conf, cls...].
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from scipy.spatial import ConvexHull, QhullError, cKDTree
+
+# spec §3.3: LINEMOD / OCCLUSION camera and image size
+IM_WIDTH, IM_HEIGHT = 640, 480
+LINEMOD_FX, LINEMOD_FY = 572.4114, 573.5704
+LINEMOD_U0, LINEMOD_V0 = 325.2611, 242.0489
+
+# spec §3.1: classes in alphabetical order; label rows hold 21 numbers
+LINEMOD_OBJECTS = (
+    "ape", "benchvise", "cam", "can", "cat", "driller", "duck",
+    "eggbox", "glue", "holepuncher", "iron", "lamp", "phone",
+)
+# spec §3.2: object diameters in metres
+LINEMOD_DIAMETERS = {
+    "ape": 0.103, "benchvise": 0.286908, "cam": 0.173, "can": 0.202, "cat": 0.155,
+    "driller": 0.262, "duck": 0.109, "eggbox": 0.176364, "glue": 0.176,
+    "holepuncher": 0.162, "iron": 0.303153, "lamp": 0.285155, "phone": 0.213,
+}
+NUM_KEYPOINTS = 9
+LABEL_WIDTH = 2 * NUM_KEYPOINTS + 3  # class, 18 coordinates, x range, y range
+MAX_OBJECTS = 50  # spec §3.1: targets are padded to 50 slots
+
+# spec §5.2: the exponential keypoint confidence
+CONF_DIST_TH = 80.0  # pixels
+CONF_SHARPNESS = 2.0
+CONF_EPS = 1e-5  # only in the scalar (responsible-cell) variant
+
+# spec §9.3: metric thresholds
+ACC_EPS = 1e-5  # accuracy = 100 * k / (N + 1e-5)
+PX_THRESHOLD = 5.0
+ADD_DIAMETER_FRACTION = 0.1
+TRANS_THRESHOLD_M = 0.05
+ANGLE_THRESHOLD_DEG = 5.0
+
+# spec §9.2: box edges between corner indices 0..7, for drawing
+BOX_EDGES = ((0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 3), (2, 6), (3, 7), (4, 5), (4, 6), (5, 7), (6, 7))
+
+
+# --------------------------------------------------------------------------------------------
+# Camera and 3-D geometry
+# --------------------------------------------------------------------------------------------
+
+def get_camera_intrinsic(u0=LINEMOD_U0, v0=LINEMOD_V0, fx=LINEMOD_FX, fy=LINEMOD_FY) -> np.ndarray:
+    """The (3, 3) pinhole matrix K = [[fx, 0, u0], [0, fy, v0], [0, 0, 1]]."""
+    return np.array([[fx, 0.0, u0], [0.0, fy, v0], [0.0, 0.0, 1.0]], dtype=np.float64)
+
+
+def box_corners(points: np.ndarray) -> np.ndarray:
+    """The 8 corners of the axis-aligned box around `points` (N, 3), as (8, 3), §9.2 order.
+
+    Corner index = 4*ix + 2*iy + iz with 0 = min and 1 = max along that axis.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    idx = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)])
+    return np.where(idx == 1, hi, lo)
+
+
+def get_3D_corners(vertices: np.ndarray) -> np.ndarray:
+    """Original API: vertices (3|4, N) -> homogeneous corners (4, 8), §9.2 order."""
+    corners = box_corners(np.asarray(vertices)[:3].T)
+    return np.vstack([corners.T, np.ones((1, 8))])
+
+
+def pose_points3d(corners: np.ndarray) -> np.ndarray:
+    """The 9 3-D keypoints (9, 3): the model origin (spec §9.1: not the box centre), then `corners` (8, 3)."""
+    return np.vstack([np.zeros((1, 3)), np.asarray(corners, dtype=np.float64)[:8, :3]])
+
+
+def project_points(points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Pixel projections (N, 2) of 3-D points (N, 3) in metres under pose (R (3,3), t (3,) m)."""
+    cam = np.asarray(points, dtype=np.float64) @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64).reshape(1, 3)
+    uvw = cam @ np.asarray(K, dtype=np.float64).T
+    return uvw[:, :2] / uvw[:, 2:3]
+
+
+def compute_projection(points_3D: np.ndarray, transformation: np.ndarray, internal_calibration: np.ndarray) -> np.ndarray:
+    """Original API: points (3|4, N), [R|t] (3, 4), K (3, 3) -> pixel coordinates (2, N)."""
+    pts = np.asarray(points_3D, dtype=np.float64)[:3].T
+    T = np.asarray(transformation, dtype=np.float64)
+    return project_points(pts, T[:, :3], T[:, 3], internal_calibration).T
+
+
+def compute_transformation(points_3D: np.ndarray, transformation: np.ndarray) -> np.ndarray:
+    """Original API: points (3|4, N) transformed by [R|t] (3, 4) -> (3, N)."""
+    T = np.asarray(transformation, dtype=np.float64)
+    return T[:, :3] @ np.asarray(points_3D, dtype=np.float64)[:3] + T[:, 3:4]
+
+
+def keypoints_from_pose(corners: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """The 9 label points in pixels (9, 2): origin then the 8 box corners (8, 3), projected."""
+    return project_points(pose_points3d(corners), R, t, K)
+
+
+def label_row(points_px: np.ndarray, class_id: int = 0, im_width=IM_WIDTH, im_height=IM_HEIGHT) -> np.ndarray:
+    """One 21-number label row (spec §3.1) from the 9 keypoints in pixels (9, 2).
+
+    [class, x0, y0, ..., x8, y8, x range, y range], coordinates normalised by the image size;
+    the ranges are the extent of the tight 2-D box around the 9 normalised points.
+    """
+    norm = np.asarray(points_px, dtype=np.float64) / np.array([im_width, im_height], dtype=np.float64)
+    extent = norm.max(axis=0) - norm.min(axis=0)
+    return np.concatenate([[float(class_id)], norm.reshape(-1), extent])
+
+
+PNP_METHODS = {"iterative": cv2.SOLVEPNP_ITERATIVE, "epnp": cv2.SOLVEPNP_EPNP, "sqpnp": cv2.SOLVEPNP_SQPNP}
+
+
+def pnp(points_3D: np.ndarray, points_2D: np.ndarray, cameraMatrix: np.ndarray, method: str = "iterative"):
+    """Pose from 2-D/3-D correspondences, as the original: float32 inputs, zero distortion (spec §9.1).
+
+    points_3D (N, 3) metres, points_2D (N, 2) pixels, cameraMatrix (3, 3).
+    Returns R (3, 3) float64 and t (3, 1) float64 (metres). Raises cv2.error if PnP fails.
+    """
+    if method not in PNP_METHODS:
+        raise ValueError(f"unknown PnP method {method!r}; choose one of {sorted(PNP_METHODS)}")
+    dist = np.zeros((8, 1), dtype=np.float32)
+    ok, rvec, tvec = cv2.solvePnP(
+        np.ascontiguousarray(points_3D, dtype=np.float32),
+        np.ascontiguousarray(points_2D, dtype=np.float32).reshape(-1, 1, 2),
+        np.asarray(cameraMatrix, dtype=np.float32),
+        dist,
+        flags=PNP_METHODS[method],
+    )
+    if not ok:
+        raise cv2.error("solvePnP did not converge")
+    R, _ = cv2.Rodrigues(rvec)
+    return R, tvec
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics (spec §9.1, §9.3); numpy in, float out
+# --------------------------------------------------------------------------------------------
+
+def angle_error(R_gt: np.ndarray, R_pr: np.ndarray) -> float:
+    """Rotation error in degrees, arccos((trace(R_gt R_pr^T) - 1) / 2) with the argument clipped to [-1, 1]."""
+    cos = (np.trace(np.asarray(R_gt) @ np.asarray(R_pr).T) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+calcAngularDistance = angle_error  # original name
+
+
+def translation_error(t_gt: np.ndarray, t_pr: np.ndarray) -> float:
+    """||t_gt - t_pr|| in the unit of t (metres)."""
+    return float(np.linalg.norm(np.asarray(t_gt, dtype=np.float64).reshape(3) - np.asarray(t_pr, dtype=np.float64).reshape(3)))
+
+
+def projection_error_2d(points: np.ndarray, K: np.ndarray, R_gt, t_gt, R_pr, t_pr) -> float:
+    """Mean pixel distance over `points` (N, 3) between their projections under the two poses."""
+    d = project_points(points, R_gt, t_gt, K) - project_points(points, R_pr, t_pr, K)
+    return float(np.linalg.norm(d, axis=1).mean())
+
+
+def _transform(points, R, t):
+    return np.asarray(points, dtype=np.float64) @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64).reshape(1, 3)
+
+
+def add_error(points: np.ndarray, R_gt, t_gt, R_pr, t_pr) -> float:
+    """ADD: mean distance (metres) between corresponding points (N, 3) under the two poses."""
+    return float(np.linalg.norm(_transform(points, R_gt, t_gt) - _transform(points, R_pr, t_pr), axis=1).mean())
+
+
+def adds_error(points: np.ndarray, R_gt, t_gt, R_pr, t_pr) -> float:
+    """ADD-S: mean distance (metres) from each GT-posed point to the nearest predicted-posed point."""
+    dist, _ = cKDTree(_transform(points, R_pr, t_pr)).query(_transform(points, R_gt, t_gt), k=1)
+    return float(dist.mean())
+
+
+def corner_error_2d(gt_px: np.ndarray, pr_px: np.ndarray) -> float:
+    """Mean pixel distance between two sets of keypoints (K, 2)."""
+    return float(np.linalg.norm(np.asarray(gt_px, dtype=np.float64) - np.asarray(pr_px, dtype=np.float64), axis=1).mean())
+
+
+def accuracy(count, n) -> float:
+    """Percentage as the original reports it: 100 * count / (n + 1e-5) (never exactly 100)."""
+    return 100.0 * float(count) / (float(n) + ACC_EPS)
+
+
+def mesh_diameter(points: np.ndarray) -> float:
+    """Exact maximum pairwise distance of `points` (N, 3), using only the convex-hull vertices.
+
+    The farthest pair always lies on the hull, so this equals the original's O(N^2) search.
+    """
+    pts = np.unique(np.asarray(points, dtype=np.float64), axis=0)
+    if len(pts) < 2:
+        return 0.0
+    try:
+        pts = pts[ConvexHull(pts).vertices]
+    except (QhullError, ValueError):  # flat or tiny sets: fall back to all points
+        pass
+    best = 0.0
+    chunk = max(1, 2_000_000 // len(pts))
+    for i in range(0, len(pts), chunk):
+        d = np.linalg.norm(pts[i:i + chunk, None, :] - pts[None, :, :], axis=-1)
+        best = max(best, float(d.max()))
+    return best
+
+
+calc_pts_diameter = mesh_diameter  # original name
+
+
+# --------------------------------------------------------------------------------------------
+# The keypoint confidence (spec §5.2); torch, vectorised over any leading shape
+# --------------------------------------------------------------------------------------------
+
+def keypoint_confidence(gt: torch.Tensor, pr: torch.Tensor, eps: float = 0.0, th: float = CONF_DIST_TH,
+                        sharpness: float = CONF_SHARPNESS, im_width: float = IM_WIDTH, im_height: float = IM_HEIGHT) -> torch.Tensor:
+    """Mean exponential confidence between keypoint sets, shape (..., 2K) -> (...).
+
+    Points are normalised and interleaved [x0, y0, x1, y1, ...]; distances are measured in
+    pixels of a fixed im_width x im_height image (640 x 480, whatever the network input).
+    f(d) = (exp(sharpness*(1 - d/th)) - 1) / (exp(sharpness) - 1 + eps) for d < th, else 0.
+    """
+    diff = (gt - pr).reshape(*gt.shape[:-1], -1, 2)
+    scale = torch.tensor([im_width, im_height], dtype=diff.dtype, device=diff.device)
+    dist = torch.linalg.vector_norm(diff * scale, dim=-1)
+    conf = (torch.exp(sharpness * (1.0 - dist / th)) - 1.0) / (math.exp(sharpness) - 1.0 + eps)
+    return torch.where(dist < th, conf, torch.zeros_like(conf)).mean(dim=-1)
+
+
+def corner_confidences(gt: torch.Tensor, pr: torch.Tensor, **kw) -> torch.Tensor:
+    """The vectorised variant used for the ignore mask (eps = 0). Shapes as keypoint_confidence."""
+    return keypoint_confidence(gt, pr, eps=0.0, **kw)
+
+
+def corner_confidence(gt: torch.Tensor, pr: torch.Tensor, **kw) -> torch.Tensor:
+    """The scalar variant used for the responsible cell's target (eps = 1e-5)."""
+    return keypoint_confidence(gt, pr, eps=CONF_EPS, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding the network output (spec §4)
+# --------------------------------------------------------------------------------------------
+
+def decode_output(output: torch.Tensor, num_keypoints: int = NUM_KEYPOINTS, num_classes: int = 1, num_anchors: int = 1):
+    """Decode raw network output into per-cell keypoints, confidence and class probabilities.
+
+    output: (B, A*(2K+1+C), H, W) raw.
+    Returns
+        points: (B, A, H, W, 2K) normalised [x0, y0, ...]: x_k = (o + cx) / W, sigmoid(o) for k = 0
+        conf:   (B, A, H, W) sigmoid confidence
+        cls_prob: (B, A, H, W, C) softmax over the class logits
+    """
+    B, ch, H, W = output.shape
+    per_anchor = 2 * num_keypoints + 1 + num_classes
+    if ch != num_anchors * per_anchor:
+        raise ValueError(f"output has {ch} channels; expected num_anchors*(2K+1+C) = "
+                         f"{num_anchors}*({2 * num_keypoints}+1+{num_classes}) = {num_anchors * per_anchor}")
+    o = output.reshape(B, num_anchors, per_anchor, H, W).permute(0, 1, 3, 4, 2)  # (B, A, H, W, ch)
+    xy = o[..., : 2 * num_keypoints].reshape(B, num_anchors, H, W, num_keypoints, 2)
+    xy = torch.cat([torch.sigmoid(xy[..., :1, :]), xy[..., 1:, :]], dim=-2)
+    gx = torch.arange(W, dtype=o.dtype, device=o.device).view(1, 1, 1, W, 1)
+    gy = torch.arange(H, dtype=o.dtype, device=o.device).view(1, 1, H, 1, 1)
+    x = (xy[..., 0] + gx) / W
+    y = (xy[..., 1] + gy) / H
+    points = torch.stack([x, y], dim=-1).reshape(B, num_anchors, H, W, 2 * num_keypoints)
+    conf = torch.sigmoid(o[..., 2 * num_keypoints])
+    cls_prob = torch.softmax(o[..., 2 * num_keypoints + 1:], dim=-1)
+    return points, conf, cls_prob
+
+
+def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: int = NUM_KEYPOINTS,
+                     only_objectness: int = 1, validation: bool = True, num_anchors: int = 1) -> torch.Tensor:
+    """The single most confident box of each image (spec §4.1, fixed per image: §11 item 24).
+
+    output: (B, A*(2K+1+C), H, W) raw. Returns (B, 2K+3) float32 on output's device:
+    [x0, y0, ..., x8, y8 (normalised), det_conf, cls_max_conf, cls_max_id]. The first cell
+    with the strictly highest score wins, scanning row, column, anchor. NaN scores never win;
+    an image whose scores are all NaN gets a row of NaN.
+    `only_objectness=0` scores cells by det_conf * cls_max_conf instead of det_conf alone.
+    """
+    points, conf, cls_prob = decode_output(output.float(), num_keypoints, num_classes, num_anchors)
+    cls_conf, cls_id = cls_prob.max(dim=-1)
+    score = conf if only_objectness else conf * cls_conf
+    B = output.shape[0]
+    # scan order row, column, anchor (§4.1): move the anchor axis last before flattening
+    flat = lambda t: t.permute(0, 2, 3, 1, *range(4, t.dim())).reshape(B, -1, *t.shape[4:])
+    score_f = flat(score)
+    best = torch.nan_to_num(score_f, nan=-math.inf).argmax(dim=1)
+    pick = lambda t: t[torch.arange(B, device=t.device), best]
+    boxes = torch.cat([pick(flat(points)), pick(flat(conf))[:, None], pick(flat(cls_conf))[:, None],
+                       pick(flat(cls_id)).to(points.dtype)[:, None]], dim=1)
+    all_nan = torch.isnan(score_f).all(dim=1)
+    return torch.where(all_nan[:, None], torch.full_like(boxes, math.nan), boxes)
+
+
+# --------------------------------------------------------------------------------------------
+# Small file helpers shared by the scripts
+# --------------------------------------------------------------------------------------------
+
+DATA_CFG_DEFAULTS = {  # spec §3.2 (+ §11 item 7: the fork's files lack the camera keys)
+    "gpus": "0", "num_workers": "10",
+    "width": str(IM_WIDTH), "height": str(IM_HEIGHT),
+    "fx": str(LINEMOD_FX), "fy": str(LINEMOD_FY), "u0": str(LINEMOD_U0), "v0": str(LINEMOD_V0),
+}
+
+
+def read_data_cfg(datacfg, resolve_paths: bool = False) -> dict:
+    """Read a `.data` file (`key = value` lines) into a dict of strings, with the §3.2 defaults.
+
+    Lines starting with '#' are comments. With `resolve_paths`, the path keys (train, valid,
+    mesh, backup, tr_range, valid<k>, mesh<k>) that are relative and do not exist from the current
+    directory are resolved against the `.data` file's folder and then its parent (the dataset root).
+    """
+    datacfg = Path(datacfg)
+    if not datacfg.is_file():
+        raise FileNotFoundError(f"{datacfg}: data cfg not found")
+    options = dict(DATA_CFG_DEFAULTS)
+    for lineno, raw in enumerate(datacfg.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise ValueError(f"{datacfg}:{lineno}: expected 'key = value', found {raw!r}")
+        key, value = line.split("=", 1)
+        options[key.strip()] = value.strip()
+    if resolve_paths:
+        for key, value in list(options.items()):
+            if _is_path_key(key) and value and not os.path.isabs(value) and not os.path.exists(value):
+                for base in (datacfg.parent, datacfg.parent.parent):
+                    if (base / value).exists():
+                        options[key] = str(base / value)
+                        break
+    return options
+
+
+def _is_path_key(key: str) -> bool:
+    return key in ("train", "valid", "mesh", "backup", "tr_range") or (
+        key.rstrip("0123456789") in ("valid", "mesh") and key[-1:].isdigit())
+
+
+def camera_from_data_cfg(options: dict) -> tuple[np.ndarray, int, int]:
+    """(K (3, 3), image width, image height) from a data-cfg dict (single- or multi-object keys)."""
+    K = get_camera_intrinsic(float(options["u0"]), float(options["v0"]), float(options["fx"]), float(options["fy"]))
+    width = int(float(options.get("im_width", options["width"])))
+    height = int(float(options.get("im_height", options["height"])))
+    return K, width, height
+
+
+def draw_box(image: np.ndarray, points_px: np.ndarray, color=(0, 255, 0), thickness: int = 2,
+             centroid: bool = True) -> np.ndarray:
+    """Draw the 12 box edges of 9 keypoints (9, 2) pixels (or 8 corners) on an RGB uint8 image (copy)."""
+    out = np.ascontiguousarray(image).copy()
+    pts = np.asarray(points_px, dtype=np.float64)
+    corners = pts[1:9] if len(pts) == 9 else pts[:8]
+    if not np.all(np.isfinite(corners)):
+        return out
+    shift = 4  # sub-pixel drawing
+    ip = np.round(corners * (1 << shift)).astype(np.int64)
+    for a, b in BOX_EDGES:
+        cv2.line(out, tuple(int(v) for v in ip[a]), tuple(int(v) for v in ip[b]), color, thickness, cv2.LINE_AA, shift)
+    if centroid and len(pts) == 9 and np.all(np.isfinite(pts[0])):
+        c = np.round(pts[0] * (1 << shift)).astype(np.int64)
+        cv2.circle(out, tuple(int(v) for v in c), 3 << shift, color, -1, cv2.LINE_AA, shift)
+    return out
