@@ -229,7 +229,8 @@ def keypoint_confidence(gt: torch.Tensor, pr: torch.Tensor, eps: float = 0.0, th
     pixels of a fixed im_width x im_height image (640 x 480, whatever the network input).
     f(d) = (exp(sharpness*(1 - d/th)) - 1) / (exp(sharpness) - 1 + eps) for d < th, else 0.
     """
-    diff = (gt - pr).reshape(*gt.shape[:-1], -1, 2)
+    diff = gt - pr  # broadcast first: either side may carry the leading dimensions
+    diff = diff.reshape(*diff.shape[:-1], diff.shape[-1] // 2, 2)
     scale = torch.tensor([im_width, im_height], dtype=diff.dtype, device=diff.device)
     dist = torch.linalg.vector_norm(diff * scale, dim=-1)
     conf = (torch.exp(sharpness * (1.0 - dist / th)) - 1.0) / (math.exp(sharpness) - 1.0 + eps)

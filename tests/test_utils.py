@@ -220,6 +220,8 @@ def test_keypoint_confidence_constants():
     # broadcasting over leading dimensions
     batch = torch.zeros(4, 7, 18, dtype=torch.float64)
     assert utils.corner_confidences(batch, gt).shape == (4, 7)
+    assert utils.corner_confidences(gt, batch).shape == (4, 7)
+    assert utils.corner_confidences(torch.zeros(0, 18), torch.zeros(5, 1, 18)).shape == (5, 0)
 
 
 def test_read_data_cfg_defaults_and_errors(tmp_path):
