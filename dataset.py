@@ -1,0 +1,773 @@
+"""LINEMOD data: label files, path derivation, image lists, training/test samples, multi-scale batches.
+
+Spec §3 (formats and layout) and §6 (sampling and augmentation). The image-level steps live in
+`image.py`; this module does the I/O and puts the steps together in the original's order.
+
+A sample is `(image, target)`:
+    image  float32 (3, S, S) (test: (3, H, W) of `shape`), RGB in [0, 1], no normalisation;
+    target float64 (MAX_OBJECTS * 21,): the label rows of spec §3.1, zero padded. An empty slot
+    has x0 == 0 (spec §3.1); an augmented centroid clamped to x0 = 0 reads as "no object", as in
+    the original (§11 item 18, preserved).
+
+Randomness: every draw of a training sample comes from `np.random.default_rng([seed, epoch,
+index])`, and every batch size from `[seed, epoch, batch, 2]`, so results do not depend on the
+number of loader workers or distributed ranks.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+from multiprocessing.context import get_spawning_popen
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+import image as im
+from utils import LABEL_WIDTH, LINEMOD_OBJECTS, MAX_OBJECTS, NUM_KEYPOINTS
+
+# spec §6.1: hard-coded augmentation constants (the cfg's jitter/hue/saturation/exposure are ignored)
+JITTER, HUE, SATURATION, EXPOSURE = 0.2, 0.1, 1.5, 1.5
+# spec §6.3: multi-object sample
+MULTI_JITTER = 0.1
+MAX_SHIFT_PX = 80
+MAX_OVERLAP = 0.2  # an extra object is pasted if < 20% of its mask overlaps the union
+MAX_PASTE_TRIES = 50  # the original retries forever; we give up on that extra object
+# spec §6.5: multi-scale training; rows (seen < k*N, U{lo..hi} or None = the default size)
+DEFAULT_SIZE = 416
+SIZE_STEP = 32
+SCALE_TABLES = {
+    "single": ((10, None), (20, (13, 20)), (30, (12, 21)), (40, (11, 22)), (50, (10, 23)),
+               (60, (9, 24)), (70, (8, 25)), (math.inf, (7, 26))),
+    "multi": ((20, None), (40, (13, 16)), (60, (12, 17)), (80, (11, 18)), (math.inf, (10, 19))),
+}
+# spec §6.3 step 1: the extra objects pasted around each main object
+EXTRA_OBJECTS = {
+    "ape": ("can", "cat", "duck", "glue", "holepuncher", "iron", "phone"),
+    "benchvise": ("ape", "can", "cat", "driller", "duck", "glue", "holepuncher"),
+    "cam": ("ape", "benchvise", "can", "cat", "driller", "duck", "holepuncher"),
+    "can": ("ape", "benchvise", "cat", "driller", "duck", "eggbox", "holepuncher"),
+    "cat": ("ape", "can", "duck", "glue", "holepuncher", "eggbox", "phone"),
+    "driller": ("ape", "benchvise", "can", "cat", "duck", "glue", "holepuncher"),
+    "duck": ("ape", "can", "cat", "eggbox", "glue", "holepuncher", "phone"),
+    "eggbox": ("ape", "benchvise", "cam", "can", "cat", "duck", "glue", "holepuncher"),
+    "glue": ("ape", "benchvise", "cam", "driller", "duck", "eggbox", "holepuncher"),
+    "holepuncher": ("benchvise", "cam", "can", "cat", "driller", "duck", "eggbox"),
+    "iron": ("ape", "benchvise", "can", "cat", "driller", "duck", "glue"),
+    "lamp": ("ape", "benchvise", "can", "driller", "eggbox", "holepuncher", "iron"),
+    "phone": ("ape", "benchvise", "cam", "can", "driller", "duck", "holepuncher"),
+}
+assert set(EXTRA_OBJECTS) == set(LINEMOD_OBJECTS)
+
+IMAGE_DIRS = ("JPEGImages", "images")  # spec §3.4: folders whose name is swapped for labels/mask
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # background pool
+LIST_SEARCH_LEVELS = 3  # list entries may be relative to an ancestor of the list file's folder
+PROCEDURAL_MIN_SIZE = 64  # smaller images get a 64 px procedural background, resized down
+_BG_STREAM, _SIZE_STREAM = 1, 2  # extra seed words that separate the random streams
+
+
+# --------------------------------------------------------------------------------------------
+# Label files (spec §3.1)
+# --------------------------------------------------------------------------------------------
+
+def read_truths(path, width: int = LABEL_WIDTH) -> np.ndarray:
+    """All label rows of a label file as (n, 21) float64; an empty file gives (0, 21).
+
+    Raises FileNotFoundError naming a missing file, and ValueError naming the file and line
+    for a line with the wrong number of values, a non-number, NaN or inf. Blank lines are skipped.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: label file not found") from None
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != width:
+            raise ValueError(f"{path}:{lineno}: expected {width} numbers per object, found {len(fields)}")
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: expected {width} numbers, found {line.strip()!r}") from None
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{path}:{lineno}: expected finite numbers, found NaN or inf in {line.strip()!r}")
+        rows.append(values)
+    return np.array(rows, dtype=np.float64).reshape(-1, width)
+
+
+def write_truths(path, rows, width: int = LABEL_WIDTH) -> None:
+    """Write label rows (n, 21) or (21,) as LINEMOD does: one line per object, '%.6f' values.
+
+    Creates the parent folder; the file is replaced atomically.
+    """
+    path = os.fspath(path)
+    rows = np.asarray(rows, dtype=np.float64)
+    rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
+    if rows.ndim != 2 or (rows.size and rows.shape[1] != width):
+        raise ValueError(f"{path}: expected label rows (n, {width}), found shape {rows.shape}")
+    if not np.all(np.isfinite(rows)):
+        raise ValueError(f"{path}: label rows contain NaN or inf")
+    text = "".join(" ".join(f"{v:.6f}" for v in row) + "\n" for row in rows)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".txt")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def pad_targets(rows: np.ndarray, max_objects: int = MAX_OBJECTS) -> np.ndarray:
+    """Label rows (n, w) -> the flat zero-padded target (max_objects * w,) float64; extra rows dropped."""
+    rows = np.asarray(rows, dtype=np.float64)
+    out = np.zeros((max_objects, rows.shape[1]), dtype=np.float64)
+    n = min(len(rows), max_objects)
+    out[:n] = rows[:n]
+    return out.reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Paths (spec §3.4, §11 item 31: derived from the file name, never by substring replacement)
+# --------------------------------------------------------------------------------------------
+
+def _sibling_folder(img_path, folder: str) -> tuple[str, str, str]:
+    """(directory, stem, extension) of img_path with a JPEGImages/images parent renamed `folder`."""
+    head, name = os.path.split(os.fspath(img_path))
+    grand, parent = os.path.split(head)
+    if parent in IMAGE_DIRS:
+        head = os.path.join(grand, folder)
+    stem, ext = os.path.splitext(name)
+    return head, stem, ext
+
+
+def label_path(img_path) -> str:
+    """`.../<obj>/JPEGImages/000123.jpg` -> `.../<obj>/labels/000123.txt` (also for an `images` folder)."""
+    head, stem, _ = _sibling_folder(img_path, "labels")
+    return os.path.join(head, stem + ".txt")
+
+
+def mask_path(img_path) -> str:
+    """`.../<obj>/JPEGImages/000123.jpg` -> `.../<obj>/mask/0123.png` (a leading "00" of the stem removed)."""
+    head, stem, _ = _sibling_folder(img_path, "mask")
+    stem = stem[2:] if stem.startswith("00") else stem
+    out = os.path.join(head, stem + ".png")
+    if os.path.normpath(out) == os.path.normpath(os.fspath(img_path)):
+        raise ValueError(f"{img_path}: the mask path would be the image itself; expected the image "
+                         f"in a {' or '.join(IMAGE_DIRS)} folder")
+    return out
+
+
+def occlusion_label_path(img_path, obj: str) -> str:
+    """OCCLUSION test label of `obj` for an image of the benchvise sequence (spec §3.4).
+
+    `.../benchvise/JPEGImages/000123.jpg` -> `.../<obj>/labels_occlusion/000123.txt`.
+    """
+    head, name = os.path.split(os.fspath(img_path))
+    seq_dir = os.path.dirname(head)
+    return os.path.join(os.path.dirname(seq_dir), obj, "labels_occlusion", os.path.splitext(name)[0] + ".txt")
+
+
+def object_name(img_path) -> str:
+    """The object of a LINEMOD image: its grand-parent folder (`LINEMOD/ape/JPEGImages/x.jpg` -> 'ape')."""
+    return os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(os.fspath(img_path)))))
+
+
+def read_list(list_file, root=None) -> list[str]:
+    """Image paths of a list file: one per line, blank lines ignored.
+
+    A relative entry is taken relative to `root` (default: the current directory); if it does
+    not exist there, relative to the list file's folder or one of its 3 ancestors (LINEMOD lists
+    hold repo-root paths like `LINEMOD/ape/JPEGImages/000001.jpg`). An entry found nowhere is
+    returned relative to `root`; the dataset reports it. Raises ValueError for an empty list.
+    """
+    list_file = os.fspath(list_file)
+    if not os.path.isfile(list_file):
+        raise FileNotFoundError(f"{list_file}: image list not found")
+    with open(list_file) as f:
+        entries = [line.strip() for line in f.read().splitlines() if line.strip()]
+    if not entries:
+        raise ValueError(f"{list_file}: the image list is empty (expected one image path per line)")
+    folder = os.path.dirname(os.path.abspath(list_file))
+    fallbacks = [folder]
+    for _ in range(LIST_SEARCH_LEVELS):
+        folder = os.path.dirname(folder)
+        fallbacks.append(folder)
+    fallbacks = list(dict.fromkeys(fallbacks))
+    paths, last_good = [], None
+    for entry in entries:
+        first = entry if root is None or os.path.isabs(entry) else os.path.join(os.fspath(root), entry)
+        if os.path.isabs(entry) or os.path.exists(first):
+            paths.append(first)
+            continue
+        order = ([last_good] if last_good else []) + [b for b in fallbacks if b != last_good]
+        for base in order:
+            candidate = os.path.normpath(os.path.join(base, entry))
+            if os.path.exists(candidate):
+                paths.append(candidate)
+                last_good = base
+                break
+        else:
+            paths.append(first)
+    return paths
+
+
+def list_images(folder) -> list[str]:
+    """All .jpg/.jpeg/.png files under `folder`, recursively, sorted (the background pool)."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: background folder not found")
+    files = sorted(os.path.join(d, n) for d, _, names in os.walk(folder) for n in names
+                   if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise ValueError(f"{folder}: no {'/'.join(IMAGE_EXTENSIONS)} images found (recursively)")
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# Image I/O
+# --------------------------------------------------------------------------------------------
+
+def load_image(path, kind: str = "image", mode: str = "RGB") -> Image.Image:
+    """Open an image file and convert it to `mode`.
+
+    Raises FileNotFoundError (missing) or ValueError (unreadable), both naming the file.
+    """
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as f:
+            return f.convert(mode)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {kind} not found") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot read {kind} ({e})") from e
+
+
+def load_mask(path, size: tuple[int, int]) -> Image.Image:
+    """An object mask as a PIL 'L' image; ValueError naming the file if it is not `size` (w, h)."""
+    mask = load_image(path, "mask", mode="L")
+    if mask.size != tuple(size):
+        raise ValueError(f"{path}: mask is {mask.width}x{mask.height}, expected the image size {size[0]}x{size[1]}")
+    return mask
+
+
+def to_tensor(img) -> torch.Tensor:
+    """PIL RGB image or uint8 array (H, W, 3) -> float32 (3, H, W) in [0, 1] (uint8 / 255)."""
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    # numpy is ~50x faster than torch's permute + float on CPU here, with identical values
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0))
+
+
+def _size_wh(size) -> tuple[int, int]:
+    if np.isscalar(size):
+        return int(size), int(size)
+    w, h = size
+    return int(w), int(h)
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-object training sample (spec §6.3)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class MultiObjectSample:
+    """A composed image (PIL RGB, S x S), its label rows (n, 21) and each object's mask as pasted.
+
+    masks: list of bool (S, S), one per label row (the main object first), before occlusion.
+    """
+    image: Image.Image
+    labels: np.ndarray
+    masks: list
+
+
+def extra_objects(obj: str, available: Sequence[str]) -> list[str]:
+    """The objects pasted around `obj` (spec §6.3 table), restricted to `available`.
+
+    For an object outside the LINEMOD table: every other available object, sorted.
+    """
+    available = set(available)
+    if obj in EXTRA_OBJECTS:
+        return [o for o in EXTRA_OBJECTS[obj] if o in available]
+    return sorted(o for o in available if o != obj)
+
+
+def _augment_object(img: Image.Image, mask: Image.Image, rng: np.random.Generator, size: int, *,
+                    jitter: float, resample: str, fix_crop: bool, shift: bool, wrap: bool):
+    """Crop jitter + resize (+ shift) + flip of an image and its mask, with the label parameters.
+
+    Returns (image (S, S) uint8 RGB array, mask (S, S) uint8, (sx, sy, dx, dy), flip).
+    """
+    offsets = im.draw_crop_offsets(rng, img.width, img.height, jitter)
+    ow, oh = img.size
+    img = np.asarray(im.crop_resize(img, offsets, size, resample, fix_crop))
+    mask = np.asarray(im.crop_resize(mask, offsets, size, resample, fix_crop))
+    shift_xy = (0, 0)
+    if shift:
+        shift_x = int(rng.integers(-MAX_SHIFT_PX, MAX_SHIFT_PX + 1))
+        shift_xy = (shift_x, int(rng.integers(-MAX_SHIFT_PX, MAX_SHIFT_PX + 1)))
+        img = im.shift_image(img, *shift_xy, wrap=wrap)
+        mask = im.shift_image(mask, *shift_xy, wrap=wrap)
+    flip = bool(int(rng.integers(1, 10001)) % 2)
+    if flip:
+        img, mask = im.flip_lr(img), im.flip_lr(mask)
+    return img, mask, im.crop_label_params(offsets, ow, oh, shift_xy, size), flip
+
+
+def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size: int,
+                        rng: np.random.Generator, background, *, jitter: float = MULTI_JITTER,
+                        resample: str = im.DEFAULT_RESAMPLE, fix_crop: bool = False,
+                        repro_label_bugs: bool = False, max_tries: int = MAX_PASTE_TRIES) -> MultiObjectSample:
+    """The §6.3 training sample: the main object plus non-overlapping extra objects on a background.
+
+    img_path: main image (its object = grand-parent folder); extra_paths: object name -> its
+    training image paths; size: S pixels; background: any-size RGB image (PIL or uint8 array).
+    Main object: crop jitter, resize to S, shift by U{-80..80} px, flip. Extras (table of
+    §6.3, shuffled): crop jitter, resize, flip; pasted when < 20% of their mask (> 200) overlaps
+    the union mask, else another image is drawn (at most `max_tries` per object, then it is left
+    out). The main object is pasted again on top, then the background fills the rest.
+    Labels: main file's rows, then each extra's first row; ranges recomputed.
+    Default (bugs fixed): the shift pads with black (no wrap) and labels follow the flip
+    (x -> 1 - x). `repro_label_bugs=True`: wrap-around shift, labels ignore the flip (§11 item 20).
+    """
+    fixed = not repro_label_bugs
+    S = int(size)
+    main_img = load_image(img_path)
+    main_mask = load_mask(mask_path(img_path), main_img.size)
+    main_rows = read_truths(label_path(img_path))
+
+    extras = extra_objects(object_name(img_path), [k for k, v in extra_paths.items() if len(v)])
+    rng.shuffle(extras)
+
+    img, mask, params, flip = _augment_object(main_img, main_mask, rng, S, jitter=jitter, resample=resample,
+                                              fix_crop=fix_crop, shift=True, wrap=not fixed)
+    main_m = mask > im.MASK_THRESHOLD
+    main_img_arr = np.where(main_m[:, :, None], img, 0).astype(np.uint8)
+    labels = [im.transform_labels(main_rows, *params, flip=flip and fixed, recompute_ranges=True)]
+    masks = [main_m] * len(labels[0])
+    union = main_m.copy()
+    composite = main_img_arr.copy()
+
+    for obj in extras:
+        pool = extra_paths[obj]
+        for _ in range(max_tries):
+            path = pool[int(rng.integers(len(pool)))]
+            x_img = load_image(path)
+            x_mask = load_mask(mask_path(path), x_img.size)
+            x_rows = read_truths(label_path(path))[:1]
+            x_img = Image.fromarray(np.where(im.binary_mask(x_mask), np.asarray(x_img), 0).astype(np.uint8))
+            a_img, a_mask, x_params, x_flip = _augment_object(x_img, x_mask, rng, S, jitter=jitter, resample=resample,
+                                                              fix_crop=fix_crop, shift=False, wrap=False)
+            new = a_mask > im.OVERLAP_MASK_THRESHOLD
+            if not new.any() or len(x_rows) == 0:
+                continue
+            if (new & union).sum() / new.sum() < MAX_OVERLAP:
+                obj_m = a_mask > im.MASK_THRESHOLD
+                union |= obj_m
+                composite[obj_m] = a_img[obj_m]
+                labels.append(im.transform_labels(x_rows, *x_params, flip=x_flip and fixed, recompute_ranges=True))
+                masks.append(obj_m)
+                break
+
+    composite[main_m] = main_img_arr[main_m]
+    out = im.replace_background(composite, union.astype(np.uint8) * 255, background, resample)
+    return MultiObjectSample(out, np.concatenate(labels, axis=0), masks)
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------------------------
+
+def _shared_counter(value: int = 0):
+    """An int in shared memory that loader workers (fork or spawn) inherit: `.value`."""
+    return multiprocessing.RawValue("q", value)
+
+
+class PoseDataset(Dataset):
+    """LINEMOD images with their labels, for training (spec §6.1) or testing (spec §6.2).
+
+    source: a list file (see `read_list`) or a sequence of image paths.
+    shape: the test size (w, h) or S (default 416); also the training size when an int index is given.
+    train: augment (background from the mask, crop/scale jitter, HSV) and return S x S images.
+    transform: optional callable on the PIL image before conversion to a tensor (may return a tensor).
+    bg_dir / bg_file_names: background pool (a folder searched recursively, e.g. VOC2012
+    JPEGImages, or a list of files); without one, `image.procedural_background` seeded per sample,
+    or, with `procedural_pool=K`, a uniform pick among K procedural backgrounds seeded by
+    (seed, k) and cached per process (about 2x faster loading; K * 0.9 MB per worker at 640x480).
+    seed, epoch: the random stream of sample i is default_rng([seed, epoch, i]); `set_epoch`.
+    resample: 'bicubic' (default) or 'nearest' (Pillow < 7, strict reproduction), spec §6.4.
+    fix_crop: crop sw x sh instead of the original's (sw-1) x (sh-1) (§11 item 19).
+    skip_bad: a missing/unreadable file or a bad label line gives a warning naming it, counts in
+    `bad_samples`, and the sample is replaced by the next good index; otherwise it raises.
+    shuffle: shuffle the list once at construction with `seed` (the original's default is
+    applied by the sampler instead; kept for the original's signature).
+
+    `dataset[i]` (test or fixed size) or `dataset[(i, S)]` (from MultiScaleBatchSampler) ->
+    (image float32 (3, H, W) in [0, 1], target float64 (max_num_gt * 21,)).
+    """
+
+    def __init__(self, source, shape=DEFAULT_SIZE, *, train: bool = False, transform: Callable | None = None,
+                 bg_dir=None, bg_file_names: Sequence[str] | None = None, seed: int = 0, epoch: int = 0,
+                 resample: str = im.DEFAULT_RESAMPLE, fix_crop: bool = False, skip_bad: bool = False,
+                 shuffle: bool = False, root=None, procedural_pool: int = 0,
+                 jitter: float = JITTER, hue: float = HUE,
+                 saturation: float = SATURATION, exposure: float = EXPOSURE,
+                 max_num_gt: int = MAX_OBJECTS, num_keypoints: int = NUM_KEYPOINTS):
+        if isinstance(source, (str, os.PathLike)):
+            self.source = os.fspath(source)
+            self.paths = read_list(source, root)
+        else:
+            self.source = "<image list>"
+            self.paths = [os.fspath(p) for p in source]
+            if not self.paths:
+                raise ValueError("the image list is empty")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, found {seed}")
+        im.resample_filter(resample)  # validate early
+        self.shape = _size_wh(shape)
+        self.train, self.transform = train, transform
+        self.seed, self.epoch = int(seed), int(epoch)
+        self.resample, self.fix_crop, self.skip_bad = resample, fix_crop, skip_bad
+        self.jitter, self.hue, self.saturation, self.exposure = jitter, hue, saturation, exposure
+        self.max_num_gt = max_num_gt
+        self.label_width = 2 * num_keypoints + 3
+        if shuffle:
+            order = np.random.default_rng([self.seed]).permutation(len(self.paths))
+            self.paths = [self.paths[i] for i in order]
+        if bg_file_names is not None:
+            self.bg_files = [os.fspath(p) for p in bg_file_names]
+        else:
+            self.bg_files = list_images(bg_dir) if bg_dir is not None else []
+        self.procedural_pool = int(procedural_pool)
+        self._bg_cache: dict = {}
+        self._bad: set[int] = set()
+        self._bad_count = _shared_counter()
+        self._check_files()
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random streams of this epoch (call before building the epoch's loader)."""
+        self.epoch = int(epoch)
+
+    @property
+    def bad_samples(self) -> int:
+        """How many bad samples were met so far (up-front checks and loads, in all loader workers)."""
+        return int(self._bad_count.value)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if get_spawning_popen() is None:  # a plain pickle or deepcopy: a snapshot of the counter
+            state["_bad_count"] = self.bad_samples
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state["_bad_count"], int):
+            state["_bad_count"] = _shared_counter(state["_bad_count"])
+        self.__dict__.update(state)
+
+    def files_of(self, index: int) -> dict[str, str]:
+        """The files sample `index` reads: image, label and (training) mask."""
+        path = self.paths[index]
+        files = {"image": path, "label file": label_path(path)}
+        if self.train:
+            files["mask"] = mask_path(path)
+        return files
+
+    def _check_files(self) -> None:
+        """Check that every file exists, so that errors come before training starts."""
+        missing = []
+        for i in range(len(self.paths)):
+            try:
+                files = self.files_of(i)
+            except ValueError as e:
+                missing.append((i, str(e)))
+                continue
+            for kind, f in files.items():
+                if not os.path.exists(f):
+                    missing.append((i, f"{f}: {kind} not found (sample {i} of {self.source})"))
+                    break
+        if not missing:
+            return
+        if not self.skip_bad:
+            more = f" (and {len(missing) - 1} more samples with missing files)" if len(missing) > 1 else ""
+            raise FileNotFoundError(missing[0][1] + more)
+        for i, msg in missing:
+            self._mark_bad(i, msg)
+        if len(missing) == len(self.paths):
+            raise FileNotFoundError(f"{self.source}: every sample has a missing file, e.g. {missing[0][1]}")
+
+    def _mark_bad(self, index: int, reason) -> None:
+        self._bad.add(index)
+        self._bad_count.value += 1  # no lock (works with fork and spawn workers); bad samples are rare
+        warnings.warn(f"skipping bad sample {index}: {reason}", stacklevel=3)
+
+    # -- samples ----------------------------------------------------------------------------
+    def __getitem__(self, item):
+        if isinstance(item, (tuple, list)):
+            index, size = int(item[0]), item[1]
+        else:
+            index, size = int(item), None
+        n = len(self.paths)
+        if not -n <= index < n:
+            raise IndexError(f"sample index {index} out of range for {n} samples")
+        index %= n
+        for attempt in range(n):
+            j = (index + attempt) % n
+            if j in self._bad:
+                continue
+            try:
+                return self._load(j, size)
+            except (OSError, ValueError) as e:
+                if not self.skip_bad:
+                    raise
+                self._mark_bad(j, e)
+        raise RuntimeError(f"{self.source}: every sample is bad ({self.bad_samples} bad samples)")
+
+    def _load(self, index: int, size):
+        if self.train:
+            img, rows = self.train_sample(index, _size_wh(size if size is not None else self.shape))
+        else:
+            img, rows = self.test_sample(index, _size_wh(size) if size is not None else self.shape)
+        if self.transform is not None:
+            img = self.transform(img)
+        tensor = img if isinstance(img, torch.Tensor) else to_tensor(img)
+        return tensor, torch.from_numpy(pad_targets(rows, self.max_num_gt))
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The random stream of training sample `index` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def background(self, index: int, rng: np.random.Generator, size: tuple[int, int]):
+        """A background for sample `index`: a uniform pick from the pool, or procedural of `size` (w, h) or more."""
+        if self.bg_files:
+            return load_image(self.bg_files[int(rng.integers(len(self.bg_files)))], "background image")
+        # procedural_background needs >= 36 px a side; replace_background resizes it to the image
+        w, h = max(size[0], PROCEDURAL_MIN_SIZE), max(size[1], PROCEDURAL_MIN_SIZE)
+        if self.procedural_pool <= 0:
+            return im.procedural_background(np.random.default_rng([self.seed, self.epoch, index, _BG_STREAM]), w, h)
+        key = (int(rng.integers(self.procedural_pool)), w, h)
+        if key not in self._bg_cache:
+            self._bg_cache[key] = im.procedural_background(np.random.default_rng([self.seed, key[0], _BG_STREAM]), w, h)
+        return self._bg_cache[key]
+
+    def train_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
+        """The §6.1 sample: (PIL RGB of `size` (w, h), label rows (n, 21))."""
+        path = self.paths[index]
+        rng = self.rng(index)
+        img = load_image(path)
+        mask = load_mask(mask_path(path), img.size)
+        rows = read_truths(label_path(path), self.label_width)
+        bg = self.background(index, rng, img.size)
+        img = im.replace_background(img, mask, bg, self.resample)
+        offsets = im.draw_crop_offsets(rng, img.width, img.height, self.jitter)
+        out = im.crop_resize(img, offsets, size, self.resample, self.fix_crop)
+        rng.integers(1, 10001)  # spec §6.1 step 4: a flip bit is drawn but never applied (§11 item 20)
+        out = im.distort_image(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
+        return out, im.transform_labels(rows, *im.crop_label_params(offsets, img.width, img.height))
+
+    def test_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
+        """The §6.2 sample, keeping all 21 numbers of every object (§11 item 17)."""
+        path = self.paths[index]
+        rows = read_truths(label_path(path), self.label_width)
+        img = load_image(path)
+        if img.size != size:
+            img = img.resize(size, im.resample_filter(self.resample))
+        return img, rows
+
+
+listDataset = PoseDataset  # the original's name
+
+
+class MultiObjectDataset(PoseDataset):
+    """Training images of a main object composed with extra objects (spec §6.3).
+
+    extra_paths: object name -> its training image paths (the original reads
+    `LINEMOD/<obj>/train.txt`; see `linemod_train_lists`). repro_label_bugs: see
+    `multi_object_sample`. Test mode is the single-object test sample.
+    """
+
+    def __init__(self, source, extra_paths: Mapping[str, Sequence[str]], shape=DEFAULT_SIZE, *,
+                 repro_label_bugs: bool = False, jitter: float = MULTI_JITTER, **kw):
+        self.extra_paths = {k: [os.fspath(p) for p in v] for k, v in extra_paths.items()}
+        self.repro_label_bugs = repro_label_bugs
+        super().__init__(source, shape, jitter=jitter, **kw)
+        for obj, paths in self.extra_paths.items():
+            for p in paths:
+                for kind, f in (("image", p), ("mask", mask_path(p)), ("label file", label_path(p))):
+                    if not os.path.exists(f):
+                        raise FileNotFoundError(f"{f}: {kind} of extra object {obj!r} not found")
+
+    def train_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
+        if size[0] != size[1]:
+            raise ValueError(f"the multi-object sample is square; found size {size}")
+        rng = self.rng(index)
+        bg = self.background(index, rng, size)
+        s = multi_object_sample(self.paths[index], self.extra_paths, size[0], rng, bg, jitter=self.jitter,
+                                resample=self.resample, fix_crop=self.fix_crop,
+                                repro_label_bugs=self.repro_label_bugs)
+        return s.image, s.labels
+
+
+def linemod_train_lists(linemod_dir, names: Sequence[str] | None = None,
+                        list_name: str = "train.txt") -> dict[str, list[str]]:
+    """object name -> image paths of `<linemod_dir>/<obj>/train.txt`, for every object that has one."""
+    linemod_dir = os.fspath(linemod_dir)
+    names = sorted(os.listdir(linemod_dir)) if names is None else names
+    out = {}
+    for obj in names:
+        lst = os.path.join(linemod_dir, obj, list_name)
+        if os.path.isfile(lst):
+            out[obj] = read_list(lst, root=os.path.dirname(os.path.abspath(linemod_dir)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-scale batches (spec §6.5, §11 item 32)
+# --------------------------------------------------------------------------------------------
+
+def multiscale_size(seen: int, N: int, rng: np.random.Generator, mode: str = "single") -> int:
+    """The input size S for a batch after `seen` images, with N = (num_samples // batch) * batch.
+
+    spec §6.5: the first row of the mode's table with seen < k*N gives 416 or 32 * U{lo..hi}.
+    The draw (one rng.integers call) happens only on a random row.
+    """
+    if mode not in SCALE_TABLES:
+        raise ValueError(f"unknown multi-scale mode {mode!r}; expected one of {sorted(SCALE_TABLES)} or 'fixed'")
+    for k, bounds in SCALE_TABLES[mode]:
+        if seen < k * N:
+            if bounds is None:
+                return DEFAULT_SIZE
+            return SIZE_STEP * int(rng.integers(bounds[0], bounds[1] + 1))
+    raise AssertionError("unreachable: the last row is unbounded")
+
+
+class MultiScaleBatchSampler(Sampler):
+    """Batches of `(index, S)` pairs sharing one input size S (spec §6.5).
+
+    The epoch's order is default_rng([seed, epoch]).permutation (or 0..n-1 without shuffle),
+    padded by repetition to a multiple of world_size; rank r takes every world_size-th index
+    from r (like DistributedSampler). Global batch b's size comes from the images seen before
+    it, `seen + b * batch_size * world_size`, drawn with default_rng([seed, epoch, b, 2]): the
+    same on every rank and whatever the number of workers. mode: 'single', 'multi' (§6.5
+    tables) or 'fixed' (always fixed_size). The last incomplete batch is kept unless drop_last.
+    start_batch: resume an interrupted epoch: batches 0..start_batch-1 are skipped, the others
+    are exactly those of a full pass; len() counts the remaining batches, `num_batches` all.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, epoch: int = 0, seen: int = 0,
+                 mode: str = "single", fixed_size: int = DEFAULT_SIZE, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False, start_batch: int = 0):
+        if num_samples <= 0 or batch_size <= 0:
+            raise ValueError(f"num_samples and batch_size must be positive, found {num_samples} and {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, found {rank}")
+        if mode != "fixed" and mode not in SCALE_TABLES:
+            raise ValueError(f"unknown multi-scale mode {mode!r}; expected 'single', 'multi' or 'fixed'")
+        self.num_samples, self.batch_size = int(num_samples), int(batch_size)
+        self.seed, self.epoch, self.seen = int(seed), int(epoch), int(seen)
+        self.mode, self.fixed_size, self.shuffle = mode, int(fixed_size), shuffle
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.start_batch = int(start_batch)
+
+    def set_epoch(self, epoch: int, seen: int | None = None) -> None:
+        self.epoch = int(epoch)
+        if seen is not None:
+            self.seen = int(seen)
+
+    @property
+    def N(self) -> int:
+        """(num_samples // batch_size) * batch_size, the §6.5 unit of `seen`."""
+        return (self.num_samples // self.batch_size) * self.batch_size
+
+    def shard(self) -> np.ndarray:
+        """This rank's indices for the epoch, in order."""
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        else:
+            order = np.arange(self.num_samples)
+        total = math.ceil(self.num_samples / self.world_size) * self.world_size
+        order = np.resize(order, total)  # repeats from the start, like DistributedSampler's padding
+        return order[self.rank:total:self.world_size]
+
+    def size_of_batch(self, b: int) -> int:
+        """Input size of global batch b of the epoch."""
+        if self.mode == "fixed":
+            return self.fixed_size
+        seen = self.seen + b * self.batch_size * self.world_size
+        rng = np.random.default_rng([self.seed, self.epoch, b, _SIZE_STREAM])
+        return multiscale_size(seen, self.N, rng, self.mode)
+
+    @property
+    def num_batches(self) -> int:
+        """Batches of a full epoch on this rank."""
+        per_rank = math.ceil(self.num_samples / self.world_size)
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+
+    def __len__(self) -> int:
+        return max(self.num_batches - self.start_batch, 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        shard = self.shard()
+        for b in range(self.start_batch, self.num_batches):
+            idx = shard[b * self.batch_size:(b + 1) * self.batch_size]
+            size = self.size_of_batch(b)
+            yield [(int(i), size) for i in idx]
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders (spec §6.6)
+# --------------------------------------------------------------------------------------------
+
+def collate(batch):
+    """Stack samples: images (B, 3, H, W) float32 (all of one size) and targets (B, 50*21) float64."""
+    shapes = {tuple(b[0].shape) for b in batch}
+    if len(shapes) != 1:
+        raise ValueError(f"collate: the images of a batch must share one size, found {sorted(shapes)}")
+    return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+
+def make_train_loader(dataset: PoseDataset, batch_size: int, seed: int | None = None, epoch: int = 0, seen: int = 0,
+                      workers: int = 0, mode: str = "single", rank: int = 0, world_size: int = 1,
+                      pin_memory: bool | None = None, fixed_size: int = DEFAULT_SIZE, shuffle: bool = True,
+                      drop_last: bool = False, start_batch: int = 0) -> DataLoader:
+    """A training DataLoader for one epoch: MultiScaleBatchSampler batches, dataset.set_epoch(epoch).
+
+    seed defaults to dataset.seed (it drives the shuffle and the sizes; the dataset's seed drives
+    the augmentation). `seen` = images seen before this epoch, over all ranks (e.g. model.seen).
+    pin_memory defaults to torch.cuda.is_available() (the original pins, spec §6.6).
+    start_batch: skip the epoch's first batches (resume); len(loader) counts the remaining ones,
+    loader.batch_sampler.num_batches the whole epoch.
+    """
+    seed = dataset.seed if seed is None else seed
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    dataset.set_epoch(epoch)
+    sampler = MultiScaleBatchSampler(len(dataset), batch_size, seed, epoch, seen, mode=mode, fixed_size=fixed_size,
+                                     shuffle=shuffle, rank=rank, world_size=world_size, drop_last=drop_last,
+                                     start_batch=start_batch)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                      pin_memory=pin_memory)
+
+
+def make_test_loader(dataset: PoseDataset, batch_size: int = 1, workers: int = 0,
+                     pin_memory: bool | None = None) -> DataLoader:
+    """A test DataLoader: fixed size (dataset.shape), list order, every sample once (spec §6.6)."""
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+                      pin_memory=pin_memory)

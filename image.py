@@ -1,0 +1,283 @@
+"""Image-level augmentation steps (spec §6) as small pure functions.
+
+Every function takes numpy/PIL images and explicit random draws (or a numpy Generator), and
+returns new images: no hidden global state, so each step is testable on its own.
+
+Conventions: images are PIL RGB images or uint8 numpy arrays (H, W, 3); masks are PIL images
+or uint8 arrays (H, W) / (H, W, 3) with 0 = background and 255 = object. Label rows are
+float64 arrays (n, 2K+3) = [class, x0, y0, ..., x_{K-1}, y_{K-1}, x range, y range],
+coordinates normalised by the image size (spec §3.1).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from PIL import Image, ImageChops
+
+# spec §6.4: the resampling filter of every resize (Pillow's default changed in 7.0)
+RESAMPLE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}
+DEFAULT_RESAMPLE = "bicubic"  # current Pillow; 'nearest' reproduces Pillow < 7 (MS results)
+
+# spec §6.1 step 2: the mask lookup mask/255 -> {0, 1} rounds, i.e. object where mask > 127
+MASK_THRESHOLD = 127
+# spec §6.3 step 4: masks are binarised at > 200 for the overlap test
+OVERLAP_MASK_THRESHOLD = 200
+
+# spec §6.1 step 6: the centroid is clamped to [0, CENTROID_MAX]; corners are not clamped
+CENTROID_MAX = 0.999
+# spec §6.1 step 5: hue is wrapped modulo 255 (not 256)
+HUE_WRAP = 255
+
+
+def resample_filter(name: str) -> int:
+    """The Pillow filter constant for 'bicubic' or 'nearest' (spec §6.4)."""
+    try:
+        return RESAMPLE_FILTERS[name]
+    except KeyError:
+        raise ValueError(f"unknown resample filter {name!r}; expected one of {sorted(RESAMPLE_FILTERS)}") from None
+
+
+def to_pil(img) -> Image.Image:
+    """A PIL RGB image from a PIL image (any mode) or a uint8 array (H, W, 3) / (H, W)."""
+    if isinstance(img, Image.Image):
+        return img if img.mode == "RGB" else img.convert("RGB")
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image array, found dtype {arr.dtype}")
+    return Image.fromarray(arr).convert("RGB")
+
+
+def binary_mask(mask, threshold: int = MASK_THRESHOLD) -> np.ndarray:
+    """Boolean object mask (H, W, 3): per RGB channel, True where the mask value > threshold.
+
+    `mask`: PIL image (any mode, converted to RGB as the original does) or a uint8 array
+    (H, W) / (H, W, 3). A 0/255 mask gives the same result for any threshold in 0..254.
+    """
+    if isinstance(mask, Image.Image):
+        arr = np.asarray(mask.convert("RGB"))
+    else:
+        arr = np.asarray(mask)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected a mask (H, W) or (H, W, 3), found shape {arr.shape}")
+    return arr > threshold
+
+
+# --------------------------------------------------------------------------------------------
+# Background replacement (spec §6.1 step 2)
+# --------------------------------------------------------------------------------------------
+
+def replace_background(img, mask, background, resample: str = DEFAULT_RESAMPLE) -> Image.Image:
+    """Object pixels of `img` over `background`: per channel out = I*m + BG*(1-m), m = mask > 127.
+
+    img: RGB (H, W); mask: same size, 0 = background, 255 = object (spec §6.1 step 2);
+    background: any size, resized to (W, H) with `resample`. Returns a PIL RGB image (H, W).
+    """
+    img = to_pil(img)
+    bg = to_pil(background)
+    if bg.size != img.size:
+        bg = bg.resize(img.size, resample_filter(resample))
+    m = binary_mask(mask)
+    if m.shape[:2] != (img.height, img.width):
+        raise ValueError(f"mask is {m.shape[1]}x{m.shape[0]} but the image is {img.width}x{img.height}")
+    return Image.fromarray(np.where(m, np.asarray(img), np.asarray(bg)))
+
+
+# --------------------------------------------------------------------------------------------
+# Crop / scale jitter (spec §6.1 step 3)
+# --------------------------------------------------------------------------------------------
+
+def draw_crop_offsets(rng: np.random.Generator, width: int, height: int, jitter: float) -> tuple[int, int, int, int]:
+    """(pleft, pright, ptop, pbot), drawn in that order, each uniform in {-d..d} inclusive.
+
+    d = int(jitter * width) for left/right and int(jitter * height) for top/bottom
+    (128 and 96 for a 640x480 image and jitter 0.2). Positive values crop, negative pad.
+    """
+    dw, dh = int(jitter * width), int(jitter * height)
+    pleft, pright = (int(rng.integers(-dw, dw + 1)) for _ in range(2))
+    ptop, pbot = (int(rng.integers(-dh, dh + 1)) for _ in range(2))
+    return pleft, pright, ptop, pbot
+
+
+def crop_size(width: int, height: int, offsets) -> tuple[int, int]:
+    """(sw, sh) = (width - pleft - pright, height - ptop - pbot): the size the label maths assumes."""
+    pleft, pright, ptop, pbot = offsets
+    return width - pleft - pright, height - ptop - pbot
+
+
+def crop_with_offsets(img: Image.Image, pleft: int, ptop: int, sw: int, sh: int,
+                      fix_off_by_one: bool = False) -> Image.Image:
+    """The crop of `img` starting at pixel (pleft, ptop); outside the image is black.
+
+    As the original (spec §6.1 step 3, §11 item 19, preserved): the PIL box is
+    (pleft, ptop, pleft+sw-1, ptop+sh-1), right/bottom exclusive, so the result is
+    (sw-1) x (sh-1) pixels. `fix_off_by_one=True` gives the sw x sh crop the labels assume.
+    """
+    extra = 0 if fix_off_by_one else -1
+    return img.crop((pleft, ptop, pleft + sw + extra, ptop + sh + extra))
+
+
+def crop_resize(img: Image.Image, offsets, size, resample: str = DEFAULT_RESAMPLE,
+                fix_off_by_one: bool = False) -> Image.Image:
+    """Crop `img` by offsets (pleft, pright, ptop, pbot) and resize to `size` (S or (w, h)) pixels."""
+    sw, sh = crop_size(img.width, img.height, offsets)
+    crop = crop_with_offsets(img, offsets[0], offsets[2], sw, sh, fix_off_by_one)
+    size = (size, size) if np.isscalar(size) else tuple(size)
+    return crop.resize((int(size[0]), int(size[1])), resample_filter(resample))
+
+
+# --------------------------------------------------------------------------------------------
+# HSV distortion (spec §6.1 step 5)
+# --------------------------------------------------------------------------------------------
+
+def rand_scale(rng: np.random.Generator, s: float) -> float:
+    """r ~ U(1, s), then r or 1/r by a fair coin (an odd integer in 1..10000 keeps r)."""
+    r = float(rng.uniform(1.0, s))
+    return r if int(rng.integers(1, 10001)) % 2 else 1.0 / r
+
+
+def draw_hsv(rng: np.random.Generator, hue: float, saturation: float, exposure: float) -> tuple[float, float, float]:
+    """(dhue, dsat, dexp), drawn in that order: dhue ~ U(-hue, hue), dsat/dexp via rand_scale."""
+    dhue = float(rng.uniform(-hue, hue))
+    return dhue, rand_scale(rng, saturation), rand_scale(rng, exposure)
+
+
+def hue_shift(h: float, dhue: float) -> float:
+    """A hue value 0..255 shifted by dhue*255 and wrapped once modulo 255 (spec §6.1 step 5)."""
+    h = h + dhue * 255.0
+    if h > 255:
+        h -= HUE_WRAP
+    if h < 0:
+        h += HUE_WRAP
+    return h
+
+
+def distort_hsv(hsv: Image.Image, dhue: float, dsat: float, dexp: float) -> Image.Image:
+    """Apply the distortion to a PIL "HSV" image: S*dsat, V*dexp, H shifted (hue_shift).
+
+    Each channel goes through a Pillow 256-entry lookup table, which rounds and clips the
+    values to 0..255 exactly as the original's `point` calls do.
+    """
+    if hsv.mode != "HSV":
+        raise ValueError(f"expected a PIL 'HSV' image, found mode {hsv.mode!r}")
+    h, s, v = hsv.split()
+    s = s.point(lambda i: i * dsat)
+    v = v.point(lambda i: i * dexp)
+    h = h.point(lambda i: hue_shift(i, dhue))
+    return Image.merge("HSV", (h, s, v))
+
+
+def distort_image(img: Image.Image, dhue: float, dsat: float, dexp: float) -> Image.Image:
+    """RGB -> PIL HSV -> distort_hsv -> RGB (spec §6.1 step 5). Returns a PIL RGB image."""
+    return distort_hsv(to_pil(img).convert("HSV"), dhue, dsat, dexp).convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------
+# Labels under the image transforms (spec §6.1 step 6, §6.3)
+# --------------------------------------------------------------------------------------------
+
+def crop_label_params(offsets, width: int, height: int, shift=(0, 0), size=None) -> tuple[float, float, float, float]:
+    """(sx, sy, dx, dy) of the label transform x' = x/sx - dx for a crop and an optional shift.
+
+    sx = sw/width, sy = sh/height, dx = (pleft/width)/sx - shift_x/S, dy likewise, where
+    (sw, sh) = crop_size(...) and the shift (pixels of the S x S output, spec §6.3) needs `size` S.
+    """
+    pleft, _, ptop, _ = offsets
+    sw, sh = crop_size(width, height, offsets)
+    sx, sy = sw / width, sh / height
+    dx, dy = (pleft / width) / sx, (ptop / height) / sy
+    if shift[0] or shift[1]:
+        if size is None:
+            raise ValueError("a shift needs the output size S")
+        sx_out, sy_out = (size, size) if np.isscalar(size) else size
+        dx -= shift[0] / sx_out
+        dy -= shift[1] / sy_out
+    return sx, sy, dx, dy
+
+
+def transform_labels(rows, sx: float, sy: float, dx: float, dy: float, *, flip: bool = False,
+                     clamp_centroid: bool = True, recompute_ranges: bool = False) -> np.ndarray:
+    """Label rows (n, 2K+3) after crop/scale (and flip): x' = x/sx - dx, y' = y/sy - dy.
+
+    spec §6.1 step 6: only the centroid (x0, y0) is clamped to [0, 0.999], corners are not
+    clamped, class and the x/y range columns are unchanged. spec §6.3: `flip` maps x' -> 1 - x'
+    (before the clamp) and `recompute_ranges` sets the ranges to max - min of the K points.
+    Returns a new float64 array; the input is not modified.
+    """
+    out = np.array(rows, dtype=np.float64, copy=True).reshape(-1, np.shape(rows)[-1])
+    if out.shape[1] < 5 or out.shape[1] % 2 == 0:
+        raise ValueError(f"label rows must be (n, 2K+3) wide, found {out.shape[1]} columns")
+    pts = out[:, 1:-2].reshape(len(out), -1, 2)  # view, (n, K, 2)
+    pts[..., 0] = pts[..., 0] / sx - dx
+    pts[..., 1] = pts[..., 1] / sy - dy
+    if flip:
+        pts[..., 0] = 1.0 - pts[..., 0]
+    if clamp_centroid:
+        pts[:, 0] = np.clip(pts[:, 0], 0.0, CENTROID_MAX)
+    if recompute_ranges:
+        out[:, -2:] = pts.max(axis=1) - pts.min(axis=1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Flip and shift (spec §6.3)
+# --------------------------------------------------------------------------------------------
+
+def flip_lr(img):
+    """Left-right mirror of a PIL image or an array (H, W, ...); same type out."""
+    if isinstance(img, Image.Image):
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.ascontiguousarray(np.asarray(img)[:, ::-1])
+
+
+def shift_image(img, shift_x: int, shift_y: int, wrap: bool):
+    """Move the content of `img` by (shift_x, shift_y) pixels (right/down positive).
+
+    wrap=True: wrap around the edges like the original's `ImageChops.offset` (spec §6.3);
+    wrap=False: what moves out is lost and the uncovered band is 0 (black / no object).
+    Accepts a PIL image or an array (H, W, ...); same type out.
+    """
+    if isinstance(img, Image.Image):
+        if wrap:
+            return ImageChops.offset(img, int(shift_x), int(shift_y))
+        return Image.fromarray(shift_image(np.asarray(img), shift_x, shift_y, wrap=False))
+    arr = np.asarray(img)
+    if wrap:
+        return np.roll(arr, (int(shift_y), int(shift_x)), axis=(0, 1))
+    out = np.zeros_like(arr)
+    h, w = arr.shape[:2]
+    sx, sy = int(shift_x), int(shift_y)
+    if abs(sx) < w and abs(sy) < h:
+        out[max(sy, 0):h + min(sy, 0), max(sx, 0):w + min(sx, 0)] = \
+            arr[max(-sy, 0):h - max(sy, 0), max(-sx, 0):w - max(sx, 0)]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Procedural background (stands in for VOC2012)
+# --------------------------------------------------------------------------------------------
+
+def procedural_background(rng: np.random.Generator, width: int = 640, height: int = 480) -> np.ndarray:
+    """A cluttered RGB background (height, width, 3) uint8, fully determined by `rng`.
+
+    Smooth colour noise plus random rectangles, ellipses and lines: enough texture that the
+    object is not found by colour alone. Stands in for VOC2012 when no background folder is given.
+    """
+    coarse = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
+    img = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(int(rng.integers(8, 25))):
+        color = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        kind = int(rng.integers(0, 3))
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        if kind == 0:
+            x1, y1 = x0 + int(rng.integers(10, width // 3)), y0 + int(rng.integers(10, height // 3))
+            cv2.rectangle(img, (x0, y0), (x1, y1), color, -1)
+        elif kind == 1:
+            axes = (int(rng.integers(5, width // 6)), int(rng.integers(5, height // 6)))
+            cv2.ellipse(img, (x0, y0), axes, float(rng.uniform(0, 180)), 0, 360, color, -1)
+        else:
+            x1, y1 = int(rng.integers(0, width)), int(rng.integers(0, height))
+            cv2.line(img, (x0, y0), (x1, y1), color, int(rng.integers(1, 8)))
+    noise = rng.normal(0.0, 8.0, size=img.shape)
+    return np.clip(img.astype(np.float64) + noise, 0, 255).astype(np.uint8)

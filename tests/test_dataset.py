@@ -1,0 +1,490 @@
+"""LINEMOD labels, paths, lists, samples, the multi-scale batch sampler and the loaders (spec §3, §6)."""
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import dataset as ds
+import image as im
+from utils import LINEMOD_OBJECTS, label_row
+
+OBJECT_COLORS = [(220, 40, 40), (40, 220, 40), (40, 40, 220), (220, 220, 40)]
+
+
+def make_linemod(root, objects=("ape",), n=3, size=(64, 48), ext=".png", centre=(0.4, 0.45), radius=0.12):
+    """A tiny LINEMOD-layout dataset under root/LINEMOD: a coloured disc per image, its mask and label.
+
+    The label's centroid is the disc centre; the 8 "corners" are the corners of a square around it.
+    Returns {object: [image paths relative to root]}; also writes <obj>/train.txt with those paths.
+    """
+    w, h = size
+    rng = np.random.default_rng(0)
+    out = {}
+    for k, obj in enumerate(objects):
+        base = os.path.join(root, "LINEMOD", obj)
+        for sub in ("JPEGImages", "labels", "mask"):
+            os.makedirs(os.path.join(base, sub), exist_ok=True)
+        cls = LINEMOD_OBJECTS.index(obj) if obj in LINEMOD_OBJECTS else k
+        paths = []
+        for i in range(n):
+            cx, cy, r = centre[0] * w, centre[1] * h, radius * w
+            yy, xx = np.mgrid[:h, :w]
+            disc = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 < r * r
+            img = rng.integers(0, 60, size=(h, w, 3)).astype(np.uint8)
+            img[disc] = OBJECT_COLORS[k % len(OBJECT_COLORS)]
+            Image.fromarray(img).save(os.path.join(base, "JPEGImages", f"{i:06d}{ext}"))
+            Image.fromarray(disc.astype(np.uint8) * 255).save(os.path.join(base, "mask", f"{i:04d}.png"))
+            pts = [[cx, cy]] + [[cx + sx * r, cy + sy * r] for sx in (-1, 1) for sy in (-1, 1) for _ in range(2)]
+            ds.write_truths(os.path.join(base, "labels", f"{i:06d}.txt"), label_row(np.array(pts), cls, w, h))
+            paths.append(f"LINEMOD/{obj}/JPEGImages/{i:06d}{ext}")
+        with open(os.path.join(base, "train.txt"), "w") as f:
+            f.write("\n".join(paths) + "\n")
+        out[obj] = paths
+    return out
+
+
+@pytest.fixture
+def small(tmp_path, monkeypatch):
+    """Three 64x48 ape images; the current directory is the dataset root."""
+    make_linemod(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _black_backgrounds(folder, n=2):
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (32, 24)).save(os.path.join(folder, f"bg{i}.jpg"))
+    return folder
+
+
+# -------------------------------------------------------------------------- label files (§3.1)
+
+def test_write_and_read_truths_round_trip(tmp_path):
+    rows = np.random.default_rng(0).uniform(-0.2, 1.2, size=(3, 21))
+    rows[:, 0] = [0, 4, 12]
+    path = tmp_path / "sub" / "a.txt"
+    ds.write_truths(path, rows)
+    first = path.read_text().splitlines()[0].split()
+    assert len(first) == 21 and first[0] == "0.000000" and all(len(v.split(".")[1]) == 6 for v in first)
+    back = ds.read_truths(path)
+    assert back.shape == (3, 21) and back.dtype == np.float64
+    np.testing.assert_allclose(back, rows, atol=5e-7)
+    ds.write_truths(path, rows[0])  # a single row
+    assert ds.read_truths(path).shape == (1, 21)
+
+
+def test_read_truths_empty_blank_lines_and_errors(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert ds.read_truths(empty).shape == (0, 21)
+    row = " ".join(["0.5"] * 21)
+    ok = tmp_path / "ok.txt"
+    ok.write_text(f"\n{row}\n\n{row}\n")
+    assert ds.read_truths(ok).shape == (2, 21)
+    short = tmp_path / "short.txt"
+    short.write_text(f"{row}\n" + " ".join(["0.5"] * 20) + "\n")
+    with pytest.raises(ValueError, match=r"short\.txt:2: expected 21 numbers per object, found 20"):
+        ds.read_truths(short)
+    nan = tmp_path / "nan.txt"
+    nan.write_text(" ".join(["0.5"] * 20 + ["nan"]) + "\n")
+    with pytest.raises(ValueError, match=r"nan\.txt:1: expected finite numbers, found NaN or inf"):
+        ds.read_truths(nan)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["0.5"] * 20 + ["x"]) + "\n")
+    with pytest.raises(ValueError, match=r"text\.txt:1: expected 21 numbers"):
+        ds.read_truths(text)
+    with pytest.raises(FileNotFoundError, match=r"missing\.txt: label file not found"):
+        ds.read_truths(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="expected label rows"):
+        ds.write_truths(tmp_path / "bad.txt", np.zeros((2, 20)))
+
+
+def test_pad_targets():
+    rows = np.arange(3 * 21, dtype=np.float64).reshape(3, 21) + 1
+    t = ds.pad_targets(rows)
+    assert t.shape == (50 * 21,) and t.dtype == np.float64
+    np.testing.assert_array_equal(t.reshape(50, 21)[:3], rows)
+    assert not t[3 * 21:].any()
+    assert ds.pad_targets(np.ones((60, 21))).shape == (1050,)  # at most 50 objects
+
+
+# -------------------------------------------------------------------------- paths (§3.4, §11 item 31)
+
+def test_label_and_mask_paths_from_the_file_name():
+    img = "LINEMOD/ape/JPEGImages/000123.jpg"
+    assert ds.label_path(img) == "LINEMOD/ape/labels/000123.txt"
+    assert ds.mask_path(img) == "LINEMOD/ape/mask/0123.png"
+    assert ds.label_path("/d/x/images/001000.png") == "/d/x/labels/001000.txt"
+    assert ds.mask_path("/d/x/images/001000.png") == "/d/x/mask/1000.png"
+    # a directory named 00foo is left alone (the original's '/00' replacement would break it)
+    assert ds.mask_path("00foo/ape/JPEGImages/000123.jpg") == "00foo/ape/mask/0123.png"
+    assert ds.label_path("00foo/ape/JPEGImages/000123.jpg") == "00foo/ape/labels/000123.txt"
+    assert ds.mask_path("data/00/images/12.jpg") == "data/00/mask/12.png"
+    with pytest.raises(ValueError, match="mask path would be the image itself"):
+        ds.mask_path("flat/123.png")
+    assert ds.occlusion_label_path("LINEMOD/benchvise/JPEGImages/000005.jpg", "ape") == \
+        "LINEMOD/ape/labels_occlusion/000005.txt"
+    assert ds.object_name("LINEMOD/duck/JPEGImages/000005.jpg") == "duck"
+
+
+def test_read_list_resolves_against_root_and_ancestors(tmp_path, monkeypatch):
+    make_linemod(tmp_path)
+    lst = tmp_path / "LINEMOD" / "ape" / "train.txt"
+    lst.write_text("\nLINEMOD/ape/JPEGImages/000000.png\n\n  LINEMOD/ape/JPEGImages/000001.png  \n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    paths = ds.read_list(lst)  # not found from the current directory: found from the list's grand-parent
+    assert paths == [str(tmp_path / "LINEMOD/ape/JPEGImages/000000.png"), str(tmp_path / "LINEMOD/ape/JPEGImages/000001.png")]
+    assert ds.read_list(lst, root=tmp_path) == [os.path.join(str(tmp_path), p) for p in
+                                                ("LINEMOD/ape/JPEGImages/000000.png", "LINEMOD/ape/JPEGImages/000001.png")]
+    monkeypatch.chdir(tmp_path)
+    assert ds.read_list(lst) == ["LINEMOD/ape/JPEGImages/000000.png", "LINEMOD/ape/JPEGImages/000001.png"]
+    # multi-object style: '../LINEMOD/...' relative to a sibling folder of LINEMOD
+    multi = tmp_path / "multi" / "cfg"
+    multi.mkdir(parents=True)
+    (multi / "train_occlusion.txt").write_text("../LINEMOD/ape/JPEGImages/000002.png")
+    assert ds.read_list(multi / "train_occlusion.txt") == [str(tmp_path / "LINEMOD/ape/JPEGImages/000002.png")]
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match=r"empty\.txt: the image list is empty"):
+        ds.read_list(tmp_path / "empty.txt")
+    with pytest.raises(FileNotFoundError, match=r"nope\.txt: image list not found"):
+        ds.read_list(tmp_path / "nope.txt")
+
+
+def test_list_images_recursive(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/x.jpg", "a/b/y.PNG", "a/b/z.jpeg", "a/notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [os.path.relpath(p, tmp_path) for p in ds.list_images(tmp_path)] == ["a/b/y.PNG", "a/b/z.jpeg", "a/x.jpg"]
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="no .jpg/.jpeg/.png images found"):
+        ds.list_images(tmp_path / "none")
+
+
+# -------------------------------------------------------------------------- test sample (§6.2, §11 item 17)
+
+def test_test_sample_keeps_all_21_numbers_of_every_object(small):
+    rows = np.random.default_rng(1).uniform(0.05, 0.95, size=(3, 21)).round(6)
+    rows[:, 0] = [0, 5, 9]
+    ds.write_truths("LINEMOD/ape/labels/000001.txt", rows)
+    d = ds.listDataset("LINEMOD/ape/train.txt", shape=(32, 24))
+    img, target = d[1]
+    assert img.shape == (3, 24, 32) and img.dtype == torch.float32
+    assert target.shape == (1050,) and target.dtype == torch.float64
+    np.testing.assert_allclose(target.numpy().reshape(50, 21)[:3], rows, atol=1e-12)
+    assert not target[63:].any()
+    expect = np.asarray(Image.open("LINEMOD/ape/JPEGImages/000001.png").convert("RGB").resize((32, 24), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal((img.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8), expect)
+    same, _ = ds.PoseDataset("LINEMOD/ape/train.txt", shape=(64, 48))[1]
+    np.testing.assert_array_equal(same.numpy(), np.asarray(Image.open("LINEMOD/ape/JPEGImages/000001.png"), np.float32).transpose(2, 0, 1) / 255)
+
+
+def test_transform_is_applied_to_the_pil_image(small):
+    seen = []
+
+    def flip(img):
+        seen.append(type(img))
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", shape=(64, 48), transform=flip)
+    ref = ds.PoseDataset("LINEMOD/ape/train.txt", shape=(64, 48))
+    assert torch.equal(d[0][0], ref[0][0].flip(-1)) and seen == [Image.Image]
+    as_tensor = ds.PoseDataset("LINEMOD/ape/train.txt", shape=(64, 48), transform=lambda img: torch.zeros(1))
+    assert torch.equal(as_tensor[0][0], torch.zeros(1))
+
+
+# -------------------------------------------------------------------------- training sample (§6.1)
+
+def _bright_centroid(img):
+    """Centre of mass (x, y) in pixels, pixel centres at +0.5, of the pixels brighter than 0.25."""
+    ys, xs = np.nonzero(img.numpy().max(axis=0) > 0.25)
+    return xs.mean() + 0.5, ys.mean() + 0.5
+
+
+def test_training_sample_label_follows_the_object(tmp_path, monkeypatch):
+    # a grey disc on a black background: HSV keeps it grey, so it is found by brightness after augmentation
+    make_linemod(tmp_path, n=1, size=(64, 48), centre=(0.45, 0.5), radius=0.15)
+    monkeypatch.chdir(tmp_path)
+    img = np.asarray(Image.open("LINEMOD/ape/JPEGImages/000000.png")).copy()
+    mask = np.asarray(Image.open("LINEMOD/ape/mask/0000.png")) > 0
+    img[mask] = 200
+    Image.fromarray(img).save("LINEMOD/ape/JPEGImages/000000.png")
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, bg_dir=_black_backgrounds(tmp_path / "bg"),
+                       resample="nearest", fix_crop=True)
+    for epoch in range(6):
+        d.set_epoch(epoch)
+        x, t = d[(0, 96)]
+        assert x.shape == (3, 96, 96)
+        row = t.numpy().reshape(50, 21)[0]
+        cx, cy = _bright_centroid(x)
+        assert abs(row[1] * 96 - cx) < 1.0 and abs(row[2] * 96 - cy) < 1.0
+        np.testing.assert_array_equal(row[19:], ds.read_truths("LINEMOD/ape/labels/000000.txt")[0, 19:])
+        assert not t[21:].any()
+
+
+def test_training_sample_is_the_documented_pipeline(small):
+    """Same seed, epoch, index -> same sample; and it equals the §6.1 steps run by hand."""
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, seed=7, epoch=2)
+    x, t = d[(1, 32)]
+    x2, t2 = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, seed=7, epoch=2)[(1, 32)]
+    assert torch.equal(x, x2) and torch.equal(t, t2)
+    d.set_epoch(3)
+    assert not torch.equal(d[(1, 32)][0], x)
+
+    rng = np.random.default_rng([7, 2, 1])
+    bg = im.procedural_background(np.random.default_rng([7, 2, 1, 1]), 64, 64)  # at least 64 px a side
+    img = im.replace_background(Image.open("LINEMOD/ape/JPEGImages/000001.png"), Image.open("LINEMOD/ape/mask/0001.png"), bg)
+    offsets = im.draw_crop_offsets(rng, 64, 48, 0.2)
+    out = im.crop_resize(img, offsets, 32)
+    rng.integers(1, 10001)  # the unused flip bit
+    out = im.distort_image(out, *im.draw_hsv(rng, 0.1, 1.5, 1.5))
+    np.testing.assert_array_equal(x.numpy(), np.asarray(out, np.float32).transpose(2, 0, 1) / 255)
+    rows = im.transform_labels(ds.read_truths("LINEMOD/ape/labels/000001.txt"), *im.crop_label_params(offsets, 64, 48))
+    np.testing.assert_array_equal(t.numpy()[:21], rows[0])
+
+
+def test_procedural_pool_is_a_seeded_finite_set(small):
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, procedural_pool=2, seed=4)
+    first = [d[(i, 32)][0] for i in range(3)]
+    for epoch in range(1, 4):
+        d.set_epoch(epoch)
+        [d[(i, 32)] for i in range(3)]
+    assert sorted(k for k, _, _ in d._bg_cache) == [0, 1]  # one cached background per pool slot used
+    again = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, procedural_pool=2, seed=4)
+    assert all(torch.equal(a, again[(i, 32)][0]) for i, a in enumerate(first))
+
+
+def test_training_with_an_int_index_uses_the_fixed_shape(small):
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", shape=40, train=True)
+    assert d[0][0].shape == (3, 40, 40)
+
+
+# -------------------------------------------------------------------------- bad inputs
+
+@pytest.mark.parametrize("victim,kind", [("LINEMOD/ape/JPEGImages/000001.png", "image"),
+                                         ("LINEMOD/ape/labels/000001.txt", "label file"),
+                                         ("LINEMOD/ape/mask/0001.png", "mask")])
+def test_missing_files_fail_at_construction(small, victim, kind):
+    os.remove(victim)
+    with pytest.raises(FileNotFoundError, match=f"{victim}: {kind} not found"):
+        ds.PoseDataset("LINEMOD/ape/train.txt", train=True)
+    with pytest.warns(UserWarning, match=f"skipping bad sample 1: {victim}: {kind} not found"):
+        d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, skip_bad=True)
+    assert d.bad_samples == 1
+    x, t = d[(1, 32)]  # replaced by the next sample, deterministically
+    x2, t2 = d[(2, 32)]
+    assert torch.equal(x, x2) and torch.equal(t, t2)
+
+
+def test_test_mode_does_not_need_masks(small):
+    os.remove("LINEMOD/ape/mask/0001.png")
+    assert len(ds.PoseDataset("LINEMOD/ape/train.txt")) == 3
+
+
+def test_unreadable_image_and_bad_labels_at_load_time(small):
+    with open("LINEMOD/ape/JPEGImages/000000.png", "wb") as f:
+        f.write(b"not an image")
+    with open("LINEMOD/ape/labels/000002.txt", "w") as f:
+        f.write(" ".join(["0.5"] * 21) + "\n" + " ".join(["0.5"] * 20 + ["nan"]) + "\n")
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True)
+    with pytest.raises(ValueError, match=r"000000\.png: cannot read image"):
+        d[(0, 32)]
+    with pytest.raises(ValueError, match=r"labels/000002\.txt:2: expected finite numbers"):
+        d[(2, 32)]
+    with pytest.raises(ValueError, match=r"labels/000002\.txt:2"):
+        ds.PoseDataset("LINEMOD/ape/train.txt")[2]
+    skipping = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, skip_bad=True)
+    with pytest.warns(UserWarning) as record:
+        x, _ = skipping[(2, 32)]  # 2 is bad, 0 (next, wrapping) is bad too, then 1
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2
+    assert messages[0].startswith("skipping bad sample 2: LINEMOD/ape/labels/000002.txt:2: expected finite numbers")
+    assert messages[1].startswith("skipping bad sample 0: LINEMOD/ape/JPEGImages/000000.png: cannot read image")
+    assert skipping.bad_samples == 2
+    assert torch.equal(x, skipping[(1, 32)][0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # known-bad samples are not retried, nor warned again
+        skipping[(0, 32)]
+    assert skipping.bad_samples == 2
+
+
+def test_mask_of_the_wrong_size(small):
+    Image.new("L", (10, 10)).save("LINEMOD/ape/mask/0000.png")
+    with pytest.raises(ValueError, match=r"mask/0000\.png: mask is 10x10, expected the image size 64x48"):
+        ds.PoseDataset("LINEMOD/ape/train.txt", train=True)[(0, 32)]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_bad_sample_counter_is_shared_by_workers(small, context):
+    with open("LINEMOD/ape/JPEGImages/000001.png", "wb") as f:
+        f.write(b"garbage")
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, skip_bad=True)
+    sampler = ds.MultiScaleBatchSampler(len(d), 1, mode="fixed", fixed_size=32)
+    loader = DataLoader(d, batch_sampler=sampler, num_workers=2 if context == "fork" else 1,
+                        collate_fn=ds.collate, multiprocessing_context=context)
+    assert len(list(loader)) == 3 and d.bad_samples == 1
+    copied = pickle.loads(pickle.dumps(d))  # outside a worker start: a snapshot of the counter
+    assert copied.bad_samples == 1 and len(copied) == 3
+
+
+# -------------------------------------------------------------------------- multi-scale (§6.5)
+
+def _sizes(mode, k_lo, N=100, draws=400):
+    rng = np.random.default_rng(0)
+    return {ds.multiscale_size(k_lo * N, N, rng, mode) for _ in range(draws)}
+
+
+def test_multiscale_size_tables():
+    N = 100
+    rng = np.random.default_rng(0)
+    assert ds.multiscale_size(0, N, rng) == 416 and ds.multiscale_size(10 * N - 1, N, rng) == 416
+    single = {10: (13, 20), 20: (12, 21), 30: (11, 22), 40: (10, 23), 50: (9, 24), 60: (8, 25), 70: (7, 26), 500: (7, 26)}
+    for k, (lo, hi) in single.items():
+        assert _sizes("single", k, N) == {32 * g for g in range(lo, hi + 1)}, k
+    assert ds.multiscale_size(20 * N - 1, N, rng, "multi") == 416
+    multi = {20: (13, 16), 40: (12, 17), 60: (11, 18), 80: (10, 19), 300: (10, 19)}
+    for k, (lo, hi) in multi.items():
+        assert _sizes("multi", k, N) == {32 * g for g in range(lo, hi + 1)}, k
+    with pytest.raises(ValueError, match="unknown multi-scale mode 'triple'"):
+        ds.multiscale_size(0, N, rng, "triple")
+
+
+def test_batch_sampler_sizes_follow_the_global_seen_count():
+    n, bs = 20, 4  # N = 20
+    s = ds.MultiScaleBatchSampler(n, bs, seed=3, epoch=1, seen=10 * 20 - 8, mode="single")
+    batches = list(s)
+    assert len(batches) == len(s) == 5
+    assert sorted(i for b in batches for i, _ in b) == list(range(n))
+    for b, batch in enumerate(batches):
+        sizes = {size for _, size in batch}
+        assert len(sizes) == 1  # one size per batch
+        seen = 10 * 20 - 8 + b * bs
+        size = sizes.pop()
+        assert size == 416 if seen < 200 else 416 <= size <= 640 and size % 32 == 0
+        assert size == ds.multiscale_size(seen, 20, np.random.default_rng([3, 1, b, 2]), "single")
+    assert [size for _, size in batches[0]] == [416] * 4 and [size for _, size in batches[1]] == [416] * 4
+    fixed = ds.MultiScaleBatchSampler(n, bs, mode="fixed", fixed_size=320, seen=10 ** 6)
+    assert {size for b in fixed for _, size in b} == {320}
+
+
+def test_batch_sampler_ranks_share_sizes_and_split_the_data():
+    n, bs, world = 23, 3, 2
+    ranks = [ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21, rank=r, world_size=world) for r in range(world)]
+    b0, b1 = list(ranks[0]), list(ranks[1])
+    assert len(b0) == len(b1) == 4  # ceil(23 / 2) = 12 per rank
+    assert [b[0][1] for b in b0] == [b[0][1] for b in b1]  # identical sizes on both ranks
+    sizes = [b[0][1] for b in b0]
+    assert len(set(sizes)) > 1
+    for b, size in enumerate(sizes):  # seen counts images of all ranks: seen + b * bs * world
+        assert size == ds.multiscale_size(40 * 21 + b * bs * world, 21, np.random.default_rng([5, 4, b, 2]))
+    i0 = [i for b in b0 for i, _ in b]
+    i1 = [i for b in b1 for i, _ in b]
+    assert set(i0) | set(i1) == set(range(n)) and len(i0) + len(i1) == 24  # padded by one repeat
+    perm = np.random.default_rng([5, 4]).permutation(n)
+    assert i0 == list(np.resize(perm, 24)[0::2]) and i1 == list(np.resize(perm, 24)[1::2])
+    other_epoch = ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=5, seen=40 * 21)
+    assert [i for b in other_epoch for i, _ in b] != [i for b in ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21) for i, _ in b]
+    full = list(ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21, rank=1, world_size=world))
+    resumed = ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21, rank=1, world_size=world, start_batch=3)
+    assert list(resumed) == full[3:] and len(resumed) == 1 and resumed.num_batches == 4
+    dl = ds.MultiScaleBatchSampler(10, 4, drop_last=True, shuffle=False)
+    assert [[i for i, _ in b] for b in dl] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(ValueError, match="rank must be in 0..1"):
+        ds.MultiScaleBatchSampler(10, 4, rank=2, world_size=2)
+
+
+def test_loader_batches_identical_for_0_and_2_workers(tmp_path, monkeypatch):
+    make_linemod(tmp_path, n=6, size=(32, 24))
+    monkeypatch.chdir(tmp_path)
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, seed=11)
+
+    def run(workers):
+        loader = ds.make_train_loader(d, batch_size=2, epoch=1, seen=70 * 6, workers=workers, mode="single")
+        return [(x.clone(), t.clone()) for x, t in loader]
+
+    a, b = run(0), run(2)
+    assert len(a) == len(b) == 3
+    assert len({x.shape[-1] for x, _ in a}) > 1  # the sizes do change between batches
+    for (xa, ta), (xb, tb) in zip(a, b):
+        assert xa.shape[0] == 2 and xa.shape[-1] == xa.shape[-2] and xa.shape[-1] % 32 == 0
+        assert torch.equal(xa, xb) and torch.equal(ta, tb)
+        assert ta.dtype == torch.float64 and ta.shape == (2, 1050)
+
+
+def test_test_loader_and_collate(small):
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", shape=(32, 24))
+    batches = list(ds.make_test_loader(d, batch_size=2))
+    assert [x.shape for x, _ in batches] == [(2, 3, 24, 32), (1, 3, 24, 32)]
+    np.testing.assert_array_equal(batches[1][1][0].numpy(), d[2][1].numpy())
+    with pytest.raises(ValueError, match="must share one size"):
+        ds.collate([(torch.zeros(3, 4, 4), torch.zeros(1050)), (torch.zeros(3, 8, 8), torch.zeros(1050))])
+
+
+def test_pinned_batches_reach_the_gpu(small):
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA not available: pinned-memory transfer not exercised")
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True)
+    x, t = next(iter(ds.make_train_loader(d, batch_size=2, pin_memory=True, mode="fixed", fixed_size=32)))
+    assert x.is_pinned() and t.is_pinned()
+    assert torch.equal(x.to("cuda", non_blocking=True).cpu(), x)
+
+
+# -------------------------------------------------------------------------- multi-object sample (§6.3)
+
+def test_extra_objects_table():
+    assert ds.extra_objects("ape", LINEMOD_OBJECTS) == ["can", "cat", "duck", "glue", "holepuncher", "iron", "phone"]
+    assert ds.extra_objects("ape", ["cat", "duck", "lamp"]) == ["cat", "duck"]
+    assert ds.extra_objects("thing", ["thing", "b", "a"]) == ["a", "b"]
+
+
+@pytest.fixture(scope="module")
+def multi_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multi")
+    pools = make_linemod(root, objects=("ape", "cat", "duck"), n=2, size=(640, 480), centre=(0.3, 0.4), radius=0.06)
+    return root, {k: [str(root / p) for p in v] for k, v in pools.items()}
+
+
+def _multi(pools, seed, repro):
+    return ds.multi_object_sample(pools["ape"][0], pools, 416, np.random.default_rng(seed),
+                                  np.zeros((8, 8, 3), np.uint8), repro_label_bugs=repro)
+
+
+def test_multi_object_labels_follow_flip_and_shift(multi_root):
+    root, pools = multi_root
+    flips = 0
+    for seed in range(5):
+        s, r = _multi(pools, seed, False), _multi(pools, seed, True)
+        assert s.image.size == (416, 416) and s.labels.shape[1] == 21 and len(s.masks) == len(s.labels)
+        assert s.labels[0, 0] == 0 and set(s.labels[1:, 0]) <= {4.0, 6.0}  # ape first, then cat/duck
+        for row, mask in zip(s.labels, s.masks):
+            x, y = int(row[1] * 416), int(row[2] * 416)
+            assert mask[y, x], f"seed {seed}: centroid ({x}, {y}) outside its object's mask"
+            pts = row[1:19].reshape(9, 2)
+            np.testing.assert_allclose(row[19:], pts.max(0) - pts.min(0))  # ranges recomputed
+        # same draws in both modes: the fixed label is the mirrored reproduction label when flipped
+        flipped = not np.isclose(s.labels[0, 1], r.labels[0, 1])
+        if flipped:
+            np.testing.assert_allclose(s.labels[0, 1:19:2], 1 - r.labels[0, 1:19:2])
+            assert not r.masks[0][int(r.labels[0, 2] * 416), int(r.labels[0, 1] * 416)]  # the original's bug
+        flips += flipped
+    assert 0 < flips < 5
+
+
+def test_multi_object_dataset(multi_root, monkeypatch):
+    root, pools = multi_root
+    monkeypatch.chdir(root)
+    assert ds.linemod_train_lists(root / "LINEMOD") == pools  # object -> paths of LINEMOD/<obj>/train.txt
+    d = ds.MultiObjectDataset("LINEMOD/ape/train.txt", pools, train=True, seed=1)
+    x, t = d[(0, 160)]
+    assert x.shape == (3, 160, 160)
+    rows = t.numpy().reshape(50, 21)
+    assert rows[0, 0] == 0 and (rows[:, 1] > 0).sum() >= 2
+    bad = dict(pools, cat=pools["cat"] + [str(root / "LINEMOD/cat/JPEGImages/000009.png")])
+    with pytest.raises(FileNotFoundError, match=r"000009\.png: image of extra object 'cat' not found"):
+        ds.MultiObjectDataset("LINEMOD/ape/train.txt", bad, train=True)
