@@ -1,0 +1,344 @@
+"""The synthetic LINEMOD generator (tools/make_synthetic_linemod.py, tools/synth_render.py).
+
+Labels are written with '%.6f' like LINEMOD, so a label re-computed from the saved pose agrees
+to half a unit of the 6th decimal: 5e-7 in normalised units, i.e. 640 * 5e-7 = 3.2e-4 px in x
+and 2.4e-4 px in y. That is the tolerance used below (plus 1e-12 for the float parse).
+"""
+import filecmp
+import json
+import math
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import utils
+from MeshPly import MeshPly
+from tools import make_synthetic_linemod as gen
+from tools.synth_render import Light, Mesh, look_at_rotation, render
+
+LABEL_TOL = 5e-7 + 1e-12  # '%.6f' rounding, normalised units
+OCC_PERM = [0, 1, 3, 5, 7, 2, 4, 6, 8]  # spec §9.6, new index <- old index
+DATA_KEYS = ("train", "valid", "backup", "mesh", "tr_range", "name", "diam", "gpus", "num_workers",
+             "width", "height", "fx", "fy", "u0", "v0")  # spec §3.2
+N_OBJ, N_IMG, N_SCENES, SEED = 2, 4, 3, 3
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "ds"
+    summary = gen.generate(root, objects=N_OBJ, images_per_object=N_IMG, seed=SEED, multi=N_SCENES,
+                           test_fraction=0.5, workers=1)
+    return root, summary
+
+
+def _poses(root, name):
+    return json.loads((root / "poses" / f"{name}.json").read_text())
+
+
+def _rows(path):
+    return np.loadtxt(path, ndmin=2)
+
+
+def _mesh(root, name):
+    return MeshPly(root / "LINEMOD" / name / f"{name}.ply")
+
+
+def _all_files(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------------------------------------
+# layout and cfg files
+# ------------------------------------------------------------------------------------------------
+
+def test_layout_files_and_lists(synth):
+    root, summary = synth
+    assert summary["images"] == N_OBJ * N_IMG and summary["scenes"] == N_SCENES
+    for i, name in enumerate(gen.object_names(N_OBJ)):
+        assert name == f"obj{i:02d}"
+        folder = root / "LINEMOD" / name
+        for k in range(N_IMG):
+            img = cv2.imread(str(folder / "JPEGImages" / f"{k:06d}.jpg"), cv2.IMREAD_UNCHANGED)
+            assert img.shape == (480, 640, 3)
+            mask = cv2.imread(str(folder / "mask" / f"{k:04d}.png"), cv2.IMREAD_UNCHANGED)
+            assert mask.shape == (480, 640) and mask.dtype == np.uint8
+            assert set(np.unique(mask)) <= {0, 255}
+            assert (folder / "labels" / f"{k:06d}.txt").is_file()
+        train = (folder / "train.txt").read_text().splitlines()
+        test = (folder / "test.txt").read_text().splitlines()
+        assert sorted(train + test) == [f"LINEMOD/{name}/JPEGImages/{k:06d}.jpg" for k in range(N_IMG)]
+        assert len(train) == len(test) == 2 and not set(train) & set(test)
+        assert all((root / p).is_file() for p in train + test)  # relative to the dataset root
+        ranges = [int(v) for v in (folder / "training_range.txt").read_text().split()]
+        assert ranges == sorted(int(Path(p).stem) for p in train)
+    assert (root / gen.INFO_FILE).is_file() and not (root / gen.MARKER_FILE).exists()
+
+
+def test_data_cfg_keys_resolve_and_exact_diameter(synth, tmp_path, monkeypatch):
+    root, summary = synth
+    monkeypatch.chdir(tmp_path)  # resolution must not depend on the working directory
+    for i, name in enumerate(gen.object_names(N_OBJ)):
+        path = root / "cfg" / f"{name}.data"
+        assert str(path) in summary["data_cfgs"]
+        keys = [line.split("=")[0].strip() for line in path.read_text().splitlines()]
+        assert tuple(keys) == DATA_KEYS
+        opts = utils.read_data_cfg(path, resolve_paths=True)
+        for key in ("train", "valid", "mesh", "tr_range"):
+            assert Path(opts[key]).is_file(), key
+        assert opts["name"] == name
+        K, w, h = utils.camera_from_data_cfg(opts)
+        np.testing.assert_array_equal(K, utils.get_camera_intrinsic())
+        assert (w, h) == (640, 480)
+        assert float(opts["diam"]) == utils.mesh_diameter(MeshPly(opts["mesh"]).vertices)
+
+
+def test_ply_has_normals_colours_and_lineMOD_like_mesh(synth):
+    root, _ = synth
+    for name in gen.object_names(N_OBJ):
+        header = (root / "LINEMOD" / name / f"{name}.ply").read_text().split("end_header")[0]
+        assert "format ascii" in header
+        for prop in ("x", "y", "z", "nx", "ny", "nz"):
+            assert f"property float {prop}\n" in header
+        for prop in ("red", "green", "blue"):
+            assert f"property uchar {prop}\n" in header
+        m = _mesh(root, name)
+        assert 200 <= len(m.indices) <= 2000
+        diam = utils.mesh_diameter(m.vertices)
+        assert 0.10 - 1e-9 <= diam <= 0.30 + 1e-9
+        centre = 0.5 * (m.vertices.min(0) + m.vertices.max(0))
+        assert np.linalg.norm(centre) > 0.05 * diam  # origin off the box centre, like LINEMOD
+        assert len(np.unique(m.colors, axis=0)) >= 3  # textured
+
+
+def test_meshes_are_asymmetric():
+    """No 180-degree turn about a box axis maps a mesh onto itself (mean vertex-to-vertex gap)."""
+    from scipy.spatial import cKDTree
+    from tools.synth_render import make_mesh
+
+    for seed in range(4):
+        m = make_mesh(np.random.default_rng(seed))
+        v = m.vertices - 0.5 * (m.vertices.min(0) + m.vertices.max(0))
+        tree = cKDTree(v)
+        for flip in (np.diag([1, -1, -1]), np.diag([-1, 1, -1]), np.diag([-1, -1, 1])):
+            gap = tree.query(v @ flip.T)[0].mean()
+            assert gap > 0.01 * utils.mesh_diameter(m.vertices), (seed, flip)
+
+
+# ------------------------------------------------------------------------------------------------
+# labels, poses, masks
+# ------------------------------------------------------------------------------------------------
+
+def test_labels_are_projections_of_saved_pose(synth):
+    """Re-projecting the saved pose of the written mesh gives the label to '%.6f' (<= 3.2e-4 px)."""
+    root, _ = synth
+    checked = 0
+    for name in gen.object_names(N_OBJ):
+        doc = _poses(root, name)
+        corners = utils.box_corners(MeshPly(root / doc["mesh"]).vertices)
+        K = np.array(doc["K"])
+        np.testing.assert_array_equal(K, utils.get_camera_intrinsic())
+        for e in doc["poses"]:
+            row = _rows(root / e["label"])[e["row"]]
+            pts = utils.keypoints_from_pose(corners, np.array(e["R"]), np.array(e["t"]), K)
+            expect = utils.label_row(pts, doc["class_id"], 640, 480)
+            assert row[0] == doc["class_id"]
+            np.testing.assert_allclose(row, expect, rtol=0, atol=LABEL_TOL)
+            px = row[1:19].reshape(9, 2) * [640, 480]
+            assert np.abs(px - pts).max() <= 640 * LABEL_TOL
+            checked += 1
+    assert checked == N_OBJ * N_IMG + sum(len(_rows(root / "LINEMOD/obj00/labels" / f"{N_IMG + s:06d}.txt"))
+                                         for s in range(N_SCENES))
+
+
+def test_label_text_format(synth):
+    root, _ = synth
+    number = r"-?\d+\.\d{6}"
+    for path in (root / "LINEMOD").rglob("labels*/*.txt"):
+        for line in path.read_text().splitlines():
+            assert re.fullmatch(rf"{number}( {number}){{20}}", line), (path, line)
+
+
+def test_poses_like_linemod(synth):
+    root, _ = synth
+    K = utils.get_camera_intrinsic()
+    for name in gen.object_names(N_OBJ):
+        for e in _poses(root, name)["poses"]:
+            R, t = np.array(e["R"]), np.array(e["t"])
+            np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+            assert np.linalg.det(R) > 0
+            assert 0.6 <= np.linalg.norm(t) <= 1.2
+            cam = -R.T @ t  # camera centre in the model frame (z up): upper hemisphere
+            elev = math.degrees(math.asin(cam[2] / np.linalg.norm(cam)))
+            assert 10 - 1e-9 <= elev <= 85 + 1e-9
+            u, v = utils.project_points(np.zeros((1, 3)), R, t, K)[0]
+            assert 0 < u < 640 and 0 < v < 480
+
+
+def test_single_image_pose_keeps_all_keypoints_inside(synth):
+    root, _ = synth
+    for name in gen.object_names(N_OBJ):
+        for k in range(N_IMG):
+            px = _rows(root / "LINEMOD" / name / "labels" / f"{k:06d}.txt")[0, 1:19].reshape(9, 2) * [640, 480]
+            assert np.all(px >= 0) and np.all(px <= [639, 479])
+
+
+def _render_alone(mesh, R, t):
+    m = Mesh(mesh.vertices, mesh.indices, np.zeros_like(mesh.vertices), np.zeros((len(mesh.vertices), 3), np.uint8),
+             np.full((len(mesh.indices), 3), 255, np.uint8))
+    return render([m], [(R, t)], utils.get_camera_intrinsic(), 640, 480, Light(np.array([0.0, 0.0, -1.0]))).ids >= 0
+
+
+def test_mask_is_the_rendered_object(synth):
+    """Single images: the mask equals the saved mesh rendered alone at the saved pose, and holds
+    every projected vertex (within the 1-pixel sampling of the silhouette)."""
+    root, _ = synth
+    K = utils.get_camera_intrinsic()
+    for name in gen.object_names(N_OBJ):
+        mesh = _mesh(root, name)
+        for e in _poses(root, name)["poses"][:N_IMG]:
+            R, t = np.array(e["R"]), np.array(e["t"])
+            stem = Path(e["image"]).stem
+            mask = cv2.imread(str(root / "LINEMOD" / name / "mask" / f"{stem[2:]}.png"), cv2.IMREAD_GRAYSCALE)
+            np.testing.assert_array_equal(mask > 0, _render_alone(mesh, R, t))
+            assert (mask > 0).sum() > 500
+            grown = cv2.dilate(mask, np.ones((3, 3), np.uint8)) > 0
+            uv = np.round(utils.project_points(mesh.vertices, R, t, K)).astype(int)
+            assert grown[uv[:, 1], uv[:, 0]].all()
+
+
+def test_image_shows_the_object_where_the_mask_is(synth):
+    """The JPEG differs from the object-free background statistics: pixels inside the mask have
+    the object's (rendered) colours, so the inside/outside mean colours differ."""
+    root, _ = synth
+    img = cv2.imread(str(root / "LINEMOD/obj00/JPEGImages/000000.jpg"))
+    mask = cv2.imread(str(root / "LINEMOD/obj00/mask/0000.png"), cv2.IMREAD_GRAYSCALE) > 0
+    assert 0 < mask.sum() < mask.size
+    assert np.abs(img[mask].mean(0) - img[~mask].mean(0)).max() > 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# multi-object scenes (OCCLUSION style)
+# ------------------------------------------------------------------------------------------------
+
+def test_scenes_rows_masks_and_lists(synth):
+    root, _ = synth
+    main = "obj00"
+    scenes = [f"LINEMOD/{main}/JPEGImages/{N_IMG + s:06d}.jpg" for s in range(N_SCENES)]
+    train = (root / "cfg" / "train_occlusion.txt").read_text().splitlines()
+    tests = {name: (root / "LINEMOD" / name / "test_occlusion.txt").read_text().splitlines()
+             for name in gen.object_names(N_OBJ)}
+    assert sorted(set(train) | set(tests[main])) == scenes and not set(train) & set(tests[main])
+    assert len(train) == 1 and len(tests[main]) == 2
+    for scene in scenes:
+        rows = _rows(root / scene.replace("JPEGImages", "labels").replace(".jpg", ".txt"))
+        assert rows[0, 0] == 0 and len(rows) >= 2  # main object plus at least one other class
+        assert list(rows[:, 0]) == sorted(set(rows[:, 0]))
+        mask = cv2.imread(str(root / f"LINEMOD/{main}/mask/{int(Path(scene).stem):04d}.png"), cv2.IMREAD_GRAYSCALE)
+        assert (mask > 0).sum() > 0
+    # the per-object pose records of a scene reproduce the union mask and mutual occlusion
+    scene = scenes[0]
+    meshes, poses = [], []
+    for name in gen.object_names(N_OBJ):
+        for e in _poses(root, name)["poses"]:
+            if e["image"] == scene:
+                m = _mesh(root, name)
+                meshes.append(Mesh(m.vertices, m.indices, np.zeros_like(m.vertices),
+                                   np.zeros((len(m.vertices), 3), np.uint8), np.full((len(m.indices), 3), 255, np.uint8)))
+                poses.append((np.array(e["R"]), np.array(e["t"])))
+                assert gen.MIN_VISIBLE <= e["visible_fraction"] <= 1.0
+    rendering = render(meshes, poses, utils.get_camera_intrinsic(), 640, 480, Light(np.array([0.0, 0.0, -1.0])))
+    mask = cv2.imread(str(root / f"LINEMOD/{main}/mask/{Path(scene).stem[2:]}.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(mask > 0, rendering.ids >= 0)
+
+
+def test_occlusion_labels_use_the_occlusion_order(synth):
+    """labels_occlusion rows re-ordered with [0,1,3,5,7,2,4,6,8] (spec §9.6) equal the §9.2-order rows."""
+    root, _ = synth
+    main = "obj00"
+    n = 0
+    for name in gen.object_names(N_OBJ):
+        for scene in (root / "LINEMOD" / name / "test_occlusion.txt").read_text().splitlines():
+            # the original's derivation: main folder -> object, JPEGImages -> labels_occlusion
+            occ_path = root / scene.replace(main, name).replace("JPEGImages", "labels_occlusion").replace(".jpg", ".txt")
+            occ = _rows(occ_path)
+            assert occ.shape == (1, 21)
+            std_rows = _rows(root / scene.replace("JPEGImages", "labels").replace(".jpg", ".txt"))
+            std = std_rows[std_rows[:, 0] == gen.object_names(N_OBJ).index(name)][0]
+            pts = occ[0, 1:19].reshape(9, 2)[OCC_PERM]
+            np.testing.assert_array_equal(pts.ravel(), std[1:19])
+            np.testing.assert_array_equal(occ[0, [0, 19, 20]], std[[0, 19, 20]])
+            assert not np.array_equal(occ[0, 1:19], std[1:19])  # the order really differs
+            n += 1
+    assert n >= 2 * 2  # both test scenes hold the main object and at least one other
+
+
+def test_occlusion_data_files(synth):
+    root, summary = synth
+    occ = utils.read_data_cfg(root / "cfg" / "occlusion.data", resolve_paths=True)
+    assert summary["occlusion_data"] == str(root / "cfg" / "occlusion.data")
+    assert Path(occ["train"]).is_file() and occ["im_width"] == "640" and occ["im_height"] == "480"
+    for i, name in enumerate(gen.object_names(N_OBJ)):
+        k = i + 1  # 1-based suffixes in class order, spec §3.2
+        assert Path(occ[f"valid{k}"]).name == "test_occlusion.txt" and Path(occ[f"mesh{k}"]).is_file()
+        assert float(occ[f"diam{k}"]) == utils.mesh_diameter(MeshPly(occ[f"mesh{k}"]).vertices)
+        per = utils.read_data_cfg(root / "cfg" / f"{name}_occlusion.data", resolve_paths=True)
+        assert Path(per["valid"]).samefile(root / "LINEMOD" / name / "test_occlusion.txt")
+        assert per["name"] == name and Path(per["mesh"]).is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# determinism, errors, CLI
+# ------------------------------------------------------------------------------------------------
+
+def test_same_seed_is_byte_identical_whatever_the_workers(synth, tmp_path):
+    root, _ = synth
+    other = tmp_path / "again"
+    gen.generate(other, objects=N_OBJ, images_per_object=N_IMG, seed=SEED, multi=N_SCENES, test_fraction=0.5, workers=2)
+    files = _all_files(root)
+    assert files == _all_files(other)
+    match, mismatch, errors = filecmp.cmpfiles(root, other, [str(f) for f in files], shallow=False)
+    assert not mismatch and not errors and len(match) == len(files)
+
+
+def test_different_seed_differs(synth, tmp_path):
+    root, _ = synth
+    other = tmp_path / "seed4"
+    gen.generate(other, objects=N_OBJ, images_per_object=N_IMG, seed=SEED + 1, multi=0, test_fraction=0.5)
+    for rel in ("LINEMOD/obj00/JPEGImages/000000.jpg", "LINEMOD/obj00/labels/000000.txt", "LINEMOD/obj00/obj00.ply"):
+        assert (root / rel).read_bytes() != (other / rel).read_bytes(), rel
+
+
+def test_refuses_to_overwrite(tmp_path):
+    foreign = tmp_path / "foreign"
+    (foreign / "LINEMOD").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="did not write"):
+        gen.generate(foreign, objects=1, images_per_object=1)
+    out = tmp_path / "mine"
+    gen.generate(out, objects=1, images_per_object=1)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        gen.generate(out, objects=1, images_per_object=1)
+    gen.generate(out, objects=1, images_per_object=2, overwrite=True)
+    assert (out / "LINEMOD/obj00/JPEGImages/000001.jpg").is_file()
+    with pytest.raises(ValueError, match="at least 2 objects"):
+        gen.generate(tmp_path / "x", objects=1, images_per_object=1, multi=1)
+
+
+def test_cli_prints_summary(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert gen.main(["--out", str(out), "--objects", "1", "--images-per-object", "2", "--seed", "1", "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert str(out) in text and "images/s" in text and "obj00" in text and "1 train / 1 test" in text
+    assert gen.main(["--out", str(out), "--objects", "1", "--images-per-object", "2"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_look_at_rotation_is_a_rotation_with_up_in_the_image():
+    R = look_at_rotation(math.radians(30), math.radians(40), 0.0)
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(R) == pytest.approx(1.0)
+    up_cam = R @ np.array([0.0, 0.0, 1.0])
+    assert up_cam[1] < 0  # model 'up' points up in the image (camera y is down)
+    assert abs(up_cam[0]) < 1e-12  # no roll

@@ -1,0 +1,500 @@
+"""Generate a small synthetic dataset in the exact LINEMOD layout (spec §3.4, §14.3).
+
+    python tools/make_synthetic_linemod.py --out data/synthetic --objects 3 --images-per-object 20 \\
+        --seed 0 [--multi N] [--test-fraction 0.25] [--workers W] [--overwrite]
+
+or from Python: `from tools.make_synthetic_linemod import generate; generate("data/synthetic")`.
+
+Procedural, textured, asymmetric meshes (tools/synth_render.py) are rendered with the LINEMOD
+camera (§3.3) at LINEMOD-like poses (0.6-1.2 m, upper hemisphere, any in-plane roll) over
+procedural cluttered backgrounds (image.procedural_background plus patches in the objects'
+colours). Everything is drawn from numpy Generators seeded per (seed, object, image), so a seed
+gives byte-identical files whatever `--workers` is.
+
+Layout under DIR (DIR plays the role of the dataset root that contains LINEMOD/; every path in
+a list or .data file is relative to DIR):
+
+    LINEMOD/<obj>/JPEGImages/NNNNNN.jpg      640 x 480 RGB, JPEG quality 95
+    LINEMOD/<obj>/labels/NNNNNN.txt          one 21-number row per object ('%.6f'); class id =
+                                             object index; keypoints in the §9.2 order
+    LINEMOD/<obj>/mask/NNNN.png              0 / 255: exactly the pixels the renderer wrote for
+                                             the object (4 digits: the §3.4 '/00' derivation)
+    LINEMOD/<obj>/train.txt, test.txt        e.g. 'LINEMOD/obj00/JPEGImages/000012.jpg'
+    LINEMOD/<obj>/training_range.txt         training image indices, one per line
+    LINEMOD/<obj>/<obj>.ply                  ASCII PLY, metres, normals, uchar colours
+    cfg/<obj>.data                           every §3.2 key; diam = utils.mesh_diameter(mesh)
+    poses/<obj>.json                         K, image size, and for every image showing the
+                                             object: image, label file, row, R (3x3), t (m)
+    synthetic_info.json                      the generation parameters (written last)
+
+Objects are named obj00, obj01, ... (not LINEMOD names: the diameters differ).
+
+With `--multi N`, N OCCLUSION-style scenes are added (§3.4, §6.3, §9.6). Object 0 ("main",
+the role benchvise plays in OCCLUSION) is in every scene, with 1-3 other objects placed so that
+their silhouettes overlap (no 3-D interpenetration, each object at least MIN_VISIBLE visible):
+
+    LINEMOD/obj00/JPEGImages/NNNNNN.jpg      scene images, numbered after the single-object ones
+    LINEMOD/obj00/labels/NNNNNN.txt          one row per object in the scene (§9.2 order)
+    LINEMOD/obj00/mask/NNNN.png              union of all the scene's objects (what the
+                                             multi-object loader keeps when it masks the image)
+    cfg/train_occlusion.txt                  the training scenes (multi-object training list)
+    LINEMOD/<obj>/test_occlusion.txt         test scenes that contain <obj>
+    LINEMOD/<obj>/labels_occlusion/NNNNNN.txt   that object's row in the OCCLUSION corner order:
+                                             re-ordered with [0,1,3,5,7,2,4,6,8] it gives the
+                                             §9.2 order (what valid_multi does, §9.6)
+    cfg/occlusion.data                       train list, im_width/im_height, camera, valid<k>/
+                                             mesh<k>/diam<k> with k = class id + 1
+    cfg/<obj>_occlusion.data                 per-object evaluation cfg (valid = test_occlusion)
+
+The label path of a test scene for <obj> is derived as in the original: replace the main
+object's folder name by <obj> and JPEGImages by labels_occlusion.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from image import procedural_background  # noqa: E402
+from MeshPly import write_ply  # noqa: E402
+from tools.linemod_layout import (  # noqa: E402
+    JPEG_QUALITY, data_cfg_items, format_label_rows, image_stem, label_from_pose, label_path_for,
+    mask_path_for, occlusion_label_path_for, pose_entry, to_occlusion_order, write_data_cfg, write_list,
+    write_poses_json, write_text,
+)
+from tools.synth_render import Light, Mesh, make_mesh, render, sample_pose  # noqa: E402
+from utils import IM_HEIGHT, IM_WIDTH, get_camera_intrinsic, mesh_diameter  # noqa: E402
+
+DEFAULT_OUT = "data/synthetic"
+DEFAULT_TEST_FRACTION = 0.25
+MAX_SCENE_EXTRAS = 3  # objects besides the main one in a multi-object scene
+MIN_VISIBLE = 0.3  # every labelled scene object keeps at least 30 % of its silhouette
+SCENE_TRIES = 20
+SPHERE_CLEARANCE_M = 0.005
+# procedural_background is drawn at 1/BACKGROUND_DOWNSCALE resolution and upsampled: its per-pixel
+# Gaussian noise was ~70 % of the time per image at full size (the result is a little smoother)
+BACKGROUND_DOWNSCALE = 2
+BLUR_SIGMA_PX = 0.6  # a touch of camera blur on the composite (the mask stays the rendered pixels)
+INFO_FILE = "synthetic_info.json"
+MARKER_FILE = ".synthetic_in_progress"
+
+# seed streams: np.random.SeedSequence([seed, TAG, ...]) keeps every draw independent of the others
+TAG_MESH, TAG_IMAGE, TAG_SCENE, TAG_SPLIT = 0, 1, 2, 3
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
+
+
+def object_names(n: int) -> list[str]:
+    """obj00, obj01, ... (two digits at least; fixed width so no name contains another)."""
+    width = max(2, len(str(n - 1)))
+    return [f"obj{i:0{width}d}" for i in range(n)]
+
+
+@dataclass
+class SynthObject:
+    name: str
+    class_id: int
+    mesh: Mesh
+    diameter: float  # metres, utils.mesh_diameter of the written vertices
+
+
+def build_objects(n: int, seed: int) -> list[SynthObject]:
+    """The n procedural objects of a seed (object i depends only on (seed, i))."""
+    out = []
+    for i, name in enumerate(object_names(n)):
+        mesh = make_mesh(_rng(seed, TAG_MESH, i))
+        out.append(SynthObject(name, i, mesh, mesh_diameter(mesh.vertices)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# One image / one scene (pure: arrays in, arrays out)
+# --------------------------------------------------------------------------------------------
+
+def make_background(rng: np.random.Generator, colors: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Procedural clutter (H, W, 3) uint8 plus a few patches in the objects' colours `colors` (P, 3)."""
+    small = procedural_background(rng, width // BACKGROUND_DOWNSCALE, height // BACKGROUND_DOWNSCALE)
+    img = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    for _ in range(int(rng.integers(4, 10))):
+        col = tuple(float(c) for c in np.clip(colors[rng.integers(len(colors))] * rng.uniform(0.6, 1.1), 0, 255))
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(10, 60)
+        if rng.random() < 0.5:
+            ang = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(3, 7))))
+            pts = np.stack([cx + r * np.cos(ang), cy + r * rng.uniform(0.4, 1.0) * np.sin(ang)], axis=1)
+            cv2.fillPoly(img, [np.round(pts).astype(np.int32)], col)
+        else:
+            cv2.ellipse(img, (int(cx), int(cy)), (int(r), int(r * rng.uniform(0.3, 1.0))),
+                        float(rng.uniform(0, 180)), 0, 360, col, -1)
+    return img
+
+
+def _composite(background: np.ndarray, rendering) -> np.ndarray:
+    img = background.copy()
+    hit = rendering.ids >= 0
+    img[hit] = rendering.rgb[hit]
+    return cv2.GaussianBlur(img, (3, 3), BLUR_SIGMA_PX)
+
+
+def render_single(objects: list[SynthObject], obj_idx: int, img_idx: int, seed: int, K: np.ndarray,
+                  width: int = IM_WIDTH, height: int = IM_HEIGHT):
+    """One single-object image: (rgb (H, W, 3) uint8, mask (H, W) uint8 0/255, R (3, 3), t (3,) m)."""
+    rng = _rng(seed, TAG_IMAGE, obj_idx, img_idx)
+    obj = objects[obj_idx]
+    R, t = sample_pose(rng, obj.mesh.keypoints3d, K, width, height)
+    rendering = render([obj.mesh], [(R, t)], K, width, height, Light.random(rng))
+    bg = make_background(rng, np.concatenate([o.mesh.face_colors for o in objects]).astype(np.float64), width, height)
+    mask = np.where(rendering.ids == 0, 255, 0).astype(np.uint8)
+    return _composite(bg, rendering), mask, R, t
+
+
+def _place_scene(rng, objects: list[SynthObject], chosen: list[int], K, width, height):
+    """Poses [(R, t)] for the chosen objects (chosen[0] = main, near the image centre); others near it."""
+    main = objects[chosen[0]]
+    R, t = sample_pose(rng, main.mesh.keypoints3d, K, width, height,
+                       centre_box=(0.3 * width, 0.7 * width, 0.3 * height, 0.7 * height))
+    poses = [(R, t)]
+    spheres = [_sphere(main.mesh, R, t)]
+    main_px = K @ t / t[2]
+    placed = [chosen[0]]
+    for idx in chosen[1:]:
+        mesh = objects[idx].mesh
+        for _ in range(SCENE_TRIES):
+            r_px = K[0, 0] * (spheres[0][1] / t[2] + mesh.bounding_sphere()[1] / 0.9)
+            ang = rng.uniform(0, 2 * np.pi)
+            target = main_px[:2] + rng.uniform(0.4, 1.0) * r_px * np.array([np.cos(ang), np.sin(ang)])
+            box = (target[0] - 15, target[0] + 15, target[1] - 15, target[1] + 15)
+            try:
+                Ri, ti = sample_pose(rng, mesh.keypoints3d, K, width, height, centre_box=box)
+            except RuntimeError:
+                continue
+            c, r = _sphere(mesh, Ri, ti)
+            if all(np.linalg.norm(c - c2) > r + r2 + SPHERE_CLEARANCE_M for c2, r2 in spheres):
+                poses.append((Ri, ti))
+                spheres.append((c, r))
+                placed.append(idx)
+                break
+    return placed, poses
+
+
+def _sphere(mesh: Mesh, R, t):
+    c, r = mesh.bounding_sphere()
+    return R @ c + t, r
+
+
+def render_scene(objects: list[SynthObject], scene_idx: int, seed: int, K: np.ndarray,
+                 width: int = IM_WIDTH, height: int = IM_HEIGHT):
+    """One multi-object scene with mutual occlusion.
+
+    Returns rgb (H, W, 3) uint8, mask (H, W) uint8 (union of all objects, 0/255), and a list of
+    (object index, R (3, 3), t (3,) m, visible fraction) sorted by object index; object 0 always.
+    """
+    if len(objects) < 2:
+        raise ValueError(f"multi-object scenes need at least 2 objects; got {len(objects)}")
+    rng = _rng(seed, TAG_SCENE, scene_idx)
+    others = np.arange(1, len(objects))
+    light = Light.random(rng)
+    best = None
+    for _ in range(SCENE_TRIES):
+        n_extra = int(rng.integers(1, min(len(others), MAX_SCENE_EXTRAS) + 1))
+        chosen = [0] + sorted(int(i) for i in rng.choice(others, size=n_extra, replace=False))
+        placed, poses = _place_scene(rng, objects, chosen, K, width, height)
+        rendering = render([objects[i].mesh for i in placed], poses, K, width, height, light)
+        vis = rendering.visible_fraction()
+        if len(placed) > 1 and np.all(vis >= MIN_VISIBLE):
+            best = (placed, poses, rendering)
+            break
+        if best is None and vis[0] >= MIN_VISIBLE:
+            keep = [k for k in range(len(placed)) if k == 0 or vis[k] >= MIN_VISIBLE]
+            best = ([placed[k] for k in keep], [poses[k] for k in keep], None)
+    if best is None:  # practically unreachable: fall back to the main object alone
+        R, t = sample_pose(rng, objects[0].mesh.keypoints3d, K, width, height)
+        best = ([0], [(R, t)], None)
+    placed, poses, rendering = best
+    if rendering is None:  # objects were dropped: render the kept ones again
+        rendering = render([objects[i].mesh for i in placed], poses, K, width, height, light)
+    bg = make_background(rng, np.concatenate([o.mesh.face_colors for o in objects]).astype(np.float64), width, height)
+    mask = np.where(rendering.ids >= 0, 255, 0).astype(np.uint8)
+    vis = rendering.visible_fraction()
+    items = sorted((placed[k], poses[k][0], poses[k][1], float(vis[k])) for k in range(len(placed)))
+    return _composite(bg, rendering), mask, items
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs (run in the main process or in worker processes; they write their own image files)
+# --------------------------------------------------------------------------------------------
+
+_STATE: dict = {}
+
+
+def _init_worker(state: dict, worker_process: bool = True) -> None:
+    if worker_process:  # one OpenCV thread per process: the pool already uses every core
+        cv2.setNumThreads(1)
+    _STATE.clear()
+    _STATE.update(state)
+
+
+def _write_image(out: Path, rel_image: str, rgb: np.ndarray, mask: np.ndarray, rows: np.ndarray, quality: int):
+    img_path = out / rel_image
+    img_path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(img_path), np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
+        raise OSError(f"{img_path}: cv2.imwrite failed")
+    mask_path = out / mask_path_for(rel_image)
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(mask_path), mask):
+        raise OSError(f"{mask_path}: cv2.imwrite failed")
+    write_text(out / label_path_for(rel_image), format_label_rows(rows))
+
+
+def _run_job(job):
+    """job = ('single', obj_idx, img_idx) or ('scene', scene_idx, image index, is_test)."""
+    s = _STATE
+    objects, K, out, seed = s["objects"], s["K"], s["out"], s["seed"]
+    if job[0] == "single":
+        _, oi, ii = job
+        rgb, mask, R, t = render_single(objects, oi, ii, seed, K)
+        row = label_from_pose(objects[oi].mesh.corners, R, t, K, objects[oi].class_id)
+        rel = f"LINEMOD/{objects[oi].name}/JPEGImages/{image_stem(ii)}.jpg"
+        _write_image(out, rel, rgb, mask, row[None], s["quality"])
+        return job, [(oi, R, t, 1.0, row)]
+    _, si, ii, is_test = job
+    rgb, mask, items = render_scene(objects, si, seed, K)
+    rows = [(oi, R, t, vis, label_from_pose(objects[oi].mesh.corners, R, t, K, objects[oi].class_id))
+            for oi, R, t, vis in items]
+    rel = f"LINEMOD/{objects[0].name}/JPEGImages/{image_stem(ii)}.jpg"
+    _write_image(out, rel, rgb, mask, np.stack([r[4] for r in rows]), s["quality"])
+    if is_test:
+        for oi, _, _, _, row in rows:
+            write_text(out / occlusion_label_path_for(rel, objects[oi].name), format_label_rows(to_occlusion_order(row)[None]))
+    return job, rows
+
+
+def _split(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean (n,) test flags: round(n * fraction) of them, at least one train and one test if 0 < f < 1."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"test fraction must be in [0, 1]; got {fraction}")
+    n_test = int(round(n * fraction))
+    if 0.0 < fraction < 1.0 and n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    flags = np.zeros(n, dtype=bool)
+    flags[rng.permutation(n)[:n_test]] = True
+    return flags
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    info, marker = out / INFO_FILE, out / MARKER_FILE
+    existing = [out / d for d in ("LINEMOD", "cfg", "poses") if (out / d).exists()]
+    if existing:
+        if not (info.exists() or marker.exists()):
+            raise FileExistsError(f"{out}: already holds {existing[0].name}/ that this generator did not write; "
+                                  f"choose an empty --out folder")
+        if info.exists() and not marker.exists() and not overwrite:
+            raise FileExistsError(f"{out}: a synthetic dataset already exists ({info.name}); pass --overwrite to replace it")
+        for d in existing:
+            shutil.rmtree(d)
+    info.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("synthetic LINEMOD generation in progress (or interrupted)\n")
+
+
+# --------------------------------------------------------------------------------------------
+# The whole dataset
+# --------------------------------------------------------------------------------------------
+
+def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20, seed: int = 0, multi: int = 0,
+             test_fraction: float = DEFAULT_TEST_FRACTION, workers: int = 1, overwrite: bool = False,
+             jpeg_quality: int = JPEG_QUALITY, quiet: bool = True) -> dict:
+    """Write the synthetic LINEMOD dataset under out_dir (see the module docstring); return a summary.
+
+    objects: number of objects (>= 1; >= 2 with multi); images_per_object: single-object images
+    per object; multi: number of multi-object scenes; workers: processes (the output does not
+    depend on it). The cfg/ files and synthetic_info.json are written last, so their presence
+    means the dataset is complete. Summary keys: out, data_cfgs, occlusion_data, images, scenes,
+    seconds.
+    """
+    if objects < 1 or images_per_object < 1 or multi < 0:
+        raise ValueError(f"need objects >= 1, images_per_object >= 1, multi >= 0; got {objects}, {images_per_object}, {multi}")
+    if multi and objects < 2:
+        raise ValueError(f"--multi needs at least 2 objects (scenes mix classes); got --objects {objects}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0; got {seed}")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    _prepare_out_dir(out, overwrite)
+    K = get_camera_intrinsic()
+    objs = build_objects(objects, seed)
+    main = objs[0].name
+
+    # single-object images, then scenes numbered after them in the main object's folder
+    test_flags = {o.class_id: _split(images_per_object, test_fraction, _rng(seed, TAG_SPLIT, o.class_id)) for o in objs}
+    scene_test = _split(multi, test_fraction, _rng(seed, TAG_SPLIT, objects)) if multi else np.zeros(0, bool)
+    jobs = [("single", o.class_id, i) for o in objs for i in range(images_per_object)]
+    jobs += [("scene", s, images_per_object + s, bool(scene_test[s])) for s in range(multi)]
+    state = {"objects": objs, "K": K, "out": out, "seed": seed, "quality": jpeg_quality}
+    results = _run_jobs(jobs, state, workers)
+
+    # per-object files
+    poses = {o.class_id: [] for o in objs}
+    train_scenes, test_scenes = [], {o.class_id: [] for o in objs}
+    for job, rows in results:
+        if job[0] == "single":
+            _, oi, ii = job
+            rel = f"LINEMOD/{objs[oi].name}/JPEGImages/{image_stem(ii)}.jpg"
+            _, R, t, _, _ = rows[0]
+            poses[oi].append(pose_entry(rel, R, t, label=label_path_for(rel), row=0))
+            continue
+        _, si, ii, is_test = job
+        rel = f"LINEMOD/{main}/JPEGImages/{image_stem(ii)}.jpg"
+        for k, (oi, R, t, vis, _) in enumerate(rows):
+            extra = {"label": label_path_for(rel), "row": k, "visible_fraction": round(vis, 6)}
+            if is_test:
+                extra["label_occlusion"] = occlusion_label_path_for(rel, objs[oi].name)
+                test_scenes[oi].append(rel)
+            poses[oi].append(pose_entry(rel, R, t, **extra))
+        if not is_test:
+            train_scenes.append(rel)
+
+    data_cfgs = []
+    for o in objs:
+        folder = out / "LINEMOD" / o.name
+        rel_folder = f"LINEMOD/{o.name}"
+        images = [f"{rel_folder}/JPEGImages/{image_stem(i)}.jpg" for i in range(images_per_object)]
+        flags = test_flags[o.class_id]
+        write_list(folder / "train.txt", [p for p, f in zip(images, flags) if not f])
+        write_list(folder / "test.txt", [p for p, f in zip(images, flags) if f])
+        write_list(folder / "training_range.txt", [str(i) for i in range(images_per_object) if not flags[i]])
+        m = o.mesh
+        write_ply(folder / f"{o.name}.ply", m.vertices, m.faces, m.normals, m.vertex_colors)
+        write_poses_json(out / "poses" / f"{o.name}.json", o.name, o.class_id, f"{rel_folder}/{o.name}.ply",
+                         K, IM_WIDTH, IM_HEIGHT, poses[o.class_id])
+        if multi:
+            write_list(folder / "test_occlusion.txt", test_scenes[o.class_id])
+
+    # cfg files last: their presence means the dataset is complete
+    for o in objs:
+        path = out / "cfg" / f"{o.name}.data"
+        write_data_cfg(path, data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K))
+        data_cfgs.append(path)
+    occlusion_data = None
+    if multi:
+        write_list(out / "cfg" / "train_occlusion.txt", train_scenes)
+        occlusion_data = out / "cfg" / "occlusion.data"
+        write_data_cfg(occlusion_data, _occlusion_items(objs, K))
+        for o in objs:
+            write_data_cfg(out / "cfg" / f"{o.name}_occlusion.data", _object_occlusion_items(o, K))
+    info = {"generator": "tools/make_synthetic_linemod.py", "format_version": 1, "seed": seed,
+            "objects": [o.name for o in objs], "images_per_object": images_per_object, "multi": multi,
+            "main_object": main if multi else None, "test_fraction": test_fraction, "jpeg_quality": jpeg_quality,
+            "width": IM_WIDTH, "height": IM_HEIGHT, "K": K.tolist(),
+            "diameters": {o.name: o.diameter for o in objs}}
+    write_text(out / INFO_FILE, json.dumps(info, indent=1) + "\n")
+    (out / MARKER_FILE).unlink()
+
+    seconds = time.perf_counter() - start
+    summary = {"out": str(out), "data_cfgs": [str(p) for p in data_cfgs],
+               "occlusion_data": str(occlusion_data) if occlusion_data else None,
+               "images": objects * images_per_object, "scenes": multi, "seconds": seconds}
+    if not quiet:
+        _print_summary(summary, objs, test_flags, scene_test)
+    return summary
+
+
+def _occlusion_items(objs: list[SynthObject], K: np.ndarray) -> list[tuple[str, str]]:
+    items = [("train", "cfg/train_occlusion.txt"), ("backup", "backup_multi"), ("name", "occlusion"),
+             ("gpus", "0"), ("num_workers", "10"), ("im_width", str(IM_WIDTH)), ("im_height", str(IM_HEIGHT)),
+             ("fx", repr(float(K[0, 0]))), ("fy", repr(float(K[1, 1]))),
+             ("u0", repr(float(K[0, 2]))), ("v0", repr(float(K[1, 2])))]
+    for o in objs:  # spec §3.2: 1-based suffixes in class order
+        k = o.class_id + 1
+        items += [(f"valid{k}", f"LINEMOD/{o.name}/test_occlusion.txt"), (f"mesh{k}", f"LINEMOD/{o.name}/{o.name}.ply"),
+                  (f"diam{k}", repr(float(o.diameter)))]
+    return items
+
+
+def _object_occlusion_items(o: SynthObject, K: np.ndarray) -> list[tuple[str, str]]:
+    items = data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K, train="cfg/train_occlusion.txt",
+                           valid=f"LINEMOD/{o.name}/test_occlusion.txt", backup="backup_multi")
+    return items + [("im_width", str(IM_WIDTH)), ("im_height", str(IM_HEIGHT))]
+
+
+def _run_jobs(jobs: list, state: dict, workers: int) -> list:
+    """Results of _run_job in job order; workers > 1 uses a process pool.
+
+    The pool is started with 'spawn', never 'fork': a fork after torch or OpenCV have started
+    their thread pools (as in a test session or in train.py) can deadlock the children.
+    """
+    workers = max(1, min(int(workers), len(jobs)))
+    if workers == 1:
+        _init_worker(state, worker_process=False)
+        try:
+            return [_run_job(j) for j in jobs]
+        finally:
+            _STATE.clear()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(state,)) as pool:
+        return list(pool.imap(_run_job, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+
+
+def _print_summary(summary: dict, objs, test_flags, scene_test) -> None:
+    n_img, n_scene, sec = summary["images"], summary["scenes"], summary["seconds"]
+    print(f"synthetic LINEMOD written to {summary['out']}/ in {sec:.1f} s "
+          f"({(n_img + n_scene) / max(sec, 1e-9):.1f} images/s)")
+    for o in objs:
+        n_test = int(test_flags[o.class_id].sum())
+        print(f"  {o.name}: class {o.class_id}, {len(o.mesh.faces)} triangles, diam {o.diameter:.4f} m, "
+              f"{len(test_flags[o.class_id]) - n_test} train / {n_test} test images")
+    if n_scene:
+        n_test = int(scene_test.sum())
+        print(f"  {n_scene} multi-object scenes in LINEMOD/{objs[0].name}/JPEGImages: "
+              f"{n_scene - n_test} train (cfg/train_occlusion.txt) / {n_test} test (test_occlusion.txt)")
+    print("  data cfgs: " + " ".join(summary["data_cfgs"]))
+    if summary["occlusion_data"]:
+        print(f"  multi-object cfg: {summary['occlusion_data']}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"dataset root to create (default {DEFAULT_OUT})")
+    p.add_argument("--objects", type=int, default=3, help="number of objects (default 3)")
+    p.add_argument("--images-per-object", type=int, default=20, help="single-object images per object (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+    p.add_argument("--multi", type=int, default=0, help="number of OCCLUSION-style multi-object scenes (default 0)")
+    p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                   help=f"fraction of images in test.txt (default {DEFAULT_TEST_FRACTION})")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="worker processes (default: CPU count, at most 8); does not change the output")
+    p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help=f"JPEG quality (default {JPEG_QUALITY})")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset this generator wrote before")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        generate(args.out, objects=args.objects, images_per_object=args.images_per_object, seed=args.seed,
+                 multi=args.multi, test_fraction=args.test_fraction, workers=args.workers,
+                 overwrite=args.overwrite, jpeg_quality=args.jpeg_quality, quiet=args.quiet)
+    except (ValueError, FileExistsError) as exc:
+        print(f"make_synthetic_linemod: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,467 @@
+"""Procedural textured meshes, LINEMOD-like poses and a small numpy z-buffer renderer (CPU only).
+
+Used by tools/make_synthetic_linemod.py (spec §14.3); every function is pure and takes its
+randomness from an explicit numpy Generator, so a seed fixes every pixel.
+
+Units and frames:
+    mesh vertices in metres, model frame with z "up" (the side the camera sees from above);
+    poses map model to camera: X_cam = R @ X + t, t in metres; camera x right, y down, z forward;
+    pixels in OpenCV's convention (pixel (u, v) has its centre at integer u, v).
+
+Meshes: a convex body (subdivided box, capped cylinder or ellipsoid) with 2-4 attachments
+(handle, knob, block, cone) stuck on random points of its surface, each face textured with its
+own colour pattern plus one marker patch, so neither the shape nor the texture is symmetric.
+The model origin is moved off the box centre (like LINEMOD), then the mesh is scaled to a
+target diameter (10-30 cm) and quantised to float32 (the precision of the written PLY).
+
+Renderer: back-face culling, then every front triangle is rasterised at the pixel centres inside
+it (edge functions, vectorised per bounding-box size), and a z-buffer on 1/z keeps the nearest
+one. Flat Lambertian shading with one directional light and an ambient term. The object mask is
+exactly the set of pixels the renderer wrote.
+"""
+from __future__ import annotations
+
+import colorsys
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils import box_corners, mesh_diameter, pose_points3d, project_points
+
+# spec §14.3: object sizes and camera distances like LINEMOD
+DIAMETER_RANGE_M = (0.10, 0.30)
+DISTANCE_RANGE_M = (0.6, 1.2)
+ELEVATION_RANGE_DEG = (10.0, 85.0)  # upper hemisphere (85: keep the look-at 'up' defined)
+ORIGIN_OFFSET_RANGE = (0.08, 0.25)  # origin offset from the box centre, fraction of the box size
+KEYPOINT_MARGIN_PX = 8.0  # all 9 label points at least this far inside the image when possible
+POSE_TRIES = 200
+
+
+# --------------------------------------------------------------------------------------------
+# Meshes
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Mesh:
+    """A triangle mesh with flat per-face colours.
+
+    vertices (N, 3) float64 metres (float32-exact values), faces (M, 3) int64,
+    normals (N, 3) float64 unit, vertex_colors (N, 3) uint8, face_colors (M, 3) uint8.
+    """
+    vertices: np.ndarray
+    faces: np.ndarray
+    normals: np.ndarray
+    vertex_colors: np.ndarray
+    face_colors: np.ndarray
+
+    @property
+    def corners(self) -> np.ndarray:
+        """The 8 box corners (8, 3) in the §9.2 order."""
+        return box_corners(self.vertices)
+
+    @property
+    def keypoints3d(self) -> np.ndarray:
+        """The 9 label points (9, 3): origin then the corners."""
+        return pose_points3d(self.corners)
+
+    def bounding_sphere(self) -> tuple[np.ndarray, float]:
+        """(centre (3,), radius) of a sphere around the mesh: the box centre and the farthest vertex."""
+        c = 0.5 * (self.vertices.min(0) + self.vertices.max(0))
+        return c, float(np.linalg.norm(self.vertices - c, axis=1).max())
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v)) * 255.0
+
+
+def _palette(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 3) float colours around one random base hue (object-like, not garish)."""
+    base = rng.random()
+    hues = base + rng.normal(0.0, 0.12, size=n) + rng.choice([0.0, 0.5], size=n, p=[0.75, 0.25])
+    return np.stack([_hsv(h, rng.uniform(0.3, 0.9), rng.uniform(0.35, 0.95)) for h in hues])
+
+
+def _grid(P: np.ndarray):
+    """Quads of a parametric grid P (nu+1, nv+1, 3) -> ((Q, 4, 3) corners in order, (Q,) iu, (Q,) iv)."""
+    nu, nv = P.shape[0] - 1, P.shape[1] - 1
+    q = np.stack([P[:-1, :-1], P[1:, :-1], P[1:, 1:], P[:-1, 1:]], axis=2).reshape(-1, 4, 3)
+    iu, iv = np.meshgrid(np.arange(nu), np.arange(nv), indexing="ij")
+    return q, iu.reshape(-1), iv.reshape(-1)
+
+
+def _box(size, n: int):
+    """Box centred at 0 with edge lengths size (3,), each face an n x n grid; patch id = face (0..5)."""
+    size = np.asarray(size, dtype=np.float64)
+    s = np.linspace(0.0, 1.0, n + 1)
+    U, V = np.meshgrid(s, s, indexing="ij")
+    quads, ius, ivs, pids = [], [], [], []
+    for a in range(3):
+        b, c = (a + 1) % 3, (a + 2) % 3
+        for k, sign in enumerate((-1.0, 1.0)):
+            P = np.zeros(U.shape + (3,))
+            P[..., a] = sign * size[a] / 2
+            P[..., b] = (U - 0.5) * size[b]
+            P[..., c] = (V - 0.5) * size[c]
+            q, iu, iv = _grid(P)
+            quads.append(q), ius.append(iu), ivs.append(iv), pids.append(np.full(len(q), 2 * a + k))
+    return np.concatenate(quads), np.concatenate(ius), np.concatenate(ivs), np.concatenate(pids)
+
+
+def _frustum(r0: float, r1: float, h: float, n_theta: int, n_h: int, n_r: int = 2):
+    """Capped frustum (cylinder if r0 == r1, cone if r1 == 0) along z, centred at 0.
+
+    Patch ids: 0 side, 1 bottom cap, 2 top cap.
+    """
+    u = np.linspace(0.0, 1.0, n_theta + 1)
+    cos, sin = np.cos(2 * np.pi * u), np.sin(2 * np.pi * u)
+    v = np.linspace(0.0, 1.0, n_h + 1)
+    r = r0 + (r1 - r0) * v
+    side = np.stack(np.broadcast_arrays(cos[:, None] * r, sin[:, None] * r, h * (v - 0.5)[None, :]), axis=-1)
+    parts = [(side, 0)]
+    w = np.linspace(0.0, 1.0, n_r + 1)
+    for radius, z, pid in ((r0, -h / 2, 1), (r1, h / 2, 2)):
+        if radius > 0:
+            cap = np.stack(np.broadcast_arrays(cos[:, None] * radius * w, sin[:, None] * radius * w,
+                                               np.full((1, n_r + 1), z)), axis=-1)
+            parts.append((cap, pid))
+    out = [(*_grid(P), np.full((P.shape[0] - 1) * (P.shape[1] - 1), pid)) for P, pid in parts]
+    return tuple(np.concatenate(x) for x in zip(*out))
+
+
+def _ellipsoid(radii, n_theta: int, n_phi: int):
+    """Ellipsoid centred at 0 with semi-axes radii (3,); patch id 0."""
+    u = np.linspace(0.0, 1.0, n_theta + 1)[:, None]
+    v = np.linspace(0.0, 1.0, n_phi + 1)[None, :]
+    P = np.stack(np.broadcast_arrays(radii[0] * np.sin(np.pi * v) * np.cos(2 * np.pi * u),
+                                     radii[1] * np.sin(np.pi * v) * np.sin(2 * np.pi * u),
+                                     radii[2] * np.cos(np.pi * v)), axis=-1)
+    q, iu, iv = _grid(P)
+    return q, iu, iv, np.zeros(len(q), dtype=np.int64)
+
+
+def _triangulate(quads: np.ndarray, centre: np.ndarray):
+    """Quads (Q, 4, 3) of a convex primitive around `centre` -> outward triangles.
+
+    Returns tris (T, 3, 3) wound counter-clockwise seen from outside, per-triangle quad index (T,),
+    and the per-quad outward unit normal (Q, 3) (both triangles of a quad share it).
+    """
+    qn = np.cross(quads[:, 2] - quads[:, 0], quads[:, 3] - quads[:, 1])
+    qn_len = np.linalg.norm(qn, axis=1, keepdims=True)
+    qn = qn / np.maximum(qn_len, 1e-300)
+    out = np.sign(np.einsum("qi,qi->q", qn, quads.mean(1) - centre))
+    qn *= np.where(out == 0, 1.0, out)[:, None]
+    tris = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]])
+    owner = np.concatenate([np.arange(len(quads))] * 2)
+    tn = np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0])
+    area2 = np.linalg.norm(tn, axis=1)
+    keep = area2 > 1e-12 * max(1.0, float(np.abs(quads).max()) ** 2)
+    tris, owner, tn = tris[keep], owner[keep], tn[keep]
+    flip = np.einsum("ti,ti->t", tn, tris.mean(1) - centre) < 0
+    tris[flip] = tris[flip][:, [0, 2, 1]]
+    return tris, owner, qn
+
+
+def _texture(rng: np.random.Generator, iu, iv, pid, palette: np.ndarray) -> np.ndarray:
+    """(Q, 3) float colours: each patch gets its own pattern (solid, checker, stripes, bands)."""
+    colors = np.zeros((len(iu), 3))
+    for p in np.unique(pid):
+        sel = pid == p
+        c1, c2 = palette[rng.choice(len(palette), size=2, replace=False)]
+        kind = rng.integers(0, 4)
+        width = int(rng.integers(1, 3))
+        if kind == 0:
+            pick = np.zeros(sel.sum(), dtype=bool)
+        elif kind == 1:
+            pick = ((iu[sel] // width + iv[sel] // width) % 2).astype(bool)
+        elif kind == 2:
+            pick = ((iu[sel] // width) % 2).astype(bool)
+        else:
+            pick = ((iv[sel] // width) % 2).astype(bool)
+        colors[sel] = np.where(pick[:, None], c2, c1)
+    return colors
+
+
+def _frame_from_z(z: np.ndarray, spin: float) -> np.ndarray:
+    """Rotation (3, 3) whose third column is the unit vector z, spun by `spin` radians about it."""
+    z = z / np.linalg.norm(z)
+    a = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    x = np.cross(a, z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    c, s = math.cos(spin), math.sin(spin)
+    return np.stack([c * x + s * y, -s * x + c * y, z], axis=1)
+
+
+def _primitive(rng: np.random.Generator, kind: str, scale: float):
+    """(quads, iu, iv, pid) of one primitive kind at roughly `scale` size, centred at 0."""
+    if kind == "box":
+        n = int(rng.integers(3, 6))
+        return _box(scale * rng.uniform(0.5, 1.0, size=3), n)
+    if kind == "cylinder":
+        r, h = scale * rng.uniform(0.25, 0.5), scale * rng.uniform(0.5, 1.0)
+        return _frustum(r, r * rng.uniform(0.7, 1.0), h, int(rng.integers(16, 25)), int(rng.integers(3, 6)))
+    if kind == "ellipsoid":
+        return _ellipsoid(scale * rng.uniform(0.3, 0.55, size=3), int(rng.integers(16, 23)), int(rng.integers(9, 13)))
+    if kind == "handle":
+        r = scale * rng.uniform(0.08, 0.15)
+        return _frustum(r, r, scale * rng.uniform(0.5, 0.9), int(rng.integers(10, 15)), 2)
+    if kind == "knob":
+        return _ellipsoid(scale * rng.uniform(0.12, 0.25, size=3), int(rng.integers(10, 14)), int(rng.integers(6, 9)))
+    if kind == "block":
+        return _box(scale * rng.uniform(0.2, 0.45, size=3), 2)
+    if kind == "cone":
+        return _frustum(scale * rng.uniform(0.12, 0.22), 0.0, scale * rng.uniform(0.35, 0.7), int(rng.integers(10, 15)), 2)
+    raise ValueError(f"unknown primitive kind {kind!r}")
+
+
+BODY_KINDS = ("box", "cylinder", "ellipsoid")
+ATTACHMENT_KINDS = ("handle", "knob", "block", "cone")
+
+
+def make_mesh(rng: np.random.Generator, diameter: float | None = None) -> Mesh:
+    """A procedural, textured, asymmetric object of `diameter` metres (default U(0.10, 0.30)).
+
+    A few hundred to ~2000 triangles; model origin off the box centre; float32-exact vertices.
+    """
+    target = float(rng.uniform(*DIAMETER_RANGE_M)) if diameter is None else float(diameter)
+    palette = _palette(rng, 6)
+    tris_all, normals_all, colors_all = [], [], []
+
+    def add(quads, iu, iv, pid, rot, shift, marker: bool):
+        centre = np.zeros(3)
+        tris, owner, qn = _triangulate(quads, centre)
+        qcol = _texture(rng, iu, iv, pid, palette)
+        if marker:  # one distinctive patch: breaks any remaining texture symmetry
+            q = int(rng.integers(0, len(quads)))
+            near = (pid == pid[q]) & (np.abs(iu - iu[q]) <= 1) & (np.abs(iv - iv[q]) <= 1)
+            qcol[near] = _hsv(rng.random(), rng.uniform(0.0, 0.3), rng.choice([0.12, 0.97]))
+        tris_all.append(tris @ rot.T + shift)
+        normals_all.append(qn[owner] @ rot.T)
+        colors_all.append(qcol[owner])
+
+    body = str(rng.choice(BODY_KINDS))
+    add(*_primitive(rng, body, 1.0), np.eye(3), np.zeros(3), marker=True)
+    body_tris = tris_all[0]
+    areas = 0.5 * np.linalg.norm(np.cross(body_tris[:, 1] - body_tris[:, 0], body_tris[:, 2] - body_tris[:, 0]), axis=1)
+    for _ in range(int(rng.integers(2, 5))):
+        kind = str(rng.choice(ATTACHMENT_KINDS))
+        k = int(rng.choice(len(body_tris), p=areas / areas.sum()))
+        anchor, normal = body_tris[k].mean(0), normals_all[0][k]
+        quads, iu, iv, pid = _primitive(rng, kind, 1.0)
+        half = np.abs(quads.reshape(-1, 3)[:, 2]).max()
+        rot = _frame_from_z(normal, float(rng.uniform(0, 2 * np.pi)))
+        add(quads, iu, iv, pid, rot, anchor + normal * half * rng.uniform(0.3, 0.7), marker=False)
+
+    tris = np.concatenate(tris_all)
+    normals = np.concatenate(normals_all)
+    colors = np.clip(np.round(np.concatenate(colors_all)), 0, 255).astype(np.uint8)
+    # origin off the box centre, then scale to the target diameter
+    lo, hi = tris.reshape(-1, 3).min(0), tris.reshape(-1, 3).max(0)
+    offset = rng.uniform(*ORIGIN_OFFSET_RANGE, size=3) * rng.choice([-1.0, 1.0], size=3) * (hi - lo)
+    tris = tris - (0.5 * (lo + hi) + offset)
+    tris *= target / mesh_diameter(tris.reshape(-1, 3))
+    return _indexed_mesh(tris, normals, colors)
+
+
+def _indexed_mesh(tris: np.ndarray, face_normals: np.ndarray, face_colors: np.ndarray) -> Mesh:
+    """Merge the corners of triangle soup (T, 3, 3) that share position, normal and colour."""
+    T = len(tris)
+    pos = tris.reshape(-1, 3).astype(np.float32)
+    nrm = np.repeat(face_normals, 3, axis=0).astype(np.float32)
+    col = np.repeat(face_colors, 3, axis=0)
+    key = np.concatenate([pos.view(np.uint32), nrm.view(np.uint32), col.astype(np.uint32)], axis=1)
+    uniq, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    n = face_normals.astype(np.float64)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    return Mesh(vertices=pos[first].astype(np.float64), faces=inverse.reshape(T, 3).astype(np.int64),
+                normals=nrm[first].astype(np.float64), vertex_colors=col[first], face_colors=face_colors)
+
+
+# --------------------------------------------------------------------------------------------
+# Poses
+# --------------------------------------------------------------------------------------------
+
+def look_at_rotation(elevation: float, azimuth: float, inplane: float) -> np.ndarray:
+    """Model-to-camera rotation (3, 3) of a camera above the model (radians).
+
+    The camera sits in direction (cos e cos a, cos e sin a, sin e) of the model frame (z up),
+    looks at the origin with the model's 'up' pointing up in the image, then rolls by `inplane`.
+    """
+    c = np.array([math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)])
+    z = -c
+    up = np.array([0.0, 0.0, 1.0])
+    y = -(up - up.dot(z) * z)
+    y /= np.linalg.norm(y)
+    x = np.cross(y, z)
+    R0 = np.stack([x, y, z])  # rows: camera axes in model coordinates
+    cr, sr = math.cos(inplane), math.sin(inplane)
+    roll = np.array([[cr, -sr, 0.0], [sr, cr, 0.0], [0.0, 0.0, 1.0]])
+    return roll @ R0
+
+
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation (3, 3) taking unit vector a to unit vector b (Rodrigues)."""
+    a = a / np.linalg.norm(a)
+    b = b / np.linalg.norm(b)
+    v = np.cross(a, b)
+    s, c = np.linalg.norm(v), float(a.dot(b))
+    if s < 1e-12:
+        return np.eye(3)  # the camera rays used here are never opposite
+    k = v / s
+    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + s * Kx + (1 - c) * Kx @ Kx
+
+
+def sample_pose(rng: np.random.Generator, keypoints3d: np.ndarray, K: np.ndarray, width: int, height: int,
+                distance=DISTANCE_RANGE_M, centre_box=None, margin: float = KEYPOINT_MARGIN_PX):
+    """A LINEMOD-like pose (R (3, 3), t (3,) m): upper-hemisphere view, any in-plane roll.
+
+    The origin lies `distance` metres from the camera (uniform in the range); its projection is
+    uniform among the pixels that keep all `keypoints3d` (9, 3) `margin` px inside the image and,
+    if given, inside centre_box = (u_lo, u_hi, v_lo, v_hi). The camera pans to that pixel
+    (rotation about its centre), so the view stays a true perspective look-at.
+    """
+    sin_lo, sin_hi = (math.sin(math.radians(e)) for e in ELEVATION_RANGE_DEG)
+    Kinv = np.linalg.inv(K)
+    fallback = None
+    for _ in range(POSE_TRIES):
+        elev = math.asin(rng.uniform(sin_lo, sin_hi))  # uniform over the spherical cap
+        R0 = look_at_rotation(elev, rng.uniform(0, 2 * np.pi), rng.uniform(-np.pi, np.pi))
+        d = rng.uniform(*distance)
+        kp = project_points(keypoints3d, R0, np.array([0.0, 0.0, d]), K)
+        rel = kp - kp[0]
+        u_lo, u_hi = margin - rel[:, 0].min(), width - 1 - margin - rel[:, 0].max()
+        v_lo, v_hi = margin - rel[:, 1].min(), height - 1 - margin - rel[:, 1].max()
+        if centre_box is not None:
+            u_lo, u_hi = max(u_lo, centre_box[0]), min(u_hi, centre_box[1])
+            v_lo, v_hi = max(v_lo, centre_box[2]), min(v_hi, centre_box[3])
+        if u_lo > u_hi or v_lo > v_hi:
+            continue
+        u, v = rng.uniform(u_lo, u_hi), rng.uniform(v_lo, v_hi)
+        ray = Kinv @ np.array([u, v, 1.0])
+        ray /= np.linalg.norm(ray)
+        Q = rotation_between(np.array([0.0, 0.0, 1.0]), ray)
+        R, t = Q @ R0, d * ray
+        kp = project_points(keypoints3d, R, t, K)
+        inside = np.all((kp >= margin / 2) & (kp <= np.array([width - 1, height - 1]) - margin / 2))
+        if inside:
+            return R, t
+        if fallback is None:
+            fallback = (R, t)
+    if fallback is None:
+        raise RuntimeError("sample_pose: no pose keeps the object in the image; object too large for the camera")
+    return fallback
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Light:
+    """Flat Lambertian shading: colour * (ambient + diffuse * max(0, n . direction)).
+
+    direction (3,) unit vector from the surface towards the light, camera frame.
+    """
+    direction: np.ndarray
+    ambient: float = 0.4
+    diffuse: float = 0.6
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> "Light":
+        d = np.array([rng.uniform(-0.7, 0.7), rng.uniform(-0.9, -0.1), -1.0])  # from the camera side, above
+        return cls(d / np.linalg.norm(d), float(rng.uniform(0.3, 0.5)), float(rng.uniform(0.5, 0.75)))
+
+
+@dataclass
+class Rendering:
+    """rgb (H, W, 3) uint8 (0 where empty); ids (H, W) int16: object index or -1;
+    silhouette_px (n,) int64: pixels each object would cover alone (occlusion ignored)."""
+    rgb: np.ndarray
+    ids: np.ndarray
+    silhouette_px: np.ndarray
+
+    def visible_fraction(self) -> np.ndarray:
+        """(n,) visible pixels / unoccluded silhouette pixels of each object (0 when off-screen)."""
+        vis = np.bincount(self.ids[self.ids >= 0].ravel(), minlength=len(self.silhouette_px))
+        return np.where(self.silhouette_px > 0, vis / np.maximum(self.silhouette_px, 1), 0.0)
+
+
+def _rasterize(px: np.ndarray, inv_z: np.ndarray, width: int, height: int):
+    """Pixel-centre coverage of triangles px (T, 3, 2) pixels with per-vertex 1/z (T, 3).
+
+    Returns candidate fragments (pixel index (F,) = v * width + u, triangle index (F,), 1/z (F,)).
+    Vectorised per power-of-two bounding-box size, so no Python loop over triangles.
+    """
+    lo = np.ceil(px.min(axis=1)).astype(np.int64)
+    hi = np.floor(px.max(axis=1)).astype(np.int64)
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, np.array([width - 1, height - 1]))
+    a, b, c = px[:, 0], px[:, 1], px[:, 2]
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    ok = np.all(lo <= hi, axis=1) & (np.abs(area) > 1e-9)
+    span = np.where(ok, np.max(hi - lo + 1, axis=1), 0)
+    bucket = np.where(ok, 1 << np.ceil(np.log2(np.maximum(span, 1))).astype(np.int64), 0)
+    pix_out, tri_out, iz_out = [], [], []
+    for S in np.unique(bucket[bucket > 0]):
+        idx = np.nonzero(bucket == S)[0]
+        g = np.arange(S)
+        gx, gy = np.tile(g, S), np.repeat(g, S)
+        qx = lo[idx, 0:1] + gx
+        qy = lo[idx, 1:2] + gy
+        valid = (qx <= hi[idx, 0:1]) & (qy <= hi[idx, 1:2])
+        ai, bi, ci, ar = a[idx], b[idx], c[idx], area[idx, None]
+        # barycentric weight of each vertex = signed area of the opposite sub-triangle / area
+        la = ((ci[:, 0:1] - bi[:, 0:1]) * (qy - bi[:, 1:2]) - (ci[:, 1:2] - bi[:, 1:2]) * (qx - bi[:, 0:1])) / ar
+        lb = ((ai[:, 0:1] - ci[:, 0:1]) * (qy - ci[:, 1:2]) - (ai[:, 1:2] - ci[:, 1:2]) * (qx - ci[:, 0:1])) / ar
+        lc = 1.0 - la - lb
+        eps = -1e-9
+        inside = valid & (la >= eps) & (lb >= eps) & (lc >= eps)
+        r, k = np.nonzero(inside)
+        tri = idx[r]
+        iz = la[r, k] * inv_z[tri, 0] + lb[r, k] * inv_z[tri, 1] + lc[r, k] * inv_z[tri, 2]
+        pix_out.append(qy[r, k] * width + qx[r, k])
+        tri_out.append(tri)
+        iz_out.append(iz)
+    if not pix_out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(pix_out), np.concatenate(tri_out), np.concatenate(iz_out)
+
+
+def render(meshes, poses, K: np.ndarray, width: int, height: int, light: Light) -> Rendering:
+    """Render meshes (list of Mesh) at poses (list of (R (3, 3), t (3,) m)) with camera K (3, 3).
+
+    Objects occlude each other through one z-buffer. Returns a Rendering (see its docstring).
+    """
+    px_all, iz_all, col_all, obj_all = [], [], [], []
+    for i, (mesh, (R, t)) in enumerate(zip(meshes, poses)):
+        cam = mesh.vertices @ np.asarray(R).T + np.asarray(t).reshape(1, 3)
+        tri = cam[mesh.faces]  # (M, 3, 3)
+        n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        front = np.einsum("mi,mi->m", n, tri[:, 0]) < 0  # facing the camera at the origin
+        tri, n = tri[front], n[front]
+        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-300)
+        shade = light.ambient + light.diffuse * np.clip(n @ light.direction, 0.0, None)
+        col_all.append(np.clip(mesh.face_colors[front] * shade[:, None], 0, 255))
+        uvw = tri @ np.asarray(K).T
+        px_all.append(uvw[..., :2] / uvw[..., 2:3])
+        iz_all.append(1.0 / tri[..., 2])
+        obj_all.append(np.full(len(tri), i, dtype=np.int16))
+    px, inv_z = np.concatenate(px_all), np.concatenate(iz_all)
+    colors = np.concatenate(col_all).round().astype(np.uint8)
+    obj = np.concatenate(obj_all)
+    pix, tri, iz = _rasterize(px, inv_z, width, height)
+    zbuf = np.zeros(width * height)
+    np.maximum.at(zbuf, pix, iz)
+    win = iz >= zbuf[pix]
+    face = np.full(width * height, -1, dtype=np.int64)
+    face[pix[win]] = tri[win]
+    hit = face >= 0
+    rgb = np.zeros((width * height, 3), dtype=np.uint8)
+    rgb[hit] = colors[face[hit]]
+    ids = np.full(width * height, -1, dtype=np.int16)
+    ids[hit] = obj[face[hit]]
+    sil = np.zeros((len(meshes), width * height), dtype=bool)
+    sil[obj[tri], pix] = True
+    return Rendering(rgb.reshape(height, width, 3), ids.reshape(height, width), sil.sum(axis=1))
