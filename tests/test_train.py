@@ -1,0 +1,309 @@
+"""train.py: schedule, optimiser, overfitting, resume, best-model rule, distillation, bad input, DDP,
+and the main job (spec §5, §7, §8)."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dataset
+import train
+from darknet import Darknet
+from region_loss import RegionLoss
+from tools.make_synthetic_linemod import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIAL3 = str(ROOT / "cfg/yolo-lite-trial3-pose.cfg")
+TRIAL10 = str(ROOT / "cfg/yolo-lite-trial10-pose.cfg")
+BACKBONE3 = str(ROOT / "weights/tiny-yolov2-trial3-voc.weights")
+SIZE = 96  # smallest comfortable multiple of 32 for the smoke runs (3 x 3 grid)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """One synthetic object, 12 images (9 train / 3 test)."""
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, objects=1, images_per_object=12, seed=0)
+    return root / "cfg" / "obj00.data"
+
+
+def run_main(argv: list[str]) -> dict:
+    return train.main(train.get_args_parser().parse_args(argv))
+
+
+def small_args(datacfg, backup, *extra) -> list[str]:
+    return [str(datacfg), TRIAL3, BACKBONE3, "--backupdir", str(backup), "--batch-size", "4",
+            "--train-size", str(SIZE), "--test-size", str(SIZE), "--workers", "0", "--quiet",
+            "--pretrain_num_epochs", "0", *extra]
+
+
+# --------------------------------------------------------------------------------------------
+# schedule and optimiser (spec §7.1, §7.2)
+# --------------------------------------------------------------------------------------------
+
+def test_learning_rate_schedules_of_the_cfgs():
+    ms = Darknet(ROOT / "cfg/yolo-pose.cfg").net  # steps -1,80,160 in epochs
+    nb = 1000 / 8  # nbatches = nSamples / batch
+    lr = lambda t: train.learning_rate(t, ms["learning_rate"], ms["steps"], ms["scales"], nb)  # noqa: E731
+    assert lr(0) == pytest.approx(1e-4)
+    assert lr(80 * nb - 1) == pytest.approx(1e-4)
+    assert lr(80 * nb) == pytest.approx(1e-5)
+    assert lr(160 * nb - 1) == pytest.approx(1e-5)
+    assert lr(160 * nb + 5) == pytest.approx(1e-6)
+
+    fork = Darknet(TRIAL3).net  # steps 400000,450000 epochs: never reached
+    last_batch = 500 * 100 / 16  # 500 epochs of 100 images
+    assert train.learning_rate(last_batch, fork["learning_rate"], fork["steps"], fork["scales"], 100 / 16) == 1e-3
+
+    multi = Darknet(ROOT / "multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg").net  # raw batches
+    lr = lambda t: train.learning_rate(t, multi["learning_rate"], multi["steps"], multi["scales"])  # noqa: E731
+    assert [lr(t) for t in (0, 99, 100, 19999, 20000, 29999, 30000, 10 ** 6)] == pytest.approx(
+        [1e-4, 1e-4, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+
+
+def test_optimizer_divides_lr_and_multiplies_decay_by_batch():
+    model = Darknet(TRIAL3)
+    opt = train.build_optimizer(model, 1e-3, 0.9, 5e-4, 16)
+    (g,) = opt.param_groups
+    assert g["lr"] == pytest.approx(1e-3 / 16) and g["weight_decay"] == pytest.approx(5e-4 * 16)
+    assert g["momentum"] == 0.9 and g["dampening"] == 0 and not g["nesterov"]
+    assert len(g["params"]) == len(list(model.parameters()))  # BN and biases decayed too (spec §7.1)
+    opt = train.build_optimizer(model, 1e-3, 0.9, 5e-4, 16, decay_bn_bias=False)
+    assert [g["weight_decay"] for g in opt.param_groups] == [pytest.approx(8e-3), 0.0]
+    assert all(p.ndim <= 1 for p in opt.param_groups[1]["params"])
+
+
+# --------------------------------------------------------------------------------------------
+# learning
+# --------------------------------------------------------------------------------------------
+
+def test_overfits_eight_images(tmp_path):
+    """8 synthetic images at 128x128: the loss (all terms) at least halves within 60 steps."""
+    generate(tmp_path / "d", objects=1, images_per_object=8, seed=1, test_fraction=0.0)
+    opts = train.utils.read_data_cfg(tmp_path / "d/cfg/obj00.data", resolve_paths=True)
+    data = dataset.listDataset(opts["train"], shape=(128, 128), train=False)
+    assert len(data) == 8
+    images, target = next(iter(dataset.make_test_loader(data, batch_size=8)))
+    torch.manual_seed(0)
+    model = Darknet(TRIAL3)
+    model.load_weights_until_last(BACKBONE3)
+    model.train()
+    loss_fn = RegionLoss.from_region(model.region, 9, scales="cfg", pretrain_num_epochs=0)
+    opt = train.build_optimizer(model, 1e-3, 0.9, 5e-4, 8)
+    losses = []
+    for _ in range(60):
+        loss, _ = loss_fn(model(images), target, 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert min(losses[-5:]) < 0.5 * losses[0], losses[::10]
+
+
+# --------------------------------------------------------------------------------------------
+# outputs, resume, best-model rule
+# --------------------------------------------------------------------------------------------
+
+def test_two_epochs_equal_one_plus_resume(synth, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_main(small_args(synth, full, "--epochs", "2", "--eval-every", "1"))
+    run_main(small_args(synth, part, "--epochs", "1", "--eval-every", "1"))
+    first = torch.load(part / "checkpoint.pt", weights_only=False)
+    assert first["state"]["epoch"] == 1 and first["state"]["batch_in_epoch"] == 0
+    run_main(small_args(synth, part, "--epochs", "2", "--eval-every", "1", "--resume"))
+    a = torch.load(full / "checkpoint.pt", weights_only=False)
+    b = torch.load(part / "checkpoint.pt", weights_only=False)
+    assert a["state"]["seen"] == b["state"]["seen"] == 2 * 9
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["state"]["costs"]["training_losses"] == b["state"]["costs"]["training_losses"]
+
+    # every output of spec §7.3 plus ours, one metrics row per evaluation (epochs 1 and the last)
+    for name in ("model.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "metrics.jsonl", "training.png"):
+        assert (full / name).is_file(), name
+    costs = np.load(full / "costs.npz")
+    assert set(costs.files) == set(train.COST_KEYS)
+    assert len(costs["training_iters"]) == 6 and costs["training_iters"][-1] == 18  # 3 batches x 2 epochs
+    with open(full / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1"]
+    model = Darknet(TRIAL3)
+    model.load_weights(full / "model.weights")  # darknet format, full load
+    assert model.seen == 18
+
+
+def test_best_model_is_replaced_only_by_a_strictly_better_one(synth, tmp_path, monkeypatch):
+    scores = iter([10.0, 5.0, 10.0, 20.0])
+    written = []
+
+    def fake_evaluate(model, loader, setup, device, **kw):
+        acc = next(scores)
+        keys = ("acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "acc_corner", "mean_err_2d", "mean_err_add",
+                "mean_err_corner", "mean_err_trans", "mean_err_angle", "n", "n_failed")
+        return {k: (acc if k == "acc_2d" else 0.0) for k in keys}, {}
+
+    real_save = Darknet.save_weights
+
+    def spy_save(self, path, *a, **kw):
+        written.append(self.seen)
+        return real_save(self, path, *a, **kw)
+
+    monkeypatch.setattr(train.valid, "evaluate", fake_evaluate)
+    monkeypatch.setattr(Darknet, "save_weights", spy_save)
+    state = run_main(small_args(synth, tmp_path, "--epochs", "5", "--eval-every", "1"))
+    assert state["best"] == 20.0
+    assert written == [18, 45]  # after epochs 1 (10 %) and 4 (20 %); not 5 % nor the equal 10 %
+
+
+def test_non_finite_loss_stops_with_the_batch_named_and_keeps_the_checkpoint(synth, tmp_path, monkeypatch, capsys):
+    real = RegionLoss.forward
+
+    def poisoned(self, output, target, epoch, teacher_output=None):
+        loss, stats = real(self, output, target, epoch, teacher_output)
+        return (loss * float("nan"), stats) if epoch == 1 else (loss, stats)
+
+    monkeypatch.setattr(RegionLoss, "forward", poisoned)
+    with pytest.raises(SystemExit) as exc:
+        run_main(small_args(synth, tmp_path, "--epochs", "3"))
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "epoch 1, batch 0" in err
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["seen"] == 9
+
+
+def test_keyboard_interrupt_saves_and_resume_continues_mid_epoch(synth, tmp_path, monkeypatch):
+    real = RegionLoss.forward
+    calls = {"n": 0}
+
+    def interrupt_on_5th(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 1, batch 1
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(RegionLoss, "forward", interrupt_on_5th)
+    with pytest.raises(SystemExit) as exc:
+        run_main(small_args(synth, tmp_path / "a", "--epochs", "2"))
+    assert exc.value.code == 130
+    ckpt = torch.load(tmp_path / "a/checkpoint.pt", weights_only=False)
+    assert (ckpt["state"]["epoch"], ckpt["state"]["batch_in_epoch"], ckpt["state"]["seen"]) == (1, 1, 13)
+    monkeypatch.setattr(RegionLoss, "forward", real)
+    run_main(small_args(synth, tmp_path / "a", "--epochs", "2", "--resume"))
+    run_main(small_args(synth, tmp_path / "b", "--epochs", "2"))
+    a = torch.load(tmp_path / "a/checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b/checkpoint.pt", weights_only=False)
+    assert a["state"]["seen"] == b["state"]["seen"] == 18
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+# --------------------------------------------------------------------------------------------
+# distillation (spec §8)
+# --------------------------------------------------------------------------------------------
+
+def test_distillation_runs_with_the_chosen_mode(synth, tmp_path, monkeypatch):
+    teacher = Darknet(TRIAL3)
+    teacher.load_weights_until_last(BACKBONE3)
+    teacher.save_weights(tmp_path / "teacher.weights")
+    seen_modes = []
+    real = RegionLoss.forward
+
+    def spy(self, output, target, epoch, teacher_output=None):
+        assert teacher_output is not None and not teacher_output.requires_grad
+        assert teacher_output.shape == output.shape
+        seen_modes.append((self.kd_mode, self.kd_alpha))
+        return real(self, output, target, epoch, teacher_output)
+
+    monkeypatch.setattr(RegionLoss, "forward", spy)
+    argv = [str(synth), TRIAL10, str(ROOT / "weights/tiny-yolov2-trial10-voc.weights"), "--backupdir",
+            str(tmp_path / "student"), "--batch-size", "4", "--train-size", str(SIZE), "--test-size", str(SIZE),
+            "--workers", "0", "--quiet", "--epochs", "1", "--distiled", "1", "--teacher-cfg", TRIAL3,
+            "--teacher-weights", str(tmp_path / "teacher.weights"), "--kd-mode", "fixed", "--kd-alpha", "0.5"]
+    run_main(argv)
+    assert seen_modes == [("fixed", 0.5)] * 3
+
+
+def test_teacher_of_another_layout_is_refused_before_training(synth, tmp_path):
+    text = Path(TRIAL3).read_text().replace("filters=20", "filters=24")  # K=11 keypoints: 2*11+1+1 channels
+    assert "filters=24" in text
+    cfg = tmp_path / "teacher.cfg"
+    cfg.write_text(text)
+    Darknet(cfg).save_weights(tmp_path / "teacher.weights")
+    with pytest.raises(ValueError, match="teacher"):
+        run_main(small_args(synth, tmp_path / "out", "--epochs", "1", "--distiled", "1", "--teacher-cfg", str(cfg),
+                            "--teacher-weights", str(tmp_path / "teacher.weights")))
+    assert not (tmp_path / "out/checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("datacfg", "data cfg not found"),
+    ("initweights", "init weights not found"),
+    ("teacher", "teacher weights not found"),
+    ("list", "train file not found"),
+])
+def test_missing_inputs_are_reported_before_training(synth, tmp_path, case, message):
+    datacfg, init, extra = str(synth), BACKBONE3, []
+    if case == "datacfg":
+        datacfg = str(tmp_path / "nope.data")
+    elif case == "initweights":
+        init = str(tmp_path / "nope.weights")
+    elif case == "teacher":
+        extra = ["--distiled", "1", "--teacher-weights", str(tmp_path / "nope.weights")]
+    elif case == "list":
+        text = synth.read_text().replace("LINEMOD/obj00/train.txt", "LINEMOD/obj00/missing.txt")
+        datacfg = str(tmp_path / "bad.data")
+        Path(datacfg).write_text(text)
+    argv = small_args(datacfg, tmp_path / "out", "--epochs", "1", *extra)
+    argv[2] = init
+    with pytest.raises(SystemExit, match=message) as exc:
+        run_main(argv)
+    assert "nope" in str(exc.value) or "missing" in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the main job and DDP (subprocesses: what a user runs)
+# --------------------------------------------------------------------------------------------
+
+def test_main_job_generates_the_data_and_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train, "SYNTHETIC_OBJECTS", 1)
+    monkeypatch.setattr(train, "SYNTHETIC_IMAGES", 6)
+    monkeypatch.setitem(train.QUICK, "train_size", 128)
+    monkeypatch.setitem(train.QUICK, "test_size", 128)
+    run_main(["--epochs", "1", "--quiet", "--workers", "0"])
+    out = capsys.readouterr().out
+    backup = Path("backup/synthetic/obj00")
+    assert Path("data/synthetic/cfg/obj00.data").is_file()
+    for name in ("model.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "training.png"):
+        assert (backup / name).is_file(), name
+    assert "python valid.py --datacfg data/synthetic/cfg/obj00.data" in out
+    assert f"--weightfile {backup / 'model.weights'}" in out
+
+
+def test_ddp_two_gloo_processes_write_one_set_of_outputs(synth, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip(f"torchrun not found next to {sys.executable}")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", str(ROOT / "train.py"),
+           *small_args(synth, tmp_path / "ddp", "--epochs", "1")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("outputs in") == 1  # only rank 0 reports and writes
+    ckpt = torch.load(tmp_path / "ddp/checkpoint.pt", weights_only=False)
+    # 9 images padded to 10 and split 5 + 5; batch 4 per rank -> 2 steps of 4 + 1 images per rank
+    assert ckpt["state"]["iteration"] == 2 and ckpt["state"]["seen"] == 10
+    with open(tmp_path / "ddp/metrics.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
+        ["model.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "metrics.jsonl", "training.png"])
