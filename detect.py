@@ -1,0 +1,297 @@
+"""Run a pose network on images, a video or a camera; draw the 3-D box from the PnP pose; save JSON.
+
+    python detect.py data/synthetic/LINEMOD/obj00/JPEGImages --datacfg data/synthetic/cfg/obj00.data \\
+        --modelcfg cfg/yolo-lite-trial3-pose.cfg --weightfile backup/synthetic/obj00/model.weights
+    python detect.py clip.mp4 --datacfg cfg/ape.data --modelcfg cfg/yolo-pose.cfg --weightfile backup/ape/model.weights
+    python detect.py 0 --datacfg cfg/ape.data ...            # camera index 0 (stop with Ctrl-C or --max-frames)
+    python detect.py scenes/ --multi --datacfg cfg/occlusion.data \\
+        --modelcfg multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg --weightfile backup_multi/model.weights
+
+The `.data` file gives the camera (fx, fy, u0, v0) and the mesh whose 3-D box is drawn; in
+multi-object mode (`--multi`) the keys `mesh<c>` (or `mesh`) give each class's mesh. The pose of
+each detection comes from its 9 predicted points exactly as valid.py computes it (utils.pnp on the
+centroid + 8 corners), so for the same image and weights detect.py and valid.py agree.
+
+Writes into --out (default runs/detect): one annotated PNG per image (for a folder or image) or
+`<name>.mp4` (video, camera), and `detections.json`: per frame, a list of detections with the
+class, the confidence, the 9 points in pixels, R (3x3) and t (3, metres).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+import dataset
+import image
+import utils
+from MeshPly import MeshPly
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+GT_COLOR, PRED_COLOR = (0, 255, 0), (0, 0, 255)  # RGB: green ground truth (valid.ipynb), blue prediction
+CLASS_COLORS = [(0, 0, 255), (255, 0, 0), (255, 200, 0), (255, 0, 255), (0, 200, 255), (128, 255, 0),
+                (255, 128, 0), (128, 0, 255), (0, 128, 128), (128, 128, 0), (200, 200, 200), (0, 255, 128),
+                (255, 128, 128)]
+
+
+class SourceError(RuntimeError):
+    """An input that cannot be read (unreadable image, video or camera)."""
+
+
+@dataclass
+class Detection:
+    class_id: int
+    confidence: float
+    points_px: np.ndarray  # (9, 2)
+    R: np.ndarray | None  # (3, 3); None when PnP failed
+    t: np.ndarray | None  # (3,)
+
+    def to_json(self) -> dict:
+        return {"class": self.class_id, "confidence": self.confidence, "points_px": self.points_px.tolist(),
+                "R": None if self.R is None else self.R.tolist(), "t": None if self.t is None else self.t.tolist()}
+
+
+# --------------------------------------------------------------------------------------------
+# Frames: a folder or file of images, a video, a camera
+# --------------------------------------------------------------------------------------------
+
+def open_source(source: str):
+    """(kind, iterator of (name, RGB uint8 frame or None for a corrupt frame), fps).
+
+    kind is 'images', 'video' or 'camera'. Raises SourceError for what cannot be opened.
+    """
+    if source.isdigit():
+        cap = cv2.VideoCapture(int(source))
+        if not cap.isOpened():
+            raise SourceError(f"camera {source}: cannot be opened (no such device or no permission)")
+        return "camera", _video_frames(cap, f"camera{source}"), cap.get(cv2.CAP_PROP_FPS) or 30.0
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise SourceError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return "images", _image_frames(files), 0.0
+    if not path.exists():
+        raise SourceError(f"{path}: no such file, folder or camera index")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "images", _image_frames([path]), 0.0
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise SourceError(f"{path}: not an image and cannot be opened as a video")
+    return "video", _video_frames(cap, path.stem), cap.get(cv2.CAP_PROP_FPS) or 30.0
+
+
+def _image_frames(files):
+    """Decoded with PIL, like the test loader, so the pixels (hence the poses) equal valid.py's."""
+    for f in files:
+        try:
+            img = dataset.load_image(f)
+        except ValueError as exc:
+            raise SourceError(f"{f}: unreadable image (corrupt or not an image)") from exc
+        yield f.stem, np.asarray(img)
+
+
+def _video_frames(cap, stem: str):
+    index = 0
+    try:
+        n_total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                if n_total is not None and index < n_total:  # a frame that fails to decode mid-video
+                    index += 1
+                    yield f"{stem}_{index - 1:06d}", None
+                    continue
+                return
+            yield f"{stem}_{index:06d}", bgr[..., ::-1].copy()
+            index += 1
+    finally:
+        cap.release()
+
+
+# --------------------------------------------------------------------------------------------
+# Model, preprocessing, poses
+# --------------------------------------------------------------------------------------------
+
+def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> (1, 3, h, w) float in [0, 1], resized as the test loader does (spec §6.2)."""
+    img = Image.fromarray(rgb)
+    if img.size != tuple(size):
+        img = img.resize(size, image.resample_filter("bicubic"))
+    return dataset.to_tensor(img)[None]
+
+
+def pose_from_points(points_px: np.ndarray, corners: np.ndarray, K: np.ndarray, method: str = "iterative"):
+    """(R, t) from the 9 predicted points, as valid.py: PnP on centroid + 8 box corners; (None, None) on failure."""
+    if not np.all(np.isfinite(points_px)):
+        return None, None
+    try:
+        R, t = utils.pnp(utils.pose_points3d(corners), points_px, K, method)
+    except cv2.error:
+        return None, None
+    return R, t.reshape(3)
+
+
+def select_boxes(output: torch.Tensor, multi: bool, num_classes: int, num_keypoints: int, num_anchors: int,
+                 conf_thresh: float) -> list[tuple[int, float, np.ndarray]]:
+    """[(class_id, confidence, normalised points (K, 2))] for one image's output (1, ch, H, W).
+
+    Single object: the most confident cell (spec §4.1), whatever its confidence. Multi object: per
+    class, the cell with the highest det_conf * class prob among cells whose best class it is, kept
+    when that score exceeds conf_thresh (no ground truth to fall back on at inference).
+    """
+    if not multi:
+        box = utils.get_region_boxes(output, num_classes, num_keypoints, num_anchors=num_anchors)[0].cpu().numpy()
+        if not np.isfinite(box[2 * num_keypoints]):
+            return []
+        return [(int(box[-1]), float(box[2 * num_keypoints]), box[: 2 * num_keypoints].reshape(-1, 2))]
+    points, conf, cls_prob = utils.decode_output(output.float(), num_keypoints, num_classes, num_anchors)
+    cls_conf, cls_id = cls_prob.max(dim=-1)
+    score = (conf * cls_conf)[0].reshape(-1)
+    ids = cls_id[0].reshape(-1)
+    pts = points[0].reshape(-1, num_keypoints, 2)
+    out = []
+    for c in ids.unique().tolist():
+        s = torch.where(ids == c, score, torch.full_like(score, -1.0))
+        best = int(s.argmax())
+        if float(s[best]) > conf_thresh:
+            out.append((int(c), float(s[best]), pts[best].cpu().numpy()))
+    return out
+
+
+def class_corners(opts: dict, multi: bool) -> dict[int, np.ndarray]:
+    """{class id: (8, 3) box corners} from the .data file's mesh keys (mesh, or mesh<c> in multi mode)."""
+    keys = {0: "mesh"} if not multi else {int(k[4:]): k for k in opts if k.startswith("mesh") and k[4:].isdigit()}
+    if multi and not keys and "mesh" in opts:
+        keys = {0: "mesh"}
+    corners = {}
+    for c, key in keys.items():
+        if not Path(opts[key]).is_file():
+            raise FileNotFoundError(f"{opts.get('_datacfg')}: {key} file not found: {opts[key]}")
+        corners[c] = utils.box_corners(MeshPly(opts[key]).vertices)
+    if not corners:
+        raise ValueError(f"{opts.get('_datacfg')}: no 'mesh' key; detect.py needs the object's mesh for its 3-D box")
+    return corners
+
+
+def annotate(rgb: np.ndarray, detections: list[Detection], corners: dict, K: np.ndarray, multi: bool) -> np.ndarray:
+    """The frame with each detection's box reprojected from its pose (or its raw points if PnP failed)."""
+    out = rgb
+    for d in detections:
+        color = CLASS_COLORS[d.class_id % len(CLASS_COLORS)] if multi else PRED_COLOR
+        if d.R is not None and d.class_id in corners:
+            pts = utils.keypoints_from_pose(corners[d.class_id], d.R, d.t.reshape(3, 1), K)
+        else:
+            pts = d.points_px
+        out = utils.draw_box(out, pts, color=color)
+        x, y = np.round(d.points_px[0]).astype(int)
+        cv2.putText(out, f"{d.class_id}:{d.confidence:.2f}", (int(x) + 5, int(y) - 5), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5, color, 1, cv2.LINE_AA)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="image, folder of images, video file, or camera index (0, 1, ...)")
+    p.add_argument("--datacfg", required=True, help=".data file: camera and mesh (mesh<c> per class with --multi)")
+    p.add_argument("--modelcfg", default="cfg/yolo-lite-trial3-pose.cfg")
+    p.add_argument("--weightfile", required=True)
+    p.add_argument("--out", default="runs/detect", help="output folder")
+    p.add_argument("--multi", action="store_true", help="multi-object mode: one box per detected class")
+    p.add_argument("--conf-thresh", type=float, default=None, help="multi-object score threshold (default: cfg conf_thresh)")
+    p.add_argument("--size", type=int, default=None, help="square input size (default: cfg test_width x test_height)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pnp", choices=sorted(utils.PNP_METHODS), default="iterative")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (camera, long videos)")
+    p.add_argument("--no-images", action="store_true", help="write only detections.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def load_model(modelcfg, weightfile, device):
+    from darknet import Darknet
+
+    for path, what in ((modelcfg, "model cfg"), (weightfile, "weights")):
+        if not Path(path).is_file():
+            raise SystemExit(f"detect.py: {what} not found: {path}")
+    model = Darknet(modelcfg)
+    model.load_weights(weightfile)
+    return model.to(device).eval()
+
+
+def main(args) -> dict:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    model = load_model(args.modelcfg, args.weightfile, device)
+    opts = utils.read_data_cfg(args.datacfg, resolve_paths=True)
+    opts["_datacfg"] = args.datacfg
+    K, _, _ = utils.camera_from_data_cfg(opts)
+    corners = class_corners(opts, args.multi)
+    size = (args.size, args.size) if args.size else (model.test_width, model.test_height)
+    conf_thresh = model.conf_thresh if args.conf_thresh is None else args.conf_thresh
+    kind, frames, fps = open_source(args.source)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    writer, results, skipped = None, {"source": str(args.source), "frames": []}, 0
+    from tqdm import tqdm
+
+    bar = tqdm(desc="detect", unit="frame", disable=True if args.quiet else None)
+    try:
+        for n, (name, rgb) in enumerate(frames):
+            if args.max_frames is not None and n >= args.max_frames:
+                break
+            bar.update(1)
+            if rgb is None:
+                skipped += 1
+                continue
+            h, w = rgb.shape[:2]
+            with torch.inference_mode():
+                output = model(preprocess(rgb, size).to(device))
+            detections = []
+            for c, conf, pts in select_boxes(output, args.multi, model.num_classes, model.num_keypoints,
+                                             model.num_anchors, conf_thresh):
+                pts_px = pts * np.array([w, h], dtype=np.float64)
+                R, t = pose_from_points(pts_px, corners[c], K, args.pnp) if c in corners else (None, None)
+                detections.append(Detection(c, conf, pts_px, R, t))
+            results["frames"].append({"frame": name, "width": w, "height": h,
+                                      "detections": [d.to_json() for d in detections]})
+            if args.no_images:
+                continue
+            drawn = annotate(rgb, detections, corners, K, args.multi)
+            if kind == "images":
+                cv2.imwrite(str(out / f"{name}.png"), drawn[..., ::-1])
+            else:
+                if writer is None:
+                    writer = cv2.VideoWriter(str(out / f"{Path(str(args.source)).stem or 'camera'}.mp4"),
+                                             cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                writer.write(np.ascontiguousarray(drawn[..., ::-1]))
+    except KeyboardInterrupt:
+        print("\ninterrupted: writing what was processed", file=sys.stderr)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.release()
+    results["skipped_frames"] = skipped
+    (out / "detections.json").write_text(json.dumps(results, indent=1))
+    n = len(results["frames"])
+    print(f"{n} frames, {sum(len(f['detections']) for f in results['frames'])} detections"
+          f"{f', {skipped} corrupt frames skipped' if skipped else ''}; results in {out}/")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (SourceError, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"detect.py: {exc}")

@@ -1,0 +1,180 @@
+"""detect.py (images, video, camera; poses equal valid.py's) and tools/export_onnx.py."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import dataset
+import detect
+import utils
+import valid
+from darknet import Darknet
+from tools.make_synthetic_linemod import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIAL3 = ROOT / "cfg/yolo-lite-trial3-pose.cfg"
+BACKBONE3 = ROOT / "weights/tiny-yolov2-trial3-voc.weights"
+SIZE = 160
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny synthetic object, and trial-3 weights (VOC backbone + seeded head) saved in full."""
+    root = tmp_path_factory.mktemp("det")
+    generate(root / "data", objects=1, images_per_object=8, seed=2)
+    model = Darknet(TRIAL3)
+    model.load_weights_until_last(BACKBONE3)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        head = model.models[11].conv if hasattr(model.models[11], "conv") else model.models[11][0]
+        head.weight.normal_(0, 0.01)
+    model.save_weights(root / "model.weights")
+    datacfg = root / "data/cfg/obj00.data"
+    opts = utils.read_data_cfg(datacfg, resolve_paths=True)
+    images = root / "images"
+    images.mkdir()
+    paths = dataset.read_list(opts["valid"])
+    for p in paths:
+        shutil.copy(p, images / Path(p).name)
+    return {"root": root, "datacfg": datacfg, "weights": root / "model.weights", "images": images, "paths": paths}
+
+
+def run_detect(argv):
+    return detect.main(detect.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def test_images_give_the_poses_of_valid(setup, tmp_path):
+    out = tmp_path / "out"
+    res = run_detect([setup["images"], "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--weightfile",
+                      setup["weights"], "--size", SIZE, "--out", out, "--quiet"])
+    names = sorted(Path(p).stem for p in setup["paths"])
+    assert [f["frame"] for f in res["frames"]] == names
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.png" for n in names] + ["detections.json"])
+    saved = json.loads((out / "detections.json").read_text())
+    assert saved["frames"] == json.loads(json.dumps(res["frames"]))
+
+    model = Darknet(TRIAL3)
+    model.load_weights(setup["weights"])
+    ev = valid.load_eval_setup(setup["datacfg"])
+    test_set = dataset.listDataset(ev.valid_list, shape=(SIZE, SIZE), train=False)
+    _, records = valid.evaluate(model.eval(), dataset.make_test_loader(test_set, batch_size=1), ev, "cpu")
+    by_name = {f["frame"]: f["detections"] for f in saved["frames"]}
+    for i, p in enumerate(setup["paths"]):
+        (d,) = by_name[Path(p).stem]
+        assert d["class"] == 0 and 0 < d["confidence"] < 1
+        np.testing.assert_allclose(d["points_px"], records["pr_px"][i], atol=1e-3)
+        np.testing.assert_allclose(d["R"], records["R_pr"][i], atol=1e-6)
+        np.testing.assert_allclose(np.reshape(d["t"], 3), np.reshape(records["t_pr"][i], 3), atol=1e-6)
+
+    drawn = cv2.imread(str(out / f"{names[0]}.png"))
+    raw = cv2.imread(str(setup["images"] / f"{names[0]}.jpg"))
+    assert drawn.shape == raw.shape and np.any(np.abs(drawn.astype(int) - raw.astype(int)) > 50)
+
+
+def test_video_writes_mp4_and_json(setup, tmp_path):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (640, 480))
+    for p in setup["paths"]:
+        writer.write(cv2.imread(p))
+    writer.release()
+    res = run_detect([video, "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--weightfile", setup["weights"],
+                      "--size", SIZE, "--out", tmp_path / "out", "--quiet"])
+    n = len(setup["paths"])
+    assert n >= 2 and [f["frame"] for f in res["frames"]] == [f"clip_{i:06d}" for i in range(n)]
+    assert all(len(f["detections"]) == 1 for f in res["frames"])
+    cap = cv2.VideoCapture(str(tmp_path / "out/clip.mp4"))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == n
+
+
+def test_corrupt_video_frame_is_skipped_and_counted(setup, tmp_path, monkeypatch, capsys):
+    frame = cv2.imread(setup["paths"][0])
+
+    class FlakyCapture:
+        """Four frames; the second fails to decode."""
+
+        def __init__(self, *_):
+            self.i = 0
+
+        def isOpened(self):
+            return True
+
+        def get(self, prop):
+            return 4 if prop == cv2.CAP_PROP_FRAME_COUNT else 10.0
+
+        def read(self):
+            self.i += 1
+            if self.i > 4 or self.i == 2:
+                return False, None
+            return True, frame.copy()
+
+        def release(self):
+            pass
+
+    (tmp_path / "v.mp4").write_bytes(b"placeholder")
+    monkeypatch.setattr(detect.cv2, "VideoCapture", FlakyCapture)
+    res = run_detect([tmp_path / "v.mp4", "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--weightfile",
+                      setup["weights"], "--size", SIZE, "--out", tmp_path / "out", "--quiet", "--no-images"])
+    assert res["skipped_frames"] == 1 and len(res["frames"]) == 3
+    assert "1 corrupt frames skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unreadable", "unreadable image"),
+    ("missing", "no such file"),
+    ("camera", "camera 97: cannot be opened"),
+    ("empty", "no images"),
+])
+def test_bad_sources(setup, tmp_path, case, message):
+    source = {"missing": tmp_path / "nope.mp4", "camera": "97", "empty": tmp_path}[case] if case != "unreadable" else None
+    if case == "unreadable":
+        source = tmp_path / "broken.jpg"
+        source.write_bytes(b"\xff\xd8 this is not a jpeg")
+    with pytest.raises(detect.SourceError, match=message):
+        run_detect([source, "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--weightfile", setup["weights"],
+                    "--out", tmp_path / "out", "--quiet"])
+
+
+def test_multi_mode_keeps_one_box_per_class_above_threshold():
+    C, K, A, H, W = 3, 9, 1, 2, 2
+    out = torch.full((1, A * (2 * K + 1 + C), H, W), -10.0)
+    out[0, 2 * K] = torch.tensor([[3.0, -3.0], [2.0, 0.0]])  # confidences
+    out[0, 2 * K + 1:, 0, 0] = torch.tensor([5.0, 0.0, 0.0])  # class 0 at (0, 0)
+    out[0, 2 * K + 1:, 1, 0] = torch.tensor([0.0, 5.0, 0.0])  # class 1 at (1, 0)
+    out[0, 2 * K + 1:, 1, 1] = torch.tensor([0.0, 5.0, 0.0])  # class 1 again, lower confidence
+    out[0, 2 * K + 1:, 0, 1] = torch.tensor([0.0, 0.0, 5.0])  # class 2, confidence sigmoid(-3) ~ 0.047
+    boxes = detect.select_boxes(out, True, C, K, A, conf_thresh=0.1)
+    assert sorted(b[0] for b in boxes) == [0, 1]
+    b1 = next(b for b in boxes if b[0] == 1)
+    assert b1[2][0] == pytest.approx([(torch.sigmoid(torch.tensor(-10.0)).item() + 0) / W,
+                                      (torch.sigmoid(torch.tensor(-10.0)).item() + 1) / H])
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (see requirements.txt)")
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed (see requirements.txt)")
+    from tools import export_onnx
+
+    torch.manual_seed(0)  # the head (not in the backbone file) is initialised at random
+    model = export_onnx.load(TRIAL3, BACKBONE3, until_last=True)
+    path = export_onnx.export(model, tmp_path / "t3.onnx")
+    diff = export_onnx.check(model, path)
+    assert diff <= export_onnx.TOLERANCE
+    torch.manual_seed(0)
+    unfused = export_onnx.load(TRIAL3, BACKBONE3, until_last=True, fuse=False)
+    x = torch.rand(1, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), unfused(x), atol=1e-4)
+
+
+def test_onnx_cli_refuses_missing_weights(tmp_path):
+    from tools import export_onnx
+
+    with pytest.raises(SystemExit, match="weights not found"):
+        export_onnx.main(export_onnx.get_args_parser().parse_args(
+            ["--modelcfg", str(TRIAL3), "--weightfile", str(tmp_path / "x.weights")]))

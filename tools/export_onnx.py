@@ -1,0 +1,104 @@
+"""Export a pose network (cfg + .weights) to ONNX, with dynamic batch and input size, and check it.
+
+    python tools/export_onnx.py --modelcfg cfg/yolo-lite-trial3-pose.cfg \\
+        --weightfile weights/tiny-yolov2-trial3-voc.weights --until-last --out runs/trial3.onnx
+
+The exported graph is the network's forward (raw output, spec §4; decoding and PnP stay in
+Python). BatchNorm is folded into the convolutions first (`--no-fuse` keeps it). After export the
+model is run with onnxruntime on random inputs at two batch sizes and two input sizes and
+compared with PyTorch: the largest difference is printed, and the tool fails (exit 1) above
+--tolerance (1e-4).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from darknet import Darknet  # noqa: E402
+
+TOLERANCE = 1e-4
+OPSET = 18
+CHECK_SHAPES = ((1, 416, 416), (2, 320, 256))  # (batch, height, width): dynamic axes exercised
+
+
+class ExportMismatch(RuntimeError):
+    pass
+
+
+def load(modelcfg, weightfile=None, until_last: bool = False, fuse: bool = True) -> Darknet:
+    model = Darknet(modelcfg)
+    if weightfile:
+        (model.load_weights_until_last if until_last else model.load_weights)(weightfile)
+    model.eval()
+    return model.fuse() if fuse else model
+
+
+def export(model: Darknet, out, opset: int = OPSET) -> Path:
+    """Write `model` to `out` as ONNX with dynamic batch, height and width; returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.zeros(2, model.channels, model.test_height, model.test_width)
+    stride = model.output_stride or 32  # the input must stay a multiple of the output stride
+    grid_h, grid_w = torch.export.Dim("grid_h", min=1, max=128), torch.export.Dim("grid_w", min=1, max=128)
+    torch.onnx.export(model, (x,), str(out), input_names=["images"], output_names=["output"], opset_version=opset,
+                      dynamo=True, external_data=False, verbose=False,
+                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096),
+                                            2: stride * grid_h, 3: stride * grid_w}})
+    return out
+
+
+def check(model: Darknet, onnx_path, shapes=CHECK_SHAPES, seed: int = 0) -> float:
+    """Largest |onnxruntime - PyTorch| over random inputs of `shapes` (batch, height, width)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for b, h, w in shapes:
+        x = rng.random((b, model.channels, h, w), dtype=np.float32)
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x)).numpy()
+        got = session.run(["output"], {"images": x})[0]
+        if got.shape != ref.shape:
+            raise ExportMismatch(f"{onnx_path}: output shape {got.shape} for input {x.shape}; PyTorch gives {ref.shape}")
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modelcfg", required=True)
+    p.add_argument("--weightfile", default=None, help="darknet .weights (default: random initialisation)")
+    p.add_argument("--until-last", action="store_true", help="load the weights up to the last conv (a backbone)")
+    p.add_argument("--out", default=None, help="output .onnx (default runs/<cfg name>.onnx)")
+    p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm as separate nodes")
+    p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--tolerance", type=float, default=TOLERANCE)
+    return p
+
+
+def main(args) -> float:
+    for path, what in ((args.modelcfg, "model cfg"), (args.weightfile, "weights")):
+        if path and not Path(path).is_file():
+            raise SystemExit(f"export_onnx: {what} not found: {path}")
+    model = load(args.modelcfg, args.weightfile, args.until_last, fuse=not args.no_fuse)
+    out = export(model, args.out or f"runs/{Path(args.modelcfg).stem}.onnx", args.opset)
+    diff = check(model, out)
+    print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB); onnxruntime vs PyTorch max |diff| = {diff:.2e} "
+          f"over inputs {', '.join(f'{b}x3x{h}x{w}' for b, h, w in CHECK_SHAPES)}")
+    if not diff <= args.tolerance:
+        print(f"FAILED: difference {diff:.2e} above the tolerance {args.tolerance:.0e}", file=sys.stderr)
+        raise SystemExit(1)
+    return diff
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
