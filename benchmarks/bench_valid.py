@@ -1,0 +1,124 @@
+"""End-to-end evaluation speed: batched forward vs the original's batch of 1.
+
+`valid.evaluate` over a whole test split, everything included: image loading and resizing, the
+forward pass, decoding, PnP (GT and prediction) and every metric. The baseline is batch 1 (what
+the original valid.py does); each batch size is run in the same process, in interleaved rounds
+(median reported), so that load from other processes affects them alike. The table shows
+images/s, the mean milliseconds per image of each stage ("load" is the loader's share: the total
+minus the timed stages) and the ratio of images/s against batch 1, and checks that every variant
+gives the same accuracies.
+
+The data: a synthetic LINEMOD object generated into a temporary folder (all images in the test
+split), or --datacfg. The model: --modelcfg with --weightfile, or by default the trial-3 cfg with
+the main job's weights (backup/synthetic/obj00/model.weights) when present, else the VOC backbone
+with a random head (its wild points make PnP slower: pass trained weights for real numbers).
+
+Run: .venv/bin/python benchmarks/bench_valid.py [--images 48] [--batches 1,8,32] [--workers 0]
+     [--size 416] [--rounds 3] [--device cpu|cuda] [--datacfg X.data --modelcfg C --weightfile W]
+Defaults finish in about a minute on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import dataset  # noqa: E402
+import valid  # noqa: E402
+from darknet import Darknet  # noqa: E402
+
+DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
+MAIN_JOB_WEIGHTS = "backup/synthetic/obj00/model.weights"  # what `python train.py` writes
+VOC_BACKBONE = "weights/tiny-yolov2-trial3-voc.weights"
+STAGES = ("load", "to_device", "forward", "decode", "eval")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datacfg", default=None, help="object .data file (default: a generated synthetic object)")
+    p.add_argument("--images", type=int, default=48, help="test images of the generated object")
+    p.add_argument("--modelcfg", default=DEFAULT_MODELCFG)
+    p.add_argument("--weightfile", default=None,
+                   help=f"full weights (default {MAIN_JOB_WEIGHTS} if present, else VOC backbone + random head)")
+    p.add_argument("--batches", default="1,8,32", help="comma list of batch sizes; the first is the baseline")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--size", type=int, default=416, help="test input size (multiple of 32)")
+    p.add_argument("--rounds", type=int, default=3, help="timed passes over the test set per batch size")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (CPU)")
+    return p
+
+
+def build_model(args, device):
+    """(model, description): the requested weights, the main job's, or the VOC backbone + random head."""
+    weights = args.weightfile or (MAIN_JOB_WEIGHTS if (ROOT / MAIN_JOB_WEIGHTS).is_file() else None)
+    if weights:
+        return valid.load_model(ROOT / args.modelcfg if not Path(args.modelcfg).is_file() else args.modelcfg,
+                                ROOT / weights if not Path(weights).is_file() else weights, device), weights
+    torch.manual_seed(0)
+    model = Darknet(ROOT / args.modelcfg)
+    model.load_weights_until_last(ROOT / VOC_BACKBONE)
+    return model.to(device).eval(), f"{VOC_BACKBONE} + random head"
+
+
+def run_once(model, setup, test_set, batch, workers, device) -> dict:
+    """One evaluate() pass: images/s, ms per image of each stage, and the summary."""
+    loader = dataset.make_test_loader(test_set, batch_size=batch, workers=workers)
+    start = time.perf_counter()
+    summary, _ = valid.evaluate(model, loader, setup, device, num_classes=model.num_classes,
+                                num_keypoints=model.num_keypoints, num_anchors=model.num_anchors)
+    total = time.perf_counter() - start
+    n = summary["images"]
+    ms = {k: 1e3 * summary[f"time_{k}"] for k in STAGES if k != "load"}
+    ms["load"] = 1e3 * total / n - sum(ms.values())
+    return {"ips": n / total, "ms": ms, "summary": summary}
+
+
+def main(args) -> None:
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench_valid_") as tmp:
+        datacfg = args.datacfg
+        if datacfg is None:
+            from tools.make_synthetic_linemod import generate
+
+            t = time.perf_counter()
+            datacfg = generate(tmp, objects=1, images_per_object=args.images, seed=0, test_fraction=1.0)["data_cfgs"][0]
+            print(f"generated {args.images} test images in {time.perf_counter() - t:.1f} s")
+        setup = valid.load_eval_setup(datacfg)
+        test_set = dataset.listDataset(setup.valid_list, shape=(args.size, args.size))
+        model, described = build_model(args, device)
+        what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+        print(f"device {device} ({what}), torch {torch.__version__}; {len(test_set)} test images of {setup.name} "
+              f"({len(setup.vertices)} mesh vertices) at {args.size}x{args.size}; {args.modelcfg}, {described}; "
+              f"{args.workers} loader workers\n")
+        run_once(model, setup, test_set, batches[-1], args.workers, device)  # warm-up (allocator, caches)
+        runs = {b: [] for b in batches}
+        for _ in range(args.rounds):
+            for b in batches:
+                runs[b].append(run_once(model, setup, test_set, b, args.workers, device))
+    rows = ["| batch | images/s | load ms | forward ms | decode ms | PnP+metrics ms | vs batch "
+            f"{batches[0]} | same accuracies |", "|---|---|---|---|---|---|---|---|"]
+    base = statistics.median(r["ips"] for r in runs[batches[0]])
+    ref = runs[batches[0]][0]["summary"]
+    for b in batches:
+        med = sorted(runs[b], key=lambda r: r["ips"])[len(runs[b]) // 2]
+        ms = med["ms"]
+        same = all(r["summary"][k] == ref[k] for r in runs[b] for k in ("acc_2d", "acc_add", "acc_5cm5deg", "acc_corner"))
+        rows.append(f"| {b} | {med['ips']:.1f} | {ms['load']:.1f} | {ms['to_device'] + ms['forward']:.1f} | "
+                    f"{ms['decode']:.2f} | {ms['eval']:.2f} | {med['ips'] / base:.2f}x | {'yes' if same else 'NO'} |")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
