@@ -178,9 +178,19 @@ def add_error(points: np.ndarray, R_gt, t_gt, R_pr, t_pr) -> float:
     return float(np.linalg.norm(_transform(points, R_gt, t_gt) - _transform(points, R_pr, t_pr), axis=1).mean())
 
 
-def adds_error(points: np.ndarray, R_gt, t_gt, R_pr, t_pr) -> float:
-    """ADD-S: mean distance (metres) from each GT-posed point to the nearest predicted-posed point."""
-    dist, _ = cKDTree(_transform(points, R_pr, t_pr)).query(_transform(points, R_gt, t_gt), k=1)
+def adds_error(points: np.ndarray, R_gt, t_gt, R_pr, t_pr, tree: cKDTree | None = None) -> float:
+    """ADD-S: mean distance (metres) from each GT-posed point to the nearest predicted-posed point.
+
+    tree: optional cKDTree of `points` (model frame), built once per mesh by the caller. The
+    query then runs in the model frame, R_pr^T (R_gt x + t_gt - t_pr), which gives the same
+    distances since a rigid motion preserves them, without a tree per pose.
+    """
+    if tree is None:
+        dist, _ = cKDTree(_transform(points, R_pr, t_pr)).query(_transform(points, R_gt, t_gt), k=1)
+    else:
+        R_pr = np.asarray(R_pr, dtype=np.float64)
+        query = (_transform(points, R_gt, t_gt) - np.asarray(t_pr, dtype=np.float64).reshape(1, 3)) @ R_pr
+        dist, _ = tree.query(query, k=1)
     return float(dist.mean())
 
 
@@ -301,6 +311,80 @@ def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: 
                        pick(flat(cls_id)).to(points.dtype)[:, None]], dim=1)
     all_nan = torch.isnan(score_f).all(dim=1)
     return torch.where(all_nan[:, None], torch.full_like(boxes, math.nan), boxes)
+
+
+MULTI_CONF_THRESH = 0.05  # spec §4.2: the multi-object evaluation keeps boxes scoring above this
+
+
+def _fallback_cell(det_conf: np.ndarray, cls_prob: np.ndarray, cls_max: float) -> tuple[int, float]:
+    """The cell the original's running update ends on (spec §4.2), and the class maximum after it.
+
+    det_conf, cls_prob: (N,) in scan order. The running state (d, p) starts at (-inf, cls_max); a
+    cell replaces it only when det_conf > d and cls_prob > p. Returns (index or -1, p). Loops over
+    the successive replacements (a short chain), each found with one vectorised search.
+    """
+    best_d, best_p, index, start = -math.inf, cls_max, -1, 0
+    while start < len(det_conf):
+        hits = np.flatnonzero((det_conf[start:] > best_d) & (cls_prob[start:] > best_p))
+        if hits.size == 0:
+            break
+        index = start + int(hits[0])
+        best_d, best_p, start = float(det_conf[index]), float(cls_prob[index]), index + 1
+    return index, best_p
+
+
+def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes: int,
+                           num_keypoints: int = NUM_KEYPOINTS, anchors=(), num_anchors: int = 1,
+                           correspondingclass=0, only_objectness: int = 1,
+                           carry_class_max: bool = True) -> list[torch.Tensor]:
+    """Every box above `conf_thresh`, plus a fallback box of the expected class (spec §4.2).
+
+    output: (B, A*(2K+1+C), H, W) raw. correspondingclass: the class of the image's first GT,
+    an int for the whole batch or a sequence of B ints. anchors: accepted for the original's
+    signature; decoding never uses them (spec §4).
+    Returns B tensors (n_b, 2K+3) float32 on output's device, rows [x0, y0, ..., x8, y8
+    (normalised), det_conf, cls_max_conf, cls_max_id], in scan order row, column, anchor:
+      * kept: every cell/anchor whose score > conf_thresh; score = det_conf (only_objectness=1)
+        or det_conf * cls_max_conf (only_objectness=0, what valid_multi uses);
+      * fallback: when no kept box has class id == correspondingclass, the cell of the original's
+        running update (`_fallback_cell`) is appended with its det_conf, its probability of that
+        class and that class id (none when every score is NaN).
+    carry_class_max=True reproduces the original, whose class-probability maximum is not reset
+    between the images of a batch; False treats every image as in a batch of one.
+    """
+    points, conf, cls_prob = decode_output(output.float(), num_keypoints, num_classes, num_anchors)
+    B = output.shape[0]
+    if isinstance(correspondingclass, (int, np.integer)):
+        wanted = [int(correspondingclass)] * B
+    else:
+        wanted = [int(c) for c in correspondingclass]
+        if len(wanted) != B:
+            raise ValueError(f"correspondingclass has {len(wanted)} entries for a batch of {B} images")
+    bad = [c for c in wanted if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"correspondingclass {bad[0]} is outside the {num_classes} classes of the network")
+    cls_conf, cls_id = cls_prob.max(dim=-1)
+    score = conf if only_objectness else conf * cls_conf
+    # scan order row, column, anchor (spec §4.2): move the anchor axis last before flattening
+    flat = lambda t: t.permute(0, 2, 3, 1, *range(4, t.dim())).reshape(B, -1, *t.shape[4:])
+    points, conf, cls_prob, cls_conf, cls_id, score = map(flat, (points, conf, cls_prob, cls_conf, cls_id, score))
+    rows = torch.cat([points, conf[..., None], cls_conf[..., None], cls_id[..., None].to(points.dtype)], dim=-1)
+    conf_np = conf.detach().cpu().double().numpy()
+    wanted_prob = cls_prob[torch.arange(B, device=cls_prob.device), :, torch.tensor(wanted, device=cls_prob.device)]
+    wanted_np = wanted_prob.detach().cpu().double().numpy()  # (B, N) probability of each image's class
+    boxes, cls_max = [], -math.inf
+    for b in range(B):
+        kept = score[b] > conf_thresh
+        out = rows[b][kept]
+        if not carry_class_max:
+            cls_max = -math.inf
+        index, cls_max = _fallback_cell(conf_np[b], wanted_np[b], cls_max)
+        if not bool((out[:, -1] == wanted[b]).any()) and index >= 0:
+            extra = rows[b, index].clone()
+            extra[-2], extra[-1] = wanted_prob[b, index], float(wanted[b])
+            out = torch.cat([out, extra[None]])
+        boxes.append(out)
+    return boxes
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 import utils
 from MeshPly import MeshPly
@@ -75,6 +76,14 @@ class EvalSetup:
     px_threshold: float = utils.PX_THRESHOLD
     pnp_method: str = "iterative"
     extra: dict = field(default_factory=dict)
+
+    @property
+    def vertex_tree(self):
+        """cKDTree of the mesh vertices (model frame), built once: ADD-S queries it per image."""
+        tree = self.extra.get("_vertex_tree")
+        if tree is None:
+            tree = self.extra["_vertex_tree"] = cKDTree(self.vertices)
+        return tree
 
     @property
     def add_threshold(self) -> float:
@@ -160,7 +169,7 @@ def pose_errors(gt_px: np.ndarray, pr_px: np.ndarray, setup: EvalSetup) -> dict:
     out.update(
         err_2d=utils.projection_error_2d(v, setup.K, R_gt, t_gt, R_pr, t_pr),
         err_add=utils.add_error(v, R_gt, t_gt, R_pr, t_pr),
-        err_adds=utils.adds_error(v, R_gt, t_gt, R_pr, t_pr),
+        err_adds=utils.adds_error(v, R_gt, t_gt, R_pr, t_pr, tree=setup.vertex_tree),
         err_trans=utils.translation_error(t_gt, t_pr),
         err_angle=utils.angle_error(R_gt, R_pr),
     )

@@ -1,6 +1,7 @@
 """Geometry, decoding, confidence and metrics against the spec and the original's golden outputs."""
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -259,3 +260,17 @@ def test_draw_box_draws_on_a_copy():
     out = utils.draw_box(img, pts, color=(0, 255, 0))
     assert img.sum() == 0 and out[..., 1].sum() > 0 and out[..., 0].sum() == 0
     assert out[20, 50, 1] > 0  # the top edge between corners (20,20) and (80,20)
+
+
+def test_adds_with_a_model_frame_tree_equals_the_direct_search():
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(5)
+    pts = rng.normal(size=(500, 3)) * 0.05
+    for _ in range(3):
+        R_gt, _ = cv2.Rodrigues(rng.normal(size=3))
+        R_pr, _ = cv2.Rodrigues(rng.normal(size=3))
+        t_gt, t_pr = rng.normal(size=3), rng.normal(size=3)
+        direct = utils.adds_error(pts, R_gt, t_gt, R_pr, t_pr)
+        assert utils.adds_error(pts, R_gt, t_gt, R_pr, t_pr, tree=cKDTree(pts)) == pytest.approx(direct, abs=1e-12)
+        assert direct <= utils.add_error(pts, R_gt, t_gt, R_pr, t_pr)
