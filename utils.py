@@ -354,7 +354,7 @@ def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes
     """
     points, conf, cls_prob = decode_output(output.float(), num_keypoints, num_classes, num_anchors)
     B = output.shape[0]
-    if isinstance(correspondingclass, (int, np.integer)):
+    if np.ndim(correspondingclass) == 0:
         wanted = [int(correspondingclass)] * B
     else:
         wanted = [int(c) for c in correspondingclass]

@@ -1,0 +1,370 @@
+"""Train the multi-object pose network, the OCCLUSION model (spec §5.7, §6.3, §7.2, §7.5).
+
+    python multi_obj_pose_estimation/train_multi.py      # main job: synthetic occlusion scenes, YOLO-LITE trial 3, CPU
+    python multi_obj_pose_estimation/train_multi.py --datacfg cfg/occlusion.data \\
+        --modelcfg multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg --initweightfile backup_multi/init.weights
+    torchrun --nproc_per_node 2 multi_obj_pose_estimation/train_multi.py ...   # DDP (the original used DataParallel)
+
+Built on the top-level modules: the training sample is `dataset.MultiObjectDataset` (§6.3), the
+loss `region_loss.RegionLoss` with the cfg's anchors and classes and the MS scales (§5.6), the
+epoch loop `train.train_one_epoch` with the cfg steps counted in raw batches (§7.2), and the test
+`valid_multi.evaluate_object` (§9.6).
+
+Fixed by default, each with a flag that reproduces the original (spec §11): the flipped /
+wrapped main object's labels (--repro-label-bugs, item 20), the anchor chosen for tconf and for
+all-zero IoUs (--repro-anchor-bug, item 22). Always fixed (item 23): every test (after epochs
+e % 20 == 0, e > 0, and after the last) scores the objects valid_multi.py scores and records the
+5 px accuracy, not the 50 px one; model.weights is saved when the mean over the objects improves.
+
+Writes into the backup dir: model.weights (darknet format, best mean 5 px accuracy),
+checkpoint.pt (every epoch and on Ctrl-C; --resume), costs.npz, metrics.csv, training.png.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+import dataset  # noqa: E402
+import train  # noqa: E402
+import utils  # noqa: E402
+import valid  # noqa: E402
+from multi_obj_pose_estimation import valid_multi  # noqa: E402
+from multi_obj_pose_estimation.valid_multi import find_path  # noqa: E402
+from region_loss import RegionLoss  # noqa: E402
+
+# spec §7.4: the original's defaults (paths relative to multi_obj_pose_estimation/ or the repository root)
+DEFAULT_DATACFG = "cfg/occlusion.data"
+DEFAULT_MODELCFG = "cfg/yolo-pose-multi.cfg"
+DEFAULT_INITWEIGHTS = "backup_multi/init.weights"
+EVAL_EVERY = 20  # spec §7.5
+# The main job (no --datacfg): synthetic occlusion scenes and a small network, trained on the CPU.
+SYNTHETIC_ROOT = Path("data/synthetic_multi")
+SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, SYNTHETIC_SCENES = 3, 20, 40  # images per object feed the pasted extras
+QUICK_MODELCFG = "cfg/yolo-lite-trial3-multi.cfg"
+QUICK_INITWEIGHTS = "weights/tiny-yolov2-trial3-voc.weights"
+QUICK = dict(epochs=30, eval_every=10, train_size=256, test_size=256, batch_size=8)
+COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies", "testing_errors_pixel")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datacfg", default=None,
+                   help="occlusion .data file (the original's default: cfg/occlusion.data); without it, the "
+                        f"synthetic set in {SYNTHETIC_ROOT} (generated if missing)")
+    p.add_argument("--modelcfg", default=None, help=f"network cfg (default {DEFAULT_MODELCFG}; synthetic: {QUICK_MODELCFG})")
+    p.add_argument("--initweightfile", default=None,
+                   help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; synthetic: "
+                        f"{QUICK_INITWEIGHTS}; 'none' for random)")
+    p.add_argument("--pretrain_num_epochs", type=int, default=0,
+                   help="epochs without the confidence term (spec §5.5; multi default 0)")
+    p.add_argument("--backupdir", default=None, help="output folder (default: the .data 'backup' key)")
+    p.add_argument("--repro-anchor-bug", action="store_true",
+                   help="reproduce the original's tconf from anchor -1 and anchor -1 for all-zero IoUs (spec §5.7)")
+    p.add_argument("--repro-label-bugs", action="store_true",
+                   help="reproduce the original's labels that ignore the flip and the wrap-around shift (spec §6.3)")
+    p.add_argument("--loss-scales", choices=("ms", "cfg"), default="ms",
+                   help="ms: the original's own loss object (noobject 1, spec §5.6); cfg: the [region] scales")
+    p.add_argument("--objects", nargs="+", default=None,
+                   help="objects to test (default: those valid_multi.py scores: the six of spec §9.6, else all)")
+    p.add_argument("--conf-thresh", type=float, default=utils.MULTI_CONF_THRESH, help="test box threshold (spec §4.2)")
+    p.add_argument("--linemod-dir", default=None,
+                   help="folder of <obj>/train.txt for the pasted objects (default: the training images' LINEMOD folder)")
+    p.add_argument("--epochs", type=int, default=None, help="default: cfg max_epochs (500)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: cfg batch")
+    p.add_argument("--eval-every", type=int, default=None, help=f"test after epochs e %% N == 0, e > 0 (default {EVAL_EVERY})")
+    p.add_argument("--train-size", type=int, default=None, help="fixed square training size (default: multi-scale §6.5)")
+    p.add_argument("--test-size", type=int, default=None, help="square test size (default: cfg test_width/height)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: min(4, cores))")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from a checkpoint (default: <backupdir>/checkpoint.pt)")
+    p.add_argument("--resample", choices=("bicubic", "nearest"), default="bicubic", help="spec §6.4")
+    p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
+    p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke tests)")
+    p.add_argument("--log-every", type=int, default=0, help="print the §5.8 loss line every N batches (0: never)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, network table or per-epoch lines")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up
+# --------------------------------------------------------------------------------------------
+
+def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -> Path:
+    """Generate the synthetic occlusion set if it is missing; return its occlusion .data file."""
+    data = root / "cfg" / "occlusion.data"
+    if not data.is_file():
+        from tools.make_synthetic_linemod import generate
+
+        if not quiet:
+            print(f"generating the synthetic occlusion set in {root} (once) ...", flush=True)
+        generate(root, objects=SYNTHETIC_OBJECTS, images_per_object=SYNTHETIC_IMAGES, seed=0, multi=SYNTHETIC_SCENES)
+    return data
+
+
+def resolve_args(args) -> tuple[argparse.Namespace, dict]:
+    """Fill the defaults (the synthetic main job when no --datacfg) and read the data cfg."""
+    quick = args.datacfg is None
+    if quick:
+        args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
+        for key, value in QUICK.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        args.modelcfg = args.modelcfg or QUICK_MODELCFG
+        args.initweightfile = args.initweightfile or str(ROOT / QUICK_INITWEIGHTS)
+    args.datacfg = find_path(args.datacfg)
+    args.modelcfg = find_path(args.modelcfg or DEFAULT_MODELCFG)
+    if args.initweightfile is None:
+        args.initweightfile = DEFAULT_INITWEIGHTS
+    if str(args.initweightfile).lower() == "none":
+        args.initweightfile = None
+    if args.eval_every is None:
+        args.eval_every = EVAL_EVERY
+    if args.workers is None:
+        args.workers = min(4, os.cpu_count() or 1)
+    for flag in ("eval_every", "batch_size", "epochs"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "epochs" else 1):
+            raise SystemExit(f"cannot start training: --{flag.replace('_', '-')} must be positive, found {value}")
+    if not Path(args.datacfg).is_file():
+        raise SystemExit(f"cannot start training: data cfg not found: {args.datacfg}")
+    opts = utils.read_data_cfg(args.datacfg, resolve_paths=True)
+    if args.backupdir is None:
+        args.backupdir = "backup_multi/synthetic" if quick else opts.get("backup", "backup_multi")
+    return args, opts
+
+
+def extra_object_lists(train_paths: list[str], linemod_dir=None) -> dict[str, list[str]]:
+    """object -> training images of the objects pasted around the main one (spec §6.3 step 4):
+    `<linemod_dir>/<obj>/train.txt`, linemod_dir defaulting to the folder holding the first
+    training image's object folder (LINEMOD/benchvise/JPEGImages/x.jpg -> LINEMOD)."""
+    folder = Path(linemod_dir) if linemod_dir else Path(train_paths[0]).resolve().parents[2]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--linemod-dir {folder}: folder not found")
+    return dataset.linemod_train_lists(folder)
+
+
+def check_inputs(args, opts: dict) -> list:
+    """Every file training needs, checked before anything starts; returns the test objects."""
+    problems, objects = [], []
+    if "train" not in opts:
+        problems.append(f"{args.datacfg}: no 'train' key")
+    elif not Path(opts["train"]).is_file():
+        problems.append(f"{args.datacfg}: train list not found: {opts['train']}")
+    if not Path(args.modelcfg).is_file():
+        problems.append(f"model cfg not found: {args.modelcfg}")
+    if args.initweightfile and not Path(args.initweightfile).is_file():
+        problems.append(f"init weights not found: {args.initweightfile}")
+    try:
+        objects = valid_multi.load_objects(args.datacfg, args.objects)
+        for o in objects:  # the test images and labels (load_objects checked the lists and meshes)
+            valid_multi.OcclusionTestSet(o.setup.valid_list, o.name, 32)
+    except (OSError, ValueError) as exc:
+        problems.append(str(exc))
+    if problems:
+        raise SystemExit("cannot start training:\n  " + "\n  ".join(problems))
+    return objects
+
+
+def check_model(model, args, objects) -> None:
+    """Refuse a network whose output or classes cannot serve the multi-object loss and test."""
+    expect = model.num_anchors * (2 * model.num_keypoints + 1 + model.num_classes)
+    with torch.no_grad():  # a tiny probe: the output channels, whatever the layers
+        was_training = model.training
+        channels = model.eval()(torch.zeros(1, model.channels, 64, 64, device=next(model.parameters()).device)).shape[1]
+        model.train(was_training)
+    if channels != expect:
+        raise SystemExit(f"cannot start training: {args.modelcfg}: the output has {channels} channels; [region] "
+                         f"num={model.num_anchors}, classes={model.num_classes} need {expect}")
+    if model.num_anchors > 1 and len(model.anchors) < 2 * model.num_anchors:
+        raise SystemExit(f"cannot start training: {args.modelcfg}: {model.num_anchors} anchors need "
+                         f"{2 * model.num_anchors} anchor values")
+    for o in objects:
+        if o.class_id >= model.num_classes:
+            raise SystemExit(f"cannot start training: {args.datacfg}: object {o.name!r} has class id {o.class_id} "
+                             f"but {args.modelcfg} has {model.num_classes} classes")
+
+
+def make_loss(model, args) -> RegionLoss:
+    """The multi-object loss: the cfg's anchors and classes, the MS scales unless --loss-scales cfg."""
+    if args.loss_scales == "cfg":
+        loss = RegionLoss.from_region(model.region, model.num_keypoints, "cfg", args.pretrain_num_epochs)
+    else:
+        loss = RegionLoss(model.num_keypoints, model.num_classes, model.anchors, model.num_anchors,
+                          args.pretrain_num_epochs)
+    loss.repro_anchor_bug = bool(args.repro_anchor_bug)
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# The periodic test (spec §7.5, fixed: §11 item 23)
+# --------------------------------------------------------------------------------------------
+
+def test_all(model, loaders, objects, device, conf_thresh: float) -> dict:
+    """Score every object; returns {'objects': [summary...], 'acc_5px': mean 5 px accuracy,
+    'mean_err_2d': mean over objects of the mean 2-D projection error (px)}."""
+    summaries = [valid_multi.evaluate_object(model, loader, o, device, conf_thresh)[0] for o, loader in zip(objects, loaders)]
+    errs = [s["mean_err_2d"] for s in summaries if math.isfinite(s["mean_err_2d"])]
+    return {"objects": summaries, "acc_5px": float(np.mean([s["acc_px"][0] for s in summaries])),
+            "mean_err_2d": float(np.mean(errs)) if errs else math.nan}
+
+
+def log_test(result: dict, epoch: int) -> None:
+    for s in result["objects"]:
+        accs = " ".join(f"{a:.1f}" for a in s["acc_px"])
+        valid.log(f"epoch {epoch} {s['object']}: 2D acc at {s['thresholds'][0]}..{s['thresholds'][-1]} px: {accs}; "
+                  f"ADD {s['acc_add']:.1f}%, 5cm5deg {s['acc_5cm5deg']:.1f}%")
+    valid.log(f"epoch {epoch}: mean 2D accuracy at 5 px {result['acc_5px']:.2f}%, "
+              f"mean px err {result['mean_err_2d']:.2f}")
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+def main(args) -> dict:
+    args, opts = resolve_args(args)
+    device = train.resolve_device(args.device)
+    rank, world, device = train.setup_distributed(device)
+    objects = check_inputs(args, opts)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    backup = Path(args.backupdir)
+    if rank == 0:
+        backup.mkdir(parents=True, exist_ok=True)
+
+    model = train.build_model(args.modelcfg, args.initweightfile, device, channels_last=False)
+    model.seen = 0  # spec §7.3
+    check_model(model, args, objects)
+    net = model.net
+    batch = args.batch_size or int(net["batch"])
+    epochs = args.epochs if args.epochs is not None else int(model.max_epochs)
+    loss_fn = make_loss(model, args)
+
+    train_paths = dataset.read_list(opts["train"])
+    try:
+        extras = extra_object_lists(train_paths, args.linemod_dir)
+        train_set = dataset.MultiObjectDataset(opts["train"], extras, train=True, seed=args.seed, resample=args.resample,
+                                               bg_dir=args.bg_dir, repro_label_bugs=args.repro_label_bugs,
+                                               num_keypoints=model.num_keypoints)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot start training:\n  {exc}")
+    if rank == 0 and not args.quiet:
+        pasted = sorted(k for k, v in extras.items() if v)
+        print(f"{len(train_set)} training images; objects to paste from: {', '.join(pasted) or 'none'}", flush=True)
+    test_shape = (args.test_size,) * 2 if args.test_size else (model.test_width, model.test_height)
+    test_loaders = [valid_multi.make_test_loader(o, test_shape, batch_size=8, resample=args.resample) for o in objects]
+
+    cfg = {"learning_rate": float(net["learning_rate"]), "steps": list(net["steps"]), "scales": list(net["scales"]),
+           "step_unit": 1.0, "batch": batch,  # multi-object steps count raw batches (spec §7.2)
+           "scaler": torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda"
+                                          and train.amp_dtype(device) == torch.float16)}
+    optimizer = train.build_optimizer(model, cfg["learning_rate"], float(net["momentum"]), float(net["decay"]), batch)
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    state = {"epoch": 0, "batch_in_epoch": 0, "seen": 0, "epoch_start_seen": 0, "iteration": 0, "best": -math.inf,
+             "costs": {k: [] for k in COST_KEYS}}
+    ckpt_path = backup / train.CHECKPOINT
+    if args.resume:
+        path = Path(args.resume if args.resume != "auto" else ckpt_path)
+        if not path.is_file():
+            raise SystemExit(f"--resume: checkpoint not found: {path}")
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        train.set_rng_state(ckpt["rng"])
+        if rank == 0:
+            print(f"resumed from {path}: epoch {state['epoch']}, batch {state['batch_in_epoch']}, seen {state['seen']}")
+    elif rank == 0 and not args.quiet:
+        model.print_network()
+
+    def save_checkpoint():
+        if rank == 0:
+            model.seen = state["seen"]
+            train.atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                                     "rng": train.rng_state(), "args": vars(args)}, ckpt_path)
+
+    def test_and_log(epoch: int):
+        result = test_all(model, test_loaders, objects, device, args.conf_thresh)
+        c = state["costs"]
+        c["testing_iters"].append(state["seen"])
+        c["testing_accuracies"].append(result["acc_5px"])  # the 5 px accuracy (the original kept 50 px)
+        c["testing_errors_pixel"].append(result["mean_err_2d"])
+        train.atomic_npz(backup / "costs.npz", **{k: np.asarray(v) for k, v in c.items()})
+        row = {"epoch": epoch, "seen": state["seen"], "acc_5px": result["acc_5px"], "mean_err_2d": result["mean_err_2d"],
+               **{f"acc_5px_{s['object']}": s["acc_px"][0] for s in result["objects"]}}
+        valid.append_csv(backup / "metrics.csv", row, header=tuple(row))
+        log_test(result, epoch)
+        if result["acc_5px"] > state["best"]:  # strictly better only
+            state["best"] = result["acc_5px"]
+            model.seen = state["seen"]
+            model.save_weights(backup / train.BEST_WEIGHTS)
+            valid.log(f"best model so far: {backup / train.BEST_WEIGHTS}")
+        train.plot_training(c, backup / "training.png")
+
+    try:
+        for epoch in range(state["epoch"], epochs):
+            if state["batch_in_epoch"] == 0:
+                state["epoch_start_seen"] = state["seen"]
+            loader = dataset.make_train_loader(
+                train_set, batch_size=batch, seed=args.seed, epoch=epoch, seen=state["epoch_start_seen"],
+                workers=args.workers, mode="fixed" if args.train_size else "multi", fixed_size=args.train_size or 416,
+                rank=rank, world_size=world, pin_memory=device.type == "cuda", start_batch=state["batch_in_epoch"])
+            info = train.train_one_epoch(ddp_model, loader, optimizer, loss_fn, state, cfg, device, epoch, amp=args.amp,
+                                         start_batch=state["batch_in_epoch"], max_batches=args.max_batches,
+                                         progress=not args.quiet, log_every=args.log_every, rank=rank, world=world)
+            if rank == 0 and not args.quiet:
+                print(f"epoch {epoch + 1}/{epochs}: {info['batches']} batches, lr {info['lr']:.1e}, "
+                      f"mean batch loss {info['loss']:.3f}, {info['images'] * world / max(info['seconds'], 1e-9):.1f} "
+                      f"images/s", flush=True)
+            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+            if rank == 0 and ((epoch % args.eval_every == 0 and epoch > 0) or epoch == epochs - 1):
+                test_and_log(epoch)
+            save_checkpoint()
+            if world > 1:
+                dist.barrier()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        if rank == 0:
+            print(f"\ninterrupted: state saved to {ckpt_path}; continue with --resume", file=sys.stderr)
+        raise SystemExit(130)
+    except train.NonFiniteLoss as exc:
+        if rank == 0:
+            print(f"stopping: {exc}\nthe last good checkpoint is kept: {ckpt_path}", file=sys.stderr)
+        raise SystemExit(1)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"\noutputs in {backup}/: {train.BEST_WEIGHTS} (best mean 5 px accuracy {state['best']:.2f}%), "
+              f"{train.CHECKPOINT}, costs.npz, metrics.csv, training.png")
+        extra = f" --test-size {args.test_size}" if args.test_size else ""
+        if args.objects:
+            extra += " --objects " + " ".join(args.objects)
+        print(f"score it with:\n  python {os.path.relpath(HERE / 'valid_multi.py')} --datacfg {args.datacfg} "
+              f"--modelcfg {args.modelcfg} --initweightfile {backup / train.BEST_WEIGHTS}{extra}")
+    return state
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

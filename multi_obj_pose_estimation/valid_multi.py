@@ -1,0 +1,353 @@
+"""Score the multi-object pose network on OCCLUSION test scenes (spec §9.6), one object at a time.
+
+    python multi_obj_pose_estimation/valid_multi.py --modelcfg multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg \\
+        --initweightfile backup_multi/model_backup.weights
+    python multi_obj_pose_estimation/valid_multi.py --datacfg data/synthetic_multi/cfg/occlusion.data \\
+        --modelcfg multi_obj_pose_estimation/cfg/yolo-lite-trial3-multi.cfg \\
+        --initweightfile backup_multi/synthetic/model.weights --test-size 256
+
+For every object: the images of its `test_occlusion.txt`, labels from `<obj>/labels_occlusion`
+(re-ordered from the OCCLUSION corner order to the §9.2 order before PnP), boxes by
+`utils.get_multi_region_boxes` with the class of the image's first GT; for each GT, the box of its
+class with the highest det_conf. Prints the 2-D projection accuracy at 5, 10, ..., 50 px, plus
+ADD (10 % of the diameter) and 5cm5deg, which the original did not report, then one table.
+
+Differences from the original (spec §11): the objects and their test lists, meshes, diameters
+and class ids come from one `.data` file (`valid<k>`, `mesh<k>`, `diam<k>`, class k-1) instead
+of hard-coded per-object files; a GT with no box of its class, or a failed PnP, is a miss.
+
+Reading order: `load_objects` (what to score) -> `OcclusionTestSet` (images + re-ordered labels)
+-> `evaluate_object` (the §9.6 loop, also used by train_multi.py) -> `print_table` -> the CLI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import dataset  # noqa: E402
+import image as im  # noqa: E402
+import utils  # noqa: E402
+import valid  # noqa: E402
+from MeshPly import MeshPly  # noqa: E402
+from tools.linemod_layout import from_occlusion_order  # noqa: E402
+
+DEFAULT_DATACFG = "cfg/occlusion.data"
+DEFAULT_MODELCFG = "cfg/yolo-pose-multi.cfg"
+DEFAULT_WEIGHTFILE = "backup_multi/model_backup.weights"
+VALID_OBJECTS = ("ape", "can", "cat", "duck", "glue", "holepuncher")  # spec §9.6 (driller, eggbox not scored)
+PX_THRESHOLDS = tuple(range(5, 55, 5))  # spec §9.6: 5, 10, ..., 50 px
+
+
+def find_path(path) -> str:
+    """`path` as given when it exists from the current directory, else from this folder (the
+    original's working directory) or the repository root; unchanged when found nowhere."""
+    for base in (HERE, ROOT):
+        if not Path(path).exists() and (base / path).exists():
+            return os.path.relpath(base / path)
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# What to score
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class OcclusionObject:
+    """One object to score: its class id (k - 1 for the `.data` keys valid<k>/mesh<k>) and setup."""
+    class_id: int
+    setup: valid.EvalSetup
+
+    @property
+    def name(self) -> str:
+        return self.setup.name
+
+
+def load_objects(datacfg, objects=None, diam_source: str = "data", pnp_method: str = "iterative") -> list[OcclusionObject]:
+    """The objects of an occlusion `.data` file (spec §3.2 keys valid<k>, mesh<k>, diam<k>).
+
+    An object's name is its mesh file's stem (LINEMOD/ape/ape.ply -> 'ape'), its class id k - 1.
+    objects: names to keep, in that order; default: the six of spec §9.6 when the file has them
+    all, else every object of the file. diam_source 'data' (diam<k>; the mesh's when missing) or
+    'mesh'. Raises FileNotFoundError / ValueError naming the `.data` file and the key.
+    """
+    if diam_source not in valid.DIAM_SOURCES:
+        raise ValueError(f"diam source must be one of {valid.DIAM_SOURCES}, not {diam_source!r}")
+    opts = utils.read_data_cfg(datacfg, resolve_paths=True)
+    ks = sorted(int(key[4:]) for key in opts if key.startswith("mesh") and key[4:].isdigit())
+    if not ks:
+        raise ValueError(f"{datacfg}: no 'mesh<k>' keys; expected an occlusion .data file with valid<k>, mesh<k> "
+                         f"(and diam<k>) for each class k = 1, 2, ...")
+    by_name = {Path(opts[f"mesh{k}"]).stem: k for k in ks}
+    if objects is None:
+        objects = VALID_OBJECTS if all(o in by_name for o in VALID_OBJECTS) else list(by_name)
+    unknown = [o for o in objects if o not in by_name]
+    if unknown:
+        raise ValueError(f"{datacfg}: no object named {unknown[0]!r}; its objects (mesh<k> stems) are {list(by_name)}")
+    K, width, height = utils.camera_from_data_cfg(opts)
+    out = []
+    for name in objects:
+        k = by_name[name]
+        mesh, valid_list = opts[f"mesh{k}"], opts.get(f"valid{k}")
+        if valid_list is None:
+            raise ValueError(f"{datacfg}: object {name!r} has mesh{k} but no 'valid{k}' test list")
+        if not Path(mesh).is_file():
+            raise FileNotFoundError(f"{datacfg}: mesh{k} file not found: {mesh}")
+        if not Path(valid_list).is_file():
+            raise FileNotFoundError(f"{datacfg}: valid{k} test list not found: {valid_list}")
+        vertices = MeshPly(mesh).vertices
+        if diam_source == "mesh" or f"diam{k}" not in opts:
+            diam = utils.mesh_diameter(vertices)
+        else:
+            try:
+                diam = float(opts[f"diam{k}"])
+            except ValueError:
+                raise ValueError(f"{datacfg}: diam{k} = {opts[f'diam{k}']!r} is not a number") from None
+        setup = valid.EvalSetup(name=name, valid_list=valid_list, vertices=vertices, corners=utils.box_corners(vertices),
+                                K=K, im_width=width, im_height=height, diam=diam, pnp_method=pnp_method,
+                                extra={"datacfg": str(datacfg), "mesh": mesh})
+        out.append(OcclusionObject(k - 1, setup))
+    return out
+
+
+class OcclusionTestSet(dataset.PoseDataset):
+    """Test scenes of one object (spec §3.4, §9.6): the images of its test list, its label rows from
+    `<obj>/labels_occlusion/`, re-ordered to the §9.2 corner order unless reorder=False.
+
+    `dataset[i]` -> (image float32 (3, H, W), target float64 (50*21,)) like the single-object test set.
+    """
+
+    def __init__(self, source, obj: str, shape, reorder: bool = True, **kw):
+        self.obj, self.reorder = obj, reorder
+        super().__init__(source, shape, train=False, **kw)
+
+    def files_of(self, index: int) -> dict[str, str]:
+        path = self.paths[index]
+        return {"image": path, "label file": dataset.occlusion_label_path(path, self.obj)}
+
+    def test_sample(self, index: int, size: tuple[int, int]):
+        path = self.paths[index]
+        rows = dataset.read_truths(dataset.occlusion_label_path(path, self.obj), self.label_width)
+        if self.reorder and len(rows):
+            rows = np.stack([from_occlusion_order(r) for r in rows])
+        img = dataset.load_image(path)
+        if img.size != size:
+            img = img.resize(size, im.resample_filter(self.resample))
+        return img, rows
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluation (spec §9.6)
+# --------------------------------------------------------------------------------------------
+
+def pick_box(boxes: torch.Tensor, class_id: int) -> torch.Tensor | None:
+    """Among boxes (n, 2K+3), the first with the highest det_conf of class `class_id`; None if none."""
+    of_class = (boxes[:, -1] == class_id).nonzero().flatten()
+    if of_class.numel() == 0:
+        return None
+    return boxes[of_class[boxes[of_class, -3].argmax()]]
+
+
+def threshold_accuracies(err_2d, thresholds=PX_THRESHOLDS) -> list[float]:
+    """2-D projection accuracy (%) at each pixel threshold: 100 * #(err <= th) / (N + 1e-5)."""
+    err = np.asarray(err_2d, dtype=np.float64)
+    return [utils.accuracy(np.sum(err <= th), len(err)) for th in thresholds]
+
+
+@torch.inference_mode()
+def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thresh: float = utils.MULTI_CONF_THRESH,
+                    progress: bool = False) -> tuple[dict, dict]:
+    """Score one object's test scenes (spec §9.6).
+
+    loader yields (images (B, 3, H, W), targets (B, 50*21) label rows in the §9.2 order). For each
+    image: boxes of `utils.get_multi_region_boxes` (score det_conf * class prob, the image's first
+    GT class as the corresponding class); for each GT, the highest-det_conf box of its class.
+    Returns (summary, records) like `valid.evaluate`: summary = `valid.summarize` plus
+    `thresholds` and `acc_px` (accuracy at each of PX_THRESHOLDS) and `class_id`; records hold
+    the per-GT errors, poses and points (a GT with no box of its class is a miss).
+    """
+    device = torch.device(device)
+    K, C, A = model.num_keypoints, model.num_classes, model.num_anchors
+    if not 0 <= obj.class_id < C:
+        raise ValueError(f"object {obj.name!r} has class id {obj.class_id} but the network has {C} classes")
+    setup = obj.setup
+    was_training = model.training
+    model.eval()
+    scale = np.array([setup.im_width, setup.im_height], dtype=np.float32)
+    nan_pred = np.full((K, 2), np.nan, dtype=np.float32)
+    records = {k: [] for k in valid.RECORD_KEYS}
+    n_images = 0
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc=f"eval {obj.name}", unit="batch", leave=False)
+    try:
+        for images, targets in batches:
+            output = model(images.to(device)).float()
+            rows = targets.reshape(len(images), -1, 2 * K + 3).numpy()
+            valid_rows = [r[: int(np.argmin(np.r_[r[:, 1] != 0, False]))] for r in rows]  # up to the first x0 == 0
+            first_class = [int(r[0, 0]) if len(r) else obj.class_id for r in valid_rows]
+            boxes = utils.get_multi_region_boxes(output, conf_thresh, C, K, model.anchors, A, first_class,
+                                                 only_objectness=0, carry_class_max=False)
+            for b, gts in enumerate(valid_rows):
+                for row in gts:
+                    box = pick_box(boxes[b], int(row[0]))
+                    # labels and predictions pass through float32 before de-normalisation (spec §4 item 17)
+                    gt_px = row[1:1 + 2 * K].astype(np.float32).reshape(-1, 2) * scale
+                    pr_px = nan_pred if box is None else box[:2 * K].cpu().numpy().astype(np.float32).reshape(-1, 2) * scale
+                    res = valid.pose_errors(gt_px, pr_px, setup)
+                    for k in (*valid.ERROR_KEYS, "failed", *valid.POSE_KEYS):
+                        records[k].append(res[k])
+                    records["gt_px"].append(gt_px)
+                    records["pr_px"].append(pr_px)
+                    records["conf"].append(math.nan if box is None else float(box[2 * K]))
+                    records["image_index"].append(n_images + b)
+            n_images += len(images)
+    finally:
+        if was_training:
+            model.train()
+    if n_images == 0:
+        raise ValueError(f"{setup.valid_list}: the test list is empty")
+    if not records["err_2d"]:
+        raise ValueError(f"{setup.valid_list}: no test image of {obj.name!r} has a label row")
+    shapes = {"R_gt": (3, 3), "R_pr": (3, 3), "t_gt": (3,), "t_pr": (3,), "gt_px": (K, 2), "pr_px": (K, 2)}
+    records = {k: np.asarray(v).reshape(-1, *shapes.get(k, ())) for k, v in records.items()}
+    summary = valid.summarize(records, setup)
+    summary.update(class_id=obj.class_id, images=n_images, thresholds=list(PX_THRESHOLDS),
+                   acc_px=threshold_accuracies(records["err_2d"]))
+    return summary, records
+
+
+def make_test_loader(obj: OcclusionObject, shape, batch_size: int = 1, workers: int = 0,
+                     resample: str = im.DEFAULT_RESAMPLE):
+    """A test loader over one object's scenes at `shape` (w, h)."""
+    test_set = OcclusionTestSet(obj.setup.valid_list, obj.name, shape, resample=resample)
+    return dataset.make_test_loader(test_set, batch_size=batch_size, workers=workers)
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+def report(summary: dict, file=None) -> None:
+    """The original's per-threshold lines (spec §9.6), then ADD and 5cm5deg."""
+    valid.log(f"   Results of {summary['object']} (class {summary['class_id']}, {summary['n']} objects)", file)
+    for th, acc in zip(summary["thresholds"], summary["acc_px"]):
+        valid.log(f"   Acc using {th} px 2D Projection = {acc:.2f}%", file)
+    valid.log(f"   Acc using {summary['add_threshold']:f} vx 3D Transformation = {summary['acc_add']:.2f}%", file)
+    valid.log(f"   Acc using 5 cm 5 degree metric = {summary['acc_5cm5deg']:.2f}%", file)
+    if summary["n_failed"]:
+        valid.log(f"   {summary['n_failed']} of {summary['n']} objects counted as misses (no box of the class, "
+                  f"non-finite output or failed PnP)", file)
+
+
+TABLE_EXTRA = (("ADD", "acc_add"), ("5cm5deg", "acc_5cm5deg"), ("mean px err", "mean_err_2d"))
+
+
+def mean_row(summaries: list) -> dict:
+    """The unweighted mean over objects of every accuracy and of the mean pixel error."""
+    row = {"object": "mean", "n": int(sum(s["n"] for s in summaries)),
+           "acc_px": list(np.mean([s["acc_px"] for s in summaries], axis=0))}
+    for _, key in TABLE_EXTRA:
+        row[key] = float(np.mean([s[key] for s in summaries]))
+    return row
+
+
+def print_table(summaries: list, file=None) -> None:
+    """A markdown table: one row per object (accuracy % at every threshold, ADD, 5cm5deg) and the mean."""
+    file = file or sys.stdout
+    head = ["object", "n", *(f"{th} px" for th in PX_THRESHOLDS), *(name for name, _ in TABLE_EXTRA)]
+    print("| " + " | ".join(head) + " |", file=file)
+    print("|" + "---|" * len(head), file=file)
+    for s in summaries + ([mean_row(summaries)] if len(summaries) > 1 else []):
+        cells = [s["object"], str(s["n"]), *(f"{a:.2f}" for a in s["acc_px"]), *(f"{s[k]:.2f}" for _, k in TABLE_EXTRA)]
+        print("| " + " | ".join(cells) + " |", file=file)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modelcfg", default=DEFAULT_MODELCFG, help=f"network cfg (default {DEFAULT_MODELCFG})")
+    p.add_argument("--initweightfile", "--weightfile", dest="initweightfile", default=DEFAULT_WEIGHTFILE,
+                   help=f"darknet weights to score (the original's flag name; default {DEFAULT_WEIGHTFILE})")
+    p.add_argument("--datacfg", default=DEFAULT_DATACFG,
+                   help=f"occlusion .data file with valid<k>/mesh<k>/diam<k> (default {DEFAULT_DATACFG})")
+    p.add_argument("--objects", nargs="+", default=None,
+                   help=f"objects to score (default: {' '.join(VALID_OBJECTS)} when the .data file has them, else all)")
+    p.add_argument("--conf-thresh", type=float, default=utils.MULTI_CONF_THRESH, help="box score threshold (spec §4.2)")
+    p.add_argument("--test-size", type=int, default=None, help="square input size, a multiple of 32 (default: cfg)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (boxes are chosen per image)")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--diam", choices=valid.DIAM_SOURCES, default="data", help="ADD diameter: diam<k> or the mesh's")
+    p.add_argument("--pnp", choices=sorted(utils.PNP_METHODS), default="iterative", help="PnP solver (original: iterative)")
+    p.add_argument("--resample", choices=tuple(im.RESAMPLE_FILTERS), default=im.DEFAULT_RESAMPLE,
+                   help="test-image resize filter (nearest: Pillow < 7, spec §6.4)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write every summary (and the mean) as JSON")
+    p.add_argument("--quiet", action="store_true", help="only the table")
+    return p
+
+
+def check_args(args) -> argparse.Namespace:
+    """Resolve the default paths and check the flags that need no file (ValueError)."""
+    args.datacfg, args.modelcfg = find_path(args.datacfg), find_path(args.modelcfg)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, found {args.batch_size}")
+    if args.test_size is not None and (args.test_size < 32 or args.test_size % 32):
+        raise ValueError(f"--test-size must be a positive multiple of 32 (the network stride), found {args.test_size}")
+    if not 0.0 <= args.conf_thresh < 1.0:
+        raise ValueError(f"--conf-thresh must be in [0, 1), found {args.conf_thresh}")
+    return args
+
+
+def main(args) -> list:
+    """Score every object; return their summaries. Bad inputs stop here with SystemExit."""
+    try:
+        args = check_args(args)
+        device = valid.resolve_device(args.device)
+        objects = load_objects(args.datacfg, args.objects, args.diam, args.pnp)
+        model = valid.load_model(args.modelcfg, args.initweightfile, device)
+        size = (args.test_size,) * 2 if args.test_size else (model.test_width, model.test_height)
+        loaders = [make_test_loader(o, size, args.batch_size, args.workers, args.resample) for o in objects]
+        for o in objects:
+            if o.class_id >= model.num_classes:
+                raise ValueError(f"{args.datacfg}: object {o.name!r} has class id {o.class_id} but {args.modelcfg} "
+                                 f"has {model.num_classes} classes")
+    except (OSError, ValueError) as exc:  # CfgError and MeshError are ValueErrors
+        raise SystemExit(f"valid_multi.py: cannot evaluate:\n  {exc}")
+    summaries = []
+    for obj, loader in zip(objects, loaders):
+        if not args.quiet:
+            valid.log(f"Testing {obj.name}: {len(loader.dataset)} test images at {size[0]}x{size[1]}")
+        summary, _ = evaluate_object(model, loader, obj, device, args.conf_thresh, progress=not args.quiet)
+        summary.update(model=str(args.modelcfg), weights=str(args.initweightfile), test_size=list(size))
+        summaries.append(summary)
+        if not args.quiet:
+            report(summary)
+    print_table(summaries)
+    if args.json:
+        payload = {"objects": summaries, "mean": mean_row(summaries) if len(summaries) > 1 else None}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(valid._json_safe(payload), indent=2))
+    return summaries
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

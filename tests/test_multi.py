@@ -1,0 +1,358 @@
+"""Multi-object pose (OCCLUSION): get_multi_region_boxes, the occlusion test set and its corner
+re-ordering, the pasted-object sample, train_multi.py and valid_multi.py (spec §4.2, §5.7, §6.3,
+§7.2, §7.5, §9.6).
+
+Anchor assignment (spec §5.7, fixed and --repro-anchor-bug, including the all-zero-IoU case) is
+tested in tests/test_region_loss.py: test_choose_anchors_first_largest_iou_and_zero_fallback and
+test_multi_anchor_assignment_and_tconf_row. Here we only check that train_multi builds that loss.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dataset
+import train
+import utils
+from darknet import Darknet, parse_cfg
+from multi_obj_pose_estimation import train_multi, valid_multi
+from tools.linemod_layout import OCCLUSION_PERM
+from tools.make_synthetic_linemod import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+MULTI_CFG = ROOT / "multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg"
+TRIAL3_MULTI = ROOT / "multi_obj_pose_estimation/cfg/yolo-lite-trial3-multi.cfg"
+BACKBONE3 = ROOT / "weights/tiny-yolov2-trial3-voc.weights"
+K = 9
+
+
+@pytest.fixture(scope="module")
+def occ(tmp_path_factory):
+    """3 objects x 6 single images (the pasted extras) and 12 occlusion scenes (9 train / 3 test)."""
+    root = tmp_path_factory.mktemp("occ")
+    generate(root, objects=3, images_per_object=6, seed=0, multi=12)
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# get_multi_region_boxes (spec §4.2) against a plain loop
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def loop_multi_boxes(root):
+    """The per-cell loop reference of benchmarks/bench_multi_boxes.py (a direct transcription of §4.2)."""
+    spec = importlib.util.spec_from_file_location("bench_multi_boxes", root / "benchmarks" / "bench_multi_boxes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.loop_multi_boxes
+
+
+@pytest.mark.parametrize("thresh", [0.05, 0.3, 0.9, 1.0])
+@pytest.mark.parametrize("only_objectness", [0, 1])
+@pytest.mark.parametrize("carry", [True, False])
+def test_get_multi_region_boxes_matches_the_loop(loop_multi_boxes, thresh, only_objectness, carry):
+    B, A, C, H, W = 3, 5, 4, 3, 4
+    g = torch.Generator().manual_seed(int(thresh * 100) + 7 * only_objectness + 3 * carry)
+    output = torch.randn(B, A * (2 * K + 1 + C), H, W, generator=g) * 2
+    wanted = [2, 0, 3]
+    got = utils.get_multi_region_boxes(output, thresh, C, K, [], A, wanted, only_objectness=only_objectness,
+                                       carry_class_max=carry)
+    ref = loop_multi_boxes(output, thresh, C, A, wanted, only_objectness, carry)
+    assert len(got) == B
+    for b in range(B):
+        assert got[b].shape == ref[b].shape and got[b].dtype == torch.float32
+        np.testing.assert_allclose(got[b].numpy(), ref[b], rtol=1e-5, atol=1e-6)
+    if thresh == 1.0:  # nothing is kept: every image has exactly its fallback box
+        assert all(len(r) == 1 and r[0, -1] == wanted[b] for b, r in enumerate(ref))
+
+
+def test_fallback_is_the_running_update_not_the_most_confident_cell():
+    """spec §4.2: a cell replaces the fallback only if det_conf AND the class probability increase."""
+    C, W = 3, 3
+    output = torch.zeros(1, 2 * K + 1 + C, 1, W)
+    logit = lambda p: math.log(p / (1 - p))
+    # cells in scan order: (det, logits giving P(class 1)) -> c0 (0.5, ~0.58), c1 (0.9, ~0.21), c2 (0.6, ~0.67)
+    for cx, (det, cls) in enumerate([(0.5, [0.0, 1.0, 0.0]), (0.9, [1.0, 0.0, 1.0]), (0.6, [0.0, 1.5, 0.0])]):
+        output[0, 2 * K, 0, cx] = logit(det)
+        output[0, 2 * K + 1:, 0, cx] = torch.tensor(cls)
+    (boxes,) = utils.get_multi_region_boxes(output, 0.99, C, K, [], 1, 1, only_objectness=0)
+    p = torch.softmax(torch.tensor([0.0, 1.5, 0.0]), 0)[1]
+    assert boxes.shape == (1, 2 * K + 3)
+    assert boxes[0, 0] == pytest.approx((0.5 + 2) / W)  # cell 2, although cell 1 is the most confident
+    assert boxes[0, -3:].tolist() == pytest.approx([0.6, float(p), 1.0])
+    # a kept box of the corresponding class: no fallback
+    (kept,) = utils.get_multi_region_boxes(output, 0.5, C, K, [], 1, 0, only_objectness=1)
+    assert kept[:, -1].tolist() == [0.0, 1.0]  # cells 1 (classes 0 and 2 tie: the first wins) and 2
+
+
+def test_get_multi_region_boxes_bad_input():
+    out = torch.zeros(2, 5 * (2 * K + 1 + 13), 2, 2)
+    with pytest.raises(ValueError, match="correspondingclass has 3 entries for a batch of 2 images"):
+        utils.get_multi_region_boxes(out, 0.05, 13, K, [], 5, [0, 1, 2])
+    with pytest.raises(ValueError, match="correspondingclass 13 is outside the 13 classes"):
+        utils.get_multi_region_boxes(out, 0.05, 13, K, [], 5, 13)
+    with pytest.raises(ValueError, match=r"expected num_anchors\*\(2K\+1\+C\) = 5\*\(18\+1\+12\) = 155"):
+        utils.get_multi_region_boxes(out, 0.05, 12, K, [], 5, 0)
+
+
+def test_pick_box_takes_the_most_confident_box_of_the_class():
+    boxes = torch.tensor([[0.0] * 18 + [0.7, 0.9, 2], [1.0] * 18 + [0.8, 0.5, 1], [2.0] * 18 + [0.8, 0.4, 2],
+                          [3.0] * 18 + [0.6, 0.9, 2]])
+    assert valid_multi.pick_box(boxes, 2)[0] == 2.0  # det 0.8 beats 0.7 and 0.6
+    assert valid_multi.pick_box(boxes, 1)[0] == 1.0
+    assert valid_multi.pick_box(boxes, 0) is None
+
+
+def test_threshold_accuracies():
+    err = [4.9, 5.0, 12.0, 50.0, 51.0, math.inf]
+    acc = valid_multi.threshold_accuracies(err)
+    expect = [2, 2, 3, 3, 3, 3, 3, 3, 3, 4]  # <= 5, 10, ..., 50 px
+    assert acc == pytest.approx([100 * k / (6 + 1e-5) for k in expect])
+
+
+# --------------------------------------------------------------------------------------------
+# The occlusion test set (spec §3.4, §9.6) and the evaluation on planted outputs
+# --------------------------------------------------------------------------------------------
+
+def test_occlusion_labels_are_reordered_to_the_linemod_order(occ):
+    objects = valid_multi.load_objects(occ / "cfg/occlusion.data")
+    assert [(o.name, o.class_id) for o in objects] == [("obj00", 0), ("obj01", 1), ("obj02", 2)]
+    n_checked = 0
+    for o in objects:
+        ts = valid_multi.OcclusionTestSet(o.setup.valid_list, o.name, 64)
+        raw = valid_multi.OcclusionTestSet(o.setup.valid_list, o.name, 64, reorder=False)
+        for i, path in enumerate(ts.paths):
+            scene_rows = dataset.read_truths(dataset.label_path(path))  # the scene's labels, §9.2 order
+            mine = ts[i][1].numpy().reshape(50, 21)[0]
+            expect = scene_rows[scene_rows[:, 0] == o.class_id][0]
+            np.testing.assert_allclose(mine, expect, atol=1e-12)
+            occ_pts = raw[i][1].numpy().reshape(50, 21)[0, 1:19].reshape(9, 2)
+            np.testing.assert_allclose(occ_pts[list(OCCLUSION_PERM)], expect[1:19].reshape(9, 2), atol=1e-12)
+            assert not np.allclose(occ_pts, expect[1:19].reshape(9, 2))
+            n_checked += 1
+    assert n_checked >= 3
+
+
+def test_missing_occlusion_label_is_named(occ, tmp_path):
+    o = valid_multi.load_objects(occ / "cfg/occlusion.data", ["obj01"])[0]
+    path = dataset.read_list(o.setup.valid_list)[0]
+    lst = tmp_path / "list.txt"
+    lst.write_text(path + "\n")
+    label = dataset.occlusion_label_path(path, "obj09")
+    with pytest.raises(FileNotFoundError, match=f"{label}: label file not found"):
+        valid_multi.OcclusionTestSet(lst, "obj09", 64)
+
+
+class PlantedModel(torch.nn.Module):
+    """Returns, image after image, outputs whose anchor-2 cell at the GT centroid encodes given points."""
+
+    def __init__(self, outputs, C=13, A=5):
+        super().__init__()
+        self.outputs, self.num_keypoints, self.num_classes, self.num_anchors = list(outputs), K, C, A
+        self.anchors = [1.0] * (2 * A)
+
+    def forward(self, x):
+        return torch.cat([self.outputs.pop(0) for _ in range(len(x))])
+
+
+def plant(points, class_id, H=8, W=8, C=13, A=5, a=2):
+    """(1, A*(2K+1+C), H, W) output: low confidence everywhere, `points` (9, 2) normalised at anchor a."""
+    per = 2 * K + 1 + C
+    out = torch.zeros(1, A, per, H, W)
+    out[:, :, 2 * K] = -8.0
+    gx, gy = points[0, 0] * W, points[0, 1] * H
+    cx, cy = int(gx), int(gy)
+    v = out[0, a, :, cy, cx]
+    fx, fy = gx - cx, gy - cy
+    v[0], v[1] = math.log(fx / (1 - fx)), math.log(fy / (1 - fy))
+    v[2:2 * K:2] = torch.tensor(points[1:, 0] * W - cx)
+    v[3:2 * K:2] = torch.tensor(points[1:, 1] * H - cy)
+    v[2 * K] = 6.0
+    v[2 * K + 1 + class_id] = 5.0
+    return out.reshape(1, A * per, H, W)
+
+
+def test_evaluate_object_on_planted_predictions(occ):
+    obj = valid_multi.load_objects(occ / "cfg/occlusion.data", ["obj00"])[0]
+    loader = valid_multi.make_test_loader(obj, (256, 256), batch_size=2)
+    gts = [t.numpy().reshape(50, 21)[0] for _, ts in loader for t in ts]
+    exact = [plant(g[1:19].reshape(9, 2), 0) for g in gts]
+    summary, records = valid_multi.evaluate_object(PlantedModel(exact), loader, obj)
+    n = len(gts)
+    assert summary["n"] == n and summary["n_failed"] == 0 and summary["class_id"] == 0
+    assert summary["acc_px"] == pytest.approx([100 * n / (n + 1e-5)] * 10)
+    assert summary["acc_add"] == summary["acc_5cm5deg"] == pytest.approx(100 * n / (n + 1e-5))
+    np.testing.assert_allclose(records["pr_px"], records["gt_px"], atol=1e-3)
+    # the same points under another class: the class's fallback box (low confidence) is used, a miss
+    wrong = [plant(g[1:19].reshape(9, 2), 1) for g in gts]
+    summary, _ = valid_multi.evaluate_object(PlantedModel(wrong), loader, obj)
+    assert summary["acc_px"][-1] < 100 * n / (n + 1e-5)
+
+
+def test_training_test_records_the_5px_accuracy(occ):
+    """spec §7.5 / §11 item 23: the recorded accuracy is the 5 px one (the original kept 50 px)."""
+    obj = valid_multi.load_objects(occ / "cfg/occlusion.data", ["obj00"])[0]
+    loader = valid_multi.make_test_loader(obj, (256, 256), batch_size=1)
+    gts = [t.numpy().reshape(50, 21)[0] for _, ts in loader for t in ts]
+    shift = np.array([20.0 / 640, 0.0])  # every point 20 px to the right: a 2-D error far above 5, below 50 px
+    outs = [plant(g[1:19].reshape(9, 2) + (shift if i % 2 else 0), 0) for i, g in enumerate(gts)]
+    result = train_multi.test_all(PlantedModel(outs), [loader], [obj], "cpu", utils.MULTI_CONF_THRESH)
+    n, exact = len(gts), (len(gts) + 1) // 2
+    acc = result["objects"][0]["acc_px"]
+    assert acc[0] == pytest.approx(100 * exact / (n + 1e-5)) and acc[-1] == pytest.approx(100 * n / (n + 1e-5))
+    assert result["acc_5px"] == acc[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The training sample (spec §6.3): pasted labels follow their masks
+# --------------------------------------------------------------------------------------------
+
+def _centroid_to_mask_px(row, mask, S):
+    """Distance in pixels from a label's centroid to the nearest pixel of its mask."""
+    ys, xs = np.nonzero(mask)
+    return float(np.min(np.hypot(xs + 0.5 - row[1] * S, ys + 0.5 - row[2] * S)))
+
+
+def test_pasted_objects_keep_their_labels_on_their_masks(occ):
+    pools = dataset.linemod_train_lists(occ / "LINEMOD")
+    paths = dataset.read_list(occ / "cfg/train_occlusion.txt")
+    S, far = 192, {False: 0, True: 0}
+    pasted = 0
+    for repro in (False, True):
+        for seed in range(6):
+            s = dataset.multi_object_sample(paths[seed], pools, S, np.random.default_rng(seed),
+                                            np.zeros((8, 8, 3), np.uint8), repro_label_bugs=repro)
+            n_main = len(dataset.read_truths(dataset.label_path(paths[seed])))
+            pasted += (len(s.labels) - n_main) * (not repro)
+            for row, mask in zip(s.labels, s.masks):
+                d = _centroid_to_mask_px(row, mask, S)
+                if not repro:  # within a pixel: the crop's off-by-one (§11 item 19) and silhouette edges
+                    assert d <= 1.5, f"seed {seed}: centroid {d:.1f} px away from its pasted mask"
+                far[repro] += d > 10
+    assert pasted >= 6 and far[True] > 0  # the reproduction flag brings back the unflipped labels
+
+
+# --------------------------------------------------------------------------------------------
+# train_multi.py (spec §5.6, §7.2, §7.5)
+# --------------------------------------------------------------------------------------------
+
+def test_schedule_counts_raw_batches():
+    net = parse_cfg(MULTI_CFG)[0]
+    steps = [float(s) for s in net["steps"].split(",")]
+    scales = [float(s) for s in net["scales"].split(",")]
+    lr = lambda t: train.learning_rate(t, float(net["learning_rate"]), steps, scales, step_unit=1.0)
+    for t, expect in [(0, 1e-4), (99, 1e-4), (100, 1e-3), (19999, 1e-3), (20000, 1e-4), (29999, 1e-4),
+                      (30000, 1e-5), (10 ** 6, 1e-5)]:
+        assert lr(t) == pytest.approx(expect), t
+
+
+@pytest.mark.parametrize("repro", [False, True])
+def test_loss_uses_the_cfg_anchors_classes_and_ms_scales(repro):
+    args = train_multi.get_args_parser().parse_args(["--pretrain_num_epochs", "3"] + ["--repro-anchor-bug"] * repro)
+    loss = train_multi.make_loss(Darknet(TRIAL3_MULTI), args)
+    assert (loss.num_classes, loss.num_anchors, loss.pretrain_num_epochs, loss.repro_anchor_bug) == (13, 5, 3, repro)
+    assert loss.anchors == pytest.approx([1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879, 5.8851])
+    assert (loss.coord_scale, loss.noobject_scale, loss.object_scale, loss.class_scale) == (1.0, 1.0, 5.0, 1.0)
+
+
+def test_a_few_steps_lower_the_loss(occ):
+    """SGD on one multi-object batch (the §6.3 sample) with the multi loss: the loss goes down."""
+    torch.manual_seed(0)
+    model = Darknet(TRIAL3_MULTI)
+    model.load_weights_until_last(BACKBONE3)
+    args = train_multi.get_args_parser().parse_args([])
+    loss_fn = train_multi.make_loss(model, args)
+    pools = dataset.linemod_train_lists(occ / "LINEMOD")
+    ds = dataset.MultiObjectDataset(occ / "cfg/train_occlusion.txt", pools, train=True, seed=0)
+    images, target = dataset.collate([ds[(i, 128)] for i in range(4)])
+    opt = train.build_optimizer(model, 1e-3, 0.9, 0.0005, 4)
+    losses = []
+    for _ in range(8):
+        loss, stats = loss_fn(model(images), target, epoch=1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(stats["total"])
+        assert stats["nGT"] >= 8 and stats["loss_cls"] > 0
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeypatch, capsys):
+    """No flags: the synthetic set is generated (here a copy of the fixture's), the small network
+    trains, the 5 px accuracy is recorded, and the printed valid_multi command prints the table."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_multi, "SYNTHETIC_OBJECTS", 3)
+    monkeypatch.setattr(train_multi, "SYNTHETIC_IMAGES", 4)
+    monkeypatch.setattr(train_multi, "SYNTHETIC_SCENES", 8)
+    for key, value in dict(epochs=2, eval_every=1, train_size=96, test_size=96, batch_size=4).items():
+        monkeypatch.setitem(train_multi.QUICK, key, value)
+    state = train_multi.main(train_multi.get_args_parser().parse_args(["--quiet", "--workers", "0"]))
+    out = capsys.readouterr().out
+    assert Path("data/synthetic_multi/cfg/occlusion.data").is_file()
+    backup = Path("backup_multi/synthetic")
+    for name in ("model.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "training.png"):
+        assert (backup / name).is_file(), name
+    costs = np.load(backup / "costs.npz")
+    assert sorted(costs.files) == sorted(train_multi.COST_KEYS)
+    assert len(costs["testing_accuracies"]) == 1 and len(costs["training_losses"]) == state["iteration"] == 4
+    with open(backup / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1]
+    per_object = [float(rows[0][f"acc_5px_obj0{i}"]) for i in range(3)]
+    assert float(rows[0]["acc_5px"]) == pytest.approx(np.mean(per_object))
+    assert costs["testing_accuracies"][0] == pytest.approx(float(rows[0]["acc_5px"]))
+    command = out.split("score it with:\n")[1].split()
+    assert command[0] == "python" and Path(command[1]).resolve() == ROOT / "multi_obj_pose_estimation/valid_multi.py"
+    argv = command[2:]
+    assert argv[argv.index("--initweightfile") + 1] == str(backup / "model.weights")
+
+    summaries = valid_multi.main(valid_multi.get_args_parser().parse_args(argv + ["--quiet", "--batch-size", "2"]))
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0] == ("| object | n | 5 px | 10 px | 15 px | 20 px | 25 px | 30 px | 35 px | 40 px | 45 px | 50 px "
+                        "| ADD | 5cm5deg | mean px err |")
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| obj00", "| obj01", "| obj02", "| mean"]
+    # the trained model scores what training recorded (the 5 px accuracy, spec §11 item 23)
+    assert np.mean([s["acc_px"][0] for s in summaries]) == pytest.approx(costs["testing_accuracies"][0])
+    assert all(list(s["acc_px"]) == sorted(s["acc_px"]) for s in summaries)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+
+def test_train_multi_reports_missing_files_before_training(occ, tmp_path, capsys):
+    args = ["--datacfg", str(occ / "cfg/occlusion.data"), "--modelcfg", str(tmp_path / "none.cfg"),
+            "--initweightfile", str(tmp_path / "none.weights"), "--backupdir", str(tmp_path / "b"), "--quiet"]
+    with pytest.raises(SystemExit, match=r"(?s)cannot start training:.*model cfg not found: .*none\.cfg.*"
+                                         r"init weights not found: .*none\.weights"):
+        train_multi.main(train_multi.get_args_parser().parse_args(args))
+    assert not (tmp_path / "b").exists()
+
+
+def test_train_multi_refuses_a_single_object_network(occ, tmp_path):
+    args = ["--datacfg", str(occ / "cfg/occlusion.data"), "--modelcfg", str(ROOT / "cfg/yolo-lite-trial3-pose.cfg"),
+            "--initweightfile", "none", "--backupdir", str(tmp_path / "b"), "--quiet"]
+    with pytest.raises(SystemExit, match=r"object 'obj01' has class id 1 but .*yolo-lite-trial3-pose\.cfg has 1 classes"):
+        train_multi.main(train_multi.get_args_parser().parse_args(args))
+
+
+def test_valid_multi_bad_inputs(occ, tmp_path):
+    data = str(occ / "cfg/occlusion.data")
+    run = lambda *a: valid_multi.main(valid_multi.get_args_parser().parse_args(list(a) + ["--quiet"]))
+    with pytest.raises(SystemExit, match=r"weights file not found: .*missing\.weights"):
+        run("--datacfg", data, "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", str(tmp_path / "missing.weights"))
+    with pytest.raises(SystemExit, match=r"does not fit .*yolo-lite-trial3-multi\.cfg: the file holds"):
+        run("--datacfg", data, "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", str(BACKBONE3))
+    with pytest.raises(SystemExit, match=r"no object named 'ape'; its objects \(mesh<k> stems\) are \['obj00', 'obj01', 'obj02'\]"):
+        run("--datacfg", data, "--objects", "ape")
+    single = occ / "cfg/obj00.data"
+    with pytest.raises(SystemExit, match=f"{single}: no 'mesh<k>' keys; expected an occlusion .data file"):
+        run("--datacfg", str(single))
+    with pytest.raises(SystemExit, match="--test-size must be a positive multiple of 32"):
+        run("--datacfg", data, "--test-size", "100")
