@@ -342,3 +342,11 @@ def test_look_at_rotation_is_a_rotation_with_up_in_the_image():
     up_cam = R @ np.array([0.0, 0.0, 1.0])
     assert up_cam[1] < 0  # model 'up' points up in the image (camera y is down)
     assert abs(up_cam[0]) < 1e-12  # no roll
+
+
+def test_cli_default_workers_grow_with_the_dataset(monkeypatch):
+    """A 'spawn' worker costs seconds to start (benchmarks/bench_synthetic.py): one per 250 images."""
+    monkeypatch.setattr(gen.os, "cpu_count", lambda: 4)
+    assert [gen.auto_workers(n) for n in (1, 249, 250, 600, 10_000)] == [1, 1, 1, 2, 4]
+    monkeypatch.setattr(gen.os, "cpu_count", lambda: None)
+    assert gen.auto_workers(10_000) == 1

@@ -15,6 +15,7 @@ Label rows: [class, x0, y0, ..., x8, y8, x range, y range], normalised by the im
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -188,42 +189,96 @@ def write_poses_json(path, name: str, class_id: int, mesh: str, K: np.ndarray, w
 
 
 CSV_POSE_COLUMNS = ("image", "r11", "r12", "r13", "r21", "r22", "r23", "r31", "r32", "r33", "tx", "ty", "tz")
+ROTATION_TOL = 1e-2  # |R R^T - I| and |det R - 1| allowed in a pose file (3 printed decimals pass)
+
+
+class PoseFileError(ValueError):
+    """A pose file that is missing a field, holds a non-number, a non-finite value or a non-rotation."""
+
+
+def check_pose(where: str, R: np.ndarray, t: np.ndarray) -> None:
+    """Raise PoseFileError (prefixed with `where`) unless R (3, 3) is a finite rotation and t (3,) finite."""
+    if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+        raise PoseFileError(f"{where}: R and t must be finite numbers; found R={R.tolist()}, t={t.tolist()}")
+    err = max(float(np.abs(R @ R.T - np.eye(3)).max()), abs(float(np.linalg.det(R)) - 1.0))
+    if err > ROTATION_TOL:
+        raise PoseFileError(f"{where}: R is not a rotation matrix (|R R^T - I| or |det R - 1| = {err:.2g} > "
+                            f"{ROTATION_TOL}); R must be the 3x3 model-to-camera rotation, row-major")
 
 
 def read_poses(path) -> list[dict]:
     """Poses from JSON (a list of {image, R, t}, or a poses.json written by these tools) or CSV.
 
-    CSV columns: image,r11,r12,r13,r21,r22,r23,r31,r32,r33,tx,ty,tz (R row-major). Returns
-    [{'image': str, 'R': (3, 3) float64, 't': (3,) float64}] in file order, t in the file's unit.
-    Errors name the file and the record.
+    JSON: R as 3 rows of 3 or 9 numbers row-major, t as 3 numbers. CSV: header
+    image,r11,r12,r13,r21,r22,r23,r31,r32,r33,tx,ty,tz. Returns [{'image': str, 'R': (3, 3)
+    float64, 't': (3,) float64}] in file order, t in the file's unit. Raises FileNotFoundError or
+    PoseFileError (a ValueError) naming the file and the CSV line or JSON entry: missing field,
+    wrong number of values, non-number, NaN/inf, R not a rotation.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pose file not found")
-    records = []
     if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in CSV_POSE_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: CSV lacks columns {missing}; expected {','.join(CSV_POSE_COLUMNS)}")
-            for lineno, rec in enumerate(reader, start=2):
-                try:
-                    R = np.array([float(rec[c]) for c in CSV_POSE_COLUMNS[1:10]]).reshape(3, 3)
-                    t = np.array([float(rec[c]) for c in CSV_POSE_COLUMNS[10:]])
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"{path}:{lineno}: bad number in pose row ({exc})") from exc
-                records.append({"image": rec["image"], "R": R, "t": t})
-        return records
-    doc = json.loads(path.read_text())
+        return _read_poses_csv(path)
+    if path.suffix.lower() != ".json":
+        raise PoseFileError(f"{path}: unknown pose file type {path.suffix!r}; use .json or .csv")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PoseFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
     items = doc["poses"] if isinstance(doc, dict) and "poses" in doc else doc
     if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a JSON list of {{image, R, t}} or an object with a 'poses' list")
+        raise PoseFileError(f"{path}: expected a JSON list of {{image, R, t}} or an object with a 'poses' list")
+    records = []
     for i, rec in enumerate(items):
+        where = f"{path}: pose entry {i}"
+        if not isinstance(rec, dict) or any(k not in rec for k in ("image", "R", "t")):
+            raise PoseFileError(f"{where}: must be an object with keys image, R, t; found {str(rec)[:80]}")
         try:
-            R = np.asarray(rec["R"], dtype=np.float64).reshape(3, 3)
-            t = np.asarray(rec["t"], dtype=np.float64).reshape(3)
-            records.append({"image": str(rec["image"]), "R": R, "t": t})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: pose record {i} must have image, R (3x3 or 9 numbers), t (3): {exc}") from exc
+            R = np.asarray(rec["R"], dtype=np.float64)
+            t = np.asarray(rec["t"], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise PoseFileError(f"{where} ({rec['image']}): R and t must be numbers ({exc})") from exc
+        if R.size != 9 or t.size != 3:
+            raise PoseFileError(f"{where} ({rec['image']}): R needs 9 numbers (3x3) and t 3; "
+                                f"found R with shape {R.shape}, t with shape {t.shape}")
+        R, t = R.reshape(3, 3), t.reshape(3)
+        check_pose(f"{where} ({rec['image']})", R, t)
+        records.append({"image": str(rec["image"]), "R": R, "t": t})
     return records
+
+
+def _read_poses_csv(path: Path) -> list[dict]:
+    records = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f, skipinitialspace=True)
+        fields = [c.strip() for c in (reader.fieldnames or [])]
+        reader.fieldnames = fields
+        missing = [c for c in CSV_POSE_COLUMNS if c not in fields]
+        if missing:
+            raise PoseFileError(f"{path}:1: CSV header lacks {missing}; expected {','.join(CSV_POSE_COLUMNS)}")
+        for rec in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in rec or any(rec[c] is None for c in CSV_POSE_COLUMNS):
+                raise PoseFileError(f"{where}: expected {len(fields)} comma-separated values like the header")
+            try:
+                vals = np.array([float(rec[c]) for c in CSV_POSE_COLUMNS[1:]])
+            except ValueError as exc:
+                raise PoseFileError(f"{where}: bad number in pose row ({exc})") from exc
+            R, t = vals[:9].reshape(3, 3), vals[9:]
+            check_pose(where, R, t)
+            if not rec["image"].strip():
+                raise PoseFileError(f"{where}: empty image name")
+            records.append({"image": rec["image"].strip(), "R": R, "t": t})
+    return records
+
+
+def write_poses_csv(path, records) -> None:
+    """A CSV pose file (the CSV_POSE_COLUMNS header) from [{image, R (3, 3), t (3,)}]; repr() numbers, exact."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_POSE_COLUMNS)
+    for rec in records:
+        vals = np.concatenate([np.asarray(rec["R"], dtype=np.float64).reshape(9), np.asarray(rec["t"], dtype=np.float64).reshape(3)])
+        writer.writerow([str(rec["image"])] + [repr(float(v)) for v in vals])
+    write_text(path, buf.getvalue())

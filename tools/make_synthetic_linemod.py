@@ -88,6 +88,7 @@ SPHERE_CLEARANCE_M = 0.005
 # Gaussian noise was ~70 % of the time per image at full size (the result is a little smoother)
 BACKGROUND_DOWNSCALE = 2
 BLUR_SIGMA_PX = 0.6  # a touch of camera blur on the composite (the mask stays the rendered pixels)
+AUTO_IMAGES_PER_WORKER = 250  # CLI default: one more worker process per this many images
 INFO_FILE = "synthetic_info.json"
 MARKER_FILE = ".synthetic_in_progress"
 
@@ -145,8 +146,7 @@ def make_background(rng: np.random.Generator, colors: np.ndarray, width: int, he
 
 def _composite(background: np.ndarray, rendering) -> np.ndarray:
     img = background.copy()
-    hit = rendering.ids >= 0
-    img[hit] = rendering.rgb[hit]
+    cv2.copyTo(rendering.rgb, (rendering.ids >= 0).view(np.uint8), img)  # the rendered pixels over the background
     return cv2.GaussianBlur(img, (3, 3), BLUR_SIGMA_PX)
 
 
@@ -251,7 +251,7 @@ def _init_worker(state: dict, worker_process: bool = True) -> None:
 def _write_image(out: Path, rel_image: str, rgb: np.ndarray, mask: np.ndarray, rows: np.ndarray, quality: int):
     img_path = out / rel_image
     img_path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(img_path), np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
+    if not cv2.imwrite(str(img_path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
         raise OSError(f"{img_path}: cv2.imwrite failed")
     mask_path = out / mask_path_for(rel_image)
     mask_path.parent.mkdir(parents=True, exist_ok=True)
@@ -431,6 +431,12 @@ def _object_occlusion_items(o: SynthObject, K: np.ndarray) -> list[tuple[str, st
     return items + [("im_width", str(IM_WIDTH)), ("im_height", str(IM_HEIGHT))]
 
 
+def auto_workers(n_images: int) -> int:
+    """Worker processes worth starting for n_images: a 'spawn' worker costs ~2-4 s to start (it
+    imports torch, OpenCV and SciPy; benchmarks/bench_synthetic.py), ~150-250 images of one process."""
+    return max(1, min(os.cpu_count() or 1, 8, n_images // AUTO_IMAGES_PER_WORKER))
+
+
 def _run_jobs(jobs: list, state: dict, workers: int) -> list:
     """Results of _run_job in job order; workers > 1 uses a process pool.
 
@@ -476,8 +482,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--multi", type=int, default=0, help="number of OCCLUSION-style multi-object scenes (default 0)")
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                    help=f"fraction of images in test.txt (default {DEFAULT_TEST_FRACTION})")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="worker processes (default: CPU count, at most 8); does not change the output")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"worker processes (default: one per {AUTO_IMAGES_PER_WORKER} images, at most the CPU "
+                        f"count and 8); does not change the output")
     p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help=f"JPEG quality (default {JPEG_QUALITY})")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset this generator wrote before")
     p.add_argument("--quiet", action="store_true", help="print nothing")
@@ -488,7 +495,8 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         generate(args.out, objects=args.objects, images_per_object=args.images_per_object, seed=args.seed,
-                 multi=args.multi, test_fraction=args.test_fraction, workers=args.workers,
+                 multi=args.multi, test_fraction=args.test_fraction,
+                 workers=args.workers or auto_workers(args.objects * args.images_per_object + args.multi),
                  overwrite=args.overwrite, jpeg_quality=args.jpeg_quality, quiet=args.quiet)
     except (ValueError, FileExistsError) as exc:
         print(f"make_synthetic_linemod: error: {exc}", file=sys.stderr)

@@ -39,7 +39,7 @@ STUDENTS = {
 MODES = ("none", "fork", "fixed")
 FULL = {"epochs": 300, "size": 416, "batch": 16, "images": 200}
 REDUCED = {"epochs": 30, "size": 160, "batch": 8, "images": 60}
-METRICS = ("acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "mean_err_2d", "images_per_s")
+METRICS = ("acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "mean_err_2d", "mean_err_corner", "images_per_s")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -161,12 +161,12 @@ def write_reports(out: Path, rows: list[dict], b: dict, args, seconds: float) ->
         w.writeheader()
         w.writerows(rows)
     (out / "results.json").write_text(json.dumps({"budget": b, "seed": args.seed, "rows": rows}, indent=1))
-    head = "| run | object | 2D 5px % | ADD % | ADD-S % | 5cm5deg % | mean 2D err px | images/s |"
+    head = "| run | object | 2D 5px % | ADD % | ADD-S % | 5cm5deg % | mean 2D err px | mean corner err px | images/s |"
     lines = [f"Budget: {b}, seed {args.seed}, {seconds / 60:.1f} min. Commands: `commands.txt`.", "",
-             "### Mean over objects", "", head, "|---|---|---|---|---|---|---|---|"]
+             "### Mean over objects", "", head, "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['run']} | {r['object']} | " + " | ".join(_fmt(r[k]) for k in METRICS) + " |"
               for r in rows if r["object"] == "mean"]
-    lines += ["", "### Per object", "", head, "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "### Per object", "", head, "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['run']} | {r['object']} | " + " | ".join(_fmt(r[k]) for k in METRICS) + " |"
               for r in rows if r["object"] != "mean"]
     (out / "results.md").write_text("\n".join(lines) + "\n")

@@ -15,8 +15,8 @@ The model origin is moved off the box centre (like LINEMOD), then the mesh is sc
 target diameter (10-30 cm) and quantised to float32 (the precision of the written PLY).
 
 Renderer: back-face culling, then every front triangle is rasterised at the pixel centres inside
-it (edge functions, vectorised per bounding-box size), and a z-buffer on 1/z keeps the nearest
-one. Flat Lambertian shading with one directional light and an ambient term. The object mask is
+it (barycentric weights, affine in the pixel, vectorised per bounding-box size), and a z-buffer
+on 1/z keeps the nearest one. Flat Lambertian shading with one directional light and an ambient term. The object mask is
 exactly the set of pixels the renderer wrote.
 """
 from __future__ import annotations
@@ -392,38 +392,43 @@ def _rasterize(px: np.ndarray, inv_z: np.ndarray, width: int, height: int):
     """Pixel-centre coverage of triangles px (T, 3, 2) pixels with per-vertex 1/z (T, 3).
 
     Returns candidate fragments (pixel index (F,) = v * width + u, triangle index (F,), 1/z (F,)).
-    Vectorised per power-of-two bounding-box size, so no Python loop over triangles.
+    A pixel centre is covered when its three barycentric weights are >= -1e-9. The weights (and
+    1/z) are affine in the pixel, w(lo + (i, j)) = w0 + dx * i + dy * j from the bounding box
+    corner lo, so the coverage test of a box is a sum of a per-row and a per-column term.
+    Triangles are grouped by power-of-two box size, so no Python loop over triangles.
     """
-    lo = np.ceil(px.min(axis=1)).astype(np.int64)
-    hi = np.floor(px.max(axis=1)).astype(np.int64)
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, np.array([width - 1, height - 1]))
+    lo = np.maximum(np.ceil(px.min(axis=1)).astype(np.int64), 0)
+    hi = np.minimum(np.floor(px.max(axis=1)).astype(np.int64), np.array([width - 1, height - 1]))
     a, b, c = px[:, 0], px[:, 1], px[:, 2]
     area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
     ok = np.all(lo <= hi, axis=1) & (np.abs(area) > 1e-9)
-    span = np.where(ok, np.max(hi - lo + 1, axis=1), 0)
+    inv_area = np.where(ok, 1.0 / np.where(ok, area, 1.0), 0.0)
+
+    def weight(p, q):
+        """(w0, dx, dy) (T,) each: the weight of the vertex opposite the edge p -> q."""
+        ex, ey = q[:, 0] - p[:, 0], q[:, 1] - p[:, 1]
+        return (ex * (lo[:, 1] - p[:, 1]) - ey * (lo[:, 0] - p[:, 0])) * inv_area, -ey * inv_area, ex * inv_area
+
+    wa, wb = weight(b, c), weight(c, a)
+    wc = (1.0 - wa[0] - wb[0], -wa[1] - wb[1], -wa[2] - wb[2])
+    size = hi - lo + 1  # (T, 2) box width, height
+    span = np.where(ok, size.max(axis=1), 0)
     bucket = np.where(ok, 1 << np.ceil(np.log2(np.maximum(span, 1))).astype(np.int64), 0)
+    eps = -1e-9
     pix_out, tri_out, iz_out = [], [], []
-    for S in np.unique(bucket[bucket > 0]):
+    for S in np.unique(bucket[ok]):
         idx = np.nonzero(bucket == S)[0]
         g = np.arange(S)
-        gx, gy = np.tile(g, S), np.repeat(g, S)
-        qx = lo[idx, 0:1] + gx
-        qy = lo[idx, 1:2] + gy
-        valid = (qx <= hi[idx, 0:1]) & (qy <= hi[idx, 1:2])
-        ai, bi, ci, ar = a[idx], b[idx], c[idx], area[idx, None]
-        # barycentric weight of each vertex = signed area of the opposite sub-triangle / area
-        la = ((ci[:, 0:1] - bi[:, 0:1]) * (qy - bi[:, 1:2]) - (ci[:, 1:2] - bi[:, 1:2]) * (qx - bi[:, 0:1])) / ar
-        lb = ((ai[:, 0:1] - ci[:, 0:1]) * (qy - ci[:, 1:2]) - (ai[:, 1:2] - ci[:, 1:2]) * (qx - ci[:, 0:1])) / ar
-        lc = 1.0 - la - lb
-        eps = -1e-9
-        inside = valid & (la >= eps) & (lb >= eps) & (lc >= eps)
-        r, k = np.nonzero(inside)
+        inside = (g[None, :, None] < size[idx, 1, None, None]) & (g[None, None, :] < size[idx, 0, None, None])
+        for w0, dx, dy in (wa, wb, wc):
+            row = w0[idx, None] + dy[idx, None] * g  # (n, S): rows j
+            col = dx[idx, None] * g  # (n, S): columns i
+            inside &= row[:, :, None] >= (eps - col)[:, None, :]
+        r, j, i = np.nonzero(inside)
         tri = idx[r]
-        iz = la[r, k] * inv_z[tri, 0] + lb[r, k] * inv_z[tri, 1] + lc[r, k] * inv_z[tri, 2]
-        pix_out.append(qy[r, k] * width + qx[r, k])
+        pix_out.append((lo[tri, 1] + j) * width + lo[tri, 0] + i)
         tri_out.append(tri)
-        iz_out.append(iz)
+        iz_out.append(sum((w[0][tri] + w[1][tri] * i + w[2][tri] * j) * inv_z[tri, k] for k, w in enumerate((wa, wb, wc))))
     if not pix_out:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     return np.concatenate(pix_out), np.concatenate(tri_out), np.concatenate(iz_out)
@@ -452,16 +457,23 @@ def render(meshes, poses, K: np.ndarray, width: int, height: int, light: Light) 
     colors = np.concatenate(col_all).round().astype(np.uint8)
     obj = np.concatenate(obj_all)
     pix, tri, iz = _rasterize(px, inv_z, width, height)
-    zbuf = np.zeros(width * height)
-    np.maximum.at(zbuf, pix, iz)
-    win = iz >= zbuf[pix]
-    face = np.full(width * height, -1, dtype=np.int64)
-    face[pix[win]] = tri[win]
-    hit = face >= 0
     rgb = np.zeros((width * height, 3), dtype=np.uint8)
-    rgb[hit] = colors[face[hit]]
     ids = np.full(width * height, -1, dtype=np.int16)
-    ids[hit] = obj[face[hit]]
-    sil = np.zeros((len(meshes), width * height), dtype=bool)
-    sil[obj[tri], pix] = True
-    return Rendering(rgb.reshape(height, width, 3), ids.reshape(height, width), sil.sum(axis=1))
+    silhouette_px = np.zeros(len(meshes), dtype=np.int64)
+    if len(pix):
+        # z-buffer over the run of pixel indices the fragments touch (not the whole image)
+        first = int(pix.min())
+        local = pix - first
+        n = int(local.max()) + 1
+        zbuf = np.zeros(n)
+        np.maximum.at(zbuf, local, iz)
+        win = iz >= zbuf[local]
+        face = np.full(n, -1, dtype=np.int64)
+        face[local[win]] = tri[win]
+        hit = np.nonzero(face >= 0)[0]
+        rgb[first + hit] = colors[face[hit]]
+        ids[first + hit] = obj[face[hit]]
+        sil = np.zeros((len(meshes), n), dtype=bool)
+        sil[obj[tri], local] = True
+        silhouette_px = sil.sum(axis=1)
+    return Rendering(rgb.reshape(height, width, 3), ids.reshape(height, width), silhouette_px)

@@ -1,0 +1,185 @@
+"""Overlay the labelled 3-D boxes on dataset images and save a PNG grid (a visual label check).
+
+    python tools/draw_labels.py --data data/synthetic/cfg/obj00.data --n 4 --out docs/img/synthetic_labels.png
+    python tools/draw_labels.py --data data/synthetic/cfg/obj0[0-2].data --split train --n 4 --colors 256 --out x.png
+    python tools/draw_labels.py --data data/synthetic/cfg/occlusion.data --split train --out docs/img/x.png
+    python tools/draw_labels.py --data data/synthetic/cfg/obj01_occlusion.data --occlusion --out x.png
+
+For each chosen image of the `.data` files' lists (`--split valid` = the `valid` key, `train` =
+the `train` key; with several files the images alternate between them), every row of its label
+file is drawn with utils.draw_box: green box, centroid dot, class id. With `--occlusion` the labels come from LINEMOD/<name>/labels_occlusion/ and are
+put back into the §9.2 order with the §9.6 permutation before drawing (a wrong order shows as a
+scrambled box). If the dataset root has poses/<obj>.json files (written by the synthetic
+generator, make_labels.py, bop_to_linemod.py), the 9 points re-projected from the saved pose and
+mesh are drawn on top as magenta dots (for the classes whose labels are drawn): each dot must
+sit on the green box's corner (or centroid); the largest gap is printed. A pose saved with its
+own camera ("K", as bop_to_linemod.py writes when the camera varies) is projected with it.
+
+List entries and .data paths are resolved from the current directory, then from the dataset
+root (the .data file's parent's parent).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from MeshPly import MeshPly  # noqa: E402
+from tools.linemod_layout import (  # noqa: E402
+    from_occlusion_order, label_path_for, occlusion_label_path_for, read_label_rows,
+)
+from utils import NUM_KEYPOINTS, box_corners, camera_from_data_cfg, draw_box, keypoints_from_pose, read_data_cfg  # noqa: E402
+
+LABEL_COLOR = (0, 255, 0)  # green: the label file
+POSE_COLOR = (255, 0, 255)  # magenta: re-projected from the saved pose
+POSE_RADIUS_PX = 4  # full-resolution dot radius (still visible in a half-size grid)
+
+
+def _resolve(path: str, root: Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else root / p
+
+
+def load_pose_index(root: Path) -> dict:
+    """{image path (as in the lists): [(class id, corners (8, 3), R, t, K or None)]} from every root/poses/*.json."""
+    index: dict = {}
+    for f in sorted((root / "poses").glob("*.json")):
+        doc = json.loads(f.read_text())
+        if not isinstance(doc, dict) or "poses" not in doc or "mesh" not in doc:
+            continue
+        corners = box_corners(MeshPly(_resolve(doc["mesh"], root)).vertices)
+        for rec in doc["poses"]:
+            index.setdefault(rec["image"], []).append(
+                (int(doc.get("class_id", -1)), corners, np.asarray(rec["R"]), np.asarray(rec["t"]),
+                 np.asarray(rec["K"]) if "K" in rec else None))
+    return index
+
+
+def draw_image(image_path: str, root: Path, K: np.ndarray, width: int, height: int, occlusion_name: str | None = None,
+               pose_index: dict | None = None, thickness: int = 2) -> tuple[np.ndarray, float]:
+    """The RGB image (H, W, 3) uint8 with its label boxes (and saved-pose points) drawn, and the gap.
+
+    gap: the largest distance in pixels between a label point and the same point re-projected
+    from the saved pose (NaN when no pose of a drawn class is saved for the image). For labels
+    written by these tools it is below 1e-3 px ('%.6f' rounding).
+    """
+    bgr = cv2.imread(str(_resolve(image_path, root)), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"{image_path}: cannot read the image (looked in . and {root})")
+    img = np.ascontiguousarray(bgr[..., ::-1])
+    if occlusion_name:
+        rows = read_label_rows(_resolve(occlusion_label_path_for(image_path, occlusion_name), root))
+        rows = np.stack([from_occlusion_order(r) for r in rows]) if len(rows) else rows
+    else:
+        rows = read_label_rows(_resolve(label_path_for(image_path), root))
+    scale = np.array([width, height], dtype=np.float64)
+    label_pts = {}
+    for r in rows:
+        pts = r[1:1 + 2 * NUM_KEYPOINTS].reshape(NUM_KEYPOINTS, 2) * scale
+        label_pts.setdefault(int(r[0]), []).append(pts)
+        img = draw_box(img, pts, LABEL_COLOR, thickness)
+        org = tuple(int(v) for v in np.round(pts[0] + np.array([6, -6])))
+        cv2.putText(img, str(int(r[0])), org, cv2.FONT_HERSHEY_SIMPLEX, 0.6, LABEL_COLOR, 2, cv2.LINE_AA)
+    gap = float("nan")
+    for class_id, corners, R, t, K_pose in (pose_index or {}).get(image_path, []):
+        if class_id not in label_pts:
+            continue
+        kp = keypoints_from_pose(corners, R, t, K if K_pose is None else K_pose)
+        # the label row of this object: the one of its class nearest to the re-projection
+        d = min(float(np.abs(p - kp).max()) for p in label_pts[class_id])
+        gap = d if np.isnan(gap) else max(gap, d)
+        for p in kp:
+            cv2.circle(img, (int(round(p[0] * 16)), int(round(p[1] * 16))), POSE_RADIUS_PX * 16, POSE_COLOR, -1,
+                       cv2.LINE_AA, 4)
+    return img, gap
+
+
+def make_grid(images: list[np.ndarray], cols: int, scale: float) -> np.ndarray:
+    """Tiles (H, W, 3) resized by `scale`, `cols` per row, black padding for a short last row."""
+    tiles = [cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for im in images]
+    h, w = tiles[0].shape[:2]
+    rows = -(-len(tiles) // cols)
+    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+    for i, t in enumerate(tiles):
+        grid[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = t[:h, :w]
+    return grid
+
+
+def pick(items: list, n: int) -> list:
+    """n entries spread evenly over the list (all of them if it is shorter)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
+
+
+def save_png(path: Path, rgb: np.ndarray, colors: int = 0) -> None:
+    """Write an RGB (H, W, 3) uint8 image as PNG; colors > 0 stores a palette of that many colours (smaller file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(rgb)
+    if colors:
+        img = img.quantize(colors=int(colors), method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    img.save(path, optimize=True)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, nargs="+",
+                   help=".data file(s) (single-object, occlusion.data or <obj>_occlusion.data); images alternate between them")
+    p.add_argument("--split", choices=("valid", "train"), default="valid", help="which list of the .data file (default valid)")
+    p.add_argument("--n", type=int, default=4, help="number of images, spread over the list (default 4)")
+    p.add_argument("--cols", type=int, default=2, help="grid columns (default 2)")
+    p.add_argument("--scale", type=float, default=0.5, help="tile scale (default 0.5)")
+    p.add_argument("--colors", type=int, default=0, help="palette PNG with this many colours (default 0: full colour)")
+    p.add_argument("--occlusion", action="store_true", help="read labels_occlusion/ of the .data 'name' (OCCLUSION order)")
+    p.add_argument("--no-poses", action="store_true", help="do not draw points re-projected from poses/*.json")
+    p.add_argument("--out", required=True, help="output PNG")
+    return p
+
+
+def _data_images(data: Path, split: str, n: int, occlusion: bool, no_poses: bool) -> list[tuple]:
+    """n (image, root, K, width, height, occlusion name, pose index) jobs spread over one .data file's list."""
+    opts = read_data_cfg(data, resolve_paths=True)
+    root = data.resolve().parent.parent
+    K, width, height = camera_from_data_cfg(opts)
+    if split not in opts:
+        raise ValueError(f"{data} has no '{split}' key")
+    list_path = _resolve(opts[split], root)
+    if not list_path.is_file():
+        raise FileNotFoundError(f"{list_path}: image list not found ({split} of {data})")
+    entries = [line.strip() for line in list_path.read_text().splitlines() if line.strip()]
+    if not entries:
+        raise ValueError(f"{list_path} lists no images")
+    pose_index = {} if no_poses else load_pose_index(root)
+    name = opts.get("name") if occlusion else None
+    return [(e, root, K, width, height, name, pose_index) for e in pick(entries, n)]
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    per_file = -(-args.n // len(args.data))  # ceil: the images are shared out over the .data files
+    try:
+        lists = [_data_images(Path(d), args.split, per_file, args.occlusion, args.no_poses) for d in args.data]
+        jobs = [job for group in zip(*[lst + [None] * (per_file - len(lst)) for lst in lists]) for job in group if job]
+        drawn = [draw_image(*job) for job in jobs[:args.n]]
+    except (OSError, ValueError) as exc:
+        print(f"draw_labels: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    save_png(out, make_grid([img for img, _ in drawn], args.cols, args.scale), args.colors)
+    gaps = [g for _, g in drawn if not np.isnan(g)]
+    gap = f"; label vs saved pose: max {max(gaps):.2g} px over {len(gaps)} images" if gaps else ""
+    print(f"wrote {out} ({len(drawn)} images from {len(args.data)} data file(s){gap})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

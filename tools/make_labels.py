@@ -1,0 +1,380 @@
+"""Make a LINEMOD-format dataset for your own object from a mesh, a camera and per-image poses.
+
+    python tools/make_labels.py --mesh drill.ply --poses poses.json --images-dir photos/ \\
+        --out data/mydata --name drill [--camera-data cam.data | --fx F --fy F --u0 U --v0 V] \\
+        [--width W --height H] [--mm | --mesh-units mm --pose-units m] [--class-id 0] \\
+        [--masks render|full|none | --masks-dir DIR] \\
+        [--test-fraction 0.25 --seed 0 | --train-list train_names.txt [--test-list test_names.txt]]
+
+Inputs
+    --mesh      PLY (ASCII or binary) of the object, in metres (--mesh-units mm or --mm for
+                millimetres, the BOP convention). Its frame is the object frame of the poses.
+    --poses     the model-to-camera pose in each image, X_cam = R @ X_model + t (OpenCV camera:
+                x right, y down, z forward):
+                JSON: [{"image": "img_0001.jpg", "R": [[r11, r12, r13], [r21, r22, r23],
+                [r31, r32, r33]] (or 9 numbers row-major), "t": [tx, ty, tz]}, ...], or a
+                poses/<name>.json written by these tools ({"poses": [...]});
+                CSV: header image,r11,r12,r13,r21,r22,r23,r31,r32,r33,tx,ty,tz.
+                t in metres (--pose-units mm or --mm: millimetres). "image" is relative to
+                --images-dir (or absolute).
+    camera      --camera-data FILE takes fx, fy, u0, v0, width, height from a .data file (spec
+                §3.2; missing keys get the LINEMOD values); --fx --fy --u0 --v0 --width --height
+                override single values. Without either: the LINEMOD camera (spec §3.3) and the
+                size of the first image. Zero distortion (undistort your images first). Every
+                image must have that size.
+
+Output (the LINEMOD layout of spec §3.4 under --out; lists and .data paths relative to --out):
+    LINEMOD/<name>/JPEGImages/NNNNNN.jpg|png   the images in pose-file order (copied, or
+                                               symlinked with --symlink; other formats -> .jpg)
+    LINEMOD/<name>/labels/NNNNNN.txt           21 numbers: class, centroid (model origin) and
+                                               the 8 box corners (§9.2 order) normalised by
+                                               width / height, then the x / y range ('%.6f')
+    LINEMOD/<name>/mask/NNNN.png               0 / 255 masks (training replaces the background
+                                               outside them): --masks render (default; the mesh
+                                               silhouette, needs faces), full (all 255: keep the
+                                               real background), none; or --masks-dir DIR with
+                                               one mask per image, same file stem, any format
+    LINEMOD/<name>/train.txt, test.txt, training_range.txt
+    LINEMOD/<name>/image_map.txt               'NNNNNN <original image>' per line
+    LINEMOD/<name>/<name>.ply                  the mesh in metres (ASCII; normals, colours)
+    poses/<name>.json                          the poses in metres (draw_labels.py checks them)
+    cfg/<name>.data                            every §3.2 key; diam = mesh diameter unless --diam
+
+Labels come from tools.linemod_layout.label_from_pose (utils.keypoints_from_pose + label_row),
+the code the synthetic generator uses, applied to the box of the mesh exactly as written
+(float32 vertices). Errors name the file and the pose entry (JSON) or line (CSV).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from MeshPly import MM_TO_M, MeshPly, write_ply  # noqa: E402
+from tools.linemod_layout import (  # noqa: E402
+    data_cfg_items, format_label_rows, image_stem, label_from_pose, mask_path_for, pose_entry, read_poses,
+    write_data_cfg, write_list, write_poses_json, write_text,
+)
+from utils import box_corners, camera_from_data_cfg, get_camera_intrinsic, mesh_diameter, pose_points3d, read_data_cfg  # noqa: E402
+
+DEFAULT_TEST_FRACTION = 0.25
+KEEP_EXTENSIONS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png"}  # what the §3.4 derivations handle
+JPEG_QUALITY = 95
+UNIT_SCALE = {"m": 1.0, "mm": MM_TO_M}
+MASK_MODES = ("render", "full", "none")
+# unit sanity checks (warnings): a metre mesh over 5 m across or an object 20 m away is almost
+# always a millimetre file read as metres
+SUSPICIOUS_DIAMETER_M = 5.0
+SUSPICIOUS_DISTANCE_M = 20.0
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals (N, 3) of a triangle mesh (zeros for unused vertices)."""
+    n = np.zeros_like(vertices)
+    if len(faces):
+        tri = vertices[faces]
+        fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        for k in range(3):
+            np.add.at(n, faces[:, k], fn)
+    length = np.linalg.norm(n, axis=1, keepdims=True)
+    return np.where(length > 0, n / np.maximum(length, 1e-300), 0.0)
+
+
+def write_mesh_metres(path: Path, mesh: MeshPly, vertices: np.ndarray, normals=None) -> np.ndarray:
+    """Write `vertices` (N, 3) m with the mesh's faces/colours as ASCII PLY; return the vertices as written.
+
+    The PLY stores float32, so the returned (N, 3) float64 array holds the float32 values: box
+    corners computed from it equal those a reader of the file computes.
+    """
+    if normals is None:
+        normals = mesh.normals if mesh.normals is not None else vertex_normals(vertices, mesh.indices)
+    colors = np.clip(np.round(mesh.colors * 255.0), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_ply(path, vertices, mesh.indices, normals, colors)
+    return np.asarray(vertices, dtype=np.float32).astype(np.float64)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except OSError as exc:
+        raise FileNotFoundError(f"{path}: cannot read the image ({exc})") from exc
+
+
+def place_image(src: Path, dst_stem: Path, symlink: bool) -> Path:
+    """Copy (or link) an image to dst_stem + .jpg/.png; other formats are re-encoded to JPEG."""
+    ext = KEEP_EXTENSIONS.get(src.suffix.lower())
+    dst_stem.parent.mkdir(parents=True, exist_ok=True)
+    if ext is None:
+        img = cv2.imread(str(src), cv2.IMREAD_COLOR)
+        if img is None:
+            raise FileNotFoundError(f"{src}: cannot read the image")
+        dst = dst_stem.with_suffix(".jpg")
+        cv2.imwrite(str(dst), img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        return dst
+    dst = dst_stem.with_suffix(ext)
+    if symlink:
+        dst.symlink_to(src.resolve())
+    else:
+        shutil.copyfile(src, dst)
+    return dst
+
+
+def split_flags(names: list[str], test_fraction: float, seed: int, train_list=None, test_list=None) -> np.ndarray:
+    """Boolean test flags (n,) from name lists (one image name per line) or a seeded random split.
+
+    With only --train-list, the other images are the test set; with only --test-list, the
+    other images are the training set; with both, every image must be in one of them.
+    """
+    def read(path):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: split list not found")
+        return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+    if train_list or test_list:
+        train = read(train_list) if train_list else None
+        test = read(test_list) if test_list else None
+        flags = np.array([(n in test) if test is not None else (n not in train) for n in names])
+        if train is not None and test is not None:
+            unknown = [n for n in names if n not in train and n not in test]
+            if unknown:
+                raise ValueError(f"{unknown[0]!r} is in neither {train_list} nor {test_list}")
+        return flags
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"--test-fraction must be in [0, 1]; got {test_fraction}")
+    n = len(names)
+    n_test = int(round(n * test_fraction))
+    if 0.0 < test_fraction < 1.0 and n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    flags = np.zeros(n, dtype=bool)
+    flags[np.random.default_rng(seed).permutation(n)[:n_test]] = True
+    return flags
+
+
+def render_mask(vertices: np.ndarray, faces: np.ndarray, R, t, K, width: int, height: int) -> np.ndarray:
+    """Silhouette (H, W) uint8 0/255 of a triangle mesh (N, 3) m, (M, 3) at pose (R, t) with camera K.
+
+    Every face is rendered with both windings, so a mesh whose faces are not consistently
+    oriented still gives a full silhouette (the renderer culls back faces).
+    """
+    from tools.synth_render import Light, Mesh, render
+
+    both = np.concatenate([faces, faces[:, ::-1]])
+    mesh = Mesh(vertices, both, np.zeros_like(vertices), np.zeros((len(vertices), 3), np.uint8),
+                np.full((len(both), 3), 255, np.uint8))
+    rendering = render([mesh], [(R, t)], K, width, height, Light(np.array([0.0, 0.0, -1.0])))
+    return np.where(rendering.ids >= 0, 255, 0).astype(np.uint8)
+
+
+def find_mask(masks_dir: Path, image_name: str) -> Path:
+    """The mask of `image_name` in masks_dir: same relative path and stem, any image extension."""
+    rel = Path(image_name)
+    stem_path = masks_dir / (rel.name if rel.is_absolute() else rel)
+    for ext in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
+        cand = stem_path.with_suffix(ext)
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"{stem_path.with_suffix('.png')}: mask of image {image_name!r} not found in {masks_dir}")
+
+
+def resolve_camera(camera_data=None, fx=None, fy=None, u0=None, v0=None, width=None, height=None):
+    """(K (3, 3), width or None, height or None): LINEMOD defaults < camera_data's keys < explicit values."""
+    K, w, h = get_camera_intrinsic(), None, None
+    if camera_data is not None:
+        K, w, h = camera_from_data_cfg(read_data_cfg(camera_data))
+    vals = {"fx": K[0, 0], "fy": K[1, 1], "u0": K[0, 2], "v0": K[1, 2]}
+    for key, v in (("fx", fx), ("fy", fy), ("u0", u0), ("v0", v0)):
+        if v is not None:
+            vals[key] = float(v)
+    if vals["fx"] <= 0 or vals["fy"] <= 0:
+        raise ValueError(f"focal lengths must be positive; got fx={vals['fx']}, fy={vals['fy']}")
+    K = get_camera_intrinsic(vals["u0"], vals["v0"], vals["fx"], vals["fy"])
+    return K, (w if width is None else int(width)), (h if height is None else int(height))
+
+
+def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.ndarray | None = None,
+                width: int | None = None, height: int | None = None, mesh_units: str = "m",
+                pose_units: str = "m", class_id: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION,
+                seed: int = 0, train_list=None, test_list=None, symlink: bool = False, masks: str = "render",
+                masks_dir=None, diam: float | None = None, overwrite: bool = False, warn=None) -> Path:
+    """Write the dataset of one object (see the module docstring); return the .data path.
+
+    K (3, 3) defaults to the LINEMOD camera; width/height to the first image's size. mesh_units,
+    pose_units: 'm' or 'mm'. masks: 'render', 'full' or 'none' (ignored when masks_dir is given).
+    Everything is checked (mesh, pose file, every image and mask) before anything is written.
+    """
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    out, images_dir = Path(out_dir), Path(images_dir)
+    K = get_camera_intrinsic() if K is None else np.asarray(K, dtype=np.float64)
+    for what, unit in (("mesh_units", mesh_units), ("pose_units", pose_units)):
+        if unit not in UNIT_SCALE:
+            raise ValueError(f"{what} must be one of {sorted(UNIT_SCALE)}; got {unit!r}")
+    if masks_dir is None and masks not in MASK_MODES:
+        raise ValueError(f"masks must be one of {MASK_MODES}; got {masks!r}")
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"--name must be a plain folder name; got {name!r}")
+
+    # --- read and check every input first: a bad input leaves the output untouched ---
+    mesh = MeshPly(mesh_path, scale=UNIT_SCALE[mesh_units])
+    if len(mesh.vertices) < 2:
+        raise ValueError(f"{mesh_path}: the mesh has {len(mesh.vertices)} vertices; need at least 2")
+    if masks_dir is None and masks == "render" and len(mesh.indices) == 0:
+        raise ValueError(f"{mesh_path}: rendering masks needs a mesh with faces (this one is a point cloud); "
+                         f"pass --masks full, --masks none or --masks-dir")
+    poses = read_poses(poses_path)
+    if not poses:
+        raise ValueError(f"{poses_path}: no poses")
+    sources = [Path(p["image"]) if Path(p["image"]).is_absolute() else images_dir / p["image"] for p in poses]
+    for i, src in enumerate(sources):
+        if not src.is_file():
+            raise FileNotFoundError(f"{src}: image of pose entry {i} ({poses_path}) not found")
+    if width is None or height is None:
+        w0, h0 = image_size(sources[0])
+        width, height = (w0 if width is None else width), (h0 if height is None else height)
+    for i, src in enumerate(sources):
+        if image_size(src) != (width, height):
+            raise ValueError(f"{src}: image of pose entry {i} ({poses_path}) is {image_size(src)[0]}x"
+                             f"{image_size(src)[1]}, the camera says {width}x{height}")
+    mask_sources = None
+    if masks_dir is not None:
+        mask_sources = [find_mask(Path(masks_dir), p["image"]) for p in poses]
+        for i, m in enumerate(mask_sources):
+            if image_size(m) != (width, height):
+                raise ValueError(f"{m}: mask of pose entry {i} is {image_size(m)[0]}x{image_size(m)[1]}, "
+                                 f"the images are {width}x{height}")
+    flags = split_flags([p["image"] for p in poses], test_fraction, seed, train_list, test_list)
+    # the written mesh holds float32: the labels use the box of exactly those values
+    corners = box_corners(np.asarray(mesh.vertices, dtype=np.float32).astype(np.float64))
+    far = []
+    for i, rec in enumerate(poses):
+        t = rec["t"] * UNIT_SCALE[pose_units]
+        depth = (pose_points3d(corners) @ rec["R"].T + t)[:, 2]
+        if np.any(depth <= 0):
+            raise ValueError(f"{poses_path}: pose entry {i} ({rec['image']}) puts the object behind the camera "
+                             f"(z = {depth.min():.3g} m); poses must map model to camera coordinates")
+        if np.linalg.norm(t) > SUSPICIOUS_DISTANCE_M:
+            far.append(i)
+    if far and pose_units == "m":
+        warn(f"warning: {poses_path}: {len(far)} poses are more than {SUSPICIOUS_DISTANCE_M:.0f} m away "
+             f"(first: entry {far[0]}); if t is in millimetres pass --pose-units mm")
+
+    folder = out / "LINEMOD" / name
+    if folder.exists():
+        if not overwrite:
+            raise FileExistsError(f"{folder} already exists; pass --overwrite to replace it")
+        shutil.rmtree(folder)
+    vertices = write_mesh_metres(folder / f"{name}.ply", mesh, mesh.vertices)
+    diameter = mesh_diameter(vertices)
+    if mesh_units == "m" and diameter > SUSPICIOUS_DIAMETER_M:
+        warn(f"warning: {mesh_path}: the mesh is {diameter:.1f} m across; if it is in millimetres pass --mesh-units mm")
+
+    entries, image_map, rel_images, outside = [], [], [], []
+    for i, (rec, src) in enumerate(zip(poses, sources)):
+        R, t = rec["R"], rec["t"] * UNIT_SCALE[pose_units]
+        dst = place_image(src, folder / "JPEGImages" / image_stem(i), symlink)
+        rel = f"LINEMOD/{name}/JPEGImages/{dst.name}"
+        row = label_from_pose(corners, R, t, K, class_id, width, height)
+        if not (0 <= row[1] <= 1 and 0 <= row[2] <= 1):
+            outside.append(i)
+        write_text(folder / "labels" / f"{image_stem(i)}.txt", format_label_rows(row[None]))
+        mask_file = out / mask_path_for(rel)
+        if mask_sources is not None:
+            m = cv2.imread(str(mask_sources[i]), cv2.IMREAD_GRAYSCALE)
+            if m is None:
+                raise ValueError(f"{mask_sources[i]}: cannot read the mask")
+            _write_mask(mask_file, np.where(m > 0, 255, 0).astype(np.uint8))
+        elif masks == "render":
+            _write_mask(mask_file, render_mask(vertices, mesh.indices, R, t, K, width, height))
+        elif masks == "full":
+            _write_mask(mask_file, np.full((height, width), 255, np.uint8))
+        entries.append(pose_entry(rel, R, t, label=f"LINEMOD/{name}/labels/{image_stem(i)}.txt", row=0))
+        image_map.append(f"{image_stem(i)} {rec['image']}")
+        rel_images.append(rel)
+    if outside:
+        warn(f"warning: the object centre projects outside the image in {len(outside)} of {len(poses)} images "
+             f"(first: pose entry {outside[0]}); check the camera and that R, t map model to camera")
+
+    write_list(folder / "train.txt", [p for p, f in zip(rel_images, flags) if not f])
+    write_list(folder / "test.txt", [p for p, f in zip(rel_images, flags) if f])
+    write_list(folder / "training_range.txt", [str(i) for i, f in enumerate(flags) if not f])
+    write_list(folder / "image_map.txt", image_map)
+    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K, width, height, entries)
+    data = out / "cfg" / f"{name}.data"
+    write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter if diam is None else float(diam), K, width, height))
+    return data
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), mask):
+        raise OSError(f"{path}: cv2.imwrite failed")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Formats and outputs: python -c 'import tools.make_labels as m; help(m)'")
+    p.add_argument("--mesh", required=True, help="PLY mesh of the object (metres unless --mesh-units mm)")
+    p.add_argument("--poses", required=True, help="poses .json or .csv (model to camera; R row-major, t in metres)")
+    p.add_argument("--images-dir", default=".", help="folder the pose file's image names are relative to (default .)")
+    p.add_argument("--out", required=True, help="dataset root to write (LINEMOD/<name>/, cfg/, poses/)")
+    p.add_argument("--name", required=True, help="object name (folder, .data and .ply names)")
+    p.add_argument("--class-id", type=int, default=0, help="class id in the labels (default 0)")
+    cam = p.add_argument_group("camera (default: the LINEMOD camera, spec §3.3, and the first image's size)")
+    cam.add_argument("--camera-data", default=None, help=".data file to take fx, fy, u0, v0, width, height from")
+    for key in ("fx", "fy", "u0", "v0"):
+        cam.add_argument(f"--{key}", type=float, default=None, help="pixels")
+    cam.add_argument("--width", type=int, default=None, help="image width in pixels")
+    cam.add_argument("--height", type=int, default=None, help="image height in pixels")
+    units = p.add_argument_group("units")
+    units.add_argument("--mesh-units", choices=sorted(UNIT_SCALE), default=None, help="mesh units (default m)")
+    units.add_argument("--pose-units", choices=sorted(UNIT_SCALE), default=None, help="units of t (default m)")
+    units.add_argument("--mm", action="store_true", help="mesh and t in millimetres (BOP); same as both units mm")
+    p.add_argument("--diam", type=float, default=None, help="diameter in metres (default: the mesh's largest vertex distance)")
+    p.add_argument("--masks", choices=MASK_MODES, default="render",
+                   help="render: mesh silhouettes (default); full: all-255 masks; none: no masks (no training)")
+    p.add_argument("--masks-dir", default=None, help="your own masks, one per image with the image's stem")
+    split = p.add_argument_group("train/test split (default: seeded random)")
+    split.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                       help=f"random test fraction (default {DEFAULT_TEST_FRACTION})")
+    split.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    split.add_argument("--train-list", default=None, help="file of image names (as in --poses) for train.txt")
+    split.add_argument("--test-list", default=None, help="file of image names for test.txt")
+    p.add_argument("--symlink", action="store_true", help="link the images instead of copying them")
+    p.add_argument("--overwrite", action="store_true", help="replace LINEMOD/<name>/ if it exists")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.mm and (args.mesh_units == "m" or args.pose_units == "m"):
+        parser.error("--mm contradicts --mesh-units m / --pose-units m")
+    mesh_units = args.mesh_units or ("mm" if args.mm else "m")
+    pose_units = args.pose_units or ("mm" if args.mm else "m")
+    try:
+        K, width, height = resolve_camera(args.camera_data, args.fx, args.fy, args.u0, args.v0, args.width, args.height)
+        data = make_labels(args.mesh, args.poses, args.images_dir, args.out, args.name, K, width, height,
+                           mesh_units, pose_units, args.class_id, args.test_fraction, args.seed, args.train_list,
+                           args.test_list, args.symlink, args.masks, args.masks_dir, args.diam, args.overwrite)
+    except (OSError, ValueError) as exc:  # FileNotFoundError, FileExistsError, MeshError, PoseFileError
+        print(f"make_labels: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote LINEMOD/{args.name}/ under {args.out}; data cfg: {data}")
+    print(f"train: python train.py --datacfg {data} ; test: python valid.py --datacfg {data} --weightfile ...")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
