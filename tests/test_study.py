@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import pytest
 
@@ -20,6 +21,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, capsys):
     for r in rows:
         assert 0.0 <= r["acc_2d"] <= 100.0 and r["images_per_s"] > 0
     commands = (out / "commands.txt").read_text()
+    assert "python train.py" in commands and sys.executable not in commands
     assert "--seed 0" in commands and "--kd-mode fixed" in commands and "runs/teacher/obj00/model.weights" in commands
     assert commands.count("train.py") == 3 and commands.count("valid.py") == 3
     with open(out / "results.csv") as f:

@@ -71,11 +71,16 @@ def budget(args) -> dict:
     return b
 
 
+def portable(line: str) -> str:
+    """A command line with this machine's interpreter and checkout paths removed."""
+    return line.replace(sys.executable, "python").replace(str(ROOT) + "/", "")
+
+
 def run(cmd: list[str], log: Path, commands: Path) -> None:
     """Run a command from the repository root, appending it to commands.txt and its output to log."""
     line = " ".join(shlex.quote(c) for c in cmd)
-    with open(commands, "a") as f:
-        f.write(line + "\n")
+    with open(commands, "a") as f:  # as a user would type it: no interpreter or checkout paths
+        f.write(portable(line) + "\n")
     print(f"$ {line}", flush=True)
     with open(log, "a") as f:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
