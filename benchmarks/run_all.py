@@ -32,7 +32,7 @@ SUITE = {
                 "inference images/s per network and batch: eager vs BN-folded + channels-last (+ compile, AMP)"),
     "train": ("bench_train.py", [], ["--nets", "trial3,tiny", "--batch", "8", "--rounds", "2"],
               "training step images/s per network: fp32 vs channels-last (+ AMP on CUDA)"),
-    "loss": ("bench_loss.py", [], ["--repeats", "5"], "region loss + target building: vectorised vs per-cell loop"),
+    "loss": ("bench_loss.py", [], ["--repeats", "20"], "region loss + target building: vectorised vs per-cell loop"),
     "loader": ("bench_loader.py", [], ["--images", "32", "--workers", "0", "2"],
                "training data loader images/s by worker count"),
     "synthetic": ("bench_synthetic.py", [], [], "synthetic LINEMOD generator images/s (640x480)"),
@@ -137,8 +137,8 @@ def main(args) -> Path:
             title = f"{name}" + (f" ({device})" if name in ("forward", "train") else "")
             lines += ["", f"## {title}", "", f"{SUITE[name][3]}. ({seconds:.0f} s)", ""]
             found = tables(out)
-            if rc != 0 or not found:
-                lines += ["```", f"exit code {rc}", *out.strip().splitlines()[-15:], "```"]
+            if rc != 0 or not found:  # a failure, or a script that prints plain text: keep its output
+                lines += ["```", *([f"exit code {rc}"] if rc else []), *out.strip().splitlines()[-15:], "```"]
                 continue
             for t in found:
                 lines += add_ceiling_column(t, ceilings[device]) + [""]
