@@ -28,6 +28,7 @@ def test_study_runs_end_to_end_and_resumes(tmp_path, capsys):
         assert len(list(csv.DictReader(f))) == 6
     assert json.loads((out / "results.json").read_text())["budget"]["epochs"] == 1
     assert "| trial3-fixed | mean |" in (out / "results.md").read_text()
+    assert (out / "curves.png").stat().st_size > 10_000
 
     # a second call finds every output and runs nothing
     run_study.main(run_study.get_args_parser().parse_args(argv))

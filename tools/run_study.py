@@ -139,7 +139,44 @@ def main(args) -> list[dict]:
                  "--device", args.device, "--json", str(scores), "--quiet"], log, commands)
     rows = collect(out, runs, objects)
     write_reports(out, rows, b, args, time.time() - t_start)
+    plot_study(out, [r[0] if r[0] == "teacher" else f"{r[0]}-{r[3]}" for r in runs], objects)
     return rows
+
+
+def plot_study(out: Path, run_ids: list[str], objects: list[str]) -> Path:
+    """OUT/curves.png: per run, the training loss (mean over objects) against images seen, and the
+    mean corner error at each in-training evaluation (the informative number while accuracies are 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run_id in run_ids:
+        costs = [np.load(out / "runs" / run_id / o / "costs.npz") for o in objects]
+        n = min(len(c["training_losses"]) for c in costs)
+        loss = np.mean([c["training_losses"][:n] for c in costs], axis=0)
+        k = max(1, n // 50)  # smooth over ~2 % of the run
+        a.plot(costs[0]["training_iters"][:n][k - 1:], np.convolve(loss, np.ones(k) / k, "valid"), label=run_id, lw=1)
+        with open(out / "runs" / run_id / objects[0] / "metrics.csv") as f:
+            seen = [int(r["seen"]) for r in csv.DictReader(f)]
+        errs = []
+        for o in objects:
+            with open(out / "runs" / run_id / o / "metrics.csv") as f:
+                errs.append([float(r["mean_err_corner"]) for r in csv.DictReader(f)])
+        m = min(len(e) for e in errs)
+        b.plot(seen[:m], np.mean([e[:m] for e in errs], axis=0), "o-", label=run_id, ms=3)
+    a.set(xlabel="images seen (per object)", ylabel="training loss (batch sum, smoothed)", yscale="log",
+          title="training loss, mean over objects")
+    b.set(xlabel="images seen (per object)", ylabel="mean corner error (px)", yscale="log",
+          title="test: mean error of the 9 points, mean over objects")
+    b.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def collect(out: Path, runs, objects) -> list[dict]:
