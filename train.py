@@ -194,12 +194,11 @@ def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
-    return device
+    """valid.resolve_device, with its error as a clean exit for the command line."""
+    try:
+        return valid.resolve_device(name)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def setup_distributed(device: torch.device):
