@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement
 
+from errors import MeshError
+
 MM_TO_M = 1e-3  # BOP models_info and models/*.ply are in millimetres
-
-
-class MeshError(ValueError):
-    """A mesh file that is missing, not a PLY, or lacks the vertex coordinates."""
 
 
 class MeshPly:

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from errors import CfgError, WeightsError  # noqa: F401  (re-exported: darknet.CfgError)
+
 __all__ = [
     "CfgError", "parse_cfg", "parse_cfg_text", "plan_layers", "LayerSpec", "network_table", "print_cfg",
     "Darknet", "read_weights_file", "write_weights_file", "count_parameters", "weights_nbytes",
@@ -63,10 +65,6 @@ LAYER_KINDS = ("convolutional", "maxpool", "avgpool", "route", "reorg", "shortcu
 SHORT_NAMES = {"convolutional": "conv", "maxpool": "max", "avgpool": "avg", "region": "detection",
                "connected": "connected", "softmax": "softmax", "cost": "cost", "route": "route",
                "reorg": "reorg", "shortcut": "shortcut", "upsample": "upsample"}
-
-
-class CfgError(ValueError):
-    """A malformed `.cfg`: the message names the file, the line and (if known) the layer."""
 
 
 # ============================================================================================
