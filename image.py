@@ -281,3 +281,108 @@ def procedural_background(rng: np.random.Generator, width: int = 640, height: in
             cv2.line(img, (x0, y0), (x1, y1), color, int(rng.integers(1, 8)))
     noise = rng.normal(0.0, 8.0, size=img.shape)
     return np.clip(img.astype(np.float64) + noise, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# The fast training path: the same steps and the same label geometry, in cv2 at the output size
+# --------------------------------------------------------------------------------------------
+# The Pillow path above composites the background at full resolution, then crops, resizes and
+# converts to PIL HSV per pixel. The fast path maps the crop rectangle straight to the output
+# with one affine warp of the image and of its mask (after a 2x Gaussian pyramid step when the
+# crop shrinks by 2 or more, against aliasing), composites at the (much smaller) output size, and
+# distorts HSV with cv2 lookup tables. The warp uses Pillow's pixel-centre convention for the
+# crop rectangle of the Pillow path, so the label transform is exactly the same for the same
+# draws; pixels differ only by the resampling filter and cv2's HSV rounding.
+
+
+def crop_affine(offsets, width: int, height: int, size, fix_off_by_one: bool = False,
+                level: int = 0) -> np.ndarray:
+    """(2, 3) float64 map from output pixels (u, v) to source pixels of the crop rectangle.
+
+    The rectangle is `crop_with_offsets`'s: top-left (pleft, ptop), (sw-1) x (sh-1) pixels (sw x sh
+    with fix_off_by_one), resized to `size` (S or (w, h)) with pixel centres matched as Pillow does:
+    x = pleft + (u + 0.5) * cw / w - 0.5. `level` = 1 maps into a 2x pyrDown of the source
+    (its pixel i sits at source pixel 2i).
+    """
+    sw, sh = crop_size(width, height, offsets)
+    extra = 0 if fix_off_by_one else -1
+    cw, ch = max(sw + extra, 1), max(sh + extra, 1)
+    w, h = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    ax, ay = cw / w, ch / h
+    m = np.array([[ax, 0.0, offsets[0] + 0.5 * ax - 0.5], [0.0, ay, offsets[2] + 0.5 * ay - 0.5]])
+    return m / (2 ** level)
+
+
+def inside_rect(m: np.ndarray, width: int, height: int, size) -> tuple[int, int, int, int]:
+    """(u0, u1, v0, v1): output pixels [u0, u1) x [v0, v1) whose source centre lies inside the image."""
+    w, h = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    u = (np.array([-0.5, width - 0.5]) - m[0, 2]) / m[0, 0]
+    v = (np.array([-0.5, height - 0.5]) - m[1, 2]) / m[1, 1]
+    clip = lambda a, hi: int(min(max(a, 0), hi))  # noqa: E731
+    return clip(np.ceil(u[0] - 1e-9), w), clip(np.ceil(u[1] - 1e-9), w), clip(np.ceil(v[0] - 1e-9), h), \
+        clip(np.ceil(v[1] - 1e-9), h)
+
+
+def fast_crop_resize(arr: np.ndarray, offsets, size, fix_off_by_one: bool = False,
+                     interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """`crop_resize` for a uint8 array (H, W[, C]): the same crop rectangle, black outside the image.
+
+    size: S or (w, h). Returns (h, w[, C]) uint8.
+    """
+    H, W = arr.shape[:2]
+    w, h = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    sw, sh = crop_size(W, H, offsets)
+    level = 1 if min(sw / w, sh / h) >= 2 else 0
+    src = cv2.pyrDown(arr) if level else arr
+    m = crop_affine(offsets, W, H, (w, h), fix_off_by_one, level)
+    return cv2.warpAffine(src, m, (w, h), flags=interpolation | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def hsv_luts(dhue: float, dsat: float, dexp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 lookup tables (256,) for the H, S and V channels of cv2's full-range HSV (H in 0..255)."""
+    i = np.arange(256, dtype=np.float64)
+    h = i + dhue * 255.0
+    h = np.where(h > 255, h - HUE_WRAP, h)
+    h = np.where(h < 0, h + HUE_WRAP, h)
+    return tuple(np.clip(np.rint(x), 0, 255).astype(np.uint8) for x in (h, i * dsat, i * dexp))
+
+
+def fast_distort(rgb: np.ndarray, dhue: float, dsat: float, dexp: float) -> np.ndarray:
+    """`distort_image` for a uint8 array (H, W, 3) with cv2 full-range HSV and lookup tables."""
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+    hsv = cv2.merge([cv2.LUT(c, lut) for c, lut in zip(cv2.split(hsv), hsv_luts(dhue, dsat, dexp))])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
+def fast_augment(img: np.ndarray, mask: np.ndarray | None, background: np.ndarray | None, offsets, size,
+                 fix_off_by_one: bool = False) -> np.ndarray:
+    """Background replacement and crop / scale jitter at the output size (§6.1 steps 2-3).
+
+    img (H, W, 3) and mask (H, W) uint8 (object where mask > 127); background (h, w, 3) uint8 of the
+    output size, or None to keep the image's own. Returns (h, w, 3) uint8; outside the source image
+    it is black, as the Pillow path's crop padding.
+    """
+    H, W = img.shape[:2]
+    out = fast_crop_resize(img, offsets, size, fix_off_by_one)
+    if background is None:
+        return out
+    obj = fast_crop_resize(mask, offsets, size, fix_off_by_one) > MASK_THRESHOLD
+    merged = background.copy()
+    np.copyto(merged, out, where=obj[..., None])
+    u0, u1, v0, v1 = inside_rect(crop_affine(offsets, W, H, size, fix_off_by_one), W, H, size)
+    if (u0, v0, u1, v1) != (0, 0, merged.shape[1], merged.shape[0]):
+        inside = np.zeros(merged.shape[:2], bool)
+        inside[v0:v1, u0:u1] = True
+        merged[~inside] = 0
+    return merged
+
+
+def background_window(pool_image: np.ndarray, rng: np.random.Generator, size) -> np.ndarray:
+    """A random window (at least half of each side) of a pooled background, resized to `size`, maybe mirrored."""
+    H, W = pool_image.shape[:2]
+    w, h = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    ww, wh = int(rng.integers(W // 2, W + 1)), int(rng.integers(H // 2, H + 1))
+    x0, y0 = int(rng.integers(0, W - ww + 1)), int(rng.integers(0, H - wh + 1))
+    out = cv2.resize(pool_image[y0:y0 + wh, x0:x0 + ww], (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(out[:, ::-1]) if rng.integers(2) else out

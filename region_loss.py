@@ -276,6 +276,19 @@ def blend_targets(targets: Targets, teacher: tuple, alpha: float) -> Targets:
     return replace(targets, tx=mix(targets.tx, tx), ty=mix(targets.ty, ty), tconf=mix(targets.tconf, tconf))
 
 
+def floor_confidence(targets: Targets, floor: float) -> Targets:
+    """Targets whose responsible-cell confidence is floor + (1 - floor) * tconf (other cells unchanged).
+
+    The rescore target tconf is 0 while the predicted points are more than 80 px off, so early in
+    training the responsible cell is taught the same confidence as the background and the most
+    confident cell is arbitrary. With a floor it is always above every background cell's target.
+    """
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"confidence floor must be in [0, 1], found {floor}")
+    tconf = torch.where(targets.coord_mask > 0, floor + (1.0 - floor) * targets.tconf, targets.tconf)
+    return replace(targets, tconf=tconf)
+
+
 # --------------------------------------------------------------------------------------------
 # Loss terms (spec §5.4)
 # --------------------------------------------------------------------------------------------
@@ -362,6 +375,9 @@ class RegionLoss(nn.Module):
         self.repro_anchor_bug = False
         self.kd_mode = None
         self.kd_alpha = 1.0
+        # the fast recipe (train.py --recipe fast); both off reproduces the original
+        self.conf_floor = 0.0  # responsible-cell tconf = floor + (1 - floor) * rescore: never collapses to 0
+        self.batch_mean = False  # divide the summed loss by the batch size
         if self.num_anchors > 1 and len(self.anchors) < 2 * self.num_anchors:
             raise ValueError(f"RegionLoss: {self.num_anchors} anchors need {2 * self.num_anchors} anchor "
                              f"values (w, h pairs); got {len(self.anchors)}")
@@ -419,9 +435,14 @@ class RegionLoss(nn.Module):
             teacher = teacher_targets(teacher_output.to(output.device), self.kd_mode, self.num_keypoints,
                                       self.num_classes, self.num_anchors)
             targets = blend_targets(targets, teacher, self.kd_alpha)
+        if self.conf_floor:
+            targets = floor_confidence(targets, self.conf_floor)
         loss, terms = loss_terms(output, targets, num_keypoints=self.num_keypoints, num_classes=self.num_classes,
                                  num_anchors=self.num_anchors, coord_scale=self.coord_scale,
                                  class_scale=self.class_scale, with_conf=epoch > self.pretrain_num_epochs)  # §5.5
+        if self.batch_mean:
+            loss = loss / output.shape[0]
+            terms = {k: v / output.shape[0] for k, v in terms.items()}
         stats = {"nGT": targets.nGT, "nCorrect": targets.nCorrect, "nProposals": targets.nProposals,
                  **{k: float(v.detach()) for k, v in terms.items()}, "total": float(loss.detach())}
         return loss, stats

@@ -1,52 +1,62 @@
-"""Train a single-object pose network (spec §7), optionally distilled from a teacher (spec §8).
+"""Train a single-object pose network, optionally distilled from a teacher (docs/design.md).
 
-    python train.py                                    # main job: synthetic data, YOLO-LITE trial 3, CPU
+    python train.py                                    # main job: synthetic data, YOLO-LITE trial 3, CPU, fast recipe
+    python train.py --minutes 120                      # the same, for two hours: an accurate model on a CPU
     python train.py --datacfg cfg/ape.data --modelcfg cfg/yolo-pose.cfg --initweightfile cfg/darknet19_448.conv.23
     python train.py cfg/duck.data cfg/yolo-pose.cfg backup/duck/init.weights   # positional form
     python train.py --datacfg cfg/ape.data --modelcfg cfg/yolo-lite-trial3-pose.cfg \\
         --initweightfile weights/tiny-yolov2-trial3-voc.weights --distiled 1 --kd-mode fixed
     torchrun --nproc_per_node 2 train.py ...            # DDP (gloo on CPU, nccl on CUDA)
 
-Writes into the backup dir: model.weights (darknet format, best 2-D accuracy so far),
-checkpoint.pt (last state, every epoch and on Ctrl-C; --resume continues from it), costs.npz,
-metrics.csv / metrics.jsonl (one row per evaluation) and training.png.
+Recipes (--recipe): `original` is the originals' recipe exactly (SGD, the cfg's step schedule, no
+confidence term for 15 epochs, the full augmentation): the default whenever --datacfg is given,
+for reproducing the papers. `fast` (AdamW, warm-up and cosine decay over the epochs or the
+--minutes budget, EMA weights, a confidence target with a floor, the cv2 loader, 256 px): the
+default of the main job, and the one to use for a quick model on a CPU or a new dataset.
+
+Writes into the backup dir: model.weights (darknet format, best evaluation so far), last.weights
+(the end of the run), checkpoint.pt (every epoch and on Ctrl-C; --resume continues from it),
+costs.npz, metrics.csv / metrics.jsonl (one row per evaluation) and training.png.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import random
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
 import dataset
+import engine
+import recipes
 import utils
 import valid
 from darknet import Darknet
+from errors import InputError, run_cli
+from recipes import FAST
 from region_loss import RegionLoss
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
 DEFAULT_INITWEIGHTS = "weights/tiny-yolov2-trial3-voc.weights"
 DEFAULT_TEACHER_CFG = "cfg/yolo-pose.cfg"
-# The main job (no --datacfg): a small synthetic LINEMOD set, trained briefly on the CPU.
+# The main job (no --datacfg): one synthetic LINEMOD object, the fast recipe, a time budget on the CPU.
 SYNTHETIC_ROOT = Path("data/synthetic")
-SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES = 3, 80
-QUICK = dict(epochs=16, pretrain_num_epochs=4, eval_every=4, train_size=256, test_size=256, batch_size=16)
-CHECKPOINT, BEST_WEIGHTS = "checkpoint.pt", "model.weights"
+SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES = 1, 1000
+QUICK = dict(recipe="fast", minutes=10.0, eval_every=5)
+ORIGINAL_EVAL_EVERY = 10  # the fork's test cadence
+CHECKPOINT, BEST_WEIGHTS = engine.CHECKPOINT, engine.BEST_WEIGHTS
 COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies",
-             "testing_errors_pixel", "testing_errors_angle")  # spec §7.3
+             "testing_errors_pixel", "testing_errors_angle")  # the original's costs.npz arrays
+ROW_KEYS = ("acc_2d", *(f"acc_2d_{t}px" for t in valid.REPORT_PX_THRESHOLDS), "acc_add", "acc_adds",
+            "acc_5cm5deg", "acc_corner", "mean_err_2d", "mean_err_add", "mean_err_corner", "mean_err_trans",
+            "mean_err_angle", "n", "n_failed")
+NonFiniteLoss = engine.NonFiniteLoss
 
-
-class NonFiniteLoss(RuntimeError):
-    pass
+# the original optimiser and schedule, under the names the tests and benchmarks use
+learning_rate = recipes.step_learning_rate
+build_optimizer = recipes.build_sgd
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,116 +67,51 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--modelcfg", default=None, help=f"network cfg (default {DEFAULT_MODELCFG})")
     p.add_argument("--initweightfile", default=None,
                    help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; 'none' for random)")
+    p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
+                   help="original (default with --datacfg): the papers' recipe exactly; fast (default of the "
+                        "main job): AdamW, cosine, EMA, confidence floor, cv2 loader, 256 px")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="train for this many minutes (the fast schedule decays over them; main job: 10)")
     p.add_argument("--pretrain_num_epochs", type=int, default=None,
-                   help="epochs without the confidence term (spec §5.5; default 15)")
+                   help="epochs without the confidence term (original: 15; fast: none)")
     p.add_argument("--backupdir", default=None, help="output folder (default: the .data 'backup' key)")
     p.add_argument("--distiled", "--distill", dest="distiled", type=int, default=0,
-                   help="1: distil from a teacher (spec §8)")
+                   help="1: distil from a teacher (docs/design.md, distillation)")
     p.add_argument("--teacher-cfg", default=DEFAULT_TEACHER_CFG)
     p.add_argument("--teacher-weights", default=None, help="default backup/<name>/model_backup.weights")
     p.add_argument("--kd-mode", choices=("fork", "fixed"), default="fork",
-                   help="fork: the fork's shifted teacher channels (spec §8.3); fixed: the right ones")
+                   help="fork: the fork's shifted teacher channels; fixed: the right ones")
     p.add_argument("--kd-alpha", type=float, default=1.0, help="targets = (1-a)*GT + a*teacher (fork: 1)")
     p.add_argument("--loss-scales", choices=("cfg", "ms"), default="cfg",
                    help="cfg: [region] scales (fork, noobject 0.1); ms: MS train.py defaults (noobject 1)")
-    p.add_argument("--epochs", type=int, default=None, help="default: cfg max_epochs (500)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: cfg batch")
+    p.add_argument("--epochs", type=int, default=None, help="default: cfg max_epochs (500), or until --minutes")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default: cfg batch (fast: {FAST.batch})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="loader workers (default: min(4, cores))")
+    p.add_argument("--workers", type=int, default=None,
+                   help="loader workers (default: original min(4, cores); fast 0 on a CPU, where the loader "
+                        "is cheaper than the threads it would take from the network, else 4)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="channels-last memory format (default: on with fast, off with original)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint (default: <backupdir>/checkpoint.pt)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume even from a checkpoint made with another cfg, data file, batch size or recipe")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in the backup folder")
     p.add_argument("--eval-every", type=int, default=None,
                    help="test after epochs e %% N == 0, e > 0, and after the last (default 10, as the fork)")
-    p.add_argument("--train-size", type=int, default=None, help="fixed square training size (default: multi-scale §6.5)")
-    p.add_argument("--test-size", type=int, default=None, help="square test size (default: cfg test_width/height)")
-    p.add_argument("--resample", choices=("bicubic", "nearest"), default="bicubic", help="spec §6.4")
+    p.add_argument("--train-size", type=int, default=None,
+                   help=f"fixed square training size (default: original multi-scale; fast {FAST.size})")
+    p.add_argument("--test-size", type=int, default=None,
+                   help=f"square test size (default: original cfg test_width/height; fast {FAST.size})")
+    p.add_argument("--resample", choices=("bicubic", "nearest"), default="bicubic", help="Pillow resize filter")
     p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
-    p.add_argument("--decay-bn-bias", type=int, default=1, help="0: no weight decay on BN and biases (spec §11 item 14)")
+    p.add_argument("--decay-bn-bias", type=int, default=1, help="0: no weight decay on BN and biases (original)")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke tests)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--log-every", type=int, default=0, help="print the per-batch loss line every N batches")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, network table or per-epoch lines")
     return p
-
-
-# --------------------------------------------------------------------------------------------
-# Schedule and optimiser (spec §7.1, §7.2)
-# --------------------------------------------------------------------------------------------
-
-def learning_rate(t: float, base_lr: float, steps, scales, step_unit: float = 1.0) -> float:
-    """Learning rate before batch t: walk the steps (x step_unit), multiplying while t >= step."""
-    lr = base_lr
-    for step, scale in zip(steps, scales):
-        step = step * step_unit
-        if t < step:
-            break
-        lr *= scale
-        if t == step:
-            break
-    return lr
-
-
-def build_optimizer(model, lr: float, momentum: float, decay: float, batch: int, decay_bn_bias: bool = True):
-    """SGD with lr/batch and decay*batch (the loss is a batch sum, spec §7.1)."""
-    if decay_bn_bias:
-        groups = [{"params": list(model.parameters())}]
-    else:
-        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-        rest = [p for n, p in model.named_parameters() if p.ndim > 1]
-        groups = [{"params": rest}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=lr / batch, momentum=momentum, dampening=0,
-                           weight_decay=decay * batch, nesterov=False)
-
-
-def set_lr(optimizer, lr: float, batch: int) -> None:
-    for g in optimizer.param_groups:
-        g["lr"] = lr / batch
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints and logs (atomic writes: nothing a user made is lost)
-# --------------------------------------------------------------------------------------------
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def plot_training(costs: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(costs["training_iters"], costs["training_losses"], lw=0.8)
-    a.set(xlabel="images seen", ylabel="loss (batch sum)", yscale="log", title="training loss")
-    b.plot(costs["testing_iters"], costs["testing_accuracies"], "o-")
-    b.set(xlabel="images seen", ylabel="2-D projection accuracy at 5 px (%)", ylim=(0, 101), title="test accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,42 +125,53 @@ def repo_path(path: str) -> str:
 
 
 def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -> Path:
-    """Generate the default synthetic LINEMOD set if it is missing; return its first object's .data."""
-    cfgs = sorted((root / "cfg").glob("*.data")) if root.exists() else []
-    cfgs = [c for c in cfgs if "occlusion" not in c.name]
-    if not cfgs:
-        from tools.make_synthetic_linemod import generate
+    """Generate the main job's synthetic LINEMOD set unless it is there; return its first object's .data.
 
+    A set this generator wrote with other sizes (an older main job's) is regenerated in place.
+    """
+    from tools.make_synthetic_linemod import INFO_FILE, generate
+
+    info_path = root / INFO_FILE
+    wanted = {"objects": SYNTHETIC_OBJECTS, "images_per_object": SYNTHETIC_IMAGES}
+    info = json.loads(info_path.read_text()) if info_path.is_file() else None
+    current = info is not None and all(info.get(k) == v for k, v in wanted.items())
+    if not current:
         if not quiet:
-            print(f"generating the synthetic LINEMOD set in {root} (once) ...", flush=True)
-        generate(root, objects=SYNTHETIC_OBJECTS, images_per_object=SYNTHETIC_IMAGES, seed=0)
-        cfgs = sorted(c for c in (root / "cfg").glob("*.data") if "occlusion" not in c.name)
+            print(f"generating the synthetic LINEMOD set in {root} (once, about a minute) ...", flush=True)
+        generate(root, objects=SYNTHETIC_OBJECTS, images_per_object=SYNTHETIC_IMAGES, seed=0,
+                 overwrite=info is not None)
+    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if "occlusion" not in c.name and "_fresh" not in c.name)
     return cfgs[0]
 
 
 def resolve_device(name: str) -> torch.device:
-    """valid.resolve_device, with its error as a clean exit for the command line."""
     try:
         return valid.resolve_device(name)
     except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+        raise InputError(str(exc)) from None
 
 
-def setup_distributed(device: torch.device):
-    """(rank, world_size, device) under torchrun; (0, 1, device) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+def check_numbers(args) -> None:
+    """Every numeric flag in range, before anything starts."""
+    for flag in ("epochs", "batch_size", "eval_every"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be at least 1, found {value}")
+    if args.minutes is not None and not args.minutes > 0:
+        raise InputError(f"--minutes must be positive, found {args.minutes}")
+    for flag in ("train_size", "test_size"):
+        value = getattr(args, flag)
+        if value is not None and (value < 32 or value % 32):
+            raise InputError(f"--{flag.replace('_', '-')} {value}: must be a positive multiple of 32 "
+                             f"(the network downsamples by 32)")
+    if not 0.0 <= args.kd_alpha <= 1.0:
+        raise InputError(f"--kd-alpha must be in [0, 1], found {args.kd_alpha}")
+    if args.workers is not None and args.workers < 0:
+        raise InputError(f"--workers must be >= 0, found {args.workers}")
 
 
 def check_inputs(args, opts: dict) -> None:
-    """Every file training needs, checked before anything starts (spec-driven clear errors)."""
+    """Every file training needs, checked before anything starts."""
     problems = []
     for key in ("train", "valid", "mesh"):
         if key not in opts:
@@ -232,45 +188,56 @@ def check_inputs(args, opts: dict) -> None:
         if not Path(args.teacher_weights).is_file():
             problems.append(f"teacher weights not found: {args.teacher_weights}")
     if problems:
-        raise SystemExit("cannot start training:\n  " + "\n  ".join(problems))
+        raise InputError("cannot start training:\n  " + "\n  ".join(problems))
 
 
 def resolve_args(args) -> tuple[argparse.Namespace, dict]:
-    """Fill defaults: positional form, the synthetic main job, backup dir, teacher paths."""
+    """Fill defaults: positional form, the main job, the recipe's defaults, backup dir, teacher paths."""
     if args.positional:
         if len(args.positional) > 3:
-            raise SystemExit("at most three positional arguments: DATACFG MODELCFG INITWEIGHTS")
+            raise InputError("at most three positional arguments: DATACFG MODELCFG INITWEIGHTS")
         for key, value in zip(("datacfg", "modelcfg", "initweightfile"), args.positional):
             setattr(args, key, value)
+    check_numbers(args)
     quick = args.datacfg is None
     if quick:
         args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
         for key, value in QUICK.items():
             if getattr(args, key) is None:
                 setattr(args, key, value)
+    args.recipe = args.recipe or "original"
+    fast = args.recipe == "fast"
+    if fast:
+        for key, value in (("batch_size", FAST.batch), ("train_size", FAST.size), ("test_size", FAST.size)):
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        if args.pretrain_num_epochs is None:
+            args.pretrain_num_epochs = -1  # the floored confidence target is meaningful from the first step
+        if args.channels_last is None:
+            args.channels_last = True
+    args.channels_last = bool(args.channels_last)
     args.modelcfg = args.modelcfg or repo_path(DEFAULT_MODELCFG)
     if args.initweightfile is None:
         args.initweightfile = repo_path(DEFAULT_INITWEIGHTS)
     if str(args.initweightfile).lower() == "none":
         args.initweightfile = None
     if args.eval_every is None:
-        args.eval_every = 10
+        args.eval_every = ORIGINAL_EVAL_EVERY
     if args.pretrain_num_epochs is None:
         args.pretrain_num_epochs = 15
     if not Path(args.datacfg).is_file():
-        raise SystemExit(f"cannot start training: data cfg not found: {args.datacfg}")
+        raise InputError(f"cannot start training: data cfg not found: {args.datacfg}")
     opts = utils.read_data_cfg(args.datacfg, resolve_paths=True)
     name = opts.get("name", Path(args.datacfg).stem)
     if args.backupdir is None:
-        args.backupdir = opts.get("backup", f"backup/{name}")
-        if quick:
-            args.backupdir = f"backup/synthetic/{name}"
+        args.backupdir = f"backup/synthetic/{name}" if quick else opts.get("backup", f"backup/{name}")
     if args.teacher_cfg == DEFAULT_TEACHER_CFG:
         args.teacher_cfg = repo_path(DEFAULT_TEACHER_CFG)
     if args.teacher_weights is None:
         args.teacher_weights = f"backup/{name}/model_backup.weights"
     if args.workers is None:
-        args.workers = min(4, os.cpu_count() or 1)
+        cpu_only = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+        args.workers = 0 if fast and cpu_only else min(4, os.cpu_count() or 1)
     return args, opts
 
 
@@ -284,102 +251,45 @@ def build_model(cfg: str, weights, device, channels_last: bool, until_last: bool
     return model
 
 
-# --------------------------------------------------------------------------------------------
-# One epoch
-# --------------------------------------------------------------------------------------------
-
-def train_one_epoch(model, loader, optimizer, loss_fn, state: dict, cfg: dict, device, epoch: int,
-                    teacher=None, amp: bool = False, channels_last: bool = False, start_batch: int = 0,
-                    max_batches=None, progress: bool = True, log_every: int = 0, rank: int = 0, world: int = 1):
-    """Train over one epoch's batches; updates `state` (seen, iteration, costs) in place.
-
-    Raises NonFiniteLoss naming the batch when the loss is NaN or inf, before the step.
-    Returns {'batches', 'images' (this rank), 'loss' (mean batch loss), 'lr', 'seconds'}.
-    """
-    t0 = time.perf_counter()
-    n_batches = n_images = 0
-    loss_sum, lr = 0.0, float("nan")
-    model.train()
-    if teacher is not None:
-        teacher.eval()  # spec §8.2: the teacher's BN uses running statistics
-    it = iter(loader)
-    bar = None
-    total = loader.batch_sampler.num_batches  # the whole epoch, also when resuming mid-epoch
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        # disable=None: no bar when stderr is not a terminal (logs, CI); the epoch line still prints
-        bar = tqdm(total=total, initial=start_batch, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None)
-    for b, (images, target) in enumerate(it, start=start_batch):
-        if max_batches is not None and b >= max_batches:
-            break
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        target = target.to(device)
-        # BN running statistics change in the forward pass: keep them so that a Ctrl-C during this
-        # batch leaves the model exactly as after the previous one (resume then redoes the batch).
-        buffers = [(buf, buf.clone()) for buf in model.buffers()]
-        try:
-            loss, stats, lr = _train_step(model, images, target, optimizer, loss_fn, state, cfg, device, epoch, b,
-                                          teacher, amp)
-        except KeyboardInterrupt:
-            with torch.no_grad():
-                for buf, saved in buffers:
-                    buf.copy_(saved)
-            raise
-        n_batches, n_images, loss_sum = n_batches + 1, n_images + len(images), loss_sum + stats["total"]
-        state["seen"] += len(images) * world
-        state["iteration"] += 1
-        state["batch_in_epoch"] = b + 1
-        state["costs"]["training_iters"].append(state["seen"])
-        state["costs"]["training_losses"].append(stats["total"])
-        if bar is not None:
-            bar.set_postfix_str(f"lr {lr:.1e} x {stats['loss_x']:.2f} y {stats['loss_y']:.2f} "
-                                f"conf {stats['loss_conf']:.2f} recall {stats['nCorrect']}/{stats['nGT']}")
-            bar.update(1)
-        if log_every and rank == 0 and state["iteration"] % log_every == 0:
-            print(loss_fn.format_stats(stats, state["seen"]), flush=True)
-    if bar is not None:
-        bar.close()
-    return {"batches": n_batches, "images": n_images, "loss": loss_sum / max(n_batches, 1), "lr": lr,
-            "seconds": time.perf_counter() - t0}
+def build_loss(model, args) -> RegionLoss:
+    loss_fn = RegionLoss.from_region(model.region, model.num_keypoints, scales=args.loss_scales,
+                                     pretrain_num_epochs=args.pretrain_num_epochs)
+    if args.recipe == "fast":
+        loss_fn.conf_floor, loss_fn.batch_mean = FAST.conf_floor, True
+        loss_fn.noobject_scale = FAST.noobject_scale
+    return loss_fn
 
 
-NO_SCALER = torch.amp.GradScaler("cpu", enabled=False)
+def build_optimizer_and_schedule(model, args, batch: int, n_samples: int, epochs):
+    """The recipe's optimiser and its schedule (recipes.py)."""
+    net = model.net
+    budget_s = args.minutes * 60 if args.minutes else None
+    if args.recipe == "fast":
+        total = None if budget_s else epochs * -(-n_samples // batch)
+        return recipes.build_adamw(model), recipes.CosineSchedule(FAST.lr, FAST.warmup, FAST.final_lr_fraction,
+                                                                  total_iters=total, budget_s=budget_s)
+    optimizer = recipes.build_sgd(model, float(net["learning_rate"]), float(net["momentum"]), float(net["decay"]),
+                                  batch, bool(args.decay_bn_bias))
+    # single-object steps are in epochs: one unit is n_samples / batch batches
+    return optimizer, recipes.StepSchedule(float(net["learning_rate"]), net["steps"], net["scales"],
+                                           n_samples / batch, batch)
 
 
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the GPU has it (no loss scaling needed), else fp16 (with a GradScaler)."""
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _train_step(model, images, target, optimizer, loss_fn, state, cfg, device, epoch, batch_index, teacher, amp):
-    """One SGD step on one batch; returns (loss, stats, lr). NonFiniteLoss before the step.
-
-    amp: autocast on CUDA in bf16 where the GPU has it (no loss scaling needed), else fp16 with
-    the GradScaler `cfg['scaler']` (not checkpointed; it re-calibrates in a few steps).
-    """
-    lr = learning_rate(state["iteration"], cfg["learning_rate"], cfg["steps"], cfg["scales"], cfg["step_unit"])
-    set_lr(optimizer, lr, cfg["batch"])
-    use_amp = amp and device.type == "cuda"
-    dtype = amp_dtype(device) if use_amp else torch.float32
-    scaler = cfg.get("scaler") or NO_SCALER
-    with torch.autocast(device.type, dtype=dtype if use_amp else None, enabled=use_amp):
-        output = model(images)
-        teacher_output = None
-        if teacher is not None:
-            with torch.no_grad():
-                teacher_output = teacher(images).float()
-    loss, stats = loss_fn(output.float(), target, epoch, teacher_output)
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {batch_index} "
-                            f"(images seen {state['seen']}); terms: {stats}")
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss, stats, lr
+def evaluation(test_set, setup, device, num_keypoints: int, fast: bool):
+    """The periodic test: valid.evaluate on the test list; the score is the 5 px accuracy
+    (fast: then the 10 px accuracy, which separates early models that are all at 0 % at 5 px)."""
+    def evaluate(model, epoch):
+        summary, _ = valid.evaluate(model, dataset.make_test_loader(test_set, batch_size=8, workers=0),
+                                    setup, device, num_keypoints=num_keypoints)
+        valid.log(f"epoch {epoch}: 2D {summary['acc_2d']:.2f}% (10 px {summary.get('acc_2d_10px', 0):.2f}%)  "
+                  f"ADD {summary['acc_add']:.2f}%  5cm5deg {summary['acc_5cm5deg']:.2f}%  "
+                  f"mean px err {summary['mean_err_2d']:.2f}  mean corner err {summary.get('mean_err_corner', 0):.2f}")
+        score = (summary["acc_2d"], summary.get("acc_2d_10px", 0.0)) if fast else (summary["acc_2d"],)
+        return {"row": {k: summary.get(k, float("nan")) for k in ROW_KEYS}, "score": score,
+                "costs": {"testing_iters": 0, "testing_accuracies": summary["acc_2d"],
+                          "testing_errors_pixel": summary["mean_err_2d"],
+                          "testing_errors_angle": summary["mean_err_angle"]}}
+    return evaluate
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,22 +299,16 @@ def _train_step(model, images, target, optimizer, loss_fn, state, cfg, device, e
 def main(args) -> dict:
     args, opts = resolve_args(args)
     device = resolve_device(args.device)
-    rank, world, device = setup_distributed(device)
+    rank, world, device = engine.setup_distributed(device)
     check_inputs(args, opts)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
-    backup = Path(args.backupdir)
-    if rank == 0:
-        backup.mkdir(parents=True, exist_ok=True)
+    engine.seed_everything(args.seed)
+    fast = args.recipe == "fast"
 
     model = build_model(args.modelcfg, args.initweightfile, device, args.channels_last)
-    model.seen = 0  # spec §7.3
-    net = model.net
-    batch = args.batch_size or int(net["batch"])
-    epochs = args.epochs if args.epochs is not None else int(model.max_epochs)
-    loss_fn = RegionLoss.from_region(model.region, model.num_keypoints, scales=args.loss_scales,
-                                     pretrain_num_epochs=args.pretrain_num_epochs)
+    model.seen = 0  # the original resets the counter after loading the init weights
+    batch = args.batch_size or int(model.net["batch"])
+    epochs = args.epochs if args.epochs is not None else (None if args.minutes else int(model.max_epochs))
+    loss_fn = build_loss(model, args)
     teacher = None
     if args.distiled:
         teacher = build_model(args.teacher_cfg, args.teacher_weights, device, args.channels_last, until_last=False)
@@ -416,110 +320,73 @@ def main(args) -> dict:
             loss_fn.check_teacher(model.eval()(probe), teacher.eval()(probe))
 
     train_set = dataset.listDataset(opts["train"], train=True, seed=args.seed, resample=args.resample,
-                                    bg_dir=args.bg_dir, num_keypoints=model.num_keypoints)
-    test_size = args.test_size or None
-    test_shape = (test_size, test_size) if test_size else (model.test_width, model.test_height)
+                                    bg_dir=args.bg_dir, num_keypoints=model.num_keypoints, fast=fast,
+                                    **({"jitter": FAST.jitter, "bg_prob": FAST.bg_prob} if fast else {}))
+    train_set.warm_background_pool()  # before the workers fork, so that they share it
+    test_shape = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
     test_set = dataset.listDataset(opts["valid"], train=False, shape=test_shape, resample=args.resample)
     setup = valid.load_eval_setup(args.datacfg)
-    n_samples = len(train_set)
-    cfg = {"learning_rate": float(net["learning_rate"]), "steps": list(net["steps"]), "scales": list(net["scales"]),
-           "step_unit": n_samples / batch, "batch": batch,  # single-object steps are in epochs (spec §7.2)
-           "scaler": torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda"
-                                          and amp_dtype(device) == torch.float16)}
-    optimizer = build_optimizer(model, cfg["learning_rate"], float(net["momentum"]), float(net["decay"]), batch,
-                                bool(args.decay_bn_bias))
-    ddp_model = model
+    optimizer, schedule = build_optimizer_and_schedule(model, args, batch, len(train_set), epochs)
+    ema = recipes.ModelEMA(model, FAST.ema_decay) if fast else None
+    net = model
     if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    state = {"epoch": 0, "batch_in_epoch": 0, "seen": 0, "epoch_start_seen": 0, "iteration": 0, "best": -math.inf,
-             "costs": {k: [] for k in COST_KEYS}}
-    ckpt_path = backup / CHECKPOINT
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    backup = Path(args.backupdir)
+    if rank == 0:
+        n_params = sum(p.numel() for p in model.parameters())
+        engine.prepare_backup(backup, resume=bool(args.resume), overwrite=args.overwrite,
+                              need_bytes=engine.CHECKPOINT_SIZE_FACTOR * 4 * n_params)
+    run = engine.run_identity(args.modelcfg, args.datacfg, batch, args.recipe)
+    trainer = engine.Trainer(model, optimizer, loss_fn, schedule, backup=backup, run=run, cost_keys=COST_KEYS,
+                             device=device, net=net, ema=ema, teacher=teacher, amp=args.amp,
+                             channels_last=args.channels_last, rank=rank, world=world, progress=not args.quiet,
+                             log_every=args.log_every, max_batches=args.max_batches, args=vars(args))
     if args.resume:
-        path = Path(args.resume if args.resume != "auto" else ckpt_path)
-        if not path.is_file():
-            raise SystemExit(f"--resume: checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        set_rng_state(ckpt["rng"])
-        if rank == 0:
-            print(f"resumed from {path}: epoch {state['epoch']}, batch {state['batch_in_epoch']}, seen {state['seen']}")
+        trainer.resume(None if args.resume == "auto" else args.resume, force=args.force_resume)
     elif rank == 0 and not args.quiet:
         model.print_network()
+        print(f"recipe {args.recipe}: batch {batch}, " + (f"{args.minutes:g} minutes" if args.minutes and not epochs
+                                                         else f"{epochs} epochs"), flush=True)
 
-    def save_checkpoint():
-        if rank == 0:
-            model.seen = state["seen"]
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                               "rng": rng_state(), "args": vars(args)}, ckpt_path)
+    def make_loader(epoch, seen, start_batch):
+        return dataset.make_train_loader(
+            train_set, batch_size=batch, seed=args.seed, epoch=epoch, seen=seen, workers=args.workers,
+            mode="fixed" if args.train_size else "single", fixed_size=args.train_size or 416, rank=rank,
+            world_size=world, pin_memory=device.type == "cuda", start_batch=start_batch)
 
-    def evaluate_and_log(epoch: int):
-        summary, _ = valid.evaluate(model, dataset.make_test_loader(test_set, batch_size=8, workers=0),
-                                    setup, device, num_keypoints=model.num_keypoints)
-        c = state["costs"]
-        c["testing_iters"].append(state["seen"])
-        c["testing_accuracies"].append(summary["acc_2d"])
-        c["testing_errors_pixel"].append(summary["mean_err_2d"])
-        c["testing_errors_angle"].append(summary["mean_err_angle"])
-        atomic_npz(backup / "costs.npz", **{k: np.asarray(v) for k, v in c.items()})
-        row = {"epoch": epoch, "seen": state["seen"], **{k: summary[k] for k in (
-            "acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "acc_corner", "mean_err_2d", "mean_err_add",
-            "mean_err_corner", "mean_err_trans", "mean_err_angle", "n", "n_failed")}}
-        valid.append_csv(backup / "metrics.csv", row, header=tuple(row))
-        with open(backup / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        valid.log(f"epoch {epoch}: 2D {summary['acc_2d']:.2f}%  ADD {summary['acc_add']:.2f}%  "
-                  f"5cm5deg {summary['acc_5cm5deg']:.2f}%  mean px err {summary['mean_err_2d']:.2f}")
-        if summary["acc_2d"] > state["best"]:  # strictly better only (spec §7.3)
-            state["best"] = summary["acc_2d"]
-            model.seen = state["seen"]
-            model.save_weights(backup / BEST_WEIGHTS)
-            valid.log(f"best model so far: {backup / BEST_WEIGHTS}")
-        plot_training(c, backup / "training.png")
+    evaluate = evaluation(test_set, setup, device, model.num_keypoints, fast)
 
-    try:
-        for epoch in range(state["epoch"], epochs):
-            if state["batch_in_epoch"] == 0:
-                state["epoch_start_seen"] = state["seen"]
-            loader = dataset.make_train_loader(
-                train_set, batch_size=batch, seed=args.seed, epoch=epoch, seen=state["epoch_start_seen"],
-                workers=args.workers, mode="fixed" if args.train_size else "single", fixed_size=args.train_size or 416,
-                rank=rank, world_size=world, pin_memory=device.type == "cuda", start_batch=state["batch_in_epoch"])
-            info = train_one_epoch(ddp_model, loader, optimizer, loss_fn, state, cfg, device, epoch, teacher,
-                                   amp=args.amp, channels_last=args.channels_last, start_batch=state["batch_in_epoch"],
-                                   max_batches=args.max_batches, progress=not args.quiet, rank=rank, world=world)
-            if rank == 0 and not args.quiet:
-                print(f"epoch {epoch + 1}/{epochs}: {info['batches']} batches, lr {info['lr']:.1e}, "
-                      f"mean batch loss {info['loss']:.3f}, {info['images'] * world / max(info['seconds'], 1e-9):.1f} "
-                      f"images/s", flush=True)
-            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-            if rank == 0 and ((epoch % args.eval_every == 0 and epoch > 0) or epoch == epochs - 1):
-                evaluate_and_log(epoch)
-            save_checkpoint()
-            if world > 1:
-                dist.barrier()
-    except KeyboardInterrupt:
-        save_checkpoint()
-        if rank == 0:
-            print(f"\ninterrupted: state saved to {ckpt_path}; continue with --resume", file=sys.stderr)
-        raise SystemExit(130)
-    except NonFiniteLoss as exc:
-        if rank == 0:
-            print(f"stopping: {exc}\nthe last good checkpoint is kept: {ckpt_path}", file=sys.stderr)
-        raise SystemExit(1)
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    def evaluate_and_count(eval_model, epoch):
+        result = evaluate(eval_model, epoch)
+        result["costs"]["testing_iters"] = trainer.state["seen"]
+        return result
+
+    state = trainer.fit(make_loader, evaluate_and_count, epochs=epochs,
+                        budget_s=args.minutes * 60 if args.minutes else None, eval_every=args.eval_every,
+                        meaningful_from=args.pretrain_num_epochs + 1)
     if rank == 0:
-        print(f"\noutputs in {backup}/: {BEST_WEIGHTS} (best 2-D accuracy {state['best']:.2f}%), {CHECKPOINT}, "
-              f"costs.npz, metrics.csv, metrics.jsonl, training.png")
-        ts = f" --test-size {args.test_size}" if args.test_size else ""
-        print(f"score it with:\n  python valid.py --datacfg {args.datacfg} --modelcfg {args.modelcfg} "
-              f"--weightfile {backup / BEST_WEIGHTS}{ts}")
+        print_outputs(args, backup, state)
     return state
 
 
+def print_outputs(args, backup: Path, state: dict) -> None:
+    best = backup / BEST_WEIGHTS
+    if best.is_file():
+        print(f"\noutputs in {backup}/: {BEST_WEIGHTS} (best 2-D accuracy {state['best']:.2f}% at 5 px), "
+              f"last.weights, {CHECKPOINT}, costs.npz, metrics.csv, metrics.jsonl, training.png")
+    else:
+        print(f"\noutputs in {backup}/: no {BEST_WEIGHTS}: no evaluation was meaningful (the confidence term "
+              f"was still off); last.weights holds the final state, {CHECKPOINT} continues with --resume")
+        best = backup / engine.LAST_WEIGHTS
+    ts = f" --test-size {args.test_size}" if args.test_size else ""
+    print(f"score it with:\n  python valid.py --datacfg {args.datacfg} --modelcfg {args.modelcfg} "
+          f"--weightfile {best}{ts}")
+
+
+def cli(argv=None) -> dict:
+    return main(get_args_parser().parse_args(argv))
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(cli, prog="train.py")

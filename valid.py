@@ -42,6 +42,7 @@ DIAM_SOURCES = ("data", "mesh")
 PX_CURVE_MAX = 50.0  # pixels
 ADD_CURVE_MAX = 0.5  # fraction of the diameter
 CURVE_STEPS = 101
+REPORT_PX_THRESHOLDS = (5, 10, 15, 20, 30)  # 2-D projection accuracy lines of the report
 
 ERROR_KEYS = ("err_2d", "err_add", "err_adds", "err_trans", "err_angle", "err_corner")
 POSE_KEYS = ("R_gt", "t_gt", "R_pr", "t_pr")
@@ -196,6 +197,7 @@ def summarize(records: dict, setup: EvalSetup) -> dict:
         "n": n,
         "n_failed": int(np.sum(records["failed"])),
         "acc_2d": utils.accuracy(np.sum(e["err_2d"] <= setup.px_threshold), n),
+        **{f"acc_2d_{t}px": utils.accuracy(np.sum(e["err_2d"] <= t), n) for t in REPORT_PX_THRESHOLDS},
         "acc_add": utils.accuracy(np.sum(e["err_add"] <= add_th), n),
         "acc_adds": utils.accuracy(np.sum(e["err_adds"] <= add_th), n),
         "acc_5cm5deg": utils.accuracy(np.sum(pose_ok), n),
@@ -353,6 +355,9 @@ def report(summary: dict, file=None) -> None:
     log("-----------------------------------", file)
     log("   Results of %s" % s["object"], file)
     log("   Acc using %g px 2D Projection = %.2f%%" % (s["px_threshold"], s["acc_2d"]), file)
+    for t in REPORT_PX_THRESHOLDS:  # the other thresholds, one line each in the same form
+        if t != s["px_threshold"] and f"acc_2d_{t}px" in s:
+            log("   Acc using %g px 2D Projection = %.2f%%" % (t, s[f"acc_2d_{t}px"]), file)
     log("   Acc using %f vx 3D Transformation = %.2f%%" % (s["add_threshold"], s["acc_add"]), file)
     log("   Acc using 5 cm 5 degree metric = %.2f%%" % s["acc_5cm5deg"], file)
     log("   Acc using %f vx ADD-S = %.2f%%" % (s["add_threshold"], s["acc_adds"]), file)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import random
 import sys
 from pathlib import Path
 
@@ -35,14 +34,17 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 
 import dataset  # noqa: E402
+import engine  # noqa: E402
+import recipes  # noqa: E402
 import train  # noqa: E402
 import utils  # noqa: E402
 import valid  # noqa: E402
 from multi_obj_pose_estimation import valid_multi  # noqa: E402
 from multi_obj_pose_estimation.valid_multi import find_path  # noqa: E402
+from errors import InputError, run_cli  # noqa: E402
+from recipes import FAST  # noqa: E402
 from region_loss import RegionLoss  # noqa: E402
 
 # spec §7.4: the original's defaults (paths relative to multi_obj_pose_estimation/ or the repository root)
@@ -69,8 +71,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--initweightfile", default=None,
                    help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; synthetic: "
                         f"{QUICK_INITWEIGHTS}; 'none' for random)")
-    p.add_argument("--pretrain_num_epochs", type=int, default=0,
-                   help="epochs without the confidence term (spec §5.5; multi default 0)")
+    p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
+                   help="original (default with --datacfg): the original's recipe; fast (default of the main "
+                        "job): AdamW, cosine, EMA, confidence floor (see train.py -h)")
+    p.add_argument("--minutes", type=float, default=None, help="train for this many minutes (fast: the schedule)")
+    p.add_argument("--pretrain_num_epochs", type=int, default=None,
+                   help="epochs without the confidence term (original multi default 0; fast: none)")
     p.add_argument("--backupdir", default=None, help="output folder (default: the .data 'backup' key)")
     p.add_argument("--repro-anchor-bug", action="store_true",
                    help="reproduce the original's tconf from anchor -1 and anchor -1 for all-zero IoUs (spec §5.7)")
@@ -94,6 +100,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint (default: <backupdir>/checkpoint.pt)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume even from a checkpoint made with another cfg, data file, batch size or recipe")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in the backup folder")
     p.add_argument("--resample", choices=("bicubic", "nearest"), default="bicubic", help="spec §6.4")
     p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke tests)")
@@ -128,6 +137,11 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
                 setattr(args, key, value)
         args.modelcfg = args.modelcfg or QUICK_MODELCFG
         args.initweightfile = args.initweightfile or str(ROOT / QUICK_INITWEIGHTS)
+    args.recipe = args.recipe or ("fast" if quick else "original")
+    if args.pretrain_num_epochs is None:
+        args.pretrain_num_epochs = -1 if args.recipe == "fast" else 0
+    if args.minutes is not None and not args.minutes > 0:
+        raise InputError(f"--minutes must be positive, found {args.minutes}")
     args.datacfg = find_path(args.datacfg)
     args.modelcfg = find_path(args.modelcfg or DEFAULT_MODELCFG)
     if args.initweightfile is None:
@@ -140,10 +154,10 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
         args.workers = min(4, os.cpu_count() or 1)
     for flag in ("eval_every", "batch_size", "epochs"):
         value = getattr(args, flag)
-        if value is not None and value < (0 if flag == "epochs" else 1):
-            raise SystemExit(f"cannot start training: --{flag.replace('_', '-')} must be positive, found {value}")
+        if value is not None and value < 1:
+            raise InputError(f"cannot start training: --{flag.replace('_', '-')} must be at least 1, found {value}")
     if not Path(args.datacfg).is_file():
-        raise SystemExit(f"cannot start training: data cfg not found: {args.datacfg}")
+        raise InputError(f"cannot start training: data cfg not found: {args.datacfg}")
     opts = utils.read_data_cfg(args.datacfg, resolve_paths=True)
     if args.backupdir is None:
         args.backupdir = "backup_multi/synthetic" if quick else opts.get("backup", "backup_multi")
@@ -178,7 +192,7 @@ def check_inputs(args, opts: dict) -> list:
     except (OSError, ValueError) as exc:
         problems.append(str(exc))
     if problems:
-        raise SystemExit("cannot start training:\n  " + "\n  ".join(problems))
+        raise InputError("cannot start training:\n  " + "\n  ".join(problems))
     return objects
 
 
@@ -190,14 +204,14 @@ def check_model(model, args, objects) -> None:
         channels = model.eval()(torch.zeros(1, model.channels, 64, 64, device=next(model.parameters()).device)).shape[1]
         model.train(was_training)
     if channels != expect:
-        raise SystemExit(f"cannot start training: {args.modelcfg}: the output has {channels} channels; [region] "
+        raise InputError(f"cannot start training: {args.modelcfg}: the output has {channels} channels; [region] "
                          f"num={model.num_anchors}, classes={model.num_classes} need {expect}")
     if model.num_anchors > 1 and len(model.anchors) < 2 * model.num_anchors:
-        raise SystemExit(f"cannot start training: {args.modelcfg}: {model.num_anchors} anchors need "
+        raise InputError(f"cannot start training: {args.modelcfg}: {model.num_anchors} anchors need "
                          f"{2 * model.num_anchors} anchor values")
     for o in objects:
         if o.class_id >= model.num_classes:
-            raise SystemExit(f"cannot start training: {args.datacfg}: object {o.name!r} has class id {o.class_id} "
+            raise InputError(f"cannot start training: {args.datacfg}: object {o.name!r} has class id {o.class_id} "
                              f"but {args.modelcfg} has {model.num_classes} classes")
 
 
@@ -209,6 +223,8 @@ def make_loss(model, args) -> RegionLoss:
         loss = RegionLoss(model.num_keypoints, model.num_classes, model.anchors, model.num_anchors,
                           args.pretrain_num_epochs)
     loss.repro_anchor_bug = bool(args.repro_anchor_bug)
+    if args.recipe == "fast":
+        loss.conf_floor, loss.batch_mean = FAST.conf_floor, True
     return loss
 
 
@@ -241,21 +257,17 @@ def log_test(result: dict, epoch: int) -> None:
 def main(args) -> dict:
     args, opts = resolve_args(args)
     device = train.resolve_device(args.device)
-    rank, world, device = train.setup_distributed(device)
+    rank, world, device = engine.setup_distributed(device)
     objects = check_inputs(args, opts)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
-    backup = Path(args.backupdir)
-    if rank == 0:
-        backup.mkdir(parents=True, exist_ok=True)
+    engine.seed_everything(args.seed)
+    fast = args.recipe == "fast"
 
     model = train.build_model(args.modelcfg, args.initweightfile, device, channels_last=False)
-    model.seen = 0  # spec §7.3
+    model.seen = 0  # the original resets the counter after loading the init weights
     check_model(model, args, objects)
     net = model.net
     batch = args.batch_size or int(net["batch"])
-    epochs = args.epochs if args.epochs is not None else int(model.max_epochs)
+    epochs = args.epochs if args.epochs is not None else (None if args.minutes else int(model.max_epochs))
     loss_fn = make_loss(model, args)
 
     train_paths = dataset.read_list(opts["train"])
@@ -265,96 +277,59 @@ def main(args) -> dict:
                                                bg_dir=args.bg_dir, repro_label_bugs=args.repro_label_bugs,
                                                num_keypoints=model.num_keypoints)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"cannot start training:\n  {exc}")
+        raise InputError(f"cannot start training:\n  {exc}") from None
     if rank == 0 and not args.quiet:
         pasted = sorted(k for k, v in extras.items() if v)
         print(f"{len(train_set)} training images; objects to paste from: {', '.join(pasted) or 'none'}", flush=True)
     test_shape = (args.test_size,) * 2 if args.test_size else (model.test_width, model.test_height)
     test_loaders = [valid_multi.make_test_loader(o, test_shape, batch_size=8, resample=args.resample) for o in objects]
 
-    cfg = {"learning_rate": float(net["learning_rate"]), "steps": list(net["steps"]), "scales": list(net["scales"]),
-           "step_unit": 1.0, "batch": batch,  # multi-object steps count raw batches (spec §7.2)
-           "scaler": torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda"
-                                          and train.amp_dtype(device) == torch.float16)}
-    optimizer = train.build_optimizer(model, cfg["learning_rate"], float(net["momentum"]), float(net["decay"]), batch)
+    budget_s = args.minutes * 60 if args.minutes else None
+    if fast:
+        total = None if budget_s else epochs * -(-len(train_set) // batch)
+        optimizer = recipes.build_adamw(model)
+        schedule = recipes.CosineSchedule(FAST.lr, FAST.warmup, FAST.final_lr_fraction, total_iters=total,
+                                          budget_s=budget_s)
+    else:  # multi-object steps count raw batches (step unit 1)
+        optimizer = recipes.build_sgd(model, float(net["learning_rate"]), float(net["momentum"]),
+                                      float(net["decay"]), batch)
+        schedule = recipes.StepSchedule(float(net["learning_rate"]), net["steps"], net["scales"], 1.0, batch)
+    ema = recipes.ModelEMA(model, FAST.ema_decay) if fast else None
     ddp_model = model
     if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    state = {"epoch": 0, "batch_in_epoch": 0, "seen": 0, "epoch_start_seen": 0, "iteration": 0, "best": -math.inf,
-             "costs": {k: [] for k in COST_KEYS}}
-    ckpt_path = backup / train.CHECKPOINT
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    backup = Path(args.backupdir)
+    if rank == 0:
+        engine.prepare_backup(backup, resume=bool(args.resume), overwrite=args.overwrite,
+                              need_bytes=engine.CHECKPOINT_SIZE_FACTOR * 4 * sum(p.numel() for p in model.parameters()))
+    run = engine.run_identity(args.modelcfg, args.datacfg, batch, args.recipe)
+    trainer = engine.Trainer(model, optimizer, loss_fn, schedule, backup=backup, run=run, cost_keys=COST_KEYS,
+                             device=device, net=ddp_model, ema=ema, amp=args.amp, rank=rank, world=world,
+                             progress=not args.quiet, log_every=args.log_every, max_batches=args.max_batches,
+                             args=vars(args))
     if args.resume:
-        path = Path(args.resume if args.resume != "auto" else ckpt_path)
-        if not path.is_file():
-            raise SystemExit(f"--resume: checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        train.set_rng_state(ckpt["rng"])
-        if rank == 0:
-            print(f"resumed from {path}: epoch {state['epoch']}, batch {state['batch_in_epoch']}, seen {state['seen']}")
+        trainer.resume(None if args.resume == "auto" else args.resume, force=args.force_resume)
     elif rank == 0 and not args.quiet:
         model.print_network()
 
-    def save_checkpoint():
-        if rank == 0:
-            model.seen = state["seen"]
-            train.atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                                     "rng": train.rng_state(), "args": vars(args)}, ckpt_path)
+    def make_loader(epoch, seen, start_batch):
+        return dataset.make_train_loader(
+            train_set, batch_size=batch, seed=args.seed, epoch=epoch, seen=seen, workers=args.workers,
+            mode="fixed" if args.train_size else "multi", fixed_size=args.train_size or 416, rank=rank,
+            world_size=world, pin_memory=device.type == "cuda", start_batch=start_batch)
 
-    def test_and_log(epoch: int):
-        result = test_all(model, test_loaders, objects, device, args.conf_thresh)
-        c = state["costs"]
-        c["testing_iters"].append(state["seen"])
-        c["testing_accuracies"].append(result["acc_5px"])  # the 5 px accuracy (the original kept 50 px)
-        c["testing_errors_pixel"].append(result["mean_err_2d"])
-        train.atomic_npz(backup / "costs.npz", **{k: np.asarray(v) for k, v in c.items()})
-        row = {"epoch": epoch, "seen": state["seen"], "acc_5px": result["acc_5px"], "mean_err_2d": result["mean_err_2d"],
-               **{f"acc_5px_{s['object']}": s["acc_px"][0] for s in result["objects"]}}
-        valid.append_csv(backup / "metrics.csv", row, header=tuple(row))
+    def evaluate(eval_model, epoch):
+        result = test_all(eval_model, test_loaders, objects, device, args.conf_thresh)
         log_test(result, epoch)
-        if result["acc_5px"] > state["best"]:  # strictly better only
-            state["best"] = result["acc_5px"]
-            model.seen = state["seen"]
-            model.save_weights(backup / train.BEST_WEIGHTS)
-            valid.log(f"best model so far: {backup / train.BEST_WEIGHTS}")
-        train.plot_training(c, backup / "training.png")
+        row = {"acc_5px": result["acc_5px"], "mean_err_2d": result["mean_err_2d"],
+               **{f"acc_5px_{s['object']}": s["acc_px"][0] for s in result["objects"]}}
+        return {"row": row, "score": result["acc_5px"],
+                "costs": {"testing_iters": trainer.state["seen"], "testing_accuracies": result["acc_5px"],
+                          "testing_errors_pixel": result["mean_err_2d"]}}
 
-    try:
-        for epoch in range(state["epoch"], epochs):
-            if state["batch_in_epoch"] == 0:
-                state["epoch_start_seen"] = state["seen"]
-            loader = dataset.make_train_loader(
-                train_set, batch_size=batch, seed=args.seed, epoch=epoch, seen=state["epoch_start_seen"],
-                workers=args.workers, mode="fixed" if args.train_size else "multi", fixed_size=args.train_size or 416,
-                rank=rank, world_size=world, pin_memory=device.type == "cuda", start_batch=state["batch_in_epoch"])
-            info = train.train_one_epoch(ddp_model, loader, optimizer, loss_fn, state, cfg, device, epoch, amp=args.amp,
-                                         start_batch=state["batch_in_epoch"], max_batches=args.max_batches,
-                                         progress=not args.quiet, log_every=args.log_every, rank=rank, world=world)
-            if rank == 0 and not args.quiet:
-                print(f"epoch {epoch + 1}/{epochs}: {info['batches']} batches, lr {info['lr']:.1e}, "
-                      f"mean batch loss {info['loss']:.3f}, {info['images'] * world / max(info['seconds'], 1e-9):.1f} "
-                      f"images/s", flush=True)
-            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-            if rank == 0 and ((epoch % args.eval_every == 0 and epoch > 0) or epoch == epochs - 1):
-                test_and_log(epoch)
-            save_checkpoint()
-            if world > 1:
-                dist.barrier()
-    except KeyboardInterrupt:
-        save_checkpoint()
-        if rank == 0:
-            print(f"\ninterrupted: state saved to {ckpt_path}; continue with --resume", file=sys.stderr)
-        raise SystemExit(130)
-    except train.NonFiniteLoss as exc:
-        if rank == 0:
-            print(f"stopping: {exc}\nthe last good checkpoint is kept: {ckpt_path}", file=sys.stderr)
-        raise SystemExit(1)
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    state = trainer.fit(make_loader, evaluate, epochs=epochs, budget_s=budget_s, eval_every=args.eval_every,
+                        meaningful_from=args.pretrain_num_epochs + 1)
     if rank == 0:
         print(f"\noutputs in {backup}/: {train.BEST_WEIGHTS} (best mean 5 px accuracy {state['best']:.2f}%), "
               f"{train.CHECKPOINT}, costs.npz, metrics.csv, training.png")
@@ -366,5 +341,9 @@ def main(args) -> dict:
     return state
 
 
+def cli(argv=None) -> dict:
+    return main(get_args_parser().parse_args(argv))
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(cli, prog="train_multi.py")

@@ -16,6 +16,7 @@ import torch
 import dataset
 import train
 from darknet import Darknet
+from errors import InputError
 from region_loss import RegionLoss
 from tools.make_synthetic_linemod import generate
 
@@ -116,11 +117,11 @@ def test_two_epochs_equal_one_plus_resume(synth, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     run_main(small_args(synth, full, "--epochs", "2", "--eval-every", "1"))
     run_main(small_args(synth, part, "--epochs", "1", "--eval-every", "1"))
-    first = torch.load(part / "checkpoint.pt", weights_only=False)
+    first = torch.load(part / "checkpoint.pt", weights_only=True)
     assert first["state"]["epoch"] == 1 and first["state"]["batch_in_epoch"] == 0
     run_main(small_args(synth, part, "--epochs", "2", "--eval-every", "1", "--resume"))
-    a = torch.load(full / "checkpoint.pt", weights_only=False)
-    b = torch.load(part / "checkpoint.pt", weights_only=False)
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(part / "checkpoint.pt", weights_only=True)
     assert a["state"]["seen"] == b["state"]["seen"] == 2 * 9
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -176,7 +177,7 @@ def test_non_finite_loss_stops_with_the_batch_named_and_keeps_the_checkpoint(syn
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "non-finite loss" in err and "epoch 1, batch 0" in err
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["seen"] == 9
 
 
@@ -194,13 +195,13 @@ def test_keyboard_interrupt_saves_and_resume_continues_mid_epoch(synth, tmp_path
     with pytest.raises(SystemExit) as exc:
         run_main(small_args(synth, tmp_path / "a", "--epochs", "2"))
     assert exc.value.code == 130
-    ckpt = torch.load(tmp_path / "a/checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "a/checkpoint.pt", weights_only=True)
     assert (ckpt["state"]["epoch"], ckpt["state"]["batch_in_epoch"], ckpt["state"]["seen"]) == (1, 1, 13)
     monkeypatch.setattr(RegionLoss, "forward", real)
     run_main(small_args(synth, tmp_path / "a", "--epochs", "2", "--resume"))
     run_main(small_args(synth, tmp_path / "b", "--epochs", "2"))
-    a = torch.load(tmp_path / "a/checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "b/checkpoint.pt", weights_only=False)
+    a = torch.load(tmp_path / "a/checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b/checkpoint.pt", weights_only=True)
     assert a["state"]["seen"] == b["state"]["seen"] == 18
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -264,7 +265,7 @@ def test_missing_inputs_are_reported_before_training(synth, tmp_path, case, mess
         Path(datacfg).write_text(text)
     argv = small_args(datacfg, tmp_path / "out", "--epochs", "1", *extra)
     argv[2] = init
-    with pytest.raises(SystemExit, match=message) as exc:
+    with pytest.raises(InputError, match=message) as exc:
         run_main(argv)
     assert "nope" in str(exc.value) or "missing" in str(exc.value)
     assert not (tmp_path / "out").exists()
@@ -296,14 +297,15 @@ def test_ddp_two_gloo_processes_write_one_set_of_outputs(synth, tmp_path):
         pytest.skip(f"torchrun not found next to {sys.executable}")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", str(ROOT / "train.py"),
-           *small_args(synth, tmp_path / "ddp", "--epochs", "1")]
+           *small_args(synth, tmp_path / "ddp", "--epochs", "1", "--pretrain_num_epochs", "-1")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("outputs in") == 1  # only rank 0 reports and writes
-    ckpt = torch.load(tmp_path / "ddp/checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ddp/checkpoint.pt", weights_only=True)
     # 9 images padded to 10 and split 5 + 5; batch 4 per rank -> 2 steps of 4 + 1 images per rank
     assert ckpt["state"]["iteration"] == 2 and ckpt["state"]["seen"] == 10
     with open(tmp_path / "ddp/metrics.csv") as f:
         assert len(list(csv.DictReader(f))) == 1
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
-        ["model.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "metrics.jsonl", "training.png"])
+        ["model.weights", "last.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "metrics.jsonl",
+         "training.png"])

@@ -2,6 +2,11 @@
 
     python tools/make_synthetic_linemod.py --out data/synthetic --objects 3 --images-per-object 20 \\
         --seed 0 [--multi N] [--test-fraction 0.25] [--workers W] [--overwrite]
+    python tools/make_synthetic_linemod.py --out data/synthetic --fresh-test 100 --fresh-seed 7
+
+The second form adds a fresh test set to an existing dataset: N new images per object whose
+poses and backgrounds come from the fresh seed, listed in LINEMOD/<obj>/test_fresh<S>.txt, with
+cfg/<obj>_fresh<S>.data pointing `valid` at them; nothing that exists is changed.
 
 or from Python: `from tools.make_synthetic_linemod import generate; generate("data/synthetic")`.
 
@@ -69,6 +74,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from image import procedural_background  # noqa: E402
+from errors import InputError  # noqa: E402
 from MeshPly import write_ply  # noqa: E402
 from tools.linemod_layout import (  # noqa: E402
     JPEG_QUALITY, data_cfg_items, format_label_rows, image_stem, label_from_pose, label_path_for,
@@ -93,7 +99,7 @@ INFO_FILE = "synthetic_info.json"
 MARKER_FILE = ".synthetic_in_progress"
 
 # seed streams: np.random.SeedSequence([seed, TAG, ...]) keeps every draw independent of the others
-TAG_MESH, TAG_IMAGE, TAG_SCENE, TAG_SPLIT = 0, 1, 2, 3
+TAG_MESH, TAG_IMAGE, TAG_SCENE, TAG_SPLIT, TAG_FRESH = 0, 1, 2, 3, 4
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -151,9 +157,12 @@ def _composite(background: np.ndarray, rendering) -> np.ndarray:
 
 
 def render_single(objects: list[SynthObject], obj_idx: int, img_idx: int, seed: int, K: np.ndarray,
-                  width: int = IM_WIDTH, height: int = IM_HEIGHT):
-    """One single-object image: (rgb (H, W, 3) uint8, mask (H, W) uint8 0/255, R (3, 3), t (3,) m)."""
-    rng = _rng(seed, TAG_IMAGE, obj_idx, img_idx)
+                  width: int = IM_WIDTH, height: int = IM_HEIGHT, tag: int = TAG_IMAGE):
+    """One single-object image: (rgb (H, W, 3) uint8, mask (H, W) uint8 0/255, R (3, 3), t (3,) m).
+
+    Pose, light and background come from the stream (seed, tag, obj_idx, img_idx).
+    """
+    rng = _rng(seed, tag, obj_idx, img_idx)
     obj = objects[obj_idx]
     R, t = sample_pose(rng, obj.mesh.keypoints3d, K, width, height)
     rendering = render([obj.mesh], [(R, t)], K, width, height, Light.random(rng))
@@ -264,9 +273,12 @@ def _run_job(job):
     """job = ('single', obj_idx, img_idx) or ('scene', scene_idx, image index, is_test)."""
     s = _STATE
     objects, K, out, seed = s["objects"], s["K"], s["out"], s["seed"]
-    if job[0] == "single":
-        _, oi, ii = job
-        rgb, mask, R, t = render_single(objects, oi, ii, seed, K)
+    if job[0] in ("single", "fresh"):
+        _, oi, ii = job[:3]
+        if job[0] == "fresh":  # ('fresh', obj_idx, image index, fresh seed, k-th fresh image)
+            rgb, mask, R, t = render_single(objects, oi, job[4], job[3], K, tag=TAG_FRESH)
+        else:
+            rgb, mask, R, t = render_single(objects, oi, ii, seed, K)
         row = label_from_pose(objects[oi].mesh.corners, R, t, K, objects[oi].class_id)
         rel = f"LINEMOD/{objects[oi].name}/JPEGImages/{image_stem(ii)}.jpg"
         _write_image(out, rel, rgb, mask, row[None], s["quality"])
@@ -413,6 +425,69 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
     return summary
 
 
+def fresh_names(name: str, fresh_seed: int) -> tuple[str, str]:
+    """(test list relative to the dataset root, data cfg relative to it) of a fresh test set."""
+    return f"LINEMOD/{name}/test_fresh{fresh_seed}.txt", f"cfg/{name}_fresh{fresh_seed}.data"
+
+
+def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bool = True) -> dict:
+    """Add n new test images for every object of a synthetic dataset, from poses and backgrounds of fresh_seed.
+
+    Writes the images (numbered after the object's existing ones), their labels and masks,
+    LINEMOD/<obj>/test_fresh<S>.txt and cfg/<obj>_fresh<S>.data (the object's .data with `valid`
+    pointing at the new list); changes no existing file. The same seed gives the same images.
+    Raises InputError, before writing anything, for a folder without synthetic objects or a seed
+    that already has a fresh test set.
+    """
+    out = Path(out_dir)
+    info_path = out / INFO_FILE
+    if n < 1:
+        raise InputError(f"--fresh-test {n}: need at least one image per object")
+    if fresh_seed < 0:
+        raise InputError(f"--fresh-seed {fresh_seed}: must be >= 0")
+    if not info_path.is_file():
+        raise InputError(f"{out}: no synthetic objects here ({INFO_FILE} not found); generate the dataset first "
+                         f"with --out {out}")
+    info = json.loads(info_path.read_text())
+    names = list(info.get("objects") or [])
+    if not names:
+        raise InputError(f"{info_path}: lists no objects")
+    taken = [p for name in names for p in fresh_names(name, fresh_seed) if (out / p).exists()]
+    if taken:
+        raise InputError(f"{out}: seed {fresh_seed} already has a fresh test set ({taken[0]}); choose another "
+                         f"--fresh-seed (nothing was changed)")
+    start = time.perf_counter()
+    K = np.asarray(info["K"], dtype=np.float64)
+    objs = build_objects(len(names), int(info["seed"]))
+    jobs = []
+    for o in objs:
+        stems = [int(p.stem) for p in (out / "LINEMOD" / o.name / "JPEGImages").glob("*.jpg") if p.stem.isdigit()]
+        first = max(stems, default=-1) + 1
+        jobs += [("fresh", o.class_id, first + k, int(fresh_seed), k) for k in range(n)]
+    state = {"objects": objs, "K": K, "out": out, "seed": int(info["seed"]),
+             "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
+    results = _run_jobs(jobs, state, workers)
+    data_cfgs = []
+    for o in objs:
+        mine = [(job, rows) for job, rows in results if job[1] == o.class_id]
+        images = [f"LINEMOD/{o.name}/JPEGImages/{image_stem(job[2])}.jpg" for job, _ in mine]
+        list_rel, cfg_rel = fresh_names(o.name, fresh_seed)
+        poses = [pose_entry(rel, rows[0][1], rows[0][2], label=label_path_for(rel), row=0)
+                 for rel, (_, rows) in zip(images, mine)]
+        write_poses_json(out / "poses" / f"{o.name}_fresh{fresh_seed}.json", o.name, o.class_id,
+                         f"LINEMOD/{o.name}/{o.name}.ply", K, IM_WIDTH, IM_HEIGHT, poses)
+        write_list(out / list_rel, images)
+        items = [(k, list_rel if k == "valid" else v)
+                 for k, v in data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K)]
+        write_data_cfg(out / cfg_rel, items)
+        data_cfgs.append(str(out / cfg_rel))
+    summary = {"out": str(out), "data_cfgs": data_cfgs, "images": len(jobs), "seconds": time.perf_counter() - start}
+    if not quiet:
+        print(f"fresh test set (seed {fresh_seed}): {n} images for each of {', '.join(names)} in "
+              f"{summary['seconds']:.1f} s\n  data cfgs: " + " ".join(data_cfgs))
+    return summary
+
+
 def _occlusion_items(objs: list[SynthObject], K: np.ndarray) -> list[tuple[str, str]]:
     items = [("train", "cfg/train_occlusion.txt"), ("backup", "backup_multi"), ("name", "occlusion"),
              ("gpus", "0"), ("num_workers", "10"), ("im_width", str(IM_WIDTH)), ("im_height", str(IM_HEIGHT)),
@@ -487,6 +562,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"count and 8); does not change the output")
     p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help=f"JPEG quality (default {JPEG_QUALITY})")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset this generator wrote before")
+    p.add_argument("--fresh-test", type=int, default=None, metavar="N",
+                   help="add N new test images per object to the dataset in --out (poses and backgrounds from "
+                        "--fresh-seed): LINEMOD/<obj>/test_fresh<S>.txt and cfg/<obj>_fresh<S>.data; nothing "
+                        "existing changes")
+    p.add_argument("--fresh-seed", type=int, default=1, metavar="S", help="seed of the fresh test set (default 1)")
     p.add_argument("--quiet", action="store_true", help="print nothing")
     return p
 
@@ -494,11 +574,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
+        if args.fresh_test is not None:
+            add_fresh_test(args.out, args.fresh_test, args.fresh_seed,
+                           workers=args.workers or auto_workers(args.fresh_test), quiet=args.quiet)
+            return 0
         generate(args.out, objects=args.objects, images_per_object=args.images_per_object, seed=args.seed,
                  multi=args.multi, test_fraction=args.test_fraction,
                  workers=args.workers or auto_workers(args.objects * args.images_per_object + args.multi),
                  overwrite=args.overwrite, jpeg_quality=args.jpeg_quality, quiet=args.quiet)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError) as exc:  # InputError is a ValueError
         print(f"make_synthetic_linemod: error: {exc}", file=sys.stderr)
         return 2
     return 0

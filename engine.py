@@ -1,0 +1,502 @@
+"""The training driver shared by train.py and train_multi.py (in the shape of torchvision's engine.py).
+
+One loop for every script: epochs (or a time budget), batches with a non-finite-loss check, a
+Ctrl-C that leaves the model exactly as after the last finished batch, evaluation through a
+callback, the strict best-model rule, atomic checkpoints that `torch.load(weights_only=True)`
+reads, resume, and the refusal to mix two runs in one folder. The scripts build the model, the
+data, the loss and the evaluation; `Trainer.fit` runs them.
+
+Reading order: `TrainState` and the checkpoint functions, then `Trainer.train_one_epoch`, then
+`Trainer.fit`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import random
+import shutil
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from errors import CheckpointError, InputError
+
+CHECKPOINT, BEST_WEIGHTS, LAST_WEIGHTS = "checkpoint.pt", "model.weights", "last.weights"
+CHECKPOINT_FORMAT = 2  # 1: the pickled checkpoints of earlier versions, refused (they need unpickling)
+METRICS_FILES = ("metrics.csv", "metrics.jsonl")
+RUN_FILES = (CHECKPOINT, BEST_WEIGHTS, LAST_WEIGHTS, "costs.npz", "training.png", *METRICS_FILES)
+# room a checkpoint needs besides the model: optimiser moments, EMA copy, logs (a generous factor)
+CHECKPOINT_SIZE_FACTOR = 4
+MIN_FREE_BYTES = 8 << 20
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the message names the epoch and the batch."""
+
+
+def new_state(cost_keys) -> dict:
+    """The training state: plain Python values only, so that checkpoints load without unpickling code."""
+    return {"epoch": 0, "batch_in_epoch": 0, "seen": 0, "epoch_start_seen": 0, "iteration": 0,
+            "best": -math.inf, "best_score": None, "train_seconds": 0.0, "evaluations": 0, "costs": {k: [] for k in cost_keys}}
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic files and random states
+# --------------------------------------------------------------------------------------------
+
+def atomic_write(path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temporary file next to `path`, then rename it over `path`.
+
+    A failure (a full disk, Ctrl-C) removes the temporary file and leaves `path` as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj, path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_npz(path, **arrays) -> None:
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
+
+
+def rng_state() -> dict:
+    """Every random state as tensors and lists (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "python": [int(version), list(py_state), gauss],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Run identity, checkpoints and the backup folder
+# --------------------------------------------------------------------------------------------
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes (a cfg is identified by its content, not its path)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def run_identity(modelcfg, datacfg, batch: int, recipe: str, **extra) -> dict:
+    """What a checkpoint must share with the run that resumes it."""
+    return {"modelcfg": f"{Path(modelcfg).name} ({file_digest(modelcfg)})",
+            "datacfg": str(Path(datacfg).resolve()), "batch": int(batch), "recipe": recipe,
+            **{k: v for k, v in extra.items()}}
+
+
+def load_checkpoint(path, device="cpu") -> dict:
+    """Read a checkpoint without running any code from it.
+
+    Raises CheckpointError naming the file when it is missing, truncated, of another format,
+    or would need unpickling (an older version's checkpoint, or a crafted file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused: the file holds objects that only unpickling could build "
+                              f"(an older version's checkpoint, or not one of ours); nothing was run. ({first})") \
+            from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or another kind of file): {exc}") \
+            from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format", "none") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: checkpoint format {found}; this version reads format {CHECKPOINT_FORMAT}")
+    missing = [k for k in ("model", "optimizer", "state", "rng", "run") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ckpt
+
+
+def run_differences(saved: dict, current: dict) -> list[str]:
+    """Human-readable differences between two run identities."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+
+def prepare_backup(backup: Path, resume: bool, overwrite: bool, need_bytes: int = 0) -> None:
+    """Check the output folder before any work: a folder, writable, with room; no other run in it.
+
+    A folder that already holds a run is refused unless resuming or told to overwrite (then the
+    old run's files are removed, so that logs of two runs never mix).
+    """
+    if backup.exists() and not backup.is_dir():
+        raise InputError(f"{backup}: the backup folder is a file")
+    try:
+        backup.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{backup}: cannot create the backup folder: {exc.strerror}") from None
+    probe = backup / f".write_test{os.getpid()}"
+    try:
+        probe.write_bytes(b"0")
+    except OSError as exc:
+        raise InputError(f"{backup}: the backup folder is not writable: {exc.strerror}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    free = shutil.disk_usage(backup).free
+    if free < need_bytes + MIN_FREE_BYTES:
+        raise InputError(f"{backup}: {free / 1e6:.1f} MB free, a checkpoint needs about "
+                         f"{(need_bytes + MIN_FREE_BYTES) / 1e6:.1f} MB")
+    existing = [f for f in RUN_FILES if (backup / f).exists()]
+    if existing and not resume:
+        if not overwrite:
+            raise InputError(f"{backup}: already holds a run ({', '.join(existing)}); continue it with --resume, "
+                             f"replace it with --overwrite, or choose another --backupdir")
+        for f in existing:
+            (backup / f).unlink()
+
+
+def prune_metrics(backup: Path, epoch: int) -> None:
+    """Drop metric rows of epochs >= `epoch`: written after the checkpoint a resumed run starts from."""
+    csv_path, jsonl_path = backup / METRICS_FILES[0], backup / METRICS_FILES[1]
+    if jsonl_path.is_file():
+        lines = [ln for ln in jsonl_path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln).get("epoch", -1) < epoch]
+        if len(kept) != len(lines):
+            atomic_write(jsonl_path, lambda tmp: tmp.write_text("".join(k + "\n" for k in kept)))
+    if csv_path.is_file():
+        lines = csv_path.read_text().splitlines()
+        if lines:
+            header = lines[0].split(",")
+            col = header.index("epoch") if "epoch" in header else None
+            if col is not None:
+                kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[col]) < epoch]
+                if len(kept) != len(lines):
+                    atomic_write(csv_path, lambda tmp: tmp.write_text("".join(k + "\n" for k in kept)))
+
+
+def plain(value):
+    """A value reduced to what weights_only checkpoints hold (str, numbers, bool, None, lists, dicts)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed
+# --------------------------------------------------------------------------------------------
+
+def setup_distributed(device: torch.device):
+    """(rank, world_size, device) under torchrun; (0, 1, device) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU has it (no loss scaling needed), else fp16 (with a GradScaler)."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def plot_training(costs: dict, path: Path, accuracy_label: str = "2-D projection accuracy at 5 px (%)") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(costs["training_iters"], costs["training_losses"], lw=0.8)
+    a.set(xlabel="images seen", ylabel="loss", yscale="log", title="training loss")
+    b.plot(costs["testing_iters"], costs["testing_accuracies"], "o-")
+    b.set(xlabel="images seen", ylabel=accuracy_label, ylim=(0, 101), title="test accuracy")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Runs the epochs of one training run.
+
+    model: the network (a Darknet: `save_weights`, `seen`); net: what the forward pass calls (the
+    model, or its DDP wrapper); loss_fn(output, target, epoch, teacher_output) -> (loss, stats);
+    schedule: `.lr(state)` and `.apply(optimizer, lr)` (recipes.py); ema: a recipes.ModelEMA or
+    None (then the model itself is evaluated and saved); teacher: a frozen model whose outputs
+    go to the loss, or None. backup: the output folder; run: `run_identity(...)`; args: a dict
+    recorded in the checkpoint. cost_keys: the costs.npz arrays (the original's names).
+    """
+
+    def __init__(self, model, optimizer, loss_fn, schedule, *, backup: Path, run: dict, cost_keys, device,
+                 net=None, ema=None, teacher=None, amp: bool = False, channels_last: bool = False,
+                 rank: int = 0, world: int = 1, progress: bool = True, log_every: int = 0,
+                 max_batches: int | None = None, args: dict | None = None):
+        self.model, self.net = model, net if net is not None else model
+        self.optimizer, self.loss_fn, self.schedule = optimizer, loss_fn, schedule
+        self.backup, self.run, self.device = Path(backup), run, device
+        self.ema, self.teacher = ema, teacher
+        self.amp = amp and device.type == "cuda"
+        self.channels_last = channels_last
+        self.rank, self.world = rank, world
+        self.progress, self.log_every, self.max_batches = progress, log_every, max_batches
+        self.args = plain(args or {})
+        self.state = new_state(cost_keys)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and amp_dtype(device) == torch.float16)
+
+    @property
+    def eval_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path:
+        return self.backup / CHECKPOINT
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        self.model.seen = self.state["seen"]
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                           "optimizer": self.optimizer.state_dict(),
+                           "ema": self.ema.state_dict() if self.ema is not None else None,
+                           "state": plain(self.state), "rng": rng_state(), "run": plain(self.run),
+                           "args": self.args}, self.checkpoint_path())
+
+    def resume(self, path=None, force: bool = False) -> None:
+        """Continue from a checkpoint; refuses one of another run (cfg, data, batch, recipe) unless forced."""
+        path = Path(path) if path else self.checkpoint_path()
+        ckpt = load_checkpoint(path, self.device)
+        diffs = run_differences(ckpt["run"], plain(self.run))
+        if diffs and not force:
+            raise CheckpointError(f"{path}: made by another run; " + "; ".join(diffs)
+                                  + " (--force-resume continues anyway)")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.ema is not None and ckpt.get("ema"):
+                self.ema.load_state_dict(ckpt["ema"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: does not fit this network or optimiser: {exc}") from None
+        self.state = ckpt["state"]
+        self.state.setdefault("train_seconds", 0.0)
+        set_rng_state(ckpt["rng"])
+        if self.rank == 0:
+            prune_metrics(self.backup, self.state["epoch"])
+            print(f"resumed from {path}: epoch {self.state['epoch']}, batch {self.state['batch_in_epoch']}, "
+                  f"seen {self.state['seen']}", flush=True)
+
+    # -- one batch, one epoch -------------------------------------------------------------------
+    def train_step(self, images, target, epoch: int, batch_index: int):
+        """One optimiser step; returns (stats, lr). NonFiniteLoss before the step."""
+        lr = self.schedule.lr(self.state)
+        self.schedule.apply(self.optimizer, lr)
+        dtype = amp_dtype(self.device) if self.amp else None
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            output = self.net(images)
+            teacher_output = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_output = self.teacher(images).float()
+        loss, stats = self.loss_fn(output.float(), target, epoch, teacher_output)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {batch_index} "
+                                f"(images seen {self.state['seen']}); terms: {stats}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return stats, lr
+
+    def train_one_epoch(self, loader, epoch: int, start_batch: int = 0, stop: Callable[[], bool] = lambda: False):
+        """Train over one epoch's batches (from start_batch); stops early when stop() says so.
+
+        Returns {'batches', 'images' (this rank), 'loss' (mean batch loss), 'lr', 'seconds'}.
+        """
+        t0 = time.perf_counter()
+        n_batches = n_images = 0
+        loss_sum, lr = 0.0, float("nan")
+        self.net.train()
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher's BN uses running statistics
+        bar = None
+        if self.progress and self.rank == 0:
+            from tqdm import tqdm
+
+            # disable=None: no bar when stderr is not a terminal (logs, CI); the epoch line still prints
+            bar = tqdm(total=loader.batch_sampler.num_batches, initial=start_batch, desc=f"epoch {epoch}",
+                       unit="batch", leave=False, disable=None)
+        state = self.state
+        t_batch = time.perf_counter()
+        for b, (images, target) in enumerate(loader, start=start_batch):
+            if (self.max_batches is not None and b >= self.max_batches) or stop():
+                break
+            images = images.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            target = target.to(self.device)
+            # BN running statistics change in the forward pass: keep them so that a Ctrl-C during this
+            # batch leaves the model exactly as after the previous one (resume then redoes the batch).
+            buffers = [(buf, buf.clone()) for buf in self.model.buffers()]
+            try:
+                stats, lr = self.train_step(images, target, epoch, b)
+            except KeyboardInterrupt:
+                with torch.no_grad():
+                    for buf, saved in buffers:
+                        buf.copy_(saved)
+                raise
+            now = time.perf_counter()
+            state["train_seconds"] += now - t_batch  # loading included: what a time budget pays for
+            t_batch = now
+            n_batches, n_images, loss_sum = n_batches + 1, n_images + len(images), loss_sum + stats["total"]
+            state["seen"] += len(images) * self.world
+            state["iteration"] += 1
+            state["batch_in_epoch"] = b + 1
+            state["costs"]["training_iters"].append(state["seen"])
+            state["costs"]["training_losses"].append(stats["total"])
+            if bar is not None:
+                bar.set_postfix_str(f"lr {lr:.1e} x {stats['loss_x']:.2f} y {stats['loss_y']:.2f} "
+                                    f"conf {stats['loss_conf']:.2f} recall {stats['nCorrect']}/{stats['nGT']}")
+                bar.update(1)
+            if self.log_every and self.rank == 0 and state["iteration"] % self.log_every == 0:
+                print(self.loss_fn.format_stats(stats, state["seen"]), flush=True)
+        if bar is not None:
+            bar.close()
+        return {"batches": n_batches, "images": n_images, "loss": loss_sum / max(n_batches, 1), "lr": lr,
+                "seconds": time.perf_counter() - t0}
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def record_evaluation(self, epoch: int, result: dict, accuracy_key: str = "acc_2d") -> None:
+        """Log one evaluation: costs.npz, metrics.csv/jsonl, the best model (strictly better only), plot.
+
+        result: {'row': dict of metric columns, 'costs': {cost key: value}, 'score': the best-model score,
+        a number or a tuple compared lexicographically}.
+        """
+        from valid import append_csv  # the evaluation's CSV writer (one header, rows appended)
+
+        c = self.state["costs"]
+        for k, v in result["costs"].items():
+            c[k].append(float(v))
+        atomic_npz(self.backup / "costs.npz", **{k: np.asarray(v) for k, v in c.items()})
+        row = {"epoch": epoch, "seen": self.state["seen"], "minutes": round(self.state["train_seconds"] / 60, 3),
+               **result["row"]}
+        append_csv(self.backup / METRICS_FILES[0], row, header=tuple(row))
+        with open(self.backup / METRICS_FILES[1], "a") as f:
+            f.write(json.dumps(plain(row)) + "\n")
+        self.state["evaluations"] += 1
+        score = [float(v) for v in (result["score"] if isinstance(result["score"], (tuple, list))
+                                    else (result["score"],))]
+        best = self.state.get("best_score") or [-math.inf]
+        if score > best:  # strictly better only (lexicographic: ties on the first score go to the next)
+            self.state["best"], self.state["best_score"] = score[0], score
+            model = self.eval_model
+            model.seen = self.state["seen"]
+            atomic_write(self.backup / BEST_WEIGHTS, model.save_weights)
+            log(f"best model so far: {self.backup / BEST_WEIGHTS}")
+        plot_training(c, self.backup / "training.png")
+
+    # -- the run --------------------------------------------------------------------------------
+    def fit(self, make_loader: Callable[[int, int, int], object], evaluate: Callable[[object, int], dict], *,
+            epochs: int | None, budget_s: float | None = None, eval_every: int = 10,
+            meaningful_from: int = 0) -> dict:
+        """Train until `epochs` or until `budget_s` seconds of training, evaluating along the way.
+
+        make_loader(epoch, seen_before_epoch, start_batch) -> the epoch's loader;
+        evaluate(model, epoch) -> {'row', 'costs', 'score'} (see record_evaluation).
+        An evaluation runs after epochs e with e % eval_every == 0, e > 0, and after the last one;
+        evaluations of epochs before `meaningful_from` are skipped (the confidence term is still
+        off there, so the most confident cell is arbitrary). Ctrl-C saves the checkpoint and exits
+        with status 130; a non-finite loss exits with status 1 keeping the last good checkpoint.
+        """
+        if epochs is None and budget_s is None:
+            raise ValueError("fit needs a number of epochs or a time budget")
+        state = self.state
+        out_of_time = (lambda: state["train_seconds"] >= budget_s) if budget_s else (lambda: False)
+        try:
+            epoch = state["epoch"]
+            while (epochs is None or epoch < epochs) and not (out_of_time() and state["batch_in_epoch"] == 0):
+                if state["batch_in_epoch"] == 0:
+                    state["epoch_start_seen"] = state["seen"]
+                loader = make_loader(epoch, state["epoch_start_seen"], state["batch_in_epoch"])
+                info = self.train_one_epoch(loader, epoch, state["batch_in_epoch"], out_of_time)
+                last = (epochs is not None and epoch == epochs - 1) or out_of_time()
+                if self.rank == 0 and self.progress:
+                    total = f"/{epochs}" if epochs is not None else ""
+                    spent = f", {state['train_seconds'] / 60:.1f} of {budget_s / 60:.1f} min" if budget_s else ""
+                    print(f"epoch {epoch + 1}{total}: {info['batches']} batches, lr {info['lr']:.1e}, "
+                          f"mean batch loss {info['loss']:.3f}, "
+                          f"{info['images'] * self.world / max(info['seconds'], 1e-9):.1f} images/s{spent}", flush=True)
+                state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+                if self.rank == 0 and ((epoch % eval_every == 0 and epoch > 0) or last):
+                    if epoch >= meaningful_from:
+                        self.record_evaluation(epoch, evaluate(self.eval_model, epoch))
+                    else:
+                        log(f"epoch {epoch}: evaluation skipped: the confidence term is off until epoch "
+                            f"{meaningful_from}, so the most confident cell is arbitrary")
+                if last and self.rank == 0:
+                    self.model.seen = state["seen"]
+                    atomic_write(self.backup / LAST_WEIGHTS, self.eval_model.save_weights)
+                self.save_checkpoint()
+                if self.world > 1:
+                    dist.barrier()
+                epoch += 1
+                if last:
+                    break
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            if self.rank == 0:
+                print(f"\ninterrupted: state saved to {self.checkpoint_path()}; continue with --resume",
+                      file=sys.stderr)
+            raise SystemExit(130)
+        except NonFiniteLoss as exc:
+            if self.rank == 0:
+                print(f"stopping: {exc}\nthe last good checkpoint is kept: {self.checkpoint_path()}", file=sys.stderr)
+            raise SystemExit(1)
+        finally:
+            if self.world > 1 and dist.is_initialized():
+                dist.destroy_process_group()
+        return state
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)

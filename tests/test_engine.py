@@ -1,0 +1,276 @@
+"""The training driver and the recipes: the --recipe flag and its defaults, the fast schedule and EMA,
+evaluations skipped while the confidence term is off, time budgets, safe checkpoints, runs that
+never mix (engine.py, recipes.py, train.py)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine
+import recipes
+import train
+from errors import CheckpointError, InputError
+from tools.make_synthetic_linemod import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIAL3 = str(ROOT / "cfg/yolo-lite-trial3-pose.cfg")
+BACKBONE3 = str(ROOT / "weights/tiny-yolov2-trial3-voc.weights")
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, objects=1, images_per_object=12, seed=0)
+    return root / "cfg" / "obj00.data"
+
+
+def args_for(argv):
+    return train.get_args_parser().parse_args(argv)
+
+
+def small_args(datacfg, backup, *extra) -> list[str]:
+    return [str(datacfg), TRIAL3, BACKBONE3, "--backupdir", str(backup), "--batch-size", "4",
+            "--train-size", str(SIZE), "--test-size", str(SIZE), "--workers", "0", "--quiet", *extra]
+
+
+def rows_of(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------------------------
+# the recipe flag
+# --------------------------------------------------------------------------------------------
+
+def test_recipe_defaults_original_with_a_datacfg_and_fast_for_the_main_job(synth, tmp_path, monkeypatch):
+    args, _ = train.resolve_args(args_for(small_args(synth, tmp_path / "a")))
+    assert args.recipe == "original" and args.pretrain_num_epochs == 15 and args.channels_last is False
+    args, _ = train.resolve_args(args_for(["--datacfg", str(synth), "--backupdir", str(tmp_path / "b")]))
+    assert args.recipe == "original" and args.batch_size is None and args.train_size is None
+    args, _ = train.resolve_args(args_for(["--datacfg", str(synth), "--recipe", "fast"]))
+    assert (args.recipe, args.batch_size, args.train_size, args.test_size) == ("fast", 16, 256, 256)
+    assert args.pretrain_num_epochs == -1 and args.channels_last is True
+    # the main job: no --datacfg
+    monkeypatch.setattr(train, "ensure_synthetic_dataset", lambda quiet=False: synth)
+    args, _ = train.resolve_args(args_for([]))
+    assert args.recipe == "fast" and args.minutes == train.QUICK["minutes"]
+    assert args.backupdir == "backup/synthetic/obj00"
+
+
+def test_unknown_recipe_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit) as exc:
+        args_for(["--recipe", "turbo"])
+    assert exc.value.code == 2
+    assert "argument --recipe: invalid choice: 'turbo' (choose from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--epochs", "0", "--epochs must be at least 1"),
+    ("--batch-size", "0", "--batch-size must be at least 1"),
+    ("--eval-every", "0", "--eval-every must be at least 1"),
+    ("--test-size", "100", "--test-size 100: must be a positive multiple of 32"),
+    ("--train-size", "0", "--train-size 0: must be a positive multiple of 32"),
+    ("--minutes", "-1", "--minutes must be positive"),
+])
+def test_bad_numbers_stop_before_any_work(synth, tmp_path, flag, value, message):
+    with pytest.raises(InputError, match=message):
+        train.main(args_for(small_args(synth, tmp_path / "out", flag, value)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reports_bad_input_with_exit_status_2(synth, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        engine_cli = train.run_cli
+        engine_cli(train.cli, small_args(synth, tmp_path / "out", "--epochs", "0"), prog="train.py")
+    assert exc.value.code == 2
+    assert "train.py: error: --epochs must be at least 1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# schedules and EMA
+# --------------------------------------------------------------------------------------------
+
+def test_cosine_schedule_warms_up_then_decays_to_the_final_fraction():
+    s = recipes.CosineSchedule(1e-2, warmup=0.1, final_fraction=0.01, total_iters=100)
+    lr = [s.lr({"iteration": t, "train_seconds": 0.0}) for t in range(101)]
+    assert lr[0] == pytest.approx(1e-4)  # 1 % of the warm-up ramp's end, never 0
+    assert lr[5] == pytest.approx(5e-3) and lr[10] == pytest.approx(1e-2)
+    assert lr[55] == pytest.approx(1e-2 * (0.01 + 0.99 * 0.5))  # half-way through the cosine
+    assert lr[100] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
+    timed = recipes.CosineSchedule(1e-2, 0.1, 0.01, budget_s=60.0)
+    assert timed.lr({"iteration": 0, "train_seconds": 33.0}) == pytest.approx(lr[55])
+    with pytest.raises(ValueError, match="number of batches or a time budget"):
+        recipes.CosineSchedule(1e-2, 0.1, 0.01)
+
+
+def test_step_schedule_divides_by_the_batch_like_the_original():
+    s = recipes.StepSchedule(1e-3, [-1, 80, 160], [0.1, 0.1, 0.1], step_unit=10, batch=8)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    assert s.lr({"iteration": 0}) == pytest.approx(1e-4)
+    assert s.lr({"iteration": 800}) == pytest.approx(1e-5)
+    s.apply(opt, 1e-4)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4 / 8)
+
+
+def test_ema_follows_the_model_with_a_ramped_decay():
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = recipes.ModelEMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay min(0.9, 2/11): the EMA moves 9/11 of the way
+    assert ema.module.weight.item() == pytest.approx(9 / 11)
+    restored = recipes.ModelEMA(model, decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 1 and restored.decay == 0.9
+    assert restored.module.weight.item() == pytest.approx(9 / 11)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluations, budgets, the fast recipe end to end
+# --------------------------------------------------------------------------------------------
+
+def test_evaluations_are_skipped_while_the_confidence_term_is_off(synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(args_for(small_args(synth, out, "--epochs", "4", "--eval-every", "1",
+                                   "--pretrain_num_epochs", "1")))
+    assert [r["epoch"] for r in rows_of(out / "metrics.csv")] == ["2", "3"]  # not epoch 1 (no confidence)
+    assert "epoch 1: evaluation skipped: the confidence term is off until epoch 2" in capsys.readouterr().out
+
+
+def test_no_meaningful_evaluation_writes_no_best_model_but_the_last_weights(synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(args_for(small_args(synth, out, "--epochs", "2", "--pretrain_num_epochs", "5")))
+    assert not (out / "model.weights").exists() and not (out / "metrics.csv").exists()
+    assert (out / "last.weights").is_file()
+    text = capsys.readouterr().out
+    assert "no model.weights: no evaluation was meaningful" in text
+    assert f"--weightfile {out / 'last.weights'}" in text
+
+
+def test_a_time_budget_ends_training_and_is_checkpointed(synth, tmp_path):
+    out = tmp_path / "run"
+    state = train.main(args_for(small_args(synth, out, "--recipe", "fast", "--minutes", "0.0001")))
+    assert state["iteration"] == 1  # the budget is spent after the first batch
+    ckpt = engine.load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["state"]["train_seconds"] > 0 and ckpt["ema"]["updates"] == 1
+    assert ckpt["run"]["recipe"] == "fast"
+    assert (out / "last.weights").is_file() and len(rows_of(out / "metrics.csv")) == 1
+
+
+def test_fast_recipe_trains_with_adamw_ema_and_a_batch_mean_loss(synth, tmp_path):
+    out = tmp_path / "run"
+    state = train.main(args_for(small_args(synth, out, "--recipe", "fast", "--epochs", "2", "--eval-every", "1")))
+    ckpt = engine.load_checkpoint(out / "checkpoint.pt")
+    assert "exp_avg" in ckpt["optimizer"]["state"][0]  # AdamW moments
+    assert ckpt["ema"]["updates"] == state["iteration"] == 6
+    row = rows_of(out / "metrics.csv")[-1]
+    for key in ("acc_2d", "acc_2d_10px", "acc_2d_30px", "minutes"):
+        assert math.isfinite(float(row[key])), key
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints: safe to load, never mixed
+# --------------------------------------------------------------------------------------------
+
+class _Boom:
+    def __reduce__(self):
+        return (Path.touch, (Path("PWNED"),))
+
+
+def test_a_crafted_pickle_checkpoint_is_refused_without_running_it(synth, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"format": engine.CHECKPOINT_FORMAT, "payload": _Boom()}, out / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="refused: the file holds objects that only unpickling could build"):
+        train.main(args_for(small_args(synth, out, "--epochs", "1", "--resume")))
+    assert not (tmp_path / "PWNED").exists()
+    with open(out / "plain.pt", "wb") as f:  # a bare pickle (not a torch zip file)
+        pickle.dump(_Boom(), f)
+    with pytest.raises(CheckpointError):
+        engine.load_checkpoint(out / "plain.pt")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_truncated_and_foreign_checkpoints_get_clear_errors(synth, tmp_path):
+    out = tmp_path / "run"
+    train.main(args_for(small_args(synth, out, "--epochs", "1", "--pretrain_num_epochs", "-1")))
+    data = (out / "checkpoint.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pt: not a readable checkpoint"):
+        engine.load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"model": {}}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="old.pt: checkpoint format none; this version reads format 2"):
+        engine.load_checkpoint(tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="nope.pt: checkpoint not found"):
+        engine.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_resume_refuses_a_checkpoint_of_another_run_unless_forced(synth, tmp_path):
+    out = tmp_path / "run"
+    train.main(args_for(small_args(synth, out, "--epochs", "1", "--pretrain_num_epochs", "-1")))
+    argv = small_args(synth, out, "--epochs", "2", "--pretrain_num_epochs", "-1", "--resume")
+    argv[argv.index("--batch-size") + 1] = "3"
+    with pytest.raises(CheckpointError, match=r"made by another run; batch: checkpoint 4, now 3"):
+        train.main(args_for(argv))
+    state = train.main(args_for(argv + ["--force-resume"]))
+    assert state["epoch"] == 2
+
+
+def test_a_new_run_into_a_used_folder_is_refused_unless_overwrite(synth, tmp_path):
+    out = tmp_path / "run"
+    train.main(args_for(small_args(synth, out, "--epochs", "1", "--pretrain_num_epochs", "-1")))
+    with pytest.raises(InputError, match="already holds a run .*checkpoint.pt.*--resume.*--overwrite"):
+        train.main(args_for(small_args(synth, out, "--epochs", "1", "--pretrain_num_epochs", "-1")))
+    train.main(args_for(small_args(synth, out, "--epochs", "1", "--pretrain_num_epochs", "-1", "--overwrite")))
+    assert len(rows_of(out / "metrics.csv")) == 1  # the old run's rows are gone, not mixed
+
+
+def test_backup_folder_problems_are_found_before_training(synth, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="afile: the backup folder is a file"):
+        train.main(args_for(small_args(synth, tmp_path / "afile", "--epochs", "1")))
+
+    class Usage:
+        free = 1 << 20
+
+    monkeypatch.setattr(engine.shutil, "disk_usage", lambda path: Usage)
+    with pytest.raises(InputError, match=r"full: 1.0 MB free, a checkpoint needs about"):
+        train.main(args_for(small_args(synth, tmp_path / "full", "--epochs", "1")))
+    assert not (tmp_path / "full/checkpoint.pt").exists()
+
+
+def test_resume_after_a_kill_between_evaluation_and_checkpoint_writes_no_duplicate_rows(synth, tmp_path):
+    out = tmp_path / "run"
+    args = small_args(synth, out, "--epochs", "2", "--eval-every", "1", "--pretrain_num_epochs", "-1")
+    train.main(args_for(small_args(synth, out, "--epochs", "1", "--eval-every", "1", "--pretrain_num_epochs", "-1")))
+    ckpt = (out / "checkpoint.pt").read_bytes()
+    train.main(args_for(args + ["--resume"]))  # evaluates epoch 1 and writes its row
+    (out / "checkpoint.pt").write_bytes(ckpt)  # as if killed before the epoch-1 checkpoint
+    train.main(args_for(args + ["--resume"]))
+    assert [r["epoch"] for r in rows_of(out / "metrics.csv")] == ["0", "1"]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == [0, 1]
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+
+    def fail(tmp):
+        tmp.write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        engine.atomic_write(target, fail)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
