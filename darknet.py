@@ -17,9 +17,7 @@ Layer indices follow the cfg: layer 0 is the first section after `[net]` (spec Â
 from __future__ import annotations
 
 import copy
-import os
 import sys
-import tempfile
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from errors import CfgError, WeightsError  # noqa: F401  (re-exported: darknet.CfgError)
+from errors import CfgError
+from linemod_format import atomic_write
 
 __all__ = [
     "CfgError", "parse_cfg", "parse_cfg_text", "plan_layers", "LayerSpec", "network_table", "print_cfg",
@@ -837,23 +836,14 @@ def read_weights_file(path) -> tuple[np.ndarray, int, np.ndarray]:
 
 
 def write_weights_file(path, header, floats: np.ndarray) -> None:
-    """Write 4 x int32 `header` then `floats` as little-endian float32, atomically
-    (temporary file in the same folder, then `os.replace`)."""
+    """Write 4 x int32 `header` then `floats` as little-endian float32, atomically (linemod_format.atomic_write)."""
     header = np.asarray(header, dtype=np.int64)
     info = np.iinfo(np.int32)
     if header.shape != (HEADER_INT32S,) or header.min() < info.min or header.max() > info.max:
         raise ValueError(f"{path}: header {header.tolist()} must be 4 values that fit int32")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            header.astype("<i4").tofile(f)
-            np.ascontiguousarray(floats, dtype="<f4").tofile(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        f.write(header.astype("<i4").tobytes())
+        f.write(np.ascontiguousarray(floats, dtype="<f4").tobytes())
 
 
 # ============================================================================================

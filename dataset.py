@@ -19,7 +19,6 @@ import math
 import multiprocessing
 from multiprocessing.context import get_spawning_popen
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
@@ -30,7 +29,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import image as im
-from utils import LABEL_WIDTH, LINEMOD_OBJECTS, MAX_OBJECTS, NUM_KEYPOINTS
+from linemod_format import (MAX_OBJECTS, NUM_KEYPOINTS, label_path, mask_path, read_label_rows, read_list,
+                            write_label_rows)
+from utils import LINEMOD_OBJECTS
 
 # spec §6.1: hard-coded augmentation constants (the cfg's jitter/hue/saturation/exposure are ignored)
 JITTER, HUE, SATURATION, EXPOSURE = 0.2, 0.1, 1.5, 1.5
@@ -65,70 +66,17 @@ EXTRA_OBJECTS = {
 }
 assert set(EXTRA_OBJECTS) == set(LINEMOD_OBJECTS)
 
-IMAGE_DIRS = ("JPEGImages", "images")  # spec §3.4: folders whose name is swapped for labels/mask
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # background pool
-LIST_SEARCH_LEVELS = 3  # list entries may be relative to an ancestor of the list file's folder
 PROCEDURAL_MIN_SIZE = 64  # smaller images get a 64 px procedural background, resized down
 _BG_STREAM, _SIZE_STREAM = 1, 2  # extra seed words that separate the random streams
 
 
 # --------------------------------------------------------------------------------------------
-# Label files (spec §3.1)
+# Label files (the formats live in linemod_format.py)
 # --------------------------------------------------------------------------------------------
 
-def read_truths(path, width: int = LABEL_WIDTH) -> np.ndarray:
-    """All label rows of a label file as (n, 21) float64; an empty file gives (0, 21).
-
-    Raises FileNotFoundError naming a missing file, and ValueError naming the file and line
-    for a line with the wrong number of values, a non-number, NaN or inf. Blank lines are skipped.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: label file not found") from None
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != width:
-            raise ValueError(f"{path}:{lineno}: expected {width} numbers per object, found {len(fields)}")
-        try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: expected {width} numbers, found {line.strip()!r}") from None
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"{path}:{lineno}: expected finite numbers, found NaN or inf in {line.strip()!r}")
-        rows.append(values)
-    return np.array(rows, dtype=np.float64).reshape(-1, width)
-
-
-def write_truths(path, rows, width: int = LABEL_WIDTH) -> None:
-    """Write label rows (n, 21) or (21,) as LINEMOD does: one line per object, '%.6f' values.
-
-    Creates the parent folder; the file is replaced atomically.
-    """
-    path = os.fspath(path)
-    rows = np.asarray(rows, dtype=np.float64)
-    rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
-    if rows.ndim != 2 or (rows.size and rows.shape[1] != width):
-        raise ValueError(f"{path}: expected label rows (n, {width}), found shape {rows.shape}")
-    if not np.all(np.isfinite(rows)):
-        raise ValueError(f"{path}: label rows contain NaN or inf")
-    text = "".join(" ".join(f"{v:.6f}" for v in row) + "\n" for row in rows)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".txt")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+read_truths = read_label_rows  # the original's names
+write_truths = write_label_rows
 
 
 def pad_targets(rows: np.ndarray, max_objects: int = MAX_OBJECTS) -> np.ndarray:
@@ -141,88 +89,12 @@ def pad_targets(rows: np.ndarray, max_objects: int = MAX_OBJECTS) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Paths (spec §3.4, §11 item 31: derived from the file name, never by substring replacement)
+# Image lists and folders
 # --------------------------------------------------------------------------------------------
-
-def _sibling_folder(img_path, folder: str) -> tuple[str, str, str]:
-    """(directory, stem, extension) of img_path with a JPEGImages/images parent renamed `folder`."""
-    head, name = os.path.split(os.fspath(img_path))
-    grand, parent = os.path.split(head)
-    if parent in IMAGE_DIRS:
-        head = os.path.join(grand, folder)
-    stem, ext = os.path.splitext(name)
-    return head, stem, ext
-
-
-def label_path(img_path) -> str:
-    """`.../<obj>/JPEGImages/000123.jpg` -> `.../<obj>/labels/000123.txt` (also for an `images` folder)."""
-    head, stem, _ = _sibling_folder(img_path, "labels")
-    return os.path.join(head, stem + ".txt")
-
-
-def mask_path(img_path) -> str:
-    """`.../<obj>/JPEGImages/000123.jpg` -> `.../<obj>/mask/0123.png` (a leading "00" of the stem removed)."""
-    head, stem, _ = _sibling_folder(img_path, "mask")
-    stem = stem[2:] if stem.startswith("00") else stem
-    out = os.path.join(head, stem + ".png")
-    if os.path.normpath(out) == os.path.normpath(os.fspath(img_path)):
-        raise ValueError(f"{img_path}: the mask path would be the image itself; expected the image "
-                         f"in a {' or '.join(IMAGE_DIRS)} folder")
-    return out
-
-
-def occlusion_label_path(img_path, obj: str) -> str:
-    """OCCLUSION test label of `obj` for an image of the benchvise sequence (spec §3.4).
-
-    `.../benchvise/JPEGImages/000123.jpg` -> `.../<obj>/labels_occlusion/000123.txt`.
-    """
-    head, name = os.path.split(os.fspath(img_path))
-    seq_dir = os.path.dirname(head)
-    return os.path.join(os.path.dirname(seq_dir), obj, "labels_occlusion", os.path.splitext(name)[0] + ".txt")
-
 
 def object_name(img_path) -> str:
     """The object of a LINEMOD image: its grand-parent folder (`LINEMOD/ape/JPEGImages/x.jpg` -> 'ape')."""
     return os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(os.fspath(img_path)))))
-
-
-def read_list(list_file, root=None) -> list[str]:
-    """Image paths of a list file: one per line, blank lines ignored.
-
-    A relative entry is taken relative to `root` (default: the current directory); if it does
-    not exist there, relative to the list file's folder or one of its 3 ancestors (LINEMOD lists
-    hold repo-root paths like `LINEMOD/ape/JPEGImages/000001.jpg`). An entry found nowhere is
-    returned relative to `root`; the dataset reports it. Raises ValueError for an empty list.
-    """
-    list_file = os.fspath(list_file)
-    if not os.path.isfile(list_file):
-        raise FileNotFoundError(f"{list_file}: image list not found")
-    with open(list_file) as f:
-        entries = [line.strip() for line in f.read().splitlines() if line.strip()]
-    if not entries:
-        raise ValueError(f"{list_file}: the image list is empty (expected one image path per line)")
-    folder = os.path.dirname(os.path.abspath(list_file))
-    fallbacks = [folder]
-    for _ in range(LIST_SEARCH_LEVELS):
-        folder = os.path.dirname(folder)
-        fallbacks.append(folder)
-    fallbacks = list(dict.fromkeys(fallbacks))
-    paths, last_good = [], None
-    for entry in entries:
-        first = entry if root is None or os.path.isabs(entry) else os.path.join(os.fspath(root), entry)
-        if os.path.isabs(entry) or os.path.exists(first):
-            paths.append(first)
-            continue
-        order = ([last_good] if last_good else []) + [b for b in fallbacks if b != last_good]
-        for base in order:
-            candidate = os.path.normpath(os.path.join(base, entry))
-            if os.path.exists(candidate):
-                paths.append(candidate)
-                last_good = base
-                break
-        else:
-            paths.append(first)
-    return paths
 
 
 def list_images(folder) -> list[str]:
@@ -348,7 +220,7 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
     S = int(size)
     main_img = load_image(img_path)
     main_mask = load_mask(mask_path(img_path), main_img.size)
-    main_rows = read_truths(label_path(img_path))
+    main_rows = read_label_rows(label_path(img_path))
 
     extras = extra_objects(object_name(img_path), [k for k, v in extra_paths.items() if len(v)])
     rng.shuffle(extras)
@@ -368,7 +240,7 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
             path = pool[int(rng.integers(len(pool)))]
             x_img = load_image(path)
             x_mask = load_mask(mask_path(path), x_img.size)
-            x_rows = read_truths(label_path(path))[:1]
+            x_rows = read_label_rows(label_path(path))[:1]
             x_img = Image.fromarray(np.where(im.binary_mask(x_mask), np.asarray(x_img), 0).astype(np.uint8))
             a_img, a_mask, x_params, x_flip = _augment_object(x_img, x_mask, rng, S, jitter=jitter, resample=resample,
                                                               fix_crop=fix_crop, shift=False, wrap=False)
@@ -573,7 +445,7 @@ class PoseDataset(Dataset):
         rng = self.rng(index)
         img = load_image(path)
         mask = load_mask(mask_path(path), img.size)
-        rows = read_truths(label_path(path), self.label_width)
+        rows = read_label_rows(label_path(path), self.label_width)
         bg = self.background(index, rng, img.size)
         img = im.replace_background(img, mask, bg, self.resample)
         offsets = im.draw_crop_offsets(rng, img.width, img.height, self.jitter)
@@ -585,7 +457,7 @@ class PoseDataset(Dataset):
     def test_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
         """The §6.2 sample, keeping all 21 numbers of every object (§11 item 17)."""
         path = self.paths[index]
-        rows = read_truths(label_path(path), self.label_width)
+        rows = read_label_rows(label_path(path), self.label_width)
         img = load_image(path)
         if img.size != size:
             img = img.resize(size, im.resample_filter(self.resample))

@@ -30,6 +30,7 @@ import dataset
 import utils
 import valid
 from darknet import Darknet
+from linemod_format import atomic_write
 from region_loss import RegionLoss
 
 ROOT = Path(__file__).resolve().parent
@@ -129,15 +130,13 @@ def set_lr(optimizer, lr: float, batch: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def atomic_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def rng_state() -> dict:

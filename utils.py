@@ -9,18 +9,15 @@ Conventions (spec §3, §4, §9):
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
-# spec §3.3: LINEMOD / OCCLUSION camera and image size
-IM_WIDTH, IM_HEIGHT = 640, 480
-LINEMOD_FX, LINEMOD_FY = 572.4114, 573.5704
-LINEMOD_U0, LINEMOD_V0 = 325.2611, 242.0489
+from linemod_format import IM_HEIGHT, IM_WIDTH, LINEMOD_FX, LINEMOD_FY, LINEMOD_U0, LINEMOD_V0, NUM_KEYPOINTS
+from linemod_format import read_data_cfg as read_data_cfg  # the original's utils.read_data_cfg
+
 
 # spec §3.1: classes in alphabetical order; label rows hold 21 numbers
 LINEMOD_OBJECTS = (
@@ -33,9 +30,6 @@ LINEMOD_DIAMETERS = {
     "driller": 0.262, "duck": 0.109, "eggbox": 0.176364, "glue": 0.176,
     "holepuncher": 0.162, "iron": 0.303153, "lamp": 0.285155, "phone": 0.213,
 }
-NUM_KEYPOINTS = 9
-LABEL_WIDTH = 2 * NUM_KEYPOINTS + 3  # class, 18 coordinates, x range, y range
-MAX_OBJECTS = 50  # spec §3.1: targets are padded to 50 slots
 
 # spec §5.2: the exponential keypoint confidence
 CONF_DIST_TH = 80.0  # pixels
@@ -118,6 +112,12 @@ def label_row(points_px: np.ndarray, class_id: int = 0, im_width=IM_WIDTH, im_he
     norm = np.asarray(points_px, dtype=np.float64) / np.array([im_width, im_height], dtype=np.float64)
     extent = norm.max(axis=0) - norm.min(axis=0)
     return np.concatenate([[float(class_id)], norm.reshape(-1), extent])
+
+
+def label_from_pose(corners: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, class_id: int = 0,
+                    width: int = IM_WIDTH, height: int = IM_HEIGHT) -> np.ndarray:
+    """The (21,) label row of an object: corners (8, 3) m in the §9.2 order, pose R (3, 3), t (3,) m, K (3, 3)."""
+    return label_row(keypoints_from_pose(corners, R, t, K), class_id, width, height)
 
 
 PNP_METHODS = {"iterative": cv2.SOLVEPNP_ITERATIVE, "epnp": cv2.SOLVEPNP_EPNP, "sqpnp": cv2.SOLVEPNP_SQPNP}
@@ -388,49 +388,8 @@ def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes
 
 
 # --------------------------------------------------------------------------------------------
-# Small file helpers shared by the scripts
+# `.data` camera and drawing helpers shared by the scripts
 # --------------------------------------------------------------------------------------------
-
-DATA_CFG_DEFAULTS = {  # spec §3.2 (+ §11 item 7: the fork's files lack the camera keys)
-    "gpus": "0", "num_workers": "10",
-    "width": str(IM_WIDTH), "height": str(IM_HEIGHT),
-    "fx": str(LINEMOD_FX), "fy": str(LINEMOD_FY), "u0": str(LINEMOD_U0), "v0": str(LINEMOD_V0),
-}
-
-
-def read_data_cfg(datacfg, resolve_paths: bool = False) -> dict:
-    """Read a `.data` file (`key = value` lines) into a dict of strings, with the §3.2 defaults.
-
-    Lines starting with '#' are comments. With `resolve_paths`, the path keys (train, valid,
-    mesh, backup, tr_range, valid<k>, mesh<k>) that are relative and do not exist from the current
-    directory are resolved against the `.data` file's folder and then its parent (the dataset root).
-    """
-    datacfg = Path(datacfg)
-    if not datacfg.is_file():
-        raise FileNotFoundError(f"{datacfg}: data cfg not found")
-    options = dict(DATA_CFG_DEFAULTS)
-    for lineno, raw in enumerate(datacfg.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "=" not in line:
-            raise ValueError(f"{datacfg}:{lineno}: expected 'key = value', found {raw!r}")
-        key, value = line.split("=", 1)
-        options[key.strip()] = value.strip()
-    if resolve_paths:
-        for key, value in list(options.items()):
-            if _is_path_key(key) and value and not os.path.isabs(value) and not os.path.exists(value):
-                for base in (datacfg.parent, datacfg.parent.parent):
-                    if (base / value).exists():
-                        options[key] = str(base / value)
-                        break
-    return options
-
-
-def _is_path_key(key: str) -> bool:
-    return key in ("train", "valid", "mesh", "backup", "tr_range") or (
-        key.rstrip("0123456789") in ("valid", "mesh") and key[-1:].isdigit())
-
 
 def camera_from_data_cfg(options: dict) -> tuple[np.ndarray, int, int]:
     """(K (3, 3), image width, image height) from a data-cfg dict (single- or multi-object keys)."""

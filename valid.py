@@ -29,7 +29,10 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+import cli
 import utils
+from errors import FlagError, InputError, run_cli
+from linemod_format import write_text
 from MeshPly import MeshPly
 
 DEFAULT_DATACFG = "cfg/ape.data"
@@ -133,12 +136,13 @@ def load_eval_setup(datacfg, diam_source: str = "data", pnp_method: str = "itera
 # Per-object pose errors (spec §9.1)
 # --------------------------------------------------------------------------------------------
 
-def _solve_pose(points3d: np.ndarray, points_px: np.ndarray, setup: EvalSetup):
-    """(R (3, 3), t (3,)) by PnP, or None when the points are not finite or PnP fails."""
+def solve_pose(points3d: np.ndarray, points_px: np.ndarray, K: np.ndarray, method: str = "iterative"):
+    """(R (3, 3), t (3,) metres) by PnP from 3-D points (N, 3) and pixels (N, 2); None when the
+    points are not finite or PnP fails. valid.py and detect.py both solve every pose here."""
     if not np.all(np.isfinite(points_px)):
         return None
     try:
-        R, t = utils.pnp(points3d, points_px, setup.K, setup.pnp_method)
+        R, t = utils.pnp(points3d, points_px, K, method)
     except utils.cv2.error:
         return None
     if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
@@ -156,7 +160,8 @@ def pose_errors(gt_px: np.ndarray, pr_px: np.ndarray, setup: EvalSetup) -> dict:
     failed=True: a miss for every metric, never a crash.
     """
     points3d = utils.pose_points3d(setup.corners)
-    gt, pr = _solve_pose(points3d, gt_px, setup), _solve_pose(points3d, pr_px, setup)
+    gt = solve_pose(points3d, gt_px, setup.K, setup.pnp_method)
+    pr = solve_pose(points3d, pr_px, setup.K, setup.pnp_method)
     nan_pose = (np.full((3, 3), np.nan), np.full(3, np.nan))
     (R_gt, t_gt), (R_pr, t_pr) = gt or nan_pose, pr or nan_pose
     out = {"R_gt": R_gt, "t_gt": t_gt, "R_pr": R_pr, "t_pr": t_pr, "failed": gt is None or pr is None}
@@ -448,31 +453,31 @@ def print_table(summaries: list, file=None) -> None:
 # Command line
 # --------------------------------------------------------------------------------------------
 
+POSITIONAL = ("datacfg", "modelcfg", "weightfile")  # the original's positional form
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("positional", nargs="*", metavar="DATACFG MODELCFG WEIGHTFILE", help="the original positional form")
-    p.add_argument("--datacfg", default=None, help=f"object .data file (default {DEFAULT_DATACFG})")
-    p.add_argument("--modelcfg", default=None, help=f"network cfg (default {DEFAULT_MODELCFG})")
-    p.add_argument("--weightfile", default=None,
-                   help=f"darknet weights; '{{name}}' is replaced by the object name (default {DEFAULT_WEIGHTFILE})")
+    p = cli.default_argument_parser(__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1])
+    cli.add_positional(p, POSITIONAL)
+    cli.add_datacfg(p, help=f"object .data file (default {DEFAULT_DATACFG})")
+    cli.add_model(p, weights="weightfile", cfg_help=f"network cfg (default {DEFAULT_MODELCFG})",
+                  weights_help=f"darknet weights; '{{name}}' is replaced by the object name "
+                               f"(default {DEFAULT_WEIGHTFILE})")
     p.add_argument("--backupdir", default=None,
                    help="the fork's flag: output folder for the curves when no --curves/--json/--csv is given")
     p.add_argument("--pretrain_num_epochs", type=int, default=None, help="accepted for the fork's scripts; unused")
-    p.add_argument("--distiled", type=int, default=0, help=f"1: --csv writes {DISTILLED_CSV} (the fork's name)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (the box is chosen per image)")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
-    p.add_argument("--test-size", type=int, default=None,
-                   help="square input size, a multiple of 32 (default: the cfg's test_width x test_height)")
+    cli.add_distiled(p, help=f"1: --csv writes {DISTILLED_CSV} (the fork's name)")
+    cli.add_device(p)
+    cli.add_batch_size(p, default=1, help="images per forward pass (the box is chosen per image)")
+    cli.add_workers(p, default=0)
+    cli.add_sizes(p, test=True)
     p.add_argument("--all", nargs="?", const="cfg", default=None, metavar="DIR",
                    help="score every .data file in DIR (default cfg/; *occlusion* skipped): one row each and the mean")
     p.add_argument("--skip-missing", action="store_true", help="with --all: skip objects whose weights file is missing")
     p.add_argument("--diam", choices=DIAM_SOURCES, default="data",
-                   help="ADD threshold diameter: the .data value (default) or the mesh's (the original valid.py, §9.3)")
-    p.add_argument("--pnp", choices=sorted(utils.PNP_METHODS), default="iterative", help="PnP solver (original: iterative)")
-    p.add_argument("--resample", choices=("bicubic", "nearest"), default="bicubic",
-                   help="test-image resize filter (nearest: Pillow < 7, spec §6.4)")
+                   help="ADD threshold diameter: the .data value (default) or the mesh's (the original valid.py, D25)")
+    cli.add_pnp(p)
+    cli.add_resample(p, "test-image resize filter")
     p.add_argument("--amp", action="store_true", help="autocast on CUDA")
     p.add_argument("--save-predictions", default=None, metavar="DIR",
                    help="write DIR/predictions_<name>.npz: per-image R, t, 2-D points, errors, image paths")
@@ -486,13 +491,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
+resolve_device = cli.resolve_device  # train.py and detect.py pick devices through valid.resolve_device
 
 
 def check_model_cfg(modelcfg):
@@ -602,22 +601,14 @@ def score_object(job: Job, args, device) -> tuple[dict, dict]:
 
 def resolve_args(args) -> argparse.Namespace:
     """Fill the positional form and the defaults; check the flags that need no file."""
-    if args.positional:
-        if len(args.positional) > 3:
-            raise ValueError("at most three positional arguments: DATACFG MODELCFG WEIGHTFILE")
-        for key, value in zip(("datacfg", "modelcfg", "weightfile"), args.positional):
-            if getattr(args, key) is not None:
-                raise ValueError(f"{key} given twice: positionally and as --{key}")
-            setattr(args, key, value)
+    cli.merge_positional(args, POSITIONAL)
     if args.all and args.datacfg:
-        raise ValueError("give either --all DIR or a data cfg, not both")
+        raise FlagError("give either --all DIR or a data cfg, not both")
     args.datacfg = args.datacfg or DEFAULT_DATACFG
     args.modelcfg = args.modelcfg or DEFAULT_MODELCFG
     args.weightfile = args.weightfile or DEFAULT_WEIGHTFILE
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, found {args.batch_size}")
-    if args.test_size is not None and (args.test_size < 32 or args.test_size % 32):
-        raise ValueError(f"--test-size must be a positive multiple of 32 (the network stride), found {args.test_size}")
+    cli.check_positive("--batch-size", args.batch_size)
+    cli.check_size("--test-size", args.test_size)
     return args
 
 
@@ -632,13 +623,13 @@ def curves_dir(args, weightfile: str) -> Path:
 
 
 def main(args) -> list:
-    """Score every object; return their summaries. Bad inputs stop here with SystemExit."""
+    """Score every object; return their summaries. Bad inputs stop here with an InputError."""
     try:
         args = resolve_args(args)
         device = resolve_device(args.device)
         jobs = plan_jobs(args)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"valid.py: cannot evaluate:\n  {exc}")
+        raise InputError(f"cannot evaluate:\n  {exc}") from None
     csv_path = None
     if args.csv:
         csv_path = Path(args.csv)
@@ -667,10 +658,9 @@ def main(args) -> list:
     print_table(summaries)
     if args.json:
         payload = {"objects": summaries, "mean": mean_row(summaries) if len(summaries) > 1 else None}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_json_safe(payload), indent=2))
+        write_text(args.json, json.dumps(_json_safe(payload), indent=2))
     return summaries
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)))

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from region_loss import RegionLoss  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
+
+import cli
+from region_loss import RegionLoss
 
 TH, SHARP, EPS = 80.0, 2.0, 1e-5  # spec §5.2
 IM_W, IM_H = 640.0, 480.0
@@ -175,17 +177,17 @@ def _time(fn, repeats):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=20, help="timed calls of the vectorised loss (the best counts)")
+    cli.add_batch_size(ap, default=16)
     args = ap.parse_args(argv)
     anchors = [1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879, 5.8851]  # spec §13
     cases = [("single 13x13", 13, 13, 1, 1, 1), ("single 19x19 (608 px)", 19, 19, 1, 1, 1),
              ("multi A5 C13 13x13, 3 obj", 13, 13, 5, 13, 3)]
-    print(f"region loss, batch {args.batch}, epoch 16 (all terms), target building + forward + backward, "
-          f"best of {args.repeats} (loop: {max(1, args.repeats // 4)}), {torch.get_num_threads()} threads")
+    print(f"region loss, batch {args.batch_size}, epoch 16 (all terms), target building + forward + backward, "
+          f"best of {args.rounds} (loop: {max(1, args.rounds // 4)}), {torch.get_num_threads()} threads")
     print(f"{'case':<28} {'loop ms':>10} {'vectorised ms':>14} {'speed-up':>9}")
     for name, H, W, A, C, n_obj in cases:
-        out, target = make_batch(args.batch, H, W, C=C, A=A, n_obj=n_obj)
+        out, target = make_batch(args.batch_size, H, W, C=C, A=A, n_obj=n_obj)
         loss_mod = RegionLoss(num_classes=C, anchors=anchors if A > 1 else [], num_anchors=A)
         kw = dict(C=C, A=A, anchors=anchors if A > 1 else ())
 
@@ -204,7 +206,7 @@ def main(argv=None):
         s_vec, s_loop = vec(), loop()
         assert s_vec["nGT"] == s_loop["nGT"] and s_vec["nCorrect"] == s_loop["nCorrect"], (s_vec, s_loop)
         assert math.isclose(s_vec["total"], s_loop["total"], rel_tol=1e-5), (s_vec, s_loop)
-        t_loop, t_vec = _time(loop, max(1, args.repeats // 4)), _time(vec, args.repeats)
+        t_loop, t_vec = _time(loop, max(1, args.rounds // 4)), _time(vec, args.rounds)
         print(f"{name:<28} {t_loop:>10.1f} {t_vec:>14.2f} {t_loop / t_vec:>8.1f}x")
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils import get_multi_region_boxes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
+
+import cli
+from utils import get_multi_region_boxes
 
 K = 9
 # the OCCLUSION network (spec §4): 5 anchors, 13 classes, 13 x 13 grid at 416
@@ -79,20 +81,20 @@ def _time(fn, repeats: int) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5, help="timed calls of the vectorised version (the best counts)")
+    cli.add_batch_size(p, default=1)
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    output = torch.randn(args.batch, A * (2 * K + 1 + C), GRID, GRID) * 2
-    wanted = [int(i) % C for i in range(args.batch)]
+    output = torch.randn(args.batch_size, A * (2 * K + 1 + C), GRID, GRID) * 2
+    wanted = [int(i) % C for i in range(args.batch_size)]
     rows = []
     for thresh in (0.05, 0.5):
         fast = lambda: get_multi_region_boxes(output, thresh, C, K, [], A, wanted, only_objectness=0, carry_class_max=False)
         slow = lambda: loop_multi_boxes(output, thresh, C, A, wanted, 0, False)
         for got, ref in zip(fast(), slow()):
             np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
-        rows.append((thresh, len(fast()[0]), _time(slow, max(1, args.repeats // 5)), _time(fast, args.repeats)))
-    print(f"get_multi_region_boxes, batch {args.batch}, {A} anchors x {GRID}x{GRID} cells, {C} classes (ms per call)")
+        rows.append((thresh, len(fast()[0]), _time(slow, max(1, args.rounds // 5)), _time(fast, args.rounds)))
+    print(f"get_multi_region_boxes, batch {args.batch_size}, {A} anchors x {GRID}x{GRID} cells, {C} classes (ms per call)")
     print("| conf_thresh | boxes (image 0) | loop | vectorised | speed-up |")
     print("|---|---|---|---|---|")
     for thresh, n, slow_ms, fast_ms in rows:

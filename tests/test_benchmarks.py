@@ -1,13 +1,9 @@
 """benchmarks/run_all.py: table collection and the FLOP-ceiling column."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import run_all  # noqa: E402
+from benchmarks import run_all
 
 OUT = """progress line
 | net | batch | GFLOP/s | vs eager |

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import darknet
+from conftest import GOLDEN_WEIGHTS_BYTES, GOLDEN_WEIGHTS_SHA256, build_golden_weights, sha256
 from darknet import CfgError, Darknet, parse_cfg, parse_cfg_text
 
 # spec §1.5, §14.1, §14.2: (cfg, trainable parameters, .weights bytes)
@@ -316,12 +317,9 @@ def test_connected_weights_round_trip(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 @pytest.fixture(params=[3, 10], ids=["trial3", "trial10"])
-def backbone(request, golden_dir, root):
+def backbone(request, root):
     t = request.param
-    path = golden_dir.parent / "data" / "weights" / f"tiny-yolov2-trial{t}-voc.weights"
-    if not path.exists():
-        path = root / "weights" / path.name
-    return t, path, root / f"cfg/yolo-lite-trial{t}-pose.cfg"
+    return t, root / "weights" / f"tiny-yolov2-trial{t}-voc.weights", root / f"cfg/yolo-lite-trial{t}-pose.cfg"
 
 
 def test_backbone_until_last(backbone):
@@ -365,10 +363,10 @@ def test_backbone_full_load_is_refused(backbone):
     assert model.seen == 0
 
 
-def test_golden_yolo_lite_trial3(golden, golden_dir, root):
+def test_golden_yolo_lite_trial3(golden, golden_weights, root):
     g = golden("yolo_lite_trial3")
     model = Darknet(root / TRIAL3)
-    model.load_weights(golden_dir / "yolo_lite_trial3_full.weights")
+    model.load_weights(golden_weights)
     assert model.header.tolist() == g["saved_header"].tolist() == [0, 1, 0, 0]
     assert np.array_equal(model.models[11].conv.weight.detach().numpy(), g["head_weight"])
     assert np.array_equal(model.models[11].conv.bias.detach().numpy(), g["head_bias"])
@@ -383,21 +381,13 @@ def test_golden_yolo_lite_trial3(golden, golden_dir, root):
     # the backbone payload is the first floats of the VOC init file (golden README (a))
     init = root / "weights" / "tiny-yolov2-trial3-voc.weights"
     n = int(g["n_backbone_floats"])
-    assert np.array_equal(raw_floats(golden_dir / "yolo_lite_trial3_full.weights")[:n], raw_floats(init)[:n])
+    assert np.array_equal(raw_floats(golden_weights)[:n], raw_floats(init)[:n])
 
 
-def test_golden_recipe_reproduces_the_file(golden, golden_dir, root, tmp_path):
-    """Recipe (a): until-last load of the VOC file, seen=0, seeded head, save == the golden bytes."""
-    g = golden("yolo_lite_trial3")
-    model = Darknet(root / TRIAL3)
-    model.load_weights_until_last(root / "weights" / "tiny-yolov2-trial3-voc.weights")
-    assert model.header.tolist() == g["init_header"].tolist()
-    model.seen = 0
-    with torch.no_grad():
-        model.models[11].conv.weight.copy_(torch.from_numpy(g["head_weight"]))
-        model.models[11].conv.bias.zero_()
-    model.save_weights(tmp_path / "full.weights")
-    assert (tmp_path / "full.weights").read_bytes() == (golden_dir / "yolo_lite_trial3_full.weights").read_bytes()
+def test_golden_recipe_reproduces_the_file(golden, tmp_path):
+    """Recipe (a): until-last load of the VOC file, seen=0, seeded head, save == the golden bytes (their digest)."""
+    path = build_golden_weights(golden, tmp_path / "full.weights")
+    assert path.stat().st_size == GOLDEN_WEIGHTS_BYTES and sha256(path) == GOLDEN_WEIGHTS_SHA256
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ import dataset
 import train
 import utils
 from darknet import Darknet, parse_cfg
+from errors import InputError
 from multi_obj_pose_estimation import train_multi, valid_multi
-from tools.linemod_layout import OCCLUSION_PERM
+from linemod_format import OCCLUSION_PERM
 from tools.make_synthetic_linemod import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -345,14 +346,14 @@ def test_train_multi_refuses_a_single_object_network(occ, tmp_path):
 def test_valid_multi_bad_inputs(occ, tmp_path):
     data = str(occ / "cfg/occlusion.data")
     run = lambda *a: valid_multi.main(valid_multi.get_args_parser().parse_args(list(a) + ["--quiet"]))
-    with pytest.raises(SystemExit, match=r"weights file not found: .*missing\.weights"):
+    with pytest.raises(InputError, match=r"weights file not found: .*missing\.weights"):
         run("--datacfg", data, "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", str(tmp_path / "missing.weights"))
-    with pytest.raises(SystemExit, match=r"does not fit .*yolo-lite-trial3-multi\.cfg: the file holds"):
+    with pytest.raises(InputError, match=r"does not fit .*yolo-lite-trial3-multi\.cfg: the file holds"):
         run("--datacfg", data, "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", str(BACKBONE3))
-    with pytest.raises(SystemExit, match=r"no object named 'ape'; its objects \(mesh<k> stems\) are \['obj00', 'obj01', 'obj02'\]"):
+    with pytest.raises(InputError, match=r"no object named 'ape'; its objects \(mesh<k> stems\) are \['obj00', 'obj01', 'obj02'\]"):
         run("--datacfg", data, "--objects", "ape")
     single = occ / "cfg/obj00.data"
-    with pytest.raises(SystemExit, match=f"{single}: no 'mesh<k>' keys; expected an occlusion .data file"):
+    with pytest.raises(InputError, match=f"{single}: no 'mesh<k>' keys; expected an occlusion .data file"):
         run("--datacfg", str(single))
-    with pytest.raises(SystemExit, match="--test-size must be a positive multiple of 32"):
+    with pytest.raises(InputError, match="--test-size must be a positive multiple of 32"):
         run("--datacfg", data, "--test-size", "100")

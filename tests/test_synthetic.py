@@ -328,10 +328,10 @@ def test_refuses_to_overwrite(tmp_path):
 
 def test_cli_prints_summary(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert gen.main(["--out", str(out), "--objects", "1", "--images-per-object", "2", "--seed", "1", "--workers", "1"]) == 0
+    assert gen.main(["--out", str(out), "--num-objects", "1", "--images-per-object", "2", "--seed", "1", "--workers", "1"]) == 0
     text = capsys.readouterr().out
     assert str(out) in text and "images/s" in text and "obj00" in text and "1 train / 1 test" in text
-    assert gen.main(["--out", str(out), "--objects", "1", "--images-per-object", "2"]) == 2
+    assert gen.main(["--out", str(out), "--num-objects", "1", "--images-per-object", "2"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 

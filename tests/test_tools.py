@@ -22,7 +22,8 @@ from MeshPly import MeshPly, write_ply
 from tools import bop_to_linemod as bop
 from tools import draw_labels, make_labels
 from tools import make_synthetic_linemod as gen
-from tools.linemod_layout import PoseFileError, read_label_rows, read_poses, write_poses_csv
+from errors import PoseFileError
+from linemod_format import read_label_rows, read_poses, write_poses_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "get_linemod.sh"
@@ -423,7 +424,7 @@ def test_bop_cli_errors_and_split_lists(bop_dir, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bop.main(["--bop", str(d), "--out", str(out), "--objects", "1,x"])
-    assert "comma-separated integers" in capsys.readouterr().err
+    assert "--objects: 'x' is neither a BOP object id, a LINEMOD name nor obj_NNNNNN" in capsys.readouterr().err
 
 
 def test_bop_per_image_camera(bop_dir, tmp_path):

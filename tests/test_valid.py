@@ -19,6 +19,7 @@ import dataset
 import utils
 import valid
 from darknet import Darknet
+from errors import InputError
 
 TRIAL3_CFG = str(Path(__file__).resolve().parents[1] / "cfg" / "yolo-lite-trial3-pose.cfg")
 TEST_SIZE = 128  # small inputs keep the real-network tests fast; the metrics do not depend on it
@@ -381,7 +382,7 @@ def test_all_with_name_template_and_skip_missing(synth, trial3_weights, tmp_path
     shutil.copy(trial3_weights, tmp_path / "obj00" / "model.weights")
     template = str(tmp_path / "{name}" / "model.weights")
     # obj01 has no weights: nothing is evaluated, not even obj00, which comes first
-    with pytest.raises(SystemExit, match=r"weights file not found: .*obj01/model\.weights"):
+    with pytest.raises(InputError, match=r"weights file not found: .*obj01/model\.weights"):
         cli("--all", synth / "cfg", "--modelcfg", TRIAL3_CFG, "--weightfile", template, "--test-size", TEST_SIZE)
     assert "Testing obj00" not in capsys.readouterr().out
     summaries = cli("--all", synth / "cfg", "--modelcfg", TRIAL3_CFG, "--weightfile", template, "--quiet",
@@ -436,7 +437,7 @@ def test_bad_inputs_stop_before_the_loop_with_clear_errors(synth, trial3_weights
     (tmp_path / "no_data").mkdir()
     cases.append((["--all", tmp_path / "no_data"], r"--all .*no_data: no \.data files there"))
     for argv, message in cases:
-        with pytest.raises(SystemExit, match=message):
+        with pytest.raises(InputError, match=message):
             cli(*argv)
 
 

@@ -1,7 +1,7 @@
 """Convert a BOP dataset (`lm`, `lmo`, or any BOP-format set) into the LINEMOD layout of spec §3.4.
 
     python tools/bop_to_linemod.py --bop /data/bop/lm --out data/linemod_bop [--split test] \\
-        [--objects 1,5,6] [--names linemod|bop] [--rotate-y-180] \\
+        [--objects ape can cat | --objects 1 5 6] [--names linemod|bop] [--rotate-y-180] \\
         [--train-list 'splits/{name}/training_range.txt'] [--test-list ...] [--test-fraction 0.85]
 
 Input (BOP format, https://github.com/thodan/bop_toolkit/blob/master/docs/bop_datasets_format.md):
@@ -65,17 +65,17 @@ import cv2
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
-from MeshPly import MM_TO_M, MeshPly  # noqa: E402
-from tools.linemod_layout import (  # noqa: E402
-    JPEG_QUALITY, check_pose, data_cfg_items, format_label_rows, image_stem, label_from_pose, mask_path_for,
-    pose_entry, write_data_cfg, write_list, write_poses_json, write_text,
+import cli
+from errors import run_cli
+from linemod_format import (
+    JPEG_QUALITY, check_pose, data_cfg_items, image_stem, mask_path, pose_entry, split_flags, write_data_cfg,
+    write_label_rows, write_list, write_poses_json,
 )
-from tools.make_labels import render_mask, write_mesh_metres  # noqa: E402
-from utils import LINEMOD_OBJECTS, box_corners, mesh_diameter  # noqa: E402
+from MeshPly import MM_TO_M, MeshPly
+from tools.make_labels import render_mask, write_mesh_metres
+from utils import LINEMOD_OBJECTS, box_corners, label_from_pose, mesh_diameter
 
 BOP_LM_NAMES = {1: "ape", 2: "benchvise", 3: "bowl", 4: "cam", 5: "can", 6: "cat", 7: "cup", 8: "driller",
                 9: "duck", 10: "eggbox", 11: "glue", 12: "holepuncher", 13: "iron", 14: "lamp", 15: "phone"}
@@ -150,6 +150,22 @@ def _numbers(rec, key: str, n: int, where: str) -> np.ndarray:
 
 def object_name(obj_id: int, names: str) -> str:
     return BOP_LM_NAMES[obj_id] if names == "linemod" and obj_id in BOP_LM_NAMES else f"obj_{obj_id:06d}"
+
+
+def object_ids(values: list[str]) -> list[int]:
+    """BOP object ids of --objects values: ids ('5'), LINEMOD names ('can') or BOP names ('obj_000005')."""
+    by_name = {n: o for o, n in BOP_LM_NAMES.items()}
+    ids = []
+    for v in values:
+        if v.isdigit():
+            ids.append(int(v))
+        elif v in by_name:
+            ids.append(by_name[v])
+        elif v.startswith("obj_") and v[4:].isdigit():
+            ids.append(int(v[4:]))
+        else:
+            raise ValueError(f"--objects: {v!r} is neither a BOP object id, a LINEMOD name nor obj_NNNNNN")
+    return ids
 
 
 def class_ids(obj_ids: list[int], names: str) -> dict:
@@ -234,12 +250,12 @@ def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, n
         t = t_mm * MM_TO_M
         width, height = _image_size(dst)
         row = label_from_pose(corners, R, t, K, class_id, width, height)
-        write_text(folder / "labels" / f"{image_stem(index)}.txt", format_label_rows(row[None]))
+        write_label_rows(folder / "labels" / f"{image_stem(index)}.txt", row)
         mask = _read_mask(scene_dir, im_id, g, mask_kind, (height, width))
         if mask is None:  # no BOP mask: the mesh silhouette at the annotated pose
             mask = render_mask(vertices, mesh.indices, R, t, K, width, height)
             rendered += 1
-        dst_mask = out / mask_path_for(rel)
+        dst_mask = out / mask_path(rel)
         dst_mask.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(dst_mask), mask)
         extra = {"label": f"LINEMOD/{name}/labels/{image_stem(index)}.txt", "row": 0}
@@ -285,24 +301,6 @@ def _read_mask(scene_dir: Path, im_id: int, gt_index: int, mask_kind: str, shape
     return None
 
 
-def split_flags(items: list, name: str, obj_id: int, train_list=None, test_list=None,
-                test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0) -> np.ndarray:
-    """Boolean test flags (n,) for an object's items: from id lists, or a random split seeded by (seed, obj_id)."""
-    im_ids = [it[1] for it in items]
-    if train_list or test_list:
-        train = _read_ids(train_list, name, obj_id) if train_list else None
-        test = _read_ids(test_list, name, obj_id) if test_list else None
-        return np.array([(i in test) if test is not None else (i not in train) for i in im_ids])
-    if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"--test-fraction must be in [0, 1]; got {test_fraction}")
-    n_test = int(round(len(items) * test_fraction))
-    if 0.0 < test_fraction < 1.0 and len(items) >= 2:
-        n_test = min(max(n_test, 1), len(items) - 1)
-    flags = np.zeros(len(items), dtype=bool)
-    flags[np.random.default_rng([seed, obj_id]).permutation(len(items))[:n_test]] = True
-    return flags
-
-
 def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "linemod", rotate_y_180: bool = False,
             train_list: str | None = None, test_list: str | None = None, test_fraction: float = DEFAULT_TEST_FRACTION,
             seed: int = 0, image_format: str = "jpg", mask_kind: str = "visib", overwrite: bool = False,
@@ -334,7 +332,10 @@ def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "l
         else:
             warn(f"warning: {bop / 'models' / 'models_info.json'}: no diameter for object {o}; using the mesh's")
             diameter = None
-        flags = split_flags(found[o], name, o, train_list, test_list, test_fraction, seed)
+        im_ids = [it[1] for it in found[o]]
+        flags = split_flags(im_ids, test_fraction, [seed, o],
+                            _read_ids(train_list, name, o) if train_list else None,
+                            _read_ids(test_list, name, o) if test_list else None, lists=(str(train_list), str(test_list)))
         folder = out / "LINEMOD" / name
         if folder.exists() and not overwrite:
             raise FileExistsError(f"{folder} already exists; pass --overwrite to replace it")
@@ -350,12 +351,12 @@ def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "l
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Frames, names, splits: python -c 'import tools.bop_to_linemod as m; help(m)'")
+    p = cli.default_argument_parser(__doc__.split("\n\n")[0],
+                                    epilog="Frames, names, splits: python -c 'import tools.bop_to_linemod as m; help(m)'")
     p.add_argument("--bop", required=True, help="BOP dataset folder (holds models/ and the split folders)")
     p.add_argument("--out", required=True, help="dataset root to write (LINEMOD/<name>/, cfg/, poses/)")
     p.add_argument("--split", default="test", help="BOP split folder (default test)")
-    p.add_argument("--objects", default=None, help="comma-separated BOP object ids (default: all annotated)")
+    cli.add_objects(p, help="objects to convert, by name (ape, obj_000005) or BOP id (default: all annotated)")
     p.add_argument("--names", choices=("linemod", "bop"), default="linemod", help="object naming (default linemod)")
     p.add_argument("--rotate-y-180", action="store_true",
                    help="write mesh and poses rotated 180 deg about the model Y axis (see the frames note)")
@@ -363,7 +364,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-list", default=None, help="image ids for test.txt (default: the rest)")
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                    help=f"random test fraction without lists (default {DEFAULT_TEST_FRACTION})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    cli.add_seed(p, help="seed of the random split (default 0)")
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="output image format (default jpg)")
     p.add_argument("--mask-kind", choices=("visib", "full"), default="visib", help="BOP mask to use first (default visib)")
     p.add_argument("--overwrite", action="store_true", help="replace existing LINEMOD/<name>/ folders")
@@ -376,9 +377,9 @@ def main(argv=None) -> int:
     objects = None
     if args.objects:
         try:
-            objects = [int(o) for o in args.objects.split(",") if o.strip()]
-        except ValueError:
-            parser.error(f"--objects: expected comma-separated integers, got {args.objects!r}")
+            objects = object_ids(cli.object_list(args.objects))
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         datas = convert(args.bop, args.out, args.split, objects, args.names, args.rotate_y_180, args.train_list,
                         args.test_list, args.test_fraction, args.seed, args.image_format, args.mask_kind, args.overwrite)
@@ -390,4 +391,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -64,19 +64,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
-from image import procedural_background  # noqa: E402
-from MeshPly import write_ply  # noqa: E402
-from tools.linemod_layout import (  # noqa: E402
-    JPEG_QUALITY, data_cfg_items, format_label_rows, image_stem, label_from_pose, label_path_for,
-    mask_path_for, occlusion_label_path_for, pose_entry, to_occlusion_order, write_data_cfg, write_list,
-    write_poses_json, write_text,
+import cli
+from errors import run_cli
+from image import procedural_background
+from linemod_format import (
+    IM_HEIGHT, IM_WIDTH, JPEG_QUALITY, data_cfg_items, image_stem, label_path, mask_path, occlusion_label_path,
+    pose_entry, to_occlusion_order, write_data_cfg, write_label_rows, write_list, write_poses_json, write_text,
 )
-from tools.synth_render import Light, Mesh, make_mesh, render, sample_pose  # noqa: E402
-from utils import IM_HEIGHT, IM_WIDTH, get_camera_intrinsic, mesh_diameter  # noqa: E402
+from MeshPly import write_ply
+from tools.synth_render import Light, Mesh, make_mesh, render, sample_pose
+from utils import get_camera_intrinsic, label_from_pose, mesh_diameter
 
 DEFAULT_OUT = "data/synthetic"
 DEFAULT_TEST_FRACTION = 0.25
@@ -253,11 +252,11 @@ def _write_image(out: Path, rel_image: str, rgb: np.ndarray, mask: np.ndarray, r
     img_path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(img_path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
         raise OSError(f"{img_path}: cv2.imwrite failed")
-    mask_path = out / mask_path_for(rel_image)
-    mask_path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(mask_path), mask):
-        raise OSError(f"{mask_path}: cv2.imwrite failed")
-    write_text(out / label_path_for(rel_image), format_label_rows(rows))
+    mask_file = out / mask_path(rel_image)
+    mask_file.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(mask_file), mask):
+        raise OSError(f"{mask_file}: cv2.imwrite failed")
+    write_label_rows(out / label_path(rel_image), rows)
 
 
 def _run_job(job):
@@ -279,7 +278,7 @@ def _run_job(job):
     _write_image(out, rel, rgb, mask, np.stack([r[4] for r in rows]), s["quality"])
     if is_test:
         for oi, _, _, _, row in rows:
-            write_text(out / occlusion_label_path_for(rel, objects[oi].name), format_label_rows(to_occlusion_order(row)[None]))
+            write_label_rows(out / occlusion_label_path(rel, objects[oi].name), to_occlusion_order(row))
     return job, rows
 
 
@@ -355,14 +354,14 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
             _, oi, ii = job
             rel = f"LINEMOD/{objs[oi].name}/JPEGImages/{image_stem(ii)}.jpg"
             _, R, t, _, _ = rows[0]
-            poses[oi].append(pose_entry(rel, R, t, label=label_path_for(rel), row=0))
+            poses[oi].append(pose_entry(rel, R, t, label=label_path(rel), row=0))
             continue
         _, si, ii, is_test = job
         rel = f"LINEMOD/{main}/JPEGImages/{image_stem(ii)}.jpg"
         for k, (oi, R, t, vis, _) in enumerate(rows):
-            extra = {"label": label_path_for(rel), "row": k, "visible_fraction": round(vis, 6)}
+            extra = {"label": label_path(rel), "row": k, "visible_fraction": round(vis, 6)}
             if is_test:
-                extra["label_occlusion"] = occlusion_label_path_for(rel, objs[oi].name)
+                extra["label_occlusion"] = occlusion_label_path(rel, objs[oi].name)
                 test_scenes[oi].append(rel)
             poses[oi].append(pose_entry(rel, R, t, **extra))
         if not is_test:
@@ -473,17 +472,16 @@ def _print_summary(summary: dict, objs, test_flags, scene_test) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.default_argument_parser(__doc__.split("\n\n")[0])
     p.add_argument("--out", default=DEFAULT_OUT, help=f"dataset root to create (default {DEFAULT_OUT})")
-    p.add_argument("--objects", type=int, default=3, help="number of objects (default 3)")
+    cli.add_num_objects(p, default=3)
     p.add_argument("--images-per-object", type=int, default=20, help="single-object images per object (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+    cli.add_seed(p, help="random seed (default 0); same seed, same bytes")
     p.add_argument("--multi", type=int, default=0, help="number of OCCLUSION-style multi-object scenes (default 0)")
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                    help=f"fraction of images in test.txt (default {DEFAULT_TEST_FRACTION})")
-    p.add_argument("--workers", type=int, default=None,
-                   help=f"worker processes (default: one per {AUTO_IMAGES_PER_WORKER} images, at most the CPU "
+    cli.add_workers(p, default=None,
+                    help=f"worker processes (default: one per {AUTO_IMAGES_PER_WORKER} images, at most the CPU "
                         f"count and 8); does not change the output")
     p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help=f"JPEG quality (default {JPEG_QUALITY})")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset this generator wrote before")
@@ -494,9 +492,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        generate(args.out, objects=args.objects, images_per_object=args.images_per_object, seed=args.seed,
+        generate(args.out, objects=args.num_objects, images_per_object=args.images_per_object, seed=args.seed,
                  multi=args.multi, test_fraction=args.test_fraction,
-                 workers=args.workers or auto_workers(args.objects * args.images_per_object + args.multi),
+                 workers=args.workers or auto_workers(args.num_objects * args.images_per_object + args.multi),
                  overwrite=args.overwrite, jpeg_quality=args.jpeg_quality, quiet=args.quiet)
     except (ValueError, FileExistsError) as exc:
         print(f"make_synthetic_linemod: error: {exc}", file=sys.stderr)
@@ -505,4 +503,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
