@@ -53,7 +53,7 @@ class MeshPly:
         self.indices = _read_faces(ply)
 
     @classmethod
-    def from_millimetres(cls, filename, color=(0.0, 0.0, 0.0)) -> "MeshPly":
+    def from_millimetres(cls, filename, color=(0.0, 0.0, 0.0)) -> MeshPly:
         """Read a millimetre mesh (BOP) and return it in metres."""
         return cls(filename, color=color, scale=MM_TO_M)
 

@@ -708,7 +708,7 @@ class Darknet(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------
 
-    def fuse(self) -> "Darknet":
+    def fuse(self) -> Darknet:
         """An eval-mode copy with every BatchNorm folded into its convolution (spec §14 addition).
 
         Outputs equal the unfused eval model's up to float rounding. The copy refuses
@@ -795,7 +795,8 @@ class Darknet(nn.Module):
             major, minor = 0, 1
         seen = int(self.seen)
         if seen > np.iinfo(np.int32).max:
-            warnings.warn(f"seen={seen} does not fit the 32-bit header field; writing {np.iinfo(np.int32).max}")
+            warnings.warn(f"seen={seen} does not fit the 32-bit header field; writing {np.iinfo(np.int32).max}",
+                          stacklevel=2)
             seen = int(np.iinfo(np.int32).max)
         return major, minor, revision, seen
 

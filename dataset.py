@@ -21,7 +21,7 @@ from multiprocessing.context import get_spawning_popen
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch

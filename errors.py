@@ -7,7 +7,7 @@ for every script, instead of a traceback.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class InputError(ValueError):

@@ -368,7 +368,7 @@ class RegionLoss(nn.Module):
 
     @classmethod
     def from_region(cls, region: dict, num_keypoints: int = NUM_KEYPOINTS, scales: str = "cfg",
-                    pretrain_num_epochs: int = PRETRAIN_NUM_EPOCHS) -> "RegionLoss":
+                    pretrain_num_epochs: int = PRETRAIN_NUM_EPOCHS) -> RegionLoss:
         """Build from the model's `[region]` dict (keys anchors, num_anchors, anchor_step,
         num_classes, object_scale, noobject_scale, class_scale, coord_scale, thresh).
 

@@ -80,12 +80,13 @@ def pose_points3d(corners: np.ndarray) -> np.ndarray:
 
 def project_points(points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Pixel projections (N, 2) of 3-D points (N, 3) in metres under pose (R (3,3), t (3,) m)."""
-    cam = np.asarray(points, dtype=np.float64) @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64).reshape(1, 3)
+    cam = _transform(points, R, t)
     uvw = cam @ np.asarray(K, dtype=np.float64).T
     return uvw[:, :2] / uvw[:, 2:3]
 
 
-def compute_projection(points_3D: np.ndarray, transformation: np.ndarray, internal_calibration: np.ndarray) -> np.ndarray:
+def compute_projection(points_3D: np.ndarray, transformation: np.ndarray,
+                       internal_calibration: np.ndarray) -> np.ndarray:
     """Original API: points (3|4, N), [R|t] (3, 4), K (3, 3) -> pixel coordinates (2, N)."""
     pts = np.asarray(points_3D, dtype=np.float64)[:3].T
     T = np.asarray(transformation, dtype=np.float64)
@@ -160,7 +161,8 @@ calcAngularDistance = angle_error  # original name
 
 def translation_error(t_gt: np.ndarray, t_pr: np.ndarray) -> float:
     """||t_gt - t_pr|| in the unit of t (metres)."""
-    return float(np.linalg.norm(np.asarray(t_gt, dtype=np.float64).reshape(3) - np.asarray(t_pr, dtype=np.float64).reshape(3)))
+    diff = np.asarray(t_gt, dtype=np.float64).reshape(3) - np.asarray(t_pr, dtype=np.float64).reshape(3)
+    return float(np.linalg.norm(diff))
 
 
 def projection_error_2d(points: np.ndarray, K: np.ndarray, R_gt, t_gt, R_pr, t_pr) -> float:
@@ -170,7 +172,8 @@ def projection_error_2d(points: np.ndarray, K: np.ndarray, R_gt, t_gt, R_pr, t_p
 
 
 def _transform(points, R, t):
-    return np.asarray(points, dtype=np.float64) @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64).reshape(1, 3)
+    R = np.asarray(R, dtype=np.float64)
+    return np.asarray(points, dtype=np.float64) @ R.T + np.asarray(t, dtype=np.float64).reshape(1, 3)
 
 
 def add_error(points: np.ndarray, R_gt, t_gt, R_pr, t_pr) -> float:
@@ -196,7 +199,8 @@ def adds_error(points: np.ndarray, R_gt, t_gt, R_pr, t_pr, tree: cKDTree | None 
 
 def corner_error_2d(gt_px: np.ndarray, pr_px: np.ndarray) -> float:
     """Mean pixel distance between two sets of keypoints (K, 2)."""
-    return float(np.linalg.norm(np.asarray(gt_px, dtype=np.float64) - np.asarray(pr_px, dtype=np.float64), axis=1).mean())
+    diff = np.asarray(gt_px, dtype=np.float64) - np.asarray(pr_px, dtype=np.float64)
+    return float(np.linalg.norm(diff, axis=1).mean())
 
 
 def accuracy(count, n) -> float:
@@ -232,7 +236,8 @@ calc_pts_diameter = mesh_diameter  # original name
 # --------------------------------------------------------------------------------------------
 
 def keypoint_confidence(gt: torch.Tensor, pr: torch.Tensor, eps: float = 0.0, th: float = CONF_DIST_TH,
-                        sharpness: float = CONF_SHARPNESS, im_width: float = IM_WIDTH, im_height: float = IM_HEIGHT) -> torch.Tensor:
+                        sharpness: float = CONF_SHARPNESS, im_width: float = IM_WIDTH,
+                        im_height: float = IM_HEIGHT) -> torch.Tensor:
     """Mean exponential confidence between keypoint sets, shape (..., 2K) -> (...).
 
     Points are normalised and interleaved [x0, y0, x1, y1, ...]; distances are measured in

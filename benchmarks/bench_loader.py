@@ -74,12 +74,15 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         list_file = make_fixture(tmp, args.images_per_object)
-        variants = [("fresh", 0)] + ([(f"pool {args.procedural_pool}", args.procedural_pool)] if args.procedural_pool else [])
+        variants = [("fresh", 0)]
+        if args.procedural_pool:
+            variants.append((f"pool {args.procedural_pool}", args.procedural_pool))
         for name, pool in variants:
             dataset = ds.PoseDataset(list_file, train=True, procedural_pool=pool)
             rows += [(name, w, images_per_second(dataset, args.batch_size, args.train_size, w)) for w in args.workers]
     base = rows[0][2]
-    print(f"training loader, {args.images_per_object} images 640x480 -> {args.train_size}x{args.train_size}, batch {args.batch_size}, "
+    print(f"training loader, {args.images_per_object} images 640x480 -> {args.train_size}x{args.train_size}, "
+          f"batch {args.batch_size}, "
           f"{os.cpu_count()} CPUs; ratio against '{rows[0][0]}' with {rows[0][1]} workers")
     print(f"{'backgrounds':>12} {'workers':>8} {'images/s':>10} {'ratio':>8}")
     for name, w, ips in rows:

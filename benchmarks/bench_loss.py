@@ -191,13 +191,13 @@ def main(argv=None):
         loss_mod = RegionLoss(num_classes=C, anchors=anchors if A > 1 else [], num_anchors=A)
         kw = dict(C=C, A=A, anchors=anchors if A > 1 else ())
 
-        def vec():
+        def vec(out=out, loss_mod=loss_mod, target=target):
             o = out.clone().requires_grad_(True)
             loss, stats = loss_mod(o, target, 16)
             loss.backward()
             return stats
 
-        def loop():
+        def loop(out=out, target=target, kw=kw):
             o = out.clone().requires_grad_(True)
             loss, stats = loop_region_loss(o, target, 16, **kw)
             loss.backward()

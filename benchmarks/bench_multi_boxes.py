@@ -89,12 +89,17 @@ def main(argv=None) -> None:
     wanted = [int(i) % C for i in range(args.batch_size)]
     rows = []
     for thresh in (0.05, 0.5):
-        fast = lambda: get_multi_region_boxes(output, thresh, C, K, [], A, wanted, only_objectness=0, carry_class_max=False)
-        slow = lambda: loop_multi_boxes(output, thresh, C, A, wanted, 0, False)
+        def fast(thresh=thresh):
+            return get_multi_region_boxes(output, thresh, C, K, [], A, wanted, only_objectness=0, carry_class_max=False)
+
+        def slow(thresh=thresh):
+            return loop_multi_boxes(output, thresh, C, A, wanted, 0, False)
+
         for got, ref in zip(fast(), slow()):
             np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
         rows.append((thresh, len(fast()[0]), _time(slow, max(1, args.rounds // 5)), _time(fast, args.rounds)))
-    print(f"get_multi_region_boxes, batch {args.batch_size}, {A} anchors x {GRID}x{GRID} cells, {C} classes (ms per call)")
+    print(f"get_multi_region_boxes, batch {args.batch_size}, {A} anchors x {GRID}x{GRID} cells, {C} classes "
+          f"(ms per call)")
     print("| conf_thresh | boxes (image 0) | loop | vectorised | speed-up |")
     print("|---|---|---|---|---|")
     for thresh, n, slow_ms, fast_ms in rows:

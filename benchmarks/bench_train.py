@@ -113,10 +113,12 @@ def main(args) -> list[dict]:
         base = statistics.median(times["fp32"])
         for label, ts in times.items():
             t = statistics.median(ts)
-            rows.append({"network": name, "variant": label, "ms": 1e3 * t, "ips": args.batch_size / t, "ratio": base / t})
+            rows.append({"network": name, "variant": label, "ms": 1e3 * t, "ips": args.batch_size / t,
+                         "ratio": base / t})
             r = rows[-1]
             print(f"| {name} | {label} | {r['ms']:.1f} | {r['ips']:.1f} | {r['ratio']:.2f}x |", flush=True)
-    print(f"\ndevice {device}, torch {torch.__version__}, batch {args.batch_size}, input {args.train_size}x{args.train_size}, "
+    print(f"\ndevice {device}, torch {torch.__version__}, batch {args.batch_size}, "
+          f"input {args.train_size}x{args.train_size}, "
           f"threads {torch.get_num_threads()}\n")
     print("| network | variant | ms / step | images/s | vs fp32 |\n|---|---|---|---|---|")
     for r in rows:

@@ -96,14 +96,16 @@ def main(args) -> None:
             from tools.make_synthetic_linemod import generate
 
             t = time.perf_counter()
-            datacfg = generate(tmp, objects=1, images_per_object=args.images_per_object, seed=0, test_fraction=1.0)["data_cfgs"][0]
+            generated = generate(tmp, objects=1, images_per_object=args.images_per_object, seed=0, test_fraction=1.0)
+            datacfg = generated["data_cfgs"][0]
             print(f"generated {args.images_per_object} test images in {time.perf_counter() - t:.1f} s")
         setup = valid.load_eval_setup(datacfg)
         test_set = dataset.listDataset(setup.valid_list, shape=(args.test_size, args.test_size))
         model, described = build_model(args, device)
         what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
         print(f"device {device} ({what}), torch {torch.__version__}; {len(test_set)} test images of {setup.name} "
-              f"({len(setup.vertices)} mesh vertices) at {args.test_size}x{args.test_size}; {args.modelcfg}, {described}; "
+              f"({len(setup.vertices)} mesh vertices) at {args.test_size}x{args.test_size}; "
+              f"{args.modelcfg}, {described}; "
               f"{args.workers} loader workers\n")
         run_once(model, setup, test_set, batches[-1], args.workers, device)  # warm-up (allocator, caches)
         runs = {b: [] for b in batches}
@@ -117,7 +119,8 @@ def main(args) -> None:
     for b in batches:
         med = sorted(runs[b], key=lambda r: r["ips"])[len(runs[b]) // 2]
         ms = med["ms"]
-        same = all(r["summary"][k] == ref[k] for r in runs[b] for k in ("acc_2d", "acc_add", "acc_5cm5deg", "acc_corner"))
+        keys = ("acc_2d", "acc_add", "acc_5cm5deg", "acc_corner")
+        same = all(r["summary"][k] == ref[k] for r in runs[b] for k in keys)
         rows.append(f"| {b} | {med['ips']:.1f} | {ms['load']:.1f} | {ms['to_device'] + ms['forward']:.1f} | "
                     f"{ms['decode']:.2f} | {ms['eval']:.2f} | {med['ips'] / base:.2f}x | {'yes' if same else 'NO'} |")
     print("\n".join(rows))

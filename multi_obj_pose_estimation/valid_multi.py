@@ -77,7 +77,8 @@ class OcclusionObject:
         return self.setup.name
 
 
-def load_objects(datacfg, objects=None, diam_source: str = "data", pnp_method: str = "iterative") -> list[OcclusionObject]:
+def load_objects(datacfg, objects=None, diam_source: str = "data",
+                 pnp_method: str = "iterative") -> list[OcclusionObject]:
     """The objects of an occlusion `.data` file (spec §3.2 keys valid<k>, mesh<k>, diam<k>).
 
     An object's name is its mesh file's stem (LINEMOD/ape/ape.ply -> 'ape'), its class id k - 1.
@@ -117,7 +118,8 @@ def load_objects(datacfg, objects=None, diam_source: str = "data", pnp_method: s
                 diam = float(opts[f"diam{k}"])
             except ValueError:
                 raise ValueError(f"{datacfg}: diam{k} = {opts[f'diam{k}']!r} is not a number") from None
-        setup = valid.EvalSetup(name=name, valid_list=valid_list, vertices=vertices, corners=utils.box_corners(vertices),
+        setup = valid.EvalSetup(name=name, valid_list=valid_list, vertices=vertices,
+                                corners=utils.box_corners(vertices),
                                 K=K, im_width=width, im_height=height, diam=diam, pnp_method=pnp_method,
                                 extra={"datacfg": str(datacfg), "mesh": mesh})
         out.append(OcclusionObject(k - 1, setup))
@@ -209,7 +211,10 @@ def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thre
                     box = pick_box(boxes[b], int(row[0]))
                     # labels and predictions pass through float32 before de-normalisation (spec §4 item 17)
                     gt_px = row[1:1 + 2 * K].astype(np.float32).reshape(-1, 2) * scale
-                    pr_px = nan_pred if box is None else box[:2 * K].cpu().numpy().astype(np.float32).reshape(-1, 2) * scale
+                    if box is None:
+                        pr_px = nan_pred
+                    else:
+                        pr_px = box[:2 * K].cpu().numpy().astype(np.float32).reshape(-1, 2) * scale
                     res = valid.pose_errors(gt_px, pr_px, setup)
                     for k in (*valid.ERROR_KEYS, "failed", *valid.POSE_KEYS):
                         records[k].append(res[k])

@@ -22,7 +22,8 @@ device cpu
 
 def test_tables_keeps_the_last_copy_of_each_table():
     (t,) = run_all.tables(OUT)
-    assert t[0] == "| net | batch | GFLOP/s | vs eager |" and len(t) == 4  # a lone row without a separator is not a table
+    # a lone row without a separator is not a table
+    assert t[0] == "| net | batch | GFLOP/s | vs eager |" and len(t) == 4
 
 
 def test_ceiling_column():

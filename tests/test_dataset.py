@@ -101,10 +101,12 @@ def test_test_sample_keeps_all_21_numbers_of_every_object(small):
     assert target.shape == (1050,) and target.dtype == torch.float64
     np.testing.assert_allclose(target.numpy().reshape(50, 21)[:3], rows, atol=1e-12)
     assert not target[63:].any()
-    expect = np.asarray(Image.open("LINEMOD/ape/JPEGImages/000001.png").convert("RGB").resize((32, 24), Image.Resampling.BICUBIC))
+    source = Image.open("LINEMOD/ape/JPEGImages/000001.png").convert("RGB")
+    expect = np.asarray(source.resize((32, 24), Image.Resampling.BICUBIC))
     np.testing.assert_array_equal((img.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8), expect)
     same, _ = ds.PoseDataset("LINEMOD/ape/train.txt", shape=(64, 48))[1]
-    np.testing.assert_array_equal(same.numpy(), np.asarray(Image.open("LINEMOD/ape/JPEGImages/000001.png"), np.float32).transpose(2, 0, 1) / 255)
+    original = np.asarray(Image.open("LINEMOD/ape/JPEGImages/000001.png"), np.float32)
+    np.testing.assert_array_equal(same.numpy(), original.transpose(2, 0, 1) / 255)
 
 
 def test_transform_is_applied_to_the_pil_image(small):
@@ -161,7 +163,8 @@ def test_training_sample_is_the_documented_pipeline(small):
 
     rng = np.random.default_rng([7, 2, 1])
     bg = im.procedural_background(np.random.default_rng([7, 2, 1, 1]), 64, 64)  # at least 64 px a side
-    img = im.replace_background(Image.open("LINEMOD/ape/JPEGImages/000001.png"), Image.open("LINEMOD/ape/mask/0001.png"), bg)
+    img = im.replace_background(Image.open("LINEMOD/ape/JPEGImages/000001.png"),
+                                Image.open("LINEMOD/ape/mask/0001.png"), bg)
     offsets = im.draw_crop_offsets(rng, 64, 48, 0.2)
     out = im.crop_resize(img, offsets, 32)
     rng.integers(1, 10001)  # the unused flip bit
@@ -266,7 +269,8 @@ def test_multiscale_size_tables():
     N = 100
     rng = np.random.default_rng(0)
     assert ds.multiscale_size(0, N, rng) == 416 and ds.multiscale_size(10 * N - 1, N, rng) == 416
-    single = {10: (13, 20), 20: (12, 21), 30: (11, 22), 40: (10, 23), 50: (9, 24), 60: (8, 25), 70: (7, 26), 500: (7, 26)}
+    single = {10: (13, 20), 20: (12, 21), 30: (11, 22), 40: (10, 23), 50: (9, 24), 60: (8, 25), 70: (7, 26),
+              500: (7, 26)}
     for k, (lo, hi) in single.items():
         assert _sizes("single", k, N) == {32 * g for g in range(lo, hi + 1)}, k
     assert ds.multiscale_size(20 * N - 1, N, rng, "multi") == 416
@@ -297,7 +301,8 @@ def test_batch_sampler_sizes_follow_the_global_seen_count():
 
 def test_batch_sampler_ranks_share_sizes_and_split_the_data():
     n, bs, world = 23, 3, 2
-    ranks = [ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21, rank=r, world_size=world) for r in range(world)]
+    ranks = [ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21, rank=r, world_size=world)
+             for r in range(world)]
     b0, b1 = list(ranks[0]), list(ranks[1])
     assert len(b0) == len(b1) == 4  # ceil(23 / 2) = 12 per rank
     assert [b[0][1] for b in b0] == [b[0][1] for b in b1]  # identical sizes on both ranks
@@ -311,7 +316,8 @@ def test_batch_sampler_ranks_share_sizes_and_split_the_data():
     perm = np.random.default_rng([5, 4]).permutation(n)
     assert i0 == list(np.resize(perm, 24)[0::2]) and i1 == list(np.resize(perm, 24)[1::2])
     other_epoch = ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=5, seen=40 * 21)
-    assert [i for b in other_epoch for i, _ in b] != [i for b in ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21) for i, _ in b]
+    same_epoch = ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21)
+    assert [i for b in other_epoch for i, _ in b] != [i for b in same_epoch for i, _ in b]
     full = list(ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21, rank=1, world_size=world))
     resumed = ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21, rank=1, world_size=world, start_batch=3)
     assert list(resumed) == full[3:] and len(resumed) == 1 and resumed.num_batches == 4

@@ -132,7 +132,8 @@ def test_corrupt_video_frame_is_skipped_and_counted(setup, tmp_path, monkeypatch
     ("empty", "no images"),
 ])
 def test_bad_sources(setup, tmp_path, case, message):
-    source = {"missing": tmp_path / "nope.mp4", "camera": "97", "empty": tmp_path}[case] if case != "unreadable" else None
+    sources = {"missing": tmp_path / "nope.mp4", "camera": "97", "empty": tmp_path}
+    source = sources[case] if case != "unreadable" else None
     if case == "unreadable":
         source = tmp_path / "broken.jpg"
         source.write_bytes(b"\xff\xd8 this is not a jpeg")

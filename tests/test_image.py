@@ -184,7 +184,8 @@ def test_flip_lr_and_shift_helpers():
     np.testing.assert_array_equal(im.flip_lr(arr), arr[:, ::-1])
     wrapped = im.shift_image(Image.fromarray(arr), 3, -2, wrap=True)  # the original's ImageChops.offset
     np.testing.assert_array_equal(np.asarray(wrapped), np.roll(arr, (-2, 3), axis=(0, 1)))
-    np.testing.assert_array_equal(im.shift_image(arr, 3, -2, wrap=True), np.asarray(ImageChops.offset(Image.fromarray(arr), 3, -2)))
+    np.testing.assert_array_equal(im.shift_image(arr, 3, -2, wrap=True),
+                                  np.asarray(ImageChops.offset(Image.fromarray(arr), 3, -2)))
     padded = im.shift_image(arr, 3, -2, wrap=False)
     np.testing.assert_array_equal(padded[:4, 3:], arr[2:, :5])  # content moved right 3, up 2
     np.testing.assert_array_equal(padded[:, :3], 0)

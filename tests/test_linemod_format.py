@@ -82,9 +82,9 @@ def test_read_list_resolves_against_root_and_ancestors(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     paths = lf.read_list(lst)  # not found from the current directory: found from the list's grand-parent
-    assert paths == [str(tmp_path / "LINEMOD/ape/JPEGImages/000000.png"), str(tmp_path / "LINEMOD/ape/JPEGImages/000001.png")]
-    assert lf.read_list(lst, root=tmp_path) == [os.path.join(str(tmp_path), p) for p in
-                                                ("LINEMOD/ape/JPEGImages/000000.png", "LINEMOD/ape/JPEGImages/000001.png")]
+    names = ("LINEMOD/ape/JPEGImages/000000.png", "LINEMOD/ape/JPEGImages/000001.png")
+    assert paths == [str(tmp_path / n) for n in names]
+    assert lf.read_list(lst, root=tmp_path) == [os.path.join(str(tmp_path), n) for n in names]
     monkeypatch.chdir(tmp_path)
     assert lf.read_list(lst) == ["LINEMOD/ape/JPEGImages/000000.png", "LINEMOD/ape/JPEGImages/000001.png"]
     # multi-object style: '../LINEMOD/...' relative to a sibling folder of LINEMOD

@@ -258,7 +258,8 @@ def test_loss_uses_the_cfg_anchors_classes_and_ms_scales(repro):
     args = train_multi.get_args_parser().parse_args(["--pretrain_num_epochs", "3"] + ["--repro-anchor-bug"] * repro)
     loss = train_multi.make_loss(Darknet(TRIAL3_MULTI), args)
     assert (loss.num_classes, loss.num_anchors, loss.pretrain_num_epochs, loss.repro_anchor_bug) == (13, 5, 3, repro)
-    assert loss.anchors == pytest.approx([1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879, 5.8851])
+    assert loss.anchors == pytest.approx([1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879,
+                                          5.8851])
     assert (loss.coord_scale, loss.noobject_scale, loss.object_scale, loss.class_scale) == (1.0, 1.0, 5.0, 1.0)
 
 
@@ -284,6 +285,7 @@ def test_a_few_steps_lower_the_loss(occ):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeypatch, capsys):
     """No flags: the synthetic set is generated (here a copy of the fixture's), the small network
     trains, the 5 px accuracy is recorded, and the printed valid_multi command prints the table."""
@@ -339,7 +341,8 @@ def test_train_multi_reports_missing_files_before_training(occ, tmp_path, capsys
 def test_train_multi_refuses_a_single_object_network(occ, tmp_path):
     args = ["--datacfg", str(occ / "cfg/occlusion.data"), "--modelcfg", str(ROOT / "cfg/yolo-lite-trial3-pose.cfg"),
             "--initweightfile", "none", "--backupdir", str(tmp_path / "b"), "--quiet"]
-    with pytest.raises(SystemExit, match=r"object 'obj01' has class id 1 but .*yolo-lite-trial3-pose\.cfg has 1 classes"):
+    with pytest.raises(SystemExit,
+                       match=r"object 'obj01' has class id 1 but .*yolo-lite-trial3-pose\.cfg has 1 classes"):
         train_multi.main(train_multi.get_args_parser().parse_args(args))
 
 
@@ -350,7 +353,8 @@ def test_valid_multi_bad_inputs(occ, tmp_path):
         run("--datacfg", data, "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", str(tmp_path / "missing.weights"))
     with pytest.raises(InputError, match=r"does not fit .*yolo-lite-trial3-multi\.cfg: the file holds"):
         run("--datacfg", data, "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", str(BACKBONE3))
-    with pytest.raises(InputError, match=r"no object named 'ape'; its objects \(mesh<k> stems\) are \['obj00', 'obj01', 'obj02'\]"):
+    with pytest.raises(InputError,
+                       match=r"no object named 'ape'; its objects \(mesh<k> stems\) are \['obj00', 'obj01', 'obj02'\]"):
         run("--datacfg", data, "--objects", "ape")
     single = occ / "cfg/obj00.data"
     with pytest.raises(InputError, match=f"{single}: no 'mesh<k>' keys; expected an occlusion .data file"):

@@ -139,7 +139,8 @@ def test_gradcheck(A, C):
     anchors = [1.0, 1.5, 2.5, 2.0][:2 * A] if A > 1 else []
     loss = RegionLoss(num_classes=C, anchors=anchors, num_anchors=A)
     # before the confidence term the loss depends on the output only through autograd paths
-    assert torch.autograd.gradcheck(lambda o: loss(o, target, 15)[0], (out.clone().requires_grad_(True),), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda o: loss(o, target, 15)[0], (out.clone().requires_grad_(True),),
+                                    fast_mode=True)
     # with the confidence term: targets (tconf, ignore mask) are fixed, as they carry no gradient
     bt = loss.build_targets(out, target)
     assert bt.nGT == 2 and bt.coord_mask.sum() == 2
@@ -201,7 +202,7 @@ def test_batch_loss_is_the_sum_of_single_losses():
     loss = RegionLoss()
     lb, sb = loss(out, target, 16)
     singles = [loss(out[i:i + 1], target[i:i + 1], 16) for i in range(2)]
-    assert float(lb) == pytest.approx(sum(float(l) for l, _ in singles), rel=1e-12)
+    assert float(lb) == pytest.approx(sum(float(part) for part, _ in singles), rel=1e-12)
     for key in ("nGT", "nCorrect", "nProposals"):
         assert sb[key] == sum(s[key] for _, s in singles)
 

@@ -10,6 +10,7 @@ import pytest
 from tools import run_study
 
 
+@pytest.mark.slow
 def test_study_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "study"
     argv = ["--out", str(out), "--num-objects", "1", "--images-per-object", "6", "--epochs", "1", "--train-size", "64",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -274,6 +273,7 @@ def test_missing_inputs_are_reported_before_training(synth, tmp_path, case, mess
 # the main job and DDP (subprocesses: what a user runs)
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_main_job_generates_the_data_and_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(train, "SYNTHETIC_OBJECTS", 1)
@@ -290,6 +290,7 @@ def test_main_job_generates_the_data_and_trains(tmp_path, monkeypatch, capsys):
     assert f"--weightfile {backup / 'model.weights'}" in out
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_write_one_set_of_outputs(synth, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():

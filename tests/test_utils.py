@@ -207,7 +207,8 @@ def test_mesh_diameter_equals_all_pairs():
 def test_keypoint_confidence_constants():
     gt = torch.zeros(18, dtype=torch.float64)
     assert utils.corner_confidences(gt, gt).item() == pytest.approx(1.0, abs=1e-12)
-    assert utils.corner_confidence(gt, gt).item() == pytest.approx((math.e ** 2 - 1) / (math.e ** 2 - 1 + 1e-5), rel=1e-12)
+    expect = (math.e ** 2 - 1) / (math.e ** 2 - 1 + 1e-5)
+    assert utils.corner_confidence(gt, gt).item() == pytest.approx(expect, rel=1e-12)
     # a shift of d pixels in x on every point: (exp(2(1 - d/80)) - 1) / (e^2 - 1)
     for d in (0.0, 10.0, 40.0, 79.0, 80.0, 120.0):
         pr = gt.clone()

@@ -257,7 +257,7 @@ def test_known_pixel_shift_gives_known_errors(synth):
     """Every predicted point moved by (dx, dy) px: the corner error is hypot(dx, dy)."""
     for (dx, dy), inside in (((1.5, 2.0), True), ((6.0, 8.0), False)):
         shift = np.array([dx / 640, dy / 480])
-        summary, rec = synth_eval(synth, lambda gt, setup: encode(gt + shift))
+        summary, rec = synth_eval(synth, lambda gt, setup, shift=shift: encode(gt + shift))
         np.testing.assert_allclose(rec["err_corner"], math.hypot(dx, dy), atol=1e-3)
         # a uniform image shift is nearly a translation parallel to the image plane
         np.testing.assert_allclose(rec["err_2d"], math.hypot(dx, dy), rtol=0.1)
@@ -420,7 +420,8 @@ def test_bad_inputs_stop_before_the_loop_with_clear_errors(synth, trial3_weights
     # a backbone-only file ending exactly at a layer boundary would load silently without the check
     short = tmp_path / "short.weights"
     short.write_bytes(trial3_weights.read_bytes()[:-4 * (20 + 20 * 256)])
-    cases.append(([data, TRIAL3_CFG, short], r"short\.weights does not fit .*holds 542064 floats, the cfg needs 547204"))
+    cases.append(([data, TRIAL3_CFG, short],
+                  r"short\.weights does not fit .*holds 542064 floats, the cfg needs 547204"))
     # the VOC file (125-filter head)
     cases.append(([data, TRIAL3_CFG, root / "weights" / "tiny-yolov2-trial3-voc.weights"], r"does not fit"))
     cases.append(([data, TRIAL3_CFG, tmp_path / "nope.weights"], r"weights file not found: .*nope\.weights"))
@@ -431,7 +432,8 @@ def test_bad_inputs_stop_before_the_loop_with_clear_errors(synth, trial3_weights
                                                         r"num=1, classes=2 and num_keypoints=9 need 21"))
     cases.append(([data, tmp_path / "nope.cfg", trial3_weights], r"model cfg not found: .*nope\.cfg"))
     cases.append(([tmp_path / "nope.data", TRIAL3_CFG, trial3_weights], r"nope\.data: data cfg not found"))
-    cases.append(([data, TRIAL3_CFG, trial3_weights, "--test-size", "100"], r"--test-size must be a positive multiple of 32"))
+    cases.append(([data, TRIAL3_CFG, trial3_weights, "--test-size", "100"],
+                  r"--test-size must be a positive multiple of 32"))
     cases.append(([data, TRIAL3_CFG, trial3_weights, "extra"], r"at most three positional arguments"))
     cases.append(([data, TRIAL3_CFG, trial3_weights, "--datacfg", data], r"datacfg given twice"))
     (tmp_path / "no_data").mkdir()
@@ -468,7 +470,8 @@ def test_notebook_is_committed_clean_and_executes(synth, trial3_weights, root, m
     monkeypatch.setenv("SSP_NB_WEIGHTS", str(trial3_weights))
     monkeypatch.setenv("SSP_NB_TEST_SIZE", str(TEST_SIZE))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(root)}})
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(root)}})
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")

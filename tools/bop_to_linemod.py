@@ -112,7 +112,8 @@ def scan_split(split_dir: Path) -> dict:
                 raise ValueError(f"{cam_file}: no camera for image {im_key} (annotated in {gt_file.name})")
             K = _numbers(cam[im_key], "cam_K", 9, f"{cam_file}: image {im_key}").reshape(3, 3)
             if not (K[0, 0] > 0 and K[1, 1] > 0):
-                raise ValueError(f"{cam_file}: image {im_key}: cam_K has non-positive focal lengths {K[0, 0]}, {K[1, 1]}")
+                raise ValueError(f"{cam_file}: image {im_key}: cam_K has non-positive focal lengths "
+                                 f"{K[0, 0]}, {K[1, 1]}")
             for g, rec in enumerate(gt[im_key]):
                 where = f"{gt_file}: image {im_key} annotation {g}"
                 R = _numbers(rec, "cam_R_m2c", 9, where).reshape(3, 3)
@@ -222,7 +223,9 @@ def mesh_path(bop: Path, obj_id: int) -> Path:
 def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, name: str, class_id: int,
                    diameter_m: float | None, rotate_y_180: bool = False, image_format: str = "jpg",
                    mask_kind: str = "visib", flags: np.ndarray | None = None, warn=print) -> Path:
-    """Write LINEMOD/<name>/ for one BOP object; items from scan_split; flags (n,) test flags. Returns the .data path."""
+    """Write LINEMOD/<name>/ for one BOP object; items from scan_split; flags (n,) test flags.
+
+    Returns the .data path."""
     folder = out / "LINEMOD" / name
     mesh = MeshPly.from_millimetres(mesh_path(bop, obj_id))
     vertices, normals = mesh.vertices, mesh.normals
@@ -243,7 +246,8 @@ def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, n
     for n, (scene, im_id, g, R, t_mm, K) in enumerate(items):
         index = im_id if single_scene else n
         scene_dir = bop / split / scene
-        dst = _write_image(find_image(scene_dir / "rgb", im_id), folder / "JPEGImages" / image_stem(index), image_format)
+        dst = _write_image(find_image(scene_dir / "rgb", im_id), folder / "JPEGImages" / image_stem(index),
+                           image_format)
         rel = f"LINEMOD/{name}/JPEGImages/{dst.name}"
         if rotate_y_180:
             R = R @ ROT_Y_180
@@ -272,7 +276,8 @@ def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, n
     write_list(folder / "training_range.txt", [str(int(Path(p).stem)) for p, f in zip(rel_images, flags) if not f])
     write_list(folder / "image_map.txt", image_map)
     width, height = _image_size(out / rel_images[0])
-    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K0, width, height, entries)
+    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K0, width, height,
+                     entries)
     data = out / "cfg" / f"{name}.data"
     diam = mesh_diameter(vertices) if diameter_m is None else diameter_m
     write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diam, K0, width, height))
@@ -335,7 +340,8 @@ def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "l
         im_ids = [it[1] for it in found[o]]
         flags = split_flags(im_ids, test_fraction, [seed, o],
                             _read_ids(train_list, name, o) if train_list else None,
-                            _read_ids(test_list, name, o) if test_list else None, lists=(str(train_list), str(test_list)))
+                            _read_ids(test_list, name, o) if test_list else None,
+                            lists=(str(train_list), str(test_list)))
         folder = out / "LINEMOD" / name
         if folder.exists() and not overwrite:
             raise FileExistsError(f"{folder} already exists; pass --overwrite to replace it")
@@ -352,7 +358,8 @@ def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "l
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__.split("\n\n")[0],
-                                    epilog="Frames, names, splits: python -c 'import tools.bop_to_linemod as m; help(m)'")
+                                    epilog="Frames, names, splits: "
+                                           "python -c 'import tools.bop_to_linemod as m; help(m)'")
     p.add_argument("--bop", required=True, help="BOP dataset folder (holds models/ and the split folders)")
     p.add_argument("--out", required=True, help="dataset root to write (LINEMOD/<name>/, cfg/, poses/)")
     p.add_argument("--split", default="test", help="BOP split folder (default test)")
@@ -366,7 +373,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"random test fraction without lists (default {DEFAULT_TEST_FRACTION})")
     cli.add_seed(p, help="seed of the random split (default 0)")
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="output image format (default jpg)")
-    p.add_argument("--mask-kind", choices=("visib", "full"), default="visib", help="BOP mask to use first (default visib)")
+    p.add_argument("--mask-kind", choices=("visib", "full"), default="visib",
+                   help="BOP mask to use first (default visib)")
     p.add_argument("--overwrite", action="store_true", help="replace existing LINEMOD/<name>/ folders")
     return p
 
@@ -382,7 +390,8 @@ def main(argv=None) -> int:
             parser.error(str(exc))
     try:
         datas = convert(args.bop, args.out, args.split, objects, args.names, args.rotate_y_180, args.train_list,
-                        args.test_list, args.test_fraction, args.seed, args.image_format, args.mask_kind, args.overwrite)
+                        args.test_list, args.test_fraction, args.seed, args.image_format, args.mask_kind,
+                        args.overwrite)
     except (OSError, ValueError) as exc:  # FileNotFoundError, FileExistsError, MeshError, PoseFileError
         print(f"bop_to_linemod: error: {exc}", file=sys.stderr)
         return 2

@@ -1,16 +1,17 @@
 """Overlay the labelled 3-D boxes on dataset images and save a PNG grid (a visual label check).
 
-    python tools/draw_labels.py --data data/synthetic/cfg/obj00.data --n 4 --out docs/img/synthetic_labels.png
-    python tools/draw_labels.py --data data/synthetic/cfg/obj0[0-2].data --split train --n 4 --colors 256 --out x.png
-    python tools/draw_labels.py --data data/synthetic/cfg/occlusion.data --split train --out docs/img/x.png
-    python tools/draw_labels.py --data data/synthetic/cfg/obj01_occlusion.data --occlusion --out x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj00.data --n 4 --out docs/img/synthetic_labels.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj0[0-2].data --split train --n 4 --colors 256 --out x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/occlusion.data --split train --out docs/img/x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj01_occlusion.data --occlusion --out x.png
 
 For each chosen image of the `.data` files' lists (`--split valid` = the `valid` key, `train` =
 the `train` key; with several files the images alternate between them), every row of its label
-file is drawn with utils.draw_box: green box, centroid dot, class id. With `--occlusion` the labels come from LINEMOD/<name>/labels_occlusion/ and are
-put back into the §9.2 order with the §9.6 permutation before drawing (a wrong order shows as a
-scrambled box). If the dataset root has poses/<obj>.json files (written by the synthetic
-generator, make_labels.py, bop_to_linemod.py), the 9 points re-projected from the saved pose and
+file is drawn with utils.draw_box: green box, centroid dot, class id. With `--occlusion` the
+labels come from LINEMOD/<name>/labels_occlusion/ and are put back into the §9.2 order with the
+§9.6 permutation before drawing (a wrong order shows as a scrambled box). If the dataset root has
+poses/<obj>.json files (written by the synthetic generator, make_labels.py, bop_to_linemod.py), the
+9 points re-projected, bop_to_linemod.py), the 9 points re-projected from the saved pose and
 mesh are drawn on top as magenta dots (for the classes whose labels are drawn): each dot must
 sit on the green box's corner (or centroid); the largest gap is printed. A pose saved with its
 own camera ("K", as bop_to_linemod.py writes when the camera varies) is projected with it.
@@ -135,12 +136,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_datacfg(p, required=True, nargs="+",
                     help=".data file(s) (single-object, occlusion.data or <obj>_occlusion.data); images alternate "
                          "between them")
-    p.add_argument("--split", choices=("valid", "train"), default="valid", help="which list of the .data file (default valid)")
+    p.add_argument("--split", choices=("valid", "train"), default="valid",
+                   help="which list of the .data file (default valid)")
     p.add_argument("--n", type=int, default=4, help="number of images, spread over the list (default 4)")
     p.add_argument("--cols", type=int, default=2, help="grid columns (default 2)")
     p.add_argument("--scale", type=float, default=0.5, help="tile scale (default 0.5)")
     p.add_argument("--colors", type=int, default=0, help="palette PNG with this many colours (default 0: full colour)")
-    p.add_argument("--occlusion", action="store_true", help="read labels_occlusion/ of the .data 'name' (OCCLUSION order)")
+    p.add_argument("--occlusion", action="store_true",
+                   help="read labels_occlusion/ of the .data 'name' (OCCLUSION order)")
     p.add_argument("--no-poses", action="store_true", help="do not draw points re-projected from poses/*.json")
     p.add_argument("--out", required=True, help="output PNG")
     return p

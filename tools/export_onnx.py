@@ -68,7 +68,8 @@ def check(model: Darknet, onnx_path, shapes=CHECK_SHAPES, seed: int = 0) -> floa
             ref = model(torch.from_numpy(x)).numpy()
         got = session.run(["output"], {"images": x})[0]
         if got.shape != ref.shape:
-            raise ExportMismatch(f"{onnx_path}: output shape {got.shape} for input {x.shape}; PyTorch gives {ref.shape}")
+            raise ExportMismatch(f"{onnx_path}: output shape {got.shape} for input {x.shape}; "
+                                 f"PyTorch gives {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
 

@@ -287,9 +287,11 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
     write_list(folder / "test.txt", [p for p, f in zip(rel_images, flags) if f])
     write_list(folder / "training_range.txt", [str(i) for i, f in enumerate(flags) if not f])
     write_list(folder / "image_map.txt", image_map)
-    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K, width, height, entries)
+    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K, width, height,
+                     entries)
     data = out / "cfg" / f"{name}.data"
-    write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter if diam is None else float(diam), K, width, height))
+    diameter = diameter if diam is None else float(diam)
+    write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter, K, width, height))
     return data
 
 
@@ -318,7 +320,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     units.add_argument("--mesh-units", choices=sorted(UNIT_SCALE), default=None, help="mesh units (default m)")
     units.add_argument("--pose-units", choices=sorted(UNIT_SCALE), default=None, help="units of t (default m)")
     units.add_argument("--mm", action="store_true", help="mesh and t in millimetres (BOP); same as both units mm")
-    p.add_argument("--diam", type=float, default=None, help="diameter in metres (default: the mesh's largest vertex distance)")
+    p.add_argument("--diam", type=float, default=None,
+                   help="diameter in metres (default: the mesh's largest vertex distance)")
     p.add_argument("--masks", choices=MASK_MODES, default="render",
                    help="render: mesh silhouettes (default); full: all-255 masks; none: no masks (no training)")
     p.add_argument("--masks-dir", default=None, help="your own masks, one per image with the image's stem")

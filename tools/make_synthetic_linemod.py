@@ -302,7 +302,8 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
             raise FileExistsError(f"{out}: already holds {existing[0].name}/ that this generator did not write; "
                                   f"choose an empty --out folder")
         if info.exists() and not marker.exists() and not overwrite:
-            raise FileExistsError(f"{out}: a synthetic dataset already exists ({info.name}); pass --overwrite to replace it")
+            raise FileExistsError(f"{out}: a synthetic dataset already exists ({info.name}); "
+                                  f"pass --overwrite to replace it")
         for d in existing:
             shutil.rmtree(d)
     info.unlink(missing_ok=True)
@@ -326,7 +327,8 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
     seconds.
     """
     if objects < 1 or images_per_object < 1 or multi < 0:
-        raise ValueError(f"need objects >= 1, images_per_object >= 1, multi >= 0; got {objects}, {images_per_object}, {multi}")
+        raise ValueError(f"need objects >= 1, images_per_object >= 1, multi >= 0; "
+                         f"got {objects}, {images_per_object}, {multi}")
     if multi and objects < 2:
         raise ValueError(f"--multi needs at least 2 objects (scenes mix classes); got --objects {objects}")
     if seed < 0:
