@@ -2,7 +2,7 @@
 
 Every script builds its parser from `default_argument_parser` and the `add_*` helpers below, so
 the same flag has the same spelling, type, default convention and help text in train.py,
-valid.py, detect.py, the multi-object scripts, the tools and the benchmarks (docs/design.md §15):
+valid.py, detect.py, the multi-object scripts, the tools and the benchmarks (docs/design.md design §15):
 
     --datacfg (alias --data)      a `.data` file                      add_datacfg
     --modelcfg                    a network `.cfg`                    add_model

@@ -1,13 +1,13 @@
 """LINEMOD data: label files, path derivation, image lists, training/test samples, multi-scale batches.
 
-Spec §3 (formats and layout) and §6 (sampling and augmentation). The image-level steps live in
+Spec design §3 (formats and layout) and §6 (sampling and augmentation). The image-level steps live in
 `image.py`; this module does the I/O and puts the steps together in the original's order.
 
 A sample is `(image, target)`:
     image  float32 (3, S, S) (test: (3, H, W) of `shape`), RGB in [0, 1], no normalisation;
-    target float64 (MAX_OBJECTS * 21,): the label rows of spec §3.1, zero padded. An empty slot
-    has x0 == 0 (spec §3.1); an augmented centroid clamped to x0 = 0 reads as "no object", as in
-    the original (§11 item 18, preserved).
+    target float64 (MAX_OBJECTS * 21,): the label rows of design §3.1, zero padded. An empty slot
+    has x0 == 0 (design §3.1); an augmented centroid clamped to x0 = 0 reads as "no object", as in
+    the original (D18, preserved).
 
 Randomness: every draw of a training sample comes from `np.random.default_rng([seed, epoch,
 index])`, and every batch size from `[seed, epoch, batch, 2]`, so results do not depend on the
@@ -33,14 +33,14 @@ from linemod_format import (MAX_OBJECTS, NUM_KEYPOINTS, label_path, mask_path, r
                             write_label_rows)
 from utils import LINEMOD_OBJECTS
 
-# spec §6.1: hard-coded augmentation constants (the cfg's jitter/hue/saturation/exposure are ignored)
+# design §6.1: hard-coded augmentation constants (the cfg's jitter/hue/saturation/exposure are ignored)
 JITTER, HUE, SATURATION, EXPOSURE = 0.2, 0.1, 1.5, 1.5
-# spec §6.3: multi-object sample
+# design §6.3: multi-object sample
 MULTI_JITTER = 0.1
 MAX_SHIFT_PX = 80
 MAX_OVERLAP = 0.2  # an extra object is pasted if < 20% of its mask overlaps the union
 MAX_PASTE_TRIES = 50  # the original retries forever; we give up on that extra object
-# spec §6.5: multi-scale training; rows (seen < k*N, U{lo..hi} or None = the default size)
+# design §6.5: multi-scale training; rows (seen < k*N, U{lo..hi} or None = the default size)
 DEFAULT_SIZE = 416
 SIZE_STEP = 32
 SCALE_TABLES = {
@@ -48,7 +48,7 @@ SCALE_TABLES = {
                (60, (9, 24)), (70, (8, 25)), (math.inf, (7, 26))),
     "multi": ((20, None), (40, (13, 16)), (60, (12, 17)), (80, (11, 18)), (math.inf, (10, 19))),
 }
-# spec §6.3 step 1: the extra objects pasted around each main object
+# design §6.3 step 1: the extra objects pasted around each main object
 EXTRA_OBJECTS = {
     "ape": ("can", "cat", "duck", "glue", "holepuncher", "iron", "phone"),
     "benchvise": ("ape", "can", "cat", "driller", "duck", "glue", "holepuncher"),
@@ -153,7 +153,7 @@ def _size_wh(size) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# Multi-object training sample (spec §6.3)
+# Multi-object training sample (design §6.3)
 # --------------------------------------------------------------------------------------------
 
 @dataclass
@@ -168,7 +168,7 @@ class MultiObjectSample:
 
 
 def extra_objects(obj: str, available: Sequence[str]) -> list[str]:
-    """The objects pasted around `obj` (spec §6.3 table), restricted to `available`.
+    """The objects pasted around `obj` (design §6.3 table), restricted to `available`.
 
     For an object outside the LINEMOD table: every other available object, sorted.
     """
@@ -204,17 +204,17 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
                         rng: np.random.Generator, background, *, jitter: float = MULTI_JITTER,
                         resample: str = im.DEFAULT_RESAMPLE, fix_crop: bool = False,
                         repro_label_bugs: bool = False, max_tries: int = MAX_PASTE_TRIES) -> MultiObjectSample:
-    """The §6.3 training sample: the main object plus non-overlapping extra objects on a background.
+    """The design §6.3 training sample: the main object plus non-overlapping extra objects on a background.
 
     img_path: main image (its object = grand-parent folder); extra_paths: object name -> its
     training image paths; size: S pixels; background: any-size RGB image (PIL or uint8 array).
     Main object: crop jitter, resize to S, shift by U{-80..80} px, flip. Extras (table of
-    §6.3, shuffled): crop jitter, resize, flip; pasted when < 20% of their mask (> 200) overlaps
+    design §6.3, shuffled): crop jitter, resize, flip; pasted when < 20% of their mask (> 200) overlaps
     the union mask, else another image is drawn (at most `max_tries` per object, then it is left
     out). The main object is pasted again on top, then the background fills the rest.
     Labels: main file's rows, then each extra's first row; ranges recomputed.
     Default (bugs fixed): the shift pads with black (no wrap) and labels follow the flip
-    (x -> 1 - x). `repro_label_bugs=True`: wrap-around shift, labels ignore the flip (§11 item 20).
+    (x -> 1 - x). `repro_label_bugs=True`: wrap-around shift, labels ignore the flip (D20).
     """
     fixed = not repro_label_bugs
     S = int(size)
@@ -270,7 +270,7 @@ def _shared_counter(value: int = 0):
 
 
 class PoseDataset(Dataset):
-    """LINEMOD images with their labels, for training (spec §6.1) or testing (spec §6.2).
+    """LINEMOD images with their labels, for training (design §6.1) or testing (design §6.2).
 
     source: a list file (see `read_list`) or a sequence of image paths.
     shape: the test size (w, h) or S (default 416); also the training size when an int index is given.
@@ -281,8 +281,8 @@ class PoseDataset(Dataset):
     or, with `procedural_pool=K`, a uniform pick among K procedural backgrounds seeded by
     (seed, k) and cached per process (about 2x faster loading; K * 0.9 MB per worker at 640x480).
     seed, epoch: the random stream of sample i is default_rng([seed, epoch, i]); `set_epoch`.
-    resample: 'bicubic' (default) or 'nearest' (Pillow < 7, strict reproduction), spec §6.4.
-    fix_crop: crop sw x sh instead of the original's (sw-1) x (sh-1) (§11 item 19).
+    resample: 'bicubic' (default) or 'nearest' (Pillow < 7, strict reproduction), design §6.4.
+    fix_crop: crop sw x sh instead of the original's (sw-1) x (sh-1) (D19).
     skip_bad: a missing/unreadable file or a bad label line gives a warning naming it, counts in
     `bad_samples`, and the sample is replaced by the next good index; otherwise it raises.
     shuffle: shuffle the list once at construction with `seed` (the original's default is
@@ -440,7 +440,7 @@ class PoseDataset(Dataset):
         return self._bg_cache[key]
 
     def train_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
-        """The §6.1 sample: (PIL RGB of `size` (w, h), label rows (n, 21))."""
+        """The design §6.1 sample: (PIL RGB of `size` (w, h), label rows (n, 21))."""
         path = self.paths[index]
         rng = self.rng(index)
         img = load_image(path)
@@ -450,12 +450,12 @@ class PoseDataset(Dataset):
         img = im.replace_background(img, mask, bg, self.resample)
         offsets = im.draw_crop_offsets(rng, img.width, img.height, self.jitter)
         out = im.crop_resize(img, offsets, size, self.resample, self.fix_crop)
-        rng.integers(1, 10001)  # spec §6.1 step 4: a flip bit is drawn but never applied (§11 item 20)
+        rng.integers(1, 10001)  # design §6.1 step 4: a flip bit is drawn but never applied (D20)
         out = im.distort_image(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
         return out, im.transform_labels(rows, *im.crop_label_params(offsets, img.width, img.height))
 
     def test_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
-        """The §6.2 sample, keeping all 21 numbers of every object (§11 item 17)."""
+        """The design §6.2 sample, keeping all 21 numbers of every object (D17)."""
         path = self.paths[index]
         rows = read_label_rows(label_path(path), self.label_width)
         img = load_image(path)
@@ -468,7 +468,7 @@ listDataset = PoseDataset  # the original's name
 
 
 class MultiObjectDataset(PoseDataset):
-    """Training images of a main object composed with extra objects (spec §6.3).
+    """Training images of a main object composed with extra objects (design §6.3).
 
     extra_paths: object name -> its training image paths (the original reads
     `LINEMOD/<obj>/train.txt`; see `linemod_train_lists`). repro_label_bugs: see
@@ -511,13 +511,13 @@ def linemod_train_lists(linemod_dir, names: Sequence[str] | None = None,
 
 
 # --------------------------------------------------------------------------------------------
-# Multi-scale batches (spec §6.5, §11 item 32)
+# Multi-scale batches (design §6.5, D32)
 # --------------------------------------------------------------------------------------------
 
 def multiscale_size(seen: int, N: int, rng: np.random.Generator, mode: str = "single") -> int:
     """The input size S for a batch after `seen` images, with N = (num_samples // batch) * batch.
 
-    spec §6.5: the first row of the mode's table with seen < k*N gives 416 or 32 * U{lo..hi}.
+    design §6.5: the first row of the mode's table with seen < k*N gives 416 or 32 * U{lo..hi}.
     The draw (one rng.integers call) happens only on a random row.
     """
     if mode not in SCALE_TABLES:
@@ -531,13 +531,13 @@ def multiscale_size(seen: int, N: int, rng: np.random.Generator, mode: str = "si
 
 
 class MultiScaleBatchSampler(Sampler):
-    """Batches of `(index, S)` pairs sharing one input size S (spec §6.5).
+    """Batches of `(index, S)` pairs sharing one input size S (design §6.5).
 
     The epoch's order is default_rng([seed, epoch]).permutation (or 0..n-1 without shuffle),
     padded by repetition to a multiple of world_size; rank r takes every world_size-th index
     from r (like DistributedSampler). Global batch b's size comes from the images seen before
     it, `seen + b * batch_size * world_size`, drawn with default_rng([seed, epoch, b, 2]): the
-    same on every rank and whatever the number of workers. mode: 'single', 'multi' (§6.5
+    same on every rank and whatever the number of workers. mode: 'single', 'multi' (design §6.5
     tables) or 'fixed' (always fixed_size). The last incomplete batch is kept unless drop_last.
     start_batch: resume an interrupted epoch: batches 0..start_batch-1 are skipped, the others
     are exactly those of a full pass; len() counts the remaining batches, `num_batches` all.
@@ -565,7 +565,7 @@ class MultiScaleBatchSampler(Sampler):
 
     @property
     def N(self) -> int:
-        """(num_samples // batch_size) * batch_size, the §6.5 unit of `seen`."""
+        """(num_samples // batch_size) * batch_size, the design §6.5 unit of `seen`."""
         return (self.num_samples // self.batch_size) * self.batch_size
 
     def shard(self) -> np.ndarray:
@@ -604,7 +604,7 @@ class MultiScaleBatchSampler(Sampler):
 
 
 # --------------------------------------------------------------------------------------------
-# Loaders (spec §6.6)
+# Loaders (design §6.6)
 # --------------------------------------------------------------------------------------------
 
 def collate(batch):
@@ -623,7 +623,7 @@ def make_train_loader(dataset: PoseDataset, batch_size: int, seed: int | None = 
 
     seed defaults to dataset.seed (it drives the shuffle and the sizes; the dataset's seed drives
     the augmentation). `seen` = images seen before this epoch, over all ranks (e.g. model.seen).
-    pin_memory defaults to torch.cuda.is_available() (the original pins, spec §6.6).
+    pin_memory defaults to torch.cuda.is_available() (the original pins, design §6.6).
     start_batch: skip the epoch's first batches (resume); len(loader) counts the remaining ones,
     loader.batch_sampler.num_batches the whole epoch.
     """
@@ -639,7 +639,7 @@ def make_train_loader(dataset: PoseDataset, batch_size: int, seed: int | None = 
 
 def make_test_loader(dataset: PoseDataset, batch_size: int = 1, workers: int = 0,
                      pin_memory: bool | None = None) -> DataLoader:
-    """A test DataLoader: fixed size (dataset.shape), list order, every sample once (spec §6.6)."""
+    """A test DataLoader: fixed size (dataset.shape), list order, every sample once (design §6.6)."""
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory)

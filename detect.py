@@ -126,7 +126,7 @@ def _video_frames(cap, stem: str):
 # --------------------------------------------------------------------------------------------
 
 def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> (1, 3, h, w) float in [0, 1], resized as the test loader does (spec §6.2)."""
+    """RGB uint8 (H, W, 3) -> (1, 3, h, w) float in [0, 1], resized as the test loader does (design §6.2)."""
     img = Image.fromarray(rgb)
     if img.size != tuple(size):
         img = img.resize(size, image.resample_filter("bicubic"))
@@ -137,7 +137,7 @@ def select_boxes(output: torch.Tensor, multi: bool, num_classes: int, num_keypoi
                  conf_thresh: float) -> list[tuple[int, float, np.ndarray]]:
     """[(class_id, confidence, normalised points (K, 2))] for one image's output (1, ch, H, W).
 
-    Single object: the most confident cell (spec §4.1), whatever its confidence. Multi object: per
+    Single object: the most confident cell (design §4.1), whatever its confidence. Multi object: per
     class, the cell with the highest det_conf * class prob among cells whose best class it is, kept
     when that score exceeds conf_thresh (no ground truth to fall back on at inference).
     """

@@ -1,17 +1,17 @@
 """The LINEMOD file formats, in one place: label rows, derived paths, lists, `.data` files, pose files.
 
 Every reader and writer of the dataset layout (the loaders, valid.py, detect.py, the tools)
-goes through this module, so a rule is written once (docs/design.md §3):
+goes through this module, so a rule is written once (docs/design.md design §3):
 
     LINEMOD/<obj>/JPEGImages/NNNNNN.jpg          6-digit image index
     LINEMOD/<obj>/labels/NNNNNN.txt              rows of 21 numbers, '%.6f', space separated
     LINEMOD/<obj>/mask/NNNN.png                  a leading '00' of the stem dropped, 0 / 255
-    LINEMOD/<obj>/labels_occlusion/NNNNNN.txt    one row, points in the OCCLUSION order (§9.6)
+    LINEMOD/<obj>/labels_occlusion/NNNNNN.txt    one row, points in the OCCLUSION order (design §9.6)
     LINEMOD/<obj>/train.txt, test.txt            one image path per line
-    cfg/<name>.data                              'key = value' lines (§3.2)
+    cfg/<name>.data                              'key = value' lines (design §3.2)
 
 A label row is [class, x0, y0, ..., x8, y8, x range, y range], normalised by the image size
-(§3.1): point 0 is the model origin, points 1..8 the box corners in the §9.2 order.
+(design §3.1): point 0 is the model origin, points 1..8 the box corners in the §9.2 order.
 
 Reading order: constants, label rows, paths, image lists, `.data` files, the tools' pose files,
 the train/test split, and `atomic_write`, the one way this project writes a file. The module
@@ -120,7 +120,7 @@ def write_label_rows(path, rows, width: int = LABEL_WIDTH) -> None:
 
 
 def to_occlusion_order(row: np.ndarray) -> np.ndarray:
-    """A (21,) label row with its 9 points moved from the §9.2 order to the OCCLUSION order (§9.6).
+    """A (21,) label row with its 9 points moved from the design §9.2 order to the OCCLUSION order (§9.6).
 
     Inverse of the evaluation's re-ordering: `from_occlusion_order(to_occlusion_order(r)) == r`.
     Class id and the x / y ranges are unchanged (the range covers the same 9 points).
@@ -129,7 +129,7 @@ def to_occlusion_order(row: np.ndarray) -> np.ndarray:
 
 
 def from_occlusion_order(row: np.ndarray) -> np.ndarray:
-    """A (21,) OCCLUSION-order row back in the §9.2 order: points[i] = occ[OCCLUSION_PERM[i]] (§9.6)."""
+    """A (21,) OCCLUSION-order row back in the design §9.2 order: points[i] = occ[OCCLUSION_PERM[i]] (§9.6)."""
     return _reorder_points(row, OCCLUSION_PERM)
 
 
@@ -247,7 +247,7 @@ def write_list(path, lines) -> None:
 # --------------------------------------------------------------------------------------------
 
 def read_data_cfg(datacfg, resolve_paths: bool = False) -> dict:
-    """Read a `.data` file (`key = value` lines) into a dict of strings, with the §3.2 defaults.
+    """Read a `.data` file (`key = value` lines) into a dict of strings, with the design §3.2 defaults.
 
     Lines starting with '#' are comments. With `resolve_paths`, the path keys (train, valid,
     mesh, backup, tr_range, valid<k>, mesh<k>) that are relative and do not exist from the current
@@ -297,7 +297,7 @@ def write_data_cfg(path, items) -> None:
 def data_cfg_items(name: str, root_rel: str, diam: float, K: np.ndarray, width: int = IM_WIDTH,
                    height: int = IM_HEIGHT, train: str | None = None, valid: str | None = None,
                    mesh: str | None = None, backup: str | None = None) -> list[tuple[str, str]]:
-    """Every §3.2 key of a single-object `.data` file; paths relative to the dataset root.
+    """Every design §3.2 key of a single-object `.data` file; paths relative to the dataset root.
 
     root_rel: the object folder relative to the root, e.g. 'LINEMOD/obj00'. diam in metres,
     written with repr() so it reads back exactly.

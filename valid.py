@@ -1,17 +1,17 @@
-"""Score pose weights on a LINEMOD test split (spec §9): 2-D projection, ADD, ADD-S, 5cm5deg.
+"""Score pose weights on a LINEMOD test split (design §9): 2-D projection, ADD, ADD-S, 5cm5deg.
 
     python valid.py --datacfg cfg/ape.data --modelcfg cfg/yolo-pose.cfg --weightfile backup/ape/model_backup.weights
     python valid.py cfg/ape.data cfg/yolo-pose.cfg backup/ape/model_backup.weights      # positional form
     python valid.py --all cfg --modelcfg cfg/yolo-pose.cfg --weightfile 'backup/{name}/model_backup.weights'
 
-Reading order: `load_eval_setup` (object, camera, thresholds) -> `pose_errors` (the §9.1 errors of
-one object from its 9 GT and 9 predicted points) -> `summarize` (the §9.3 accuracies and means) ->
+Reading order: `load_eval_setup` (object, camera, thresholds) -> `pose_errors` (the design §9.1 errors of
+one object from its 9 GT and 9 predicted points) -> `summarize` (the design §9.3 accuracies and means) ->
 `evaluate` (the loop over a test loader; train.py calls it for its periodic test) -> the CLI.
 
-Differences from the original valid.py, all spec §11 fixes: the box is chosen per image, so
-batches > 1 work (item 24); the ADD threshold uses the `.data` diameter unless `--diam mesh`
-(item 25); the angle is clipped (item 26); timings are means over all images with CUDA
-synchronisation (item 33); the CSV is appended with a stable header (item 34). A non-finite
+Differences from the original valid.py, all listed in docs/design.md design §11: the box is chosen per image, so
+batches > 1 work (D24); the ADD threshold uses the `.data` diameter unless `--diam mesh`
+(D25); the angle is clipped (D26); timings are means over all images with CUDA
+synchronisation (D33); the CSV is appended with a stable header (D34). A non-finite
 network output or a failed PnP is a miss (counted and reported), never a crash.
 """
 from __future__ import annotations
@@ -37,8 +37,8 @@ from MeshPly import MeshPly
 
 DEFAULT_DATACFG = "cfg/ape.data"
 DEFAULT_MODELCFG = "cfg/yolo-pose.cfg"
-DEFAULT_WEIGHTFILE = "backup/{name}/model_backup.weights"  # the MS-released models (spec §3.4)
-CSV_HEADER = ("model", "object", "2d_projection", "3d_transformation")  # spec §9.5, §11 item 34
+DEFAULT_WEIGHTFILE = "backup/{name}/model_backup.weights"  # the MS-released models (design §3.4)
+CSV_HEADER = ("model", "object", "2d_projection", "3d_transformation")  # design §9.5, D34
 DEFAULT_CSV, DISTILLED_CSV = "valid_metrics.csv", "valid_metrics_distilling.csv"  # the fork's names
 DIAM_SOURCES = ("data", "mesh")
 # accuracy-versus-threshold curves
@@ -53,7 +53,7 @@ TIMER_KEYS = ("to_device", "forward", "decode", "eval")
 
 
 def log(msg: str, file=None) -> None:
-    """Print a line with the original's local-time prefix `YYYY-MM-DD HH:MM:SS` (spec §9.4)."""
+    """Print a line with the original's local-time prefix `YYYY-MM-DD HH:MM:SS` (design §9.4)."""
     print(time.strftime("%Y-%m-%d %H:%M:%S"), msg, file=file or sys.stdout, flush=True)
 
 
@@ -65,7 +65,7 @@ def log(msg: str, file=None) -> None:
 class EvalSetup:
     """Object, camera and thresholds of one test split.
 
-    vertices (N, 3) metres; corners (8, 3) metres in the §9.2 order; K (3, 3); im_width x
+    vertices (N, 3) metres; corners (8, 3) metres in the design §9.2 order; K (3, 3); im_width x
     im_height: the original image size that de-normalises the 2-D points; diam metres.
     """
     name: str
@@ -90,7 +90,7 @@ class EvalSetup:
 
     @property
     def add_threshold(self) -> float:
-        """ADD threshold in metres: 10 % of the diameter (spec §9.3)."""
+        """ADD threshold in metres: 10 % of the diameter (design §9.3)."""
         return utils.ADD_DIAMETER_FRACTION * self.diam
 
 
@@ -98,7 +98,7 @@ def load_eval_setup(datacfg, diam_source: str = "data", pnp_method: str = "itera
     """Read a `.data` file and its mesh, checking every file the evaluation reads.
 
     diam_source: 'data' uses the file's `diam` (the mesh's when the key is missing); 'mesh' uses
-    the mesh diameter, as the original valid.py ends up doing (spec §9.3, §11 item 25).
+    the mesh diameter, as the original valid.py ends up doing (design §9.3, D25).
     Raises FileNotFoundError / ValueError naming the `.data` file and what is wrong.
     """
     if diam_source not in DIAM_SOURCES:
@@ -133,7 +133,7 @@ def load_eval_setup(datacfg, diam_source: str = "data", pnp_method: str = "itera
 
 
 # --------------------------------------------------------------------------------------------
-# Per-object pose errors (spec §9.1)
+# Per-object pose errors (design §9.1)
 # --------------------------------------------------------------------------------------------
 
 def solve_pose(points3d: np.ndarray, points_px: np.ndarray, K: np.ndarray, method: str = "iterative"):
@@ -151,7 +151,7 @@ def solve_pose(points3d: np.ndarray, points_px: np.ndarray, K: np.ndarray, metho
 
 
 def pose_errors(gt_px: np.ndarray, pr_px: np.ndarray, setup: EvalSetup) -> dict:
-    """Every §9.1 error for one object from its 9 GT and 9 predicted points (9, 2) in pixels.
+    """Every design §9.1 error for one object from its 9 GT and 9 predicted points (9, 2) in pixels.
 
     Both poses come from PnP on the 9 points, the GT pose too, as in the original. Returns
     err_2d (px, mean over mesh vertices), err_add and err_adds (m), err_trans (m), err_angle
@@ -182,7 +182,7 @@ def pose_errors(gt_px: np.ndarray, pr_px: np.ndarray, setup: EvalSetup) -> dict:
 
 
 def summarize(records: dict, setup: EvalSetup) -> dict:
-    """The §9.3 accuracies (100*k/(N+1e-5), thresholds with `<=`) and mean errors.
+    """The design §9.3 accuracies (100*k/(N+1e-5), thresholds with `<=`) and mean errors.
 
     records: per-object arrays of ERROR_KEYS and `failed` (N,). Means are over finite errors
     (a miss has infinite errors); `n_failed` counts the misses.
@@ -266,17 +266,17 @@ def plot_curves(curves: dict, path, title: str = "") -> None:
 # --------------------------------------------------------------------------------------------
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # otherwise the forward time is only the kernel launch (§11 item 33)
+    if device.type == "cuda":  # otherwise the forward time is only the kernel launch (D33)
         torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
 def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1, num_keypoints: int = 9,
              num_anchors: int = 1, progress: bool = False, amp: bool = False) -> tuple[dict, dict]:
-    """Run the model over a test loader and score every GT object (spec §9.1).
+    """Run the model over a test loader and score every GT object (design §9.1).
 
     loader yields (images (B, 3, H, W) in [0, 1], targets (B, 50*21) normalised label rows).
-    The most confident box of each image (spec §4.1, per image) is the prediction for each of
+    The most confident box of each image (design §4.1, per image) is the prediction for each of
     its GT objects. Returns (summary, records):
         summary: `summarize` plus `time_<to_device|forward|decode|eval|prediction>` (seconds per
                  image, means over all images, CUDA synchronised), `images`, `images_per_s`;
@@ -310,12 +310,12 @@ def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1
             boxes = utils.get_region_boxes(output.float(), num_classes, num_keypoints,
                                            num_anchors=num_anchors).cpu().numpy()
             t3 = time.perf_counter()
-            rows = targets.reshape(len(images), -1, 2 * num_keypoints + 3).numpy()  # 21-number rows (spec §3.1)
+            rows = targets.reshape(len(images), -1, 2 * num_keypoints + 3).numpy()  # 21-number rows (design §3.1)
             for b in range(len(images)):
-                # predictions and labels pass through float32 before de-normalisation (spec §4 item 17)
+                # predictions and labels pass through float32 before de-normalisation (design §9.1)
                 pr_px = boxes[b, : 2 * num_keypoints].astype(np.float32).reshape(-1, 2) * scale
                 for row in rows[b]:
-                    if row[1] == 0:  # the first empty slot ends the objects (spec §3.1)
+                    if row[1] == 0:  # the first empty slot ends the objects (design §3.1)
                         break
                     gt_px = row[1: 1 + 2 * num_keypoints].astype(np.float32).reshape(-1, 2) * scale
                     res = pose_errors(gt_px, pr_px, setup)
@@ -347,7 +347,7 @@ def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1
 
 
 def report(summary: dict, file=None) -> None:
-    """Print the §9.4 block (timings as means over all images) with the extra metrics."""
+    """Print the design §9.4 block (timings as means over all images) with the extra metrics."""
     s = summary
     log("-----------------------------------", file)
     log("  tensor to device : %f" % s["time_to_device"], file)
@@ -378,7 +378,7 @@ def report(summary: dict, file=None) -> None:
 # --------------------------------------------------------------------------------------------
 
 def append_csv(path, row: dict, header=CSV_HEADER) -> None:
-    """Append one row under a header written once, when the file is new (spec §11 item 34).
+    """Append one row under a header written once, when the file is new (D34).
 
     An existing file keeps its own column order (the fork's CSVs have the columns sorted);
     one whose header has other columns than `header` raises ValueError.
@@ -416,7 +416,7 @@ def _json_safe(value):
 
 
 def save_predictions(path, records: dict, image_paths=None) -> None:
-    """Per-object R, t, 2-D points, errors (and image paths) as one `.npz` (spec §9.5, fixed
+    """Per-object R, t, 2-D points, errors (and image paths) as one `.npz` (design §9.5, fixed
     naming: every array is indexed like `image_index`)."""
     arrays = {k: records[k] for k in RECORD_KEYS}
     if image_paths is not None:
@@ -496,7 +496,7 @@ resolve_device = cli.resolve_device  # train.py and detect.py pick devices throu
 
 def check_model_cfg(modelcfg):
     """The network of `modelcfg` (untrained), after checking that its output has the
-    A*(2K+1+C) channels its `[region]` and `num_keypoints` describe (spec §4)."""
+    A*(2K+1+C) channels its `[region]` and `num_keypoints` describe (design §4)."""
     from darknet import Darknet
 
     if not Path(modelcfg).is_file():
@@ -518,7 +518,7 @@ def check_weights(model, modelcfg, weightfile) -> None:
         raise FileNotFoundError(f"weights file not found: {weightfile}")
     _, _, floats = read_weights_file(weightfile)
     need = model.num_stored_floats()
-    if floats.size != need:  # a short file would otherwise load silently up to a layer boundary (§2.2)
+    if floats.size != need:  # a short file would otherwise load silently up to a layer boundary (design §2.2)
         raise ValueError(f"{weightfile} does not fit {modelcfg}: the file holds {floats.size} floats, "
                          f"the cfg needs {need} (weights of another network, or a backbone-only file?)")
 
@@ -577,7 +577,7 @@ def plan_jobs(args) -> list[Job]:
 
 
 def score_object(job: Job, args, device) -> tuple[dict, dict]:
-    """Evaluate one object's test split; prints the §9.4 report unless --quiet."""
+    """Evaluate one object's test split; prints the design §9.4 report unless --quiet."""
     import dataset
 
     setup = job.setup

@@ -9,13 +9,13 @@ For each network (YOLO-LITE trial 3 / trial 10, Tiny-YOLOv2, YOLOv2 pose) and ba
     compile      torch.compile(fused+cl)                     (--compile; skipped if it fails)
     bf16, fp16   fused+cl under torch.autocast                (CUDA only)
 
-and prints a markdown table with ms per batch, images/s, achieved GFLOP/s (spec §14.2 counts)
+and prints a markdown table with ms per batch, images/s, achieved GFLOP/s (design §14.2 counts)
 and the ratio of images/s against `eager`, plus the largest output difference from `eager`.
 
 Variants are timed in interleaved rounds (median reported), so that load from other processes
 affects them alike.
 
-Run: .venv/bin/python benchmarks/bench_forward.py [--nets trial3,tiny] [--batches 1,16]
+Run: .venv/bin/python benchmarks/bench_forward.py [--nets trial3,tiny] [--batch-sizes 1,16]
      [--rounds 3] [--round-time 0.3] [--device cpu|cuda] [--threads N] [--compile]
 Defaults finish in about two minutes on a 2-core CPU.
 """

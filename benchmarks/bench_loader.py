@@ -1,9 +1,10 @@
 """Training-loader throughput (images/s) for 0, 1 and 2 workers on a generated LINEMOD-layout fixture.
 
-    .venv/bin/python benchmarks/bench_loader.py [--images 48] [--batch 8] [--size 416] [--workers 0 1 2]
+    .venv/bin/python benchmarks/bench_loader.py [--images-per-object 48] [--batch-size 8] [--train-size 416] \\
+        [--workers 0 1 2]
 
 The fixture (640x480 JPEGs: a procedural background with a drawn object, its mask and label)
-is written to a temporary folder. Each row runs one full epoch of `make_train_loader` (spec §6.1
+is written to a temporary folder. Each row runs one full epoch of `make_train_loader` (design §6.1
 augmentation, procedural backgrounds) after one warm-up batch; the ratio is against the first
 worker count of the same run. Not a test: numbers depend on the machine.
 """

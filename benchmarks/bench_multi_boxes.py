@@ -1,12 +1,12 @@
 """Multi-object box selection speed: vectorised `utils.get_multi_region_boxes` vs a per-cell loop.
 
-Both implement spec §4.2: every cell/anchor whose score beats conf_thresh is kept, and the
+Both implement design §4.2: every cell/anchor whose score beats conf_thresh is kept, and the
 fallback box of the corresponding class comes from the running "det_conf and class probability
 both increase" update. The baseline, `loop_multi_boxes`, walks rows, columns and anchors in
-Python like a direct transcription of the spec (and like the original); tests/test_multi.py also
+Python like a direct transcription of docs/design.md §4.2 (and like the original); tests/test_multi.py also
 uses it as an independent reference.
 
-Run: .venv/bin/python benchmarks/bench_multi_boxes.py [--repeats 5] [--batch 1]
+Run: .venv/bin/python benchmarks/bench_multi_boxes.py [--rounds 5] [--batch-size 1]
 Prints a table (ms per call) and the speed-up ratio; checks first that both give the same boxes.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import cli
 from utils import get_multi_region_boxes
 
 K = 9
-# the OCCLUSION network (spec §4): 5 anchors, 13 classes, 13 x 13 grid at 416
+# the OCCLUSION network (design §4): 5 anchors, 13 classes, 13 x 13 grid at 416
 A, C, GRID = 5, 13, 13
 
 
@@ -36,7 +36,7 @@ def _sigmoid(x: float) -> float:
 
 def loop_multi_boxes(output: torch.Tensor, conf_thresh: float, C: int, A: int, wanted, only_objectness: int,
                      carry: bool) -> list[np.ndarray]:
-    """The §4.2 procedure cell by cell (rows, columns, anchors), in float64. -> B arrays (n_b, 2K+3)."""
+    """The design §4.2 procedure cell by cell (rows, columns, anchors), in float64. -> B arrays (n_b, 2K+3)."""
     o = output.double().numpy()
     B, _, H, W = o.shape
     o = o.reshape(B, A, 2 * K + 1 + C, H, W)

@@ -1,6 +1,6 @@
 """Synthetic LINEMOD generator speed at 640x480: images/s for 1 vs 2 worker processes.
 
-    .venv/bin/python benchmarks/bench_synthetic.py [--objects 3] [--images-per-object 80] [--workers 1 2]
+    .venv/bin/python benchmarks/bench_synthetic.py [--num-objects 3] [--images-per-object 80] [--workers 1 2]
         [--renders 60]
 
 Three tables, all measured in this run:

@@ -9,7 +9,7 @@ synthetic one-object target, so the number measures the model and the loss, not 
     amp           autocast (bf16 where the GPU has it, else fp16 + GradScaler)   (CUDA only)
     amp+cl        both                                                          (CUDA only)
 
-    .venv/bin/python benchmarks/bench_train.py [--nets trial3,tiny] [--batch 16] [--size 416] [--device cuda]
+    .venv/bin/python benchmarks/bench_train.py [--nets trial3,tiny] [--batch-size 16] [--train-size 416] [--device cuda]
 
 Defaults finish in about two minutes on a 2-core CPU (YOLOv2 is skipped on the CPU unless named).
 """

@@ -13,8 +13,8 @@ split), or --datacfg. The model: --modelcfg with --weightfile, or by default the
 the main job's weights (backup/synthetic/obj00/model.weights) when present, else the VOC backbone
 with a random head (its wild points make PnP slower: pass trained weights for real numbers).
 
-Run: .venv/bin/python benchmarks/bench_valid.py [--images 48] [--batches 1,8,32] [--workers 0]
-     [--size 416] [--rounds 3] [--device cpu|cuda] [--datacfg X.data --modelcfg C --weightfile W]
+Run: .venv/bin/python benchmarks/bench_valid.py [--images-per-object 48] [--batch-sizes 1,8,32] [--workers 0]
+     [--test-size 416] [--rounds 3] [--device cpu|cuda] [--datacfg X.data --modelcfg C --weightfile W]
 Defaults finish in about a minute on a 2-core CPU.
 """
 from __future__ import annotations

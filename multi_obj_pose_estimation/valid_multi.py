@@ -1,4 +1,4 @@
-"""Score the multi-object pose network on OCCLUSION test scenes (spec §9.6), one object at a time.
+"""Score the multi-object pose network on OCCLUSION test scenes (design §9.6), one object at a time.
 
     python multi_obj_pose_estimation/valid_multi.py --modelcfg multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg \\
         --weightfile backup_multi/model_backup.weights
@@ -7,17 +7,17 @@
         --weightfile backup_multi/synthetic/model.weights --test-size 256
 
 For every object: the images of its `test_occlusion.txt`, labels from `<obj>/labels_occlusion`
-(re-ordered from the OCCLUSION corner order to the §9.2 order before PnP), boxes by
+(re-ordered from the OCCLUSION corner order to the design §9.2 order before PnP), boxes by
 `utils.get_multi_region_boxes` with the class of the image's first GT; for each GT, the box of its
 class with the highest det_conf. Prints the 2-D projection accuracy at 5, 10, ..., 50 px, plus
 ADD (10 % of the diameter) and 5cm5deg, which the original did not report, then one table.
 
-Differences from the original (spec §11): the objects and their test lists, meshes, diameters
+Differences from the original (design §11): the objects and their test lists, meshes, diameters
 and class ids come from one `.data` file (`valid<k>`, `mesh<k>`, `diam<k>`, class k-1) instead
 of hard-coded per-object files; a GT with no box of its class, or a failed PnP, is a miss.
 
 Reading order: `load_objects` (what to score) -> `OcclusionTestSet` (images + re-ordered labels)
--> `evaluate_object` (the §9.6 loop, also used by train_multi.py) -> `print_table` -> the CLI.
+-> `evaluate_object` (the design §9.6 loop, also used by train_multi.py) -> `print_table` -> the CLI.
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ ROOT = HERE.parent
 DEFAULT_DATACFG = "cfg/occlusion.data"
 DEFAULT_MODELCFG = "cfg/yolo-pose-multi.cfg"
 DEFAULT_WEIGHTFILE = "backup_multi/model_backup.weights"
-VALID_OBJECTS = ("ape", "can", "cat", "duck", "glue", "holepuncher")  # spec §9.6 (driller, eggbox not scored)
-PX_THRESHOLDS = tuple(range(5, 55, 5))  # spec §9.6: 5, 10, ..., 50 px
+VALID_OBJECTS = ("ape", "can", "cat", "duck", "glue", "holepuncher")  # design §9.6 (driller, eggbox not scored)
+PX_THRESHOLDS = tuple(range(5, 55, 5))  # design §9.6: 5, 10, ..., 50 px
 
 
 def find_path(path) -> str:
@@ -79,10 +79,10 @@ class OcclusionObject:
 
 def load_objects(datacfg, objects=None, diam_source: str = "data",
                  pnp_method: str = "iterative") -> list[OcclusionObject]:
-    """The objects of an occlusion `.data` file (spec §3.2 keys valid<k>, mesh<k>, diam<k>).
+    """The objects of an occlusion `.data` file (design §3.2 keys valid<k>, mesh<k>, diam<k>).
 
     An object's name is its mesh file's stem (LINEMOD/ape/ape.ply -> 'ape'), its class id k - 1.
-    objects: names to keep, in that order; default: the six of spec §9.6 when the file has them
+    objects: names to keep, in that order; default: the six of design §9.6 when the file has them
     all, else every object of the file. diam_source 'data' (diam<k>; the mesh's when missing) or
     'mesh'. Raises FileNotFoundError / ValueError naming the `.data` file and the key.
     """
@@ -127,8 +127,8 @@ def load_objects(datacfg, objects=None, diam_source: str = "data",
 
 
 class OcclusionTestSet(dataset.PoseDataset):
-    """Test scenes of one object (spec §3.4, §9.6): the images of its test list, its label rows from
-    `<obj>/labels_occlusion/`, re-ordered to the §9.2 corner order unless reorder=False.
+    """Test scenes of one object (design §3.4, §9.6): the images of its test list, its label rows from
+    `<obj>/labels_occlusion/`, re-ordered to the design §9.2 corner order unless reorder=False.
 
     `dataset[i]` -> (image float32 (3, H, W), target float64 (50*21,)) like the single-object test set.
     """
@@ -153,7 +153,7 @@ class OcclusionTestSet(dataset.PoseDataset):
 
 
 # --------------------------------------------------------------------------------------------
-# The evaluation (spec §9.6)
+# The evaluation (design §9.6)
 # --------------------------------------------------------------------------------------------
 
 def pick_box(boxes: torch.Tensor, class_id: int) -> torch.Tensor | None:
@@ -173,9 +173,9 @@ def threshold_accuracies(err_2d, thresholds=PX_THRESHOLDS) -> list[float]:
 @torch.inference_mode()
 def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thresh: float = utils.MULTI_CONF_THRESH,
                     progress: bool = False) -> tuple[dict, dict]:
-    """Score one object's test scenes (spec §9.6).
+    """Score one object's test scenes (design §9.6).
 
-    loader yields (images (B, 3, H, W), targets (B, 50*21) label rows in the §9.2 order). For each
+    loader yields (images (B, 3, H, W), targets (B, 50*21) label rows in the design §9.2 order). For each
     image: boxes of `utils.get_multi_region_boxes` (score det_conf * class prob, the image's first
     GT class as the corresponding class); for each GT, the highest-det_conf box of its class.
     Returns (summary, records) like `valid.evaluate`: summary = `valid.summarize` plus
@@ -209,7 +209,7 @@ def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thre
             for b, gts in enumerate(valid_rows):
                 for row in gts:
                     box = pick_box(boxes[b], int(row[0]))
-                    # labels and predictions pass through float32 before de-normalisation (spec §4 item 17)
+                    # labels and predictions pass through float32 before de-normalisation (design §9.1)
                     gt_px = row[1:1 + 2 * K].astype(np.float32).reshape(-1, 2) * scale
                     if box is None:
                         pr_px = nan_pred
@@ -250,7 +250,7 @@ def make_test_loader(obj: OcclusionObject, shape, batch_size: int = 1, workers: 
 # --------------------------------------------------------------------------------------------
 
 def report(summary: dict, file=None) -> None:
-    """The original's per-threshold lines (spec §9.6), then ADD and 5cm5deg."""
+    """The original's per-threshold lines (design §9.6), then ADD and 5cm5deg."""
     valid.log(f"   Results of {summary['object']} (class {summary['class_id']}, {summary['n']} objects)", file)
     for th, acc in zip(summary["thresholds"], summary["acc_px"]):
         valid.log(f"   Acc using {th} px 2D Projection = {acc:.2f}%", file)

@@ -44,8 +44,8 @@ def golden(golden_dir):
 
 
 def build_golden_weights(golden, path: Path) -> Path:
-    """Recipe (a) of the golden README: the VOC trial 3 backbone loaded until the last layer, seen 0,
-    the seeded head of yolo_lite_trial3.npz, saved with save_weights."""
+    """The recipe of yolo_lite_trial3.npz (tests/data/README.md): the VOC trial 3 backbone loaded until the
+    last layer, seen 0, the seeded head of yolo_lite_trial3.npz, saved with save_weights."""
     import torch
 
     from darknet import Darknet

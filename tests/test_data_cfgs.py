@@ -1,4 +1,4 @@
-"""The shipped LINEMOD `.data` files carry every key of spec §3.2 with the right values."""
+"""The shipped LINEMOD `.data` files carry every key of design §3.2 with the right values."""
 import pytest
 
 import utils

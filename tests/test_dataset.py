@@ -1,4 +1,4 @@
-"""LINEMOD labels, paths, lists, samples, the multi-scale batch sampler and the loaders (spec §3, §6)."""
+"""LINEMOD labels, paths, lists, samples, the multi-scale batch sampler and the loaders (design §3, §6)."""
 import os
 import pickle
 import warnings
@@ -89,7 +89,7 @@ def test_list_images_recursive(tmp_path):
         ds.list_images(tmp_path / "none")
 
 
-# -------------------------------------------------------------------------- test sample (§6.2, §11 item 17)
+# -------------------------------------------------------------------------- test sample (design §6.2, D17)
 
 def test_test_sample_keeps_all_21_numbers_of_every_object(small):
     rows = np.random.default_rng(1).uniform(0.05, 0.95, size=(3, 21)).round(6)
@@ -123,7 +123,7 @@ def test_transform_is_applied_to_the_pil_image(small):
     assert torch.equal(as_tensor[0][0], torch.zeros(1))
 
 
-# -------------------------------------------------------------------------- training sample (§6.1)
+# -------------------------------------------------------------------------- training sample (design §6.1)
 
 def _bright_centroid(img):
     """Centre of mass (x, y) in pixels, pixel centres at +0.5, of the pixels brighter than 0.25."""
@@ -153,7 +153,7 @@ def test_training_sample_label_follows_the_object(tmp_path, monkeypatch):
 
 
 def test_training_sample_is_the_documented_pipeline(small):
-    """Same seed, epoch, index -> same sample; and it equals the §6.1 steps run by hand."""
+    """Same seed, epoch, index -> same sample; and it equals the design §6.1 steps run by hand."""
     d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, seed=7, epoch=2)
     x, t = d[(1, 32)]
     x2, t2 = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, seed=7, epoch=2)[(1, 32)]
@@ -258,7 +258,7 @@ def test_bad_sample_counter_is_shared_by_workers(small, context):
     assert copied.bad_samples == 1 and len(copied) == 3
 
 
-# -------------------------------------------------------------------------- multi-scale (§6.5)
+# -------------------------------------------------------------------------- multi-scale (design §6.5)
 
 def _sizes(mode, k_lo, N=100, draws=400):
     rng = np.random.default_rng(0)
@@ -363,7 +363,7 @@ def test_pinned_batches_reach_the_gpu(small):
     assert torch.equal(x.to("cuda", non_blocking=True).cpu(), x)
 
 
-# -------------------------------------------------------------------------- multi-object sample (§6.3)
+# -------------------------------------------------------------------------- multi-object sample (design §6.3)
 
 def test_extra_objects_table():
     assert ds.extra_objects("ape", LINEMOD_OBJECTS) == ["can", "cat", "duck", "glue", "holepuncher", "iron", "phone"]

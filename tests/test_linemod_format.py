@@ -17,7 +17,7 @@ def _touch_images(root, obj, n):
         (folder / f"{i:06d}.png").write_bytes(b"")
 
 
-# -------------------------------------------------------------------------- label rows (§3.1)
+# -------------------------------------------------------------------------- label rows (design §3.1)
 
 def test_write_and_read_label_rows_round_trip(tmp_path):
     rows = np.random.default_rng(0).uniform(-0.2, 1.2, size=(3, 21))
@@ -151,7 +151,7 @@ def test_dataset_keeps_the_original_names():
     assert utils.read_data_cfg is lf.read_data_cfg
 
 
-# -------------------------------------------------------------------------- paths (§3.4, D31)
+# -------------------------------------------------------------------------- paths (design §3.4, D31)
 
 def test_tools_and_loader_derive_the_same_paths():
     img = "LINEMOD/obj00/JPEGImages/000012.jpg"
@@ -164,7 +164,7 @@ def test_tools_and_loader_derive_the_same_paths():
         lf.mask_path("flat/123.png")
 
 
-# -------------------------------------------------------------------------- .data files (§3.2)
+# -------------------------------------------------------------------------- .data files (design §3.2)
 
 def test_data_cfg_round_trip_and_errors(tmp_path):
     K = utils.get_camera_intrinsic(320.5, 240.25, 600.0, 601.0)

@@ -20,9 +20,9 @@ from tools import make_synthetic_linemod as gen
 from tools.synth_render import Light, Mesh, look_at_rotation, render
 
 LABEL_TOL = 5e-7 + 1e-12  # '%.6f' rounding, normalised units
-OCC_PERM = [0, 1, 3, 5, 7, 2, 4, 6, 8]  # spec §9.6, new index <- old index
+OCC_PERM = [0, 1, 3, 5, 7, 2, 4, 6, 8]  # design §9.6, new index <- old index
 DATA_KEYS = ("train", "valid", "backup", "mesh", "tr_range", "name", "diam", "gpus", "num_workers",
-             "width", "height", "fx", "fy", "u0", "v0")  # spec §3.2
+             "width", "height", "fx", "fy", "u0", "v0")  # design §3.2
 N_OBJ, N_IMG, N_SCENES, SEED = 2, 4, 3, 3
 
 
@@ -256,7 +256,7 @@ def test_scenes_rows_masks_and_lists(synth):
 
 
 def test_occlusion_labels_use_the_occlusion_order(synth):
-    """labels_occlusion rows re-ordered with [0,1,3,5,7,2,4,6,8] (spec §9.6) equal the §9.2-order rows."""
+    """labels_occlusion rows re-ordered with [0,1,3,5,7,2,4,6,8] (design §9.6) equal the §9.2-order rows."""
     root, _ = synth
     main = "obj00"
     n = 0
@@ -283,7 +283,7 @@ def test_occlusion_data_files(synth):
     assert summary["occlusion_data"] == str(root / "cfg" / "occlusion.data")
     assert Path(occ["train"]).is_file() and occ["im_width"] == "640" and occ["im_height"] == "480"
     for i, name in enumerate(gen.object_names(N_OBJ)):
-        k = i + 1  # 1-based suffixes in class order, spec §3.2
+        k = i + 1  # 1-based suffixes in class order, design §3.2
         assert Path(occ[f"valid{k}"]).name == "test_occlusion.txt" and Path(occ[f"mesh{k}"]).is_file()
         assert float(occ[f"diam{k}"]) == utils.mesh_diameter(MeshPly(occ[f"mesh{k}"]).vertices)
         per = utils.read_data_cfg(root / "cfg" / f"{name}_occlusion.data", resolve_paths=True)

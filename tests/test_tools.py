@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "get_linemod.sh"
 LABEL_TOL = 1e-6 + 1e-12  # one unit of '%.6f' (normalised units)
 DATA_KEYS = ("train", "valid", "backup", "mesh", "tr_range", "name", "diam", "gpus", "num_workers",
-             "width", "height", "fx", "fy", "u0", "v0")  # spec §3.2
+             "width", "height", "fx", "fy", "u0", "v0")  # design §3.2
 N_IMG, N_SCENES = 4, 2
 RY = np.diag([-1.0, 1.0, -1.0])
 CORNER_SWAP = [k ^ 0b101 for k in range(8)]  # 180 deg about Y: x and z of every corner flip
@@ -137,7 +137,7 @@ def test_bop_labels_equal_the_generator_labels(synth, converted):
 def test_bop_masks_cfg_lists_and_mesh(synth, converted):
     out, _, _ = converted
     for name, synth_name in (("obj_000001", "obj00"), ("obj_000002", "obj01")):
-        for k in range(N_IMG):  # BOP mask_visib copied (scene 1, 2); file names follow the §3.4 derivation
+        for k in range(N_IMG):  # BOP mask_visib copied (scene 1, 2); file names follow the design §3.4 derivation
             stem = _image_map(out, name)[(f"{int(name[-1]):06d}", k)]
             got = cv2.imread(str(out / "LINEMOD" / name / "mask" / f"{stem[2:]}.png"), cv2.IMREAD_UNCHANGED)
             want = cv2.imread(str(synth / "LINEMOD" / synth_name / "mask" / f"{k:04d}.png"), cv2.IMREAD_UNCHANGED)
@@ -461,7 +461,7 @@ def test_bop_per_image_camera(bop_dir, tmp_path):
 def test_bop_names_and_class_ids():
     assert [bop.object_name(o, "linemod") for o in (1, 3, 15, 16)] == ["ape", "bowl", "phone", "obj_000016"]
     assert bop.object_name(1, "bop") == "obj_000001"
-    # the 13 LINEMOD objects keep their spec §3.1 (alphabetical) ids, whatever subset is converted
+    # the 13 LINEMOD objects keep their design §3.1 (alphabetical) ids, whatever subset is converted
     assert bop.class_ids([5, 9, 15], "linemod") == {5: utils.LINEMOD_OBJECTS.index("can"),
                                                     9: utils.LINEMOD_OBJECTS.index("duck"), 15: 12}
     assert bop.class_ids([7, 2, 1], "linemod") == {1: 0, 2: 1, 7: 2}  # 'cup' is not one of them: sorted position
@@ -505,10 +505,10 @@ def test_draw_labels_occlusion_order_and_grid(synth, tmp_path, monkeypatch):
     index = draw_labels.load_pose_index(synth)
     scene = (synth / "LINEMOD/obj01/test_occlusion.txt").read_text().split()[0]
     _, gap = draw_labels.draw_image(scene, synth, K, 640, 480, "obj01", index)
-    assert gap < 1e-3  # OCCLUSION-order labels put back in the §9.2 order match the pose
+    assert gap < 1e-3  # OCCLUSION-order labels put back in the design §9.2 order match the pose
     monkeypatch.setattr(draw_labels, "from_occlusion_order", lambda r: r)
     _, gap = draw_labels.draw_image(scene, synth, K, 640, 480, "obj01", index)
-    assert gap > 1.0  # read without the §9.6 permutation they would not
+    assert gap > 1.0  # read without the design §9.6 permutation they would not
     monkeypatch.undo()
     out = tmp_path / "grid.png"
     assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--split", "train", "--n", "3", "--cols", "3",

@@ -1,7 +1,7 @@
 """valid.py end to end: the original valid() goldens, metric sanity, CLI files and errors, the notebook.
 
 The golden cases run the real loader on PNG images and label files rebuilt from evaluation.npz,
-with a stand-in model that replays the golden network outputs (what the golden did, README §d).
+with a stand-in model that replays the golden network outputs (what the golden did, tests/data/README.md).
 """
 import csv
 import json
@@ -45,7 +45,7 @@ class Replay(torch.nn.Module):
 
 
 def encode(points_norm: np.ndarray) -> np.ndarray:
-    """Raw outputs (N, 20, 13, 13) that decode (spec §4) to the 9 normalised points (N, 9, 2)."""
+    """Raw outputs (N, 20, 13, 13) that decode (design §4) to the 9 normalised points (N, 9, 2)."""
     out = np.full((len(points_norm), 20, GRID, GRID), -4.0)  # conf logit -4 everywhere...
     for n, pts in enumerate(np.asarray(points_norm, dtype=np.float64)):
         g = pts * GRID
@@ -83,7 +83,7 @@ def golden_root(ev, golden_dir, tmp_path_factory):
     (root / "LINEMOD" / "box" / "test.txt").write_text("\n".join(lines) + "\n")
     shutil.copy(golden_dir / "synthetic_box.ply", root / "LINEMOD" / "box" / "box.ply")
     (root / "cfg").mkdir()
-    # the golden's cfg diam is 0.999: the original ignores it (spec §11 item 25)
+    # the golden's cfg diam is 0.999: the original ignores it (D25)
     (root / "cfg" / "box.data").write_text(
         "valid = LINEMOD/box/test.txt\nmesh = LINEMOD/box/box.ply\nname = box\ndiam = 0.999\n")
     return root
@@ -183,7 +183,7 @@ def test_batched_and_batch1_give_identical_numbers_on_the_golden(golden_root, ev
 
 
 def test_data_file_diameter_is_the_default(golden_root, ev):
-    """Fix of §11 item 25: the .data diam (0.999 here) sets the ADD threshold unless --diam mesh."""
+    """Fix of D25: the .data diam (0.999 here) sets the ADD threshold unless --diam mesh."""
     summary, rec = run_golden(golden_root, ev, diam="data")
     assert summary["diam"] == 0.999 and summary["add_threshold"] == pytest.approx(0.0999)
     expect = utils.accuracy(np.sum(ev["errs_3d"] <= 0.0999), 5)
@@ -202,7 +202,7 @@ def test_cli_on_the_golden_writes_report_csv_json_predictions_curves(golden_root
                   "Acc using 5 cm 5 degree metric = 80.00%", "ADD-S", "mean corner error = 80.00%",
                   "Mean 2D pixel error is 3.68499", "Translation error:", "| box | 5 | 80.00 |"):
         assert field in text, field
-    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d Testing box", text)  # the §9.4 time prefix
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d Testing box", text)  # the design §9.4 time prefix
     with open(out / "metrics.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == list(valid.CSV_HEADER)
@@ -234,7 +234,7 @@ def test_gt_points_as_predictions_score_100_everywhere(synth):
     summary, rec = synth_eval(synth, lambda gt, setup: encode(gt), batch_size=2)
     n = summary["n"]
     assert n == 2 and summary["n_failed"] == 0
-    full = utils.accuracy(n, n)  # 100 * n / (n + 1e-5): never exactly 100 (spec §9.3)
+    full = utils.accuracy(n, n)  # 100 * n / (n + 1e-5): never exactly 100 (design §9.3)
     for k in ("acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "acc_corner"):
         assert summary[k] == full, k
     # only float32 decoding separates the points: well below a thousandth of a pixel

@@ -1,4 +1,4 @@
-"""Convert a BOP dataset (`lm`, `lmo`, or any BOP-format set) into the LINEMOD layout of spec §3.4.
+"""Convert a BOP dataset (`lm`, `lmo`, or any BOP-format set) into the LINEMOD layout of design §3.4.
 
     python tools/bop_to_linemod.py --bop /data/bop/lm --out data/linemod_bop [--split test] \\
         [--objects ape can cat | --objects 1 5 6] [--names linemod|bop] [--rotate-y-180] \\
@@ -42,7 +42,7 @@ the report holds; check with tools/draw_labels.py over the archive's mesh before
 Names and class ids: `--names linemod` (default) uses the LINEMOD names for BOP ids 1..15 (1 ape,
 2 benchvise, 3 bowl, 4 cam, 5 can, 6 cat, 7 cup, 8 driller, 9 duck, 10 eggbox, 11 glue,
 12 holepuncher, 13 iron, 14 lamp, 15 phone), `--names bop` gives obj_000001, ... Class ids are
-the spec §3.1 alphabetical LINEMOD indices when every converted object is one of the 13 LINEMOD
+the design §3.1 alphabetical LINEMOD indices when every converted object is one of the 13 LINEMOD
 objects, else the position in the sorted list of converted object ids.
 
 Splits: the BOP test split is not the BB8 train/test split SingleShotPose used. Pass

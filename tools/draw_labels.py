@@ -8,8 +8,8 @@
 For each chosen image of the `.data` files' lists (`--split valid` = the `valid` key, `train` =
 the `train` key; with several files the images alternate between them), every row of its label
 file is drawn with utils.draw_box: green box, centroid dot, class id. With `--occlusion` the
-labels come from LINEMOD/<name>/labels_occlusion/ and are put back into the §9.2 order with the
-§9.6 permutation before drawing (a wrong order shows as a scrambled box). If the dataset root
+labels come from LINEMOD/<name>/labels_occlusion/ and are put back into the design §9.2 order with the
+design §9.6 permutation before drawing (a wrong order shows as a scrambled box). If the dataset root
 has poses/<obj>.json files (written by the synthetic generator, make_labels.py,
 bop_to_linemod.py), the 9 points re-projected from the saved pose and mesh are drawn on top as
 magenta dots (for the classes whose labels are drawn): each dot must sit on the green box's

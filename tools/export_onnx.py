@@ -3,7 +3,7 @@
     python tools/export_onnx.py --modelcfg cfg/yolo-lite-trial3-pose.cfg \\
         --weightfile weights/tiny-yolov2-trial3-voc.weights --until-last --out runs/trial3.onnx
 
-The exported graph is the network's forward (raw output, spec §4; decoding and PnP stay in
+The exported graph is the network's forward (raw output, design §4; decoding and PnP stay in
 Python). BatchNorm is folded into the convolutions first (`--no-fuse` keeps it). After export the
 model is run with onnxruntime on random inputs at two batch sizes and two input sizes and
 compared with PyTorch: the largest difference is printed, and the tool fails (exit 1) above

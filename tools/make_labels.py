@@ -17,17 +17,17 @@ Inputs
                 CSV: header image,r11,r12,r13,r21,r22,r23,r31,r32,r33,tx,ty,tz.
                 t in metres (--pose-units mm or --mm: millimetres). "image" is relative to
                 --images-dir (or absolute).
-    camera      --camera-data FILE takes fx, fy, u0, v0, width, height from a .data file (spec
+    camera      --camera-data FILE takes fx, fy, u0, v0, width, height from a .data file (design
                 §3.2; missing keys get the LINEMOD values); --fx --fy --u0 --v0 --width --height
-                override single values. Without either: the LINEMOD camera (spec §3.3) and the
+                override single values. Without either: the LINEMOD camera (design §3.3) and the
                 size of the first image. Zero distortion (undistort your images first). Every
                 image must have that size.
 
-Output (the LINEMOD layout of spec §3.4 under --out; lists and .data paths relative to --out):
+Output (the LINEMOD layout of design §3.4 under --out; lists and .data paths relative to --out):
     LINEMOD/<name>/JPEGImages/NNNNNN.jpg|png   the images in pose-file order (copied, or
                                                symlinked with --symlink; other formats -> .jpg)
     LINEMOD/<name>/labels/NNNNNN.txt           21 numbers: class, centroid (model origin) and
-                                               the 8 box corners (§9.2 order) normalised by
+                                               the 8 box corners (design §9.2 order) normalised by
                                                width / height, then the x / y range ('%.6f')
     LINEMOD/<name>/mask/NNNN.png               0 / 255 masks (training replaces the background
                                                outside them): --masks render (default; the mesh
@@ -38,7 +38,7 @@ Output (the LINEMOD layout of spec §3.4 under --out; lists and .data paths rela
     LINEMOD/<name>/image_map.txt               'NNNNNN <original image>' per line
     LINEMOD/<name>/<name>.ply                  the mesh in metres (ASCII; normals, colours)
     poses/<name>.json                          the poses in metres (draw_labels.py checks them)
-    cfg/<name>.data                            every §3.2 key; diam = mesh diameter unless --diam
+    cfg/<name>.data                            every design §3.2 key; diam = mesh diameter unless --diam
 
 Labels come from utils.label_from_pose (utils.keypoints_from_pose + label_row),
 the code the synthetic generator uses, applied to the box of the mesh exactly as written
@@ -67,7 +67,7 @@ from MeshPly import MM_TO_M, MeshPly, write_ply
 from utils import box_corners, camera_from_data_cfg, get_camera_intrinsic, label_from_pose, mesh_diameter, pose_points3d
 
 DEFAULT_TEST_FRACTION = 0.25
-KEEP_EXTENSIONS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png"}  # what the §3.4 derivations handle
+KEEP_EXTENSIONS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png"}  # what the design §3.4 derivations handle
 UNIT_SCALE = {"m": 1.0, "mm": MM_TO_M}
 MASK_MODES = ("render", "full", "none")
 # unit sanity checks (warnings): a metre mesh over 5 m across or an object 20 m away is almost
@@ -310,7 +310,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset root to write (LINEMOD/<name>/, cfg/, poses/)")
     p.add_argument("--name", required=True, help="object name (folder, .data and .ply names)")
     p.add_argument("--class-id", type=int, default=0, help="class id in the labels (default 0)")
-    cam = p.add_argument_group("camera (default: the LINEMOD camera, spec §3.3, and the first image's size)")
+    cam = p.add_argument_group("camera (default: the LINEMOD camera, design §3.3, and the first image's size)")
     cam.add_argument("--camera-data", default=None, help=".data file to take fx, fy, u0, v0, width, height from")
     for key in ("fx", "fy", "u0", "v0"):
         cam.add_argument(f"--{key}", type=float, default=None, help="pixels")

@@ -1,12 +1,12 @@
-"""Generate a small synthetic dataset in the exact LINEMOD layout (spec §3.4, §14.3).
+"""Generate a small synthetic dataset in the exact LINEMOD layout (design §3.4, §14.3).
 
-    python tools/make_synthetic_linemod.py --out data/synthetic --objects 3 --images-per-object 20 \\
+    python tools/make_synthetic_linemod.py --out data/synthetic --num-objects 3 --images-per-object 20 \\
         --seed 0 [--multi N] [--test-fraction 0.25] [--workers W] [--overwrite]
 
 or from Python: `from tools.make_synthetic_linemod import generate; generate("data/synthetic")`.
 
 Procedural, textured, asymmetric meshes (tools/synth_render.py) are rendered with the LINEMOD
-camera (§3.3) at LINEMOD-like poses (0.6-1.2 m, upper hemisphere, any in-plane roll) over
+camera (design §3.3) at LINEMOD-like poses (0.6-1.2 m, upper hemisphere, any in-plane roll) over
 procedural cluttered backgrounds (image.procedural_background plus patches in the objects'
 colours). Everything is drawn from numpy Generators seeded per (seed, object, image), so a seed
 gives byte-identical files whatever `--workers` is.
@@ -16,32 +16,32 @@ a list or .data file is relative to DIR):
 
     LINEMOD/<obj>/JPEGImages/NNNNNN.jpg      640 x 480 RGB, JPEG quality 95
     LINEMOD/<obj>/labels/NNNNNN.txt          one 21-number row per object ('%.6f'); class id =
-                                             object index; keypoints in the §9.2 order
+                                             object index; keypoints in the design §9.2 order
     LINEMOD/<obj>/mask/NNNN.png              0 / 255: exactly the pixels the renderer wrote for
-                                             the object (4 digits: the §3.4 '/00' derivation)
+                                             the object (4 digits: the design §3.4 '/00' derivation)
     LINEMOD/<obj>/train.txt, test.txt        e.g. 'LINEMOD/obj00/JPEGImages/000012.jpg'
     LINEMOD/<obj>/training_range.txt         training image indices, one per line
     LINEMOD/<obj>/<obj>.ply                  ASCII PLY, metres, normals, uchar colours
-    cfg/<obj>.data                           every §3.2 key; diam = utils.mesh_diameter(mesh)
+    cfg/<obj>.data                           every design §3.2 key; diam = utils.mesh_diameter(mesh)
     poses/<obj>.json                         K, image size, and for every image showing the
                                              object: image, label file, row, R (3x3), t (m)
     synthetic_info.json                      the generation parameters (written last)
 
 Objects are named obj00, obj01, ... (not LINEMOD names: the diameters differ).
 
-With `--multi N`, N OCCLUSION-style scenes are added (§3.4, §6.3, §9.6). Object 0 ("main",
+With `--multi N`, N OCCLUSION-style scenes are added (design §3.4, §6.3, §9.6). Object 0 ("main",
 the role benchvise plays in OCCLUSION) is in every scene, with 1-3 other objects placed so that
 their silhouettes overlap (no 3-D interpenetration, each object at least MIN_VISIBLE visible):
 
     LINEMOD/obj00/JPEGImages/NNNNNN.jpg      scene images, numbered after the single-object ones
-    LINEMOD/obj00/labels/NNNNNN.txt          one row per object in the scene (§9.2 order)
+    LINEMOD/obj00/labels/NNNNNN.txt          one row per object in the scene (design §9.2 order)
     LINEMOD/obj00/mask/NNNN.png              union of all the scene's objects (what the
                                              multi-object loader keeps when it masks the image)
     cfg/train_occlusion.txt                  the training scenes (multi-object training list)
     LINEMOD/<obj>/test_occlusion.txt         test scenes that contain <obj>
     LINEMOD/<obj>/labels_occlusion/NNNNNN.txt   that object's row in the OCCLUSION corner order:
                                              re-ordered with [0,1,3,5,7,2,4,6,8] it gives the
-                                             §9.2 order (what valid_multi does, §9.6)
+                                             design §9.2 order (what valid_multi does, §9.6)
     cfg/occlusion.data                       train list, im_width/im_height, camera, valid<k>/
                                              mesh<k>/diam<k> with k = class id + 1
     cfg/<obj>_occlusion.data                 per-object evaluation cfg (valid = test_occlusion)
@@ -419,7 +419,7 @@ def _occlusion_items(objs: list[SynthObject], K: np.ndarray) -> list[tuple[str, 
              ("gpus", "0"), ("num_workers", "10"), ("im_width", str(IM_WIDTH)), ("im_height", str(IM_HEIGHT)),
              ("fx", repr(float(K[0, 0]))), ("fy", repr(float(K[1, 1]))),
              ("u0", repr(float(K[0, 2]))), ("v0", repr(float(K[1, 2])))]
-    for o in objs:  # spec §3.2: 1-based suffixes in class order
+    for o in objs:  # design §3.2: 1-based suffixes in class order
         k = o.class_id + 1
         items += [(f"valid{k}", f"LINEMOD/{o.name}/test_occlusion.txt"), (f"mesh{k}", f"LINEMOD/{o.name}/{o.name}.ply"),
                   (f"diam{k}", repr(float(o.diameter)))]

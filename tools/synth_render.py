@@ -1,6 +1,6 @@
 """Procedural textured meshes, LINEMOD-like poses and a small numpy z-buffer renderer (CPU only).
 
-Used by tools/make_synthetic_linemod.py (spec §14.3); every function is pure and takes its
+Used by tools/make_synthetic_linemod.py (design §14.3); every function is pure and takes its
 randomness from an explicit numpy Generator, so a seed fixes every pixel.
 
 Units and frames:
@@ -29,7 +29,7 @@ import numpy as np
 
 from utils import box_corners, mesh_diameter, pose_points3d, project_points
 
-# spec §14.3: object sizes and camera distances like LINEMOD
+# design §14.3: object sizes and camera distances like LINEMOD
 DIAMETER_RANGE_M = (0.10, 0.30)
 DISTANCE_RANGE_M = (0.6, 1.2)
 ELEVATION_RANGE_DEG = (10.0, 85.0)  # upper hemisphere (85: keep the look-at 'up' defined)
@@ -57,7 +57,7 @@ class Mesh:
 
     @property
     def corners(self) -> np.ndarray:
-        """The 8 box corners (8, 3) in the §9.2 order."""
+        """The 8 box corners (8, 3) in the design §9.2 order."""
         return box_corners(self.vertices)
 
     @property
