@@ -63,7 +63,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
@@ -74,7 +73,7 @@ from linemod_format import (
     write_label_rows, write_list, write_poses_json,
 )
 from MeshPly import MM_TO_M, MeshPly
-from tools.make_labels import render_mask, write_mesh_metres
+from tools.make_labels import image_size, render_mask, write_mesh_metres
 from utils import LINEMOD_OBJECTS, box_corners, label_from_pose, mesh_diameter
 
 BOP_LM_NAMES = {1: "ape", 2: "benchvise", 3: "bowl", 4: "cam", 5: "can", 6: "cat", 7: "cup", 8: "driller",
@@ -252,7 +251,7 @@ def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, n
         if rotate_y_180:
             R = R @ ROT_Y_180
         t = t_mm * MM_TO_M
-        width, height = _image_size(dst)
+        width, height = image_size(dst)
         row = label_from_pose(corners, R, t, K, class_id, width, height)
         write_label_rows(folder / "labels" / f"{image_stem(index)}.txt", row)
         mask = _read_mask(scene_dir, im_id, g, mask_kind, (height, width))
@@ -275,22 +274,13 @@ def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, n
     write_list(folder / "test.txt", [p for p, f in zip(rel_images, flags) if f])
     write_list(folder / "training_range.txt", [str(int(Path(p).stem)) for p, f in zip(rel_images, flags) if not f])
     write_list(folder / "image_map.txt", image_map)
-    width, height = _image_size(out / rel_images[0])
+    width, height = image_size(out / rel_images[0])
     write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K0, width, height,
                      entries)
     data = out / "cfg" / f"{name}.data"
     diam = mesh_diameter(vertices) if diameter_m is None else diameter_m
     write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diam, K0, width, height))
     return data
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file (header only)."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError as exc:
-        raise FileNotFoundError(f"{path}: cannot read the image ({exc})") from exc
 
 
 def _read_mask(scene_dir: Path, im_id: int, gt_index: int, mask_kind: str, shape: tuple[int, int]):
