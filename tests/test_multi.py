@@ -23,7 +23,7 @@ import utils
 from darknet import Darknet, parse_cfg
 from errors import InputError
 from multi_obj_pose_estimation import train_multi, valid_multi
-from linemod_format import OCCLUSION_PERM
+from linemod_format import OCCLUSION_PERM, occlusion_label_path
 from tools.make_synthetic_linemod import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_missing_occlusion_label_is_named(occ, tmp_path):
     path = dataset.read_list(o.setup.valid_list)[0]
     lst = tmp_path / "list.txt"
     lst.write_text(path + "\n")
-    label = dataset.occlusion_label_path(path, "obj09")
+    label = occlusion_label_path(path, "obj09")
     with pytest.raises(FileNotFoundError, match=f"{label}: label file not found"):
         valid_multi.OcclusionTestSet(lst, "obj09", 64)
 
