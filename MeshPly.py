@@ -13,12 +13,12 @@ BOP meshes are in millimetres: use `MeshPly.from_millimetres(path)` (or `scale=0
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from plyfile import PlyData, PlyElement
 
 from errors import MeshError
+from linemod_format import atomic_write
 
 MM_TO_M = 1e-3  # BOP models_info and models/*.ply are in millimetres
 
@@ -53,7 +53,7 @@ class MeshPly:
         self.indices = _read_faces(ply)
 
     @classmethod
-    def from_millimetres(cls, filename, color=(0.0, 0.0, 0.0)) -> "MeshPly":
+    def from_millimetres(cls, filename, color=(0.0, 0.0, 0.0)) -> MeshPly:
         """Read a millimetre mesh (BOP) and return it in metres."""
         return cls(filename, color=color, scale=MM_TO_M)
 
@@ -98,7 +98,5 @@ def write_ply(path, vertices, faces=None, normals=None, colors=None, binary: boo
         face_data = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,))])
         face_data["vertex_indices"] = np.asarray(faces, dtype=np.int32)
         elements.append(PlyElement.describe(face_data, "face"))
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    PlyData(elements, text=not binary).write(str(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        PlyData(elements, text=not binary).write(f)

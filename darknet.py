@@ -1,6 +1,6 @@
 """Darknet networks: the `.cfg` parser, the network builder and the `.weights` file format.
 
-Reading order (spec §1, §2, §14):
+Reading order (design §1, §2, §14):
     1. `parse_cfg`: cfg text -> list of plain dicts (`blocks`), block 0 is `[net]`.
     2. `plan_layers`: blocks -> one `LayerSpec` per layer (shapes, parameter, FLOP counts), with
        every cfg mistake reported here, by file, line and layer index.
@@ -11,15 +11,13 @@ Reading order (spec §1, §2, §14):
     5. `.weights` I/O: `read_weights_file` / `write_weights_file` and the Darknet methods
        `load_weights`, `load_weights_until_last`, `save_weights`.
 
-Layer indices follow the cfg: layer 0 is the first section after `[net]` (spec §1.1), and
+Layer indices follow the cfg: layer 0 is the first section after `[net]` (design §1.1), and
 `Darknet.models[i]` is layer i. Shapes are `(C, H, W)` per image; tensors are `(B, C, H, W)`.
 """
 from __future__ import annotations
 
 import copy
-import os
 import sys
-import tempfile
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from errors import CfgError, WeightsError  # noqa: F401  (re-exported: darknet.CfgError)
+from errors import CfgError
+from linemod_format import atomic_write
 
 __all__ = [
     "CfgError", "parse_cfg", "parse_cfg_text", "plan_layers", "LayerSpec", "network_table", "print_cfg",
@@ -38,37 +37,37 @@ __all__ = [
     "fold_batchnorm", "OUTPUT_STRIDE",
 ]
 
-# spec §1.2, §11 item 36: BatchNorm as the weights were trained (eps 1e-4); leaky slope 0.1
+# design §1.2, D36: BatchNorm as the weights were trained (eps 1e-4); leaky slope 0.1
 BN_EPS = 1e-4
 BN_MOMENTUM = 0.1
 LEAKY_SLOPE = 0.1
-OUTPUT_STRIDE = 32  # spec §1.5: every pose network here downsamples by 32
+OUTPUT_STRIDE = 32  # design §1.5: every pose network here downsamples by 32
 
-# spec §1.2: documented defaults for [net] keys the fork's committed cfgs lack
+# design §1.2: documented defaults for [net] keys the fork's committed cfgs lack
 NET_DEFAULTS = {"num_keypoints": 9, "max_epochs": 500, "conf_thresh": 0.1}
 # [net] training hyper-parameters when absent (darknet-C defaults, decay as in every cfg here)
 NET_HYPER_DEFAULTS = {"batch": 1, "subdivisions": 1, "channels": 3, "learning_rate": 0.001,
                       "momentum": 0.9, "decay": 0.0005, "max_batches": 0}
-# spec §1.2 [region] / §5.6: loss scales when the key is missing; thresh 0.6 (§13)
+# design §1.2 [region] / §5.6: loss scales when the key is missing; thresh 0.6 (§13)
 REGION_DEFAULTS = {"object_scale": 5.0, "noobject_scale": 1.0, "class_scale": 1.0,
                    "coord_scale": 1.0, "thresh": 0.6}
 
-# spec §2.1: weights header
+# design §2.1: weights header
 HEADER_INT32S = 4  # major, minor, revision, seen (32-bit form)
 HEADER_BYTES = 16
 HEADER_BYTES_SEEN64 = 20
 
-# Section names the parser accepts (spec §1.2 and "other section types")
+# Section names the parser accepts (design §1.2 and "other section types")
 LAYER_KINDS = ("convolutional", "maxpool", "avgpool", "route", "reorg", "shortcut", "upsample",
                "connected", "softmax", "cost", "region")
-# Short names printed by print_network (spec §1.4)
+# Short names printed by print_network (design §1.4)
 SHORT_NAMES = {"convolutional": "conv", "maxpool": "max", "avgpool": "avg", "region": "detection",
                "connected": "connected", "softmax": "softmax", "cost": "cost", "route": "route",
                "reorg": "reorg", "shortcut": "shortcut", "upsample": "upsample"}
 
 
 # ============================================================================================
-# 1. Parsing (spec §1.1)
+# 1. Parsing (design §1.1)
 # ============================================================================================
 
 def parse_cfg(cfgfile) -> list[dict]:
@@ -84,7 +83,7 @@ def parse_cfg(cfgfile) -> list[dict]:
 def parse_cfg_text(text: str, source: str = "<cfg>") -> list[dict]:
     """Parse cfg text into blocks: `[{'type': 'net', ...}, {'type': 'convolutional', ...}, ...]`.
 
-    Rules (spec §1.1, with the project's fixes): blank lines and lines whose first non-space
+    Rules (design §1.1, with the project's fixes): blank lines and lines whose first non-space
     character is `#` or `;` are comments; `key = value` is split on the FIRST `=` and both sides
     stripped; values stay strings; a duplicate key keeps the last value; the key `type` becomes
     `_type`; `[convolutional]` starts with `batch_normalize='0'`. Each block also carries
@@ -110,7 +109,7 @@ def parse_cfg_text(text: str, source: str = "<cfg>") -> list[dict]:
                                f"expected one of [net], " + ", ".join(f"[{k}]" for k in LAYER_KINDS))
             block = {"type": kind, "_line": lineno, "_file": source}
             if kind == "convolutional":
-                block["batch_normalize"] = "0"  # spec §1.1 default
+                block["batch_normalize"] = "0"  # design §1.1 default
             blocks.append(block)
             continue
         if not blocks:
@@ -184,8 +183,8 @@ class LayerSpec:
     """Everything about one layer that does not need tensors.
 
     `sources`: absolute indices of the layers a route/shortcut reads (None: the previous layer).
-    `params`: trainable parameters; `stored`: float32 values in a `.weights` file (spec §1.5);
-    `flops`: multiply-accumulates x 2 at the planned input size (spec §14.2).
+    `params`: trainable parameters; `stored`: float32 values in a `.weights` file (design §1.5);
+    `flops`: multiply-accumulates x 2 at the planned input size (design §14.2).
     `options`: the parsed keyword arguments of the layer's module.
     """
     index: int
@@ -214,7 +213,7 @@ def _plan_convolutional(opt: _Options, i: int, inp: Shape, shapes: list) -> Laye
     filters, k = opt.integer("filters"), opt.integer("size")
     stride, groups = opt.integer("stride", 1), opt.integer("groups", 1)
     bn = opt.integer("batch_normalize", 0) != 0
-    pad = (k - 1) // 2 if opt.integer("pad", 0) else 0  # spec §1.2: a flag, not a pixel count
+    pad = (k - 1) // 2 if opt.integer("pad", 0) else 0  # design §1.2: a flag, not a pixel count
     if min(filters, k, stride, groups) < 1:
         raise opt.error(f"filters, size, stride and groups must be >= 1, found {filters}, {k}, {stride}, {groups}")
     if c % groups or filters % groups:
@@ -235,7 +234,7 @@ def _plan_maxpool(opt: _Options, i: int, inp: Shape, shapes: list) -> LayerSpec:
     c, h, w = inp
     stride = opt.integer("stride", 1)
     size = opt.integer("size", stride)
-    if stride == 1:  # spec §1.2 padding trick: replicate-pad right/bottom, then 2x2/1; size preserved
+    if stride == 1:  # design §1.2 padding trick: replicate-pad right/bottom, then 2x2/1; size preserved
         size, out = 2, (c, h, w)
     else:
         out = (c, (h - size) // stride + 1, (w - size) // stride + 1)
@@ -250,7 +249,7 @@ def _plan_avgpool(opt: _Options, i: int, inp: Shape, shapes: list) -> LayerSpec:
 
 
 def _resolve(opt: _Options, i: int, v: int, shapes: list) -> int:
-    j = v if v > 0 else i + v  # spec §1.2: v > 0 absolute, v <= 0 relative to the route itself
+    j = v if v > 0 else i + v  # design §1.2: v > 0 absolute, v <= 0 relative to the route itself
     if not 0 <= j < i:
         ref = f"layer {v}" if v > 0 else f"layer {v} (= layer {j})"
         raise opt.error(f"refers to {ref}, which does not exist before layer {i}; "
@@ -296,7 +295,7 @@ def _plan_upsample(opt: _Options, i: int, inp: Shape, shapes: list) -> LayerSpec
 
 
 def _plan_connected(opt: _Options, i: int, inp: Shape, shapes: list) -> LayerSpec:
-    # spec §11 item 28 (fixed): the input size is C*H*W (darknet semantics), not the channel count
+    # D28 (fixed): the input size is C*H*W (darknet semantics), not the channel count
     n_in, n_out = inp[0] * inp[1] * inp[2], opt.integer("output")
     if opt.integer("batch_normalize", 0):
         raise opt.error("batch_normalize=1 on a connected layer is not supported")
@@ -344,7 +343,7 @@ def _fmt_shape(s: Shape | None) -> str:
 
 
 def network_table(blocks: list[dict], width: int | None = None, height: int | None = None) -> str:
-    """The spec §1.4 layer table plus parameter and GFLOP columns (§14.2) and totals, as text."""
+    """The design §1.4 layer table plus parameter and GFLOP columns (§14.2) and totals, as text."""
     specs = plan_layers(blocks, width, height)
     net = _Options(blocks[0], None)
     w = net.integer("width") if width is None else width
@@ -355,7 +354,7 @@ def network_table(blocks: list[dict], width: int | None = None, height: int | No
     for s in specs:
         name = SHORT_NAMES[s.kind]
         filters = f"{s.filters:7d}" if s.filters is not None and s.kind == "convolutional" else " " * 7
-        if s.kind == "route":  # absolute indices, no input column (spec §1.4)
+        if s.kind == "route":  # absolute indices, no input column (design §1.4)
             row = f"{s.index:5d} {name:<9}{'':>7}  {s.size:<11}{'':>19}->{_fmt_shape(s.out_shape):>19}"
         else:
             row = (f"{s.index:5d} {name:<9}{filters}  {s.size:<11}{_fmt_shape(s.in_shape):>19}"
@@ -381,7 +380,7 @@ def print_cfg(blocks: list[dict], width: int | None = None, height: int | None =
 # ============================================================================================
 
 ACTIVATIONS = {
-    "leaky": lambda: nn.LeakyReLU(LEAKY_SLOPE, inplace=True),  # spec §1.2: slope 0.1
+    "leaky": lambda: nn.LeakyReLU(LEAKY_SLOPE, inplace=True),  # design §1.2: slope 0.1
     "relu": lambda: nn.ReLU(inplace=True),
     "linear": nn.Identity,
     "logistic": nn.Sigmoid,  # darknet-C name; no cfg here uses it
@@ -404,7 +403,7 @@ class ConvBNAct(nn.Sequential):
         super().__init__(OrderedDict(layers))
 
     def weight_tensors(self) -> list[torch.Tensor]:
-        """The tensors in `.weights` order (spec §2.1): BN beta, gamma, mean, var, then conv
+        """The tensors in `.weights` order (design §2.1): BN beta, gamma, mean, var, then conv
         weights (OIHW); without BN the conv bias, then weights."""
         if "bn" in self._modules:
             bn = self.bn
@@ -430,7 +429,7 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 class MaxPoolStride1(nn.Module):
-    """`[maxpool] stride=1` (spec §1.2): replicate-pad right and bottom by 1, then 2x2 max, stride 1.
+    """`[maxpool] stride=1` (design §1.2): replicate-pad right and bottom by 1, then 2x2 max, stride 1.
     (B, C, H, W) -> (B, C, H, W)."""
 
     def forward(self, x):
@@ -438,14 +437,14 @@ class MaxPoolStride1(nn.Module):
 
 
 class GlobalAvgPool(nn.Module):
-    """`[avgpool]`: (B, C, H, W) -> (B, C, 1, 1). (The reference returns (B, C); §11 item 29.)"""
+    """`[avgpool]`: (B, C, H, W) -> (B, C, 1, 1). (The reference returns (B, C); D29.)"""
 
     def forward(self, x):
         return x.mean(dim=(2, 3), keepdim=True)
 
 
 class Reorg(nn.Module):
-    """`[reorg]` space-to-depth with the reference's channel order (spec §1.2, §11 item 37):
+    """`[reorg]` space-to-depth with the reference's channel order (design §1.2, D37):
 
         out[b, (dy*s + dx)*C + c, i, j] = x[b, c, s*i + dy, s*j + dx]
 
@@ -472,7 +471,7 @@ class Reorg(nn.Module):
 
 class Route(nn.Module):
     """`[route]`: the listed layers' outputs concatenated along channels, in the listed order.
-    `sources` are absolute layer indices (spec §1.2, golden README §4 item 7)."""
+    `sources` are absolute layer indices (design §1.2: route layers concatenate in the listed order)."""
 
     def __init__(self, sources: tuple, index: int = -1):
         super().__init__()
@@ -525,7 +524,7 @@ class Connected(nn.Module):
         return self.act(self.linear(x.flatten(1)))[:, :, None, None]
 
     def weight_tensors(self) -> list[torch.Tensor]:
-        """`.weights` order (spec §2.1 item 4): bias, then weight (output x input)."""
+        """`.weights` order (design §2.1 item 4): bias, then weight (output x input)."""
         return [self.linear.bias, self.linear.weight]
 
 
@@ -537,7 +536,7 @@ class Softmax(nn.Module):
 
 
 class Skipped(nn.Identity):
-    """`[region]` and `[cost]`: nothing happens in forward (spec §1.3); the loss lives outside."""
+    """`[region]` and `[cost]`: nothing happens in forward (design §1.3); the loss lives outside."""
 
     def __init__(self, kind: str):
         super().__init__()
@@ -602,7 +601,7 @@ class Darknet(nn.Module):
     def _read_net(self, o: _Options) -> None:
         self.width, self.height = o.integer("width"), o.integer("height")
         self.channels = o.integer("channels", NET_HYPER_DEFAULTS["channels"])
-        self.test_width = o.integer("test_width", self.width)  # spec §1.2 defaults
+        self.test_width = o.integer("test_width", self.width)  # design §1.2 defaults
         self.test_height = o.integer("test_height", self.height)
         self.num_keypoints = o.integer("num_keypoints", NET_DEFAULTS["num_keypoints"])
         self.max_epochs = o.integer("max_epochs", NET_DEFAULTS["max_epochs"])
@@ -625,7 +624,7 @@ class Darknet(nn.Module):
         }
 
     def _read_region(self) -> None:
-        """`region` dict and the anchor attributes from the last [region] block (spec §1.2)."""
+        """`region` dict and the anchor attributes from the last [region] block (design §1.2)."""
         regions = [(i, b) for i, b in enumerate(self.blocks[1:]) if b["type"] == "region"]
         i, block = regions[-1] if regions else (None, {"type": "region"})
         o = _Options(block, i)
@@ -644,7 +643,7 @@ class Darknet(nn.Module):
     @property
     def loss(self):
         """The `[region]` loss as the original exposed it (`region_loss = model.loss` in the fork's
-        train.py): a RegionLoss with the cfg's scales (spec §5.6), built on first use and kept
+        train.py): a RegionLoss with the cfg's scales (design §5.6), built on first use and kept
         outside the module tree so it never enters `state_dict()` or `.weights`."""
         cached = self.__dict__.get("_region_loss")
         if cached is None:
@@ -688,7 +687,7 @@ class Darknet(nn.Module):
     # -- reporting --------------------------------------------------------------------------
 
     def network_table(self, width: int | None = None, height: int | None = None) -> str:
-        """The layer table (spec §1.4 + params and GFLOP, §14.2) at `width x height` (default: cfg)."""
+        """The layer table (design §1.4 + params and GFLOP, §14.2) at `width x height` (default: cfg)."""
         return network_table(self.blocks, width, height)
 
     def print_network(self, width: int | None = None, height: int | None = None, file=None) -> str:
@@ -696,7 +695,7 @@ class Darknet(nn.Module):
         return print_cfg(self.blocks, width, height, file)
 
     def num_stored_floats(self) -> int:
-        """float32 values a full `.weights` file holds for this cfg (spec §1.5)."""
+        """float32 values a full `.weights` file holds for this cfg (design §1.5)."""
         return sum(s.stored for s in self.specs)
 
     def weights_nbytes(self) -> int:
@@ -704,13 +703,13 @@ class Darknet(nn.Module):
         return HEADER_BYTES + 4 * self.num_stored_floats()
 
     def gflops(self, width: int | None = None, height: int | None = None) -> float:
-        """GFLOP (multiply-accumulates x 2) per image at `width x height` (spec §14.2)."""
+        """GFLOP (multiply-accumulates x 2) per image at `width x height` (design §14.2)."""
         return sum(s.flops for s in plan_layers(self.blocks, width, height)) / 1e9
 
     # -- inference ---------------------------------------------------------------------------
 
-    def fuse(self) -> "Darknet":
-        """An eval-mode copy with every BatchNorm folded into its convolution (spec §14 addition).
+    def fuse(self) -> Darknet:
+        """An eval-mode copy with every BatchNorm folded into its convolution (design §14 addition).
 
         Outputs equal the unfused eval model's up to float rounding. The copy refuses
         `.weights` I/O (`fused` is True); keep the original for that.
@@ -722,7 +721,7 @@ class Darknet(nn.Module):
         model.fused = True
         return model
 
-    # -- .weights I/O (spec §2) ---------------------------------------------------------------
+    # -- .weights I/O (design §2) ---------------------------------------------------------------
 
     def _param_layers(self, stop: int) -> list[tuple[int, list[torch.Tensor]]]:
         if self.fused:
@@ -732,7 +731,7 @@ class Darknet(nn.Module):
                 if hasattr(self.models[i], "weight_tensors")]
 
     def load_weights(self, weightfile) -> None:
-        """Load a darknet `.weights` file into every layer (spec §2.2).
+        """Load a darknet `.weights` file into every layer (design §2.2).
 
         A cutoff file (fewer layers) stops after its last complete layer. A file ending inside
         a layer, or one with floats left after the last layer (e.g. a 125-filter VOC head read
@@ -742,7 +741,7 @@ class Darknet(nn.Module):
 
     def load_weights_until_last(self, weightfile) -> None:
         """Like `load_weights` but never loads the last two sections (the output conv and
-        `[region]`, spec §2.2): how VOC/ImageNet backbones initialise a pose network."""
+        `[region]`, design §2.2): how VOC/ImageNet backbones initialise a pose network."""
         self._load(weightfile, len(self.models) - 2, allow_leftover=True)
 
     def _load(self, weightfile, stop: int, allow_leftover: bool) -> None:
@@ -750,7 +749,7 @@ class Darknet(nn.Module):
         header, seen, floats = read_weights_file(weightfile)
         plan, start, last = [], 0, None
         for i, tensors in layers:
-            if start >= floats.size:  # spec §2.2: a cutoff file simply ends here
+            if start >= floats.size:  # design §2.2: a cutoff file simply ends here
                 break
             need = sum(t.numel() for t in tensors)
             if start + need > floats.size:
@@ -780,7 +779,7 @@ class Darknet(nn.Module):
 
     def weights_payload(self, cutoff: int = 0) -> np.ndarray:
         """The float32 values `save_weights(cutoff)` writes after the header, in file order
-        (spec §2.1): layers 0..cutoff-1, all layers when cutoff <= 0."""
+        (design §2.1): layers 0..cutoff-1, all layers when cutoff <= 0."""
         stop = len(self.models) if cutoff <= 0 else cutoff
         tensors = [t for _, ts in self._param_layers(stop) for t in ts]
         if not tensors:
@@ -789,32 +788,33 @@ class Darknet(nn.Module):
 
     def weights_header(self) -> tuple[int, int, int, int]:
         """The header `save_weights` writes: the loaded `[major, minor, revision]` (default 0, 0, 0)
-        and `seen` (spec §2.3); a version >= 0.2 is written as 0.1 so that the 16-byte header
+        and `seen` (design §2.3); a version >= 0.2 is written as 0.1 so that the 16-byte header
         (32-bit seen) stays self-consistent for darknet-C readers too."""
         major, minor, revision = (int(v) for v in self.header[:3])
         if major * 10 + minor >= 2 and major < 1000 and minor < 1000:
             major, minor = 0, 1
         seen = int(self.seen)
         if seen > np.iinfo(np.int32).max:
-            warnings.warn(f"seen={seen} does not fit the 32-bit header field; writing {np.iinfo(np.int32).max}")
+            warnings.warn(f"seen={seen} does not fit the 32-bit header field; writing {np.iinfo(np.int32).max}",
+                          stacklevel=2)
             seen = int(np.iinfo(np.int32).max)
         return major, minor, revision, seen
 
     def save_weights(self, weightfile, cutoff: int = 0) -> None:
-        """Write a darknet `.weights` file (spec §2.3) atomically: the 16-byte `weights_header()`,
+        """Write a darknet `.weights` file (design §2.3) atomically: the 16-byte `weights_header()`,
         then `weights_payload(cutoff)`."""
         write_weights_file(weightfile, self.weights_header(), self.weights_payload(cutoff))
 
 
 # ============================================================================================
-# 5. The .weights file (spec §2.1)
+# 5. The .weights file (design §2.1)
 # ============================================================================================
 
 def read_weights_file(path) -> tuple[np.ndarray, int, np.ndarray]:
     """Read a darknet `.weights` file -> (header int32[4], seen, float32 payload).
 
     The header is 4 x int32 `[major, minor, revision, seen]`, except that `seen` is uint64 (a
-    20-byte header) when `major*10 + minor >= 2` and both are < 1000 (darknet-C, spec §2.1).
+    20-byte header) when `major*10 + minor >= 2` and both are < 1000 (darknet-C, design §2.1).
     The returned header always has 4 int32 with seen (clipped to int32) in [3].
     """
     data = np.fromfile(path, dtype=np.uint8)
@@ -837,23 +837,14 @@ def read_weights_file(path) -> tuple[np.ndarray, int, np.ndarray]:
 
 
 def write_weights_file(path, header, floats: np.ndarray) -> None:
-    """Write 4 x int32 `header` then `floats` as little-endian float32, atomically
-    (temporary file in the same folder, then `os.replace`)."""
+    """Write 4 x int32 `header` then `floats` as little-endian float32, atomically (linemod_format.atomic_write)."""
     header = np.asarray(header, dtype=np.int64)
     info = np.iinfo(np.int32)
     if header.shape != (HEADER_INT32S,) or header.min() < info.min or header.max() > info.max:
         raise ValueError(f"{path}: header {header.tolist()} must be 4 values that fit int32")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            header.astype("<i4").tofile(f)
-            np.ascontiguousarray(floats, dtype="<f4").tofile(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        f.write(header.astype("<i4").tobytes())
+        f.write(np.ascontiguousarray(floats, dtype="<f4").tobytes())
 
 
 # ============================================================================================

@@ -1,13 +1,13 @@
 """LINEMOD data: label files, path derivation, image lists, training/test samples, multi-scale batches.
 
-Spec §3 (formats and layout) and §6 (sampling and augmentation). The image-level steps live in
+Spec design §3 (formats and layout) and §6 (sampling and augmentation). The image-level steps live in
 `image.py`; this module does the I/O and puts the steps together in the original's order.
 
 A sample is `(image, target)`:
     image  float32 (3, S, S) (test: (3, H, W) of `shape`), RGB in [0, 1], no normalisation;
-    target float64 (MAX_OBJECTS * 21,): the label rows of spec §3.1, zero padded. An empty slot
-    has x0 == 0 (spec §3.1); an augmented centroid clamped to x0 = 0 reads as "no object", as in
-    the original (§11 item 18, preserved).
+    target float64 (MAX_OBJECTS * 21,): the label rows of design §3.1, zero padded. An empty slot
+    has x0 == 0 (design §3.1); an augmented centroid clamped to x0 = 0 reads as "no object", as in
+    the original (D18, preserved).
 
 Randomness: every draw of a training sample comes from `np.random.default_rng([seed, epoch,
 index])`, and every batch size from `[seed, epoch, batch, 2]`, so results do not depend on the
@@ -19,10 +19,9 @@ import math
 import multiprocessing
 from multiprocessing.context import get_spawning_popen
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -31,16 +30,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import image as im
-from utils import IM_HEIGHT, IM_WIDTH, LABEL_WIDTH, LINEMOD_OBJECTS, MAX_OBJECTS, NUM_KEYPOINTS
+from linemod_format import (IM_HEIGHT, IM_WIDTH, MAX_OBJECTS, NUM_KEYPOINTS, label_path, mask_path,
+                            read_label_rows, read_list, write_label_rows)
+from utils import LINEMOD_OBJECTS
 
-# spec §6.1: hard-coded augmentation constants (the cfg's jitter/hue/saturation/exposure are ignored)
+# design §6.1: hard-coded augmentation constants (the cfg's jitter/hue/saturation/exposure are ignored)
 JITTER, HUE, SATURATION, EXPOSURE = 0.2, 0.1, 1.5, 1.5
-# spec §6.3: multi-object sample
+# design §6.3: multi-object sample
 MULTI_JITTER = 0.1
 MAX_SHIFT_PX = 80
 MAX_OVERLAP = 0.2  # an extra object is pasted if < 20% of its mask overlaps the union
 MAX_PASTE_TRIES = 50  # the original retries forever; we give up on that extra object
-# spec §6.5: multi-scale training; rows (seen < k*N, U{lo..hi} or None = the default size)
+# design §6.5: multi-scale training; rows (seen < k*N, U{lo..hi} or None = the default size)
 DEFAULT_SIZE = 416
 SIZE_STEP = 32
 SCALE_TABLES = {
@@ -48,7 +49,7 @@ SCALE_TABLES = {
                (60, (9, 24)), (70, (8, 25)), (math.inf, (7, 26))),
     "multi": ((20, None), (40, (13, 16)), (60, (12, 17)), (80, (11, 18)), (math.inf, (10, 19))),
 }
-# spec §6.3 step 1: the extra objects pasted around each main object
+# design §6.3 step 1: the extra objects pasted around each main object
 EXTRA_OBJECTS = {
     "ape": ("can", "cat", "duck", "glue", "holepuncher", "iron", "phone"),
     "benchvise": ("ape", "can", "cat", "driller", "duck", "glue", "holepuncher"),
@@ -66,71 +67,18 @@ EXTRA_OBJECTS = {
 }
 assert set(EXTRA_OBJECTS) == set(LINEMOD_OBJECTS)
 
-IMAGE_DIRS = ("JPEGImages", "images")  # spec §3.4: folders whose name is swapped for labels/mask
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # background pool
-LIST_SEARCH_LEVELS = 3  # list entries may be relative to an ancestor of the list file's folder
 PROCEDURAL_MIN_SIZE = 64  # smaller images get a 64 px procedural background, resized down
 _BG_STREAM, _SIZE_STREAM = 1, 2  # extra seed words that separate the random streams
 FAST_POOL = 64  # procedural backgrounds in the fast path's pool (0.9 MB each)
 
 
 # --------------------------------------------------------------------------------------------
-# Label files (spec §3.1)
+# Label files (the formats live in linemod_format.py)
 # --------------------------------------------------------------------------------------------
 
-def read_truths(path, width: int = LABEL_WIDTH) -> np.ndarray:
-    """All label rows of a label file as (n, 21) float64; an empty file gives (0, 21).
-
-    Raises FileNotFoundError naming a missing file, and ValueError naming the file and line
-    for a line with the wrong number of values, a non-number, NaN or inf. Blank lines are skipped.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: label file not found") from None
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != width:
-            raise ValueError(f"{path}:{lineno}: expected {width} numbers per object, found {len(fields)}")
-        try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: expected {width} numbers, found {line.strip()!r}") from None
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"{path}:{lineno}: expected finite numbers, found NaN or inf in {line.strip()!r}")
-        rows.append(values)
-    return np.array(rows, dtype=np.float64).reshape(-1, width)
-
-
-def write_truths(path, rows, width: int = LABEL_WIDTH) -> None:
-    """Write label rows (n, 21) or (21,) as LINEMOD does: one line per object, '%.6f' values.
-
-    Creates the parent folder; the file is replaced atomically.
-    """
-    path = os.fspath(path)
-    rows = np.asarray(rows, dtype=np.float64)
-    rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
-    if rows.ndim != 2 or (rows.size and rows.shape[1] != width):
-        raise ValueError(f"{path}: expected label rows (n, {width}), found shape {rows.shape}")
-    if not np.all(np.isfinite(rows)):
-        raise ValueError(f"{path}: label rows contain NaN or inf")
-    text = "".join(" ".join(f"{v:.6f}" for v in row) + "\n" for row in rows)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".txt")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+read_truths = read_label_rows  # the original's names
+write_truths = write_label_rows
 
 
 def pad_targets(rows: np.ndarray, max_objects: int = MAX_OBJECTS) -> np.ndarray:
@@ -143,88 +91,12 @@ def pad_targets(rows: np.ndarray, max_objects: int = MAX_OBJECTS) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Paths (spec §3.4, §11 item 31: derived from the file name, never by substring replacement)
+# Image lists and folders
 # --------------------------------------------------------------------------------------------
-
-def _sibling_folder(img_path, folder: str) -> tuple[str, str, str]:
-    """(directory, stem, extension) of img_path with a JPEGImages/images parent renamed `folder`."""
-    head, name = os.path.split(os.fspath(img_path))
-    grand, parent = os.path.split(head)
-    if parent in IMAGE_DIRS:
-        head = os.path.join(grand, folder)
-    stem, ext = os.path.splitext(name)
-    return head, stem, ext
-
-
-def label_path(img_path) -> str:
-    """`.../<obj>/JPEGImages/000123.jpg` -> `.../<obj>/labels/000123.txt` (also for an `images` folder)."""
-    head, stem, _ = _sibling_folder(img_path, "labels")
-    return os.path.join(head, stem + ".txt")
-
-
-def mask_path(img_path) -> str:
-    """`.../<obj>/JPEGImages/000123.jpg` -> `.../<obj>/mask/0123.png` (a leading "00" of the stem removed)."""
-    head, stem, _ = _sibling_folder(img_path, "mask")
-    stem = stem[2:] if stem.startswith("00") else stem
-    out = os.path.join(head, stem + ".png")
-    if os.path.normpath(out) == os.path.normpath(os.fspath(img_path)):
-        raise ValueError(f"{img_path}: the mask path would be the image itself; expected the image "
-                         f"in a {' or '.join(IMAGE_DIRS)} folder")
-    return out
-
-
-def occlusion_label_path(img_path, obj: str) -> str:
-    """OCCLUSION test label of `obj` for an image of the benchvise sequence (spec §3.4).
-
-    `.../benchvise/JPEGImages/000123.jpg` -> `.../<obj>/labels_occlusion/000123.txt`.
-    """
-    head, name = os.path.split(os.fspath(img_path))
-    seq_dir = os.path.dirname(head)
-    return os.path.join(os.path.dirname(seq_dir), obj, "labels_occlusion", os.path.splitext(name)[0] + ".txt")
-
 
 def object_name(img_path) -> str:
     """The object of a LINEMOD image: its grand-parent folder (`LINEMOD/ape/JPEGImages/x.jpg` -> 'ape')."""
     return os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(os.fspath(img_path)))))
-
-
-def read_list(list_file, root=None) -> list[str]:
-    """Image paths of a list file: one per line, blank lines ignored.
-
-    A relative entry is taken relative to `root` (default: the current directory); if it does
-    not exist there, relative to the list file's folder or one of its 3 ancestors (LINEMOD lists
-    hold repo-root paths like `LINEMOD/ape/JPEGImages/000001.jpg`). An entry found nowhere is
-    returned relative to `root`; the dataset reports it. Raises ValueError for an empty list.
-    """
-    list_file = os.fspath(list_file)
-    if not os.path.isfile(list_file):
-        raise FileNotFoundError(f"{list_file}: image list not found")
-    with open(list_file) as f:
-        entries = [line.strip() for line in f.read().splitlines() if line.strip()]
-    if not entries:
-        raise ValueError(f"{list_file}: the image list is empty (expected one image path per line)")
-    folder = os.path.dirname(os.path.abspath(list_file))
-    fallbacks = [folder]
-    for _ in range(LIST_SEARCH_LEVELS):
-        folder = os.path.dirname(folder)
-        fallbacks.append(folder)
-    fallbacks = list(dict.fromkeys(fallbacks))
-    paths, last_good = [], None
-    for entry in entries:
-        first = entry if root is None or os.path.isabs(entry) else os.path.join(os.fspath(root), entry)
-        if os.path.isabs(entry) or os.path.exists(first):
-            paths.append(first)
-            continue
-        order = ([last_good] if last_good else []) + [b for b in fallbacks if b != last_good]
-        for base in order:
-            candidate = os.path.normpath(os.path.join(base, entry))
-            if os.path.exists(candidate):
-                paths.append(candidate)
-                last_good = base
-                break
-        else:
-            paths.append(first)
-    return paths
 
 
 def list_images(folder) -> list[str]:
@@ -306,7 +178,7 @@ def _size_wh(size) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# Multi-object training sample (spec §6.3)
+# Multi-object training sample (design §6.3)
 # --------------------------------------------------------------------------------------------
 
 @dataclass
@@ -321,7 +193,7 @@ class MultiObjectSample:
 
 
 def extra_objects(obj: str, available: Sequence[str]) -> list[str]:
-    """The objects pasted around `obj` (spec §6.3 table), restricted to `available`.
+    """The objects pasted around `obj` (design §6.3 table), restricted to `available`.
 
     For an object outside the LINEMOD table: every other available object, sorted.
     """
@@ -357,23 +229,23 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
                         rng: np.random.Generator, background, *, jitter: float = MULTI_JITTER,
                         resample: str = im.DEFAULT_RESAMPLE, fix_crop: bool = False,
                         repro_label_bugs: bool = False, max_tries: int = MAX_PASTE_TRIES) -> MultiObjectSample:
-    """The §6.3 training sample: the main object plus non-overlapping extra objects on a background.
+    """The design §6.3 training sample: the main object plus non-overlapping extra objects on a background.
 
     img_path: main image (its object = grand-parent folder); extra_paths: object name -> its
     training image paths; size: S pixels; background: any-size RGB image (PIL or uint8 array).
     Main object: crop jitter, resize to S, shift by U{-80..80} px, flip. Extras (table of
-    §6.3, shuffled): crop jitter, resize, flip; pasted when < 20% of their mask (> 200) overlaps
+    design §6.3, shuffled): crop jitter, resize, flip; pasted when < 20% of their mask (> 200) overlaps
     the union mask, else another image is drawn (at most `max_tries` per object, then it is left
     out). The main object is pasted again on top, then the background fills the rest.
     Labels: main file's rows, then each extra's first row; ranges recomputed.
     Default (bugs fixed): the shift pads with black (no wrap) and labels follow the flip
-    (x -> 1 - x). `repro_label_bugs=True`: wrap-around shift, labels ignore the flip (§11 item 20).
+    (x -> 1 - x). `repro_label_bugs=True`: wrap-around shift, labels ignore the flip (D20).
     """
     fixed = not repro_label_bugs
     S = int(size)
     main_img = load_image(img_path)
     main_mask = load_mask(mask_path(img_path), main_img.size)
-    main_rows = read_truths(label_path(img_path))
+    main_rows = read_label_rows(label_path(img_path))
 
     extras = extra_objects(object_name(img_path), [k for k, v in extra_paths.items() if len(v)])
     rng.shuffle(extras)
@@ -393,7 +265,7 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
             path = pool[int(rng.integers(len(pool)))]
             x_img = load_image(path)
             x_mask = load_mask(mask_path(path), x_img.size)
-            x_rows = read_truths(label_path(path))[:1]
+            x_rows = read_label_rows(label_path(path))[:1]
             x_img = Image.fromarray(np.where(im.binary_mask(x_mask), np.asarray(x_img), 0).astype(np.uint8))
             a_img, a_mask, x_params, x_flip = _augment_object(x_img, x_mask, rng, S, jitter=jitter, resample=resample,
                                                               fix_crop=fix_crop, shift=False, wrap=False)
@@ -423,7 +295,7 @@ def _shared_counter(value: int = 0):
 
 
 class PoseDataset(Dataset):
-    """LINEMOD images with their labels, for training (spec §6.1) or testing (spec §6.2).
+    """LINEMOD images with their labels, for training (design §6.1) or testing (design §6.2).
 
     source: a list file (see `read_list`) or a sequence of image paths.
     shape: the test size (w, h) or S (default 416); also the training size when an int index is given.
@@ -434,8 +306,8 @@ class PoseDataset(Dataset):
     or, with `procedural_pool=K`, a uniform pick among K procedural backgrounds seeded by
     (seed, k) and cached per process (about 2x faster loading; K * 0.9 MB per worker at 640x480).
     seed, epoch: the random stream of sample i is default_rng([seed, epoch, i]); `set_epoch`.
-    resample: 'bicubic' (default) or 'nearest' (Pillow < 7, strict reproduction), spec §6.4.
-    fix_crop: crop sw x sh instead of the original's (sw-1) x (sh-1) (§11 item 19).
+    resample: 'bicubic' (default) or 'nearest' (Pillow < 7, strict reproduction), design §6.4.
+    fix_crop: crop sw x sh instead of the original's (sw-1) x (sh-1) (D19).
     fast: the cv2 training path (`fast_train_sample`): the same draws and label transform, about
     10x less work per sample; backgrounds come from a pool of `procedural_pool` (default
     FAST_POOL) procedural images, or from `bg_dir`, as random windows at the output size.
@@ -632,7 +504,7 @@ class PoseDataset(Dataset):
         return im.background_window(pool_image, rng, size)
 
     def fast_train_sample(self, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """The §6.1 sample by the cv2 path: (uint8 (h, w, 3), label rows (n, 21)).
+        """The design §6.1 sample by the cv2 path: (uint8 (h, w, 3), label rows (n, 21)).
 
         Same random draws as `train_sample` without a pool, hence the same crop and label transform.
         """
@@ -645,29 +517,29 @@ class PoseDataset(Dataset):
         offsets = im.draw_crop_offsets(rng, w0, h0, self.jitter)
         mask = read_gray(mask_path(path), (w0, h0)) if bg is not None else None
         out = im.fast_augment(img, mask, bg, offsets, size, self.fix_crop)
-        rng.integers(1, 10001)  # the flip bit the original draws and never applies (§11 item 20)
+        rng.integers(1, 10001)  # the flip bit the original draws and never applies (D20)
         out = im.fast_distort(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
         return out, im.transform_labels(rows, *im.crop_label_params(offsets, w0, h0))
 
     def train_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
-        """The §6.1 sample: (PIL RGB of `size` (w, h), label rows (n, 21))."""
+        """The design §6.1 sample: (PIL RGB of `size` (w, h), label rows (n, 21))."""
         path = self.paths[index]
         rng = self.rng(index)
         img = load_image(path)
         mask = load_mask(mask_path(path), img.size)
-        rows = read_truths(label_path(path), self.label_width)
+        rows = read_label_rows(label_path(path), self.label_width)
         bg = self.background(index, rng, img.size)
         img = im.replace_background(img, mask, bg, self.resample)
         offsets = im.draw_crop_offsets(rng, img.width, img.height, self.jitter)
         out = im.crop_resize(img, offsets, size, self.resample, self.fix_crop)
-        rng.integers(1, 10001)  # spec §6.1 step 4: a flip bit is drawn but never applied (§11 item 20)
+        rng.integers(1, 10001)  # design §6.1 step 4: a flip bit is drawn but never applied (D20)
         out = im.distort_image(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
         return out, im.transform_labels(rows, *im.crop_label_params(offsets, img.width, img.height))
 
     def test_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
-        """The §6.2 sample, keeping all 21 numbers of every object (§11 item 17)."""
+        """The design §6.2 sample, keeping all 21 numbers of every object (D17)."""
         path = self.paths[index]
-        rows = read_truths(label_path(path), self.label_width)
+        rows = read_label_rows(label_path(path), self.label_width)
         img = load_image(path)
         if img.size != size:
             img = img.resize(size, im.resample_filter(self.resample))
@@ -678,7 +550,7 @@ listDataset = PoseDataset  # the original's name
 
 
 class MultiObjectDataset(PoseDataset):
-    """Training images of a main object composed with extra objects (spec §6.3).
+    """Training images of a main object composed with extra objects (design §6.3).
 
     extra_paths: object name -> its training image paths (the original reads
     `LINEMOD/<obj>/train.txt`; see `linemod_train_lists`). repro_label_bugs: see
@@ -726,7 +598,7 @@ class MultiObjectDataset(PoseDataset):
         return im.background_window(pool_image, rng, size)
 
     def fast_train_sample(self, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """The §6.1 sample by the cv2 path: (uint8 (h, w, 3), label rows (n, 21)).
+        """The design §6.1 sample by the cv2 path: (uint8 (h, w, 3), label rows (n, 21)).
 
         Same random draws as `train_sample` without a pool, hence the same crop and label transform.
         """
@@ -739,7 +611,7 @@ class MultiObjectDataset(PoseDataset):
         offsets = im.draw_crop_offsets(rng, w0, h0, self.jitter)
         mask = read_gray(mask_path(path), (w0, h0)) if bg is not None else None
         out = im.fast_augment(img, mask, bg, offsets, size, self.fix_crop)
-        rng.integers(1, 10001)  # the flip bit the original draws and never applies (§11 item 20)
+        rng.integers(1, 10001)  # the flip bit the original draws and never applies (D20)
         out = im.fast_distort(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
         return out, im.transform_labels(rows, *im.crop_label_params(offsets, w0, h0))
 
@@ -768,13 +640,13 @@ def linemod_train_lists(linemod_dir, names: Sequence[str] | None = None,
 
 
 # --------------------------------------------------------------------------------------------
-# Multi-scale batches (spec §6.5, §11 item 32)
+# Multi-scale batches (design §6.5, D32)
 # --------------------------------------------------------------------------------------------
 
 def multiscale_size(seen: int, N: int, rng: np.random.Generator, mode: str = "single") -> int:
     """The input size S for a batch after `seen` images, with N = (num_samples // batch) * batch.
 
-    spec §6.5: the first row of the mode's table with seen < k*N gives 416 or 32 * U{lo..hi}.
+    design §6.5: the first row of the mode's table with seen < k*N gives 416 or 32 * U{lo..hi}.
     The draw (one rng.integers call) happens only on a random row.
     """
     if mode not in SCALE_TABLES:
@@ -788,13 +660,13 @@ def multiscale_size(seen: int, N: int, rng: np.random.Generator, mode: str = "si
 
 
 class MultiScaleBatchSampler(Sampler):
-    """Batches of `(index, S)` pairs sharing one input size S (spec §6.5).
+    """Batches of `(index, S)` pairs sharing one input size S (design §6.5).
 
     The epoch's order is default_rng([seed, epoch]).permutation (or 0..n-1 without shuffle),
     padded by repetition to a multiple of world_size; rank r takes every world_size-th index
     from r (like DistributedSampler). Global batch b's size comes from the images seen before
     it, `seen + b * batch_size * world_size`, drawn with default_rng([seed, epoch, b, 2]): the
-    same on every rank and whatever the number of workers. mode: 'single', 'multi' (§6.5
+    same on every rank and whatever the number of workers. mode: 'single', 'multi' (design §6.5
     tables) or 'fixed' (always fixed_size). The last incomplete batch is kept unless drop_last.
     start_batch: resume an interrupted epoch: batches 0..start_batch-1 are skipped, the others
     are exactly those of a full pass; len() counts the remaining batches, `num_batches` all.
@@ -822,7 +694,7 @@ class MultiScaleBatchSampler(Sampler):
 
     @property
     def N(self) -> int:
-        """(num_samples // batch_size) * batch_size, the §6.5 unit of `seen`."""
+        """(num_samples // batch_size) * batch_size, the design §6.5 unit of `seen`."""
         return (self.num_samples // self.batch_size) * self.batch_size
 
     def shard(self) -> np.ndarray:
@@ -861,7 +733,7 @@ class MultiScaleBatchSampler(Sampler):
 
 
 # --------------------------------------------------------------------------------------------
-# Loaders (spec §6.6)
+# Loaders (design §6.6)
 # --------------------------------------------------------------------------------------------
 
 def collate(batch):
@@ -880,7 +752,7 @@ def make_train_loader(dataset: PoseDataset, batch_size: int, seed: int | None = 
 
     seed defaults to dataset.seed (it drives the shuffle and the sizes; the dataset's seed drives
     the augmentation). `seen` = images seen before this epoch, over all ranks (e.g. model.seen).
-    pin_memory defaults to torch.cuda.is_available() (the original pins, spec §6.6).
+    pin_memory defaults to torch.cuda.is_available() (the original pins, design §6.6).
     start_batch: skip the epoch's first batches (resume); len(loader) counts the remaining ones,
     loader.batch_sampler.num_batches the whole epoch.
     """
@@ -896,7 +768,7 @@ def make_train_loader(dataset: PoseDataset, batch_size: int, seed: int | None = 
 
 def make_test_loader(dataset: PoseDataset, batch_size: int = 1, workers: int = 0,
                      pin_memory: bool | None = None) -> DataLoader:
-    """A test DataLoader: fixed size (dataset.shape), list order, every sample once (spec §6.6)."""
+    """A test DataLoader: fixed size (dataset.shape), list order, every sample once (design §6.6)."""
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory)

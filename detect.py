@@ -9,8 +9,8 @@
 
 The `.data` file gives the camera (fx, fy, u0, v0) and the mesh whose 3-D box is drawn; in
 multi-object mode (`--multi`) the keys `mesh<c>` (or `mesh`) give each class's mesh. The pose of
-each detection comes from its 9 predicted points exactly as valid.py computes it (utils.pnp on the
-centroid + 8 corners), so for the same image and weights detect.py and valid.py agree.
+each detection comes from its 9 predicted points through valid.solve_pose (PnP on the centroid + 8
+corners), so for the same image and weights detect.py and valid.py agree.
 
 Writes into --out (default runs/detect): one annotated PNG per image (for a folder or image) or
 `<name>.mp4` (video, camera), and `detections.json`: per frame, a list of detections with the
@@ -29,11 +29,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+import cli
 import dataset
 import image
 import utils
+import valid
+from errors import InputError, run_cli
+from linemod_format import read_data_cfg, write_text
 from MeshPly import MeshPly
 
+DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GT_COLOR, PRED_COLOR = (0, 255, 0), (0, 0, 255)  # RGB: green ground truth (valid.ipynb), blue prediction
 CLASS_COLORS = [(0, 0, 255), (255, 0, 0), (255, 200, 0), (255, 0, 255), (0, 200, 255), (128, 255, 0),
@@ -41,7 +46,7 @@ CLASS_COLORS = [(0, 0, 255), (255, 0, 0), (255, 200, 0), (255, 0, 255), (0, 200,
                 (255, 128, 128)]
 
 
-class SourceError(RuntimeError):
+class SourceError(InputError):
     """An input that cannot be read (unreadable image, video or camera)."""
 
 
@@ -121,29 +126,18 @@ def _video_frames(cap, stem: str):
 # --------------------------------------------------------------------------------------------
 
 def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> (1, 3, h, w) float in [0, 1], resized as the test loader does (spec §6.2)."""
+    """RGB uint8 (H, W, 3) -> (1, 3, h, w) float in [0, 1], resized as the test loader does (design §6.2)."""
     img = Image.fromarray(rgb)
     if img.size != tuple(size):
         img = img.resize(size, image.resample_filter("bicubic"))
     return dataset.to_tensor(img)[None]
 
 
-def pose_from_points(points_px: np.ndarray, corners: np.ndarray, K: np.ndarray, method: str = "iterative"):
-    """(R, t) from the 9 predicted points, as valid.py: PnP on centroid + 8 box corners; (None, None) on failure."""
-    if not np.all(np.isfinite(points_px)):
-        return None, None
-    try:
-        R, t = utils.pnp(utils.pose_points3d(corners), points_px, K, method)
-    except cv2.error:
-        return None, None
-    return R, t.reshape(3)
-
-
 def select_boxes(output: torch.Tensor, multi: bool, num_classes: int, num_keypoints: int, num_anchors: int,
                  conf_thresh: float) -> list[tuple[int, float, np.ndarray]]:
     """[(class_id, confidence, normalised points (K, 2))] for one image's output (1, ch, H, W).
 
-    Single object: the most confident cell (spec §4.1), whatever its confidence. Multi object: per
+    Single object: the most confident cell (design §4.1), whatever its confidence. Multi object: per
     class, the cell with the highest det_conf * class prob among cells whose best class it is, kept
     when that score exceeds conf_thresh (no ground truth to fall back on at inference).
     """
@@ -202,45 +196,43 @@ def annotate(rgb: np.ndarray, detections: list[Detection], corners: dict, K: np.
 # --------------------------------------------------------------------------------------------
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.default_argument_parser(__doc__)
     p.add_argument("source", help="image, folder of images, video file, or camera index (0, 1, ...)")
-    p.add_argument("--datacfg", required=True, help=".data file: camera and mesh (mesh<c> per class with --multi)")
-    p.add_argument("--modelcfg", default="cfg/yolo-lite-trial3-pose.cfg")
-    p.add_argument("--weightfile", required=True)
+    cli.add_datacfg(p, required=True, help=".data file: camera and mesh (mesh<c> per class with --multi)")
+    cli.add_model(p, cfg_default=DEFAULT_MODELCFG, weights="weightfile", weights_required=True)
     p.add_argument("--out", default="runs/detect", help="output folder")
     p.add_argument("--multi", action="store_true", help="multi-object mode: one box per detected class")
-    p.add_argument("--conf-thresh", type=float, default=None, help="multi-object score threshold (default: cfg conf_thresh)")
-    p.add_argument("--size", type=int, default=None, help="square input size (default: cfg test_width x test_height)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--pnp", choices=sorted(utils.PNP_METHODS), default="iterative")
+    cli.add_conf_thresh(p)
+    cli.add_sizes(p, test=True)
+    cli.add_device(p)
+    cli.add_pnp(p)
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (camera, long videos)")
     p.add_argument("--no-images", action="store_true", help="write only detections.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
-def load_model(modelcfg, weightfile, device):
-    from darknet import Darknet
-
-    for path, what in ((modelcfg, "model cfg"), (weightfile, "weights")):
-        if not Path(path).is_file():
-            raise SystemExit(f"detect.py: {what} not found: {path}")
-    model = Darknet(modelcfg)
-    model.load_weights(weightfile)
-    return model.to(device).eval()
+def pose_of(points_px: np.ndarray, corners: np.ndarray, K: np.ndarray, method: str):
+    """(R, t) of one detection from its 9 points (9, 2) pixels through valid.solve_pose; (None, None) on failure."""
+    pose = valid.solve_pose(utils.pose_points3d(corners), points_px, K, method)
+    return pose if pose is not None else (None, None)
 
 
 def main(args) -> dict:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    model = load_model(args.modelcfg, args.weightfile, device)
-    opts = utils.read_data_cfg(args.datacfg, resolve_paths=True)
-    opts["_datacfg"] = args.datacfg
-    K, _, _ = utils.camera_from_data_cfg(opts)
-    corners = class_corners(opts, args.multi)
-    size = (args.size, args.size) if args.size else (model.test_width, model.test_height)
+    """Detect on every frame of args.source; return the detections.json content. Bad inputs raise InputError."""
+    try:
+        cli.check_size("--test-size", args.test_size)
+        device = valid.resolve_device(args.device)
+        model = valid.load_model(args.modelcfg, args.weightfile, device)
+        opts = read_data_cfg(args.datacfg, resolve_paths=True)
+        opts["_datacfg"] = args.datacfg
+        K, _, _ = utils.camera_from_data_cfg(opts)
+        corners = class_corners(opts, args.multi)
+    except (OSError, ValueError) as exc:  # CfgError, WeightsError, ... are ValueErrors
+        raise InputError(f"cannot detect:\n  {exc}") from None
+    kind, frames, fps = open_source(args.source)  # SourceError names the source
+    size = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
     conf_thresh = model.conf_thresh if args.conf_thresh is None else args.conf_thresh
-    kind, frames, fps = open_source(args.source)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     writer, results, skipped = None, {"source": str(args.source), "frames": []}, 0
@@ -262,7 +254,7 @@ def main(args) -> dict:
             for c, conf, pts in select_boxes(output, args.multi, model.num_classes, model.num_keypoints,
                                              model.num_anchors, conf_thresh):
                 pts_px = pts * np.array([w, h], dtype=np.float64)
-                R, t = pose_from_points(pts_px, corners[c], K, args.pnp) if c in corners else (None, None)
+                R, t = pose_of(pts_px, corners[c], K, args.pnp) if c in corners else (None, None)
                 detections.append(Detection(c, conf, pts_px, R, t))
             results["frames"].append({"frame": name, "width": w, "height": h,
                                       "detections": [d.to_json() for d in detections]})
@@ -283,7 +275,7 @@ def main(args) -> dict:
         if writer is not None:
             writer.release()
     results["skipped_frames"] = skipped
-    (out / "detections.json").write_text(json.dumps(results, indent=1))
+    write_text(out / "detections.json", json.dumps(results, indent=1))
     n = len(results["frames"])
     print(f"{n} frames, {sum(len(f['detections']) for f in results['frames'])} detections"
           f"{f', {skipped} corrupt frames skipped' if skipped else ''}; results in {out}/")
@@ -291,7 +283,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (SourceError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"detect.py: {exc}")
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)))

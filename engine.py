@@ -22,13 +22,14 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from errors import CheckpointError, InputError
+from linemod_format import atomic_write, write_text
 
 CHECKPOINT, BEST_WEIGHTS, LAST_WEIGHTS = "checkpoint.pt", "model.weights", "last.weights"
 CHECKPOINT_FORMAT = 2  # 1: the pickled checkpoints of earlier versions, refused (they need unpickling)
@@ -46,34 +47,22 @@ class NonFiniteLoss(RuntimeError):
 def new_state(cost_keys) -> dict:
     """The training state: plain Python values only, so that checkpoints load without unpickling code."""
     return {"epoch": 0, "batch_in_epoch": 0, "seen": 0, "epoch_start_seen": 0, "iteration": 0,
-            "best": -math.inf, "best_score": None, "train_seconds": 0.0, "evaluations": 0, "costs": {k: [] for k in cost_keys}}
+            "best": -math.inf, "best_score": None, "train_seconds": 0.0, "evaluations": 0,
+            "costs": {k: [] for k in cost_keys}}
 
 
 # --------------------------------------------------------------------------------------------
 # Atomic files and random states
 # --------------------------------------------------------------------------------------------
 
-def atomic_write(path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary file next to `path`, then rename it over `path`.
-
-    A failure (a full disk, Ctrl-C) removes the temporary file and leaves `path` as it was.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def atomic_torch_save(obj, path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def atomic_npz(path, **arrays) -> None:
-    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def rng_state() -> dict:
@@ -191,7 +180,7 @@ def prune_metrics(backup: Path, epoch: int) -> None:
         lines = [ln for ln in jsonl_path.read_text().splitlines() if ln.strip()]
         kept = [ln for ln in lines if json.loads(ln).get("epoch", -1) < epoch]
         if len(kept) != len(lines):
-            atomic_write(jsonl_path, lambda tmp: tmp.write_text("".join(k + "\n" for k in kept)))
+            write_text(jsonl_path, "".join(k + "\n" for k in kept))
     if csv_path.is_file():
         lines = csv_path.read_text().splitlines()
         if lines:
@@ -200,7 +189,7 @@ def prune_metrics(backup: Path, epoch: int) -> None:
             if col is not None:
                 kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[col]) < epoch]
                 if len(kept) != len(lines):
-                    atomic_write(csv_path, lambda tmp: tmp.write_text("".join(k + "\n" for k in kept)))
+                    write_text(csv_path, "".join(k + "\n" for k in kept))
 
 
 def plain(value):
@@ -248,7 +237,8 @@ def plot_training(costs: dict, path: Path, accuracy_label: str = "2-D projection
     b.plot(costs["testing_iters"], costs["testing_accuracies"], "o-")
     b.set(xlabel="images seen", ylabel=accuracy_label, ylim=(0, 101), title="test accuracy")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -431,7 +421,7 @@ class Trainer:
             self.state["best"], self.state["best_score"] = score[0], score
             model = self.eval_model
             model.seen = self.state["seen"]
-            atomic_write(self.backup / BEST_WEIGHTS, model.save_weights)
+            model.save_weights(self.backup / BEST_WEIGHTS)  # atomic
             log(f"best model so far: {self.backup / BEST_WEIGHTS}")
         plot_training(c, self.backup / "training.png")
 
@@ -475,7 +465,7 @@ class Trainer:
                             f"{meaningful_from}, so the most confident cell is arbitrary")
                 if last and self.rank == 0:
                     self.model.seen = state["seen"]
-                    atomic_write(self.backup / LAST_WEIGHTS, self.eval_model.save_weights)
+                    self.eval_model.save_weights(self.backup / LAST_WEIGHTS)
                 self.save_checkpoint()
                 if self.world > 1:
                     dist.barrier()
@@ -487,11 +477,11 @@ class Trainer:
             if self.rank == 0:
                 print(f"\ninterrupted: state saved to {self.checkpoint_path()}; continue with --resume",
                       file=sys.stderr)
-            raise SystemExit(130)
+            raise SystemExit(130) from None
         except NonFiniteLoss as exc:
             if self.rank == 0:
                 print(f"stopping: {exc}\nthe last good checkpoint is kept: {self.checkpoint_path()}", file=sys.stderr)
-            raise SystemExit(1)
+            raise SystemExit(1) from None
         finally:
             if self.world > 1 and dist.is_initialized():
                 dist.destroy_process_group()

@@ -7,11 +7,15 @@ for every script, instead of a traceback.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class InputError(ValueError):
     """Bad user input (a file, a flag, a value): the message says which and what is wrong."""
+
+
+class FlagError(InputError):
+    """A command-line flag with a value no file can fix: a size that is not a multiple of 32, a flag given twice."""
 
 
 class CfgError(InputError):
@@ -24,6 +28,14 @@ class DataCfgError(InputError):
 
 class LabelError(InputError):
     """A malformed label file: names the file, the row and what is wrong."""
+
+
+class LayoutError(InputError):
+    """A path or list that does not fit the LINEMOD layout: an empty image list, a mask path that is the image."""
+
+
+class PoseFileError(InputError):
+    """A pose file (JSON / CSV) with a missing field, a non-number, a non-finite value or a non-rotation."""
 
 
 class MeshError(InputError):

@@ -1,4 +1,4 @@
-"""Image-level augmentation steps (spec §6) as small pure functions.
+"""Image-level augmentation steps (design §6) as small pure functions.
 
 Every function takes numpy/PIL images and explicit random draws (or a numpy Generator), and
 returns new images: no hidden global state, so each step is testable on its own.
@@ -6,7 +6,7 @@ returns new images: no hidden global state, so each step is testable on its own.
 Conventions: images are PIL RGB images or uint8 numpy arrays (H, W, 3); masks are PIL images
 or uint8 arrays (H, W) / (H, W, 3) with 0 = background and 255 = object. Label rows are
 float64 arrays (n, 2K+3) = [class, x0, y0, ..., x_{K-1}, y_{K-1}, x range, y range],
-coordinates normalised by the image size (spec §3.1).
+coordinates normalised by the image size (design §3.1).
 """
 from __future__ import annotations
 
@@ -14,23 +14,23 @@ import cv2
 import numpy as np
 from PIL import Image, ImageChops
 
-# spec §6.4: the resampling filter of every resize (Pillow's default changed in 7.0)
+# design §6.4: the resampling filter of every resize (Pillow's default changed in 7.0)
 RESAMPLE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}
 DEFAULT_RESAMPLE = "bicubic"  # current Pillow; 'nearest' reproduces Pillow < 7 (MS results)
 
-# spec §6.1 step 2: the mask lookup mask/255 -> {0, 1} rounds, i.e. object where mask > 127
+# design §6.1 step 2: the mask lookup mask/255 -> {0, 1} rounds, i.e. object where mask > 127
 MASK_THRESHOLD = 127
-# spec §6.3 step 4: masks are binarised at > 200 for the overlap test
+# design §6.3 step 4: masks are binarised at > 200 for the overlap test
 OVERLAP_MASK_THRESHOLD = 200
 
-# spec §6.1 step 6: the centroid is clamped to [0, CENTROID_MAX]; corners are not clamped
+# design §6.1 step 6: the centroid is clamped to [0, CENTROID_MAX]; corners are not clamped
 CENTROID_MAX = 0.999
-# spec §6.1 step 5: hue is wrapped modulo 255 (not 256)
+# design §6.1 step 5: hue is wrapped modulo 255 (not 256)
 HUE_WRAP = 255
 
 
 def resample_filter(name: str) -> int:
-    """The Pillow filter constant for 'bicubic' or 'nearest' (spec §6.4)."""
+    """The Pillow filter constant for 'bicubic' or 'nearest' (design §6.4)."""
     try:
         return RESAMPLE_FILTERS[name]
     except KeyError:
@@ -65,13 +65,13 @@ def binary_mask(mask, threshold: int = MASK_THRESHOLD) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Background replacement (spec §6.1 step 2)
+# Background replacement (design §6.1 step 2)
 # --------------------------------------------------------------------------------------------
 
 def replace_background(img, mask, background, resample: str = DEFAULT_RESAMPLE) -> Image.Image:
     """Object pixels of `img` over `background`: per channel out = I*m + BG*(1-m), m = mask > 127.
 
-    img: RGB (H, W); mask: same size, 0 = background, 255 = object (spec §6.1 step 2);
+    img: RGB (H, W); mask: same size, 0 = background, 255 = object (design §6.1 step 2);
     background: any size, resized to (W, H) with `resample`. Returns a PIL RGB image (H, W).
     """
     img = to_pil(img)
@@ -85,7 +85,7 @@ def replace_background(img, mask, background, resample: str = DEFAULT_RESAMPLE) 
 
 
 # --------------------------------------------------------------------------------------------
-# Crop / scale jitter (spec §6.1 step 3)
+# Crop / scale jitter (design §6.1 step 3)
 # --------------------------------------------------------------------------------------------
 
 def draw_crop_offsets(rng: np.random.Generator, width: int, height: int, jitter: float) -> tuple[int, int, int, int]:
@@ -110,7 +110,7 @@ def crop_with_offsets(img: Image.Image, pleft: int, ptop: int, sw: int, sh: int,
                       fix_off_by_one: bool = False) -> Image.Image:
     """The crop of `img` starting at pixel (pleft, ptop); outside the image is black.
 
-    As the original (spec §6.1 step 3, §11 item 19, preserved): the PIL box is
+    As the original (design §6.1 step 3, D19, preserved): the PIL box is
     (pleft, ptop, pleft+sw-1, ptop+sh-1), right/bottom exclusive, so the result is
     (sw-1) x (sh-1) pixels. `fix_off_by_one=True` gives the sw x sh crop the labels assume.
     """
@@ -128,7 +128,7 @@ def crop_resize(img: Image.Image, offsets, size, resample: str = DEFAULT_RESAMPL
 
 
 # --------------------------------------------------------------------------------------------
-# HSV distortion (spec §6.1 step 5)
+# HSV distortion (design §6.1 step 5)
 # --------------------------------------------------------------------------------------------
 
 def rand_scale(rng: np.random.Generator, s: float) -> float:
@@ -144,7 +144,7 @@ def draw_hsv(rng: np.random.Generator, hue: float, saturation: float, exposure: 
 
 
 def hue_shift(h: float, dhue: float) -> float:
-    """A hue value 0..255 shifted by dhue*255 and wrapped once modulo 255 (spec §6.1 step 5)."""
+    """A hue value 0..255 shifted by dhue*255 and wrapped once modulo 255 (design §6.1 step 5)."""
     h = h + dhue * 255.0
     if h > 255:
         h -= HUE_WRAP
@@ -169,19 +169,19 @@ def distort_hsv(hsv: Image.Image, dhue: float, dsat: float, dexp: float) -> Imag
 
 
 def distort_image(img: Image.Image, dhue: float, dsat: float, dexp: float) -> Image.Image:
-    """RGB -> PIL HSV -> distort_hsv -> RGB (spec §6.1 step 5). Returns a PIL RGB image."""
+    """RGB -> PIL HSV -> distort_hsv -> RGB (design §6.1 step 5). Returns a PIL RGB image."""
     return distort_hsv(to_pil(img).convert("HSV"), dhue, dsat, dexp).convert("RGB")
 
 
 # --------------------------------------------------------------------------------------------
-# Labels under the image transforms (spec §6.1 step 6, §6.3)
+# Labels under the image transforms (design §6.1 step 6, §6.3)
 # --------------------------------------------------------------------------------------------
 
 def crop_label_params(offsets, width: int, height: int, shift=(0, 0), size=None) -> tuple[float, float, float, float]:
     """(sx, sy, dx, dy) of the label transform x' = x/sx - dx for a crop and an optional shift.
 
     sx = sw/width, sy = sh/height, dx = (pleft/width)/sx - shift_x/S, dy likewise, where
-    (sw, sh) = crop_size(...) and the shift (pixels of the S x S output, spec §6.3) needs `size` S.
+    (sw, sh) = crop_size(...) and the shift (pixels of the S x S output, design §6.3) needs `size` S.
     """
     pleft, _, ptop, _ = offsets
     sw, sh = crop_size(width, height, offsets)
@@ -200,8 +200,8 @@ def transform_labels(rows, sx: float, sy: float, dx: float, dy: float, *, flip: 
                      clamp_centroid: bool = True, recompute_ranges: bool = False) -> np.ndarray:
     """Label rows (n, 2K+3) after crop/scale (and flip): x' = x/sx - dx, y' = y/sy - dy.
 
-    spec §6.1 step 6: only the centroid (x0, y0) is clamped to [0, 0.999], corners are not
-    clamped, class and the x/y range columns are unchanged. spec §6.3: `flip` maps x' -> 1 - x'
+    design §6.1 step 6: only the centroid (x0, y0) is clamped to [0, 0.999], corners are not
+    clamped, class and the x/y range columns are unchanged. design §6.3: `flip` maps x' -> 1 - x'
     (before the clamp) and `recompute_ranges` sets the ranges to max - min of the K points.
     Returns a new float64 array; the input is not modified.
     """
@@ -221,7 +221,7 @@ def transform_labels(rows, sx: float, sy: float, dx: float, dy: float, *, flip: 
 
 
 # --------------------------------------------------------------------------------------------
-# Flip and shift (spec §6.3)
+# Flip and shift (design §6.3)
 # --------------------------------------------------------------------------------------------
 
 def flip_lr(img):
@@ -234,7 +234,7 @@ def flip_lr(img):
 def shift_image(img, shift_x: int, shift_y: int, wrap: bool):
     """Move the content of `img` by (shift_x, shift_y) pixels (right/down positive).
 
-    wrap=True: wrap around the edges like the original's `ImageChops.offset` (spec §6.3);
+    wrap=True: wrap around the edges like the original's `ImageChops.offset` (design §6.3);
     wrap=False: what moves out is lost and the uncovered band is 0 (black / no object).
     Accepts a PIL image or an array (H, W, ...); same type out.
     """
@@ -357,7 +357,7 @@ def fast_distort(rgb: np.ndarray, dhue: float, dsat: float, dexp: float) -> np.n
 
 def fast_augment(img: np.ndarray, mask: np.ndarray | None, background: np.ndarray | None, offsets, size,
                  fix_off_by_one: bool = False) -> np.ndarray:
-    """Background replacement and crop / scale jitter at the output size (§6.1 steps 2-3).
+    """Background replacement and crop / scale jitter at the output size (design §6.1 steps 2-3).
 
     img (H, W, 3) and mask (H, W) uint8 (object where mask > 127); background (h, w, 3) uint8 of the
     output size, or None to keep the image's own. Returns (h, w, 3) uint8; outside the source image

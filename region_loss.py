@@ -1,15 +1,15 @@
-"""The region loss (spec §5) and its knowledge-distillation variant (spec §8.3).
+"""The region loss (design §5) and its knowledge-distillation variant (design §8.3).
 
 One module serves both models:
     single object: A = 1 anchor, C = 1 class, 20 output channels, no class loss;
-    multi object:  A anchors (grid units, spec §5.7), C > 1 classes, a class cross-entropy.
+    multi object:  A anchors (grid units, design §5.7), C > 1 classes, a class cross-entropy.
 
-Layout (spec §4): the raw output (B, A*(2K+1+C), H, W) is viewed as (B, A, 2K+1+C, H, W) with
+Layout (design §4): the raw output (B, A*(2K+1+C), H, W) is viewed as (B, A, 2K+1+C, H, W) with
 channels [x0, y0, x1, y1, ..., x8, y8, conf, cls_0, ...]. Targets are built in the same
 (B, A, ..., H, W) layout so that every loss term is a masked sum over whole tensors.
 
-Reading order: `build_targets` (GT -> masks and targets, §5.3/§5.7), `teacher_targets`
-(§8.3), `loss_terms` (§5.4), then `RegionLoss`, which glues them together.
+Reading order: `build_targets` (GT -> masks and targets, design §5.3/§5.7), `teacher_targets`
+(design §8.3), `loss_terms` (§5.4), then `RegionLoss`, which glues them together.
 """
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ import torch.nn.functional as F
 
 from utils import NUM_KEYPOINTS, corner_confidence, corner_confidences, decode_output
 
-SIL_THRESH = 0.6  # spec §5.3: ignore cells whose best corner confidence vs any GT is above this
-RECALL_THRESH = 0.5  # spec §5.3 / §13: a GT counts as "correct" when its tconf > 0.5
-PROPOSAL_THRESH = 0.25  # spec §5.8: proposals = cells with sigmoid confidence > 0.25
-PRETRAIN_NUM_EPOCHS = 15  # spec §5.5: confidence term only when epoch > 15
-MS_SCALES = {"coord_scale": 1.0, "noobject_scale": 1.0, "object_scale": 5.0, "class_scale": 1.0}  # spec §5.6
-KD_MODES = (None, "fork", "fixed")  # spec §8.3 / §11 item 10
+SIL_THRESH = 0.6  # design §5.3: ignore cells whose best corner confidence vs any GT is above this
+RECALL_THRESH = 0.5  # design §5.3 / §13: a GT counts as "correct" when its tconf > 0.5
+PROPOSAL_THRESH = 0.25  # design §5.8: proposals = cells with sigmoid confidence > 0.25
+PRETRAIN_NUM_EPOCHS = 15  # design §5.5: confidence term only when epoch > 15
+MS_SCALES = {"coord_scale": 1.0, "noobject_scale": 1.0, "object_scale": 5.0, "class_scale": 1.0}  # design §5.6
+KD_MODES = (None, "fork", "fixed")  # design §8.3 / D10
 
 
 # --------------------------------------------------------------------------------------------
-# Target building (spec §5.3, §5.7)
+# Target building (design §5.3, §5.7)
 # --------------------------------------------------------------------------------------------
 
 @dataclass
@@ -67,7 +67,7 @@ def parse_target(target: torch.Tensor, num_keypoints: int = NUM_KEYPOINTS) -> tu
 
     target: (B, S*21) (or (B, S, 21)) normalised label rows [cls, x0, y0, ..., x8, y8, xrange, yrange],
     zero padded. Returns rows (B, S, 2K+3) and valid (B, S) bool: a slot is an object while no
-    earlier slot of the image (nor itself) has x0 == 0 (spec §3.1, scanning stops there).
+    earlier slot of the image (nor itself) has x0 == 0 (design §3.1, scanning stops there).
     """
     width = 2 * num_keypoints + 3
     if target.dim() == 2 and target.shape[1] % width == 0:
@@ -82,7 +82,7 @@ def parse_target(target: torch.Tensor, num_keypoints: int = NUM_KEYPOINTS) -> tu
 
 
 def anchor_ious(gw: torch.Tensor, gh: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """IoU of centre-aligned boxes (spec §5.7). gw, gh: (N,) grid units; anchors: (A, 2). -> (N, A)."""
+    """IoU of centre-aligned boxes (design §5.7). gw, gh: (N,) grid units; anchors: (A, 2). -> (N, A)."""
     aw, ah = anchors[:, 0][None], anchors[:, 1][None]
     cw = torch.minimum(aw, gw[:, None])
     ch = torch.minimum(ah, gh[:, None])
@@ -94,7 +94,7 @@ def anchor_ious(gw: torch.Tensor, gh: torch.Tensor, anchors: torch.Tensor) -> to
 
 def choose_anchors(gw: torch.Tensor, gh: torch.Tensor, anchors: torch.Tensor,
                    repro_anchor_bug: bool = False) -> torch.Tensor:
-    """Best anchor per GT (spec §5.7): the first strictly largest IoU. -> (N,) long in [0, A).
+    """Best anchor per GT (design §5.7): the first strictly largest IoU. -> (N,) long in [0, A).
 
     When every IoU is 0 (a GT with zero width or height, e.g. labels without x/y range):
       repro_anchor_bug=True: the original leaves the index at -1, i.e. the last anchor A-1;
@@ -116,7 +116,7 @@ def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: 
                   num_classes: int = 1, num_anchors: int = 1, anchors=(), noobject_scale: float = 1.0,
                   object_scale: float = 5.0, sil_thresh: float = SIL_THRESH, multi: bool | None = None,
                   repro_anchor_bug: bool = False) -> Targets:
-    """GT masks and targets from the detached current predictions (spec §5.3, §5.7).
+    """GT masks and targets from the detached current predictions (design §5.3, §5.7).
 
     output: (B, A*(2K+1+C), H, W) raw network output (only used detached, through
     `utils.decode_output`). target: (B, S*21) normalised, zero-padded label rows.
@@ -163,7 +163,7 @@ def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: 
     row = rows[b, slot]  # (N, 2K+3)
     gxy = row[:, 1:1 + 2 * K].reshape(-1, K, 2)
     gx, gy = gxy[..., 0] * W, gxy[..., 1] * H  # grid units, in the target's dtype
-    gi, gj = gx[:, 0].trunc().long(), gy[:, 0].trunc().long()  # int() truncation, spec §5.3
+    gi, gj = gx[:, 0].trunc().long(), gy[:, 0].trunc().long()  # int() truncation, design §5.3
     bad = (gi < 0) | (gi >= W) | (gj < 0) | (gj >= H)
     if bad.any():
         k = int(bad.nonzero()[0, 0])
@@ -183,13 +183,13 @@ def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: 
     cell = gj * W + gi
     flat = b * A * H * W + n * H * W + cell  # the trained row of (B*A*H*W)
     pred_row = flat
-    if multi and repro_anchor_bug:  # spec §5.7: prediction fetched with anchor index -1
+    if multi and repro_anchor_bug:  # design §5.7: prediction fetched with anchor index -1
         pred_row = (b * A * H * W - H * W + cell) % (B * A * H * W)
     conf = pred.new_zeros(0)  # (utils' confidence cannot reshape an empty batch)
     if b.numel():
         conf = corner_confidence(row[:, 1:1 + 2 * K].to(dtype), pred.reshape(-1, 2 * K)[pred_row])  # eps 1e-5
 
-    # 3. write them; where objects share (b, n, gj, gi) the later slot wins (spec §5.3)
+    # 3. write them; where objects share (b, n, gj, gi) the later slot wins (design §5.3)
     order = torch.arange(flat.numel(), device=device)
     last = torch.full((B * A * H * W,), -1, dtype=torch.long, device=device).scatter_reduce(
         0, flat, order, reduce="amax")
@@ -210,7 +210,7 @@ def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: 
 
 
 # --------------------------------------------------------------------------------------------
-# Distillation targets (spec §8.3)
+# Distillation targets (design §8.3)
 # --------------------------------------------------------------------------------------------
 
 def check_teacher(student_output: torch.Tensor, teacher_output: torch.Tensor, num_keypoints: int = NUM_KEYPOINTS,
@@ -218,7 +218,7 @@ def check_teacher(student_output: torch.Tensor, teacher_output: torch.Tensor, nu
     """Refuse a teacher output that cannot supply targets for this student (ValueError).
 
     Both are (B, A*(2K+1+C), H, W): batch, grid and channels must all agree (the fork assumed
-    it; the teacher and student share output stride 32, spec §8.2). Call once before training
+    it; the teacher and student share output stride 32, design §8.2). Call once before training
     with dummy inputs, and it runs again on every distilled forward.
     """
     expected = num_anchors * (2 * num_keypoints + 1 + num_classes)
@@ -242,7 +242,7 @@ def check_teacher(student_output: torch.Tensor, teacher_output: torch.Tensor, nu
 
 def teacher_targets(teacher_output: torch.Tensor, mode: str, num_keypoints: int = NUM_KEYPOINTS,
                     num_classes: int = 1, num_anchors: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Coordinate and confidence targets from the teacher's raw output (spec §8.3).
+    """Coordinate and confidence targets from the teacher's raw output (design §8.3).
 
     teacher_output: (B, A*(2K+1+C), H, W) raw, detached here. Returns tx, ty (B, A, K, H, W)
     in grid units relative to each cell and tconf (B, A, H, W) = sigmoid(T_2K) at every cell.
@@ -266,7 +266,7 @@ def teacher_targets(teacher_output: torch.Tensor, mode: str, num_keypoints: int 
 
 
 def blend_targets(targets: Targets, teacher: tuple, alpha: float) -> Targets:
-    """Replace coordinate targets and tconf by (1 - alpha) * GT + alpha * teacher (spec §8.3).
+    """Replace coordinate targets and tconf by (1 - alpha) * GT + alpha * teacher (design §8.3).
 
     Masks and statistics are kept from the GT. alpha = 1 is the fork (teacher only);
     alpha = 0 is the plain GT loss.
@@ -290,13 +290,13 @@ def floor_confidence(targets: Targets, floor: float) -> Targets:
 
 
 # --------------------------------------------------------------------------------------------
-# Loss terms (spec §5.4)
+# Loss terms (design §5.4)
 # --------------------------------------------------------------------------------------------
 
 def loss_terms(output: torch.Tensor, targets: Targets, *, num_keypoints: int = NUM_KEYPOINTS,
                num_classes: int = 1, num_anchors: int = 1, coord_scale: float = 1.0,
                class_scale: float = 1.0, with_conf: bool = True, class_loss: bool | None = None):
-    """The loss summed over the batch (spec §5.4) -> (total 0-dim tensor, terms dict of 0-dim tensors).
+    """The loss summed over the batch (design §5.4) -> (total 0-dim tensor, terms dict of 0-dim tensors).
 
     output: (B, A*(2K+1+C), H, W) raw; targets as built by `build_targets` (no gradient).
     loss_x = coord_scale/2 * sum coord_mask * (x_hat - tx)^2 over the K keypoints, with
@@ -320,7 +320,7 @@ def loss_terms(output: torch.Tensor, targets: Targets, *, num_keypoints: int = N
         w_conf = (0.5 * targets.conf_mask)[:, :, None]
         w_all = torch.cat([w_xy, w_conf * float(with_conf), zeros_c], dim=2).to(dtype)
     pred = torch.cat([torch.sigmoid(o[:, :, :2]), o[:, :, 2:2 * K], torch.sigmoid(o[:, :, 2 * K:2 * K + 1]),
-                      o[:, :, 2 * K + 1:]], dim=2)  # spec §4: sigmoid on x0, y0 and the confidence only
+                      o[:, :, 2 * K + 1:]], dim=2)  # design §4: sigmoid on x0, y0 and the confidence only
     # sqrt(weight) inside the square, as the original: a huge raw value under a zero weight gives 0, not 0*inf
     sq = (w_all.sqrt() * (pred - t_all)) ** 2  # (B, A, 2K+1+C, H, W)
     total = sq.sum()
@@ -349,11 +349,11 @@ def loss_terms(output: torch.Tensor, targets: Targets, *, num_keypoints: int = N
 class RegionLoss(nn.Module):
     """Region loss for the single- (A = 1, C = 1) and multi-object (A > 1 and/or C > 1) models.
 
-    Scales are attributes (MS defaults, spec §5.6): coord_scale 1, noobject_scale 1,
+    Scales are attributes (MS defaults, design §5.6): coord_scale 1, noobject_scale 1,
     object_scale 5, class_scale 1, thresh 0.6. Other attributes:
       repro_anchor_bug: reproduce the multi-object wrong-anchor tconf row and the -1 best anchor
-                        when every IoU is 0 (spec §5.7, §11 item 22); off = fixed.
-      kd_mode: None | 'fork' | 'fixed' distillation targets (spec §8.3, §11 item 10);
+                        when every IoU is 0 (design §5.7, D22); off = fixed.
+      kd_mode: None | 'fork' | 'fixed' distillation targets (design §8.3, D10);
       kd_alpha: blend (1 - kd_alpha) * GT + kd_alpha * teacher; 1 = the fork.
     forward(output, target, epoch, teacher_output=None) -> (loss, stats).
     """
@@ -384,12 +384,12 @@ class RegionLoss(nn.Module):
 
     @classmethod
     def from_region(cls, region: dict, num_keypoints: int = NUM_KEYPOINTS, scales: str = "cfg",
-                    pretrain_num_epochs: int = PRETRAIN_NUM_EPOCHS) -> "RegionLoss":
+                    pretrain_num_epochs: int = PRETRAIN_NUM_EPOCHS) -> RegionLoss:
         """Build from the model's `[region]` dict (keys anchors, num_anchors, anchor_step,
         num_classes, object_scale, noobject_scale, class_scale, coord_scale, thresh).
 
         scales='cfg' takes the loss scales from the dict (the fork, noobject 0.1); 'ms' keeps the
-        MS defaults (spec §5.6, §11 item 13). thresh is always 0.6: the cfg value is never read.
+        MS defaults (design §5.6, D13). thresh is always 0.6: the cfg value is never read.
         """
         if scales not in ("cfg", "ms"):
             raise ValueError(f"scales {scales!r}; expected 'cfg' or 'ms'")
@@ -439,7 +439,8 @@ class RegionLoss(nn.Module):
             targets = floor_confidence(targets, self.conf_floor)
         loss, terms = loss_terms(output, targets, num_keypoints=self.num_keypoints, num_classes=self.num_classes,
                                  num_anchors=self.num_anchors, coord_scale=self.coord_scale,
-                                 class_scale=self.class_scale, with_conf=epoch > self.pretrain_num_epochs)  # §5.5
+                                 class_scale=self.class_scale,
+                                 with_conf=epoch > self.pretrain_num_epochs)  # design §5.5
         if self.batch_mean:
             loss = loss / output.shape[0]
             terms = {k: v / output.shape[0] for k, v in terms.items()}
@@ -448,7 +449,7 @@ class RegionLoss(nn.Module):
         return loss, stats
 
     def format_stats(self, stats: dict, seen: int) -> str:
-        """The per-batch console line (spec §5.8); the class term only when C > 1."""
+        """The per-batch console line (design §5.8); the class term only when C > 1."""
         return format_stats(stats, seen, multi=self.num_classes > 1)
 
 

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import torch
 
+import cli
 import dataset
 import engine
 import recipes
 import utils
 import valid
 from darknet import Darknet
-from errors import InputError, run_cli
+from errors import FlagError, InputError, run_cli
 from recipes import FAST
 from region_loss import RegionLoss
 
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parent
 DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
 DEFAULT_INITWEIGHTS = "weights/tiny-yolov2-trial3-voc.weights"
 DEFAULT_TEACHER_CFG = "cfg/yolo-pose.cfg"
+POSITIONAL = ("datacfg", "modelcfg", "initweightfile")
 # The main job (no --datacfg): one synthetic LINEMOD object, the fast recipe, a time budget on the CPU.
 SYNTHETIC_ROOT = Path("data/synthetic")
 SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES = 1, 1000
@@ -60,39 +62,37 @@ build_optimizer = recipes.build_sgd
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("positional", nargs="*", metavar="DATACFG MODELCFG INITWEIGHTS",
-                   help="the original README's positional form")
-    p.add_argument("--datacfg", help="object .data file (default: the synthetic set, generated if missing)")
-    p.add_argument("--modelcfg", default=None, help=f"network cfg (default {DEFAULT_MODELCFG})")
-    p.add_argument("--initweightfile", default=None,
-                   help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; 'none' for random)")
+    p = cli.default_argument_parser(__doc__)
+    cli.add_positional(p, POSITIONAL)
+    cli.add_datacfg(p, help="object .data file (default: the synthetic set, generated if missing)")
+    cli.add_model(p, weights="initweightfile", cfg_help=f"network cfg (default {DEFAULT_MODELCFG})",
+                  weights_help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; 'none' for "
+                               f"random)")
     p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
                    help="original (default with --datacfg): the papers' recipe exactly; fast (default of the "
-                        "main job): AdamW, cosine, EMA, confidence floor, cv2 loader, 256 px")
+                        "main job): AdamW, cosine, EMA, confidence floor, cv2 loader, 256 px (docs/design.md D46)")
     p.add_argument("--minutes", type=float, default=None,
-                   help="train for this many minutes (the fast schedule decays over them; main job: 10)")
+                   help="train for this many minutes (the fast schedule decays over them; main job: "
+                        f"{QUICK['minutes']:g})")
     p.add_argument("--pretrain_num_epochs", type=int, default=None,
-                   help="epochs without the confidence term (original: 15; fast: none)")
+                   help="epochs without the confidence term (original: 15, design §5.5; fast: none)")
     p.add_argument("--backupdir", default=None, help="output folder (default: the .data 'backup' key)")
-    p.add_argument("--distiled", "--distill", dest="distiled", type=int, default=0,
-                   help="1: distil from a teacher (docs/design.md, distillation)")
+    cli.add_distiled(p, help="1: distil from a teacher (design §8)")
     p.add_argument("--teacher-cfg", default=DEFAULT_TEACHER_CFG)
     p.add_argument("--teacher-weights", default=None, help="default backup/<name>/model_backup.weights")
     p.add_argument("--kd-mode", choices=("fork", "fixed"), default="fork",
-                   help="fork: the fork's shifted teacher channels; fixed: the right ones")
+                   help="fork: the fork's shifted teacher channels (D10); fixed: the right ones")
     p.add_argument("--kd-alpha", type=float, default=1.0, help="targets = (1-a)*GT + a*teacher (fork: 1)")
     p.add_argument("--loss-scales", choices=("cfg", "ms"), default="cfg",
                    help="cfg: [region] scales (fork, noobject 0.1); ms: MS train.py defaults (noobject 1)")
     p.add_argument("--epochs", type=int, default=None, help="default: cfg max_epochs (500), or until --minutes")
-    p.add_argument("--batch-size", type=int, default=None, help=f"default: cfg batch (fast: {FAST.batch})")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None,
-                   help="loader workers (default: original min(4, cores); fast 0 on a CPU, where the loader "
-                        "is cheaper than the threads it would take from the network, else 4)")
+    cli.add_batch_size(p, help=f"default: cfg batch (fast: {FAST.batch})")
+    cli.add_device(p)
+    cli.add_seed(p)
+    cli.add_workers(p, help="loader workers (default: original min(4, cores); fast 0 on a CPU, where loading "
+                            "in the training process is cheaper than the cores a worker takes, else 4)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
-    p.add_argument("--channels-last", action="store_true", default=None,
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on with fast, off with original)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint (default: <backupdir>/checkpoint.pt)")
@@ -101,13 +101,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in the backup folder")
     p.add_argument("--eval-every", type=int, default=None,
                    help="test after epochs e %% N == 0, e > 0, and after the last (default 10, as the fork)")
-    p.add_argument("--train-size", type=int, default=None,
-                   help=f"fixed square training size (default: original multi-scale; fast {FAST.size})")
-    p.add_argument("--test-size", type=int, default=None,
-                   help=f"square test size (default: original cfg test_width/height; fast {FAST.size})")
-    p.add_argument("--resample", choices=("bicubic", "nearest"), default="bicubic", help="Pillow resize filter")
+    cli.add_sizes(p, train=True, test=True,
+                  train_help=f"fixed square training size (default: original multi-scale, design §6.5; fast "
+                             f"{FAST.size})",
+                  test_help=f"square test size (default: original cfg test_width/height; fast {FAST.size})")
+    cli.add_resample(p)
     p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
-    p.add_argument("--decay-bn-bias", type=int, default=1, help="0: no weight decay on BN and biases (original)")
+    p.add_argument("--decay-bn-bias", type=int, default=1, help="0: no weight decay on BN and biases (D14)")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke tests)")
     p.add_argument("--log-every", type=int, default=0, help="print the per-batch loss line every N batches")
     p.add_argument("--quiet", action="store_true", help="no progress bar, network table or per-epoch lines")
@@ -144,30 +144,17 @@ def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -
     return cfgs[0]
 
 
-def resolve_device(name: str) -> torch.device:
-    try:
-        return valid.resolve_device(name)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-
-
 def check_numbers(args) -> None:
     """Every numeric flag in range, before anything starts."""
     for flag in ("epochs", "batch_size", "eval_every"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise InputError(f"--{flag.replace('_', '-')} must be at least 1, found {value}")
+        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive("--workers", args.workers, minimum=0)
+    cli.check_size("--train-size", args.train_size)
+    cli.check_size("--test-size", args.test_size)
     if args.minutes is not None and not args.minutes > 0:
-        raise InputError(f"--minutes must be positive, found {args.minutes}")
-    for flag in ("train_size", "test_size"):
-        value = getattr(args, flag)
-        if value is not None and (value < 32 or value % 32):
-            raise InputError(f"--{flag.replace('_', '-')} {value}: must be a positive multiple of 32 "
-                             f"(the network downsamples by 32)")
+        raise FlagError(f"--minutes must be positive, found {args.minutes}")
     if not 0.0 <= args.kd_alpha <= 1.0:
-        raise InputError(f"--kd-alpha must be in [0, 1], found {args.kd_alpha}")
-    if args.workers is not None and args.workers < 0:
-        raise InputError(f"--workers must be >= 0, found {args.workers}")
+        raise FlagError(f"--kd-alpha must be in [0, 1], found {args.kd_alpha}")
 
 
 def check_inputs(args, opts: dict) -> None:
@@ -193,11 +180,7 @@ def check_inputs(args, opts: dict) -> None:
 
 def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     """Fill defaults: positional form, the main job, the recipe's defaults, backup dir, teacher paths."""
-    if args.positional:
-        if len(args.positional) > 3:
-            raise InputError("at most three positional arguments: DATACFG MODELCFG INITWEIGHTS")
-        for key, value in zip(("datacfg", "modelcfg", "initweightfile"), args.positional):
-            setattr(args, key, value)
+    cli.merge_positional(args, POSITIONAL)
     check_numbers(args)
     quick = args.datacfg is None
     if quick:
@@ -298,7 +281,7 @@ def evaluation(test_set, setup, device, num_keypoints: int, fast: bool):
 
 def main(args) -> dict:
     args, opts = resolve_args(args)
-    device = resolve_device(args.device)
+    device = cli.resolve_device(args.device)
     rank, world, device = engine.setup_distributed(device)
     check_inputs(args, opts)
     engine.seed_everything(args.seed)
@@ -384,9 +367,9 @@ def print_outputs(args, backup: Path, state: dict) -> None:
           f"--weightfile {best}{ts}")
 
 
-def cli(argv=None) -> dict:
+def main_cli(argv=None) -> dict:
     return main(get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-    run_cli(cli, prog="train.py")
+    run_cli(main_cli, prog="train.py")

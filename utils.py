@@ -1,55 +1,49 @@
 """Geometry, network-output decoding, the keypoint confidence, and the pose metrics.
 
-Conventions (spec §3, §4, §9):
+Conventions (design §3, §4, §9):
     K = 9 keypoints: the model origin (the "centroid") then the 8 corners of the 3-D box in the
-    §9.2 order. 2-D points are either *normalised* (x / image width, y / image height) or in
+    design §9.2 order. 2-D points are either *normalised* (x / image width, y / image height) or in
     *pixels*; every function says which. 3-D points are in metres.
     A network output is (B, A*(2K+1+C), H, W): per anchor [x0, y0, ..., x8, y8, conf, cls...].
 """
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
-# spec §3.3: LINEMOD / OCCLUSION camera and image size
-IM_WIDTH, IM_HEIGHT = 640, 480
-LINEMOD_FX, LINEMOD_FY = 572.4114, 573.5704
-LINEMOD_U0, LINEMOD_V0 = 325.2611, 242.0489
+from linemod_format import IM_HEIGHT, IM_WIDTH, LINEMOD_FX, LINEMOD_FY, LINEMOD_U0, LINEMOD_V0, NUM_KEYPOINTS
+from linemod_format import read_data_cfg as read_data_cfg  # the original's utils.read_data_cfg
 
-# spec §3.1: classes in alphabetical order; label rows hold 21 numbers
+
+# design §3.1: classes in alphabetical order; label rows hold 21 numbers
 LINEMOD_OBJECTS = (
     "ape", "benchvise", "cam", "can", "cat", "driller", "duck",
     "eggbox", "glue", "holepuncher", "iron", "lamp", "phone",
 )
-# spec §3.2: object diameters in metres
+# design §3.2: object diameters in metres
 LINEMOD_DIAMETERS = {
     "ape": 0.103, "benchvise": 0.286908, "cam": 0.173, "can": 0.202, "cat": 0.155,
     "driller": 0.262, "duck": 0.109, "eggbox": 0.176364, "glue": 0.176,
     "holepuncher": 0.162, "iron": 0.303153, "lamp": 0.285155, "phone": 0.213,
 }
-NUM_KEYPOINTS = 9
-LABEL_WIDTH = 2 * NUM_KEYPOINTS + 3  # class, 18 coordinates, x range, y range
-MAX_OBJECTS = 50  # spec §3.1: targets are padded to 50 slots
 
-# spec §5.2: the exponential keypoint confidence
+# design §5.2: the exponential keypoint confidence
 CONF_DIST_TH = 80.0  # pixels
 CONF_SHARPNESS = 2.0
 CONF_EPS = 1e-5  # only in the scalar (responsible-cell) variant
 
-# spec §9.3: metric thresholds
+# design §9.3: metric thresholds
 ACC_EPS = 1e-5  # accuracy = 100 * k / (N + 1e-5)
 PX_THRESHOLD = 5.0
 ADD_DIAMETER_FRACTION = 0.1
 TRANS_THRESHOLD_M = 0.05
 ANGLE_THRESHOLD_DEG = 5.0
 
-# spec §9.2: box edges between corner indices 0..7, for drawing
+# design §9.2: box edges between corner indices 0..7, for drawing
 BOX_EDGES = ((0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 3), (2, 6), (3, 7), (4, 5), (4, 6), (5, 7), (6, 7))
 
 
@@ -63,7 +57,7 @@ def get_camera_intrinsic(u0=LINEMOD_U0, v0=LINEMOD_V0, fx=LINEMOD_FX, fy=LINEMOD
 
 
 def box_corners(points: np.ndarray) -> np.ndarray:
-    """The 8 corners of the axis-aligned box around `points` (N, 3), as (8, 3), §9.2 order.
+    """The 8 corners of the axis-aligned box around `points` (N, 3), as (8, 3), design §9.2 order.
 
     Corner index = 4*ix + 2*iy + iz with 0 = min and 1 = max along that axis.
     """
@@ -74,24 +68,25 @@ def box_corners(points: np.ndarray) -> np.ndarray:
 
 
 def get_3D_corners(vertices: np.ndarray) -> np.ndarray:
-    """Original API: vertices (3|4, N) -> homogeneous corners (4, 8), §9.2 order."""
+    """Original API: vertices (3|4, N) -> homogeneous corners (4, 8), design §9.2 order."""
     corners = box_corners(np.asarray(vertices)[:3].T)
     return np.vstack([corners.T, np.ones((1, 8))])
 
 
 def pose_points3d(corners: np.ndarray) -> np.ndarray:
-    """The 9 3-D keypoints (9, 3): the model origin (spec §9.1: not the box centre), then `corners` (8, 3)."""
+    """The 9 3-D keypoints (9, 3): the model origin (design §9.1: not the box centre), then `corners` (8, 3)."""
     return np.vstack([np.zeros((1, 3)), np.asarray(corners, dtype=np.float64)[:8, :3]])
 
 
 def project_points(points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Pixel projections (N, 2) of 3-D points (N, 3) in metres under pose (R (3,3), t (3,) m)."""
-    cam = np.asarray(points, dtype=np.float64) @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64).reshape(1, 3)
+    cam = _transform(points, R, t)
     uvw = cam @ np.asarray(K, dtype=np.float64).T
     return uvw[:, :2] / uvw[:, 2:3]
 
 
-def compute_projection(points_3D: np.ndarray, transformation: np.ndarray, internal_calibration: np.ndarray) -> np.ndarray:
+def compute_projection(points_3D: np.ndarray, transformation: np.ndarray,
+                       internal_calibration: np.ndarray) -> np.ndarray:
     """Original API: points (3|4, N), [R|t] (3, 4), K (3, 3) -> pixel coordinates (2, N)."""
     pts = np.asarray(points_3D, dtype=np.float64)[:3].T
     T = np.asarray(transformation, dtype=np.float64)
@@ -110,7 +105,7 @@ def keypoints_from_pose(corners: np.ndarray, R: np.ndarray, t: np.ndarray, K: np
 
 
 def label_row(points_px: np.ndarray, class_id: int = 0, im_width=IM_WIDTH, im_height=IM_HEIGHT) -> np.ndarray:
-    """One 21-number label row (spec §3.1) from the 9 keypoints in pixels (9, 2).
+    """One 21-number label row (design §3.1) from the 9 keypoints in pixels (9, 2).
 
     [class, x0, y0, ..., x8, y8, x range, y range], coordinates normalised by the image size;
     the ranges are the extent of the tight 2-D box around the 9 normalised points.
@@ -120,11 +115,17 @@ def label_row(points_px: np.ndarray, class_id: int = 0, im_width=IM_WIDTH, im_he
     return np.concatenate([[float(class_id)], norm.reshape(-1), extent])
 
 
+def label_from_pose(corners: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, class_id: int = 0,
+                    width: int = IM_WIDTH, height: int = IM_HEIGHT) -> np.ndarray:
+    """The (21,) label row of an object: corners (8, 3) m in the §9.2 order, pose R (3, 3), t (3,) m, K (3, 3)."""
+    return label_row(keypoints_from_pose(corners, R, t, K), class_id, width, height)
+
+
 PNP_METHODS = {"iterative": cv2.SOLVEPNP_ITERATIVE, "epnp": cv2.SOLVEPNP_EPNP, "sqpnp": cv2.SOLVEPNP_SQPNP}
 
 
 def pnp(points_3D: np.ndarray, points_2D: np.ndarray, cameraMatrix: np.ndarray, method: str = "iterative"):
-    """Pose from 2-D/3-D correspondences, as the original: float32 inputs, zero distortion (spec §9.1).
+    """Pose from 2-D/3-D correspondences, as the original: float32 inputs, zero distortion (design §9.1).
 
     points_3D (N, 3) metres, points_2D (N, 2) pixels, cameraMatrix (3, 3).
     Returns R (3, 3) float64 and t (3, 1) float64 (metres). Raises cv2.error if PnP fails.
@@ -146,7 +147,7 @@ def pnp(points_3D: np.ndarray, points_2D: np.ndarray, cameraMatrix: np.ndarray, 
 
 
 # --------------------------------------------------------------------------------------------
-# Metrics (spec §9.1, §9.3); numpy in, float out
+# Metrics (design §9.1, §9.3); numpy in, float out
 # --------------------------------------------------------------------------------------------
 
 def angle_error(R_gt: np.ndarray, R_pr: np.ndarray) -> float:
@@ -160,7 +161,8 @@ calcAngularDistance = angle_error  # original name
 
 def translation_error(t_gt: np.ndarray, t_pr: np.ndarray) -> float:
     """||t_gt - t_pr|| in the unit of t (metres)."""
-    return float(np.linalg.norm(np.asarray(t_gt, dtype=np.float64).reshape(3) - np.asarray(t_pr, dtype=np.float64).reshape(3)))
+    diff = np.asarray(t_gt, dtype=np.float64).reshape(3) - np.asarray(t_pr, dtype=np.float64).reshape(3)
+    return float(np.linalg.norm(diff))
 
 
 def projection_error_2d(points: np.ndarray, K: np.ndarray, R_gt, t_gt, R_pr, t_pr) -> float:
@@ -170,7 +172,8 @@ def projection_error_2d(points: np.ndarray, K: np.ndarray, R_gt, t_gt, R_pr, t_p
 
 
 def _transform(points, R, t):
-    return np.asarray(points, dtype=np.float64) @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64).reshape(1, 3)
+    R = np.asarray(R, dtype=np.float64)
+    return np.asarray(points, dtype=np.float64) @ R.T + np.asarray(t, dtype=np.float64).reshape(1, 3)
 
 
 def add_error(points: np.ndarray, R_gt, t_gt, R_pr, t_pr) -> float:
@@ -196,7 +199,8 @@ def adds_error(points: np.ndarray, R_gt, t_gt, R_pr, t_pr, tree: cKDTree | None 
 
 def corner_error_2d(gt_px: np.ndarray, pr_px: np.ndarray) -> float:
     """Mean pixel distance between two sets of keypoints (K, 2)."""
-    return float(np.linalg.norm(np.asarray(gt_px, dtype=np.float64) - np.asarray(pr_px, dtype=np.float64), axis=1).mean())
+    diff = np.asarray(gt_px, dtype=np.float64) - np.asarray(pr_px, dtype=np.float64)
+    return float(np.linalg.norm(diff, axis=1).mean())
 
 
 def accuracy(count, n) -> float:
@@ -228,11 +232,12 @@ calc_pts_diameter = mesh_diameter  # original name
 
 
 # --------------------------------------------------------------------------------------------
-# The keypoint confidence (spec §5.2); torch, vectorised over any leading shape
+# The keypoint confidence (design §5.2); torch, vectorised over any leading shape
 # --------------------------------------------------------------------------------------------
 
 def keypoint_confidence(gt: torch.Tensor, pr: torch.Tensor, eps: float = 0.0, th: float = CONF_DIST_TH,
-                        sharpness: float = CONF_SHARPNESS, im_width: float = IM_WIDTH, im_height: float = IM_HEIGHT) -> torch.Tensor:
+                        sharpness: float = CONF_SHARPNESS, im_width: float = IM_WIDTH,
+                        im_height: float = IM_HEIGHT) -> torch.Tensor:
     """Mean exponential confidence between keypoint sets, shape (..., 2K) -> (...).
 
     Points are normalised and interleaved [x0, y0, x1, y1, ...]; distances are measured in
@@ -258,7 +263,7 @@ def corner_confidence(gt: torch.Tensor, pr: torch.Tensor, **kw) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding the network output (spec §4)
+# Decoding the network output (design §4)
 # --------------------------------------------------------------------------------------------
 
 def decode_output(output: torch.Tensor, num_keypoints: int = NUM_KEYPOINTS, num_classes: int = 1, num_anchors: int = 1):
@@ -290,7 +295,7 @@ def decode_output(output: torch.Tensor, num_keypoints: int = NUM_KEYPOINTS, num_
 
 def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: int = NUM_KEYPOINTS,
                      only_objectness: int = 1, validation: bool = True, num_anchors: int = 1) -> torch.Tensor:
-    """The single most confident box of each image (spec §4.1, fixed per image: §11 item 24).
+    """The single most confident box of each image (design §4.1, fixed per image: D24).
 
     output: (B, A*(2K+1+C), H, W) raw. Returns (B, 2K+3) float32 on output's device:
     [x0, y0, ..., x8, y8 (normalised), det_conf, cls_max_conf, cls_max_id]. The first cell
@@ -302,7 +307,7 @@ def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: 
     cls_conf, cls_id = cls_prob.max(dim=-1)
     score = conf if only_objectness else conf * cls_conf
     B = output.shape[0]
-    # scan order row, column, anchor (§4.1): move the anchor axis last before flattening
+    # scan order row, column, anchor (design §4.1): move the anchor axis last before flattening
     flat = lambda t: t.permute(0, 2, 3, 1, *range(4, t.dim())).reshape(B, -1, *t.shape[4:])
     score_f = flat(score)
     best = torch.nan_to_num(score_f, nan=-math.inf).argmax(dim=1)
@@ -313,11 +318,11 @@ def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: 
     return torch.where(all_nan[:, None], torch.full_like(boxes, math.nan), boxes)
 
 
-MULTI_CONF_THRESH = 0.05  # spec §4.2: the multi-object evaluation keeps boxes scoring above this
+MULTI_CONF_THRESH = 0.05  # design §4.2: the multi-object evaluation keeps boxes scoring above this
 
 
 def _fallback_cell(det_conf: np.ndarray, cls_prob: np.ndarray, cls_max: float) -> tuple[int, float]:
-    """The cell the original's running update ends on (spec §4.2), and the class maximum after it.
+    """The cell the original's running update ends on (design §4.2), and the class maximum after it.
 
     det_conf, cls_prob: (N,) in scan order. The running state (d, p) starts at (-inf, cls_max); a
     cell replaces it only when det_conf > d and cls_prob > p. Returns (index or -1, p). Loops over
@@ -337,11 +342,11 @@ def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes
                            num_keypoints: int = NUM_KEYPOINTS, anchors=(), num_anchors: int = 1,
                            correspondingclass=0, only_objectness: int = 1,
                            carry_class_max: bool = True) -> list[torch.Tensor]:
-    """Every box above `conf_thresh`, plus a fallback box of the expected class (spec §4.2).
+    """Every box above `conf_thresh`, plus a fallback box of the expected class (design §4.2).
 
     output: (B, A*(2K+1+C), H, W) raw. correspondingclass: the class of the image's first GT,
     an int for the whole batch or a sequence of B ints. anchors: accepted for the original's
-    signature; decoding never uses them (spec §4).
+    signature; decoding never uses them (design §4).
     Returns B tensors (n_b, 2K+3) float32 on output's device, rows [x0, y0, ..., x8, y8
     (normalised), det_conf, cls_max_conf, cls_max_id], in scan order row, column, anchor:
       * kept: every cell/anchor whose score > conf_thresh; score = det_conf (only_objectness=1)
@@ -365,7 +370,7 @@ def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes
         raise ValueError(f"correspondingclass {bad[0]} is outside the {num_classes} classes of the network")
     cls_conf, cls_id = cls_prob.max(dim=-1)
     score = conf if only_objectness else conf * cls_conf
-    # scan order row, column, anchor (spec §4.2): move the anchor axis last before flattening
+    # scan order row, column, anchor (design §4.2): move the anchor axis last before flattening
     flat = lambda t: t.permute(0, 2, 3, 1, *range(4, t.dim())).reshape(B, -1, *t.shape[4:])
     points, conf, cls_prob, cls_conf, cls_id, score = map(flat, (points, conf, cls_prob, cls_conf, cls_id, score))
     rows = torch.cat([points, conf[..., None], cls_conf[..., None], cls_id[..., None].to(points.dtype)], dim=-1)
@@ -388,49 +393,8 @@ def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes
 
 
 # --------------------------------------------------------------------------------------------
-# Small file helpers shared by the scripts
+# `.data` camera and drawing helpers shared by the scripts
 # --------------------------------------------------------------------------------------------
-
-DATA_CFG_DEFAULTS = {  # spec §3.2 (+ §11 item 7: the fork's files lack the camera keys)
-    "gpus": "0", "num_workers": "10",
-    "width": str(IM_WIDTH), "height": str(IM_HEIGHT),
-    "fx": str(LINEMOD_FX), "fy": str(LINEMOD_FY), "u0": str(LINEMOD_U0), "v0": str(LINEMOD_V0),
-}
-
-
-def read_data_cfg(datacfg, resolve_paths: bool = False) -> dict:
-    """Read a `.data` file (`key = value` lines) into a dict of strings, with the §3.2 defaults.
-
-    Lines starting with '#' are comments. With `resolve_paths`, the path keys (train, valid,
-    mesh, backup, tr_range, valid<k>, mesh<k>) that are relative and do not exist from the current
-    directory are resolved against the `.data` file's folder and then its parent (the dataset root).
-    """
-    datacfg = Path(datacfg)
-    if not datacfg.is_file():
-        raise FileNotFoundError(f"{datacfg}: data cfg not found")
-    options = dict(DATA_CFG_DEFAULTS)
-    for lineno, raw in enumerate(datacfg.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "=" not in line:
-            raise ValueError(f"{datacfg}:{lineno}: expected 'key = value', found {raw!r}")
-        key, value = line.split("=", 1)
-        options[key.strip()] = value.strip()
-    if resolve_paths:
-        for key, value in list(options.items()):
-            if _is_path_key(key) and value and not os.path.isabs(value) and not os.path.exists(value):
-                for base in (datacfg.parent, datacfg.parent.parent):
-                    if (base / value).exists():
-                        options[key] = str(base / value)
-                        break
-    return options
-
-
-def _is_path_key(key: str) -> bool:
-    return key in ("train", "valid", "mesh", "backup", "tr_range") or (
-        key.rstrip("0123456789") in ("valid", "mesh") and key[-1:].isdigit())
-
 
 def camera_from_data_cfg(options: dict) -> tuple[np.ndarray, int, int]:
     """(K (3, 3), image width, image height) from a data-cfg dict (single- or multi-object keys)."""

@@ -1,17 +1,17 @@
-"""Score pose weights on a LINEMOD test split (spec §9): 2-D projection, ADD, ADD-S, 5cm5deg.
+"""Score pose weights on a LINEMOD test split (design §9): 2-D projection, ADD, ADD-S, 5cm5deg.
 
     python valid.py --datacfg cfg/ape.data --modelcfg cfg/yolo-pose.cfg --weightfile backup/ape/model_backup.weights
     python valid.py cfg/ape.data cfg/yolo-pose.cfg backup/ape/model_backup.weights      # positional form
     python valid.py --all cfg --modelcfg cfg/yolo-pose.cfg --weightfile 'backup/{name}/model_backup.weights'
 
-Reading order: `load_eval_setup` (object, camera, thresholds) -> `pose_errors` (the §9.1 errors of
-one object from its 9 GT and 9 predicted points) -> `summarize` (the §9.3 accuracies and means) ->
+Reading order: `load_eval_setup` (object, camera, thresholds) -> `pose_errors` (the design §9.1 errors of
+one object from its 9 GT and 9 predicted points) -> `summarize` (the design §9.3 accuracies and means) ->
 `evaluate` (the loop over a test loader; train.py calls it for its periodic test) -> the CLI.
 
-Differences from the original valid.py, all spec §11 fixes: the box is chosen per image, so
-batches > 1 work (item 24); the ADD threshold uses the `.data` diameter unless `--diam mesh`
-(item 25); the angle is clipped (item 26); timings are means over all images with CUDA
-synchronisation (item 33); the CSV is appended with a stable header (item 34). A non-finite
+Differences from the original valid.py, all listed in docs/design.md design §11: the box is chosen per image, so
+batches > 1 work (D24); the ADD threshold uses the `.data` diameter unless `--diam mesh`
+(D25); the angle is clipped (D26); timings are means over all images with CUDA
+synchronisation (D33); the CSV is appended with a stable header (D34). A non-finite
 network output or a failed PnP is a miss (counted and reported), never a crash.
 """
 from __future__ import annotations
@@ -29,13 +29,16 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+import cli
 import utils
+from errors import FlagError, InputError, run_cli
+from linemod_format import write_text
 from MeshPly import MeshPly
 
 DEFAULT_DATACFG = "cfg/ape.data"
 DEFAULT_MODELCFG = "cfg/yolo-pose.cfg"
-DEFAULT_WEIGHTFILE = "backup/{name}/model_backup.weights"  # the MS-released models (spec §3.4)
-CSV_HEADER = ("model", "object", "2d_projection", "3d_transformation")  # spec §9.5, §11 item 34
+DEFAULT_WEIGHTFILE = "backup/{name}/model_backup.weights"  # the MS-released models (design §3.4)
+CSV_HEADER = ("model", "object", "2d_projection", "3d_transformation")  # design §9.5, D34
 DEFAULT_CSV, DISTILLED_CSV = "valid_metrics.csv", "valid_metrics_distilling.csv"  # the fork's names
 DIAM_SOURCES = ("data", "mesh")
 # accuracy-versus-threshold curves
@@ -51,7 +54,7 @@ TIMER_KEYS = ("to_device", "forward", "decode", "eval")
 
 
 def log(msg: str, file=None) -> None:
-    """Print a line with the original's local-time prefix `YYYY-MM-DD HH:MM:SS` (spec §9.4)."""
+    """Print a line with the original's local-time prefix `YYYY-MM-DD HH:MM:SS` (design §9.4)."""
     print(time.strftime("%Y-%m-%d %H:%M:%S"), msg, file=file or sys.stdout, flush=True)
 
 
@@ -63,7 +66,7 @@ def log(msg: str, file=None) -> None:
 class EvalSetup:
     """Object, camera and thresholds of one test split.
 
-    vertices (N, 3) metres; corners (8, 3) metres in the §9.2 order; K (3, 3); im_width x
+    vertices (N, 3) metres; corners (8, 3) metres in the design §9.2 order; K (3, 3); im_width x
     im_height: the original image size that de-normalises the 2-D points; diam metres.
     """
     name: str
@@ -88,7 +91,7 @@ class EvalSetup:
 
     @property
     def add_threshold(self) -> float:
-        """ADD threshold in metres: 10 % of the diameter (spec §9.3)."""
+        """ADD threshold in metres: 10 % of the diameter (design §9.3)."""
         return utils.ADD_DIAMETER_FRACTION * self.diam
 
 
@@ -96,7 +99,7 @@ def load_eval_setup(datacfg, diam_source: str = "data", pnp_method: str = "itera
     """Read a `.data` file and its mesh, checking every file the evaluation reads.
 
     diam_source: 'data' uses the file's `diam` (the mesh's when the key is missing); 'mesh' uses
-    the mesh diameter, as the original valid.py ends up doing (spec §9.3, §11 item 25).
+    the mesh diameter, as the original valid.py ends up doing (design §9.3, D25).
     Raises FileNotFoundError / ValueError naming the `.data` file and what is wrong.
     """
     if diam_source not in DIAM_SOURCES:
@@ -131,15 +134,16 @@ def load_eval_setup(datacfg, diam_source: str = "data", pnp_method: str = "itera
 
 
 # --------------------------------------------------------------------------------------------
-# Per-object pose errors (spec §9.1)
+# Per-object pose errors (design §9.1)
 # --------------------------------------------------------------------------------------------
 
-def _solve_pose(points3d: np.ndarray, points_px: np.ndarray, setup: EvalSetup):
-    """(R (3, 3), t (3,)) by PnP, or None when the points are not finite or PnP fails."""
+def solve_pose(points3d: np.ndarray, points_px: np.ndarray, K: np.ndarray, method: str = "iterative"):
+    """(R (3, 3), t (3,) metres) by PnP from 3-D points (N, 3) and pixels (N, 2); None when the
+    points are not finite or PnP fails. valid.py and detect.py both solve every pose here."""
     if not np.all(np.isfinite(points_px)):
         return None
     try:
-        R, t = utils.pnp(points3d, points_px, setup.K, setup.pnp_method)
+        R, t = utils.pnp(points3d, points_px, K, method)
     except utils.cv2.error:
         return None
     if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
@@ -148,7 +152,7 @@ def _solve_pose(points3d: np.ndarray, points_px: np.ndarray, setup: EvalSetup):
 
 
 def pose_errors(gt_px: np.ndarray, pr_px: np.ndarray, setup: EvalSetup) -> dict:
-    """Every §9.1 error for one object from its 9 GT and 9 predicted points (9, 2) in pixels.
+    """Every design §9.1 error for one object from its 9 GT and 9 predicted points (9, 2) in pixels.
 
     Both poses come from PnP on the 9 points, the GT pose too, as in the original. Returns
     err_2d (px, mean over mesh vertices), err_add and err_adds (m), err_trans (m), err_angle
@@ -157,7 +161,8 @@ def pose_errors(gt_px: np.ndarray, pr_px: np.ndarray, setup: EvalSetup) -> dict:
     failed=True: a miss for every metric, never a crash.
     """
     points3d = utils.pose_points3d(setup.corners)
-    gt, pr = _solve_pose(points3d, gt_px, setup), _solve_pose(points3d, pr_px, setup)
+    gt = solve_pose(points3d, gt_px, setup.K, setup.pnp_method)
+    pr = solve_pose(points3d, pr_px, setup.K, setup.pnp_method)
     nan_pose = (np.full((3, 3), np.nan), np.full(3, np.nan))
     (R_gt, t_gt), (R_pr, t_pr) = gt or nan_pose, pr or nan_pose
     out = {"R_gt": R_gt, "t_gt": t_gt, "R_pr": R_pr, "t_pr": t_pr, "failed": gt is None or pr is None}
@@ -178,7 +183,7 @@ def pose_errors(gt_px: np.ndarray, pr_px: np.ndarray, setup: EvalSetup) -> dict:
 
 
 def summarize(records: dict, setup: EvalSetup) -> dict:
-    """The §9.3 accuracies (100*k/(N+1e-5), thresholds with `<=`) and mean errors.
+    """The design §9.3 accuracies (100*k/(N+1e-5), thresholds with `<=`) and mean errors.
 
     records: per-object arrays of ERROR_KEYS and `failed` (N,). Means are over finite errors
     (a miss has infinite errors); `n_failed` counts the misses.
@@ -263,17 +268,17 @@ def plot_curves(curves: dict, path, title: str = "") -> None:
 # --------------------------------------------------------------------------------------------
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # otherwise the forward time is only the kernel launch (§11 item 33)
+    if device.type == "cuda":  # otherwise the forward time is only the kernel launch (D33)
         torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
 def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1, num_keypoints: int = 9,
              num_anchors: int = 1, progress: bool = False, amp: bool = False) -> tuple[dict, dict]:
-    """Run the model over a test loader and score every GT object (spec §9.1).
+    """Run the model over a test loader and score every GT object (design §9.1).
 
     loader yields (images (B, 3, H, W) in [0, 1], targets (B, 50*21) normalised label rows).
-    The most confident box of each image (spec §4.1, per image) is the prediction for each of
+    The most confident box of each image (design §4.1, per image) is the prediction for each of
     its GT objects. Returns (summary, records):
         summary: `summarize` plus `time_<to_device|forward|decode|eval|prediction>` (seconds per
                  image, means over all images, CUDA synchronised), `images`, `images_per_s`;
@@ -307,12 +312,12 @@ def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1
             boxes = utils.get_region_boxes(output.float(), num_classes, num_keypoints,
                                            num_anchors=num_anchors).cpu().numpy()
             t3 = time.perf_counter()
-            rows = targets.reshape(len(images), -1, 2 * num_keypoints + 3).numpy()  # 21-number rows (spec §3.1)
+            rows = targets.reshape(len(images), -1, 2 * num_keypoints + 3).numpy()  # 21-number rows (design §3.1)
             for b in range(len(images)):
-                # predictions and labels pass through float32 before de-normalisation (spec §4 item 17)
+                # predictions and labels pass through float32 before de-normalisation (design §9.1)
                 pr_px = boxes[b, : 2 * num_keypoints].astype(np.float32).reshape(-1, 2) * scale
                 for row in rows[b]:
-                    if row[1] == 0:  # the first empty slot ends the objects (spec §3.1)
+                    if row[1] == 0:  # the first empty slot ends the objects (design §3.1)
                         break
                     gt_px = row[1: 1 + 2 * num_keypoints].astype(np.float32).reshape(-1, 2) * scale
                     res = pose_errors(gt_px, pr_px, setup)
@@ -344,7 +349,7 @@ def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1
 
 
 def report(summary: dict, file=None) -> None:
-    """Print the §9.4 block (timings as means over all images) with the extra metrics."""
+    """Print the design §9.4 block (timings as means over all images) with the extra metrics."""
     s = summary
     log("-----------------------------------", file)
     log("  tensor to device : %f" % s["time_to_device"], file)
@@ -378,7 +383,7 @@ def report(summary: dict, file=None) -> None:
 # --------------------------------------------------------------------------------------------
 
 def append_csv(path, row: dict, header=CSV_HEADER) -> None:
-    """Append one row under a header written once, when the file is new (spec §11 item 34).
+    """Append one row under a header written once, when the file is new (D34).
 
     An existing file keeps its own column order (the fork's CSVs have the columns sorted);
     one whose header has other columns than `header` raises ValueError.
@@ -416,7 +421,7 @@ def _json_safe(value):
 
 
 def save_predictions(path, records: dict, image_paths=None) -> None:
-    """Per-object R, t, 2-D points, errors (and image paths) as one `.npz` (spec §9.5, fixed
+    """Per-object R, t, 2-D points, errors (and image paths) as one `.npz` (design §9.5, fixed
     naming: every array is indexed like `image_index`)."""
     arrays = {k: records[k] for k in RECORD_KEYS}
     if image_paths is not None:
@@ -453,31 +458,31 @@ def print_table(summaries: list, file=None) -> None:
 # Command line
 # --------------------------------------------------------------------------------------------
 
+POSITIONAL = ("datacfg", "modelcfg", "weightfile")  # the original's positional form
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("positional", nargs="*", metavar="DATACFG MODELCFG WEIGHTFILE", help="the original positional form")
-    p.add_argument("--datacfg", default=None, help=f"object .data file (default {DEFAULT_DATACFG})")
-    p.add_argument("--modelcfg", default=None, help=f"network cfg (default {DEFAULT_MODELCFG})")
-    p.add_argument("--weightfile", default=None,
-                   help=f"darknet weights; '{{name}}' is replaced by the object name (default {DEFAULT_WEIGHTFILE})")
+    p = cli.default_argument_parser(__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1])
+    cli.add_positional(p, POSITIONAL)
+    cli.add_datacfg(p, help=f"object .data file (default {DEFAULT_DATACFG})")
+    cli.add_model(p, weights="weightfile", cfg_help=f"network cfg (default {DEFAULT_MODELCFG})",
+                  weights_help=f"darknet weights; '{{name}}' is replaced by the object name "
+                               f"(default {DEFAULT_WEIGHTFILE})")
     p.add_argument("--backupdir", default=None,
                    help="the fork's flag: output folder for the curves when no --curves/--json/--csv is given")
     p.add_argument("--pretrain_num_epochs", type=int, default=None, help="accepted for the fork's scripts; unused")
-    p.add_argument("--distiled", type=int, default=0, help=f"1: --csv writes {DISTILLED_CSV} (the fork's name)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (the box is chosen per image)")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
-    p.add_argument("--test-size", type=int, default=None,
-                   help="square input size, a multiple of 32 (default: the cfg's test_width x test_height)")
+    cli.add_distiled(p, help=f"1: --csv writes {DISTILLED_CSV} (the fork's name)")
+    cli.add_device(p)
+    cli.add_batch_size(p, default=1, help="images per forward pass (the box is chosen per image)")
+    cli.add_workers(p, default=0)
+    cli.add_sizes(p, test=True)
     p.add_argument("--all", nargs="?", const="cfg", default=None, metavar="DIR",
                    help="score every .data file in DIR (default cfg/; *occlusion* skipped): one row each and the mean")
     p.add_argument("--skip-missing", action="store_true", help="with --all: skip objects whose weights file is missing")
     p.add_argument("--diam", choices=DIAM_SOURCES, default="data",
-                   help="ADD threshold diameter: the .data value (default) or the mesh's (the original valid.py, §9.3)")
-    p.add_argument("--pnp", choices=sorted(utils.PNP_METHODS), default="iterative", help="PnP solver (original: iterative)")
-    p.add_argument("--resample", choices=("bicubic", "nearest"), default="bicubic",
-                   help="test-image resize filter (nearest: Pillow < 7, spec §6.4)")
+                   help="ADD threshold diameter: the .data value (default) or the mesh's (the original valid.py, D25)")
+    cli.add_pnp(p)
+    cli.add_resample(p, "test-image resize filter")
     p.add_argument("--amp", action="store_true", help="autocast on CUDA")
     p.add_argument("--save-predictions", default=None, metavar="DIR",
                    help="write DIR/predictions_<name>.npz: per-image R, t, 2-D points, errors, image paths")
@@ -491,18 +496,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
+resolve_device = cli.resolve_device  # train.py and detect.py pick devices through valid.resolve_device
 
 
 def check_model_cfg(modelcfg):
     """The network of `modelcfg` (untrained), after checking that its output has the
-    A*(2K+1+C) channels its `[region]` and `num_keypoints` describe (spec §4)."""
+    A*(2K+1+C) channels its `[region]` and `num_keypoints` describe (design §4)."""
     from darknet import Darknet
 
     if not Path(modelcfg).is_file():
@@ -524,7 +523,7 @@ def check_weights(model, modelcfg, weightfile) -> None:
         raise FileNotFoundError(f"weights file not found: {weightfile}")
     _, _, floats = read_weights_file(weightfile)
     need = model.num_stored_floats()
-    if floats.size != need:  # a short file would otherwise load silently up to a layer boundary (§2.2)
+    if floats.size != need:  # a short file would otherwise load silently up to a layer boundary (design §2.2)
         raise ValueError(f"{weightfile} does not fit {modelcfg}: the file holds {floats.size} floats, "
                          f"the cfg needs {need} (weights of another network, or a backbone-only file?)")
 
@@ -583,7 +582,7 @@ def plan_jobs(args) -> list[Job]:
 
 
 def score_object(job: Job, args, device) -> tuple[dict, dict]:
-    """Evaluate one object's test split; prints the §9.4 report unless --quiet."""
+    """Evaluate one object's test split; prints the design §9.4 report unless --quiet."""
     import dataset
 
     setup = job.setup
@@ -607,22 +606,14 @@ def score_object(job: Job, args, device) -> tuple[dict, dict]:
 
 def resolve_args(args) -> argparse.Namespace:
     """Fill the positional form and the defaults; check the flags that need no file."""
-    if args.positional:
-        if len(args.positional) > 3:
-            raise ValueError("at most three positional arguments: DATACFG MODELCFG WEIGHTFILE")
-        for key, value in zip(("datacfg", "modelcfg", "weightfile"), args.positional):
-            if getattr(args, key) is not None:
-                raise ValueError(f"{key} given twice: positionally and as --{key}")
-            setattr(args, key, value)
+    cli.merge_positional(args, POSITIONAL)
     if args.all and args.datacfg:
-        raise ValueError("give either --all DIR or a data cfg, not both")
+        raise FlagError("give either --all DIR or a data cfg, not both")
     args.datacfg = args.datacfg or DEFAULT_DATACFG
     args.modelcfg = args.modelcfg or DEFAULT_MODELCFG
     args.weightfile = args.weightfile or DEFAULT_WEIGHTFILE
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, found {args.batch_size}")
-    if args.test_size is not None and (args.test_size < 32 or args.test_size % 32):
-        raise ValueError(f"--test-size must be a positive multiple of 32 (the network stride), found {args.test_size}")
+    cli.check_positive("--batch-size", args.batch_size)
+    cli.check_size("--test-size", args.test_size)
     return args
 
 
@@ -637,13 +628,13 @@ def curves_dir(args, weightfile: str) -> Path:
 
 
 def main(args) -> list:
-    """Score every object; return their summaries. Bad inputs stop here with SystemExit."""
+    """Score every object; return their summaries. Bad inputs stop here with an InputError."""
     try:
         args = resolve_args(args)
         device = resolve_device(args.device)
         jobs = plan_jobs(args)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"valid.py: cannot evaluate:\n  {exc}")
+        raise InputError(f"cannot evaluate:\n  {exc}") from None
     csv_path = None
     if args.csv:
         csv_path = Path(args.csv)
@@ -672,10 +663,9 @@ def main(args) -> list:
     print_table(summaries)
     if args.json:
         payload = {"objects": summaries, "mean": mean_row(summaries) if len(summaries) > 1 else None}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_json_safe(payload), indent=2))
+        write_text(args.json, json.dumps(_json_safe(payload), indent=2))
     return summaries
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)))

@@ -9,13 +9,13 @@ For each network (YOLO-LITE trial 3 / trial 10, Tiny-YOLOv2, YOLOv2 pose) and ba
     compile      torch.compile(fused+cl)                     (--compile; skipped if it fails)
     bf16, fp16   fused+cl under torch.autocast                (CUDA only)
 
-and prints a markdown table with ms per batch, images/s, achieved GFLOP/s (spec §14.2 counts)
+and prints a markdown table with ms per batch, images/s, achieved GFLOP/s (design §14.2 counts)
 and the ratio of images/s against `eager`, plus the largest output difference from `eager`.
 
 Variants are timed in interleaved rounds (median reported), so that load from other processes
 affects them alike.
 
-Run: .venv/bin/python benchmarks/bench_forward.py [--nets trial3,tiny] [--batches 1,16]
+Run: .venv/bin/python benchmarks/bench_forward.py [--nets trial3,tiny] [--batch-sizes 1,16]
      [--rounds 3] [--round-time 0.3] [--device cpu|cuda] [--threads N] [--compile]
 Defaults finish in about two minutes on a 2-core CPU.
 """
@@ -30,9 +30,12 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
+
+import cli
+from darknet import Darknet
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from darknet import Darknet  # noqa: E402
 
 NETS = {
     "trial3": "cfg/yolo-lite-trial3-pose.cfg",
@@ -45,12 +48,12 @@ NETS = {
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nets", default="trial3,trial10,tiny,yolov2", help=f"comma list of {','.join(NETS)}")
-    p.add_argument("--batches", default="1,16", help="comma list of batch sizes")
-    p.add_argument("--size", type=int, default=416, help="input width = height (multiple of 32)")
+    p.add_argument("--batch-sizes", default="1,16", help="comma list of batch sizes")
+    cli.add_sizes(p, test=True, test_default=416)
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per variant (the median is reported)")
     p.add_argument("--round-time", type=float, default=0.2, help="seconds per variant per round (at least 1 call)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (compile runs 2 more)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    cli.add_device(p)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (CPU)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(fused+cl)")
     p.add_argument("--max-gflop", type=float, default=None,
@@ -117,25 +120,25 @@ def variants(model: Darknet, device: torch.device, want_compile: bool):
 
 
 def main(args) -> None:
-    device = torch.device(args.device)
+    device = cli.resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     wanted = {v for v in args.variants.split(",") if v}
     max_gflop = args.max_gflop if args.max_gflop is not None else (150.0 if device.type == "cpu" else float("inf"))
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device {device} ({what}), torch {torch.__version__}, input {args.size}x{args.size}\n")
+    print(f"device {device} ({what}), torch {torch.__version__}, input {args.test_size}x{args.test_size}\n")
     rows = ["| network | batch | variant | ms / batch | images/s | GFLOP/s | vs eager | max abs diff |",
             "|---|---|---|---|---|---|---|---|"]
     for name in args.nets.split(","):
         torch.manual_seed(0)
         model = Darknet(ROOT / NETS[name]).to(device).eval()
-        gflop = model.gflops(args.size, args.size)
-        for batch in (int(b) for b in args.batches.split(",")):
+        gflop = model.gflops(args.test_size, args.test_size)
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
             if batch * gflop > max_gflop:
                 rows.append(f"| {name} | {batch} | skipped: {batch * gflop:.0f} GFLOP per batch > --max-gflop "
                             f"{max_gflop:g} | | | | | |")
                 continue
-            x = torch.rand(batch, model.channels, args.size, args.size, device=device)
+            x = torch.rand(batch, model.channels, args.test_size, args.test_size, device=device)
             runs, outs = {}, {}
             for variant, make, fmt, extra in variants(model, device, args.compile):
                 if wanted and variant != "eager" and variant not in wanted:

@@ -1,9 +1,10 @@
 """Training-loader throughput (images/s) for 0, 1 and 2 workers on a generated LINEMOD-layout fixture.
 
-    .venv/bin/python benchmarks/bench_loader.py [--images 48] [--batch 8] [--size 416] [--workers 0 1 2]
+    .venv/bin/python benchmarks/bench_loader.py [--images-per-object 48] [--batch-size 8] [--train-size 416] \\
+        [--workers 0 1 2]
 
 The fixture (640x480 JPEGs: a procedural background with a drawn object, its mask and label)
-is written to a temporary folder. Each row runs one full epoch of `make_train_loader` (spec §6.1
+is written to a temporary folder. Each row runs one full epoch of `make_train_loader` (design §6.1
 augmentation, procedural backgrounds) after one warm-up batch; the ratio is against the first
 worker count of the same run. Not a test: numbers depend on the machine.
 """
@@ -19,11 +20,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
 
-import dataset as ds  # noqa: E402
-import image as im  # noqa: E402
-from utils import IM_HEIGHT, IM_WIDTH, label_row  # noqa: E402
+import cli
+import dataset as ds
+import image as im
+from utils import IM_HEIGHT, IM_WIDTH, label_row
 
 
 def make_fixture(root: str, n: int, seed: int = 0) -> str:
@@ -64,21 +66,24 @@ def images_per_second(dataset, batch: int, size: int, workers: int) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=48)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--size", type=int, default=416)
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--images-per-object", type=int, default=48, help="images of the one generated object")
+    cli.add_batch_size(p, default=8)
+    cli.add_sizes(p, train=True, test=False, train_default=416, train_help="square training size (default 416)")
+    cli.add_workers(p, default=[0, 1, 2], nargs="+", help="loader worker counts to time (default 0 1 2)")
     p.add_argument("--procedural-pool", type=int, default=16, help="also time a cached pool of K backgrounds")
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        list_file = make_fixture(tmp, args.images)
-        variants = [("fresh", 0)] + ([(f"pool {args.procedural_pool}", args.procedural_pool)] if args.procedural_pool else [])
+        list_file = make_fixture(tmp, args.images_per_object)
+        variants = [("fresh", 0)]
+        if args.procedural_pool:
+            variants.append((f"pool {args.procedural_pool}", args.procedural_pool))
         for name, pool in variants:
             dataset = ds.PoseDataset(list_file, train=True, procedural_pool=pool)
-            rows += [(name, w, images_per_second(dataset, args.batch, args.size, w)) for w in args.workers]
+            rows += [(name, w, images_per_second(dataset, args.batch_size, args.train_size, w)) for w in args.workers]
     base = rows[0][2]
-    print(f"training loader, {args.images} images 640x480 -> {args.size}x{args.size}, batch {args.batch}, "
+    print(f"training loader, {args.images_per_object} images 640x480 -> {args.train_size}x{args.train_size}, "
+          f"batch {args.batch_size}, "
           f"{os.cpu_count()} CPUs; ratio against '{rows[0][0]}' with {rows[0][1]} workers")
     print(f"{'backgrounds':>12} {'workers':>8} {'images/s':>10} {'ratio':>8}")
     for name, w, ips in rows:

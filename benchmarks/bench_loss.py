@@ -1,11 +1,11 @@
 """Region loss speed: vectorised `region_loss.RegionLoss` vs a per-cell Python-loop baseline.
 
-Both implement the same algorithm (spec §5.3, §5.4, §5.7): target building (ignore region,
+Both implement the same algorithm (design §5.3, §5.4, §5.7): target building (ignore region,
 responsible cells, tconf) plus the loss forward and backward. The baseline, `loop_region_loss`,
-walks every image, object, anchor and cell in Python like a direct transcription of the spec;
+walks every image, object, anchor and cell in Python like a direct transcription of docs/design.md §5;
 tests/test_region_loss.py also uses it as an independent reference.
 
-Run: .venv/bin/python benchmarks/bench_loss.py [--repeats 20] [--batch 16]
+Run: .venv/bin/python benchmarks/bench_loss.py [--rounds 20] [--batch-size 16]
 Prints a table (ms per call) and the speed-up ratio; asserts first that both give the same loss.
 """
 from __future__ import annotations
@@ -19,15 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from region_loss import RegionLoss  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
-TH, SHARP, EPS = 80.0, 2.0, 1e-5  # spec §5.2
+import cli
+from region_loss import RegionLoss
+
+TH, SHARP, EPS = 80.0, 2.0, 1e-5  # design §5.2
 IM_W, IM_H = 640.0, 480.0
 
 
 def _conf(gt, pr, eps):
-    """Mean exponential confidence of two flat [x0, y0, ...] lists (spec §5.2), python floats."""
+    """Mean exponential confidence of two flat [x0, y0, ...] lists (design §5.2), python floats."""
     total = 0.0
     for k in range(len(gt) // 2):
         d = math.hypot(IM_W * (pr[2 * k] - gt[2 * k]), IM_H * (pr[2 * k + 1] - gt[2 * k + 1]))
@@ -175,27 +177,27 @@ def _time(fn, repeats):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=20, help="timed calls of the vectorised loss (the best counts)")
+    cli.add_batch_size(ap, default=16)
     args = ap.parse_args(argv)
-    anchors = [1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879, 5.8851]  # spec §13
+    anchors = [1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879, 5.8851]  # design §13
     cases = [("single 13x13", 13, 13, 1, 1, 1), ("single 19x19 (608 px)", 19, 19, 1, 1, 1),
              ("multi A5 C13 13x13, 3 obj", 13, 13, 5, 13, 3)]
-    print(f"region loss, batch {args.batch}, epoch 16 (all terms), target building + forward + backward, "
-          f"best of {args.repeats} (loop: {max(1, args.repeats // 4)}), {torch.get_num_threads()} threads")
+    print(f"region loss, batch {args.batch_size}, epoch 16 (all terms), target building + forward + backward, "
+          f"best of {args.rounds} (loop: {max(1, args.rounds // 4)}), {torch.get_num_threads()} threads")
     print(f"{'case':<28} {'loop ms':>10} {'vectorised ms':>14} {'speed-up':>9}")
     for name, H, W, A, C, n_obj in cases:
-        out, target = make_batch(args.batch, H, W, C=C, A=A, n_obj=n_obj)
+        out, target = make_batch(args.batch_size, H, W, C=C, A=A, n_obj=n_obj)
         loss_mod = RegionLoss(num_classes=C, anchors=anchors if A > 1 else [], num_anchors=A)
         kw = dict(C=C, A=A, anchors=anchors if A > 1 else ())
 
-        def vec():
+        def vec(out=out, loss_mod=loss_mod, target=target):
             o = out.clone().requires_grad_(True)
             loss, stats = loss_mod(o, target, 16)
             loss.backward()
             return stats
 
-        def loop():
+        def loop(out=out, target=target, kw=kw):
             o = out.clone().requires_grad_(True)
             loss, stats = loop_region_loss(o, target, 16, **kw)
             loss.backward()
@@ -204,7 +206,7 @@ def main(argv=None):
         s_vec, s_loop = vec(), loop()
         assert s_vec["nGT"] == s_loop["nGT"] and s_vec["nCorrect"] == s_loop["nCorrect"], (s_vec, s_loop)
         assert math.isclose(s_vec["total"], s_loop["total"], rel_tol=1e-5), (s_vec, s_loop)
-        t_loop, t_vec = _time(loop, max(1, args.repeats // 4)), _time(vec, args.repeats)
+        t_loop, t_vec = _time(loop, max(1, args.rounds // 4)), _time(vec, args.rounds)
         print(f"{name:<28} {t_loop:>10.1f} {t_vec:>14.2f} {t_loop / t_vec:>8.1f}x")
 
 

@@ -1,12 +1,12 @@
 """Multi-object box selection speed: vectorised `utils.get_multi_region_boxes` vs a per-cell loop.
 
-Both implement spec §4.2: every cell/anchor whose score beats conf_thresh is kept, and the
+Both implement design §4.2: every cell/anchor whose score beats conf_thresh is kept, and the
 fallback box of the corresponding class comes from the running "det_conf and class probability
 both increase" update. The baseline, `loop_multi_boxes`, walks rows, columns and anchors in
-Python like a direct transcription of the spec (and like the original); tests/test_multi.py also
+Python like a direct transcription of docs/design.md §4.2 (and like the original); tests/test_multi.py also
 uses it as an independent reference.
 
-Run: .venv/bin/python benchmarks/bench_multi_boxes.py [--repeats 5] [--batch 1]
+Run: .venv/bin/python benchmarks/bench_multi_boxes.py [--rounds 5] [--batch-size 1]
 Prints a table (ms per call) and the speed-up ratio; checks first that both give the same boxes.
 """
 from __future__ import annotations
@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils import get_multi_region_boxes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
+
+import cli
+from utils import get_multi_region_boxes
 
 K = 9
-# the OCCLUSION network (spec §4): 5 anchors, 13 classes, 13 x 13 grid at 416
+# the OCCLUSION network (design §4): 5 anchors, 13 classes, 13 x 13 grid at 416
 A, C, GRID = 5, 13, 13
 
 
@@ -34,7 +36,7 @@ def _sigmoid(x: float) -> float:
 
 def loop_multi_boxes(output: torch.Tensor, conf_thresh: float, C: int, A: int, wanted, only_objectness: int,
                      carry: bool) -> list[np.ndarray]:
-    """The §4.2 procedure cell by cell (rows, columns, anchors), in float64. -> B arrays (n_b, 2K+3)."""
+    """The design §4.2 procedure cell by cell (rows, columns, anchors), in float64. -> B arrays (n_b, 2K+3)."""
     o = output.double().numpy()
     B, _, H, W = o.shape
     o = o.reshape(B, A, 2 * K + 1 + C, H, W)
@@ -79,20 +81,25 @@ def _time(fn, repeats: int) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5, help="timed calls of the vectorised version (the best counts)")
+    cli.add_batch_size(p, default=1)
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    output = torch.randn(args.batch, A * (2 * K + 1 + C), GRID, GRID) * 2
-    wanted = [int(i) % C for i in range(args.batch)]
+    output = torch.randn(args.batch_size, A * (2 * K + 1 + C), GRID, GRID) * 2
+    wanted = [int(i) % C for i in range(args.batch_size)]
     rows = []
     for thresh in (0.05, 0.5):
-        fast = lambda: get_multi_region_boxes(output, thresh, C, K, [], A, wanted, only_objectness=0, carry_class_max=False)
-        slow = lambda: loop_multi_boxes(output, thresh, C, A, wanted, 0, False)
+        def fast(thresh=thresh):
+            return get_multi_region_boxes(output, thresh, C, K, [], A, wanted, only_objectness=0, carry_class_max=False)
+
+        def slow(thresh=thresh):
+            return loop_multi_boxes(output, thresh, C, A, wanted, 0, False)
+
         for got, ref in zip(fast(), slow()):
             np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
-        rows.append((thresh, len(fast()[0]), _time(slow, max(1, args.repeats // 5)), _time(fast, args.repeats)))
-    print(f"get_multi_region_boxes, batch {args.batch}, {A} anchors x {GRID}x{GRID} cells, {C} classes (ms per call)")
+        rows.append((thresh, len(fast()[0]), _time(slow, max(1, args.rounds // 5)), _time(fast, args.rounds)))
+    print(f"get_multi_region_boxes, batch {args.batch_size}, {A} anchors x {GRID}x{GRID} cells, {C} classes "
+          f"(ms per call)")
     print("| conf_thresh | boxes (image 0) | loop | vectorised | speed-up |")
     print("|---|---|---|---|---|")
     for thresh, n, slow_ms, fast_ms in rows:

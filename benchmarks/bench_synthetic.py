@@ -1,6 +1,6 @@
 """Synthetic LINEMOD generator speed at 640x480: images/s for 1 vs 2 worker processes.
 
-    .venv/bin/python benchmarks/bench_synthetic.py [--objects 3] [--images-per-object 80] [--workers 1 2]
+    .venv/bin/python benchmarks/bench_synthetic.py [--num-objects 3] [--images-per-object 80] [--workers 1 2]
         [--renders 60]
 
 Three tables, all measured in this run:
@@ -31,12 +31,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
-import tools.synth_render as sr  # noqa: E402
-from tools import make_synthetic_linemod as gen  # noqa: E402
-from utils import IM_HEIGHT, IM_WIDTH, get_camera_intrinsic  # noqa: E402
+import cli
+import tools.synth_render as sr
+from tools import make_synthetic_linemod as gen
+from utils import IM_HEIGHT, IM_WIDTH, get_camera_intrinsic
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference_rasterize(px: np.ndarray, inv_z: np.ndarray, width: int, height: int):
@@ -141,7 +143,7 @@ def renderer_comparison(n: int) -> tuple[float, float, int, int]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--objects", type=int, default=3)
+    cli.add_num_objects(p, default=3)
     p.add_argument("--images-per-object", type=int, default=80, help="full size of table 1 (default 80, as train.py)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--stage-images", type=int, default=60, help="images timed for table 2")
@@ -153,20 +155,20 @@ def main(argv=None) -> None:
 
     rows = []
     for w in args.workers:
-        t_half = end_to_end(args.objects, n_half, w)
-        t_full = end_to_end(args.objects, n_full, w)
-        imgs_half, imgs_full = args.objects * n_half, args.objects * n_full
+        t_half = end_to_end(args.num_objects, n_half, w)
+        t_full = end_to_end(args.num_objects, n_full, w)
+        imgs_half, imgs_full = args.num_objects * n_half, args.num_objects * n_full
         steady = (imgs_full - imgs_half) / max(t_full - t_half, 1e-9)
         rows.append((w, imgs_full, t_full, imgs_full / t_full, steady, max(t_full - imgs_full / steady, 0.0)))
     base = rows[0][3]
-    print(f"generate(): {args.objects} objects, 640x480, {os.cpu_count()} CPUs, 'spawn' worker processes; "
+    print(f"generate(): {args.num_objects} objects, 640x480, {os.cpu_count()} CPUs, 'spawn' worker processes; "
           f"ratio against {rows[0][0]} worker(s)\n")
     print("| workers | images | seconds | images/s | ratio | steady images/s | start-up s |")
     print("|---|---|---|---|---|---|---|")
     for w, n, t, ips, steady, startup in rows:
         print(f"| {w} | {n} | {t:.2f} | {ips:.1f} | {ips / base:.2f}x | {steady:.1f} | {startup:.2f} |")
 
-    stages = stage_times(args.objects, args.stage_images)
+    stages = stage_times(args.num_objects, args.stage_images)
     total = sum(stages.values())
     print(f"\none single-object image in one process (median of {args.stage_images}):\n")
     print("| stage | ms per image | share |")

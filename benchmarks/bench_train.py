@@ -9,7 +9,7 @@ synthetic one-object target, so the number measures the model and the loss, not 
     amp           autocast (bf16 where the GPU has it, else fp16 + GradScaler)   (CUDA only)
     amp+cl        both                                                          (CUDA only)
 
-    .venv/bin/python benchmarks/bench_train.py [--nets trial3,tiny] [--batch 16] [--size 416] [--device cuda]
+    .venv/bin/python benchmarks/bench_train.py [--nets trial3,tiny] [--batch-size 16] [--train-size 416] [--device cuda]
 
 Defaults finish in about two minutes on a 2-core CPU (YOLOv2 is skipped on the CPU unless named).
 """
@@ -23,11 +23,14 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
+
+import cli
+import train
+from darknet import Darknet
+from region_loss import RegionLoss
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
-from darknet import Darknet  # noqa: E402
-from region_loss import RegionLoss  # noqa: E402
 
 NETS = {"trial3": "cfg/yolo-lite-trial3-pose.cfg", "trial10": "cfg/yolo-lite-trial10-pose.cfg",
         "tiny": "cfg/tiny-yolo-pose.cfg", "yolov2": "cfg/yolo-pose.cfg"}
@@ -36,11 +39,11 @@ NETS = {"trial3": "cfg/yolo-lite-trial3-pose.cfg", "trial10": "cfg/yolo-lite-tri
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nets", default=None, help=f"comma list of {','.join(NETS)} (default: all but yolov2 on CPU)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--size", type=int, default=416, help="square input size (multiple of 32)")
+    cli.add_batch_size(p, default=16)
+    cli.add_sizes(p, train=True, test=False, train_default=416, train_help="square training size (default 416)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    cli.add_device(p)
     return p
 
 
@@ -87,9 +90,9 @@ def step_fn(model, loss_fn, optimizer, cfg, state, images, target, device, amp):
 
 
 def main(args) -> list[dict]:
-    device = torch.device(args.device)
+    device = cli.resolve_device(args.device)
     names = args.nets.split(",") if args.nets else [n for n in NETS if device.type == "cuda" or n != "yolov2"]
-    images, target = make_batch(args.batch, args.size, device)
+    images, target = make_batch(args.batch_size, args.train_size, device)
     rows = []
     for name in names:
         setups = {}
@@ -110,10 +113,12 @@ def main(args) -> list[dict]:
         base = statistics.median(times["fp32"])
         for label, ts in times.items():
             t = statistics.median(ts)
-            rows.append({"network": name, "variant": label, "ms": 1e3 * t, "ips": args.batch / t, "ratio": base / t})
+            rows.append({"network": name, "variant": label, "ms": 1e3 * t, "ips": args.batch_size / t,
+                         "ratio": base / t})
             r = rows[-1]
             print(f"| {name} | {label} | {r['ms']:.1f} | {r['ips']:.1f} | {r['ratio']:.2f}x |", flush=True)
-    print(f"\ndevice {device}, torch {torch.__version__}, batch {args.batch}, input {args.size}x{args.size}, "
+    print(f"\ndevice {device}, torch {torch.__version__}, batch {args.batch_size}, "
+          f"input {args.train_size}x{args.train_size}, "
           f"threads {torch.get_num_threads()}\n")
     print("| network | variant | ms / step | images/s | vs fp32 |\n|---|---|---|---|---|")
     for r in rows:

@@ -13,8 +13,8 @@ split), or --datacfg. The model: --modelcfg with --weightfile, or by default the
 the main job's weights (backup/synthetic/obj00/model.weights) when present, else the VOC backbone
 with a random head (its wild points make PnP slower: pass trained weights for real numbers).
 
-Run: .venv/bin/python benchmarks/bench_valid.py [--images 48] [--batches 1,8,32] [--workers 0]
-     [--size 416] [--rounds 3] [--device cpu|cuda] [--datacfg X.data --modelcfg C --weightfile W]
+Run: .venv/bin/python benchmarks/bench_valid.py [--images-per-object 48] [--batch-sizes 1,8,32] [--workers 0]
+     [--test-size 416] [--rounds 3] [--device cpu|cuda] [--datacfg X.data --modelcfg C --weightfile W]
 Defaults finish in about a minute on a 2-core CPU.
 """
 from __future__ import annotations
@@ -29,11 +29,14 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
+
+import cli
+import dataset
+import valid
+from darknet import Darknet
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import dataset  # noqa: E402
-import valid  # noqa: E402
-from darknet import Darknet  # noqa: E402
 
 DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
 MAIN_JOB_WEIGHTS = "backup/synthetic/obj00/model.weights"  # what `python train.py` writes
@@ -44,15 +47,15 @@ STAGES = ("load", "to_device", "forward", "decode", "eval")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datacfg", default=None, help="object .data file (default: a generated synthetic object)")
-    p.add_argument("--images", type=int, default=48, help="test images of the generated object")
+    p.add_argument("--images-per-object", type=int, default=48, help="test images of the generated object")
     p.add_argument("--modelcfg", default=DEFAULT_MODELCFG)
     p.add_argument("--weightfile", default=None,
                    help=f"full weights (default {MAIN_JOB_WEIGHTS} if present, else VOC backbone + random head)")
-    p.add_argument("--batches", default="1,8,32", help="comma list of batch sizes; the first is the baseline")
+    p.add_argument("--batch-sizes", default="1,8,32", help="comma list of batch sizes; the first is the baseline")
     p.add_argument("--workers", type=int, default=0, help="data loader workers")
-    p.add_argument("--size", type=int, default=416, help="test input size (multiple of 32)")
+    cli.add_sizes(p, test=True, test_default=416)
     p.add_argument("--rounds", type=int, default=3, help="timed passes over the test set per batch size")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    cli.add_device(p)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (CPU)")
     return p
 
@@ -83,24 +86,26 @@ def run_once(model, setup, test_set, batch, workers, device) -> dict:
 
 
 def main(args) -> None:
-    device = torch.device(args.device)
+    device = cli.resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = [int(b) for b in args.batch_sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_valid_") as tmp:
         datacfg = args.datacfg
         if datacfg is None:
             from tools.make_synthetic_linemod import generate
 
             t = time.perf_counter()
-            datacfg = generate(tmp, objects=1, images_per_object=args.images, seed=0, test_fraction=1.0)["data_cfgs"][0]
-            print(f"generated {args.images} test images in {time.perf_counter() - t:.1f} s")
+            generated = generate(tmp, objects=1, images_per_object=args.images_per_object, seed=0, test_fraction=1.0)
+            datacfg = generated["data_cfgs"][0]
+            print(f"generated {args.images_per_object} test images in {time.perf_counter() - t:.1f} s")
         setup = valid.load_eval_setup(datacfg)
-        test_set = dataset.listDataset(setup.valid_list, shape=(args.size, args.size))
+        test_set = dataset.listDataset(setup.valid_list, shape=(args.test_size, args.test_size))
         model, described = build_model(args, device)
         what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
         print(f"device {device} ({what}), torch {torch.__version__}; {len(test_set)} test images of {setup.name} "
-              f"({len(setup.vertices)} mesh vertices) at {args.size}x{args.size}; {args.modelcfg}, {described}; "
+              f"({len(setup.vertices)} mesh vertices) at {args.test_size}x{args.test_size}; "
+              f"{args.modelcfg}, {described}; "
               f"{args.workers} loader workers\n")
         run_once(model, setup, test_set, batches[-1], args.workers, device)  # warm-up (allocator, caches)
         runs = {b: [] for b in batches}
@@ -114,7 +119,8 @@ def main(args) -> None:
     for b in batches:
         med = sorted(runs[b], key=lambda r: r["ips"])[len(runs[b]) // 2]
         ms = med["ms"]
-        same = all(r["summary"][k] == ref[k] for r in runs[b] for k in ("acc_2d", "acc_add", "acc_5cm5deg", "acc_corner"))
+        keys = ("acc_2d", "acc_add", "acc_5cm5deg", "acc_corner")
+        same = all(r["summary"][k] == ref[k] for r in runs[b] for k in keys)
         rows.append(f"| {b} | {med['ips']:.1f} | {ms['load']:.1f} | {ms['to_device'] + ms['forward']:.1f} | "
                     f"{ms['decode']:.2f} | {ms['eval']:.2f} | {med['ips'] / base:.2f}x | {'yes' if same else 'NO'} |")
     print("\n".join(rows))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -28,12 +27,12 @@ BENCH = ROOT / "benchmarks"
 
 # name -> (script, full args, quick args, what it measures)
 SUITE = {
-    "forward": ("bench_forward.py", [], ["--nets", "trial3,trial10,tiny", "--batches", "1,16", "--rounds", "3"],
+    "forward": ("bench_forward.py", [], ["--nets", "trial3,trial10,tiny", "--batch-sizes", "1,16", "--rounds", "3"],
                 "inference images/s per network and batch: eager vs BN-folded + channels-last (+ compile, AMP)"),
-    "train": ("bench_train.py", [], ["--nets", "trial3,tiny", "--batch", "8", "--rounds", "2"],
+    "train": ("bench_train.py", [], ["--nets", "trial3,tiny", "--batch-size", "8", "--rounds", "2"],
               "training step images/s per network: fp32 vs channels-last (+ AMP on CUDA)"),
-    "loss": ("bench_loss.py", [], ["--repeats", "20"], "region loss + target building: vectorised vs per-cell loop"),
-    "loader": ("bench_loader.py", [], ["--images", "32", "--workers", "0", "2"],
+    "loss": ("bench_loss.py", [], ["--rounds", "20"], "region loss + target building: vectorised vs per-cell loop"),
+    "loader": ("bench_loader.py", [], ["--images-per-object", "32", "--workers", "0", "2"],
                "training data loader images/s by worker count"),
     "synthetic": ("bench_synthetic.py", [], [], "synthetic LINEMOD generator images/s (640x480)"),
     "valid": ("bench_valid.py", [], [], "end-to-end evaluation images/s: batched vs batch 1"),

@@ -1,16 +1,16 @@
-"""Train the multi-object pose network, the OCCLUSION model (spec §5.7, §6.3, §7.2, §7.5).
+"""Train the multi-object pose network, the OCCLUSION model (design §5.7, §6.3, §7.2, §7.5).
 
     python multi_obj_pose_estimation/train_multi.py      # main job: synthetic occlusion scenes, YOLO-LITE trial 3, CPU
     python multi_obj_pose_estimation/train_multi.py --datacfg cfg/occlusion.data \\
         --modelcfg multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg --initweightfile backup_multi/init.weights
     torchrun --nproc_per_node 2 multi_obj_pose_estimation/train_multi.py ...   # DDP (the original used DataParallel)
 
-Built on the top-level modules: the training sample is `dataset.MultiObjectDataset` (§6.3), the
-loss `region_loss.RegionLoss` with the cfg's anchors and classes and the MS scales (§5.6), the
-epoch loop `train.train_one_epoch` with the cfg steps counted in raw batches (§7.2), and the test
-`valid_multi.evaluate_object` (§9.6).
+Built on the top-level modules: the training sample is `dataset.MultiObjectDataset` (design §6.3), the
+loss `region_loss.RegionLoss` with the cfg's anchors and classes and the MS scales (design §5.6), the
+epoch loop `train.train_one_epoch` with the cfg steps counted in raw batches (design §7.2), and the test
+`valid_multi.evaluate_object` (design §9.6).
 
-Fixed by default, each with a flag that reproduces the original (spec §11): the flipped /
+Fixed by default, each with a flag that reproduces the original (design §11): the flipped /
 wrapped main object's labels (--repro-label-bugs, item 20), the anchor chosen for tconf and for
 all-zero IoUs (--repro-anchor-bug, item 22). Always fixed (item 23): every test (after epochs
 e % 20 == 0, e > 0, and after the last) scores the objects valid_multi.py scores and records the
@@ -27,31 +27,32 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
+
+import cli
+import dataset
+import engine
+import recipes
+import train
+import utils
+import valid
+from errors import InputError, run_cli
+from multi_obj_pose_estimation import valid_multi
+from multi_obj_pose_estimation.valid_multi import find_path
+from recipes import FAST
+from region_loss import RegionLoss
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import dataset  # noqa: E402
-import engine  # noqa: E402
-import recipes  # noqa: E402
-import train  # noqa: E402
-import utils  # noqa: E402
-import valid  # noqa: E402
-from multi_obj_pose_estimation import valid_multi  # noqa: E402
-from multi_obj_pose_estimation.valid_multi import find_path  # noqa: E402
-from errors import InputError, run_cli  # noqa: E402
-from recipes import FAST  # noqa: E402
-from region_loss import RegionLoss  # noqa: E402
-
-# spec §7.4: the original's defaults (paths relative to multi_obj_pose_estimation/ or the repository root)
+# design §7.4: the original's defaults (paths relative to multi_obj_pose_estimation/ or the repository root)
 DEFAULT_DATACFG = "cfg/occlusion.data"
 DEFAULT_MODELCFG = "cfg/yolo-pose-multi.cfg"
 DEFAULT_INITWEIGHTS = "backup_multi/init.weights"
-EVAL_EVERY = 20  # spec §7.5
+EVAL_EVERY = 20  # design §7.5
 # The main job (no --datacfg): synthetic occlusion scenes and a small network, trained on the CPU.
 SYNTHETIC_ROOT = Path("data/synthetic_multi")
 SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, SYNTHETIC_SCENES = 3, 20, 40  # images per object feed the pasted extras
@@ -62,51 +63,50 @@ COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accu
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datacfg", default=None,
-                   help="occlusion .data file (the original's default: cfg/occlusion.data); without it, the "
-                        f"synthetic set in {SYNTHETIC_ROOT} (generated if missing)")
-    p.add_argument("--modelcfg", default=None, help=f"network cfg (default {DEFAULT_MODELCFG}; synthetic: {QUICK_MODELCFG})")
-    p.add_argument("--initweightfile", default=None,
-                   help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; synthetic: "
-                        f"{QUICK_INITWEIGHTS}; 'none' for random)")
+    p = cli.default_argument_parser(__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1])
+    cli.add_datacfg(p, help="occlusion .data file (the original's default: cfg/occlusion.data); without it, the "
+                            f"synthetic set in {SYNTHETIC_ROOT} (generated if missing)")
+    cli.add_model(p, weights="initweightfile",
+                  cfg_help=f"network cfg (default {DEFAULT_MODELCFG}; synthetic: {QUICK_MODELCFG})",
+                  weights_help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; synthetic: "
+                               f"{QUICK_INITWEIGHTS}; 'none' for random)")
     p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
                    help="original (default with --datacfg): the original's recipe; fast (default of the main "
-                        "job): AdamW, cosine, EMA, confidence floor (see train.py -h)")
+                        "job): AdamW, cosine, EMA, confidence floor (see train.py -h, docs/design.md D46)")
     p.add_argument("--minutes", type=float, default=None, help="train for this many minutes (fast: the schedule)")
     p.add_argument("--pretrain_num_epochs", type=int, default=None,
                    help="epochs without the confidence term (original multi default 0; fast: none)")
     p.add_argument("--backupdir", default=None, help="output folder (default: the .data 'backup' key)")
     p.add_argument("--repro-anchor-bug", action="store_true",
-                   help="reproduce the original's tconf from anchor -1 and anchor -1 for all-zero IoUs (spec §5.7)")
+                   help="reproduce the original's tconf from anchor -1 and anchor -1 for all-zero IoUs (D22)")
     p.add_argument("--repro-label-bugs", action="store_true",
-                   help="reproduce the original's labels that ignore the flip and the wrap-around shift (spec §6.3)")
+                   help="reproduce the original's labels that ignore the flip and the wrap-around shift (D20)")
     p.add_argument("--loss-scales", choices=("ms", "cfg"), default="ms",
-                   help="ms: the original's own loss object (noobject 1, spec §5.6); cfg: the [region] scales")
-    p.add_argument("--objects", nargs="+", default=None,
-                   help="objects to test (default: those valid_multi.py scores: the six of spec §9.6, else all)")
-    p.add_argument("--conf-thresh", type=float, default=utils.MULTI_CONF_THRESH, help="test box threshold (spec §4.2)")
+                   help="ms: the original's own loss object (noobject 1, design §5.6); cfg: the [region] scales")
+    cli.add_objects(p, help="objects to test (default: those valid_multi.py scores: the six of design §9.6, "
+                            "else all)")
+    cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH, help="test box threshold (design §4.2)")
     p.add_argument("--linemod-dir", default=None,
-                   help="folder of <obj>/train.txt for the pasted objects (default: the training images' LINEMOD folder)")
+                   help="folder of <obj>/train.txt for the pasted objects (default: the training images' LINEMOD "
+                        "folder)")
     p.add_argument("--epochs", type=int, default=None, help="default: cfg max_epochs (500)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: cfg batch")
-    p.add_argument("--eval-every", type=int, default=None, help=f"test after epochs e %% N == 0, e > 0 (default {EVAL_EVERY})")
-    p.add_argument("--train-size", type=int, default=None, help="fixed square training size (default: multi-scale §6.5)")
-    p.add_argument("--test-size", type=int, default=None, help="square test size (default: cfg test_width/height)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="loader workers (default: min(4, cores))")
+    cli.add_batch_size(p, help="default: cfg batch")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help=f"test after epochs e %% N == 0, e > 0 (default {EVAL_EVERY})")
+    cli.add_sizes(p, train=True, test=True)
+    cli.add_device(p)
+    cli.add_seed(p)
+    cli.add_workers(p, help="loader workers (default: min(4, cores))")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint (default: <backupdir>/checkpoint.pt)")
     p.add_argument("--force-resume", action="store_true",
                    help="resume even from a checkpoint made with another cfg, data file, batch size or recipe")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in the backup folder")
-    p.add_argument("--resample", choices=("bicubic", "nearest"), default="bicubic", help="spec §6.4")
+    cli.add_resample(p)
     p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke tests)")
-    p.add_argument("--log-every", type=int, default=0, help="print the §5.8 loss line every N batches (0: never)")
+    p.add_argument("--log-every", type=int, default=0, help="print the per-batch loss line every N batches (0: never)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, network table or per-epoch lines")
     return p
 
@@ -153,9 +153,11 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     if args.workers is None:
         args.workers = min(4, os.cpu_count() or 1)
     for flag in ("eval_every", "batch_size", "epochs"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise InputError(f"cannot start training: --{flag.replace('_', '-')} must be at least 1, found {value}")
+        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive("--workers", args.workers, minimum=0)
+    cli.check_size("--train-size", args.train_size)
+    cli.check_size("--test-size", args.test_size)
+    args.objects = cli.object_list(args.objects)
     if not Path(args.datacfg).is_file():
         raise InputError(f"cannot start training: data cfg not found: {args.datacfg}")
     opts = utils.read_data_cfg(args.datacfg, resolve_paths=True)
@@ -165,7 +167,7 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
 
 
 def extra_object_lists(train_paths: list[str], linemod_dir=None) -> dict[str, list[str]]:
-    """object -> training images of the objects pasted around the main one (spec §6.3 step 4):
+    """object -> training images of the objects pasted around the main one (design §6.3 step 4):
     `<linemod_dir>/<obj>/train.txt`, linemod_dir defaulting to the folder holding the first
     training image's object folder (LINEMOD/benchvise/JPEGImages/x.jpg -> LINEMOD)."""
     folder = Path(linemod_dir) if linemod_dir else Path(train_paths[0]).resolve().parents[2]
@@ -229,13 +231,14 @@ def make_loss(model, args) -> RegionLoss:
 
 
 # --------------------------------------------------------------------------------------------
-# The periodic test (spec §7.5, fixed: §11 item 23)
+# The periodic test (design §7.5, fixed: D23)
 # --------------------------------------------------------------------------------------------
 
 def test_all(model, loaders, objects, device, conf_thresh: float) -> dict:
     """Score every object; returns {'objects': [summary...], 'acc_5px': mean 5 px accuracy,
     'mean_err_2d': mean over objects of the mean 2-D projection error (px)}."""
-    summaries = [valid_multi.evaluate_object(model, loader, o, device, conf_thresh)[0] for o, loader in zip(objects, loaders)]
+    summaries = [valid_multi.evaluate_object(model, loader, o, device, conf_thresh)[0]
+                 for o, loader in zip(objects, loaders)]
     errs = [s["mean_err_2d"] for s in summaries if math.isfinite(s["mean_err_2d"])]
     return {"objects": summaries, "acc_5px": float(np.mean([s["acc_px"][0] for s in summaries])),
             "mean_err_2d": float(np.mean(errs)) if errs else math.nan}
@@ -256,7 +259,7 @@ def log_test(result: dict, epoch: int) -> None:
 
 def main(args) -> dict:
     args, opts = resolve_args(args)
-    device = train.resolve_device(args.device)
+    device = cli.resolve_device(args.device)
     rank, world, device = engine.setup_distributed(device)
     objects = check_inputs(args, opts)
     engine.seed_everything(args.seed)
@@ -273,8 +276,9 @@ def main(args) -> dict:
     train_paths = dataset.read_list(opts["train"])
     try:
         extras = extra_object_lists(train_paths, args.linemod_dir)
-        train_set = dataset.MultiObjectDataset(opts["train"], extras, train=True, seed=args.seed, resample=args.resample,
-                                               bg_dir=args.bg_dir, repro_label_bugs=args.repro_label_bugs,
+        train_set = dataset.MultiObjectDataset(opts["train"], extras, train=True, seed=args.seed,
+                                               resample=args.resample, bg_dir=args.bg_dir,
+                                               repro_label_bugs=args.repro_label_bugs,
                                                num_keypoints=model.num_keypoints)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot start training:\n  {exc}") from None
@@ -337,13 +341,13 @@ def main(args) -> dict:
         if args.objects:
             extra += " --objects " + " ".join(args.objects)
         print(f"score it with:\n  python {os.path.relpath(HERE / 'valid_multi.py')} --datacfg {args.datacfg} "
-              f"--modelcfg {args.modelcfg} --initweightfile {backup / train.BEST_WEIGHTS}{extra}")
+              f"--modelcfg {args.modelcfg} --weightfile {backup / train.BEST_WEIGHTS}{extra}")
     return state
 
 
-def cli(argv=None) -> dict:
+def main_cli(argv=None) -> dict:
     return main(get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-    run_cli(cli, prog="train_multi.py")
+    run_cli(main_cli, prog="train_multi.py")

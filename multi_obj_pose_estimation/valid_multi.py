@@ -1,23 +1,23 @@
-"""Score the multi-object pose network on OCCLUSION test scenes (spec §9.6), one object at a time.
+"""Score the multi-object pose network on OCCLUSION test scenes (design §9.6), one object at a time.
 
     python multi_obj_pose_estimation/valid_multi.py --modelcfg multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg \\
-        --initweightfile backup_multi/model_backup.weights
+        --weightfile backup_multi/model_backup.weights
     python multi_obj_pose_estimation/valid_multi.py --datacfg data/synthetic_multi/cfg/occlusion.data \\
         --modelcfg multi_obj_pose_estimation/cfg/yolo-lite-trial3-multi.cfg \\
-        --initweightfile backup_multi/synthetic/model.weights --test-size 256
+        --weightfile backup_multi/synthetic/model.weights --test-size 256
 
 For every object: the images of its `test_occlusion.txt`, labels from `<obj>/labels_occlusion`
-(re-ordered from the OCCLUSION corner order to the §9.2 order before PnP), boxes by
+(re-ordered from the OCCLUSION corner order to the design §9.2 order before PnP), boxes by
 `utils.get_multi_region_boxes` with the class of the image's first GT; for each GT, the box of its
 class with the highest det_conf. Prints the 2-D projection accuracy at 5, 10, ..., 50 px, plus
 ADD (10 % of the diameter) and 5cm5deg, which the original did not report, then one table.
 
-Differences from the original (spec §11): the objects and their test lists, meshes, diameters
+Differences from the original (design §11): the objects and their test lists, meshes, diameters
 and class ids come from one `.data` file (`valid<k>`, `mesh<k>`, `diam<k>`, class k-1) instead
 of hard-coded per-object files; a GT with no box of its class, or a failed PnP, is a miss.
 
 Reading order: `load_objects` (what to score) -> `OcclusionTestSet` (images + re-ordered labels)
--> `evaluate_object` (the §9.6 loop, also used by train_multi.py) -> `print_table` -> the CLI.
+-> `evaluate_object` (the design §9.6 loop, also used by train_multi.py) -> `print_table` -> the CLI.
 """
 from __future__ import annotations
 
@@ -29,26 +29,28 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
+
+import cli
+import dataset
+import image as im
+import utils
+import valid
+from errors import FlagError, InputError, run_cli
+from linemod_format import from_occlusion_order, occlusion_label_path, read_label_rows, write_text
+from MeshPly import MeshPly
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import dataset  # noqa: E402
-import image as im  # noqa: E402
-import utils  # noqa: E402
-import valid  # noqa: E402
-from MeshPly import MeshPly  # noqa: E402
-from tools.linemod_layout import from_occlusion_order  # noqa: E402
 
 DEFAULT_DATACFG = "cfg/occlusion.data"
 DEFAULT_MODELCFG = "cfg/yolo-pose-multi.cfg"
 DEFAULT_WEIGHTFILE = "backup_multi/model_backup.weights"
-VALID_OBJECTS = ("ape", "can", "cat", "duck", "glue", "holepuncher")  # spec §9.6 (driller, eggbox not scored)
-PX_THRESHOLDS = tuple(range(5, 55, 5))  # spec §9.6: 5, 10, ..., 50 px
+VALID_OBJECTS = ("ape", "can", "cat", "duck", "glue", "holepuncher")  # design §9.6 (driller, eggbox not scored)
+PX_THRESHOLDS = tuple(range(5, 55, 5))  # design §9.6: 5, 10, ..., 50 px
 
 
 def find_path(path) -> str:
@@ -75,11 +77,12 @@ class OcclusionObject:
         return self.setup.name
 
 
-def load_objects(datacfg, objects=None, diam_source: str = "data", pnp_method: str = "iterative") -> list[OcclusionObject]:
-    """The objects of an occlusion `.data` file (spec §3.2 keys valid<k>, mesh<k>, diam<k>).
+def load_objects(datacfg, objects=None, diam_source: str = "data",
+                 pnp_method: str = "iterative") -> list[OcclusionObject]:
+    """The objects of an occlusion `.data` file (design §3.2 keys valid<k>, mesh<k>, diam<k>).
 
     An object's name is its mesh file's stem (LINEMOD/ape/ape.ply -> 'ape'), its class id k - 1.
-    objects: names to keep, in that order; default: the six of spec §9.6 when the file has them
+    objects: names to keep, in that order; default: the six of design §9.6 when the file has them
     all, else every object of the file. diam_source 'data' (diam<k>; the mesh's when missing) or
     'mesh'. Raises FileNotFoundError / ValueError naming the `.data` file and the key.
     """
@@ -115,7 +118,8 @@ def load_objects(datacfg, objects=None, diam_source: str = "data", pnp_method: s
                 diam = float(opts[f"diam{k}"])
             except ValueError:
                 raise ValueError(f"{datacfg}: diam{k} = {opts[f'diam{k}']!r} is not a number") from None
-        setup = valid.EvalSetup(name=name, valid_list=valid_list, vertices=vertices, corners=utils.box_corners(vertices),
+        setup = valid.EvalSetup(name=name, valid_list=valid_list, vertices=vertices,
+                                corners=utils.box_corners(vertices),
                                 K=K, im_width=width, im_height=height, diam=diam, pnp_method=pnp_method,
                                 extra={"datacfg": str(datacfg), "mesh": mesh})
         out.append(OcclusionObject(k - 1, setup))
@@ -123,8 +127,8 @@ def load_objects(datacfg, objects=None, diam_source: str = "data", pnp_method: s
 
 
 class OcclusionTestSet(dataset.PoseDataset):
-    """Test scenes of one object (spec §3.4, §9.6): the images of its test list, its label rows from
-    `<obj>/labels_occlusion/`, re-ordered to the §9.2 corner order unless reorder=False.
+    """Test scenes of one object (design §3.4, §9.6): the images of its test list, its label rows from
+    `<obj>/labels_occlusion/`, re-ordered to the design §9.2 corner order unless reorder=False.
 
     `dataset[i]` -> (image float32 (3, H, W), target float64 (50*21,)) like the single-object test set.
     """
@@ -135,11 +139,11 @@ class OcclusionTestSet(dataset.PoseDataset):
 
     def files_of(self, index: int) -> dict[str, str]:
         path = self.paths[index]
-        return {"image": path, "label file": dataset.occlusion_label_path(path, self.obj)}
+        return {"image": path, "label file": occlusion_label_path(path, self.obj)}
 
     def test_sample(self, index: int, size: tuple[int, int]):
         path = self.paths[index]
-        rows = dataset.read_truths(dataset.occlusion_label_path(path, self.obj), self.label_width)
+        rows = read_label_rows(occlusion_label_path(path, self.obj), self.label_width)
         if self.reorder and len(rows):
             rows = np.stack([from_occlusion_order(r) for r in rows])
         img = dataset.load_image(path)
@@ -149,7 +153,7 @@ class OcclusionTestSet(dataset.PoseDataset):
 
 
 # --------------------------------------------------------------------------------------------
-# The evaluation (spec §9.6)
+# The evaluation (design §9.6)
 # --------------------------------------------------------------------------------------------
 
 def pick_box(boxes: torch.Tensor, class_id: int) -> torch.Tensor | None:
@@ -169,9 +173,9 @@ def threshold_accuracies(err_2d, thresholds=PX_THRESHOLDS) -> list[float]:
 @torch.inference_mode()
 def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thresh: float = utils.MULTI_CONF_THRESH,
                     progress: bool = False) -> tuple[dict, dict]:
-    """Score one object's test scenes (spec §9.6).
+    """Score one object's test scenes (design §9.6).
 
-    loader yields (images (B, 3, H, W), targets (B, 50*21) label rows in the §9.2 order). For each
+    loader yields (images (B, 3, H, W), targets (B, 50*21) label rows in the design §9.2 order). For each
     image: boxes of `utils.get_multi_region_boxes` (score det_conf * class prob, the image's first
     GT class as the corresponding class); for each GT, the highest-det_conf box of its class.
     Returns (summary, records) like `valid.evaluate`: summary = `valid.summarize` plus
@@ -205,9 +209,12 @@ def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thre
             for b, gts in enumerate(valid_rows):
                 for row in gts:
                     box = pick_box(boxes[b], int(row[0]))
-                    # labels and predictions pass through float32 before de-normalisation (spec §4 item 17)
+                    # labels and predictions pass through float32 before de-normalisation (design §9.1)
                     gt_px = row[1:1 + 2 * K].astype(np.float32).reshape(-1, 2) * scale
-                    pr_px = nan_pred if box is None else box[:2 * K].cpu().numpy().astype(np.float32).reshape(-1, 2) * scale
+                    if box is None:
+                        pr_px = nan_pred
+                    else:
+                        pr_px = box[:2 * K].cpu().numpy().astype(np.float32).reshape(-1, 2) * scale
                     res = valid.pose_errors(gt_px, pr_px, setup)
                     for k in (*valid.ERROR_KEYS, "failed", *valid.POSE_KEYS):
                         records[k].append(res[k])
@@ -243,7 +250,7 @@ def make_test_loader(obj: OcclusionObject, shape, batch_size: int = 1, workers: 
 # --------------------------------------------------------------------------------------------
 
 def report(summary: dict, file=None) -> None:
-    """The original's per-threshold lines (spec §9.6), then ADD and 5cm5deg."""
+    """The original's per-threshold lines (design §9.6), then ADD and 5cm5deg."""
     valid.log(f"   Results of {summary['object']} (class {summary['class_id']}, {summary['n']} objects)", file)
     for th, acc in zip(summary["thresholds"], summary["acc_px"]):
         valid.log(f"   Acc using {th} px 2D Projection = {acc:.2f}%", file)
@@ -282,48 +289,46 @@ def print_table(summaries: list, file=None) -> None:
 # --------------------------------------------------------------------------------------------
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modelcfg", default=DEFAULT_MODELCFG, help=f"network cfg (default {DEFAULT_MODELCFG})")
-    p.add_argument("--initweightfile", "--weightfile", dest="initweightfile", default=DEFAULT_WEIGHTFILE,
-                   help=f"darknet weights to score (the original's flag name; default {DEFAULT_WEIGHTFILE})")
-    p.add_argument("--datacfg", default=DEFAULT_DATACFG,
-                   help=f"occlusion .data file with valid<k>/mesh<k>/diam<k> (default {DEFAULT_DATACFG})")
-    p.add_argument("--objects", nargs="+", default=None,
-                   help=f"objects to score (default: {' '.join(VALID_OBJECTS)} when the .data file has them, else all)")
-    p.add_argument("--conf-thresh", type=float, default=utils.MULTI_CONF_THRESH, help="box score threshold (spec §4.2)")
-    p.add_argument("--test-size", type=int, default=None, help="square input size, a multiple of 32 (default: cfg)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (boxes are chosen per image)")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p = cli.default_argument_parser(__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1])
+    cli.add_model(p, cfg_default=DEFAULT_MODELCFG, weights="weightfile", weights_default=DEFAULT_WEIGHTFILE,
+                  weights_aliases=("initweightfile",),
+                  weights_help=f"darknet weights to score (alias --initweightfile, the original's name; "
+                               f"default {DEFAULT_WEIGHTFILE})")
+    cli.add_datacfg(p, default=DEFAULT_DATACFG,
+                    help=f"occlusion .data file with valid<k>/mesh<k>/diam<k> (default {DEFAULT_DATACFG})")
+    cli.add_objects(p, help=f"objects to score (default: {' '.join(VALID_OBJECTS)} when the .data file has them, "
+                            f"else all)")
+    cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH, help="box score threshold (design §4.2)")
+    cli.add_sizes(p, test=True, test_help="square input size, a multiple of 32 (default: the cfg width x height)")
+    cli.add_batch_size(p, default=1, help="images per forward pass (boxes are chosen per image)")
+    cli.add_workers(p, default=0)
+    cli.add_device(p)
     p.add_argument("--diam", choices=valid.DIAM_SOURCES, default="data", help="ADD diameter: diam<k> or the mesh's")
-    p.add_argument("--pnp", choices=sorted(utils.PNP_METHODS), default="iterative", help="PnP solver (original: iterative)")
-    p.add_argument("--resample", choices=tuple(im.RESAMPLE_FILTERS), default=im.DEFAULT_RESAMPLE,
-                   help="test-image resize filter (nearest: Pillow < 7, spec §6.4)")
+    cli.add_pnp(p)
+    cli.add_resample(p, "test-image resize filter")
     p.add_argument("--json", default=None, metavar="FILE", help="write every summary (and the mean) as JSON")
     p.add_argument("--quiet", action="store_true", help="only the table")
     return p
 
 
 def check_args(args) -> argparse.Namespace:
-    """Resolve the default paths and check the flags that need no file (ValueError)."""
+    """Resolve the default paths and check the flags that need no file (FlagError)."""
     args.datacfg, args.modelcfg = find_path(args.datacfg), find_path(args.modelcfg)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, found {args.batch_size}")
-    if args.test_size is not None and (args.test_size < 32 or args.test_size % 32):
-        raise ValueError(f"--test-size must be a positive multiple of 32 (the network stride), found {args.test_size}")
+    args.objects = cli.object_list(args.objects)
+    cli.check_positive("--batch-size", args.batch_size)
+    cli.check_size("--test-size", args.test_size)
     if not 0.0 <= args.conf_thresh < 1.0:
-        raise ValueError(f"--conf-thresh must be in [0, 1), found {args.conf_thresh}")
+        raise FlagError(f"--conf-thresh must be in [0, 1), found {args.conf_thresh}")
     return args
 
 
 def main(args) -> list:
-    """Score every object; return their summaries. Bad inputs stop here with SystemExit."""
+    """Score every object; return their summaries. Bad inputs stop here with an InputError."""
     try:
         args = check_args(args)
         device = valid.resolve_device(args.device)
         objects = load_objects(args.datacfg, args.objects, args.diam, args.pnp)
-        model = valid.load_model(args.modelcfg, args.initweightfile, device)
+        model = valid.load_model(args.modelcfg, args.weightfile, device)
         size = (args.test_size,) * 2 if args.test_size else (model.test_width, model.test_height)
         loaders = [make_test_loader(o, size, args.batch_size, args.workers, args.resample) for o in objects]
         for o in objects:
@@ -331,23 +336,22 @@ def main(args) -> list:
                 raise ValueError(f"{args.datacfg}: object {o.name!r} has class id {o.class_id} but {args.modelcfg} "
                                  f"has {model.num_classes} classes")
     except (OSError, ValueError) as exc:  # CfgError and MeshError are ValueErrors
-        raise SystemExit(f"valid_multi.py: cannot evaluate:\n  {exc}")
+        raise InputError(f"cannot evaluate:\n  {exc}") from None
     summaries = []
     for obj, loader in zip(objects, loaders):
         if not args.quiet:
             valid.log(f"Testing {obj.name}: {len(loader.dataset)} test images at {size[0]}x{size[1]}")
         summary, _ = evaluate_object(model, loader, obj, device, args.conf_thresh, progress=not args.quiet)
-        summary.update(model=str(args.modelcfg), weights=str(args.initweightfile), test_size=list(size))
+        summary.update(model=str(args.modelcfg), weights=str(args.weightfile), test_size=list(size))
         summaries.append(summary)
         if not args.quiet:
             report(summary)
     print_table(summaries)
     if args.json:
         payload = {"objects": summaries, "mean": mean_row(summaries) if len(summaries) > 1 else None}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(valid._json_safe(payload), indent=2))
+        write_text(args.json, json.dumps(valid._json_safe(payload), indent=2))
     return summaries
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)))

@@ -1,4 +1,9 @@
-"""Shared fixtures: where the golden outputs and the real backbones live."""
+"""Shared fixtures: the golden outputs of the original code (tests/data/golden) and the repository root.
+
+A missing golden file fails the test that needs it: the faithfulness checks run on every machine.
+SSP_GOLDEN may point at another copy of the golden folder (optional; the default is tests/data/golden).
+"""
+import hashlib
 import os
 from pathlib import Path
 
@@ -6,14 +11,17 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# CI clones the project with shared/ beside it; SSP_SHARED overrides that for other layouts.
-SHARED = Path(os.environ.get("SSP_SHARED", ROOT.parent / "shared"))
-GOLDEN = SHARED / "golden"
+GOLDEN = Path(os.environ.get("SSP_GOLDEN", ROOT / "tests" / "data" / "golden"))
+# yolo_lite_trial3_full.weights (2.2 MB) is not committed: the `golden_weights` fixture rebuilds it
+# from the VOC backbone in weights/ and the head in yolo_lite_trial3.npz (tests/data/README.md),
+# and checks it byte for byte against the golden file's digest.
+GOLDEN_WEIGHTS_SHA256 = "d222efaaa4048c64d511029c167c7a573d929e2016f3e92a594f4b2d42370896"
+GOLDEN_WEIGHTS_BYTES = 2_188_832
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"golden material not found at {path} (set SSP_SHARED to the shared/ folder)")
+        pytest.fail(f"golden file missing: {path} (see tests/data/README.md)")
     return path
 
 
@@ -29,10 +37,44 @@ def golden(golden_dir):
 
     def load(stem: str):
         if stem not in cache:
-            cache[stem] = dict(np.load(golden_dir / f"{stem}.npz", allow_pickle=False))
+            cache[stem] = dict(np.load(_require(golden_dir / f"{stem}.npz"), allow_pickle=False))
         return cache[stem]
 
     return load
+
+
+def build_golden_weights(golden, path: Path) -> Path:
+    """The recipe of yolo_lite_trial3.npz (tests/data/README.md): the VOC trial 3 backbone loaded until the
+    last layer, seen 0, the seeded head of yolo_lite_trial3.npz, saved with save_weights."""
+    import torch
+
+    from darknet import Darknet
+
+    g = golden("yolo_lite_trial3")
+    model = Darknet(ROOT / "cfg" / "yolo-lite-trial3-pose.cfg")
+    model.load_weights_until_last(ROOT / "weights" / "tiny-yolov2-trial3-voc.weights")
+    assert model.header.tolist() == g["init_header"].tolist()
+    model.seen = 0
+    with torch.no_grad():
+        model.models[11].conv.weight.copy_(torch.from_numpy(g["head_weight"]))
+        model.models[11].conv.bias.zero_()
+    model.save_weights(path)
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def golden_weights(golden, tmp_path_factory) -> Path:
+    """yolo_lite_trial3_full.weights: the golden file if SSP_GOLDEN has it, else rebuilt; its digest checked."""
+    path = GOLDEN / "yolo_lite_trial3_full.weights"
+    if not path.exists():
+        path = build_golden_weights(golden, tmp_path_factory.mktemp("golden") / "yolo_lite_trial3_full.weights")
+    assert path.stat().st_size == GOLDEN_WEIGHTS_BYTES and sha256(path) == GOLDEN_WEIGHTS_SHA256, \
+        f"{path} differs from the golden yolo_lite_trial3_full.weights"
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,9 @@
 """benchmarks/run_all.py: table collection and the FLOP-ceiling column."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import run_all  # noqa: E402
+from benchmarks import run_all
 
 OUT = """progress line
 | net | batch | GFLOP/s | vs eager |
@@ -26,7 +22,8 @@ device cpu
 
 def test_tables_keeps_the_last_copy_of_each_table():
     (t,) = run_all.tables(OUT)
-    assert t[0] == "| net | batch | GFLOP/s | vs eager |" and len(t) == 4  # a lone row without a separator is not a table
+    # a lone row without a separator is not a table
+    assert t[0] == "| net | batch | GFLOP/s | vs eager |" and len(t) == 4
 
 
 def test_ceiling_column():

@@ -1,4 +1,4 @@
-"""darknet.py: cfg parsing, network building, forward semantics and `.weights` I/O (spec §1, §2, §14)."""
+"""darknet.py: cfg parsing, network building, forward semantics and `.weights` I/O (design §1, §2, §14)."""
 from __future__ import annotations
 
 import io
@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import darknet
+from conftest import GOLDEN_WEIGHTS_BYTES, GOLDEN_WEIGHTS_SHA256, build_golden_weights, sha256
 from darknet import CfgError, Darknet, parse_cfg, parse_cfg_text
 
-# spec §1.5, §14.1, §14.2: (cfg, trainable parameters, .weights bytes)
+# design §1.5, §14.1, §14.2: (cfg, trainable parameters, .weights bytes)
 CFG_SIZES = [
     ("cfg/yolo-pose.cfg", 50_547_764, 202_273_760),
     ("cfg/yolo-pose-pre.cfg", 50_560_064, 202_322_960),
@@ -106,7 +107,7 @@ def test_yolov2_layer_table_and_forward_plan(root):
     with torch.device("meta"):
         model = Darknet(root / "cfg/yolo-pose.cfg")
     specs = model.specs
-    assert [s.stored for s in specs if s.stored][:3] == [992, 18688, 74240]  # spec §1.5
+    assert [s.stored for s in specs if s.stored][:3] == [992, 18688, 74240]  # design §1.5
     assert specs[29].stored == 11_800_576 and specs[30].stored == 20_500
     assert specs[25].sources == (16,) and specs[28].sources == (27, 24)
     assert specs[27].out_shape == (256, 13, 13) and specs[28].out_shape == (1280, 13, 13)
@@ -129,7 +130,7 @@ def test_reorg_matches_golden_and_formula(golden):
         assert np.array_equal(y.numpy(), g[f"y_{shape}"])
         b, c, h, w = x.shape
         s = 2
-        for dy in range(s):  # the spec §1.2 index formula, slice by slice
+        for dy in range(s):  # the design §1.2 index formula, slice by slice
             for dx in range(s):
                 assert torch.equal(y[:, (dy * s + dx) * c:(dy * s + dx + 1) * c], x[:, :, dy::s, dx::s])
         assert not torch.equal(y, F.pixel_unshuffle(x, 2))
@@ -316,12 +317,9 @@ def test_connected_weights_round_trip(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 @pytest.fixture(params=[3, 10], ids=["trial3", "trial10"])
-def backbone(request, golden_dir, root):
+def backbone(request, root):
     t = request.param
-    path = golden_dir.parent / "data" / "weights" / f"tiny-yolov2-trial{t}-voc.weights"
-    if not path.exists():
-        path = root / "weights" / path.name
-    return t, path, root / f"cfg/yolo-lite-trial{t}-pose.cfg"
+    return t, root / "weights" / f"tiny-yolov2-trial{t}-voc.weights", root / f"cfg/yolo-lite-trial{t}-pose.cfg"
 
 
 def test_backbone_until_last(backbone):
@@ -335,7 +333,7 @@ def test_backbone_until_last(backbone):
     assert torch.equal(model.models[11].conv.weight, head)  # the head keeps its fresh init
     f = raw_floats(path)
     layer0 = model.models[0]
-    if trial == 3:  # spec §2.1: beta, gamma, mean, var, weights
+    if trial == 3:  # design §2.1: beta, gamma, mean, var, weights
         expect = [layer0.bn.bias, layer0.bn.weight, layer0.bn.running_mean, layer0.bn.running_var, layer0.conv.weight]
     else:  # bias, weights
         expect = [layer0.conv.bias, layer0.conv.weight]
@@ -365,10 +363,10 @@ def test_backbone_full_load_is_refused(backbone):
     assert model.seen == 0
 
 
-def test_golden_yolo_lite_trial3(golden, golden_dir, root):
+def test_golden_yolo_lite_trial3(golden, golden_weights, root):
     g = golden("yolo_lite_trial3")
     model = Darknet(root / TRIAL3)
-    model.load_weights(golden_dir / "yolo_lite_trial3_full.weights")
+    model.load_weights(golden_weights)
     assert model.header.tolist() == g["saved_header"].tolist() == [0, 1, 0, 0]
     assert np.array_equal(model.models[11].conv.weight.detach().numpy(), g["head_weight"])
     assert np.array_equal(model.models[11].conv.bias.detach().numpy(), g["head_bias"])
@@ -380,24 +378,16 @@ def test_golden_yolo_lite_trial3(golden, golden_dir, root):
     assert out.shape == (1, 20, 13, 13)
     np.testing.assert_allclose(out.numpy(), g["output"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(feats["backbone"].numpy(), g["backbone_out"], rtol=1e-5, atol=1e-5)
-    # the backbone payload is the first floats of the VOC init file (golden README (a))
+    # the backbone payload is the first floats of the VOC init file (tests/data/README.md)
     init = root / "weights" / "tiny-yolov2-trial3-voc.weights"
     n = int(g["n_backbone_floats"])
-    assert np.array_equal(raw_floats(golden_dir / "yolo_lite_trial3_full.weights")[:n], raw_floats(init)[:n])
+    assert np.array_equal(raw_floats(golden_weights)[:n], raw_floats(init)[:n])
 
 
-def test_golden_recipe_reproduces_the_file(golden, golden_dir, root, tmp_path):
-    """Recipe (a): until-last load of the VOC file, seen=0, seeded head, save == the golden bytes."""
-    g = golden("yolo_lite_trial3")
-    model = Darknet(root / TRIAL3)
-    model.load_weights_until_last(root / "weights" / "tiny-yolov2-trial3-voc.weights")
-    assert model.header.tolist() == g["init_header"].tolist()
-    model.seen = 0
-    with torch.no_grad():
-        model.models[11].conv.weight.copy_(torch.from_numpy(g["head_weight"]))
-        model.models[11].conv.bias.zero_()
-    model.save_weights(tmp_path / "full.weights")
-    assert (tmp_path / "full.weights").read_bytes() == (golden_dir / "yolo_lite_trial3_full.weights").read_bytes()
+def test_golden_recipe_reproduces_the_file(golden, tmp_path):
+    """Recipe (a): until-last load of the VOC file, seen=0, seeded head, save == the golden bytes (their digest)."""
+    path = build_golden_weights(golden, tmp_path / "full.weights")
+    assert path.stat().st_size == GOLDEN_WEIGHTS_BYTES and sha256(path) == GOLDEN_WEIGHTS_SHA256
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""The shipped LINEMOD `.data` files carry every key of spec §3.2 with the right values."""
+"""The shipped LINEMOD `.data` files carry every key of design §3.2 with the right values."""
 import pytest
 
 import utils
 
-KEYS = ("train", "valid", "backup", "mesh", "tr_range", "name", "diam", "gpus", "width", "height", "fx", "fy", "u0", "v0")
+KEYS = ("train", "valid", "backup", "mesh", "tr_range", "name", "diam", "gpus", "width", "height",
+        "fx", "fy", "u0", "v0")
 
 
 @pytest.mark.parametrize("name", utils.LINEMOD_OBJECTS)
@@ -18,8 +19,10 @@ def test_linemod_data_file(root, name):
     assert opts["train"] == f"LINEMOD/{name}/train.txt" and opts["valid"] == f"LINEMOD/{name}/test.txt"
     assert opts["mesh"] == f"LINEMOD/{name}/{name}.ply"
     K, w, h = utils.camera_from_data_cfg(opts)
-    assert (w, h) == (640, 480) and K[0, 0] == 572.4114 and K[1, 1] == 573.5704 and K[0, 2] == 325.2611 and K[1, 2] == 242.0489
-    assert all("=" in line for line in text.splitlines() if line.strip()), "the original reader needs key = value lines only"
+    assert (w, h) == (640, 480)
+    assert K[0, 0] == 572.4114 and K[1, 1] == 573.5704 and K[0, 2] == 325.2611 and K[1, 2] == 242.0489
+    assert all("=" in line for line in text.splitlines() if line.strip()), \
+        "the original reader needs key = value lines only"
 
 
 def test_occlusion_data_file(root):

@@ -15,6 +15,7 @@ import detect
 import utils
 import valid
 from darknet import Darknet
+from errors import InputError
 from tools.make_synthetic_linemod import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def run_detect(argv):
 def test_images_give_the_poses_of_valid(setup, tmp_path):
     out = tmp_path / "out"
     res = run_detect([setup["images"], "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--weightfile",
-                      setup["weights"], "--size", SIZE, "--out", out, "--quiet"])
+                      setup["weights"], "--test-size", SIZE, "--out", out, "--quiet"])
     names = sorted(Path(p).stem for p in setup["paths"])
     assert [f["frame"] for f in res["frames"]] == names
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.png" for n in names] + ["detections.json"])
@@ -84,7 +85,7 @@ def test_video_writes_mp4_and_json(setup, tmp_path):
         writer.write(cv2.imread(p))
     writer.release()
     res = run_detect([video, "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--weightfile", setup["weights"],
-                      "--size", SIZE, "--out", tmp_path / "out", "--quiet"])
+                      "--test-size", SIZE, "--out", tmp_path / "out", "--quiet"])
     n = len(setup["paths"])
     assert n >= 2 and [f["frame"] for f in res["frames"]] == [f"clip_{i:06d}" for i in range(n)]
     assert all(len(f["detections"]) == 1 for f in res["frames"])
@@ -119,7 +120,7 @@ def test_corrupt_video_frame_is_skipped_and_counted(setup, tmp_path, monkeypatch
     (tmp_path / "v.mp4").write_bytes(b"placeholder")
     monkeypatch.setattr(detect.cv2, "VideoCapture", FlakyCapture)
     res = run_detect([tmp_path / "v.mp4", "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--weightfile",
-                      setup["weights"], "--size", SIZE, "--out", tmp_path / "out", "--quiet", "--no-images"])
+                      setup["weights"], "--test-size", SIZE, "--out", tmp_path / "out", "--quiet", "--no-images"])
     assert res["skipped_frames"] == 1 and len(res["frames"]) == 3
     assert "1 corrupt frames skipped" in capsys.readouterr().out
 
@@ -131,7 +132,8 @@ def test_corrupt_video_frame_is_skipped_and_counted(setup, tmp_path, monkeypatch
     ("empty", "no images"),
 ])
 def test_bad_sources(setup, tmp_path, case, message):
-    source = {"missing": tmp_path / "nope.mp4", "camera": "97", "empty": tmp_path}[case] if case != "unreadable" else None
+    sources = {"missing": tmp_path / "nope.mp4", "camera": "97", "empty": tmp_path}
+    source = sources[case] if case != "unreadable" else None
     if case == "unreadable":
         source = tmp_path / "broken.jpg"
         source.write_bytes(b"\xff\xd8 this is not a jpeg")
@@ -175,6 +177,6 @@ def test_onnx_export_matches_pytorch(tmp_path):
 def test_onnx_cli_refuses_missing_weights(tmp_path):
     from tools import export_onnx
 
-    with pytest.raises(SystemExit, match="weights not found"):
+    with pytest.raises(InputError, match="weights not found"):
         export_onnx.main(export_onnx.get_args_parser().parse_args(
             ["--modelcfg", str(TRIAL3), "--weightfile", str(tmp_path / "x.weights")]))

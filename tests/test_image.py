@@ -1,4 +1,4 @@
-"""The augmentation steps of image.py against spec §6.1, §6.3 and §6.4."""
+"""The augmentation steps of image.py against design §6.1, §6.3 and §6.4."""
 import numpy as np
 import pytest
 from PIL import Image, ImageChops
@@ -10,7 +10,7 @@ def _rand_img(rng, h=48, w=64):
     return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-# -------------------------------------------------------------------------- resampling (§6.4)
+# -------------------------------------------------------------------------- resampling (design §6.4)
 
 def test_resample_filter_names():
     assert im.resample_filter("bicubic") == Image.Resampling.BICUBIC
@@ -20,7 +20,7 @@ def test_resample_filter_names():
         im.resample_filter("bilinear")
 
 
-# -------------------------------------------------------------------------- background (§6.1 step 2)
+# -------------------------------------------------------------------------- background (design §6.1 step 2)
 
 @pytest.mark.parametrize("resample", ["nearest", "bicubic"])
 def test_replace_background_keeps_object_and_replaces_background(resample):
@@ -51,7 +51,7 @@ def test_replace_background_is_per_channel_and_checks_size():
         im.replace_background(img, np.zeros((10, 10), np.uint8), bg)
 
 
-# -------------------------------------------------------------------------- crop jitter (§6.1 step 3)
+# -------------------------------------------------------------------------- crop jitter (design §6.1 step 3)
 
 def test_crop_offsets_range_and_determinism():
     rng = np.random.default_rng(2)
@@ -69,7 +69,7 @@ def test_crop_with_offsets_off_by_one_and_black_outside():
     img = Image.fromarray(arr)
     pleft, ptop, sw, sh = -5, 7, 40, 30
     crop = im.crop_with_offsets(img, pleft, ptop, sw, sh)
-    assert crop.size == (sw - 1, sh - 1)  # the original's PIL box is right/bottom exclusive (§11 item 19)
+    assert crop.size == (sw - 1, sh - 1)  # the original's PIL box is right/bottom exclusive (D19)
     fixed = im.crop_with_offsets(img, pleft, ptop, sw, sh, fix_off_by_one=True)
     assert fixed.size == (sw, sh)
     c = np.asarray(fixed)
@@ -85,7 +85,7 @@ def test_crop_resize_gives_network_size():
     assert im.crop_resize(img, (0, 0, 0, 0), (40, 24)).size == (40, 24)
 
 
-# -------------------------------------------------------------------------- HSV (§6.1 step 5)
+# -------------------------------------------------------------------------- HSV (design §6.1 step 5)
 
 def test_rand_scale_and_hsv_draws():
     rng = np.random.default_rng(6)
@@ -126,7 +126,7 @@ def test_saturation_and_exposure_scale_and_clip():
         im.distort_hsv(Image.new("RGB", (2, 2)), 0, 1, 1)
 
 
-# -------------------------------------------------------------------------- labels (§6.1 step 6, §6.3)
+# -------------------------------------------------------------------------- labels (design §6.1 step 6, §6.3)
 
 def _row(xs, ys, cls=3.0, xr=0.123, yr=0.456):
     pts = np.stack([xs, ys], axis=1).reshape(-1)
@@ -145,7 +145,7 @@ def test_label_transform_matches_hand_computation():
         np.testing.assert_allclose(r[1:19:2], (x_in * ow - 10) / sw, rtol=0, atol=1e-12)  # x' = (x*ow - pleft)/sw
         np.testing.assert_allclose(r[2:19:2], (y_in * oh - 5) / sh, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(out[:, 0], [3.0, 1.0])  # class unchanged
-    np.testing.assert_array_equal(out[:, 19:], [[0.123, 0.456]] * 2)  # ranges unchanged (§11 item 21)
+    np.testing.assert_array_equal(out[:, 19:], [[0.123, 0.456]] * 2)  # ranges unchanged (D21)
     np.testing.assert_array_equal(rows[0], _row(xs, ys))  # input untouched
 
 
@@ -176,7 +176,7 @@ def test_label_flip_shift_and_recomputed_ranges():
         im.crop_label_params((0, 0, 0, 0), 640, 480, shift=(1, 0))
 
 
-# -------------------------------------------------------------------------- flip / shift (§6.3)
+# -------------------------------------------------------------------------- flip / shift (design §6.3)
 
 def test_flip_lr_and_shift_helpers():
     arr = _rand_img(np.random.default_rng(9), 6, 8)
@@ -184,7 +184,8 @@ def test_flip_lr_and_shift_helpers():
     np.testing.assert_array_equal(im.flip_lr(arr), arr[:, ::-1])
     wrapped = im.shift_image(Image.fromarray(arr), 3, -2, wrap=True)  # the original's ImageChops.offset
     np.testing.assert_array_equal(np.asarray(wrapped), np.roll(arr, (-2, 3), axis=(0, 1)))
-    np.testing.assert_array_equal(im.shift_image(arr, 3, -2, wrap=True), np.asarray(ImageChops.offset(Image.fromarray(arr), 3, -2)))
+    np.testing.assert_array_equal(im.shift_image(arr, 3, -2, wrap=True),
+                                  np.asarray(ImageChops.offset(Image.fromarray(arr), 3, -2)))
     padded = im.shift_image(arr, 3, -2, wrap=False)
     np.testing.assert_array_equal(padded[:4, 3:], arr[2:, :5])  # content moved right 3, up 2
     np.testing.assert_array_equal(padded[:, :3], 0)

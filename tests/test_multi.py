@@ -1,8 +1,8 @@
 """Multi-object pose (OCCLUSION): get_multi_region_boxes, the occlusion test set and its corner
-re-ordering, the pasted-object sample, train_multi.py and valid_multi.py (spec §4.2, §5.7, §6.3,
-§7.2, §7.5, §9.6).
+re-ordering, the pasted-object sample, train_multi.py and valid_multi.py (design §4.2, §5.7, §6.3,
+design §7.2, §7.5, §9.6).
 
-Anchor assignment (spec §5.7, fixed and --repro-anchor-bug, including the all-zero-IoU case) is
+Anchor assignment (design §5.7, fixed and --repro-anchor-bug, including the all-zero-IoU case) is
 tested in tests/test_region_loss.py: test_choose_anchors_first_largest_iou_and_zero_fallback and
 test_multi_anchor_assignment_and_tconf_row. Here we only check that train_multi builds that loss.
 """
@@ -21,8 +21,9 @@ import dataset
 import train
 import utils
 from darknet import Darknet, parse_cfg
+from errors import InputError
 from multi_obj_pose_estimation import train_multi, valid_multi
-from tools.linemod_layout import OCCLUSION_PERM
+from linemod_format import OCCLUSION_PERM, occlusion_label_path
 from tools.make_synthetic_linemod import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +42,12 @@ def occ(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------------------------
-# get_multi_region_boxes (spec §4.2) against a plain loop
+# get_multi_region_boxes (design §4.2) against a plain loop
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def loop_multi_boxes(root):
-    """The per-cell loop reference of benchmarks/bench_multi_boxes.py (a direct transcription of §4.2)."""
+    """The per-cell loop reference of benchmarks/bench_multi_boxes.py (a direct transcription of design §4.2)."""
     spec = importlib.util.spec_from_file_location("bench_multi_boxes", root / "benchmarks" / "bench_multi_boxes.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -73,7 +74,7 @@ def test_get_multi_region_boxes_matches_the_loop(loop_multi_boxes, thresh, only_
 
 
 def test_fallback_is_the_running_update_not_the_most_confident_cell():
-    """spec §4.2: a cell replaces the fallback only if det_conf AND the class probability increase."""
+    """design §4.2: a cell replaces the fallback only if det_conf AND the class probability increase."""
     C, W = 3, 3
     output = torch.zeros(1, 2 * K + 1 + C, 1, W)
     logit = lambda p: math.log(p / (1 - p))
@@ -117,7 +118,7 @@ def test_threshold_accuracies():
 
 
 # --------------------------------------------------------------------------------------------
-# The occlusion test set (spec §3.4, §9.6) and the evaluation on planted outputs
+# The occlusion test set (design §3.4, §9.6) and the evaluation on planted outputs
 # --------------------------------------------------------------------------------------------
 
 def test_occlusion_labels_are_reordered_to_the_linemod_order(occ):
@@ -128,7 +129,7 @@ def test_occlusion_labels_are_reordered_to_the_linemod_order(occ):
         ts = valid_multi.OcclusionTestSet(o.setup.valid_list, o.name, 64)
         raw = valid_multi.OcclusionTestSet(o.setup.valid_list, o.name, 64, reorder=False)
         for i, path in enumerate(ts.paths):
-            scene_rows = dataset.read_truths(dataset.label_path(path))  # the scene's labels, §9.2 order
+            scene_rows = dataset.read_truths(dataset.label_path(path))  # the scene's labels, design §9.2 order
             mine = ts[i][1].numpy().reshape(50, 21)[0]
             expect = scene_rows[scene_rows[:, 0] == o.class_id][0]
             np.testing.assert_allclose(mine, expect, atol=1e-12)
@@ -144,7 +145,7 @@ def test_missing_occlusion_label_is_named(occ, tmp_path):
     path = dataset.read_list(o.setup.valid_list)[0]
     lst = tmp_path / "list.txt"
     lst.write_text(path + "\n")
-    label = dataset.occlusion_label_path(path, "obj09")
+    label = occlusion_label_path(path, "obj09")
     with pytest.raises(FileNotFoundError, match=f"{label}: label file not found"):
         valid_multi.OcclusionTestSet(lst, "obj09", 64)
 
@@ -196,7 +197,7 @@ def test_evaluate_object_on_planted_predictions(occ):
 
 
 def test_training_test_records_the_5px_accuracy(occ):
-    """spec §7.5 / §11 item 23: the recorded accuracy is the 5 px one (the original kept 50 px)."""
+    """design §7.5 / D23: the recorded accuracy is the 5 px one (the original kept 50 px)."""
     obj = valid_multi.load_objects(occ / "cfg/occlusion.data", ["obj00"])[0]
     loader = valid_multi.make_test_loader(obj, (256, 256), batch_size=1)
     gts = [t.numpy().reshape(50, 21)[0] for _, ts in loader for t in ts]
@@ -210,7 +211,7 @@ def test_training_test_records_the_5px_accuracy(occ):
 
 
 # --------------------------------------------------------------------------------------------
-# The training sample (spec §6.3): pasted labels follow their masks
+# The training sample (design §6.3): pasted labels follow their masks
 # --------------------------------------------------------------------------------------------
 
 def _centroid_to_mask_px(row, mask, S):
@@ -232,14 +233,14 @@ def test_pasted_objects_keep_their_labels_on_their_masks(occ):
             pasted += (len(s.labels) - n_main) * (not repro)
             for row, mask in zip(s.labels, s.masks):
                 d = _centroid_to_mask_px(row, mask, S)
-                if not repro:  # within a pixel: the crop's off-by-one (§11 item 19) and silhouette edges
+                if not repro:  # within a pixel: the crop's off-by-one (D19) and silhouette edges
                     assert d <= 1.5, f"seed {seed}: centroid {d:.1f} px away from its pasted mask"
                 far[repro] += d > 10
     assert pasted >= 6 and far[True] > 0  # the reproduction flag brings back the unflipped labels
 
 
 # --------------------------------------------------------------------------------------------
-# train_multi.py (spec §5.6, §7.2, §7.5)
+# train_multi.py (design §5.6, §7.2, §7.5)
 # --------------------------------------------------------------------------------------------
 
 def test_schedule_counts_raw_batches():
@@ -257,12 +258,13 @@ def test_loss_uses_the_cfg_anchors_classes_and_ms_scales(repro):
     args = train_multi.get_args_parser().parse_args(["--pretrain_num_epochs", "3"] + ["--repro-anchor-bug"] * repro)
     loss = train_multi.make_loss(Darknet(TRIAL3_MULTI), args)
     assert (loss.num_classes, loss.num_anchors, loss.pretrain_num_epochs, loss.repro_anchor_bug) == (13, 5, 3, repro)
-    assert loss.anchors == pytest.approx([1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879, 5.8851])
+    assert loss.anchors == pytest.approx([1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879,
+                                          5.8851])
     assert (loss.coord_scale, loss.noobject_scale, loss.object_scale, loss.class_scale) == (1.0, 1.0, 5.0, 1.0)
 
 
 def test_a_few_steps_lower_the_loss(occ):
-    """SGD on one multi-object batch (the §6.3 sample) with the multi loss: the loss goes down."""
+    """SGD on one multi-object batch (the design §6.3 sample) with the multi loss: the loss goes down."""
     torch.manual_seed(0)
     model = Darknet(TRIAL3_MULTI)
     model.load_weights_until_last(BACKBONE3)
@@ -283,6 +285,7 @@ def test_a_few_steps_lower_the_loss(occ):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeypatch, capsys):
     """No flags: the synthetic set is generated (here a copy of the fixture's), the small network
     trains, the 5 px accuracy is recorded, and the printed valid_multi command prints the table."""
@@ -317,7 +320,7 @@ def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeyp
     assert table[0] == ("| object | n | 5 px | 10 px | 15 px | 20 px | 25 px | 30 px | 35 px | 40 px | 45 px | 50 px "
                         "| ADD | 5cm5deg | mean px err |")
     assert [line.split(" | ")[0] for line in table[2:]] == ["| obj00", "| obj01", "| obj02", "| mean"]
-    # the trained model scores what training recorded (the 5 px accuracy, spec §11 item 23)
+    # the trained model scores what training recorded (the 5 px accuracy, D23)
     assert np.mean([s["acc_px"][0] for s in summaries]) == pytest.approx(costs["testing_accuracies"][0])
     assert all(list(s["acc_px"]) == sorted(s["acc_px"]) for s in summaries)
 
@@ -338,21 +341,23 @@ def test_train_multi_reports_missing_files_before_training(occ, tmp_path, capsys
 def test_train_multi_refuses_a_single_object_network(occ, tmp_path):
     args = ["--datacfg", str(occ / "cfg/occlusion.data"), "--modelcfg", str(ROOT / "cfg/yolo-lite-trial3-pose.cfg"),
             "--initweightfile", "none", "--backupdir", str(tmp_path / "b"), "--quiet"]
-    with pytest.raises(SystemExit, match=r"object 'obj01' has class id 1 but .*yolo-lite-trial3-pose\.cfg has 1 classes"):
+    with pytest.raises(SystemExit,
+                       match=r"object 'obj01' has class id 1 but .*yolo-lite-trial3-pose\.cfg has 1 classes"):
         train_multi.main(train_multi.get_args_parser().parse_args(args))
 
 
 def test_valid_multi_bad_inputs(occ, tmp_path):
     data = str(occ / "cfg/occlusion.data")
     run = lambda *a: valid_multi.main(valid_multi.get_args_parser().parse_args(list(a) + ["--quiet"]))
-    with pytest.raises(SystemExit, match=r"weights file not found: .*missing\.weights"):
+    with pytest.raises(InputError, match=r"weights file not found: .*missing\.weights"):
         run("--datacfg", data, "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", str(tmp_path / "missing.weights"))
-    with pytest.raises(SystemExit, match=r"does not fit .*yolo-lite-trial3-multi\.cfg: the file holds"):
+    with pytest.raises(InputError, match=r"does not fit .*yolo-lite-trial3-multi\.cfg: the file holds"):
         run("--datacfg", data, "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", str(BACKBONE3))
-    with pytest.raises(SystemExit, match=r"no object named 'ape'; its objects \(mesh<k> stems\) are \['obj00', 'obj01', 'obj02'\]"):
+    with pytest.raises(InputError,
+                       match=r"no object named 'ape'; its objects \(mesh<k> stems\) are \['obj00', 'obj01', 'obj02'\]"):
         run("--datacfg", data, "--objects", "ape")
     single = occ / "cfg/obj00.data"
-    with pytest.raises(SystemExit, match=f"{single}: no 'mesh<k>' keys; expected an occlusion .data file"):
+    with pytest.raises(InputError, match=f"{single}: no 'mesh<k>' keys; expected an occlusion .data file"):
         run("--datacfg", str(single))
-    with pytest.raises(SystemExit, match="--test-size must be a positive multiple of 32"):
+    with pytest.raises(InputError, match="--test-size must be a positive multiple of 32"):
         run("--datacfg", data, "--test-size", "100")

@@ -1,4 +1,4 @@
-"""Region loss (spec §5) and distillation loss (spec §8.3) against the original's golden outputs,
+"""Region loss (design §5) and distillation loss (design §8.3) against the original's golden outputs,
 a per-cell loop reference (benchmarks/bench_loss.py), autograd and hand-made cases."""
 import importlib.util
 import math
@@ -64,7 +64,7 @@ def _plant(out, b, a, gj, gi, pts, H, W, C=1, noise=0.0):
 
 
 # ------------------------------------------------------------------------------------------------
-# Golden: the original single-object loss (golden README part (c), section 4 items 10-14)
+# Golden: the original single-object loss (tests/data/README.md, region_loss.npz; design §5)
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", ["train", "cfg"])
@@ -107,7 +107,7 @@ def test_from_region_scales_and_thresh():
     ms = RegionLoss.from_region(region, scales="ms")
     assert (cfg.coord_scale, cfg.noobject_scale, cfg.object_scale, cfg.class_scale) == (3.0, 0.1, 4.0, 2.0)
     assert (ms.coord_scale, ms.noobject_scale, ms.object_scale, ms.class_scale) == (1.0, 1.0, 5.0, 1.0)
-    assert cfg.thresh == ms.thresh == 0.6  # spec §5.6: the cfg thresh is never read
+    assert cfg.thresh == ms.thresh == 0.6  # design §5.6: the cfg thresh is never read
     assert cfg.pretrain_num_epochs == 15 and cfg.num_anchors == 1 and cfg.anchor_step == 2
     with pytest.raises(ValueError, match="scales 'x'"):
         RegionLoss.from_region(region, scales="x")
@@ -139,7 +139,8 @@ def test_gradcheck(A, C):
     anchors = [1.0, 1.5, 2.5, 2.0][:2 * A] if A > 1 else []
     loss = RegionLoss(num_classes=C, anchors=anchors, num_anchors=A)
     # before the confidence term the loss depends on the output only through autograd paths
-    assert torch.autograd.gradcheck(lambda o: loss(o, target, 15)[0], (out.clone().requires_grad_(True),), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda o: loss(o, target, 15)[0], (out.clone().requires_grad_(True),),
+                                    fast_mode=True)
     # with the confidence term: targets (tconf, ignore mask) are fixed, as they carry no gradient
     bt = loss.build_targets(out, target)
     assert bt.nGT == 2 and bt.coord_mask.sum() == 2
@@ -201,7 +202,7 @@ def test_batch_loss_is_the_sum_of_single_losses():
     loss = RegionLoss()
     lb, sb = loss(out, target, 16)
     singles = [loss(out[i:i + 1], target[i:i + 1], 16) for i in range(2)]
-    assert float(lb) == pytest.approx(sum(float(l) for l, _ in singles), rel=1e-12)
+    assert float(lb) == pytest.approx(sum(float(part) for part, _ in singles), rel=1e-12)
     for key in ("nGT", "nCorrect", "nProposals"):
         assert sb[key] == sum(s[key] for _, s in singles)
 
@@ -265,7 +266,7 @@ def test_ignore_region_uses_best_confidence_over_objects():
 
 
 # ------------------------------------------------------------------------------------------------
-# Multi-object anchor assignment (spec §5.7, §11 item 22)
+# Multi-object anchor assignment (design §5.7, D22)
 # ------------------------------------------------------------------------------------------------
 
 def test_choose_anchors_first_largest_iou_and_zero_fallback():
@@ -327,7 +328,7 @@ def test_multi_class_loss_value():
 
 
 # ------------------------------------------------------------------------------------------------
-# Distillation (spec §8.3)
+# Distillation (design §8.3)
 # ------------------------------------------------------------------------------------------------
 
 def _kd_pair(B=2, H=4, W=5):
@@ -348,7 +349,7 @@ def test_teacher_targets_channels(mode):
     torch.testing.assert_close(tx[0, 0, :, 2, 3], torch.cat([torch.sigmoid(v[:1]), v[xs]]))
     torch.testing.assert_close(ty[1, 0, :, 0, 0], torch.cat([torch.sigmoid(v[1:2]), v[ys]]))
     torch.testing.assert_close(tconf, torch.sigmoid(v[18]).expand(2, 1, 4, 5))  # at every cell
-    if mode == "fork":  # spec §8.3: pairs (T2,T3), (T3,T4), ..., (T9,T10); channels 11..17 unused
+    if mode == "fork":  # design §8.3: pairs (T2,T3), (T3,T4), ..., (T9,T10); channels 11..17 unused
         assert xs == [2, 3, 4, 5, 6, 7, 8, 9] and ys == [3, 4, 5, 6, 7, 8, 9, 10]
 
 

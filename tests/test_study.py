@@ -10,9 +10,11 @@ import pytest
 from tools import run_study
 
 
+@pytest.mark.slow
 def test_study_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "study"
-    argv = ["--out", str(out), "--objects", "1", "--images", "6", "--epochs", "1", "--size", "64", "--batch", "4",
+    argv = ["--out", str(out), "--num-objects", "1", "--images-per-object", "6", "--epochs", "1", "--train-size", "64",
+            "--batch-size", "4",
             "--students", "trial3", "--modes", "none,fixed", "--device", "cpu", "--workers", "0"]
     rows = run_study.main(run_study.get_args_parser().parse_args(argv))
     assert [(r["run"], r["object"]) for r in rows] == [
@@ -39,4 +41,4 @@ def test_bad_choices_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown student"):
         run_study.main(run_study.get_args_parser().parse_args(["--out", str(tmp_path), "--students", "resnet"]))
     with pytest.raises(SystemExit, match="multiple of 32"):
-        run_study.main(run_study.get_args_parser().parse_args(["--out", str(tmp_path), "--size", "100"]))
+        run_study.main(run_study.get_args_parser().parse_args(["--out", str(tmp_path), "--train-size", "100"]))

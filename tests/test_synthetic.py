@@ -20,9 +20,9 @@ from tools import make_synthetic_linemod as gen
 from tools.synth_render import Light, Mesh, look_at_rotation, render
 
 LABEL_TOL = 5e-7 + 1e-12  # '%.6f' rounding, normalised units
-OCC_PERM = [0, 1, 3, 5, 7, 2, 4, 6, 8]  # spec §9.6, new index <- old index
+OCC_PERM = [0, 1, 3, 5, 7, 2, 4, 6, 8]  # design §9.6, new index <- old index
 DATA_KEYS = ("train", "valid", "backup", "mesh", "tr_range", "name", "diam", "gpus", "num_workers",
-             "width", "height", "fx", "fy", "u0", "v0")  # spec §3.2
+             "width", "height", "fx", "fy", "u0", "v0")  # design §3.2
 N_OBJ, N_IMG, N_SCENES, SEED = 2, 4, 3, 3
 
 
@@ -80,7 +80,7 @@ def test_layout_files_and_lists(synth):
 def test_data_cfg_keys_resolve_and_exact_diameter(synth, tmp_path, monkeypatch):
     root, summary = synth
     monkeypatch.chdir(tmp_path)  # resolution must not depend on the working directory
-    for i, name in enumerate(gen.object_names(N_OBJ)):
+    for name in gen.object_names(N_OBJ):
         path = root / "cfg" / f"{name}.data"
         assert str(path) in summary["data_cfgs"]
         keys = [line.split("=")[0].strip() for line in path.read_text().splitlines()]
@@ -246,7 +246,8 @@ def test_scenes_rows_masks_and_lists(synth):
             if e["image"] == scene:
                 m = _mesh(root, name)
                 meshes.append(Mesh(m.vertices, m.indices, np.zeros_like(m.vertices),
-                                   np.zeros((len(m.vertices), 3), np.uint8), np.full((len(m.indices), 3), 255, np.uint8)))
+                                   np.zeros((len(m.vertices), 3), np.uint8),
+                                   np.full((len(m.indices), 3), 255, np.uint8)))
                 poses.append((np.array(e["R"]), np.array(e["t"])))
                 assert gen.MIN_VISIBLE <= e["visible_fraction"] <= 1.0
     rendering = render(meshes, poses, utils.get_camera_intrinsic(), 640, 480, Light(np.array([0.0, 0.0, -1.0])))
@@ -255,14 +256,15 @@ def test_scenes_rows_masks_and_lists(synth):
 
 
 def test_occlusion_labels_use_the_occlusion_order(synth):
-    """labels_occlusion rows re-ordered with [0,1,3,5,7,2,4,6,8] (spec §9.6) equal the §9.2-order rows."""
+    """labels_occlusion rows re-ordered with [0,1,3,5,7,2,4,6,8] (design §9.6) equal the §9.2-order rows."""
     root, _ = synth
     main = "obj00"
     n = 0
     for name in gen.object_names(N_OBJ):
         for scene in (root / "LINEMOD" / name / "test_occlusion.txt").read_text().splitlines():
             # the original's derivation: main folder -> object, JPEGImages -> labels_occlusion
-            occ_path = root / scene.replace(main, name).replace("JPEGImages", "labels_occlusion").replace(".jpg", ".txt")
+            occ_path = root / scene.replace(main, name).replace("JPEGImages", "labels_occlusion")
+            occ_path = occ_path.with_suffix(".txt")
             occ = _rows(occ_path)
             assert occ.shape == (1, 21)
             std_rows = _rows(root / scene.replace("JPEGImages", "labels").replace(".jpg", ".txt"))
@@ -281,7 +283,7 @@ def test_occlusion_data_files(synth):
     assert summary["occlusion_data"] == str(root / "cfg" / "occlusion.data")
     assert Path(occ["train"]).is_file() and occ["im_width"] == "640" and occ["im_height"] == "480"
     for i, name in enumerate(gen.object_names(N_OBJ)):
-        k = i + 1  # 1-based suffixes in class order, spec §3.2
+        k = i + 1  # 1-based suffixes in class order, design §3.2
         assert Path(occ[f"valid{k}"]).name == "test_occlusion.txt" and Path(occ[f"mesh{k}"]).is_file()
         assert float(occ[f"diam{k}"]) == utils.mesh_diameter(MeshPly(occ[f"mesh{k}"]).vertices)
         per = utils.read_data_cfg(root / "cfg" / f"{name}_occlusion.data", resolve_paths=True)
@@ -328,10 +330,11 @@ def test_refuses_to_overwrite(tmp_path):
 
 def test_cli_prints_summary(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert gen.main(["--out", str(out), "--objects", "1", "--images-per-object", "2", "--seed", "1", "--workers", "1"]) == 0
+    assert gen.main(["--out", str(out), "--num-objects", "1", "--images-per-object", "2", "--seed", "1",
+                     "--workers", "1"]) == 0
     text = capsys.readouterr().out
     assert str(out) in text and "images/s" in text and "obj00" in text and "1 train / 1 test" in text
-    assert gen.main(["--out", str(out), "--objects", "1", "--images-per-object", "2"]) == 2
+    assert gen.main(["--out", str(out), "--num-objects", "1", "--images-per-object", "2"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 

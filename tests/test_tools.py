@@ -22,13 +22,14 @@ from MeshPly import MeshPly, write_ply
 from tools import bop_to_linemod as bop
 from tools import draw_labels, make_labels
 from tools import make_synthetic_linemod as gen
-from tools.linemod_layout import PoseFileError, read_label_rows, read_poses, write_poses_csv
+from errors import PoseFileError
+from linemod_format import read_label_rows, read_poses, write_poses_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "get_linemod.sh"
 LABEL_TOL = 1e-6 + 1e-12  # one unit of '%.6f' (normalised units)
 DATA_KEYS = ("train", "valid", "backup", "mesh", "tr_range", "name", "diam", "gpus", "num_workers",
-             "width", "height", "fx", "fy", "u0", "v0")  # spec §3.2
+             "width", "height", "fx", "fy", "u0", "v0")  # design §3.2
 N_IMG, N_SCENES = 4, 2
 RY = np.diag([-1.0, 1.0, -1.0])
 CORNER_SWAP = [k ^ 0b101 for k in range(8)]  # 180 deg about Y: x and z of every corner flip
@@ -129,13 +130,14 @@ def test_bop_labels_equal_the_generator_labels(synth, converted):
     for name in ("obj_000001", "obj_000002"):
         assert list(_image_map(out, name).values()) == [f"{i:06d}" for i in range(N_IMG + N_SCENES)]
         # scene 3 has no masks: rendered from the mesh, with a warning
-        assert f"warning: {name}: {N_SCENES} of {N_IMG + N_SCENES} images had no BOP mask; rendered from the mesh instead" in warnings
+        assert (f"warning: {name}: {N_SCENES} of {N_IMG + N_SCENES} images had no BOP mask; "
+                f"rendered from the mesh instead") in warnings
 
 
 def test_bop_masks_cfg_lists_and_mesh(synth, converted):
     out, _, _ = converted
     for name, synth_name in (("obj_000001", "obj00"), ("obj_000002", "obj01")):
-        for k in range(N_IMG):  # BOP mask_visib copied (scene 1, 2); file names follow the §3.4 derivation
+        for k in range(N_IMG):  # BOP mask_visib copied (scene 1, 2); file names follow the design §3.4 derivation
             stem = _image_map(out, name)[(f"{int(name[-1]):06d}", k)]
             got = cv2.imread(str(out / "LINEMOD" / name / "mask" / f"{stem[2:]}.png"), cv2.IMREAD_UNCHANGED)
             want = cv2.imread(str(synth / "LINEMOD" / synth_name / "mask" / f"{k:04d}.png"), cv2.IMREAD_UNCHANGED)
@@ -211,7 +213,8 @@ def test_make_labels_json_and_csv_give_the_generator_labels(synth, tmp_path, cap
     mesh = synth / "LINEMOD/obj01/obj01.ply"
     for kind in ("json", "csv"):
         out = tmp_path / f"out_{kind}"
-        rc = make_labels.main(["--mesh", str(mesh), "--poses", str(tmp_path / f"poses.{kind}"), "--images-dir", str(synth),
+        rc = make_labels.main(["--mesh", str(mesh), "--poses", str(tmp_path / f"poses.{kind}"),
+                               "--images-dir", str(synth),
                                "--out", str(out), "--name", "thing", "--class-id", "1",
                                "--camera-data", str(synth / "cfg/obj01.data")])
         assert rc == 0, capsys.readouterr().err
@@ -219,7 +222,8 @@ def test_make_labels_json_and_csv_give_the_generator_labels(synth, tmp_path, cap
     # the tools' own poses.json is accepted too, and the outputs are the same files
     out = tmp_path / "out_tools"
     make_labels.make_labels(mesh, synth / "poses/obj01.json", synth, out, "thing", class_id=1)
-    for rel in ("LINEMOD/thing/labels/000005.txt", "LINEMOD/thing/train.txt", "cfg/thing.data", "LINEMOD/thing/mask/0003.png"):
+    for rel in ("LINEMOD/thing/labels/000005.txt", "LINEMOD/thing/train.txt", "cfg/thing.data",
+                "LINEMOD/thing/mask/0003.png"):
         assert (out / rel).read_bytes() == (tmp_path / "out_csv" / rel).read_bytes(), rel
     # layout, .data keys, diameter, rendered masks equal the generator's (single-object images)
     data = out / "cfg/thing.data"
@@ -271,7 +275,8 @@ def test_make_labels_masks_dir_and_symlinks(synth, tmp_path):
     for r in records:  # the user's masks: same relative path and stem as the image, any format
         dst = (masks / r["image"]).with_suffix(".bmp")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        m = cv2.imread(str(synth / r["image"].replace("JPEGImages", "mask").replace("/00", "/").replace(".jpg", ".png")))
+        mask_file = r["image"].replace("JPEGImages", "mask").replace("/00", "/").replace(".jpg", ".png")
+        m = cv2.imread(str(synth / mask_file))
         cv2.imwrite(str(dst), m)
     out = tmp_path / "out"
     make_labels.make_labels(synth / "LINEMOD/obj01/obj01.ply", tmp_path / "p.json", synth, out, "o",
@@ -282,7 +287,8 @@ def test_make_labels_masks_dir_and_symlinks(synth, tmp_path):
         np.testing.assert_array_equal(cv2.imread(str(out / f"LINEMOD/o/mask/{k:04d}.png"), cv2.IMREAD_UNCHANGED),
                                       cv2.imread(str(synth / f"LINEMOD/obj01/mask/{k:04d}.png"), cv2.IMREAD_UNCHANGED))
     (masks / records[2]["image"]).with_suffix(".bmp").unlink()
-    with pytest.raises(FileNotFoundError, match=r"000002\.png: mask of image 'LINEMOD/obj01/JPEGImages/000002\.jpg' not found"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"000002\.png: mask of image 'LINEMOD/obj01/JPEGImages/000002\.jpg' not found"):
         make_labels.make_labels(synth / "LINEMOD/obj01/obj01.ply", tmp_path / "p.json", synth, tmp_path / "o2", "o",
                                 masks_dir=masks)
 
@@ -385,11 +391,13 @@ def test_bop_bad_inputs(bop_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"test/000002/rgb/000003\.png: BOP image not found"):
         convert(d)
     d = broken(lambda d: _edit_json(d / "test/000001/scene_gt.json", lambda g: g["2"][0].update(cam_R_m2c=[1] * 8)))
-    with pytest.raises(ValueError, match=r"000001/scene_gt\.json: image 2 annotation 0: cam_R_m2c needs 9 numbers; found 8"):
+    with pytest.raises(ValueError,
+                       match=r"000001/scene_gt\.json: image 2 annotation 0: cam_R_m2c needs 9 numbers; found 8"):
         convert(d)
     d = broken(lambda d: _edit_json(d / "test/000003/scene_gt.json",
                                     lambda g: g[str(N_IMG)][1].update(cam_t_m2c=[1.0, float("nan"), 900.0])))
-    with pytest.raises(ValueError, match=rf"000003/scene_gt\.json: image {N_IMG} annotation 1: cam_t_m2c holds a non-finite"):
+    with pytest.raises(ValueError,
+                       match=rf"000003/scene_gt\.json: image {N_IMG} annotation 1: cam_t_m2c holds a non-finite"):
         convert(d)
     d = broken(lambda d: (d / "models/obj_000002.ply").unlink())
     with pytest.raises(FileNotFoundError, match=r"models/obj_000002\.ply: mesh of object 2 not found"):
@@ -423,7 +431,7 @@ def test_bop_cli_errors_and_split_lists(bop_dir, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bop.main(["--bop", str(d), "--out", str(out), "--objects", "1,x"])
-    assert "comma-separated integers" in capsys.readouterr().err
+    assert "--objects: 'x' is neither a BOP object id, a LINEMOD name nor obj_NNNNNN" in capsys.readouterr().err
 
 
 def test_bop_per_image_camera(bop_dir, tmp_path):
@@ -439,20 +447,21 @@ def test_bop_per_image_camera(bop_dir, tmp_path):
     for e in _poses(out, name)["poses"]:
         K = np.array(e["K"])  # saved per image when the camera varies
         np.testing.assert_array_equal(K, K2 if e["image"].endswith("/000001.jpg") else utils.get_camera_intrinsic())
-        want = utils.label_row(utils.keypoints_from_pose(corners, np.array(e["R"]), np.array(e["t"]), K), 0)  # alone: class 0
+        # alone: class 0
+        want = utils.label_row(utils.keypoints_from_pose(corners, np.array(e["R"]), np.array(e["t"]), K), 0)
         np.testing.assert_allclose(read_label_rows(out / e["label"])[0], want, rtol=0, atol=5e-7 + 1e-12)
     opts = utils.read_data_cfg(out / f"cfg/{name}.data")
     assert float(opts["fx"]) == utils.LINEMOD_FX  # the .data file gets the first image's camera
     index = draw_labels.load_pose_index(out)
-    _, gap = draw_labels.draw_image(f"LINEMOD/{name}/JPEGImages/000001.jpg", out, utils.get_camera_intrinsic(), 640, 480,
-                                    pose_index=index)
+    _, gap = draw_labels.draw_image(f"LINEMOD/{name}/JPEGImages/000001.jpg", out, utils.get_camera_intrinsic(),
+                                    640, 480, pose_index=index)
     assert gap < 1e-3  # draw_labels projects that pose with its own camera
 
 
 def test_bop_names_and_class_ids():
     assert [bop.object_name(o, "linemod") for o in (1, 3, 15, 16)] == ["ape", "bowl", "phone", "obj_000016"]
     assert bop.object_name(1, "bop") == "obj_000001"
-    # the 13 LINEMOD objects keep their spec §3.1 (alphabetical) ids, whatever subset is converted
+    # the 13 LINEMOD objects keep their design §3.1 (alphabetical) ids, whatever subset is converted
     assert bop.class_ids([5, 9, 15], "linemod") == {5: utils.LINEMOD_OBJECTS.index("can"),
                                                     9: utils.LINEMOD_OBJECTS.index("duck"), 15: 12}
     assert bop.class_ids([7, 2, 1], "linemod") == {1: 0, 2: 1, 7: 2}  # 'cup' is not one of them: sorted position
@@ -476,7 +485,8 @@ def test_draw_labels_draws_the_box_and_pose_points(synth, tmp_path, capsys):
     first = (synth / "LINEMOD/obj00/train.txt").read_text().split()[0]
     orig = cv2.imread(str(synth / first))
     assert drawn.shape == orig.shape
-    mids, pts = _box_edge_midpoints(read_label_rows(synth / first.replace("JPEGImages", "labels").replace(".jpg", ".txt"))[0])
+    label_file = synth / first.replace("JPEGImages", "labels").replace(".jpg", ".txt")
+    mids, pts = _box_edge_midpoints(read_label_rows(label_file)[0])
     for m in mids:  # every edge passes through its midpoint, drawn in green (BGR)
         x, y = np.round(m).astype(int)
         assert np.array_equal(drawn[y, x], [0, 255, 0]), (m, drawn[y, x], orig[y, x])
@@ -495,10 +505,10 @@ def test_draw_labels_occlusion_order_and_grid(synth, tmp_path, monkeypatch):
     index = draw_labels.load_pose_index(synth)
     scene = (synth / "LINEMOD/obj01/test_occlusion.txt").read_text().split()[0]
     _, gap = draw_labels.draw_image(scene, synth, K, 640, 480, "obj01", index)
-    assert gap < 1e-3  # OCCLUSION-order labels put back in the §9.2 order match the pose
+    assert gap < 1e-3  # OCCLUSION-order labels put back in the design §9.2 order match the pose
     monkeypatch.setattr(draw_labels, "from_occlusion_order", lambda r: r)
     _, gap = draw_labels.draw_image(scene, synth, K, 640, 480, "obj01", index)
-    assert gap > 1.0  # read without the §9.6 permutation they would not
+    assert gap > 1.0  # read without the design §9.6 permutation they would not
     monkeypatch.undo()
     out = tmp_path / "grid.png"
     assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--split", "train", "--n", "3", "--cols", "3",
@@ -555,8 +565,10 @@ def test_get_linemod_syntax_help_and_dry_run(sh, tmp_path):
     root = tmp_path / "data"
     r = sh("--root", str(root), "--dry-run", "--only", "linemod,backup,backup_multi,voc,darknet19")
     assert r.returncode == 0, r.stderr
-    for url in ("resid=5750EBEE1537631%21135&authkey=AJRHFmZbcjXxTmI", "resid=C78B7DE6C569D7B%21191&authkey=AP183o4PlczZR78",
-                "resid=5750EBEE1537631%21136&authkey=AFQv01OSbvhGnoM", "VOCtrainval_11-May-2012.tar", "darknet19_448.conv.23"):
+    for url in ("resid=5750EBEE1537631%21135&authkey=AJRHFmZbcjXxTmI",
+                "resid=C78B7DE6C569D7B%21191&authkey=AP183o4PlczZR78",
+                "resid=5750EBEE1537631%21136&authkey=AFQv01OSbvhGnoM", "VOCtrainval_11-May-2012.tar",
+                "darknet19_448.conv.23"):
         assert url in r.stdout
     assert "md5 6cd6e144f989b92b3379bac3b3de84fd" in r.stdout and "size 79327120 bytes" in r.stdout
     assert not root.exists() and not sh.log.exists()  # nothing written, nothing fetched
@@ -592,7 +604,8 @@ def test_get_linemod_offline_download_unpack_and_checks(sh, tmp_path):
     assert r.returncode == 0 and "skip: already done" in r.stdout
 
     r = sh("--root", str(root), "--only", "voc", FAKE_SRC=str(archive))  # wrong bytes for the known md5
-    assert r.returncode == 2 and "downloads/voc.part: md5" in r.stderr and "expected 6cd6e144f989b92b3379bac3b3de84fd" in r.stderr
+    assert r.returncode == 2 and "downloads/voc.part: md5" in r.stderr
+    assert "expected 6cd6e144f989b92b3379bac3b3de84fd" in r.stderr
     r = sh("--root", str(root), "--only", "darknet19", FAKE_SRC=str(archive))
     assert r.returncode == 2 and "bytes, expected 79327120" in r.stderr
     page = tmp_path / "page.html"

@@ -1,10 +1,9 @@
 """train.py: schedule, optimiser, overfitting, resume, best-model rule, distillation, bad input, DDP,
-and the main job (spec §5, §7, §8)."""
+and the main job (design §5, §7, §8)."""
 from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +45,7 @@ def small_args(datacfg, backup, *extra) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# schedule and optimiser (spec §7.1, §7.2)
+# schedule and optimiser (design §7.1, §7.2)
 # --------------------------------------------------------------------------------------------
 
 def test_learning_rate_schedules_of_the_cfgs():
@@ -75,7 +74,7 @@ def test_optimizer_divides_lr_and_multiplies_decay_by_batch():
     (g,) = opt.param_groups
     assert g["lr"] == pytest.approx(1e-3 / 16) and g["weight_decay"] == pytest.approx(5e-4 * 16)
     assert g["momentum"] == 0.9 and g["dampening"] == 0 and not g["nesterov"]
-    assert len(g["params"]) == len(list(model.parameters()))  # BN and biases decayed too (spec §7.1)
+    assert len(g["params"]) == len(list(model.parameters()))  # BN and biases decayed too (design §7.1)
     opt = train.build_optimizer(model, 1e-3, 0.9, 5e-4, 16, decay_bn_bias=False)
     assert [g["weight_decay"] for g in opt.param_groups] == [pytest.approx(8e-3), 0.0]
     assert all(p.ndim <= 1 for p in opt.param_groups[1]["params"])
@@ -127,7 +126,7 @@ def test_two_epochs_equal_one_plus_resume(synth, tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["state"]["costs"]["training_losses"] == b["state"]["costs"]["training_losses"]
 
-    # every output of spec §7.3 plus ours, one metrics row per evaluation (epochs 1 and the last)
+    # every output of design §7.3 plus ours, one metrics row per evaluation (epochs 1 and the last)
     for name in ("model.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "metrics.jsonl", "training.png"):
         assert (full / name).is_file(), name
     costs = np.load(full / "costs.npz")
@@ -208,7 +207,7 @@ def test_keyboard_interrupt_saves_and_resume_continues_mid_epoch(synth, tmp_path
 
 
 # --------------------------------------------------------------------------------------------
-# distillation (spec §8)
+# distillation (design §8)
 # --------------------------------------------------------------------------------------------
 
 def test_distillation_runs_with_the_chosen_mode(synth, tmp_path, monkeypatch):
@@ -275,6 +274,7 @@ def test_missing_inputs_are_reported_before_training(synth, tmp_path, case, mess
 # the main job and DDP (subprocesses: what a user runs)
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_main_job_generates_the_data_and_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(train, "SYNTHETIC_OBJECTS", 1)
@@ -291,6 +291,7 @@ def test_main_job_generates_the_data_and_trains(tmp_path, monkeypatch, capsys):
     assert f"--weightfile {backup / 'model.weights'}" in out
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_write_one_set_of_outputs(synth, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():

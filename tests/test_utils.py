@@ -1,4 +1,4 @@
-"""Geometry, decoding, confidence and metrics against the spec and the original's golden outputs."""
+"""Geometry, decoding, confidence and metrics against docs/design.md and the original's golden outputs."""
 import math
 
 import cv2
@@ -21,7 +21,7 @@ def mesh(golden_dir):
 
 
 def _gt_points(ev):
-    # labels pass through float32 before de-normalisation (spec §9.1, golden item 17)
+    # labels pass through float32 before de-normalisation (design §9.1)
     return ev["label_rows"][:, 1:19].astype(np.float32).reshape(-1, 9, 2) * np.array([640, 480], np.float32)
 
 
@@ -31,7 +31,7 @@ def test_box_corners_order_and_homogeneous(ev, mesh):
     np.testing.assert_allclose(c, ev["corners3D"], atol=1e-8)
     corners = utils.box_corners(mesh.vertices)
     lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
-    for i in range(8):  # index = 4*ix + 2*iy + iz, spec §9.2
+    for i in range(8):  # index = 4*ix + 2*iy + iz, design §9.2
         expect = [hi[a] if (i >> (2 - a)) & 1 else lo[a] for a in range(3)]
         np.testing.assert_array_equal(corners[i], expect)
     np.testing.assert_array_equal(utils.pose_points3d(corners).astype(np.float32), ev["pnp_points3D"])
@@ -166,7 +166,7 @@ def test_metrics_on_known_poses():
     assert utils.add_error(pts, R, t, R, t) == 0.0
     assert utils.projection_error_2d(pts, K, R, t, R, t) == 0.0
     assert utils.angle_error(R, R) < 1e-5
-    # trace rounded above 3 would give NaN in the original; the clip gives 0 (spec §11 item 26)
+    # trace rounded above 3 would give NaN in the original; the clip gives 0 (D26)
     assert utils.angle_error(np.eye(3) * (1 + 1e-12), np.eye(3)) == 0.0
     t2 = t + np.array([0.01, 0.0, 0.0])
     np.testing.assert_allclose(utils.add_error(pts, R, t, R, t2), 0.01, rtol=1e-12)
@@ -207,7 +207,8 @@ def test_mesh_diameter_equals_all_pairs():
 def test_keypoint_confidence_constants():
     gt = torch.zeros(18, dtype=torch.float64)
     assert utils.corner_confidences(gt, gt).item() == pytest.approx(1.0, abs=1e-12)
-    assert utils.corner_confidence(gt, gt).item() == pytest.approx((math.e ** 2 - 1) / (math.e ** 2 - 1 + 1e-5), rel=1e-12)
+    expect = (math.e ** 2 - 1) / (math.e ** 2 - 1 + 1e-5)
+    assert utils.corner_confidence(gt, gt).item() == pytest.approx(expect, rel=1e-12)
     # a shift of d pixels in x on every point: (exp(2(1 - d/80)) - 1) / (e^2 - 1)
     for d in (0.0, 10.0, 40.0, 79.0, 80.0, 120.0):
         pr = gt.clone()

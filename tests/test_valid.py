@@ -1,7 +1,7 @@
 """valid.py end to end: the original valid() goldens, metric sanity, CLI files and errors, the notebook.
 
 The golden cases run the real loader on PNG images and label files rebuilt from evaluation.npz,
-with a stand-in model that replays the golden network outputs (what the golden did, README §d).
+with a stand-in model that replays the golden network outputs (what the golden did, tests/data/README.md).
 """
 import csv
 import json
@@ -19,6 +19,7 @@ import dataset
 import utils
 import valid
 from darknet import Darknet
+from errors import InputError
 
 TRIAL3_CFG = str(Path(__file__).resolve().parents[1] / "cfg" / "yolo-lite-trial3-pose.cfg")
 TEST_SIZE = 128  # small inputs keep the real-network tests fast; the metrics do not depend on it
@@ -44,7 +45,7 @@ class Replay(torch.nn.Module):
 
 
 def encode(points_norm: np.ndarray) -> np.ndarray:
-    """Raw outputs (N, 20, 13, 13) that decode (spec §4) to the 9 normalised points (N, 9, 2)."""
+    """Raw outputs (N, 20, 13, 13) that decode (design §4) to the 9 normalised points (N, 9, 2)."""
     out = np.full((len(points_norm), 20, GRID, GRID), -4.0)  # conf logit -4 everywhere...
     for n, pts in enumerate(np.asarray(points_norm, dtype=np.float64)):
         g = pts * GRID
@@ -82,7 +83,7 @@ def golden_root(ev, golden_dir, tmp_path_factory):
     (root / "LINEMOD" / "box" / "test.txt").write_text("\n".join(lines) + "\n")
     shutil.copy(golden_dir / "synthetic_box.ply", root / "LINEMOD" / "box" / "box.ply")
     (root / "cfg").mkdir()
-    # the golden's cfg diam is 0.999: the original ignores it (spec §11 item 25)
+    # the golden's cfg diam is 0.999: the original ignores it (D25)
     (root / "cfg" / "box.data").write_text(
         "valid = LINEMOD/box/test.txt\nmesh = LINEMOD/box/box.ply\nname = box\ndiam = 0.999\n")
     return root
@@ -182,7 +183,7 @@ def test_batched_and_batch1_give_identical_numbers_on_the_golden(golden_root, ev
 
 
 def test_data_file_diameter_is_the_default(golden_root, ev):
-    """Fix of §11 item 25: the .data diam (0.999 here) sets the ADD threshold unless --diam mesh."""
+    """Fix of D25: the .data diam (0.999 here) sets the ADD threshold unless --diam mesh."""
     summary, rec = run_golden(golden_root, ev, diam="data")
     assert summary["diam"] == 0.999 and summary["add_threshold"] == pytest.approx(0.0999)
     expect = utils.accuracy(np.sum(ev["errs_3d"] <= 0.0999), 5)
@@ -201,7 +202,7 @@ def test_cli_on_the_golden_writes_report_csv_json_predictions_curves(golden_root
                   "Acc using 5 cm 5 degree metric = 80.00%", "ADD-S", "mean corner error = 80.00%",
                   "Mean 2D pixel error is 3.68499", "Translation error:", "| box | 5 | 80.00 |"):
         assert field in text, field
-    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d Testing box", text)  # the §9.4 time prefix
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d Testing box", text)  # the design §9.4 time prefix
     with open(out / "metrics.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == list(valid.CSV_HEADER)
@@ -233,7 +234,7 @@ def test_gt_points_as_predictions_score_100_everywhere(synth):
     summary, rec = synth_eval(synth, lambda gt, setup: encode(gt), batch_size=2)
     n = summary["n"]
     assert n == 2 and summary["n_failed"] == 0
-    full = utils.accuracy(n, n)  # 100 * n / (n + 1e-5): never exactly 100 (spec §9.3)
+    full = utils.accuracy(n, n)  # 100 * n / (n + 1e-5): never exactly 100 (design §9.3)
     for k in ("acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "acc_corner"):
         assert summary[k] == full, k
     # only float32 decoding separates the points: well below a thousandth of a pixel
@@ -256,7 +257,7 @@ def test_known_pixel_shift_gives_known_errors(synth):
     """Every predicted point moved by (dx, dy) px: the corner error is hypot(dx, dy)."""
     for (dx, dy), inside in (((1.5, 2.0), True), ((6.0, 8.0), False)):
         shift = np.array([dx / 640, dy / 480])
-        summary, rec = synth_eval(synth, lambda gt, setup: encode(gt + shift))
+        summary, rec = synth_eval(synth, lambda gt, setup, shift=shift: encode(gt + shift))
         np.testing.assert_allclose(rec["err_corner"], math.hypot(dx, dy), atol=1e-3)
         # a uniform image shift is nearly a translation parallel to the image plane
         np.testing.assert_allclose(rec["err_2d"], math.hypot(dx, dy), rtol=0.1)
@@ -381,7 +382,7 @@ def test_all_with_name_template_and_skip_missing(synth, trial3_weights, tmp_path
     shutil.copy(trial3_weights, tmp_path / "obj00" / "model.weights")
     template = str(tmp_path / "{name}" / "model.weights")
     # obj01 has no weights: nothing is evaluated, not even obj00, which comes first
-    with pytest.raises(SystemExit, match=r"weights file not found: .*obj01/model\.weights"):
+    with pytest.raises(InputError, match=r"weights file not found: .*obj01/model\.weights"):
         cli("--all", synth / "cfg", "--modelcfg", TRIAL3_CFG, "--weightfile", template, "--test-size", TEST_SIZE)
     assert "Testing obj00" not in capsys.readouterr().out
     summaries = cli("--all", synth / "cfg", "--modelcfg", TRIAL3_CFG, "--weightfile", template, "--quiet",
@@ -419,7 +420,8 @@ def test_bad_inputs_stop_before_the_loop_with_clear_errors(synth, trial3_weights
     # a backbone-only file ending exactly at a layer boundary would load silently without the check
     short = tmp_path / "short.weights"
     short.write_bytes(trial3_weights.read_bytes()[:-4 * (20 + 20 * 256)])
-    cases.append(([data, TRIAL3_CFG, short], r"short\.weights does not fit .*holds 542064 floats, the cfg needs 547204"))
+    cases.append(([data, TRIAL3_CFG, short],
+                  r"short\.weights does not fit .*holds 542064 floats, the cfg needs 547204"))
     # the VOC file (125-filter head)
     cases.append(([data, TRIAL3_CFG, root / "weights" / "tiny-yolov2-trial3-voc.weights"], r"does not fit"))
     cases.append(([data, TRIAL3_CFG, tmp_path / "nope.weights"], r"weights file not found: .*nope\.weights"))
@@ -430,13 +432,14 @@ def test_bad_inputs_stop_before_the_loop_with_clear_errors(synth, trial3_weights
                                                         r"num=1, classes=2 and num_keypoints=9 need 21"))
     cases.append(([data, tmp_path / "nope.cfg", trial3_weights], r"model cfg not found: .*nope\.cfg"))
     cases.append(([tmp_path / "nope.data", TRIAL3_CFG, trial3_weights], r"nope\.data: data cfg not found"))
-    cases.append(([data, TRIAL3_CFG, trial3_weights, "--test-size", "100"], r"--test-size must be a positive multiple of 32"))
+    cases.append(([data, TRIAL3_CFG, trial3_weights, "--test-size", "100"],
+                  r"--test-size must be a positive multiple of 32"))
     cases.append(([data, TRIAL3_CFG, trial3_weights, "extra"], r"at most three positional arguments"))
     cases.append(([data, TRIAL3_CFG, trial3_weights, "--datacfg", data], r"datacfg given twice"))
     (tmp_path / "no_data").mkdir()
     cases.append((["--all", tmp_path / "no_data"], r"--all .*no_data: no \.data files there"))
     for argv, message in cases:
-        with pytest.raises(SystemExit, match=message):
+        with pytest.raises(InputError, match=message):
             cli(*argv)
 
 
@@ -467,7 +470,8 @@ def test_notebook_is_committed_clean_and_executes(synth, trial3_weights, root, m
     monkeypatch.setenv("SSP_NB_WEIGHTS", str(trial3_weights))
     monkeypatch.setenv("SSP_NB_TEST_SIZE", str(TEST_SIZE))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(root)}})
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(root)}})
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")

@@ -1,7 +1,7 @@
-"""Convert a BOP dataset (`lm`, `lmo`, or any BOP-format set) into the LINEMOD layout of spec §3.4.
+"""Convert a BOP dataset (`lm`, `lmo`, or any BOP-format set) into the LINEMOD layout of design §3.4.
 
     python tools/bop_to_linemod.py --bop /data/bop/lm --out data/linemod_bop [--split test] \\
-        [--objects 1,5,6] [--names linemod|bop] [--rotate-y-180] \\
+        [--objects ape can cat | --objects 1 5 6] [--names linemod|bop] [--rotate-y-180] \\
         [--train-list 'splits/{name}/training_range.txt'] [--test-list ...] [--test-fraction 0.85]
 
 Input (BOP format, https://github.com/thodan/bop_toolkit/blob/master/docs/bop_datasets_format.md):
@@ -42,7 +42,7 @@ the report holds; check with tools/draw_labels.py over the archive's mesh before
 Names and class ids: `--names linemod` (default) uses the LINEMOD names for BOP ids 1..15 (1 ape,
 2 benchvise, 3 bowl, 4 cam, 5 can, 6 cat, 7 cup, 8 driller, 9 duck, 10 eggbox, 11 glue,
 12 holepuncher, 13 iron, 14 lamp, 15 phone), `--names bop` gives obj_000001, ... Class ids are
-the spec §3.1 alphabetical LINEMOD indices when every converted object is one of the 13 LINEMOD
+the design §3.1 alphabetical LINEMOD indices when every converted object is one of the 13 LINEMOD
 objects, else the position in the sorted list of converted object ids.
 
 Splits: the BOP test split is not the BB8 train/test split SingleShotPose used. Pass
@@ -63,19 +63,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
-from MeshPly import MM_TO_M, MeshPly  # noqa: E402
-from tools.linemod_layout import (  # noqa: E402
-    JPEG_QUALITY, check_pose, data_cfg_items, format_label_rows, image_stem, label_from_pose, mask_path_for,
-    pose_entry, write_data_cfg, write_list, write_poses_json, write_text,
+import cli
+from errors import run_cli
+from linemod_format import (
+    JPEG_QUALITY, check_pose, data_cfg_items, image_stem, mask_path, pose_entry, split_flags, write_data_cfg,
+    write_label_rows, write_list, write_poses_json,
 )
-from tools.make_labels import render_mask, write_mesh_metres  # noqa: E402
-from utils import LINEMOD_OBJECTS, box_corners, mesh_diameter  # noqa: E402
+from MeshPly import MM_TO_M, MeshPly
+from tools.make_labels import image_size, render_mask, write_mesh_metres
+from utils import LINEMOD_OBJECTS, box_corners, label_from_pose, mesh_diameter
 
 BOP_LM_NAMES = {1: "ape", 2: "benchvise", 3: "bowl", 4: "cam", 5: "can", 6: "cat", 7: "cup", 8: "driller",
                 9: "duck", 10: "eggbox", 11: "glue", 12: "holepuncher", 13: "iron", 14: "lamp", 15: "phone"}
@@ -112,7 +111,8 @@ def scan_split(split_dir: Path) -> dict:
                 raise ValueError(f"{cam_file}: no camera for image {im_key} (annotated in {gt_file.name})")
             K = _numbers(cam[im_key], "cam_K", 9, f"{cam_file}: image {im_key}").reshape(3, 3)
             if not (K[0, 0] > 0 and K[1, 1] > 0):
-                raise ValueError(f"{cam_file}: image {im_key}: cam_K has non-positive focal lengths {K[0, 0]}, {K[1, 1]}")
+                raise ValueError(f"{cam_file}: image {im_key}: cam_K has non-positive focal lengths "
+                                 f"{K[0, 0]}, {K[1, 1]}")
             for g, rec in enumerate(gt[im_key]):
                 where = f"{gt_file}: image {im_key} annotation {g}"
                 R = _numbers(rec, "cam_R_m2c", 9, where).reshape(3, 3)
@@ -150,6 +150,22 @@ def _numbers(rec, key: str, n: int, where: str) -> np.ndarray:
 
 def object_name(obj_id: int, names: str) -> str:
     return BOP_LM_NAMES[obj_id] if names == "linemod" and obj_id in BOP_LM_NAMES else f"obj_{obj_id:06d}"
+
+
+def object_ids(values: list[str]) -> list[int]:
+    """BOP object ids of --objects values: ids ('5'), LINEMOD names ('can') or BOP names ('obj_000005')."""
+    by_name = {n: o for o, n in BOP_LM_NAMES.items()}
+    ids = []
+    for v in values:
+        if v.isdigit():
+            ids.append(int(v))
+        elif v in by_name:
+            ids.append(by_name[v])
+        elif v.startswith("obj_") and v[4:].isdigit():
+            ids.append(int(v[4:]))
+        else:
+            raise ValueError(f"--objects: {v!r} is neither a BOP object id, a LINEMOD name nor obj_NNNNNN")
+    return ids
 
 
 def class_ids(obj_ids: list[int], names: str) -> dict:
@@ -206,7 +222,9 @@ def mesh_path(bop: Path, obj_id: int) -> Path:
 def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, name: str, class_id: int,
                    diameter_m: float | None, rotate_y_180: bool = False, image_format: str = "jpg",
                    mask_kind: str = "visib", flags: np.ndarray | None = None, warn=print) -> Path:
-    """Write LINEMOD/<name>/ for one BOP object; items from scan_split; flags (n,) test flags. Returns the .data path."""
+    """Write LINEMOD/<name>/ for one BOP object; items from scan_split; flags (n,) test flags.
+
+    Returns the .data path."""
     folder = out / "LINEMOD" / name
     mesh = MeshPly.from_millimetres(mesh_path(bop, obj_id))
     vertices, normals = mesh.vertices, mesh.normals
@@ -227,19 +245,20 @@ def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, n
     for n, (scene, im_id, g, R, t_mm, K) in enumerate(items):
         index = im_id if single_scene else n
         scene_dir = bop / split / scene
-        dst = _write_image(find_image(scene_dir / "rgb", im_id), folder / "JPEGImages" / image_stem(index), image_format)
+        dst = _write_image(find_image(scene_dir / "rgb", im_id), folder / "JPEGImages" / image_stem(index),
+                           image_format)
         rel = f"LINEMOD/{name}/JPEGImages/{dst.name}"
         if rotate_y_180:
             R = R @ ROT_Y_180
         t = t_mm * MM_TO_M
-        width, height = _image_size(dst)
+        width, height = image_size(dst)
         row = label_from_pose(corners, R, t, K, class_id, width, height)
-        write_text(folder / "labels" / f"{image_stem(index)}.txt", format_label_rows(row[None]))
+        write_label_rows(folder / "labels" / f"{image_stem(index)}.txt", row)
         mask = _read_mask(scene_dir, im_id, g, mask_kind, (height, width))
         if mask is None:  # no BOP mask: the mesh silhouette at the annotated pose
             mask = render_mask(vertices, mesh.indices, R, t, K, width, height)
             rendered += 1
-        dst_mask = out / mask_path_for(rel)
+        dst_mask = out / mask_path(rel)
         dst_mask.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(dst_mask), mask)
         extra = {"label": f"LINEMOD/{name}/labels/{image_stem(index)}.txt", "row": 0}
@@ -255,21 +274,13 @@ def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, n
     write_list(folder / "test.txt", [p for p, f in zip(rel_images, flags) if f])
     write_list(folder / "training_range.txt", [str(int(Path(p).stem)) for p, f in zip(rel_images, flags) if not f])
     write_list(folder / "image_map.txt", image_map)
-    width, height = _image_size(out / rel_images[0])
-    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K0, width, height, entries)
+    width, height = image_size(out / rel_images[0])
+    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K0, width, height,
+                     entries)
     data = out / "cfg" / f"{name}.data"
     diam = mesh_diameter(vertices) if diameter_m is None else diameter_m
     write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diam, K0, width, height))
     return data
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file (header only)."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError as exc:
-        raise FileNotFoundError(f"{path}: cannot read the image ({exc})") from exc
 
 
 def _read_mask(scene_dir: Path, im_id: int, gt_index: int, mask_kind: str, shape: tuple[int, int]):
@@ -283,24 +294,6 @@ def _read_mask(scene_dir: Path, im_id: int, gt_index: int, mask_kind: str, shape
                 raise ValueError(f"{src}: cannot read the mask as a {shape[1]}x{shape[0]} image")
             return np.where(m > 0, 255, 0).astype(np.uint8)
     return None
-
-
-def split_flags(items: list, name: str, obj_id: int, train_list=None, test_list=None,
-                test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0) -> np.ndarray:
-    """Boolean test flags (n,) for an object's items: from id lists, or a random split seeded by (seed, obj_id)."""
-    im_ids = [it[1] for it in items]
-    if train_list or test_list:
-        train = _read_ids(train_list, name, obj_id) if train_list else None
-        test = _read_ids(test_list, name, obj_id) if test_list else None
-        return np.array([(i in test) if test is not None else (i not in train) for i in im_ids])
-    if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"--test-fraction must be in [0, 1]; got {test_fraction}")
-    n_test = int(round(len(items) * test_fraction))
-    if 0.0 < test_fraction < 1.0 and len(items) >= 2:
-        n_test = min(max(n_test, 1), len(items) - 1)
-    flags = np.zeros(len(items), dtype=bool)
-    flags[np.random.default_rng([seed, obj_id]).permutation(len(items))[:n_test]] = True
-    return flags
 
 
 def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "linemod", rotate_y_180: bool = False,
@@ -334,7 +327,11 @@ def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "l
         else:
             warn(f"warning: {bop / 'models' / 'models_info.json'}: no diameter for object {o}; using the mesh's")
             diameter = None
-        flags = split_flags(found[o], name, o, train_list, test_list, test_fraction, seed)
+        im_ids = [it[1] for it in found[o]]
+        flags = split_flags(im_ids, test_fraction, [seed, o],
+                            _read_ids(train_list, name, o) if train_list else None,
+                            _read_ids(test_list, name, o) if test_list else None,
+                            lists=(str(train_list), str(test_list)))
         folder = out / "LINEMOD" / name
         if folder.exists() and not overwrite:
             raise FileExistsError(f"{folder} already exists; pass --overwrite to replace it")
@@ -350,12 +347,13 @@ def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "l
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Frames, names, splits: python -c 'import tools.bop_to_linemod as m; help(m)'")
+    p = cli.default_argument_parser(__doc__.split("\n\n")[0],
+                                    epilog="Frames, names, splits: "
+                                           "python -c 'import tools.bop_to_linemod as m; help(m)'")
     p.add_argument("--bop", required=True, help="BOP dataset folder (holds models/ and the split folders)")
     p.add_argument("--out", required=True, help="dataset root to write (LINEMOD/<name>/, cfg/, poses/)")
     p.add_argument("--split", default="test", help="BOP split folder (default test)")
-    p.add_argument("--objects", default=None, help="comma-separated BOP object ids (default: all annotated)")
+    cli.add_objects(p, help="objects to convert, by name (ape, obj_000005) or BOP id (default: all annotated)")
     p.add_argument("--names", choices=("linemod", "bop"), default="linemod", help="object naming (default linemod)")
     p.add_argument("--rotate-y-180", action="store_true",
                    help="write mesh and poses rotated 180 deg about the model Y axis (see the frames note)")
@@ -363,9 +361,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-list", default=None, help="image ids for test.txt (default: the rest)")
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                    help=f"random test fraction without lists (default {DEFAULT_TEST_FRACTION})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    cli.add_seed(p, help="seed of the random split (default 0)")
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="output image format (default jpg)")
-    p.add_argument("--mask-kind", choices=("visib", "full"), default="visib", help="BOP mask to use first (default visib)")
+    p.add_argument("--mask-kind", choices=("visib", "full"), default="visib",
+                   help="BOP mask to use first (default visib)")
     p.add_argument("--overwrite", action="store_true", help="replace existing LINEMOD/<name>/ folders")
     return p
 
@@ -376,12 +375,13 @@ def main(argv=None) -> int:
     objects = None
     if args.objects:
         try:
-            objects = [int(o) for o in args.objects.split(",") if o.strip()]
-        except ValueError:
-            parser.error(f"--objects: expected comma-separated integers, got {args.objects!r}")
+            objects = object_ids(cli.object_list(args.objects))
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         datas = convert(args.bop, args.out, args.split, objects, args.names, args.rotate_y_180, args.train_list,
-                        args.test_list, args.test_fraction, args.seed, args.image_format, args.mask_kind, args.overwrite)
+                        args.test_list, args.test_fraction, args.seed, args.image_format, args.mask_kind,
+                        args.overwrite)
     except (OSError, ValueError) as exc:  # FileNotFoundError, FileExistsError, MeshError, PoseFileError
         print(f"bop_to_linemod: error: {exc}", file=sys.stderr)
         return 2
@@ -390,4 +390,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -1,19 +1,20 @@
 """Overlay the labelled 3-D boxes on dataset images and save a PNG grid (a visual label check).
 
-    python tools/draw_labels.py --data data/synthetic/cfg/obj00.data --n 4 --out docs/img/synthetic_labels.png
-    python tools/draw_labels.py --data data/synthetic/cfg/obj0[0-2].data --split train --n 4 --colors 256 --out x.png
-    python tools/draw_labels.py --data data/synthetic/cfg/occlusion.data --split train --out docs/img/x.png
-    python tools/draw_labels.py --data data/synthetic/cfg/obj01_occlusion.data --occlusion --out x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj00.data --n 4 --out docs/img/synthetic_labels.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj0[0-2].data --split train --n 4 --colors 256 --out x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/occlusion.data --split train --out docs/img/x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj01_occlusion.data --occlusion --out x.png
 
 For each chosen image of the `.data` files' lists (`--split valid` = the `valid` key, `train` =
 the `train` key; with several files the images alternate between them), every row of its label
-file is drawn with utils.draw_box: green box, centroid dot, class id. With `--occlusion` the labels come from LINEMOD/<name>/labels_occlusion/ and are
-put back into the §9.2 order with the §9.6 permutation before drawing (a wrong order shows as a
-scrambled box). If the dataset root has poses/<obj>.json files (written by the synthetic
-generator, make_labels.py, bop_to_linemod.py), the 9 points re-projected from the saved pose and
-mesh are drawn on top as magenta dots (for the classes whose labels are drawn): each dot must
-sit on the green box's corner (or centroid); the largest gap is printed. A pose saved with its
-own camera ("K", as bop_to_linemod.py writes when the camera varies) is projected with it.
+file is drawn with utils.draw_box: green box, centroid dot, class id. With `--occlusion` the
+labels come from LINEMOD/<name>/labels_occlusion/ and are put back into the design §9.2 order with the
+design §9.6 permutation before drawing (a wrong order shows as a scrambled box). If the dataset root
+has poses/<obj>.json files (written by the synthetic generator, make_labels.py,
+bop_to_linemod.py), the 9 points re-projected from the saved pose and mesh are drawn on top as
+magenta dots (for the classes whose labels are drawn): each dot must sit on the green box's
+corner (or centroid); the largest gap is printed. A pose saved with its own camera ("K", as
+bop_to_linemod.py writes when the camera varies) is projected with it.
 
 List entries and .data paths are resolved from the current directory, then from the dataset
 root (the .data file's parent's parent).
@@ -29,15 +30,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
-from MeshPly import MeshPly  # noqa: E402
-from tools.linemod_layout import (  # noqa: E402
-    from_occlusion_order, label_path_for, occlusion_label_path_for, read_label_rows,
+import cli
+from errors import run_cli
+from linemod_format import (
+    NUM_KEYPOINTS, from_occlusion_order, label_path, occlusion_label_path, read_data_cfg, read_label_rows,
 )
-from utils import NUM_KEYPOINTS, box_corners, camera_from_data_cfg, draw_box, keypoints_from_pose, read_data_cfg  # noqa: E402
+from MeshPly import MeshPly
+from utils import box_corners, camera_from_data_cfg, draw_box, keypoints_from_pose
 
 LABEL_COLOR = (0, 255, 0)  # green: the label file
 POSE_COLOR = (255, 0, 255)  # magenta: re-projected from the saved pose
@@ -77,10 +78,10 @@ def draw_image(image_path: str, root: Path, K: np.ndarray, width: int, height: i
         raise FileNotFoundError(f"{image_path}: cannot read the image (looked in . and {root})")
     img = np.ascontiguousarray(bgr[..., ::-1])
     if occlusion_name:
-        rows = read_label_rows(_resolve(occlusion_label_path_for(image_path, occlusion_name), root))
+        rows = read_label_rows(_resolve(occlusion_label_path(image_path, occlusion_name), root))
         rows = np.stack([from_occlusion_order(r) for r in rows]) if len(rows) else rows
     else:
-        rows = read_label_rows(_resolve(label_path_for(image_path), root))
+        rows = read_label_rows(_resolve(label_path(image_path), root))
     scale = np.array([width, height], dtype=np.float64)
     label_pts = {}
     for r in rows:
@@ -131,15 +132,18 @@ def save_png(path: Path, rgb: np.ndarray, colors: int = 0) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, nargs="+",
-                   help=".data file(s) (single-object, occlusion.data or <obj>_occlusion.data); images alternate between them")
-    p.add_argument("--split", choices=("valid", "train"), default="valid", help="which list of the .data file (default valid)")
+    p = cli.default_argument_parser(__doc__.split("\n\n")[0])
+    cli.add_datacfg(p, required=True, nargs="+",
+                    help=".data file(s) (single-object, occlusion.data or <obj>_occlusion.data); images alternate "
+                         "between them")
+    p.add_argument("--split", choices=("valid", "train"), default="valid",
+                   help="which list of the .data file (default valid)")
     p.add_argument("--n", type=int, default=4, help="number of images, spread over the list (default 4)")
     p.add_argument("--cols", type=int, default=2, help="grid columns (default 2)")
     p.add_argument("--scale", type=float, default=0.5, help="tile scale (default 0.5)")
     p.add_argument("--colors", type=int, default=0, help="palette PNG with this many colours (default 0: full colour)")
-    p.add_argument("--occlusion", action="store_true", help="read labels_occlusion/ of the .data 'name' (OCCLUSION order)")
+    p.add_argument("--occlusion", action="store_true",
+                   help="read labels_occlusion/ of the .data 'name' (OCCLUSION order)")
     p.add_argument("--no-poses", action="store_true", help="do not draw points re-projected from poses/*.json")
     p.add_argument("--out", required=True, help="output PNG")
     return p
@@ -165,9 +169,9 @@ def _data_images(data: Path, split: str, n: int, occlusion: bool, no_poses: bool
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    per_file = -(-args.n // len(args.data))  # ceil: the images are shared out over the .data files
+    per_file = -(-args.n // len(args.datacfg))  # ceil: the images are shared out over the .data files
     try:
-        lists = [_data_images(Path(d), args.split, per_file, args.occlusion, args.no_poses) for d in args.data]
+        lists = [_data_images(Path(d), args.split, per_file, args.occlusion, args.no_poses) for d in args.datacfg]
         jobs = [job for group in zip(*[lst + [None] * (per_file - len(lst)) for lst in lists]) for job in group if job]
         drawn = [draw_image(*job) for job in jobs[:args.n]]
     except (OSError, ValueError) as exc:
@@ -177,9 +181,9 @@ def main(argv=None) -> int:
     save_png(out, make_grid([img for img, _ in drawn], args.cols, args.scale), args.colors)
     gaps = [g for _, g in drawn if not np.isnan(g)]
     gap = f"; label vs saved pose: max {max(gaps):.2g} px over {len(gaps)} images" if gaps else ""
-    print(f"wrote {out} ({len(drawn)} images from {len(args.data)} data file(s){gap})")
+    print(f"wrote {out} ({len(drawn)} images from {len(args.datacfg)} data file(s){gap})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -3,7 +3,7 @@
     python tools/export_onnx.py --modelcfg cfg/yolo-lite-trial3-pose.cfg \\
         --weightfile weights/tiny-yolov2-trial3-voc.weights --until-last --out runs/trial3.onnx
 
-The exported graph is the network's forward (raw output, spec §4; decoding and PnP stay in
+The exported graph is the network's forward (raw output, design §4; decoding and PnP stay in
 Python). BatchNorm is folded into the convolutions first (`--no-fuse` keeps it). After export the
 model is run with onnxruntime on random inputs at two batch sizes and two input sizes and
 compared with PyTorch: the largest difference is printed, and the tool fails (exit 1) above
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
-from darknet import Darknet  # noqa: E402
+import cli
+from darknet import Darknet
+from errors import InputError, run_cli
 
 TOLERANCE = 1e-4
 OPSET = 18
@@ -68,15 +68,16 @@ def check(model: Darknet, onnx_path, shapes=CHECK_SHAPES, seed: int = 0) -> floa
             ref = model(torch.from_numpy(x)).numpy()
         got = session.run(["output"], {"images": x})[0]
         if got.shape != ref.shape:
-            raise ExportMismatch(f"{onnx_path}: output shape {got.shape} for input {x.shape}; PyTorch gives {ref.shape}")
+            raise ExportMismatch(f"{onnx_path}: output shape {got.shape} for input {x.shape}; "
+                                 f"PyTorch gives {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modelcfg", required=True)
-    p.add_argument("--weightfile", default=None, help="darknet .weights (default: random initialisation)")
+    p = cli.default_argument_parser(__doc__)
+    cli.add_model(p, cfg_required=True, weights="weightfile",
+                  weights_help="darknet .weights (default: random initialisation)")
     p.add_argument("--until-last", action="store_true", help="load the weights up to the last conv (a backbone)")
     p.add_argument("--out", default=None, help="output .onnx (default runs/<cfg name>.onnx)")
     p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm as separate nodes")
@@ -88,7 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> float:
     for path, what in ((args.modelcfg, "model cfg"), (args.weightfile, "weights")):
         if path and not Path(path).is_file():
-            raise SystemExit(f"export_onnx: {what} not found: {path}")
+            raise InputError(f"{what} not found: {path}")
     model = load(args.modelcfg, args.weightfile, args.until_last, fuse=not args.no_fuse)
     out = export(model, args.out or f"runs/{Path(args.modelcfg).stem}.onnx", args.opset)
     diff = check(model, out)
@@ -101,4 +102,4 @@ def main(args) -> float:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)))

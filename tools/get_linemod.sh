@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download and unpack the real data of SingleShotPose (spec §3.4), from the original READMEs:
+# Download and unpack the real data of SingleShotPose (design §3.4), from the original READMEs:
 #   linemod       the preprocessed LINEMOD archive -> LINEMOD/<obj>/{JPEGImages,labels,mask,...}
 #   backup        the trained YOLOv2 pose models (MS) -> backup/<obj>/model_backup.weights
 #   backup_multi  the multi-object (OCCLUSION) model -> multi_obj_pose_estimation/backup_multi/
@@ -36,7 +36,7 @@ URL_darknet19="https://pjreddie.com/media/files/darknet19_448.conv.23"
 # Known checksums / sizes ("" = unknown, not checked)
 MD5_linemod="" MD5_backup="" MD5_backup_multi="" MD5_darknet19=""
 MD5_voc="6cd6e144f989b92b3379bac3b3de84fd"
-SIZE_darknet19=79327120   # bytes: 16-byte header + 19,831,776 float32 (spec §2.4)
+SIZE_darknet19=79327120   # bytes: 16-byte header + 19,831,776 float32 (design §2.4)
 
 # Space needed (archive + unpacked), in GB, rounded up; only for the free-space check
 NEED_GB_linemod=12 NEED_GB_backup=6 NEED_GB_backup_multi=1 NEED_GB_voc=5 NEED_GB_darknet19=1

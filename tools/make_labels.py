@@ -17,17 +17,17 @@ Inputs
                 CSV: header image,r11,r12,r13,r21,r22,r23,r31,r32,r33,tx,ty,tz.
                 t in metres (--pose-units mm or --mm: millimetres). "image" is relative to
                 --images-dir (or absolute).
-    camera      --camera-data FILE takes fx, fy, u0, v0, width, height from a .data file (spec
+    camera      --camera-data FILE takes fx, fy, u0, v0, width, height from a .data file (design
                 §3.2; missing keys get the LINEMOD values); --fx --fy --u0 --v0 --width --height
-                override single values. Without either: the LINEMOD camera (spec §3.3) and the
+                override single values. Without either: the LINEMOD camera (design §3.3) and the
                 size of the first image. Zero distortion (undistort your images first). Every
                 image must have that size.
 
-Output (the LINEMOD layout of spec §3.4 under --out; lists and .data paths relative to --out):
+Output (the LINEMOD layout of design §3.4 under --out; lists and .data paths relative to --out):
     LINEMOD/<name>/JPEGImages/NNNNNN.jpg|png   the images in pose-file order (copied, or
                                                symlinked with --symlink; other formats -> .jpg)
     LINEMOD/<name>/labels/NNNNNN.txt           21 numbers: class, centroid (model origin) and
-                                               the 8 box corners (§9.2 order) normalised by
+                                               the 8 box corners (design §9.2 order) normalised by
                                                width / height, then the x / y range ('%.6f')
     LINEMOD/<name>/mask/NNNN.png               0 / 255 masks (training replaces the background
                                                outside them): --masks render (default; the mesh
@@ -38,9 +38,9 @@ Output (the LINEMOD layout of spec §3.4 under --out; lists and .data paths rela
     LINEMOD/<name>/image_map.txt               'NNNNNN <original image>' per line
     LINEMOD/<name>/<name>.ply                  the mesh in metres (ASCII; normals, colours)
     poses/<name>.json                          the poses in metres (draw_labels.py checks them)
-    cfg/<name>.data                            every §3.2 key; diam = mesh diameter unless --diam
+    cfg/<name>.data                            every design §3.2 key; diam = mesh diameter unless --diam
 
-Labels come from tools.linemod_layout.label_from_pose (utils.keypoints_from_pose + label_row),
+Labels come from utils.label_from_pose (utils.keypoints_from_pose + label_row),
 the code the synthetic generator uses, applied to the box of the mesh exactly as written
 (float32 vertices). Errors name the file and the pose entry (JSON) or line (CSV).
 """
@@ -55,20 +55,19 @@ import cv2
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/make_labels.py` finds the top level
 
-from MeshPly import MM_TO_M, MeshPly, write_ply  # noqa: E402
-from tools.linemod_layout import (  # noqa: E402
-    data_cfg_items, format_label_rows, image_stem, label_from_pose, mask_path_for, pose_entry, read_poses,
-    write_data_cfg, write_list, write_poses_json, write_text,
+import cli
+from errors import run_cli
+from linemod_format import (
+    JPEG_QUALITY, data_cfg_items, image_stem, mask_path, pose_entry, read_data_cfg, read_poses, split_flags,
+    write_data_cfg, write_label_rows, write_list, write_poses_json,
 )
-from utils import box_corners, camera_from_data_cfg, get_camera_intrinsic, mesh_diameter, pose_points3d, read_data_cfg  # noqa: E402
+from MeshPly import MM_TO_M, MeshPly, write_ply
+from utils import box_corners, camera_from_data_cfg, get_camera_intrinsic, label_from_pose, mesh_diameter, pose_points3d
 
 DEFAULT_TEST_FRACTION = 0.25
-KEEP_EXTENSIONS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png"}  # what the §3.4 derivations handle
-JPEG_QUALITY = 95
+KEEP_EXTENSIONS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png"}  # what the design §3.4 derivations handle
 UNIT_SCALE = {"m": 1.0, "mm": MM_TO_M}
 MASK_MODES = ("render", "full", "none")
 # unit sanity checks (warnings): a metre mesh over 5 m across or an object 20 m away is almost
@@ -131,36 +130,12 @@ def place_image(src: Path, dst_stem: Path, symlink: bool) -> Path:
     return dst
 
 
-def split_flags(names: list[str], test_fraction: float, seed: int, train_list=None, test_list=None) -> np.ndarray:
-    """Boolean test flags (n,) from name lists (one image name per line) or a seeded random split.
-
-    With only --train-list, the other images are the test set; with only --test-list, the
-    other images are the training set; with both, every image must be in one of them.
-    """
-    def read(path):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: split list not found")
-        return {line.strip() for line in path.read_text().splitlines() if line.strip()}
-
-    if train_list or test_list:
-        train = read(train_list) if train_list else None
-        test = read(test_list) if test_list else None
-        flags = np.array([(n in test) if test is not None else (n not in train) for n in names])
-        if train is not None and test is not None:
-            unknown = [n for n in names if n not in train and n not in test]
-            if unknown:
-                raise ValueError(f"{unknown[0]!r} is in neither {train_list} nor {test_list}")
-        return flags
-    if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"--test-fraction must be in [0, 1]; got {test_fraction}")
-    n = len(names)
-    n_test = int(round(n * test_fraction))
-    if 0.0 < test_fraction < 1.0 and n >= 2:
-        n_test = min(max(n_test, 1), n - 1)
-    flags = np.zeros(n, dtype=bool)
-    flags[np.random.default_rng(seed).permutation(n)[:n_test]] = True
-    return flags
+def read_names(path) -> set[str]:
+    """The image names of a split list (one per line, blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split list not found")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
 def render_mask(vertices: np.ndarray, faces: np.ndarray, R, t, K, width: int, height: int) -> np.ndarray:
@@ -254,7 +229,9 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
             if image_size(m) != (width, height):
                 raise ValueError(f"{m}: mask of pose entry {i} is {image_size(m)[0]}x{image_size(m)[1]}, "
                                  f"the images are {width}x{height}")
-    flags = split_flags([p["image"] for p in poses], test_fraction, seed, train_list, test_list)
+    flags = split_flags([p["image"] for p in poses], test_fraction, seed,
+                        read_names(train_list) if train_list else None, read_names(test_list) if test_list else None,
+                        lists=(str(train_list), str(test_list)))
     # the written mesh holds float32: the labels use the box of exactly those values
     corners = box_corners(np.asarray(mesh.vertices, dtype=np.float32).astype(np.float64))
     far = []
@@ -288,8 +265,8 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
         row = label_from_pose(corners, R, t, K, class_id, width, height)
         if not (0 <= row[1] <= 1 and 0 <= row[2] <= 1):
             outside.append(i)
-        write_text(folder / "labels" / f"{image_stem(i)}.txt", format_label_rows(row[None]))
-        mask_file = out / mask_path_for(rel)
+        write_label_rows(folder / "labels" / f"{image_stem(i)}.txt", row)
+        mask_file = out / mask_path(rel)
         if mask_sources is not None:
             m = cv2.imread(str(mask_sources[i]), cv2.IMREAD_GRAYSCALE)
             if m is None:
@@ -310,9 +287,11 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
     write_list(folder / "test.txt", [p for p, f in zip(rel_images, flags) if f])
     write_list(folder / "training_range.txt", [str(i) for i, f in enumerate(flags) if not f])
     write_list(folder / "image_map.txt", image_map)
-    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K, width, height, entries)
+    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K, width, height,
+                     entries)
     data = out / "cfg" / f"{name}.data"
-    write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter if diam is None else float(diam), K, width, height))
+    diameter = diameter if diam is None else float(diam)
+    write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter, K, width, height))
     return data
 
 
@@ -323,15 +302,15 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Formats and outputs: python -c 'import tools.make_labels as m; help(m)'")
+    p = cli.default_argument_parser(__doc__.split("\n\n")[0],
+                                    epilog="Formats and outputs: python -c 'import tools.make_labels as m; help(m)'")
     p.add_argument("--mesh", required=True, help="PLY mesh of the object (metres unless --mesh-units mm)")
     p.add_argument("--poses", required=True, help="poses .json or .csv (model to camera; R row-major, t in metres)")
     p.add_argument("--images-dir", default=".", help="folder the pose file's image names are relative to (default .)")
     p.add_argument("--out", required=True, help="dataset root to write (LINEMOD/<name>/, cfg/, poses/)")
     p.add_argument("--name", required=True, help="object name (folder, .data and .ply names)")
     p.add_argument("--class-id", type=int, default=0, help="class id in the labels (default 0)")
-    cam = p.add_argument_group("camera (default: the LINEMOD camera, spec §3.3, and the first image's size)")
+    cam = p.add_argument_group("camera (default: the LINEMOD camera, design §3.3, and the first image's size)")
     cam.add_argument("--camera-data", default=None, help=".data file to take fx, fy, u0, v0, width, height from")
     for key in ("fx", "fy", "u0", "v0"):
         cam.add_argument(f"--{key}", type=float, default=None, help="pixels")
@@ -341,14 +320,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     units.add_argument("--mesh-units", choices=sorted(UNIT_SCALE), default=None, help="mesh units (default m)")
     units.add_argument("--pose-units", choices=sorted(UNIT_SCALE), default=None, help="units of t (default m)")
     units.add_argument("--mm", action="store_true", help="mesh and t in millimetres (BOP); same as both units mm")
-    p.add_argument("--diam", type=float, default=None, help="diameter in metres (default: the mesh's largest vertex distance)")
+    p.add_argument("--diam", type=float, default=None,
+                   help="diameter in metres (default: the mesh's largest vertex distance)")
     p.add_argument("--masks", choices=MASK_MODES, default="render",
                    help="render: mesh silhouettes (default); full: all-255 masks; none: no masks (no training)")
     p.add_argument("--masks-dir", default=None, help="your own masks, one per image with the image's stem")
     split = p.add_argument_group("train/test split (default: seeded random)")
     split.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                        help=f"random test fraction (default {DEFAULT_TEST_FRACTION})")
-    split.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    cli.add_seed(split, help="seed of the random split (default 0)")
     split.add_argument("--train-list", default=None, help="file of image names (as in --poses) for train.txt")
     split.add_argument("--test-list", default=None, help="file of image names for test.txt")
     p.add_argument("--symlink", action="store_true", help="link the images instead of copying them")
@@ -377,4 +357,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -1,6 +1,6 @@
-"""Generate a small synthetic dataset in the exact LINEMOD layout (spec §3.4, §14.3).
+"""Generate a small synthetic dataset in the exact LINEMOD layout (design §3.4, §14.3).
 
-    python tools/make_synthetic_linemod.py --out data/synthetic --objects 3 --images-per-object 20 \\
+    python tools/make_synthetic_linemod.py --out data/synthetic --num-objects 3 --images-per-object 20 \\
         --seed 0 [--multi N] [--test-fraction 0.25] [--workers W] [--overwrite]
     python tools/make_synthetic_linemod.py --out data/synthetic --fresh-test 100 --fresh-seed 7
 
@@ -11,7 +11,7 @@ cfg/<obj>_fresh<S>.data pointing `valid` at them; nothing that exists is changed
 or from Python: `from tools.make_synthetic_linemod import generate; generate("data/synthetic")`.
 
 Procedural, textured, asymmetric meshes (tools/synth_render.py) are rendered with the LINEMOD
-camera (§3.3) at LINEMOD-like poses (0.6-1.2 m, upper hemisphere, any in-plane roll) over
+camera (design §3.3) at LINEMOD-like poses (0.6-1.2 m, upper hemisphere, any in-plane roll) over
 procedural cluttered backgrounds (image.procedural_background plus patches in the objects'
 colours). Everything is drawn from numpy Generators seeded per (seed, object, image), so a seed
 gives byte-identical files whatever `--workers` is.
@@ -21,32 +21,32 @@ a list or .data file is relative to DIR):
 
     LINEMOD/<obj>/JPEGImages/NNNNNN.jpg      640 x 480 RGB, JPEG quality 95
     LINEMOD/<obj>/labels/NNNNNN.txt          one 21-number row per object ('%.6f'); class id =
-                                             object index; keypoints in the §9.2 order
+                                             object index; keypoints in the design §9.2 order
     LINEMOD/<obj>/mask/NNNN.png              0 / 255: exactly the pixels the renderer wrote for
-                                             the object (4 digits: the §3.4 '/00' derivation)
+                                             the object (4 digits: the design §3.4 '/00' derivation)
     LINEMOD/<obj>/train.txt, test.txt        e.g. 'LINEMOD/obj00/JPEGImages/000012.jpg'
     LINEMOD/<obj>/training_range.txt         training image indices, one per line
     LINEMOD/<obj>/<obj>.ply                  ASCII PLY, metres, normals, uchar colours
-    cfg/<obj>.data                           every §3.2 key; diam = utils.mesh_diameter(mesh)
+    cfg/<obj>.data                           every design §3.2 key; diam = utils.mesh_diameter(mesh)
     poses/<obj>.json                         K, image size, and for every image showing the
                                              object: image, label file, row, R (3x3), t (m)
     synthetic_info.json                      the generation parameters (written last)
 
 Objects are named obj00, obj01, ... (not LINEMOD names: the diameters differ).
 
-With `--multi N`, N OCCLUSION-style scenes are added (§3.4, §6.3, §9.6). Object 0 ("main",
+With `--multi N`, N OCCLUSION-style scenes are added (design §3.4, §6.3, §9.6). Object 0 ("main",
 the role benchvise plays in OCCLUSION) is in every scene, with 1-3 other objects placed so that
 their silhouettes overlap (no 3-D interpenetration, each object at least MIN_VISIBLE visible):
 
     LINEMOD/obj00/JPEGImages/NNNNNN.jpg      scene images, numbered after the single-object ones
-    LINEMOD/obj00/labels/NNNNNN.txt          one row per object in the scene (§9.2 order)
+    LINEMOD/obj00/labels/NNNNNN.txt          one row per object in the scene (design §9.2 order)
     LINEMOD/obj00/mask/NNNN.png              union of all the scene's objects (what the
                                              multi-object loader keeps when it masks the image)
     cfg/train_occlusion.txt                  the training scenes (multi-object training list)
     LINEMOD/<obj>/test_occlusion.txt         test scenes that contain <obj>
     LINEMOD/<obj>/labels_occlusion/NNNNNN.txt   that object's row in the OCCLUSION corner order:
                                              re-ordered with [0,1,3,5,7,2,4,6,8] it gives the
-                                             §9.2 order (what valid_multi does, §9.6)
+                                             design §9.2 order (what valid_multi does, §9.6)
     cfg/occlusion.data                       train list, im_width/im_height, camera, valid<k>/
                                              mesh<k>/diam<k> with k = class id + 1
     cfg/<obj>_occlusion.data                 per-object evaluation cfg (valid = test_occlusion)
@@ -69,20 +69,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
-from image import procedural_background  # noqa: E402
-from errors import InputError  # noqa: E402
-from MeshPly import write_ply  # noqa: E402
-from tools.linemod_layout import (  # noqa: E402
-    JPEG_QUALITY, data_cfg_items, format_label_rows, image_stem, label_from_pose, label_path_for,
-    mask_path_for, occlusion_label_path_for, pose_entry, to_occlusion_order, write_data_cfg, write_list,
-    write_poses_json, write_text,
+import cli
+from errors import InputError, run_cli
+from image import procedural_background
+from linemod_format import (
+    IM_HEIGHT, IM_WIDTH, JPEG_QUALITY, data_cfg_items, image_stem, label_path, mask_path, occlusion_label_path,
+    pose_entry, to_occlusion_order, write_data_cfg, write_label_rows, write_list, write_poses_json, write_text,
 )
-from tools.synth_render import Light, Mesh, make_mesh, render, sample_pose  # noqa: E402
-from utils import IM_HEIGHT, IM_WIDTH, get_camera_intrinsic, mesh_diameter  # noqa: E402
+from MeshPly import write_ply
+from tools.synth_render import Light, Mesh, make_mesh, render, sample_pose
+from utils import get_camera_intrinsic, label_from_pose, mesh_diameter
 
 DEFAULT_OUT = "data/synthetic"
 DEFAULT_TEST_FRACTION = 0.25
@@ -262,11 +260,11 @@ def _write_image(out: Path, rel_image: str, rgb: np.ndarray, mask: np.ndarray, r
     img_path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(img_path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
         raise OSError(f"{img_path}: cv2.imwrite failed")
-    mask_path = out / mask_path_for(rel_image)
-    mask_path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(mask_path), mask):
-        raise OSError(f"{mask_path}: cv2.imwrite failed")
-    write_text(out / label_path_for(rel_image), format_label_rows(rows))
+    mask_file = out / mask_path(rel_image)
+    mask_file.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(mask_file), mask):
+        raise OSError(f"{mask_file}: cv2.imwrite failed")
+    write_label_rows(out / label_path(rel_image), rows)
 
 
 def _run_job(job):
@@ -291,7 +289,7 @@ def _run_job(job):
     _write_image(out, rel, rgb, mask, np.stack([r[4] for r in rows]), s["quality"])
     if is_test:
         for oi, _, _, _, row in rows:
-            write_text(out / occlusion_label_path_for(rel, objects[oi].name), format_label_rows(to_occlusion_order(row)[None]))
+            write_label_rows(out / occlusion_label_path(rel, objects[oi].name), to_occlusion_order(row))
     return job, rows
 
 
@@ -315,7 +313,8 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
             raise FileExistsError(f"{out}: already holds {existing[0].name}/ that this generator did not write; "
                                   f"choose an empty --out folder")
         if info.exists() and not marker.exists() and not overwrite:
-            raise FileExistsError(f"{out}: a synthetic dataset already exists ({info.name}); pass --overwrite to replace it")
+            raise FileExistsError(f"{out}: a synthetic dataset already exists ({info.name}); "
+                                  f"pass --overwrite to replace it")
         for d in existing:
             shutil.rmtree(d)
     info.unlink(missing_ok=True)
@@ -339,7 +338,8 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
     seconds.
     """
     if objects < 1 or images_per_object < 1 or multi < 0:
-        raise ValueError(f"need objects >= 1, images_per_object >= 1, multi >= 0; got {objects}, {images_per_object}, {multi}")
+        raise ValueError(f"need objects >= 1, images_per_object >= 1, multi >= 0; "
+                         f"got {objects}, {images_per_object}, {multi}")
     if multi and objects < 2:
         raise ValueError(f"--multi needs at least 2 objects (scenes mix classes); got --objects {objects}")
     if seed < 0:
@@ -367,14 +367,14 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
             _, oi, ii = job
             rel = f"LINEMOD/{objs[oi].name}/JPEGImages/{image_stem(ii)}.jpg"
             _, R, t, _, _ = rows[0]
-            poses[oi].append(pose_entry(rel, R, t, label=label_path_for(rel), row=0))
+            poses[oi].append(pose_entry(rel, R, t, label=label_path(rel), row=0))
             continue
         _, si, ii, is_test = job
         rel = f"LINEMOD/{main}/JPEGImages/{image_stem(ii)}.jpg"
         for k, (oi, R, t, vis, _) in enumerate(rows):
-            extra = {"label": label_path_for(rel), "row": k, "visible_fraction": round(vis, 6)}
+            extra = {"label": label_path(rel), "row": k, "visible_fraction": round(vis, 6)}
             if is_test:
-                extra["label_occlusion"] = occlusion_label_path_for(rel, objs[oi].name)
+                extra["label_occlusion"] = occlusion_label_path(rel, objs[oi].name)
                 test_scenes[oi].append(rel)
             poses[oi].append(pose_entry(rel, R, t, **extra))
         if not is_test:
@@ -472,7 +472,7 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
         mine = [(job, rows) for job, rows in results if job[1] == o.class_id]
         images = [f"LINEMOD/{o.name}/JPEGImages/{image_stem(job[2])}.jpg" for job, _ in mine]
         list_rel, cfg_rel = fresh_names(o.name, fresh_seed)
-        poses = [pose_entry(rel, rows[0][1], rows[0][2], label=label_path_for(rel), row=0)
+        poses = [pose_entry(rel, rows[0][1], rows[0][2], label=label_path(rel), row=0)
                  for rel, (_, rows) in zip(images, mine)]
         write_poses_json(out / "poses" / f"{o.name}_fresh{fresh_seed}.json", o.name, o.class_id,
                          f"LINEMOD/{o.name}/{o.name}.ply", K, IM_WIDTH, IM_HEIGHT, poses)
@@ -493,7 +493,7 @@ def _occlusion_items(objs: list[SynthObject], K: np.ndarray) -> list[tuple[str, 
              ("gpus", "0"), ("num_workers", "10"), ("im_width", str(IM_WIDTH)), ("im_height", str(IM_HEIGHT)),
              ("fx", repr(float(K[0, 0]))), ("fy", repr(float(K[1, 1]))),
              ("u0", repr(float(K[0, 2]))), ("v0", repr(float(K[1, 2])))]
-    for o in objs:  # spec §3.2: 1-based suffixes in class order
+    for o in objs:  # design §3.2: 1-based suffixes in class order
         k = o.class_id + 1
         items += [(f"valid{k}", f"LINEMOD/{o.name}/test_occlusion.txt"), (f"mesh{k}", f"LINEMOD/{o.name}/{o.name}.ply"),
                   (f"diam{k}", repr(float(o.diameter)))]
@@ -548,17 +548,16 @@ def _print_summary(summary: dict, objs, test_flags, scene_test) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.default_argument_parser(__doc__.split("\n\n")[0])
     p.add_argument("--out", default=DEFAULT_OUT, help=f"dataset root to create (default {DEFAULT_OUT})")
-    p.add_argument("--objects", type=int, default=3, help="number of objects (default 3)")
+    cli.add_num_objects(p, default=3)
     p.add_argument("--images-per-object", type=int, default=20, help="single-object images per object (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+    cli.add_seed(p, help="random seed (default 0); same seed, same bytes")
     p.add_argument("--multi", type=int, default=0, help="number of OCCLUSION-style multi-object scenes (default 0)")
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                    help=f"fraction of images in test.txt (default {DEFAULT_TEST_FRACTION})")
-    p.add_argument("--workers", type=int, default=None,
-                   help=f"worker processes (default: one per {AUTO_IMAGES_PER_WORKER} images, at most the CPU "
+    cli.add_workers(p, default=None,
+                    help=f"worker processes (default: one per {AUTO_IMAGES_PER_WORKER} images, at most the CPU "
                         f"count and 8); does not change the output")
     p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help=f"JPEG quality (default {JPEG_QUALITY})")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset this generator wrote before")
@@ -578,9 +577,9 @@ def main(argv=None) -> int:
             add_fresh_test(args.out, args.fresh_test, args.fresh_seed,
                            workers=args.workers or auto_workers(args.fresh_test), quiet=args.quiet)
             return 0
-        generate(args.out, objects=args.objects, images_per_object=args.images_per_object, seed=args.seed,
+        generate(args.out, objects=args.num_objects, images_per_object=args.images_per_object, seed=args.seed,
                  multi=args.multi, test_fraction=args.test_fraction,
-                 workers=args.workers or auto_workers(args.objects * args.images_per_object + args.multi),
+                 workers=args.workers or auto_workers(args.num_objects * args.images_per_object + args.multi),
                  overwrite=args.overwrite, jpeg_quality=args.jpeg_quality, quiet=args.quiet)
     except (ValueError, FileExistsError) as exc:  # InputError is a ValueError
         print(f"make_synthetic_linemod: error: {exc}", file=sys.stderr)
@@ -589,4 +588,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

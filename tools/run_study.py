@@ -2,11 +2,11 @@
 
     python tools/run_study.py --out runs/study                     # full budget (a CUDA machine)
     python tools/run_study.py --out runs/study_cpu --reduced       # CPU: small input, few epochs
-    python tools/run_study.py --out /tmp/s --objects 1 --images 6 --epochs 1 --size 64 \\
+    python tools/run_study.py --out /tmp/s --num-objects 1 --images-per-object 6 --epochs 1 --train-size 64 \\
         --students trial3 --modes none,fixed                       # smoke run (the test)
 
 With one seed and one budget it
-  1. generates the synthetic LINEMOD set (``--objects`` objects x ``--images`` images) in OUT/data,
+  1. generates the synthetic LINEMOD set (``--num-objects`` x ``--images-per-object``) in OUT/data,
   2. trains the YOLOv2 pose teacher on every object (random init: the darknet19 ImageNet weights
      of the MS recipe need a download; ``--teacher-init FILE`` uses them),
   3. trains the students (YOLO-LITE trial 3 and trial 10 from their VOC backbones in weights/,
@@ -28,6 +28,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
+
+import cli
+from errors import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TEACHER = ("yolov2", "cfg/yolo-pose.cfg", None)
@@ -43,31 +48,33 @@ METRICS = ("acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "mean_err_2d", "mean_
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.default_argument_parser(__doc__)
     p.add_argument("--out", default="runs/study")
     p.add_argument("--reduced", action="store_true", help=f"CPU budget {REDUCED} instead of {FULL}")
-    p.add_argument("--objects", type=int, default=3)
-    p.add_argument("--images", type=int, default=None, help="images per object")
+    cli.add_num_objects(p, default=3)
+    p.add_argument("--images-per-object", type=int, default=None, help="images per object (budget 'images')")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--size", type=int, default=None, help="square train and test size (multiple of 32)")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    cli.add_sizes(p, train=True, test=False,
+                  train_help="square size of every run, trained and scored (a multiple of 32; budget 'size')")
+    cli.add_batch_size(p, help="training batch size (budget 'batch')")
+    cli.add_seed(p)
     p.add_argument("--students", default=",".join(STUDENTS), help=f"comma list of {','.join(STUDENTS)}")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {','.join(MODES)}")
     p.add_argument("--teacher-init", default="none", help="init weights for the teacher (default: random)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=2)
+    cli.add_device(p)
+    cli.add_workers(p, default=2)
     p.add_argument("--force", action="store_true", help="redo runs whose outputs exist")
     return p
 
 
 def budget(args) -> dict:
     b = dict(REDUCED if args.reduced else FULL)
-    for key in ("epochs", "size", "batch", "images"):
-        if getattr(args, key) is not None:
-            b[key] = getattr(args, key)
+    for key, flag in (("epochs", "epochs"), ("size", "train_size"), ("batch", "batch_size"),
+                      ("images", "images_per_object")):
+        if getattr(args, flag) is not None:
+            b[key] = getattr(args, flag)
     if b["size"] % 32:
-        raise SystemExit(f"--size {b['size']}: must be a multiple of 32")
+        raise SystemExit(f"--train-size {b['size']}: must be a multiple of 32")
     return b
 
 
@@ -108,12 +115,11 @@ def main(args) -> list[dict]:
     commands, log = out / "commands.txt", out / "log.txt"
     data = out / "data"
     if not (data / "cfg").is_dir():
-        sys.path.insert(0, str(ROOT))
         from tools.make_synthetic_linemod import generate
 
-        generate(data, objects=args.objects, images_per_object=b["images"], seed=args.seed)
+        generate(data, objects=args.num_objects, images_per_object=b["images"], seed=args.seed)
         with open(commands, "a") as f:
-            f.write(f"# generate: python tools/make_synthetic_linemod.py --out {data} --objects {args.objects} "
+            f.write(f"# generate: python tools/make_synthetic_linemod.py --out {data} --num-objects {args.num_objects} "
                     f"--images-per-object {b['images']} --seed {args.seed}\n")
     cfgs = sorted(c for c in (data / "cfg").glob("*.data") if "occlusion" not in c.name)
     objects = [c.stem for c in cfgs]
@@ -216,4 +222,4 @@ def write_reports(out: Path, rows: list[dict], b: dict, args, seconds: float) ->
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)))

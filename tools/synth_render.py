@@ -1,6 +1,6 @@
 """Procedural textured meshes, LINEMOD-like poses and a small numpy z-buffer renderer (CPU only).
 
-Used by tools/make_synthetic_linemod.py (spec §14.3); every function is pure and takes its
+Used by tools/make_synthetic_linemod.py (design §14.3); every function is pure and takes its
 randomness from an explicit numpy Generator, so a seed fixes every pixel.
 
 Units and frames:
@@ -29,7 +29,7 @@ import numpy as np
 
 from utils import box_corners, mesh_diameter, pose_points3d, project_points
 
-# spec §14.3: object sizes and camera distances like LINEMOD
+# design §14.3: object sizes and camera distances like LINEMOD
 DIAMETER_RANGE_M = (0.10, 0.30)
 DISTANCE_RANGE_M = (0.6, 1.2)
 ELEVATION_RANGE_DEG = (10.0, 85.0)  # upper hemisphere (85: keep the look-at 'up' defined)
@@ -57,7 +57,7 @@ class Mesh:
 
     @property
     def corners(self) -> np.ndarray:
-        """The 8 box corners (8, 3) in the §9.2 order."""
+        """The 8 box corners (8, 3) in the design §9.2 order."""
         return box_corners(self.vertices)
 
     @property
@@ -211,7 +211,8 @@ def _primitive(rng: np.random.Generator, kind: str, scale: float):
     if kind == "block":
         return _box(scale * rng.uniform(0.2, 0.45, size=3), 2)
     if kind == "cone":
-        return _frustum(scale * rng.uniform(0.12, 0.22), 0.0, scale * rng.uniform(0.35, 0.7), int(rng.integers(10, 15)), 2)
+        return _frustum(scale * rng.uniform(0.12, 0.22), 0.0, scale * rng.uniform(0.35, 0.7),
+                        int(rng.integers(10, 15)), 2)
     raise ValueError(f"unknown primitive kind {kind!r}")
 
 
@@ -288,7 +289,8 @@ def look_at_rotation(elevation: float, azimuth: float, inplane: float) -> np.nda
     The camera sits in direction (cos e cos a, cos e sin a, sin e) of the model frame (z up),
     looks at the origin with the model's 'up' pointing up in the image, then rolls by `inplane`.
     """
-    c = np.array([math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)])
+    c = np.array([math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth),
+                  math.sin(elevation)])
     z = -c
     up = np.array([0.0, 0.0, 1.0])
     y = -(up - up.dot(z) * z)
@@ -369,7 +371,7 @@ class Light:
     diffuse: float = 0.6
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "Light":
+    def random(cls, rng: np.random.Generator) -> Light:
         d = np.array([rng.uniform(-0.7, 0.7), rng.uniform(-0.9, -0.1), -1.0])  # from the camera side, above
         return cls(d / np.linalg.norm(d), float(rng.uniform(0.3, 0.5)), float(rng.uniform(0.5, 0.75)))
 
@@ -428,7 +430,8 @@ def _rasterize(px: np.ndarray, inv_z: np.ndarray, width: int, height: int):
         tri = idx[r]
         pix_out.append((lo[tri, 1] + j) * width + lo[tri, 0] + i)
         tri_out.append(tri)
-        iz_out.append(sum((w[0][tri] + w[1][tri] * i + w[2][tri] * j) * inv_z[tri, k] for k, w in enumerate((wa, wb, wc))))
+        iz_out.append(sum((w[0][tri] + w[1][tri] * i + w[2][tri] * j) * inv_z[tri, k]
+                          for k, w in enumerate((wa, wb, wc))))
     if not pix_out:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     return np.concatenate(pix_out), np.concatenate(tri_out), np.concatenate(iz_out)

@@ -1,0 +1,204 @@
+"""One command-line vocabulary for every script: each flag name means one thing everywhere.
+
+Every script builds its parser from `default_argument_parser` and the `add_*` helpers below, so
+the same flag has the same spelling, type, default convention and help text in train.py,
+valid.py, detect.py, the multi-object scripts, the tools and the benchmarks (docs/design.md design §15):
+
+    --datacfg (alias --data)      a `.data` file                      add_datacfg
+    --modelcfg                    a network `.cfg`                    add_model
+    --weightfile                  weights to evaluate or run          add_model(weights="weightfile")
+    --initweightfile              weights to start training from      add_model(weights="initweightfile")
+    DATACFG MODELCFG WEIGHTS      the original positional form        add_positional / merge_positional
+    --device                      auto, cpu, cuda, cuda:1, ...        add_device / resolve_device
+    --train-size, --test-size     square input sizes, multiples of 32 add_sizes / check_size
+    --batch-size                  images per batch                    add_batch_size
+    --workers                     loader (or generator) processes     add_workers
+    --seed                        the seed of every random stream     add_seed
+    --pnp, --resample             PnP solver, PIL resize filter       add_pnp, add_resample
+    --objects                     which objects, by name              add_objects
+    --num-objects                 how many objects to generate        add_num_objects
+    --distiled (alias --distill)  the fork's distillation switch      add_distiled
+
+Values that need no file are checked by the helpers (`check_size`, `check_positive`); they raise
+errors.FlagError, which `errors.run_cli` turns into a one-line message and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+
+from errors import FlagError
+
+STRIDE = 32  # design §1.5: every pose network has output stride 32
+
+
+def default_argument_parser(doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A parser whose description is the script's docstring, shown as written (usage lines kept)."""
+    return argparse.ArgumentParser(description=doc, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# --------------------------------------------------------------------------------------------
+# Files: data cfg, network cfg, weights, the original positional form
+# --------------------------------------------------------------------------------------------
+
+def add_datacfg(p, default=None, required: bool = False, nargs=None, help: str | None = None) -> None:
+    """--datacfg (alias --data): the object's `.data` file (design §3.2)."""
+    p.add_argument("--datacfg", "--data", dest="datacfg", default=default, required=required, nargs=nargs,
+                   metavar="DATA", help=help or f"object .data file{_default(default)}")
+
+
+def add_model(p, cfg_default=None, cfg_required: bool = False, weights: str | None = "weightfile",
+              weights_default=None, weights_required: bool = False, weights_aliases: tuple[str, ...] = (),
+              cfg_help: str | None = None, weights_help: str | None = None) -> None:
+    """--modelcfg and, unless weights is None, --weightfile (evaluate, run) or --initweightfile (train)."""
+    p.add_argument("--modelcfg", default=cfg_default, required=cfg_required, metavar="CFG",
+                   help=cfg_help or f"network cfg{_default(cfg_default)}")
+    if weights is None:
+        return
+    if weights not in ("weightfile", "initweightfile"):
+        raise ValueError(f"weights must be 'weightfile' or 'initweightfile', not {weights!r}")
+    what = "darknet .weights to start training from" if weights == "initweightfile" else "darknet .weights"
+    p.add_argument(f"--{weights}", *(f"--{a}" for a in weights_aliases), dest=weights, default=weights_default,
+                   required=weights_required, metavar="WEIGHTS",
+                   help=weights_help or f"{what}{_default(weights_default)}")
+
+
+def add_positional(p, names: tuple[str, ...]) -> None:
+    """The original scripts' positional form, e.g. `valid.py DATACFG MODELCFG WEIGHTFILE`."""
+    p.add_argument("positional", nargs="*", metavar=" ".join(n.upper() for n in names),
+                   help="the original positional form (the same as the flags of these names)")
+
+
+def merge_positional(args: argparse.Namespace, names: tuple[str, ...]) -> argparse.Namespace:
+    """Move `args.positional` into the named attributes; FlagError for too many or a value given twice."""
+    values = getattr(args, "positional", None) or []
+    if len(values) > len(names):
+        raise FlagError(f"at most {_count(len(names))} positional arguments: {' '.join(n.upper() for n in names)}")
+    for key, value in zip(names, values):
+        if getattr(args, key) is not None:
+            raise FlagError(f"{key} given twice: positionally and as --{key}")
+        setattr(args, key, value)
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# Device, sizes, batches, workers, seed
+# --------------------------------------------------------------------------------------------
+
+def add_device(p, default: str = "auto") -> None:
+    """--device: auto (CUDA if available), cpu, cuda, cuda:1, ..."""
+    p.add_argument("--device", default=default, help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+
+
+def resolve_device(name: str):
+    """The torch.device of a --device value; FlagError when CUDA is asked for and absent."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise FlagError(f"--device {name}: not a device ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FlagError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def add_sizes(p, train: bool = False, test: bool = True, train_default=None, test_default=None,
+              train_help: str | None = None, test_help: str | None = None) -> None:
+    """--train-size (a fixed square training size) and / or --test-size (the square input size to test at)."""
+    if train:
+        p.add_argument("--train-size", type=int, default=train_default, metavar="S",
+                       help=train_help or f"fixed square training size, a multiple of {STRIDE}"
+                                          f"{_default(train_default, 'multi-scale, design §6.5')}")
+    if test:
+        p.add_argument("--test-size", type=int, default=test_default, metavar="S",
+                       help=test_help or f"square input size, a multiple of {STRIDE}"
+                                         f"{_default(test_default, 'the cfg test_width x test_height')}")
+
+
+def check_size(flag: str, value) -> None:
+    """FlagError unless value is None or a positive multiple of the network stride (32)."""
+    if value is not None and (value < STRIDE or value % STRIDE):
+        raise FlagError(f"{flag} must be a positive multiple of {STRIDE} (the network stride), found {value}")
+
+
+def check_positive(flag: str, value, minimum: int = 1) -> None:
+    """FlagError unless value is None or >= minimum."""
+    if value is not None and value < minimum:
+        raise FlagError(f"{flag} must be >= {minimum}, found {value}")
+
+
+def add_batch_size(p, default=None, help: str | None = None) -> None:
+    """--batch-size: images per batch (forward pass, or training step)."""
+    p.add_argument("--batch-size", type=int, default=default, metavar="N",
+                   help=help or f"images per batch{_default(default)}")
+
+
+def add_workers(p, default=None, help: str | None = None, nargs=None) -> None:
+    """--workers: worker processes (data loader, or the generator); a list with nargs='+' in benchmarks."""
+    p.add_argument("--workers", type=int, default=default, nargs=nargs, metavar="N",
+                   help=help or f"data loader worker processes{_default(default)}")
+
+
+def add_seed(p, default: int = 0, help: str | None = None) -> None:
+    """--seed: the seed of every random stream (shuffle, augmentation, generation, split)."""
+    p.add_argument("--seed", type=int, default=default, help=help or f"random seed (default {default})")
+
+
+def add_conf_thresh(p, default=None, help: str | None = None) -> None:
+    """--conf-thresh: the multi-object box score threshold (design §4.2)."""
+    p.add_argument("--conf-thresh", type=float, default=default, metavar="T",
+                   help=help or f"multi-object box score threshold{_default(default, 'the cfg conf_thresh')}")
+
+
+def add_pnp(p) -> None:
+    """--pnp: the OpenCV PnP solver (the original: iterative, design §9.1)."""
+    from utils import PNP_METHODS
+
+    p.add_argument("--pnp", choices=sorted(PNP_METHODS), default="iterative", help="PnP solver (original: iterative)")
+
+
+def add_resample(p, what: str = "resize filter") -> None:
+    """--resample: the PIL resize filter (bicubic: Pillow >= 7; nearest: Pillow < 7, design §6.4)."""
+    from image import DEFAULT_RESAMPLE, RESAMPLE_FILTERS
+
+    p.add_argument("--resample", choices=tuple(RESAMPLE_FILTERS), default=DEFAULT_RESAMPLE,
+                   help=f"{what} (default {DEFAULT_RESAMPLE}; nearest: Pillow < 7, design §6.4)")
+
+
+# --------------------------------------------------------------------------------------------
+# Objects and the fork's distillation switch
+# --------------------------------------------------------------------------------------------
+
+def add_objects(p, help: str) -> None:
+    """--objects NAME [NAME ...]: which objects, by name (commas also separate: `ape,can`)."""
+    p.add_argument("--objects", nargs="+", default=None, metavar="NAME", help=help)
+
+
+def object_list(values) -> list[str] | None:
+    """The --objects values as a flat list (`ape can`, `ape,can` and `ape, can` all give ['ape', 'can'])."""
+    if values is None:
+        return None
+    return [v for value in values for v in (s.strip() for s in str(value).split(",")) if v]
+
+
+def add_num_objects(p, default: int, help: str | None = None) -> None:
+    """--num-objects N: how many objects to generate."""
+    p.add_argument("--num-objects", type=int, default=default, metavar="N",
+                   help=help or f"number of objects (default {default})")
+
+
+def add_distiled(p, help: str) -> None:
+    """--distiled (the fork's spelling, alias --distill): nonzero switches distillation on."""
+    p.add_argument("--distiled", "--distill", dest="distiled", type=int, default=0, help=help)
+
+
+def _default(value, otherwise: str | None = None) -> str:
+    if value is not None:
+        return f" (default {value})"
+    return f" (default: {otherwise})" if otherwise else ""
+
+
+def _count(n: int) -> str:
+    return {1: "one", 2: "two", 3: "three"}.get(n, str(n))
