@@ -429,7 +429,7 @@ class Trainer:
     def fit(self, make_loader: Callable[[int, int, int], object], evaluate: Callable[[object, int], dict], *,
             epochs: int | None, budget_s: float | None = None, eval_every: int = 10,
             meaningful_from: int = 0) -> dict:
-        """Train until `epochs` or until `budget_s` seconds of training, evaluating along the way.
+        """Train until `epochs` or until `budget_s` seconds of training and testing, evaluating along the way.
 
         make_loader(epoch, seen_before_epoch, start_batch) -> the epoch's loader;
         evaluate(model, epoch) -> {'row', 'costs', 'score'} (see record_evaluation).
@@ -459,7 +459,10 @@ class Trainer:
                 state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
                 if self.rank == 0 and ((epoch % eval_every == 0 and epoch > 0) or last):
                     if epoch >= meaningful_from:
-                        self.record_evaluation(epoch, evaluate(self.eval_model, epoch))
+                        t_eval = time.perf_counter()
+                        result = evaluate(self.eval_model, epoch)
+                        state["train_seconds"] += time.perf_counter() - t_eval  # a budget pays for tests too
+                        self.record_evaluation(epoch, result)
                     else:
                         log(f"epoch {epoch}: evaluation skipped: the confidence term is off until epoch "
                             f"{meaningful_from}, so the most confident cell is arbitrary")

@@ -56,6 +56,7 @@ class Targets:
     ty: torch.Tensor
     tconf: torch.Tensor
     tcls: torch.Tensor
+    point_mask: torch.Tensor | None = None  # (B, A, K, H, W) per-keypoint coordinate weights; None: coord_mask
     nGT: int = 0
     nCorrect: int = 0
     nProposals: int = 0
@@ -205,8 +206,8 @@ def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: 
     assigned = {"b": b, "slot": slot, "anchor": n, "gj": gj, "gi": gi, "pred_row": pred_row, "tconf": conf}
     n_correct = int((conf > RECALL_THRESH).sum())
     n_proposals = int((conf_all > PROPOSAL_THRESH).sum())
-    return Targets(coord_mask, conf_mask, coord_mask.clone(), tx, ty, tconf, tcls, int(b.numel()), n_correct,
-                   n_proposals, assigned)
+    return Targets(coord_mask, conf_mask, coord_mask.clone(), tx, ty, tconf, tcls, None, int(b.numel()),
+                   n_correct, n_proposals, assigned)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,6 +290,51 @@ def floor_confidence(targets: Targets, floor: float) -> Targets:
     return replace(targets, tconf=tconf)
 
 
+NEIGHBOURS = {4: ((-1, 0), (1, 0), (0, -1), (0, 1)),
+              8: ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1))}
+
+
+def add_neighbour_cells(targets: Targets, target: torch.Tensor, noobject_scale: float,
+                        num_keypoints: int = NUM_KEYPOINTS, neighbours: int = 4) -> Targets:
+    """Targets where the 4 (or 8) cells next to each responsible cell also regress the box corners.
+
+    Single object only (A = 1). A neighbour cell (gi +- 1, gj) or (gi, gj +- 1) (and, with 8, the
+    diagonal ones) inside the grid and
+    not itself responsible gets the corner targets relative to itself (k = 1..K-1, raw offsets, any
+    value is reachable) but no centroid target (its sigmoid cannot leave its own cell), and keeps
+    a background confidence target (0, weight noobject_scale, never ignored), so that the most
+    confident cell stays the centroid's. Four times more corner gradient per image: the fast
+    recipe's main speed-up (design §7.6).
+    """
+    B, A, H, W = targets.coord_mask.shape
+    if A != 1:
+        raise ValueError("neighbour cells are for the single-object loss (one anchor)")
+    K = num_keypoints
+    rows, valid = parse_target(target.to(targets.tx.device), K)
+    b, slot = valid.nonzero(as_tuple=True)
+    point = targets.coord_mask[:, :, None].expand(B, A, K, H, W).clone()
+    tx, ty, conf_mask = targets.tx.clone(), targets.ty.clone(), targets.conf_mask.clone()
+    if b.numel():
+        gxy = rows[b, slot, 1:1 + 2 * K].reshape(-1, K, 2)
+        gx, gy = gxy[..., 0] * W, gxy[..., 1] * H
+        gi, gj = gx[:, 0].trunc().long(), gy[:, 0].trunc().long()
+        if neighbours not in NEIGHBOURS:
+            raise ValueError(f"neighbours must be one of {sorted(NEIGHBOURS)}, found {neighbours}")
+        for di, dj in NEIGHBOURS[neighbours]:
+            ni, nj = gi + di, gj + dj
+            ok = (ni >= 0) & (ni < W) & (nj >= 0) & (nj < H)
+            ok &= targets.coord_mask[b.clamp(max=B - 1), 0, nj.clamp(0, H - 1), ni.clamp(0, W - 1)] == 0
+            if not ok.any():
+                continue
+            bb, ii, jj = b[ok], ni[ok], nj[ok]
+            point[bb, 0, :, jj, ii] = 1.0
+            point[bb, 0, 0, jj, ii] = 0.0  # no centroid target
+            tx[bb, 0, :, jj, ii] = (gx[ok] - ii[:, None].to(gx.dtype)).to(tx.dtype)
+            ty[bb, 0, :, jj, ii] = (gy[ok] - jj[:, None].to(gy.dtype)).to(ty.dtype)
+            conf_mask[bb, 0, jj, ii] = float(noobject_scale)  # never ignored: a background cell
+    return replace(targets, point_mask=point, tx=tx, ty=ty, conf_mask=conf_mask)
+
+
 # --------------------------------------------------------------------------------------------
 # Loss terms (design §5.4)
 # --------------------------------------------------------------------------------------------
@@ -316,7 +362,10 @@ def loss_terms(output: torch.Tensor, targets: Targets, *, num_keypoints: int = N
         zeros_c = targets.tconf.new_zeros(B, A, C, H, W)
         txy = torch.stack([targets.tx, targets.ty], dim=3).reshape(B, A, 2 * K, H, W)
         t_all = torch.cat([txy, targets.tconf[:, :, None], zeros_c], dim=2).to(dtype)
-        w_xy = (0.5 * coord_scale * targets.coord_mask)[:, :, None].expand(B, A, 2 * K, H, W)
+        if targets.point_mask is None:
+            w_xy = (0.5 * coord_scale * targets.coord_mask)[:, :, None].expand(B, A, 2 * K, H, W)
+        else:  # one weight per keypoint, shared by its x and y
+            w_xy = (0.5 * coord_scale * targets.point_mask).repeat_interleave(2, dim=2)
         w_conf = (0.5 * targets.conf_mask)[:, :, None]
         w_all = torch.cat([w_xy, w_conf * float(with_conf), zeros_c], dim=2).to(dtype)
     pred = torch.cat([torch.sigmoid(o[:, :, :2]), o[:, :, 2:2 * K], torch.sigmoid(o[:, :, 2 * K:2 * K + 1]),
@@ -378,6 +427,7 @@ class RegionLoss(nn.Module):
         # the fast recipe (train.py --recipe fast); both off reproduces the original
         self.conf_floor = 0.0  # responsible-cell tconf = floor + (1 - floor) * rescore: never collapses to 0
         self.batch_mean = False  # divide the summed loss by the batch size
+        self.neighbour_cells = 0  # 4 or 8: the cells next to the responsible one also regress the corners
         if self.num_anchors > 1 and len(self.anchors) < 2 * self.num_anchors:
             raise ValueError(f"RegionLoss: {self.num_anchors} anchors need {2 * self.num_anchors} anchor "
                              f"values (w, h pairs); got {len(self.anchors)}")
@@ -437,6 +487,9 @@ class RegionLoss(nn.Module):
             targets = blend_targets(targets, teacher, self.kd_alpha)
         if self.conf_floor:
             targets = floor_confidence(targets, self.conf_floor)
+        if self.neighbour_cells:
+            targets = add_neighbour_cells(targets, target, self.noobject_scale, self.num_keypoints,
+                                          self.neighbour_cells)
         loss, terms = loss_terms(output, targets, num_keypoints=self.num_keypoints, num_classes=self.num_classes,
                                  num_anchors=self.num_anchors, coord_scale=self.coord_scale,
                                  class_scale=self.class_scale,

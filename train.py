@@ -46,7 +46,7 @@ POSITIONAL = ("datacfg", "modelcfg", "initweightfile")
 # The main job (no --datacfg): one synthetic LINEMOD object, the fast recipe, a time budget on the CPU.
 SYNTHETIC_ROOT = Path("data/synthetic")
 SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES = 1, 1000
-QUICK = dict(recipe="fast", minutes=10.0, eval_every=5)
+QUICK = dict(recipe="fast", minutes=12.0, eval_every=5)
 ORIGINAL_EVAL_EVERY = 10  # the fork's test cadence
 CHECKPOINT, BEST_WEIGHTS = engine.CHECKPOINT, engine.BEST_WEIGHTS
 COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies",
@@ -70,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                f"random)")
     p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
                    help="original (default with --datacfg): the papers' recipe exactly; fast (default of the "
-                        "main job): AdamW, cosine, EMA, confidence floor, cv2 loader, 256 px (docs/design.md D46)")
+                        "main job): AdamW, cosine, EMA, confidence floor, cv2 loader, 256 px (docs/design.md §7.6, D46)")
     p.add_argument("--minutes", type=float, default=None,
                    help="train for this many minutes (the fast schedule decays over them; main job: "
                         f"{QUICK['minutes']:g})")
@@ -99,6 +99,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-resume", action="store_true",
                    help="resume even from a checkpoint made with another cfg, data file, batch size or recipe")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in the backup folder")
+    p.add_argument("--also-valid", nargs="+", default=[], metavar="DATACFG",
+                   help="also test on these .data files' valid lists at every evaluation (e.g. a fresh test set "
+                        "of tools/make_synthetic_linemod.py --fresh-test); logged, not used to pick the best model")
     p.add_argument("--eval-every", type=int, default=None,
                    help="test after epochs e %% N == 0, e > 0, and after the last (default 10, as the fork)")
     cli.add_sizes(p, train=True, test=True,
@@ -213,7 +216,11 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     opts = utils.read_data_cfg(args.datacfg, resolve_paths=True)
     name = opts.get("name", Path(args.datacfg).stem)
     if args.backupdir is None:
-        args.backupdir = f"backup/synthetic/{name}" if quick else opts.get("backup", f"backup/{name}")
+        if quick:  # a budget other than the main job's gets its own folder
+            suffix = "" if args.minutes == QUICK["minutes"] else f"_{args.minutes:g}min"
+            args.backupdir = f"backup/synthetic/{name}{suffix}"
+        else:
+            args.backupdir = opts.get("backup", f"backup/{name}")
     if args.teacher_cfg == DEFAULT_TEACHER_CFG:
         args.teacher_cfg = repo_path(DEFAULT_TEACHER_CFG)
     if args.teacher_weights is None:
@@ -240,6 +247,7 @@ def build_loss(model, args) -> RegionLoss:
     if args.recipe == "fast":
         loss_fn.conf_floor, loss_fn.batch_mean = FAST.conf_floor, True
         loss_fn.noobject_scale = FAST.noobject_scale
+        loss_fn.neighbour_cells = FAST.neighbour_cells
     return loss_fn
 
 
@@ -284,6 +292,8 @@ def main(args) -> dict:
     device = cli.resolve_device(args.device)
     rank, world, device = engine.setup_distributed(device)
     check_inputs(args, opts)
+    for extra in args.also_valid:
+        valid.load_eval_setup(extra)  # every file it needs, checked now
     engine.seed_everything(args.seed)
     fast = args.recipe == "fast"
 
@@ -304,7 +314,9 @@ def main(args) -> dict:
 
     train_set = dataset.listDataset(opts["train"], train=True, seed=args.seed, resample=args.resample,
                                     bg_dir=args.bg_dir, num_keypoints=model.num_keypoints, fast=fast,
-                                    **({"jitter": FAST.jitter, "bg_prob": FAST.bg_prob} if fast else {}))
+                                    **({"jitter": FAST.jitter,
+                                        "bg_prob": FAST.bg_prob_with_dir if args.bg_dir else FAST.bg_prob}
+                                       if fast else {}))
     train_set.warm_background_pool()  # before the workers fork, so that they share it
     test_shape = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
     test_set = dataset.listDataset(opts["valid"], train=False, shape=test_shape, resample=args.resample)
@@ -339,10 +351,18 @@ def main(args) -> dict:
             world_size=world, pin_memory=device.type == "cuda", start_batch=start_batch)
 
     evaluate = evaluation(test_set, setup, device, model.num_keypoints, fast)
+    extra_tests = [(Path(d).stem, valid.load_eval_setup(d)) for d in args.also_valid]
+    extra_sets = [dataset.listDataset(s.valid_list, train=False, shape=test_shape, resample=args.resample)
+                  for _, s in extra_tests]
 
     def evaluate_and_count(eval_model, epoch):
         result = evaluate(eval_model, epoch)
         result["costs"]["testing_iters"] = trainer.state["seen"]
+        for (tag, extra_setup), extra_set in zip(extra_tests, extra_sets):
+            summary, _ = valid.evaluate(eval_model, dataset.make_test_loader(extra_set, batch_size=8, workers=0),
+                                        extra_setup, device, num_keypoints=model.num_keypoints)
+            valid.log(f"epoch {epoch} on {tag}: 2D {summary['acc_2d']:.2f}% (10 px {summary['acc_2d_10px']:.2f}%)")
+            result["row"].update({f"{tag}:{k}": summary[k] for k in ("acc_2d", "acc_2d_10px", "mean_err_corner")})
         return result
 
     state = trainer.fit(make_loader, evaluate_and_count, epochs=epochs,

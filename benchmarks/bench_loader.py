@@ -1,12 +1,14 @@
-"""Training-loader throughput (images/s) for 0, 1 and 2 workers on a generated LINEMOD-layout fixture.
+"""Training-loader throughput (images/s): today's Pillow path against the cv2 fast path (D49).
 
-    .venv/bin/python benchmarks/bench_loader.py [--images-per-object 48] [--batch-size 8] [--train-size 416] \\
-        [--workers 0 1 2]
+    .venv/bin/python benchmarks/bench_loader.py [--images-per-object 48] [--batch-size 8] \\
+        [--train-sizes 256 416] [--workers 0]
 
 The fixture (640x480 JPEGs: a procedural background with a drawn object, its mask and label)
 is written to a temporary folder. Each row runs one full epoch of `make_train_loader` (design §6.1
-augmentation, procedural backgrounds) after one warm-up batch; the ratio is against the first
-worker count of the same run. Not a test: numbers depend on the machine.
+augmentation, a new background for every sample) after one warm-up batch. With 0 workers the
+samples are made in the timing process, so images/s is the throughput of one core; the ratio is
+against today's path (Pillow, a fresh procedural background per sample) at the same size and
+worker count in the same run. Not a test: numbers depend on the machine.
 """
 from __future__ import annotations
 
@@ -64,30 +66,38 @@ def images_per_second(dataset, batch: int, size: int, workers: int) -> float:
     return count / (time.perf_counter() - t0)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[tuple]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images-per-object", type=int, default=48, help="images of the one generated object")
     cli.add_batch_size(p, default=8)
-    cli.add_sizes(p, train=True, test=False, train_default=416, train_help="square training size (default 416)")
-    cli.add_workers(p, default=[0, 1, 2], nargs="+", help="loader worker counts to time (default 0 1 2)")
-    p.add_argument("--procedural-pool", type=int, default=16, help="also time a cached pool of K backgrounds")
+    p.add_argument("--train-sizes", type=int, nargs="+", default=[256, 416], metavar="S",
+                   help="square training sizes to time (default 256, the fast recipe's, and 416)")
+    cli.add_workers(p, default=[0], nargs="+", help="loader worker counts to time (default 0: per core)")
+    p.add_argument("--procedural-pool", type=int, default=16, help="also time the Pillow path with a pool of K")
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         list_file = make_fixture(tmp, args.images_per_object)
-        variants = [("fresh", 0)]
+        variants = [("Pillow, fresh backgrounds (today)", dict())]
         if args.procedural_pool:
-            variants.append((f"pool {args.procedural_pool}", args.procedural_pool))
-        for name, pool in variants:
-            dataset = ds.PoseDataset(list_file, train=True, procedural_pool=pool)
-            rows += [(name, w, images_per_second(dataset, args.batch_size, args.train_size, w)) for w in args.workers]
-    base = rows[0][2]
-    print(f"training loader, {args.images_per_object} images 640x480 -> {args.train_size}x{args.train_size}, "
-          f"batch {args.batch_size}, "
-          f"{os.cpu_count()} CPUs; ratio against '{rows[0][0]}' with {rows[0][1]} workers")
-    print(f"{'backgrounds':>12} {'workers':>8} {'images/s':>10} {'ratio':>8}")
-    for name, w, ips in rows:
-        print(f"{name:>12} {w:>8} {ips:>10.1f} {ips / base:>7.2f}x")
+            variants.append((f"Pillow, pool {args.procedural_pool}", dict(procedural_pool=args.procedural_pool)))
+        variants.append(("cv2 fast path", dict(fast=True)))
+        for size in args.train_sizes:
+            for w in args.workers:
+                base = None
+                for name, kw in variants:
+                    dataset = ds.PoseDataset(list_file, train=True, **kw)
+                    dataset.warm_background_pool()
+                    ips = images_per_second(dataset, args.batch_size, size, w)
+                    base = base or ips
+                    rows.append((size, w, name, ips, ips / base))
+    print(f"training loader, {args.images_per_object} images 640x480, batch {args.batch_size}, "
+          f"{os.cpu_count()} CPUs; ratio against today's path (Pillow, a fresh procedural background per sample) "
+          f"at the same size and workers\n")
+    print("| size | workers | path | images/s | vs today |\n|---|---|---|---|---|")
+    for size, w, name, ips, ratio in rows:
+        print(f"| {size} | {w} | {name} | {ips:.1f} | {ratio:.2f}x |")
+    return rows
 
 
 if __name__ == "__main__":

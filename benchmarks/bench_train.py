@@ -1,23 +1,34 @@
-"""Training speed: images/s of one SGD step (forward, region loss, backward, step) per network.
+"""Training speed: the loader and the training step, each against today's (the original recipe's) path.
 
-For each network and variant it times full training steps on a fixed random batch with a
-synthetic one-object target, so the number measures the model and the loss, not the loader
-(benchmarks/bench_loader.py measures that). Variants, timed in interleaved rounds (median):
+Two tables, each with a ratio against a baseline measured in the same run:
 
-    fp32          NCHW, float32: the baseline
-    channels-last weights and input in channels_last
-    amp           autocast (bf16 where the GPU has it, else fp16 + GradScaler)   (CUDA only)
-    amp+cl        both                                                          (CUDA only)
+1. Training step (forward, region loss, backward, optimiser step; EMA for fast) per network on a
+   fixed random batch with one object per image, so it measures the model and the loss:
 
-    .venv/bin/python benchmarks/bench_train.py [--nets trial3,tiny] [--batch-size 16] [--train-size 416] [--device cuda]
+       original      SGD, NCHW float32: the baseline (the original recipe)
+       fast          AdamW + EMA, channels-last (the fast recipe)
+       fast 1 thread the same with torch.set_num_threads(1)
+       fast S=...    the same at the smaller input sizes of --sizes
+       compile       fast with torch.compile (only with --compile: it compiles for minutes on a CPU)
+       amp, amp+cl   autocast (bf16 where the GPU has it, else fp16 + GradScaler)     (CUDA only)
 
-Defaults finish in about two minutes on a 2-core CPU (YOLOv2 is skipped on the CPU unless named).
+2. Loader: images/s of training samples for the main job's size on a generated LINEMOD-layout
+   fixture: the Pillow path with min(4, cores) workers (the original recipe's default) against
+   the cv2 fast path with 0 workers (the fast recipe's default on a CPU) and with 1 worker.
+
+    .venv/bin/python benchmarks/bench_train.py [--nets trial3] [--batch-size 16] [--train-size 256]
+        [--sizes 224 192] [--compile] [--device cuda]
+
+Defaults (trial 3 at 256, the main job's network and size) finish in about two minutes on 2 cores.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +37,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-import train
+import dataset as ds
+import engine
+import recipes
+from benchmarks.bench_loader import make_fixture
 from darknet import Darknet
 from region_loss import RegionLoss
 
@@ -38,11 +52,15 @@ NETS = {"trial3": "cfg/yolo-lite-trial3-pose.cfg", "trial10": "cfg/yolo-lite-tri
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--nets", default=None, help=f"comma list of {','.join(NETS)} (default: all but yolov2 on CPU)")
-    cli.add_batch_size(p, default=16)
-    cli.add_sizes(p, train=True, test=False, train_default=416, train_help="square training size (default 416)")
+    p.add_argument("--nets", default="trial3", help=f"comma list of {','.join(NETS)} (default trial3)")
+    cli.add_batch_size(p, default=8)
+    cli.add_sizes(p, train=True, test=False, train_default=256, train_help="square training size (default 256)")
+    p.add_argument("--sizes", type=int, nargs="*", default=[224, 192], help="smaller sizes to time the fast step at")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on a CPU)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
+    p.add_argument("--loader-images", type=int, default=48, help="fixture images for the loader table")
+    p.add_argument("--no-loader", action="store_true", help="skip the loader table")
     cli.add_device(p)
     return p
 
@@ -60,70 +78,142 @@ def make_batch(batch: int, size: int, device) -> tuple[torch.Tensor, torch.Tenso
     return images.to(device), target.to(device)
 
 
-def variants(device) -> list[tuple[str, bool, bool]]:
-    out = [("fp32", False, False), ("channels-last", True, False)]
+def step_variants(device, sizes, compile_: bool) -> list[dict]:
+    """(label, recipe, channels_last, amp, threads, size or None, compile)."""
+    out = [dict(label="original", recipe="original", cl=False, amp=False),
+           dict(label="fast", recipe="fast", cl=True, amp=False)]
+    if device.type == "cpu":
+        out.append(dict(label="fast 1 thread", recipe="fast", cl=True, amp=False, threads=1))
+    out += [dict(label=f"fast S={s}", recipe="fast", cl=True, amp=False, size=s) for s in sizes]
+    if compile_:
+        out.append(dict(label="fast compile", recipe="fast", cl=True, amp=False, compile=True))
     if device.type == "cuda":
-        out += [("amp", False, True), ("amp+cl", True, True)]
+        out += [dict(label="fast amp", recipe="fast", cl=False, amp=True),
+                dict(label="fast amp+cl", recipe="fast", cl=True, amp=True)]
     return out
 
 
-def build(cfg: str, device, channels_last: bool, amp: bool):
+def build_trainer(cfg: str, device, v: dict, batch: int) -> engine.Trainer:
+    """A Trainer of the variant's recipe (no files are written: only train_step is called)."""
     torch.manual_seed(0)
     model = Darknet(ROOT / cfg).to(device)
-    if channels_last:
+    if v["cl"]:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = RegionLoss.from_region(model.region, model.num_keypoints, pretrain_num_epochs=0)
-    optimizer = train.build_optimizer(model, 1e-3, 0.9, 5e-4, 16)
-    use_fp16 = amp and train.amp_dtype(device) == torch.float16
-    cfg_sched = {"learning_rate": 1e-3, "steps": [], "scales": [], "step_unit": 1.0, "batch": 16,
-                 "scaler": torch.amp.GradScaler("cuda", enabled=use_fp16)}
-    state = {"iteration": 0, "seen": 0}
-    return model, loss_fn, optimizer, cfg_sched, state
+    loss_fn = RegionLoss.from_region(model.region, model.num_keypoints, pretrain_num_epochs=-1)
+    if v["recipe"] == "fast":
+        optimizer = recipes.build_adamw(model)
+        schedule = recipes.CosineSchedule(1e-3, 0.03, 0.01, total_iters=1000)
+        ema = recipes.ModelEMA(model)
+        loss_fn.conf_floor, loss_fn.batch_mean = recipes.FAST.conf_floor, True
+        loss_fn.neighbour_cells = recipes.FAST.neighbour_cells
+    else:
+        net = model.net
+        optimizer = recipes.build_sgd(model, 1e-3, float(net["momentum"]), float(net["decay"]), batch)
+        schedule = recipes.StepSchedule(1e-3, [], [], 1.0, batch)
+        ema = None
+    net = torch.compile(model) if v.get("compile") else model
+    return engine.Trainer(model, optimizer, loss_fn, schedule, backup=Path(tempfile.gettempdir()), run={},
+                          cost_keys=(), device=device, net=net, ema=ema, amp=v["amp"], channels_last=v["cl"],
+                          progress=False)
 
 
-def step_fn(model, loss_fn, optimizer, cfg, state, images, target, device, amp):
-    def step():
-        train._train_step(model, images, target, optimizer, loss_fn, state, cfg, device, 1, 0, None, amp)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return step
-
-
-def main(args) -> list[dict]:
-    device = cli.resolve_device(args.device)
-    names = args.nets.split(",") if args.nets else [n for n in NETS if device.type == "cuda" or n != "yolov2"]
-    images, target = make_batch(args.batch_size, args.train_size, device)
+def time_steps(names, args, device) -> list[dict]:
     rows = []
+    threads = torch.get_num_threads()
     for name in names:
         setups = {}
-        for label, cl, amp in variants(device):
-            model, loss_fn, opt, cfg, state = build(NETS[name], device, cl, amp)
-            model.train()
-            x = images.contiguous(memory_format=torch.channels_last) if cl else images
-            step = step_fn(model, loss_fn, opt, cfg, state, x, target, device, amp)
-            step()  # warm-up (allocations, cuDNN autotune)
-            setups[label] = step
+        for v in step_variants(device, args.sizes, args.compile):
+            size = v.get("size") or args.train_size
+            images, target = make_batch(args.batch_size, size, device)
+            if v["cl"]:
+                images = images.contiguous(memory_format=torch.channels_last)
+            trainer = build_trainer(NETS[name], device, v, args.batch_size)
+
+            def step(trainer=trainer, images=images, target=target, v=v):
+                torch.set_num_threads(v.get("threads", threads))
+                try:
+                    trainer.train_step(images, target, epoch=1, batch_index=0)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                finally:
+                    torch.set_num_threads(threads)
+
+            step()  # warm-up (allocations, cuDNN autotune, compilation)
+            setups[v["label"]] = step
         times = {label: [] for label in setups}
-        for _ in range(args.rounds):
+        for _ in range(args.rounds):  # interleaved rounds: a busy machine slows every variant alike
             for label, step in setups.items():
                 t0 = time.perf_counter()
                 for _ in range(args.steps):
                     step()
                 times[label].append((time.perf_counter() - t0) / args.steps)
-        base = statistics.median(times["fp32"])
+        base = statistics.median(times["original"])
         for label, ts in times.items():
             t = statistics.median(ts)
             rows.append({"network": name, "variant": label, "ms": 1e3 * t, "ips": args.batch_size / t,
                          "ratio": base / t})
-            r = rows[-1]
-            print(f"| {name} | {label} | {r['ms']:.1f} | {r['ips']:.1f} | {r['ratio']:.2f}x |", flush=True)
-    print(f"\ndevice {device}, torch {torch.__version__}, batch {args.batch_size}, "
-          f"input {args.train_size}x{args.train_size}, "
-          f"threads {torch.get_num_threads()}\n")
-    print("| network | variant | ms / step | images/s | vs fp32 |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['network']} | {r['variant']} | {r['ms']:.1f} | {r['ips']:.1f} | {r['ratio']:.2f}x |")
     return rows
+
+
+def loader_ips(dataset, batch: int, size: int, workers: int, batches: int) -> float:
+    """Training images per second from make_train_loader over `batches` batches, after a warm-up batch."""
+    loader = ds.make_train_loader(dataset, batch, seed=0, epoch=0, workers=workers, mode="fixed", fixed_size=size)
+    it = iter(loader)
+    next(it)
+    t0, count = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            images, _ = next(it)
+        except StopIteration:
+            break
+        count += images.shape[0]
+    return count / (time.perf_counter() - t0)
+
+
+def time_loader(args) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        list_file = make_fixture(tmp, args.loader_images)
+        batches = max(args.loader_images // args.batch_size - 1, 1)
+        slow = ds.PoseDataset(list_file, train=True)
+        fast = ds.PoseDataset(list_file, train=True, fast=True, jitter=recipes.FAST.jitter,
+                              bg_prob=recipes.FAST.bg_prob_with_dir)
+        fast.warm_background_pool()
+        default_workers = min(4, os.cpu_count() or 1)
+        for label, d, w in ((f"Pillow (original), {default_workers} workers", slow, default_workers),
+                            ("Pillow (original), 0 workers", slow, 0),
+                            ("cv2 (fast), 0 workers", fast, 0), ("cv2 (fast), 1 worker", fast, 1)):
+            rows.append({"loader": label, "ips": loader_ips(copy.copy(d), args.batch_size, args.train_size, w,
+                                                             batches)})
+    base = rows[0]["ips"]
+    per_core_base = rows[1]["ips"]
+    for r in rows:
+        r["ratio"] = r["ips"] / base
+        r["per_core_ratio"] = r["ips"] / per_core_base
+    return rows
+
+
+def main(args) -> dict:
+    device = cli.resolve_device(args.device)
+    names = args.nets.split(",")
+    unknown = [n for n in names if n not in NETS]
+    if unknown:
+        raise SystemExit(f"unknown network(s) {unknown}; choose from {list(NETS)}")
+    steps = time_steps(names, args, device)
+    print(f"\ntraining step: device {device}, torch {torch.__version__}, batch {args.batch_size}, "
+          f"input {args.train_size}x{args.train_size} unless named, threads {torch.get_num_threads()}\n")
+    print("| network | variant | ms / step | images/s | vs original |\n|---|---|---|---|---|")
+    for r in steps:
+        print(f"| {r['network']} | {r['variant']} | {r['ms']:.1f} | {r['ips']:.1f} | {r['ratio']:.2f}x |")
+    loads = [] if args.no_loader else time_loader(args)
+    if loads:
+        print(f"\nloader: {args.loader_images} fixture images 640x480 -> {args.train_size}x{args.train_size}, "
+              f"batch {args.batch_size}, {os.cpu_count()} CPUs\n")
+        print("| loader | images/s | vs the original default | per core, vs Pillow with 0 workers |\n"
+              "|---|---|---|---|")
+        for r in loads:
+            print(f"| {r['loader']} | {r['ips']:.1f} | {r['ratio']:.2f}x | {r['per_core_ratio']:.2f}x |")
+    return {"steps": steps, "loader": loads}
 
 
 if __name__ == "__main__":

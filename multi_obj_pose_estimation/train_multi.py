@@ -72,7 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                f"{QUICK_INITWEIGHTS}; 'none' for random)")
     p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
                    help="original (default with --datacfg): the original's recipe; fast (default of the main "
-                        "job): AdamW, cosine, EMA, confidence floor (see train.py -h, docs/design.md D46)")
+                        "job): AdamW, cosine, EMA, confidence floor (see train.py -h, docs/design.md §7.6, D46)")
     p.add_argument("--minutes", type=float, default=None, help="train for this many minutes (fast: the schedule)")
     p.add_argument("--pretrain_num_epochs", type=int, default=None,
                    help="epochs without the confidence term (original multi default 0; fast: none)")
@@ -218,14 +218,16 @@ def check_model(model, args, objects) -> None:
 
 
 def make_loss(model, args) -> RegionLoss:
-    """The multi-object loss: the cfg's anchors and classes, the MS scales unless --loss-scales cfg."""
+    """The multi-object loss: the cfg's anchors and classes, the MS scales unless --loss-scales cfg;
+    the fast recipe's confidence floor and batch mean (design §7.6)."""
+    fast = args.recipe == "fast"
+    pretrain = args.pretrain_num_epochs if args.pretrain_num_epochs is not None else (-1 if fast else 0)
     if args.loss_scales == "cfg":
-        loss = RegionLoss.from_region(model.region, model.num_keypoints, "cfg", args.pretrain_num_epochs)
+        loss = RegionLoss.from_region(model.region, model.num_keypoints, "cfg", pretrain)
     else:
-        loss = RegionLoss(model.num_keypoints, model.num_classes, model.anchors, model.num_anchors,
-                          args.pretrain_num_epochs)
+        loss = RegionLoss(model.num_keypoints, model.num_classes, model.anchors, model.num_anchors, pretrain)
     loss.repro_anchor_bug = bool(args.repro_anchor_bug)
-    if args.recipe == "fast":
+    if fast:
         loss.conf_floor, loss.batch_mean = FAST.conf_floor, True
     return loss
 

@@ -416,3 +416,62 @@ def test_multi_object_dataset(multi_root, monkeypatch):
     bad = dict(pools, cat=pools["cat"] + [str(root / "LINEMOD/cat/JPEGImages/000009.png")])
     with pytest.raises(FileNotFoundError, match=r"000009\.png: image of extra object 'cat' not found"):
         ds.MultiObjectDataset("LINEMOD/ape/train.txt", bad, train=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the fast (cv2) training path (D49)
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [32, 96])
+@pytest.mark.parametrize("fix_crop", [False, True])
+def test_fast_path_gives_the_label_transform_of_the_pillow_path(small, size, fix_crop):
+    """Same seed, epoch and index: the same crop draws, so the same labels to 1e-6, for every sample."""
+    slow = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, seed=3, fix_crop=fix_crop)
+    fast = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, seed=3, fix_crop=fix_crop, fast=True)
+    for epoch in range(4):
+        slow.set_epoch(epoch)
+        fast.set_epoch(epoch)
+        for i in range(len(slow)):
+            xs, ts = slow[(i, size)]
+            xf, tf = fast[(i, size)]
+            assert xf.shape == xs.shape == (3, size, size) and xf.dtype == torch.float32
+            np.testing.assert_allclose(tf.numpy(), ts.numpy(), atol=1e-6)
+
+
+def test_fast_path_crop_matches_the_pillow_crop_geometry():
+    """The affine warp samples the Pillow crop rectangle: a one-pixel dot lands on the same output pixel."""
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[20, 30] = 255
+    for offsets in [(0, 0, 0, 0), (5, -7, 3, -2), (-6, 4, -5, 6)]:
+        ref = np.asarray(im.crop_resize(Image.fromarray(img), offsets, 64, "bicubic", fix_off_by_one=True))
+        out = im.fast_crop_resize(img, offsets, 64, fix_off_by_one=True)
+        ref_yx = np.unravel_index(ref[..., 0].argmax(), ref.shape[:2])
+        out_yx = np.unravel_index(out[..., 0].argmax(), out.shape[:2])
+        assert np.abs(np.subtract(ref_yx, out_yx)).max() <= 1, (offsets, ref_yx, out_yx)
+
+
+def test_fast_path_pads_black_outside_the_image_and_follows_the_object(tmp_path, monkeypatch):
+    make_linemod(tmp_path, n=1, size=(64, 48), centre=(0.45, 0.5), radius=0.15)
+    monkeypatch.chdir(tmp_path)
+    img = np.asarray(Image.open("LINEMOD/ape/JPEGImages/000000.png")).copy()
+    mask = np.asarray(Image.open("LINEMOD/ape/mask/0000.png")) > 0
+    img[mask] = 200
+    Image.fromarray(img).save("LINEMOD/ape/JPEGImages/000000.png")
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, bg_dir=_black_backgrounds(tmp_path / "bg"),
+                       fix_crop=True, fast=True, hue=0.0, saturation=1.0, exposure=1.0)
+    for epoch in range(6):
+        d.set_epoch(epoch)
+        x, t = d[(0, 96)]
+        row = t.numpy().reshape(50, 21)[0]
+        cx, cy = _bright_centroid(x)
+        assert abs(row[1] * 96 - cx) < 1.0 and abs(row[2] * 96 - cy) < 1.0
+
+
+def test_fast_path_background_probability(small):
+    keep = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, fast=True, bg_prob=0.0)
+    assert all(keep.fast_background(i, (32, 32)) is None for i in range(20))
+    new = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, fast=True)
+    bgs = [new.fast_background(i, (32, 24)) for i in range(4)]
+    assert all(b.shape == (24, 32, 3) and b.dtype == np.uint8 for b in bgs)
+    with pytest.raises(ValueError, match="bg_prob must be in"):
+        ds.PoseDataset("LINEMOD/ape/train.txt", train=True, fast=True, bg_prob=1.5)

@@ -55,7 +55,7 @@ def test_recipe_defaults_original_with_a_datacfg_and_fast_for_the_main_job(synth
     args, _ = train.resolve_args(args_for(["--datacfg", str(synth), "--backupdir", str(tmp_path / "b")]))
     assert args.recipe == "original" and args.batch_size is None and args.train_size is None
     args, _ = train.resolve_args(args_for(["--datacfg", str(synth), "--recipe", "fast"]))
-    assert (args.recipe, args.batch_size, args.train_size, args.test_size) == ("fast", 16, 256, 256)
+    assert (args.recipe, args.batch_size, args.train_size, args.test_size) == ("fast", 8, 256, 256)
     assert args.pretrain_num_epochs == -1 and args.channels_last is True
     # the main job: no --datacfg
     monkeypatch.setattr(train, "ensure_synthetic_dataset", lambda quiet=False: synth)

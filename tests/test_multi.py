@@ -313,7 +313,7 @@ def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeyp
     command = out.split("score it with:\n")[1].split()
     assert command[0] == "python" and Path(command[1]).resolve() == ROOT / "multi_obj_pose_estimation/valid_multi.py"
     argv = command[2:]
-    assert argv[argv.index("--initweightfile") + 1] == str(backup / "model.weights")
+    assert argv[argv.index("--weightfile") + 1] == str(backup / "model.weights")
 
     summaries = valid_multi.main(valid_multi.get_args_parser().parse_args(argv + ["--quiet", "--batch-size", "2"]))
     table = capsys.readouterr().out.strip().splitlines()
@@ -332,7 +332,7 @@ def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeyp
 def test_train_multi_reports_missing_files_before_training(occ, tmp_path, capsys):
     args = ["--datacfg", str(occ / "cfg/occlusion.data"), "--modelcfg", str(tmp_path / "none.cfg"),
             "--initweightfile", str(tmp_path / "none.weights"), "--backupdir", str(tmp_path / "b"), "--quiet"]
-    with pytest.raises(SystemExit, match=r"(?s)cannot start training:.*model cfg not found: .*none\.cfg.*"
+    with pytest.raises(InputError, match=r"(?s)cannot start training:.*model cfg not found: .*none\.cfg.*"
                                          r"init weights not found: .*none\.weights"):
         train_multi.main(train_multi.get_args_parser().parse_args(args))
     assert not (tmp_path / "b").exists()
@@ -341,7 +341,7 @@ def test_train_multi_reports_missing_files_before_training(occ, tmp_path, capsys
 def test_train_multi_refuses_a_single_object_network(occ, tmp_path):
     args = ["--datacfg", str(occ / "cfg/occlusion.data"), "--modelcfg", str(ROOT / "cfg/yolo-lite-trial3-pose.cfg"),
             "--initweightfile", "none", "--backupdir", str(tmp_path / "b"), "--quiet"]
-    with pytest.raises(SystemExit,
+    with pytest.raises(InputError,
                        match=r"object 'obj01' has class id 1 but .*yolo-lite-trial3-pose\.cfg has 1 classes"):
         train_multi.main(train_multi.get_args_parser().parse_args(args))
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import utils
-from region_loss import (RegionLoss, blend_targets, build_targets, check_teacher, choose_anchors, format_stats,
-                         loss_terms, teacher_targets)
+from region_loss import (RegionLoss, add_neighbour_cells, blend_targets, build_targets, check_teacher, choose_anchors,
+                         floor_confidence, format_stats, loss_terms, teacher_targets)
 
 K = 9
 ANCHORS3 = [1.0, 1.0, 2.0, 2.0, 4.0, 4.0]  # grid units
@@ -462,3 +462,70 @@ def test_cuda_matches_cpu(rl):
     assert loss.device.type == "cuda"
     assert stats["total"] == pytest.approx(float(rl["train_e16_total"]), rel=1e-5)
     np.testing.assert_allclose(out.grad.cpu().numpy(), rl["train_e16_grad"], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# the fast recipe's loss options (design §7.6, D47)
+# --------------------------------------------------------------------------------------------
+
+def _one_object(W=4, H=4):
+    out = torch.randn(2, 20, H, W, generator=torch.Generator().manual_seed(0))
+    tgt = torch.zeros(2, 50 * 21)
+    pts = torch.tensor([0.30, 0.60, 0.1, 0.5, 0.2, 0.9, 0.5, 0.5, 0.4, 0.7, 0.3, 0.3, 0.6, 0.8, 0.2, 0.4, 0.35, 0.55],
+                       dtype=torch.float64)
+    tgt[0, 1:19] = pts
+    tgt[1, 1:19] = torch.tensor([0.99] * 18, dtype=torch.float64)  # centroid in the corner cell (3, 3)
+    return out, tgt
+
+
+def test_confidence_floor_lifts_only_the_responsible_cell():
+    out, tgt = _one_object()
+    t = RegionLoss(9, 1).build_targets(out, tgt)
+    f = floor_confidence(t, 0.5)
+    cells = t.coord_mask > 0
+    torch.testing.assert_close(f.tconf[cells], 0.5 + 0.5 * t.tconf[cells])
+    torch.testing.assert_close(f.tconf[~cells], t.tconf[~cells])
+    assert (f.tconf[cells] >= 0.5).all()
+    with pytest.raises(ValueError, match="floor must be in"):
+        floor_confidence(t, 1.5)
+
+
+def test_neighbour_cells_regress_the_corners_but_not_the_centroid():
+    out, tgt = _one_object()
+    t = RegionLoss(9, 1).build_targets(out, tgt)
+    n = add_neighbour_cells(t, tgt, noobject_scale=0.1)
+    # image 0: centroid (0.3, 0.6) -> cell (gi 1, gj 2); its neighbours (0, 2), (2, 2), (1, 1), (1, 3)
+    expect = torch.zeros(4, 4)
+    expect[2, 1] = expect[2, 0] = expect[2, 2] = expect[1, 1] = expect[3, 1] = 1
+    torch.testing.assert_close(n.point_mask[0, 0, 1], expect, check_dtype=False)
+    centroid = torch.zeros(4, 4)
+    centroid[2, 1] = 1
+    torch.testing.assert_close(n.point_mask[0, 0, 0], centroid, check_dtype=False)
+    # targets relative to each cell: x * W - i
+    gx = tgt[0, 1:19:2] * 4
+    torch.testing.assert_close(n.tx[0, 0, :, 2, 0], gx.to(n.tx.dtype))
+    torch.testing.assert_close(n.tx[0, 0, :, 2, 2], (gx - 2).to(n.tx.dtype))
+    # neighbours are background for the confidence (weight noobject, target 0), never ignored
+    assert n.conf_mask[0, 0, 2, 0] == pytest.approx(0.1) and n.tconf[0, 0, 2, 0] == 0
+    assert n.conf_mask[0, 0, 2, 1] == t.conf_mask[0, 0, 2, 1]  # the responsible cell keeps object_scale
+    # image 1: corner cell (3, 3) has two neighbours inside the grid
+    assert int(n.point_mask[1, 0, 1].sum()) == 3
+    # the loss with neighbours: gradient on the neighbours' corner channels, none on their centroid
+    loss_fn = RegionLoss(9, 1)
+    loss_fn.neighbour_cells = 4
+    o = out.clone().requires_grad_()
+    loss, _ = loss_fn(o, tgt, epoch=100)
+    loss.backward()
+    assert o.grad[0, 2:18, 2, 0].abs().sum() > 0 and o.grad[0, 0:2, 2, 0].abs().sum() == 0
+    assert o.grad[0, 2:18, 0, 3].abs().sum() == 0  # far cells: no coordinate gradient
+
+
+def test_batch_mean_divides_the_summed_loss():
+    out, tgt = _one_object()
+    summed = RegionLoss(9, 1)
+    mean = RegionLoss(9, 1)
+    mean.batch_mean = True
+    a, sa = summed(out, tgt, epoch=20)
+    b, sb = mean(out, tgt, epoch=20)
+    torch.testing.assert_close(b, a / 2)
+    assert sb["loss_x"] == pytest.approx(sa["loss_x"] / 2)

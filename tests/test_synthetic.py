@@ -353,3 +353,73 @@ def test_cli_default_workers_grow_with_the_dataset(monkeypatch):
     assert [gen.auto_workers(n) for n in (1, 249, 250, 600, 10_000)] == [1, 1, 1, 2, 4]
     monkeypatch.setattr(gen.os, "cpu_count", lambda: None)
     assert gen.auto_workers(10_000) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# fresh test sets (--fresh-test N --fresh-seed S)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fresh") / "ds"
+    gen.generate(root, objects=2, images_per_object=4, seed=SEED, test_fraction=0.5, workers=1)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    summary = gen.add_fresh_test(root, 3, fresh_seed=11)
+    return root, before, summary
+
+
+def test_fresh_test_set_adds_new_images_lists_and_data_files(fresh):
+    root, before, summary = fresh
+    for name in ("obj00", "obj01"):
+        lst = (root / f"LINEMOD/{name}/test_fresh11.txt").read_text().split()
+        assert lst == [f"LINEMOD/{name}/JPEGImages/{i:06d}.jpg" for i in (4, 5, 6)]  # after the existing ones
+        for rel in lst:
+            assert (root / rel).is_file()
+        cfg = utils.read_data_cfg(root / f"cfg/{name}_fresh11.data")
+        orig = utils.read_data_cfg(root / f"cfg/{name}.data")
+        assert cfg["valid"] == f"LINEMOD/{name}/test_fresh11.txt"
+        assert {k: v for k, v in cfg.items() if k != "valid"} == {k: v for k, v in orig.items() if k != "valid"}
+        # labels are projections of the saved poses, as for every other image
+        doc = json.loads((root / f"poses/{name}_fresh11.json").read_text())
+        corners = utils.box_corners(MeshPly(root / doc["mesh"]).vertices)
+        assert len(doc["poses"]) == 3
+        for e in doc["poses"]:
+            row = _rows(root / e["label"])[e["row"]]
+            pts = utils.keypoints_from_pose(corners, np.array(e["R"]), np.array(e["t"]), np.array(doc["K"]))
+            np.testing.assert_allclose(row, utils.label_row(pts, doc["class_id"], 640, 480), rtol=0, atol=LABEL_TOL)
+    assert summary["images"] == 6
+
+
+def test_fresh_test_set_changes_no_existing_file_and_poses_are_new(fresh):
+    root, before, _ = fresh
+    for path, data in before.items():
+        assert path.read_bytes() == data, path
+    old = {tuple(np.round(np.asarray(e["t"]), 9)) for e in _poses(root, "obj00")["poses"]}
+    new = {tuple(np.round(np.asarray(e["t"]), 9)) for e in json.loads(
+        (root / "poses/obj00_fresh11.json").read_text())["poses"]}
+    assert len(new) == 3 and not old & new
+
+
+def test_fresh_test_set_is_deterministic_per_seed(fresh, tmp_path):
+    root, _, _ = fresh
+    other = tmp_path / "ds"
+    gen.generate(other, objects=2, images_per_object=4, seed=SEED, test_fraction=0.5, workers=1)
+    gen.add_fresh_test(other, 3, fresh_seed=11, workers=2)
+    for i in (4, 5, 6):
+        rel = f"LINEMOD/obj01/JPEGImages/{i:06d}.jpg"
+        assert filecmp.cmp(root / rel, other / rel, shallow=False)
+    gen.add_fresh_test(other, 3, fresh_seed=12)
+    assert not filecmp.cmp(root / "LINEMOD/obj01/labels/000004.txt", other / "LINEMOD/obj01/labels/000007.txt",
+                           shallow=False)
+
+
+def test_fresh_test_set_refuses_a_used_seed_or_a_folder_without_objects(fresh, tmp_path, capsys):
+    root, _, _ = fresh
+    snapshot = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(gen.InputError, match="seed 11 already has a fresh test set"):
+        gen.add_fresh_test(root, 2, fresh_seed=11)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == snapshot
+    with pytest.raises(gen.InputError, match="no synthetic objects here"):
+        gen.add_fresh_test(tmp_path, 2, fresh_seed=1)
+    assert gen.main(["--out", str(tmp_path / "empty"), "--fresh-test", "2", "--fresh-seed", "4"]) == 2
+    assert "no synthetic objects here" in capsys.readouterr().err
