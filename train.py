@@ -70,7 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                f"random)")
     p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
                    help="original (default with --datacfg): the papers' recipe exactly; fast (default of the "
-                        "main job): AdamW, cosine, EMA, confidence floor, cv2 loader, 256 px (docs/design.md §7.6, D46)")
+                        "main job): AdamW, cosine, EMA, confidence floor, neighbour cells, cv2 loader, 256 px "
+                        "(docs/design.md §7.6, D46)")
     p.add_argument("--minutes", type=float, default=None,
                    help="train for this many minutes (the fast schedule decays over them; main job: "
                         f"{QUICK['minutes']:g})")
