@@ -40,6 +40,7 @@ class FastRecipe:
     conf_floor: float = 0.5
     noobject_scale: float = 0.1
     neighbour_cells: int = 4  # the cells next to the centroid's also regress the corners
+    neighbour_conf_scale: float = 1.0  # ... and are pushed to confidence 0 harder than other background cells
     size: int = 256
     batch: int = 8  # more steps per image than 16, a little better for the same images (docs/results.md)
     jitter: float = 0.1

@@ -302,7 +302,7 @@ def add_neighbour_cells(targets: Targets, target: torch.Tensor, noobject_scale: 
     diagonal ones) inside the grid and
     not itself responsible gets the corner targets relative to itself (k = 1..K-1, raw offsets, any
     value is reachable) but no centroid target (its sigmoid cannot leave its own cell), and keeps
-    a background confidence target (0, weight noobject_scale, never ignored), so that the most
+    a background confidence target (0, weight `noobject_scale`, never ignored), so that the most
     confident cell stays the centroid's. Four times more corner gradient per image: the fast
     recipe's main speed-up (design §7.6).
     """
@@ -428,6 +428,7 @@ class RegionLoss(nn.Module):
         self.conf_floor = 0.0  # responsible-cell tconf = floor + (1 - floor) * rescore: never collapses to 0
         self.batch_mean = False  # divide the summed loss by the batch size
         self.neighbour_cells = 0  # 4 or 8: the cells next to the responsible one also regress the corners
+        self.neighbour_conf_scale = None  # their background confidence weight (None: noobject_scale)
         if self.num_anchors > 1 and len(self.anchors) < 2 * self.num_anchors:
             raise ValueError(f"RegionLoss: {self.num_anchors} anchors need {2 * self.num_anchors} anchor "
                              f"values (w, h pairs); got {len(self.anchors)}")
@@ -488,8 +489,8 @@ class RegionLoss(nn.Module):
         if self.conf_floor:
             targets = floor_confidence(targets, self.conf_floor)
         if self.neighbour_cells:
-            targets = add_neighbour_cells(targets, target, self.noobject_scale, self.num_keypoints,
-                                          self.neighbour_cells)
+            conf_scale = self.noobject_scale if self.neighbour_conf_scale is None else self.neighbour_conf_scale
+            targets = add_neighbour_cells(targets, target, conf_scale, self.num_keypoints, self.neighbour_cells)
         loss, terms = loss_terms(output, targets, num_keypoints=self.num_keypoints, num_classes=self.num_classes,
                                  num_anchors=self.num_anchors, coord_scale=self.coord_scale,
                                  class_scale=self.class_scale,

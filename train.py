@@ -45,8 +45,8 @@ DEFAULT_TEACHER_CFG = "cfg/yolo-pose.cfg"
 POSITIONAL = ("datacfg", "modelcfg", "initweightfile")
 # The main job (no --datacfg): one synthetic LINEMOD object, the fast recipe, a time budget on the CPU.
 SYNTHETIC_ROOT = Path("data/synthetic")
-SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES = 1, 1000
-QUICK = dict(recipe="fast", minutes=12.0, eval_every=5)
+SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, SYNTHETIC_TEST_FRACTION = 1, 1600, 0.15  # 1360 train / 240 test images
+QUICK = dict(recipe="fast", minutes=13.5, eval_every=5)
 ORIGINAL_EVAL_EVERY = 10  # the fork's test cadence
 CHECKPOINT, BEST_WEIGHTS = engine.CHECKPOINT, engine.BEST_WEIGHTS
 COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies",
@@ -133,16 +133,18 @@ def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -
 
     A set this generator wrote with other sizes (an older main job's) is regenerated in place.
     """
-    from tools.make_synthetic_linemod import INFO_FILE, generate
+    from tools.make_synthetic_linemod import INFO_FILE, auto_workers, generate
 
     info_path = root / INFO_FILE
-    wanted = {"objects": SYNTHETIC_OBJECTS, "images_per_object": SYNTHETIC_IMAGES}
+    wanted = {"images_per_object": SYNTHETIC_IMAGES, "test_fraction": SYNTHETIC_TEST_FRACTION, "seed": 0}
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
-    current = info is not None and all(info.get(k) == v for k, v in wanted.items())
+    current = (info is not None and len(info.get("objects", [])) == SYNTHETIC_OBJECTS
+               and all(info.get(k) == v for k, v in wanted.items()))
     if not current:
         if not quiet:
             print(f"generating the synthetic LINEMOD set in {root} (once, about a minute) ...", flush=True)
         generate(root, objects=SYNTHETIC_OBJECTS, images_per_object=SYNTHETIC_IMAGES, seed=0,
+                 test_fraction=SYNTHETIC_TEST_FRACTION, workers=auto_workers(SYNTHETIC_IMAGES),
                  overwrite=info is not None)
     cfgs = sorted(c for c in (root / "cfg").glob("*.data") if "occlusion" not in c.name and "_fresh" not in c.name)
     return cfgs[0]
@@ -249,6 +251,7 @@ def build_loss(model, args) -> RegionLoss:
         loss_fn.conf_floor, loss_fn.batch_mean = FAST.conf_floor, True
         loss_fn.noobject_scale = FAST.noobject_scale
         loss_fn.neighbour_cells = FAST.neighbour_cells
+        loss_fn.neighbour_conf_scale = FAST.neighbour_conf_scale
     return loss_fn
 
 

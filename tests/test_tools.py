@@ -613,3 +613,26 @@ def test_get_linemod_offline_download_unpack_and_checks(sh, tmp_path):
     r = sh("--root", str(root), "--only", "backup", FAKE_SRC=str(page))
     assert r.returncode == 2 and "sent a web page" in r.stderr and "--backup-url" in r.stderr
     assert not (root / ".done_backup").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# tools/plot_curve.py: accuracy against minutes from metrics.jsonl
+# --------------------------------------------------------------------------------------------
+
+def test_plot_curve_reads_the_runs_rows_and_the_extra_test_sets(tmp_path):
+    from tools import plot_curve
+
+    rows = [{"epoch": 5, "minutes": 4.0, "acc_2d": 1.0, "acc_2d_10px": 20.0, "fresh7:acc_2d": 0.5,
+             "fresh7:acc_2d_10px": 18.0},
+            {"epoch": 10, "minutes": 8.0, "acc_2d": 3.0, "acc_2d_10px": 45.0, "fresh7:acc_2d": 2.0,
+             "fresh7:acc_2d_10px": 41.0}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = plot_curve.main([str(metrics), "--out", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json")])
+    assert curves == {"test": {"minutes": [4.0, 8.0], "5 px": [1.0, 3.0], "10 px": [20.0, 45.0]},
+                      "fresh7": {"minutes": [4.0, 8.0], "5 px": [0.5, 2.0], "10 px": [18.0, 41.0]}}
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "c.json").read_text())["rows"] == rows
+    metrics.write_text('{"epoch": 1}\nnot json\n')
+    with pytest.raises(plot_curve.InputError, match=r"metrics.jsonl:1: no 'minutes'"):
+        plot_curve.read_rows(metrics)
