@@ -11,7 +11,7 @@ user fixes them in one go instead of one per run; inputs that are legal but susp
 label files, a mesh that looks like millimetres) give one warning each, naming them.
 
 Nothing here trains, writes or allocates a model's worth of memory beyond building the two
-networks once; the per-file rules live with their readers (utils, dataset, MeshPly, darknet).
+networks once; the per-file rules live with their readers (linemod_format, utils, MeshPly, darknet).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import dataset
+import linemod_format as lf
 import utils
 import valid
 from darknet import WeightsLoad
@@ -40,16 +41,16 @@ class TrainingInputs:
     teacher_weights: WeightsLoad | None = None
 
 
-def check_image_list(list_file, *, train: bool, label_width: int = utils.LABEL_WIDTH) -> tuple[list, list, list]:
+def check_image_list(list_file, *, train: bool, label_width: int = lf.LABEL_WIDTH) -> tuple[list, list, list]:
     """(image paths, problems, empty label files) of one list: every image and label file (and,
-    for training, mask) must exist, and every label file must pass `dataset.read_truths`."""
-    paths = dataset.read_list(list_file)
+    for training, mask) must exist, and every label file must pass `linemod_format.read_label_rows`."""
+    paths = lf.read_list(list_file)
     problems, empty = [], []
     for i, path in enumerate(paths):
-        files = {"image": path, "label file": dataset.label_path(path)}
+        files = {"image": path, "label file": lf.label_path(path)}
         if train:
             try:
-                files["mask"] = dataset.mask_path(path)
+                files["mask"] = lf.mask_path(path)
             except ValueError as exc:
                 problems.append(str(exc))
                 continue
@@ -59,7 +60,7 @@ def check_image_list(list_file, *, train: bool, label_width: int = utils.LABEL_W
             problems.extend(missing)
             continue
         try:
-            if dataset.read_truths(files["label file"], label_width).size == 0:
+            if lf.read_label_rows(files["label file"], label_width).size == 0:
                 empty.append(files["label file"])
         except InputError as exc:
             problems.append(str(exc))
@@ -85,7 +86,7 @@ def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bo
     each, about empty label files (train and valid) and a mesh that looks like millimetres.
     """
     problems: list[str] = []
-    opts = utils.read_data_cfg(datacfg, resolve_paths=True)  # DataCfgError: nothing else can be checked
+    opts = lf.read_data_cfg(datacfg, resolve_paths=True)  # DataCfgError: nothing else can be checked
     report = TrainingInputs(opts)
 
     def attempt(fn, *args, **kw):
@@ -97,7 +98,7 @@ def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bo
 
     attempt(utils.camera_from_data_cfg, opts, datacfg)
     if "diam" in opts:
-        attempt(utils.data_cfg_number, opts, "diam", datacfg, positive=True)
+        attempt(lf.data_cfg_number, opts, "diam", datacfg, positive=True)
     if "mesh" not in opts:
         problems.append(f"{datacfg}: no 'mesh' key (expected a line 'mesh = <path>')")
     else:
@@ -106,7 +107,7 @@ def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bo
             problems.append(f"{opts['mesh']}: the mesh has {len(mesh.vertices)} vertices; metrics need at least 2")
 
     model = attempt(valid.check_model_cfg, modelcfg)  # CfgError, or a head that does not match [region]
-    label_width = utils.LABEL_WIDTH if model is None else 2 * model.num_keypoints + 3
+    label_width = lf.LABEL_WIDTH if model is None else 2 * model.num_keypoints + 3
     if model is not None and initweights:
         report.init_weights = attempt(model.check_weights, initweights, until_last=until_last,
                                       allow_partial=allow_partial)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dataset
+import linemod_format as lf
 import preflight
 from errors import InputError
 from MeshPly import MeshPly, MeshUnitsWarning, write_ply
@@ -30,7 +30,7 @@ def copy(synth, tmp_path):
     shutil.copytree(synth, root)
     data = root / "cfg" / "obj00.data"
     lists = root / "LINEMOD" / "obj00"
-    return root, data, dataset.read_list(lists / "train.txt"), dataset.read_list(lists / "test.txt")
+    return root, data, lf.read_list(lists / "train.txt"), lf.read_list(lists / "test.txt")
 
 
 def test_good_inputs_pass_and_report(copy):
@@ -43,9 +43,9 @@ def test_good_inputs_pass_and_report(copy):
 def test_every_problem_is_listed_at_once(copy, tmp_path):
     """A run found a bad label, a missing mask or the wrong init weights only when it met them."""
     _, data, train, test = copy
-    Path(dataset.label_path(train[0])).write_text("0 " + " ".join(["320"] * 20) + "\n")  # pixels
-    Path(dataset.mask_path(train[1])).unlink()
-    Path(dataset.label_path(test[0])).write_text(Path(dataset.label_path(test[0])).read_text() + "0 0.5\n")
+    Path(lf.label_path(train[0])).write_text("0 " + " ".join(["320"] * 20) + "\n")  # pixels
+    Path(lf.mask_path(train[1])).unlink()
+    Path(lf.label_path(test[0])).write_text(Path(lf.label_path(test[0])).read_text() + "0 0.5\n")
     data.write_text(data.read_text() + "fx = -1\n")
     with pytest.raises(InputError) as err:
         preflight.check_training_inputs(data, TRIAL3, VOC10)  # trial 10's weights for trial 3
@@ -53,17 +53,17 @@ def test_every_problem_is_listed_at_once(copy, tmp_path):
     assert lines[0] == "cannot start training:"
     text = str(err.value)
     assert f"{data}: fx = '-1'; expected a positive finite number" in text
-    assert f"{dataset.label_path(train[0])}:1: x0 = 320 is more than 10 image sizes outside the image" in text
-    assert f"{dataset.mask_path(train[1])}: mask not found (entry 2 of " in text
-    assert f"{dataset.label_path(test[0])}:2: expected 21 numbers per object, found 2" in text
+    assert f"{lf.label_path(train[0])}:1: x0 = 320 is more than 10 image sizes outside the image" in text
+    assert f"{lf.mask_path(train[1])}: mask not found (entry 2 of " in text
+    assert f"{lf.label_path(test[0])}:2: expected 21 numbers per object, found 2" in text
     assert f"{VOC10}: " in text and "another network" in text
     assert len(lines) == 6
 
 
 def test_empty_labels_and_millimetre_mesh_warn(copy):
     root, data, train, _ = copy
-    Path(dataset.label_path(train[0])).write_text("")
-    Path(dataset.label_path(train[2])).write_text("\n")
+    Path(lf.label_path(train[0])).write_text("")
+    Path(lf.label_path(train[2])).write_text("\n")
     mesh = root / "LINEMOD" / "obj00" / "obj00.ply"
     m = MeshPly(mesh)
     write_ply(mesh, m.vertices * 1000, m.indices)
@@ -72,7 +72,7 @@ def test_empty_labels_and_millimetre_mesh_warn(copy):
     messages = [str(w.message) for w in record]
     assert any(w.category is MeshUnitsWarning and str(mesh) in str(w.message) for w in record)
     assert any(f"2 of {len(train)} label files are empty, so 2 training images have no object to learn from "
-               f"(first: {dataset.label_path(train[0])})" in m for m in messages)
+               f"(first: {lf.label_path(train[0])})" in m for m in messages)
     assert len(report.empty_labels["train"]) == 2
 
 
