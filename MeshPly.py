@@ -8,11 +8,15 @@ scripts keep working, but everything is a numpy array:
     colors:   (N, 3) float64 in [0, 1] (the `color` argument where the file has none)
     indices:  (M, 3) int64 triangle vertex indices (empty (0, 3) for a point cloud)
 
-BOP meshes are in millimetres: use `MeshPly.from_millimetres(path)` (or `scale=0.001`).
+BOP meshes are in millimetres: use `MeshPly.from_millimetres(path)` (or `scale=0.001`). A mesh
+read as metres that is more than `SUSPICIOUS_SIZE_M` across gives a one-line warning naming the
+file (`units_warning`, shared with tools/make_labels.py); a NaN or inf coordinate, or a face that
+points at a vertex the file does not have, is a MeshError naming the file.
 """
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from plyfile import PlyData, PlyElement
@@ -21,13 +25,40 @@ from errors import MeshError
 from linemod_format import atomic_write
 
 MM_TO_M = 1e-3  # BOP models_info and models/*.ply are in millimetres
+# A mesh read as metres whose bounding box is more than 5 m across (diagonal) is almost always a
+# millimetre file: LINEMOD objects are 0.1-0.3 m, so in millimetres they measure 100-300 "m".
+SUSPICIOUS_SIZE_M = 5.0
+
+
+class MeshUnitsWarning(UserWarning):
+    """A mesh read as metres is suspiciously large (probably millimetres)."""
+
+
+def units_warning(vertices: np.ndarray, source, hint: str = "convert it to metres "
+                  "(e.g. tools/make_labels.py --mesh-units mm)") -> str | None:
+    """The one-line warning for a mesh that looks like millimetres read as metres, or None.
+
+    vertices (N, 3) in metres as read; the rule: bounding-box diagonal > SUSPICIOUS_SIZE_M.
+    """
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    if len(v) == 0:
+        return None
+    size = float(np.linalg.norm(v.max(axis=0) - v.min(axis=0)))
+    if not size > SUSPICIOUS_SIZE_M:
+        return None
+    return (f"{source}: the mesh is {size:.1f} m across (bounding-box diagonal), more than "
+            f"{SUSPICIOUS_SIZE_M:g} m; if it is in millimetres, {hint}")
 
 
 class MeshPly:
-    def __init__(self, filename, color=(0.0, 0.0, 0.0), scale: float = 1.0):
+    """A PLY mesh; `scale` multiplies the coordinates (0.001 for millimetres). With the default
+    scale and `check_units`, a mesh that looks like millimetres warns (MeshUnitsWarning)."""
+
+    def __init__(self, filename, color=(0.0, 0.0, 0.0), scale: float = 1.0, check_units: bool = True):
         self.filename = str(filename)
         if not os.path.isfile(self.filename):
             raise MeshError(f"{self.filename}: mesh file not found")
+        _check_element_counts(self.filename)
         try:
             ply = PlyData.read(self.filename)
         except Exception as exc:  # plyfile raises several types for a non-PLY file
@@ -40,17 +71,28 @@ class MeshPly:
         if missing:
             raise MeshError(f"{self.filename}: vertex element lacks {missing}; found properties {list(names)}")
 
-        self.vertices = np.stack([vertex[k] for k in ("x", "y", "z")], axis=1).astype(np.float64) * scale
-        self.normals = (
-            np.stack([vertex[k] for k in ("nx", "ny", "nz")], axis=1).astype(np.float64)
-            if all(k in names for k in ("nx", "ny", "nz"))
-            else None
-        )
-        if all(k in names for k in ("red", "green", "blue")):
-            self.colors = np.stack([vertex[k] for k in ("red", "green", "blue")], axis=1).astype(np.float64) / 255.0
-        else:
-            self.colors = np.tile(np.asarray(color, dtype=np.float64), (len(self.vertices), 1))
-        self.indices = _read_faces(ply)
+        try:
+            self.vertices = _columns(vertex, ("x", "y", "z")) * scale
+            self.normals = (_columns(vertex, ("nx", "ny", "nz"))
+                            if all(k in names for k in ("nx", "ny", "nz")) else None)
+            if all(k in names for k in ("red", "green", "blue")):
+                self.colors = _columns(vertex, ("red", "green", "blue")) / 255.0
+            else:
+                self.colors = np.tile(np.asarray(color, dtype=np.float64), (len(self.vertices), 1))
+            self.indices = _read_faces(ply)
+        except (TypeError, ValueError) as exc:  # e.g. a list-valued coordinate property
+            raise MeshError(f"{self.filename}: vertex or face data is not numeric as expected ({exc})") from None
+        bad = ~np.isfinite(self.vertices).all(axis=1)
+        if bad.any():
+            raise MeshError(f"{self.filename}: {int(bad.sum())} vertices have a NaN or inf coordinate "
+                            f"(first: vertex {int(np.argmax(bad))}); expected finite x, y, z")
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= len(self.vertices)):
+            raise MeshError(f"{self.filename}: a face refers to vertex {int(self.indices.max())} "
+                            f"(or a negative index); the mesh has {len(self.vertices)} vertices")
+        if check_units and scale == 1.0:
+            message = units_warning(self.vertices, self.filename)
+            if message:
+                warnings.warn(message, MeshUnitsWarning, stacklevel=2)
 
     @classmethod
     def from_millimetres(cls, filename, color=(0.0, 0.0, 0.0)) -> MeshPly:
@@ -60,6 +102,37 @@ class MeshPly:
     def homogeneous(self) -> np.ndarray:
         """Vertices as the (4, N) homogeneous matrix the metrics use."""
         return np.vstack([self.vertices.T, np.ones((1, len(self.vertices)))])
+
+
+MAX_HEADER_BYTES = 1 << 20
+
+
+def _check_element_counts(filename: str) -> None:
+    """Refuse a header that declares more records than the file has bytes (each record takes at
+    least one): plyfile allocates `count` records up front, so a small file declaring two billion
+    faces would take minutes and gigabytes before it reports the early end of file."""
+    with open(filename, "rb") as f:
+        head = f.read(MAX_HEADER_BYTES)
+        size = os.fstat(f.fileno()).st_size
+    end = head.find(b"end_header")
+    if end < 0:
+        return  # not a PLY header (or a huge one): plyfile reports it
+    for line in head[:end].decode("ascii", "replace").splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "element":
+            try:
+                count = int(words[2])
+            except ValueError:
+                raise MeshError(f"{filename}: header line {line.strip()!r}: the count is not a whole number") from None
+            after = size - end - len(b"end_header")
+            if not 0 <= count <= after:
+                raise MeshError(f"{filename}: the header declares {count} {words[1]} records but "
+                                f"{max(after, 0)} bytes follow it; a truncated or damaged file")
+
+
+def _columns(vertex, keys) -> np.ndarray:
+    """The named vertex properties as an (N, len(keys)) float64 array."""
+    return np.stack([np.asarray(vertex[k], dtype=np.float64) for k in keys], axis=1).reshape(-1, len(keys))
 
 
 def _read_faces(ply: PlyData) -> np.ndarray:

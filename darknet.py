@@ -9,7 +9,8 @@ Reading order (design §1, §2, §14):
     4. `Darknet`: the `nn.Module` the rest of the project uses; its `forward` returns the raw output
        of the last layer before `[region]`, shape `(B, A*(2K+1+C), H/32, W/32)`.
     5. `.weights` I/O: `read_weights_file` / `write_weights_file` and the Darknet methods
-       `load_weights`, `load_weights_until_last`, `save_weights`.
+       `load_weights`, `load_weights_until_last` (both return a `WeightsLoad` saying what was
+       read), `check_weights` (the same checks, nothing loaded) and `save_weights`.
 
 Layer indices follow the cfg: layer 0 is the first section after `[net]` (design §1.1), and
 `Darknet.models[i]` is layer i. Shapes are `(C, H, W)` per image; tensors are `(B, C, H, W)`.
@@ -17,6 +18,7 @@ Layer indices follow the cfg: layer 0 is the first section after `[net]` (design
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import warnings
 from collections import OrderedDict
@@ -28,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from errors import CfgError
+from errors import CfgError, WeightsError  # also re-exported: darknet.CfgError, darknet.WeightsError
 from linemod_format import atomic_write
 
 __all__ = [
     "CfgError", "parse_cfg", "parse_cfg_text", "plan_layers", "LayerSpec", "network_table", "print_cfg",
-    "Darknet", "read_weights_file", "write_weights_file", "count_parameters", "weights_nbytes",
+    "Darknet", "WeightsLoad", "WeightsError", "read_weights_file", "write_weights_file", "count_parameters",
+    "weights_nbytes",
     "fold_batchnorm", "OUTPUT_STRIDE",
 ]
 
@@ -42,6 +45,9 @@ BN_EPS = 1e-4
 BN_MOMENTUM = 0.1
 LEAKY_SLOPE = 0.1
 OUTPUT_STRIDE = 32  # design §1.5: every pose network here downsamples by 32
+# A sanity bound on one layer (the largest layer here, yolo-pose's 3x3x1024x1024 conv, has 9.4 M):
+# a typo such as filters=1e9 is reported instead of trying to allocate tens of gigabytes.
+MAX_LAYER_PARAMS = 1 << 31
 
 # design §1.2: documented defaults for [net] keys the fork's committed cfgs lack
 NET_DEFAULTS = {"num_keypoints": 9, "max_epochs": 500, "conf_thresh": 0.1}
@@ -77,6 +83,8 @@ def parse_cfg(cfgfile) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CfgError(f"{path}: cannot read cfg file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise CfgError(f"{path}: not a text file (byte {exc.start} is not UTF-8); expected a darknet cfg") from None
     return parse_cfg_text(text, source=str(path))
 
 
@@ -125,6 +133,13 @@ def parse_cfg_text(text: str, source: str = "<cfg>") -> list[dict]:
     return blocks
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 class _Options:
     """Typed access to one block's string values; errors name file, line and layer."""
 
@@ -156,14 +171,14 @@ class _Options:
         return self._get(key, lambda s: int(float(s)) if float(s).is_integer() else int(s), default, "an integer")
 
     def number(self, key, default=_MISSING) -> float:
-        return self._get(key, float, default, "a number")
+        return self._get(key, _finite, default, "a finite number")
 
     def text(self, key, default=_MISSING) -> str:
         return self._get(key, str, default, "a string")
 
     def numbers(self, key, default=_MISSING) -> list[float]:
-        return self._get(key, lambda s: [float(v) for v in s.split(",") if v.strip()], default,
-                         "a comma-separated list of numbers")
+        return self._get(key, lambda s: [_finite(v) for v in s.split(",") if v.strip()], default,
+                         "a comma-separated list of finite numbers")
 
     def integers(self, key, default=_MISSING) -> list[int]:
         def conv(s):
@@ -234,6 +249,8 @@ def _plan_maxpool(opt: _Options, i: int, inp: Shape, shapes: list) -> LayerSpec:
     c, h, w = inp
     stride = opt.integer("stride", 1)
     size = opt.integer("size", stride)
+    if min(stride, size) < 1:
+        raise opt.error(f"size and stride must be >= 1, found {size} and {stride}")
     if stride == 1:  # design §1.2 padding trick: replicate-pad right/bottom, then 2x2/1; size preserved
         size, out = 2, (c, h, w)
     else:
@@ -290,6 +307,8 @@ def _plan_shortcut(opt: _Options, i: int, inp: Shape, shapes: list) -> LayerSpec
 
 def _plan_upsample(opt: _Options, i: int, inp: Shape, shapes: list) -> LayerSpec:
     s = opt.integer("stride", 2)
+    if s < 1:
+        raise opt.error(f"stride must be >= 1, found {s}")
     return LayerSpec(i, "upsample", opt.where(), inp, (inp[0], inp[1] * s, inp[2] * s), size=f"* {s}",
                      options=dict(stride=s))
 
@@ -325,6 +344,8 @@ def plan_layers(blocks: list[dict], width: int | None = None, height: int | None
     width = net.integer("width") if width is None else int(width)
     height = net.integer("height") if height is None else int(height)
     shape: Shape = (net.integer("channels", NET_HYPER_DEFAULTS["channels"]), height, width)
+    if min(shape) < 1:
+        raise net.error(f"width, height and channels must be >= 1, found {width}, {height}, {shape[0]}")
     specs, shapes = [], []
     for i, block in enumerate(blocks[1:]):
         kind = block["type"]
@@ -332,6 +353,11 @@ def plan_layers(blocks: list[dict], width: int | None = None, height: int | None
         if kind not in _PLANNERS:
             raise opt.error(f"unknown layer type; expected one of {', '.join(LAYER_KINDS)}")
         spec = _PLANNERS[kind](opt, i, shape, shapes)
+        if min(spec.out_shape) < 1:
+            raise opt.error(f"output shape {spec.out_shape} (C, H, W) from input {shape}; every size must be >= 1")
+        if spec.params > MAX_LAYER_PARAMS:
+            raise opt.error(f"{spec.params:,d} parameters in one layer, more than {MAX_LAYER_PARAMS:,d}; "
+                            f"check filters, size and output")
         specs.append(spec)
         shapes.append(spec.out_shape)
         shape = spec.out_shape
@@ -730,52 +756,123 @@ class Darknet(nn.Module):
         return [(i, self.models[i].weight_tensors()) for i in range(min(stop, len(self.models)))
                 if hasattr(self.models[i], "weight_tensors")]
 
-    def load_weights(self, weightfile) -> None:
-        """Load a darknet `.weights` file into every layer (design §2.2).
+    def load_weights(self, weightfile, allow_partial: bool = False) -> WeightsLoad:
+        """Load a darknet `.weights` file into every layer (design §2.2); return what was read.
 
-        A cutoff file (fewer layers) stops after its last complete layer. A file ending inside
-        a layer, or one with floats left after the last layer (e.g. a 125-filter VOC head read
-        into a 20-filter pose head), raises ValueError before the model is modified.
+        The file must fill every layer with weights. A shorter file that ends at a layer boundary
+        (a cutoff file such as `darknet19_448.conv.23`) loads only with `allow_partial=True`; the
+        layers after it keep their values. Raises WeightsError, before the model is modified, for
+        a file ending inside a layer, floats left after the last layer (e.g. a 125-filter VOC
+        head read into a 20-filter pose head), a header-only file, or values that cannot be this
+        network's (see `plan_weights_load`).
         """
-        self._load(weightfile, len(self.models), allow_leftover=False)
+        return self._load(weightfile, until_last=False, allow_partial=allow_partial)
 
-    def load_weights_until_last(self, weightfile) -> None:
+    def load_weights_until_last(self, weightfile, allow_partial: bool = False) -> WeightsLoad:
         """Like `load_weights` but never loads the last two sections (the output conv and
-        `[region]`, design §2.2): how VOC/ImageNet backbones initialise a pose network."""
-        self._load(weightfile, len(self.models) - 2, allow_leftover=True)
+        `[region]`, design §2.2): how VOC/ImageNet backbones initialise a pose network. The file
+        may hold one more convolution after the backbone (any filter count: the head it was
+        trained with); more floats than that mean another network."""
+        return self._load(weightfile, until_last=True, allow_partial=allow_partial)
 
-    def _load(self, weightfile, stop: int, allow_leftover: bool) -> None:
+    def check_weights(self, weightfile, until_last: bool = False, allow_partial: bool = False) -> WeightsLoad:
+        """Check `weightfile` against this network as `load_weights` (or, with `until_last`,
+        `load_weights_until_last`) would, without changing the model; return what it would read.
+
+        Raises WeightsError naming the file, the floats expected and found, when
+          - the file ends inside a layer;
+          - it fills fewer layers than the network has (a header-only file, a cutoff file)
+            and not `allow_partial`;
+          - floats are left after the last layer (full load), or, with `until_last`, more than
+            one convolution over the backbone's output channels would hold;
+          - a value it puts into the model is NaN or inf, or a BatchNorm running variance is
+            negative: the file was written for another layout (e.g. trial 10, without BN,
+            read into trial 3, with BN).
+        """
+        return self._plan_load(weightfile, until_last, allow_partial)[0]
+
+    def _plan_load(self, weightfile, until_last: bool, allow_partial: bool):
+        """(WeightsLoad, [(tensors, offset)] of the layers to fill, float payload, header); see `check_weights`."""
+        stop = len(self.models) - 2 if until_last else len(self.models)
         layers = self._param_layers(stop)
         header, seen, floats = read_weights_file(weightfile)
+        need_total = sum(t.numel() for _, ts in layers for t in ts)
         plan, start, last = [], 0, None
         for i, tensors in layers:
             if start >= floats.size:  # design §2.2: a cutoff file simply ends here
                 break
             need = sum(t.numel() for t in tensors)
             if start + need > floats.size:
-                raise ValueError(f"{weightfile}: the file ends inside layer {i} ({self.specs[i].kind}): "
-                                 f"expected {need} floats, found {floats.size - start}")
-            plan.append((tensors, start))
+                raise WeightsError(f"{weightfile}: the file ends inside layer {i} ({self.specs[i].kind}): "
+                                   f"expected {need} floats, found {floats.size - start}")
+            plan.append((i, tensors, start))
             last = (i, need, start)
             start += need
-        if start < floats.size and not allow_leftover:
+        if start < need_total and not allow_partial:
+            filled = f"fills layers 0..{last[0]} only" if last else "fills no layer"
+            raise WeightsError(
+                f"{weightfile}: {floats.size} floats after the header; {'the backbone of ' if until_last else ''}"
+                f"{self.cfgfile or 'this network'} needs {need_total} ({filled}). "
+                f"A header-only, truncated or cutoff file; load it with allow_partial=True "
+                f"if a partial load is what you want")
+        left = floats.size - start
+        if left and not until_last:
             if last is None:
-                raise ValueError(f"{weightfile}: {floats.size} floats but the cfg has no layers with weights")
+                raise WeightsError(f"{weightfile}: {floats.size} floats but the cfg has no layers with weights")
             i, need, at = last
-            raise ValueError(
-                f"{weightfile}: {floats.size - start} floats left unread after layer {i} "
+            raise WeightsError(
+                f"{weightfile}: {left} floats left unread after layer {i} "
                 f"({self.specs[i].kind}), the last layer with weights: expected {need} floats from that layer "
                 f"to the end of the file, found {floats.size - at}. The file was written for a different "
                 f"cfg (e.g. a VOC head); use load_weights_until_last to load only the backbone")
+        if left and until_last:  # floats are left only when every backbone layer was filled
+            self._check_head_floats(weightfile, left, need_total)
+        self._check_loaded_values(weightfile, plan, floats)
+        report = WeightsLoad(str(weightfile), floats.size, start, [i for i, _, _ in plan], len(layers), seen)
+        return report, [(tensors, at) for _, tensors, at in plan], floats, header
+
+    def _check_head_floats(self, weightfile, left: int, used: int) -> None:
+        """With until_last, the floats after the backbone must be one conv over the head's input."""
+        head = next((s for s in reversed(self.specs) if s.kind not in ("region", "cost")), None)
+        if head is None or head.kind != "convolutional":
+            return
+        c = head.in_shape[0]
+        sizes = [per for k in (1, 3) for per in (c * k * k + 1, c * k * k + 4)]  # bias or BN, 1x1 or 3x3
+        if any(left % per == 0 for per in sizes):
+            return
+        raise WeightsError(
+            f"{weightfile}: {left} floats remain after the {used} of the backbone; expected one output "
+            f"convolution over its {c} channels (a multiple of {c + 1}, e.g. {125 * (c + 1)} for a 125-filter "
+            f"VOC head). The file was written for another network (e.g. with or without BatchNorm)")
+
+    def _check_loaded_values(self, weightfile, plan, floats: np.ndarray) -> None:
+        for i, tensors, at in plan:
+            chunk = floats[at:at + sum(t.numel() for t in tensors)]
+            if not np.all(np.isfinite(chunk)):
+                raise WeightsError(f"{weightfile}: layer {i} ({self.specs[i].kind}) would get "
+                                   f"{int(np.sum(~np.isfinite(chunk)))} NaN or inf values; expected finite weights")
+            layer = self.models[i]
+            if "bn" in getattr(layer, "_modules", {}):
+                n = layer.bn.num_features
+                var = chunk[3 * n:4 * n]  # beta, gamma, mean, var (design §2.1)
+                if np.any(var < 0):
+                    raise WeightsError(
+                        f"{weightfile}: layer {i} (convolutional, BatchNorm) would get {int(np.sum(var < 0))} "
+                        f"negative running variances: the file was written for another network (e.g. one "
+                        f"without BatchNorm, like trial 10 read into trial 3)")
+
+    def _load(self, weightfile, until_last: bool, allow_partial: bool) -> WeightsLoad:
+        report, plan, floats, header = self._plan_load(weightfile, until_last, allow_partial)
         if plan:
             device = plan[0][0][0].device
-            buf = torch.from_numpy(floats[:start]).to(device)
+            buf = torch.from_numpy(floats[:report.floats_read]).to(device)
             with torch.no_grad():
                 for tensors, at in plan:
                     for t in tensors:
                         t.copy_(buf[at:at + t.numel()].view_as(t))
                         at += t.numel()
-        self.header, self.seen = header, seen
+        self.header, self.seen = header, report.seen
+        return report
 
     def weights_payload(self, cutoff: int = 0) -> np.ndarray:
         """The float32 values `save_weights(cutoff)` writes after the header, in file order
@@ -806,6 +903,35 @@ class Darknet(nn.Module):
         write_weights_file(weightfile, self.weights_header(), self.weights_payload(cutoff))
 
 
+@dataclass
+class WeightsLoad:
+    """What one `.weights` load read: `str()` is the one-line summary a script prints.
+
+    floats_in_file: float32 values after the header; floats_read: those copied into the model;
+    layers: indices of the layers filled; layers_total: layers with weights the load covers.
+    """
+    path: str
+    floats_in_file: int
+    floats_read: int
+    layers: list
+    layers_total: int
+    seen: int
+
+    @property
+    def partial(self) -> bool:
+        return len(self.layers) < self.layers_total
+
+    def __str__(self) -> str:
+        span = f"layers {self.layers[0]}..{self.layers[-1]}" if self.layers else "no layer"
+        text = (f"{self.path}: read {self.floats_read:,d} of {self.floats_in_file:,d} floats into {span} "
+                f"({len(self.layers)} of {self.layers_total} layers with weights)")
+        if self.floats_in_file > self.floats_read:
+            text += f"; {self.floats_in_file - self.floats_read:,d} floats of the file's own head not used"
+        if self.partial:
+            text += "; the other layers keep their initial values (partial load)"
+        return text
+
+
 # ============================================================================================
 # 5. The .weights file (design §2.1)
 # ============================================================================================
@@ -815,22 +941,27 @@ def read_weights_file(path) -> tuple[np.ndarray, int, np.ndarray]:
 
     The header is 4 x int32 `[major, minor, revision, seen]`, except that `seen` is uint64 (a
     20-byte header) when `major*10 + minor >= 2` and both are < 1000 (darknet-C, design §2.1).
-    The returned header always has 4 int32 with seen (clipped to int32) in [3].
+    The returned header always has 4 int32 with seen (clipped to int32) in [3]. Raises
+    WeightsError naming the file when it cannot be read, is shorter than its header, or its
+    payload is not a whole number of float32 values.
     """
-    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read the weights file ({exc.strerror or exc})") from exc
     if data.size < HEADER_BYTES:
-        raise ValueError(f"{path}: {data.size} bytes; a .weights header needs at least {HEADER_BYTES} bytes")
+        raise WeightsError(f"{path}: {data.size} bytes; a .weights header needs at least {HEADER_BYTES} bytes")
     major, minor, revision, seen32 = (int(v) for v in data[:HEADER_BYTES].view("<i4"))
     if major * 10 + minor >= 2 and 0 <= major < 1000 and 0 <= minor < 1000:
         if data.size < HEADER_BYTES_SEEN64:
-            raise ValueError(f"{path}: version {major}.{minor} has a {HEADER_BYTES_SEEN64}-byte header "
+            raise WeightsError(f"{path}: version {major}.{minor} has a {HEADER_BYTES_SEEN64}-byte header "
                              f"(64-bit seen) but the file has {data.size} bytes")
         seen, offset = int(data[12:20].view("<u8")[0]), HEADER_BYTES_SEEN64
     else:
         seen, offset = seen32, HEADER_BYTES
     payload = data[offset:]
     if payload.size % 4:
-        raise ValueError(f"{path}: {payload.size} bytes after the {offset}-byte header is not a whole number "
+        raise WeightsError(f"{path}: {payload.size} bytes after the {offset}-byte header is not a whole number "
                          f"of float32 values")
     header = np.array([major, minor, revision, min(seen, np.iinfo(np.int32).max)], dtype=np.int32)
     return header, seen, payload.view("<f4")

@@ -30,8 +30,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import image as im
-from linemod_format import (IM_HEIGHT, IM_WIDTH, MAX_OBJECTS, NUM_KEYPOINTS, label_path, mask_path,
-                            read_label_rows, read_list, write_label_rows)
+from errors import InputError
+from linemod_format import (IM_HEIGHT, IM_WIDTH, MAX_OBJECTS, NUM_KEYPOINTS, label_path,
+                            mask_path, read_label_rows, read_list, write_label_rows)
 from utils import LINEMOD_OBJECTS
 
 # design §6.1: hard-coded augmentation constants (the cfg's jitter/hue/saturation/exposure are ignored)
@@ -118,7 +119,7 @@ def list_images(folder) -> list[str]:
 def load_image(path, kind: str = "image", mode: str = "RGB") -> Image.Image:
     """Open an image file and convert it to `mode`.
 
-    Raises FileNotFoundError (missing) or ValueError (unreadable), both naming the file.
+    Raises FileNotFoundError (missing) or InputError (unreadable: a ValueError), both naming the file.
     """
     path = os.fspath(path)
     try:
@@ -127,7 +128,7 @@ def load_image(path, kind: str = "image", mode: str = "RGB") -> Image.Image:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: {kind} not found") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot read {kind} ({e})") from e
+        raise InputError(f"{path}: cannot read {kind} ({e})") from e
 
 
 def read_rgb(path, kind: str = "image") -> np.ndarray:

@@ -34,7 +34,7 @@ import dataset
 import image
 import utils
 import valid
-from errors import InputError, run_cli
+from errors import DataCfgError, InputError, MeshError, run_cli
 from linemod_format import read_data_cfg, write_text
 from MeshPly import MeshPly
 
@@ -168,10 +168,10 @@ def class_corners(opts: dict, multi: bool) -> dict[int, np.ndarray]:
     corners = {}
     for c, key in keys.items():
         if not Path(opts[key]).is_file():
-            raise FileNotFoundError(f"{opts.get('_datacfg')}: {key} file not found: {opts[key]}")
+            raise MeshError(f"{opts.get('_datacfg')}: {key} file not found: {opts[key]}")
         corners[c] = utils.box_corners(MeshPly(opts[key]).vertices)
     if not corners:
-        raise ValueError(f"{opts.get('_datacfg')}: no 'mesh' key; detect.py needs the object's mesh for its 3-D box")
+        raise DataCfgError(f"{opts.get('_datacfg')}: no 'mesh' key; detect.py needs the object's mesh for its 3-D box")
     return corners
 
 
@@ -226,7 +226,7 @@ def main(args) -> dict:
         model = valid.load_model(args.modelcfg, args.weightfile, device)
         opts = read_data_cfg(args.datacfg, resolve_paths=True)
         opts["_datacfg"] = args.datacfg
-        K, _, _ = utils.camera_from_data_cfg(opts)
+        K, _, _ = utils.camera_from_data_cfg(opts, args.datacfg)
         corners = class_corners(opts, args.multi)
     except (OSError, ValueError) as exc:  # CfgError, WeightsError, ... are ValueErrors
         raise InputError(f"cannot detect:\n  {exc}") from None
@@ -234,7 +234,10 @@ def main(args) -> dict:
     size = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
     conf_thresh = model.conf_thresh if args.conf_thresh is None else args.conf_thresh
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot create the output folder ({exc.strerror or exc})") from None
     writer, results, skipped = None, {"source": str(args.source), "frames": []}, 0
     from tqdm import tqdm
 

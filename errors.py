@@ -7,6 +7,7 @@ for every script, instead of a traceback.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 
@@ -54,10 +55,22 @@ EXIT_BAD_INPUT = 2
 
 
 def run_cli(main: Callable, argv=None, prog: str | None = None):
-    """Run `main(argv)`; an InputError becomes one clean message on stderr and exit status 2."""
+    """Run `main(argv)`; an InputError becomes one clean message on stderr and exit status 2.
+
+    While `main` runs, warnings print as one line, `<prog>: warning: <message>`, without the
+    source line Python adds by default.
+    """
+    name = prog or (sys.argv[0].rsplit("/", 1)[-1] if sys.argv else "ssp")
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"{name}: warning: {message}", file=file or sys.stderr)
+
+    saved = warnings.showwarning
+    warnings.showwarning = one_line
     try:
         return main(argv)
     except InputError as exc:
-        name = prog or (sys.argv[0].rsplit("/", 1)[-1] if sys.argv else "ssp")
         print(f"{name}: error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
+    finally:
+        warnings.showwarning = saved

@@ -60,6 +60,9 @@ DATA_CFG_DEFAULTS = {
     "fx": str(LINEMOD_FX), "fy": str(LINEMOD_FY), "u0": str(LINEMOD_U0), "v0": str(LINEMOD_V0),
 }
 DATA_PATH_KEYS = ("train", "valid", "mesh", "backup", "tr_range")  # plus valid<k>, mesh<k>
+# A label coordinate is normalised by the image size; corners may leave the image (design §3.1),
+# but a point more than 10 image sizes away is not a LINEMOD label: most often pixels unnormalised.
+LABEL_COORD_LIMIT = 10.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,30 +74,71 @@ def read_label_rows(path, width: int = LABEL_WIDTH) -> np.ndarray:
 
     A line holds one object or several whole objects (the original reshapes the file's numbers
     into rows of 21, so two objects on one line read as two rows: design D40); blank lines are
-    skipped. Raises FileNotFoundError for a missing file and LabelError naming the file and line
-    for a partial object (a count that is not a multiple of `width`), a non-number, NaN or inf.
+    skipped. A row is [class, x0, y0, ..., x_{K-1}, y_{K-1}, x range, y range], coordinates
+    normalised by the image size. Raises FileNotFoundError for a missing file and LabelError
+    naming the file and line for a file that is not text, a partial object (a count that is not
+    a multiple of `width`), a non-number, NaN or inf, a class id that is not a whole number >= 0,
+    a coordinate outside [-LABEL_COORD_LIMIT, LABEL_COORD_LIMIT] (10 image sizes: labels written
+    in pixels) or an x/y range larger than 2 * LABEL_COORD_LIMIT.
     """
     path = os.fspath(path)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: label file not found") from None
+    except UnicodeDecodeError as exc:
+        raise LabelError(f"{path}: not a text file (byte {exc.start} is not UTF-8); expected {width} "
+                         f"numbers per object") from None
     rows = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
+        where = f"{path}:{lineno}"
         if len(fields) % width:
-            raise LabelError(f"{path}:{lineno}: expected {width} numbers per object, found {len(fields)}")
+            raise LabelError(f"{where}: expected {width} numbers per object, found {len(fields)}")
         try:
             values = [float(v) for v in fields]
         except ValueError:
-            raise LabelError(f"{path}:{lineno}: expected {width} numbers, found {line.strip()!r}") from None
+            raise LabelError(f"{where}: expected {width} numbers, found {_clip(line)!r}") from None
         if not all(math.isfinite(v) for v in values):
-            raise LabelError(f"{path}:{lineno}: expected finite numbers, found NaN or inf in {line.strip()!r}")
-        rows.extend(values[i:i + width] for i in range(0, len(values), width))
+            raise LabelError(f"{where}: expected finite numbers, found NaN or inf in {_clip(line)!r}")
+        for i in range(0, len(values), width):
+            _check_label_row(values[i:i + width], where)
+            rows.append(values[i:i + width])
     return np.array(rows, dtype=np.float64).reshape(-1, width)
+
+
+def _clip(line: str, n: int = 200) -> str:
+    line = line.strip()
+    return line if len(line) <= n else line[:n] + "..."
+
+
+def _check_label_row(values: list, where: str) -> None:
+    cls, coords, ranges = values[0], values[1:-2], values[-2:]
+    if cls < 0 or not cls.is_integer():
+        raise LabelError(f"{where}: class id {cls:g}; expected a whole number >= 0")
+    far = [i for i, v in enumerate(coords) if abs(v) > LABEL_COORD_LIMIT]
+    if far:
+        i = far[0]
+        raise LabelError(f"{where}: {'xy'[i % 2]}{i // 2} = {coords[i]:g} is more than {LABEL_COORD_LIMIT:g} image "
+                         f"sizes outside the image; expected coordinates normalised by the image size "
+                         f"(pixels divided by width and height)")
+    if any(abs(r) > 2 * LABEL_COORD_LIMIT for r in ranges):
+        raise LabelError(f"{where}: x/y range {ranges[0]:g} {ranges[1]:g}; expected extents of at most "
+                         f"{2 * LABEL_COORD_LIMIT:g} (normalised)")
+
+
+def check_label_files(paths, width: int = LABEL_WIDTH) -> list[str]:
+    """Read the label file of every image in `paths` (`read_label_rows`); return those that are
+    empty (images without an object). Raises LabelError (or FileNotFoundError) for the first bad one."""
+    empty = []
+    for path in paths:
+        labels = label_path(path)
+        if read_label_rows(labels, width).size == 0:
+            empty.append(labels)
+    return empty
 
 
 def format_label_rows(rows, width: int = LABEL_WIDTH, where: str = "label rows") -> str:
@@ -204,13 +248,18 @@ def read_list(list_file, root=None) -> list[str]:
     A relative entry is taken relative to `root` (default: the current directory); if it does
     not exist there, relative to the list file's folder or one of its 3 ancestors (LINEMOD lists
     hold repo-root paths like `LINEMOD/ape/JPEGImages/000001.jpg`). An entry found nowhere is
-    returned relative to `root`; the dataset reports it. Raises LayoutError for an empty list.
+    returned relative to `root`; the dataset reports it. Raises LayoutError for an empty list or
+    one that is not text.
     """
     list_file = os.fspath(list_file)
     if not os.path.isfile(list_file):
         raise FileNotFoundError(f"{list_file}: image list not found")
-    with open(list_file) as f:
-        entries = [line.strip() for line in f.read().splitlines() if line.strip()]
+    try:
+        with open(list_file, encoding="utf-8") as f:
+            entries = [line.strip() for line in f.read().splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise LayoutError(f"{list_file}: not a text file (byte {exc.start} is not UTF-8); expected one image "
+                          f"path per line") from None
     if not entries:
         raise LayoutError(f"{list_file}: the image list is empty (expected one image path per line)")
     folder = os.path.dirname(os.path.abspath(list_file))
@@ -252,19 +301,28 @@ def read_data_cfg(datacfg, resolve_paths: bool = False) -> dict:
     Lines starting with '#' are comments. With `resolve_paths`, the path keys (train, valid,
     mesh, backup, tr_range, valid<k>, mesh<k>) that are relative and do not exist from the current
     directory are resolved against the `.data` file's folder and then its parent (the dataset root).
-    Raises FileNotFoundError for a missing file and DataCfgError naming the line of a bad one.
+    Raises FileNotFoundError for a missing file and DataCfgError naming the file (and line) of a
+    bad one: not text, a line without '=', an empty key. Values are checked where they are used
+    (`data_cfg_number`).
     """
     datacfg = Path(datacfg)
     if not datacfg.is_file():
         raise FileNotFoundError(f"{datacfg}: data cfg not found")
+    try:
+        text = datacfg.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataCfgError(f"{datacfg}: not a text file (byte {exc.start} is not UTF-8); "
+                           f"expected 'key = value' lines") from None
     options = dict(DATA_CFG_DEFAULTS)
-    for lineno, raw in enumerate(datacfg.read_text().splitlines(), start=1):
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if "=" not in line:
             raise DataCfgError(f"{datacfg}:{lineno}: expected 'key = value', found {raw!r}")
         key, value = line.split("=", 1)
+        if not key.strip():
+            raise DataCfgError(f"{datacfg}:{lineno}: empty key in {raw!r}; expected 'key = value'")
         options[key.strip()] = value.strip()
     if resolve_paths:
         for key, value in list(options.items()):
@@ -274,6 +332,26 @@ def read_data_cfg(datacfg, resolve_paths: bool = False) -> dict:
                         options[key] = str(base / value)
                         break
     return options
+
+
+def data_cfg_number(options: dict, key: str, source="<data cfg>", *, positive: bool = False,
+                    integer: bool = False) -> float:
+    """`options[key]` as a finite number (an int with `integer`; > 0 with `positive`).
+
+    Raises DataCfgError naming `source` (the `.data` file), the key and the value found when the
+    key is missing or its value is not such a number (`width = abc`, `fx = -500`, `diam = nan`).
+    """
+    if key not in options:
+        raise DataCfgError(f"{source}: no '{key}' key (expected a line '{key} = <number>')")
+    raw = options[key]
+    kind = ("a positive " if positive else "a ") + ("whole number" if integer else "finite number")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DataCfgError(f"{source}: {key} = {raw!r}; expected {kind}") from None
+    if not math.isfinite(value) or (positive and value <= 0) or (integer and not value.is_integer()):
+        raise DataCfgError(f"{source}: {key} = {raw!r}; expected {kind}")
+    return int(value) if integer else value
 
 
 def is_path_key(key: str) -> bool:
@@ -366,14 +444,16 @@ def read_poses(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pose file not found")
-    if path.suffix.lower() == ".csv":
-        return _read_poses_csv(path)
-    if path.suffix.lower() != ".json":
-        raise PoseFileError(f"{path}: unknown pose file type {path.suffix!r}; use .json or .csv")
     try:
-        doc = json.loads(path.read_text())
+        if path.suffix.lower() == ".csv":
+            return _read_poses_csv(path)
+        if path.suffix.lower() != ".json":
+            raise PoseFileError(f"{path}: unknown pose file type {path.suffix!r}; use .json or .csv")
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise PoseFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise PoseFileError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
     items = doc["poses"] if isinstance(doc, dict) and "poses" in doc else doc
     if not isinstance(items, list):
         raise PoseFileError(f"{path}: expected a JSON list of {{image, R, t}} or an object with a 'poses' list")

@@ -16,6 +16,7 @@ import torch
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
 from linemod_format import IM_HEIGHT, IM_WIDTH, LINEMOD_FX, LINEMOD_FY, LINEMOD_U0, LINEMOD_V0, NUM_KEYPOINTS
+from linemod_format import data_cfg_number
 from linemod_format import read_data_cfg as read_data_cfg  # the original's utils.read_data_cfg
 
 
@@ -396,12 +397,19 @@ def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes
 # `.data` camera and drawing helpers shared by the scripts
 # --------------------------------------------------------------------------------------------
 
-def camera_from_data_cfg(options: dict) -> tuple[np.ndarray, int, int]:
-    """(K (3, 3), image width, image height) from a data-cfg dict (single- or multi-object keys)."""
-    K = get_camera_intrinsic(float(options["u0"]), float(options["v0"]), float(options["fx"]), float(options["fy"]))
-    width = int(float(options.get("im_width", options["width"])))
-    height = int(float(options.get("im_height", options["height"])))
-    return K, width, height
+def camera_from_data_cfg(options: dict, source="<data cfg>") -> tuple[np.ndarray, int, int]:
+    """(K (3, 3), image width, image height) from a data-cfg dict (single- or multi-object keys).
+
+    fx, fy must be positive, u0, v0 finite, the image size positive whole numbers of pixels;
+    otherwise DataCfgError names `source` (the `.data` file) and the key.
+    """
+    fx, fy = (data_cfg_number(options, k, source, positive=True) for k in ("fx", "fy"))
+    u0, v0 = (data_cfg_number(options, k, source) for k in ("u0", "v0"))
+    width = data_cfg_number(options, "im_width" if "im_width" in options else "width", source,
+                            positive=True, integer=True)
+    height = data_cfg_number(options, "im_height" if "im_height" in options else "height", source,
+                             positive=True, integer=True)
+    return get_camera_intrinsic(u0, v0, fx, fy), width, height
 
 
 def draw_box(image: np.ndarray, points_px: np.ndarray, color=(0, 255, 0), thickness: int = 2,

@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +32,8 @@ from scipy.spatial import cKDTree
 
 import cli
 import utils
-from errors import FlagError, InputError, run_cli
-from linemod_format import write_text
+from errors import CfgError, DataCfgError, FlagError, InputError, MeshError, WeightsError, run_cli
+from linemod_format import check_label_files, write_text
 from MeshPly import MeshPly
 
 DEFAULT_DATACFG = "cfg/ape.data"
@@ -100,7 +101,7 @@ def load_eval_setup(datacfg, diam_source: str = "data", pnp_method: str = "itera
 
     diam_source: 'data' uses the file's `diam` (the mesh's when the key is missing); 'mesh' uses
     the mesh diameter, as the original valid.py ends up doing (design §9.3, D25).
-    Raises FileNotFoundError / ValueError naming the `.data` file and what is wrong.
+    Raises DataCfgError (or MeshError) naming the `.data` file (or mesh) and what is wrong.
     """
     if diam_source not in DIAM_SOURCES:
         raise ValueError(f"diam source must be one of {DIAM_SOURCES}, not {diam_source!r}")
@@ -109,24 +110,19 @@ def load_eval_setup(datacfg, diam_source: str = "data", pnp_method: str = "itera
     opts = utils.read_data_cfg(datacfg, resolve_paths=True)
     for key in ("valid", "mesh"):
         if key not in opts:
-            raise ValueError(f"{datacfg}: no '{key}' key (expected a line '{key} = <path>')")
+            raise DataCfgError(f"{datacfg}: no '{key}' key (expected a line '{key} = <path>')")
     if not Path(opts["mesh"]).is_file():
-        raise FileNotFoundError(f"{datacfg}: mesh file not found: {opts['mesh']}")
+        raise MeshError(f"{datacfg}: mesh file not found: {opts['mesh']}")
     if not Path(opts["valid"]).is_file():
-        raise FileNotFoundError(f"{datacfg}: test list (valid) not found: {opts['valid']}")
+        raise DataCfgError(f"{datacfg}: test list (valid) not found: {opts['valid']}")
     vertices = MeshPly(opts["mesh"]).vertices
     if len(vertices) < 2:
-        raise ValueError(f"{opts['mesh']}: the mesh has {len(vertices)} vertices; metrics need at least 2")
+        raise MeshError(f"{opts['mesh']}: the mesh has {len(vertices)} vertices; metrics need at least 2")
     if diam_source == "mesh" or "diam" not in opts:
         diam = utils.mesh_diameter(vertices)
     else:
-        try:
-            diam = float(opts["diam"])
-        except ValueError:
-            raise ValueError(f"{datacfg}: diam = {opts['diam']!r} is not a number") from None
-        if not diam > 0:
-            raise ValueError(f"{datacfg}: diam = {opts['diam']!r}; expected a positive diameter in metres")
-    K, w, h = utils.camera_from_data_cfg(opts)
+        diam = utils.data_cfg_number(opts, "diam", datacfg, positive=True)  # metres
+    K, w, h = utils.camera_from_data_cfg(opts, datacfg)
     return EvalSetup(name=opts.get("name", Path(datacfg).stem), valid_list=opts["valid"], vertices=vertices,
                      corners=utils.box_corners(vertices), K=K, im_width=w, im_height=h, diam=diam,
                      pnp_method=pnp_method,
@@ -382,24 +378,35 @@ def report(summary: dict, file=None) -> None:
 # Files written by the CLI
 # --------------------------------------------------------------------------------------------
 
+def csv_columns(path, header=CSV_HEADER) -> list | None:
+    """The columns `append_csv` will write to `path`: the file's own order, or None for a new
+    file. Raises InputError when the file's header has other columns than `header`."""
+    path = Path(path)
+    if not (path.exists() and path.stat().st_size > 0):
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            existing = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read its CSV header ({exc}); write to another file") from None
+    if sorted(existing) != sorted(header):
+        raise InputError(f"{path}: its header {existing} has other columns than {list(header)}; "
+                         "write to another file")
+    return existing
+
+
 def append_csv(path, row: dict, header=CSV_HEADER) -> None:
     """Append one row under a header written once, when the file is new (D34).
 
     An existing file keeps its own column order (the fork's CSVs have the columns sorted);
-    one whose header has other columns than `header` raises ValueError.
+    one whose header has other columns than `header` raises InputError (`csv_columns`).
     """
     path = Path(path)
-    header = list(header)
-    if path.exists() and path.stat().st_size > 0:
-        with open(path, newline="") as f:
-            existing = next(csv.reader(f), [])
-        if sorted(existing) != sorted(header):
-            raise ValueError(f"{path}: its header {existing} has other columns than {header}; "
-                             "write to another file")
-        fields, new = existing, False
-    else:
+    fields = csv_columns(path, header)
+    new = fields is None
+    if new:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fields, new = header, True
+        fields = list(header)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
@@ -501,37 +508,39 @@ resolve_device = cli.resolve_device  # train.py and detect.py pick devices throu
 
 def check_model_cfg(modelcfg):
     """The network of `modelcfg` (untrained), after checking that its output has the
-    A*(2K+1+C) channels its `[region]` and `num_keypoints` describe (design §4)."""
+    A*(2K+1+C) channels its `[region]` and `num_keypoints` describe (design §4). Raises CfgError."""
     from darknet import Darknet
 
     if not Path(modelcfg).is_file():
-        raise FileNotFoundError(f"model cfg not found: {modelcfg}")
+        raise CfgError(f"model cfg not found: {modelcfg}")
     model = Darknet(modelcfg)
     channels = next(s.out_shape[0] for s in reversed(model.specs) if s.kind not in ("region", "cost"))
     expect = model.num_anchors * (2 * model.num_keypoints + 1 + model.num_classes)
     if channels != expect:
-        raise ValueError(f"{modelcfg}: the output has {channels} channels; [region] num={model.num_anchors}, "
-                         f"classes={model.num_classes} and num_keypoints={model.num_keypoints} need {expect}")
+        raise CfgError(f"{modelcfg}: the output has {channels} channels; [region] num={model.num_anchors}, "
+                       f"classes={model.num_classes} and num_keypoints={model.num_keypoints} need {expect}")
     return model
 
 
 def check_weights(model, modelcfg, weightfile) -> None:
-    """Raise unless `weightfile` holds exactly the floats `model` (built from `modelcfg`) stores."""
+    """Raise WeightsError unless `weightfile` holds exactly the floats `model` (built from
+    `modelcfg`) stores, all of them usable (`Darknet.check_weights`)."""
     from darknet import read_weights_file
 
     if not Path(weightfile).is_file():
-        raise FileNotFoundError(f"weights file not found: {weightfile}")
+        raise WeightsError(f"weights file not found: {weightfile}")
     _, _, floats = read_weights_file(weightfile)
     need = model.num_stored_floats()
     if floats.size != need:  # a short file would otherwise load silently up to a layer boundary (design §2.2)
-        raise ValueError(f"{weightfile} does not fit {modelcfg}: the file holds {floats.size} floats, "
-                         f"the cfg needs {need} (weights of another network, or a backbone-only file?)")
+        raise WeightsError(f"{weightfile} does not fit {modelcfg}: the file holds {floats.size} floats, "
+                           f"the cfg needs {need} (weights of another network, or a backbone-only file?)")
+    model.check_weights(weightfile)
 
 
 def load_model(modelcfg, weightfile, device):
     """The network of `modelcfg` with all of `weightfile` loaded, in eval mode on `device`.
 
-    Raises FileNotFoundError / ValueError (see `check_model_cfg`, `check_weights`) before loading.
+    Raises CfgError / WeightsError (see `check_model_cfg`, `check_weights`) before loading.
     """
     model = check_model_cfg(modelcfg)
     check_weights(model, modelcfg, weightfile)
@@ -550,14 +559,15 @@ class Job:
 def plan_jobs(args) -> list[Job]:
     """Every object to score, with every input checked before anything runs.
 
-    Raises FileNotFoundError / ValueError listing all the problems found.
+    Raises InputError listing all the problems found. Warns (one line per list) about test
+    images whose label file is empty: they add no object to the scores.
     """
     import dataset
 
     if args.all:
         datacfgs = sorted(p for p in Path(args.all).glob("*.data") if "occlusion" not in p.name)
         if not datacfgs:
-            raise FileNotFoundError(f"--all {args.all}: no .data files there")
+            raise InputError(f"--all {args.all}: no .data files there")
     else:
         datacfgs = [Path(args.datacfg)]
     model = check_model_cfg(args.modelcfg)  # untrained: only to check each weights file against it
@@ -570,14 +580,18 @@ def plan_jobs(args) -> list[Job]:
                 log(f"skipping {setup.name}: weights file not found: {weightfile}")
                 continue
             check_weights(model, args.modelcfg, weightfile)
-            dataset.listDataset(setup.valid_list, train=False)  # an empty list or a missing image/label raises
+            test_set = dataset.listDataset(setup.valid_list, train=False)  # an empty list or a missing file raises
+            empty = check_label_files(test_set.paths, test_set.label_width)  # bad labels raise
+            if empty:
+                warnings.warn(f"{setup.valid_list}: {len(empty)} of {len(test_set)} test images have an empty "
+                              f"label file (first: {empty[0]}); they have no object to score", stacklevel=2)
             jobs.append(Job(datacfg, setup, weightfile))
-        except (OSError, ValueError) as exc:  # CfgError and MeshError are ValueErrors
+        except (OSError, ValueError) as exc:  # InputError is a ValueError; a missing image an OSError
             problems.append(str(exc))
     if problems:
-        raise ValueError("\n  ".join(dict.fromkeys(problems)))
+        raise InputError("\n  ".join(dict.fromkeys(problems)))
     if not jobs:
-        raise FileNotFoundError(f"--all {args.all}: no object has its weights file ({args.weightfile})")
+        raise InputError(f"--all {args.all}: no object has its weights file ({args.weightfile})")
     return jobs
 
 
@@ -632,14 +646,15 @@ def main(args) -> list:
     try:
         args = resolve_args(args)
         device = resolve_device(args.device)
+        csv_path = None
+        if args.csv:
+            csv_path = Path(args.csv)
+            if args.distiled and csv_path.name == DEFAULT_CSV:
+                csv_path = csv_path.with_name(DISTILLED_CSV)
+            csv_columns(csv_path)  # a CSV with other columns stops here, not after the first object
         jobs = plan_jobs(args)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot evaluate:\n  {exc}") from None
-    csv_path = None
-    if args.csv:
-        csv_path = Path(args.csv)
-        if args.distiled and csv_path.name == DEFAULT_CSV:
-            csv_path = csv_path.with_name(DISTILLED_CSV)
     summaries = []
     for job in jobs:
         summary, records = score_object(job, args, device)

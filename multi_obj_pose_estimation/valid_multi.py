@@ -99,7 +99,7 @@ def load_objects(datacfg, objects=None, diam_source: str = "data",
     unknown = [o for o in objects if o not in by_name]
     if unknown:
         raise ValueError(f"{datacfg}: no object named {unknown[0]!r}; its objects (mesh<k> stems) are {list(by_name)}")
-    K, width, height = utils.camera_from_data_cfg(opts)
+    K, width, height = utils.camera_from_data_cfg(opts, datacfg)
     out = []
     for name in objects:
         k = by_name[name]
@@ -114,10 +114,7 @@ def load_objects(datacfg, objects=None, diam_source: str = "data",
         if diam_source == "mesh" or f"diam{k}" not in opts:
             diam = utils.mesh_diameter(vertices)
         else:
-            try:
-                diam = float(opts[f"diam{k}"])
-            except ValueError:
-                raise ValueError(f"{datacfg}: diam{k} = {opts[f'diam{k}']!r} is not a number") from None
+            diam = utils.data_cfg_number(opts, f"diam{k}", datacfg, positive=True)  # metres
         setup = valid.EvalSetup(name=name, valid_list=valid_list, vertices=vertices,
                                 corners=utils.box_corners(vertices),
                                 K=K, im_width=width, im_height=height, diam=diam, pnp_method=pnp_method,
@@ -335,7 +332,7 @@ def main(args) -> list:
             if o.class_id >= model.num_classes:
                 raise ValueError(f"{args.datacfg}: object {o.name!r} has class id {o.class_id} but {args.modelcfg} "
                                  f"has {model.num_classes} classes")
-    except (OSError, ValueError) as exc:  # CfgError and MeshError are ValueErrors
+    except (OSError, ValueError) as exc:  # InputError is a ValueError; a missing image an OSError
         raise InputError(f"cannot evaluate:\n  {exc}") from None
     summaries = []
     for obj, loader in zip(objects, loaders):

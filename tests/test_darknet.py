@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import darknet
 from conftest import GOLDEN_WEIGHTS_BYTES, GOLDEN_WEIGHTS_SHA256, build_golden_weights, sha256
-from darknet import CfgError, Darknet, parse_cfg, parse_cfg_text
+from darknet import CfgError, Darknet, WeightsError, parse_cfg, parse_cfg_text
 
 # design §1.5, §14.1, §14.2: (cfg, trainable parameters, .weights bytes)
 CFG_SIZES = [
@@ -234,6 +234,33 @@ def test_parse_errors(text, message):
         parse_cfg_text(text, "t.cfg")
 
 
+@pytest.mark.parametrize("body, net, message", [
+    ("[maxpool]\nsize=2\nstride=0", None, r"layer 0 \[maxpool\]: size and stride must be >= 1, found 2 and 0"),
+    ("[upsample]\nstride=0", None, r"layer 0 \[upsample\]: stride must be >= 1, found 0"),
+    ("[connected]\noutput=-5", None, r"layer 0 \[connected\]: output shape \(-5, 1, 1\)"),
+    ("[maxpool]\nsize=2\nstride=2", "width=0\nheight=32", r"\[net\]: width, height and channels must be >= 1"),
+    ("[convolutional]\nfilters=1e9\nsize=3", None,
+     r"layer 0 \[convolutional\]: 28,000,000,000 parameters in one layer"),
+    ("[region]\nanchors=nan,1\nnum=1", None, r"layer 0 \[region\]: anchors='nan,1': expected a comma-separated "
+                                              r"list of finite numbers"),
+    ("[maxpool]\nsize=2\nstride=2", "width=32\nheight=32\nlearning_rate=inf",
+     r"\[net\]: learning_rate='inf': expected a finite number"),
+])
+def test_cfg_values_found_by_fuzzing(body, net, message):
+    """Each crashed (ZeroDivisionError, negative tensor sizes), tried to allocate 100 GB or was
+    accepted as NaN before the fuzz tests found it."""
+    text = cfg_text(body) if net is None else cfg_text(body, net=net)
+    with pytest.raises(CfgError, match=message):
+        build(text)
+
+
+def test_binary_cfg_file(tmp_path):
+    path = tmp_path / "bin.cfg"
+    path.write_bytes(b"[net]\n\x80\xff\n")
+    with pytest.raises(CfgError, match=r"bin\.cfg: not a text file \(byte 6 is not UTF-8\)"):
+        parse_cfg(path)
+
+
 def test_missing_key_names_file_line_layer():
     text = cfg_text(conv(4), "[maxpool]\nsize=2\nstride=2", "[convolutional]\nsize=3\nstride=1\npad=1")
     with pytest.raises(CfgError, match=r"test.cfg:18: layer 2 \[convolutional\]: missing required key 'filters'"):
@@ -428,7 +455,13 @@ def test_cutoff_file(trial3_file, tmp_path, root):
     torch.manual_seed(2)
     fresh = Darknet(root / TRIAL3)
     untouched = fresh.models[6].conv.weight.detach().clone()
-    fresh.load_weights(tmp_path / "cut.weights")
+    with pytest.raises(WeightsError, match=r"cut\.weights: 23920 floats after the header; .* needs 547204 "
+                                           r"\(fills layers 0\.\.4 only\).*allow_partial=True"):
+        fresh.load_weights(tmp_path / "cut.weights")  # refused by default: nothing changes
+    assert torch.equal(fresh.models[6].conv.weight, untouched) and fresh.seen == 0
+    report = fresh.load_weights(tmp_path / "cut.weights", allow_partial=True)
+    assert report.layers == [0, 2, 4] and report.floats_read == report.floats_in_file == 23920
+    assert report.partial and "partial load" in str(report)
     for i in (0, 2, 4):
         pairs = zip(fresh.models[i].weight_tensors(), model.models[i].weight_tensors())
         assert all(torch.equal(a, b) for a, b in pairs)
@@ -447,7 +480,87 @@ def test_leftover_floats(trial3_file, tmp_path, root):
     with pytest.raises(ValueError, match=r"3 floats left unread after layer 11 \(convolutional\).*"
                                          r"expected 5140 floats .* found 5143"):
         Darknet(root / TRIAL3).load_weights(extra)
-    Darknet(root / TRIAL3).load_weights_until_last(extra)  # no complaint: that is its purpose
+    # until-last skips the file's head, whatever its filter count, but 3 stray floats after it do not
+    # make a convolution over the backbone's 256 channels: another network or a damaged file
+    with pytest.raises(WeightsError, match=r"5143 floats remain after the 542064 of the backbone; .*256 channels"):
+        Darknet(root / TRIAL3).load_weights_until_last(extra)
+    Darknet(root / TRIAL3).load_weights_until_last(path)  # the file's own 20-filter head: skipped
+
+
+def test_real_backbones_load_until_last_and_report(root):
+    for t, backbone_floats in ((3, 542_064), (10, 540_192)):
+        path = root / "weights" / f"tiny-yolov2-trial{t}-voc.weights"
+        model = Darknet(root / f"cfg/yolo-lite-trial{t}-pose.cfg")
+        report = model.load_weights_until_last(path)
+        assert report.floats_read == backbone_floats and report.floats_in_file == backbone_floats + 32_125
+        assert report.layers == [0, 2, 4, 6, 8, 10] and not report.partial
+        assert f"read {backbone_floats:,d} of {backbone_floats + 32_125:,d} floats" in str(report)
+
+
+def test_header_only_file_is_refused(tmp_path, root):
+    """A header and no floats used to load silently, leaving the random init (issue 16)."""
+    empty = tmp_path / "header.weights"
+    empty.write_bytes(np.array([0, 1, 0, 9], "<i4").tobytes())
+    for load in ("load_weights", "load_weights_until_last"):
+        model = Darknet(root / TRIAL3)
+        with pytest.raises(WeightsError, match=rf"{re.escape(str(empty))}: 0 floats after the header; .*needs "
+                                               rf"(547204|542064) \(fills no layer\)"):
+            getattr(model, load)(empty)
+        assert model.seen == 0
+    assert Darknet(root / TRIAL3).load_weights(empty, allow_partial=True).floats_read == 0
+
+
+def test_file_ending_on_a_layer_boundary_is_refused_unless_partial(trial3_file, tmp_path, root):
+    _, path = trial3_file
+    cut = tmp_path / "cut.weights"
+    cut.write_bytes(path.read_bytes()[:HEADER + 4 * 542_064])  # the backbone only, no head
+    with pytest.raises(WeightsError, match=r"542064 floats after the header; .* needs 547204 \(fills layers 0\.\.10"):
+        Darknet(root / TRIAL3).load_weights(cut)
+    assert Darknet(root / TRIAL3).load_weights_until_last(cut).floats_read == 542_064  # exactly the backbone
+
+
+@pytest.mark.parametrize("src, dst", [(10, 3), (3, 10)])
+def test_init_weights_of_the_other_trial_are_refused(root, src, dst):
+    """Trial 10 (conv bias) into trial 3 (BatchNorm) loaded garbage without a word (issue 16)."""
+    path = root / "weights" / f"tiny-yolov2-trial{src}-voc.weights"
+    model = Darknet(root / f"cfg/yolo-lite-trial{dst}-pose.cfg")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(WeightsError, match=rf"{re.escape(str(path))}: .*(another network|negative running var)"):
+        model.load_weights_until_last(path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_non_finite_weights_and_negative_variances_are_refused(trial3_file, tmp_path, root):
+    model, path = trial3_file
+    floats = raw_floats(path).copy()
+    header = path.read_bytes()[:HEADER]
+    bad = tmp_path / "bad.weights"
+    nan = floats.copy()
+    nan[600] = np.nan  # inside layer 2
+    bad.write_bytes(header + nan.tobytes())
+    with pytest.raises(WeightsError, match=r"bad\.weights: layer 2 \(convolutional\) would get 1 NaN or inf"):
+        Darknet(root / TRIAL3).load_weights(bad)
+    neg = floats.copy()
+    neg[3 * 16] = -1.0  # the first running variance of layer 0 (beta, gamma, mean, var: 16 each)
+    bad.write_bytes(header + neg.tobytes())
+    with pytest.raises(WeightsError, match=r"layer 0 \(convolutional, BatchNorm\) would get 1 negative running var"):
+        Darknet(root / TRIAL3).load_weights(bad)
+
+
+def test_check_weights_leaves_the_model_alone(trial3_file, root):
+    _, path = trial3_file
+    model = Darknet(root / TRIAL3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = model.check_weights(path)
+    assert report.floats_read == 547_204 and report.seen == 77 and model.seen == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_unreadable_weights_file(tmp_path, root):
+    with pytest.raises(WeightsError, match=r"nope\.weights: cannot read the weights file"):
+        Darknet(root / TRIAL3).load_weights(tmp_path / "nope.weights")
+    with pytest.raises(WeightsError, match="cannot read the weights file"):
+        Darknet(root / TRIAL3).load_weights(tmp_path)
 
 
 def test_header_too_short(tmp_path, root):

@@ -216,7 +216,7 @@ def test_unreadable_image_and_bad_labels_at_load_time(small):
     with open("LINEMOD/ape/JPEGImages/000000.png", "wb") as f:
         f.write(b"not an image")
     with open("LINEMOD/ape/labels/000002.txt", "w") as f:
-        f.write(" ".join(["0.5"] * 21) + "\n" + " ".join(["0.5"] * 20 + ["nan"]) + "\n")
+        f.write(" ".join(["0"] + ["0.5"] * 20) + "\n" + " ".join(["0"] + ["0.5"] * 19 + ["nan"]) + "\n")
     d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True)
     with pytest.raises(ValueError, match=r"000000\.png: cannot read image"):
         d[(0, 32)]

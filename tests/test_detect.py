@@ -125,6 +125,31 @@ def test_corrupt_video_frame_is_skipped_and_counted(setup, tmp_path, monkeypatch
     assert "1 corrupt frames skipped" in capsys.readouterr().out
 
 
+def test_bad_inputs_are_input_errors(setup, tmp_path):
+    """A negative focal length drew nonsense, a bad --out crashed after the model ran (issue 16)."""
+    header_only = tmp_path / "h.weights"
+    header_only.write_bytes(np.zeros(4, "<i4").tobytes())
+    bad_cam = tmp_path / "cam.data"
+    bad_cam.write_text(Path(setup["datacfg"]).read_text() + "fx = -572\n")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    two_classes = tmp_path / "two_classes.cfg"
+    two_classes.write_text(Path(TRIAL3).read_text().replace("classes=1", "classes=2"))
+    base = {"--datacfg": setup["datacfg"], "--modelcfg": TRIAL3, "--weightfile": setup["weights"],
+            "--out": tmp_path / "out"}
+    for change, message in [
+        ({"--test-size": 100}, r"--test-size must be a positive multiple of 32 \(the network stride\), found 100"),
+        ({"--weightfile": header_only}, r"h\.weights does not fit .*: the file holds 0 floats"),
+        ({"--datacfg": bad_cam}, r"cam\.data: fx = '-572'; expected a positive finite number"),
+        ({"--device": "gpu0"}, r"--device gpu0: not a device"),
+        ({"--modelcfg": two_classes}, r"two_classes\.cfg: the output has 20 channels; \[region\] num=1, classes=2"),
+        ({"--out": a_file / "sub"}, r"--out .*file/sub: cannot create the output folder"),
+    ]:
+        argv = [setup["images"], *[str(v) for kv in {**base, **change}.items() for v in kv], "--quiet"]
+        with pytest.raises(InputError, match=message):
+            run_detect(argv)
+
+
 @pytest.mark.parametrize("case, message", [
     ("unreadable", "unreadable image"),
     ("missing", "no such file"),

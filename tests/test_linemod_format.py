@@ -37,7 +37,7 @@ def test_read_label_rows_empty_blank_lines_and_errors(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert lf.read_label_rows(empty).shape == (0, 21)
-    row = " ".join(["0.5"] * 21)
+    row = " ".join(["0"] + ["0.5"] * 20)
     ok = tmp_path / "ok.txt"
     ok.write_text(f"\n{row}\n\n{row}\n")
     assert lf.read_label_rows(ok).shape == (2, 21)
@@ -102,6 +102,7 @@ def test_read_list_resolves_against_root_and_ancestors(tmp_path, monkeypatch):
 def test_two_objects_on_one_line_read_as_two_rows(tmp_path):
     """design D40: the original cuts all numbers into rows of 21, so a line may hold whole objects."""
     rows = np.arange(2 * 21, dtype=np.float64).reshape(2, 21) / 100
+    rows[:, 0] = [0, 1]  # class ids
     one_line = tmp_path / "one_line.txt"
     one_line.write_text(" ".join(f"{v:.6f}" for v in rows.ravel()) + "\n")
     two_lines = tmp_path / "two_lines.txt"
@@ -116,7 +117,7 @@ def test_two_objects_on_one_line_read_as_two_rows(tmp_path):
 
 
 def test_bad_rows_raise_label_error_naming_file_and_row(tmp_path):
-    for text, message in ((" ".join(["0.5"] * 21) + "\n" + " ".join(["0.5"] * 20 + ["inf"]) + "\n",
+    for text, message in ((" ".join(["0"] + ["0.5"] * 20) + "\n" + " ".join(["0.5"] * 20 + ["inf"]) + "\n",
                            r"inf\.txt:2: expected finite numbers"),
                           (" ".join(["0.5"] * 10), r"short\.txt:1: expected 21 numbers per object, found 10")):
         path = tmp_path / ("inf.txt" if "inf" in text else "short.txt")
@@ -225,3 +226,47 @@ def test_atomic_write_respects_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "m.txt").stat().st_mode & 0o777 == 0o644
+
+
+# -------------------------------------------------------------------------- label values (issue 16)
+
+@pytest.mark.parametrize("change, message", [
+    ({0: "-1"}, r"class id -1; expected a whole number >= 0"),
+    ({0: "0.5"}, r"class id 0.5; expected a whole number >= 0"),
+    ({1: "320"}, r"x0 = 320 is more than 10 image sizes outside the image"),  # pixels, not normalised
+    ({8: "-10.5"}, r"y3 = -10.5 is more than 10 image sizes outside"),
+    ({20: "480"}, r"x/y range 0.5 480; expected extents of at most 20"),
+])
+def test_label_values_far_outside_the_image_are_errors(tmp_path, change, message):
+    """Labels in pixels or with a negative class were accepted silently (issue 16)."""
+    values = ["0"] + ["0.5"] * 20
+    for i, v in change.items():
+        values[i] = v
+    f = tmp_path / "000000.txt"
+    f.write_text(" ".join(["0"] + ["0.5"] * 20) + "\n" + " ".join(values) + "\n")
+    with pytest.raises(LabelError, match=rf"000000\.txt:2: {message}"):
+        lf.read_label_rows(f)
+    # corners may leave the image (design §3.1): -9.9 and 10 are legal
+    f.write_text(" ".join(["3"] + ["-9.9", "10"] * 9 + ["19.9", "0"]) + "\n")
+    assert lf.read_label_rows(f).shape == (1, 21)
+
+
+def test_binary_label_and_list_files(tmp_path):
+    f = tmp_path / "bin.txt"
+    f.write_bytes(b"\x00\xff\xfe\x01")
+    with pytest.raises(LabelError, match=r"bin\.txt: not a text file"):
+        lf.read_label_rows(f)
+    with pytest.raises(InputError, match=r"bin\.txt: not a text file"):
+        lf.read_list(f)
+
+
+def test_check_label_files_returns_the_empty_ones(tmp_path):
+    (tmp_path / "labels").mkdir()
+    good = " ".join(["0"] + ["0.5"] * 20) + "\n"
+    (tmp_path / "labels" / "a.txt").write_text(good)
+    (tmp_path / "labels" / "b.txt").write_text("\n")
+    images = [str(tmp_path / "JPEGImages" / n) for n in ("a.jpg", "b.jpg")]
+    assert lf.check_label_files(images) == [str(tmp_path / "labels" / "b.txt")]
+    (tmp_path / "labels" / "a.txt").write_text(good.replace("0.5", "nan", 1))
+    with pytest.raises(LabelError, match=r"a\.txt:1: expected finite numbers"):
+        lf.check_label_files(images)

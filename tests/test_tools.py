@@ -371,6 +371,50 @@ def test_make_labels_bad_inputs(synth, tmp_path, capsys):
         read_poses(txt)
 
 
+def test_make_labels_one_image_with_two_poses(synth, tmp_path, capsys):
+    """One image listed twice with different poses was labelled twice without a word (issue 16)."""
+    good = _user_records(synth, "obj00")[:3]
+    poses = tmp_path / "p.json"
+    twice = good + [dict(good[1], t=(np.array(good[1]["t"]) + [0.01, 0, 0]).tolist())]
+    poses.write_text(json.dumps(twice))
+    err = _run_make_labels(synth, tmp_path, capsys, poses)
+    assert f"{poses}: image {good[1]['image']!r} has two different poses: entry 1 (R=" in err
+    assert "and entry 3 (R=" in err
+    # the same pose twice: kept once, with a warning
+    poses.write_text(json.dumps(good + [good[1]]))
+    out = tmp_path / "same"
+    rc = make_labels.main(["--mesh", str(synth / "LINEMOD/obj00/obj00.ply"), "--poses", str(poses), "--images-dir",
+                           str(synth), "--out", str(out), "--name", "o", "--masks", "none"])
+    assert rc == 0 and "entry 3 repeats entry 1" in capsys.readouterr().err
+    assert len(_poses(out, "o")["poses"]) == 3
+
+
+def test_make_labels_nan_camera_and_binary_pose_file(synth, tmp_path, capsys):
+    """--fx nan was accepted (labels of NaN geometry, one vague warning); a binary pose file
+    gave a bare UnicodeDecodeError message without the file name (issue 16)."""
+    poses = tmp_path / "p.json"
+    poses.write_text(json.dumps(_user_records(synth, "obj00")[:2]))
+    err = _run_make_labels(synth, tmp_path, capsys, poses, extra=["--fx", "nan"])
+    assert "all camera values finite; got fx=nan" in err
+    poses.write_bytes(bytes(range(256)))
+    assert f"{poses}: not a text file (byte 128 is not UTF-8)" in _run_make_labels(synth, tmp_path, capsys, poses)
+
+
+def test_make_labels_millimetre_mesh_warning_is_meshply_s(synth, tmp_path, capsys):
+    m = MeshPly(synth / "LINEMOD/obj00/obj00.ply")
+    write_ply(tmp_path / "mm.ply", m.vertices * 1000, m.indices)
+    poses = tmp_path / "p.json"
+    mm = [dict(r, t=(np.array(r["t"]) * 1000).tolist()) for r in _user_records(synth, "obj00")[:2]]
+    poses.write_text(json.dumps(mm))  # mesh and poses in millimetres, read as metres
+    rc = make_labels.main(["--mesh", str(tmp_path / "mm.ply"), "--poses", str(poses), "--images-dir", str(synth),
+                           "--out", str(tmp_path / "o"), "--name", "o", "--masks", "none"])
+    lines = capsys.readouterr().err.splitlines()
+    mesh_lines = [x for x in lines if "mm.ply" in x]
+    assert rc == 0 and len(mesh_lines) == 1 and len(lines) == 2  # the mesh once (not twice), the poses once
+    assert mesh_lines[0].startswith(f"warning: {tmp_path / 'mm.ply'}: the mesh is ")
+    assert "--mesh-units mm" in mesh_lines[0]
+
+
 def _edit_json(path, fn):
     doc = json.loads(path.read_text())
     fn(doc)

@@ -1,5 +1,6 @@
 """Geometry, decoding, confidence and metrics against docs/design.md and the original's golden outputs."""
 import math
+import re
 
 import cv2
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 import utils
+from errors import DataCfgError
 from MeshPly import MeshPly
 
 
@@ -237,10 +239,34 @@ def test_read_data_cfg_defaults_and_errors(tmp_path):
     assert (w, h) == (640, 480)
     bad = tmp_path / "bad.data"
     bad.write_text("train = a\nthis line has no equals sign\n")
-    with pytest.raises(ValueError, match=r"bad\.data:2"):
+    with pytest.raises(DataCfgError, match=r"bad\.data:2: expected 'key = value'"):
         utils.read_data_cfg(bad)
-    with pytest.raises(FileNotFoundError, match="missing.data"):
+    with pytest.raises(FileNotFoundError, match="missing.data: data cfg not found"):
         utils.read_data_cfg(tmp_path / "missing.data")
+    bad.write_bytes(b"train = a\n\xff\xfe = 1\n")
+    with pytest.raises(DataCfgError, match=r"bad\.data: not a text file"):
+        utils.read_data_cfg(bad)
+    bad.write_text("train = a\n = 3\n")
+    with pytest.raises(DataCfgError, match=r"bad\.data:2: empty key"):
+        utils.read_data_cfg(bad)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("fx = -572.4", "fx = '-572.4'; expected a positive finite number"),
+    ("fy = 0", "fy = '0'; expected a positive finite number"),
+    ("fx = inf", "fx = 'inf'; expected a positive finite number"),
+    ("u0 = nan", "u0 = 'nan'; expected a finite number"),
+    ("v0 = centre", "v0 = 'centre'; expected a finite number"),
+    ("width = abc", "width = 'abc'; expected a positive whole number"),
+    ("height = 480.5", "height = '480.5'; expected a positive whole number"),
+    ("im_width = -640", "im_width = '-640'; expected a positive whole number"),
+])
+def test_bad_camera_values_name_the_file_and_key(tmp_path, line, message):
+    """A negative focal length or `width = abc` gave a silent bad K or a bare float() traceback."""
+    p = tmp_path / "cam.data"
+    p.write_text(f"name = x\n{line}\n")
+    with pytest.raises(DataCfgError, match=re.escape(f"{p}: {message}")):
+        utils.camera_from_data_cfg(utils.read_data_cfg(p), p)
 
 
 def test_read_data_cfg_resolves_paths_against_dataset_root(tmp_path, monkeypatch):

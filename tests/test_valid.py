@@ -358,7 +358,7 @@ def test_csv_append_keeps_one_header(synth, trial3_weights, tmp_path, capsys):
     assert old.read_text().splitlines()[-1] == "3.0,4.0,m2,cat"
     bad = tmp_path / "other.csv"
     bad.write_text("epoch,acc\n1,2\n")
-    with pytest.raises(ValueError, match=r"other\.csv: its header \['epoch', 'acc'\] has other columns"):
+    with pytest.raises(InputError, match=r"other\.csv: its header \['epoch', 'acc'\] has other columns"):
         valid.append_csv(bad, {"model": "m"})
 
 
@@ -438,9 +438,61 @@ def test_bad_inputs_stop_before_the_loop_with_clear_errors(synth, trial3_weights
     cases.append(([data, TRIAL3_CFG, trial3_weights, "--datacfg", data], r"datacfg given twice"))
     (tmp_path / "no_data").mkdir()
     cases.append((["--all", tmp_path / "no_data"], r"--all .*no_data: no \.data files there"))
+    # bad .data values (issue 16): each names the file and the key or line
+    for name, edit, message in [
+        ("diam", "diam = big", r"diam\.data: diam = 'big'; expected a positive finite number"),
+        ("diam0", "diam = 0", r"diam0\.data: diam = '0'; expected a positive"),
+        ("width", "width = abc", r"width\.data: width = 'abc'; expected a positive whole number"),
+        ("fx", "fx = -572.4", r"fx\.data: fx = '-572.4'; expected a positive finite number"),
+        ("noeq", "this line has no equals sign", r"noeq\.data:\d+: expected 'key = value'"),
+    ]:
+        f = bad_cfg / f"{name}.data"
+        f.write_text(data.read_text() + edit + "\n")
+        cases.append(([f, TRIAL3_CFG, trial3_weights], message))
+    # bad weights: header only, truncated inside a layer, NaN values
+    header_only = tmp_path / "header.weights"
+    header_only.write_bytes(trial3_weights.read_bytes()[:16])
+    cases.append(([data, TRIAL3_CFG, header_only], r"header\.weights does not fit .*holds 0 floats"))
+    cut = tmp_path / "cut.weights"
+    cut.write_bytes(trial3_weights.read_bytes()[:-10])
+    cases.append(([data, TRIAL3_CFG, cut],
+                  r"cut\.weights: 2188806 bytes after the 16-byte header is not a whole number"))
+    nan = tmp_path / "nan.weights"
+    payload = np.frombuffer(trial3_weights.read_bytes()[16:], "<f4").copy()
+    payload[-1] = np.nan
+    nan.write_bytes(trial3_weights.read_bytes()[:16] + payload.tobytes())
+    cases.append(([data, TRIAL3_CFG, nan], r"nan\.weights: layer 11 \(convolutional\) would get 1 NaN or inf"))
+    # a bad cfg value
+    bad_width = tmp_path / "width.cfg"
+    bad_width.write_text(Path(TRIAL3_CFG).read_text().replace("width=416", "width=abc", 1))
+    cases.append(([data, bad_width, trial3_weights], r"width\.cfg:\d+: \[net\]: width='abc': expected an integer"))
+    # an existing CSV with other columns stops before the first object, not after it
+    other_csv = tmp_path / "other.csv"
+    other_csv.write_text("epoch,acc\n")
+    cases.append(([data, TRIAL3_CFG, trial3_weights, "--csv", other_csv], r"other\.csv: its header"))
     for argv, message in cases:
         with pytest.raises(InputError, match=message):
             cli(*argv)
+
+
+def test_bad_labels_stop_before_the_loop_and_empty_ones_warn(synth, trial3_weights, tmp_path, no_loop):
+    """valid.py dropped test images with empty labels without a word (issue 16)."""
+    root = tmp_path / "copy"
+    shutil.copytree(synth / "LINEMOD" / "obj00", root / "LINEMOD" / "obj00")
+    shutil.copytree(synth / "cfg", root / "cfg")
+    data = root / "cfg" / "obj00.data"
+    paths = dataset.read_list(root / "LINEMOD" / "obj00" / "test.txt")
+    labels = [Path(dataset.label_path(p)) for p in paths]
+    good = labels[0].read_text()
+    labels[0].write_text("")
+    labels[1].write_text("\n")
+    with pytest.warns(UserWarning, match=rf"test\.txt: 2 of {len(paths)} test images have an empty label file "
+                                         rf"\(first: .*{labels[0].name}\); they have no object to score"):
+        with pytest.raises(AssertionError, match="the evaluation loop started"):
+            cli(data, TRIAL3_CFG, trial3_weights, "--quiet")
+    labels[0].write_text(good.replace(good.split()[1], "320.5", 1))  # pixels instead of normalised
+    with pytest.raises(InputError, match=rf"{labels[0].name}:1: x0 = 320.5 is more than 10 image sizes outside"):
+        cli(data, TRIAL3_CFG, trial3_weights, "--quiet")
 
 
 def test_positional_form_equals_the_flags(synth, trial3_weights, tmp_path, capsys):

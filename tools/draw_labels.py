@@ -153,7 +153,7 @@ def _data_images(data: Path, split: str, n: int, occlusion: bool, no_poses: bool
     """n (image, root, K, width, height, occlusion name, pose index) jobs spread over one .data file's list."""
     opts = read_data_cfg(data, resolve_paths=True)
     root = data.resolve().parent.parent
-    K, width, height = camera_from_data_cfg(opts)
+    K, width, height = camera_from_data_cfg(opts, data)
     if split not in opts:
         raise ValueError(f"{data} has no '{split}' key")
     list_path = _resolve(opts[split], root)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import cli
 from darknet import Darknet
-from errors import InputError, run_cli
+from errors import CfgError, WeightsError, run_cli
 
 TOLERANCE = 1e-4
 OPSET = 18
@@ -87,9 +87,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> float:
-    for path, what in ((args.modelcfg, "model cfg"), (args.weightfile, "weights")):
+    """Export and check; a bad cfg or weights file raises CfgError / WeightsError naming it."""
+    for path, what, error in ((args.modelcfg, "model cfg", CfgError), (args.weightfile, "weights", WeightsError)):
         if path and not Path(path).is_file():
-            raise InputError(f"{what} not found: {path}")
+            raise error(f"{what} not found: {path}")
     model = load(args.modelcfg, args.weightfile, args.until_last, fuse=not args.no_fuse)
     out = export(model, args.out or f"runs/{Path(args.modelcfg).stem}.onnx", args.opset)
     diff = check(model, out)

@@ -47,6 +47,7 @@ the code the synthetic generator uses, applied to the box of the mesh exactly as
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -58,21 +59,20 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/make_labels.py` finds the top level
 
 import cli
-from errors import run_cli
+from errors import PoseFileError, run_cli
 from linemod_format import (
     JPEG_QUALITY, data_cfg_items, image_stem, mask_path, pose_entry, read_data_cfg, read_poses, split_flags,
     write_data_cfg, write_label_rows, write_list, write_poses_json,
 )
-from MeshPly import MM_TO_M, MeshPly, write_ply
+from MeshPly import MM_TO_M, MeshPly, units_warning, write_ply
 from utils import box_corners, camera_from_data_cfg, get_camera_intrinsic, label_from_pose, mesh_diameter, pose_points3d
 
 DEFAULT_TEST_FRACTION = 0.25
 KEEP_EXTENSIONS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png"}  # what the design §3.4 derivations handle
 UNIT_SCALE = {"m": 1.0, "mm": MM_TO_M}
 MASK_MODES = ("render", "full", "none")
-# unit sanity checks (warnings): a metre mesh over 5 m across or an object 20 m away is almost
-# always a millimetre file read as metres
-SUSPICIOUS_DIAMETER_M = 5.0
+# unit sanity check (a warning): an object 20 m away is almost always a millimetre pose read as
+# metres; the mesh's own check is MeshPly.units_warning
 SUSPICIOUS_DISTANCE_M = 20.0
 
 
@@ -168,13 +168,14 @@ def resolve_camera(camera_data=None, fx=None, fy=None, u0=None, v0=None, width=N
     """(K (3, 3), width or None, height or None): LINEMOD defaults < camera_data's keys < explicit values."""
     K, w, h = get_camera_intrinsic(), None, None
     if camera_data is not None:
-        K, w, h = camera_from_data_cfg(read_data_cfg(camera_data))
+        K, w, h = camera_from_data_cfg(read_data_cfg(camera_data), camera_data)
     vals = {"fx": K[0, 0], "fy": K[1, 1], "u0": K[0, 2], "v0": K[1, 2]}
     for key, v in (("fx", fx), ("fy", fy), ("u0", u0), ("v0", v0)):
         if v is not None:
             vals[key] = float(v)
-    if vals["fx"] <= 0 or vals["fy"] <= 0:
-        raise ValueError(f"focal lengths must be positive; got fx={vals['fx']}, fy={vals['fy']}")
+    if not (vals["fx"] > 0 and vals["fy"] > 0 and np.isfinite(list(vals.values())).all()):
+        raise ValueError(f"focal lengths must be positive and all camera values finite; got fx={vals['fx']}, "
+                         f"fy={vals['fy']}, u0={vals['u0']}, v0={vals['v0']}")
     K = get_camera_intrinsic(vals["u0"], vals["v0"], vals["fx"], vals["fy"])
     return K, (w if width is None else int(width)), (h if height is None else int(height))
 
@@ -202,7 +203,7 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
         raise ValueError(f"--name must be a plain folder name; got {name!r}")
 
     # --- read and check every input first: a bad input leaves the output untouched ---
-    mesh = MeshPly(mesh_path, scale=UNIT_SCALE[mesh_units])
+    mesh = MeshPly(mesh_path, scale=UNIT_SCALE[mesh_units], check_units=False)  # warned below, with the flag
     if len(mesh.vertices) < 2:
         raise ValueError(f"{mesh_path}: the mesh has {len(mesh.vertices)} vertices; need at least 2")
     if masks_dir is None and masks == "render" and len(mesh.indices) == 0:
@@ -212,6 +213,7 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
     if not poses:
         raise ValueError(f"{poses_path}: no poses")
     sources = [Path(p["image"]) if Path(p["image"]).is_absolute() else images_dir / p["image"] for p in poses]
+    poses, sources = _drop_repeated_images(poses, sources, poses_path, warn)
     for i, src in enumerate(sources):
         if not src.is_file():
             raise FileNotFoundError(f"{src}: image of pose entry {i} ({poses_path}) not found")
@@ -254,8 +256,9 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
         shutil.rmtree(folder)
     vertices = write_mesh_metres(folder / f"{name}.ply", mesh, mesh.vertices)
     diameter = mesh_diameter(vertices)
-    if mesh_units == "m" and diameter > SUSPICIOUS_DIAMETER_M:
-        warn(f"warning: {mesh_path}: the mesh is {diameter:.1f} m across; if it is in millimetres pass --mesh-units mm")
+    units = units_warning(vertices, mesh_path, hint="pass --mesh-units mm") if mesh_units == "m" else None
+    if units:
+        warn(f"warning: {units}")
 
     entries, image_map, rel_images, outside = [], [], [], []
     for i, (rec, src) in enumerate(zip(poses, sources)):
@@ -293,6 +296,26 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
     diameter = diameter if diam is None else float(diam)
     write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter, K, width, height))
     return data
+
+
+def _drop_repeated_images(poses: list, sources: list, poses_path, warn) -> tuple[list, list]:
+    """Poses and image paths without repeats: an image listed twice with the same pose is kept
+    once (with a warning); with two different poses it is a PoseFileError naming both entries."""
+    first: dict[str, int] = {}
+    keep = []
+    for i, src in enumerate(sources):
+        key = os.path.normpath(os.path.abspath(src))
+        j = first.setdefault(key, i)
+        if j == i:
+            keep.append(i)
+            continue
+        a, b = poses[j], poses[i]
+        if not (np.allclose(a["R"], b["R"], atol=1e-9) and np.allclose(a["t"], b["t"], atol=1e-9)):
+            raise PoseFileError(
+                f"{poses_path}: image {b['image']!r} has two different poses: entry {j} (R={a['R'].tolist()}, "
+                f"t={a['t'].tolist()}) and entry {i} (R={b['R'].tolist()}, t={b['t'].tolist()}); keep one")
+        warn(f"warning: {poses_path}: entry {i} repeats entry {j} (image {b['image']!r}, same pose); used once")
+    return [poses[i] for i in keep], [sources[i] for i in keep]
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
