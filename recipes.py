@@ -41,6 +41,7 @@ class FastRecipe:
     noobject_scale: float = 0.1
     neighbour_cells: int = 4  # the cells next to the centroid's also regress the corners
     neighbour_conf_scale: float = 1.0  # ... and are pushed to confidence 0 harder than other background cells
+    frozen_convs: int = 1  # the first conv block keeps its pretrained weights: its backward is a third of a step
     size: int = 256
     batch: int = 8  # more steps per image than 16, a little better for the same images (docs/results.md)
     jitter: float = 0.1
@@ -49,6 +50,24 @@ class FastRecipe:
 
 
 FAST = FastRecipe()
+
+
+def freeze_first_convs(model: torch.nn.Module, n: int) -> list[str]:
+    """Stop training the weights of the first n convolutions and their BatchNorm (not its statistics).
+
+    On a CPU the backward pass of the first block (full resolution, 3 input channels) costs about
+    a third of a training step of YOLO-LITE at 256 px; its pretrained low-level filters need no
+    tuning. Returns the frozen parameter names.
+    """
+    frozen = []
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][:n]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][:n]
+    names = {id(p): name for name, p in model.named_parameters()}
+    for module in (*convs, *norms):
+        for p in module.parameters():
+            p.requires_grad_(False)
+            frozen.append(names[id(p)])
+    return frozen
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,9 +90,9 @@ def build_sgd(model, lr: float, momentum: float, decay: float, batch: int, decay
 
 
 def build_adamw(model, recipe: FastRecipe = FAST):
-    """AdamW with decoupled weight decay on the conv weights only."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    """AdamW with decoupled weight decay on the conv weights only (frozen parameters left out)."""
+    decay = [p for p in model.parameters() if p.ndim > 1 and p.requires_grad]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1 and p.requires_grad]
     return torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas)
 

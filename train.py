@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ import torch
 import cli
 import dataset
 import engine
+import preflight
 import recipes
 import utils
 import valid
@@ -46,7 +48,7 @@ POSITIONAL = ("datacfg", "modelcfg", "initweightfile")
 # The main job (no --datacfg): one synthetic LINEMOD object, the fast recipe, a time budget on the CPU.
 SYNTHETIC_ROOT = Path("data/synthetic")
 SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, SYNTHETIC_TEST_FRACTION = 1, 1600, 0.15  # 1360 train / 240 test images
-QUICK = dict(recipe="fast", minutes=13.5, eval_every=5)
+QUICK = dict(recipe="fast", minutes=12.0, eval_every=5)
 ORIGINAL_EVAL_EVERY = 10  # the fork's test cadence
 CHECKPOINT, BEST_WEIGHTS = engine.CHECKPOINT, engine.BEST_WEIGHTS
 COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies",
@@ -68,6 +70,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_model(p, weights="initweightfile", cfg_help=f"network cfg (default {DEFAULT_MODELCFG})",
                   weights_help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; 'none' for "
                                f"random)")
+    p.add_argument("--allow-partial-weights", action="store_true",
+                   help="accept init weights that fill only part of the network (automatic for darknet's "
+                        "truncated backbones, *.conv.N)")
     p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
                    help="original (default with --datacfg): the papers' recipe exactly; fast (default of the "
                         "main job): AdamW, cosine, EMA, confidence floor, neighbour cells, cv2 loader, 256 px "
@@ -163,25 +168,28 @@ def check_numbers(args) -> None:
         raise FlagError(f"--kd-alpha must be in [0, 1], found {args.kd_alpha}")
 
 
-def check_inputs(args, opts: dict) -> None:
-    """Every file training needs, checked before anything starts."""
-    problems = []
-    for key in ("train", "valid", "mesh"):
-        if key not in opts:
-            problems.append(f"{args.datacfg}: no '{key}' key")
-        elif not Path(opts[key]).is_file():
-            problems.append(f"{args.datacfg}: {key} file not found: {opts[key]}")
-    if not Path(args.modelcfg).is_file():
-        problems.append(f"model cfg not found: {args.modelcfg}")
-    if args.initweightfile and not Path(args.initweightfile).is_file():
-        problems.append(f"init weights not found: {args.initweightfile}")
+def allow_partial(args) -> bool:
+    """Partial init weights are allowed when asked, or for darknet's truncated backbones (`*.conv.N`)."""
+    name = Path(args.initweightfile).name if args.initweightfile else ""
+    return bool(args.allow_partial_weights) or re.search(r"\.conv\.\d+$", name) is not None
+
+
+def check_inputs(args) -> None:
+    """Every input training reads, checked before anything starts (preflight.py): the .data values,
+    the mesh, every image, label and mask of both lists, the cfg, the init and teacher weights."""
     if args.distiled:
-        if not Path(args.teacher_cfg).is_file():
-            problems.append(f"teacher cfg not found: {args.teacher_cfg}")
-        if not Path(args.teacher_weights).is_file():
-            problems.append(f"teacher weights not found: {args.teacher_weights}")
-    if problems:
-        raise InputError("cannot start training:\n  " + "\n  ".join(problems))
+        missing = [f"{what} not found: {path}" for what, path in (("teacher cfg", args.teacher_cfg),
+                                                                  ("teacher weights", args.teacher_weights))
+                   if not Path(path).is_file()]
+        if missing:
+            raise InputError("cannot start training:\n  " + "\n  ".join(missing))
+    if args.initweightfile and not Path(args.initweightfile).is_file():
+        raise InputError(f"cannot start training:\n  init weights not found: {args.initweightfile}")
+    preflight.check_training_inputs(args.datacfg, args.modelcfg, args.initweightfile,
+                                    allow_partial=allow_partial(args),
+                                    teacher_cfg=args.teacher_cfg if args.distiled else None,
+                                    teacher_weights=args.teacher_weights if args.distiled else None,
+                                    bg_dir=args.bg_dir)
 
 
 def resolve_args(args) -> tuple[argparse.Namespace, dict]:
@@ -234,10 +242,14 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     return args, opts
 
 
-def build_model(cfg: str, weights, device, channels_last: bool, until_last: bool = True) -> Darknet:
+def build_model(cfg: str, weights, device, channels_last: bool, until_last: bool = True,
+                partial: bool = False, quiet: bool = True) -> Darknet:
     model = Darknet(cfg)
     if weights:
-        (model.load_weights_until_last if until_last else model.load_weights)(weights)
+        report = (model.load_weights_until_last if until_last else model.load_weights)(weights,
+                                                                                       allow_partial=partial)
+        if not quiet:
+            print(f"{weights}: {report}", flush=True)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -295,14 +307,17 @@ def main(args) -> dict:
     args, opts = resolve_args(args)
     device = cli.resolve_device(args.device)
     rank, world, device = engine.setup_distributed(device)
-    check_inputs(args, opts)
+    check_inputs(args)
     for extra in args.also_valid:
         valid.load_eval_setup(extra)  # every file it needs, checked now
     engine.seed_everything(args.seed)
     fast = args.recipe == "fast"
 
-    model = build_model(args.modelcfg, args.initweightfile, device, args.channels_last)
+    model = build_model(args.modelcfg, args.initweightfile, device, args.channels_last, partial=allow_partial(args),
+                        quiet=args.quiet or rank != 0)
     model.seen = 0  # the original resets the counter after loading the init weights
+    if fast and args.initweightfile:  # pretrained low-level filters: not worth their backward pass on a CPU
+        recipes.freeze_first_convs(model, FAST.frozen_convs)
     batch = args.batch_size or int(model.net["batch"])
     epochs = args.epochs if args.epochs is not None else (None if args.minutes else int(model.max_epochs))
     loss_fn = build_loss(model, args)

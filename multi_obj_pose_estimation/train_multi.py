@@ -70,6 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                   cfg_help=f"network cfg (default {DEFAULT_MODELCFG}; synthetic: {QUICK_MODELCFG})",
                   weights_help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; synthetic: "
                                f"{QUICK_INITWEIGHTS}; 'none' for random)")
+    p.add_argument("--allow-partial-weights", action="store_true",
+                   help="accept init weights that fill only part of the network (automatic for *.conv.N files)")
     p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
                    help="original (default with --datacfg): the original's recipe; fast (default of the main "
                         "job): AdamW, cosine, EMA, confidence floor (see train.py -h, docs/design.md §7.6, D46)")
@@ -267,7 +269,8 @@ def main(args) -> dict:
     engine.seed_everything(args.seed)
     fast = args.recipe == "fast"
 
-    model = train.build_model(args.modelcfg, args.initweightfile, device, channels_last=False)
+    model = train.build_model(args.modelcfg, args.initweightfile, device, channels_last=False,
+                              partial=train.allow_partial(args), quiet=args.quiet or rank != 0)
     model.seen = 0  # the original resets the counter after loading the init weights
     check_model(model, args, objects)
     net = model.net

@@ -259,3 +259,24 @@ def test_resume_after_a_kill_between_evaluation_and_checkpoint_writes_no_duplica
     assert [r["epoch"] for r in rows_of(out / "metrics.csv")] == ["0", "1"]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["epoch"] for ln in lines] == [0, 1]
+
+
+def test_fast_recipe_keeps_the_first_pretrained_conv_fixed(synth, tmp_path):
+    from darknet import Darknet
+
+    model = Darknet(TRIAL3)
+    frozen = recipes.freeze_first_convs(model, 1)
+    assert frozen == ["models.0.conv.weight", "models.0.bn.weight", "models.0.bn.bias"]
+    opt_params = {id(p) for g in recipes.build_adamw(model).param_groups for p in g["params"]}
+    assert all(id(p) not in opt_params for n, p in model.named_parameters() if n in frozen)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 545_956 - 3 * 3 * 3 * 16 - 2 * 16
+    out = tmp_path / "run"
+    train.main(args_for(small_args(synth, out, "--recipe", "fast", "--epochs", "1")))
+    trained = Darknet(TRIAL3)
+    trained.load_weights(out / "last.weights")
+    init = Darknet(TRIAL3)
+    init.load_weights_until_last(BACKBONE3)
+    first = lambda m: next(x for x in m.modules() if isinstance(x, torch.nn.Conv2d)).weight  # noqa: E731
+    second = lambda m: [x for x in m.modules() if isinstance(x, torch.nn.Conv2d)][1].weight  # noqa: E731
+    assert torch.equal(first(trained), first(init))
+    assert not torch.equal(second(trained), second(init))

@@ -249,7 +249,7 @@ def test_teacher_of_another_layout_is_refused_before_training(synth, tmp_path):
     ("datacfg", "data cfg not found"),
     ("initweights", "init weights not found"),
     ("teacher", "teacher weights not found"),
-    ("list", "train file not found"),
+    ("list", "missing.txt: image list not found"),
 ])
 def test_missing_inputs_are_reported_before_training(synth, tmp_path, case, message):
     datacfg, init, extra = str(synth), BACKBONE3, []

@@ -95,11 +95,16 @@ def run(cmd: list[str], log: Path, commands: Path) -> None:
         raise SystemExit(f"run_study: command failed (exit {proc.returncode}); see {log}:\n  {line}")
 
 
+def pretrain_epochs(epochs: int) -> int:
+    """A fifth of the run without the confidence term, leaving at least the last epoch to evaluate (D47)."""
+    return max(-1, min(epochs // 5, epochs - 2))
+
+
 def train_cmd(args, b, datacfg, cfg, init, backup, extra=()) -> list[str]:
     return [sys.executable, "train.py", "--datacfg", str(datacfg), "--modelcfg", cfg,
             "--initweightfile", init or "none", "--backupdir", str(backup), "--epochs", str(b["epochs"]),
             "--batch-size", str(b["batch"]), "--train-size", str(b["size"]), "--test-size", str(b["size"]),
-            "--eval-every", str(max(1, b["epochs"] // 5)), "--pretrain_num_epochs", str(max(0, b["epochs"] // 5)),
+            "--eval-every", str(max(1, b["epochs"] // 5)), "--pretrain_num_epochs", str(pretrain_epochs(b["epochs"])),
             "--seed", str(args.seed), "--device", args.device, "--workers", str(args.workers), "--quiet", *extra]
 
 
