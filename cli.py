@@ -117,6 +117,14 @@ def add_sizes(p, train: bool = False, test: bool = True, train_default=None, tes
                                          f"{_default(test_default, 'the cfg test_width x test_height')}")
 
 
+def fill_defaults(args: argparse.Namespace, values: dict) -> argparse.Namespace:
+    """Set every attribute of `values` that the command line left at None (e.g. a main job's settings)."""
+    for key, value in values.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
 def check_size(flag: str, value) -> None:
     """FlagError unless value is None or a positive multiple of the network stride (32)."""
     if value is not None and (value < STRIDE or value % STRIDE):

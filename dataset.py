@@ -569,53 +569,6 @@ class MultiObjectDataset(PoseDataset):
                     if not os.path.exists(f):
                         raise FileNotFoundError(f"{f}: {kind} of extra object {obj!r} not found")
 
-    def pool_background(self, k: int) -> np.ndarray:
-        """Procedural background k of the pool (IM_HEIGHT / 2, IM_WIDTH / 2, 3) uint8, cached in this process."""
-        key = ("pool", k)
-        if key not in self._bg_cache:  # made at 640 x 480, kept at half size: windows of it are resized anyway
-            rng = np.random.default_rng([self.seed, k, _BG_STREAM])
-            self._bg_cache[key] = cv2.pyrDown(im.procedural_background(rng, IM_WIDTH, IM_HEIGHT))
-        return self._bg_cache[key]
-
-    def warm_background_pool(self) -> None:
-        """Make the fast path's background pool now, so that loader workers inherit it (fork)."""
-        if self.fast and not self.bg_files:
-            for k in range(self.procedural_pool):
-                self.pool_background(k)
-
-    def fast_background(self, index: int, size: tuple[int, int]) -> np.ndarray | None:
-        """The fast path's background (h, w, 3) uint8 for sample `index`, or None (keep the image's own).
-
-        Drawn from its own stream, so the sample's main stream (crop, flip bit, HSV) is the Pillow path's.
-        """
-        rng = np.random.default_rng([self.seed, self.epoch, index, _BG_STREAM])
-        if self.bg_prob < 1.0 and rng.random() >= self.bg_prob:
-            return None
-        if self.bg_files:
-            path = self.bg_files[int(rng.integers(len(self.bg_files)))]
-            pool_image = np.asarray(load_image(path, "background image"))
-        else:
-            pool_image = self.pool_background(int(rng.integers(self.procedural_pool)))
-        return im.background_window(pool_image, rng, size)
-
-    def fast_train_sample(self, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """The design §6.1 sample by the cv2 path: (uint8 (h, w, 3), label rows (n, 21)).
-
-        Same random draws as `train_sample` without a pool, hence the same crop and label transform.
-        """
-        path = self.paths[index]
-        rng = self.rng(index)
-        img = read_rgb(path)
-        h0, w0 = img.shape[:2]
-        rows = read_truths(label_path(path), self.label_width)
-        bg = self.fast_background(index, size)
-        offsets = im.draw_crop_offsets(rng, w0, h0, self.jitter)
-        mask = read_gray(mask_path(path), (w0, h0)) if bg is not None else None
-        out = im.fast_augment(img, mask, bg, offsets, size, self.fix_crop)
-        rng.integers(1, 10001)  # the flip bit the original draws and never applies (D20)
-        out = im.fast_distort(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
-        return out, im.transform_labels(rows, *im.crop_label_params(offsets, w0, h0))
-
     def train_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
         if size[0] != size[1]:
             raise ValueError(f"the multi-object sample is square; found size {size}")

@@ -199,15 +199,11 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     quick = args.datacfg is None
     if quick:
         args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
-        for key, value in QUICK.items():
-            if getattr(args, key) is None:
-                setattr(args, key, value)
+        cli.fill_defaults(args, QUICK)
     args.recipe = args.recipe or "original"
     fast = args.recipe == "fast"
     if fast:
-        for key, value in (("batch_size", FAST.batch), ("train_size", FAST.size), ("test_size", FAST.size)):
-            if getattr(args, key) is None:
-                setattr(args, key, value)
+        cli.fill_defaults(args, {"batch_size": FAST.batch, "train_size": FAST.size, "test_size": FAST.size})
         if args.pretrain_num_epochs is None:
             args.pretrain_num_epochs = -1  # the floored confidence target is meaningful from the first step
         if args.channels_last is None:

@@ -134,9 +134,7 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     quick = args.datacfg is None
     if quick:
         args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
-        for key, value in QUICK.items():
-            if getattr(args, key) is None:
-                setattr(args, key, value)
+        cli.fill_defaults(args, QUICK)
         args.modelcfg = args.modelcfg or QUICK_MODELCFG
         args.initweightfile = args.initweightfile or str(ROOT / QUICK_INITWEIGHTS)
     args.recipe = args.recipe or ("fast" if quick else "original")
