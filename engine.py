@@ -18,7 +18,9 @@ import os
 import pickle
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -435,13 +437,14 @@ class Trainer:
         evaluate(model, epoch) -> {'row', 'costs', 'score'} (see record_evaluation).
         An evaluation runs after epochs e with e % eval_every == 0, e > 0, and after the last one;
         evaluations of epochs before `meaningful_from` are skipped (the confidence term is still
-        off there, so the most confident cell is arbitrary). Ctrl-C saves the checkpoint and exits
-        with status 130; a non-finite loss exits with status 1 keeping the last good checkpoint.
+        off there, so the most confident cell is arbitrary). Ctrl-C (or SIGTERM) saves the checkpoint
+        and exits with status 130; a non-finite loss exits with status 1 keeping the last good checkpoint.
         """
         if epochs is None and budget_s is None:
             raise ValueError("fit needs a number of epochs or a time budget")
         state = self.state
         out_of_time = (lambda: state["train_seconds"] >= budget_s) if budget_s else (lambda: False)
+        handlers = stop_signals_interrupt()
         try:
             epoch = state["epoch"]
             while (epochs is None or epoch < epochs) and not (out_of_time() and state["batch_in_epoch"] == 0):
@@ -486,9 +489,31 @@ class Trainer:
                 print(f"stopping: {exc}\nthe last good checkpoint is kept: {self.checkpoint_path()}", file=sys.stderr)
             raise SystemExit(1) from None
         finally:
+            restore_signals(handlers)
             if self.world > 1 and dist.is_initialized():
                 dist.destroy_process_group()
         return state
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_signals_interrupt() -> dict:
+    """Make SIGTERM (a `kill`, a scheduler ending the job) and SIGINT act as Ctrl-C during training:
+    the checkpoint is saved and `--resume` continues. A process started in the background by a
+    non-interactive shell inherits an ignored SIGINT; it is re-enabled here. Returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, _interrupt)
+    return old
+
+
+def restore_signals(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def log(msg: str) -> None:

@@ -280,3 +280,33 @@ def test_fast_recipe_keeps_the_first_pretrained_conv_fixed(synth, tmp_path):
     second = lambda m: [x for x in m.modules() if isinstance(x, torch.nn.Conv2d)][1].weight  # noqa: E731
     assert torch.equal(first(trained), first(init))
     assert not torch.equal(second(trained), second(init))
+
+
+def test_sigterm_saves_the_checkpoint_like_ctrl_c(synth, tmp_path):
+    """A `kill` (SIGTERM) of a background run, whose SIGINT the shell set to ignored, still leaves a
+    checkpoint that --resume continues, and exits with 130 like Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), *small_args(synth, out, "--epochs", "200",
+                                                                "--pretrain_num_epochs", "-1", "--eval-every", "100")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                              signal.SIG_IGN))
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert (out / "checkpoint.pt").exists(), proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: state saved to" in err
+    state = engine.load_checkpoint(out / "checkpoint.pt")["state"]
+    assert 1 <= state["epoch"] < 200
