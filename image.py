@@ -208,7 +208,7 @@ def transform_labels(rows, sx: float, sy: float, dx: float, dy: float, *, flip: 
     out = np.array(rows, dtype=np.float64, copy=True).reshape(-1, np.shape(rows)[-1])
     if out.shape[1] < 5 or out.shape[1] % 2 == 0:
         raise ValueError(f"label rows must be (n, 2K+3) wide, found {out.shape[1]} columns")
-    pts = out[:, 1:-2].reshape(len(out), -1, 2)  # view, (n, K, 2)
+    pts = out[:, 1:-2].reshape(len(out), (out.shape[1] - 3) // 2, 2)  # view, (n, K, 2); n may be 0
     pts[..., 0] = pts[..., 0] / sx - dx
     pts[..., 1] = pts[..., 1] / sy - dy
     if flip:

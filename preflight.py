@@ -56,6 +56,8 @@ def check_image_list(list_file, *, train: bool, label_width: int = lf.LABEL_WIDT
                 continue
         missing = [f"{f}: {kind} not found (entry {i + 1} of {list_file})" for kind, f in files.items()
                    if not os.path.isfile(f)]
+        if missing and not os.path.isfile(path):  # the list could not place the entry: its label and mask
+            missing = missing[:1]                  # paths derive from it, so report the image alone
         if missing:
             problems.extend(missing)
             continue

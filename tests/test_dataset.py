@@ -474,3 +474,13 @@ def test_fast_path_background_probability(small):
     assert all(b.shape == (24, 32, 3) and b.dtype == np.uint8 for b in bgs)
     with pytest.raises(ValueError, match="bg_prob must be in"):
         ds.PoseDataset("LINEMOD/ape/train.txt", train=True, fast=True, bg_prob=1.5)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_an_image_with_an_empty_label_file_trains_as_background(small, fast):
+    """An empty label file is legal (pre-flight warns about it): the sample has no object, no crash."""
+    open(ds.label_path(ds.read_list("LINEMOD/ape/train.txt")[0]), "w").close()
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, fast=fast)
+    x, t = d[(0, 32)]
+    assert x.shape == (3, 32, 32) and not t.any()
+    assert im.transform_labels(np.zeros((0, 21)), 1.0, 1.0, 0.0, 0.0).shape == (0, 21)

@@ -93,3 +93,14 @@ def test_weights_options_and_teacher(copy, tmp_path):
         preflight.check_training_inputs(data, TRIAL3, VOC3, teacher_cfg=TRIAL10)
     with pytest.raises(InputError, match=r"nope: background folder not found"):
         preflight.check_training_inputs(data, TRIAL3, None, bg_dir=tmp_path / "nope")
+
+
+def test_a_missing_image_is_reported_alone(copy):
+    """Its label and mask paths derive from where the list placed it: one line, not three."""
+    _, data, train, _ = copy
+    Path(train[2]).unlink()
+    with pytest.raises(InputError) as err:
+        preflight.check_training_inputs(data, TRIAL3, None)
+    text = str(err.value)
+    assert "image not found (entry 3 of " in text
+    assert "label file not found" not in text and "mask not found" not in text
