@@ -130,7 +130,16 @@ def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -
 
 
 def resolve_args(args) -> tuple[argparse.Namespace, dict]:
-    """Fill the defaults (the synthetic main job when no --datacfg) and read the data cfg."""
+    """Fill the defaults (the synthetic main job when no --datacfg) and read the data cfg.
+
+    Numeric flags are checked first, before the main job generates its data."""
+    for flag in ("eval_every", "batch_size", "epochs"):
+        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive("--workers", args.workers, minimum=0)
+    cli.check_size("--train-size", args.train_size)
+    cli.check_size("--test-size", args.test_size)
+    if args.minutes is not None and not args.minutes > 0:
+        raise InputError(f"--minutes must be positive, found {args.minutes}")
     quick = args.datacfg is None
     if quick:
         args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
@@ -140,8 +149,6 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     args.recipe = args.recipe or ("fast" if quick else "original")
     if args.pretrain_num_epochs is None:
         args.pretrain_num_epochs = -1 if args.recipe == "fast" else 0
-    if args.minutes is not None and not args.minutes > 0:
-        raise InputError(f"--minutes must be positive, found {args.minutes}")
     args.datacfg = find_path(args.datacfg)
     args.modelcfg = find_path(args.modelcfg or DEFAULT_MODELCFG)
     if args.initweightfile is None:
@@ -152,11 +159,6 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
         args.eval_every = EVAL_EVERY
     if args.workers is None:
         args.workers = min(4, os.cpu_count() or 1)
-    for flag in ("eval_every", "batch_size", "epochs"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-    cli.check_positive("--workers", args.workers, minimum=0)
-    cli.check_size("--train-size", args.train_size)
-    cli.check_size("--test-size", args.test_size)
     args.objects = cli.object_list(args.objects)
     if not Path(args.datacfg).is_file():
         raise InputError(f"cannot start training: data cfg not found: {args.datacfg}")

@@ -361,3 +361,12 @@ def test_valid_multi_bad_inputs(occ, tmp_path):
         run("--datacfg", str(single))
     with pytest.raises(InputError, match="--test-size must be a positive multiple of 32"):
         run("--datacfg", data, "--test-size", "100")
+
+
+def test_train_multi_checks_numbers_before_the_main_job_generates_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for argv, message in ((["--epochs", "0"], "--epochs must be >= 1"), (["--minutes", "-1"], "--minutes must be"),
+                          (["--test-size", "100"], "multiple of 32")):
+        with pytest.raises(InputError, match=message):
+            train_multi.main(train_multi.get_args_parser().parse_args(argv + ["--quiet"]))
+    assert not (tmp_path / "data").exists()
