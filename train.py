@@ -155,8 +155,8 @@ def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -
     return cfgs[0]
 
 
-def check_numbers(args) -> None:
-    """Every numeric flag in range, before anything starts."""
+def check_run_numbers(args) -> None:
+    """The numeric flags train.py and train_multi.py share, in range, before anything starts."""
     for flag in ("epochs", "batch_size", "eval_every"):
         cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     cli.check_positive("--workers", args.workers, minimum=0)
@@ -164,6 +164,11 @@ def check_numbers(args) -> None:
     cli.check_size("--test-size", args.test_size)
     if args.minutes is not None and not args.minutes > 0:
         raise FlagError(f"--minutes must be positive, found {args.minutes}")
+
+
+def check_numbers(args) -> None:
+    """Every numeric flag of train.py in range, before anything starts."""
+    check_run_numbers(args)
     if not 0.0 <= args.kd_alpha <= 1.0:
         raise FlagError(f"--kd-alpha must be in [0, 1], found {args.kd_alpha}")
 

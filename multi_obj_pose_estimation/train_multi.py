@@ -133,13 +133,7 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     """Fill the defaults (the synthetic main job when no --datacfg) and read the data cfg.
 
     Numeric flags are checked first, before the main job generates its data."""
-    for flag in ("eval_every", "batch_size", "epochs"):
-        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-    cli.check_positive("--workers", args.workers, minimum=0)
-    cli.check_size("--train-size", args.train_size)
-    cli.check_size("--test-size", args.test_size)
-    if args.minutes is not None and not args.minutes > 0:
-        raise InputError(f"--minutes must be positive, found {args.minutes}")
+    train.check_run_numbers(args)
     quick = args.datacfg is None
     if quick:
         args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
