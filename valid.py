@@ -484,7 +484,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_workers(p, default=0)
     cli.add_sizes(p, test=True)
     p.add_argument("--all", nargs="?", const="cfg", default=None, metavar="DIR",
-                   help="score every .data file in DIR (default cfg/; *occlusion* skipped): one row each and the mean")
+                   help="score every .data file in DIR (default cfg/; *occlusion* and *_fresh* skipped): one row each "
+                        "and the mean")
     p.add_argument("--skip-missing", action="store_true", help="with --all: skip objects whose weights file is missing")
     p.add_argument("--diam", choices=DIAM_SOURCES, default="data",
                    help="ADD threshold diameter: the .data value (default) or the mesh's (the original valid.py, D25)")
@@ -565,7 +566,7 @@ def plan_jobs(args) -> list[Job]:
     import dataset
 
     if args.all:
-        datacfgs = sorted(p for p in Path(args.all).glob("*.data") if "occlusion" not in p.name)
+        datacfgs = sorted(p for p in Path(args.all).glob("*.data") if not skipped_by_all(p))
         if not datacfgs:
             raise InputError(f"--all {args.all}: no .data files there")
     else:
@@ -593,6 +594,12 @@ def plan_jobs(args) -> list[Job]:
     if not jobs:
         raise InputError(f"--all {args.all}: no object has its weights file ({args.weightfile})")
     return jobs
+
+
+def skipped_by_all(datacfg: Path) -> bool:
+    """--all scores each object once: the OCCLUSION files and the fresh test sets
+    (`<obj>_fresh<S>.data`, another test list of an object already there) are left out."""
+    return "occlusion" in datacfg.name or "_fresh" in datacfg.stem
 
 
 def score_object(job: Job, args, device) -> tuple[dict, dict]:

@@ -1,44 +1,176 @@
-"""tools/run_study.py end to end with a tiny budget."""
+"""tools/run_study.py: the study end to end with a tiny budget, its resume, its statistics, its refusals."""
 from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 
 import pytest
 
+from errors import FlagError, InputError
 from tools import run_study
+
+TINY = ["--budget", "cpu", "--epochs", "2", "--max-batches", "2", "--seeds", "0,1", "--modes", "none,fixed",
+        "--num-objects", "1", "--images-per-object", "12", "--fresh-images", "4", "--train-size", "64",
+        "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+
+
+def study(out, *extra):
+    return run_study.main(run_study.get_args_parser().parse_args(["--out", str(out), *TINY, *extra]))
+
+
+def train_lines(out) -> list[str]:
+    return [line for line in (out / "commands.txt").read_text().splitlines() if "train.py" in line]
 
 
 @pytest.mark.slow
-def test_study_runs_end_to_end_and_resumes(tmp_path, capsys):
+def test_study_end_to_end_kill_and_resume(tmp_path, monkeypatch):
     out = tmp_path / "study"
-    argv = ["--out", str(out), "--num-objects", "1", "--images-per-object", "6", "--epochs", "1", "--train-size", "64",
-            "--batch-size", "4",
-            "--students", "trial3", "--modes", "none,fixed", "--device", "cpu", "--workers", "0"]
-    rows = run_study.main(run_study.get_args_parser().parse_args(argv))
-    assert [(r["run"], r["object"]) for r in rows] == [
-        ("teacher", "obj00"), ("teacher", "mean"), ("trial3-none", "obj00"), ("trial3-none", "mean"),
-        ("trial3-fixed", "obj00"), ("trial3-fixed", "mean")]
+    real_execute = run_study.execute
+
+    def killed_after_one_epoch(cmd, log, commands):
+        """The last student is stopped after its first epoch, as a SIGTERM would (train.py saves and exits 130)."""
+        if "train.py" in cmd[1] and any("trial3-fixed-s1" in c for c in cmd):
+            cmd = [("1" if prev == "--epochs" else c) for prev, c in zip(["", *cmd], cmd)]
+            real_execute(cmd, log, commands)
+            raise run_study.RunFailed(130, " ".join(cmd))
+        real_execute(cmd, log, commands)
+
+    monkeypatch.setattr(run_study, "execute", killed_after_one_epoch)
+    with pytest.raises(InputError, match="interrupted during .*trial3-fixed-s1"):
+        study(out)
+    killed = out / "runs/trial3-fixed-s1/obj00"
+    assert run_study.state(run_study.Run("trial3-fixed-s1", "trial3", "fixed", 1, "obj00", killed)) == "killed"
+    assert not (killed / "valid_test.json").exists()
+    first = train_lines(out)
+    assert len(first) == 5  # the teacher and four students
+    monkeypatch.undo()
+
+    rows = study(out, "--publish", str(tmp_path / "published"))
+    again = train_lines(out)[len(first):]
+    assert len(again) == 1 and "trial3-fixed-s1" in again[0] and again[0].endswith("--resume")  # only the killed run
+    assert "resumed from" in (out / "log.txt").read_text()
+    epochs = [json.loads(line)["epoch"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[-1] == 1  # finished its second epoch (0-based) after the resume
+
+    assert [(r["run"], r["split"]) for r in rows if r["object"] == "mean"] == [
+        (run, split) for run in ("teacher", "trial3-none-s0", "trial3-fixed-s0", "trial3-none-s1", "trial3-fixed-s1")
+        for split in ("test", "fresh")]
     for r in rows:
-        assert 0.0 <= r["acc_2d"] <= 100.0 and r["images_per_s"] > 0
+        assert {"run", "network", "kd", "seed", "object", "acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner",
+                "images_per_s", "train_images_per_s"} <= set(r)
+        assert 0.0 <= r["acc_2d"] <= r["acc_2d_10px"] <= 100.0 and r["images_per_s"] > 0 and r["train_images"] > 0
+    assert {r["kd"] for r in rows} == {"none", "fixed"} and {r["seed"] for r in rows} == {0, 1}
+
     commands = (out / "commands.txt").read_text()
-    assert "python train.py" in commands and sys.executable not in commands
-    assert "--seed 0" in commands and "--kd-mode fixed" in commands and "runs/teacher/obj00/model.weights" in commands
-    assert commands.count("train.py") == 3 and commands.count("valid.py") == 3
+    assert sys.executable not in commands and "python train.py" in commands
+    assert "--seed 1" in commands and "--kd-mode fixed" in commands and "runs/teacher/obj00/model.weights" in commands
+    assert "--fresh-test 4 --fresh-seed 11" in commands and commands.count("valid.py") == 10
     with open(out / "results.csv") as f:
-        assert len(list(csv.DictReader(f))) == 6
-    assert json.loads((out / "results.json").read_text())["budget"]["epochs"] == 1
-    assert "| trial3-fixed | mean |" in (out / "results.md").read_text()
-    assert (out / "curves.png").stat().st_size > 10_000
+        assert len(list(csv.DictReader(f))) == len(rows) == 20  # 5 runs x 2 splits x (object + mean)
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["budget"]["name"] == "cpu" and len(payload["rows"]) == 20
+    assert {(d["kd"], d["metric"]) for d in payload["paired"]} >= {("fixed", "acc_2d"), ("fixed", "acc_2d_10px")}
+    assert "| trial3-fixed-s1 | fresh |" in (out / "results.md").read_text()
+    for name in ("students.png", "teacher_curve.png"):
+        assert (out / name).stat().st_size > 10_000
+    published = tmp_path / "published"
+    assert (published / "results.json").read_text() == (out / "results.json").read_text()
+    assert (published / "runs/trial3-none-s0/obj00/valid_fresh.json").is_file()
 
-    # a second call finds every output and runs nothing
-    run_study.main(run_study.get_args_parser().parse_args(argv))
-    assert (out / "commands.txt").read_text() == commands
+    # a third call finds every run finished and scored: nothing runs
+    before = (out / "commands.txt").read_text()
+    study(out)
+    assert (out / "commands.txt").read_text() == before
 
 
-def test_bad_choices_are_refused(tmp_path):
-    with pytest.raises(SystemExit, match="unknown student"):
-        run_study.main(run_study.get_args_parser().parse_args(["--out", str(tmp_path), "--students", "resnet"]))
-    with pytest.raises(SystemExit, match="multiple of 32"):
-        run_study.main(run_study.get_args_parser().parse_args(["--out", str(tmp_path), "--train-size", "100"]))
+def _rows(kd: str, values: list[float], metric: str = "acc_2d") -> list[dict]:
+    return [{"run": f"trial3-{kd}-s{s}", "network": "trial3", "kd": kd, "seed": s, "object": "mean",
+             "split": "test", metric: v} for s, v in enumerate(values)]
+
+
+def test_summary_statistics_on_fixed_inputs():
+    rows = _rows("none", [50.0, 52.0, 54.0]) + _rows("fixed", [55.0, 58.0, 61.0]) + _rows("fork", [49.0, 53.0, 52.0])
+    rows += [{"run": "teacher", "network": "tiny", "kd": "none", "seed": 0, "object": "mean", "split": "test",
+              "acc_2d": 90.0},  # not a student: left out
+             {**rows[0], "object": "obj00", "acc_2d": 0.0}]  # a per-object row: left out
+    stats = {g["kd"]: g for g in run_study.group_stats(rows, "acc_2d")}
+    assert set(stats) == {"none", "fixed", "fork"}
+    assert stats["none"]["mean"] == pytest.approx(52.0) and stats["none"]["std"] == pytest.approx(2.0)
+    assert stats["fixed"]["mean"] == pytest.approx(58.0) and stats["fixed"]["std"] == pytest.approx(3.0)
+    assert stats["fork"]["std"] == pytest.approx(math.sqrt(13 / 3))
+    paired = {d["kd"]: d for d in run_study.paired_differences(rows, "acc_2d")}
+    assert paired["fixed"]["diffs"] == {"0": 5.0, "1": 6.0, "2": 7.0}
+    assert paired["fixed"]["mean"] == pytest.approx(6.0) and paired["fixed"]["std"] == pytest.approx(1.0)
+    assert paired["fixed"]["spread"] == pytest.approx(3.0) and paired["fixed"]["verdict"] == "better"
+    assert paired["fork"]["mean"] == pytest.approx(-2 / 3) and paired["fork"]["verdict"] == "no measurable effect"
+
+    # errors: lower is better; one seed only: never a measurable effect
+    err = _rows("none", [10.0, 12.0, 14.0], "mean_err_corner") + _rows("fixed", [6.0, 7.0, 8.0], "mean_err_corner")
+    (d,) = run_study.paired_differences(err, "mean_err_corner")
+    assert d["mean"] == pytest.approx(-5.0) and d["verdict"] == "better"
+    (d,) = run_study.paired_differences(_rows("none", [10.0]) + _rows("fixed", [90.0]), "acc_2d")
+    assert d["std"] is None and d["verdict"] == "no measurable effect"
+
+
+def test_mean_rows_average_the_objects():
+    base = {"run": "r", "network": "trial3", "kd": "none", "seed": 0, "split": "test", "train_images": 10,
+            "train_minutes": 1.0, "train_images_per_s": 2.0, **{k: 0.0 for k in run_study.ROW_METRICS}}
+    rows = run_study.mean_rows([{**base, "object": "a", "acc_2d": 10.0}, {**base, "object": "b", "acc_2d": 30.0}])
+    assert [r["object"] for r in rows] == ["a", "b", "mean"] and rows[-1]["acc_2d"] == 20.0
+
+
+def test_unknown_budget_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_study.get_args_parser().parse_args(["--budget", "laptop"])
+    assert exc.value.code == 2 and "invalid choice: 'laptop'" in capsys.readouterr().err
+    with pytest.raises(FlagError, match="--reduced is --budget cpu"):
+        run_study.main(run_study.get_args_parser().parse_args(["--reduced", "--budget", "gpu"]))
+    with pytest.raises(FlagError, match="unknown.*resnet"):
+        run_study.main(run_study.get_args_parser().parse_args(["--students", "resnet"]))
+
+
+def test_folder_of_another_budget_is_refused(tmp_path):
+    out = tmp_path / "study"
+    b = run_study.resolve_budget(run_study.get_args_parser().parse_args(["--budget", "gpu"]))
+    run_study.claim_folder(out, b, None)
+    with pytest.raises(InputError, match="another budget.*'gpu'.*'cpu'.*recipe: 'original' there, 'fast' now"):
+        study(out)
+    assert sorted(p.name for p in out.iterdir()) == ["study.json"]  # nothing generated, nothing trained
+    # more seeds (or students, modes) in the same budget are not another budget
+    tiny = run_study.resolve_budget(run_study.get_args_parser().parse_args(TINY))
+    run_study.claim_folder(tmp_path / "s2", tiny, None)
+    run_study.claim_folder(tmp_path / "s2", run_study.dataclasses.replace(tiny, seeds=(0, 1, 2)), None)
+    (tmp_path / "s3" / "runs").mkdir(parents=True)
+    with pytest.raises(InputError, match="without a study.json"):
+        run_study.claim_folder(tmp_path / "s3", tiny, None)
+
+
+def _claimed_with_data(tmp_path):
+    """A study folder with its (tiny) synthetic data made, and no run started."""
+    out = tmp_path / "study"
+    b = run_study.resolve_budget(run_study.get_args_parser().parse_args(TINY))
+    run_study.claim_folder(out, b, None)
+    run_study.prepare_data(out, b, None, out / "commands.txt")
+    return out
+
+
+def test_distilled_students_need_their_teacher(tmp_path):
+    out = _claimed_with_data(tmp_path)
+    teacher = out / "runs/teacher/obj00"
+    teacher.mkdir(parents=True)
+    (teacher / "failed.json").write_text(json.dumps({"exit": 1, "log": "log.txt"}))
+    with pytest.raises(InputError, match="teacher run .* failed .*exit 1.*--retry-failed"):
+        study(out)
+    with pytest.raises(InputError, match="--teacher-weights .*missing.weights: file not found"):
+        study(out, "--teacher-weights", str(tmp_path / "missing.weights"))
+    (teacher / "failed.json").unlink()
+    (teacher / "done.json").write_text("{}")  # finished, but its weights are gone
+    with pytest.raises(InputError, match="finished but its model.weights is missing"):
+        study(out)
+    assert train_lines(out) == []  # refused before any training
+    # without distilled students the teacher is not needed
+    assert run_study.check_teachers(run_study.plan_runs(out, run_study.resolve_budget(
+        run_study.get_args_parser().parse_args([*TINY, "--modes", "none"])), ["obj00"]),
+        run_study.BUDGETS["cpu"], None, False) is None

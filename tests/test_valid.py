@@ -530,3 +530,11 @@ def test_notebook_is_committed_clean_and_executes(synth, trial3_weights, root, m
     assert "Results of obj00" in text and f"weights: {trial3_weights}" in text
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) >= 4  # the test images with their boxes, the histograms, the curves
+
+
+def test_all_scores_each_object_once():
+    """--all leaves out the OCCLUSION files and the fresh test sets, which test an object already listed."""
+    import valid
+
+    names = ["ape.data", "obj00.data", "obj00_fresh7.data", "occlusion.data", "freshwater.data"]
+    assert [n for n in names if not valid.skipped_by_all(Path(n))] == ["ape.data", "obj00.data", "freshwater.data"]

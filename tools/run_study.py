@@ -1,229 +1,657 @@
-"""The distillation study (issue: results): teacher, students with and without KD, all scored.
+"""The distillation study (docs/design.md §12): a teacher, then students without and with KD, every run scored.
 
-    python tools/run_study.py --out runs/study                     # full budget (a CUDA machine)
-    python tools/run_study.py --out runs/study_cpu --reduced       # CPU: small input, few epochs
-    python tools/run_study.py --out /tmp/s --num-objects 1 --images-per-object 6 --epochs 1 --train-size 64 \\
-        --students trial3 --modes none,fixed                       # smoke run (the test)
+    python tools/run_study.py --budget cpu --out runs/study_cpu    # 2 cores: 2 h teacher, 9 students of 10 min
+    python tools/run_study.py --budget gpu --out runs/study_gpu    # one GPU: the fork's protocol
+    python tools/run_study.py --budget cpu --out /tmp/s --epochs 1 --max-batches 2 --seeds 0,1   # smoke run
 
-With one seed and one budget it
-  1. generates the synthetic LINEMOD set (``--num-objects`` x ``--images-per-object``) in OUT/data,
-  2. trains the YOLOv2 pose teacher on every object (random init: the darknet19 ImageNet weights
-     of the MS recipe need a download; ``--teacher-init FILE`` uses them),
-  3. trains the students (YOLO-LITE trial 3 and trial 10 from their VOC backbones in weights/,
-     Tiny-YOLOv2 from random init) without KD (``none``), with ``--kd-mode fork`` and with
-     ``--kd-mode fixed``, the teacher of the same object as ``--teacher-weights``,
-  4. scores every run with ``valid.py --all`` (2D at 5 px, ADD, ADD-S, 5cm5deg, images/s),
-and writes OUT/results.csv, OUT/results.json, OUT/commands.txt (every command, with the seed)
-and OUT/results.md (the per-object and mean tables). Runs whose outputs exist are skipped, so an
-interrupted study continues where it stopped (``--force`` redoes everything).
+Budgets (the table BUDGETS below; flags override single entries):
+  cpu  the fast recipe at 256 px on the main job's synthetic set (1 object, 1,360 train / 240 test
+       images) plus a fresh test set of 200 images (seed 11). Teacher: Tiny-YOLOv2 pose, its first
+       four convolutions from the YOLO-LITE trial 3 VOC backbone (the only ImageNet/VOC features on
+       disk; design D53), 120 minutes. Students: YOLO-LITE trial 3 from its VOC backbone, `none`,
+       `fork` and `fixed`, seeds 0, 1, 2, 10 minutes each (the same wall-clock budget: a distilled
+       student also pays for the teacher's forward pass, so it sees fewer images; both are reported).
+  gpu  the fork's protocol: the original recipe (500 epochs, multi-scale 416, the cfg batch),
+       3 synthetic objects with LINEMOD's split sizes (~180 train / ~1,020 test images each), a
+       YOLOv2 pose teacher (darknet19 ImageNet backbone if cfg/darknet19_448.conv.23 exists),
+       trial 3 and trial 10 students, the three modes, seeds 0, 1, 2. --data DIR runs it on a
+       LINEMOD-format folder instead (e.g. the real LINEMOD set, tools/get_linemod.sh).
+
+Every run writes OUT/runs/<run>/<object>/ (train.py's outputs, valid_test.json, valid_fresh.json);
+OUT/commands.txt has every command with its seed, OUT/results.{csv,json,md} the rows, the mean and
+standard deviation over seeds and the paired differences against `none`, OUT/students.png one
+point per seed. The study resumes: a finished run is never redone, a killed one continues from its
+checkpoint (`--resume`), so run the same command again after a stop. --publish DIR copies the small
+files (commands, results, figures, per-run valid JSON and metrics) into DIR (docs/results/cpu).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
+import math
 import shlex
+import shutil
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-from errors import run_cli
+from errors import FlagError, InputError, run_cli
+from linemod_format import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TEACHER = ("yolov2", "cfg/yolo-pose.cfg", None)
-STUDENTS = {
+NETWORKS = {  # name: (cfg, init weights or None for random)
+    "yolov2": ("cfg/yolo-pose.cfg", None),
+    "tiny": ("cfg/tiny-yolo-pose.cfg", None),
     "trial3": ("cfg/yolo-lite-trial3-pose.cfg", "weights/tiny-yolov2-trial3-voc.weights"),
     "trial10": ("cfg/yolo-lite-trial10-pose.cfg", "weights/tiny-yolov2-trial10-voc.weights"),
-    "tiny": ("cfg/tiny-yolo-pose.cfg", None),
 }
 MODES = ("none", "fork", "fixed")
-FULL = {"epochs": 300, "size": 416, "batch": 16, "images": 200}
-REDUCED = {"epochs": 30, "size": 160, "batch": 8, "images": 60}
-METRICS = ("acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "mean_err_2d", "mean_err_corner", "images_per_s")
+# Tiny-YOLOv2's first four 3x3 convolutions (16, 32, 64, 128 filters, with their max-pools: cfg
+# layers 0-7) have the same shapes as YOLO-LITE trial 3's, so its VOC backbone can seed them (D53).
+TRIAL3_SEED_LAYERS = 8
+DARKNET19 = "cfg/darknet19_448.conv.23"  # the MS recipe's ImageNet backbone, a download
 
+
+@dataclass(frozen=True)
+class Budget:
+    """One study protocol. minutes: a time budget (the fast recipe's cosine follows it); epochs: a
+    fixed number of epochs (None with minutes). size/batch None: the recipe's own defaults."""
+    name: str
+    recipe: str
+    teacher: str
+    teacher_init: str  # 'trial3-seed' (D53), 'darknet19-if-present', 'none' or a weights path
+    teacher_minutes: float | None
+    teacher_epochs: int | None
+    student_minutes: float | None
+    student_epochs: int | None
+    students: tuple[str, ...]
+    modes: tuple[str, ...]
+    seeds: tuple[int, ...]
+    size: int | None
+    batch: int | None
+    objects: int
+    images: int
+    test_fraction: float
+    fresh_images: int
+    fresh_seed: int
+    teacher_eval_every: int
+    max_batches: int | None = None
+
+
+BUDGETS = {
+    "cpu": Budget(name="cpu", recipe="fast", teacher="tiny", teacher_init="trial3-seed", teacher_minutes=120.0,
+                  teacher_epochs=None, student_minutes=10.0, student_epochs=None, students=("trial3",),
+                  modes=MODES, seeds=(0, 1, 2), size=256, batch=8, objects=1, images=1600, test_fraction=0.15,
+                  fresh_images=200, fresh_seed=11, teacher_eval_every=3),
+    "gpu": Budget(name="gpu", recipe="original", teacher="yolov2", teacher_init="darknet19-if-present",
+                  teacher_minutes=None, teacher_epochs=500, student_minutes=None, student_epochs=500,
+                  students=("trial3", "trial10"), modes=MODES, seeds=(0, 1, 2), size=None, batch=None, objects=3,
+                  images=1200, test_fraction=0.85, fresh_images=200, fresh_seed=11, teacher_eval_every=10),
+}
+STUDENT_EVAL_EVERY = 10**6  # students are tested once, at the end: no model is picked on the test split
+ROW_METRICS = ("acc_2d", "acc_2d_10px", "acc_add", "acc_5cm5deg", "mean_err_2d", "mean_err_corner", "images_per_s")
+STAT_METRICS = ("acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner")
+RUN_SELECTION = ("students", "modes", "seeds")  # budget entries that only choose runs: may differ between calls
+
+
+# --------------------------------------------------------------------------------------------
+# arguments and the budget
+# --------------------------------------------------------------------------------------------
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__)
-    p.add_argument("--out", default="runs/study")
-    p.add_argument("--reduced", action="store_true", help=f"CPU budget {REDUCED} instead of {FULL}")
-    cli.add_num_objects(p, default=3)
-    p.add_argument("--images-per-object", type=int, default=None, help="images per object (budget 'images')")
-    p.add_argument("--epochs", type=int, default=None)
-    cli.add_sizes(p, train=True, test=False,
-                  train_help="square size of every run, trained and scored (a multiple of 32; budget 'size')")
-    cli.add_batch_size(p, help="training batch size (budget 'batch')")
-    cli.add_seed(p)
-    p.add_argument("--students", default=",".join(STUDENTS), help=f"comma list of {','.join(STUDENTS)}")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {','.join(MODES)}")
-    p.add_argument("--teacher-init", default="none", help="init weights for the teacher (default: random)")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="the protocol (default cpu)")
+    p.add_argument("--reduced", action="store_true", help="the same as --budget cpu")
+    p.add_argument("--out", default=None, help="study folder (default runs/study_<budget>)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="a LINEMOD-format folder with cfg/*.data to use instead of generating the synthetic set")
+    p.add_argument("--students", default=None, help=f"comma list of {','.join(k for k in NETWORKS if k != 'yolov2')}")
+    p.add_argument("--modes", default=None, help=f"comma list of {','.join(MODES)}")
+    p.add_argument("--seeds", default=None, help="comma list of student seeds (default 0,1,2)")
+    p.add_argument("--teacher-minutes", type=float, default=None)
+    p.add_argument("--student-minutes", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="a fixed number of epochs for every run (no time budget)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke runs)")
+    cli.add_num_objects(p, default=None, help="synthetic objects (budget 'objects')")
+    p.add_argument("--images-per-object", type=int, default=None, help="synthetic images per object")
+    p.add_argument("--fresh-images", type=int, default=None, help="fresh test images per object")
+    cli.add_sizes(p, train=True, test=False, train_help="square size of every run, trained and scored")
+    cli.add_batch_size(p, help="training batch size")
+    p.add_argument("--teacher-weights", default=None,
+                   help="use these teacher weights (the budget's teacher cfg) instead of training the teacher")
     cli.add_device(p)
-    cli.add_workers(p, default=2)
-    p.add_argument("--force", action="store_true", help="redo runs whose outputs exist")
+    cli.add_workers(p, default=None, help="loader workers of every run (default: train.py's)")
+    p.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
+    p.add_argument("--publish", default=None, metavar="DIR", help="copy the small result files into DIR")
     return p
 
 
-def budget(args) -> dict:
-    b = dict(REDUCED if args.reduced else FULL)
-    for key, flag in (("epochs", "epochs"), ("size", "train_size"), ("batch", "batch_size"),
-                      ("images", "images_per_object")):
-        if getattr(args, flag) is not None:
-            b[key] = getattr(args, flag)
-    if b["size"] % 32:
-        raise SystemExit(f"--train-size {b['size']}: must be a multiple of 32")
-    return b
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise FlagError(f"{flag} {text!r}: expected a comma list of integers") from None
+    if not values:
+        raise FlagError(f"{flag} {text!r}: empty")
+    return values
 
+
+def _name_list(flag: str, text: str, allowed) -> tuple[str, ...]:
+    values = tuple(v for v in text.split(",") if v)
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise FlagError(f"{flag} {text!r}: unknown {bad or 'empty list'}; choose from {', '.join(allowed)}")
+    return values
+
+
+def resolve_budget(args) -> Budget:
+    """The budget named by --budget (or --reduced), with the override flags applied and checked."""
+    if args.reduced and args.budget not in (None, "cpu"):
+        raise FlagError(f"--reduced is --budget cpu; it cannot be combined with --budget {args.budget}")
+    b = BUDGETS[args.budget or "cpu"]
+    changes = {}
+    if args.students is not None:
+        changes["students"] = _name_list("--students", args.students, [k for k in NETWORKS if k != "yolov2"])
+    if args.modes is not None:
+        changes["modes"] = _name_list("--modes", args.modes, MODES)
+    if args.seeds is not None:
+        changes["seeds"] = _int_list("--seeds", args.seeds)
+    for flag, key in (("teacher_minutes", "teacher_minutes"), ("student_minutes", "student_minutes")):
+        if getattr(args, flag) is not None:
+            if not getattr(args, flag) > 0:
+                raise FlagError(f"--{flag.replace('_', '-')} must be positive, found {getattr(args, flag)}")
+            changes[key] = getattr(args, flag)
+            changes[key.replace("minutes", "epochs")] = None
+    if args.epochs is not None:
+        cli.check_positive("--epochs", args.epochs)
+        changes.update(teacher_epochs=args.epochs, student_epochs=args.epochs, teacher_minutes=None,
+                       student_minutes=None)
+    for flag, key in (("max_batches", "max_batches"), ("num_objects", "objects"), ("images_per_object", "images"),
+                      ("fresh_images", "fresh_images"), ("batch_size", "batch")):
+        if getattr(args, flag) is not None:
+            cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+            changes[key] = getattr(args, flag)
+    if args.train_size is not None:
+        cli.check_size("--train-size", args.train_size)
+        changes["size"] = args.train_size
+    return dataclasses.replace(b, **changes)
+
+
+# --------------------------------------------------------------------------------------------
+# the study folder: its budget, its data, its runs
+# --------------------------------------------------------------------------------------------
+
+def claim_folder(out: Path, b: Budget, data: str | None) -> None:
+    """Record the budget in OUT/study.json, or refuse a folder that holds runs of another budget.
+
+    Which students, modes and seeds run may change between calls (each run stands alone: a later
+    call can add seeds); every other entry of the budget must be the same.
+    """
+    path = out / "study.json"
+    mine = {"budget": dataclasses.asdict(b), "data": data}
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        old, new = theirs.get("budget", {}), json.loads(json.dumps(mine["budget"]))
+        diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in new.items()
+                if k not in RUN_SELECTION and old.get(k) != v]
+        if theirs.get("data") != data:
+            diff.append(f"data: {theirs.get('data')!r} there, {data!r} now")
+        if diff:
+            raise InputError(f"{out} holds the runs of another budget ({old.get('name')!r}, this is {b.name!r}); "
+                             f"use another --out. Differences: " + "; ".join(diff))
+        return
+    stale = [p for p in (out / "runs", out / "results.json") if p.exists()]
+    if stale:
+        raise InputError(f"{out} holds study runs without a study.json ({stale[0]}): they are of an unknown budget; "
+                         f"use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(mine, indent=1) + "\n")
+
+
+def prepare_data(out: Path, b: Budget, data: str | None, commands: Path) -> dict[str, Path]:
+    """{object: its .data file}: the synthetic set (generated once in OUT/data) or --data's, with a
+    fresh test set (`<obj>_fresh<S>.data`) added once to a synthetic set; a folder that is not
+    synthetic (real LINEMOD) is scored on its test split only."""
+    from tools.make_synthetic_linemod import INFO_FILE, add_fresh_test, auto_workers, generate
+
+    root = Path(data) if data else out / "data"
+    if data is None and not (root / "cfg").is_dir():
+        print(f"generating the synthetic LINEMOD set in {root} ...", flush=True)
+        generate(root, objects=b.objects, images_per_object=b.images, seed=0, test_fraction=b.test_fraction,
+                 workers=auto_workers(b.objects * b.images))
+        note(commands, f"python tools/make_synthetic_linemod.py --out {portable(str(root))} --num-objects {b.objects} "
+                       f"--images-per-object {b.images} --test-fraction {b.test_fraction} --seed 0")
+    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if "occlusion" not in c.name and "_fresh" not in c.stem)
+    if not cfgs:
+        raise InputError(f"{root / 'cfg'}: no object .data files")
+    if (root / INFO_FILE).is_file() and not all(fresh_of(c, b).is_file() for c in cfgs):
+        print(f"adding a fresh test set (seed {b.fresh_seed}, {b.fresh_images} images per object) ...", flush=True)
+        add_fresh_test(root, b.fresh_images, b.fresh_seed, workers=auto_workers(len(cfgs) * b.fresh_images))
+        note(commands, f"python tools/make_synthetic_linemod.py --out {portable(str(root))} "
+                       f"--fresh-test {b.fresh_images} --fresh-seed {b.fresh_seed}")
+    return {c.stem: c for c in cfgs}
+
+
+def splits_of(datacfg: Path, b: Budget) -> dict[str, Path]:
+    """The test lists a run is scored on: {'test': .data, 'fresh': .data if there is a fresh set}."""
+    fresh = fresh_of(datacfg, b)
+    return {"test": datacfg, **({"fresh": fresh} if fresh.is_file() else {})}
+
+
+def teacher_init_file(out: Path, b: Budget) -> str | None:
+    """The teacher's init weights: for 'trial3-seed', OUT/init/tiny-from-trial3-voc.conv.8 written
+    once from the trial 3 VOC backbone (D53)."""
+    if b.teacher_init == "none":
+        return None
+    if b.teacher_init == "darknet19-if-present":
+        return DARKNET19 if (ROOT / DARKNET19).is_file() else None
+    if b.teacher_init != "trial3-seed":
+        return b.teacher_init
+    path = out / "init" / f"tiny-from-trial3-voc.conv.{TRIAL3_SEED_LAYERS}"
+    if not path.is_file():
+        from darknet import Darknet
+
+        cfg, weights = NETWORKS["trial3"]
+        donor = Darknet(str(ROOT / cfg))
+        donor.load_weights_until_last(str(ROOT / weights))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        donor.save_weights(path, cutoff=TRIAL3_SEED_LAYERS)
+    return str(path)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the study on one object."""
+    run: str      # 'teacher' or '<network>-<mode>-s<seed>'
+    network: str
+    kd: str
+    seed: int
+    obj: str
+    folder: Path
+
+    @property
+    def cfg(self) -> str:
+        return NETWORKS[self.network][0]
+
+
+def plan_runs(out: Path, b: Budget, objects: list[str]) -> list[Run]:
+    """The teacher, then for each seed the students none, fork, fixed (the order they train in)."""
+    runs = [Run("teacher", b.teacher, "none", 0, o, out / "runs" / "teacher" / o) for o in objects]
+    for seed in b.seeds:
+        for net in b.students:
+            for mode in b.modes:
+                name = f"{net}-{mode}-s{seed}"
+                runs += [Run(name, net, mode, seed, o, out / "runs" / name / o) for o in objects]
+    return runs
+
+
+def state(run: Run) -> str:
+    """'done' (trained and scored... or trained), 'failed', 'killed' (a checkpoint to resume), 'new'."""
+    if (run.folder / "done.json").is_file():
+        return "done"
+    if (run.folder / "failed.json").is_file():
+        return "failed"
+    if (run.folder / "checkpoint.pt").is_file():
+        return "killed"
+    return "new"
+
+
+def teacher_weights_for(runs: list[Run], obj: str, given: str | None) -> str:
+    if given:
+        return given
+    return str(next(r for r in runs if r.run == "teacher" and r.obj == obj).folder / "model.weights")
+
+
+def check_teachers(runs: list[Run], b: Budget, given: str | None, retry: bool) -> None:
+    """Before any training: a distilled student needs a teacher that exists or will be trained."""
+    if not any(r.kd != "none" for r in runs):
+        return
+    teacher_cfg = NETWORKS[b.teacher][0]
+    if given:
+        import valid
+
+        if not Path(given).is_file():
+            raise InputError(f"--teacher-weights {given}: file not found")
+        valid.check_weights(valid.check_model_cfg(str(ROOT / teacher_cfg)), teacher_cfg, given)
+        return
+    for t in (r for r in runs if r.run == "teacher"):
+        s = state(t)
+        if s == "failed" and not retry:
+            info = json.loads((t.folder / "failed.json").read_text())
+            raise InputError(f"the teacher run {t.folder} failed (exit {info.get('exit')}; see {info.get('log')}), "
+                             f"so its distilled students cannot train. Fix the cause and rerun with --retry-failed, "
+                             f"or give --teacher-weights")
+        if s == "done" and not (t.folder / "model.weights").is_file():
+            raise InputError(f"the teacher run {t.folder} is finished but its model.weights is missing, "
+                             f"so its distilled students cannot train; restore it or give --teacher-weights")
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------
 
 def portable(line: str) -> str:
     """A command line with this machine's interpreter and checkout paths removed."""
     return line.replace(sys.executable, "python").replace(str(ROOT) + "/", "")
 
 
-def run(cmd: list[str], log: Path, commands: Path) -> None:
-    """Run a command from the repository root, appending it to commands.txt and its output to log."""
-    line = " ".join(shlex.quote(c) for c in cmd)
-    with open(commands, "a") as f:  # as a user would type it: no interpreter or checkout paths
+def note(commands: Path, line: str) -> None:
+    with open(commands, "a") as f:
         f.write(portable(line) + "\n")
-    print(f"$ {line}", flush=True)
+
+
+class RunFailed(Exception):
+    def __init__(self, code: int, line: str):
+        super().__init__(f"exit {code}: {line}")
+        self.code = code
+
+
+def execute(cmd: list[str], log: Path, commands: Path) -> None:
+    """Run a command from the repository root, logging the command line and its output."""
+    line = " ".join(shlex.quote(c) for c in cmd)
+    note(commands, line)
+    print(f"$ {portable(line)}", flush=True)
     with open(log, "a") as f:
+        f.write(f"\n$ {line}\n")
+        f.flush()
         proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
     if proc.returncode:
-        raise SystemExit(f"run_study: command failed (exit {proc.returncode}); see {log}:\n  {line}")
+        raise RunFailed(proc.returncode, line)
 
 
-def pretrain_epochs(epochs: int) -> int:
-    """A fifth of the run without the confidence term, leaving at least the last epoch to evaluate (D47)."""
-    return max(-1, min(epochs // 5, epochs - 2))
+def train_command(run: Run, b: Budget, datacfg: Path, args, init: str | None, teacher: str | None,
+                  resume: bool, overwrite: bool) -> list[str]:
+    is_teacher = run.run == "teacher"
+    minutes = b.teacher_minutes if is_teacher else b.student_minutes
+    epochs = b.teacher_epochs if is_teacher else b.student_epochs
+    cmd = [sys.executable, "train.py", "--datacfg", str(datacfg), "--modelcfg", run.cfg,
+           "--initweightfile", init or "none", "--recipe", b.recipe, "--backupdir", str(run.folder),
+           "--seed", str(run.seed), "--device", args.device, "--quiet",
+           "--eval-every", str(b.teacher_eval_every if is_teacher else STUDENT_EVAL_EVERY)]
+    cmd += ["--minutes", f"{minutes:g}"] if minutes else ["--epochs", str(epochs)]
+    if b.size:
+        cmd += ["--train-size", str(b.size), "--test-size", str(b.size)]
+    if b.batch:
+        cmd += ["--batch-size", str(b.batch)]
+    if b.max_batches:
+        cmd += ["--max-batches", str(b.max_batches)]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    if b.recipe == "original" and epochs is not None and epochs < 20:  # smoke runs: reach the confidence term
+        cmd += ["--pretrain_num_epochs", str(max(-1, min(epochs // 5, epochs - 2)))]
+    if is_teacher and "fresh" in splits_of(datacfg, b):
+        cmd += ["--also-valid", str(fresh_of(datacfg, b))]
+    if run.kd != "none":
+        cmd += ["--distiled", "1", "--kd-mode", run.kd, "--teacher-cfg", NETWORKS[b.teacher][0],
+                "--teacher-weights", teacher]
+    if resume:
+        cmd += ["--resume"]
+    elif overwrite:
+        cmd += ["--overwrite"]
+    return cmd
 
 
-def train_cmd(args, b, datacfg, cfg, init, backup, extra=()) -> list[str]:
-    return [sys.executable, "train.py", "--datacfg", str(datacfg), "--modelcfg", cfg,
-            "--initweightfile", init or "none", "--backupdir", str(backup), "--epochs", str(b["epochs"]),
-            "--batch-size", str(b["batch"]), "--train-size", str(b["size"]), "--test-size", str(b["size"]),
-            "--eval-every", str(max(1, b["epochs"] // 5)), "--pretrain_num_epochs", str(pretrain_epochs(b["epochs"])),
-            "--seed", str(args.seed), "--device", args.device, "--workers", str(args.workers), "--quiet", *extra]
+def fresh_of(datacfg: Path, b: Budget) -> Path:
+    return datacfg.with_name(f"{datacfg.stem}_fresh{b.fresh_seed}.data")
 
 
-def main(args) -> list[dict]:
-    b = budget(args)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    students = [s for s in args.students.split(",") if s]
-    modes = [m for m in args.modes.split(",") if m]
-    bad = [s for s in students if s not in STUDENTS] + [m for m in modes if m not in MODES]
-    if bad:
-        raise SystemExit(f"unknown student(s)/mode(s) {bad}; students {list(STUDENTS)}, modes {list(MODES)}")
-    commands, log = out / "commands.txt", out / "log.txt"
-    data = out / "data"
-    if not (data / "cfg").is_dir():
-        from tools.make_synthetic_linemod import generate
-
-        generate(data, objects=args.num_objects, images_per_object=b["images"], seed=args.seed)
-        with open(commands, "a") as f:
-            f.write(f"# generate: python tools/make_synthetic_linemod.py --out {data} --num-objects {args.num_objects} "
-                    f"--images-per-object {b['images']} --seed {args.seed}\n")
-    cfgs = sorted(c for c in (data / "cfg").glob("*.data") if "occlusion" not in c.name)
-    objects = [c.stem for c in cfgs]
-
-    runs = [("teacher", TEACHER[1], args.teacher_init if args.teacher_init != "none" else None, "none")]
-    runs += [(s, STUDENTS[s][0], STUDENTS[s][1], m) for s in students for m in modes]
-    t_start = time.time()
-    for name, cfg, init, mode in runs:
-        run_id = name if name == "teacher" else f"{name}-{mode}"
-        for obj, datacfg in zip(objects, cfgs):
-            backup = out / "runs" / run_id / obj
-            if (backup / "model.weights").is_file() and not args.force:
-                continue
-            extra = []
-            if mode != "none":
-                extra = ["--distiled", "1", "--kd-mode", mode, "--teacher-cfg", TEACHER[1],
-                         "--teacher-weights", str(out / "runs/teacher" / obj / "model.weights")]
-            run(train_cmd(args, b, datacfg, cfg, init, backup, extra), log, commands)
-        scores = out / "runs" / run_id / "valid.json"
-        if not scores.is_file() or args.force:
-            run([sys.executable, "valid.py", "--all", str(data / "cfg"), "--modelcfg", cfg, "--weightfile",
-                 str(out / "runs" / run_id / "{name}" / "model.weights"), "--test-size", str(b["size"]),
-                 "--device", args.device, "--json", str(scores), "--quiet"], log, commands)
-    rows = collect(out, runs, objects)
-    write_reports(out, rows, b, args, time.time() - t_start)
-    plot_study(out, [r[0] if r[0] == "teacher" else f"{r[0]}-{r[3]}" for r in runs], objects)
-    return rows
+def valid_command(run: Run, datacfg: Path, b: Budget, split: str, args) -> list[str]:
+    cmd = [sys.executable, "valid.py", "--datacfg", str(datacfg), "--modelcfg", run.cfg,
+           "--weightfile", str(run.folder / "model.weights"), "--device", args.device,
+           "--json", str(run.folder / f"valid_{split}.json"), "--quiet"]
+    if b.size:
+        cmd += ["--test-size", str(b.size)]
+    return cmd
 
 
-def plot_study(out: Path, run_ids: list[str], objects: list[str]) -> Path:
-    """OUT/curves.png: per run, the training loss (mean over objects) against images seen, and the
-    mean corner error at each in-training evaluation (the informative number while accuracies are 0)."""
+def train_and_score(run: Run, b: Budget, datacfg: Path, args, init: str | None, teacher: str | None,
+                    log: Path, commands: Path) -> None:
+    """Train the run (or continue it) unless done, then score it on both splits unless scored."""
+    s = state(run)
+    if s == "failed":
+        (run.folder / "failed.json").unlink()  # --retry-failed (check_teachers refused it otherwise)
+        s = "killed" if (run.folder / "checkpoint.pt").is_file() else "new"
+    if s != "done":
+        overwrite = run.folder.is_dir() and any(run.folder.iterdir())
+        cmd = train_command(run, b, datacfg, args, init, teacher, resume=s == "killed", overwrite=overwrite)
+        try:
+            execute(cmd, log, commands)
+        except RunFailed as exc:
+            if exc.code == 130:  # Ctrl-C or SIGTERM: train.py saved its checkpoint
+                raise InputError(f"interrupted during {run.folder}; run the same command again to continue") from None
+            run.folder.mkdir(parents=True, exist_ok=True)
+            write_text(run.folder / "failed.json", json.dumps({"exit": exc.code, "log": str(log)}) + "\n")
+            what = "the teacher" if run.run == "teacher" else run.run
+            raise InputError(f"{what} failed on {run.obj} (exit {exc.code}); see {log}. Nothing after it ran; "
+                             f"rerun with --retry-failed once fixed") from None
+        write_text(run.folder / "done.json", json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+    for split, cfg in splits_of(datacfg, b).items():
+        if not (run.folder / f"valid_{split}.json").is_file():
+            try:
+                execute(valid_command(run, cfg, b, split, args), log, commands)
+            except RunFailed as exc:
+                raise InputError(f"scoring {run.folder} on {cfg} failed (exit {exc.code}); see {log}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# rows and statistics
+# --------------------------------------------------------------------------------------------
+
+def run_row(run: Run, split: str) -> dict:
+    """One row: the run's valid.py scores on one split, and its training throughput."""
+    summary = json.loads((run.folder / f"valid_{split}.json").read_text())["objects"][0]
+    row = {"run": run.run, "network": run.network, "kd": run.kd, "seed": run.seed, "object": run.obj, "split": split,
+           **{k: summary.get(k) for k in ROW_METRICS}}
+    metrics = run.folder / "metrics.jsonl"
+    last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.is_file() else {}
+    seen, minutes = last.get("seen"), last.get("minutes")
+    row.update(train_images=seen, train_minutes=minutes,
+               train_images_per_s=seen / (60 * minutes) if seen and minutes else None)
+    return row
+
+
+def mean_rows(rows: list[dict]) -> list[dict]:
+    """Per run and split, the mean over objects as a row with object 'mean' (appended after them)."""
+    out = []
+    keys = dict.fromkeys((r["run"], r["split"]) for r in rows)
+    for run, split in keys:
+        group = [r for r in rows if r["run"] == run and r["split"] == split]
+        mean = {k: group[0][k] for k in ("run", "network", "kd", "seed")}
+        mean.update(object="mean", split=split)
+        for k in (*ROW_METRICS, "train_images", "train_minutes", "train_images_per_s"):
+            vals = [r[k] for r in group if r[k] is not None]
+            mean[k] = sum(vals) / len(vals) if vals else None
+        out += group + ([mean] if len(group) > 1 else [dict(group[0], object="mean")])
+    return out
+
+
+def group_stats(rows: list[dict], metric: str) -> list[dict]:
+    """Mean and sample standard deviation over seeds of each (split, network, kd) group of students.
+
+    rows: the 'mean' rows (one per run and split). Returns one dict per group, in first-seen order:
+    {split, network, kd, metric, n, mean, std (None for n < 2), values (by seed)}.
+    """
+    groups: dict = {}
+    for r in rows:
+        if r["object"] == "mean" and r["run"] != "teacher" and r[metric] is not None:
+            groups.setdefault((r["split"], r["network"], r["kd"]), {})[r["seed"]] = r[metric]
+    out = []
+    for (split, network, kd), by_seed in groups.items():
+        values = [by_seed[s] for s in sorted(by_seed)]
+        out.append({"split": split, "network": network, "kd": kd, "metric": metric, "n": len(values),
+                    "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+                    "values": {str(s): by_seed[s] for s in sorted(by_seed)}})
+    return out
+
+
+def paired_differences(rows: list[dict], metric: str) -> list[dict]:
+    """Each distilled group minus `none` of the same network, seed by seed (paired).
+
+    Returns {split, network, kd, metric, n, diffs (by seed), mean, std, verdict}: 'no measurable effect'
+    when |mean difference| is within the larger of the two groups' standard deviations over seeds
+    (or with fewer than 2 seeds), else 'better' / 'worse' (for errors, lower is better).
+    """
+    stats = {(g["split"], g["network"], g["kd"]): g for g in group_stats(rows, metric)}
+    lower_is_better = metric.startswith("mean_err")
+    out = []
+    for (split, network, kd), g in stats.items():
+        base = stats.get((split, network, "none"))
+        if kd == "none" or base is None:
+            continue
+        seeds = [s for s in g["values"] if s in base["values"]]
+        diffs = {s: g["values"][s] - base["values"][s] for s in seeds}
+        d = list(diffs.values())
+        mean = statistics.fmean(d) if d else math.nan
+        std = statistics.stdev(d) if len(d) > 1 else None
+        spread = max(x for x in (g["std"], base["std"]) if x is not None) if g["std"] is not None else None
+        if spread is None or base["std"] is None or abs(mean) <= spread:
+            verdict = "no measurable effect"
+        else:
+            verdict = "better" if (mean < 0) == lower_is_better else "worse"
+        out.append({"split": split, "network": network, "kd": kd, "metric": metric, "n": len(d), "diffs": diffs,
+                    "mean": mean, "std": std, "spread": spread, "verdict": verdict})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# reports
+# --------------------------------------------------------------------------------------------
+
+def _fmt(v, digits: int = 2) -> str:
+    return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def write_reports(out: Path, rows: list[dict], b: Budget, seconds: float) -> dict:
+    stats = [g for m in STAT_METRICS for g in group_stats(rows, m)]
+    paired = [d for m in STAT_METRICS for d in paired_differences(rows, m)]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    payload = {"budget": dataclasses.asdict(b), "rows": rows, "stats": stats, "paired": paired}
+    write_text(out / "results.json", json.dumps(payload, indent=1) + "\n")
+    write_text(out / "results.md", markdown(rows, stats, paired, b, seconds))
+    print(f"results: {out / 'results.md'}")
+    return payload
+
+
+def markdown(rows, stats, paired, b: Budget, seconds: float) -> str:
+    cols = ("acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner", "train_images", "train_images_per_s")
+    head = ("| run | split | 2D 5 px % | 2D 10 px % | ADD % | mean corner err px | training images "
+            "| training images/s |\n|---|---|---|---|---|---|---|---|")
+    lines = [f"Budget `{b.name}`: {dataclasses.asdict(b)}; this call {seconds / 60:.1f} min.", "",
+             "### Every run (mean over objects)", "", head]
+    lines += [f"| {r['run']} | {r['split']} | " + " | ".join(_fmt(r[k], 0 if k == 'train_images' else 2)
+                                                             for k in cols) + " |"
+              for r in rows if r["object"] == "mean"]
+    lines += ["", "### Mean and standard deviation over seeds", "",
+              "| split | network | kd | metric | n | mean | std | per seed |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {g['split']} | {g['network']} | {g['kd']} | {g['metric']} | {g['n']} | {_fmt(g['mean'])} | "
+              f"{_fmt(g['std'])} | {', '.join(_fmt(v) for v in g['values'].values())} |" for g in stats]
+    lines += ["", "### Paired differences against `none` (same seed)", "",
+              "| split | network | kd | metric | mean diff | std of diffs | per seed | spread | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {d['split']} | {d['network']} | {d['kd']} | {d['metric']} | {_fmt(d['mean'])} | {_fmt(d['std'])} | "
+              f"{', '.join(_fmt(v) for v in d['diffs'].values())} | {_fmt(d['spread'])} | {d['verdict']} |"
+              for d in paired]
+    return "\n".join(lines) + "\n"
+
+
+def plot_students(out: Path, rows: list[dict]) -> Path:
+    """OUT/students.png: 2-D accuracy at 5 and 10 px per student and mode, one point per seed,
+    test split and fresh set side by side; the teacher as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run_id in run_ids:
-        costs = [np.load(out / "runs" / run_id / o / "costs.npz") for o in objects]
-        n = min(len(c["training_losses"]) for c in costs)
-        loss = np.mean([c["training_losses"][:n] for c in costs], axis=0)
-        k = max(1, n // 50)  # smooth over ~2 % of the run
-        a.plot(costs[0]["training_iters"][:n][k - 1:], np.convolve(loss, np.ones(k) / k, "valid"), label=run_id, lw=1)
-        with open(out / "runs" / run_id / objects[0] / "metrics.csv") as f:
-            seen = [int(r["seen"]) for r in csv.DictReader(f)]
-        errs = []
-        for o in objects:
-            with open(out / "runs" / run_id / o / "metrics.csv") as f:
-                errs.append([float(r["mean_err_corner"]) for r in csv.DictReader(f)])
-        m = min(len(e) for e in errs)
-        b.plot(seen[:m], np.mean([e[:m] for e in errs], axis=0), "o-", label=run_id, ms=3)
-    a.set(xlabel="images seen (per object)", ylabel="training loss (batch sum, smoothed)", yscale="log",
-          title="training loss, mean over objects")
-    b.set(xlabel="images seen (per object)", ylabel="mean corner error (px)", yscale="log",
-          title="test: mean error of the 9 points, mean over objects")
-    b.legend(fontsize=7, ncol=2)
+    means = [r for r in rows if r["object"] == "mean"]
+    groups = list(dict.fromkeys((r["network"], r["kd"]) for r in means if r["run"] != "teacher"))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    for ax, metric, title in zip(axes, ("acc_2d", "acc_2d_10px"), ("2-D accuracy at 5 px", "2-D accuracy at 10 px")):
+        for k, (split, marker, dx) in enumerate((("test", "o", -0.12), ("fresh", "s", 0.12))):
+            for i, (net, kd) in enumerate(groups):
+                ys = [r[metric] for r in means if (r["network"], r["kd"], r["split"]) == (net, kd, split)]
+                ax.plot([i + dx] * len(ys), ys, marker, color=f"C{k}", alpha=0.8,
+                        label=f"{split} split" if i == 0 else None)
+            teacher = [r[metric] for r in means if r["run"] == "teacher" and r["split"] == split]
+            if teacher:
+                ax.axhline(teacher[0], color=f"C{k}", ls="--", lw=1, label=f"teacher, {split}")
+        ax.set_xticks(range(len(groups)), [f"{n}\n{kd}" for n, kd in groups])
+        ax.set(title=title, ylabel="% of test images")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path = out / "curves.png"
+    path = out / "students.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def collect(out: Path, runs, objects) -> list[dict]:
-    rows = []
-    for name, cfg, _, mode in runs:
-        run_id = name if name == "teacher" else f"{name}-{mode}"
-        payload = json.loads((out / "runs" / run_id / "valid.json").read_text())
-        for s in payload["objects"]:
-            rows.append({"run": run_id, "network": Path(cfg).stem, "kd": mode, "object": s["object"],
-                         **{k: s.get(k) for k in METRICS}})
-        mean = payload.get("mean") or payload["objects"][0]
-        rows.append({"run": run_id, "network": Path(cfg).stem, "kd": mode, "object": "mean",
-                     **{k: mean.get(k) for k in METRICS}})
-    return rows
+def publish(out: Path, dest: Path, runs: list[Run]) -> None:
+    """Copy the small result files into dest (per-run valid JSON and metrics under dest/runs)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("study.json", "commands.txt", "results.csv", "results.json", "results.md", "students.png",
+                 "teacher_curve.png"):
+        if (out / name).is_file():
+            shutil.copy2(out / name, dest / name)
+    for run in runs:
+        for name in ("valid_test.json", "valid_fresh.json", "metrics.jsonl"):
+            if (run.folder / name).is_file():
+                target = dest / "runs" / run.run / run.obj / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run.folder / name, target)
+    print(f"published: {dest}")
 
 
-def _fmt(v) -> str:
-    return "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
 
+def main(args) -> list[dict]:
+    b = resolve_budget(args)
+    cli.resolve_device(args.device)  # a bad device stops here, not in the first run
+    out = Path(args.out or f"runs/study_{b.name}").resolve()
+    data = str(Path(args.data).resolve()) if args.data else None
+    if data and not (Path(data) / "cfg").is_dir():
+        raise InputError(f"--data {args.data}: no cfg/ folder with .data files there")
+    claim_folder(out, b, data)
+    commands, log = out / "commands.txt", out / "log.txt"
+    objects = prepare_data(out, b, data, commands)
+    runs = plan_runs(out, b, list(objects))
+    check_teachers(runs, b, args.teacher_weights, args.retry_failed)
+    if args.teacher_weights:
+        runs = [r for r in runs if r.run != "teacher"]
+    t0 = time.time()
+    init_teacher = teacher_init_file(out, b) if any(r.run == "teacher" for r in runs) else None
+    for run in runs:
+        if run.run == "teacher":
+            init, teacher = init_teacher, None
+        else:
+            init = NETWORKS[run.network][1]
+            teacher = teacher_weights_for(runs, run.obj, args.teacher_weights) if run.kd != "none" else None
+        train_and_score(run, b, objects[run.obj], args, init, teacher, log, commands)
+    rows = mean_rows([run_row(r, split) for r in runs for split in splits_of(objects[r.obj], b)])
+    payload = write_reports(out, rows, b, time.time() - t0)
+    plot_students(out, rows)
+    teacher_metrics = [r.folder / "metrics.jsonl" for r in runs if r.run == "teacher"]
+    if teacher_metrics and teacher_metrics[0].is_file():
+        from tools import plot_curve
 
-def write_reports(out: Path, rows: list[dict], b: dict, args, seconds: float) -> None:
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "results.json").write_text(json.dumps({"budget": b, "seed": args.seed, "rows": rows}, indent=1))
-    head = "| run | object | 2D 5px % | ADD % | ADD-S % | 5cm5deg % | mean 2D err px | mean corner err px | images/s |"
-    lines = [f"Budget: {b}, seed {args.seed}, {seconds / 60:.1f} min. Commands: `commands.txt`.", "",
-             "### Mean over objects", "", head, "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['object']} | " + " | ".join(_fmt(r[k]) for k in METRICS) + " |"
-              for r in rows if r["object"] == "mean"]
-    lines += ["", "### Per object", "", head, "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['object']} | " + " | ".join(_fmt(r[k]) for k in METRICS) + " |"
-              for r in rows if r["object"] != "mean"]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print(f"results: {out / 'results.md'}")
+        plot_curve.plot(plot_curve.series(plot_curve.read_rows(teacher_metrics[0])), out / "teacher_curve.png",
+                        title=f"teacher ({b.teacher}) on {runs[0].obj}")
+    if args.publish:
+        publish(out, Path(args.publish), runs)
+    return payload["rows"]
 
 
 if __name__ == "__main__":
