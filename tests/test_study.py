@@ -174,3 +174,20 @@ def test_distilled_students_need_their_teacher(tmp_path):
     assert run_study.check_teachers(run_study.plan_runs(out, run_study.resolve_budget(
         run_study.get_args_parser().parse_args([*TINY, "--modes", "none"])), ["obj00"]),
         run_study.BUDGETS["cpu"], None, False) is None
+
+
+def test_gpu_budget_runs_the_forks_protocol(tmp_path):
+    args = run_study.get_args_parser().parse_args(["--budget", "gpu", "--device", "cuda"])
+    b = run_study.resolve_budget(args)
+    assert (b.recipe, b.teacher, b.students, b.seeds, b.student_epochs) == (
+        "original", "yolov2", ("trial3", "trial10"), (0, 1, 2), 500)
+    runs = run_study.plan_runs(tmp_path, b, ["obj00"])
+    assert [r.run for r in runs][:4] == ["teacher", "trial3-none-s0", "trial3-fork-s0", "trial3-fixed-s0"]
+    assert len(runs) == 1 + 2 * 3 * 3
+    data = tmp_path / "obj00.data"
+    teacher = run_study.train_command(runs[0], b, data, args, None, None, resume=False, overwrite=False)
+    assert teacher[teacher.index("--modelcfg") + 1] == "cfg/yolo-pose.cfg"
+    assert "--epochs" in teacher and "--minutes" not in teacher and "--train-size" not in teacher  # multi-scale 416
+    fixed = run_study.train_command(runs[3], b, data, args, "w.weights", "t.weights", resume=True, overwrite=False)
+    assert fixed[fixed.index("--kd-mode") + 1] == "fixed" and fixed[fixed.index("--teacher-weights") + 1] == "t.weights"
+    assert fixed[-1] == "--resume" and fixed[fixed.index("--eval-every") + 1] == str(run_study.STUDENT_EVAL_EVERY)

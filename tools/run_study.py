@@ -1,4 +1,4 @@
-"""The distillation study (docs/design.md §12): a teacher, then students without and with KD, every run scored.
+"""The distillation study (docs/design.md §14.4): a teacher, then students without and with KD, every run scored.
 
     python tools/run_study.py --budget cpu --out runs/study_cpu    # 2 cores: 2 h teacher, 9 students of 10 min
     python tools/run_study.py --budget gpu --out runs/study_gpu    # one GPU: the fork's protocol
