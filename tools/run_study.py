@@ -2,9 +2,10 @@
 
     python tools/run_study.py --budget cpu --out runs/study_cpu    # 2 cores: 2 h teacher, 9 students of 10 min
     python tools/run_study.py --budget gpu --out runs/study_gpu    # one GPU: the fork's protocol
-    python tools/run_study.py --budget cpu --out /tmp/s --epochs 1 --max-batches 2 --seeds 0,1   # smoke run
+    python tools/run_study.py --budget cpu --out /tmp/s --epochs 1 --max-batches 2 --seeds 0,1 \\
+        --images-per-object 12 --fresh-images 4 --train-size 64                  # a smoke run, minutes
 
-Budgets (the table BUDGETS below; flags override single entries):
+Budgets (the flags below override single entries):
   cpu  the fast recipe at 256 px on the main job's synthetic set (1 object, 1,360 train / 240 test
        images) plus a fresh test set of 200 images (seed 11). Teacher: Tiny-YOLOv2 pose, its first
        four convolutions from the YOLO-LITE trial 3 VOC backbone (the only ImageNet/VOC features on
