@@ -583,12 +583,12 @@ def plot_students(out: Path, rows: list[dict]) -> Path:
             for i, (net, kd) in enumerate(groups):
                 ys = [r[metric] for r in means if (r["network"], r["kd"], r["split"]) == (net, kd, split)]
                 ax.plot([i + dx] * len(ys), ys, marker, color=f"C{k}", alpha=0.8,
-                        label=f"{split} split" if i == 0 else None)
+                        label=("test split" if split == "test" else "fresh set") if i == 0 else None)
             teacher = [r[metric] for r in means if r["run"] == "teacher" and r["split"] == split]
             if teacher:
                 ax.axhline(teacher[0], color=f"C{k}", ls="--", lw=1, label=f"teacher, {split}")
         ax.set_xticks(range(len(groups)), [f"{n}\n{kd}" for n, kd in groups])
-        ax.set(title=title, ylabel="% of test images")
+        ax.set(title=title, ylabel="% of test images", ylim=(-2, 102))
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
