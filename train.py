@@ -151,7 +151,7 @@ def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -
         generate(root, objects=SYNTHETIC_OBJECTS, images_per_object=SYNTHETIC_IMAGES, seed=0,
                  test_fraction=SYNTHETIC_TEST_FRACTION, workers=auto_workers(SYNTHETIC_IMAGES),
                  overwrite=info is not None)
-    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if "occlusion" not in c.name and "_fresh" not in c.name)
+    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if not valid.skipped_by_all(c))
     return cfgs[0]
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
+import valid
 from errors import FlagError, InputError, run_cli
 from linemod_format import write_text
 
@@ -231,7 +232,7 @@ def prepare_data(out: Path, b: Budget, data: str | None, commands: Path) -> dict
                  workers=auto_workers(b.objects * b.images))
         note(commands, f"python tools/make_synthetic_linemod.py --out {portable(str(root))} --num-objects {b.objects} "
                        f"--images-per-object {b.images} --test-fraction {b.test_fraction} --seed 0")
-    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if "occlusion" not in c.name and "_fresh" not in c.stem)
+    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if not valid.skipped_by_all(c))
     if not cfgs:
         raise InputError(f"{root / 'cfg'}: no object .data files")
     if (root / INFO_FILE).is_file() and not all(fresh_of(c, b).is_file() for c in cfgs):
@@ -318,8 +319,6 @@ def check_teachers(runs: list[Run], b: Budget, given: str | None, retry: bool) -
         return
     teacher_cfg = NETWORKS[b.teacher][0]
     if given:
-        import valid
-
         if not Path(given).is_file():
             raise InputError(f"--teacher-weights {given}: file not found")
         valid.check_weights(valid.check_model_cfg(str(ROOT / teacher_cfg)), teacher_cfg, given)
