@@ -268,19 +268,23 @@ def build_loss(model, args) -> RegionLoss:
     return loss_fn
 
 
-def build_optimizer_and_schedule(model, args, batch: int, n_samples: int, epochs):
-    """The recipe's optimiser and its schedule (recipes.py)."""
+def build_optimizer_and_schedule(model, recipe: str, batch: int, n_samples: int, epochs, minutes=None,
+                                 step_unit=None, decay_bn_bias: bool = True):
+    """The recipe's optimiser and its schedule (recipes.py), for train.py and train_multi.py.
+
+    fast: AdamW, warm-up and cosine decay over `epochs` or over `minutes`. original: SGD and the
+    cfg's steps, counted in units of `step_unit` batches: an epoch (n_samples / batch, the default,
+    single object, design §7.1) or one raw batch (1, multi-object, design §7.2)."""
     net = model.net
-    budget_s = args.minutes * 60 if args.minutes else None
-    if args.recipe == "fast":
+    budget_s = minutes * 60 if minutes else None
+    if recipe == "fast":
         total = None if budget_s else epochs * -(-n_samples // batch)
         return recipes.build_adamw(model), recipes.CosineSchedule(FAST.lr, FAST.warmup, FAST.final_lr_fraction,
                                                                   total_iters=total, budget_s=budget_s)
     optimizer = recipes.build_sgd(model, float(net["learning_rate"]), float(net["momentum"]), float(net["decay"]),
-                                  batch, bool(args.decay_bn_bias))
-    # single-object steps are in epochs: one unit is n_samples / batch batches
-    return optimizer, recipes.StepSchedule(float(net["learning_rate"]), net["steps"], net["scales"],
-                                           n_samples / batch, batch)
+                                  batch, decay_bn_bias)
+    unit = n_samples / batch if step_unit is None else step_unit
+    return optimizer, recipes.StepSchedule(float(net["learning_rate"]), net["steps"], net["scales"], unit, batch)
 
 
 def evaluation(test_set, setup, device, num_keypoints: int, fast: bool):
@@ -341,7 +345,8 @@ def main(args) -> dict:
     test_shape = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
     test_set = dataset.listDataset(opts["valid"], train=False, shape=test_shape, resample=args.resample)
     setup = valid.load_eval_setup(args.datacfg)
-    optimizer, schedule = build_optimizer_and_schedule(model, args, batch, len(train_set), epochs)
+    optimizer, schedule = build_optimizer_and_schedule(model, args.recipe, batch, len(train_set), epochs,
+                                                       minutes=args.minutes, decay_bn_bias=bool(args.decay_bn_bias))
     ema = recipes.ModelEMA(model, FAST.ema_decay) if fast else None
     net = model
     if world > 1:

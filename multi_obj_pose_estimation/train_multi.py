@@ -7,7 +7,7 @@
 
 Built on the top-level modules: the training sample is `dataset.MultiObjectDataset` (design §6.3), the
 loss `region_loss.RegionLoss` with the cfg's anchors and classes and the MS scales (design §5.6), the
-epoch loop `train.train_one_epoch` with the cfg steps counted in raw batches (design §7.2), and the test
+epoch loop `engine.Trainer` with the cfg steps counted in raw batches (design §7.2), and the test
 `valid_multi.evaluate_object` (design §9.6).
 
 Fixed by default, each with a flag that reproduces the original (design §11): the flipped /
@@ -288,15 +288,8 @@ def main(args) -> dict:
     test_loaders = [valid_multi.make_test_loader(o, test_shape, batch_size=8, resample=args.resample) for o in objects]
 
     budget_s = args.minutes * 60 if args.minutes else None
-    if fast:
-        total = None if budget_s else epochs * -(-len(train_set) // batch)
-        optimizer = recipes.build_adamw(model)
-        schedule = recipes.CosineSchedule(FAST.lr, FAST.warmup, FAST.final_lr_fraction, total_iters=total,
-                                          budget_s=budget_s)
-    else:  # multi-object steps count raw batches (step unit 1)
-        optimizer = recipes.build_sgd(model, float(net["learning_rate"]), float(net["momentum"]),
-                                      float(net["decay"]), batch)
-        schedule = recipes.StepSchedule(float(net["learning_rate"]), net["steps"], net["scales"], 1.0, batch)
+    optimizer, schedule = train.build_optimizer_and_schedule(model, args.recipe, batch, len(train_set), epochs,
+                                                             minutes=args.minutes, step_unit=1.0)
     ema = recipes.ModelEMA(model, FAST.ema_decay) if fast else None
     ddp_model = model
     if world > 1:

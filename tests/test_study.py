@@ -11,6 +11,8 @@ import pytest
 from errors import FlagError, InputError
 from tools import run_study
 
+ROOT = run_study.ROOT
+
 TINY = ["--budget", "cpu", "--epochs", "2", "--max-batches", "2", "--seeds", "0,1", "--modes", "none,fixed",
         "--num-objects", "1", "--images-per-object", "12", "--fresh-images", "4", "--train-size", "64",
         "--batch-size", "4", "--workers", "0", "--device", "cpu"]
@@ -112,6 +114,34 @@ def test_summary_statistics_on_fixed_inputs():
     assert d["mean"] == pytest.approx(-5.0) and d["verdict"] == "better"
     (d,) = run_study.paired_differences(_rows("none", [10.0]) + _rows("fixed", [90.0]), "acc_2d")
     assert d["std"] is None and d["verdict"] == "no measurable effect"
+
+
+def test_summary_table_on_fixed_inputs():
+    def row(run, network, kd, seed, split, a5, a10):
+        return {"run": run, "network": network, "kd": kd, "seed": seed, "object": "mean", "split": split,
+                "acc_2d": a5, "acc_2d_10px": a10, "acc_add": 1.0, "train_images_per_s": 4.0}
+    rows = [row(f"trial3-none-s{s}", "trial3", "none", s, split, 10.0 + 2 * s, 50.0) for s in range(3)
+            for split in ("test", "fresh")]
+    rows += [row("teacher", "tiny", "none", 0, split, 48.0, 90.0) for split in ("test", "fresh")]
+    rows.append({**rows[0], "object": "obj00", "acc_2d": 99.0})  # a per-object row: left out
+    lines = run_study.summary_table(rows).splitlines()
+    assert lines[0].startswith("| network | distillation | seeds | test 2D 5 px % |")
+    assert lines[2] == "| tiny (teacher) | none | 0 | 48.0 | 90.0 | 48.0 | 90.0 | 1.0 | 4.0 |"
+    assert lines[3] == ("| trial3 | none | 0, 1, 2 | 12.0 ± 2.0 | 50.0 ± 0.0 | 12.0 ± 2.0 | 50.0 ± 0.0 "
+                        "| 1.0 ± 0.0 | 4.0 ± 0.0 |")
+    assert len(lines) == 4
+
+
+def test_readme_results_table_is_the_published_cpu_study():
+    """The README's table is summary_table of docs/results/cpu/results.json, not typed by hand."""
+    payload = json.loads((ROOT / "docs/results/cpu/results.json").read_text())
+    assert payload["budget"]["name"] == "cpu"
+    table = run_study.summary_table(payload["rows"])
+    assert table in (ROOT / "README.md").read_text()
+    assert table in (ROOT / "docs/results/cpu/results.md").read_text()
+    for run in {r["run"] for r in payload["rows"]}:  # every run's valid.py outputs are published
+        for split in ("test", "fresh"):
+            assert (ROOT / "docs/results/cpu/runs" / run / "obj00" / f"valid_{split}.json").is_file()
 
 
 def test_mean_rows_average_the_objects():

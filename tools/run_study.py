@@ -530,7 +530,7 @@ def _fmt(v, digits: int = 2) -> str:
     return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def write_reports(out: Path, rows: list[dict], b: Budget, seconds: float) -> dict:
+def write_reports(out: Path, rows: list[dict], b: Budget) -> dict:
     stats = [g for m in STAT_METRICS for g in group_stats(rows, m)]
     paired = [d for m in STAT_METRICS for d in paired_differences(rows, m)]
     with open(out / "results.csv", "w", newline="") as f:
@@ -539,16 +539,46 @@ def write_reports(out: Path, rows: list[dict], b: Budget, seconds: float) -> dic
         w.writerows(rows)
     payload = {"budget": dataclasses.asdict(b), "rows": rows, "stats": stats, "paired": paired}
     write_text(out / "results.json", json.dumps(payload, indent=1) + "\n")
-    write_text(out / "results.md", markdown(rows, stats, paired, b, seconds))
+    write_text(out / "results.md", markdown(rows, stats, paired, b))
     print(f"results: {out / 'results.md'}")
     return payload
 
 
-def markdown(rows, stats, paired, b: Budget, seconds: float) -> str:
+SUMMARY_COLUMNS = (("test", "acc_2d", "test 2D 5 px %"), ("test", "acc_2d_10px", "test 2D 10 px %"),
+                   ("fresh", "acc_2d", "fresh 2D 5 px %"), ("fresh", "acc_2d_10px", "fresh 2D 10 px %"),
+                   ("test", "acc_add", "test ADD %"), ("test", "train_images_per_s", "training images/s"))
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The README's results table: one line per network and mode (the teacher first), each cell the
+    mean ± sample std over seeds of the 'mean' rows (a single run: its value)."""
+    means = [r for r in rows if r["object"] == "mean"]
+    groups = list(dict.fromkeys((r["run"] == "teacher", r["network"], r["kd"]) for r in means))
+    groups.sort(key=lambda g: not g[0])  # the teacher first, then the students in run order
+    lines = ["| network | distillation | seeds | " + " | ".join(c[2] for c in SUMMARY_COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(SUMMARY_COLUMNS)]
+    for is_teacher, network, kd in groups:
+        group = [r for r in means if (r["run"] == "teacher", r["network"], r["kd"]) == (is_teacher, network, kd)]
+        cells = []
+        for split, metric, _ in SUMMARY_COLUMNS:
+            vals = [r[metric] for r in group if r["split"] == split and r[metric] is not None]
+            digits = 1
+            cells.append("" if not vals else f"{statistics.fmean(vals):.{digits}f}" if len(vals) == 1
+                         else f"{statistics.fmean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}")
+        seeds = sorted({r["seed"] for r in group})
+        name = f"{network} (teacher)" if is_teacher else network
+        lines.append(f"| {name} | {kd} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(rows, stats, paired, b: Budget) -> str:
     cols = ("acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner", "train_images", "train_images_per_s")
     head = ("| run | split | 2D 5 px % | 2D 10 px % | ADD % | mean corner err px | training images "
             "| training images/s |\n|---|---|---|---|---|---|---|---|")
-    lines = [f"Budget `{b.name}`: {dataclasses.asdict(b)}; this call {seconds / 60:.1f} min.", "",
+    # the runs' own training minutes (a call that only rebuilds the reports trains nothing)
+    minutes = sum(r["train_minutes"] or 0 for r in rows if r["object"] != "mean" and r["split"] == "test")
+    lines = [f"Budget `{b.name}`: {dataclasses.asdict(b)}; training time of all runs {minutes:.1f} min.", "",
+             "### Summary (mean ± std over seeds)", "", summary_table(rows),
              "### Every run (mean over objects)", "", head]
     lines += [f"| {r['run']} | {r['split']} | " + " | ".join(_fmt(r[k], 0 if k == 'train_images' else 2)
                                                              for k in cols) + " |"
@@ -631,7 +661,6 @@ def main(args) -> list[dict]:
     check_teachers(runs, b, args.teacher_weights, args.retry_failed)
     if args.teacher_weights:
         runs = [r for r in runs if r.run != "teacher"]
-    t0 = time.time()
     init_teacher = teacher_init_file(out, b) if any(r.run == "teacher" for r in runs) else None
     for run in runs:
         if run.run == "teacher":
@@ -641,7 +670,7 @@ def main(args) -> list[dict]:
             teacher = teacher_weights_for(runs, run.obj, args.teacher_weights) if run.kd != "none" else None
         train_and_score(run, b, objects[run.obj], args, init, teacher, log, commands)
     rows = mean_rows([run_row(r, split) for r in runs for split in splits_of(objects[r.obj], b)])
-    payload = write_reports(out, rows, b, time.time() - t0)
+    payload = write_reports(out, rows, b)
     plot_students(out, rows)
     teacher_metrics = [r.folder / "metrics.jsonl" for r in runs if r.run == "teacher"]
     if teacher_metrics and teacher_metrics[0].is_file():
