@@ -562,9 +562,8 @@ def summary_table(rows: list[dict]) -> str:
         cells = []
         for split, metric, _ in SUMMARY_COLUMNS:
             vals = [r[metric] for r in group if r["split"] == split and r[metric] is not None]
-            digits = 1
-            cells.append("" if not vals else f"{statistics.fmean(vals):.{digits}f}" if len(vals) == 1
-                         else f"{statistics.fmean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}")
+            cells.append("" if not vals else f"{statistics.fmean(vals):.1f}" if len(vals) == 1
+                         else f"{statistics.fmean(vals):.1f} ± {statistics.stdev(vals):.1f}")
         seeds = sorted({r["seed"] for r in group})
         name = f"{network} (teacher)" if is_teacher else network
         lines.append(f"| {name} | {kd} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
