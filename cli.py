@@ -15,6 +15,7 @@ valid.py, detect.py, the multi-object scripts, the tools and the benchmarks (doc
     --workers                     loader (or generator) processes     add_workers
     --seed                        the seed of every random stream     add_seed
     --pnp, --resample             PnP solver, PIL resize filter       add_pnp, add_resample
+    --box-rule                    max cell or the paper's 3x3 vote    add_box_rule
     --objects                     which objects, by name              add_objects
     --num-objects                 how many objects to generate        add_num_objects
     --distiled (alias --distill)  the fork's distillation switch      add_distiled
@@ -165,6 +166,16 @@ def add_pnp(p) -> None:
     from utils import PNP_METHODS
 
     p.add_argument("--pnp", choices=sorted(PNP_METHODS), default="iterative", help="PnP solver (original: iterative)")
+
+
+def add_box_rule(p, default_help: str = "the rule the weights were trained with (model_info.json beside them), "
+                                       "else max") -> None:
+    """--box-rule: which cell(s) give an image's 9 points (design §4.1, D54)."""
+    from utils import BOX_RULES
+
+    p.add_argument("--box-rule", choices=BOX_RULES, default=None,
+                   help="max: the original's most confident cell; vote: the paper's test-time rule, the corners "
+                        f"are the confidence-weighted mean over the 3x3 cells around it (D54). Default: {default_help}")
 
 
 def add_resample(p, what: str = "resize filter") -> None:

@@ -747,6 +747,17 @@ class Darknet(nn.Module):
         model.fused = True
         return model
 
+    def inference_copy(self, channels_last: bool = True) -> Darknet:
+        """What every test-time forward runs (valid.py, detect.py, the evaluations during training,
+        the distillation teacher): `fuse()`, gradients off, channels-last (D57). Several times faster
+        than the eager training model on a CPU; outputs equal its eval-mode outputs to float rounding.
+        Call it again after the weights change (it is a copy)."""
+        model = self.fuse()
+        model.requires_grad_(False)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
     # -- .weights I/O (design §2) ---------------------------------------------------------------
 
     def _param_layers(self, stop: int) -> list[tuple[int, list[torch.Tensor]]]:

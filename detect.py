@@ -32,6 +32,7 @@ from PIL import Image
 import cli
 import dataset
 import image
+import model_info
 import utils
 import valid
 from errors import DataCfgError, InputError, MeshError, run_cli
@@ -134,15 +135,17 @@ def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 
 def select_boxes(output: torch.Tensor, multi: bool, num_classes: int, num_keypoints: int, num_anchors: int,
-                 conf_thresh: float) -> list[tuple[int, float, np.ndarray]]:
+                 conf_thresh: float, box_rule: str = "max") -> list[tuple[int, float, np.ndarray]]:
     """[(class_id, confidence, normalised points (K, 2))] for one image's output (1, ch, H, W).
 
-    Single object: the most confident cell (design §4.1), whatever its confidence. Multi object: per
+    Single object: the most confident cell (design §4.1), whatever its confidence; box_rule 'vote'
+    takes its corners from the 3x3 vote (D54), as valid.py does. Multi object: per
     class, the cell with the highest det_conf * class prob among cells whose best class it is, kept
     when that score exceeds conf_thresh (no ground truth to fall back on at inference).
     """
     if not multi:
-        box = utils.get_region_boxes(output, num_classes, num_keypoints, num_anchors=num_anchors)[0].cpu().numpy()
+        box = utils.get_region_boxes(output, num_classes, num_keypoints, num_anchors=num_anchors,
+                                     rule=box_rule)[0].cpu().numpy()
         if not np.isfinite(box[2 * num_keypoints]):
             return []
         return [(int(box[-1]), float(box[2 * num_keypoints]), box[: 2 * num_keypoints].reshape(-1, 2))]
@@ -203,7 +206,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/detect", help="output folder")
     p.add_argument("--multi", action="store_true", help="multi-object mode: one box per detected class")
     cli.add_conf_thresh(p)
-    cli.add_sizes(p, test=True)
+    cli.add_sizes(p, test=True, test_help="square input size, a multiple of 32 (default: the size the weights "
+                                          "were trained for, model_info.json beside them, else the cfg "
+                                          "test_width x test_height)")
+    cli.add_box_rule(p)
     cli.add_device(p)
     cli.add_pnp(p)
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (camera, long videos)")
@@ -231,7 +237,8 @@ def main(args) -> dict:
     except (OSError, ValueError) as exc:  # CfgError, WeightsError, ... are ValueErrors
         raise InputError(f"cannot detect:\n  {exc}") from None
     kind, frames, fps = open_source(args.source)  # SourceError names the source
-    size = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
+    size, rule = model_info.resolve(args, args.weightfile, args.modelcfg, (model.test_width, model.test_height))
+    net = model.inference_copy(channels_last=True)  # D57
     conf_thresh = model.conf_thresh if args.conf_thresh is None else args.conf_thresh
     out = Path(args.out)
     try:
@@ -252,10 +259,10 @@ def main(args) -> dict:
                 continue
             h, w = rgb.shape[:2]
             with torch.inference_mode():
-                output = model(preprocess(rgb, size).to(device))
+                output = net(preprocess(rgb, size).to(device).contiguous(memory_format=torch.channels_last))
             detections = []
             for c, conf, pts in select_boxes(output, args.multi, model.num_classes, model.num_keypoints,
-                                             model.num_anchors, conf_thresh):
+                                             model.num_anchors, conf_thresh, rule):
                 pts_px = pts * np.array([w, h], dtype=np.float64)
                 R, t = pose_of(pts_px, corners[c], K, args.pnp) if c in corners else (None, None)
                 detections.append(Detection(c, conf, pts_px, R, t))

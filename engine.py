@@ -32,11 +32,12 @@ import torch.distributed as dist
 
 from errors import CheckpointError, InputError
 from linemod_format import atomic_write, write_text
+from model_info import INFO_FILE
 
 CHECKPOINT, BEST_WEIGHTS, LAST_WEIGHTS = "checkpoint.pt", "model.weights", "last.weights"
 CHECKPOINT_FORMAT = 2  # 1: the pickled checkpoints of earlier versions, refused (they need unpickling)
 METRICS_FILES = ("metrics.csv", "metrics.jsonl")
-RUN_FILES = (CHECKPOINT, BEST_WEIGHTS, LAST_WEIGHTS, "costs.npz", "training.png", *METRICS_FILES)
+RUN_FILES = (CHECKPOINT, BEST_WEIGHTS, LAST_WEIGHTS, "costs.npz", "training.png", *METRICS_FILES, INFO_FILE)
 # room a checkpoint needs besides the model: optimiser moments, EMA copy, logs (a generous factor)
 CHECKPOINT_SIZE_FACTOR = 4
 MIN_FREE_BYTES = 8 << 20

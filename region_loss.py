@@ -27,6 +27,7 @@ PROPOSAL_THRESH = 0.25  # design §5.8: proposals = cells with sigmoid confidenc
 PRETRAIN_NUM_EPOCHS = 15  # design §5.5: confidence term only when epoch > 15
 MS_SCALES = {"coord_scale": 1.0, "noobject_scale": 1.0, "object_scale": 5.0, "class_scale": 1.0}  # design §5.6
 KD_MODES = (None, "fork", "fixed")  # design §8.3 / D10
+COORD_LOSSES = ("mse", "l1")  # design §5.4 (the originals' squared error) and D55 (absolute error, fast recipe)
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +342,8 @@ def add_neighbour_cells(targets: Targets, target: torch.Tensor, noobject_scale: 
 
 def loss_terms(output: torch.Tensor, targets: Targets, *, num_keypoints: int = NUM_KEYPOINTS,
                num_classes: int = 1, num_anchors: int = 1, coord_scale: float = 1.0,
-               class_scale: float = 1.0, with_conf: bool = True, class_loss: bool | None = None):
+               class_scale: float = 1.0, with_conf: bool = True, class_loss: bool | None = None,
+               coord_loss: str = "mse"):
     """The loss summed over the batch (design §5.4) -> (total 0-dim tensor, terms dict of 0-dim tensors).
 
     output: (B, A*(2K+1+C), H, W) raw; targets as built by `build_targets` (no gradient).
@@ -349,6 +351,8 @@ def loss_terms(output: torch.Tensor, targets: Targets, *, num_keypoints: int = N
     x_hat_0 = sigmoid(o_0) and x_hat_i = o_2i raw; loss_y likewise; loss_conf = 1/2 * sum
     conf_mask * (sigmoid(o_2K) - tconf)^2; loss_cls = class_scale * sum cross-entropy at
     cls_mask cells (only when class_loss, default C > 1; otherwise 0).
+    coord_loss 'l1' (D55) replaces the coordinates' squared error by coord_scale * |x_hat - tx|:
+    its gradient does not fade as the error shrinks below a cell, where the 5 px metric lives.
     total = loss_x + loss_y + loss_cls (+ loss_conf when with_conf). Only `total` carries a
     gradient: the squared errors are one weighted elementwise expression over the whole output
     (slicing per term would make autograd allocate a full-size gradient per slice); the other
@@ -372,6 +376,13 @@ def loss_terms(output: torch.Tensor, targets: Targets, *, num_keypoints: int = N
                       o[:, :, 2 * K + 1:]], dim=2)  # design §4: sigmoid on x0, y0 and the confidence only
     # sqrt(weight) inside the square, as the original: a huge raw value under a zero weight gives 0, not 0*inf
     sq = (w_all.sqrt() * (pred - t_all)) ** 2  # (B, A, 2K+1+C, H, W)
+    if coord_loss == "l1":
+        d = pred[:, :, :2 * K] - t_all[:, :, :2 * K]
+        w = 2.0 * w_all[:, :, :2 * K]  # coord_scale * mask
+        ad = torch.where(w > 0, w * d.abs(), torch.zeros_like(d))
+        sq = torch.cat([ad, sq[:, :, 2 * K:]], dim=2)
+    elif coord_loss != "mse":
+        raise ValueError(f"unknown coordinate loss {coord_loss!r}; expected one of {COORD_LOSSES}")
     total = sq.sum()
     with torch.no_grad():
         e = sq.detach()
@@ -429,6 +440,7 @@ class RegionLoss(nn.Module):
         self.batch_mean = False  # divide the summed loss by the batch size
         self.neighbour_cells = 0  # 4 or 8: the cells next to the responsible one also regress the corners
         self.neighbour_conf_scale = None  # their background confidence weight (None: noobject_scale)
+        self.coord_loss = "mse"  # 'l1' (D55): absolute instead of squared coordinate error
         if self.num_anchors > 1 and len(self.anchors) < 2 * self.num_anchors:
             raise ValueError(f"RegionLoss: {self.num_anchors} anchors need {2 * self.num_anchors} anchor "
                              f"values (w, h pairs); got {len(self.anchors)}")
@@ -493,7 +505,7 @@ class RegionLoss(nn.Module):
             targets = add_neighbour_cells(targets, target, conf_scale, self.num_keypoints, self.neighbour_cells)
         loss, terms = loss_terms(output, targets, num_keypoints=self.num_keypoints, num_classes=self.num_classes,
                                  num_anchors=self.num_anchors, coord_scale=self.coord_scale,
-                                 class_scale=self.class_scale,
+                                 class_scale=self.class_scale, coord_loss=self.coord_loss,
                                  with_conf=epoch > self.pretrain_num_epochs)  # design §5.5
         if self.batch_mean:
             loss = loss / output.shape[0]

@@ -31,6 +31,7 @@ import torch
 import cli
 import dataset
 import engine
+import model_info
 import preflight
 import recipes
 import utils
@@ -38,7 +39,7 @@ import valid
 from darknet import Darknet
 from errors import FlagError, InputError, run_cli
 from recipes import FAST
-from region_loss import RegionLoss
+from region_loss import COORD_LOSSES, RegionLoss
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
@@ -48,7 +49,10 @@ POSITIONAL = ("datacfg", "modelcfg", "initweightfile")
 # The main job (no --datacfg): one synthetic LINEMOD object, the fast recipe, a time budget on the CPU.
 SYNTHETIC_ROOT = Path("data/synthetic")
 SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, SYNTHETIC_TEST_FRACTION = 1, 1600, 0.15  # 1360 train / 240 test images
-QUICK = dict(recipe="fast", minutes=12.0, eval_every=5)
+# A number of epochs, not minutes, so that a seed gives the same model on every machine; about 12 minutes of
+# training on an idle 2-core x86_64 machine (docs/results.md).
+MAIN_JOB_EPOCHS = 40
+QUICK = dict(recipe="fast", epochs=MAIN_JOB_EPOCHS, eval_every=5)
 ORIGINAL_EVAL_EVERY = 10  # the fork's test cadence
 CHECKPOINT, BEST_WEIGHTS = engine.CHECKPOINT, engine.BEST_WEIGHTS
 COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies",
@@ -78,8 +82,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "main job): AdamW, cosine, EMA, confidence floor, neighbour cells, cv2 loader, 256 px "
                         "(docs/design.md §7.6, D46)")
     p.add_argument("--minutes", type=float, default=None,
-                   help="train for this many minutes (the fast schedule decays over them; main job: "
-                        f"{QUICK['minutes']:g})")
+                   help="train for this many minutes (the fast schedule then decays over them): a time budget, "
+                        "so a slower or busier machine trains a different model; the main job trains "
+                        f"{MAIN_JOB_EPOCHS} epochs instead")
     p.add_argument("--pretrain_num_epochs", type=int, default=None,
                    help="epochs without the confidence term (original: 15, design §5.5; fast: none)")
     p.add_argument("--backupdir", default=None, help="output folder (default: the .data 'backup' key)")
@@ -89,9 +94,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-mode", choices=("fork", "fixed"), default="fork",
                    help="fork: the fork's shifted teacher channels (D10); fixed: the right ones")
     p.add_argument("--kd-alpha", type=float, default=1.0, help="targets = (1-a)*GT + a*teacher (fork: 1)")
+    p.add_argument("--coord-loss", choices=COORD_LOSSES, default=None,
+                   help="corner loss: mse, the originals' squared error (default with original); l1, the absolute "
+                        f"error (D55; default with fast: {FAST.coord_loss})")
     p.add_argument("--loss-scales", choices=("cfg", "ms"), default="cfg",
                    help="cfg: [region] scales (fork, noobject 0.1); ms: MS train.py defaults (noobject 1)")
-    p.add_argument("--epochs", type=int, default=None, help="default: cfg max_epochs (500), or until --minutes")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"default: cfg max_epochs (500), or until --minutes; the main job {MAIN_JOB_EPOCHS}")
     cli.add_batch_size(p, help=f"default: cfg batch (fast: {FAST.batch})")
     cli.add_device(p)
     cli.add_seed(p)
@@ -115,6 +124,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"{FAST.size})",
                   test_help=f"square test size (default: original cfg test_width/height; fast {FAST.size})")
     cli.add_resample(p)
+    cli.add_box_rule(p, default_help=f"the recipe's (original: max; fast: {FAST.box_rule}); used by the evaluations "
+                                     "and written to model_info.json for valid.py and detect.py")
     p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
     p.add_argument("--decay-bn-bias", type=int, default=1, help="0: no weight decay on BN and biases (D14)")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke tests)")
@@ -208,12 +219,14 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     args.recipe = args.recipe or "original"
     fast = args.recipe == "fast"
     if fast:
-        cli.fill_defaults(args, {"batch_size": FAST.batch, "train_size": FAST.size, "test_size": FAST.size})
+        cli.fill_defaults(args, {"batch_size": FAST.batch, "train_size": FAST.size, "test_size": FAST.size,
+                                 "coord_loss": FAST.coord_loss, "box_rule": FAST.box_rule})
         if args.pretrain_num_epochs is None:
             args.pretrain_num_epochs = -1  # the floored confidence target is meaningful from the first step
         if args.channels_last is None:
             args.channels_last = True
     args.channels_last = bool(args.channels_last)
+    cli.fill_defaults(args, {"coord_loss": "mse", "box_rule": "max"})  # the original recipe's
     args.modelcfg = args.modelcfg or repo_path(DEFAULT_MODELCFG)
     if args.initweightfile is None:
         args.initweightfile = repo_path(DEFAULT_INITWEIGHTS)
@@ -229,7 +242,8 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     name = opts.get("name", Path(args.datacfg).stem)
     if args.backupdir is None:
         if quick:  # a budget other than the main job's gets its own folder
-            suffix = "" if args.minutes == QUICK["minutes"] else f"_{args.minutes:g}min"
+            suffix = (f"_{args.minutes:g}min" if args.minutes else
+                      "" if args.epochs == MAIN_JOB_EPOCHS else f"_{args.epochs}ep")
             args.backupdir = f"backup/synthetic/{name}{suffix}"
         else:
             args.backupdir = opts.get("backup", f"backup/{name}")
@@ -265,6 +279,7 @@ def build_loss(model, args) -> RegionLoss:
         loss_fn.noobject_scale = FAST.noobject_scale
         loss_fn.neighbour_cells = FAST.neighbour_cells
         loss_fn.neighbour_conf_scale = FAST.neighbour_conf_scale
+    loss_fn.coord_loss = args.coord_loss
     return loss_fn
 
 
@@ -287,12 +302,12 @@ def build_optimizer_and_schedule(model, recipe: str, batch: int, n_samples: int,
     return optimizer, recipes.StepSchedule(float(net["learning_rate"]), net["steps"], net["scales"], unit, batch)
 
 
-def evaluation(test_set, setup, device, num_keypoints: int, fast: bool):
+def evaluation(test_set, setup, device, num_keypoints: int, fast: bool, box_rule: str = "max"):
     """The periodic test: valid.evaluate on the test list; the score is the 5 px accuracy
     (fast: then the 10 px accuracy, which separates early models that are all at 0 % at 5 px)."""
     def evaluate(model, epoch):
         summary, _ = valid.evaluate(model, dataset.make_test_loader(test_set, batch_size=8, workers=0),
-                                    setup, device, num_keypoints=num_keypoints)
+                                    setup, device, num_keypoints=num_keypoints, box_rule=box_rule)
         valid.log(f"epoch {epoch}: 2D {summary['acc_2d']:.2f}% (10 px {summary.get('acc_2d_10px', 0):.2f}%)  "
                   f"ADD {summary['acc_add']:.2f}%  5cm5deg {summary['acc_5cm5deg']:.2f}%  "
                   f"mean px err {summary['mean_err_2d']:.2f}  mean corner err {summary.get('mean_err_corner', 0):.2f}")
@@ -328,8 +343,9 @@ def main(args) -> dict:
     loss_fn = build_loss(model, args)
     teacher = None
     if args.distiled:
-        teacher = build_model(args.teacher_cfg, args.teacher_weights, device, args.channels_last, until_last=False)
-        teacher.requires_grad_(False)
+        # frozen: its BN-folded channels-last copy is several times cheaper per batch (D57)
+        teacher = build_model(args.teacher_cfg, args.teacher_weights, device, False, until_last=False)
+        teacher = teacher.inference_copy(channels_last=args.channels_last)
         loss_fn.kd_mode, loss_fn.kd_alpha = args.kd_mode, args.kd_alpha
         size = args.train_size or 416
         with torch.no_grad():  # refuse a teacher of another grid or keypoint count before training starts
@@ -375,7 +391,9 @@ def main(args) -> dict:
             mode="fixed" if args.train_size else "single", fixed_size=args.train_size or 416, rank=rank,
             world_size=world, pin_memory=device.type == "cuda", start_batch=start_batch)
 
-    evaluate = evaluation(test_set, setup, device, model.num_keypoints, fast)
+    evaluate = evaluation(test_set, setup, device, model.num_keypoints, fast, args.box_rule)
+    if rank == 0 and test_shape[0] == test_shape[1]:
+        model_info.write_info(backup, args.modelcfg, test_shape[0], args.box_rule)
     extra_tests = [(Path(d).stem, valid.load_eval_setup(d)) for d in args.also_valid]
     extra_sets = [dataset.listDataset(s.valid_list, train=False, shape=test_shape, resample=args.resample)
                   for _, s in extra_tests]
@@ -385,7 +403,8 @@ def main(args) -> dict:
         result["costs"]["testing_iters"] = trainer.state["seen"]
         for (tag, extra_setup), extra_set in zip(extra_tests, extra_sets):
             summary, _ = valid.evaluate(eval_model, dataset.make_test_loader(extra_set, batch_size=8, workers=0),
-                                        extra_setup, device, num_keypoints=model.num_keypoints)
+                                        extra_setup, device, num_keypoints=model.num_keypoints,
+                                        box_rule=args.box_rule)
             valid.log(f"epoch {epoch} on {tag}: 2D {summary['acc_2d']:.2f}% (10 px {summary['acc_2d_10px']:.2f}%)")
             result["row"].update({f"{tag}:{k}": summary[k] for k in ("acc_2d", "acc_2d_10px", "mean_err_corner")})
         return result
@@ -407,9 +426,9 @@ def print_outputs(args, backup: Path, state: dict) -> None:
         print(f"\noutputs in {backup}/: no {BEST_WEIGHTS}: no evaluation was meaningful (the confidence term "
               f"was still off); last.weights holds the final state, {CHECKPOINT} continues with --resume")
         best = backup / engine.LAST_WEIGHTS
-    ts = f" --test-size {args.test_size}" if args.test_size else ""
+    # the test size and box rule travel in model_info.json beside the weights (D56)
     print(f"score it with:\n  python valid.py --datacfg {args.datacfg} --modelcfg {args.modelcfg} "
-          f"--weightfile {best}{ts}")
+          f"--weightfile {best}")
 
 
 def main_cli(argv=None) -> dict:

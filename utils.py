@@ -294,8 +294,42 @@ def decode_output(output: torch.Tensor, num_keypoints: int = NUM_KEYPOINTS, num_
     return points, conf, cls_prob
 
 
+BOX_RULES = ("max", "vote")  # design §4.1 (the original's most confident cell) and D54 (the paper's 3x3 vote)
+VOTE_RADIUS = 1  # D54: the 3x3 cells around the most confident one
+
+
+def vote_corners(points: torch.Tensor, conf: torch.Tensor, b: torch.Tensor, a: torch.Tensor, gy: torch.Tensor,
+                 gx: torch.Tensor, radius: int = VOTE_RADIUS) -> torch.Tensor:
+    """The corners of the paper's test-time rule (D54): the confidence-weighted mean of the corner
+    predictions of the (2r+1)^2 cells around each chosen cell, on the chosen cell's anchor.
+
+    points: (B, A, H, W, 2K) decoded normalised points; conf: (B, A, H, W) sigmoid confidences;
+    b, a, gy, gx: (N,) long, one chosen cell per row. Returns (N, 2K) normalised points: the
+    centroid (k = 0) is the chosen cell's own (a neighbour's centroid is squashed into its own
+    cell, design §4), the corners k >= 1 the weighted mean. Cells outside the grid and cells
+    with a non-finite confidence or prediction take no part; the chosen cell always does.
+    """
+    B, A, H, W, P = points.shape
+    offsets = torch.arange(-radius, radius + 1, device=points.device)
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    ny, nx = gy[:, None] + dy.reshape(1, -1), gx[:, None] + dx.reshape(1, -1)  # (N, M)
+    inside = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
+    bb, aa = b[:, None].expand_as(ny), a[:, None].expand_as(ny)
+    cy, cx = ny.clamp(0, H - 1), nx.clamp(0, W - 1)
+    pts, w = points[bb, aa, cy, cx], conf[bb, aa, cy, cx]  # (N, M, 2K), (N, M)
+    usable = inside & torch.isfinite(w) & torch.isfinite(pts).all(dim=-1)
+    w = torch.where(usable, w, torch.zeros_like(w))
+    pts = torch.where(usable[..., None], pts, torch.zeros_like(pts))
+    voted = (w[..., None] * pts).sum(dim=1) / w.sum(dim=1, keepdim=True)
+    own = points[b, a, gy, gx]  # (N, 2K)
+    out = torch.cat([own[:, :2], voted[:, 2:]], dim=1)
+    # a zero total weight (all neighbours at confidence 0) keeps the chosen cell's own corners
+    return torch.where(torch.isfinite(out), out, own)
+
+
 def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: int = NUM_KEYPOINTS,
-                     only_objectness: int = 1, validation: bool = True, num_anchors: int = 1) -> torch.Tensor:
+                     only_objectness: int = 1, validation: bool = True, num_anchors: int = 1,
+                     rule: str = "max") -> torch.Tensor:
     """The single most confident box of each image (design §4.1, fixed per image: D24).
 
     output: (B, A*(2K+1+C), H, W) raw. Returns (B, 2K+3) float32 on output's device:
@@ -303,17 +337,26 @@ def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: 
     with the strictly highest score wins, scanning row, column, anchor. NaN scores never win;
     an image whose scores are all NaN gets a row of NaN.
     `only_objectness=0` scores cells by det_conf * cls_max_conf instead of det_conf alone.
+    rule: 'max', the original (the chosen cell's 9 points); 'vote', the paper's test-time rule
+    (its corners are the confidence-weighted mean over the 3x3 cells around it, `vote_corners`).
     """
+    if rule not in BOX_RULES:
+        raise ValueError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
     points, conf, cls_prob = decode_output(output.float(), num_keypoints, num_classes, num_anchors)
     cls_conf, cls_id = cls_prob.max(dim=-1)
     score = conf if only_objectness else conf * cls_conf
-    B = output.shape[0]
+    B, A, H, W = conf.shape
     # scan order row, column, anchor (design §4.1): move the anchor axis last before flattening
     flat = lambda t: t.permute(0, 2, 3, 1, *range(4, t.dim())).reshape(B, -1, *t.shape[4:])
     score_f = flat(score)
     best = torch.nan_to_num(score_f, nan=-math.inf).argmax(dim=1)
     pick = lambda t: t[torch.arange(B, device=t.device), best]
-    boxes = torch.cat([pick(flat(points)), pick(flat(conf))[:, None], pick(flat(cls_conf))[:, None],
+    if rule == "vote":
+        bi = torch.arange(B, device=output.device)
+        best_points = vote_corners(points, conf, bi, best % A, best // (W * A), (best // A) % W)
+    else:
+        best_points = pick(flat(points))
+    boxes = torch.cat([best_points, pick(flat(conf))[:, None], pick(flat(cls_conf))[:, None],
                        pick(flat(cls_id)).to(points.dtype)[:, None]], dim=1)
     all_nan = torch.isnan(score_f).all(dim=1)
     return torch.where(all_nan[:, None], torch.full_like(boxes, math.nan), boxes)

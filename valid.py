@@ -31,6 +31,7 @@ import torch
 from scipy.spatial import cKDTree
 
 import cli
+import model_info
 import utils
 from errors import CfgError, DataCfgError, FlagError, InputError, MeshError, WeightsError, run_cli
 from linemod_format import check_label_files, write_text
@@ -270,12 +271,14 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1, num_keypoints: int = 9,
-             num_anchors: int = 1, progress: bool = False, amp: bool = False) -> tuple[dict, dict]:
+             num_anchors: int = 1, progress: bool = False, amp: bool = False, box_rule: str = "max",
+             fuse: bool = True) -> tuple[dict, dict]:
     """Run the model over a test loader and score every GT object (design §9.1).
 
     loader yields (images (B, 3, H, W) in [0, 1], targets (B, 50*21) normalised label rows).
-    The most confident box of each image (design §4.1, per image) is the prediction for each of
-    its GT objects. Returns (summary, records):
+    The most confident box of each image (design §4.1, per image; box_rule 'vote': D54) is the
+    prediction for each of its GT objects. fuse: a Darknet runs as its BN-folded channels-last
+    `inference_copy` (D57); the model itself is left as it was. Returns (summary, records):
         summary: `summarize` plus `time_<to_device|forward|decode|eval|prediction>` (seconds per
                  image, means over all images, CUDA synchronised), `images`, `images_per_s`;
         records: per-object arrays: ERROR_KEYS (N,), failed (N,), R_gt/R_pr (N, 3, 3),
@@ -283,8 +286,11 @@ def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1
     Raises ValueError if the loader yields no image.
     """
     device = torch.device(device)
-    was_training = model.training
+    given, was_training = model, model.training
     model.eval()
+    channels_last = False
+    if fuse and hasattr(model, "inference_copy") and not getattr(model, "fused", False):
+        model, channels_last = model.inference_copy(channels_last=True), True
     scale = np.array([setup.im_width, setup.im_height], dtype=np.float32)
     records = {k: [] for k in RECORD_KEYS}
     timers = dict.fromkeys(TIMER_KEYS, 0.0)
@@ -299,6 +305,8 @@ def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1
         for images, targets in batches:
             t0 = time.perf_counter()
             images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             _sync(device)
             t1 = time.perf_counter()
             with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
@@ -306,7 +314,7 @@ def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1
             _sync(device)
             t2 = time.perf_counter()
             boxes = utils.get_region_boxes(output.float(), num_classes, num_keypoints,
-                                           num_anchors=num_anchors).cpu().numpy()
+                                           num_anchors=num_anchors, rule=box_rule).cpu().numpy()
             t3 = time.perf_counter()
             rows = targets.reshape(len(images), -1, 2 * num_keypoints + 3).numpy()  # 21-number rows (design §3.1)
             for b in range(len(images)):
@@ -329,7 +337,7 @@ def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1
                 timers[k] += dt
     finally:
         if was_training:
-            model.train()
+            given.train()
     total = time.perf_counter() - t_start
     if n_images == 0:
         raise ValueError(f"{setup.valid_list}: the test list is empty")
@@ -482,7 +490,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_device(p)
     cli.add_batch_size(p, default=1, help="images per forward pass (the box is chosen per image)")
     cli.add_workers(p, default=0)
-    cli.add_sizes(p, test=True)
+    cli.add_sizes(p, test=True, test_help="square input size, a multiple of 32 (default: the size the weights "
+                                          "were trained for, model_info.json beside them, else the cfg "
+                                          "test_width x test_height)")
+    cli.add_box_rule(p)
     p.add_argument("--all", nargs="?", const="cfg", default=None, metavar="DIR",
                    help="score every .data file in DIR (default cfg/; *occlusion* and *_fresh* skipped): one row each "
                         "and the mean")
@@ -608,7 +619,7 @@ def score_object(job: Job, args, device) -> tuple[dict, dict]:
 
     setup = job.setup
     model = load_model(args.modelcfg, job.weightfile, device)
-    size = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
+    size, rule = model_info.resolve(args, job.weightfile, args.modelcfg, (model.test_width, model.test_height))
     test_set = dataset.listDataset(setup.valid_list, train=False, shape=size, resample=args.resample)
     if not args.quiet:
         log(f"Testing {setup.name}...")
@@ -616,8 +627,9 @@ def score_object(job: Job, args, device) -> tuple[dict, dict]:
     loader = dataset.make_test_loader(test_set, batch_size=args.batch_size, workers=args.workers)
     summary, records = evaluate(model, loader, setup, device, num_classes=model.num_classes,
                                 num_keypoints=model.num_keypoints, num_anchors=model.num_anchors,
-                                progress=not args.quiet, amp=args.amp)
-    summary.update(model=str(args.modelcfg), weights=job.weightfile, test_size=list(size), datacfg=str(job.datacfg),
+                                progress=not args.quiet, amp=args.amp, box_rule=rule)
+    summary.update(model=str(args.modelcfg), weights=job.weightfile, test_size=list(size), box_rule=rule,
+                   datacfg=str(job.datacfg),
                    batch_size=args.batch_size, device=str(device))
     records["image_paths"] = test_set.paths
     if not args.quiet:

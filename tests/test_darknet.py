@@ -669,6 +669,20 @@ def test_fuse(root, cfg, tmp_path):
     model.save_weights(tmp_path / "ok.weights")  # the original keeps working
 
 
+@pytest.mark.parametrize("cfg", [TRIAL3, TRIAL10])
+def test_inference_copy_equals_eager_and_leaves_the_model_alone(root, cfg):
+    model = randomize(Darknet(root / cfg), seed=3)
+    model.train()
+    net = model.inference_copy()
+    assert net.fused and not any(p.requires_grad for p in net.parameters())
+    assert model.training and all(p.requires_grad for p in model.parameters())  # untouched
+    x = torch.rand(3, 3, 256, 256)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        out = net(x.contiguous(memory_format=torch.channels_last))
+    assert out.shape == ref.shape and (out - ref).abs().max() <= 1e-4
+
+
 def test_fuse_with_routes():
     text = cfg_text(conv(4), conv(6, 1), conv(8, 3, 0), "[maxpool]\nsize=2\nstride=2", "[reorg]\nstride=2",
                     "[route]\nlayers=-1,-1", conv(5, 1, 0, "linear"), "[region]", net="width=16\nheight=16")

@@ -50,10 +50,11 @@ def run_detect(argv):
     return detect.main(detect.get_args_parser().parse_args([str(a) for a in argv]))
 
 
-def test_images_give_the_poses_of_valid(setup, tmp_path):
+@pytest.mark.parametrize("rule", ["max", "vote"])
+def test_images_give_the_poses_of_valid(setup, tmp_path, rule):
     out = tmp_path / "out"
     res = run_detect([setup["images"], "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--weightfile",
-                      setup["weights"], "--test-size", SIZE, "--out", out, "--quiet"])
+                      setup["weights"], "--test-size", SIZE, "--out", out, "--quiet", "--box-rule", rule])
     names = sorted(Path(p).stem for p in setup["paths"])
     assert [f["frame"] for f in res["frames"]] == names
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.png" for n in names] + ["detections.json"])
@@ -64,7 +65,8 @@ def test_images_give_the_poses_of_valid(setup, tmp_path):
     model.load_weights(setup["weights"])
     ev = valid.load_eval_setup(setup["datacfg"])
     test_set = dataset.listDataset(ev.valid_list, shape=(SIZE, SIZE), train=False)
-    _, records = valid.evaluate(model.eval(), dataset.make_test_loader(test_set, batch_size=1), ev, "cpu")
+    _, records = valid.evaluate(model.eval(), dataset.make_test_loader(test_set, batch_size=1), ev, "cpu",
+                                box_rule=rule)
     by_name = {f["frame"]: f["detections"] for f in saved["frames"]}
     for i, p in enumerate(setup["paths"]):
         (d,) = by_name[Path(p).stem]
@@ -76,6 +78,20 @@ def test_images_give_the_poses_of_valid(setup, tmp_path):
     drawn = cv2.imread(str(out / f"{names[0]}.png"))
     raw = cv2.imread(str(setup["images"] / f"{names[0]}.jpg"))
     assert drawn.shape == raw.shape and np.any(np.abs(drawn.astype(int) - raw.astype(int)) > 50)
+
+
+def test_the_trained_size_and_rule_are_the_defaults(setup, tmp_path):
+    import model_info
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(setup["weights"], run / "model.weights")
+    model_info.write_info(run, TRIAL3, SIZE, "vote")
+    args = [setup["images"], "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--out", tmp_path / "o", "--quiet",
+            "--no-images"]
+    implicit = run_detect([*args, "--weightfile", run / "model.weights"])
+    explicit = run_detect([*args, "--weightfile", setup["weights"], "--test-size", SIZE, "--box-rule", "vote"])
+    assert implicit["frames"] == explicit["frames"]
 
 
 def test_video_writes_mp4_and_json(setup, tmp_path):

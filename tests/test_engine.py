@@ -60,8 +60,12 @@ def test_recipe_defaults_original_with_a_datacfg_and_fast_for_the_main_job(synth
     # the main job: no --datacfg
     monkeypatch.setattr(train, "ensure_synthetic_dataset", lambda quiet=False: synth)
     args, _ = train.resolve_args(args_for([]))
-    assert args.recipe == "fast" and args.minutes == train.QUICK["minutes"]
+    assert args.recipe == "fast" and args.epochs == train.MAIN_JOB_EPOCHS and args.minutes is None
     assert args.backupdir == "backup/synthetic/obj00"
+    assert (args.coord_loss, args.box_rule) == (train.FAST.coord_loss, train.FAST.box_rule)
+    # another budget gets its own folder
+    assert train.resolve_args(args_for(["--minutes", "120"]))[0].backupdir == "backup/synthetic/obj00_120min"
+    assert train.resolve_args(args_for(["--epochs", "7"]))[0].backupdir == "backup/synthetic/obj00_7ep"
 
 
 def test_unknown_recipe_is_refused_by_name(capsys):

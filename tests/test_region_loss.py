@@ -529,3 +529,29 @@ def test_batch_mean_divides_the_summed_loss():
     b, sb = mean(out, tgt, epoch=20)
     torch.testing.assert_close(b, a / 2)
     assert sb["loss_x"] == pytest.approx(sa["loss_x"] / 2)
+
+
+def test_l1_coordinate_loss_is_the_weighted_absolute_error():
+    out, tgt = _one_object()
+    loss_fn = RegionLoss(9, 1)
+    t = loss_fn.build_targets(out, tgt)
+    mse, terms_mse = loss_terms(out, t, coord_scale=2.0)
+    l1, terms_l1 = loss_terms(out, t, coord_scale=2.0, coord_loss="l1")
+    B, _, H, W = out.shape
+    o = out.reshape(B, 1, 20, H, W)
+    x_hat = torch.cat([torch.sigmoid(o[:, :, :1]), o[:, :, 2:18:2]], dim=2)  # (B, 1, K, H, W)
+    expect_x = (2.0 * t.coord_mask[:, :, None] * (x_hat - t.tx).abs()).sum()
+    assert terms_l1["loss_x"].item() == pytest.approx(expect_x.item(), rel=1e-6)
+    # the confidence term is the same squared error under both
+    assert terms_l1["loss_conf"].item() == pytest.approx(terms_mse["loss_conf"].item(), rel=1e-6)
+    total = terms_l1["loss_x"] + terms_l1["loss_y"] + terms_l1["loss_conf"]
+    assert l1.item() == pytest.approx(total.item(), rel=1e-5)
+    # a huge raw value under a zero weight adds nothing (no 0 * inf)
+    far = out.clone()
+    far[0, 4, 0, 3] = 1e30
+    assert torch.isfinite(loss_terms(far, t, coord_loss="l1")[0])
+    with pytest.raises(ValueError, match="coordinate loss"):
+        loss_terms(out, t, coord_loss="huber")
+    loss_fn.coord_loss = "l1"
+    assert loss_fn(out, tgt, epoch=100)[0].item() == pytest.approx(loss_terms(out, t, coord_loss="l1")[0].item(),
+                                                                     rel=1e-5)

@@ -3,6 +3,7 @@ and the main job (design §5, §7, §8)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 import dataset
 import train
+import valid
 from darknet import Darknet
 from errors import InputError
 from region_loss import RegionLoss
@@ -138,6 +140,18 @@ def test_two_epochs_equal_one_plus_resume(synth, tmp_path):
     model = Darknet(TRIAL3)
     model.load_weights(full / "model.weights")  # darknet format, full load
     assert model.seen == 18
+
+
+def test_a_seed_gives_byte_identical_weights(synth, tmp_path):
+    """An epoch budget trains the same model on any machine and under any load (no clock in the schedule)."""
+    for run in ("a", "b"):
+        run_main(small_args(synth, tmp_path / run, "--recipe", "fast", "--epochs", "2", "--eval-every", "1",
+                            "--seed", "3"))
+    for name in ("model.weights", "last.weights"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    run_main(small_args(synth, tmp_path / "c", "--recipe", "fast", "--epochs", "2", "--eval-every", "1",
+                        "--seed", "4"))
+    assert (tmp_path / "a" / "last.weights").read_bytes() != (tmp_path / "c" / "last.weights").read_bytes()
 
 
 def test_best_model_is_replaced_only_by_a_strictly_better_one(synth, tmp_path, monkeypatch):
@@ -282,14 +296,21 @@ def test_main_job_generates_the_data_and_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train, "SYNTHETIC_IMAGES", 6)
     monkeypatch.setitem(train.QUICK, "train_size", 128)
     monkeypatch.setitem(train.QUICK, "test_size", 128)
-    run_main(["--epochs", "1", "--quiet", "--workers", "0"])
+    monkeypatch.setitem(train.QUICK, "epochs", 1)  # the main job is a number of epochs, not minutes
+    monkeypatch.setattr(train, "MAIN_JOB_EPOCHS", 1)
+    run_main(["--quiet", "--workers", "0"])
     out = capsys.readouterr().out
     backup = Path("backup/synthetic/obj00")
     assert Path("data/synthetic/cfg/obj00.data").is_file()
-    for name in ("model.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "training.png"):
+    for name in ("model.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "training.png", "model_info.json"):
         assert (backup / name).is_file(), name
+    info = json.loads((backup / "model_info.json").read_text())
+    assert info["test_size"] == 128 and info["box_rule"] == train.FAST.box_rule
     assert "python valid.py --datacfg data/synthetic/cfg/obj00.data" in out
     assert f"--weightfile {backup / 'model.weights'}" in out
+    # the printed command works as written: the test size comes from model_info.json
+    (summary,) = valid.main(valid.get_args_parser().parse_args(out.split("python valid.py ")[1].split()))
+    assert summary["test_size"] == [128, 128] and summary["box_rule"] == train.FAST.box_rule
 
 
 @pytest.mark.slow

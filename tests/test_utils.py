@@ -114,6 +114,65 @@ def test_decoding_multi_anchor_class_scores():
         utils.decode_output(out, num_classes=1, num_anchors=1)
 
 
+def _decoded_cell(out, b, y, x, a=0, per_anchor=20):
+    """(9, 2) normalised points of one cell, by the design §4 formula written out."""
+    H, W = out.shape[2:]
+    o = out[b, a * per_anchor:(a + 1) * per_anchor, y, x].double()
+    xs = torch.cat([torch.sigmoid(o[:1]), o[2:18:2]]) + x
+    ys = torch.cat([torch.sigmoid(o[1:2]), o[3:18:2]]) + y
+    return torch.stack([xs / W, ys / H], dim=1)
+
+
+@pytest.mark.parametrize("best", [(2, 2), (0, 0), (4, 3)])  # inside, a corner of the grid, an edge
+def test_vote_rule_is_the_confidence_weighted_mean_of_the_3x3_corners(best):
+    torch.manual_seed(1)
+    H, W = 5, 4
+    out = torch.randn(1, 20, H, W)
+    out[0, 18] = torch.randn(H, W) - 3.0  # every other cell well below the chosen one
+    by, bx = best[0] % H, best[1] % W
+    out[0, 18, by, bx] = 4.0
+    box = utils.get_region_boxes(out, rule="vote")[0].double()
+    cells = [(y, x) for y in range(by - 1, by + 2) for x in range(bx - 1, bx + 2) if 0 <= y < H and 0 <= x < W]
+    w = torch.tensor([torch.sigmoid(out[0, 18, y, x]).item() for y, x in cells], dtype=torch.float64)
+    pts = torch.stack([_decoded_cell(out, 0, y, x) for y, x in cells])  # (M, 9, 2)
+    expect = (w[:, None, None] * pts).sum(0) / w.sum()
+    own = _decoded_cell(out, 0, by, bx)
+    torch.testing.assert_close(box[:2], own[0], atol=1e-6, rtol=1e-6)  # the centroid is the cell's own
+    torch.testing.assert_close(box[2:18].reshape(8, 2), expect[1:], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(box[18], torch.sigmoid(out[0, 18, by, bx]).double())
+    # the original rule is unchanged: the chosen cell's own 9 points
+    torch.testing.assert_close(utils.get_region_boxes(out, rule="max")[0, :18].double(), own.reshape(-1),
+                               atol=1e-6, rtol=1e-6)
+    assert len(cells) == {(2, 2): 9, (0, 0): 4, (4, 3): 4}[best]
+
+
+def test_vote_rule_per_image_skips_non_finite_neighbours_and_rejects_unknown_rules():
+    out = torch.zeros(2, 20, 3, 3)
+    out[:, 18] = -2.0
+    out[0, 18, 1, 1], out[1, 18, 0, 2] = 3.0, 3.0
+    out[0, 2:18, 0, 0] = float("nan")  # a neighbour with NaN corners takes no part
+    boxes = utils.get_region_boxes(out, rule="vote")
+    assert torch.isfinite(boxes).all()
+    for b, (y, x) in enumerate([(1, 1), (0, 2)]):
+        cells = [(j, i) for j in range(y - 1, y + 2) for i in range(x - 1, x + 2)
+                 if 0 <= j < 3 and 0 <= i < 3 and not (b == 0 and (j, i) == (0, 0))]
+        w = torch.tensor([torch.sigmoid(out[b, 18, j, i]).item() for j, i in cells], dtype=torch.float64)
+        pts = torch.stack([_decoded_cell(out, b, j, i) for j, i in cells])
+        expect = (w[:, None, None] * pts).sum(0) / w.sum()
+        torch.testing.assert_close(boxes[b, 2:18].double().reshape(8, 2), expect[1:], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="box rule"):
+        utils.get_region_boxes(out, rule="median")
+
+
+def test_vote_rule_on_the_golden_output_differs_only_in_the_corners(golden):
+    g = golden("yolo_lite_trial3")
+    out = torch.from_numpy(g["output"])
+    voted = utils.get_region_boxes(out, rule="vote")[0].double().numpy()
+    np.testing.assert_allclose(voted[:2], g["best_box"][:2], atol=1e-6)
+    np.testing.assert_allclose(voted[18:], g["best_box"][18:], atol=1e-6, rtol=1e-5)
+    assert np.abs(voted[2:18] - g["best_box"][2:18]).max() > 1e-4  # the neighbours moved the corners
+
+
 def test_golden_evaluation_end_to_end(ev, mesh):
     """Replays the original valid() on the 5 golden cases: PnP poses, every error, every accuracy."""
     K = ev["K"]

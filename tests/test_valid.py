@@ -340,6 +340,62 @@ def test_real_network_batched_equals_batch1_and_adds_le_add(synth, trial3_weight
     assert s1["images"] == 2 and s1["time_forward"] > 0 and s1["images_per_s"] > 0
 
 
+def test_fused_evaluation_equals_the_eager_network(synth, trial3_weights):
+    model = valid.load_model(TRIAL3_CFG, trial3_weights, "cpu")
+    setup = valid.load_eval_setup(synth / "cfg" / "obj00.data")
+    test_set = dataset.listDataset(setup.valid_list, shape=(TEST_SIZE, TEST_SIZE))
+    for rule in utils.BOX_RULES:
+        _, fused = valid.evaluate(model, dataset.make_test_loader(test_set, 2), setup, box_rule=rule)
+        _, eager = valid.evaluate(model, dataset.make_test_loader(test_set, 2), setup, box_rule=rule, fuse=False)
+        # outputs equal to 1e-4 (test_darknet): at most a few thousandths of a pixel after decoding
+        np.testing.assert_allclose(fused["pr_px"], eager["pr_px"], atol=2e-2)
+        np.testing.assert_allclose(fused["conf"], eager["conf"], atol=1e-4)
+    assert not model.fused and not model.training  # evaluate fuses a copy
+
+
+def _info_weights(tmp_path, trial3_weights, **info):
+    """A copy of the weights with a model_info.json beside it (keys overridden by **info)."""
+    import model_info
+
+    folder = tmp_path / "run"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(trial3_weights, folder / "model.weights")
+    path = model_info.write_info(folder, TRIAL3_CFG, TEST_SIZE, "vote")
+    if info:
+        data = json.loads(path.read_text())
+        data.update(info)
+        path.write_text(json.dumps(data))
+    return folder / "model.weights"
+
+
+def test_the_trained_size_and_rule_travel_with_the_weights(synth, trial3_weights, tmp_path):
+    weights = _info_weights(tmp_path, trial3_weights)
+    (s,) = cli(synth / "cfg" / "obj00.data", TRIAL3_CFG, weights, "--quiet")
+    assert s["test_size"] == [TEST_SIZE, TEST_SIZE] and s["box_rule"] == "vote"
+    (flags,) = cli(synth / "cfg" / "obj00.data", TRIAL3_CFG, weights, "--quiet", "--test-size", 96,
+                   "--box-rule", "max")  # the command line wins
+    assert flags["test_size"] == [96, 96] and flags["box_rule"] == "max"
+    (plain,) = cli(synth / "cfg" / "obj00.data", TRIAL3_CFG, trial3_weights, "--quiet")  # no file: the cfg's
+    assert plain["test_size"] == [416, 416] and plain["box_rule"] == "max"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"test_size": 100}, "test_size = 100; expected a positive multiple of 32"),
+    ({"box_rule": "median"}, "box_rule = 'median'"),
+    ({"format": 7}, '"format": 1'),
+    ({"cfg_sha256": "0" * 64}, "written for"),
+    (None, "not readable JSON"),
+])
+def test_a_bad_model_info_warns_and_falls_back_to_the_cfg(synth, trial3_weights, tmp_path, change, message):
+    weights = _info_weights(tmp_path, trial3_weights, **(change or {}))
+    if change is None:
+        (weights.parent / "model_info.json").write_text("{not json")
+    with pytest.warns(UserWarning, match=re.escape(message)) as caught:
+        (s,) = cli(synth / "cfg" / "obj00.data", TRIAL3_CFG, weights, "--quiet", "--test-size", TEST_SIZE)
+    assert "model_info.json" in str(caught[0].message)
+    assert s["test_size"] == [TEST_SIZE, TEST_SIZE] and s["box_rule"] == "max"
+
+
 def test_csv_append_keeps_one_header(synth, trial3_weights, tmp_path, capsys):
     out = tmp_path / "valid_metrics.csv"
     args = [synth / "cfg" / "obj00.data", TRIAL3_CFG, trial3_weights, "--test-size", TEST_SIZE, "--quiet", "--csv", out]
