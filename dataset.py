@@ -191,6 +191,8 @@ def decode_rgb(data: bytes, path, kind: str = "image", halved: bool = False) -> 
     does it while decoding, in about half the time of a full decode. EXIF orientation is ignored,
     as Pillow (and so the label files' pixel frame) does.
     """
+    if halved and data[:2] != JPEG_SOI:  # other decoders decode in full anyway (and cv2 floors odd sizes)
+        return im.halve(decode_rgb(data, path, kind))
     flags = (cv2.IMREAD_REDUCED_COLOR_2 if halved else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if arr is None:
@@ -388,7 +390,8 @@ class PoseDataset(Dataset):
     fix_crop: crop sw x sh instead of the original's (sw-1) x (sh-1) (D19).
     fast: the cv2 training path (`fast_train_sample`): the same draws and label transform, about
     10x less work per sample; backgrounds come from a pool of `procedural_pool` (default
-    FAST_POOL) procedural images, or from `bg_dir`, as random windows at the output size.
+    FAST_POOL) procedural images, or from a pool of FILE_POOL decoded `bg_dir` files that slides
+    through them over the epochs (design D49), as random windows at the output size.
     bg_prob: probability that a training sample gets a new background (the original: 1).
     skip_bad: a missing/unreadable file or a bad label line gives a warning naming it, counts in
     `bad_samples`, and the sample is replaced by the next good index; otherwise it raises.
