@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import struct
 from multiprocessing.context import get_spawning_popen
 import os
 import warnings
@@ -69,9 +70,20 @@ EXTRA_OBJECTS = {
 assert set(EXTRA_OBJECTS) == set(LINEMOD_OBJECTS)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # background pool
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOI = b"\xff\xd8"
+# JPEG start-of-frame markers (baseline, progressive, ...), whose segment holds the image size;
+# 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC) share the range but are not frames
+JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 PROCEDURAL_MIN_SIZE = 64  # smaller images get a 64 px procedural background, resized down
 _BG_STREAM, _SIZE_STREAM = 1, 2  # extra seed words that separate the random streams
 FAST_POOL = 64  # procedural backgrounds in the fast path's pool (0.9 MB each)
+# design D49: the fast path draws file backgrounds from a pool of decoded images that slides
+# through a seeded order of the files, so that a file is decoded once per process and used for
+# several samples (a JPEG decode costs about as much as the rest of a sample)
+FILE_POOL = 64  # decoded background files held per process (0.9 MB each at 640 x 480)
+FILE_POOL_SLIDE = 16  # files that enter (and leave) the pool each epoch: each stays 4 epochs
+FILE_POOL_MAX_SIDE = 1024  # larger background files are shrunk to this longer side when decoded
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,15 +143,67 @@ def load_image(path, kind: str = "image", mode: str = "RGB") -> Image.Image:
         raise InputError(f"{path}: cannot read {kind} ({e})") from e
 
 
-def read_rgb(path, kind: str = "image") -> np.ndarray:
-    """An image file as a uint8 RGB array (H, W, 3), decoded by cv2 (faster than Pillow for JPEG)."""
+def image_size(path, kind: str = "image") -> tuple[int, int]:
+    """(w, h) of an image file from its header, without decoding it; errors as `load_image`."""
     path = os.fspath(path)
-    arr = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        with Image.open(path) as f:
+            return f.size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {kind} not found") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{path}: cannot read {kind} ({e})") from e
+
+
+def read_bytes(path, kind: str = "image") -> bytes:
+    """The raw bytes of a file; FileNotFoundError naming it (and its kind) if it is missing."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {kind} not found") from None
+
+
+def encoded_size(data: bytes) -> tuple[int, int] | None:
+    """(w, h) from the header of JPEG or PNG bytes (tens of microseconds less than Pillow); None otherwise."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] != JPEG_SOI:
+        return None
+    i = 2
+    while i + 9 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker in JPEG_SOF_MARKERS:
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
+
+
+def decode_rgb(data: bytes, path, kind: str = "image", halved: bool = False) -> np.ndarray:
+    """The bytes of image file `path` as a uint8 RGB array (H, W, 3), decoded by cv2 (faster than Pillow).
+
+    halved: the image reduced 2x (ceil(H/2), ceil(W/2), 3) as `image.halve` does; a JPEG decoder
+    does it while decoding, in about half the time of a full decode. EXIF orientation is ignored,
+    as Pillow (and so the label files' pixel frame) does.
+    """
+    if halved and data[:2] != JPEG_SOI:  # other decoders decode in full anyway (and cv2 floors odd sizes)
+        return im.halve(decode_rgb(data, path, kind))
+    flags = (cv2.IMREAD_REDUCED_COLOR_2 if halved else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if arr is None:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: {kind} not found")
-        return np.asarray(load_image(path, kind))  # formats cv2 cannot read; Pillow names the problem
+        arr = np.asarray(load_image(path, kind))  # formats cv2 cannot read; Pillow names the problem
+        return im.halve(arr) if halved else arr
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def read_rgb(path, kind: str = "image", halved: bool = False) -> np.ndarray:
+    """An image file as a uint8 RGB array (H, W, 3) (see `decode_rgb`)."""
+    return decode_rgb(read_bytes(path, kind), path, kind, halved)
 
 
 def read_gray(path, size: tuple[int, int], kind: str = "mask") -> np.ndarray:
@@ -167,8 +231,23 @@ def to_tensor(img) -> torch.Tensor:
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    # numpy is ~50x faster than torch's permute + float on CPU here, with identical values
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0))
+    out = np.empty((arr.shape[2],) + arr.shape[:2], np.float32)
+    # per channel plane (cv2.split is contiguous) into one float32 buffer: half the time of a
+    # transposed copy then a float division, the same values; numpy beats torch's permute + float
+    planes = cv2.split(arr) if 1 < arr.shape[2] <= 4 else [arr[:, :, c] for c in range(arr.shape[2])]
+    for c, plane in enumerate(planes):
+        np.divide(plane, np.float32(255.0), out=out[c], dtype=np.float32)
+    return torch.from_numpy(out)
+
+
+def _shrink(img: np.ndarray, max_side: int) -> np.ndarray:
+    """img (H, W, C) uint8, or a copy area-resized so that its longer side is max_side."""
+    H, W = img.shape[:2]
+    if max(H, W) <= max_side:
+        return img
+    scale = max_side / max(H, W)
+    size = (max(round(W * scale), 1), max(round(H * scale), 1))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
 def _size_wh(size) -> tuple[int, int]:
@@ -311,7 +390,8 @@ class PoseDataset(Dataset):
     fix_crop: crop sw x sh instead of the original's (sw-1) x (sh-1) (D19).
     fast: the cv2 training path (`fast_train_sample`): the same draws and label transform, about
     10x less work per sample; backgrounds come from a pool of `procedural_pool` (default
-    FAST_POOL) procedural images, or from `bg_dir`, as random windows at the output size.
+    FAST_POOL) procedural images, or from a pool of FILE_POOL decoded `bg_dir` files that slides
+    through them over the epochs (design D49), as random windows at the output size.
     bg_prob: probability that a training sample gets a new background (the original: 1).
     skip_bad: a missing/unreadable file or a bad label line gives a warning naming it, counts in
     `bad_samples`, and the sample is replaced by the next good index; otherwise it raises.
@@ -361,6 +441,9 @@ class PoseDataset(Dataset):
         self.bg_prob = float(bg_prob)
         self.procedural_pool = int(procedural_pool) or (FAST_POOL if self.fast else 0)
         self._bg_cache: dict = {}
+        # the fast path's file pool (design D49): a seeded order of the files, and the decoded ones
+        self._file_order = np.random.default_rng([self.seed, _BG_STREAM]).permutation(len(self.bg_files))
+        self._file_cache: dict[int, np.ndarray] = {}
         self._bad: set[int] = set()
         self._bad_count = _shared_counter()
         self._check_files()
@@ -484,10 +567,47 @@ class PoseDataset(Dataset):
         return self._bg_cache[key]
 
     def warm_background_pool(self) -> None:
-        """Make the fast path's background pool now, so that loader workers inherit it (fork)."""
-        if self.fast and not self.bg_files:
+        """Make the fast path's background pool of this epoch now, so that loader workers inherit it (fork).
+
+        `make_train_loader` calls it after `set_epoch`; with files, only the FILE_POOL_SLIDE files
+        new to the epoch are decoded.
+        """
+        if not self.fast:
+            return
+        if self.bg_files:
+            for k in range(self.file_pool_size):
+                self.file_background(self.file_pool_slot(k))
+        else:
             for k in range(self.procedural_pool):
                 self.pool_background(k)
+
+    @property
+    def file_pool_size(self) -> int:
+        """Background files in the fast path's pool: FILE_POOL, or all files when there are fewer."""
+        return min(FILE_POOL, len(self.bg_files))
+
+    def file_pool_slot(self, k: int) -> int:
+        """The index in `bg_files` of slot k of this epoch's pool.
+
+        The pool is a window of FILE_POOL files of a permutation seeded by `seed` (cyclic), moved by
+        FILE_POOL_SLIDE files per epoch: every file is used, each for FILE_POOL / FILE_POOL_SLIDE epochs.
+        """
+        return int(self._file_order[(self.epoch * FILE_POOL_SLIDE + k) % len(self._file_order)])
+
+    def file_background(self, j: int) -> np.ndarray:
+        """Background file j decoded (H, W, 3) uint8 RGB, longer side <= FILE_POOL_MAX_SIDE, cached.
+
+        The cache is bounded by the pool: before a file is added to a full cache, the files that
+        have left this epoch's pool are dropped (so at most FILE_POOL + 1 are held).
+        """
+        cache = self._file_cache
+        if j not in cache:
+            if len(cache) >= self.file_pool_size:
+                pool = {self.file_pool_slot(k) for k in range(self.file_pool_size)}
+                for old in [i for i in cache if i not in pool]:
+                    del cache[old]
+            cache[j] = _shrink(read_rgb(self.bg_files[j], "background image"), FILE_POOL_MAX_SIDE)
+        return cache[j]
 
     def fast_background(self, index: int, size: tuple[int, int]) -> np.ndarray | None:
         """The fast path's background (h, w, 3) uint8 for sample `index`, or None (keep the image's own).
@@ -498,8 +618,7 @@ class PoseDataset(Dataset):
         if self.bg_prob < 1.0 and rng.random() >= self.bg_prob:
             return None
         if self.bg_files:
-            path = self.bg_files[int(rng.integers(len(self.bg_files)))]
-            pool_image = np.asarray(load_image(path, "background image"))
+            pool_image = self.file_background(self.file_pool_slot(int(rng.integers(self.file_pool_size))))
         else:
             pool_image = self.pool_background(int(rng.integers(self.procedural_pool)))
         return im.background_window(pool_image, rng, size)
@@ -511,13 +630,19 @@ class PoseDataset(Dataset):
         """
         path = self.paths[index]
         rng = self.rng(index)
-        img = read_rgb(path)
-        h0, w0 = img.shape[:2]
+        data = read_bytes(path)
+        w0, h0 = encoded_size(data) or image_size(path)
         rows = read_truths(label_path(path), self.label_width)
         bg = self.fast_background(index, size)
         offsets = im.draw_crop_offsets(rng, w0, h0, self.jitter)
+        halved = im.shrinks_by_half(offsets, w0, h0, size)  # then decode at half size (D49)
+        img = decode_rgb(data, path, halved=halved)
+        if not halved and img.shape[:2] != (h0, w0):
+            raise InputError(f"{path}: the image decodes to {img.shape[1]}x{img.shape[0]}, its header says {w0}x{h0}")
         mask = read_gray(mask_path(path), (w0, h0)) if bg is not None else None
-        out = im.fast_augment(img, mask, bg, offsets, size, self.fix_crop)
+        if halved and mask is not None:
+            mask = im.halve(mask)
+        out = im.fast_augment(img, mask, bg, offsets, size, self.fix_crop, source_size=(w0, h0) if halved else None)
         rng.integers(1, 10001)  # the flip bit the original draws and never applies (D20)
         out = im.fast_distort(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
         return out, im.transform_labels(rows, *im.crop_label_params(offsets, w0, h0))
@@ -713,6 +838,7 @@ def make_train_loader(dataset: PoseDataset, batch_size: int, seed: int | None = 
     seed = dataset.seed if seed is None else seed
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     dataset.set_epoch(epoch)
+    dataset.warm_background_pool()  # in this process, before the workers start: they inherit it (fork)
     sampler = MultiScaleBatchSampler(len(dataset), batch_size, seed, epoch, seen, mode=mode, fixed_size=fixed_size,
                                      shuffle=shuffle, rank=rank, world_size=world_size, drop_last=drop_last,
                                      start_batch=start_batch)

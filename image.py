@@ -287,35 +287,68 @@ def procedural_background(rng: np.random.Generator, width: int = 640, height: in
 # The fast training path: the same steps and the same label geometry, in cv2 at the output size
 # --------------------------------------------------------------------------------------------
 # The Pillow path above composites the background at full resolution, then crops, resizes and
-# converts to PIL HSV per pixel. The fast path maps the crop rectangle straight to the output
-# with one affine warp of the image and of its mask (after a 2x Gaussian pyramid step when the
-# crop shrinks by 2 or more, against aliasing), composites at the (much smaller) output size, and
-# distorts HSV with cv2 lookup tables. The warp uses Pillow's pixel-centre convention for the
-# crop rectangle of the Pillow path, so the label transform is exactly the same for the same
-# draws; pixels differ only by the resampling filter and cv2's HSV rounding.
+# converts to PIL HSV per pixel. The fast path (design D49) resizes the crop rectangle straight to
+# the output (one zero-padded copy of the rectangle and one cv2.resize; when the crop shrinks by 2
+# or more, against aliasing, an affine warp of the image reduced 2x by pixel-pair averaging, which a
+# JPEG decoder does for free with cv2.IMREAD_REDUCED_COLOR_2), composites at the
+# (much smaller) output size with a mask copy, and distorts HSV with cv2 lookup tables. The
+# resize matches Pillow's pixel-centre convention for the crop rectangle of the Pillow path, so
+# the label transform is exactly the same for the same draws; pixels differ only by the
+# resampling filter and cv2's HSV rounding.
+
+HALVE_SHRINK = 2  # a crop shrunk by this much or more is reduced 2x first (bilinear alone would alias)
+
+
+def _wh(size) -> tuple[int, int]:
+    """(w, h) of a size given as S or (w, h)."""
+    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def crop_rect(offsets, width: int, height: int, fix_off_by_one: bool = False) -> tuple[int, int, int, int]:
+    """(x0, y0, cw, ch): `crop_with_offsets`'s rectangle in source pixels, at least 1 x 1.
+
+    Top-left (pleft, ptop) (may be negative: padding), (sw-1) x (sh-1) pixels, or sw x sh with
+    fix_off_by_one.
+    """
+    sw, sh = crop_size(width, height, offsets)
+    extra = 0 if fix_off_by_one else -1
+    return int(offsets[0]), int(offsets[2]), max(sw + extra, 1), max(sh + extra, 1)
 
 
 def crop_affine(offsets, width: int, height: int, size, fix_off_by_one: bool = False,
                 level: int = 0) -> np.ndarray:
     """(2, 3) float64 map from output pixels (u, v) to source pixels of the crop rectangle.
 
-    The rectangle is `crop_with_offsets`'s: top-left (pleft, ptop), (sw-1) x (sh-1) pixels (sw x sh
-    with fix_off_by_one), resized to `size` (S or (w, h)) with pixel centres matched as Pillow does:
-    x = pleft + (u + 0.5) * cw / w - 0.5. `level` = 1 maps into a 2x pyrDown of the source
-    (its pixel i sits at source pixel 2i).
+    The rectangle is `crop_rect`'s, resized to `size` (S or (w, h)) with pixel centres matched as
+    Pillow (and cv2.resize) do: x = pleft + (u + 0.5) * cw / w - 0.5. `level` = 1 maps into the
+    source reduced 2x by `halve` (its pixel i averages source pixels 2i and 2i+1: x' = (x - 0.5) / 2).
     """
-    sw, sh = crop_size(width, height, offsets)
-    extra = 0 if fix_off_by_one else -1
-    cw, ch = max(sw + extra, 1), max(sh + extra, 1)
-    w, h = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    x0, y0, cw, ch = crop_rect(offsets, width, height, fix_off_by_one)
+    w, h = _wh(size)
     ax, ay = cw / w, ch / h
-    m = np.array([[ax, 0.0, offsets[0] + 0.5 * ax - 0.5], [0.0, ay, offsets[2] + 0.5 * ay - 0.5]])
+    m = np.array([[ax, 0.0, x0 + 0.5 * ax - 0.5], [0.0, ay, y0 + 0.5 * ay - 0.5]])
+    if level:
+        m[:, 2] -= 0.5
     return m / (2 ** level)
+
+
+def shrinks_by_half(offsets, width: int, height: int, size) -> bool:
+    """True when the crop of a width x height image shrinks by HALVE_SHRINK or more on both axes to `size`."""
+    w, h = _wh(size)
+    sw, sh = crop_size(width, height, offsets)
+    return min(sw / w, sh / h) >= HALVE_SHRINK
+
+
+def halve(arr: np.ndarray) -> np.ndarray:
+    """arr (H, W[, C]) reduced 2x by averaging pixel pairs: (ceil(H/2), ceil(W/2)[, C]), like a JPEG
+    decoder's cv2.IMREAD_REDUCED_*_2."""
+    H, W = arr.shape[:2]
+    return cv2.resize(arr, ((W + 1) // 2, (H + 1) // 2), interpolation=cv2.INTER_AREA)
 
 
 def inside_rect(m: np.ndarray, width: int, height: int, size) -> tuple[int, int, int, int]:
     """(u0, u1, v0, v1): output pixels [u0, u1) x [v0, v1) whose source centre lies inside the image."""
-    w, h = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    w, h = _wh(size)
     u = (np.array([-0.5, width - 0.5]) - m[0, 2]) / m[0, 0]
     v = (np.array([-0.5, height - 0.5]) - m[1, 2]) / m[1, 1]
     clip = lambda a, hi: int(min(max(a, 0), hi))  # noqa: E731
@@ -323,20 +356,40 @@ def inside_rect(m: np.ndarray, width: int, height: int, size) -> tuple[int, int,
         clip(np.ceil(v[1] - 1e-9), h)
 
 
-def fast_crop_resize(arr: np.ndarray, offsets, size, fix_off_by_one: bool = False,
-                     interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-    """`crop_resize` for a uint8 array (H, W[, C]): the same crop rectangle, black outside the image.
+def padded_crop(arr: np.ndarray, x0: int, y0: int, cw: int, ch: int) -> np.ndarray:
+    """arr[y0:y0+ch, x0:x0+cw] (h, w[, C]) with zeros where the rectangle leaves the image.
 
-    size: S or (w, h). Returns (h, w[, C]) uint8.
+    A view when the rectangle lies inside the image, else one copy (cv2.copyMakeBorder).
     """
     H, W = arr.shape[:2]
-    w, h = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
-    sw, sh = crop_size(W, H, offsets)
-    level = 1 if min(sw / w, sh / h) >= 2 else 0
-    src = cv2.pyrDown(arr) if level else arr
-    m = crop_affine(offsets, W, H, (w, h), fix_off_by_one, level)
-    return cv2.warpAffine(src, m, (w, h), flags=interpolation | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    xa, xb, ya, yb = max(x0, 0), min(x0 + cw, W), max(y0, 0), min(y0 + ch, H)
+    if xa >= xb or ya >= yb:  # no overlap at all (not reachable with jitter < 0.5)
+        return np.zeros((ch, cw) + arr.shape[2:], arr.dtype)
+    pads = (ya - y0, y0 + ch - yb, xa - x0, x0 + cw - xb)  # top, bottom, left, right
+    inner = arr[ya:yb, xa:xb]
+    if not any(pads):
+        return inner
+    return cv2.copyMakeBorder(inner, *pads, cv2.BORDER_CONSTANT, value=0)
+
+
+def fast_crop_resize(arr: np.ndarray, offsets, size, fix_off_by_one: bool = False,
+                     interpolation: int = cv2.INTER_LINEAR, source_size=None) -> np.ndarray:
+    """`crop_resize` for a uint8 array (H, W[, C]): the same crop rectangle, black outside the image.
+
+    size: S or (w, h). Returns (h, w[, C]) uint8. source_size: None, or (W, H) of the image when
+    `arr` is already its 2x reduction (`halve`, or a decoder's cv2.IMREAD_REDUCED_*_2); offsets are
+    always in source pixels. cv2.resize of the padded rectangle is about 2x faster than an affine
+    warp of the whole image, with the same sample positions (`crop_affine`).
+    """
+    W, H = source_size if source_size is not None else (arr.shape[1], arr.shape[0])
+    w, h = _wh(size)
+    if source_size is None and shrinks_by_half(offsets, W, H, (w, h)):
+        arr, source_size = halve(arr), (W, H)
+    if source_size is not None:
+        m = crop_affine(offsets, W, H, (w, h), fix_off_by_one, level=1)
+        return cv2.warpAffine(arr, m, (w, h), flags=interpolation | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.resize(padded_crop(arr, *crop_rect(offsets, W, H, fix_off_by_one)), (w, h), interpolation=interpolation)
 
 
 def hsv_luts(dhue: float, dsat: float, dexp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -355,34 +408,43 @@ def fast_distort(rgb: np.ndarray, dhue: float, dsat: float, dexp: float) -> np.n
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
 
 
+def zero_outside(img: np.ndarray, u0: int, u1: int, v0: int, v1: int) -> np.ndarray:
+    """Set img (h, w, ...) to 0 outside the window [u0, u1) x [v0, v1), in place; returns img."""
+    img[:v0] = 0
+    img[v1:] = 0
+    img[:, :u0] = 0
+    img[:, u1:] = 0
+    return img
+
+
 def fast_augment(img: np.ndarray, mask: np.ndarray | None, background: np.ndarray | None, offsets, size,
-                 fix_off_by_one: bool = False) -> np.ndarray:
+                 fix_off_by_one: bool = False, source_size=None) -> np.ndarray:
     """Background replacement and crop / scale jitter at the output size (design §6.1 steps 2-3).
 
     img (H, W, 3) and mask (H, W) uint8 (object where mask > 127); background (h, w, 3) uint8 of the
-    output size, or None to keep the image's own. Returns (h, w, 3) uint8; outside the source image
-    it is black, as the Pillow path's crop padding.
+    output size, or None to keep the image's own. source_size: (W, H) when img and mask are 2x
+    reductions (see `fast_crop_resize`). Returns (h, w, 3) uint8; outside the source image it is
+    black, as the Pillow path's crop padding.
     """
-    H, W = img.shape[:2]
-    out = fast_crop_resize(img, offsets, size, fix_off_by_one)
+    W, H = source_size if source_size is not None else (img.shape[1], img.shape[0])
+    out = fast_crop_resize(img, offsets, size, fix_off_by_one, source_size=source_size)
     if background is None:
         return out
-    obj = fast_crop_resize(mask, offsets, size, fix_off_by_one) > MASK_THRESHOLD
-    merged = background.copy()
-    np.copyto(merged, out, where=obj[..., None])
-    u0, u1, v0, v1 = inside_rect(crop_affine(offsets, W, H, size, fix_off_by_one), W, H, size)
-    if (u0, v0, u1, v1) != (0, 0, merged.shape[1], merged.shape[0]):
-        inside = np.zeros(merged.shape[:2], bool)
-        inside[v0:v1, u0:u1] = True
-        merged[~inside] = 0
-    return merged
+    warped = fast_crop_resize(mask, offsets, size, fix_off_by_one, source_size=source_size)
+    not_object = cv2.compare(warped, MASK_THRESHOLD, cv2.CMP_LE)  # 255 where the background shows
+    cv2.copyTo(background, not_object, out)  # in place: `out` is ours
+    return zero_outside(out, *inside_rect(crop_affine(offsets, W, H, size, fix_off_by_one), W, H, size))
 
 
 def background_window(pool_image: np.ndarray, rng: np.random.Generator, size) -> np.ndarray:
-    """A random window (at least half of each side) of a pooled background, resized to `size`, maybe mirrored."""
+    """A random window (at least half of each side) of a pooled background, resized to `size`, maybe mirrored.
+
+    pool_image (H, W, 3) uint8; returns (h, w, 3) uint8, a new array. Draws, in order: window width,
+    height, left, top, mirror bit.
+    """
     H, W = pool_image.shape[:2]
-    w, h = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    w, h = _wh(size)
     ww, wh = int(rng.integers(W // 2, W + 1)), int(rng.integers(H // 2, H + 1))
     x0, y0 = int(rng.integers(0, W - ww + 1)), int(rng.integers(0, H - wh + 1))
     out = cv2.resize(pool_image[y0:y0 + wh, x0:x0 + ww], (w, h), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(out[:, ::-1]) if rng.integers(2) else out
+    return cv2.flip(out, 1) if rng.integers(2) else out  # cv2.flip: 40x faster than a strided numpy copy

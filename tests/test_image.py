@@ -1,4 +1,5 @@
 """The augmentation steps of image.py against design §6.1, §6.3 and §6.4."""
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageChops
@@ -200,3 +201,67 @@ def test_procedural_background_is_deterministic():
     assert a.shape == (48, 64, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, im.procedural_background(np.random.default_rng(11), 64, 48))
     assert not np.array_equal(a, im.procedural_background(np.random.default_rng(12), 64, 48))
+
+
+# -------------------------------------------------------------------------- the fast path's helpers (D49)
+
+def _warp_reference(arr, offsets, size, fix_off_by_one):
+    """The crop as one affine warp of the whole image (the fast path before issue 23): same sample positions."""
+    m = im.crop_affine(offsets, arr.shape[1], arr.shape[0], size, fix_off_by_one)
+    return cv2.warpAffine(arr, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+@pytest.mark.parametrize("offsets", [(0, 0, 0, 0), (5, 9, 3, 7), (-6, 4, -5, 6), (-12, -9, -8, -3)])
+@pytest.mark.parametrize("fix_off_by_one", [False, True])
+def test_fast_crop_resize_samples_where_the_warp_did(offsets, fix_off_by_one):
+    """cv2.resize of the zero-padded rectangle = the affine warp, except in the one-pixel rim where
+    the warp reads the image beyond the rectangle and resize repeats its edge."""
+    rng = np.random.default_rng(0)
+    arr = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (5, 5), 2)
+    out = im.fast_crop_resize(arr, offsets, 80, fix_off_by_one)
+    ref = _warp_reference(arr, offsets, 80, fix_off_by_one)
+    assert out.shape == ref.shape == (80, 80, 3) and out.dtype == np.uint8
+    inner = np.abs(out.astype(int) - ref.astype(int))[2:-2, 2:-2]
+    assert inner.max() <= 1
+
+
+def test_padded_crop_is_black_outside_the_image():
+    arr = np.full((4, 5), 7, np.uint8)
+    out = im.padded_crop(arr, -2, 1, 6, 5)
+    assert out.shape == (5, 6)
+    assert (out[:3, 2:] == 7).all() and not out[:, :2].any() and not out[3:].any()
+    assert np.shares_memory(im.padded_crop(arr, 1, 1, 2, 2), arr)  # inside: a view, no copy
+
+
+def test_halved_crop_keeps_a_dot_where_pillow_puts_it():
+    """A crop shrunk 2x or more goes through a 2x reduction; the sample positions still match Pillow's."""
+    img = np.zeros((192, 256, 3), np.uint8)
+    img[100:102, 150:152] = 255
+    for offsets in [(0, 0, 0, 0), (9, -11, 5, -3), (-10, 7, -6, 4)]:
+        assert im.shrinks_by_half(offsets, 256, 192, 64)
+        ref = np.asarray(im.crop_resize(Image.fromarray(img), offsets, 64, "bicubic", fix_off_by_one=True))
+        for out in (im.fast_crop_resize(img, offsets, 64, fix_off_by_one=True),
+                    im.fast_crop_resize(im.halve(img), offsets, 64, fix_off_by_one=True, source_size=(256, 192))):
+            ys, xs = np.nonzero(out[..., 0] > 20)
+            rys, rxs = np.nonzero(ref[..., 0] > 20)
+            assert abs(xs.mean() - rxs.mean()) < 0.5 and abs(ys.mean() - rys.mean()) < 0.5, offsets
+
+
+def test_fast_augment_composites_and_blacks_out_the_padding():
+    img = np.full((48, 64, 3), 200, np.uint8)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:30, 20:40] = 255
+    bg = np.full((32, 32, 3), 50, np.uint8)
+    out = im.fast_augment(img, mask, bg, (-8, 0, -6, 0), 32, fix_off_by_one=True)
+    u0, u1, v0, v1 = im.inside_rect(im.crop_affine((-8, 0, -6, 0), 64, 48, 32, True), 64, 48, 32)
+    assert (u0, v0) != (0, 0) and not out[:v0].any() and not out[:, :u0].any()  # padding: black
+    assert set(np.unique(out[v0:, u0:])) <= {50, 200} and (out == 200).any() and (out == 50).any()
+    assert (bg == 50).all()  # the background is not modified
+
+
+def test_background_window_is_deterministic_and_mirrors_with_cv2():
+    pool = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    a = im.background_window(pool, np.random.default_rng(5), (32, 24))
+    b = im.background_window(pool, np.random.default_rng(5), (32, 24))
+    assert a.shape == (24, 32, 3) and a.flags.c_contiguous and np.array_equal(a, b)
