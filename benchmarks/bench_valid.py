@@ -1,12 +1,14 @@
-"""End-to-end evaluation speed: batched forward vs the original's batch of 1.
+"""End-to-end evaluation speed: the eager network at batch 1 (the original) vs the fused network, batched.
 
 `valid.evaluate` over a whole test split, everything included: image loading and resizing, the
-forward pass, decoding, PnP (GT and prediction) and every metric. The baseline is batch 1 (what
-the original valid.py does); each batch size is run in the same process, in interleaved rounds
+forward pass, decoding, PnP (GT and prediction) and every metric. The baseline is the eager
+network at batch 1 (what the original valid.py does); valid.py runs the BN-folded, channels-last
+copy (design D57). Each network and batch size is run in the same process, in interleaved rounds
 (median reported), so that load from other processes affects them alike. The table shows
 images/s, the mean milliseconds per image of each stage ("load" is the loader's share: the total
-minus the timed stages) and the ratio of images/s against batch 1, and checks that every variant
-gives the same accuracies.
+minus the timed stages), the ratio of the forward time against the eager network at the same
+batch size, and the ratio of images/s against the baseline, and checks that every variant gives
+the same accuracies.
 
 The data: a synthetic LINEMOD object generated into a temporary folder (all images in the test
 split), or --datacfg. The model: --modelcfg with --weightfile, or by default the trial-3 cfg with
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -72,12 +73,12 @@ def build_model(args, device):
     return model.to(device).eval(), f"{VOC_BACKBONE} + random head"
 
 
-def run_once(model, setup, test_set, batch, workers, device) -> dict:
+def run_once(model, setup, test_set, batch, workers, device, fuse: bool = True) -> dict:
     """One evaluate() pass: images/s, ms per image of each stage, and the summary."""
     loader = dataset.make_test_loader(test_set, batch_size=batch, workers=workers)
     start = time.perf_counter()
     summary, _ = valid.evaluate(model, loader, setup, device, num_classes=model.num_classes,
-                                num_keypoints=model.num_keypoints, num_anchors=model.num_anchors)
+                                num_keypoints=model.num_keypoints, num_anchors=model.num_anchors, fuse=fuse)
     total = time.perf_counter() - start
     n = summary["images"]
     ms = {k: 1e3 * summary[f"time_{k}"] for k in STAGES if k != "load"}
@@ -107,22 +108,29 @@ def main(args) -> None:
               f"({len(setup.vertices)} mesh vertices) at {args.test_size}x{args.test_size}; "
               f"{args.modelcfg}, {described}; "
               f"{args.workers} loader workers\n")
-        run_once(model, setup, test_set, batches[-1], args.workers, device)  # warm-up (allocator, caches)
-        runs = {b: [] for b in batches}
+        variants = [(b, fuse) for b in batches for fuse in (False, True)]
+        for b, fuse in variants:  # warm-up (allocator, caches, one-off kernel choices)
+            run_once(model, setup, test_set, b, args.workers, device, fuse)
+        runs = {v: [] for v in variants}
         for _ in range(args.rounds):
-            for b in batches:
-                runs[b].append(run_once(model, setup, test_set, b, args.workers, device))
-    rows = ["| batch | images/s | load ms | forward ms | decode ms | PnP+metrics ms | vs batch "
-            f"{batches[0]} | same accuracies |", "|---|---|---|---|---|---|---|---|"]
-    base = statistics.median(r["ips"] for r in runs[batches[0]])
-    ref = runs[batches[0]][0]["summary"]
-    for b in batches:
-        med = sorted(runs[b], key=lambda r: r["ips"])[len(runs[b]) // 2]
+            for b, fuse in variants:
+                runs[(b, fuse)].append(run_once(model, setup, test_set, b, args.workers, device, fuse))
+    median = lambda v: sorted(runs[v], key=lambda r: r["ips"])[len(runs[v]) // 2]  # noqa: E731
+    baseline = (batches[0], False)
+    rows = ["| network | batch | images/s | load ms | forward ms | decode ms | PnP+metrics ms | forward vs eager "
+            f"| images/s vs eager batch {batches[0]} | same accuracies |", "|---|---|---|---|---|---|---|---|---|---|"]
+    base = median(baseline)["ips"]
+    ref = runs[baseline][0]["summary"]
+    for b, fuse in variants:
+        med, eager = median((b, fuse)), median((b, False))
         ms = med["ms"]
+        fwd = ms["to_device"] + ms["forward"]
+        fwd_eager = eager["ms"]["to_device"] + eager["ms"]["forward"]
         keys = ("acc_2d", "acc_add", "acc_5cm5deg", "acc_corner")
-        same = all(r["summary"][k] == ref[k] for r in runs[b] for k in keys)
-        rows.append(f"| {b} | {med['ips']:.1f} | {ms['load']:.1f} | {ms['to_device'] + ms['forward']:.1f} | "
-                    f"{ms['decode']:.2f} | {ms['eval']:.2f} | {med['ips'] / base:.2f}x | {'yes' if same else 'NO'} |")
+        same = all(r["summary"][k] == ref[k] for r in runs[(b, fuse)] for k in keys)
+        rows.append(f"| {'fused (valid.py)' if fuse else 'eager'} | {b} | {med['ips']:.1f} | {ms['load']:.1f} | "
+                    f"{fwd:.2f} | {ms['decode']:.2f} | {ms['eval']:.2f} | {fwd_eager / fwd:.2f}x | "
+                    f"{med['ips'] / base:.2f}x | {'yes' if same else 'NO'} |")
     print("\n".join(rows))
 
 

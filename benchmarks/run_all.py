@@ -35,8 +35,12 @@ SUITE = {
     "loader": ("bench_loader.py", [], ["--images-per-object", "32", "--workers", "0", "2", "--repeats", "1"],
                "training loader images/s: the fast path vs Pillow and vs the fast path before issue 23"),
     "synthetic": ("bench_synthetic.py", [], [], "synthetic LINEMOD generator images/s (640x480)"),
-    "valid": ("bench_valid.py", [], [], "end-to-end evaluation images/s: batched vs batch 1"),
+    "valid": ("bench_valid.py", [], ["--batch-sizes", "1,8", "--rounds", "2"],
+              "end-to-end evaluation images/s: the fused network (valid.py) vs eager, batched vs batch 1"),
+    "detect": ("bench_detect.py", [], ["--images", "32", "--rounds", "2"],
+               "detect.py end to end on 640x480 images (read, resize, forward, decode, PnP): fused vs eager"),
 }
+PER_DEVICE = ("forward", "train", "valid", "detect")  # run once per device (CPU, and CUDA when present)
 
 
 def flop_ceiling(device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
@@ -91,7 +95,7 @@ def add_ceiling_column(table: list[str], ceiling: float) -> list[str]:
 def run(name: str, quick: bool, device: str, timeout: float) -> tuple[str, float, int]:
     script, full, small, _ = SUITE[name]
     args = list(small if quick else full)
-    if name in ("forward", "train"):
+    if name in PER_DEVICE:
         args += ["--device", device]
     cmd = [sys.executable, str(BENCH / script), *args]
     t0 = time.perf_counter()
@@ -130,10 +134,10 @@ def main(args) -> Path:
     lines += [f"| FLOP ceiling ({d}) | {c:.0f} GFLOP/s ({'bf16' if d == 'cuda' else 'fp32'} 2048^3 matmul) |"
               for d, c in ceilings.items()]
     for name in names:
-        for device in (devices if name in ("forward", "train") else ["cpu"]):
+        for device in (devices if name in PER_DEVICE else ["cpu"]):
             print(f"running {name} on {device} ...", flush=True)
             out, seconds, rc = run(name, args.quick, device, args.timeout)
-            title = f"{name}" + (f" ({device})" if name in ("forward", "train") else "")
+            title = f"{name}" + (f" ({device})" if name in PER_DEVICE else "")
             lines += ["", f"## {title}", "", f"{SUITE[name][3]}. ({seconds:.0f} s)", ""]
             found = tables(out)
             if rc != 0 or not found:  # a failure, or a script that prints plain text: keep its output
