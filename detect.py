@@ -150,6 +150,8 @@ def select_boxes(output: torch.Tensor, multi: bool, num_classes: int, num_keypoi
             return []
         return [(int(box[-1]), float(box[2 * num_keypoints]), box[: 2 * num_keypoints].reshape(-1, 2))]
     points, conf, cls_prob = utils.decode_output(output.float(), num_keypoints, num_classes, num_anchors)
+    if box_rule == "vote":
+        points = utils.vote_points(points, conf)
     cls_conf, cls_id = cls_prob.max(dim=-1)
     score = (conf * cls_conf)[0].reshape(-1)
     ids = cls_id[0].reshape(-1)

@@ -298,33 +298,28 @@ BOX_RULES = ("max", "vote")  # design §4.1 (the original's most confident cell)
 VOTE_RADIUS = 1  # D54: the 3x3 cells around the most confident one
 
 
-def vote_corners(points: torch.Tensor, conf: torch.Tensor, b: torch.Tensor, a: torch.Tensor, gy: torch.Tensor,
-                 gx: torch.Tensor, radius: int = VOTE_RADIUS) -> torch.Tensor:
-    """The corners of the paper's test-time rule (D54): the confidence-weighted mean of the corner
-    predictions of the (2r+1)^2 cells around each chosen cell, on the chosen cell's anchor.
+def vote_points(points: torch.Tensor, conf: torch.Tensor, radius: int = VOTE_RADIUS) -> torch.Tensor:
+    """Every cell's points under the paper's test-time rule (D54): its corners become the
+    confidence-weighted mean of the corner predictions of the (2r+1)^2 cells around it, on its anchor.
 
-    points: (B, A, H, W, 2K) decoded normalised points; conf: (B, A, H, W) sigmoid confidences;
-    b, a, gy, gx: (N,) long, one chosen cell per row. Returns (N, 2K) normalised points: the
-    centroid (k = 0) is the chosen cell's own (a neighbour's centroid is squashed into its own
-    cell, design §4), the corners k >= 1 the weighted mean. Cells outside the grid and cells
-    with a non-finite confidence or prediction take no part; the chosen cell always does.
+    points: (B, A, H, W, 2K) decoded normalised points; conf: (B, A, H, W) sigmoid confidences.
+    Returns (B, A, H, W, 2K): the centroid (k = 0) is each cell's own (a neighbour's centroid is
+    squashed into its own cell, design §4), the corners k >= 1 the weighted mean. Cells outside the
+    grid and cells with a non-finite confidence or prediction take no part; where no cell has a
+    positive weight, the cell keeps its own corners.
     """
     B, A, H, W, P = points.shape
-    offsets = torch.arange(-radius, radius + 1, device=points.device)
-    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
-    ny, nx = gy[:, None] + dy.reshape(1, -1), gx[:, None] + dx.reshape(1, -1)  # (N, M)
-    inside = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
-    bb, aa = b[:, None].expand_as(ny), a[:, None].expand_as(ny)
-    cy, cx = ny.clamp(0, H - 1), nx.clamp(0, W - 1)
-    pts, w = points[bb, aa, cy, cx], conf[bb, aa, cy, cx]  # (N, M, 2K), (N, M)
-    usable = inside & torch.isfinite(w) & torch.isfinite(pts).all(dim=-1)
-    w = torch.where(usable, w, torch.zeros_like(w))
-    pts = torch.where(usable[..., None], pts, torch.zeros_like(pts))
-    voted = (w[..., None] * pts).sum(dim=1) / w.sum(dim=1, keepdim=True)
-    own = points[b, a, gy, gx]  # (N, 2K)
-    out = torch.cat([own[:, :2], voted[:, 2:]], dim=1)
-    # a zero total weight (all neighbours at confidence 0) keeps the chosen cell's own corners
-    return torch.where(torch.isfinite(out), out, own)
+    usable = torch.isfinite(conf) & torch.isfinite(points).all(dim=-1)
+    w = torch.where(usable, conf, torch.zeros_like(conf)).reshape(B * A, 1, H, W)
+    pts = torch.where(usable[..., None], points, torch.zeros_like(points))
+    wp = (w.reshape(B, A, H, W, 1) * pts).permute(0, 1, 4, 2, 3).reshape(B * A, P, H, W)
+    k = 2 * radius + 1
+    # a sum over the window; zero padding = cells outside the grid take no part
+    sum_w = torch.nn.functional.avg_pool2d(w, k, stride=1, padding=radius, divisor_override=1)
+    sum_wp = torch.nn.functional.avg_pool2d(wp, k, stride=1, padding=radius, divisor_override=1)
+    voted = (sum_wp / sum_w).reshape(B, A, P, H, W).permute(0, 1, 3, 4, 2)
+    out = torch.cat([points[..., :2], voted[..., 2:]], dim=-1)
+    return torch.where(torch.isfinite(out), out, points)
 
 
 def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: int = NUM_KEYPOINTS,
@@ -343,20 +338,17 @@ def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: 
     if rule not in BOX_RULES:
         raise ValueError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
     points, conf, cls_prob = decode_output(output.float(), num_keypoints, num_classes, num_anchors)
+    if rule == "vote":
+        points = vote_points(points, conf)
     cls_conf, cls_id = cls_prob.max(dim=-1)
     score = conf if only_objectness else conf * cls_conf
-    B, A, H, W = conf.shape
+    B = output.shape[0]
     # scan order row, column, anchor (design §4.1): move the anchor axis last before flattening
     flat = lambda t: t.permute(0, 2, 3, 1, *range(4, t.dim())).reshape(B, -1, *t.shape[4:])
     score_f = flat(score)
     best = torch.nan_to_num(score_f, nan=-math.inf).argmax(dim=1)
     pick = lambda t: t[torch.arange(B, device=t.device), best]
-    if rule == "vote":
-        bi = torch.arange(B, device=output.device)
-        best_points = vote_corners(points, conf, bi, best % A, best // (W * A), (best // A) % W)
-    else:
-        best_points = pick(flat(points))
-    boxes = torch.cat([best_points, pick(flat(conf))[:, None], pick(flat(cls_conf))[:, None],
+    boxes = torch.cat([pick(flat(points)), pick(flat(conf))[:, None], pick(flat(cls_conf))[:, None],
                        pick(flat(cls_id)).to(points.dtype)[:, None]], dim=1)
     all_nan = torch.isnan(score_f).all(dim=1)
     return torch.where(all_nan[:, None], torch.full_like(boxes, math.nan), boxes)
@@ -385,7 +377,7 @@ def _fallback_cell(det_conf: np.ndarray, cls_prob: np.ndarray, cls_max: float) -
 def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes: int,
                            num_keypoints: int = NUM_KEYPOINTS, anchors=(), num_anchors: int = 1,
                            correspondingclass=0, only_objectness: int = 1,
-                           carry_class_max: bool = True) -> list[torch.Tensor]:
+                           carry_class_max: bool = True, rule: str = "max") -> list[torch.Tensor]:
     """Every box above `conf_thresh`, plus a fallback box of the expected class (design §4.2).
 
     output: (B, A*(2K+1+C), H, W) raw. correspondingclass: the class of the image's first GT,
@@ -400,8 +392,13 @@ def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes
         class and that class id (none when every score is NaN).
     carry_class_max=True reproduces the original, whose class-probability maximum is not reset
     between the images of a batch; False treats every image as in a batch of one.
+    rule 'vote': every box's corners come from the 3x3 vote around its cell (`vote_points`, D54).
     """
+    if rule not in BOX_RULES:
+        raise ValueError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
     points, conf, cls_prob = decode_output(output.float(), num_keypoints, num_classes, num_anchors)
+    if rule == "vote":
+        points = vote_points(points, conf)
     B = output.shape[0]
     if np.ndim(correspondingclass) == 0:
         wanted = [int(correspondingclass)] * B

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 import dataset
 import image as im
+import model_info
 import utils
 import valid
 from errors import FlagError, InputError, run_cli
@@ -169,12 +170,14 @@ def threshold_accuracies(err_2d, thresholds=PX_THRESHOLDS) -> list[float]:
 
 @torch.inference_mode()
 def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thresh: float = utils.MULTI_CONF_THRESH,
-                    progress: bool = False) -> tuple[dict, dict]:
+                    progress: bool = False, box_rule: str = "max", fuse: bool = True) -> tuple[dict, dict]:
     """Score one object's test scenes (design §9.6).
 
     loader yields (images (B, 3, H, W), targets (B, 50*21) label rows in the design §9.2 order). For each
     image: boxes of `utils.get_multi_region_boxes` (score det_conf * class prob, the image's first
-    GT class as the corresponding class); for each GT, the highest-det_conf box of its class.
+    GT class as the corresponding class); for each GT, the highest-det_conf box of its class
+    (box_rule 'vote': its corners from the 3x3 vote, D54). fuse: run the BN-folded channels-last
+    `inference_copy` of a Darknet (D57).
     Returns (summary, records) like `valid.evaluate`: summary = `valid.summarize` plus
     `thresholds` and `acc_px` (accuracy at each of PX_THRESHOLDS) and `class_id`; records hold
     the per-GT errors, poses and points (a GT with no box of its class is a miss).
@@ -184,8 +187,11 @@ def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thre
     if not 0 <= obj.class_id < C:
         raise ValueError(f"object {obj.name!r} has class id {obj.class_id} but the network has {C} classes")
     setup = obj.setup
-    was_training = model.training
+    given, was_training = model, model.training
     model.eval()
+    channels_last = False
+    if fuse and hasattr(model, "inference_copy") and not getattr(model, "fused", False):
+        model, channels_last = model.inference_copy(channels_last=True), True
     scale = np.array([setup.im_width, setup.im_height], dtype=np.float32)
     nan_pred = np.full((K, 2), np.nan, dtype=np.float32)
     records = {k: [] for k in valid.RECORD_KEYS}
@@ -197,12 +203,15 @@ def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thre
         batches = tqdm(loader, desc=f"eval {obj.name}", unit="batch", leave=False)
     try:
         for images, targets in batches:
-            output = model(images.to(device)).float()
+            images = images.to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            output = model(images).float()
             rows = targets.reshape(len(images), -1, 2 * K + 3).numpy()
             valid_rows = [r[: int(np.argmin(np.r_[r[:, 1] != 0, False]))] for r in rows]  # up to the first x0 == 0
             first_class = [int(r[0, 0]) if len(r) else obj.class_id for r in valid_rows]
             boxes = utils.get_multi_region_boxes(output, conf_thresh, C, K, model.anchors, A, first_class,
-                                                 only_objectness=0, carry_class_max=False)
+                                                 only_objectness=0, carry_class_max=False, rule=box_rule)
             for b, gts in enumerate(valid_rows):
                 for row in gts:
                     box = pick_box(boxes[b], int(row[0]))
@@ -222,7 +231,7 @@ def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thre
             n_images += len(images)
     finally:
         if was_training:
-            model.train()
+            given.train()
     if n_images == 0:
         raise ValueError(f"{setup.valid_list}: the test list is empty")
     if not records["err_2d"]:
@@ -296,7 +305,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_objects(p, help=f"objects to score (default: {' '.join(VALID_OBJECTS)} when the .data file has them, "
                             f"else all)")
     cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH, help="box score threshold (design §4.2)")
-    cli.add_sizes(p, test=True, test_help="square input size, a multiple of 32 (default: the cfg width x height)")
+    cli.add_sizes(p, test=True, test_help="square input size, a multiple of 32 (default: the size the weights were "
+                                          "trained for, model_info.json beside them, else the cfg width x height)")
+    cli.add_box_rule(p)
     cli.add_batch_size(p, default=1, help="images per forward pass (boxes are chosen per image)")
     cli.add_workers(p, default=0)
     cli.add_device(p)
@@ -326,7 +337,7 @@ def main(args) -> list:
         device = valid.resolve_device(args.device)
         objects = load_objects(args.datacfg, args.objects, args.diam, args.pnp)
         model = valid.load_model(args.modelcfg, args.weightfile, device)
-        size = (args.test_size,) * 2 if args.test_size else (model.test_width, model.test_height)
+        size, rule = model_info.resolve(args, args.weightfile, args.modelcfg, (model.test_width, model.test_height))
         loaders = [make_test_loader(o, size, args.batch_size, args.workers, args.resample) for o in objects]
         for o in objects:
             if o.class_id >= model.num_classes:
@@ -338,8 +349,9 @@ def main(args) -> list:
     for obj, loader in zip(objects, loaders):
         if not args.quiet:
             valid.log(f"Testing {obj.name}: {len(loader.dataset)} test images at {size[0]}x{size[1]}")
-        summary, _ = evaluate_object(model, loader, obj, device, args.conf_thresh, progress=not args.quiet)
-        summary.update(model=str(args.modelcfg), weights=str(args.weightfile), test_size=list(size))
+        summary, _ = evaluate_object(model, loader, obj, device, args.conf_thresh, progress=not args.quiet,
+                                     box_rule=rule)
+        summary.update(model=str(args.modelcfg), weights=str(args.weightfile), test_size=list(size), box_rule=rule)
         summaries.append(summary)
         if not args.quiet:
             report(summary)

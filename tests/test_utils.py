@@ -360,3 +360,22 @@ def test_adds_with_a_model_frame_tree_equals_the_direct_search():
         direct = utils.adds_error(pts, R_gt, t_gt, R_pr, t_pr)
         assert utils.adds_error(pts, R_gt, t_gt, R_pr, t_pr, tree=cKDTree(pts)) == pytest.approx(direct, abs=1e-12)
         assert direct <= utils.add_error(pts, R_gt, t_gt, R_pr, t_pr)
+
+
+def test_multi_boxes_vote_around_their_own_cells():
+    torch.manual_seed(2)
+    A, C, H, W = 2, 3, 4, 5
+    out = torch.randn(1, A * (19 + C), H, W)
+    voted = utils.get_multi_region_boxes(out, 0.0, C, num_anchors=A, rule="vote", only_objectness=1)[0]
+    plain = utils.get_multi_region_boxes(out, 0.0, C, num_anchors=A, rule="max", only_objectness=1)[0]
+    assert voted.shape == plain.shape == (A * H * W, 21)
+    points, conf, _ = utils.decode_output(out, 9, C, A)
+    expect = utils.vote_points(points, conf).permute(0, 2, 3, 1, 4).reshape(-1, 18)  # scan order row, column, anchor
+    torch.testing.assert_close(voted[:, :18], expect)
+    torch.testing.assert_close(voted[:, :2], plain[:, :2])  # centroids are the cells' own
+    torch.testing.assert_close(voted[:, 18:], plain[:, 18:])
+    # one anchor, the best cell: the same points as the single-object decoder
+    single = out[:, : 19 + C]
+    box = utils.get_region_boxes(single, num_classes=C, rule="vote")[0]
+    (rows,) = utils.get_multi_region_boxes(single, 0.0, C, rule="vote")
+    torch.testing.assert_close(rows[int(rows[:, 18].argmax()), :18], box[:18])
