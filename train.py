@@ -91,8 +91,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_distiled(p, help="1: distil from a teacher (design §8)")
     p.add_argument("--teacher-cfg", default=DEFAULT_TEACHER_CFG)
     p.add_argument("--teacher-weights", default=None, help="default backup/<name>/model_backup.weights")
-    p.add_argument("--kd-mode", choices=("fork", "fixed"), default="fork",
-                   help="fork: the fork's shifted teacher channels (D10); fixed: the right ones")
+    p.add_argument("--kd-mode", choices=("fork", "fixed"), default="fixed",
+                   help="fixed (default): the teacher's right channels; fork: reproduces the fork's channel-index "
+                        "bug (corners 2-8 regressed to shifted channels, D10), which leaves students at 0 %% on "
+                        "the CPU study (docs/results.md)")
     p.add_argument("--kd-alpha", type=float, default=1.0, help="targets = (1-a)*GT + a*teacher (fork: 1)")
     p.add_argument("--coord-loss", choices=COORD_LOSSES, default=None,
                    help="corner loss: mse, the originals' squared error (default with original); l1, the absolute "

@@ -380,6 +380,8 @@ def report(summary: dict, file=None) -> None:
             % (s["n_failed"], s["n"]), file)
     log("   %d images in %.1f s: %.1f images/s end to end"
         % (s["images"], s["images"] / s["images_per_s"], s["images_per_s"]), file)
+    if "test_size" in s:
+        log("   input %dx%d, box rule %s" % (*s["test_size"], s.get("box_rule", "max")), file)
 
 
 # --------------------------------------------------------------------------------------------

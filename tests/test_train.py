@@ -245,6 +245,11 @@ def test_distillation_runs_with_the_chosen_mode(synth, tmp_path, monkeypatch):
             "--teacher-weights", str(tmp_path / "teacher.weights"), "--kd-mode", "fixed", "--kd-alpha", "0.5"]
     run_main(argv)
     assert seen_modes == [("fixed", 0.5)] * 3
+    # the default mode is the corrected one; the fork's bug only when asked for
+    seen_modes.clear()
+    default = [a for a in argv if a not in ("--kd-mode", "fixed", "--kd-alpha", "0.5")]
+    run_main([*default, "--backupdir", str(tmp_path / "student_default")])
+    assert seen_modes == [("fixed", 1.0)] * 3
 
 
 def test_teacher_of_another_layout_is_refused_before_training(synth, tmp_path):
