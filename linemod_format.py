@@ -26,6 +26,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -576,3 +577,15 @@ def write_text(path, text: str) -> None:
     """Write `text` to `path` atomically (see atomic_write), creating the folder."""
     with atomic_write(path) as f:
         f.write(text)
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` atomically (an encoded image, a copied file), creating the folder."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def copy_file(src, dst) -> None:
+    """Copy the bytes of `src` to `dst` atomically; a symlink at `dst` is replaced, never written through."""
+    with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
