@@ -585,6 +585,15 @@ def write_bytes(path, data: bytes) -> None:
         f.write(data)
 
 
+def append_text(path, text: str) -> None:
+    """Add `text` at the end of a log (a CSV, a JSON-lines file) by writing the whole new file and
+    replacing the old one (design D60): a reader sees the file before or after, never a torn line.
+    The logs are small (a row per evaluation or per run), so rewriting them costs nothing."""
+    path = Path(path)
+    old = path.read_bytes() if path.is_file() else b""
+    write_bytes(path, old + text.encode())
+
+
 def copy_file(src, dst) -> None:
     """Copy the bytes of `src` to `dst` atomically; a symlink at `dst` is replaced, never written through."""
     with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
