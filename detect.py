@@ -265,7 +265,7 @@ def main(args) -> dict:
                 continue
             drawn = annotate(rgb, detections, corners, K, args.multi)
             if kind == "images":
-                cv2.imwrite(str(out / f"{name}.png"), drawn[..., ::-1])
+                image.write_image(out / f"{name}.png", np.ascontiguousarray(drawn[..., ::-1]))  # atomically
             else:
                 if writer is None:
                     writer = cv2.VideoWriter(str(out / f"{Path(str(args.source)).stem or 'camera'}.mp4"),
