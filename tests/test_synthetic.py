@@ -350,6 +350,25 @@ def test_overwrite_replaces_only_the_files_the_generator_wrote(tmp_path, capsys)
         assert (out / rel).read_text() == text, rel
 
 
+def test_a_main_jobs_interrupted_generation_is_finished_in_its_own_folder(tmp_path, monkeypatch):
+    params = gen.generation_params(1, 2, seed=0, multi=0, test_fraction=0.5)
+    root = tmp_path / "synthetic"
+    real = gen._run_jobs
+
+    def killed(jobs, state, workers):
+        real(jobs[:1], state, workers)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gen, "_run_jobs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate(root, **params)
+    monkeypatch.setattr(gen, "_run_jobs", real)
+    assert gen.dataset_params(root) == (params, False)
+    assert gen.ensure_dataset(root, params, quiet=True) == root  # its own unfinished set: made again there
+    assert gen.dataset_params(root) == (params, True) and (root / "cfg/obj00.data").is_file()
+    assert not (tmp_path / "synthetic_main").exists()
+
+
 def test_cli_prints_summary(tmp_path, capsys):
     out = tmp_path / "cli"
     assert gen.main(["--out", str(out), "--num-objects", "1", "--images-per-object", "2", "--seed", "1",
