@@ -309,7 +309,7 @@ def test_the_main_jobs_dataset_step_stops_when_both_folders_are_taken(tmp_path, 
     generate(root, objects=1, images_per_object=2, seed=0)
     (tmp_path / "synthetic_main/cfg").mkdir(parents=True)
     (tmp_path / "synthetic_main/cfg/obj00.data").write_text("the user's\n")
-    with pytest.raises(InputError, match=r"(?s)other parameters \(1 objects, 2 images.*synthetic_main/cfg/obj00.data "
+    with pytest.raises(InputError, match=r"(?s)other parameters \(1 object, 2 images.*synthetic_main/cfg/obj00.data "
                                          r"\(not written by.*pass --datacfg"):
         train.ensure_synthetic_dataset(root, quiet=True)
     assert (tmp_path / "synthetic_main/cfg/obj00.data").read_text() == "the user's\n"

@@ -471,7 +471,8 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
 def describe(params: dict) -> str:
     """A set's parameters in words, for messages."""
     scenes = f", {params['multi']} scenes" if params.get("multi") else ""
-    return (f"{params['objects']} objects, {params['images_per_object']} images per object{scenes}, "
+    objects = f"{params['objects']} object{'' if params['objects'] == 1 else 's'}"
+    return (f"{objects}, {params['images_per_object']} images per object{scenes}, "
             f"seed {params['seed']}, test fraction {params['test_fraction']:g}")
 
 
