@@ -610,9 +610,9 @@ class Trainer:
                     log(f"nothing left to train: {why}; writing the final files"
                         + (f" (and the missing evaluation of epoch {last_epoch})" if due else ""))
                 self.end_epoch(last_epoch, True, due, evaluate, meaningful_from)
+            done = bool(why) or bool(pending and pending["last"])  # the final files are written
             epoch = state["epoch"]
-            while not (pending and pending["last"]) and not why and (epochs is None or epoch < epochs) \
-                    and not (out_of_time() and state["batch_in_epoch"] == 0):
+            while not done and self.nothing_left(epochs, budget_s) is None:
                 if state["batch_in_epoch"] == 0:
                     state["epoch_start_seen"] = state["seen"]
                 loader = make_loader(epoch, state["epoch_start_seen"], state["batch_in_epoch"])
