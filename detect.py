@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,10 +275,11 @@ def main(args) -> dict:
                 continue
             drawn = annotate(rgb, detections, corners, K, args.multi)
             if kind == "images":
-                cv2.imwrite(str(out / f"{name}.png"), drawn[..., ::-1])
+                image.write_image(out / f"{name}.png", np.ascontiguousarray(drawn[..., ::-1]))  # atomically
             else:
-                if writer is None:
-                    writer = cv2.VideoWriter(str(out / f"{Path(str(args.source)).stem or 'camera'}.mp4"),
+                if writer is None:  # written under a temporary name, renamed when complete (design D60)
+                    video = out / f"{Path(str(args.source)).stem or 'camera'}.mp4"
+                    writer = cv2.VideoWriter(str(video.with_name(f".{video.stem}.part.mp4")),
                                              cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
                 writer.write(np.ascontiguousarray(drawn[..., ::-1]))
     except KeyboardInterrupt:
@@ -286,6 +288,7 @@ def main(args) -> dict:
         bar.close()
         if writer is not None:
             writer.release()
+            os.replace(video.with_name(f".{video.stem}.part.mp4"), video)
     results["skipped_frames"] = skipped
     write_text(out / "detections.json", json.dumps(results, indent=1))
     n = len(results["frames"])

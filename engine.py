@@ -11,6 +11,8 @@ Reading order: `TrainState` and the checkpoint functions, then `Trainer.train_on
 """
 from __future__ import annotations
 
+import atexit
+import copy
 import hashlib
 import json
 import math
@@ -19,6 +21,7 @@ import pickle
 import random
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -30,8 +33,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from errors import CheckpointError, InputError
-from linemod_format import atomic_write, write_text
+from errors import CheckpointError, InputError, OverwriteError
+from linemod_format import append_text, atomic_write, write_text
 from model_info import INFO_FILE
 
 CHECKPOINT, BEST_WEIGHTS, LAST_WEIGHTS = "checkpoint.pt", "model.weights", "last.weights"
@@ -41,6 +44,7 @@ RUN_FILES = (CHECKPOINT, BEST_WEIGHTS, LAST_WEIGHTS, "costs.npz", "training.png"
 # room a checkpoint needs besides the model: optimiser moments, EMA copy, logs (a generous factor)
 CHECKPOINT_SIZE_FACTOR = 4
 MIN_FREE_BYTES = 8 << 20
+LOCK_FILE = "run.lock"  # the backup folder's owner: one run at a time (design D60)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -51,7 +55,7 @@ def new_state(cost_keys) -> dict:
     """The training state: plain Python values only, so that checkpoints load without unpickling code."""
     return {"epoch": 0, "batch_in_epoch": 0, "seen": 0, "epoch_start_seen": 0, "iteration": 0,
             "best": -math.inf, "best_score": None, "train_seconds": 0.0, "evaluations": 0,
-            "costs": {k: [] for k in cost_keys}}
+            "last_evaluated": None, "pending": None, "costs": {k: [] for k in cost_keys}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,10 +148,109 @@ def run_differences(saved: dict, current: dict) -> list[str]:
     return [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks after boot, /proc/<pid>/stat field 22), or None
+    where that cannot be read; with the pid it names one process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after the command name, which may hold blanks
+    return fields[19] if len(fields) > 19 else None
+
+
+def lock_owner_alive(owner: dict) -> bool:
+    """Is the process that wrote a lock still running? A lock of another machine counts as alive."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    start = owner.get("start")
+    return start is None or process_start(pid) in (None, start)
+
+
+_HELD_LOCKS: set[Path] = set()
+
+
+def lock_backup(backup: Path) -> Path:
+    """Hold the backup folder for this process: `run.lock` holds its pid, host and start time.
+
+    A lock of a running process refuses the run (OverwriteError naming the lock and its owner);
+    a stale one (its process has ended) is taken over with a line saying so; one this process
+    left (an earlier run in the same Python session) is taken over silently. The lock file is
+    created complete in one step (a hard link of a written file), so a reader never sees it half
+    written. Released by `release_backup` at the end of `Trainer.fit`, or at exit.
+    """
+    backup = Path(backup)
+    path = backup / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    tmp = backup / f".{LOCK_FILE}.{os.getpid()}.tmp"
+    write_text(tmp, json.dumps(me) + "\n")
+    try:
+        while True:
+            try:
+                os.link(tmp, path)
+                break
+            except FileExistsError:
+                pass
+            try:
+                owner = json.loads(path.read_text())
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            except (OSError, ValueError):
+                owner = {}
+            if not isinstance(owner, dict):
+                owner = {}
+            mine = owner.get("pid") == me["pid"] and owner.get("host") == me["host"]
+            if not mine and lock_owner_alive(owner):
+                raise OverwriteError(
+                    f"{backup}: in use by another run (pid {owner.get('pid')} on {owner.get('host')}, since "
+                    f"{owner.get('since')}; lock {path}); wait for it to end or choose another --backupdir "
+                    f"(if that run is over, remove {path})")
+            if not mine:
+                log(f"{path}: taking over a stale lock: pid {owner.get('pid', '?')} (since {owner.get('since', '?')}) "
+                    f"is no longer running")
+            path.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not _HELD_LOCKS:
+        atexit.register(release_all_backups)
+    _HELD_LOCKS.add(path)
+    return path
+
+
+def release_backup(backup: Path) -> None:
+    """Remove this process's lock of `backup` (a lock another process took over is left alone)."""
+    path = Path(backup) / LOCK_FILE
+    if path not in _HELD_LOCKS:
+        return
+    _HELD_LOCKS.discard(path)
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(owner, dict) and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)
+
+
+def release_all_backups() -> None:
+    for path in list(_HELD_LOCKS):
+        release_backup(path.parent)
+
+
 def prepare_backup(backup: Path, resume: bool, overwrite: bool, need_bytes: int = 0) -> None:
     """Check the output folder before any work: a folder, writable, with room; no other run in it.
 
-    A folder that already holds a run is refused unless resuming or told to overwrite (then the
+    The folder is locked for this run first (`lock_backup`: two runs at once are refused). A
+    folder that already holds a run is refused unless resuming or told to overwrite (then the
     old run's files are removed, so that logs of two runs never mix).
     """
     if backup.exists() and not backup.is_dir():
@@ -163,17 +266,22 @@ def prepare_backup(backup: Path, resume: bool, overwrite: bool, need_bytes: int 
         raise InputError(f"{backup}: the backup folder is not writable: {exc.strerror}") from None
     finally:
         probe.unlink(missing_ok=True)
-    free = shutil.disk_usage(backup).free
-    if free < need_bytes + MIN_FREE_BYTES:
-        raise InputError(f"{backup}: {free / 1e6:.1f} MB free, a checkpoint needs about "
-                         f"{(need_bytes + MIN_FREE_BYTES) / 1e6:.1f} MB")
-    existing = [f for f in RUN_FILES if (backup / f).exists()]
-    if existing and not resume:
-        if not overwrite:
-            raise InputError(f"{backup}: already holds a run ({', '.join(existing)}); continue it with --resume, "
-                             f"replace it with --overwrite, or choose another --backupdir")
-        for f in existing:
-            (backup / f).unlink()
+    lock_backup(backup)
+    try:
+        free = shutil.disk_usage(backup).free
+        if free < need_bytes + MIN_FREE_BYTES:
+            raise InputError(f"{backup}: {free / 1e6:.1f} MB free, a checkpoint needs about "
+                             f"{(need_bytes + MIN_FREE_BYTES) / 1e6:.1f} MB")
+        existing = [f for f in RUN_FILES if (backup / f).exists()]
+        if existing and not resume:
+            if not overwrite:
+                raise InputError(f"{backup}: already holds a run ({', '.join(existing)}); continue it with "
+                                 f"--resume, replace it with --overwrite, or choose another --backupdir")
+            for f in existing:
+                (backup / f).unlink()
+    except InputError:
+        release_backup(backup)
+        raise
 
 
 def prune_metrics(backup: Path, epoch: int) -> None:
@@ -274,6 +382,7 @@ class Trainer:
         self.progress, self.log_every, self.max_batches = progress, log_every, max_batches
         self.args = plain(args or {})
         self.state = new_state(cost_keys)
+        self._before_step = None  # a copy of the state while end_epoch runs (what a Ctrl-C saves)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and amp_dtype(device) == torch.float16)
 
     @property
@@ -310,10 +419,12 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{path}: does not fit this network or optimiser: {exc}") from None
         self.state = ckpt["state"]
-        self.state.setdefault("train_seconds", 0.0)
+        for key, value in (("train_seconds", 0.0), ("pending", None)):
+            self.state.setdefault(key, value)
         set_rng_state(ckpt["rng"])
-        if self.rank == 0:
-            prune_metrics(self.backup, self.state["epoch"])
+        if self.rank == 0:  # rows of the epoch whose evaluation was interrupted are written again
+            pending = self.state["pending"]
+            prune_metrics(self.backup, pending["epoch"] if pending else self.state["epoch"])
             print(f"resumed from {path}: epoch {self.state['epoch']}, batch {self.state['batch_in_epoch']}, "
                   f"seen {self.state['seen']}", flush=True)
 
@@ -413,10 +524,10 @@ class Trainer:
         atomic_npz(self.backup / "costs.npz", **{k: np.asarray(v) for k, v in c.items()})
         row = {"epoch": epoch, "seen": self.state["seen"], "minutes": round(self.state["train_seconds"] / 60, 3),
                **result["row"]}
-        append_csv(self.backup / METRICS_FILES[0], row, header=tuple(row))
-        with open(self.backup / METRICS_FILES[1], "a") as f:
-            f.write(json.dumps(plain(row)) + "\n")
+        append_csv(self.backup / METRICS_FILES[0], row, header=tuple(row))  # both logs: a new file replaces the
+        append_text(self.backup / METRICS_FILES[1], json.dumps(plain(row)) + "\n")  # old (design D60)
         self.state["evaluations"] += 1
+        self.state["last_evaluated"] = epoch
         score = [float(v) for v in (result["score"] if isinstance(result["score"], (tuple, list))
                                     else (result["score"],))]
         best = self.state.get("best_score") or [-math.inf]
@@ -429,6 +540,41 @@ class Trainer:
         plot_training(c, self.backup / "training.png")
 
     # -- the run --------------------------------------------------------------------------------
+    def end_epoch(self, epoch: int, last: bool, due: bool, evaluate: Callable, meaningful_from: int) -> None:
+        """After epoch `epoch`: the evaluation when `due`, last.weights after the last epoch, the checkpoint.
+
+        The step is marked in the state (`pending`) and a copy of the state is kept first: a Ctrl-C
+        inside it saves the state of before the step, with the mark, and `fit` redoes the step on
+        --resume (an interrupted final evaluation is never lost)."""
+        state = self.state
+        state["pending"] = {"epoch": epoch, "last": bool(last), "due": bool(due)}
+        self._before_step = copy.deepcopy(state)
+        if self.rank == 0 and due:
+            if epoch >= meaningful_from:
+                t_eval = time.perf_counter()
+                result = evaluate(self.eval_model, epoch)
+                state["train_seconds"] += time.perf_counter() - t_eval  # a budget pays for tests too
+                self.record_evaluation(epoch, result)
+            else:
+                log(f"epoch {epoch}: evaluation skipped: the confidence term is off until epoch "
+                    f"{meaningful_from}, so the most confident cell is arbitrary")
+        if last and self.rank == 0:
+            self.model.seen = state["seen"]
+            self.eval_model.save_weights(self.backup / LAST_WEIGHTS)
+        state["pending"] = None
+        self._before_step = None
+        self.save_checkpoint()
+
+    def nothing_left(self, epochs: int | None, budget_s: float | None) -> str | None:
+        """Why a run has nothing left to train (its epochs done, its time budget spent), or None."""
+        state = self.state
+        if epochs is not None and state["epoch"] >= epochs:
+            return f"the checkpoint is at epoch {state['epoch']} and --epochs is {epochs}"
+        if budget_s and state["train_seconds"] >= budget_s and state["batch_in_epoch"] == 0:
+            return (f"the time budget is spent ({state['train_seconds'] / 60:.1f} of {budget_s / 60:.1f} "
+                    f"minutes)")
+        return None
+
     def fit(self, make_loader: Callable[[int, int, int], object], evaluate: Callable[[object, int], dict], *,
             epochs: int | None, budget_s: float | None = None, eval_every: int = 10,
             meaningful_from: int = 0) -> dict:
@@ -440,6 +586,9 @@ class Trainer:
         evaluations of epochs before `meaningful_from` are skipped (the confidence term is still
         off there, so the most confident cell is arbitrary). Ctrl-C (or SIGTERM) saves the checkpoint
         and exits with status 130; a non-finite loss exits with status 1 keeping the last good checkpoint.
+        A resumed run first redoes an end-of-epoch step that Ctrl-C interrupted (`end_epoch`); one
+        with nothing left to train says so and still writes its final files (and evaluates its last
+        epoch if that evaluation is missing). The backup folder's lock is released at the end.
         """
         if epochs is None and budget_s is None:
             raise ValueError("fit needs a number of epochs or a time budget")
@@ -447,8 +596,24 @@ class Trainer:
         out_of_time = (lambda: state["train_seconds"] >= budget_s) if budget_s else (lambda: False)
         handlers = stop_signals_interrupt()
         try:
+            pending = state.get("pending")
+            if pending:
+                if self.rank == 0:
+                    log(f"redoing the end of epoch {pending['epoch']}, which was interrupted"
+                        + (" during its evaluation" if pending["due"] else ""))
+                self.end_epoch(pending["epoch"], pending["last"], pending["due"], evaluate, meaningful_from)
+            why = None if pending and pending["last"] else self.nothing_left(epochs, budget_s)
+            if why:
+                last_epoch = state["epoch"] - 1
+                # an old checkpoint without 'last_evaluated' counts as evaluated
+                due = last_epoch >= max(meaningful_from, 0) and state.get("last_evaluated", last_epoch) != last_epoch
+                if self.rank == 0:
+                    log(f"nothing left to train: {why}; writing the final files"
+                        + (f" (and the missing evaluation of epoch {last_epoch})" if due else ""))
+                self.end_epoch(last_epoch, True, due, evaluate, meaningful_from)
+            done = bool(why) or bool(pending and pending["last"])  # the final files are written
             epoch = state["epoch"]
-            while (epochs is None or epoch < epochs) and not (out_of_time() and state["batch_in_epoch"] == 0):
+            while not done and self.nothing_left(epochs, budget_s) is None:
                 if state["batch_in_epoch"] == 0:
                     state["epoch_start_seen"] = state["seen"]
                 loader = make_loader(epoch, state["epoch_start_seen"], state["batch_in_epoch"])
@@ -461,25 +626,16 @@ class Trainer:
                           f"mean batch loss {info['loss']:.3f}, "
                           f"{info['images'] * self.world / max(info['seconds'], 1e-9):.1f} images/s{spent}", flush=True)
                 state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-                if self.rank == 0 and ((epoch % eval_every == 0 and epoch > 0) or last):
-                    if epoch >= meaningful_from:
-                        t_eval = time.perf_counter()
-                        result = evaluate(self.eval_model, epoch)
-                        state["train_seconds"] += time.perf_counter() - t_eval  # a budget pays for tests too
-                        self.record_evaluation(epoch, result)
-                    else:
-                        log(f"epoch {epoch}: evaluation skipped: the confidence term is off until epoch "
-                            f"{meaningful_from}, so the most confident cell is arbitrary")
-                if last and self.rank == 0:
-                    self.model.seen = state["seen"]
-                    self.eval_model.save_weights(self.backup / LAST_WEIGHTS)
-                self.save_checkpoint()
+                self.end_epoch(epoch, last, (epoch % eval_every == 0 and epoch > 0) or last, evaluate,
+                               meaningful_from)
                 if self.world > 1:
                     dist.barrier()
                 epoch += 1
                 if last:
                     break
         except KeyboardInterrupt:
+            if self._before_step is not None:  # inside end_epoch: save the state of before it, marked
+                self.state = self._before_step
             self.save_checkpoint()
             if self.rank == 0:
                 print(f"\ninterrupted: state saved to {self.checkpoint_path()}; continue with --resume",
@@ -491,9 +647,11 @@ class Trainer:
             raise SystemExit(1) from None
         finally:
             restore_signals(handlers)
+            if self.rank == 0:
+                release_backup(self.backup)
             if self.world > 1 and dist.is_initialized():
                 dist.destroy_process_group()
-        return state
+        return self.state
 
 
 def _interrupt(signum, frame):

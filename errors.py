@@ -51,6 +51,11 @@ class CheckpointError(InputError):
     """A training checkpoint that cannot be read safely or belongs to another run."""
 
 
+class OverwriteError(InputError):
+    """A command would replace or remove a file it did not write, one of its own inputs, or (without
+    --overwrite) its own earlier output; or a folder is in use by another run. Names every file."""
+
+
 EXIT_BAD_INPUT = 2
 
 

@@ -10,9 +10,13 @@ coordinates normalised by the image size (design §3.1).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 from PIL import Image, ImageChops
+
+from linemod_format import write_bytes
 
 # design §6.4: the resampling filter of every resize (Pillow's default changed in 7.0)
 RESAMPLE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}
@@ -448,3 +452,12 @@ def background_window(pool_image: np.ndarray, rng: np.random.Generator, size) ->
     x0, y0 = int(rng.integers(0, W - ww + 1)), int(rng.integers(0, H - wh + 1))
     out = cv2.resize(pool_image[y0:y0 + wh, x0:x0 + ww], (w, h), interpolation=cv2.INTER_LINEAR)
     return cv2.flip(out, 1) if rng.integers(2) else out  # cv2.flip: 40x faster than a strided numpy copy
+
+
+def write_image(path, img: np.ndarray, params=()) -> None:
+    """Encode a cv2 image (BGR (H, W, 3) or grey (H, W), uint8) by the path's extension and write it
+    atomically (linemod_format.write_bytes): an interrupted write never leaves half an image."""
+    ok, buf = cv2.imencode(Path(path).suffix, img, list(params))
+    if not ok:
+        raise OSError(f"{path}: cv2.imencode failed")
+    write_bytes(path, buf.tobytes())

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -576,3 +577,24 @@ def write_text(path, text: str) -> None:
     """Write `text` to `path` atomically (see atomic_write), creating the folder."""
     with atomic_write(path) as f:
         f.write(text)
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` atomically (an encoded image, a copied file), creating the folder."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def append_text(path, text: str) -> None:
+    """Add `text` at the end of a log (a CSV, a JSON-lines file) by writing the whole new file and
+    replacing the old one (design D60): a reader sees the file before or after, never a torn line.
+    The logs are small (a row per evaluation or per run), so rewriting them costs nothing."""
+    path = Path(path)
+    old = path.read_bytes() if path.is_file() else b""
+    write_bytes(path, old + text.encode())
+
+
+def copy_file(src, dst) -> None:
+    """Copy the bytes of `src` to `dst` atomically; a symlink at `dst` is replaced, never written through."""
+    with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)

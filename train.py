@@ -21,7 +21,6 @@ costs.npz, metrics.csv / metrics.jsonl (one row per evaluation) and training.png
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 from pathlib import Path
@@ -147,24 +146,17 @@ def repo_path(path: str) -> str:
 
 
 def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -> Path:
-    """Generate the main job's synthetic LINEMOD set unless it is there; return its first object's .data.
+    """The main job's synthetic LINEMOD set, generated once; return its first object's .data.
 
-    A set this generator wrote with other sizes (an older main job's) is regenerated in place.
+    A folder that holds any other set (the README's by-hand one, an older main job's) or files
+    the generator did not write is left as it is: the set goes to `<root>_main` instead (design D60).
     """
-    from tools.make_synthetic_linemod import INFO_FILE, auto_workers, generate
+    from tools.make_synthetic_linemod import ensure_dataset, generation_params
 
-    info_path = root / INFO_FILE
-    wanted = {"images_per_object": SYNTHETIC_IMAGES, "test_fraction": SYNTHETIC_TEST_FRACTION, "seed": 0}
-    info = json.loads(info_path.read_text()) if info_path.is_file() else None
-    current = (info is not None and len(info.get("objects", [])) == SYNTHETIC_OBJECTS
-               and all(info.get(k) == v for k, v in wanted.items()))
-    if not current:
-        if not quiet:
-            print(f"generating the synthetic LINEMOD set in {root} (once, about a minute) ...", flush=True)
-        generate(root, objects=SYNTHETIC_OBJECTS, images_per_object=SYNTHETIC_IMAGES, seed=0,
-                 test_fraction=SYNTHETIC_TEST_FRACTION, workers=auto_workers(SYNTHETIC_IMAGES),
-                 overwrite=info is not None)
-    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if not valid.skipped_by_all(c))
+    params = generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=0,
+                               test_fraction=SYNTHETIC_TEST_FRACTION)
+    folder = ensure_dataset(root, params, quiet=quiet)
+    cfgs = sorted(c for c in (folder / "cfg").glob("*.data") if not valid.skipped_by_all(c))
     return cfgs[0]
 
 

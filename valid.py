@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -34,7 +35,7 @@ import cli
 import model_info
 import utils
 from errors import CfgError, DataCfgError, FlagError, InputError, MeshError, WeightsError, run_cli
-from linemod_format import check_label_files, write_text
+from linemod_format import append_text, atomic_write, check_label_files, write_text
 from MeshPly import MeshPly
 
 DEFAULT_DATACFG = "cfg/ape.data"
@@ -257,7 +258,8 @@ def curves_figure(curves: dict, title: str = ""):
 
 def plot_curves(curves: dict, path, title: str = "") -> None:
     """Save `curves_figure` as a PNG."""
-    curves_figure(curves, title).savefig(path, dpi=100)
+    with atomic_write(path, "wb") as f:
+        curves_figure(curves, title).savefig(f, dpi=100, format="png")
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,11 +419,12 @@ def append_csv(path, row: dict, header=CSV_HEADER) -> None:
     if new:
         path.parent.mkdir(parents=True, exist_ok=True)
         fields = list(header)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    if new:
+        w.writeheader()
+    w.writerow(row)
+    append_text(path, buf.getvalue())  # the new file replaces the old: never a torn row (design D60)
 
 
 def _json_safe(value):
@@ -443,7 +446,8 @@ def save_predictions(path, records: dict, image_paths=None) -> None:
     arrays = {k: records[k] for k in RECORD_KEYS}
     if image_paths is not None:
         arrays["image"] = np.array([str(image_paths[i]) for i in records["image_index"]], dtype=str)
-    np.savez(path, **arrays)
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 MEAN_KEYS = ("acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "acc_corner", "mean_err_2d", "mean_err_add",

@@ -23,6 +23,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: import the top level
+
+from linemod_format import write_text  # noqa: E402
 BENCH = ROOT / "benchmarks"
 
 # name -> (script, full args, quick args, what it measures)
@@ -146,8 +149,7 @@ def main(args) -> Path:
             for t in found:
                 lines += add_ceiling_column(t, ceilings[device]) + [""]
     path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    write_text(path, "\n".join(lines).rstrip() + "\n")  # atomically (design D60)
     print(f"wrote {path}")
     return path
 

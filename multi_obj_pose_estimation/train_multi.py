@@ -118,15 +118,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 
 def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -> Path:
-    """Generate the synthetic occlusion set if it is missing; return its occlusion .data file."""
-    data = root / "cfg" / "occlusion.data"
-    if not data.is_file():
-        from tools.make_synthetic_linemod import generate
+    """The synthetic occlusion set, generated once; return its occlusion .data file.
 
-        if not quiet:
-            print(f"generating the synthetic occlusion set in {root} (once) ...", flush=True)
-        generate(root, objects=SYNTHETIC_OBJECTS, images_per_object=SYNTHETIC_IMAGES, seed=0, multi=SYNTHETIC_SCENES)
-    return data
+    A folder that holds another set or files the generator did not write is left as it is: the
+    set goes to `<root>_main` instead (train.ensure_synthetic_dataset, design D60)."""
+    from tools.make_synthetic_linemod import DEFAULT_TEST_FRACTION, ensure_dataset, generation_params
+
+    params = generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=SYNTHETIC_SCENES,
+                               test_fraction=DEFAULT_TEST_FRACTION)
+    return ensure_dataset(root, params, quiet=quiet) / "cfg" / "occlusion.data"
 
 
 def resolve_args(args) -> tuple[argparse.Namespace, dict]:

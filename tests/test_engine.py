@@ -314,3 +314,129 @@ def test_sigterm_saves_the_checkpoint_like_ctrl_c(synth, tmp_path):
     assert "interrupted: state saved to" in err
     state = engine.load_checkpoint(out / "checkpoint.pt")["state"]
     assert 1 <= state["epoch"] < 200
+
+
+# --------------------------------------------------------------------------------------------
+# one run per backup folder; an interrupted end is redone; nothing left to train (design D60)
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def other_process():
+    """A live process that is not this one (its pid stands for a concurrent training run)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _lock_of(pid: int, **extra) -> str:
+    import socket
+
+    return json.dumps({"pid": pid, "host": socket.gethostname(), "since": "2026-12-01 10:00:00", **extra})
+
+
+def test_the_backup_lock_holds_the_pid_and_refuses_a_live_owner(tmp_path, other_process):
+    import os
+
+    lock = engine.lock_backup(tmp_path)
+    assert lock == tmp_path / engine.LOCK_FILE and json.loads(lock.read_text())["pid"] == os.getpid()
+    engine.release_backup(tmp_path)
+    assert not lock.exists()
+    lock.write_text(_lock_of(other_process.pid))
+    with pytest.raises(engine.OverwriteError, match=rf"in use by another run \(pid {other_process.pid} .*run.lock"):
+        engine.lock_backup(tmp_path)
+    assert json.loads(lock.read_text())["pid"] == other_process.pid  # left to its owner
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_line(tmp_path, capsys, other_process):
+    import os
+
+    other_process.kill()
+    other_process.wait()
+    (tmp_path / engine.LOCK_FILE).write_text(_lock_of(other_process.pid))
+    engine.lock_backup(tmp_path)
+    assert f"taking over a stale lock: pid {other_process.pid}" in capsys.readouterr().out
+    assert json.loads((tmp_path / engine.LOCK_FILE).read_text())["pid"] == os.getpid()
+    engine.release_backup(tmp_path)
+    # a reused pid: alive, but not the process that wrote the lock (another start time)
+    (tmp_path / engine.LOCK_FILE).write_text(_lock_of(os.getppid(), start="1"))
+    if engine.process_start(os.getppid()) is not None:
+        engine.lock_backup(tmp_path)
+        assert "taking over a stale lock" in capsys.readouterr().out
+        engine.release_backup(tmp_path)
+
+
+def test_a_second_run_into_a_backup_folder_in_use_is_refused(synth, tmp_path, other_process):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / engine.LOCK_FILE).write_text(_lock_of(other_process.pid))
+    with pytest.raises(InputError, match=rf"run: in use by another run \(pid {other_process.pid}"):
+        train.main(args_for(small_args(synth, out, "--epochs", "1", "--pretrain_num_epochs", "-1")))
+    assert sorted(p.name for p in out.iterdir()) == [engine.LOCK_FILE]  # nothing of the second run
+    (out / engine.LOCK_FILE).unlink()
+    train.main(args_for(small_args(synth, out, "--epochs", "1", "--pretrain_num_epochs", "-1")))
+    assert not (out / engine.LOCK_FILE).exists()  # released at the end of the run
+
+
+def test_ctrl_c_during_the_final_evaluation_is_redone_on_resume(synth, tmp_path, monkeypatch, capsys):
+    import valid
+
+    real = valid.evaluate
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    argv = small_args(synth, out, "--epochs", "1", "--pretrain_num_epochs", "-1")
+    monkeypatch.setattr(valid, "evaluate", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        train.main(args_for(argv))
+    assert exc.value.code == 130
+    state = engine.load_checkpoint(out / "checkpoint.pt")["state"]
+    assert state["pending"] == {"epoch": 0, "last": True, "due": True} and state["evaluations"] == 0
+    assert not (out / "last.weights").exists() and not (out / "model.weights").exists()
+    monkeypatch.setattr(valid, "evaluate", real)
+    capsys.readouterr()
+    train.main(args_for(argv + ["--resume"]))
+    assert "redoing the end of epoch 0, which was interrupted during its evaluation" in capsys.readouterr().out
+    assert (out / "last.weights").is_file() and (out / "model.weights").is_file()
+    assert [r["epoch"] for r in rows_of(out / "metrics.csv")] == ["0"]
+    state = engine.load_checkpoint(out / "checkpoint.pt")["state"]
+    assert state["pending"] is None and state["epoch"] == 1 and state["iteration"] == 3  # no batch trained twice
+
+
+def test_a_resumed_run_with_nothing_left_says_so_and_writes_its_final_files(synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = small_args(synth, out, "--eval-every", "1", "--pretrain_num_epochs", "-1", "--resume")
+    train.main(args_for(argv[:-1] + ["--epochs", "2"]))
+    (out / "last.weights").unlink()
+    rows = (out / "metrics.csv").read_bytes()
+    capsys.readouterr()
+    state = train.main(args_for(argv + ["--epochs", "1"]))
+    text = capsys.readouterr().out
+    assert "nothing left to train: the checkpoint is at epoch 2 and --epochs is 1; writing the final files" in text
+    assert state["iteration"] == 6 and (out / "last.weights").is_file()
+    assert (out / "metrics.csv").read_bytes() == rows  # the last epoch was evaluated: not again
+
+
+def test_metric_logs_are_replaced_whole_never_appended_in_place(tmp_path, monkeypatch):
+    """The CSV and JSON-lines logs go through linemod_format.append_text: a new file replaces the old."""
+    import valid
+
+    written = []
+    real = engine.append_text
+    monkeypatch.setattr(engine, "append_text", lambda p, t: (written.append(Path(p).name), real(p, t)))
+    monkeypatch.setattr(valid, "append_text", lambda p, t: (written.append(Path(p).name), real(p, t)))
+    trainer = engine.Trainer.__new__(engine.Trainer)
+    trainer.backup, trainer.state = tmp_path, engine.new_state(("a",))
+    trainer.state["best_score"] = [200.0]  # no new best model: no network needed
+    monkeypatch.setattr(engine, "plot_training", lambda costs, path: None)
+    for epoch in (0, 1):
+        trainer.record_evaluation(epoch, {"row": {"acc_2d": 1.5}, "costs": {"a": 1}, "score": 1.0})
+    assert written == ["metrics.csv", "metrics.jsonl"] * 2
+    assert [r["epoch"] for r in rows_of(tmp_path / "metrics.csv")] == ["0", "1"]
+    assert [json.loads(ln)["epoch"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert trainer.state["last_evaluated"] == 1

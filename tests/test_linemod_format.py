@@ -219,6 +219,27 @@ def test_atomic_write_replaces_in_one_step_and_cleans_up(tmp_path):
             pass
 
 
+def test_append_text_copy_file_and_write_bytes_replace_whole_files(tmp_path, monkeypatch):
+    log = tmp_path / "log.csv"
+    lf.append_text(log, "a,b\r\n")
+    lf.append_text(log, "1,2\r\n")
+    assert log.read_bytes() == b"a,b\r\n1,2\r\n"  # bytes kept as they are (csv's \r\n)
+    inode = log.stat().st_ino
+    lf.append_text(log, "3,4\r\n")
+    assert log.stat().st_ino != inode  # a new file replaced the old one: never changed in place
+    real = lf.os.replace
+    monkeypatch.setattr(lf.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        lf.append_text(log, "5,6\r\n")
+    monkeypatch.setattr(lf.os, "replace", real)
+    assert log.read_bytes() == b"a,b\r\n1,2\r\n3,4\r\n" and sorted(os.listdir(tmp_path)) == ["log.csv"]
+    (tmp_path / "target").write_bytes(b"source of a link")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    lf.copy_file(log, tmp_path / "link")  # replaces the link, never writes through it
+    assert (tmp_path / "target").read_bytes() == b"source of a link"
+    assert not (tmp_path / "link").is_symlink() and (tmp_path / "link").read_bytes() == log.read_bytes()
+
+
 def test_atomic_write_respects_the_umask(tmp_path):
     old = os.umask(0o022)
     try:

@@ -74,7 +74,8 @@ def test_layout_files_and_lists(synth):
         assert all((root / p).is_file() for p in train + test)  # relative to the dataset root
         ranges = [int(v) for v in (folder / "training_range.txt").read_text().split()]
         assert ranges == sorted(int(Path(p).stem) for p in train)
-    assert (root / gen.INFO_FILE).is_file() and not (root / gen.MARKER_FILE).exists()
+    assert (root / gen.INFO_FILE).is_file()
+    assert gen.dataset_params(root) == (gen.generation_params(N_OBJ, N_IMG, SEED, N_SCENES, 0.5), True)
 
 
 def test_data_cfg_keys_resolve_and_exact_diameter(synth, tmp_path, monkeypatch):
@@ -315,17 +316,57 @@ def test_different_seed_differs(synth, tmp_path):
 
 def test_refuses_to_overwrite(tmp_path):
     foreign = tmp_path / "foreign"
-    (foreign / "LINEMOD").mkdir(parents=True)
-    with pytest.raises(FileExistsError, match="did not write"):
+    (foreign / "cfg").mkdir(parents=True)
+    (foreign / "cfg/obj00.data").write_text("mine\n")
+    with pytest.raises(gen.OverwriteError, match=r"did not write.*\n.*cfg/obj00.data \(not written by"):
         gen.generate(foreign, objects=1, images_per_object=1)
+    assert sorted(p.name for p in foreign.rglob("*")) == ["cfg", "obj00.data"]  # nothing written
     out = tmp_path / "mine"
     gen.generate(out, objects=1, images_per_object=1)
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(gen.OverwriteError, match="--overwrite"):
         gen.generate(out, objects=1, images_per_object=1)
     gen.generate(out, objects=1, images_per_object=2, overwrite=True)
     assert (out / "LINEMOD/obj00/JPEGImages/000001.jpg").is_file()
     with pytest.raises(ValueError, match="at least 2 objects"):
         gen.generate(tmp_path / "x", objects=1, images_per_object=1, multi=1)
+
+
+def test_overwrite_replaces_only_the_files_the_generator_wrote(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert gen.main(["--out", str(out), "--num-objects", "2", "--images-per-object", "2", "--quiet"]) == 0
+    (out / "cfg/my_own.data").write_text("the user's\n")
+    (out / "LINEMOD/ape").mkdir()
+    (out / "LINEMOD/ape/ape.ply").write_text("another object's\n")
+    (out / "LINEMOD/obj00/notes.txt").write_text("the user's\n")
+    (out / "cfg/obj01.data").write_text("edited\n")  # the generator's file, changed since
+    assert gen.main(["--out", str(out), "--num-objects", "2", "--images-per-object", "2", "--overwrite"]) == 2
+    assert f"{out / 'cfg/obj01.data'} (changed since make_synthetic_linemod.py wrote it)" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="obj01.data: changed since make_synthetic_linemod.py wrote it; kept"):
+        gen.generate(out, objects=1, images_per_object=3, overwrite=True)  # obj01 is no longer written
+    assert (out / "LINEMOD/obj00/JPEGImages/000002.jpg").is_file()
+    assert not (out / "LINEMOD/obj01/JPEGImages/000000.jpg").exists()  # the generator's own, not written now
+    for rel, text in (("cfg/my_own.data", "the user's\n"), ("LINEMOD/ape/ape.ply", "another object's\n"),
+                      ("LINEMOD/obj00/notes.txt", "the user's\n"), ("cfg/obj01.data", "edited\n")):
+        assert (out / rel).read_text() == text, rel
+
+
+def test_a_main_jobs_interrupted_generation_is_finished_in_its_own_folder(tmp_path, monkeypatch):
+    params = gen.generation_params(1, 2, seed=0, multi=0, test_fraction=0.5)
+    root = tmp_path / "synthetic"
+    real = gen._run_jobs
+
+    def killed(jobs, state, workers):
+        real(jobs[:1], state, workers)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gen, "_run_jobs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate(root, **params)
+    monkeypatch.setattr(gen, "_run_jobs", real)
+    assert gen.dataset_params(root) == (params, False)
+    assert gen.ensure_dataset(root, params, quiet=True) == root  # its own unfinished set: made again there
+    assert gen.dataset_params(root) == (params, True) and (root / "cfg/obj00.data").is_file()
+    assert not (tmp_path / "synthetic_main").exists()
 
 
 def test_cli_prints_summary(tmp_path, capsys):
@@ -393,7 +434,9 @@ def test_fresh_test_set_adds_new_images_lists_and_data_files(fresh):
 def test_fresh_test_set_changes_no_existing_file_and_poses_are_new(fresh):
     root, before, _ = fresh
     for path, data in before.items():
-        assert path.read_bytes() == data, path
+        if path.name != "ssp_manifest.json":  # the manifest also lists the new files
+            assert path.read_bytes() == data, path
+    assert "cfg/obj00_fresh11.data" in json.loads((root / "ssp_manifest.json").read_text())["files"]
     old = {tuple(np.round(np.asarray(e["t"]), 9)) for e in _poses(root, "obj00")["poses"]}
     new = {tuple(np.round(np.asarray(e["t"]), 9)) for e in json.loads(
         (root / "poses/obj00_fresh11.json").read_text())["poses"]}

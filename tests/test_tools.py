@@ -294,6 +294,75 @@ def test_make_labels_masks_dir_and_symlinks(synth, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# nothing a user made is replaced (ownership.py, design D60)
+# ------------------------------------------------------------------------------------------------
+
+def _make_labels_argv(synth, poses, out, name, *extra):
+    return ["--mesh", str(synth / "LINEMOD/obj00/obj00.ply"), "--poses", str(poses), "--images-dir", str(synth),
+            "--out", str(out), "--name", name, "--masks", "full", *extra]
+
+
+def test_make_labels_refuses_to_replace_a_file_it_did_not_write(synth, tmp_path, capsys):
+    """`--out . --name ape` from the repository root would have rewritten the shipped cfg/ape.data."""
+    (tmp_path / "p.json").write_text(json.dumps(_user_records(synth, "obj00")[:2]))
+    repo = tmp_path / "repo"
+    (repo / "cfg").mkdir(parents=True)
+    shipped = (ROOT / "cfg/ape.data").read_text()
+    (repo / "cfg/ape.data").write_text(shipped)
+    (repo / "poses").mkdir()
+    (repo / "poses/ape.json").write_text("[]\n")
+    for extra in ((), ("--overwrite",)):
+        assert make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", repo, "ape", *extra)) == 2
+        err = capsys.readouterr().err
+        assert f"{repo / 'cfg/ape.data'} (not written by make_labels.py)" in err
+        assert f"{repo / 'poses/ape.json'} (not written by make_labels.py)" in err
+    assert (repo / "cfg/ape.data").read_text() == shipped and (repo / "poses/ape.json").read_text() == "[]\n"
+    assert not (repo / "LINEMOD").exists()  # nothing written
+
+
+def test_make_labels_overwrite_keeps_its_inputs_and_files_it_did_not_write(synth, tmp_path, capsys):
+    records = _user_records(synth, "obj00")[:3]
+    (tmp_path / "p.json").write_text(json.dumps(records))
+    out = tmp_path / "out"
+    assert make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o")) == 0
+    assert make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o")) == 2
+    assert "--overwrite replaces them" in capsys.readouterr().err
+    # its own output images as the input of a new run: --overwrite would remove them, so it is refused
+    again = [{**r, "image": f"LINEMOD/o/JPEGImages/{k:06d}.jpg"} for k, r in enumerate(records)]
+    (tmp_path / "again.json").write_text(json.dumps(again))
+    argv = _make_labels_argv(synth, tmp_path / "again.json", out, "o", "--overwrite")
+    argv[argv.index("--images-dir") + 1] = str(out)
+    assert make_labels.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "inputs of this run that --overwrite would replace or remove" in err
+    assert str(out / "LINEMOD/o/JPEGImages/000000.jpg") in err
+    assert all((out / f"LINEMOD/o/JPEGImages/{k:06d}.jpg").is_file() for k in range(3))
+    # --overwrite with fewer images: its older image goes, the user's own files stay
+    (out / "LINEMOD/o/notes.txt").write_text("the user's\n")
+    (out / "cfg/my_own.data").write_text("the user's\n")
+    (tmp_path / "two.json").write_text(json.dumps(records[:2]))
+    assert make_labels.main(_make_labels_argv(synth, tmp_path / "two.json", out, "o", "--overwrite")) == 0
+    assert not (out / "LINEMOD/o/JPEGImages/000002.jpg").exists()
+    assert (out / "LINEMOD/o/notes.txt").is_file() and (out / "cfg/my_own.data").is_file()
+
+
+def test_bop_to_linemod_refuses_to_replace_a_data_file_the_user_edited(bop_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["--bop", str(bop_dir), "--out", str(out), "--objects", "1", "--names", "bop"]
+    assert bop.main(argv) == 0
+    data = out / "cfg/obj_000001.data"
+    edited = data.read_text().replace("backup = ", "backup = my/")
+    data.write_text(edited)
+    (out / "LINEMOD/obj_000001/notes.txt").write_text("the user's\n")
+    assert bop.main(argv + ["--overwrite"]) == 2
+    assert f"{data} (changed since bop_to_linemod.py wrote it)" in capsys.readouterr().err
+    assert data.read_text() == edited
+    data.unlink()  # once the user moves it away, --overwrite replaces only the converter's own files
+    assert bop.main(argv + ["--overwrite"]) == 0
+    assert data.is_file() and (out / "LINEMOD/obj_000001/notes.txt").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
 # bad inputs: the error names the file and the entry / line
 # ------------------------------------------------------------------------------------------------
 

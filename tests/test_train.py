@@ -294,6 +294,46 @@ def test_missing_inputs_are_reported_before_training(synth, tmp_path, case, mess
 # the main job and DDP (subprocesses: what a user runs)
 # --------------------------------------------------------------------------------------------
 
+def _files(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_main_jobs_dataset_step_leaves_the_readme_by_hand_set_in_place(tmp_path, monkeypatch, capsys):
+    """README: the by-hand set (3 objects; fewer images here), a fresh test set and a .data file of
+    the user's in data/synthetic, then `python train.py`: every file stays, the main job uses its own folder."""
+    from tools.make_synthetic_linemod import add_fresh_test
+
+    monkeypatch.setattr(train, "SYNTHETIC_IMAGES", 4)
+    root = tmp_path / "synthetic"
+    generate(root, objects=3, images_per_object=4, seed=0)
+    add_fresh_test(root, 2, fresh_seed=7)
+    (root / "cfg/my_obj00.data").write_text((root / "cfg/obj00.data").read_text().replace("backup = ", "backup = my/"))
+    before = _files(root)
+    data = train.ensure_synthetic_dataset(root)
+    assert _files(root) == before
+    own = tmp_path / "synthetic_main"
+    assert data == own / "cfg/obj00.data" and data.is_file()
+    out = capsys.readouterr().out
+    assert f"{root} holds a synthetic set made with other parameters (3 objects, 4 images per object" in out
+    assert f"left as it is; the main job uses {own}" in out
+    assert train.ensure_synthetic_dataset(root, quiet=True) == data  # found, not made again
+    # a set the main job made itself, in its own folder, is used as it is
+    assert train.ensure_synthetic_dataset(own, quiet=True) == data
+    assert _files(root) == before
+
+
+def test_the_main_jobs_dataset_step_stops_when_both_folders_are_taken(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "SYNTHETIC_IMAGES", 4)
+    root = tmp_path / "synthetic"
+    generate(root, objects=1, images_per_object=2, seed=0)
+    (tmp_path / "synthetic_main/cfg").mkdir(parents=True)
+    (tmp_path / "synthetic_main/cfg/obj00.data").write_text("the user's\n")
+    with pytest.raises(InputError, match=r"(?s)other parameters \(1 object, 2 images.*synthetic_main/cfg/obj00.data "
+                                         r"\(not written by.*pass --datacfg"):
+        train.ensure_synthetic_dataset(root, quiet=True)
+    assert (tmp_path / "synthetic_main/cfg/obj00.data").read_text() == "the user's\n"
+
+
 @pytest.mark.slow
 def test_main_job_generates_the_data_and_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -588,6 +588,25 @@ def test_notebook_is_committed_clean_and_executes(synth, trial3_weights, root, m
     assert len(images) >= 4  # the test images with their boxes, the histograms, the curves
 
 
+def test_save_predictions_is_atomic(tmp_path, monkeypatch):
+    """--save-predictions: a failed write leaves the old file whole and no temporary file."""
+    records = {k: np.zeros(2) for k in valid.RECORD_KEYS}
+    records["image_index"] = np.arange(2)
+    path = tmp_path / "predictions_x.npz"
+    valid.save_predictions(path, records, ["a.jpg", "b.jpg"])
+    before = path.read_bytes()
+
+    def torn(f, **arrays):
+        f.write(b"PK half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(valid.np, "savez", torn)
+    with pytest.raises(OSError, match="disk full"):
+        valid.save_predictions(path, records, ["a.jpg", "b.jpg"])
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert list(np.load(path)["image"]) == ["a.jpg", "b.jpg"]
+
+
 def test_all_scores_each_object_once():
     """--all leaves out the OCCLUSION files and the fresh test sets, which test an object already listed."""
     import valid

@@ -24,6 +24,9 @@ Output, per object (same files as tools/make_labels.py; lists relative to --out)
     poses/<name>.json                         R, t (metres) per image (+ K where it varies)
     cfg/<name>.data                           camera = the first image's K (a warning is printed
                                               if K varies); diam = models_info diameter / 1000
+    ssp_manifest.json                         what it wrote (ownership.py): a file that exists and
+                                              that it did not write (a .data you edited) is never
+                                              replaced; --overwrite replaces only its own files
 
 Frames. By default the written mesh is the BOP model in the BOP model frame, only scaled from
 mm to m (v_written = v_bop / 1000, stored as float32), and the poses are BOP's cam_R_m2c and
@@ -57,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -68,18 +70,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import cli
 from errors import run_cli
+from image import write_image
 from linemod_format import (
-    JPEG_QUALITY, check_pose, data_cfg_items, image_stem, mask_path, pose_entry, split_flags, write_data_cfg,
-    write_label_rows, write_list, write_poses_json,
+    JPEG_QUALITY, check_pose, copy_file, data_cfg_items, image_stem, mask_path, pose_entry, split_flags,
+    write_data_cfg, write_label_rows, write_list, write_poses_json,
 )
 from MeshPly import MM_TO_M, MeshPly
-from tools.make_labels import image_size, render_mask, write_mesh_metres
+from ownership import Outputs
+from tools.make_labels import image_size, object_files, render_mask, write_mesh_metres
 from utils import LINEMOD_OBJECTS, box_corners, label_from_pose, mesh_diameter
 
 BOP_LM_NAMES = {1: "ape", 2: "benchvise", 3: "bowl", 4: "cam", 5: "can", 6: "cat", 7: "cup", 8: "driller",
                 9: "duck", 10: "eggbox", 11: "glue", 12: "holepuncher", 13: "iron", 14: "lamp", 15: "phone"}
 ROT_Y_180 = np.diag([-1.0, 1.0, -1.0])  # 180 degrees about the model Y axis
 DEFAULT_TEST_FRACTION = 0.85
+TOOL = "bop_to_linemod.py"  # the name its files carry in the output folder's manifest (ownership.py)
 K_TOLERANCE = 1e-6
 
 
@@ -201,18 +206,28 @@ def find_image(rgb_dir: Path, im_id: int) -> Path:
 
 
 def _write_image(src: Path, dst_stem: Path, image_format: str) -> Path:
-    """Copy src to dst_stem.<image_format>, re-encoding when the format differs."""
-    dst_stem.parent.mkdir(parents=True, exist_ok=True)
+    """Copy src to dst_stem.<image_format> atomically, re-encoding when the format differs."""
     out = dst_stem.with_suffix("." + image_format)
     if src.suffix.lower().lstrip(".").replace("jpeg", "jpg") == image_format:
-        shutil.copyfile(src, out)
+        copy_file(src, out)
         return out
     img = cv2.imread(str(src), cv2.IMREAD_COLOR)
     if img is None:
         raise FileNotFoundError(f"{src}: cannot read the image")
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if image_format == "jpg" else []
-    cv2.imwrite(str(out), img, params)
+    write_image(out, img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if image_format == "jpg" else [])
     return out
+
+
+def file_indices(items: list) -> list[int]:
+    """The file number of each of an object's images: the BOP im_id when it is unique for this
+    object (one scene), else a running index."""
+    single_scene = len({it[0] for it in items}) == 1 and len({it[1] for it in items}) == len(items)
+    return [it[1] if single_scene else n for n, it in enumerate(items)]
+
+
+def image_files(out: Path, name: str, items: list, image_format: str) -> list[Path]:
+    """Where convert_object writes an object's images."""
+    return [out / "LINEMOD" / name / "JPEGImages" / f"{image_stem(i)}.{image_format}" for i in file_indices(items)]
 
 
 def mesh_path(bop: Path, obj_id: int) -> Path:
@@ -234,16 +249,13 @@ def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, n
     vertices = write_mesh_metres(folder / f"{name}.ply", mesh, vertices, normals)
     corners = box_corners(vertices)
 
-    # BOP im_id as the file number when it is unique for this object, else a running index
-    single_scene = len({it[0] for it in items}) == 1 and len({it[1] for it in items}) == len(items)
     K0 = items[0][5]
     varies = any(not np.allclose(it[5], K0, rtol=0, atol=K_TOLERANCE) for it in items)
     if varies:
         warn(f"warning: {name}: the camera K varies between images; labels use each image's K, "
              f"cfg/{name}.data gets the first one ({split}/{items[0][0]} image {items[0][1]})")
     entries, image_map, rel_images, rendered = [], [], [], 0
-    for n, (scene, im_id, g, R, t_mm, K) in enumerate(items):
-        index = im_id if single_scene else n
+    for index, (scene, im_id, g, R, t_mm, K) in zip(file_indices(items), items):
         scene_dir = bop / split / scene
         dst = _write_image(find_image(scene_dir / "rgb", im_id), folder / "JPEGImages" / image_stem(index),
                            image_format)
@@ -258,9 +270,7 @@ def convert_object(bop: Path, split: str, obj_id: int, items: list, out: Path, n
         if mask is None:  # no BOP mask: the mesh silhouette at the annotated pose
             mask = render_mask(vertices, mesh.indices, R, t, K, width, height)
             rendered += 1
-        dst_mask = out / mask_path(rel)
-        dst_mask.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(dst_mask), mask)
+        write_image(out / mask_path(rel), mask)
         extra = {"label": f"LINEMOD/{name}/labels/{image_stem(index)}.txt", "row": 0}
         if varies:
             extra["K"] = K.tolist()
@@ -332,18 +342,30 @@ def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "l
                             _read_ids(train_list, name, o) if train_list else None,
                             _read_ids(test_list, name, o) if test_list else None,
                             lists=(str(train_list), str(test_list)))
-        folder = out / "LINEMOD" / name
-        if folder.exists() and not overwrite:
-            raise FileExistsError(f"{folder} already exists; pass --overwrite to replace it")
         plans.append((o, name, diameter, flags))
+    outputs = Outputs(out, TOOL)
+    for o, name, _, _ in plans:
+        outputs.plan(object_files(out, name, image_files(out, name, found[o], image_format), masks=True), name)
+    outputs.check(overwrite, inputs=[p for o, *_ in plans for p in _input_files(bop, split, o, found[o])])
+    outputs.begin({"bop": str(bop), "split": split})
     datas = []
     for o, name, diameter, flags in plans:
-        folder = out / "LINEMOD" / name
-        if folder.exists():
-            shutil.rmtree(folder)
         datas.append(convert_object(bop, split, o, found[o], out, name, ids[o], diameter, rotate_y_180,
                                     image_format, mask_kind, flags, warn))
+    outputs.finish()
+    for rel in outputs.kept:
+        warn(f"warning: {out / rel}: changed since {TOOL} wrote it; kept as it is")
     return datas
+
+
+def _input_files(bop: Path, split: str, obj_id: int, items: list) -> list[Path]:
+    """The BOP files an object's conversion reads: its mesh, images and masks (none may be replaced)."""
+    files = [mesh_path(bop, obj_id)]
+    for scene, im_id, g, *_ in items:
+        scene_dir = bop / split / scene
+        files.append(find_image(scene_dir / "rgb", im_id))
+        files += [scene_dir / kind / f"{im_id:06d}_{g:06d}.png" for kind in ("mask_visib", "mask")]
+    return files
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -365,7 +387,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="output image format (default jpg)")
     p.add_argument("--mask-kind", choices=("visib", "full"), default="visib",
                    help="BOP mask to use first (default visib)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing LINEMOD/<name>/ folders")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files an earlier bop_to_linemod run wrote for these objects (never other "
+                        "files, nor the BOP inputs)")
     return p
 
 

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 from errors import run_cli
 from linemod_format import (
-    NUM_KEYPOINTS, from_occlusion_order, label_path, occlusion_label_path, read_data_cfg, read_label_rows,
+    NUM_KEYPOINTS, atomic_write, from_occlusion_order, label_path, occlusion_label_path, read_data_cfg,
+    read_label_rows,
 )
 from MeshPly import MeshPly
 from utils import box_corners, camera_from_data_cfg, draw_box, keypoints_from_pose
@@ -128,7 +129,8 @@ def save_png(path: Path, rgb: np.ndarray, colors: int = 0) -> None:
     img = Image.fromarray(rgb)
     if colors:
         img = img.quantize(colors=int(colors), method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    img.save(path, optimize=True)
+    with atomic_write(path, "wb") as f:
+        img.save(f, format="PNG", optimize=True)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

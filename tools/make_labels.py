@@ -39,6 +39,9 @@ Output (the LINEMOD layout of design §3.4 under --out; lists and .data paths re
     LINEMOD/<name>/<name>.ply                  the mesh in metres (ASCII; normals, colours)
     poses/<name>.json                          the poses in metres (draw_labels.py checks them)
     cfg/<name>.data                            every design §3.2 key; diam = mesh diameter unless --diam
+    ssp_manifest.json                          what it wrote (ownership.py): a file that exists and
+                                               that it did not write is never replaced; --overwrite
+                                               replaces only its own files of this --name
 
 Labels come from utils.label_from_pose (utils.keypoints_from_pose + label_row),
 the code the synthetic generator uses, applied to the box of the mesh exactly as written
@@ -48,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -60,13 +62,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/ma
 
 import cli
 from errors import PoseFileError, run_cli
+from image import write_image
 from linemod_format import (
-    JPEG_QUALITY, data_cfg_items, image_stem, mask_path, pose_entry, read_data_cfg, read_poses, split_flags,
-    write_data_cfg, write_label_rows, write_list, write_poses_json,
+    JPEG_QUALITY, copy_file, data_cfg_items, image_stem, mask_path, pose_entry, read_data_cfg, read_poses,
+    split_flags, write_data_cfg, write_label_rows, write_list, write_poses_json,
 )
 from MeshPly import MM_TO_M, MeshPly, units_warning, write_ply
+from ownership import Outputs
 from utils import box_corners, camera_from_data_cfg, get_camera_intrinsic, label_from_pose, mesh_diameter, pose_points3d
 
+TOOL = "make_labels.py"  # the name its files carry in the output folder's manifest (ownership.py)
 DEFAULT_TEST_FRACTION = 0.25
 KEEP_EXTENSIONS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png"}  # what the design §3.4 derivations handle
 UNIT_SCALE = {"m": 1.0, "mm": MM_TO_M}
@@ -111,22 +116,24 @@ def image_size(path: Path) -> tuple[int, int]:
         raise FileNotFoundError(f"{path}: cannot read the image ({exc})") from exc
 
 
+def image_destination(src: Path, dst_stem: Path) -> Path:
+    """Where place_image puts `src`: dst_stem + .jpg/.png (other formats become .jpg)."""
+    return dst_stem.with_suffix(KEEP_EXTENSIONS.get(src.suffix.lower(), ".jpg"))
+
+
 def place_image(src: Path, dst_stem: Path, symlink: bool) -> Path:
-    """Copy (or link) an image to dst_stem + .jpg/.png; other formats are re-encoded to JPEG."""
-    ext = KEEP_EXTENSIONS.get(src.suffix.lower())
-    dst_stem.parent.mkdir(parents=True, exist_ok=True)
-    if ext is None:
+    """Copy (or link) an image to dst_stem + .jpg/.png, atomically; other formats are re-encoded to JPEG."""
+    dst = image_destination(src, dst_stem)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.suffix.lower() not in KEEP_EXTENSIONS:
         img = cv2.imread(str(src), cv2.IMREAD_COLOR)
         if img is None:
             raise FileNotFoundError(f"{src}: cannot read the image")
-        dst = dst_stem.with_suffix(".jpg")
-        cv2.imwrite(str(dst), img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        return dst
-    dst = dst_stem.with_suffix(ext)
-    if symlink:
+        write_image(dst, img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    elif symlink:
         dst.symlink_to(src.resolve())
     else:
-        shutil.copyfile(src, dst)
+        copy_file(src, dst)
     return dst
 
 
@@ -184,12 +191,15 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
                 width: int | None = None, height: int | None = None, mesh_units: str = "m",
                 pose_units: str = "m", class_id: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION,
                 seed: int = 0, train_list=None, test_list=None, symlink: bool = False, masks: str = "render",
-                masks_dir=None, diam: float | None = None, overwrite: bool = False, warn=None) -> Path:
+                masks_dir=None, diam: float | None = None, overwrite: bool = False, warn=None,
+                camera_data=None) -> Path:
     """Write the dataset of one object (see the module docstring); return the .data path.
 
     K (3, 3) defaults to the LINEMOD camera; width/height to the first image's size. mesh_units,
     pose_units: 'm' or 'mm'. masks: 'render', 'full' or 'none' (ignored when masks_dir is given).
-    Everything is checked (mesh, pose file, every image and mask) before anything is written.
+    Everything is checked (mesh, pose file, every image and mask) before anything is written, and
+    so is every file it would replace (ownership.py): one it did not write is never replaced, one
+    of an earlier run only with `overwrite`, and never one of its inputs (camera_data included).
     """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     out, images_dir = Path(out_dir), Path(images_dir)
@@ -250,10 +260,12 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
              f"(first: entry {far[0]}); if t is in millimetres pass --pose-units mm")
 
     folder = out / "LINEMOD" / name
-    if folder.exists():
-        if not overwrite:
-            raise FileExistsError(f"{folder} already exists; pass --overwrite to replace it")
-        shutil.rmtree(folder)
+    images = [image_destination(src, folder / "JPEGImages" / image_stem(i)) for i, src in enumerate(sources)]
+    outputs = Outputs(out, TOOL)
+    outputs.plan(object_files(out, name, images, masks=mask_sources is not None or masks != "none"), name)
+    outputs.check(overwrite, inputs=[mesh_path, poses_path, *sources, *(mask_sources or []),
+                                     *(p for p in (train_list, test_list, camera_data) if p)])
+    outputs.begin({"name": name, "mesh": str(mesh_path), "poses": str(poses_path)})
     vertices = write_mesh_metres(folder / f"{name}.ply", mesh, mesh.vertices)
     diameter = mesh_diameter(vertices)
     units = units_warning(vertices, mesh_path, hint="pass --mesh-units mm") if mesh_units == "m" else None
@@ -295,6 +307,9 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
     data = out / "cfg" / f"{name}.data"
     diameter = diameter if diam is None else float(diam)
     write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter, K, width, height))
+    outputs.finish()
+    for rel in outputs.kept:
+        warn(f"warning: {out / rel}: changed since {TOOL} wrote it; kept as it is")
     return data
 
 
@@ -319,9 +334,18 @@ def _drop_repeated_images(poses: list, sources: list, poses_path, warn) -> tuple
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), mask):
-        raise OSError(f"{path}: cv2.imwrite failed")
+    write_image(path, mask)
+
+
+def object_files(out: Path, name: str, images: list[Path], masks: bool) -> list[Path]:
+    """Every file make_labels (and bop_to_linemod) writes for one object whose images go to `images`."""
+    folder = out / "LINEMOD" / name
+    files = [folder / f"{name}.ply", *images, *(folder / "labels" / f"{p.stem}.txt" for p in images),
+             *(folder / n for n in ("train.txt", "test.txt", "training_range.txt", "image_map.txt")),
+             out / "poses" / f"{name}.json", out / "cfg" / f"{name}.data"]
+    if masks:
+        files += [out / mask_path(p.relative_to(out).as_posix()) for p in images]
+    return files
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -355,7 +379,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     split.add_argument("--train-list", default=None, help="file of image names (as in --poses) for train.txt")
     split.add_argument("--test-list", default=None, help="file of image names for test.txt")
     p.add_argument("--symlink", action="store_true", help="link the images instead of copying them")
-    p.add_argument("--overwrite", action="store_true", help="replace LINEMOD/<name>/ if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files an earlier make_labels run wrote for this --name (never other files, "
+                        "nor this run's inputs)")
     return p
 
 
@@ -370,7 +396,8 @@ def main(argv=None) -> int:
         K, width, height = resolve_camera(args.camera_data, args.fx, args.fy, args.u0, args.v0, args.width, args.height)
         data = make_labels(args.mesh, args.poses, args.images_dir, args.out, args.name, K, width, height,
                            mesh_units, pose_units, args.class_id, args.test_fraction, args.seed, args.train_list,
-                           args.test_list, args.symlink, args.masks, args.masks_dir, args.diam, args.overwrite)
+                           args.test_list, args.symlink, args.masks, args.masks_dir, args.diam, args.overwrite,
+                           camera_data=args.camera_data)
     except (OSError, ValueError) as exc:  # FileNotFoundError, FileExistsError, MeshError, PoseFileError
         print(f"make_labels: error: {exc}", file=sys.stderr)
         return 2

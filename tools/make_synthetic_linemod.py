@@ -31,6 +31,13 @@ a list or .data file is relative to DIR):
     poses/<obj>.json                         K, image size, and for every image showing the
                                              object: image, label file, row, R (3x3), t (m)
     synthetic_info.json                      the generation parameters (written last)
+    ssp_manifest.json                        every file written, with its size and sha256
+                                             (ownership.py)
+
+Nothing is replaced that this generator did not write: a file in its way (your cfg/<obj>.data, an
+object folder of make_labels.py, a file you changed since) stops it before it writes anything,
+named in the message, even with --overwrite; --overwrite replaces (or removes, when the new set
+has fewer files) only files the manifest says it wrote, unchanged.
 
 Objects are named obj00, obj01, ... (not LINEMOD names: the diameters differ).
 
@@ -60,9 +67,9 @@ import argparse
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,13 +79,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-from errors import InputError, run_cli
-from image import procedural_background
+from errors import InputError, OverwriteError, run_cli
+from image import procedural_background, write_image
 from linemod_format import (
     IM_HEIGHT, IM_WIDTH, JPEG_QUALITY, data_cfg_items, image_stem, label_path, mask_path, occlusion_label_path,
     pose_entry, to_occlusion_order, write_data_cfg, write_label_rows, write_list, write_poses_json, write_text,
 )
 from MeshPly import write_ply
+from ownership import Outputs, run_record
 from tools.synth_render import Light, Mesh, make_mesh, render, sample_pose
 from utils import get_camera_intrinsic, label_from_pose, mesh_diameter
 
@@ -94,7 +102,8 @@ BACKGROUND_DOWNSCALE = 2
 BLUR_SIGMA_PX = 0.6  # a touch of camera blur on the composite (the mask stays the rendered pixels)
 AUTO_IMAGES_PER_WORKER = 250  # CLI default: one more worker process per this many images
 INFO_FILE = "synthetic_info.json"
-MARKER_FILE = ".synthetic_in_progress"
+TOOL, GROUP = "make_synthetic_linemod.py", "synthetic"  # how its files are listed in the manifest (ownership.py)
+MAIN_JOB_SUFFIX = "_main"  # the main jobs' own folder when theirs holds another set (ensure_dataset)
 
 # seed streams: np.random.SeedSequence([seed, TAG, ...]) keeps every draw independent of the others
 TAG_MESH, TAG_IMAGE, TAG_SCENE, TAG_SPLIT, TAG_FRESH = 0, 1, 2, 3, 4
@@ -256,14 +265,8 @@ def _init_worker(state: dict, worker_process: bool = True) -> None:
 
 
 def _write_image(out: Path, rel_image: str, rgb: np.ndarray, mask: np.ndarray, rows: np.ndarray, quality: int):
-    img_path = out / rel_image
-    img_path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(img_path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
-        raise OSError(f"{img_path}: cv2.imwrite failed")
-    mask_file = out / mask_path(rel_image)
-    mask_file.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(mask_file), mask):
-        raise OSError(f"{mask_file}: cv2.imwrite failed")
+    write_image(out / rel_image, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    write_image(out / mask_path(rel_image), mask)
     write_label_rows(out / label_path(rel_image), rows)
 
 
@@ -305,21 +308,55 @@ def _split(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
     return flags
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> None:
-    info, marker = out / INFO_FILE, out / MARKER_FILE
-    existing = [out / d for d in ("LINEMOD", "cfg", "poses") if (out / d).exists()]
-    if existing:
-        if not (info.exists() or marker.exists()):
-            raise FileExistsError(f"{out}: already holds {existing[0].name}/ that this generator did not write; "
-                                  f"choose an empty --out folder")
-        if info.exists() and not marker.exists() and not overwrite:
-            raise FileExistsError(f"{out}: a synthetic dataset already exists ({info.name}); "
-                                  f"pass --overwrite to replace it")
-        for d in existing:
-            shutil.rmtree(d)
-    info.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text("synthetic LINEMOD generation in progress (or interrupted)\n")
+def _image_files(out: Path, rel_image: str) -> list[Path]:
+    """The image, its mask and its label file."""
+    return [out / rel_image, out / mask_path(rel_image), out / label_path(rel_image)]
+
+
+def planned_files(out: Path, objs: list[SynthObject], images_per_object: int, multi: int,
+                  scene_test: np.ndarray) -> list[Path]:
+    """Every file generate() may write: for the test scenes, the OCCLUSION label of every object
+    (only those of the objects a scene shows are written)."""
+    files = [out / INFO_FILE]
+    for o in objs:
+        folder = out / "LINEMOD" / o.name
+        for i in range(images_per_object):
+            files += _image_files(out, f"LINEMOD/{o.name}/JPEGImages/{image_stem(i)}.jpg")
+        files += [folder / n for n in ("train.txt", "test.txt", "training_range.txt", f"{o.name}.ply")]
+        files += [out / "poses" / f"{o.name}.json", out / "cfg" / f"{o.name}.data"]
+        if multi:
+            files += [folder / "test_occlusion.txt", out / "cfg" / f"{o.name}_occlusion.data"]
+    for s in range(multi):
+        rel = f"LINEMOD/{objs[0].name}/JPEGImages/{image_stem(images_per_object + s)}.jpg"
+        files += _image_files(out, rel)
+        if scene_test[s]:
+            files += [out / occlusion_label_path(rel, o.name) for o in objs]
+    if multi:
+        files += [out / "cfg" / "train_occlusion.txt", out / "cfg" / "occlusion.data"]
+    return files
+
+
+def generation_params(objects: int, images_per_object: int, seed: int, multi: int, test_fraction: float,
+                      jpeg_quality: int = JPEG_QUALITY) -> dict:
+    """The parameters that decide a dataset's files (recorded in the manifest, compared by the main jobs)."""
+    return {"objects": int(objects), "images_per_object": int(images_per_object), "seed": int(seed),
+            "multi": int(multi), "test_fraction": float(test_fraction), "jpeg_quality": int(jpeg_quality)}
+
+
+def dataset_params(out) -> tuple[dict | None, bool]:
+    """(the generation parameters of the synthetic set in `out`, finished?): from the manifest, or
+    from synthetic_info.json for a set of an older version; (None, False) when there is none."""
+    out = Path(out)
+    record = run_record(out, TOOL, GROUP)
+    if record is not None and record.get("params"):
+        return record["params"], bool(record.get("finished"))
+    info_path = out / INFO_FILE
+    if not info_path.is_file():
+        return None, False
+    info = json.loads(info_path.read_text())
+    return generation_params(len(info.get("objects") or []), info.get("images_per_object", 0), info.get("seed", 0),
+                             info.get("multi", 0), info.get("test_fraction", DEFAULT_TEST_FRACTION),
+                             info.get("jpeg_quality", JPEG_QUALITY)), True
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,8 +371,9 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
     objects: number of objects (>= 1; >= 2 with multi); images_per_object: single-object images
     per object; multi: number of multi-object scenes; workers: processes (the output does not
     depend on it). The cfg/ files and synthetic_info.json are written last, so their presence
-    means the dataset is complete. Summary keys: out, data_cfgs, occlusion_data, images, scenes,
-    seconds.
+    means the dataset is complete. Raises OverwriteError, before writing, when a file it would
+    write exists and is not its own (or, without `overwrite`, is its own). Summary keys: out,
+    data_cfgs, occlusion_data, images, scenes, seconds.
     """
     if objects < 1 or images_per_object < 1 or multi < 0:
         raise ValueError(f"need objects >= 1, images_per_object >= 1, multi >= 0; "
@@ -346,7 +384,6 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
         raise ValueError(f"seed must be >= 0; got {seed}")
     start = time.perf_counter()
     out = Path(out_dir)
-    _prepare_out_dir(out, overwrite)
     K = get_camera_intrinsic()
     objs = build_objects(objects, seed)
     main = objs[0].name
@@ -354,6 +391,10 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
     # single-object images, then scenes numbered after them in the main object's folder
     test_flags = {o.class_id: _split(images_per_object, test_fraction, _rng(seed, TAG_SPLIT, o.class_id)) for o in objs}
     scene_test = _split(multi, test_fraction, _rng(seed, TAG_SPLIT, objects)) if multi else np.zeros(0, bool)
+    outputs = Outputs(out, TOOL)
+    outputs.plan(planned_files(out, objs, images_per_object, multi, scene_test), GROUP)
+    outputs.check(overwrite)  # before anything is written: never a file this generator did not write
+    outputs.begin(generation_params(objects, images_per_object, seed, multi, test_fraction, jpeg_quality))
     jobs = [("single", o.class_id, i) for o in objs for i in range(images_per_object)]
     jobs += [("scene", s, images_per_object + s, bool(scene_test[s])) for s in range(multi)]
     state = {"objects": objs, "K": K, "out": out, "seed": seed, "quality": jpeg_quality}
@@ -414,7 +455,9 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
             "width": IM_WIDTH, "height": IM_HEIGHT, "K": K.tolist(),
             "diameters": {o.name: o.diameter for o in objs}}
     write_text(out / INFO_FILE, json.dumps(info, indent=1) + "\n")
-    (out / MARKER_FILE).unlink()
+    outputs.finish()
+    for rel in outputs.kept:
+        warnings.warn(f"{out / rel}: changed since {TOOL} wrote it; kept as it is", stacklevel=2)
 
     seconds = time.perf_counter() - start
     summary = {"out": str(out), "data_cfgs": [str(p) for p in data_cfgs],
@@ -423,6 +466,50 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
     if not quiet:
         _print_summary(summary, objs, test_flags, scene_test)
     return summary
+
+
+def describe(params: dict) -> str:
+    """A set's parameters in words, for messages."""
+    scenes = f", {params['multi']} scenes" if params.get("multi") else ""
+    objects = f"{params['objects']} object{'' if params['objects'] == 1 else 's'}"
+    return (f"{objects}, {params['images_per_object']} images per object{scenes}, "
+            f"seed {params['seed']}, test fraction {params['test_fraction']:g}")
+
+
+def ensure_dataset(root, params: dict, quiet: bool = False) -> Path:
+    """The folder of a main job's synthetic set made with exactly `params` (see generation_params),
+    generated once; design D60.
+
+    `root` is used when it holds that set, an unfinished generation of it, or nothing in the
+    generator's way; otherwise `<root>_main`, by the same rule. A set made with other parameters
+    and every file the generator did not write are never touched: when both folders are taken,
+    OverwriteError says why and what to do.
+    """
+    root = Path(root)
+    own = root.with_name(root.name + MAIN_JOB_SUFFIX)
+    reasons = []
+    for folder in (root, own):
+        found, finished = dataset_params(folder)
+        if found == params and finished:
+            return folder
+        if found is not None and found != params:
+            short = f"{folder} holds a synthetic set made with other parameters ({describe(found)})"
+            reasons.append(short)
+        else:
+            try:
+                if not quiet:
+                    print(f"generating the synthetic set in {folder} ({describe(params)}; once) ...", flush=True)
+                generate(folder, **params, overwrite=found is not None,  # only an unfinished run of this very set
+                         workers=auto_workers(params["objects"] * params["images_per_object"] + params["multi"]))
+                return folder
+            except OverwriteError as exc:  # raised before anything was written
+                short = f"{folder} holds files the generator did not write"
+                reasons.append(str(exc))
+        if not quiet and folder == root:
+            print(f"{short}: left as it is; the main job uses {own}", flush=True)
+    raise OverwriteError("the main job's synthetic set cannot be made without replacing files it did not make:\n"
+                         + "\n".join(reasons) + "\npass --datacfg to train on a set of your own, or move one of "
+                         "these folders away")
 
 
 def fresh_names(name: str, fresh_seed: int) -> tuple[str, str]:
@@ -460,10 +547,17 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
     K = np.asarray(info["K"], dtype=np.float64)
     objs = build_objects(len(names), int(info["seed"]))
     jobs = []
+    outputs = Outputs(out, TOOL)
     for o in objs:
         stems = [int(p.stem) for p in (out / "LINEMOD" / o.name / "JPEGImages").glob("*.jpg") if p.stem.isdigit()]
         first = max(stems, default=-1) + 1
         jobs += [("fresh", o.class_id, first + k, int(fresh_seed), k) for k in range(n)]
+        list_rel, cfg_rel = fresh_names(o.name, fresh_seed)
+        outputs.plan([out / list_rel, out / cfg_rel, out / "poses" / f"{o.name}_fresh{fresh_seed}.json"], GROUP)
+        for k in range(n):
+            outputs.plan(_image_files(out, f"LINEMOD/{o.name}/JPEGImages/{image_stem(first + k)}.jpg"), GROUP)
+    outputs.check(overwrite=False)  # a fresh set only adds files
+    outputs.begin()
     state = {"objects": objs, "K": K, "out": out, "seed": int(info["seed"]),
              "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
     results = _run_jobs(jobs, state, workers)
@@ -481,6 +575,7 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
                  for k, v in data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K)]
         write_data_cfg(out / cfg_rel, items)
         data_cfgs.append(str(out / cfg_rel))
+    outputs.finish()
     summary = {"out": str(out), "data_cfgs": data_cfgs, "images": len(jobs), "seconds": time.perf_counter() - start}
     if not quiet:
         print(f"fresh test set (seed {fresh_seed}): {n} images for each of {', '.join(names)} in "
@@ -560,7 +655,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                     help=f"worker processes (default: one per {AUTO_IMAGES_PER_WORKER} images, at most the CPU "
                         f"count and 8); does not change the output")
     p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help=f"JPEG quality (default {JPEG_QUALITY})")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset this generator wrote before")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset this generator wrote before (only the files its manifest lists)")
     p.add_argument("--fresh-test", type=int, default=None, metavar="N",
                    help="add N new test images per object to the dataset in --out (poses and backgrounds from "
                         "--fresh-seed): LINEMOD/<obj>/test_fresh<S>.txt and cfg/<obj>_fresh<S>.data; nothing "

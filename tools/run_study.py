@@ -30,10 +30,11 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
+import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 import valid
 from errors import FlagError, InputError, run_cli
-from linemod_format import write_text
+from linemod_format import append_text, atomic_write, copy_file, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -345,8 +346,7 @@ def portable(line: str) -> str:
 
 
 def note(commands: Path, line: str) -> None:
-    with open(commands, "a") as f:
-        f.write(portable(line) + "\n")
+    append_text(commands, portable(line) + "\n")  # the new file replaces the old (design D60)
 
 
 class RunFailed(Exception):
@@ -360,10 +360,13 @@ def execute(cmd: list[str], log: Path, commands: Path) -> None:
     line = " ".join(shlex.quote(c) for c in cmd)
     note(commands, line)
     print(f"$ {portable(line)}", flush=True)
+    # the run's output streams into its log as it comes (a log for people, the one file appended in
+    # place: a torn last line after a crash is tolerated; design D60), then it is fsync'd
     with open(log, "a") as f:
         f.write(f"\n$ {line}\n")
         f.flush()
         proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
+        os.fsync(f.fileno())
     if proc.returncode:
         raise RunFailed(proc.returncode, line)
 
@@ -533,10 +536,11 @@ def _fmt(v, digits: int = 2) -> str:
 def write_reports(out: Path, rows: list[dict], b: Budget) -> dict:
     stats = [g for m in STAT_METRICS for g in group_stats(rows, m)]
     paired = [d for m in STAT_METRICS for d in paired_differences(rows, m)]
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(out / "results.csv", buf.getvalue())
     payload = {"budget": dataclasses.asdict(b), "rows": rows, "stats": stats, "paired": paired}
     write_text(out / "results.json", json.dumps(payload, indent=1) + "\n")
     write_text(out / "results.md", markdown(rows, stats, paired, b))
@@ -621,7 +625,8 @@ def plot_students(out: Path, rows: list[dict]) -> Path:
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     path = out / "students.png"
-    fig.savefig(path, dpi=100)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -632,13 +637,12 @@ def publish(out: Path, dest: Path, runs: list[Run]) -> None:
     for name in ("study.json", "commands.txt", "results.csv", "results.json", "results.md", "students.png",
                  "teacher_curve.png"):
         if (out / name).is_file():
-            shutil.copy2(out / name, dest / name)
+            copy_file(out / name, dest / name)
     for run in runs:
         for name in ("valid_test.json", "valid_fresh.json", "metrics.jsonl"):
             if (run.folder / name).is_file():
                 target = dest / "runs" / run.run / run.obj / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(run.folder / name, target)
+                copy_file(run.folder / name, target)
     print(f"published: {dest}")
 
 
