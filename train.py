@@ -124,6 +124,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                   train_help=f"fixed square training size (default: original multi-scale, design §6.5; fast "
                              f"{FAST.size})",
                   test_help=f"square test size (default: original cfg test_width/height; fast {FAST.size})")
+    p.add_argument("--final-size", type=int, default=None, metavar="S",
+                   help="train the last --final-epochs epochs at S px (a multiple of 32) and test at S: a last phase "
+                        "at a higher resolution, for sub-cell accuracy (D58; needs an epoch budget)")
+    p.add_argument("--final-epochs", type=int, default=None, metavar="N",
+                   help="how many of the last epochs train at --final-size")
     cli.add_resample(p)
     cli.add_box_rule(p, default_help=f"the recipe's (original: max; fast: {FAST.box_rule}); used by the evaluations "
                                      "and written to model_info.json for valid.py and detect.py")
@@ -166,6 +171,7 @@ def check_run_numbers(args) -> None:
         cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     cli.check_positive("--workers", args.workers, minimum=0)
     cli.check_size("--train-size", args.train_size)
+    cli.check_size("--final-size", getattr(args, "final_size", None))
     cli.check_size("--test-size", args.test_size)
     if args.minutes is not None and not args.minutes > 0:
         raise FlagError(f"--minutes must be positive, found {args.minutes}")
@@ -174,6 +180,9 @@ def check_run_numbers(args) -> None:
 def check_numbers(args) -> None:
     """Every numeric flag of train.py in range, before anything starts."""
     check_run_numbers(args)
+    cli.check_positive("--final-epochs", args.final_epochs)
+    if (args.final_size is None) != (args.final_epochs is None):
+        raise FlagError("--final-size and --final-epochs go together: give both or neither")
     if not 0.0 <= args.kd_alpha <= 1.0:
         raise FlagError(f"--kd-alpha must be in [0, 1], found {args.kd_alpha}")
 
@@ -212,6 +221,10 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
         cli.fill_defaults(args, QUICK)
     args.recipe = args.recipe or "original"
     fast = args.recipe == "fast"
+    if args.final_size:
+        if args.minutes:
+            raise FlagError("--final-size needs an epoch budget (--epochs), not --minutes: its last epochs are counted")
+        cli.fill_defaults(args, {"test_size": args.final_size})  # the model is tested at the size it ends at
     if fast:
         cli.fill_defaults(args, {"batch_size": FAST.batch, "train_size": FAST.size, "test_size": FAST.size,
                                  "coord_loss": FAST.coord_loss, "box_rule": FAST.box_rule})
@@ -379,10 +392,15 @@ def main(args) -> dict:
         print(f"recipe {args.recipe}: batch {batch}, " + (f"{args.minutes:g} minutes" if args.minutes and not epochs
                                                          else f"{epochs} epochs"), flush=True)
 
+    final_from = epochs - args.final_epochs if args.final_size else None  # D58: the last epochs at final_size
+    if final_from is not None and final_from < 0:
+        raise FlagError(f"--final-epochs {args.final_epochs} is more than the {epochs} epochs of the run")
+
     def make_loader(epoch, seen, start_batch):
+        size = args.final_size if final_from is not None and epoch >= final_from else args.train_size
         return dataset.make_train_loader(
             train_set, batch_size=batch, seed=args.seed, epoch=epoch, seen=seen, workers=args.workers,
-            mode="fixed" if args.train_size else "single", fixed_size=args.train_size or 416, rank=rank,
+            mode="fixed" if size else "single", fixed_size=size or 416, rank=rank,
             world_size=world, pin_memory=device.type == "cuda", start_batch=start_batch)
 
     evaluate = evaluation(test_set, setup, device, model.num_keypoints, fast, args.box_rule)

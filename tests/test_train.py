@@ -17,7 +17,7 @@ import dataset
 import train
 import valid
 from darknet import Darknet
-from errors import InputError
+from errors import FlagError, InputError
 from region_loss import RegionLoss
 from tools.make_synthetic_linemod import generate
 
@@ -152,6 +152,32 @@ def test_a_seed_gives_byte_identical_weights(synth, tmp_path):
     run_main(small_args(synth, tmp_path / "c", "--recipe", "fast", "--epochs", "2", "--eval-every", "1",
                         "--seed", "4"))
     assert (tmp_path / "a" / "last.weights").read_bytes() != (tmp_path / "c" / "last.weights").read_bytes()
+
+
+def test_a_final_phase_trains_the_last_epochs_at_the_final_size_and_tests_there(synth, tmp_path, monkeypatch):
+    sizes = []
+    real = dataset.make_train_loader
+
+    def spy(*args, **kw):
+        sizes.append(kw["fixed_size"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(dataset, "make_train_loader", spy)
+    argv = small_args(synth, tmp_path / "run", "--recipe", "fast", "--epochs", "3", "--final-size", "128",
+                      "--final-epochs", "1", "--max-batches", "1")
+    argv.remove("--test-size")
+    argv.remove(str(SIZE))
+    run_main(argv)
+    assert sizes == [SIZE, SIZE, 128]
+    assert json.loads((tmp_path / "run" / "model_info.json").read_text())["test_size"] == 128
+    with pytest.raises(FlagError, match="go together"):
+        train.resolve_args(train.get_args_parser().parse_args(small_args(synth, tmp_path / "x", "--final-size", "128")))
+    with pytest.raises(FlagError, match="epoch budget"):
+        train.resolve_args(train.get_args_parser().parse_args(
+            small_args(synth, tmp_path / "y", "--final-size", "128", "--final-epochs", "1", "--minutes", "1")))
+    with pytest.raises(FlagError, match="--final-size must be a positive multiple of 32"):
+        train.resolve_args(train.get_args_parser().parse_args(
+            small_args(synth, tmp_path / "z", "--final-size", "100", "--final-epochs", "1")))
 
 
 def test_best_model_is_replaced_only_by_a_strictly_better_one(synth, tmp_path, monkeypatch):
