@@ -184,21 +184,23 @@ def encoded_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_rgb(data: bytes, path, kind: str = "image", halved: bool = False) -> np.ndarray:
+def decode_rgb(data: bytes, path, kind: str = "image", halved: bool = False, bgr: bool = False) -> np.ndarray:
     """The bytes of image file `path` as a uint8 RGB array (H, W, 3), decoded by cv2 (faster than Pillow).
 
     halved: the image reduced 2x (ceil(H/2), ceil(W/2), 3) as `image.halve` does; a JPEG decoder
     does it while decoding, in about half the time of a full decode. EXIF orientation is ignored,
-    as Pillow (and so the label files' pixel frame) does.
+    as Pillow (and so the label files' pixel frame) does. bgr: return cv2's own channel order
+    (BGR) and skip the conversion of the full image; the fast path converts once, at the end (D49).
     """
     if halved and data[:2] != JPEG_SOI:  # other decoders decode in full anyway (and cv2 floors odd sizes)
-        return im.halve(decode_rgb(data, path, kind))
+        return im.halve(decode_rgb(data, path, kind, bgr=bgr))
     flags = (cv2.IMREAD_REDUCED_COLOR_2 if halved else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if arr is None:
         arr = np.asarray(load_image(path, kind))  # formats cv2 cannot read; Pillow names the problem
-        return im.halve(arr) if halved else arr
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        arr = im.halve(arr) if halved else arr
+        return np.ascontiguousarray(arr[:, :, ::-1]) if bgr else arr
+    return arr if bgr else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
 def read_rgb(path, kind: str = "image", halved: bool = False) -> np.ndarray:
@@ -558,12 +560,14 @@ class PoseDataset(Dataset):
             self._bg_cache[key] = im.procedural_background(np.random.default_rng([self.seed, key[0], _BG_STREAM]), w, h)
         return self._bg_cache[key]
 
-    def pool_background(self, k: int) -> np.ndarray:
-        """Procedural background k of the pool (IM_HEIGHT / 2, IM_WIDTH / 2, 3) uint8, cached in this process."""
-        key = ("pool", k)
+    def pool_background(self, k: int, bgr: bool = False) -> np.ndarray:
+        """Procedural background k of the pool (IM_HEIGHT / 2, IM_WIDTH / 2, 3) uint8 RGB (BGR for the
+        fast path, whose images stay in cv2's order until the colour step), cached in this process."""
+        key = ("pool", k, bgr)
         if key not in self._bg_cache:  # made at 640 x 480, kept at half size: windows of it are resized anyway
             rng = np.random.default_rng([self.seed, k, _BG_STREAM])
-            self._bg_cache[key] = cv2.pyrDown(im.procedural_background(rng, IM_WIDTH, IM_HEIGHT))
+            pool = cv2.pyrDown(im.procedural_background(rng, IM_WIDTH, IM_HEIGHT))
+            self._bg_cache[key] = cv2.cvtColor(pool, cv2.COLOR_RGB2BGR) if bgr else pool
         return self._bg_cache[key]
 
     def warm_background_pool(self) -> None:
@@ -579,7 +583,7 @@ class PoseDataset(Dataset):
                 self.file_background(self.file_pool_slot(k))
         else:
             for k in range(self.procedural_pool):
-                self.pool_background(k)
+                self.pool_background(k, bgr=True)
 
     @property
     def file_pool_size(self) -> int:
@@ -606,7 +610,8 @@ class PoseDataset(Dataset):
                 pool = {self.file_pool_slot(k) for k in range(self.file_pool_size)}
                 for old in [i for i in cache if i not in pool]:
                     del cache[old]
-            cache[j] = _shrink(read_rgb(self.bg_files[j], "background image"), FILE_POOL_MAX_SIDE)
+            data = read_bytes(self.bg_files[j], "background image")
+            cache[j] = _shrink(decode_rgb(data, self.bg_files[j], "background image", bgr=True), FILE_POOL_MAX_SIDE)
         return cache[j]
 
     def fast_background(self, index: int, size: tuple[int, int]) -> np.ndarray | None:
@@ -620,8 +625,8 @@ class PoseDataset(Dataset):
         if self.bg_files:
             pool_image = self.file_background(self.file_pool_slot(int(rng.integers(self.file_pool_size))))
         else:
-            pool_image = self.pool_background(int(rng.integers(self.procedural_pool)))
-        return im.background_window(pool_image, rng, size)
+            pool_image = self.pool_background(int(rng.integers(self.procedural_pool)), bgr=True)
+        return im.background_window(pool_image, rng, size)  # BGR, as the fast path's image
 
     def fast_train_sample(self, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """The design §6.1 sample by the cv2 path: (uint8 (h, w, 3), label rows (n, 21)).
@@ -636,7 +641,7 @@ class PoseDataset(Dataset):
         bg = self.fast_background(index, size)
         offsets = im.draw_crop_offsets(rng, w0, h0, self.jitter)
         halved = im.shrinks_by_half(offsets, w0, h0, size)  # then decode at half size (D49)
-        img = decode_rgb(data, path, halved=halved)
+        img = decode_rgb(data, path, halved=halved, bgr=True)  # BGR until the colour step
         if not halved and img.shape[:2] != (h0, w0):
             raise InputError(f"{path}: the image decodes to {img.shape[1]}x{img.shape[0]}, its header says {w0}x{h0}")
         mask = read_gray(mask_path(path), (w0, h0)) if bg is not None else None
@@ -644,7 +649,7 @@ class PoseDataset(Dataset):
             mask = im.halve(mask)
         out = im.fast_augment(img, mask, bg, offsets, size, self.fix_crop, source_size=(w0, h0) if halved else None)
         rng.integers(1, 10001)  # the flip bit the original draws and never applies (D20)
-        out = im.fast_distort(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
+        out = im.fast_distort(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure), bgr=True)  # -> RGB
         return out, im.transform_labels(rows, *im.crop_label_params(offsets, w0, h0))
 
     def train_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:

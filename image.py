@@ -405,10 +405,14 @@ def hsv_luts(dhue: float, dsat: float, dexp: float) -> tuple[np.ndarray, np.ndar
     return tuple(np.clip(np.rint(x), 0, 255).astype(np.uint8) for x in (h, i * dsat, i * dexp))
 
 
-def fast_distort(rgb: np.ndarray, dhue: float, dsat: float, dexp: float) -> np.ndarray:
-    """`distort_image` for a uint8 array (H, W, 3) with cv2 full-range HSV and lookup tables."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
-    hsv = cv2.merge([cv2.LUT(c, lut) for c, lut in zip(cv2.split(hsv), hsv_luts(dhue, dsat, dexp))])
+def fast_distort(img: np.ndarray, dhue: float, dsat: float, dexp: float, bgr: bool = False) -> np.ndarray:
+    """`distort_image` for a uint8 array (H, W, 3) with cv2 full-range HSV and lookup tables -> RGB (H, W, 3).
+
+    img is RGB, or BGR with bgr=True (the fast path's order: the conversion to RGB then costs nothing
+    extra, HSV -> RGB does it). One 3-channel lookup table instead of split, three LUTs and merge.
+    """
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV_FULL if bgr else cv2.COLOR_RGB2HSV_FULL)
+    hsv = cv2.LUT(hsv, np.stack(hsv_luts(dhue, dsat, dexp), axis=-1).reshape(256, 1, 3))
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
 
 

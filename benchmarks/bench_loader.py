@@ -135,6 +135,12 @@ def _today_background_window(pool_image, rng, size):
     return np.ascontiguousarray(out[:, ::-1]) if rng.integers(2) else out
 
 
+def _today_fast_distort(rgb, dhue, dsat, dexp):
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+    hsv = cv2.merge([cv2.LUT(c, lut) for c, lut in zip(cv2.split(hsv), im.hsv_luts(dhue, dsat, dexp))])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
 def _today_to_tensor(img):
     arr = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0))
@@ -171,7 +177,7 @@ class TodayFastDataset(ds.PoseDataset):
         mask = ds.read_gray(mask_path(path), (w0, h0)) if bg is not None else None
         out = _today_fast_augment(img, mask, bg, offsets, size, self.fix_crop)
         rng.integers(1, 10001)
-        out = im.fast_distort(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
+        out = _today_fast_distort(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
         return _today_to_tensor(out), im.transform_labels(rows, *im.crop_label_params(offsets, w0, h0))
 
 # ----------------------------------------------------------------------------- end of BASELINE

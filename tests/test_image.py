@@ -265,3 +265,15 @@ def test_background_window_is_deterministic_and_mirrors_with_cv2():
     a = im.background_window(pool, np.random.default_rng(5), (32, 24))
     b = im.background_window(pool, np.random.default_rng(5), (32, 24))
     assert a.shape == (24, 32, 3) and a.flags.c_contiguous and np.array_equal(a, b)
+
+
+def test_fast_distort_from_bgr_equals_the_per_channel_tables_from_rgb():
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        rgb = rng.integers(0, 256, (21, 34, 3), dtype=np.uint8)
+        d = (rng.uniform(-0.1, 0.1), rng.uniform(0.5, 1.5), rng.uniform(0.5, 1.5))
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+        ref = cv2.cvtColor(cv2.merge([cv2.LUT(c, lut) for c, lut in zip(cv2.split(hsv), im.hsv_luts(*d))]),
+                           cv2.COLOR_HSV2RGB_FULL)
+        np.testing.assert_array_equal(im.fast_distort(rgb, *d), ref)
+        np.testing.assert_array_equal(im.fast_distort(np.ascontiguousarray(rgb[:, :, ::-1]), *d, bgr=True), ref)
