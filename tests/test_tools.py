@@ -749,3 +749,46 @@ def test_plot_curve_reads_the_runs_rows_and_the_extra_test_sets(tmp_path):
     metrics.write_text('{"epoch": 1}\nnot json\n')
     with pytest.raises(plot_curve.InputError, match=r"metrics.jsonl:1: no 'minutes'"):
         plot_curve.read_rows(metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# tools/record_main_job.py: the README's main-job table comes from a raw record
+# --------------------------------------------------------------------------------------------
+
+def test_record_main_job_on_fixed_inputs(tmp_path):
+    from tools import record_main_job as rec
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    rows = [{"epoch": 4, "seen": 5440, "minutes": 1.5}, {"epoch": 9, "seen": 13600, "minutes": 3.25}]
+    (backup / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"acc_2d": 41.0, "acc_2d_10px": 90.5, "acc_2d_15px": 97.0, "acc_2d_20px": 99.0, "acc_2d_30px": 100.0,
+               "acc_add": 30.0, "acc_5cm5deg": 20.0, "mean_err_2d": 5.55, "mean_err_corner": 9.04, "n": 240,
+               "test_size": [256, 256], "box_rule": "vote", "other": 1}
+    for name, n in (("t.json", 240), ("f.json", 200)):
+        (tmp_path / name).write_text(json.dumps({"objects": [{**summary, "n": n}], "mean": None}))
+    out = tmp_path / "main_job.json"
+    record = rec.main(rec.get_args_parser().parse_args([
+        "--backup", str(backup), "--wall-minutes", "11.5", "--test-json", str(tmp_path / "t.json"), "--fresh-json",
+        str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores", "--date", "2026-12-01",
+        "--out", str(out)]))
+    assert json.loads(out.read_text()) == record
+    assert (record["epochs"], record["images_seen"], record["training_minutes"]) == (10, 13600, 3.25)
+    assert "other" not in record["test"] and record["fresh"]["n"] == 200
+    lines = rec.main_job_table(record).splitlines()
+    assert lines[0] == ("| test images | 5 px | 10 px | 15 px | 20 px | 30 px | ADD (0.1 d) | 5cm5deg | "
+                        "mean 2-D error | mean corner error |")
+    assert lines[2] == ("| test split (240) | **41.00 %** | **90.50 %** | 97.00 % | 99.00 % | 100.00 % | 30.00 % | "
+                        "20.00 % | 5.5 px | 9.0 px |")
+    assert lines[3].startswith("| fresh seed 11 (200) |") and len(lines) == 4
+
+
+def test_readme_main_job_table_is_its_raw_record():
+    """The README's main-job table is main_job_table of the committed record, not typed by hand."""
+    from tools import record_main_job as rec
+
+    record = json.loads((ROOT / "docs/results/cpu_fast/main_job.json").read_text())
+    table = rec.main_job_table(record)
+    assert table in (ROOT / "README.md").read_text()
+    assert table in (ROOT / "docs/results.md").read_text()
+    assert record["command"] == "python train.py" and record["date"] and record["machine"]

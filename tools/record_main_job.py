@@ -1,0 +1,82 @@
+"""Record a main-job measurement as one JSON file, and the README's main-job table made from it.
+
+    python tools/record_main_job.py --backup backup/synthetic/obj00 --wall-minutes 12.4 \\
+        --test-json runs/main_valid_test.json --fresh-json runs/main_valid_fresh11.json \\
+        --machine "2-core x86_64, torch 2.13.0+cpu" --out docs/results/cpu_fast/main_job.json
+
+The record holds what a reader needs to trust a figure: the date and machine, the epochs, images
+seen and minutes of training (from the run's own metrics.jsonl and checkpoint), the wall-clock
+minutes of `python train.py` (data generation included, install excluded), and the valid.py
+summaries on the test split and on a fresh set. `main_job_table(record)` renders the README's
+table from it; a test checks that the README holds exactly that table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
+
+from linemod_format import write_text
+
+THRESHOLDS = (5, 10, 15, 20, 30)  # px, the valid.py report's lines
+KEYS = ("acc_2d", "acc_2d_10px", "acc_2d_15px", "acc_2d_20px", "acc_2d_30px", "acc_add", "acc_5cm5deg",
+        "mean_err_2d", "mean_err_corner", "n", "test_size", "box_rule")
+
+
+def summary_of(path) -> dict:
+    """The first object's summary of a valid.py --json file, reduced to KEYS."""
+    s = json.loads(Path(path).read_text())["objects"][0]
+    return {k: s[k] for k in KEYS}
+
+
+def training_of(backup) -> dict:
+    """Epochs, images seen and minutes of training and testing from the run's last metrics row."""
+    rows = [json.loads(line) for line in (Path(backup) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = rows[-1]
+    return {"epochs": last["epoch"] + 1, "images_seen": last["seen"], "training_minutes": last["minutes"]}
+
+
+def main_job_table(record: dict) -> str:
+    """The README's markdown table of a record: one row per test set."""
+    head = ("| test images | " + " | ".join(f"{t} px" for t in THRESHOLDS)
+            + " | ADD (0.1 d) | 5cm5deg | mean 2-D error | mean corner error |")
+    lines = [head, "|" + "---|" * (len(THRESHOLDS) + 5)]
+    for key, label in (("test", "test split"), ("fresh", f"fresh seed {record['fresh_seed']}")):
+        s = record[key]
+        accs = [s["acc_2d"]] + [s[f"acc_2d_{t}px"] for t in THRESHOLDS[1:]]
+        cells = [f"**{a:.2f} %**" if t in (5, 10) else f"{a:.2f} %" for t, a in zip(THRESHOLDS, accs)]
+        lines.append(f"| {label} ({s['n']}) | " + " | ".join(cells)
+                     + f" | {s['acc_add']:.2f} % | {s['acc_5cm5deg']:.2f} % | {s['mean_err_2d']:.1f} px | "
+                       f"{s['mean_err_corner']:.1f} px |")
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backup", required=True, help="the main job's backup folder")
+    p.add_argument("--wall-minutes", type=float, required=True, help="wall clock of `python train.py`, minutes")
+    p.add_argument("--test-json", required=True, help="valid.py --json on the test split")
+    p.add_argument("--fresh-json", required=True, help="valid.py --json on a fresh set")
+    p.add_argument("--fresh-seed", type=int, required=True)
+    p.add_argument("--machine", required=True, help="what it ran on, e.g. '2-core x86_64, torch 2.13.0+cpu'")
+    p.add_argument("--date", default=time.strftime("%Y-%m-%d"))
+    p.add_argument("--commit", default=None)
+    p.add_argument("--out", required=True)
+    return p
+
+
+def main(args) -> dict:
+    record = {"date": args.date, "machine": args.machine, "commit": args.commit, "command": "python train.py",
+              "wall_minutes": args.wall_minutes, **training_of(args.backup), "fresh_seed": args.fresh_seed,
+              "test": summary_of(args.test_json), "fresh": summary_of(args.fresh_json)}
+    write_text(args.out, json.dumps(record, indent=1) + "\n")
+    print(main_job_table(record))
+    return record
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
