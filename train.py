@@ -50,7 +50,7 @@ SYNTHETIC_ROOT = Path("data/synthetic")
 SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, SYNTHETIC_TEST_FRACTION = 1, 1600, 0.15  # 1360 train / 240 test images
 # A number of epochs, not minutes, so that a seed gives the same model on every machine; about 12 minutes of
 # training on an idle 2-core x86_64 machine (docs/results.md).
-MAIN_JOB_EPOCHS = 40
+MAIN_JOB_EPOCHS = 48
 QUICK = dict(recipe="fast", epochs=MAIN_JOB_EPOCHS, eval_every=5)
 ORIGINAL_EVAL_EVERY = 10  # the fork's test cadence
 CHECKPOINT, BEST_WEIGHTS = engine.CHECKPOINT, engine.BEST_WEIGHTS
