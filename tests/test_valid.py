@@ -647,14 +647,18 @@ def test_hostile_test_images_stop_before_the_loop(synth, trial3_weights, tmp_pat
     hostile.bomb_png(paths[0])
     hostile.rgb(paths[1], size=(1, 1))
     lst = root / "LINEMOD" / "obj00" / "test.txt"
-    lst.write_text(lst.read_text() + lst.read_text().splitlines()[-1] + "\n")  # the last image twice
+    good_list = lst.read_text()
+    pipe = hostile.fifo(Path(paths[0]).with_name("999999.jpg"))  # reading it waited forever
+    lst.write_text(good_list + f"{pipe}\n")
     with pytest.raises(InputError) as err:
         cli(data, TRIAL3_CFG, trial3_weights, "--quiet")
     text = str(err.value)
+    assert f"{pipe}: image is not a regular file (a folder, FIFO or device)" in text
     assert f"{paths[0]}: image is too large to decode" in text
     assert f"{paths[1]}: image is 1x1, expected 640x480 (the width and height of {data})" in text
     hostile.rgb(paths[0], size=(640, 480))
     hostile.rgb(paths[1], size=(640, 480))
+    lst.write_text(good_list + good_list.splitlines()[-1] + "\n")  # the last image twice
     with pytest.warns(UserWarning, match=r"test\.txt: 1 of \d+ entries are listed more than once, so they are "
                                          r"scored more than once"):
         with pytest.raises(AssertionError, match="the evaluation loop started"):
@@ -681,3 +685,19 @@ def test_ctrl_c_is_one_line_and_status_130(synth, trial3_weights, monkeypatch, c
     assert exit_.value.code == 130
     err = capsys.readouterr().err
     assert err.endswith("valid.py: interrupted\n") and "Traceback" not in err
+
+
+def test_an_image_a_loader_worker_cannot_decode_is_one_line(synth, trial3_weights, tmp_path, capsys):
+    """Its header passes the pre-flight, its pixels fail in a DataLoader worker: the message used to
+    carry the worker's whole traceback."""
+    _, data, paths = _private_copy(synth, tmp_path)
+    full = Path(paths[0]).read_bytes()
+    Path(paths[0]).write_bytes(full[:len(full) // 3])  # the header and a third of the pixels
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(lambda argv: valid.main(valid.get_args_parser().parse_args(argv)),
+                [str(data), TRIAL3_CFG, str(trial3_weights), "--quiet", "--workers", "1",
+                 "--test-size", str(TEST_SIZE)], prog="valid.py")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"valid.py: error: {paths[0]}: cannot read image (")
+    assert "Traceback" not in err and "DataLoader worker" not in err
