@@ -17,13 +17,14 @@ import cv2
 import numpy as np
 import pytest
 
+import hostile
 import utils
 from MeshPly import MeshPly, write_ply
 from tools import bop_to_linemod as bop
 from tools import draw_labels, make_labels
 from tools import make_synthetic_linemod as gen
 from errors import FlagError, OutputPathError, PoseFileError
-from linemod_format import read_label_rows, read_poses, write_poses_csv
+from linemod_format import read_label_rows, read_list, read_poses, write_poses_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "get_linemod.sh"
@@ -795,3 +796,12 @@ def test_export_onnx_checks_the_opset_and_out_before_exporting(tmp_path, capsys)
     with pytest.raises(FlagError, match=r"--tolerance must be positive, found -1"):
         run("--tolerance", "-1", "--out", str(tmp_path / "m.onnx"))
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_draw_labels_refuses_a_bomb_from_its_header(synth, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(synth, root)
+    hostile.bomb_png(read_list(root / "LINEMOD/obj00/test.txt")[0])  # cv2 decoded it: 1.2 GB
+    argv = ["--datacfg", str(root / "cfg/obj00.data"), "--n", "1", "--out", str(tmp_path / "x.png")]
+    assert draw_labels.main(argv) == 2
+    assert "image is too large to decode" in capsys.readouterr().err
