@@ -361,8 +361,9 @@ def main(args) -> dict:
     args, opts = resolve_args(args)
     device = cli.resolve_device(args.device)
     rank, world, device = engine.setup_distributed(device)
-    cli.warn_amp_unused(args.amp, device)
-    suggest_fast_recipe(args.recipe, device)
+    if rank == 0:  # one line per run, not one per process
+        cli.warn_amp_unused(args.amp, device)
+        suggest_fast_recipe(args.recipe, device)
     check_inputs(args)
     check_also_valid(args.also_valid)
     engine.seed_everything(args.seed)
