@@ -1,7 +1,7 @@
 """Property-based fuzzing of every file reader, with tests that can fail (issue 25).
 
 For each reader (network cfg, `.data`, label file, PLY mesh, darknet `.weights`, image header and
-pixels, image list) three kinds of input:
+pixels, image list, pose file) three kinds of input:
 
 - valid files and mutations that stay valid (comments, blank lines, spacing, CRLF, another
   layout of the same numbers): they must parse, to the expected values;
@@ -16,10 +16,12 @@ second; a traceback fails the third. Examples are derandomised (the same on ever
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +33,8 @@ import hostile
 import linemod_format as lf
 import utils
 from darknet import Darknet, parse_cfg, plan_layers, write_weights_file
-from errors import CfgError, DataCfgError, ImageError, LabelError, LayoutError, MeshError, WeightsError
+from errors import (CfgError, DataCfgError, ImageError, LabelError, LayoutError, MeshError, PoseFileError,
+                    WeightsError)
 from MeshPly import MeshPly, write_ply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -519,3 +522,61 @@ def test_list_reader_on_random_input_returns_or_raises_layout_errors(data):
     paths = _returns_or_raises(LayoutError, lf.read_list, _write("f.lst", data))
     if data.strip() in (b"",) or data.startswith(b"\xff\xfe"):
         assert paths is None  # an empty list or one that is not text is refused
+
+
+# --------------------------------------------------------------------------------------------
+# pose files of make_labels.py (PoseFileError)
+# --------------------------------------------------------------------------------------------
+
+def _rotation(angles) -> np.ndarray:
+    return cv2.Rodrigues(np.asarray(angles, dtype=np.float64))[0]
+
+
+POSE = st.builds(lambda a, t, name: {"image": name, "R": _rotation(a), "t": np.array(t)},
+                 st.lists(st.floats(-3.0, 3.0), min_size=3, max_size=3),
+                 st.lists(st.floats(-2.0, 2.0), min_size=3, max_size=3),
+                 st.from_regex(r"[a-z0-9_]{1,8}\.jpg", fullmatch=True))
+
+
+@FUZZ
+@given(poses=st.lists(POSE, min_size=1, max_size=5), csv_file=st.booleans())
+def test_pose_reader_reads_back_what_was_written(poses, csv_file):
+    path = WORK / ("ok.csv" if csv_file else "ok.json")
+    if csv_file:
+        lf.write_poses_csv(path, poses)
+    else:
+        path.write_text(json.dumps([lf.pose_entry(p["image"], p["R"], p["t"]) for p in poses]))
+    got = lf.read_poses(path)
+    assert [g["image"] for g in got] == [p["image"] for p in poses]
+    for g, p in zip(got, poses):
+        np.testing.assert_array_equal(g["R"], p["R"])
+        np.testing.assert_array_equal(g["t"], p["t"])
+
+
+HOSTILE_POSE = st.sampled_from([
+    ("nan", lambda e: {**e, "t": [0.0, float("nan"), 1.0]}, "finite"),
+    ("scaled", lambda e: {**e, "R": (np.array(e["R"]) * 2).tolist()}, "not a rotation"),
+    ("short", lambda e: {**e, "R": np.reshape(e["R"], -1)[:8].tolist()}, "R needs 9 numbers"),
+    ("missing", lambda e: {"image": e["image"], "R": e["R"]}, "must be an object with keys image, R, t"),
+    ("word", lambda e: {**e, "t": ["a", 0, 1]}, "must be numbers"),
+])
+
+
+@FUZZ
+@given(poses=st.lists(POSE, min_size=1, max_size=4), breaker=HOSTILE_POSE, at=st.integers(0, 3))
+def test_pose_reader_refuses_every_hostile_entry(poses, breaker, at):
+    entries = [lf.pose_entry(p["image"], p["R"], p["t"]) for p in poses]
+    at = min(at, len(entries) - 1)
+    entries[at] = breaker[1](entries[at])
+    path = WORK / "bad.json"
+    path.write_text(json.dumps(entries))
+    with pytest.raises(PoseFileError, match=rf"bad\.json: pose entry {at}.*{breaker[2]}"):
+        lf.read_poses(path)
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=256), mutated(b"image,r11,r12,r13,r21,r22,r23,r31,r32,r33,tx,ty,tz\n"
+                                                       b"a.jpg,1,0,0,0,1,0,0,0,1,0,0,1\n")),
+       suffix=st.sampled_from([".csv", ".json"]))
+def test_pose_reader_on_random_input_returns_or_raises_pose_file_errors(data, suffix):
+    _returns_or_raises(PoseFileError, lf.read_poses, _write("f" + suffix, data))
