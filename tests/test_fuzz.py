@@ -356,11 +356,14 @@ VERTICES = st.lists(st.tuples(*[st.floats(-1.0, 1.0, allow_nan=False)] * 3), min
 
 
 @FUZZ
-@given(vertices=VERTICES, binary=st.booleans())
-def test_ply_reader_reads_back_what_was_written(vertices, binary):
+@given(vertices=VERTICES, binary=st.booleans(), comments=st.integers(0, 3))
+def test_ply_reader_reads_back_what_was_written(vertices, binary, comments):
+    """Also with comment lines added to the header, which change nothing."""
     v = np.array(vertices)
     path = WORK / "ok.ply"
     write_ply(path, v, np.array([[0, 1, 2]]), binary=binary)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"\n", b"\n" + b"comment added by the fuzz test\n" * comments, 1))
     mesh = MeshPly(path)
     np.testing.assert_array_equal(mesh.vertices, v.astype(np.float32).astype(np.float64))
     assert mesh.indices.tolist() == [[0, 1, 2]]
