@@ -21,15 +21,27 @@ valid.py, detect.py, the multi-object scripts, the tools and the benchmarks (doc
     --distiled (alias --distill)  the fork's distillation switch      add_distiled
 
 Values that need no file are checked by the helpers (`check_size`, `check_positive`); they raise
-errors.FlagError, which `errors.run_cli` turns into a one-line message and exit status 2.
+errors.FlagError, which `errors.run_cli` turns into a one-line message and exit status 2. Output
+paths are checked before the work starts (`check_output_file`, `check_output_dir`: OutputPathError).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
+import warnings
+from pathlib import Path
 
-from errors import FlagError
+from errors import FlagError, OutputPathError
 
 STRIDE = 32  # design §1.5: every pose network has output stride 32
+# 128 cells a side: four times LINEMOD's largest side; a larger input only exhausts memory
+# (`--test-size 100000` asks for 10^10 pixels), and the ONNX export's dynamic grid stops there too
+MAX_SIZE = 128 * STRIDE
+MAX_SEED = 2**32 - 1  # numpy's legacy seed, which seed_everything sets, takes 32 bits
+DEVICE_TYPES = ("cpu", "cuda")  # what the scripts run on (mps and meta lack operators we use)
+MIN_FREE_OUTPUT_BYTES = 1 << 20  # an output folder with less room than this is full for our purposes
 
 
 def default_argument_parser(doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -91,7 +103,9 @@ def add_device(p, default: str = "auto") -> None:
 
 
 def resolve_device(name: str):
-    """The torch.device of a --device value; FlagError when CUDA is asked for and absent."""
+    """The torch.device of a --device value; FlagError for another kind than cpu and cuda (mps,
+    meta: the networks were never checked there), CUDA asked for and absent, or a GPU index past
+    the machine's GPUs."""
     import torch
 
     if name == "auto":
@@ -100,9 +114,20 @@ def resolve_device(name: str):
         device = torch.device(name)
     except RuntimeError as exc:
         raise FlagError(f"--device {name}: not a device ({exc})") from None
+    if device.type not in DEVICE_TYPES:
+        raise FlagError(f"--device {name}: expected auto, cpu, cuda or cuda:N, found the {device.type!r} kind")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FlagError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FlagError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                        f"numbered from 0")
     return device
+
+
+def warn_amp_unused(amp: bool, device) -> None:
+    """One warning when --amp is given for a device where it does nothing (autocast runs on CUDA only)."""
+    if amp and device.type != "cuda":
+        warnings.warn(f"--amp has no effect on {device.type}: mixed precision runs on CUDA only", stacklevel=2)
 
 
 def add_sizes(p, train: bool = False, test: bool = True, train_default=None, test_default=None,
@@ -127,15 +152,73 @@ def fill_defaults(args: argparse.Namespace, values: dict) -> argparse.Namespace:
 
 
 def check_size(flag: str, value) -> None:
-    """FlagError unless value is None or a positive multiple of the network stride (32)."""
+    """FlagError unless value is None or a positive multiple of the network stride (32) up to MAX_SIZE."""
     if value is not None and (value < STRIDE or value % STRIDE):
         raise FlagError(f"{flag} must be a positive multiple of {STRIDE} (the network stride), found {value}")
+    if value is not None and value > MAX_SIZE:
+        raise FlagError(f"{flag} must be at most {MAX_SIZE} ({MAX_SIZE // STRIDE} cells a side; LINEMOD images are "
+                        f"640x480), found {value}")
 
 
 def check_positive(flag: str, value, minimum: int = 1) -> None:
     """FlagError unless value is None or >= minimum."""
     if value is not None and value < minimum:
         raise FlagError(f"{flag} must be >= {minimum}, found {value}")
+
+
+def check_range(flag: str, value, low, high) -> None:
+    """FlagError unless value is None or low <= value <= high."""
+    if value is not None and not low <= value <= high:
+        raise FlagError(f"{flag} must be from {low} to {high}, found {value}")
+
+
+# --------------------------------------------------------------------------------------------
+# Output paths: checked before the work, so that a long evaluation never ends on a bad path
+# --------------------------------------------------------------------------------------------
+
+def check_output_dir(flag: str, path) -> Path:
+    """Create folder `path` (and its parents) and check that a file can be written there.
+
+    OutputPathError naming the flag when the path (or a parent) is a file, or the folder cannot
+    be created or written (read-only file system, no permission) or is full."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{flag} {path}: is a file; expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{flag} {path}: cannot create the output folder ({exc.strerror or exc})") from None
+    _probe_write(flag, path)
+    return path
+
+
+def check_output_file(flag: str, path) -> Path:
+    """Check that file `path` can be written: not a folder, its folder creatable and writable, with room.
+
+    The folder is created; the file itself is not touched (an existing one is replaced or
+    appended to later, by the script's own rule)."""
+    raw = os.fspath(path)
+    path = Path(path)
+    if path.is_dir() or raw.endswith(os.sep):
+        raise OutputPathError(f"{flag} {raw}: is a folder; expected a file name")
+    check_output_dir(flag, path.parent)
+    return path
+
+
+def _probe_write(flag: str, folder: Path) -> None:
+    """OutputPathError unless a file can be created in `folder` and the file system has room."""
+    probe = folder / f".ssp_write_test_{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"0")
+    except OSError as exc:
+        raise OutputPathError(f"{flag} {folder}: cannot write there ({exc.strerror or exc})") from None
+    finally:
+        with contextlib.suppress(OSError):  # a clean-up that fails must not hide the error above
+            probe.unlink()
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_OUTPUT_BYTES:
+        raise OutputPathError(f"{flag} {folder}: the file system is full ({free} bytes free)")
 
 
 def add_batch_size(p, default=None, help: str | None = None) -> None:
@@ -151,8 +234,20 @@ def add_workers(p, default=None, help: str | None = None, nargs=None) -> None:
 
 
 def add_seed(p, default: int = 0, help: str | None = None) -> None:
-    """--seed: the seed of every random stream (shuffle, augmentation, generation, split)."""
-    p.add_argument("--seed", type=int, default=default, help=help or f"random seed (default {default})")
+    """--seed: the seed of every random stream (shuffle, augmentation, generation, split), 0..MAX_SEED."""
+    p.add_argument("--seed", type=seed_value, default=default,
+                   help=help or f"random seed, 0 to {MAX_SEED} (default {default})")
+
+
+def seed_value(text: str) -> int:
+    """A --seed value: a whole number from 0 to MAX_SEED (argparse prints the error and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, found {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, found {value}")
+    return value
 
 
 def add_conf_thresh(p, default=None, help: str | None = None) -> None:

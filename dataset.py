@@ -15,11 +15,13 @@ number of loader workers or distributed ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import struct
 from multiprocessing.context import get_spawning_popen
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,7 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import image as im
-from errors import InputError
+from errors import ImageError, InputError
 from linemod_format import (IM_HEIGHT, IM_WIDTH, MAX_OBJECTS, NUM_KEYPOINTS, label_path,
                             mask_path, read_label_rows, read_list, write_label_rows)
 from utils import LINEMOD_OBJECTS
@@ -70,6 +72,11 @@ EXTRA_OBJECTS = {
 assert set(EXTRA_OBJECTS) == set(LINEMOD_OBJECTS)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # background pool
+# design D61: the largest image decoded, 220 times a LINEMOD image; a 20000 x 20000 PNG of a few
+# kilobytes (a decompression bomb) would take 1.2 GB as RGB, so it is refused from its header
+MAX_IMAGE_PIXELS = 8192 * 8192
+HIGH_BIT_MODES = ("I", "F")  # Pillow's 32-bit modes; "I;16..." are the 16-bit ones
+EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 = stored as shown, 2..8 = mirrored and / or rotated
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8"
 # JPEG start-of-frame markers (baseline, progressive, ...), whose segment holds the image size;
@@ -128,41 +135,136 @@ def list_images(folder) -> list[str]:
 # Image I/O
 # --------------------------------------------------------------------------------------------
 
-def load_image(path, kind: str = "image", mode: str = "RGB") -> Image.Image:
-    """Open an image file and convert it to `mode`.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, read without decoding the pixels (design D61).
 
-    Raises FileNotFoundError (missing) or InputError (unreadable: a ValueError), both naming the file.
-    """
+    size (w, h); mode: Pillow's ('RGB', 'L', 'I;16', ...); orientation: the EXIF orientation tag
+    (1, or no tag: the pixels are stored as they are shown)."""
+    size: tuple[int, int]
+    mode: str
+    orientation: int = 1
+
+
+def check_regular_file(path, kind: str = "image") -> None:
+    """FileNotFoundError if `path` is missing; ImageError if it is not a regular file (a folder,
+    a FIFO, a device), which a reader would fail on or wait on forever."""
     path = os.fspath(path)
     try:
-        with Image.open(path) as f:
-            return f.convert(mode)
+        st = os.stat(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: {kind} not found") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{path}: {kind} is not a regular file (a folder, FIFO or device); expected an image file")
+
+
+def check_pixels(path, size: tuple[int, int], kind: str = "image") -> None:
+    """ImageError if an image of `size` (w, h) has more than MAX_IMAGE_PIXELS pixels (decompression bombs)."""
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageError(f"{path}: {kind} is {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS:,} this project "
+                         f"decodes (LINEMOD images are 640x480); resize it")
+
+
+@contextlib.contextmanager
+def open_image(path, kind: str = "image"):
+    """The image file opened by Pillow, header read and pixels not yet decoded, after the checks:
+    a regular file (`check_regular_file`), at most MAX_IMAGE_PIXELS pixels (`check_pixels`, and
+    Pillow's own decompression-bomb check). Errors: FileNotFoundError or ImageError, naming the file."""
+    path = os.fspath(path)
+    check_regular_file(path, kind)
+    try:
+        with warnings.catch_warnings():  # Pillow warns, then refuses, past its own limits: one error instead
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            f = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: {kind} is too large to decode ({e})") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"{path}: cannot read {kind} ({e})") from e
+        raise ImageError(f"{path}: cannot read {kind} ({e})") from e
+    with f:
+        check_pixels(path, f.size, kind)
+        yield f
+
+
+def check_bit_depth(path, mode: str, kind: str = "image") -> None:
+    """ImageError for a 16-bit or float image: Pillow's conversion to RGB clips it (to white, mostly)."""
+    if mode in HIGH_BIT_MODES or mode.startswith("I;"):
+        raise ImageError(f"{path}: {kind} has 16 or 32 bits per sample (Pillow mode {mode}), which converting to "
+                         f"8-bit RGB clips; expected an 8-bit image (save it with 8 bits per channel)")
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1 without one), read from the header alone.
+
+    Pillow's `getexif` decodes a whole PNG to look for the tag; `info['exif']` holds what the
+    header has (JPEG APP1, a PNG eXIf chunk before the pixels), which is where writers put it."""
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+        value = int(exif.get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block says nothing about the pixels: no rotation
+        return 1
+    return value
+
+
+def read_header(path, kind: str = "image") -> ImageHeader:
+    """The `ImageHeader` of an image file, its pixels not decoded (errors as `open_image`)."""
+    with open_image(path, kind) as f:
+        return ImageHeader(tuple(f.size), f.mode, exif_orientation(f))
+
+
+def check_image_header(path, kind: str = "image", size: tuple[int, int] | None = None,
+                       size_from: str = "") -> ImageHeader:
+    """The header of an image (or mask) the pre-flights accept (design D61), its pixels not decoded.
+
+    Raises ImageError naming the file when it is 16-bit (`check_bit_depth`), carries an EXIF
+    orientation other than 1 (the labels' pixel frame is the stored one, and no reader here
+    rotates), or is not `size` (w, h), which `size_from` names ('the .data width and height').
+    Other errors as `open_image`."""
+    header = read_header(path, kind)
+    check_bit_depth(path, header.mode, kind)
+    if header.orientation != 1:
+        raise ImageError(f"{path}: {kind} has EXIF orientation {header.orientation} (stored rotated or mirrored); "
+                         f"the labels and every reader here use the stored pixels, so save it with the rotation "
+                         f"applied and the tag removed (e.g. PIL.ImageOps.exif_transpose)")
+    if size is not None and header.size != tuple(size):
+        w, h = header.size
+        raise ImageError(f"{path}: {kind} is {w}x{h}, expected {size[0]}x{size[1]}"
+                         + (f" ({size_from})" if size_from else ""))
+    return header
+
+
+def load_image(path, kind: str = "image", mode: str = "RGB") -> Image.Image:
+    """Open an image file and convert it to `mode`; the stored pixels (EXIF orientation not applied,
+    as every reader of this project; the pre-flights refuse rotated images, design D61).
+
+    Raises FileNotFoundError (missing) or ImageError (an InputError, so a ValueError), both naming
+    the file: not a regular file, unreadable, larger than MAX_IMAGE_PIXELS, 16-bit.
+    """
+    path = os.fspath(path)
+    with open_image(path, kind) as f:
+        check_bit_depth(path, f.mode, kind)
+        try:
+            return f.convert(mode)
+        except (OSError, ValueError, SyntaxError) as e:  # a truncated or corrupt file fails when decoded
+            raise ImageError(f"{path}: cannot read {kind} ({e})") from e
 
 
 def image_size(path, kind: str = "image") -> tuple[int, int]:
-    """(w, h) of an image file from its header, without decoding it; errors as `load_image`."""
-    path = os.fspath(path)
-    try:
-        with Image.open(path) as f:
-            return f.size
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: {kind} not found") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"{path}: cannot read {kind} ({e})") from e
+    """(w, h) of an image file from its header, without decoding it; errors as `open_image`."""
+    return read_header(path, kind).size
 
 
 def read_bytes(path, kind: str = "image") -> bytes:
-    """The raw bytes of a file; FileNotFoundError naming it (and its kind) if it is missing."""
+    """The raw bytes of a file; FileNotFoundError naming it (and its kind) if it is missing,
+    ImageError if it is not a regular file (reading a FIFO would wait forever)."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: {kind} not found") from None
+    check_regular_file(path, kind)
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def encoded_size(data: bytes) -> tuple[int, int] | None:
@@ -209,22 +311,23 @@ def read_rgb(path, kind: str = "image", halved: bool = False) -> np.ndarray:
 
 
 def read_gray(path, size: tuple[int, int], kind: str = "mask") -> np.ndarray:
-    """A mask file as uint8 (H, W); ValueError naming the file if it is not `size` (w, h)."""
+    """A mask file as uint8 (H, W); ImageError (a ValueError) naming the file if it is not `size` (w, h)."""
     path = os.fspath(path)
+    check_regular_file(path, kind)
     arr = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if arr is None:
         arr = np.asarray(load_image(path, kind, mode="L"))
     if (arr.shape[1], arr.shape[0]) != tuple(size):
-        raise ValueError(f"{path}: {kind} is {arr.shape[1]}x{arr.shape[0]}, expected the image size "
+        raise ImageError(f"{path}: {kind} is {arr.shape[1]}x{arr.shape[0]}, expected the image size "
                          f"{size[0]}x{size[1]}")
     return arr
 
 
 def load_mask(path, size: tuple[int, int]) -> Image.Image:
-    """An object mask as a PIL 'L' image; ValueError naming the file if it is not `size` (w, h)."""
+    """An object mask as a PIL 'L' image; ImageError (a ValueError) naming the file if it is not `size` (w, h)."""
     mask = load_image(path, "mask", mode="L")
     if mask.size != tuple(size):
-        raise ValueError(f"{path}: mask is {mask.width}x{mask.height}, expected the image size {size[0]}x{size[1]}")
+        raise ImageError(f"{path}: mask is {mask.width}x{mask.height}, expected the image size {size[0]}x{size[1]}")
     return mask
 
 
@@ -483,8 +586,10 @@ class PoseDataset(Dataset):
         return files
 
     def _check_files(self) -> None:
-        """Check that every file exists, so that errors come before training starts."""
+        """Check that every file exists and is a regular file (a FIFO would hang a reader), so that
+        errors come before training starts."""
         missing = []
+        error = FileNotFoundError  # the kind of the first problem: missing, or not a regular file
         for i in range(len(self.paths)):
             try:
                 files = self.files_of(i)
@@ -492,14 +597,18 @@ class PoseDataset(Dataset):
                 missing.append((i, str(e)))
                 continue
             for kind, f in files.items():
-                if not os.path.exists(f):
-                    missing.append((i, f"{f}: {kind} not found (sample {i} of {self.source})"))
+                if not os.path.isfile(f):
+                    there = os.path.exists(f)
+                    if not missing and there:
+                        error = ImageError
+                    what = "is not a regular file (a folder, FIFO or device)" if there else "not found"
+                    missing.append((i, f"{f}: {kind} {what} (sample {i} of {self.source})"))
                     break
         if not missing:
             return
         if not self.skip_bad:
             more = f" (and {len(missing) - 1} more samples with missing files)" if len(missing) > 1 else ""
-            raise FileNotFoundError(missing[0][1] + more)
+            raise error(missing[0][1] + more)
         for i, msg in missing:
             self._mark_bad(i, msg)
         if len(missing) == len(self.paths):
@@ -637,6 +746,7 @@ class PoseDataset(Dataset):
         rng = self.rng(index)
         data = read_bytes(path)
         w0, h0 = encoded_size(data) or image_size(path)
+        check_pixels(path, (w0, h0))  # before cv2 decodes a bomb (the pre-flight has refused it already)
         rows = read_truths(label_path(path), self.label_width)
         bg = self.fast_background(index, size)
         offsets = im.draw_crop_offsets(rng, w0, h0, self.jitter)

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from MeshPly import MeshPly
 
 DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAX_LISTED = 5  # unreadable images named before "... and N more"
 GT_COLOR, PRED_COLOR = (0, 255, 0), (0, 0, 255)  # RGB: green ground truth (valid.ipynb), blue prediction
 CLASS_COLORS = [(0, 0, 255), (255, 0, 0), (255, 200, 0), (255, 0, 255), (0, 200, 255), (128, 255, 0),
                 (255, 128, 0), (128, 0, 255), (0, 128, 128), (128, 128, 0), (200, 200, 200), (0, 255, 128),
@@ -84,15 +86,44 @@ def open_source(source: str):
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise SourceError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        check_images(files)
         return "images", _image_frames(files), 0.0
     if not path.exists():
         raise SourceError(f"{path}: no such file, folder or camera index")
+    if not path.is_file():  # a FIFO or a device: a reader would wait on it forever
+        raise SourceError(f"{path}: not a regular file (a FIFO or device); expected an image, a folder of images, "
+                          f"a video file or a camera index")
     if path.suffix.lower() in IMAGE_SUFFIXES:
+        check_images([path])
         return "images", _image_frames([path]), 0.0
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise SourceError(f"{path}: not an image and cannot be opened as a video")
     return "video", _video_frames(cap, path.stem), cap.get(cv2.CAP_PROP_FPS) or 30.0
+
+
+def check_images(files) -> None:
+    """Read every image's header before the first frame (design D61): SourceError naming each file
+    that is not a regular file, cannot be read, is 16-bit or larger than the pixel cap. An image
+    with an EXIF rotation gives one warning: detect.py, as every reader here, uses the stored
+    pixels, which is the frame the camera's fx, fy, u0, v0 describe."""
+    problems, rotated = [], []
+    for f in files:
+        try:
+            header = dataset.read_header(f)
+            dataset.check_bit_depth(f, header.mode)
+        except (OSError, ValueError) as exc:
+            problems.append(str(exc))
+            continue
+        if header.orientation != 1:
+            rotated.append(f)
+    if problems:
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise SourceError("\n  ".join(problems[:MAX_LISTED]) + more)
+    if rotated:
+        warnings.warn(f"{len(rotated)} of {len(files)} images have an EXIF rotation (first: {rotated[0]}); the "
+                      f"stored pixels are used, not rotated, as the camera's fx, fy, u0, v0 describe them",
+                      stacklevel=2)
 
 
 def _image_frames(files):
@@ -175,7 +206,9 @@ def class_corners(opts: dict, multi: bool) -> dict[int, np.ndarray]:
     for c, key in keys.items():
         if not Path(opts[key]).is_file():
             raise MeshError(f"{opts.get('_datacfg')}: {key} file not found: {opts[key]}")
-        corners[c] = utils.box_corners(MeshPly(opts[key]).vertices)
+        vertices = MeshPly(opts[key]).vertices
+        utils.check_mesh_vertices(vertices, opts[key])  # a point or a line: no pose, refused as valid.py does
+        corners[c] = utils.box_corners(vertices)
     if not corners:
         raise DataCfgError(f"{opts.get('_datacfg')}: no 'mesh' key; detect.py needs the object's mesh for its 3-D box")
     return corners
@@ -231,6 +264,8 @@ def main(args) -> dict:
     """Detect on every frame of args.source; return the detections.json content. Bad inputs raise InputError."""
     try:
         cli.check_size("--test-size", args.test_size)
+        cli.check_positive("--max-frames", args.max_frames)
+        out = cli.check_output_dir("--out", args.out)  # before any frame: a bad folder never ends a long run
         device = valid.resolve_device(args.device)
         model = valid.load_model(args.modelcfg, args.weightfile, device)
         opts = read_data_cfg(args.datacfg, resolve_paths=True)
@@ -243,11 +278,6 @@ def main(args) -> dict:
     size, rule = model_info.resolve(args, args.weightfile, args.modelcfg, (model.test_width, model.test_height))
     net = model.inference_copy(channels_last=True)  # D57
     conf_thresh = model.conf_thresh if args.conf_thresh is None else args.conf_thresh
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {out}: cannot create the output folder ({exc.strerror or exc})") from None
     writer, results, skipped = None, {"source": str(args.source), "frames": []}, 0
     from tqdm import tqdm
 

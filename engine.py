@@ -12,6 +12,7 @@ Reading order: `TrainState` and the checkpoint functions, then `Trainer.train_on
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import hashlib
 import json
@@ -220,7 +221,8 @@ def lock_backup(backup: Path) -> Path:
                     f"is no longer running")
             path.unlink(missing_ok=True)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the clean-up must not hide the error that got us here
+            tmp.unlink(missing_ok=True)
     if not _HELD_LOCKS:
         atexit.register(release_all_backups)
     _HELD_LOCKS.add(path)
@@ -265,7 +267,8 @@ def prepare_backup(backup: Path, resume: bool, overwrite: bool, need_bytes: int 
     except OSError as exc:
         raise InputError(f"{backup}: the backup folder is not writable: {exc.strerror}") from None
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder fails here too: keep the error above
+            probe.unlink(missing_ok=True)
     lock_backup(backup)
     try:
         free = shutil.disk_usage(backup).free

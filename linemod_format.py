@@ -64,6 +64,9 @@ DATA_PATH_KEYS = ("train", "valid", "mesh", "backup", "tr_range")  # plus valid<
 # A label coordinate is normalised by the image size; corners may leave the image (design §3.1),
 # but a point more than 10 image sizes away is not a LINEMOD label: most often pixels unnormalised.
 LABEL_COORD_LIMIT = 10.0
+# Within that limit, a point more than one image size outside the image is legal (a corner of a
+# large object close to the camera) but rare enough to be worth a warning (design D61).
+LABEL_WARN_OUTSIDE = 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,9 +83,12 @@ def read_label_rows(path, width: int = LABEL_WIDTH) -> np.ndarray:
     naming the file and line for a file that is not text, a partial object (a count that is not
     a multiple of `width`), a non-number, NaN or inf, a class id that is not a whole number >= 0,
     a coordinate outside [-LABEL_COORD_LIMIT, LABEL_COORD_LIMIT] (10 image sizes: labels written
-    in pixels) or an x/y range larger than 2 * LABEL_COORD_LIMIT.
+    in pixels), x0 = 0 (the empty-slot mark of the targets) or an x/y range larger than
+    2 * LABEL_COORD_LIMIT; a path that is not a regular file (a FIFO would hang the read).
     """
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise LabelError(f"{path}: not a regular file (a folder, FIFO or device); expected a label file")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -120,6 +126,10 @@ def _check_label_row(values: list, where: str) -> None:
     cls, coords, ranges = values[0], values[1:-2], values[-2:]
     if cls < 0 or not cls.is_integer():
         raise LabelError(f"{where}: class id {cls:g}; expected a whole number >= 0")
+    if coords[0] == 0:
+        raise LabelError(f"{where}: x0 = 0, which marks an empty slot in the targets (design §3.1): the loss and "
+                         f"the evaluation would ignore this object and every later one of the file; expected the "
+                         f"centroid's x normalised by the image width (an all-zero row is not an object)")
     far = [i for i, v in enumerate(coords) if abs(v) > LABEL_COORD_LIMIT]
     if far:
         i = far[0]
@@ -140,6 +150,24 @@ def check_label_files(paths, width: int = LABEL_WIDTH) -> list[str]:
         if read_label_rows(labels, width).size == 0:
             empty.append(labels)
     return empty
+
+
+def far_outside(rows: np.ndarray) -> bool:
+    """Whether any point of label rows (n, w) lies more than LABEL_WARN_OUTSIDE image sizes outside the image."""
+    coords = np.asarray(rows, dtype=np.float64)[:, 1:-2]
+    return bool(np.any((coords < -LABEL_WARN_OUTSIDE) | (coords > 1.0 + LABEL_WARN_OUTSIDE)))
+
+
+def duplicates(paths) -> list[str]:
+    """The entries of a list that appear more than once (each once, in list order), compared as
+    normalised absolute paths: each would be trained on or scored twice."""
+    seen, twice = set(), {}
+    for path in paths:
+        key = os.path.normpath(os.path.abspath(os.fspath(path)))
+        if key in seen:
+            twice.setdefault(key, os.fspath(path))
+        seen.add(key)
+    return list(twice.values())
 
 
 def format_label_rows(rows, width: int = LABEL_WIDTH, where: str = "label rows") -> str:

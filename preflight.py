@@ -4,19 +4,25 @@
                                    "weights/tiny-yolov2-trial3-voc.weights")
 
 `check_training_inputs` reads the `.data` file (camera, diameter), the mesh, both image lists
-with every image, label file (count, finite, range) and training mask, the network cfg, the
-init weights against that cfg (`Darknet.check_weights`) and, when distilling, the teacher cfg
-and weights. It collects every problem and raises one InputError listing them all, so that a
-user fixes them in one go instead of one per run; inputs that are legal but suspicious (empty
-label files, a mesh that looks like millimetres) give one warning each, naming them.
+with every image header (size against the `.data` width and height, bit depth, EXIF orientation,
+pixel count; the pixels are not decoded: design D61), label file (count, finite, range) and
+training mask (its size against the image's), the network cfg, the init weights against that
+cfg (`Darknet.check_weights`) and, when distilling, the teacher cfg and weights. It collects
+every problem and raises one InputError listing them all, so that a user fixes them in one go
+instead of one per run; inputs that are legal but suspicious (empty label files, a label point
+far outside the image, a list entry given twice, a mesh that looks like millimetres or is flat,
+a focal length no camera has) give one warning each, naming them. valid.py and train_multi.py
+scan their lists with the same `check_image_list`.
 
 Nothing here trains, writes or allocates a model's worth of memory beyond building the two
-networks once; the per-file rules live with their readers (linemod_format, utils, MeshPly, darknet).
+networks once; the per-file rules live with their readers (linemod_format, dataset, utils,
+MeshPly, darknet).
 """
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dataset
@@ -41,35 +47,94 @@ class TrainingInputs:
     teacher_weights: WeightsLoad | None = None
 
 
-def check_image_list(list_file, *, train: bool, label_width: int = lf.LABEL_WIDTH) -> tuple[list, list, list]:
-    """(image paths, problems, empty label files) of one list: every image and label file (and,
-    for training, mask) must exist, and every label file must pass `linemod_format.read_label_rows`."""
-    paths = lf.read_list(list_file)
-    problems, empty = [], []
+@dataclass
+class ListScan:
+    """One image list as `check_image_list` found it: its paths, what refuses it (problems) and
+    what is legal but worth a warning (empty label files, points far outside, entries listed twice)."""
+    paths: list
+    problems: list = field(default_factory=list)
+    empty: list = field(default_factory=list)
+    far: list = field(default_factory=list)
+    duplicates: list = field(default_factory=list)
+
+
+def check_image_list(list_file, *, train: bool, label_width: int = lf.LABEL_WIDTH, size=None, size_from: str = "",
+                     label_of: Callable[[str], str] = lf.label_path) -> ListScan:
+    """Scan one list: every image, label file and (for training) mask must be a regular file;
+    every image header must pass `dataset.check_image_header` (of `size` (w, h) when given, which
+    `size_from` names), every mask be the size of its image, every label file pass
+    `linemod_format.read_label_rows`. label_of: the label file of an image (the OCCLUSION tests
+    read another folder). Raises what `read_list` raises for the list itself."""
+    return check_images(lf.read_list(list_file), list_file, train=train, label_width=label_width, size=size,
+                        size_from=size_from, label_of=label_of)
+
+
+def check_images(paths, source, *, train: bool, label_width: int = lf.LABEL_WIDTH, size=None, size_from: str = "",
+                 label_of: Callable[[str], str] = lf.label_path) -> ListScan:
+    """`check_image_list` of image paths that `source` (a list file, or words naming them) gives."""
+    scan = ListScan(list(paths), duplicates=lf.duplicates(paths))
     for i, path in enumerate(paths):
-        files = {"image": path, "label file": lf.label_path(path)}
+        files = {"image": path, "label file": label_of(path)}
         if train:
             try:
                 files["mask"] = lf.mask_path(path)
             except ValueError as exc:
-                problems.append(str(exc))
+                scan.problems.append(str(exc))
                 continue
-        missing = [f"{f}: {kind} not found (entry {i + 1} of {list_file})" for kind, f in files.items()
+        missing = [f"{f}: {kind} {_absent(f)} (entry {i + 1} of {source})" for kind, f in files.items()
                    if not os.path.isfile(f)]
-        if missing and not os.path.isfile(path):  # the list could not place the entry: its label and mask
+        if missing and not os.path.exists(path):  # the list could not place the entry: its label and mask
             missing = missing[:1]                  # paths derive from it, so report the image alone
         if missing:
-            problems.extend(missing)
+            scan.problems.extend(missing)
             continue
         try:
-            if lf.read_label_rows(files["label file"], label_width).size == 0:
-                empty.append(files["label file"])
+            header = dataset.check_image_header(path, "image", size, size_from)
+            if train:
+                dataset.check_image_header(files["mask"], "mask", header.size, f"the size of its image {path}")
+            rows = lf.read_label_rows(files["label file"], label_width)
+        except InputError as exc:
+            scan.problems.append(str(exc))
+            continue
+        if rows.size == 0:
+            scan.empty.append(files["label file"])
+        elif lf.far_outside(rows):
+            scan.far.append(files["label file"])
+    return scan
+
+
+def _absent(path) -> str:
+    return "is not a regular file (a folder, FIFO or device)" if os.path.exists(path) else "not found"
+
+
+def warn_list_oddities(list_file, scan: ListScan, use: str) -> None:
+    """One warning each for entries listed twice and for label points far outside the image.
+
+    use: what the list's images are for ('trained on', 'scored')."""
+    n = len(scan.paths)
+    if scan.duplicates:
+        warnings.warn(f"{list_file}: {len(scan.duplicates)} of {n} entries are listed more than once, so they are "
+                      f"{use} more than once (first: {scan.duplicates[0]})", stacklevel=3)
+    if scan.far:
+        warnings.warn(f"{list_file}: {len(scan.far)} label files have a point more than "
+                      f"{lf.LABEL_WARN_OUTSIDE:g} image size outside the image (first: {scan.far[0]}); check "
+                      f"that their coordinates are normalised by this image size", stacklevel=3)
+
+
+def check_backgrounds(bg_dir) -> list:
+    """The problems of the background images of --bg-dir: each header read as the lists' are
+    (a regular file, within the pixel cap, 8-bit); raises what `dataset.list_images` raises."""
+    problems = []
+    for path in dataset.list_images(bg_dir):
+        try:
+            dataset.check_bit_depth(path, dataset.read_header(path, "background image").mode, "background image")
         except InputError as exc:
             problems.append(str(exc))
-    return paths, problems, empty
+    return problems
 
 
-def _summarise(problems: list) -> list:
+def summarise(problems: list) -> list:
+    """The first MAX_LISTED problems, then one line counting the rest."""
     if len(problems) <= MAX_LISTED:
         return problems
     return problems[:MAX_LISTED] + [f"... and {len(problems) - MAX_LISTED} more like these"]
@@ -85,7 +150,8 @@ def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bo
     refused when it fills less than the network unless `allow_partial`; teacher_cfg and
     teacher_weights (both or neither): a full load, the file must fit exactly; bg_dir: the
     background folder, if any. Raises InputError listing every problem found. Warns, one line
-    each, about empty label files (train and valid) and a mesh that looks like millimetres.
+    each, about empty label files, label points far outside the image and entries listed twice
+    (train and valid), a mesh that looks like millimetres or is flat, an unreal focal length.
     """
     problems: list[str] = []
     opts = lf.read_data_cfg(datacfg, resolve_paths=True)  # DataCfgError: nothing else can be checked
@@ -98,15 +164,16 @@ def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bo
             problems.append(str(exc))
             return None
 
-    attempt(utils.camera_from_data_cfg, opts, datacfg)
+    camera = attempt(utils.camera_from_data_cfg, opts, datacfg)
+    size = None if camera is None else camera[1:]  # every image must be the .data width x height
     if "diam" in opts:
         attempt(lf.data_cfg_number, opts, "diam", datacfg, positive=True)
     if "mesh" not in opts:
         problems.append(f"{datacfg}: no 'mesh' key (expected a line 'mesh = <path>')")
     else:
         mesh = attempt(MeshPly, opts["mesh"])
-        if mesh is not None and len(mesh.vertices) < 2:
-            problems.append(f"{opts['mesh']}: the mesh has {len(mesh.vertices)} vertices; metrics need at least 2")
+        if mesh is not None:  # a point or a line gives no pose; a flat mesh a warning
+            attempt(utils.check_mesh_vertices, mesh.vertices, opts["mesh"])
 
     model = attempt(valid.check_model_cfg, modelcfg)  # CfgError, or a head that does not match [region]
     label_width = lf.LABEL_WIDTH if model is None else 2 * model.num_keypoints + 3
@@ -124,19 +191,20 @@ def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bo
         if key not in opts:
             problems.append(f"{datacfg}: no '{key}' key (expected a line '{key} = <image list>')")
             continue
-        found = attempt(check_image_list, opts[key], train=train, label_width=label_width)
-        if found is None:
+        scan = attempt(check_image_list, opts[key], train=train, label_width=label_width, size=size,
+                       size_from=f"the width and height of {datacfg}")
+        if scan is None:
             continue
-        paths, list_problems, empty = found
-        problems.extend(_summarise(list_problems))
-        setattr(report, f"n_{key}", len(paths))
-        report.empty_labels[key] = empty
+        problems.extend(summarise(scan.problems))
+        setattr(report, f"n_{key}", len(scan.paths))
+        report.empty_labels[key] = empty = scan.empty
         if empty:
             what = "training images have no object to learn from" if train else "test images have no object to score"
-            warnings.warn(f"{opts[key]}: {len(empty)} of {len(paths)} label files are empty, so {len(empty)} "
+            warnings.warn(f"{opts[key]}: {len(empty)} of {len(scan.paths)} label files are empty, so {len(empty)} "
                           f"{what} (first: {empty[0]})", stacklevel=2)
+        warn_list_oddities(opts[key], scan, "trained on" if train else "scored")
     if bg_dir is not None:
-        attempt(dataset.list_images, bg_dir)
+        problems.extend(summarise(attempt(check_backgrounds, bg_dir) or []))
     if problems:
         raise InputError("cannot start training:\n  " + "\n  ".join(dict.fromkeys(problems)))
     return report

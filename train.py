@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -167,8 +168,9 @@ def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -
 
 def check_run_numbers(args) -> None:
     """The numeric flags train.py and train_multi.py share, in range, before anything starts."""
-    for flag in ("epochs", "batch_size", "eval_every"):
+    for flag in ("epochs", "batch_size", "eval_every", "max_batches"):
         cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    cli.check_positive("--log-every", args.log_every, minimum=0)
     cli.check_positive("--workers", args.workers, minimum=0)
     cli.check_size("--train-size", args.train_size)
     cli.check_size("--final-size", getattr(args, "final_size", None))
@@ -209,6 +211,44 @@ def check_inputs(args) -> None:
                                     teacher_cfg=args.teacher_cfg if args.distiled else None,
                                     teacher_weights=args.teacher_weights if args.distiled else None,
                                     bg_dir=args.bg_dir)
+
+
+def check_also_valid(datacfgs) -> None:
+    """Every --also-valid `.data` file, its mesh, camera and test list (each image's header and
+    label file, as valid.py checks them), before training: InputError naming the flag."""
+    problems = []
+    for datacfg in datacfgs:
+        try:
+            setup = valid.load_eval_setup(datacfg)
+            scan = preflight.check_image_list(setup.valid_list, train=False, size=(setup.im_width, setup.im_height),
+                                              size_from=f"the width and height of {datacfg}")
+            problems.extend(f"--also-valid {datacfg}: {p}" for p in preflight.summarise(scan.problems))
+        except (OSError, ValueError) as exc:  # InputError is a ValueError; a missing file an OSError
+            problems.append(f"--also-valid {datacfg}: {exc}")
+    if problems:
+        raise InputError("cannot start training:\n  " + "\n  ".join(problems))
+
+
+def check_single_image_batches(batch: int, n_train: int, train_size, world: int = 1) -> None:
+    """FlagError when a training batch would hold a single image at a 1x1 output grid (--train-size
+    32): BatchNorm cannot normalise one value per channel, and the step would fail mid-epoch."""
+    if train_size is None or train_size > cli.STRIDE:
+        return
+    per_rank = -(-n_train // world)
+    if batch == 1 or per_rank % batch == 1:
+        what = "--batch-size 1" if batch == 1 else (f"the last batch of each epoch ({per_rank} images in batches "
+                                                      f"of {batch}) holds one image")
+        raise FlagError(f"--train-size {train_size} gives a 1x1 output grid and {what}: BatchNorm needs more than "
+                        f"one value per channel; use --train-size 64 or more, or another --batch-size")
+
+
+def suggest_fast_recipe(recipe: str, device) -> None:
+    """One warning line when the original recipe trains on a CPU: it stays at 0 % there for any
+    budget a CPU has (docs/results.md); the fast recipe is the one for a CPU (design §7.6)."""
+    if recipe == "original" and device.type == "cpu":
+        warnings.warn("the original recipe (SGD, the cfg's step schedule, 416 px, full augmentation) stays at 0 % "
+                      "on a CPU for hours; add --recipe fast for a working model on a CPU (design §7.6)",
+                      stacklevel=2)
 
 
 def resolve_args(args) -> tuple[argparse.Namespace, dict]:
@@ -334,9 +374,11 @@ def main(args) -> dict:
     args, opts = resolve_args(args)
     device = cli.resolve_device(args.device)
     rank, world, device = engine.setup_distributed(device)
+    if rank == 0:  # one line per run, not one per process
+        cli.warn_amp_unused(args.amp, device)
+        suggest_fast_recipe(args.recipe, device)
     check_inputs(args)
-    for extra in args.also_valid:
-        valid.load_eval_setup(extra)  # every file it needs, checked now
+    check_also_valid(args.also_valid)
     engine.seed_everything(args.seed)
     fast = args.recipe == "fast"
 
@@ -365,6 +407,7 @@ def main(args) -> dict:
                                         "bg_prob": FAST.bg_prob_with_dir if args.bg_dir else FAST.bg_prob}
                                        if fast else {}))
     train_set.warm_background_pool()  # before the workers fork, so that they share it
+    check_single_image_batches(batch, len(train_set), args.train_size, world)
     test_shape = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
     test_set = dataset.listDataset(opts["valid"], train=False, shape=test_shape, resample=args.resample)
     setup = valid.load_eval_setup(args.datacfg)

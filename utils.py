@@ -9,6 +9,7 @@ Conventions (design §3, §4, §9):
 from __future__ import annotations
 
 import math
+import warnings
 
 import cv2
 import numpy as np
@@ -18,6 +19,7 @@ from scipy.spatial import ConvexHull, QhullError, cKDTree
 from linemod_format import IM_HEIGHT, IM_WIDTH, LINEMOD_FX, LINEMOD_FY, LINEMOD_U0, LINEMOD_V0, NUM_KEYPOINTS
 from linemod_format import data_cfg_number
 from linemod_format import read_data_cfg as read_data_cfg  # the original's utils.read_data_cfg
+from errors import MeshError
 
 
 # design §3.1: classes in alphabetical order; label rows hold 21 numbers
@@ -46,6 +48,11 @@ ANGLE_THRESHOLD_DEG = 5.0
 
 # design §9.2: box edges between corner indices 0..7, for drawing
 BOX_EDGES = ((0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 3), (2, 6), (3, 7), (4, 5), (4, 6), (5, 7), (6, 7))
+# design D61: the field of view of a real camera (a telephoto lens to a wide angle one); a focal
+# length in pixels that gives less or more is a typo or another unit (fx = 1e12, fx in mm)
+MIN_FOV_DEG, MAX_FOV_DEG = 1.0, 170.0
+# a box extent below this fraction of the largest one counts as zero (a flat or a line-like mesh)
+DEGENERATE_EXTENT = 1e-6
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +456,43 @@ def camera_from_data_cfg(options: dict, source="<data cfg>") -> tuple[np.ndarray
                             positive=True, integer=True)
     height = data_cfg_number(options, "im_height" if "im_height" in options else "height", source,
                              positive=True, integer=True)
+    for key, focal, side in (("fx", fx, width), ("fy", fy, height)):
+        warn_unreal_focal(source, key, focal, side)
     return get_camera_intrinsic(u0, v0, fx, fy), width, height
+
+
+def field_of_view_deg(focal_px: float, side_px: float) -> float:
+    """The pinhole field of view (degrees) across `side_px` pixels for a focal length of `focal_px` pixels."""
+    return math.degrees(2.0 * math.atan(side_px / (2.0 * focal_px)))
+
+
+def warn_unreal_focal(source, key: str, focal_px: float, side_px: int) -> None:
+    """One warning, naming the file and key, when a focal length gives a field of view outside
+    MIN_FOV_DEG..MAX_FOV_DEG (no real camera: a typo, or millimetres instead of pixels)."""
+    fov = field_of_view_deg(focal_px, side_px)
+    if not MIN_FOV_DEG <= fov <= MAX_FOV_DEG:
+        warnings.warn(f"{source}: {key} = {focal_px:g} px gives a field of view of {fov:.3g} degrees across "
+                      f"{side_px} px; real cameras have {MIN_FOV_DEG:g} to {MAX_FOV_DEG:g} (the focal length "
+                      f"is in pixels)", stacklevel=1)  # 1: one line per process, whichever script reads the file
+
+
+def check_mesh_vertices(vertices: np.ndarray, source) -> None:
+    """Refuse a mesh that cannot give a pose, warn about a flat one (design D61).
+
+    The pose comes from PnP on the 8 corners of the vertices' box and its centroid: a mesh whose box
+    has fewer than 2 non-zero extents (one vertex, identical vertices, points on a line) gives
+    coincident or collinear points, so every pose fails. Raises MeshError naming `source`. A box
+    with one zero extent (a flat object) still gives a pose, with a warning naming the mesh."""
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    extent = v.max(axis=0) - v.min(axis=0) if len(v) else np.zeros(3)
+    zero = extent <= DEGENERATE_EXTENT * max(float(extent.max()), 0.0)
+    if len(v) < 2 or extent.max() <= 0 or zero.sum() >= 2:
+        sizes = " x ".join(f"{e:.3g}" for e in extent)
+        raise MeshError(f"{source}: the mesh's bounding box is {sizes} (m) over {len(v)} vertices: a point or a "
+                        f"line, whose box corners cannot give a pose; expected a 3-D object")
+    if zero.any():
+        warnings.warn(f"{source}: the mesh is flat (zero extent along {'xyz'[int(np.argmax(zero))]}); its box "
+                      f"corners lie on a plane, and ADD compares poses of a plane", stacklevel=1)  # once per process
 
 
 def draw_box(image: np.ndarray, points_px: np.ndarray, color=(0, 255, 0), thickness: int = 2,

@@ -35,7 +35,7 @@ import cli
 import model_info
 import utils
 from errors import CfgError, DataCfgError, FlagError, InputError, MeshError, WeightsError, run_cli
-from linemod_format import append_text, atomic_write, check_label_files, write_text
+from linemod_format import NUM_KEYPOINTS, append_text, atomic_write, write_text
 from MeshPly import MeshPly
 
 DEFAULT_DATACFG = "cfg/ape.data"
@@ -118,8 +118,7 @@ def load_eval_setup(datacfg, diam_source: str = "data", pnp_method: str = "itera
     if not Path(opts["valid"]).is_file():
         raise DataCfgError(f"{datacfg}: test list (valid) not found: {opts['valid']}")
     vertices = MeshPly(opts["mesh"]).vertices
-    if len(vertices) < 2:
-        raise MeshError(f"{opts['mesh']}: the mesh has {len(vertices)} vertices; metrics need at least 2")
+    utils.check_mesh_vertices(vertices, opts["mesh"])  # MeshError for a point or a line: no pose
     if diam_source == "mesh" or "diam" not in opts:
         diam = utils.mesh_diameter(vertices)
     else:
@@ -577,10 +576,13 @@ class Job:
 def plan_jobs(args) -> list[Job]:
     """Every object to score, with every input checked before anything runs.
 
-    Raises InputError listing all the problems found. Warns (one line per list) about test
-    images whose label file is empty: they add no object to the scores.
+    Raises InputError listing all the problems found: besides the files, every test image's
+    header (`preflight.check_image_list`: a regular file, its size the `.data` width and height,
+    8-bit, no EXIF rotation, within the pixel cap). Warns (one line per list) about test images
+    whose label file is empty (they add no object to the scores), label points far outside the
+    image and entries listed twice.
     """
-    import dataset
+    import preflight
 
     if args.all:
         datacfgs = sorted(p for p in Path(args.all).glob("*.data") if not skipped_by_all(p))
@@ -589,6 +591,7 @@ def plan_jobs(args) -> list[Job]:
     else:
         datacfgs = [Path(args.datacfg)]
     model = check_model_cfg(args.modelcfg)  # untrained: only to check each weights file against it
+    label_width = 2 * getattr(model, "num_keypoints", NUM_KEYPOINTS) + 3
     jobs, problems = [], []
     for datacfg in datacfgs:
         try:
@@ -598,11 +601,17 @@ def plan_jobs(args) -> list[Job]:
                 log(f"skipping {setup.name}: weights file not found: {weightfile}")
                 continue
             check_weights(model, args.modelcfg, weightfile)
-            test_set = dataset.listDataset(setup.valid_list, train=False)  # an empty list or a missing file raises
-            empty = check_label_files(test_set.paths, test_set.label_width)  # bad labels raise
+            scan = preflight.check_image_list(setup.valid_list, train=False, label_width=label_width,
+                                              size=(setup.im_width, setup.im_height),
+                                              size_from=f"the width and height of {datacfg}")
+            if scan.problems:
+                problems.extend(preflight.summarise(scan.problems))
+                continue
+            empty = scan.empty
             if empty:
-                warnings.warn(f"{setup.valid_list}: {len(empty)} of {len(test_set)} test images have an empty "
+                warnings.warn(f"{setup.valid_list}: {len(empty)} of {len(scan.paths)} test images have an empty "
                               f"label file (first: {empty[0]}); they have no object to score", stacklevel=2)
+            preflight.warn_list_oddities(setup.valid_list, scan, "scored")
             jobs.append(Job(datacfg, setup, weightfile))
         except (OSError, ValueError) as exc:  # InputError is a ValueError; a missing image an OSError
             problems.append(str(exc))
@@ -652,6 +661,7 @@ def resolve_args(args) -> argparse.Namespace:
     args.modelcfg = args.modelcfg or DEFAULT_MODELCFG
     args.weightfile = args.weightfile or DEFAULT_WEIGHTFILE
     cli.check_positive("--batch-size", args.batch_size)
+    cli.check_positive("--workers", args.workers, minimum=0)
     cli.check_size("--test-size", args.test_size)
     return args
 
@@ -666,17 +676,31 @@ def curves_dir(args, weightfile: str) -> Path:
     return Path(args.backupdir) if args.backupdir else Path(weightfile).parent
 
 
+def check_outputs(args, csv_path) -> None:
+    """Every file the run will write, checked before the evaluation (OutputPathError naming the
+    flag): --json and --csv are files in writable folders, --save-predictions a writable folder;
+    a CSV with other columns is refused here too, not after the first object."""
+    if args.json:
+        cli.check_output_file("--json", args.json)
+    if csv_path:
+        cli.check_output_file("--csv", csv_path)
+        csv_columns(csv_path)
+    if args.save_predictions:
+        cli.check_output_dir("--save-predictions", args.save_predictions)
+
+
 def main(args) -> list:
     """Score every object; return their summaries. Bad inputs stop here with an InputError."""
     try:
         args = resolve_args(args)
         device = resolve_device(args.device)
+        cli.warn_amp_unused(args.amp, device)
         csv_path = None
         if args.csv:
             csv_path = Path(args.csv)
             if args.distiled and csv_path.name == DEFAULT_CSV:
                 csv_path = csv_path.with_name(DISTILLED_CSV)
-            csv_columns(csv_path)  # a CSV with other columns stops here, not after the first object
+        check_outputs(args, csv_path)
         jobs = plan_jobs(args)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot evaluate:\n  {exc}") from None

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 import dataset
 import engine
+import preflight
 import recipes
 import train
 import utils
@@ -179,19 +180,36 @@ def check_inputs(args, opts: dict) -> list:
         problems.append(f"{args.datacfg}: no 'train' key")
     elif not Path(opts["train"]).is_file():
         problems.append(f"{args.datacfg}: train list not found: {opts['train']}")
+    else:  # every training image, mask and label file now, not when the first batch meets them
+        try:
+            scan = preflight.check_image_list(opts["train"], train=True)
+            problems.extend(preflight.summarise(scan.problems))
+            preflight.warn_list_oddities(opts["train"], scan, "trained on")
+        except (OSError, ValueError) as exc:
+            problems.append(str(exc))
     if not Path(args.modelcfg).is_file():
         problems.append(f"model cfg not found: {args.modelcfg}")
     if args.initweightfile and not Path(args.initweightfile).is_file():
         problems.append(f"init weights not found: {args.initweightfile}")
     try:
         objects = valid_multi.load_objects(args.datacfg, args.objects)
-        for o in objects:  # the test images and labels (load_objects checked the lists and meshes)
-            valid_multi.OcclusionTestSet(o.setup.valid_list, o.name, 32)
+        valid_multi.check_test_images(objects)  # load_objects checked the lists and meshes
     except (OSError, ValueError) as exc:
         problems.append(str(exc))
     if problems:
         raise InputError("cannot start training:\n  " + "\n  ".join(problems))
     return objects
+
+
+def check_extra_objects(extras: dict) -> None:
+    """The images, masks and label files of the objects pasted around the main one, checked as the
+    training list is (`preflight.check_images`), before training: the sample reads them mid-epoch."""
+    problems = []
+    for obj, paths in extras.items():
+        scan = preflight.check_images(paths, f"the train list of {obj}", train=True)
+        problems.extend(preflight.summarise(scan.problems))
+    if problems:
+        raise InputError("cannot start training:\n  " + "\n  ".join(problems))
 
 
 def check_model(model, args, objects) -> None:
@@ -259,6 +277,7 @@ def main(args) -> dict:
     args, opts = resolve_args(args)
     device = cli.resolve_device(args.device)
     rank, world, device = engine.setup_distributed(device)
+    cli.warn_amp_unused(args.amp, device)
     objects = check_inputs(args, opts)
     engine.seed_everything(args.seed)
     fast = args.recipe == "fast"
@@ -281,6 +300,8 @@ def main(args) -> dict:
                                                num_keypoints=model.num_keypoints)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot start training:\n  {exc}") from None
+    check_extra_objects(extras)
+    train.check_single_image_batches(batch, len(train_set), args.train_size, world)
     if rank == 0 and not args.quiet:
         pasted = sorted(k for k, v in extras.items() if v)
         print(f"{len(train_set)} training images; objects to paste from: {', '.join(pasted) or 'none'}", flush=True)

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def load_objects(datacfg, objects=None, diam_source: str = "data",
         if not Path(valid_list).is_file():
             raise FileNotFoundError(f"{datacfg}: valid{k} test list not found: {valid_list}")
         vertices = MeshPly(mesh).vertices
+        utils.check_mesh_vertices(vertices, mesh)  # a point or a line gives no pose
         if diam_source == "mesh" or f"diam{k}" not in opts:
             diam = utils.mesh_diameter(vertices)
         else:
@@ -324,10 +326,40 @@ def check_args(args) -> argparse.Namespace:
     args.datacfg, args.modelcfg = find_path(args.datacfg), find_path(args.modelcfg)
     args.objects = cli.object_list(args.objects)
     cli.check_positive("--batch-size", args.batch_size)
+    cli.check_positive("--workers", args.workers, minimum=0)
     cli.check_size("--test-size", args.test_size)
+    if args.json:
+        cli.check_output_file("--json", args.json)
     if not 0.0 <= args.conf_thresh < 1.0:
         raise FlagError(f"--conf-thresh must be in [0, 1), found {args.conf_thresh}")
     return args
+
+
+def check_test_images(objects) -> None:
+    """Every object's test images (headers, `preflight.check_image_list`) and `labels_occlusion`
+    files, before anything runs. Raises InputError listing the problems, and for an object whose
+    label files are all empty (nothing to score); warns when only some are empty."""
+    import preflight
+
+    problems = []
+    for o in objects:
+        scan = preflight.check_image_list(o.setup.valid_list, train=False,
+                                          size=(o.setup.im_width, o.setup.im_height),
+                                          size_from=f"the width and height of {o.setup.extra.get('datacfg')}",
+                                          label_of=lambda p, name=o.name: occlusion_label_path(p, name))
+        problems.extend(preflight.summarise(scan.problems))
+        if scan.problems:
+            continue
+        empty = len(scan.empty)
+        if empty == len(scan.paths):
+            problems.append(f"{o.setup.valid_list}: all {empty} labels_occlusion files of {o.name!r} are empty "
+                            f"(first: {scan.empty[0]}); there is no object to score")
+        elif empty:
+            warnings.warn(f"{o.setup.valid_list}: {empty} of {len(scan.paths)} labels_occlusion files of "
+                          f"{o.name!r} are empty (first: {scan.empty[0]}); those images add nothing", stacklevel=2)
+        preflight.warn_list_oddities(o.setup.valid_list, scan, "scored")
+    if problems:
+        raise InputError("\n  ".join(problems))
 
 
 def main(args) -> list:
@@ -336,6 +368,7 @@ def main(args) -> list:
         args = check_args(args)
         device = valid.resolve_device(args.device)
         objects = load_objects(args.datacfg, args.objects, args.diam, args.pnp)
+        check_test_images(objects)
         model = valid.load_model(args.modelcfg, args.weightfile, device)
         size, rule = model_info.resolve(args, args.weightfile, args.modelcfg, (model.test_width, model.test_height))
         loaders = [make_test_loader(o, size, args.batch_size, args.workers, args.resample) for o in objects]

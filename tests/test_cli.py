@@ -2,14 +2,18 @@
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 import cli
 import detect
+import hostile
+import train
 import valid
 from benchmarks import bench_forward, bench_train, bench_valid
-from errors import FlagError
+from errors import FlagError, OutputPathError
 from multi_obj_pose_estimation import valid_multi
 from tools import bop_to_linemod, draw_labels, export_onnx, make_labels, make_synthetic_linemod, run_study
 
@@ -91,3 +95,48 @@ def test_a_bad_input_exits_with_status_2_and_one_message(tmp_path):
     assert proc.stderr.startswith("valid.py: error: cannot evaluate:")
     assert "nope.data: data cfg not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# issue 25: range checks that name the flag, output paths checked before the work
+# --------------------------------------------------------------------------------------------
+
+def test_devices_sizes_and_seeds_out_of_range_name_the_flag(capsys):
+    for name in ("mps", "meta"):  # accepted by torch.device, then a traceback in the first layer
+        with pytest.raises(FlagError, match=f"--device {name}: expected auto, cpu, cuda or cuda:N"):
+            cli.resolve_device(name)
+    if not torch.cuda.is_available():
+        with pytest.raises(FlagError, match="--device cuda:7: CUDA is not available"):
+            cli.resolve_device("cuda:7")
+    with pytest.raises(FlagError, match=f"--test-size must be at most {cli.MAX_SIZE} .*found 100000"):
+        cli.check_size("--test-size", 100000)  # was a MemoryError after the model loaded
+    cli.check_size("--test-size", cli.MAX_SIZE)
+    assert parse(train, ["--seed", str(cli.MAX_SEED)]).seed == cli.MAX_SEED
+    for bad in ("-1", str(cli.MAX_SEED + 1), "1.5"):
+        with pytest.raises(SystemExit) as exit_:
+            parse(train, ["--seed", bad])
+        assert exit_.value.code == 2
+        assert f"argument --seed: expected a whole number from 0 to {cli.MAX_SEED}" in capsys.readouterr().err
+    with pytest.raises(FlagError, match="--opset must be from 18 to 25, found 1"):
+        cli.check_range("--opset", 1, 18, 25)
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(OutputPathError, match=r"--json .*: is a folder; expected a file name"):
+        cli.check_output_file("--json", tmp_path)
+    with pytest.raises(OutputPathError, match=r"--csv .*a_file: is a file; expected a folder"):
+        cli.check_output_file("--csv", a_file / "x.csv")
+    with pytest.raises(OutputPathError, match=r"--out .*a_file: is a file; expected a folder"):
+        cli.check_output_dir("--out", a_file)
+    assert cli.check_output_file("--json", tmp_path / "new" / "s.json") == tmp_path / "new" / "s.json"
+    assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []  # the probe is gone
+    # tests run as root, where chmod stops no write: a read-only file system is simulated
+    monkeypatch.setattr(cli, "open", hostile.os_error(hostile.EROFS), raising=False)
+    with pytest.raises(OutputPathError, match=r"--save-predictions .*ro: cannot write there \(Read-only file system\)"):
+        cli.check_output_dir("--save-predictions", tmp_path / "ro")
+    monkeypatch.undo()
+    monkeypatch.setattr(cli.shutil, "disk_usage", lambda p: SimpleNamespace(total=1 << 30, used=1 << 30, free=10))
+    with pytest.raises(OutputPathError, match=r"--out .*full: the file system is full \(10 bytes free\)"):
+        cli.check_output_dir("--out", tmp_path / "full")

@@ -11,7 +11,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import dataset as ds
+import hostile
 import image as im
+from errors import ImageError
 from utils import LINEMOD_OBJECTS, label_row
 
 OBJECT_COLORS = [(220, 40, 40), (40, 220, 40), (40, 40, 220), (220, 220, 40)]
@@ -568,3 +570,53 @@ def test_header_size_and_half_size_decode(tmp_path):
     assert ds.encoded_size(b"GIF89a....") is None
     with pytest.raises(FileNotFoundError, match="image not found"):
         ds.read_bytes(tmp_path / "missing.jpg")
+
+
+# --------------------------------------------------------------------------------------------
+# issue 25: hostile images are named errors, from the header, before any pixel is decoded
+# --------------------------------------------------------------------------------------------
+
+def test_hostile_images_are_image_errors_from_their_headers(tmp_path):
+    bomb = hostile.bomb_png(tmp_path / "bomb.png")
+    for read in (ds.read_header, ds.load_image, ds.image_size):
+        with pytest.raises(ImageError, match=r"bomb\.png: image is (too large to decode|20000x20000 pixels)"):
+            read(bomb)
+    with pytest.raises(ImageError, match=rf"big\.png: image is 9000x9000 pixels, more than the "
+                                         rf"{ds.MAX_IMAGE_PIXELS:,}"):
+        ds.read_header(hostile.bomb_png(tmp_path / "big.png", 9000))  # under Pillow's limit, over ours
+    deep = hostile.png16(tmp_path / "deep.png")
+    assert ds.read_header(deep).mode.startswith("I")
+    with pytest.raises(ImageError, match=r"deep\.png: image has 16 or 32 bits per sample \(Pillow mode I"):
+        ds.load_image(deep)  # Pillow's convert('RGB') gave white
+    pipe = hostile.fifo(tmp_path / "pipe.jpg")
+    for read in (ds.read_header, ds.load_image, ds.read_bytes, lambda p: ds.read_gray(p, (8, 6))):
+        with pytest.raises(ImageError, match=r"pipe\.jpg: (image|mask) is not a regular file"):
+            read(pipe)  # opening it waited forever for a writer
+    with pytest.raises(FileNotFoundError, match=r"none\.jpg: image not found"):
+        ds.read_header(tmp_path / "none.jpg")
+
+
+def test_exif_rotation_is_read_and_refused_the_same_way_for_training_and_testing(tmp_path):
+    """The fast loader ignored the EXIF rotation as Pillow does; the pre-flights now refuse it (D61)."""
+    turned = hostile.rotated_jpeg(tmp_path / "turned.jpg", size=(8, 6), orientation=6)
+    header = ds.read_header(turned)
+    assert (header.size, header.orientation) == ((8, 6), 6)
+    assert ds.load_image(turned).size == ds.read_rgb(turned).shape[1::-1] == (8, 6)  # both the stored pixels
+    with pytest.raises(ImageError, match=r"turned\.jpg: image has EXIF orientation 6 \(stored rotated or mirrored\)"):
+        ds.check_image_header(turned)
+    plain = hostile.rgb(tmp_path / "plain.png", size=(8, 6))
+    assert ds.check_image_header(plain, size=(8, 6)).orientation == 1
+    with pytest.raises(ImageError, match=r"plain\.png: image is 8x6, expected 640x480 \(the \.data size\)"):
+        ds.check_image_header(plain, size=(640, 480), size_from="the .data size")
+
+
+def test_a_mask_of_another_size_and_a_fifo_in_a_list_are_named(small):
+    ds.PoseDataset("LINEMOD/ape/train.txt", train=True)
+    os.remove("LINEMOD/ape/labels/000001.txt")
+    os.mkfifo("LINEMOD/ape/labels/000001.txt")
+    with pytest.raises(ImageError, match=r"000001\.txt: label file is not a regular file .*\(sample 1 of"):
+        ds.PoseDataset("LINEMOD/ape/train.txt", train=True)
+    os.remove("LINEMOD/ape/labels/000001.txt")
+    with pytest.raises(ImageError, match=r"0000\.png: mask is 8x6, expected the image size"):
+        hostile.rgb("LINEMOD/ape/mask/0000.png", size=(8, 6))
+        ds.read_gray("LINEMOD/ape/mask/0000.png", ds.image_size("LINEMOD/ape/JPEGImages/000000.png"))

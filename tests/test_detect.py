@@ -12,10 +12,12 @@ import torch
 
 import dataset
 import detect
+import hostile
 import utils
 import valid
 from darknet import Darknet
 from errors import InputError
+from MeshPly import write_ply
 from tools.make_synthetic_linemod import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +169,7 @@ def test_bad_inputs_are_input_errors(setup, tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("unreadable", "unreadable image"),
+    ("unreadable", r"broken\.jpg: cannot read image"),
     ("missing", "no such file"),
     ("camera", "camera 97: cannot be opened"),
     ("empty", "no images"),
@@ -221,3 +223,54 @@ def test_onnx_cli_refuses_missing_weights(tmp_path):
     with pytest.raises(InputError, match="weights not found"):
         export_onnx.main(export_onnx.get_args_parser().parse_args(
             ["--modelcfg", str(TRIAL3), "--weightfile", str(tmp_path / "x.weights")]))
+
+
+# --------------------------------------------------------------------------------------------
+# issue 25: hostile sources, flags and meshes are named errors before the first frame
+# --------------------------------------------------------------------------------------------
+
+def _argv(setup, source, out, *extra):
+    return [source, "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--weightfile", setup["weights"],
+            "--test-size", SIZE, "--out", out, "--quiet", *extra]
+
+
+def test_hostile_sources_and_flags_stop_before_the_first_frame(setup, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(detect.SourceError, match=r"clip\.mp4: not a regular file \(a FIFO or device\)"):
+        run_detect(_argv(setup, hostile.fifo(tmp_path / "clip.mp4"), tmp_path / "out"))  # hung on the pipe
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    hostile.rgb(folder / "a.png", size=(64, 48))
+    hostile.bomb_png(folder / "b.png")
+    hostile.png16(folder / "c.png")
+    with pytest.raises(detect.SourceError) as err:
+        run_detect(_argv(setup, folder, tmp_path / "out"))
+    assert "b.png: image is too large to decode" in str(err.value)
+    assert "c.png: image has 16 or 32 bits per sample" in str(err.value)
+    assert not (tmp_path / "out" / "a.png").exists()  # nothing drawn before the check
+    with pytest.raises(InputError, match=r"--max-frames must be >= 1, found -1"):
+        run_detect(_argv(setup, setup["images"], tmp_path / "out", "--max-frames", "-1"))
+    with pytest.raises(InputError, match=r"--out .*a_file: is a file; expected a folder"):
+        run_detect(_argv(setup, setup["images"], a_file))
+
+
+def test_an_exif_rotation_warns_and_the_stored_pixels_are_used(setup, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    hostile.rotated_jpeg(folder / "turned.jpg", size=(64, 48))
+    with pytest.warns(UserWarning, match=r"1 of 1 images have an EXIF rotation \(first: .*turned\.jpg\); the stored "
+                                         r"pixels are used"):
+        res = run_detect(_argv(setup, folder, tmp_path / "out", "--no-images"))
+    assert (res["frames"][0]["width"], res["frames"][0]["height"]) == (64, 48)
+
+
+@pytest.mark.parametrize("vertices", [np.zeros((1, 3)), np.full((4, 3), 0.02), np.outer(np.arange(4.0), [0.01, 0, 0])])
+def test_a_mesh_that_gives_no_pose_is_refused_as_valid_refuses_it(setup, tmp_path, vertices):
+    """detect.py wrote null poses for a point, identical vertices or a line; valid.py refused some."""
+    mesh = tmp_path / "bad.ply"
+    write_ply(mesh, vertices, np.zeros((1, 3), int))
+    data = tmp_path / "bad.data"
+    data.write_text(Path(setup["datacfg"]).read_text() + f"mesh = {mesh}\n")
+    with pytest.raises(InputError, match=r"bad\.ply: the mesh's bounding box is .* a point or a line"):
+        run_detect([*_argv(setup, setup["images"], tmp_path / "out"), "--datacfg", data])  # the last one wins

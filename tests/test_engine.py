@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import engine
+import hostile
 import recipes
 import train
 from errors import CheckpointError, InputError
@@ -440,3 +441,12 @@ def test_metric_logs_are_replaced_whole_never_appended_in_place(tmp_path, monkey
     assert [r["epoch"] for r in rows_of(tmp_path / "metrics.csv")] == ["0", "1"]
     assert [json.loads(ln)["epoch"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert trainer.state["last_evaluated"] == 1
+
+
+def test_a_read_only_backup_folder_is_one_clean_error(tmp_path, monkeypatch):
+    """The clean error was raised, then the clean-up of the probe file raised over it (issue 25).
+    Tests run as root, where chmod stops no write: the read-only file system is simulated."""
+    monkeypatch.setattr(engine.Path, "write_bytes", hostile.os_error(hostile.EROFS))
+    monkeypatch.setattr(engine.Path, "unlink", hostile.os_error(hostile.EROFS))
+    with pytest.raises(InputError, match=r"backup: the backup folder is not writable: Read-only file system"):
+        engine.prepare_backup(tmp_path / "backup", resume=False, overwrite=False)

@@ -1,4 +1,5 @@
 """One error path for every script: our error types, a message naming the file, exit status 2."""
+import errno
 import subprocess
 import sys
 import warnings
@@ -6,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from errors import EXIT_BAD_INPUT, DataCfgError, InputError, run_cli
+from errors import (EXIT_BAD_INPUT, EXIT_FAULT, EXIT_INTERRUPTED, WORKER_TRACEBACK, DataCfgError, ImageError,
+                    InputError, one_line, run_cli)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL3 = ROOT / "cfg" / "yolo-lite-trial3-pose.cfg"
@@ -56,3 +59,56 @@ def test_scripts_exit_2_without_a_traceback(tmp_path):
 def test_input_errors_are_value_errors():
     """Callers that caught ValueError keep working."""
     assert issubclass(InputError, ValueError)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 25: the other ways a run ends early are one line too
+# --------------------------------------------------------------------------------------------
+
+def _raises(exc):
+    def main(argv):
+        raise exc
+    return main
+
+
+@pytest.mark.parametrize("exc, status, line", [
+    (OSError(errno.ENOSPC, "No space left on device", "backup/x/checkpoint.pt"), EXIT_FAULT,
+     "tool.py: error: backup/x/checkpoint.pt: No space left on device (the file system is full: free some space"),
+    (OSError(errno.EROFS, "Read-only file system", "out/a.json"), EXIT_BAD_INPUT,
+     "tool.py: error: out/a.json: Read-only file system"),
+    (FileNotFoundError("x.jpg: image not found"), EXIT_BAD_INPUT, "tool.py: error: x.jpg: image not found"),
+    (KeyboardInterrupt(), EXIT_INTERRUPTED, "tool.py: interrupted"),
+    (MemoryError(), EXIT_FAULT, "tool.py: error: out of memory"),
+])
+def test_faults_and_ctrl_c_end_in_one_line(capsys, exc, status, line):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(_raises(exc), [], prog="tool.py")
+    assert exit_.value.code == status
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(line), err
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    """A dataset whose every sample is an unreadable image (what a loader worker meets mid-run)."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise ImageError(f"img/{i:06d}.jpg: cannot read image (broken data stream)")
+
+
+def test_a_loader_worker_error_prints_the_message_it_carried(capsys):
+    """The worker's error reached the user with the worker's whole traceback in its message."""
+    def main(argv):
+        for _ in torch.utils.data.DataLoader(_Unreadable(), num_workers=1):
+            pass
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [], prog="train.py")
+    assert exit_.value.code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err == "train.py: error: img/000000.jpg: cannot read image (broken data stream)\n"
+    wrapped = ImageError("Caught ImageError in DataLoader worker process 0.\n" + WORKER_TRACEBACK + "\n  File "
+                         "\"x.py\", line 1, in f\nerrors.ImageError: a.png: two\nlines\n")
+    assert one_line(wrapped) == "a.png: two\nlines"
+    assert one_line(InputError("plain")) == "plain"

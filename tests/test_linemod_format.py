@@ -291,3 +291,19 @@ def test_check_label_files_returns_the_empty_ones(tmp_path):
     (tmp_path / "labels" / "a.txt").write_text(good.replace("0.5", "nan", 1))
     with pytest.raises(LabelError, match=r"a\.txt:1: expected finite numbers"):
         lf.check_label_files(images)
+
+
+def test_an_all_zero_row_is_refused_and_oddities_are_found(tmp_path):
+    """x0 = 0 marks an empty target slot: the row (and every later one) was silently dropped (issue 25)."""
+    f = tmp_path / "z.txt"
+    f.write_text(" ".join(["0"] * 21) + "\n")
+    with pytest.raises(LabelError, match=r"z\.txt:1: x0 = 0, which marks an empty slot in the targets"):
+        lf.read_label_rows(f)
+    row = np.r_[0, np.full(18, 0.5), 0.1, 0.1]
+    assert not lf.far_outside(row[None])
+    row[3] = 5.5  # x1, five image widths to the right
+    assert lf.far_outside(row[None])
+    assert lf.duplicates(["a/1.jpg", "a/2.jpg", "a/./1.jpg", "a/2.jpg", "a/1.jpg"]) == ["a/./1.jpg", "a/2.jpg"]
+    os.mkfifo(tmp_path / "pipe.txt")
+    with pytest.raises(LabelError, match=r"pipe\.txt: not a regular file"):
+        lf.read_label_rows(tmp_path / "pipe.txt")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -370,3 +371,38 @@ def test_train_multi_checks_numbers_before_the_main_job_generates_data(tmp_path,
         with pytest.raises(InputError, match=message):
             train_multi.main(train_multi.get_args_parser().parse_args(argv + ["--quiet"]))
     assert not (tmp_path / "data").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# issue 25: every label checked before the work, as the README says
+# --------------------------------------------------------------------------------------------
+
+def _occ_copy(occ, tmp_path):
+    root = tmp_path / "occ"
+    shutil.copytree(occ, root)
+    return root, root / "cfg/occlusion.data"
+
+
+def test_train_multi_checks_the_training_labels_before_training(occ, tmp_path):
+    """A bad training label was met mid-training, although the README says it is checked before."""
+    root, data = _occ_copy(occ, tmp_path)
+    first = dataset.read_list(utils.read_data_cfg(data, resolve_paths=True)["train"])[0]
+    Path(dataset.label_path(first)).write_text("0 0.5 0.5\n")
+    args = ["--datacfg", str(data), "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", "none",
+            "--backupdir", str(tmp_path / "b"), "--quiet"]
+    with pytest.raises(InputError, match=r"(?s)cannot start training:.*:1: expected 21 numbers per object, found 3"):
+        train_multi.main(train_multi.get_args_parser().parse_args(args))
+    assert not (tmp_path / "b").exists()
+
+
+def test_all_empty_occlusion_labels_are_refused_and_some_warn(occ, tmp_path):
+    root, data = _occ_copy(occ, tmp_path)
+    (obj,) = valid_multi.load_objects(data, ["obj00"])
+    paths = dataset.read_list(obj.setup.valid_list)
+    Path(occlusion_label_path(paths[0], "obj00")).write_text("")
+    with pytest.warns(UserWarning, match=rf"1 of {len(paths)} labels_occlusion files of 'obj00' are empty"):
+        valid_multi.check_test_images([obj])
+    for p in paths:
+        Path(occlusion_label_path(p, "obj00")).write_text("")
+    with pytest.raises(InputError, match=rf"all {len(paths)} labels_occlusion files of 'obj00' are empty"):
+        valid_multi.check_test_images([obj])

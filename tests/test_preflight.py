@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import hostile
 import linemod_format as lf
 import preflight
 from errors import InputError
@@ -104,3 +105,68 @@ def test_a_missing_image_is_reported_alone(copy):
     text = str(err.value)
     assert "image not found (entry 3 of " in text
     assert "label file not found" not in text and "mask not found" not in text
+
+
+# --------------------------------------------------------------------------------------------
+# issue 25: image headers, masks and the .data size; suspicious inputs warn; no-pose meshes refused
+# --------------------------------------------------------------------------------------------
+
+def test_image_headers_are_checked_against_the_data_file_and_the_masks(copy):
+    """Each was trained on (or scored) without a word: a 1x1 image, a mask of another size that the
+    fast recipe never compared, an EXIF-rotated image, a 16-bit image clipped to white, a FIFO."""
+    _, data, train, test = copy
+    hostile.rgb(train[0], size=(1, 1))
+    hostile.rgb(lf.mask_path(train[1]), size=(8, 6))
+    hostile.rotated_jpeg(train[2], size=(640, 480))
+    hostile.png16(test[0], size=(640, 480))
+    Path(test[1]).unlink()
+    hostile.fifo(test[1])
+    with pytest.raises(InputError) as err:
+        preflight.check_training_inputs(data, TRIAL3, None)
+    text = str(err.value)
+    assert f"{train[0]}: image is 1x1, expected 640x480 (the width and height of {data})" in text
+    assert f"{lf.mask_path(train[1])}: mask is 8x6, expected 640x480 (the size of its image {train[1]})" in text
+    assert f"{train[2]}: image has EXIF orientation 6 (stored rotated or mirrored)" in text
+    assert f"{test[0]}: image has 16 or 32 bits per sample" in text
+    assert f"{test[1]}: image is not a regular file (a folder, FIFO or device) (entry 2 of " in text
+    data.write_text(data.read_text() + "width = 320\n")  # .data says 320 wide; the images are 640
+    hostile.rgb(train[0], size=(640, 480))
+    with pytest.raises(InputError, match=rf"{train[0]}: image is 640x480, expected 320x480"):
+        preflight.check_training_inputs(data, TRIAL3, None)
+
+
+def test_legal_but_suspicious_inputs_warn_once_each(copy):
+    root, data, train, _ = copy
+    train_list = root / "LINEMOD" / "obj00" / "train.txt"
+    train_list.write_text(train_list.read_text() * 2)  # every image twice
+    label = Path(lf.label_path(train[0]))
+    fields = label.read_text().split()
+    fields[3] = "5.5"  # x1: 5 image widths to the right
+    label.write_text(" ".join(fields) + "\n")
+    data.write_text(data.read_text() + "fx = 1e12\n")
+    mesh = root / "LINEMOD" / "obj00" / "obj00.ply"
+    m = MeshPly(mesh)
+    write_ply(mesh, m.vertices * [1, 1, 0], m.indices)  # flat: zero thickness along z
+    with pytest.warns(UserWarning) as record:
+        preflight.check_training_inputs(data, TRIAL3, None)
+    text = "\n".join(str(w.message) for w in record)
+    n = 2 * len(train)
+    assert f"{train_list}: {len(train)} of {n} entries are listed more than once, so they are trained on more " \
+           f"than once (first: " in text
+    assert f"label files have a point more than 1 image size outside the image (first: {label})" in text
+    assert f"{data}: fx = 1e+12 px gives a field of view of " in text and "real cameras have 1 to 170" in text
+    assert f"{mesh}: the mesh is flat (zero extent along z)" in text
+
+
+def test_a_mesh_without_a_pose_and_all_zero_rows_are_refused(copy):
+    """Identical vertices made every pose a miss without naming the mesh; an all-zero label row made
+    an image silently object-less (x0 = 0 is the empty-slot mark of the targets)."""
+    root, data, _, test = copy
+    mesh = root / "LINEMOD" / "obj00" / "obj00.ply"
+    write_ply(mesh, np.full((4, 3), 0.05), np.array([[0, 1, 2]]))
+    Path(lf.label_path(test[0])).write_text(" ".join(["0"] * 21) + "\n")
+    with pytest.raises(InputError) as err:
+        preflight.check_training_inputs(data, TRIAL3, None)
+    text = str(err.value)
+    assert f"{mesh}: the mesh's bounding box is 0 x 0 x 0 (m) over 4 vertices: a point or a line" in text
+    assert f"{lf.label_path(test[0])}:1: x0 = 0, which marks an empty slot in the targets" in text

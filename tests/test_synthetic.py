@@ -14,7 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
+import hostile
+import image
 import utils
+from errors import EXIT_FAULT, run_cli
 from MeshPly import MeshPly
 from tools import make_synthetic_linemod as gen
 from tools.synth_render import Light, Mesh, look_at_rotation, render
@@ -466,3 +469,16 @@ def test_fresh_test_set_refuses_a_used_seed_or_a_folder_without_objects(fresh, t
         gen.add_fresh_test(tmp_path, 2, fresh_seed=1)
     assert gen.main(["--out", str(tmp_path / "empty"), "--fresh-test", "2", "--fresh-seed", "4"]) == 2
     assert "no synthetic objects here" in capsys.readouterr().err
+
+
+def test_a_full_disk_during_generation_is_one_line(tmp_path, monkeypatch, capsys):
+    """The first image write that finds the disk full ends the run in one line, status 1 (issue 25);
+    the generation is recorded as unfinished, so that a later --overwrite replaces it (design D60)."""
+    monkeypatch.setattr(image, "write_bytes", hostile.os_error(hostile.ENOSPC, "000000.jpg"))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(gen.main, ["--out", str(tmp_path / "full"), "--num-objects", "1", "--images-per-object", "2",
+                           "--workers", "1"], prog="make_synthetic_linemod.py")
+    assert exit_.value.code == EXIT_FAULT
+    err = capsys.readouterr().err
+    assert err.startswith("make_synthetic_linemod.py: error: 000000.jpg: No space left on device (the file system "
+                          "is full") and len(err.splitlines()) == 1

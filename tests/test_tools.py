@@ -17,13 +17,14 @@ import cv2
 import numpy as np
 import pytest
 
+import hostile
 import utils
 from MeshPly import MeshPly, write_ply
 from tools import bop_to_linemod as bop
 from tools import draw_labels, make_labels
 from tools import make_synthetic_linemod as gen
-from errors import PoseFileError
-from linemod_format import read_label_rows, read_poses, write_poses_csv
+from errors import FlagError, OutputPathError, PoseFileError
+from linemod_format import read_label_rows, read_list, read_poses, write_poses_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "get_linemod.sh"
@@ -792,3 +793,58 @@ def test_readme_main_job_table_is_its_raw_record():
     assert table in (ROOT / "README.md").read_text()
     assert table in (ROOT / "docs/results.md").read_text()
     assert record["command"] == "python train.py" and record["date"] and record["machine"]
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 25: flags, output paths and meshes named before the work
+# ------------------------------------------------------------------------------------------------
+
+def test_make_labels_refuses_a_mesh_that_gives_no_pose(synth, tmp_path, capsys):
+    """It wrote diam = 0, which train.py then refused."""
+    poses = tmp_path / "p.json"
+    poses.write_text(json.dumps(_user_records(synth, "obj00")[:3]))
+    point = tmp_path / "point.ply"
+    write_ply(point, np.full((3, 3), 0.1), np.array([[0, 1, 2]]))
+    err = _run_make_labels(synth, tmp_path, capsys, poses, mesh=point)
+    assert f"{point}: the mesh's bounding box is 0 x 0 x 0 (m) over 3 vertices: a point or a line" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n", "0"], "--n must be >= 1, found 0"),
+    (["--cols", "0"], "--cols must be >= 1, found 0"),  # was a ZeroDivisionError
+    (["--colors", "300"], "--colors must be from 0 to 256, found 300"),
+    (["--scale", "0"], "--scale must be above 0"),
+    (["--out", "DIR"], "--out DIR: is a folder; expected a file name"),
+])
+def test_draw_labels_flags_are_named(synth, tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "DIR").mkdir()
+    argv = ["--datacfg", str(synth / "cfg/obj00.data"), "--out", "x.png", *flags]
+    assert draw_labels.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"draw_labels: error: {message}") and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_export_onnx_checks_the_opset_and_out_before_exporting(tmp_path, capsys):
+    """--opset 1 printed a converter traceback, exited 0 and wrote opset 18."""
+    from tools import export_onnx
+
+    cfg = str(ROOT / "cfg/yolo-lite-trial3-pose.cfg")
+    run = lambda *a: export_onnx.main(export_onnx.get_args_parser().parse_args(["--modelcfg", cfg, *a]))  # noqa: E731
+    with pytest.raises(FlagError, match=rf"--opset must be from 18 to {export_onnx.max_opset()}, found 1"):
+        run("--opset", "1", "--out", str(tmp_path / "m.onnx"))
+    with pytest.raises(OutputPathError, match=r"--out .*: is a folder; expected a file name"):
+        run("--out", str(tmp_path))
+    with pytest.raises(FlagError, match=r"--tolerance must be positive, found -1"):
+        run("--tolerance", "-1", "--out", str(tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_draw_labels_refuses_a_bomb_from_its_header(synth, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(synth, root)
+    hostile.bomb_png(read_list(root / "LINEMOD/obj00/test.txt")[0])  # cv2 decoded it: 1.2 GB
+    argv = ["--datacfg", str(root / "cfg/obj00.data"), "--n", "1", "--out", str(tmp_path / "x.png")]
+    assert draw_labels.main(argv) == 2
+    assert "image is too large to decode" in capsys.readouterr().err

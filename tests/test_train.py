@@ -7,17 +7,21 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import cli
 import dataset
+import engine
+import hostile
 import train
 import valid
 from darknet import Darknet
-from errors import FlagError, InputError
+from errors import EXIT_FAULT, FlagError, InputError, run_cli
 from region_loss import RegionLoss
 from tools.make_synthetic_linemod import generate
 
@@ -403,3 +407,46 @@ def test_ddp_two_gloo_processes_write_one_set_of_outputs(synth, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
         ["model.weights", "last.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "metrics.jsonl",
          "training.png"])
+
+
+# --------------------------------------------------------------------------------------------
+# issue 25: flags and --also-valid before training, the recipe hint, a full disk mid-run
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-batches", "0"], r"--max-batches must be >= 1, found 0"),
+    (["--train-size", "32", "--batch-size", "1"], r"--train-size 32 gives a 1x1 output grid and --batch-size 1"),
+    (["--train-size", "32"], r"the last batch of each epoch \(9 images in batches of 4\) holds one image"),
+    (["--device", "meta"], r"--device meta: expected auto, cpu, cuda or cuda:N"),
+    (["--also-valid", "NOPE"], r"--also-valid .*nope\.data: .*nope\.data: data cfg not found"),
+])
+def test_flags_and_also_valid_are_checked_before_training(synth, tmp_path, extra, message):
+    """Each was a traceback: BatchNorm on one value per channel, a device without our operators,
+    the extra test set read only at the first evaluation."""
+    extra = [str(tmp_path / "nope.data") if e == "NOPE" else e for e in extra]
+    with pytest.raises(InputError, match=message):
+        run_main(small_args(synth, tmp_path / "out", "--epochs", "1", *extra))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_original_recipe_on_a_cpu_names_the_fast_one():
+    with pytest.warns(UserWarning, match=r"stays at 0 % on a CPU for hours; add --recipe fast"):
+        train.suggest_fast_recipe("original", torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train.suggest_fast_recipe("fast", torch.device("cpu"))
+        train.suggest_fast_recipe("original", torch.device("cuda"))
+    with pytest.warns(UserWarning, match=r"--amp has no effect on cpu: mixed precision runs on CUDA only"):
+        cli.warn_amp_unused(True, torch.device("cpu"))
+
+
+def test_a_full_disk_during_training_is_one_line(synth, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(engine, "atomic_torch_save", hostile.os_error(hostile.ENOSPC, "checkpoint.pt"))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(train.main_cli, small_args(synth, tmp_path / "out", "--epochs", "1", "--max-batches", "1"),
+                prog="train.py")
+    assert exit_.value.code == EXIT_FAULT
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("train.py: error: checkpoint.pt: No space left on device (the file system is full")
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "out" / engine.LOCK_FILE).exists()  # the run's lock is released

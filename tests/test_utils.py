@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import utils
-from errors import DataCfgError
+from errors import DataCfgError, MeshError
+from linemod_format import DATA_CFG_DEFAULTS
 from MeshPly import MeshPly
 
 
@@ -379,3 +380,18 @@ def test_multi_boxes_vote_around_their_own_cells():
     box = utils.get_region_boxes(single, num_classes=C, rule="vote")[0]
     (rows,) = utils.get_multi_region_boxes(single, 0.0, C, rule="vote")
     torch.testing.assert_close(rows[int(rows[:, 18].argmax()), :18], box[:18])
+
+
+def test_degenerate_meshes_and_unreal_focal_lengths(recwarn):
+    """A point or a line cannot give a pose (refused); a flat mesh and a focal length no camera has warn."""
+    for v in (np.zeros((1, 3)), np.full((5, 3), 0.3), np.outer(np.arange(5.0), [0, 0.02, 0])):
+        with pytest.raises(MeshError, match=r"m\.ply: the mesh's bounding box is .* a point or a line"):
+            utils.check_mesh_vertices(v, "m.ply")
+    utils.check_mesh_vertices(np.eye(3) * 0.1, "box.ply")
+    assert len(recwarn) == 0
+    with pytest.warns(UserWarning, match=r"flat\.ply: the mesh is flat \(zero extent along z\)"):
+        utils.check_mesh_vertices(np.array([[0, 0, 0], [0.1, 0, 0], [0, 0.1, 0.0]]), "flat.ply")
+    assert utils.field_of_view_deg(320.0, 640) == pytest.approx(90.0)
+    opts = dict(DATA_CFG_DEFAULTS, fx="1e12")
+    with pytest.warns(UserWarning, match=r"a\.data: fx = 1e\+12 px gives a field of view of 3\.67e-08 degrees"):
+        utils.camera_from_data_cfg(opts, "a.data")

@@ -16,10 +16,12 @@ import pytest
 import torch
 
 import dataset
+import hostile
 import utils
 import valid
 from darknet import Darknet
-from errors import InputError
+from errors import InputError, MeshError, run_cli
+from MeshPly import write_ply
 
 TRIAL3_CFG = str(Path(__file__).resolve().parents[1] / "cfg" / "yolo-lite-trial3-pose.cfg")
 TEST_SIZE = 128  # small inputs keep the real-network tests fast; the metrics do not depend on it
@@ -613,3 +615,89 @@ def test_all_scores_each_object_once():
 
     names = ["ape.data", "obj00.data", "obj00_fresh7.data", "occlusion.data", "freshwater.data"]
     assert [n for n in names if not valid.skipped_by_all(Path(n))] == ["ape.data", "obj00.data", "freshwater.data"]
+
+
+# --------------------------------------------------------------------------------------------
+# issue 25: outputs, test images and meshes checked before the loop; Ctrl-C is one line
+# --------------------------------------------------------------------------------------------
+
+def _private_copy(synth, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(synth / "LINEMOD" / "obj00", root / "LINEMOD" / "obj00")
+    shutil.copytree(synth / "cfg", root / "cfg")
+    return root, root / "cfg" / "obj00.data", dataset.read_list(root / "LINEMOD" / "obj00" / "test.txt")
+
+
+def test_output_paths_are_checked_before_the_loop(synth, trial3_weights, tmp_path, no_loop):
+    """Each failed only after the whole evaluation had run."""
+    data = synth / "cfg" / "obj00.data"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for flags, message in [
+        (["--json", tmp_path], r"--json .*: is a folder; expected a file name"),
+        (["--csv", a_file / "m.csv"], r"--csv .*a_file: is a file; expected a folder"),
+        (["--save-predictions", a_file], r"--save-predictions .*a_file: is a file; expected a folder"),
+    ]:
+        with pytest.raises(InputError, match=message):  # cannot evaluate: --json ...
+            cli(data, TRIAL3_CFG, trial3_weights, "--quiet", *flags)
+
+
+def test_hostile_test_images_stop_before_the_loop(synth, trial3_weights, tmp_path, no_loop):
+    root, data, paths = _private_copy(synth, tmp_path)
+    hostile.bomb_png(paths[0])
+    hostile.rgb(paths[1], size=(1, 1))
+    lst = root / "LINEMOD" / "obj00" / "test.txt"
+    good_list = lst.read_text()
+    pipe = hostile.fifo(Path(paths[0]).with_name("999999.jpg"))  # reading it waited forever
+    lst.write_text(good_list + f"{pipe}\n")
+    with pytest.raises(InputError) as err:
+        cli(data, TRIAL3_CFG, trial3_weights, "--quiet")
+    text = str(err.value)
+    assert f"{pipe}: image is not a regular file (a folder, FIFO or device)" in text
+    assert f"{paths[0]}: image is too large to decode" in text
+    assert f"{paths[1]}: image is 1x1, expected 640x480 (the width and height of {data})" in text
+    hostile.rgb(paths[0], size=(640, 480))
+    hostile.rgb(paths[1], size=(640, 480))
+    lst.write_text(good_list + good_list.splitlines()[-1] + "\n")  # the last image twice
+    with pytest.warns(UserWarning, match=r"test\.txt: 1 of \d+ entries are listed more than once, so they are "
+                                         r"scored more than once"):
+        with pytest.raises(AssertionError, match="the evaluation loop started"):
+            cli(data, TRIAL3_CFG, trial3_weights, "--quiet")
+
+
+def test_a_mesh_that_gives_no_pose_is_refused(synth, tmp_path):
+    """Identical vertices made every pose a miss, the mesh never named."""
+    root, data, _ = _private_copy(synth, tmp_path)
+    mesh = root / "LINEMOD" / "obj00" / "obj00.ply"
+    write_ply(mesh, np.zeros((5, 3)), np.array([[0, 1, 2]]))
+    with pytest.raises(MeshError, match=r"obj00\.ply: the mesh's bounding box is 0 x 0 x 0 \(m\) over 5 vertices"):
+        valid.load_eval_setup(data)
+
+
+def test_ctrl_c_is_one_line_and_status_130(synth, trial3_weights, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(valid, "evaluate", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(lambda argv: valid.main(valid.get_args_parser().parse_args(argv)),
+                [str(synth / "cfg" / "obj00.data"), TRIAL3_CFG, str(trial3_weights), "--quiet"], prog="valid.py")
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert err.endswith("valid.py: interrupted\n") and "Traceback" not in err
+
+
+def test_an_image_a_loader_worker_cannot_decode_is_one_line(synth, trial3_weights, tmp_path, capsys):
+    """Its header passes the pre-flight, its pixels fail in a DataLoader worker: the message used to
+    carry the worker's whole traceback."""
+    _, data, paths = _private_copy(synth, tmp_path)
+    full = Path(paths[0]).read_bytes()
+    Path(paths[0]).write_bytes(full[:len(full) // 3])  # the header and a third of the pixels
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(lambda argv: valid.main(valid.get_args_parser().parse_args(argv)),
+                [str(data), TRIAL3_CFG, str(trial3_weights), "--quiet", "--workers", "1",
+                 "--test-size", str(TEST_SIZE)], prog="valid.py")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"valid.py: error: {paths[0]}: cannot read image (")
+    assert "Traceback" not in err and "DataLoader worker" not in err

@@ -33,7 +33,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-from errors import run_cli
+import dataset
+from errors import FlagError, run_cli
 from linemod_format import (
     NUM_KEYPOINTS, atomic_write, from_occlusion_order, label_path, occlusion_label_path, read_data_cfg,
     read_label_rows,
@@ -44,6 +45,8 @@ from utils import box_corners, camera_from_data_cfg, draw_box, keypoints_from_po
 LABEL_COLOR = (0, 255, 0)  # green: the label file
 POSE_COLOR = (255, 0, 255)  # magenta: re-projected from the saved pose
 POSE_RADIUS_PX = 4  # full-resolution dot radius (still visible in a half-size grid)
+MAX_PALETTE = 256  # a PNG palette holds at most 256 colours
+MAX_SCALE = 4.0  # a tile larger than 4x the image only costs memory
 
 
 def _resolve(path: str, root: Path) -> Path:
@@ -74,7 +77,10 @@ def draw_image(image_path: str, root: Path, K: np.ndarray, width: int, height: i
     from the saved pose (NaN when no pose of a drawn class is saved for the image). For labels
     written by these tools it is below 1e-3 px ('%.6f' rounding).
     """
-    bgr = cv2.imread(str(_resolve(image_path, root)), cv2.IMREAD_COLOR)
+    resolved = _resolve(image_path, root)
+    if resolved.exists():  # refused from its header: a FIFO (cv2 would wait forever), a bomb, 16 bits
+        dataset.check_bit_depth(resolved, dataset.read_header(resolved).mode)
+    bgr = cv2.imread(str(resolved), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileNotFoundError(f"{image_path}: cannot read the image (looked in . and {root})")
     img = np.ascontiguousarray(bgr[..., ::-1])
@@ -169,10 +175,22 @@ def _data_images(data: Path, split: str, n: int, occlusion: bool, no_poses: bool
     return [(e, root, K, width, height, name, pose_index) for e in pick(entries, n)]
 
 
+def check_flags(args) -> None:
+    """The numbers in range and --out a writable PNG path, before any image is read (FlagError,
+    OutputPathError: run_cli prints one line and exits 2)."""
+    cli.check_positive("--n", args.n)
+    cli.check_positive("--cols", args.cols)
+    cli.check_range("--colors", args.colors, 0, MAX_PALETTE)
+    if not 0 < args.scale <= MAX_SCALE:
+        raise FlagError(f"--scale must be above 0 and at most {MAX_SCALE:g}, found {args.scale}")
+    cli.check_output_file("--out", args.out)
+
+
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    per_file = -(-args.n // len(args.datacfg))  # ceil: the images are shared out over the .data files
     try:
+        check_flags(args)
+        per_file = -(-args.n // len(args.datacfg))  # ceil: the images are shared out over the .data files
         lists = [_data_images(Path(d), args.split, per_file, args.occlusion, args.no_poses) for d in args.datacfg]
         jobs = [job for group in zip(*[lst + [None] * (per_file - len(lst)) for lst in lists]) for job in group if job]
         drawn = [draw_image(*job) for job in jobs[:args.n]]

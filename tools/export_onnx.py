@@ -22,10 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import cli
 from darknet import Darknet
-from errors import CfgError, WeightsError, run_cli
+from errors import CfgError, FlagError, WeightsError, run_cli
 
 TOLERANCE = 1e-4
 OPSET = 18
+# torch's exporter writes opset 18 and newer itself; an older one goes through ONNX's version
+# converter, which fails on this network and leaves opset 18 in the file with a traceback printed
+MIN_OPSET = OPSET
 CHECK_SHAPES = ((1, 416, 416), (2, 320, 256))  # (batch, height, width): dynamic axes exercised
 
 
@@ -81,18 +84,46 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-last", action="store_true", help="load the weights up to the last conv (a backbone)")
     p.add_argument("--out", default=None, help="output .onnx (default runs/<cfg name>.onnx)")
     p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm as separate nodes")
-    p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--opset", type=int, default=OPSET,
+                   help=f"ONNX opset, {MIN_OPSET} or newer (the exporter's own; default {OPSET})")
     p.add_argument("--tolerance", type=float, default=TOLERANCE)
     return p
 
 
+def max_opset() -> int:
+    """The newest opset the installed onnx package knows."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def written_opset(path) -> int:
+    """The default-domain opset recorded in an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def check_flags(args) -> Path:
+    """--opset and --tolerance in range and --out a writable file, before the export; returns --out."""
+    cli.check_range("--opset", args.opset, MIN_OPSET, max_opset())
+    if not args.tolerance > 0:
+        raise FlagError(f"--tolerance must be positive, found {args.tolerance}")
+    return cli.check_output_file("--out", args.out or f"runs/{Path(args.modelcfg).stem}.onnx")
+
+
 def main(args) -> float:
-    """Export and check; a bad cfg or weights file raises CfgError / WeightsError naming it."""
+    """Export and check; a bad cfg or weights file raises CfgError / WeightsError naming it, a bad
+    flag (or a file written with another opset than --opset) FlagError / OutputPathError."""
     for path, what, error in ((args.modelcfg, "model cfg", CfgError), (args.weightfile, "weights", WeightsError)):
         if path and not Path(path).is_file():
             raise error(f"{what} not found: {path}")
+    out = check_flags(args)
     model = load(args.modelcfg, args.weightfile, args.until_last, fuse=not args.no_fuse)
-    out = export(model, args.out or f"runs/{Path(args.modelcfg).stem}.onnx", args.opset)
+    out = export(model, out, args.opset)
+    if written_opset(out) != args.opset:  # the exporter falls back to its own opset rather than fail
+        raise FlagError(f"--opset {args.opset}: {out} was written with opset {written_opset(out)} instead")
     diff = check(model, out)
     print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB); onnxruntime vs PyTorch max |diff| = {diff:.2e} "
           f"over inputs {', '.join(f'{b}x3x{h}x{w}' for b, h, w in CHECK_SHAPES)}")

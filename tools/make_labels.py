@@ -69,7 +69,8 @@ from linemod_format import (
 )
 from MeshPly import MM_TO_M, MeshPly, units_warning, write_ply
 from ownership import Outputs
-from utils import box_corners, camera_from_data_cfg, get_camera_intrinsic, label_from_pose, mesh_diameter, pose_points3d
+from utils import (box_corners, camera_from_data_cfg, check_mesh_vertices, get_camera_intrinsic, label_from_pose,
+                   mesh_diameter, pose_points3d)
 
 TOOL = "make_labels.py"  # the name its files carry in the output folder's manifest (ownership.py)
 DEFAULT_TEST_FRACTION = 0.25
@@ -214,8 +215,7 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
 
     # --- read and check every input first: a bad input leaves the output untouched ---
     mesh = MeshPly(mesh_path, scale=UNIT_SCALE[mesh_units], check_units=False)  # warned below, with the flag
-    if len(mesh.vertices) < 2:
-        raise ValueError(f"{mesh_path}: the mesh has {len(mesh.vertices)} vertices; need at least 2")
+    check_mesh_vertices(mesh.vertices, mesh_path)  # a point or a line: no pose, and a diameter of 0
     if masks_dir is None and masks == "render" and len(mesh.indices) == 0:
         raise ValueError(f"{mesh_path}: rendering masks needs a mesh with faces (this one is a point cloud); "
                          f"pass --masks full, --masks none or --masks-dir")
