@@ -406,7 +406,7 @@ def test_ddp_two_gloo_processes_write_one_set_of_outputs(synth, tmp_path):
         assert len(list(csv.DictReader(f))) == 1
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
         ["model.weights", "last.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "metrics.jsonl",
-         "training.png"])
+         "training.png", "model_info.json"])
 
 
 # --------------------------------------------------------------------------------------------
