@@ -279,6 +279,7 @@ def main(args) -> dict:
     net = model.inference_copy(channels_last=True)  # D57
     conf_thresh = model.conf_thresh if args.conf_thresh is None else args.conf_thresh
     writer, results, skipped = None, {"source": str(args.source), "frames": []}, 0
+    interrupted = False
     from tqdm import tqdm
 
     bar = tqdm(desc="detect", unit="frame", disable=True if args.quiet else None)
@@ -312,8 +313,9 @@ def main(args) -> dict:
                     writer = cv2.VideoWriter(str(video.with_name(f".{video.stem}.part.mp4")),
                                              cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
                 writer.write(np.ascontiguousarray(drawn[..., ::-1]))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # keep what was processed, then end as every script does on Ctrl-C (exit 130)
         print("\ninterrupted: writing what was processed", file=sys.stderr)
+        interrupted = True
     finally:
         bar.close()
         if writer is not None:
@@ -324,6 +326,8 @@ def main(args) -> dict:
     n = len(results["frames"])
     print(f"{n} frames, {sum(len(f['detections']) for f in results['frames'])} detections"
           f"{f', {skipped} corrupt frames skipped' if skipped else ''}; results in {out}/")
+    if interrupted:
+        raise KeyboardInterrupt
     return results
 
 

@@ -274,3 +274,22 @@ def test_a_mesh_that_gives_no_pose_is_refused_as_valid_refuses_it(setup, tmp_pat
     data.write_text(Path(setup["datacfg"]).read_text() + f"mesh = {mesh}\n")
     with pytest.raises(InputError, match=r"bad\.ply: the mesh's bounding box is .* a point or a line"):
         run_detect([*_argv(setup, setup["images"], tmp_path / "out"), "--datacfg", data])  # the last one wins
+
+
+def test_ctrl_c_keeps_what_was_processed_and_ends_as_an_interruption(setup, tmp_path, monkeypatch, capsys):
+    real, calls = detect.select_boxes, []
+
+    def interrupt_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detect, "select_boxes", interrupt_on_the_second)
+    out = tmp_path / "out"
+    argv = [str(setup["images"]), "--datacfg", str(setup["datacfg"]), "--modelcfg", str(TRIAL3), "--weightfile",
+            str(setup["weights"]), "--test-size", str(SIZE), "--out", str(out), "--quiet", "--no-images"]
+    with pytest.raises(KeyboardInterrupt):  # run_cli turns it into "detect.py: interrupted", status 130
+        run_detect(argv)
+    assert "interrupted: writing what was processed" in capsys.readouterr().err
+    assert len(json.loads((out / "detections.json").read_text())["frames"]) == 1  # the frame before Ctrl-C

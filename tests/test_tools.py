@@ -519,6 +519,10 @@ def test_bop_bad_inputs(bop_dir, tmp_path):
     d = broken(lambda d: (d / "test/000002/scene_camera.json").write_text("{\n  \"0\": {\n"))
     with pytest.raises(ValueError, match=r"000002/scene_camera\.json:3: not valid JSON"):
         convert(d)
+    # a mesh that cannot give a pose (all vertices on a line) is refused before anything is written
+    d = broken(lambda d: write_ply(d / "models/obj_000002.ply", np.array([[0.0, 0, 0], [10.0, 0, 0], [20.0, 0, 0]])))
+    with pytest.raises(ValueError, match=r"obj_000002\.ply: the mesh's bounding box .* a point or a line"):
+        convert(d)
     assert not (tmp_path / "never").exists()
 
 

@@ -78,7 +78,7 @@ from linemod_format import (
 from MeshPly import MM_TO_M, MeshPly
 from ownership import Outputs
 from tools.make_labels import image_size, object_files, render_mask, write_mesh_metres
-from utils import LINEMOD_OBJECTS, box_corners, label_from_pose, mesh_diameter
+from utils import LINEMOD_OBJECTS, box_corners, check_mesh_vertices, label_from_pose, mesh_diameter
 
 BOP_LM_NAMES = {1: "ape", 2: "benchvise", 3: "bowl", 4: "cam", 5: "can", 6: "cat", 7: "cup", 8: "driller",
                 9: "duck", 10: "eggbox", 11: "glue", 12: "holepuncher", 13: "iron", 14: "lamp", 15: "phone"}
@@ -329,6 +329,8 @@ def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "l
         name = object_name(o, names)
         if not mesh_path(bop, o).is_file():
             raise FileNotFoundError(f"{mesh_path(bop, o)}: mesh of object {o} not found")
+        # a mesh whose box cannot give a pose is refused before anything is written (design D61)
+        check_mesh_vertices(MeshPly.from_millimetres(mesh_path(bop, o)).vertices, mesh_path(bop, o))
         for scene, im_id, *_ in found[o]:
             find_image(bop / split / scene / "rgb", im_id)
         entry = info.get(str(o))
