@@ -9,6 +9,10 @@ Two tables, each with a ratio against a baseline measured in the same run:
        fast          AdamW + EMA, channels-last, first conv frozen (the fast recipe, as train.py runs it)
        fast, conv1 trained / fast, NCHW   the fast recipe without one of its speed-ups
        fast 1 thread the same with torch.set_num_threads(1)
+       fast + teacher eager / fused   a distilled step (--kd-mode fixed) with a Tiny-YOLOv2 pose teacher,
+                     run eager (as before issue 24) or as its BN-folded channels-last copy (what train.py
+                     runs, design D57); YOLO-LITE students only. Their ratio to `fast` is the cost of
+                     distillation per image
        fast S=...    the same at the smaller input sizes of --sizes
        compile       fast with torch.compile (only with --compile: it compiles for minutes on a CPU)
        amp, amp+cl   autocast (bf16 where the GPU has it, else fp16 + GradScaler)     (CUDA only)
@@ -49,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 NETS = {"trial3": "cfg/yolo-lite-trial3-pose.cfg", "trial10": "cfg/yolo-lite-trial10-pose.cfg",
         "tiny": "cfg/tiny-yolo-pose.cfg", "yolov2": "cfg/yolo-pose.cfg"}
+STUDENTS, TEACHER = ("trial3", "trial10"), "tiny"  # the CPU study's networks (docs/design.md §14.4)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -87,6 +92,8 @@ def step_variants(device, sizes, compile_: bool) -> list[dict]:
            dict(label="fast, NCHW", recipe="fast", cl=False, amp=False)]
     if device.type == "cpu":
         out.append(dict(label="fast 1 thread", recipe="fast", cl=True, amp=False, threads=1))
+    out += [dict(label="fast + teacher eager", recipe="fast", cl=True, amp=False, teacher="eager"),
+            dict(label="fast + teacher fused", recipe="fast", cl=True, amp=False, teacher="fused")]
     out += [dict(label=f"fast S={s}", recipe="fast", cl=True, amp=False, size=s) for s in sizes]
     if compile_:
         out.append(dict(label="fast compile", recipe="fast", cl=True, amp=False, compile=True))
@@ -117,9 +124,15 @@ def build_trainer(cfg: str, device, v: dict, batch: int) -> engine.Trainer:
         schedule = recipes.StepSchedule(1e-3, [], [], 1.0, batch)
         ema = None
     net = torch.compile(model) if v.get("compile") else model
+    teacher = None
+    if v.get("teacher"):
+        teacher = Darknet(ROOT / NETS[TEACHER]).to(device).eval()
+        teacher.requires_grad_(False)
+        teacher = teacher.inference_copy(channels_last=v["cl"]) if v["teacher"] == "fused" else teacher
+        loss_fn.kd_mode = "fixed"
     return engine.Trainer(model, optimizer, loss_fn, schedule, backup=Path(tempfile.gettempdir()), run={},
-                          cost_keys=(), device=device, net=net, ema=ema, amp=v["amp"], channels_last=v["cl"],
-                          progress=False)
+                          cost_keys=(), device=device, net=net, ema=ema, teacher=teacher, amp=v["amp"],
+                          channels_last=v["cl"], progress=False)
 
 
 def time_steps(names, args, device) -> list[dict]:
@@ -128,6 +141,8 @@ def time_steps(names, args, device) -> list[dict]:
     for name in names:
         setups = {}
         for v in step_variants(device, args.sizes, args.compile):
+            if v.get("teacher") and name not in STUDENTS:
+                continue
             size = v.get("size") or args.train_size
             images, target = make_batch(args.batch_size, size, device)
             if v["cl"]:
