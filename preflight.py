@@ -89,7 +89,7 @@ def check_images(paths, source, *, train: bool, label_width: int = lf.LABEL_WIDT
             scan.problems.extend(missing)
             continue
         try:
-            header = dataset.check_image_header(path, "image", size, size_from)
+            header = dataset.check_image_header(path, "image", size, size_from, decode=True)
             if train:
                 dataset.check_image_header(files["mask"], "mask", header.size, f"the size of its image {path}")
             rows = lf.read_label_rows(files["label file"], label_width)

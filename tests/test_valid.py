@@ -687,17 +687,20 @@ def test_ctrl_c_is_one_line_and_status_130(synth, trial3_weights, monkeypatch, c
     assert err.endswith("valid.py: interrupted\n") and "Traceback" not in err
 
 
-def test_an_image_a_loader_worker_cannot_decode_is_one_line(synth, trial3_weights, tmp_path, capsys):
-    """Its header passes the pre-flight, its pixels fail in a DataLoader worker: the message used to
-    carry the worker's whole traceback."""
+def test_an_image_cut_half_way_is_refused_by_the_pre_flight_in_one_line(synth, trial3_weights, tmp_path, capsys,
+                                                                        monkeypatch):
+    """Its header is fine, its pixels fail to decode: the pre-flight decodes every image once, so it
+    stops before the loop (a DataLoader worker used to meet it, with its whole traceback)."""
     _, data, paths = _private_copy(synth, tmp_path)
     full = Path(paths[0]).read_bytes()
     Path(paths[0]).write_bytes(full[:len(full) // 3])  # the header and a third of the pixels
+    monkeypatch.setattr(valid, "evaluate", lambda *a, **k: pytest.fail("the evaluation loop started"))
     with pytest.raises(SystemExit) as exit_:
         run_cli(lambda argv: valid.main(valid.get_args_parser().parse_args(argv)),
                 [str(data), TRIAL3_CFG, str(trial3_weights), "--quiet", "--workers", "1",
                  "--test-size", str(TEST_SIZE)], prog="valid.py")
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith(f"valid.py: error: {paths[0]}: cannot read image (")
+    assert err.splitlines()[-2] == "valid.py: error: cannot evaluate:"  # the pre-flight's report
+    assert err.splitlines()[-1].strip().startswith(f"{paths[0]}: cannot read image (image file is truncated")
     assert "Traceback" not in err and "DataLoader worker" not in err
