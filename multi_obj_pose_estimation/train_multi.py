@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 import dataset
 import engine
+import model_info
 import preflight
 import recipes
 import train
@@ -320,6 +321,8 @@ def main(args) -> dict:
     if rank == 0:
         engine.prepare_backup(backup, resume=bool(args.resume), overwrite=args.overwrite,
                               need_bytes=engine.CHECKPOINT_SIZE_FACTOR * 4 * sum(p.numel() for p in model.parameters()))
+        if test_shape[0] == test_shape[1]:  # valid_multi.py and detect.py --multi test at the trained size (D56)
+            model_info.write_info(backup, args.modelcfg, test_shape[0], "max")
     run = engine.run_identity(args.modelcfg, args.datacfg, batch, args.recipe)
     trainer = engine.Trainer(model, optimizer, loss_fn, schedule, backup=backup, run=run, cost_keys=COST_KEYS,
                              device=device, net=ddp_model, ema=ema, amp=args.amp, rank=rank, world=world,

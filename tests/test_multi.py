@@ -9,6 +9,7 @@ test_multi_anchor_assignment_and_tconf_row. Here we only check that train_multi 
 from __future__ import annotations
 
 import csv
+import json
 import importlib.util
 import math
 import shutil
@@ -324,6 +325,13 @@ def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeyp
     # the trained model scores what training recorded (the 5 px accuracy, D23)
     assert np.mean([s["acc_px"][0] for s in summaries]) == pytest.approx(costs["testing_accuracies"][0])
     assert all(list(s["acc_px"]) == sorted(s["acc_px"]) for s in summaries)
+    # the trained size travels with the weights (D56): without --test-size, valid_multi tests at it too
+    size = summaries[0]["test_size"]
+    assert json.loads((backup / "model_info.json").read_text())["test_size"] == size[0]
+    bare = [a for i, a in enumerate(argv) if a != "--test-size" and (i == 0 or argv[i - 1] != "--test-size")]
+    again = valid_multi.main(valid_multi.get_args_parser().parse_args(bare + ["--quiet", "--batch-size", "2"]))
+    assert [s["test_size"] for s in again] == [size] * 3 and [s["acc_px"] for s in again] == [s["acc_px"]
+                                                                                            for s in summaries]
 
 
 # --------------------------------------------------------------------------------------------
