@@ -35,6 +35,7 @@ import cli
 import dataset
 import image
 import model_info
+import preflight
 import utils
 import valid
 from errors import DataCfgError, InputError, MeshError, run_cli
@@ -43,7 +44,6 @@ from MeshPly import MeshPly
 
 DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-MAX_LISTED = 5  # unreadable images named before "... and N more"
 GT_COLOR, PRED_COLOR = (0, 255, 0), (0, 0, 255)  # RGB: green ground truth (valid.ipynb), blue prediction
 CLASS_COLORS = [(0, 0, 255), (255, 0, 0), (255, 200, 0), (255, 0, 255), (0, 200, 255), (128, 255, 0),
                 (255, 128, 0), (128, 0, 255), (0, 128, 128), (128, 128, 0), (200, 200, 200), (0, 255, 128),
@@ -118,8 +118,7 @@ def check_images(files) -> None:
         if header.orientation != 1:
             rotated.append(f)
     if problems:
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise SourceError("\n  ".join(problems[:MAX_LISTED]) + more)
+        raise SourceError("\n  ".join(preflight.summarise(problems)))
     if rotated:
         warnings.warn(f"{len(rotated)} of {len(files)} images have an EXIF rotation (first: {rotated[0]}); the "
                       f"stored pixels are used, not rotated, as the camera's fx, fy, u0, v0 describe them",
@@ -182,8 +181,7 @@ def select_boxes(output: torch.Tensor, multi: bool, num_classes: int, num_keypoi
             return []
         return [(int(box[-1]), float(box[2 * num_keypoints]), box[: 2 * num_keypoints].reshape(-1, 2))]
     points, conf, cls_prob = utils.decode_output(output.float(), num_keypoints, num_classes, num_anchors)
-    if box_rule == "vote":
-        points = utils.vote_points(points, conf)
+    points = utils.apply_box_rule(points, conf, box_rule)
     cls_conf, cls_id = cls_prob.max(dim=-1)
     score = (conf * cls_conf)[0].reshape(-1)
     ids = cls_id[0].reshape(-1)

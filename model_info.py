@@ -17,12 +17,12 @@ import json
 import warnings
 from pathlib import Path
 
+from cli import STRIDE
 from linemod_format import write_text
 from utils import BOX_RULES
 
 INFO_FILE = "model_info.json"
 INFO_FORMAT = 1
-STRIDE = 32  # design §1.5
 
 
 def cfg_digest(modelcfg) -> str:

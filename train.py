@@ -213,20 +213,21 @@ def check_inputs(args) -> None:
                                     bg_dir=args.bg_dir)
 
 
-def check_also_valid(datacfgs) -> None:
-    """Every --also-valid `.data` file, its mesh, camera and test list (each image's header and
-    label file, as valid.py checks them), before training: InputError naming the flag."""
-    problems = []
+def check_also_valid(datacfgs) -> list[tuple[str, valid.EvalSetup]]:
+    """Every --also-valid `.data` file, its mesh, camera and test list (as valid.py checks them,
+    `valid.check_test_list`), before training: InputError naming the flag. Returns (tag, setup)
+    per file, the tag its stem (the metrics columns' prefix)."""
+    tests, problems = [], []
     for datacfg in datacfgs:
         try:
             setup = valid.load_eval_setup(datacfg)
-            scan = preflight.check_image_list(setup.valid_list, train=False, size=(setup.im_width, setup.im_height),
-                                              size_from=f"the width and height of {datacfg}")
-            problems.extend(f"--also-valid {datacfg}: {p}" for p in preflight.summarise(scan.problems))
+            problems.extend(f"--also-valid {datacfg}: {p}" for p in valid.check_test_list(setup, datacfg))
+            tests.append((Path(datacfg).stem, setup))
         except (OSError, ValueError) as exc:  # InputError is a ValueError; a missing file an OSError
             problems.append(f"--also-valid {datacfg}: {exc}")
     if problems:
         raise InputError("cannot start training:\n  " + "\n  ".join(problems))
+    return tests
 
 
 def check_single_image_batches(batch: int, n_train: int, train_size, world: int = 1) -> None:
@@ -378,7 +379,7 @@ def main(args) -> dict:
         cli.warn_amp_unused(args.amp, device)
         suggest_fast_recipe(args.recipe, device)
     check_inputs(args)
-    check_also_valid(args.also_valid)
+    extra_tests = check_also_valid(args.also_valid)
     engine.seed_everything(args.seed)
     fast = args.recipe == "fast"
 
@@ -389,6 +390,9 @@ def main(args) -> dict:
         recipes.freeze_first_convs(model, FAST.frozen_convs)
     batch = args.batch_size or int(model.net["batch"])
     epochs = args.epochs if args.epochs is not None else (None if args.minutes else int(model.max_epochs))
+    final_from = epochs - args.final_epochs if args.final_size else None  # D58: the last epochs at final_size
+    if final_from is not None and final_from < 0:  # refused before the backup folder is touched
+        raise FlagError(f"--final-epochs {args.final_epochs} is more than the {epochs} epochs of the run")
     loss_fn = build_loss(model, args)
     teacher = None
     if args.distiled:
@@ -435,10 +439,6 @@ def main(args) -> dict:
         print(f"recipe {args.recipe}: batch {batch}, " + (f"{args.minutes:g} minutes" if args.minutes and not epochs
                                                          else f"{epochs} epochs"), flush=True)
 
-    final_from = epochs - args.final_epochs if args.final_size else None  # D58: the last epochs at final_size
-    if final_from is not None and final_from < 0:
-        raise FlagError(f"--final-epochs {args.final_epochs} is more than the {epochs} epochs of the run")
-
     def make_loader(epoch, seen, start_batch):
         size = args.final_size if final_from is not None and epoch >= final_from else args.train_size
         return dataset.make_train_loader(
@@ -449,7 +449,6 @@ def main(args) -> dict:
     evaluate = evaluation(test_set, setup, device, model.num_keypoints, fast, args.box_rule)
     if rank == 0 and test_shape[0] == test_shape[1]:
         model_info.write_info(backup, args.modelcfg, test_shape[0], args.box_rule)
-    extra_tests = [(Path(d).stem, valid.load_eval_setup(d)) for d in args.also_valid]
     extra_sets = [dataset.listDataset(s.valid_list, train=False, shape=test_shape, resample=args.resample)
                   for _, s in extra_tests]
 

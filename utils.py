@@ -329,6 +329,14 @@ def vote_points(points: torch.Tensor, conf: torch.Tensor, radius: int = VOTE_RAD
     return torch.where(torch.isfinite(out), out, points)
 
 
+def apply_box_rule(points: torch.Tensor, conf: torch.Tensor, rule: str) -> torch.Tensor:
+    """The points every box selection reads: `points` (B, A, H, W, 2K) as decoded for 'max', their
+    3x3 vote (`vote_points`) for 'vote'. ValueError for any other rule."""
+    if rule not in BOX_RULES:
+        raise ValueError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
+    return vote_points(points, conf) if rule == "vote" else points
+
+
 def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: int = NUM_KEYPOINTS,
                      only_objectness: int = 1, validation: bool = True, num_anchors: int = 1,
                      rule: str = "max") -> torch.Tensor:
@@ -340,13 +348,10 @@ def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: 
     an image whose scores are all NaN gets a row of NaN.
     `only_objectness=0` scores cells by det_conf * cls_max_conf instead of det_conf alone.
     rule: 'max', the original (the chosen cell's 9 points); 'vote', the paper's test-time rule
-    (its corners are the confidence-weighted mean over the 3x3 cells around it, `vote_corners`).
+    (its corners are the confidence-weighted mean over the 3x3 cells around it, `vote_points`).
     """
-    if rule not in BOX_RULES:
-        raise ValueError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
     points, conf, cls_prob = decode_output(output.float(), num_keypoints, num_classes, num_anchors)
-    if rule == "vote":
-        points = vote_points(points, conf)
+    points = apply_box_rule(points, conf, rule)
     cls_conf, cls_id = cls_prob.max(dim=-1)
     score = conf if only_objectness else conf * cls_conf
     B = output.shape[0]
@@ -401,11 +406,8 @@ def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes
     between the images of a batch; False treats every image as in a batch of one.
     rule 'vote': every box's corners come from the 3x3 vote around its cell (`vote_points`, D54).
     """
-    if rule not in BOX_RULES:
-        raise ValueError(f"unknown box rule {rule!r}; expected one of {BOX_RULES}")
     points, conf, cls_prob = decode_output(output.float(), num_keypoints, num_classes, num_anchors)
-    if rule == "vote":
-        points = vote_points(points, conf)
+    points = apply_box_rule(points, conf, rule)
     B = output.shape[0]
     if np.ndim(correspondingclass) == 0:
         wanted = [int(correspondingclass)] * B

@@ -270,6 +270,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def inference_net(model, fuse: bool = True):
+    """(net, channels_last): what a test forward runs for `model`. A Darknet not yet fused becomes its
+    BN-folded channels-last `inference_copy` (D57), whose inputs must then be made channels-last;
+    anything else (fuse=False, a stand-in module) runs as it is."""
+    if fuse and hasattr(model, "inference_copy") and not getattr(model, "fused", False):
+        return model.inference_copy(channels_last=True), True
+    return model, False
+
+
 @torch.inference_mode()
 def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1, num_keypoints: int = 9,
              num_anchors: int = 1, progress: bool = False, amp: bool = False, box_rule: str = "max",
@@ -289,9 +298,7 @@ def evaluate(model, loader, setup: EvalSetup, device="cpu", num_classes: int = 1
     device = torch.device(device)
     given, was_training = model, model.training
     model.eval()
-    channels_last = False
-    if fuse and hasattr(model, "inference_copy") and not getattr(model, "fused", False):
-        model, channels_last = model.inference_copy(channels_last=True), True
+    model, channels_last = inference_net(model, fuse)
     scale = np.array([setup.im_width, setup.im_height], dtype=np.float32)
     records = {k: [] for k in RECORD_KEYS}
     timers = dict.fromkeys(TIMER_KEYS, 0.0)
@@ -573,6 +580,26 @@ class Job:
     weightfile: str
 
 
+def check_test_list(setup: EvalSetup, datacfg, label_width: int = 2 * NUM_KEYPOINTS + 3) -> list[str]:
+    """The problems of a test list before scoring it (`preflight.check_image_list`: every image's
+    header and pixels, of the `.data` width and height, and its label file), at most
+    `preflight.MAX_LISTED` lines; [] when it can be scored. Warns (one line each) about empty label
+    files (they add no object to the scores), label points far outside the image and entries
+    listed twice. valid.py and train.py --also-valid check their lists here."""
+    import preflight
+
+    scan = preflight.check_image_list(setup.valid_list, train=False, label_width=label_width,
+                                      size=(setup.im_width, setup.im_height),
+                                      size_from=f"the width and height of {datacfg}")
+    if scan.problems:
+        return preflight.summarise(scan.problems)
+    if scan.empty:
+        warnings.warn(f"{setup.valid_list}: {len(scan.empty)} of {len(scan.paths)} test images have an empty "
+                      f"label file (first: {scan.empty[0]}); they have no object to score", stacklevel=3)
+    preflight.warn_list_oddities(setup.valid_list, scan, "scored")
+    return []
+
+
 def plan_jobs(args) -> list[Job]:
     """Every object to score, with every input checked before anything runs.
 
@@ -580,10 +607,8 @@ def plan_jobs(args) -> list[Job]:
     header (`preflight.check_image_list`: a regular file, its size the `.data` width and height,
     8-bit, no EXIF rotation, within the pixel cap). Warns (one line per list) about test images
     whose label file is empty (they add no object to the scores), label points far outside the
-    image and entries listed twice.
+    image and entries listed twice (`check_test_list`).
     """
-    import preflight
-
     if args.all:
         datacfgs = sorted(p for p in Path(args.all).glob("*.data") if not skipped_by_all(p))
         if not datacfgs:
@@ -601,17 +626,10 @@ def plan_jobs(args) -> list[Job]:
                 log(f"skipping {setup.name}: weights file not found: {weightfile}")
                 continue
             check_weights(model, args.modelcfg, weightfile)
-            scan = preflight.check_image_list(setup.valid_list, train=False, label_width=label_width,
-                                              size=(setup.im_width, setup.im_height),
-                                              size_from=f"the width and height of {datacfg}")
-            if scan.problems:
-                problems.extend(preflight.summarise(scan.problems))
+            test_list_problems = check_test_list(setup, datacfg, label_width)
+            if test_list_problems:
+                problems.extend(test_list_problems)
                 continue
-            empty = scan.empty
-            if empty:
-                warnings.warn(f"{setup.valid_list}: {len(empty)} of {len(scan.paths)} test images have an empty "
-                              f"label file (first: {empty[0]}); they have no object to score", stacklevel=2)
-            preflight.warn_list_oddities(setup.valid_list, scan, "scored")
             jobs.append(Job(datacfg, setup, weightfile))
         except (OSError, ValueError) as exc:  # InputError is a ValueError; a missing image an OSError
             problems.append(str(exc))

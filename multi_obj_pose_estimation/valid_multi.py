@@ -191,9 +191,7 @@ def evaluate_object(model, loader, obj: OcclusionObject, device="cpu", conf_thre
     setup = obj.setup
     given, was_training = model, model.training
     model.eval()
-    channels_last = False
-    if fuse and hasattr(model, "inference_copy") and not getattr(model, "fused", False):
-        model, channels_last = model.inference_copy(channels_last=True), True
+    model, channels_last = valid.inference_net(model, fuse)
     scale = np.array([setup.im_width, setup.im_height], dtype=np.float32)
     nan_pred = np.full((K, 2), np.nan, dtype=np.float32)
     records = {k: [] for k in valid.RECORD_KEYS}

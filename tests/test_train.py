@@ -179,6 +179,9 @@ def test_a_final_phase_trains_the_last_epochs_at_the_final_size_and_tests_there(
     with pytest.raises(FlagError, match="epoch budget"):
         train.resolve_args(train.get_args_parser().parse_args(
             small_args(synth, tmp_path / "y", "--final-size", "128", "--final-epochs", "1", "--minutes", "1")))
+    with pytest.raises(FlagError, match="--final-epochs 5 is more than the 3 epochs of the run"):
+        run_main(small_args(synth, tmp_path / "w", "--epochs", "3", "--final-size", "128", "--final-epochs", "5"))
+    assert not (tmp_path / "w").exists()  # refused before the backup folder is made
     with pytest.raises(FlagError, match="--final-size must be a positive multiple of 32"):
         train.resolve_args(train.get_args_parser().parse_args(
             small_args(synth, tmp_path / "z", "--final-size", "100", "--final-epochs", "1")))
