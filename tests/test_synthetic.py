@@ -5,9 +5,11 @@ to half a unit of the 6th decimal: 5e-7 in normalised units, i.e. 640 * 5e-7 = 3
 and 2.4e-4 px in y. That is the tolerance used below (plus 1e-12 for the float parse).
 """
 import filecmp
+import hashlib
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -469,6 +471,152 @@ def test_fresh_test_set_refuses_a_used_seed_or_a_folder_without_objects(fresh, t
         gen.add_fresh_test(tmp_path, 2, fresh_seed=1)
     assert gen.main(["--out", str(tmp_path / "empty"), "--fresh-test", "2", "--fresh-seed", "4"]) == 2
     assert "no synthetic objects here" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# fresh multi-object scenes (--fresh-multi N --fresh-seed S)
+# ------------------------------------------------------------------------------------------------
+
+def _sha256_tree(root):
+    return {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def _fresh_multi_dataset(root):
+    """3 objects, 2 scenes, and a fresh single-object test set (1 image per object) in the main folder."""
+    gen.generate(root, objects=3, images_per_object=2, seed=SEED, multi=2, test_fraction=0.5, workers=1)
+    gen.add_fresh_test(root, 1, fresh_seed=11)
+
+
+@pytest.fixture(scope="module")
+def fresh_multi(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fresh_multi") / "ds"
+    _fresh_multi_dataset(root)
+    before = _sha256_tree(root)
+    summary = gen.add_fresh_multi(root, 3, fresh_seed=11)
+    return root, before, summary
+
+
+def test_fresh_multi_adds_scenes_lists_and_data_file(fresh_multi):
+    root, _, summary = fresh_multi
+    names = gen.object_names(3)
+    # numbered after everything in the main folder: 2 images, 2 scenes, 1 fresh image
+    scenes = [f"LINEMOD/obj00/JPEGImages/{i:06d}.jpg" for i in (5, 6, 7)]
+    shown = {name: [] for name in names}
+    for scene in scenes:
+        assert (root / scene).is_file() and (root / f"LINEMOD/obj00/mask/{scene[-8:-4]}.png").is_file()
+        rows = _rows(root / scene.replace("JPEGImages", "labels").replace(".jpg", ".txt"))
+        assert rows[0, 0] == 0 and len(rows) >= 2
+        for row in rows:
+            name = names[int(row[0])]
+            shown[name].append(scene)
+            # the object's labels_occlusion row, in the OCCLUSION corner order (design §9.6)
+            occ = _rows(root / scene.replace("obj00", name).replace("JPEGImages", "labels_occlusion")
+                        .replace(".jpg", ".txt"))
+            assert occ.shape == (1, 21)
+            np.testing.assert_array_equal(occ[0, 1:19].reshape(9, 2)[OCC_PERM].ravel(), row[1:19])
+            np.testing.assert_array_equal(occ[0, [0, 19, 20]], row[[0, 19, 20]])
+    for name in names:
+        list_rel, cfg_rel = gen.fresh_multi_names(name, 11)
+        assert list_rel == f"LINEMOD/{name}/test_occlusion_fresh11.txt" and cfg_rel == "cfg/occlusion_fresh11.data"
+        assert (root / list_rel).read_text().splitlines() == shown[name]
+        assert summary["test_lists"][name] == str(root / list_rel)
+        assert summary["scenes_per_object"][name] == len(shown[name])
+        doc = json.loads((root / f"poses/{name}_occlusion_fresh11.json").read_text())
+        assert [e["image"] for e in doc["poses"]] == shown[name]
+        corners = utils.box_corners(MeshPly(root / doc["mesh"]).vertices)
+        for e in doc["poses"]:  # labels are projections of the saved poses
+            row = _rows(root / e["label"])[e["row"]]
+            pts = utils.keypoints_from_pose(corners, np.array(e["R"]), np.array(e["t"]), np.array(doc["K"]))
+            np.testing.assert_allclose(row, utils.label_row(pts, doc["class_id"], 640, 480), rtol=0, atol=LABEL_TOL)
+            assert (root / e["label_occlusion"]).is_file() and gen.MIN_VISIBLE <= e["visible_fraction"] <= 1.0
+    assert shown["obj00"] == scenes and summary["scenes"] == 3
+    # cfg/occlusion.data line for line, with valid<k> pointing at the new lists
+    assert summary["occlusion_data"] == str(root / gen.fresh_multi_cfg(11))
+    old = (root / "cfg/occlusion.data").read_text().splitlines()
+    new = (root / "cfg/occlusion_fresh11.data").read_text().splitlines()
+    assert len(old) == len(new) and sum(a.startswith("valid") for a in old) == 3
+    for a, b in zip(old, new):
+        key = a.split(" = ")[0]
+        if re.fullmatch(r"valid\d+", key):  # design §3.2: valid<k> is class k - 1
+            assert b == f"{key} = LINEMOD/{names[int(key[5:]) - 1]}/test_occlusion_fresh11.txt"
+        else:
+            assert b == a
+
+
+def test_fresh_multi_changes_no_existing_file_and_scenes_are_new(fresh_multi):
+    root, before, _ = fresh_multi
+    after = _sha256_tree(root)
+    for rel, digest in before.items():
+        if rel.name != "ssp_manifest.json":  # the manifest also lists the new files
+            assert after[rel] == digest, rel
+    files = json.loads((root / "ssp_manifest.json").read_text())["files"]
+    added = {str(p) for p in set(after) - set(before)}
+    assert added <= set(files) and "cfg/occlusion_fresh11.data" in added
+    assert all(files[rel]["sha256"] == after[Path(rel)] for rel in added)
+    # independent of the dataset's own scenes (seed 3) and of the fresh single-object images (seed 11)
+    old = {tuple(np.round(np.asarray(e["t"]), 9)) for e in _poses(root, "obj00")["poses"]}
+    old |= {tuple(np.round(np.asarray(e["t"]), 9)) for e in json.loads(
+        (root / "poses/obj00_fresh11.json").read_text())["poses"]}
+    new = {tuple(np.round(np.asarray(e["t"]), 9)) for e in json.loads(
+        (root / "poses/obj00_occlusion_fresh11.json").read_text())["poses"]}
+    assert len(new) == 3 and not old & new
+
+
+def test_fresh_multi_is_deterministic_per_seed(fresh_multi, tmp_path):
+    root, before, _ = fresh_multi
+    other = tmp_path / "ds"
+    _fresh_multi_dataset(other)
+    assert gen.main(["--out", str(other), "--fresh-multi", "3", "--fresh-seed", "11", "--workers", "1",
+                     "--quiet"]) == 0
+    ours, theirs = _sha256_tree(root), _sha256_tree(other)
+    assert ours == theirs  # the fresh files and the manifest too
+    gen.add_fresh_multi(other, 3, fresh_seed=12)
+    for k in range(3):  # seed 12's scenes follow seed 11's: 8, 9, 10
+        a = f"LINEMOD/obj00/JPEGImages/{5 + k:06d}.jpg"
+        assert (root / a).read_bytes() != (other / a.replace(f"{5 + k:06d}", f"{8 + k:06d}")).read_bytes()
+    assert gen.fresh_multi_names("obj01", 12)[0] in {str(p) for p in _sha256_tree(other)}
+
+
+def _refused(root, call, match):
+    before = _sha256_tree(root) if root.exists() else {}
+    with pytest.raises(gen.InputError, match=match):
+        call()
+    assert (_sha256_tree(root) if root.exists() else {}) == before  # nothing written, nothing changed
+
+
+def test_fresh_multi_refusals_name_the_folder_or_file(fresh_multi, fresh, tmp_path, capsys):
+    root, _, _ = fresh_multi
+    _refused(root, lambda: gen.add_fresh_multi(root, 2, fresh_seed=11),
+             r"seed 11 already has fresh multi-object scenes \(cfg/occlusion_fresh11.data\)")
+    _refused(root, lambda: gen.add_fresh_multi(root, 0, fresh_seed=20), "--fresh-multi 0: need at least one scene")
+    _refused(root, lambda: gen.add_fresh_multi(root, 2, fresh_seed=-1), "--fresh-seed -1: must be >= 0")
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    (copy / "LINEMOD/obj02/test_occlusion_fresh13.txt").write_text("")  # one list is enough to take the seed
+    _refused(copy, lambda: gen.add_fresh_multi(copy, 2, fresh_seed=13),
+             r"seed 13 already has .*LINEMOD/obj02/test_occlusion_fresh13.txt")
+    (copy / "cfg/occlusion.data").unlink()
+    _refused(copy, lambda: gen.add_fresh_multi(copy, 2, fresh_seed=14),
+             f"{re.escape(str(copy))}: no multi-object scenes here .*cfg/occlusion.data not found")
+    single, _, _ = fresh  # a dataset made without --multi
+    _refused(single, lambda: gen.add_fresh_multi(single, 2, fresh_seed=14),
+             f"{re.escape(str(single))}: no multi-object scenes here \\(synthetic_info.json says multi 0\\)")
+    _refused(tmp_path / "empty", lambda: gen.add_fresh_multi(tmp_path / "empty", 2, fresh_seed=1),
+             "no synthetic objects here")
+    capsys.readouterr()
+    assert gen.main(["--out", str(root), "--fresh-multi", "2", "--fresh-test", "2", "--fresh-seed", "30"]) == 2
+    assert "--fresh-test 2 and --fresh-multi 2: choose one per call" in capsys.readouterr().err
+    assert not list(root.rglob("*fresh30*"))
+    assert gen.main(["--out", str(tmp_path / "none"), "--fresh-multi", "2"]) == 2
+    assert "no synthetic objects here" in capsys.readouterr().err
+
+
+def test_valid_all_leaves_out_the_fresh_occlusion_data():
+    """valid.py --all scores single-object .data files: the fresh scenes' occlusion file is left out."""
+    import valid
+
+    assert valid.skipped_by_all(Path(gen.fresh_multi_cfg(11)))
+    assert valid.skipped_by_all(Path(gen.fresh_names("obj00", 11)[1]))
 
 
 def test_a_full_disk_during_generation_is_one_line(tmp_path, monkeypatch, capsys):

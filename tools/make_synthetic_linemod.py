@@ -3,12 +3,17 @@
     python tools/make_synthetic_linemod.py --out data/synthetic --num-objects 3 --images-per-object 20 \\
         --seed 0 [--multi N] [--test-fraction 0.25] [--workers W] [--overwrite]
     python tools/make_synthetic_linemod.py --out data/synthetic --fresh-test 100 --fresh-seed 7
+    python tools/make_synthetic_linemod.py --out data/synthetic --fresh-multi 50 --fresh-seed 7
 
 The second form adds a fresh test set to an existing dataset: N new images per object whose
 poses and backgrounds come from the fresh seed, listed in LINEMOD/<obj>/test_fresh<S>.txt, with
-cfg/<obj>_fresh<S>.data pointing `valid` at them; nothing that exists is changed.
+cfg/<obj>_fresh<S>.data pointing `valid` at them; nothing that exists is changed. The third adds
+N fresh multi-object test scenes to a dataset made with --multi (see below), listed in
+LINEMOD/<obj>/test_occlusion_fresh<S>.txt, with cfg/occlusion_fresh<S>.data (cfg/occlusion.data
+with every valid<k> pointing at them); nothing that exists is changed either.
 
-or from Python: `from tools.make_synthetic_linemod import generate; generate("data/synthetic")`.
+or from Python: `from tools.make_synthetic_linemod import generate; generate("data/synthetic")`
+(and `add_fresh_test`, `add_fresh_multi`).
 
 Procedural, textured, asymmetric meshes (tools/synth_render.py) are rendered with the LINEMOD
 camera (design §3.3) at LINEMOD-like poses (0.6-1.2 m, upper hemisphere, any in-plane roll) over
@@ -60,6 +65,13 @@ their silhouettes overlap (no 3-D interpenetration, each object at least MIN_VIS
 
 The label path of a test scene for <obj> is derived as in the original: replace the main
 object's folder name by <obj> and JPEGImages by labels_occlusion.
+
+`--fresh-multi N --fresh-seed S` (add_fresh_multi) adds N test scenes drawn from S alone, written
+like the test scenes above and numbered after every image in the main object's JPEGImages, plus:
+
+    LINEMOD/<obj>/test_occlusion_fresh<S>.txt   the fresh scenes that contain <obj>
+    poses/<obj>_occlusion_fresh<S>.json      their poses, as in poses/<obj>.json
+    cfg/occlusion_fresh<S>.data              cfg/occlusion.data with valid<k> = those lists
 """
 from __future__ import annotations
 
@@ -83,7 +95,8 @@ from errors import InputError, OverwriteError, run_cli
 from image import procedural_background, write_image
 from linemod_format import (
     IM_HEIGHT, IM_WIDTH, JPEG_QUALITY, data_cfg_items, image_stem, label_path, mask_path, occlusion_label_path,
-    pose_entry, to_occlusion_order, write_data_cfg, write_label_rows, write_list, write_poses_json, write_text,
+    pose_entry, read_data_cfg, to_occlusion_order, write_data_cfg, write_label_rows, write_list, write_poses_json,
+    write_text,
 )
 from MeshPly import write_ply
 from ownership import Outputs, run_record
@@ -106,7 +119,7 @@ TOOL, GROUP = "make_synthetic_linemod.py", "synthetic"  # how its files are list
 MAIN_JOB_SUFFIX = "_main"  # the main jobs' own folder when theirs holds another set (ensure_dataset)
 
 # seed streams: np.random.SeedSequence([seed, TAG, ...]) keeps every draw independent of the others
-TAG_MESH, TAG_IMAGE, TAG_SCENE, TAG_SPLIT, TAG_FRESH = 0, 1, 2, 3, 4
+TAG_MESH, TAG_IMAGE, TAG_SCENE, TAG_SPLIT, TAG_FRESH, TAG_FRESH_SCENE = 0, 1, 2, 3, 4, 5
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -213,15 +226,16 @@ def _sphere(mesh: Mesh, R, t):
 
 
 def render_scene(objects: list[SynthObject], scene_idx: int, seed: int, K: np.ndarray,
-                 width: int = IM_WIDTH, height: int = IM_HEIGHT):
+                 width: int = IM_WIDTH, height: int = IM_HEIGHT, tag: int = TAG_SCENE):
     """One multi-object scene with mutual occlusion.
 
-    Returns rgb (H, W, 3) uint8, mask (H, W) uint8 (union of all objects, 0/255), and a list of
+    Objects, poses, light and background come from the stream (seed, tag, scene_idx). Returns
+    rgb (H, W, 3) uint8, mask (H, W) uint8 (union of all objects, 0/255), and a list of
     (object index, R (3, 3), t (3,) m, visible fraction) sorted by object index; object 0 always.
     """
     if len(objects) < 2:
         raise ValueError(f"multi-object scenes need at least 2 objects; got {len(objects)}")
-    rng = _rng(seed, TAG_SCENE, scene_idx)
+    rng = _rng(seed, tag, scene_idx)
     others = np.arange(1, len(objects))
     light = Light.random(rng)
     best = None
@@ -271,7 +285,8 @@ def _write_image(out: Path, rel_image: str, rgb: np.ndarray, mask: np.ndarray, r
 
 
 def _run_job(job):
-    """job = ('single', obj_idx, img_idx) or ('scene', scene_idx, image index, is_test)."""
+    """job = ('single', obj_idx, img_idx), ('scene', scene_idx, image index, is_test),
+    ('fresh', ...) (add_fresh_test) or ('fresh_scene', ...) (add_fresh_multi)."""
     s = _STATE
     objects, K, out, seed = s["objects"], s["K"], s["out"], s["seed"]
     if job[0] in ("single", "fresh"):
@@ -284,8 +299,13 @@ def _run_job(job):
         rel = f"LINEMOD/{objects[oi].name}/JPEGImages/{image_stem(ii)}.jpg"
         _write_image(out, rel, rgb, mask, row[None], s["quality"])
         return job, [(oi, R, t, 1.0, row)]
-    _, si, ii, is_test = job
-    rgb, mask, items = render_scene(objects, si, seed, K)
+    if job[0] == "fresh_scene":  # ('fresh_scene', k-th fresh scene, image index, fresh seed): a test scene
+        _, si, ii, scene_seed = job
+        is_test, tag = True, TAG_FRESH_SCENE
+    else:
+        _, si, ii, is_test = job
+        scene_seed, tag = seed, TAG_SCENE
+    rgb, mask, items = render_scene(objects, si, scene_seed, K, tag=tag)
     rows = [(oi, R, t, vis, label_from_pose(objects[oi].mesh.corners, R, t, K, objects[oi].class_id))
             for oi, R, t, vis in items]
     rel = f"LINEMOD/{objects[0].name}/JPEGImages/{image_stem(ii)}.jpg"
@@ -294,6 +314,17 @@ def _run_job(job):
         for oi, _, _, _, row in rows:
             write_label_rows(out / occlusion_label_path(rel, objects[oi].name), to_occlusion_order(row))
     return job, rows
+
+
+def _scene_poses(rel: str, rows: list, objs: list[SynthObject], is_test: bool) -> list[tuple[int, dict]]:
+    """(object index, pose record) for every object of the scene image `rel` (rows from _run_job)."""
+    out = []
+    for k, (oi, R, t, vis, _) in enumerate(rows):
+        extra = {"label": label_path(rel), "row": k, "visible_fraction": round(vis, 6)}
+        if is_test:
+            extra["label_occlusion"] = occlusion_label_path(rel, objs[oi].name)
+        out.append((oi, pose_entry(rel, R, t, **extra)))
+    return out
 
 
 def _split(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -412,12 +443,10 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
             continue
         _, si, ii, is_test = job
         rel = f"LINEMOD/{main}/JPEGImages/{image_stem(ii)}.jpg"
-        for k, (oi, R, t, vis, _) in enumerate(rows):
-            extra = {"label": label_path(rel), "row": k, "visible_fraction": round(vis, 6)}
+        for oi, entry in _scene_poses(rel, rows, objs, is_test):
+            poses[oi].append(entry)
             if is_test:
-                extra["label_occlusion"] = occlusion_label_path(rel, objs[oi].name)
                 test_scenes[oi].append(rel)
-            poses[oi].append(pose_entry(rel, R, t, **extra))
         if not is_test:
             train_scenes.append(rel)
 
@@ -512,9 +541,46 @@ def ensure_dataset(root, params: dict, quiet: bool = False) -> Path:
                          "these folders away")
 
 
+# --------------------------------------------------------------------------------------------
+# Fresh test sets added to an existing dataset (--fresh-test, --fresh-multi)
+# --------------------------------------------------------------------------------------------
+
 def fresh_names(name: str, fresh_seed: int) -> tuple[str, str]:
     """(test list relative to the dataset root, data cfg relative to it) of a fresh test set."""
     return f"LINEMOD/{name}/test_fresh{fresh_seed}.txt", f"cfg/{name}_fresh{fresh_seed}.data"
+
+
+def fresh_multi_cfg(fresh_seed: int) -> str:
+    """The occlusion .data file of the fresh multi-object scenes of a seed, relative to the dataset root."""
+    return f"cfg/occlusion_fresh{fresh_seed}.data"
+
+
+def fresh_multi_names(name: str, fresh_seed: int) -> tuple[str, str]:
+    """(object `name`'s test list, the occlusion .data file), relative to the dataset root, of the
+    fresh multi-object scenes of a seed (the .data file is the same for every object)."""
+    return f"LINEMOD/{name}/test_occlusion_fresh{fresh_seed}.txt", fresh_multi_cfg(fresh_seed)
+
+
+def _fresh_poses_json(out: Path, name: str, fresh_seed: int, multi: bool) -> Path:
+    return out / "poses" / f"{name}_{'occlusion_' if multi else ''}fresh{fresh_seed}.json"
+
+
+def _synthetic_info(out: Path) -> tuple[dict, list[str]]:
+    """(synthetic_info.json of the dataset in `out`, its object names); InputError when there is none."""
+    info_path = out / INFO_FILE
+    if not info_path.is_file():
+        raise InputError(f"{out}: no synthetic objects here ({INFO_FILE} not found); generate the dataset first "
+                         f"with --out {out}")
+    info = json.loads(info_path.read_text())
+    names = list(info.get("objects") or [])
+    if not names:
+        raise InputError(f"{info_path}: lists no objects")
+    return info, names
+
+
+def _next_index(folder: Path) -> int:
+    """The image index after every NNNNNN.jpg in `folder` (0 for none)."""
+    return max((int(p.stem) for p in folder.glob("*.jpg") if p.stem.isdigit()), default=-1) + 1
 
 
 def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bool = True) -> dict:
@@ -527,18 +593,11 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
     that already has a fresh test set.
     """
     out = Path(out_dir)
-    info_path = out / INFO_FILE
     if n < 1:
         raise InputError(f"--fresh-test {n}: need at least one image per object")
     if fresh_seed < 0:
         raise InputError(f"--fresh-seed {fresh_seed}: must be >= 0")
-    if not info_path.is_file():
-        raise InputError(f"{out}: no synthetic objects here ({INFO_FILE} not found); generate the dataset first "
-                         f"with --out {out}")
-    info = json.loads(info_path.read_text())
-    names = list(info.get("objects") or [])
-    if not names:
-        raise InputError(f"{info_path}: lists no objects")
+    info, names = _synthetic_info(out)
     taken = [p for name in names for p in fresh_names(name, fresh_seed) if (out / p).exists()]
     if taken:
         raise InputError(f"{out}: seed {fresh_seed} already has a fresh test set ({taken[0]}); choose another "
@@ -549,11 +608,10 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
     jobs = []
     outputs = Outputs(out, TOOL)
     for o in objs:
-        stems = [int(p.stem) for p in (out / "LINEMOD" / o.name / "JPEGImages").glob("*.jpg") if p.stem.isdigit()]
-        first = max(stems, default=-1) + 1
+        first = _next_index(out / "LINEMOD" / o.name / "JPEGImages")
         jobs += [("fresh", o.class_id, first + k, int(fresh_seed), k) for k in range(n)]
         list_rel, cfg_rel = fresh_names(o.name, fresh_seed)
-        outputs.plan([out / list_rel, out / cfg_rel, out / "poses" / f"{o.name}_fresh{fresh_seed}.json"], GROUP)
+        outputs.plan([out / list_rel, out / cfg_rel, _fresh_poses_json(out, o.name, fresh_seed, False)], GROUP)
         for k in range(n):
             outputs.plan(_image_files(out, f"LINEMOD/{o.name}/JPEGImages/{image_stem(first + k)}.jpg"), GROUP)
     outputs.check(overwrite=False)  # a fresh set only adds files
@@ -568,7 +626,7 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
         list_rel, cfg_rel = fresh_names(o.name, fresh_seed)
         poses = [pose_entry(rel, rows[0][1], rows[0][2], label=label_path(rel), row=0)
                  for rel, (_, rows) in zip(images, mine)]
-        write_poses_json(out / "poses" / f"{o.name}_fresh{fresh_seed}.json", o.name, o.class_id,
+        write_poses_json(_fresh_poses_json(out, o.name, fresh_seed, False), o.name, o.class_id,
                          f"LINEMOD/{o.name}/{o.name}.ply", K, IM_WIDTH, IM_HEIGHT, poses)
         write_list(out / list_rel, images)
         items = [(k, list_rel if k == "valid" else v)
@@ -581,6 +639,98 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
         print(f"fresh test set (seed {fresh_seed}): {n} images for each of {', '.join(names)} in "
               f"{summary['seconds']:.1f} s\n  data cfgs: " + " ".join(data_cfgs))
     return summary
+
+
+def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bool = True) -> dict:
+    """Add n new OCCLUSION-style test scenes to a synthetic dataset made with --multi, from fresh_seed.
+
+    Scene k's objects, poses, placements, light and background come from the stream
+    (fresh_seed, TAG_FRESH_SCENE, k), independent of the dataset's own scenes. Writes, like a test
+    scene of generate(): the images in the main object's JPEGImages (numbered after every image
+    there), their labels and masks, each shown object's labels_occlusion row; then
+    poses/<obj>_occlusion_fresh<S>.json and LINEMOD/<obj>/test_occlusion_fresh<S>.txt for every
+    object (the fresh scenes that show it; empty for an object in none of them, which valid_multi
+    refuses: ask for more scenes), and last cfg/occlusion_fresh<S>.data, a copy of cfg/occlusion.data
+    whose valid<k> lines name the new lists. Changes no existing file; the same seed gives the same
+    files. Raises InputError, before writing anything, for n < 1, a negative seed, a folder without
+    synthetic objects or without multi-object scenes, or a seed that already has fresh scenes.
+
+    Returns {"out", "occlusion_data" (the new .data file), "test_lists" ({object: its new list}),
+    "scenes" (n), "scenes_per_object" ({object: fresh scenes that show it}), "seconds"}.
+    """
+    out = Path(out_dir)
+    if n < 1:
+        raise InputError(f"--fresh-multi {n}: need at least one scene")
+    if fresh_seed < 0:
+        raise InputError(f"--fresh-seed {fresh_seed}: must be >= 0")
+    info, names = _synthetic_info(out)
+    occ_path = out / "cfg" / "occlusion.data"
+    if not info.get("multi") or not occ_path.is_file():
+        why = f"{INFO_FILE} says multi {info.get('multi', 0)}" if not info.get("multi") else f"{occ_path} not found"
+        raise InputError(f"{out}: no multi-object scenes here ({why}); --fresh-multi adds test scenes to a dataset "
+                         f"made with --multi N (nothing was changed)")
+    cfg_rel = fresh_multi_cfg(fresh_seed)
+    lists = {name: fresh_multi_names(name, fresh_seed)[0] for name in names}
+    taken = [p for p in [cfg_rel, *lists.values()] if (out / p).exists()]
+    if taken:
+        raise InputError(f"{out}: seed {fresh_seed} already has fresh multi-object scenes ({taken[0]}); choose "
+                         f"another --fresh-seed (nothing was changed)")
+    cfg_text = _fresh_occlusion_cfg(occ_path, lists, names)  # a bad occlusion.data stops here, before writing
+    start = time.perf_counter()
+    K = np.asarray(info["K"], dtype=np.float64)
+    objs = build_objects(len(names), int(info["seed"]))
+    main = objs[0].name  # render_scene puts object 0 in every scene; generate() files scenes in its folder
+    first = _next_index(out / "LINEMOD" / main / "JPEGImages")
+    jobs = [("fresh_scene", k, first + k, int(fresh_seed)) for k in range(n)]
+    outputs = Outputs(out, TOOL)
+    for job in jobs:
+        rel = f"LINEMOD/{main}/JPEGImages/{image_stem(job[2])}.jpg"
+        outputs.plan(_image_files(out, rel) + [out / occlusion_label_path(rel, name) for name in names], GROUP)
+    outputs.plan([out / p for p in lists.values()] + [out / cfg_rel]
+                 + [_fresh_poses_json(out, name, fresh_seed, True) for name in names], GROUP)
+    outputs.check(overwrite=False)  # fresh scenes only add files
+    outputs.begin()
+    state = {"objects": objs, "K": K, "out": out, "seed": int(info["seed"]),
+             "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
+    results = _run_jobs(jobs, state, workers)
+    poses, scenes = {o.class_id: [] for o in objs}, {o.class_id: [] for o in objs}
+    for job, rows in results:
+        rel = f"LINEMOD/{main}/JPEGImages/{image_stem(job[2])}.jpg"
+        for oi, entry in _scene_poses(rel, rows, objs, is_test=True):
+            poses[oi].append(entry)
+            scenes[oi].append(rel)
+    for o in objs:
+        write_poses_json(_fresh_poses_json(out, o.name, fresh_seed, True), o.name, o.class_id,
+                         f"LINEMOD/{o.name}/{o.name}.ply", K, IM_WIDTH, IM_HEIGHT, poses[o.class_id])
+        write_list(out / lists[o.name], scenes[o.class_id])
+    write_text(out / cfg_rel, cfg_text)  # last: its presence means the fresh scenes are complete
+    outputs.finish()
+    summary = {"out": str(out), "occlusion_data": str(out / cfg_rel),
+               "test_lists": {name: str(out / rel) for name, rel in lists.items()}, "scenes": n,
+               "scenes_per_object": {o.name: len(scenes[o.class_id]) for o in objs},
+               "seconds": time.perf_counter() - start}
+    if not quiet:
+        counts = ", ".join(f"{name} {k}" for name, k in summary["scenes_per_object"].items())
+        print(f"fresh multi-object scenes (seed {fresh_seed}): {n} in LINEMOD/{main}/JPEGImages from index {first} "
+              f"in {summary['seconds']:.1f} s; scenes per object: {counts}\n  multi-object cfg: {out / cfg_rel}")
+    return summary
+
+
+def _fresh_occlusion_cfg(occ_path: Path, lists: dict, names: list[str]) -> str:
+    """The text of cfg/occlusion.data with every valid<k> line naming object k-1's list in `lists`;
+    every other line as it is."""
+    read_data_cfg(occ_path)  # a file that does not parse stops here, named
+    lines = []
+    for lineno, raw in enumerate(occ_path.read_text(encoding="utf-8").splitlines(), start=1):
+        key = raw.split("=", 1)[0].strip() if "=" in raw and not raw.strip().startswith("#") else ""
+        if key.startswith("valid") and key[len("valid"):].isdigit():
+            k = int(key[len("valid"):])  # design §3.2: 1-based, class k - 1
+            if not 1 <= k <= len(names):
+                raise InputError(f"{occ_path}:{lineno}: {key} names no object (the dataset has classes 1.."
+                                 f"{len(names)}: {', '.join(names)})")
+            raw = f"{key} = {lists[names[k - 1]]}"
+        lines.append(raw)
+    return "".join(f"{line}\n" for line in lines)
 
 
 def _occlusion_items(objs: list[SynthObject], K: np.ndarray) -> list[tuple[str, str]]:
@@ -661,7 +811,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="add N new test images per object to the dataset in --out (poses and backgrounds from "
                         "--fresh-seed): LINEMOD/<obj>/test_fresh<S>.txt and cfg/<obj>_fresh<S>.data; nothing "
                         "existing changes")
-    p.add_argument("--fresh-seed", type=int, default=1, metavar="S", help="seed of the fresh test set (default 1)")
+    p.add_argument("--fresh-multi", type=int, default=None, metavar="N",
+                   help="add N new multi-object test scenes to the dataset in --out, made with --multi (objects, "
+                        "poses, placements, lights and backgrounds from --fresh-seed): "
+                        "LINEMOD/<obj>/test_occlusion_fresh<S>.txt and cfg/occlusion_fresh<S>.data; nothing "
+                        "existing changes; one of --fresh-test and --fresh-multi per call")
+    p.add_argument("--fresh-seed", type=int, default=1, metavar="S",
+                   help="seed of the fresh test set or scenes (default 1)")
     p.add_argument("--quiet", action="store_true", help="print nothing")
     return p
 
@@ -669,6 +825,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
+        if args.fresh_test is not None and args.fresh_multi is not None:
+            raise InputError(f"--fresh-test {args.fresh_test} and --fresh-multi {args.fresh_multi}: choose one per "
+                             f"call (run the command once for each; nothing was changed in {args.out})")
+        if args.fresh_multi is not None:
+            add_fresh_multi(args.out, args.fresh_multi, args.fresh_seed,
+                            workers=args.workers or auto_workers(args.fresh_multi), quiet=args.quiet)
+            return 0
         if args.fresh_test is not None:
             add_fresh_test(args.out, args.fresh_test, args.fresh_seed,
                            workers=args.workers or auto_workers(args.fresh_test), quiet=args.quiet)
