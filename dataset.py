@@ -401,16 +401,23 @@ def extra_objects(obj: str, available: Sequence[str]) -> list[str]:
     return sorted(o for o in available if o != obj)
 
 
-def _augment_object(img: Image.Image, mask: Image.Image, rng: np.random.Generator, size: int, *,
+def _augment_object(img, mask, rng: np.random.Generator, size: int, *,
                     jitter: float, resample: str, fix_crop: bool, shift: bool, wrap: bool):
     """Crop jitter + resize (+ shift) + flip of an image and its mask, with the label parameters.
 
-    Returns (image (S, S) uint8 RGB array, mask (S, S) uint8, (sx, sy, dx, dy), flip).
+    img: PIL RGB, or a uint8 array (H, W, 3) for the cv2 path (any channel order); mask: PIL or
+    uint8 (H, W). Both paths make the same draws, hence the same label transform.
+    Returns (image (S, S, 3) uint8 array, mask (S, S) uint8, (sx, sy, dx, dy), flip).
     """
-    offsets = im.draw_crop_offsets(rng, img.width, img.height, jitter)
-    ow, oh = img.size
-    img = np.asarray(im.crop_resize(img, offsets, size, resample, fix_crop))
-    mask = np.asarray(im.crop_resize(mask, offsets, size, resample, fix_crop))
+    arrays = isinstance(img, np.ndarray)
+    ow, oh = (img.shape[1], img.shape[0]) if arrays else img.size
+    offsets = im.draw_crop_offsets(rng, ow, oh, jitter)
+    if arrays:
+        img = im.fast_crop_resize(img, offsets, size, fix_crop)
+        mask = im.fast_crop_resize(mask, offsets, size, fix_crop)
+    else:
+        img = np.asarray(im.crop_resize(img, offsets, size, resample, fix_crop))
+        mask = np.asarray(im.crop_resize(mask, offsets, size, resample, fix_crop))
     shift_xy = (0, 0)
     if shift:
         shift_x = int(rng.integers(-MAX_SHIFT_PX, MAX_SHIFT_PX + 1))
@@ -423,14 +430,25 @@ def _augment_object(img: Image.Image, mask: Image.Image, rng: np.random.Generato
     return img, mask, im.crop_label_params(offsets, ow, oh, shift_xy, size), flip
 
 
+def _read_object(path, fast: bool):
+    """(image, mask) of a training image: PIL (the Pillow path) or uint8 BGR (H, W, 3) and (H, W) (cv2 path)."""
+    if fast:
+        img = decode_rgb(read_bytes(path), path, bgr=True)
+        return img, read_gray(mask_path(path), (img.shape[1], img.shape[0]))
+    img = load_image(path)
+    return img, load_mask(mask_path(path), img.size)
+
+
 def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size: int,
                         rng: np.random.Generator, background, *, jitter: float = MULTI_JITTER,
                         resample: str = im.DEFAULT_RESAMPLE, fix_crop: bool = False,
-                        repro_label_bugs: bool = False, max_tries: int = MAX_PASTE_TRIES) -> MultiObjectSample:
+                        repro_label_bugs: bool = False, max_tries: int = MAX_PASTE_TRIES,
+                        fast: bool = False) -> MultiObjectSample:
     """The design §6.3 training sample: the main object plus non-overlapping extra objects on a background.
 
     img_path: main image (its object = grand-parent folder); extra_paths: object name -> its
-    training image paths; size: S pixels; background: any-size RGB image (PIL or uint8 array).
+    training image paths; size: S pixels; background: any-size RGB image (PIL or uint8 array);
+    with fast, an (S, S, 3) uint8 array in BGR order.
     Main object: crop jitter, resize to S, shift by U{-80..80} px, flip. Extras (table of
     design §6.3, shuffled): crop jitter, resize, flip; pasted when < 20% of their mask (> 200) overlaps
     the union mask, else another image is drawn (at most `max_tries` per object, then it is left
@@ -438,11 +456,12 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
     Labels: main file's rows, then each extra's first row; ranges recomputed.
     Default (bugs fixed): the shift pads with black (no wrap) and labels follow the flip
     (x -> 1 - x). `repro_label_bugs=True`: wrap-around shift, labels ignore the flip (D20).
+    fast: the cv2 path (decode, crop and resize with cv2, arrays throughout, D63): the same draws,
+    hence the same labels; `image` is then a uint8 BGR array (S, S, 3).
     """
     fixed = not repro_label_bugs
     S = int(size)
-    main_img = load_image(img_path)
-    main_mask = load_mask(mask_path(img_path), main_img.size)
+    main_img, main_mask = _read_object(img_path, fast)
     main_rows = read_label_rows(label_path(img_path))
 
     extras = extra_objects(object_name(img_path), [k for k, v in extra_paths.items() if len(v)])
@@ -461,10 +480,12 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
         pool = extra_paths[obj]
         for _ in range(max_tries):
             path = pool[int(rng.integers(len(pool)))]
-            x_img = load_image(path)
-            x_mask = load_mask(mask_path(path), x_img.size)
+            x_img, x_mask = _read_object(path, fast)
             x_rows = read_label_rows(label_path(path))[:1]
-            x_img = Image.fromarray(np.where(im.binary_mask(x_mask), np.asarray(x_img), 0).astype(np.uint8))
+            if fast:
+                x_img = np.where(im.binary_mask(x_mask), x_img, 0).astype(np.uint8)
+            else:
+                x_img = Image.fromarray(np.where(im.binary_mask(x_mask), np.asarray(x_img), 0).astype(np.uint8))
             a_img, a_mask, x_params, x_flip = _augment_object(x_img, x_mask, rng, S, jitter=jitter, resample=resample,
                                                               fix_crop=fix_crop, shift=False, wrap=False)
             new = a_mask > im.OVERLAP_MASK_THRESHOLD
@@ -479,7 +500,10 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
                 break
 
     composite[main_m] = main_img_arr[main_m]
-    out = im.replace_background(composite, union.astype(np.uint8) * 255, background, resample)
+    if fast:
+        out = np.where(union[:, :, None], composite, background)
+    else:
+        out = im.replace_background(composite, union.astype(np.uint8) * 255, background, resample)
     return MultiObjectSample(out, np.concatenate(labels, axis=0), masks)
 
 
@@ -736,13 +760,14 @@ class PoseDataset(Dataset):
             cache[j] = _shrink(decode_rgb(data, self.bg_files[j], "background image", bgr=True), FILE_POOL_MAX_SIDE)
         return cache[j]
 
-    def fast_background(self, index: int, size: tuple[int, int]) -> np.ndarray | None:
+    def fast_background(self, index: int, size: tuple[int, int], always: bool = False) -> np.ndarray | None:
         """The fast path's background (h, w, 3) uint8 for sample `index`, or None (keep the image's own).
 
         Drawn from its own stream, so the sample's main stream (crop, flip bit, HSV) is the Pillow path's.
+        always: a background whatever bg_prob (the multi-object sample masks its image).
         """
         rng = np.random.default_rng([self.seed, self.epoch, index, _BG_STREAM])
-        if self.bg_prob < 1.0 and rng.random() >= self.bg_prob:
+        if not always and self.bg_prob < 1.0 and rng.random() >= self.bg_prob:
             return None
         if self.bg_files:
             pool_image = self.file_background(self.file_pool_slot(int(rng.integers(self.file_pool_size))))
@@ -831,6 +856,19 @@ class MultiObjectDataset(PoseDataset):
                                 resample=self.resample, fix_crop=self.fix_crop,
                                 repro_label_bugs=self.repro_label_bugs)
         return s.image, s.labels
+
+    def fast_train_sample(self, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The design §6.3 sample by the cv2 path (D63): the same draws and labels as `train_sample`,
+        a pooled background window (its own stream), then the fast recipe's HSV step -> RGB."""
+        if size[0] != size[1]:
+            raise ValueError(f"the multi-object sample is square; found size {size}")
+        rng = self.rng(index)
+        bg = self.fast_background(index, size, always=True)
+        s = multi_object_sample(self.paths[index], self.extra_paths, size[0], rng, bg, jitter=self.jitter,
+                                resample=self.resample, fix_crop=self.fix_crop,
+                                repro_label_bugs=self.repro_label_bugs, fast=True)
+        out = im.fast_distort(s.image, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure), bgr=True)
+        return out, s.labels
 
 
 def linemod_train_lists(linemod_dir, names: Sequence[str] | None = None,

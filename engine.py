@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import errors
 from errors import CheckpointError, InputError, OverwriteError
 from linemod_format import append_text, atomic_write, write_text
 from model_info import INFO_FILE
@@ -48,8 +49,7 @@ MIN_FREE_BYTES = 8 << 20
 LOCK_FILE = "run.lock"  # the backup folder's owner: one run at a time (design D60)
 
 
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or inf; the message names the epoch and the batch."""
+NonFiniteLoss = errors.NonFiniteLoss  # the loss became NaN or inf; the message names the epoch and the batch
 
 
 def new_state(cost_keys) -> dict:
@@ -643,11 +643,9 @@ class Trainer:
             if self.rank == 0:
                 print(f"\ninterrupted: state saved to {self.checkpoint_path()}; continue with --resume",
                       file=sys.stderr)
-            raise SystemExit(130) from None
+            raise  # errors.run_cli ends the script with status 130; a library caller decides for itself
         except NonFiniteLoss as exc:
-            if self.rank == 0:
-                print(f"stopping: {exc}\nthe last good checkpoint is kept: {self.checkpoint_path()}", file=sys.stderr)
-            raise SystemExit(1) from None
+            raise NonFiniteLoss(f"{exc}; the last good checkpoint is kept: {self.checkpoint_path()}") from None
         finally:
             restore_signals(handlers)
             if self.rank == 0:

@@ -63,6 +63,11 @@ class OutputPathError(InputError):
     goes), or a read-only or full file system. Checked before the work starts."""
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or inf (engine.Trainer); the message names the epoch and the
+    batch, and the checkpoint that is kept. run_cli ends the script with status 1."""
+
+
 class OverwriteError(InputError):
     """A command would replace or remove a file it did not write, one of its own inputs, or (without
     --overwrite) its own earlier output; or a folder is in use by another run. Names every file."""
@@ -131,6 +136,9 @@ def run_cli(main: Callable, argv=None, prog: str | None = None):
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except NonFiniteLoss as exc:
+        print(f"{name}: error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(EXIT_FAULT) from None
     except MemoryError:
         print(f"{name}: error: out of memory (a smaller --batch-size, --test-size or --workers needs less)",
               file=sys.stderr)

@@ -299,40 +299,45 @@ def add_neighbour_cells(targets: Targets, target: torch.Tensor, noobject_scale: 
                         num_keypoints: int = NUM_KEYPOINTS, neighbours: int = 4) -> Targets:
     """Targets where the 4 (or 8) cells next to each responsible cell also regress the box corners.
 
-    Single object only (A = 1). A neighbour cell (gi +- 1, gj) or (gi, gj +- 1) (and, with 8, the
-    diagonal ones) inside the grid and
-    not itself responsible gets the corner targets relative to itself (k = 1..K-1, raw offsets, any
-    value is reachable) but no centroid target (its sigmoid cannot leave its own cell), and keeps
-    a background confidence target (0, weight `noobject_scale`, never ignored), so that the most
-    confident cell stays the centroid's. Four times more corner gradient per image: the fast
-    recipe's main speed-up (design §7.6).
+    A neighbour cell (gi +- 1, gj) or (gi, gj +- 1) (and, with 8, the diagonal ones) inside the
+    grid, at the object's own anchor (`targets.assigned`; the only one in the single-object loss),
+    and not itself responsible gets the corner targets relative to itself (k = 1..K-1, raw
+    offsets, any value is reachable) but no centroid target (its sigmoid cannot leave its own
+    cell), no class target, and keeps a background confidence target (0, weight
+    `noobject_scale`, never ignored), so that the most confident cell stays the centroid's. Four
+    times more corner gradient per image: the fast recipe's main speed-up (design §7.6). The
+    neighbours regress the ground truth, also under distillation.
     """
     B, A, H, W = targets.coord_mask.shape
-    if A != 1:
-        raise ValueError("neighbour cells are for the single-object loss (one anchor)")
     K = num_keypoints
+    if neighbours not in NEIGHBOURS:
+        raise ValueError(f"neighbours must be one of {sorted(NEIGHBOURS)}, found {neighbours}")
     rows, valid = parse_target(target.to(targets.tx.device), K)
-    b, slot = valid.nonzero(as_tuple=True)
+    b, slot = valid.nonzero(as_tuple=True)  # the order of build_targets' `assigned`
+    anchor = targets.assigned.get("anchor") if targets.assigned else None
+    if anchor is None or anchor.numel() != b.numel():
+        if A != 1:
+            raise ValueError("neighbour cells of a multi-anchor loss need the anchors of build_targets")
+        anchor = torch.zeros_like(b)
     point = targets.coord_mask[:, :, None].expand(B, A, K, H, W).clone()
     tx, ty, conf_mask = targets.tx.clone(), targets.ty.clone(), targets.conf_mask.clone()
     if b.numel():
         gxy = rows[b, slot, 1:1 + 2 * K].reshape(-1, K, 2)
         gx, gy = gxy[..., 0] * W, gxy[..., 1] * H
         gi, gj = gx[:, 0].trunc().long(), gy[:, 0].trunc().long()
-        if neighbours not in NEIGHBOURS:
-            raise ValueError(f"neighbours must be one of {sorted(NEIGHBOURS)}, found {neighbours}")
+        n = anchor.to(b.device).long()
         for di, dj in NEIGHBOURS[neighbours]:
             ni, nj = gi + di, gj + dj
             ok = (ni >= 0) & (ni < W) & (nj >= 0) & (nj < H)
-            ok &= targets.coord_mask[b.clamp(max=B - 1), 0, nj.clamp(0, H - 1), ni.clamp(0, W - 1)] == 0
+            ok &= targets.coord_mask[b.clamp(max=B - 1), n, nj.clamp(0, H - 1), ni.clamp(0, W - 1)] == 0
             if not ok.any():
                 continue
-            bb, ii, jj = b[ok], ni[ok], nj[ok]
-            point[bb, 0, :, jj, ii] = 1.0
-            point[bb, 0, 0, jj, ii] = 0.0  # no centroid target
-            tx[bb, 0, :, jj, ii] = (gx[ok] - ii[:, None].to(gx.dtype)).to(tx.dtype)
-            ty[bb, 0, :, jj, ii] = (gy[ok] - jj[:, None].to(gy.dtype)).to(ty.dtype)
-            conf_mask[bb, 0, jj, ii] = float(noobject_scale)  # never ignored: a background cell
+            bb, aa, ii, jj = b[ok], n[ok], ni[ok], nj[ok]
+            point[bb, aa, :, jj, ii] = 1.0
+            point[bb, aa, 0, jj, ii] = 0.0  # no centroid target
+            tx[bb, aa, :, jj, ii] = (gx[ok] - ii[:, None].to(gx.dtype)).to(tx.dtype)
+            ty[bb, aa, :, jj, ii] = (gy[ok] - jj[:, None].to(gy.dtype)).to(ty.dtype)
+            conf_mask[bb, aa, jj, ii] = float(noobject_scale)  # never ignored: a background cell
     return replace(targets, point_mask=point, tx=tx, ty=ty, conf_mask=conf_mask)
 
 

@@ -5,19 +5,23 @@
         --modelcfg multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg --initweightfile backup_multi/init.weights
     torchrun --nproc_per_node 2 multi_obj_pose_estimation/train_multi.py ...   # DDP (the original used DataParallel)
 
-Built on the top-level modules: the training sample is `dataset.MultiObjectDataset` (design §6.3), the
-loss `region_loss.RegionLoss` with the cfg's anchors and classes and the MS scales (design §5.6), the
-epoch loop `engine.Trainer` with the cfg steps counted in raw batches (design §7.2), and the test
-`valid_multi.evaluate_object` (design §9.6).
+The same pipeline as train.py (training.py: model, loss, recipe, optimiser, EMA, backup folder,
+loader, engine.Trainer); what differs is the data. The training sample is the design §6.3
+composition (`dataset.MultiObjectDataset`: the objects of the other classes pasted around the
+main one; --paste off trains on the list's images as they are, as train.py does, for scenes that
+already show every object); the loss has the cfg's anchors and classes (design §5.7); the test
+scores every object of the occlusion `.data` file (`valid_multi.evaluate_object`, design §9.6).
+The original recipe counts the cfg steps in raw batches (design §7.2).
 
 Fixed by default, each with a flag that reproduces the original (design §11): the flipped /
 wrapped main object's labels (--repro-label-bugs, item 20), the anchor chosen for tconf and for
-all-zero IoUs (--repro-anchor-bug, item 22). Always fixed (item 23): every test (after epochs
-e % 20 == 0, e > 0, and after the last) scores the objects valid_multi.py scores and records the
-5 px accuracy, not the 50 px one; model.weights is saved when the mean over the objects improves.
+all-zero IoUs (--repro-anchor-bug, item 22). Always fixed (item 23): every test scores the
+objects valid_multi.py scores and records the mean 5 px accuracy, not the 50 px one; model.weights
+is the best test so far by the mean 5 px accuracy, ties broken by the mean 10 px accuracy.
 
-Writes into the backup dir: model.weights (darknet format, best mean 5 px accuracy),
-checkpoint.pt (every epoch and on Ctrl-C; --resume), costs.npz, metrics.csv, training.png.
+Writes into the backup dir: model.weights (darknet format, the best test), last.weights,
+checkpoint.pt (every epoch and on Ctrl-C; --resume), costs.npz, metrics.csv, training.png,
+model_info.json (the test size and box rule, read by valid_multi.py and detect.py).
 """
 from __future__ import annotations
 
@@ -28,24 +32,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
 import dataset
 import engine
-import model_info
 import preflight
-import recipes
-import train
+import training
 import utils
-import valid
 from errors import InputError, run_cli
 from multi_obj_pose_estimation import valid_multi
 from multi_obj_pose_estimation.valid_multi import find_path
 from recipes import FAST
-from region_loss import RegionLoss
+from valid import log  # noqa: E402  (TODO evaluation.log)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -54,14 +54,17 @@ ROOT = HERE.parent
 DEFAULT_DATACFG = "cfg/occlusion.data"
 DEFAULT_MODELCFG = "cfg/yolo-pose-multi.cfg"
 DEFAULT_INITWEIGHTS = "backup_multi/init.weights"
-EVAL_EVERY = 20  # design §7.5
-# The main job (no --datacfg): synthetic occlusion scenes and a small network, trained on the CPU.
+# The main job (no --datacfg): synthetic occlusion scenes and a small network, trained on the CPU. The training
+# scenes already show 2-4 objects each, so nothing is pasted (--paste off); the single-object images per object
+# feed --paste on.
 SYNTHETIC_ROOT = Path("data/synthetic_multi")
-SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, SYNTHETIC_SCENES = 3, 20, 40  # images per object feed the pasted extras
+SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, SYNTHETIC_SCENES, SYNTHETIC_TEST_FRACTION = 3, 20, 1600, 0.15
+MAIN_JOB_EPOCHS = 40  # a number of epochs, not minutes: the same model on every machine (docs/results.md)
 QUICK_MODELCFG = "cfg/yolo-lite-trial3-multi.cfg"
 QUICK_INITWEIGHTS = "weights/tiny-yolov2-trial3-voc.weights"
-QUICK = dict(epochs=30, eval_every=10, train_size=256, test_size=256, batch_size=8)
+QUICK = dict(recipe="fast", epochs=MAIN_JOB_EPOCHS, eval_every=5, paste="off")
 COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies", "testing_errors_pixel")
+PASTE = ("on", "off")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -72,46 +75,23 @@ def get_args_parser() -> argparse.ArgumentParser:
                   cfg_help=f"network cfg (default {DEFAULT_MODELCFG}; synthetic: {QUICK_MODELCFG})",
                   weights_help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; synthetic: "
                                f"{QUICK_INITWEIGHTS}; 'none' for random)")
-    p.add_argument("--allow-partial-weights", action="store_true",
-                   help="accept init weights that fill only part of the network (automatic for *.conv.N files)")
-    p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
-                   help="original (default with --datacfg): the original's recipe; fast (default of the main "
-                        "job): AdamW, cosine, EMA, confidence floor (see train.py -h, docs/design.md §7.6, D46)")
-    p.add_argument("--minutes", type=float, default=None, help="train for this many minutes (fast: the schedule)")
-    p.add_argument("--pretrain_num_epochs", type=int, default=None,
-                   help="epochs without the confidence term (original multi default 0; fast: none)")
-    p.add_argument("--backupdir", default=None, help="output folder (default: the .data 'backup' key)")
+    training.add_run_flags(p, main_job_epochs=MAIN_JOB_EPOCHS, loss_scales="ms",
+                           loss_scales_why="the original train_multi.py builds its loss with the MS defaults",
+                           pretrain_num_epochs=0)
+    p.add_argument("--paste", choices=PASTE, default=None,
+                   help="on (default with --datacfg): the design §6.3 sample, the other objects pasted around the "
+                        "main one (the original's); off (the main job's default): the list's images as they are, "
+                        "for scenes that already show every object")
     p.add_argument("--repro-anchor-bug", action="store_true",
                    help="reproduce the original's tconf from anchor -1 and anchor -1 for all-zero IoUs (D22)")
     p.add_argument("--repro-label-bugs", action="store_true",
                    help="reproduce the original's labels that ignore the flip and the wrap-around shift (D20)")
-    p.add_argument("--loss-scales", choices=("ms", "cfg"), default="ms",
-                   help="ms: the original's own loss object (noobject 1, design §5.6); cfg: the [region] scales")
     cli.add_objects(p, help="objects to test (default: those valid_multi.py scores: the six of design §9.6, "
                             "else all)")
     cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH, help="test box threshold (design §4.2)")
     p.add_argument("--linemod-dir", default=None,
                    help="folder of <obj>/train.txt for the pasted objects (default: the training images' LINEMOD "
                         "folder)")
-    p.add_argument("--epochs", type=int, default=None, help="default: cfg max_epochs (500)")
-    cli.add_batch_size(p, help="default: cfg batch")
-    p.add_argument("--eval-every", type=int, default=None,
-                   help=f"test after epochs e %% N == 0, e > 0 (default {EVAL_EVERY})")
-    cli.add_sizes(p, train=True, test=True)
-    cli.add_device(p)
-    cli.add_seed(p)
-    cli.add_workers(p, help="loader workers (default: min(4, cores))")
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from a checkpoint (default: <backupdir>/checkpoint.pt)")
-    p.add_argument("--force-resume", action="store_true",
-                   help="resume even from a checkpoint made with another cfg, data file, batch size or recipe")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in the backup folder")
-    cli.add_resample(p)
-    p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
-    p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke tests)")
-    p.add_argument("--log-every", type=int, default=0, help="print the per-batch loss line every N batches (0: never)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, network table or per-epoch lines")
     return p
 
 
@@ -120,47 +100,45 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 
 def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -> Path:
-    """The synthetic occlusion set, generated once; return its occlusion .data file.
-
-    A folder that holds another set or files the generator did not write is left as it is: the
-    set goes to `<root>_main` instead (train.ensure_synthetic_dataset, design D60)."""
-    from tools.make_synthetic_linemod import DEFAULT_TEST_FRACTION, ensure_dataset, generation_params
+    """The synthetic occlusion set, generated once (training.ensure_synthetic_dataset, design D60);
+    return its occlusion .data file."""
+    from tools.make_synthetic_linemod import generation_params
 
     params = generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=SYNTHETIC_SCENES,
-                               test_fraction=DEFAULT_TEST_FRACTION)
-    return ensure_dataset(root, params, quiet=quiet) / "cfg" / "occlusion.data"
+                               test_fraction=SYNTHETIC_TEST_FRACTION)
+    return training.ensure_synthetic_dataset(root, params, quiet=quiet) / "cfg" / "occlusion.data"
 
 
 def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     """Fill the defaults (the synthetic main job when no --datacfg) and read the data cfg.
 
     Numeric flags are checked first, before the main job generates its data."""
-    train.check_run_numbers(args)
+    training.check_run_numbers(args)
     quick = args.datacfg is None
     if quick:
         args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
         cli.fill_defaults(args, QUICK)
         args.modelcfg = args.modelcfg or QUICK_MODELCFG
         args.initweightfile = args.initweightfile or str(ROOT / QUICK_INITWEIGHTS)
-    args.recipe = args.recipe or ("fast" if quick else "original")
-    if args.pretrain_num_epochs is None:
-        args.pretrain_num_epochs = -1 if args.recipe == "fast" else 0
+    training.fill_recipe_defaults(args, loss_scales="ms", pretrain_num_epochs=0)
+    cli.fill_defaults(args, {"paste": "on"})
     args.datacfg = find_path(args.datacfg)
     args.modelcfg = find_path(args.modelcfg or DEFAULT_MODELCFG)
     if args.initweightfile is None:
         args.initweightfile = DEFAULT_INITWEIGHTS
     if str(args.initweightfile).lower() == "none":
         args.initweightfile = None
-    if args.eval_every is None:
-        args.eval_every = EVAL_EVERY
-    if args.workers is None:
-        args.workers = min(4, os.cpu_count() or 1)
     args.objects = cli.object_list(args.objects)
     if not Path(args.datacfg).is_file():
         raise InputError(f"cannot start training: data cfg not found: {args.datacfg}")
     opts = utils.read_data_cfg(args.datacfg, resolve_paths=True)
     if args.backupdir is None:
-        args.backupdir = "backup_multi/synthetic" if quick else opts.get("backup", "backup_multi")
+        if quick:  # a budget other than the main job's gets its own folder
+            suffix = (f"_{args.minutes:g}min" if args.minutes else
+                      "" if args.epochs == MAIN_JOB_EPOCHS else f"_{args.epochs}ep")
+            args.backupdir = f"backup_multi/synthetic{suffix}"
+        else:
+            args.backupdir = opts.get("backup", "backup_multi")
     return args, opts
 
 
@@ -213,152 +191,127 @@ def check_extra_objects(extras: dict) -> None:
         raise InputError("cannot start training:\n  " + "\n  ".join(problems))
 
 
-def check_model(model, args, objects) -> None:
-    """Refuse a network whose output or classes cannot serve the multi-object loss and test."""
-    expect = model.num_anchors * (2 * model.num_keypoints + 1 + model.num_classes)
-    with torch.no_grad():  # a tiny probe: the output channels, whatever the layers
-        was_training = model.training
-        channels = model.eval()(torch.zeros(1, model.channels, 64, 64, device=next(model.parameters()).device)).shape[1]
-        model.train(was_training)
-    if channels != expect:
-        raise InputError(f"cannot start training: {args.modelcfg}: the output has {channels} channels; [region] "
-                         f"num={model.num_anchors}, classes={model.num_classes} need {expect}")
-    if model.num_anchors > 1 and len(model.anchors) < 2 * model.num_anchors:
-        raise InputError(f"cannot start training: {args.modelcfg}: {model.num_anchors} anchors need "
-                         f"{2 * model.num_anchors} anchor values")
+def check_classes(model, args, objects) -> None:
+    """Refuse a network with fewer classes than the objects' class ids (the output layout itself is
+    checked by training.check_output)."""
     for o in objects:
         if o.class_id >= model.num_classes:
             raise InputError(f"cannot start training: {args.datacfg}: object {o.name!r} has class id {o.class_id} "
                              f"but {args.modelcfg} has {model.num_classes} classes")
 
 
-def make_loss(model, args) -> RegionLoss:
-    """The multi-object loss: the cfg's anchors and classes, the MS scales unless --loss-scales cfg;
-    the fast recipe's confidence floor and batch mean (design §7.6)."""
+def make_loss(model, args):
+    """The multi-object loss: training.build_loss (the cfg's anchors and classes, --loss-scales, the
+    recipe's options, --repro-anchor-bug)."""
+    return training.build_loss(model, args)
+
+
+def make_train_set(args, opts: dict, model, extras: dict):
+    """--paste on: the design §6.3 composition (`dataset.MultiObjectDataset`); off: the list's images
+    as they are (`dataset.PoseDataset`, the single-object sample). The fast recipe's cv2 path either way."""
     fast = args.recipe == "fast"
-    pretrain = args.pretrain_num_epochs if args.pretrain_num_epochs is not None else (-1 if fast else 0)
-    if args.loss_scales == "cfg":
-        loss = RegionLoss.from_region(model.region, model.num_keypoints, "cfg", pretrain)
-    else:
-        loss = RegionLoss(model.num_keypoints, model.num_classes, model.anchors, model.num_anchors, pretrain)
-    loss.repro_anchor_bug = bool(args.repro_anchor_bug)
-    if fast:
-        loss.conf_floor, loss.batch_mean = FAST.conf_floor, True
-    return loss
+    common = dict(train=True, seed=args.seed, resample=args.resample, bg_dir=args.bg_dir,
+                  num_keypoints=model.num_keypoints, fast=fast)
+    try:
+        if args.paste == "on":
+            return dataset.MultiObjectDataset(opts["train"], extras, repro_label_bugs=args.repro_label_bugs,
+                                              **common)
+        return dataset.PoseDataset(opts["train"], **common,
+                                   **({"jitter": FAST.jitter,
+                                       "bg_prob": FAST.bg_prob_with_dir if args.bg_dir else FAST.bg_prob}
+                                      if fast else {}))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot start training:\n  {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
 # The periodic test (design §7.5, fixed: D23)
 # --------------------------------------------------------------------------------------------
 
-def test_all(model, loaders, objects, device, conf_thresh: float) -> dict:
-    """Score every object; returns {'objects': [summary...], 'acc_5px': mean 5 px accuracy,
-    'mean_err_2d': mean over objects of the mean 2-D projection error (px)}."""
-    summaries = [valid_multi.evaluate_object(model, loader, o, device, conf_thresh)[0]
+def test_all(model, loaders, objects, device, conf_thresh: float, box_rule: str = "max") -> dict:
+    """Score every object; returns {'objects': [summary...], 'acc_5px' and 'acc_10px': the mean over
+    the objects of the 5 and 10 px accuracies, 'mean_err_2d': mean over objects of the mean 2-D
+    projection error (px)}."""
+    summaries = [valid_multi.evaluate_object(model, loader, o, device, conf_thresh, box_rule=box_rule)[0]
                  for o, loader in zip(objects, loaders)]
     errs = [s["mean_err_2d"] for s in summaries if math.isfinite(s["mean_err_2d"])]
     return {"objects": summaries, "acc_5px": float(np.mean([s["acc_px"][0] for s in summaries])),
+            "acc_10px": float(np.mean([s["acc_px"][1] for s in summaries])),
             "mean_err_2d": float(np.mean(errs)) if errs else math.nan}
 
 
 def log_test(result: dict, epoch: int) -> None:
     for s in result["objects"]:
         accs = " ".join(f"{a:.1f}" for a in s["acc_px"])
-        valid.log(f"epoch {epoch} {s['object']}: 2D acc at {s['thresholds'][0]}..{s['thresholds'][-1]} px: {accs}; "
-                  f"ADD {s['acc_add']:.1f}%, 5cm5deg {s['acc_5cm5deg']:.1f}%")
-    valid.log(f"epoch {epoch}: mean 2D accuracy at 5 px {result['acc_5px']:.2f}%, "
-              f"mean px err {result['mean_err_2d']:.2f}")
+        log(f"epoch {epoch} {s['object']}: 2D acc at {s['thresholds'][0]}..{s['thresholds'][-1]} px: "
+                        f"{accs}; ADD {s['acc_add']:.1f}%, 5cm5deg {s['acc_5cm5deg']:.1f}%")
+    log(f"epoch {epoch}: mean 2D accuracy at 5 px {result['acc_5px']:.2f}%, at 10 px "
+                    f"{result['acc_10px']:.2f}%, mean px err {result['mean_err_2d']:.2f}")
+
+
+def evaluation(objects, args, device, test_shape, seen):
+    """The periodic test of every object; the score is (mean 5 px, mean 10 px accuracy): engine keeps
+    a later model only when strictly better, so a tie at 5 px goes to the better 10 px model."""
+    loaders = [valid_multi.make_test_loader(o, test_shape, batch_size=8, resample=args.resample) for o in objects]
+
+    def evaluate(eval_model, epoch):
+        result = test_all(eval_model, loaders, objects, device, args.conf_thresh, args.box_rule)
+        log_test(result, epoch)
+        row = {"acc_5px": result["acc_5px"], "acc_10px": result["acc_10px"], "mean_err_2d": result["mean_err_2d"],
+               **{f"acc_5px_{s['object']}": s["acc_px"][0] for s in result["objects"]},
+               **{f"acc_10px_{s['object']}": s["acc_px"][1] for s in result["objects"]}}
+        return {"row": row, "score": (result["acc_5px"], result["acc_10px"]),
+                "costs": {"testing_iters": seen(), "testing_accuracies": result["acc_5px"],
+                          "testing_errors_pixel": result["mean_err_2d"]}}
+    return evaluate
 
 
 # --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
 
+def score_command(args, weights: Path) -> str:
+    """The valid_multi.py command that scores `weights` (the test size and box rule travel in
+    model_info.json beside them, D56)."""
+    extra = " --objects " + " ".join(args.objects) if args.objects else ""
+    return (f"python {os.path.relpath(HERE / 'valid_multi.py')} --datacfg {args.datacfg} --modelcfg {args.modelcfg} "
+            f"--weightfile {weights}{extra}")
+
+
 def main(args) -> dict:
     args, opts = resolve_args(args)
-    device = cli.resolve_device(args.device)
-    rank, world, device = engine.setup_distributed(device)
-    cli.warn_amp_unused(args.amp, device)
-    objects = check_inputs(args, opts)
-    engine.seed_everything(args.seed)
-    fast = args.recipe == "fast"
+    found = {}
 
-    model = train.build_model(args.modelcfg, args.initweightfile, device, channels_last=False,
-                              partial=train.allow_partial(args), quiet=args.quiet or rank != 0)
-    model.seen = 0  # the original resets the counter after loading the init weights
-    check_model(model, args, objects)
-    net = model.net
-    batch = args.batch_size or int(net["batch"])
-    epochs = args.epochs if args.epochs is not None else (None if args.minutes else int(model.max_epochs))
-    loss_fn = make_loss(model, args)
+    def check():
+        found["objects"] = check_inputs(args, opts)
+        found["extras"] = {}
+        if args.paste == "on":
+            try:
+                found["extras"] = extra_object_lists(dataset.read_list(opts["train"]), args.linemod_dir)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot start training:\n  {exc}") from None
+            check_extra_objects(found["extras"])
 
-    train_paths = dataset.read_list(opts["train"])
-    try:
-        extras = extra_object_lists(train_paths, args.linemod_dir)
-        train_set = dataset.MultiObjectDataset(opts["train"], extras, train=True, seed=args.seed,
-                                               resample=args.resample, bg_dir=args.bg_dir,
-                                               repro_label_bugs=args.repro_label_bugs,
-                                               num_keypoints=model.num_keypoints)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot start training:\n  {exc}") from None
-    check_extra_objects(extras)
-    train.check_single_image_batches(batch, len(train_set), args.train_size, world)
-    if rank == 0 and not args.quiet:
-        pasted = sorted(k for k, v in extras.items() if v)
-        print(f"{len(train_set)} training images; objects to paste from: {', '.join(pasted) or 'none'}", flush=True)
-    test_shape = (args.test_size,) * 2 if args.test_size else (model.test_width, model.test_height)
-    test_loaders = [valid_multi.make_test_loader(o, test_shape, batch_size=8, resample=args.resample) for o in objects]
+    def train_set(model):
+        data = make_train_set(args, opts, model, found["extras"])
+        if not args.quiet and int(os.environ.get("RANK", 0)) == 0:
+            pasted = sorted(k for k, v in found["extras"].items() if v)
+            print(f"{len(data)} training images; objects to paste from: {', '.join(pasted) or 'none'}", flush=True)
+        return data
 
-    budget_s = args.minutes * 60 if args.minutes else None
-    optimizer, schedule = train.build_optimizer_and_schedule(model, args.recipe, batch, len(train_set), epochs,
-                                                             minutes=args.minutes, step_unit=1.0)
-    ema = recipes.ModelEMA(model, FAST.ema_decay) if fast else None
-    ddp_model = model
-    if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    backup = Path(args.backupdir)
-    if rank == 0:
-        engine.prepare_backup(backup, resume=bool(args.resume), overwrite=args.overwrite,
-                              need_bytes=engine.CHECKPOINT_SIZE_FACTOR * 4 * sum(p.numel() for p in model.parameters()))
-        if test_shape[0] == test_shape[1]:  # valid_multi.py and detect.py --multi test at the trained size (D56)
-            model_info.write_info(backup, args.modelcfg, test_shape[0], "max")
-    run = engine.run_identity(args.modelcfg, args.datacfg, batch, args.recipe)
-    trainer = engine.Trainer(model, optimizer, loss_fn, schedule, backup=backup, run=run, cost_keys=COST_KEYS,
-                             device=device, net=ddp_model, ema=ema, amp=args.amp, rank=rank, world=world,
-                             progress=not args.quiet, log_every=args.log_every, max_batches=args.max_batches,
-                             args=vars(args))
-    if args.resume:
-        trainer.resume(None if args.resume == "auto" else args.resume, force=args.force_resume)
-    elif rank == 0 and not args.quiet:
-        model.print_network()
+    def outputs(state, backup):
+        best = backup / engine.BEST_WEIGHTS
+        if not best.is_file():
+            best = backup / engine.LAST_WEIGHTS
+        print(f"\noutputs in {backup}/: {best.name} (best mean 5 px accuracy {state['best']:.2f}%), "
+              f"{engine.CHECKPOINT}, costs.npz, metrics.csv, training.png")
+        print(f"score it with:\n  {score_command(args, best)}")
 
-    def make_loader(epoch, seen, start_batch):
-        return dataset.make_train_loader(
-            train_set, batch_size=batch, seed=args.seed, epoch=epoch, seen=seen, workers=args.workers,
-            mode="fixed" if args.train_size else "multi", fixed_size=args.train_size or 416, rank=rank,
-            world_size=world, pin_memory=device.type == "cuda", start_batch=start_batch)
-
-    def evaluate(eval_model, epoch):
-        result = test_all(eval_model, test_loaders, objects, device, args.conf_thresh)
-        log_test(result, epoch)
-        row = {"acc_5px": result["acc_5px"], "mean_err_2d": result["mean_err_2d"],
-               **{f"acc_5px_{s['object']}": s["acc_px"][0] for s in result["objects"]}}
-        return {"row": row, "score": result["acc_5px"],
-                "costs": {"testing_iters": trainer.state["seen"], "testing_accuracies": result["acc_5px"],
-                          "testing_errors_pixel": result["mean_err_2d"]}}
-
-    state = trainer.fit(make_loader, evaluate, epochs=epochs, budget_s=budget_s, eval_every=args.eval_every,
-                        meaningful_from=args.pretrain_num_epochs + 1)
-    if rank == 0:
-        print(f"\noutputs in {backup}/: {train.BEST_WEIGHTS} (best mean 5 px accuracy {state['best']:.2f}%), "
-              f"{train.CHECKPOINT}, costs.npz, metrics.csv, training.png")
-        extra = f" --test-size {args.test_size}" if args.test_size else ""
-        if args.objects:
-            extra += " --objects " + " ".join(args.objects)
-        print(f"score it with:\n  python {os.path.relpath(HERE / 'valid_multi.py')} --datacfg {args.datacfg} "
-              f"--modelcfg {args.modelcfg} --weightfile {backup / train.BEST_WEIGHTS}{extra}")
-    return state
+    variant = training.Variant(
+        check_inputs=check, train_set=train_set, outputs=outputs, cost_keys=COST_KEYS, step_unit=1.0,
+        check_model=lambda model: check_classes(model, args, found["objects"]),
+        evaluation=lambda model, device, shape, seen: evaluation(found["objects"], args, device, shape, seen))
+    return training.run(args, variant)
 
 
 def main_cli(argv=None) -> dict:

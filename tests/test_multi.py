@@ -21,6 +21,7 @@ import torch
 
 import dataset
 import train
+import training
 import utils
 from darknet import Darknet, parse_cfg
 from errors import InputError
@@ -258,6 +259,7 @@ def test_schedule_counts_raw_batches():
 @pytest.mark.parametrize("repro", [False, True])
 def test_loss_uses_the_cfg_anchors_classes_and_ms_scales(repro):
     args = train_multi.get_args_parser().parse_args(["--pretrain_num_epochs", "3"] + ["--repro-anchor-bug"] * repro)
+    training.fill_recipe_defaults(args, loss_scales="ms", pretrain_num_epochs=0)  # train_multi's defaults
     loss = train_multi.make_loss(Darknet(TRIAL3_MULTI), args)
     assert (loss.num_classes, loss.num_anchors, loss.pretrain_num_epochs, loss.repro_anchor_bug) == (13, 5, 3, repro)
     assert loss.anchors == pytest.approx([1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879,
@@ -270,7 +272,7 @@ def test_a_few_steps_lower_the_loss(occ):
     torch.manual_seed(0)
     model = Darknet(TRIAL3_MULTI)
     model.load_weights_until_last(BACKBONE3)
-    args = train_multi.get_args_parser().parse_args([])
+    args = training.fill_recipe_defaults(train_multi.get_args_parser().parse_args([]), "ms", 0)
     loss_fn = train_multi.make_loss(model, args)
     pools = dataset.linemod_train_lists(occ / "LINEMOD")
     ds = dataset.MultiObjectDataset(occ / "cfg/train_occlusion.txt", pools, train=True, seed=0)
@@ -295,6 +297,8 @@ def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeyp
     monkeypatch.setattr(train_multi, "SYNTHETIC_OBJECTS", 3)
     monkeypatch.setattr(train_multi, "SYNTHETIC_IMAGES", 4)
     monkeypatch.setattr(train_multi, "SYNTHETIC_SCENES", 8)
+    monkeypatch.setattr(train_multi, "SYNTHETIC_TEST_FRACTION", 0.25)
+    monkeypatch.setattr(train_multi, "MAIN_JOB_EPOCHS", 2)  # the main job's own folder, not a "_2ep" one
     for key, value in dict(epochs=2, eval_every=1, train_size=96, test_size=96, batch_size=4).items():
         monkeypatch.setitem(train_multi.QUICK, key, value)
     state = train_multi.main(train_multi.get_args_parser().parse_args(["--quiet", "--workers", "0"]))
@@ -414,3 +418,151 @@ def test_all_empty_occlusion_labels_are_refused_and_some_warn(occ, tmp_path):
         Path(occlusion_label_path(p, "obj00")).write_text("")
     with pytest.raises(InputError, match=rf"all {len(paths)} labels_occlusion files of 'obj00' are empty"):
         valid_multi.check_test_images([obj])
+
+
+# --------------------------------------------------------------------------------------------
+# The fast recipe in train_multi.py: the same pipeline as train.py (training.py, design §7.6)
+# --------------------------------------------------------------------------------------------
+
+def test_neighbour_cells_sit_at_each_objects_own_anchor():
+    """Two objects of different sizes take different anchors; each one's 4 neighbours regress its
+    corners at that anchor only, with no centroid and no class target, as background for the confidence."""
+    from region_loss import add_neighbour_cells, build_targets
+
+    anchors = [1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879, 5.8851]
+    B, A, C, H, W = 1, 5, 13, 8, 8
+    target = torch.zeros(1, 50 * 21, dtype=torch.float64)
+    for slot, (cx, cy, size, cls) in enumerate([(0.31, 0.44, 0.15, 2), (0.70, 0.70, 0.7, 4)]):
+        pts = np.array([[cx, cy]] + [[cx + dx * size / 2, cy + dy * size / 2] for dx in (-1, 1) for dy in (-1, 1)
+                                     for _ in (0, 1)])
+        row = [cls, *pts.ravel(), size, size]
+        target[0, slot * 21:(slot + 1) * 21] = torch.tensor(row)
+    output = torch.zeros(B, A * (2 * K + 1 + C), H, W)
+    t = build_targets(output, target, num_keypoints=K, num_classes=C, num_anchors=A, anchors=anchors,
+                      noobject_scale=0.1)
+    n = add_neighbour_cells(t, target, noobject_scale=0.1, num_keypoints=K)
+    chosen = t.assigned["anchor"].tolist()
+    assert chosen[0] != chosen[1]
+    for slot, ((gi, gj), a) in enumerate(zip([(2, 3), (5, 5)], chosen)):
+        assert t.coord_mask[0, a, gj, gi] == 1
+        for ni, nj in [(gi - 1, gj), (gi + 1, gj), (gi, gj - 1), (gi, gj + 1)]:
+            assert n.point_mask[0, a, 1:, nj, ni].eq(1).all() and n.point_mask[0, a, 0, nj, ni] == 0
+            assert n.cls_mask[0, a, nj, ni] == 0 and n.conf_mask[0, a, nj, ni] == pytest.approx(0.1)
+            assert float(n.tx[0, a, 1, nj, ni]) == pytest.approx(float(target[0, 21 * slot + 3]) * W - ni)
+            others = [b for b in range(A) if b != a]
+            assert n.point_mask[0, others, :, nj, ni].eq(0).all()  # no other anchor of that cell
+    assert int(n.point_mask.sum()) == 2 * (1 * K + 4 * (K - 1))
+
+
+def test_fast_multi_sample_has_the_pillow_samples_labels(occ):
+    """The cv2 path of the design §6.3 sample makes the same draws: the same objects pasted, labels
+    equal to 1e-6, the objects on the same pixels."""
+    pools = dataset.linemod_train_lists(occ / "LINEMOD")
+    paths = dataset.read_list(occ / "cfg/train_occlusion.txt")
+    S = 160
+    for seed, path in enumerate(paths):
+        slow = dataset.multi_object_sample(path, pools, S, np.random.default_rng(seed), np.zeros((S, S, 3), np.uint8))
+        fast = dataset.multi_object_sample(path, pools, S, np.random.default_rng(seed), np.zeros((S, S, 3), np.uint8),
+                                           fast=True)
+        assert fast.image.shape == (S, S, 3) and fast.image.dtype == np.uint8
+        np.testing.assert_allclose(fast.labels, slow.labels, atol=1e-6)
+        for a, b in zip(slow.masks, fast.masks):
+            assert np.mean(a != b) < 0.01  # the same silhouettes, up to resampling at their edges
+        bright = np.asarray(slow.image).mean(-1) > 0
+        assert np.mean(bright == (fast.image.mean(-1) > 0)) > 0.98
+    ds = dataset.MultiObjectDataset(occ / "cfg/train_occlusion.txt", pools, train=True, fast=True)
+    image, target = ds[(0, S)]
+    assert image.shape == (3, S, S) and target.reshape(-1, 21)[:, 1].gt(0).sum() >= 2
+
+
+def _capture_trainer(monkeypatch):
+    """Replace engine.Trainer.fit by a probe that records the trainer and its first loader."""
+    import engine
+
+    seen = {}
+
+    def probe(self, make_loader, evaluate, **kw):
+        seen.update(trainer=self, loader=make_loader(0, 0, 0), evaluate=evaluate, kw=kw)
+        return self.state
+
+    monkeypatch.setattr(engine.Trainer, "fit", probe)
+    return seen
+
+
+def test_train_multi_fast_recipe_has_every_piece_of_train_pys(occ, tmp_path, monkeypatch):
+    seen = _capture_trainer(monkeypatch)
+    argv = ["--datacfg", str(occ / "cfg/occlusion.data"), "--modelcfg", str(TRIAL3_MULTI), "--initweightfile",
+            str(BACKBONE3), "--backupdir", str(tmp_path / "b"), "--recipe", "fast", "--device", "cpu", "--quiet"]
+    train_multi.main(train_multi.get_args_parser().parse_args(argv))
+    trainer, loader = seen["trainer"], seen["loader"]
+    # the cv2 loader, in the training process, pasting the other objects (--paste on with --datacfg)
+    assert isinstance(loader.dataset, dataset.MultiObjectDataset) and loader.dataset.fast
+    assert loader.num_workers == 0
+    # the loss: neighbour cells, confidence floor, batch mean, background weight, L1 corners
+    loss = trainer.loss_fn
+    assert (loss.neighbour_cells, loss.conf_floor, loss.batch_mean) == (4, 0.5, True)
+    assert (loss.noobject_scale, loss.coord_loss, loss.num_anchors) == (0.1, "l1", 5)
+    # the frozen first conv, channels-last, EMA
+    first = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert not first.weight.requires_grad
+    assert sum(p.requires_grad for p in trainer.model.parameters()) == len(list(trainer.model.parameters())) - 3
+    assert first.weight.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.channels_last and trainer.ema is not None
+    # a batch of the fast loader goes through the loss with targets at the neighbours
+    images, target = next(iter(loader))
+    t = loss.build_targets(trainer.model(images.contiguous(memory_format=torch.channels_last)), target)
+    assert t.nGT >= len(images)
+    assert seen["kw"]["eval_every"] == 10 and seen["kw"]["meaningful_from"] == 0
+
+
+def test_paste_off_trains_on_the_scenes_as_train_py_does(occ, tmp_path, monkeypatch):
+    seen = _capture_trainer(monkeypatch)
+    argv = ["--datacfg", str(occ / "cfg/occlusion.data"), "--modelcfg", str(TRIAL3_MULTI), "--initweightfile",
+            str(BACKBONE3), "--backupdir", str(tmp_path / "b"), "--recipe", "fast", "--paste", "off", "--quiet"]
+    train_multi.main(train_multi.get_args_parser().parse_args(argv))
+    ds = seen["loader"].dataset
+    assert type(ds) is dataset.PoseDataset and ds.fast
+    rows = ds[(0, 128)][1].reshape(-1, 21)
+    assert len({int(c) for c in rows[rows[:, 1] > 0, 0]}) >= 2  # a scene: several classes in one image
+
+
+def test_a_tie_at_5px_keeps_the_model_best_at_10px(occ, tmp_path, monkeypatch):
+    """Evaluations (0 %, 10 %), (0 %, 30 %), (0 %, 20 %) at (5 px, 10 px): model.weights is the second."""
+    from darknet import Darknet as Net
+
+    results = iter([(0.0, 10.0), (0.0, 30.0), (0.0, 20.0)])
+    written = []
+
+    def scripted(model, loaders, objects, device, conf_thresh, box_rule="max"):
+        a5, a10 = next(results)
+        s = {"object": "obj00", "acc_px": [a5, a10] + [50.0] * 8, "thresholds": list(range(5, 55, 5)),
+             "acc_add": 0.0, "acc_5cm5deg": 0.0, "mean_err_2d": 9.0}
+        return {"objects": [s], "acc_5px": a5, "acc_10px": a10, "mean_err_2d": 9.0}
+
+    real_save = Net.save_weights
+
+    def spy_save(self, path, *a, **kw):
+        if Path(path).name == "model.weights":
+            written.append(self.seen)
+        return real_save(self, path, *a, **kw)
+
+    monkeypatch.setattr(train_multi, "test_all", scripted)
+    monkeypatch.setattr(Net, "save_weights", spy_save)
+    argv = ["--datacfg", str(occ / "cfg/occlusion.data"), "--modelcfg", str(TRIAL3_MULTI), "--initweightfile",
+            str(BACKBONE3), "--backupdir", str(tmp_path / "b"), "--recipe", "fast", "--epochs", "4",
+            "--eval-every", "1", "--max-batches", "1", "--batch-size", "2", "--train-size", "64", "--test-size", "64",
+            "--quiet"]
+    state = train_multi.main(train_multi.get_args_parser().parse_args(argv))
+    assert state["best_score"] == [0.0, 30.0]
+    assert written == [4, 6]  # after epochs 1 (the first test) and 2 (30 % at 10 px); not 3 (20 %)
+    assert "ties broken by the 10 px accuracy" in " ".join(train_multi.get_args_parser().format_help().split())
+
+
+def test_train_multi_does_not_import_train_py():
+    import ast
+
+    for script in ("multi_obj_pose_estimation/train_multi.py", "engine.py", "training.py"):
+        tree = ast.parse((ROOT / script).read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not names & {"train", "valid", "valid_multi"}, (script, names & {"train", "valid", "valid_multi"})

@@ -1,0 +1,390 @@
+"""One set-up path for a training run, single- and multi-object alike (docs/design.md §7, D63).
+
+train.py and multi_obj_pose_estimation/train_multi.py parse their flags, fill the defaults with
+`fill_recipe_defaults` and call `run` with a `Variant`: what differs between the two (the input
+checks, the training sample, the test, the command that scores the result). Everything else is
+here, once: the device and DDP, the model with its frozen first conv and its output check, the
+loss with the recipe's options, the distillation teacher, the optimiser and schedule, EMA, the
+backup folder and model_info.json, the loader and its last phase at a higher resolution, and
+`engine.Trainer`.
+
+Reading order: the flag checks and defaults, the builders (`build_model`, `build_loss`,
+`build_optimizer_and_schedule`, `build_teacher`), then `Variant` and `run`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import cli
+import dataset
+import engine
+import model_info
+import recipes
+from darknet import Darknet
+from errors import FlagError, InputError
+from recipes import FAST
+from region_loss import RegionLoss
+
+ROOT = Path(__file__).resolve().parent
+ORIGINAL_EVAL_EVERY = 10  # the fork's test cadence; train_multi.py's original (20, design §7.5) is a flag away
+
+
+# --------------------------------------------------------------------------------------------
+# Paths, data and flags
+# --------------------------------------------------------------------------------------------
+
+def repo_path(path: str) -> str:
+    """`path` as given if it exists from the current directory, else from the repository root
+    (so the defaults work from any directory)."""
+    return path if Path(path).exists() or not (ROOT / path).exists() else str(ROOT / path)
+
+
+def ensure_synthetic_dataset(root, params: dict, quiet: bool = False) -> Path:
+    """The folder of a main job's synthetic set made with `params` (tools/make_synthetic_linemod.py
+    `generation_params`), generated once. One rule for both main jobs (design D60): a folder that
+    holds any other set, or files the generator did not write, is left as it is and the set goes
+    to `<root>_main` instead."""
+    from tools.make_synthetic_linemod import ensure_dataset
+
+    return ensure_dataset(Path(root), params, quiet=quiet)
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scales: str, loss_scales_why: str,
+                  pretrain_num_epochs: int) -> None:
+    """The flags every training script has, with one meaning and one default everywhere; where the
+    original scripts differ (--loss-scales, --pretrain_num_epochs), the help says which and why."""
+    from region_loss import COORD_LOSSES
+
+    p.add_argument("--allow-partial-weights", action="store_true",
+                   help="accept init weights that fill only part of the network (automatic for darknet's "
+                        "truncated backbones, *.conv.N)")
+    p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
+                   help="original (default with --datacfg): the papers' recipe exactly; fast (default of the "
+                        "main job): AdamW, cosine, EMA, confidence floor, neighbour cells, frozen first conv, "
+                        "channels-last, the cv2 loader in the training process, 256 px (docs/design.md §7.6, D46)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="train for this many minutes (the fast schedule then decays over them): a time budget, "
+                        "so a slower or busier machine trains a different model; the main job trains "
+                        f"{main_job_epochs} epochs instead")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"default: cfg max_epochs (500), or until --minutes; the main job {main_job_epochs}")
+    p.add_argument("--pretrain_num_epochs", type=int, default=None,
+                   help=f"epochs without the confidence term (original: {pretrain_num_epochs}, this script's "
+                        f"original default, design §5.5; fast: none)")
+    p.add_argument("--backupdir", default=None, help="output folder (default: the .data 'backup' key)")
+    p.add_argument("--coord-loss", choices=COORD_LOSSES, default=None,
+                   help="corner loss: mse, the originals' squared error (default with original); l1, the absolute "
+                        f"error (D55; default with fast: {FAST.coord_loss})")
+    p.add_argument("--loss-scales", choices=("cfg", "ms"), default=None,
+                   help=f"cfg: the [region] scales (noobject 0.1); ms: the MS loss object's (noobject 1, design "
+                        f"§5.6); default {loss_scales}: {loss_scales_why}")
+    cli.add_batch_size(p, help=f"default: cfg batch (fast: {FAST.batch})")
+    cli.add_device(p)
+    cli.add_seed(p)
+    cli.add_workers(p, help="loader workers (default: original min(4, cores); fast 0 on a CPU, where loading "
+                            "in the training process is cheaper than the cores a worker takes, else 4)")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: on with fast, off with original)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from a checkpoint (default: <backupdir>/checkpoint.pt)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume even from a checkpoint made with another cfg, data file, batch size or recipe")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in the backup folder")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help=f"test after epochs e %% N == 0, e > 0, and after the last (default {ORIGINAL_EVAL_EVERY}, "
+                        f"the fork's; the main jobs 5). model.weights is the best test so far: a higher 5 px "
+                        f"accuracy, ties broken by the 10 px accuracy; a later test replaces it only when strictly "
+                        f"better")
+    cli.add_sizes(p, train=True, test=True,
+                  train_help=f"fixed square training size (default: original multi-scale, design §6.5; fast "
+                             f"{FAST.size})",
+                  test_help=f"square test size (default: original cfg test_width/height; fast {FAST.size})")
+    p.add_argument("--final-size", type=int, default=None, metavar="S",
+                   help="train the last --final-epochs epochs at S px (a multiple of 32) and test at S: a last phase "
+                        "at a higher resolution, for sub-cell accuracy (D58; needs an epoch budget)")
+    p.add_argument("--final-epochs", type=int, default=None, metavar="N",
+                   help="how many of the last epochs train at --final-size")
+    cli.add_resample(p)
+    cli.add_box_rule(p, default_help=f"the recipe's (original: max; fast: {FAST.box_rule}); used by the evaluations "
+                                     "and written to model_info.json for the scoring scripts and detect.py")
+    p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
+    p.add_argument("--decay-bn-bias", type=int, default=1, help="0: no weight decay on BN and biases (D14)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke tests)")
+    p.add_argument("--log-every", type=int, default=0, help="print the per-batch loss line every N batches")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, network table or per-epoch lines")
+
+
+def check_run_numbers(args) -> None:
+    """Every numeric flag of a training run in range, before anything starts (FlagError)."""
+    for flag in ("epochs", "batch_size", "eval_every", "max_batches", "final_epochs"):
+        cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag, None))
+    cli.check_positive("--log-every", args.log_every, minimum=0)
+    cli.check_positive("--workers", args.workers, minimum=0)
+    cli.check_size("--train-size", args.train_size)
+    cli.check_size("--final-size", getattr(args, "final_size", None))
+    cli.check_size("--test-size", args.test_size)
+    if args.minutes is not None and not args.minutes > 0:
+        raise FlagError(f"--minutes must be positive, found {args.minutes}")
+    if (getattr(args, "final_size", None) is None) != (getattr(args, "final_epochs", None) is None):
+        raise FlagError("--final-size and --final-epochs go together: give both or neither")
+    alpha = getattr(args, "kd_alpha", None)
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise FlagError(f"--kd-alpha must be in [0, 1], found {alpha}")
+
+
+def fill_recipe_defaults(args, loss_scales: str, pretrain_num_epochs: int) -> argparse.Namespace:
+    """The defaults every training script shares, after its main-job defaults (design §7.6).
+
+    recipe original unless set; fast: batch, sizes, corner loss, box rule, the confidence term from
+    the first step, channels-last, loading in the training process on a CPU. loss_scales: the
+    script's own default for --loss-scales (train.py cfg, the fork's; train_multi.py ms, the
+    original multi-object loss object's, design §5.6); pretrain_num_epochs: the original recipe's
+    epochs without the confidence term (15 single object, 0 multi-object, design §5.5, §7.5)."""
+    args.recipe = args.recipe or "original"
+    fast = args.recipe == "fast"
+    if getattr(args, "final_size", None):
+        if args.minutes:
+            raise FlagError("--final-size needs an epoch budget (--epochs), not --minutes: its last epochs are counted")
+        cli.fill_defaults(args, {"test_size": args.final_size})  # the model is tested at the size it ends at
+    if fast:
+        cli.fill_defaults(args, {"batch_size": FAST.batch, "train_size": FAST.size, "test_size": FAST.size,
+                                 "coord_loss": FAST.coord_loss, "box_rule": FAST.box_rule,
+                                 "pretrain_num_epochs": -1,  # the floored confidence is meaningful from the start
+                                 "channels_last": True})
+    cli.fill_defaults(args, {"coord_loss": "mse", "box_rule": "max", "pretrain_num_epochs": pretrain_num_epochs,
+                             "channels_last": False, "eval_every": ORIGINAL_EVAL_EVERY, "loss_scales": loss_scales})
+    args.channels_last = bool(args.channels_last)
+    if args.workers is None:
+        cpu_only = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+        args.workers = 0 if fast and cpu_only else min(4, os.cpu_count() or 1)
+    return args
+
+
+def allow_partial(args) -> bool:
+    """Partial init weights are allowed when asked, or for darknet's truncated backbones (`*.conv.N`)."""
+    name = Path(args.initweightfile).name if args.initweightfile else ""
+    return bool(args.allow_partial_weights) or re.search(r"\.conv\.\d+$", name) is not None
+
+
+def check_single_image_batches(batch: int, n_train: int, train_size, world: int = 1) -> None:
+    """FlagError when a training batch would hold a single image at a 1x1 output grid (--train-size
+    32): BatchNorm cannot normalise one value per channel, and the step would fail mid-epoch."""
+    if train_size is None or train_size > cli.STRIDE:
+        return
+    per_rank = -(-n_train // world)
+    if batch == 1 or per_rank % batch == 1:
+        what = "--batch-size 1" if batch == 1 else (f"the last batch of each epoch ({per_rank} images in batches "
+                                                      f"of {batch}) holds one image")
+        raise FlagError(f"--train-size {train_size} gives a 1x1 output grid and {what}: BatchNorm needs more than "
+                        f"one value per channel; use --train-size 64 or more, or another --batch-size")
+
+
+def suggest_fast_recipe(recipe: str, device) -> None:
+    """One warning line when the original recipe trains on a CPU: it stays at 0 % there for any
+    budget a CPU has (docs/results.md); the fast recipe is the one for a CPU (design §7.6)."""
+    if recipe == "original" and device.type == "cpu":
+        warnings.warn("the original recipe (SGD, the cfg's step schedule, 416 px, full augmentation) stays at 0 % "
+                      "on a CPU for hours; add --recipe fast for a working model on a CPU (design §7.6)",
+                      stacklevel=2)
+
+
+# --------------------------------------------------------------------------------------------
+# Builders
+# --------------------------------------------------------------------------------------------
+
+def build_model(cfg: str, weights, device, channels_last: bool, until_last: bool = True,
+                partial: bool = False, quiet: bool = True) -> Darknet:
+    model = Darknet(cfg)
+    if weights:
+        report = (model.load_weights_until_last if until_last else model.load_weights)(weights,
+                                                                                       allow_partial=partial)
+        if not quiet:
+            print(f"{weights}: {report}", flush=True)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def check_output(model, modelcfg) -> None:
+    """InputError unless the network's output has the A*(2K+1+C) channels the loss and the test
+    read, and its [region] has the anchor values its anchors need."""
+    expect = model.num_anchors * (2 * model.num_keypoints + 1 + model.num_classes)
+    with torch.no_grad():  # a tiny probe: the output channels, whatever the layers
+        was_training = model.training
+        probe = torch.zeros(1, model.channels, 64, 64, device=next(model.parameters()).device)
+        channels = model.eval()(probe).shape[1]
+        model.train(was_training)
+    if channels != expect:
+        raise InputError(f"cannot start training: {modelcfg}: the output has {channels} channels; [region] "
+                         f"num={model.num_anchors}, classes={model.num_classes}, num_keypoints="
+                         f"{model.num_keypoints} need {expect}")
+    if model.num_anchors > 1 and len(model.anchors) < 2 * model.num_anchors:
+        raise InputError(f"cannot start training: {modelcfg}: {model.num_anchors} anchors need "
+                         f"{2 * model.num_anchors} anchor values")
+
+
+def build_loss(model, args) -> RegionLoss:
+    """The region loss of `model`'s [region] (anchors, classes), scales from --loss-scales; the fast
+    recipe's confidence floor, batch mean, background weight and neighbour cells (design §7.6),
+    the corner loss of --coord-loss, and the anchor fix unless --repro-anchor-bug (D22)."""
+    loss_fn = RegionLoss.from_region(model.region, model.num_keypoints, scales=args.loss_scales,
+                                     pretrain_num_epochs=args.pretrain_num_epochs)
+    if args.recipe == "fast":
+        loss_fn.conf_floor, loss_fn.batch_mean = FAST.conf_floor, True
+        loss_fn.noobject_scale = FAST.noobject_scale
+        loss_fn.neighbour_cells = FAST.neighbour_cells
+        loss_fn.neighbour_conf_scale = FAST.neighbour_conf_scale
+    loss_fn.coord_loss = args.coord_loss
+    loss_fn.repro_anchor_bug = bool(getattr(args, "repro_anchor_bug", False))
+    return loss_fn
+
+
+def build_optimizer_and_schedule(model, recipe: str, batch: int, n_samples: int, epochs, minutes=None,
+                                 step_unit=None, decay_bn_bias: bool = True):
+    """The recipe's optimiser and its schedule (recipes.py).
+
+    fast: AdamW, warm-up and cosine decay over `epochs` or over `minutes`. original: SGD and the
+    cfg's steps, counted in units of `step_unit` batches: an epoch (n_samples / batch, the default,
+    single object, design §7.1) or one raw batch (1, multi-object, design §7.2)."""
+    net = model.net
+    budget_s = minutes * 60 if minutes else None
+    if recipe == "fast":
+        total = None if budget_s else epochs * -(-n_samples // batch)
+        return recipes.build_adamw(model), recipes.CosineSchedule(FAST.lr, FAST.warmup, FAST.final_lr_fraction,
+                                                                  total_iters=total, budget_s=budget_s)
+    optimizer = recipes.build_sgd(model, float(net["learning_rate"]), float(net["momentum"]), float(net["decay"]),
+                                  batch, decay_bn_bias)
+    unit = n_samples / batch if step_unit is None else step_unit
+    return optimizer, recipes.StepSchedule(float(net["learning_rate"]), net["steps"], net["scales"], unit, batch)
+
+
+def build_teacher(args, model, loss_fn: RegionLoss, device):
+    """The frozen distillation teacher as its BN-folded channels-last copy (D57), checked against
+    the student's output on a probe: another grid, keypoint count or class count stops here."""
+    teacher = build_model(args.teacher_cfg, args.teacher_weights, device, False, until_last=False)
+    teacher = teacher.inference_copy(channels_last=args.channels_last)
+    loss_fn.kd_mode, loss_fn.kd_alpha = args.kd_mode, args.kd_alpha
+    size = args.train_size or 416
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, size, size, device=device)
+        try:
+            loss_fn.check_teacher(model.eval()(probe), teacher.eval()(probe))
+        finally:
+            model.train()
+    return teacher
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Variant:
+    """What a training script brings to `run`: everything that differs between single- and
+    multi-object training.
+
+    check_inputs(): every input file, before anything starts (InputError).
+    check_model(model): the network fits the data (e.g. its class count), InputError.
+    train_set(model): the training dataset (a dataset.PoseDataset).
+    evaluation(model, device, test_shape, seen): a callable (eval_model, epoch) -> engine result
+        dict ({'row', 'score', 'costs'}); seen() gives the images trained so far.
+    outputs(state, backup): what the script prints at the end (the command that scores it).
+    cost_keys: the arrays of costs.npz. step_unit: see build_optimizer_and_schedule.
+    """
+    check_inputs: Callable[[], None]
+    train_set: Callable[[object], object]
+    evaluation: Callable[..., Callable]
+    outputs: Callable[[dict, Path], None]
+    cost_keys: tuple
+    check_model: Callable[[object], None] = lambda model: None
+    step_unit: float | None = None
+
+
+def run(args, variant: Variant) -> dict:
+    """Train with the resolved `args` (the flags both scripts share) and `variant`; returns the
+    final engine state. Raises InputError / FlagError before the backup folder is touched."""
+    device = cli.resolve_device(args.device)
+    rank, world, device = engine.setup_distributed(device)
+    if rank == 0:  # one line per run, not one per process
+        cli.warn_amp_unused(args.amp, device)
+        suggest_fast_recipe(args.recipe, device)
+    variant.check_inputs()
+    engine.seed_everything(args.seed)
+    fast = args.recipe == "fast"
+
+    model = build_model(args.modelcfg, args.initweightfile, device, args.channels_last, partial=allow_partial(args),
+                        quiet=args.quiet or rank != 0)
+    model.seen = 0  # the original resets the counter after loading the init weights
+    check_output(model, args.modelcfg)
+    variant.check_model(model)
+    if fast and args.initweightfile:  # pretrained low-level filters: not worth their backward pass on a CPU
+        recipes.freeze_first_convs(model, FAST.frozen_convs)
+    batch = args.batch_size or int(model.net["batch"])
+    epochs = args.epochs if args.epochs is not None else (None if args.minutes else int(model.max_epochs))
+    final_size = getattr(args, "final_size", None)
+    final_from = epochs - args.final_epochs if final_size else None  # D58: the last epochs at final_size
+    if final_from is not None and final_from < 0:
+        raise FlagError(f"--final-epochs {args.final_epochs} is more than the {epochs} epochs of the run")
+    loss_fn = build_loss(model, args)
+    teacher = build_teacher(args, model, loss_fn, device) if getattr(args, "distiled", 0) else None
+
+    train_set = variant.train_set(model)
+    train_set.warm_background_pool()  # before the workers fork, so that they share it
+    check_single_image_batches(batch, len(train_set), args.train_size, world)
+    test_shape = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
+    optimizer, schedule = build_optimizer_and_schedule(model, args.recipe, batch, len(train_set), epochs,
+                                                       minutes=args.minutes, step_unit=variant.step_unit,
+                                                       decay_bn_bias=bool(getattr(args, "decay_bn_bias", 1)))
+    ema = recipes.ModelEMA(model, FAST.ema_decay) if fast else None
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    backup = Path(args.backupdir)
+    if rank == 0:
+        n_params = sum(p.numel() for p in model.parameters())
+        engine.prepare_backup(backup, resume=bool(args.resume), overwrite=args.overwrite,
+                              need_bytes=engine.CHECKPOINT_SIZE_FACTOR * 4 * n_params)
+    run_id = engine.run_identity(args.modelcfg, args.datacfg, batch, args.recipe)
+    trainer = engine.Trainer(model, optimizer, loss_fn, schedule, backup=backup, run=run_id,
+                             cost_keys=variant.cost_keys, device=device, net=net, ema=ema, teacher=teacher,
+                             amp=args.amp, channels_last=args.channels_last, rank=rank, world=world,
+                             progress=not args.quiet, log_every=args.log_every, max_batches=args.max_batches,
+                             args=vars(args))
+    if args.resume:
+        trainer.resume(None if args.resume == "auto" else args.resume, force=args.force_resume)
+    elif rank == 0 and not args.quiet:
+        model.print_network()
+        print(f"recipe {args.recipe}: batch {batch}, " + (f"{args.minutes:g} minutes" if args.minutes and not epochs
+                                                         else f"{epochs} epochs"), flush=True)
+
+    def make_loader(epoch, seen, start_batch):
+        size = final_size if final_from is not None and epoch >= final_from else args.train_size
+        return dataset.make_train_loader(
+            train_set, batch_size=batch, seed=args.seed, epoch=epoch, seen=seen, workers=args.workers,
+            mode="fixed" if size else variant_scale_mode(train_set), fixed_size=size or dataset.DEFAULT_SIZE,
+            rank=rank, world_size=world, pin_memory=device.type == "cuda", start_batch=start_batch)
+
+    evaluate = variant.evaluation(model, device, test_shape, lambda: trainer.state["seen"])
+    if rank == 0 and test_shape[0] == test_shape[1]:  # valid.py and detect.py test at the trained size (D56)
+        model_info.write_info(backup, args.modelcfg, test_shape[0], args.box_rule)
+    state = trainer.fit(make_loader, evaluate, epochs=epochs, budget_s=args.minutes * 60 if args.minutes else None,
+                        eval_every=args.eval_every, meaningful_from=args.pretrain_num_epochs + 1)
+    if rank == 0:
+        variant.outputs(state, backup)
+    return state
+
+
+def variant_scale_mode(train_set) -> str:
+    """The multi-scale table of design §6.5: the multi-object one for the composed sample."""
+    return "multi" if isinstance(train_set, dataset.MultiObjectDataset) else "single"
