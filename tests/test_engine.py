@@ -425,12 +425,12 @@ def test_a_resumed_run_with_nothing_left_says_so_and_writes_its_final_files(synt
 
 def test_metric_logs_are_replaced_whole_never_appended_in_place(tmp_path, monkeypatch):
     """The CSV and JSON-lines logs go through linemod_format.append_text: a new file replaces the old."""
-    import valid
+    import linemod_format
 
     written = []
     real = engine.append_text
     monkeypatch.setattr(engine, "append_text", lambda p, t: (written.append(Path(p).name), real(p, t)))
-    monkeypatch.setattr(valid, "append_text", lambda p, t: (written.append(Path(p).name), real(p, t)))
+    monkeypatch.setattr(linemod_format, "append_text", lambda p, t: (written.append(Path(p).name), real(p, t)))
     trainer = engine.Trainer.__new__(engine.Trainer)
     trainer.backup, trainer.state = tmp_path, engine.new_state(("a",))
     trainer.state["best_score"] = [200.0]  # no new best model: no network needed
