@@ -8,7 +8,7 @@
         --modelcfg multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg --weightfile backup_multi/model.weights
 
 The `.data` file gives the camera (fx, fy, u0, v0) and the mesh whose 3-D box is drawn; in
-multi-object mode (`--multi`) the keys `mesh<c>` (or `mesh`) give each class's mesh. The pose of
+multi-object mode (`--multi`) the keys `mesh<k>` (or `mesh`) give the mesh of class k - 1. The pose of
 each detection comes from its 9 predicted points through evaluation.solve_pose (PnP on the centroid + 8
 corners), so for the same image and weights detect.py and valid.py agree; with --multi, each class's
 box is `utils.select_multi_boxes`' (D63, threshold --conf-thresh, default utils.MULTI_CONF_THRESH),
@@ -190,8 +190,9 @@ def select_boxes(output: torch.Tensor, multi: bool, num_classes: int, num_keypoi
 
 
 def class_corners(opts: dict, multi: bool) -> dict[int, np.ndarray]:
-    """{class id: (8, 3) box corners} from the .data file's mesh keys (mesh, or mesh<c> in multi mode)."""
-    keys = {0: "mesh"} if not multi else {int(k[4:]): k for k in opts if k.startswith("mesh") and k[4:].isdigit()}
+    """{class id: (8, 3) box corners} from the .data file's mesh keys: mesh (class 0), or in multi mode
+    mesh<k> for class k - 1 (design §3.2, as valid_multi.py reads them)."""
+    keys = {0: "mesh"} if not multi else {int(k[4:]) - 1: k for k in opts if k.startswith("mesh") and k[4:].isdigit()}
     if multi and not keys and "mesh" in opts:
         keys = {0: "mesh"}
     corners = {}
@@ -229,7 +230,7 @@ def annotate(rgb: np.ndarray, detections: list[Detection], corners: dict, K: np.
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__)
     p.add_argument("source", help="image, folder of images, video file, or camera index (0, 1, ...)")
-    cli.add_datacfg(p, required=True, help=".data file: camera and mesh (mesh<c> per class with --multi)")
+    cli.add_datacfg(p, required=True, help=".data file: camera and mesh (with --multi mesh<k> for class k-1)")
     cli.add_model(p, cfg_default=DEFAULT_MODELCFG, weights="weightfile", weights_required=True)
     p.add_argument("--out", default="runs/detect", help="output folder")
     p.add_argument("--multi", action="store_true", help="multi-object mode: one box per detected class")
