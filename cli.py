@@ -316,3 +316,12 @@ def _default(value, otherwise: str | None = None) -> str:
 
 def _count(n: int) -> str:
     return {1: "one", 2: "two", 3: "three"}.get(n, str(n))
+
+
+def find_path(path, *bases) -> str:
+    """`path` as given when it exists from the current directory, else from the first of `bases`
+    (folders) where it exists, relative to the current directory; unchanged when found nowhere."""
+    for base in bases:
+        if not Path(path).exists() and (Path(base) / path).exists():
+            return os.path.relpath(Path(base) / path)
+    return str(path)

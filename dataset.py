@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 import image as im
 from errors import ImageError, InputError
-from linemod_format import (IM_HEIGHT, IM_WIDTH, MAX_OBJECTS, NUM_KEYPOINTS, label_path,
-                            mask_path, read_label_rows, read_list, write_label_rows)
+from linemod_format import (IM_HEIGHT, IM_WIDTH, MAX_OBJECTS, NUM_KEYPOINTS, from_occlusion_order, label_path,
+                            mask_path, occlusion_label_path, read_label_rows, read_list, write_label_rows)
 from utils import LINEMOD_OBJECTS
 
 # design §6.1: hard-coded augmentation constants (the cfg's jitter/hue/saturation/exposure are ignored)
@@ -815,10 +815,15 @@ class PoseDataset(Dataset):
         out = im.distort_image(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))
         return out, im.transform_labels(rows, *im.crop_label_params(offsets, img.width, img.height))
 
+    def label_rows(self, index: int) -> np.ndarray:
+        """The label rows (n, 21) of test sample `index` (design §3.1): its `labels/` file. The
+        occlusion test set reads another file through this hook (`OcclusionTestSet`)."""
+        return read_label_rows(label_path(self.paths[index]), self.label_width)
+
     def test_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
         """The design §6.2 sample, keeping all 21 numbers of every object (D17)."""
         path = self.paths[index]
-        rows = read_label_rows(label_path(path), self.label_width)
+        rows = self.label_rows(index)
         img = load_image(path)
         if img.size != size:
             img = img.resize(size, im.resample_filter(self.resample))
@@ -826,6 +831,29 @@ class PoseDataset(Dataset):
 
 
 listDataset = PoseDataset  # the original's name
+
+
+class OcclusionTestSet(PoseDataset):
+    """Test scenes of one object (design §3.4, §9.6): the images of its test list, its label rows from
+    `<obj>/labels_occlusion/`, re-ordered to the design §9.2 corner order unless reorder=False.
+
+    `dataset[i]` -> (image float32 (3, H, W), target float64 (50*21,)) like the single-object test
+    set: only the label file and the corner order differ (`label_rows`).
+    """
+
+    def __init__(self, source, obj: str, shape, reorder: bool = True, **kw):
+        self.obj, self.reorder = obj, reorder
+        super().__init__(source, shape, train=False, **kw)
+
+    def files_of(self, index: int) -> dict[str, str]:
+        path = self.paths[index]
+        return {"image": path, "label file": occlusion_label_path(path, self.obj)}
+
+    def label_rows(self, index: int) -> np.ndarray:
+        rows = read_label_rows(occlusion_label_path(self.paths[index], self.obj), self.label_width)
+        if self.reorder and len(rows):
+            rows = np.stack([from_occlusion_order(r) for r in rows])
+        return rows
 
 
 class MultiObjectDataset(PoseDataset):

@@ -8,9 +8,11 @@
         --modelcfg multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg --weightfile backup_multi/model.weights
 
 The `.data` file gives the camera (fx, fy, u0, v0) and the mesh whose 3-D box is drawn; in
-multi-object mode (`--multi`) the keys `mesh<c>` (or `mesh`) give each class's mesh. The pose of
-each detection comes from its 9 predicted points through valid.solve_pose (PnP on the centroid + 8
-corners), so for the same image and weights detect.py and valid.py agree.
+multi-object mode (`--multi`) the keys `mesh<k>` (or `mesh`) give the mesh of class k - 1. The pose of
+each detection comes from its 9 predicted points through evaluation.solve_pose (PnP on the centroid + 8
+corners), so for the same image and weights detect.py and valid.py agree; with --multi, each class's
+box is `utils.select_multi_boxes`' (D63, threshold --conf-thresh, default utils.MULTI_CONF_THRESH),
+the one valid_multi.py scores, so detect.py --multi and valid_multi.py agree too.
 
 Writes into --out (default runs/detect): one annotated PNG per image (for a folder or image) or
 `<name>.mp4` (video, camera), and `detections.json`: per frame, a list of detections with the
@@ -37,7 +39,7 @@ import image
 import model_info
 import preflight
 import utils
-import valid
+import evaluation
 from errors import DataCfgError, InputError, MeshError, run_cli
 from linemod_format import read_data_cfg, write_text
 from MeshPly import MeshPly
@@ -166,13 +168,14 @@ def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 
 def select_boxes(output: torch.Tensor, multi: bool, num_classes: int, num_keypoints: int, num_anchors: int,
-                 conf_thresh: float, box_rule: str = "max") -> list[tuple[int, float, np.ndarray]]:
+                 conf_thresh: float = utils.MULTI_CONF_THRESH,
+                 box_rule: str = "max") -> list[tuple[int, float, np.ndarray]]:
     """[(class_id, confidence, normalised points (K, 2))] for one image's output (1, ch, H, W).
 
     Single object: the most confident cell (design §4.1), whatever its confidence; box_rule 'vote'
-    takes its corners from the 3x3 vote (D54), as valid.py does. Multi object: per
-    class, the cell with the highest det_conf * class prob among cells whose best class it is, kept
-    when that score exceeds conf_thresh (no ground truth to fall back on at inference).
+    takes its corners from the 3x3 vote (D54), as valid.py does. Multi object: per class, the box of
+    `utils.select_multi_boxes` (D63: among the cells whose best class it is, the highest det_conf *
+    class prob, kept above conf_thresh), the one valid_multi.py scores; confidence is that score.
     """
     if not multi:
         box = utils.get_region_boxes(output, num_classes, num_keypoints, num_anchors=num_anchors,
@@ -180,24 +183,16 @@ def select_boxes(output: torch.Tensor, multi: bool, num_classes: int, num_keypoi
         if not np.isfinite(box[2 * num_keypoints]):
             return []
         return [(int(box[-1]), float(box[2 * num_keypoints]), box[: 2 * num_keypoints].reshape(-1, 2))]
-    points, conf, cls_prob = utils.decode_output(output.float(), num_keypoints, num_classes, num_anchors)
-    points = utils.apply_box_rule(points, conf, box_rule)
-    cls_conf, cls_id = cls_prob.max(dim=-1)
-    score = (conf * cls_conf)[0].reshape(-1)
-    ids = cls_id[0].reshape(-1)
-    pts = points[0].reshape(-1, num_keypoints, 2)
-    out = []
-    for c in ids.unique().tolist():
-        s = torch.where(ids == c, score, torch.full_like(score, -1.0))
-        best = int(s.argmax())
-        if float(s[best]) > conf_thresh:
-            out.append((int(c), float(s[best]), pts[best].cpu().numpy()))
-    return out
+    boxes = utils.select_multi_boxes(output, conf_thresh, num_classes, num_keypoints, num_anchors, box_rule)
+    score, points = boxes.score[0].cpu().numpy(), boxes.points[0].cpu().numpy()
+    kept = np.flatnonzero(boxes.kept[0].cpu().numpy()).tolist()
+    return [(c, float(score[c]), points[c].reshape(-1, 2)) for c in kept]
 
 
 def class_corners(opts: dict, multi: bool) -> dict[int, np.ndarray]:
-    """{class id: (8, 3) box corners} from the .data file's mesh keys (mesh, or mesh<c> in multi mode)."""
-    keys = {0: "mesh"} if not multi else {int(k[4:]): k for k in opts if k.startswith("mesh") and k[4:].isdigit()}
+    """{class id: (8, 3) box corners} from the .data file's mesh keys: mesh (class 0), or in multi mode
+    mesh<k> for class k - 1 (design §3.2, as valid_multi.py reads them)."""
+    keys = {0: "mesh"} if not multi else {int(k[4:]) - 1: k for k in opts if k.startswith("mesh") and k[4:].isdigit()}
     if multi and not keys and "mesh" in opts:
         keys = {0: "mesh"}
     corners = {}
@@ -235,11 +230,13 @@ def annotate(rgb: np.ndarray, detections: list[Detection], corners: dict, K: np.
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__)
     p.add_argument("source", help="image, folder of images, video file, or camera index (0, 1, ...)")
-    cli.add_datacfg(p, required=True, help=".data file: camera and mesh (mesh<c> per class with --multi)")
+    cli.add_datacfg(p, required=True, help=".data file: camera and mesh (with --multi mesh<k> for class k-1)")
     cli.add_model(p, cfg_default=DEFAULT_MODELCFG, weights="weightfile", weights_required=True)
     p.add_argument("--out", default="runs/detect", help="output folder")
     p.add_argument("--multi", action="store_true", help="multi-object mode: one box per detected class")
-    cli.add_conf_thresh(p)
+    cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH,
+                        help=f"--multi: box score threshold, det_conf * class prob (default {utils.MULTI_CONF_THRESH}, "
+                             f"as valid_multi.py; design §4.2, D63)")
     cli.add_sizes(p, test=True, test_help="square input size, a multiple of 32 (default: the size the weights "
                                           "were trained for, model_info.json beside them, else the cfg "
                                           "test_width x test_height)")
@@ -253,8 +250,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def pose_of(points_px: np.ndarray, corners: np.ndarray, K: np.ndarray, method: str):
-    """(R, t) of one detection from its 9 points (9, 2) pixels through valid.solve_pose; (None, None) on failure."""
-    pose = valid.solve_pose(utils.pose_points3d(corners), points_px, K, method)
+    """(R, t) of one detection from its 9 points (9, 2) pixels (`evaluation.solve_pose`); (None, None) on failure."""
+    pose = evaluation.solve_pose(utils.pose_points3d(corners), points_px, K, method)
     return pose if pose is not None else (None, None)
 
 
@@ -264,8 +261,8 @@ def main(args) -> dict:
         cli.check_size("--test-size", args.test_size)
         cli.check_positive("--max-frames", args.max_frames)
         out = cli.check_output_dir("--out", args.out)  # before any frame: a bad folder never ends a long run
-        device = valid.resolve_device(args.device)
-        model = valid.load_model(args.modelcfg, args.weightfile, device)
+        device = cli.resolve_device(args.device)
+        model = evaluation.load_model(args.modelcfg, args.weightfile, device)
         opts = read_data_cfg(args.datacfg, resolve_paths=True)
         opts["_datacfg"] = args.datacfg
         K, _, _ = utils.camera_from_data_cfg(opts, args.datacfg)
@@ -275,7 +272,6 @@ def main(args) -> dict:
     kind, frames, fps = open_source(args.source)  # SourceError names the source
     size, rule = model_info.resolve(args, args.weightfile, args.modelcfg, (model.test_width, model.test_height))
     net = model.inference_copy(channels_last=True)  # D57
-    conf_thresh = model.conf_thresh if args.conf_thresh is None else args.conf_thresh
     writer, results, skipped = None, {"source": str(args.source), "frames": []}, 0
     interrupted = False
     from tqdm import tqdm
@@ -294,7 +290,7 @@ def main(args) -> dict:
                 output = net(preprocess(rgb, size).to(device).contiguous(memory_format=torch.channels_last))
             detections = []
             for c, conf, pts in select_boxes(output, args.multi, model.num_classes, model.num_keypoints,
-                                             model.num_anchors, conf_thresh, rule):
+                                             model.num_anchors, args.conf_thresh, rule):
                 pts_px = pts * np.array([w, h], dtype=np.float64)
                 R, t = pose_of(pts_px, corners[c], K, args.pnp) if c in corners else (None, None)
                 detections.append(Detection(c, conf, pts_px, R, t))

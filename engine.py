@@ -519,7 +519,7 @@ class Trainer:
         result: {'row': dict of metric columns, 'costs': {cost key: value}, 'score': the best-model score,
         a number or a tuple compared lexicographically}.
         """
-        from valid import append_csv  # the evaluation's CSV writer (one header, rows appended)
+        from linemod_format import append_csv  # the metric CSV writer (one header, rows appended)
 
         c = self.state["costs"]
         for k, v in result["costs"].items():

@@ -14,7 +14,8 @@ A label row is [class, x0, y0, ..., x8, y8, x range, y range], normalised by the
 (design §3.1): point 0 is the model origin, points 1..8 the box corners in the §9.2 order.
 
 Reading order: constants, label rows, paths, image lists, `.data` files, the tools' pose files,
-the train/test split, and `atomic_write`, the one way this project writes a file. The module
+the train/test split, `atomic_write`, the one way this project writes a file, and the metric CSVs
+(`append_csv`: valid.py --csv and the training logs). The module
 needs only numpy, so every other module (darknet.py and MeshPly.py included) can import it.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import DataCfgError, LabelError, LayoutError, PoseFileError
+from errors import DataCfgError, InputError, LabelError, LayoutError, PoseFileError
 
 # design §3.3: the LINEMOD / OCCLUSION camera and image size (the `.data` defaults)
 IM_WIDTH, IM_HEIGHT = 640, 480
@@ -626,3 +627,47 @@ def copy_file(src, dst) -> None:
     """Copy the bytes of `src` to `dst` atomically; a symlink at `dst` is replaced, never written through."""
     with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout)
+
+
+# --------------------------------------------------------------------------------------------
+# Metric CSVs: valid.py --csv (design §9.5) and the training logs (metrics.csv)
+# --------------------------------------------------------------------------------------------
+
+METRICS_CSV_HEADER = ("model", "object", "2d_projection", "3d_transformation")  # the fork's columns, design §9.5
+
+
+def csv_columns(path, header=METRICS_CSV_HEADER) -> list | None:
+    """The columns `append_csv` will write to `path`: the file's own order, or None for a new
+    file. Raises InputError when the file's header has other columns than `header`."""
+    path = Path(path)
+    if not (path.exists() and path.stat().st_size > 0):
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            existing = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read its CSV header ({exc}); write to another file") from None
+    if sorted(existing) != sorted(header):
+        raise InputError(f"{path}: its header {existing} has other columns than {list(header)}; "
+                         "write to another file")
+    return existing
+
+
+def append_csv(path, row: dict, header=METRICS_CSV_HEADER) -> None:
+    """Append one row under a header written once, when the file is new (D34).
+
+    An existing file keeps its own column order (the fork's CSVs have the columns sorted);
+    one whose header has other columns than `header` raises InputError (`csv_columns`).
+    """
+    path = Path(path)
+    fields = csv_columns(path, header)
+    new = fields is None
+    if new:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fields = list(header)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    if new:
+        w.writeheader()
+    w.writerow(row)
+    append_text(path, buf.getvalue())  # the new file replaces the old: never a torn row (design D60)

@@ -30,7 +30,7 @@ import preflight
 import recipes
 import training
 import utils
-import valid
+import evaluation
 from errors import InputError, run_cli
 from recipes import FAST
 from training import (allow_partial, build_loss, build_model, build_optimizer_and_schedule,  # noqa: F401
@@ -50,7 +50,7 @@ QUICK = dict(recipe="fast", epochs=MAIN_JOB_EPOCHS, eval_every=5)
 CHECKPOINT, BEST_WEIGHTS = engine.CHECKPOINT, engine.BEST_WEIGHTS
 COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies",
              "testing_errors_pixel", "testing_errors_angle")  # the original's costs.npz arrays
-ROW_KEYS = ("acc_2d", *(f"acc_2d_{t}px" for t in valid.REPORT_PX_THRESHOLDS), "acc_add", "acc_adds",
+ROW_KEYS = ("acc_2d", *(f"acc_2d_{t}px" for t in evaluation.REPORT_PX_THRESHOLDS), "acc_add", "acc_adds",
             "acc_5cm5deg", "acc_corner", "mean_err_2d", "mean_err_add", "mean_err_corner", "mean_err_trans",
             "mean_err_angle", "n", "n_failed")
 NonFiniteLoss = engine.NonFiniteLoss
@@ -96,7 +96,7 @@ def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -
     params = generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=0,
                                test_fraction=SYNTHETIC_TEST_FRACTION)
     folder = training.ensure_synthetic_dataset(root, params, quiet=quiet)
-    cfgs = sorted(c for c in (folder / "cfg").glob("*.data") if not valid.skipped_by_all(c))
+    cfgs = sorted(c for c in (folder / "cfg").glob("*.data") if not evaluation.skipped_by_all(c))
     return cfgs[0]
 
 
@@ -118,15 +118,15 @@ def check_inputs(args) -> None:
                                     bg_dir=args.bg_dir)
 
 
-def check_also_valid(datacfgs) -> list[tuple[str, valid.EvalSetup]]:
+def check_also_valid(datacfgs) -> list[tuple[str, evaluation.EvalSetup]]:
     """Every --also-valid `.data` file, its mesh, camera and test list (as valid.py checks them,
-    `valid.check_test_list`), before training: InputError naming the flag. Returns (tag, setup)
+    `evaluation.check_test_list`), before training: InputError naming the flag. Returns (tag, setup)
     per file, the tag its stem (the metrics columns' prefix)."""
     tests, problems = [], []
     for datacfg in datacfgs:
         try:
-            setup = valid.load_eval_setup(datacfg)
-            problems.extend(f"--also-valid {datacfg}: {p}" for p in valid.check_test_list(setup, datacfg))
+            setup = evaluation.load_eval_setup(datacfg)
+            problems.extend(f"--also-valid {datacfg}: {p}" for p in evaluation.check_test_list(setup, datacfg))
             tests.append((Path(datacfg).stem, setup))
         except (OSError, ValueError) as exc:  # InputError is a ValueError; a missing file an OSError
             problems.append(f"--also-valid {datacfg}: {exc}")
@@ -167,14 +167,14 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     return args, opts
 
 
-def evaluation(test_set, setup, device, num_keypoints: int, fast: bool, box_rule: str = "max"):
-    """The periodic test: valid.evaluate on the test list; the score is the 5 px accuracy, then the
+def periodic_test(test_set, setup, device, num_keypoints: int, fast: bool, box_rule: str = "max"):
+    """The periodic test: evaluation.evaluate on the test list; the score is the 5 px accuracy, then the
     10 px accuracy, which separates early models that are all at 0 % at 5 px (engine.Trainer keeps
     a model only when its score is strictly better)."""
     def evaluate(model, epoch):
-        summary, _ = valid.evaluate(model, dataset.make_test_loader(test_set, batch_size=8, workers=0),
+        summary, _ = evaluation.evaluate(model, dataset.make_test_loader(test_set, batch_size=8, workers=0),
                                     setup, device, num_keypoints=num_keypoints, box_rule=box_rule)
-        valid.log(f"epoch {epoch}: 2D {summary['acc_2d']:.2f}% (10 px {summary.get('acc_2d_10px', 0):.2f}%)  "
+        evaluation.log(f"epoch {epoch}: 2D {summary['acc_2d']:.2f}% (10 px {summary.get('acc_2d_10px', 0):.2f}%)  "
                   f"ADD {summary['acc_add']:.2f}%  5cm5deg {summary['acc_5cm5deg']:.2f}%  "
                   f"mean px err {summary['mean_err_2d']:.2f}  mean corner err {summary.get('mean_err_corner', 0):.2f}")
         score = (summary["acc_2d"], summary.get("acc_2d_10px", 0.0))
@@ -207,7 +207,7 @@ def main(args) -> dict:
 
     def make_evaluation(model, device, test_shape, seen):
         test_set = dataset.listDataset(opts["valid"], train=False, shape=test_shape, resample=args.resample)
-        evaluate = evaluation(test_set, valid.load_eval_setup(args.datacfg), device, model.num_keypoints, fast,
+        evaluate = periodic_test(test_set, evaluation.load_eval_setup(args.datacfg), device, model.num_keypoints, fast,
                               args.box_rule)
         extra_sets = [dataset.listDataset(s.valid_list, train=False, shape=test_shape, resample=args.resample)
                       for _, s in extra_tests]
@@ -216,10 +216,10 @@ def main(args) -> dict:
             result = evaluate(eval_model, epoch)
             result["costs"]["testing_iters"] = seen()
             for (tag, extra_setup), extra_set in zip(extra_tests, extra_sets):
-                summary, _ = valid.evaluate(eval_model, dataset.make_test_loader(extra_set, batch_size=8, workers=0),
-                                            extra_setup, device, num_keypoints=model.num_keypoints,
-                                            box_rule=args.box_rule)
-                valid.log(f"epoch {epoch} on {tag}: 2D {summary['acc_2d']:.2f}% "
+                loader = dataset.make_test_loader(extra_set, batch_size=8, workers=0)
+                summary, _ = evaluation.evaluate(eval_model, loader, extra_setup, device,
+                                                 num_keypoints=model.num_keypoints, box_rule=args.box_rule)
+                evaluation.log(f"epoch {epoch} on {tag}: 2D {summary['acc_2d']:.2f}% "
                           f"(10 px {summary['acc_2d_10px']:.2f}%)")
                 result["row"].update({f"{tag}:{k}": summary[k] for k in ("acc_2d", "acc_2d_10px", "mean_err_corner")})
             return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -366,7 +367,9 @@ def get_region_boxes(output: torch.Tensor, num_classes: int = 1, num_keypoints: 
     return torch.where(all_nan[:, None], torch.full_like(boxes, math.nan), boxes)
 
 
-MULTI_CONF_THRESH = 0.05  # design §4.2: the multi-object evaluation keeps boxes scoring above this
+# design §4.2, D63: the one default box-score threshold of the multi-object scripts (valid_multi.py,
+# train_multi.py's tests and detect.py --multi): the original multi-object evaluation's 0.05
+MULTI_CONF_THRESH = 0.05
 
 
 def _fallback_cell(det_conf: np.ndarray, cls_prob: np.ndarray, cls_max: float) -> tuple[int, float]:
@@ -440,6 +443,48 @@ def get_multi_region_boxes(output: torch.Tensor, conf_thresh: float, num_classes
             out = torch.cat([out, extra[None]])
         boxes.append(out)
     return boxes
+
+
+class MultiBoxes(NamedTuple):
+    """One box per image and class (`select_multi_boxes`); B images, C classes, K keypoints.
+
+    score (B, C): det_conf * class prob of the class's cell, -inf where no cell has that class as
+    its best one; det_conf (B, C); points (B, C, 2K) normalised [x0, y0, ..., x8, y8];
+    kept (B, C) bool: score > conf_thresh (a box that is not kept is no detection).
+    """
+    score: torch.Tensor
+    det_conf: torch.Tensor
+    points: torch.Tensor
+    kept: torch.Tensor
+
+
+def select_multi_boxes(output: torch.Tensor, conf_thresh: float = MULTI_CONF_THRESH, num_classes: int = 1,
+                       num_keypoints: int = NUM_KEYPOINTS, num_anchors: int = 1, rule: str = "max") -> MultiBoxes:
+    """The multi-object box choice of valid_multi.py and detect.py --multi (design §4.2, D63).
+
+    output: (B, A*(2K+1+C), H, W) raw. For each image and class c: among the cells/anchors whose
+    best class is c, the one with the highest score det_conf * prob(c); the first maximum wins in
+    the scan order row, column, anchor (as design §4.1); NaN scores never win. It is a detection
+    when its score > conf_thresh. rule 'vote': its corners come from the 3x3 vote (D54).
+    No ground truth enters (the original's fallback box for the first GT class is
+    `get_multi_region_boxes`), so an evaluation and a detection on the same image agree.
+    Returns `MultiBoxes` on output's device, float32.
+    """
+    points, conf, cls_prob = decode_output(output.float(), num_keypoints, num_classes, num_anchors)
+    points = apply_box_rule(points, conf, rule)
+    cls_conf, cls_id = cls_prob.max(dim=-1)
+    B = output.shape[0]
+    # scan order row, column, anchor: move the anchor axis last before flattening
+    flat = lambda t: t.permute(0, 2, 3, 1, *range(4, t.dim())).reshape(B, -1, *t.shape[4:])
+    score = torch.nan_to_num(flat(conf * cls_conf), nan=-math.inf)  # (B, N)
+    points, conf, cls_id = flat(points), flat(conf), flat(cls_id)  # (B, N, 2K), (B, N), (B, N)
+    classes = torch.arange(num_classes, device=cls_id.device)
+    # (B, N, C): a cell's score under its best class, -inf under the others; argmax = first maximum
+    by_class = torch.where(cls_id[..., None] == classes, score[..., None], torch.full_like(score, -math.inf)[..., None])
+    best = by_class.argmax(dim=1)  # (B, C) cell index
+    best_score = by_class.gather(1, best[:, None]).squeeze(1)
+    best_points = points.gather(1, best[..., None].expand(-1, -1, points.shape[-1]))
+    return MultiBoxes(best_score, conf.gather(1, best), best_points, best_score > conf_thresh)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ loader, engine.Trainer); what differs is the data. The training sample is the de
 composition (`dataset.MultiObjectDataset`: the objects of the other classes pasted around the
 main one; --paste off trains on the list's images as they are, as train.py does, for scenes that
 already show every object); the loss has the cfg's anchors and classes (design §5.7); the test
-scores every object of the occlusion `.data` file (`valid_multi.evaluate_object`, design §9.6).
+scores every object of the occlusion `.data` file (`evaluation.evaluate_object`, as valid_multi.py does, design §9.6).
 The original recipe counts the cfg steps in raw batches (design §7.2).
 
 Fixed by default, each with a flag that reproduces the original (design §11): the flipped /
@@ -41,11 +41,10 @@ import engine
 import preflight
 import training
 import utils
+import evaluation
 from errors import InputError, run_cli
-from multi_obj_pose_estimation import valid_multi
-from multi_obj_pose_estimation.valid_multi import find_path
+from evaluation import log
 from recipes import FAST
-from valid import log  # noqa: E402  (TODO evaluation.log)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -122,8 +121,8 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
         args.initweightfile = args.initweightfile or str(ROOT / QUICK_INITWEIGHTS)
     training.fill_recipe_defaults(args, loss_scales="ms", pretrain_num_epochs=0)
     cli.fill_defaults(args, {"paste": "on"})
-    args.datacfg = find_path(args.datacfg)
-    args.modelcfg = find_path(args.modelcfg or DEFAULT_MODELCFG)
+    args.datacfg = cli.find_path(args.datacfg, HERE, ROOT)  # as valid_multi.py looks paths up
+    args.modelcfg = cli.find_path(args.modelcfg or DEFAULT_MODELCFG, HERE, ROOT)
     if args.initweightfile is None:
         args.initweightfile = DEFAULT_INITWEIGHTS
     if str(args.initweightfile).lower() == "none":
@@ -171,8 +170,8 @@ def check_inputs(args, opts: dict) -> list:
     if args.initweightfile and not Path(args.initweightfile).is_file():
         problems.append(f"init weights not found: {args.initweightfile}")
     try:
-        objects = valid_multi.load_objects(args.datacfg, args.objects)
-        valid_multi.check_test_images(objects)  # load_objects checked the lists and meshes
+        objects = evaluation.load_objects(args.datacfg, args.objects)
+        evaluation.check_occlusion_test_images(objects)  # load_objects checked the lists and meshes
     except (OSError, ValueError) as exc:
         problems.append(str(exc))
     if problems:
@@ -232,7 +231,7 @@ def test_all(model, loaders, objects, device, conf_thresh: float, box_rule: str 
     """Score every object; returns {'objects': [summary...], 'acc_5px' and 'acc_10px': the mean over
     the objects of the 5 and 10 px accuracies, 'mean_err_2d': mean over objects of the mean 2-D
     projection error (px)}."""
-    summaries = [valid_multi.evaluate_object(model, loader, o, device, conf_thresh, box_rule=box_rule)[0]
+    summaries = [evaluation.evaluate_object(model, loader, o, device, conf_thresh, box_rule=box_rule)[0]
                  for o, loader in zip(objects, loaders)]
     errs = [s["mean_err_2d"] for s in summaries if math.isfinite(s["mean_err_2d"])]
     return {"objects": summaries, "acc_5px": float(np.mean([s["acc_px"][0] for s in summaries])),
@@ -249,10 +248,10 @@ def log_test(result: dict, epoch: int) -> None:
                     f"{result['acc_10px']:.2f}%, mean px err {result['mean_err_2d']:.2f}")
 
 
-def evaluation(objects, args, device, test_shape, seen):
+def periodic_test(objects, args, device, test_shape, seen):
     """The periodic test of every object; the score is (mean 5 px, mean 10 px accuracy): engine keeps
     a later model only when strictly better, so a tie at 5 px goes to the better 10 px model."""
-    loaders = [valid_multi.make_test_loader(o, test_shape, batch_size=8, resample=args.resample) for o in objects]
+    loaders = [evaluation.occlusion_test_loader(o, test_shape, batch_size=8, resample=args.resample) for o in objects]
 
     def evaluate(eval_model, epoch):
         result = test_all(eval_model, loaders, objects, device, args.conf_thresh, args.box_rule)
@@ -310,7 +309,7 @@ def main(args) -> dict:
     variant = training.Variant(
         check_inputs=check, train_set=train_set, outputs=outputs, cost_keys=COST_KEYS, step_unit=1.0,
         check_model=lambda model: check_classes(model, args, found["objects"]),
-        evaluation=lambda model, device, shape, seen: evaluation(found["objects"], args, device, shape, seen))
+        evaluation=lambda model, device, shape, seen: periodic_test(found["objects"], args, device, shape, seen))
     return training.run(args, variant)
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import engine
+import evaluation
 import hostile
 import recipes
 import train
@@ -383,22 +384,20 @@ def test_a_second_run_into_a_backup_folder_in_use_is_refused(synth, tmp_path, ot
 
 
 def test_ctrl_c_during_the_final_evaluation_is_redone_on_resume(synth, tmp_path, monkeypatch, capsys):
-    import valid
-
-    real = valid.evaluate
+    real = evaluation.evaluate
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
     out = tmp_path / "run"
     argv = small_args(synth, out, "--epochs", "1", "--pretrain_num_epochs", "-1")
-    monkeypatch.setattr(valid, "evaluate", interrupted)
+    monkeypatch.setattr(evaluation, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train.main(args_for(argv))
     state = engine.load_checkpoint(out / "checkpoint.pt")["state"]
     assert state["pending"] == {"epoch": 0, "last": True, "due": True} and state["evaluations"] == 0
     assert not (out / "last.weights").exists() and not (out / "model.weights").exists()
-    monkeypatch.setattr(valid, "evaluate", real)
+    monkeypatch.setattr(evaluation, "evaluate", real)
     capsys.readouterr()
     train.main(args_for(argv + ["--resume"]))
     assert "redoing the end of epoch 0, which was interrupted during its evaluation" in capsys.readouterr().out
@@ -424,12 +423,12 @@ def test_a_resumed_run_with_nothing_left_says_so_and_writes_its_final_files(synt
 
 def test_metric_logs_are_replaced_whole_never_appended_in_place(tmp_path, monkeypatch):
     """The CSV and JSON-lines logs go through linemod_format.append_text: a new file replaces the old."""
-    import valid
+    import linemod_format
 
     written = []
     real = engine.append_text
     monkeypatch.setattr(engine, "append_text", lambda p, t: (written.append(Path(p).name), real(p, t)))
-    monkeypatch.setattr(valid, "append_text", lambda p, t: (written.append(Path(p).name), real(p, t)))
+    monkeypatch.setattr(linemod_format, "append_text", lambda p, t: (written.append(Path(p).name), real(p, t)))
     trainer = engine.Trainer.__new__(engine.Trainer)
     trainer.backup, trainer.state = tmp_path, engine.new_state(("a",))
     trainer.state["best_score"] = [200.0]  # no new best model: no network needed

@@ -17,6 +17,7 @@ import torch
 import cli
 import dataset
 import engine
+import evaluation
 import hostile
 import train
 import valid
@@ -204,7 +205,7 @@ def test_best_model_is_replaced_only_by_a_strictly_better_one(synth, tmp_path, m
             written.append(self.seen)
         return real_save(self, path, *a, **kw)
 
-    monkeypatch.setattr(train.valid, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
     monkeypatch.setattr(Darknet, "save_weights", spy_save)
     state = run_main(small_args(synth, tmp_path, "--epochs", "5", "--eval-every", "1"))
     assert state["best"] == 20.0

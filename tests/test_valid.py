@@ -602,7 +602,7 @@ def test_save_predictions_is_atomic(tmp_path, monkeypatch):
         f.write(b"PK half a zip")
         raise OSError("disk full")
 
-    monkeypatch.setattr(valid.np, "savez", torn)
+    monkeypatch.setattr(np, "savez", torn)
     with pytest.raises(OSError, match="disk full"):
         valid.save_predictions(path, records, ["a.jpg", "b.jpg"])
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -3,6 +3,9 @@
     python tools/record_main_job.py --backup backup/synthetic/obj00 --wall-minutes 12.4 \\
         --test-json runs/main_valid_test.json --fresh-json runs/main_valid_fresh11.json \\
         --machine "2-core x86_64, torch 2.13.0+cpu" --out docs/results/cpu_fast/main_job.json
+    python tools/record_main_job.py --multi --backup backup_multi/synthetic --wall-minutes 14.2 \\
+        --test-json runs/multi_test.json --fresh-json runs/multi_fresh11.json --fresh-seed 11 \\
+        --machine "..." --out docs/results/cpu_multi/main_job.json     # train_multi.py, valid_multi.py --json
 
 The record holds what a reader needs to trust a figure: the date and machine, the epochs, images
 seen and minutes of training (from the run's own metrics.jsonl and checkpoint), the wall-clock
@@ -55,12 +58,38 @@ def main_job_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+MULTI_KEYS = ("object", "n", "thresholds", "acc_px", "acc_add", "acc_5cm5deg", "mean_err_2d", "test_size", "box_rule")
+
+
+def multi_summaries_of(path) -> list[dict]:
+    """Every object's summary of a valid_multi.py --json file, reduced to MULTI_KEYS."""
+    return [{k: s[k] for k in MULTI_KEYS} for s in json.loads(Path(path).read_text())["objects"]]
+
+
+def multi_job_table(record: dict, key: str) -> str:
+    """The README's markdown table of the multi-object record's `key` set ('test' or 'fresh'): one
+    row per object (2-D accuracy at 5 to 50 px, ADD, 5cm5deg) and the unweighted mean."""
+    objects = record[key]
+    thresholds = objects[0]["thresholds"]
+    head = ("| object (test images) | " + " | ".join(f"{t} px" for t in thresholds) + " | ADD (0.1 d) | 5cm5deg |")
+    lines = [head, "|" + "---|" * (len(thresholds) + 3)]
+    rows = [(f"{o['object']} ({o['n']})", o["acc_px"], o["acc_add"], o["acc_5cm5deg"]) for o in objects]
+    mean = lambda values: sum(values) / len(values)
+    rows.append(("mean", [mean([o["acc_px"][i] for o in objects]) for i in range(len(thresholds))],
+                 mean([o["acc_add"] for o in objects]), mean([o["acc_5cm5deg"] for o in objects])))
+    for label, accs, add, pose in rows:
+        cells = [f"**{a:.2f} %**" if t in (5, 10) else f"{a:.2f} %" for t, a in zip(thresholds, accs)]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {add:.2f} % | {pose:.2f} % |")
+    return "\n".join(lines)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--multi", action="store_true", help="the multi-object main job (train_multi.py, valid_multi.py)")
     p.add_argument("--backup", required=True, help="the main job's backup folder")
     p.add_argument("--wall-minutes", type=float, required=True, help="wall clock of `python train.py`, minutes")
-    p.add_argument("--test-json", required=True, help="valid.py --json on the test split")
-    p.add_argument("--fresh-json", required=True, help="valid.py --json on a fresh set")
+    p.add_argument("--test-json", required=True, help="valid.py (valid_multi.py) --json on the test split")
+    p.add_argument("--fresh-json", required=True, help="valid.py (valid_multi.py) --json on a fresh set")
     p.add_argument("--fresh-seed", type=int, required=True)
     p.add_argument("--machine", required=True, help="what it ran on, e.g. '2-core x86_64, torch 2.13.0+cpu'")
     p.add_argument("--date", default=time.strftime("%Y-%m-%d"))
@@ -70,6 +99,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> dict:
+    if args.multi:
+        record = {"date": args.date, "machine": args.machine, "commit": args.commit,
+                  "command": "python multi_obj_pose_estimation/train_multi.py", "wall_minutes": args.wall_minutes,
+                  **training_of(args.backup), "fresh_seed": args.fresh_seed,
+                  "test": multi_summaries_of(args.test_json), "fresh": multi_summaries_of(args.fresh_json)}
+        write_text(args.out, json.dumps(record, indent=1) + "\n")
+        print(multi_job_table(record, "test") + "\n\n" + multi_job_table(record, "fresh"))
+        return record
     record = {"date": args.date, "machine": args.machine, "commit": args.commit, "command": "python train.py",
               "wall_minutes": args.wall_minutes, **training_of(args.backup), "fresh_seed": args.fresh_seed,
               "test": summary_of(args.test_json), "fresh": summary_of(args.fresh_json)}
