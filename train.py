@@ -168,16 +168,16 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
 
 
 def periodic_test(test_set, setup, device, num_keypoints: int, fast: bool, box_rule: str = "max"):
-    """The periodic test: evaluation.evaluate on the test list; the score is the 5 px accuracy, then the
-    10 px accuracy, which separates early models that are all at 0 % at 5 px (engine.Trainer keeps
-    a model only when its score is strictly better)."""
+    """The periodic test: evaluation.evaluate on the test list; the best-model score is
+    `training.best_score` of the 5 and 10 px accuracies (engine.Trainer keeps a model only when its
+    score is strictly better)."""
     def evaluate(model, epoch):
         summary, _ = evaluation.evaluate(model, dataset.make_test_loader(test_set, batch_size=8, workers=0),
                                     setup, device, num_keypoints=num_keypoints, box_rule=box_rule)
         evaluation.log(f"epoch {epoch}: 2D {summary['acc_2d']:.2f}% (10 px {summary.get('acc_2d_10px', 0):.2f}%)  "
                   f"ADD {summary['acc_add']:.2f}%  5cm5deg {summary['acc_5cm5deg']:.2f}%  "
                   f"mean px err {summary['mean_err_2d']:.2f}  mean corner err {summary.get('mean_err_corner', 0):.2f}")
-        score = (summary["acc_2d"], summary.get("acc_2d_10px", 0.0))
+        score = training.best_score(summary["acc_2d"], summary.get("acc_2d_10px", 0.0))
         return {"row": {k: summary.get(k, float("nan")) for k in ROW_KEYS}, "score": score,
                 "costs": {"testing_iters": 0, "testing_accuracies": summary["acc_2d"],
                           "testing_errors_pixel": summary["mean_err_2d"],

@@ -34,6 +34,8 @@ from recipes import FAST
 from region_loss import RegionLoss
 
 ROOT = Path(__file__).resolve().parent
+BEST_RULE = ("the 5 px plus the 10 px accuracy, ties broken by the 5 px accuracy (a 5 px hit of one test image in "
+             "an early test cannot outrank a later model better at 10 px)")
 ORIGINAL_EVAL_EVERY = 10  # the fork's test cadence; train_multi.py's original (20, design §7.5) is a flag away
 
 
@@ -101,9 +103,8 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
     p.add_argument("--overwrite", action="store_true", help="replace the run already in the backup folder")
     p.add_argument("--eval-every", type=int, default=None,
                    help=f"test after epochs e %% N == 0, e > 0, and after the last (default {ORIGINAL_EVAL_EVERY}, "
-                        f"the fork's; the main jobs 5). model.weights is the best test so far: a higher 5 px "
-                        f"accuracy, ties broken by the 10 px accuracy; a later test replaces it only when strictly "
-                        f"better")
+                        f"the fork's; the main jobs 5). model.weights is the best test so far by "
+                        f"{BEST_RULE}; a later test replaces it only when strictly better")
     cli.add_sizes(p, train=True, test=True,
                   train_help=f"fixed square training size (default: original multi-scale, design §6.5; fast "
                              f"{FAST.size})",
@@ -121,6 +122,12 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke tests)")
     p.add_argument("--log-every", type=int, default=0, help="print the per-batch loss line every N batches")
     p.add_argument("--quiet", action="store_true", help="no progress bar, network table or per-epoch lines")
+
+
+def best_score(acc_5px: float, acc_10px: float) -> tuple[float, float]:
+    """The best-model score of both training scripts (BEST_RULE, D64), compared lexicographically by
+    engine.Trainer: the sum of the 5 and 10 px accuracies, then the 5 px accuracy."""
+    return (acc_5px + acc_10px, acc_5px)
 
 
 def check_run_numbers(args) -> None:

@@ -17,7 +17,8 @@ Fixed by default, each with a flag that reproduces the original (design §11): t
 wrapped main object's labels (--repro-label-bugs, item 20), the anchor chosen for tconf and for
 all-zero IoUs (--repro-anchor-bug, item 22). Always fixed (item 23): every test scores the
 objects valid_multi.py scores and records the mean 5 px accuracy, not the 50 px one; model.weights
-is the best test so far by the mean 5 px accuracy, ties broken by the mean 10 px accuracy.
+is the best test so far by the mean over the objects of the 5 px plus the 10 px accuracy (ties: the
+5 px accuracy), the rule of train.py (training.best_score).
 
 Writes into the backup dir: model.weights (darknet format, the best test), last.weights,
 checkpoint.pt (every epoch and on Ctrl-C; --resume), costs.npz, metrics.csv, training.png,
@@ -249,8 +250,8 @@ def log_test(result: dict, epoch: int) -> None:
 
 
 def periodic_test(objects, args, device, test_shape, seen):
-    """The periodic test of every object; the score is (mean 5 px, mean 10 px accuracy): engine keeps
-    a later model only when strictly better, so a tie at 5 px goes to the better 10 px model."""
+    """The periodic test of every object; the score is `training.best_score` of the mean 5 and 10 px
+    accuracies: engine keeps a later model only when strictly better."""
     loaders = [evaluation.occlusion_test_loader(o, test_shape, batch_size=8, resample=args.resample) for o in objects]
 
     def evaluate(eval_model, epoch):
@@ -259,7 +260,7 @@ def periodic_test(objects, args, device, test_shape, seen):
         row = {"acc_5px": result["acc_5px"], "acc_10px": result["acc_10px"], "mean_err_2d": result["mean_err_2d"],
                **{f"acc_5px_{s['object']}": s["acc_px"][0] for s in result["objects"]},
                **{f"acc_10px_{s['object']}": s["acc_px"][1] for s in result["objects"]}}
-        return {"row": row, "score": (result["acc_5px"], result["acc_10px"]),
+        return {"row": row, "score": training.best_score(result["acc_5px"], result["acc_10px"]),
                 "costs": {"testing_iters": seen(), "testing_accuracies": result["acc_5px"],
                           "testing_errors_pixel": result["mean_err_2d"]}}
     return evaluate

@@ -565,9 +565,13 @@ def test_paste_off_trains_on_the_scenes_as_train_py_does(occ, tmp_path, monkeypa
 
 
 def test_a_tie_at_5px_keeps_the_model_best_at_10px(occ, tmp_path, monkeypatch):
-    """Evaluations (0 %, 10 %), (0 %, 30 %), (0 %, 20 %) at (5 px, 10 px): model.weights is the second."""
+    """Evaluations (0 %, 10 %), (0 %, 30 %), (0 %, 20 %) at (5 px, 10 px): model.weights is the second;
+    then a one-image 5 px hit in an early test does not outrank a later model better at 10 px:
+    (0.2 %, 1 %) then (0 %, 4 %) keeps the second."""
     from darknet import Darknet as Net
 
+    assert training.best_score(0.2, 1.0) < training.best_score(0.0, 4.0)
+    assert training.best_score(37.5, 88.7) > training.best_score(36.2, 89.6)
     results = iter([(0.0, 10.0), (0.0, 30.0), (0.0, 20.0)])
     written = []
 
@@ -591,9 +595,9 @@ def test_a_tie_at_5px_keeps_the_model_best_at_10px(occ, tmp_path, monkeypatch):
             "--eval-every", "1", "--max-batches", "1", "--batch-size", "2", "--train-size", "64", "--test-size", "64",
             "--quiet"]
     state = train_multi.main(train_multi.get_args_parser().parse_args(argv))
-    assert state["best_score"] == [0.0, 30.0]
+    assert state["best_score"] == [30.0, 0.0]
     assert written == [4, 6]  # after epochs 1 (the first test) and 2 (30 % at 10 px); not 3 (20 %)
-    assert "ties broken by the 10 px accuracy" in " ".join(train_multi.get_args_parser().format_help().split())
+    assert "the 5 px plus the 10 px accuracy" in " ".join(train_multi.get_args_parser().format_help().split())
 
 
 def test_train_multi_does_not_import_train_py():
@@ -712,3 +716,33 @@ def test_missing_occlusion_label_files_are_named_before_the_work(occ, tmp_path):
         valid_multi.main(valid_multi.get_args_parser().parse_args(
             ["--datacfg", str(data), "--objects", "obj01", "--modelcfg", str(TRIAL3_MULTI), "--weightfile",
              str(tmp_path / "never.weights"), "--quiet"]))
+
+
+def test_multi_vote_takes_only_the_cells_of_the_class():
+    """--box-rule vote in the multi-object choice: the corners of class c are the det_conf * prob(c)
+    weighted mean over the 3x3 cells whose best class is c; a confident neighbour of another class
+    (another object) takes no part; the centroid is the chosen cell's own."""
+    C, H, W, K2 = 4, 5, 5, 18
+    torch.manual_seed(0)
+    out = torch.randn(1, K2 + 1 + C, H, W) * 0.3
+    out[0, K2] = -6.0  # background: confidence ~0, best class 3
+    out[0, K2 + 1 + 3] = 3.0
+    for (j, i), cls, conf in [((2, 2), 0, 4.0), ((1, 2), 0, 1.0), ((2, 3), 1, 5.0), ((3, 2), 2, 3.0)]:
+        out[0, K2, j, i] = conf
+        out[0, K2 + 1 + cls, j, i] = 9.0  # a clear best class
+    out[0, 2:K2, 2, 3] += 7.0  # the class-1 object's corners are far from the class-0 ones
+    points, conf, prob = utils.decode_output(out, K, C, 1)
+    boxes = utils.select_multi_boxes(out, 0.05, C, K, 1, rule="vote")
+    plain = utils.select_multi_boxes(out, 0.05, C, K, 1, rule="max")
+    best_class = prob[0, 0].argmax(-1)
+    w = {(j, i): float(conf[0, 0, j, i] * prob[0, 0, j, i, 0]) for j in (1, 2, 3) for i in (1, 2, 3)
+         if best_class[j, i] == 0}
+    assert sorted(w) == [(1, 2), (2, 2)]
+    expect = sum(wt * points[0, 0, j, i] for (j, i), wt in w.items()) / sum(w.values())
+    got = boxes.points[0, 0]
+    torch.testing.assert_close(got[2:], expect[2:], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[:2], points[0, 0, 2, 2, :2])  # the centroid: the chosen cell's own
+    torch.testing.assert_close(boxes.points[0, 2], plain.points[0, 2])  # class 2 has no same-class neighbour
+    assert torch.equal(boxes.score, plain.score) and torch.equal(boxes.kept, plain.kept)
+    with pytest.raises(ValueError, match="unknown box rule"):
+        utils.select_multi_boxes(out, 0.05, C, K, 1, rule="mean")

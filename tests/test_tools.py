@@ -799,6 +799,43 @@ def test_readme_main_job_table_is_its_raw_record():
     assert record["command"] == "python train.py" and record["date"] and record["machine"]
 
 
+def test_record_multi_main_job_on_fixed_inputs(tmp_path):
+    from tools import record_main_job as rec
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "metrics.jsonl").write_text(json.dumps({"epoch": 39, "seen": 54400, "minutes": 11.0}) + "\n")
+    thresholds = list(range(5, 55, 5))
+    objs = [{"object": f"obj0{i}", "n": 240 - 60 * i, "thresholds": thresholds,
+             "acc_px": [10.0 * (i + 1)] + [60.0 + i] * 9, "acc_add": 5.0 * i, "acc_5cm5deg": 1.0,
+             "mean_err_2d": 7.0, "test_size": [256, 256], "box_rule": "vote", "other": 0} for i in range(3)]
+    for name in ("t.json", "f.json"):
+        (tmp_path / name).write_text(json.dumps({"objects": objs, "mean": None}))
+    record = rec.main(rec.get_args_parser().parse_args([
+        "--multi", "--backup", str(backup), "--wall-minutes", "14.0", "--test-json", str(tmp_path / "t.json"),
+        "--fresh-json", str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores",
+        "--out", str(tmp_path / "m.json")]))
+    assert record["command"] == "python multi_obj_pose_estimation/train_multi.py" and record["images_seen"] == 54400
+    lines = rec.multi_job_table(record, "test").splitlines()
+    assert lines[0] == ("| object (test images) | 5 px | 10 px | 15 px | 20 px | 25 px | 30 px | 35 px | 40 px | "
+                        "45 px | 50 px | ADD (0.1 d) | 5cm5deg |")
+    assert lines[2].startswith("| obj00 (240) | **10.00 %** | **60.00 %** | 60.00 % |")
+    assert lines[-1].startswith("| mean | **20.00 %** | **61.00 %** |") and lines[-1].endswith("| 5.00 % | 1.00 % |")
+    assert len(lines) == 6 and "other" not in record["test"][0]
+
+
+def test_readme_multi_main_job_tables_are_their_raw_record():
+    """The README's multi-object tables (test scenes and a fresh set) are multi_job_table of the committed record."""
+    from tools import record_main_job as rec
+
+    record = json.loads((ROOT / "docs/results/cpu_multi/main_job.json").read_text())
+    for key in ("test", "fresh"):
+        table = rec.multi_job_table(record, key)
+        assert table in (ROOT / "README.md").read_text()
+        assert table in (ROOT / "docs/results.md").read_text()
+    assert record["date"] and record["machine"] and record["wall_minutes"] <= 15
+
+
 # ------------------------------------------------------------------------------------------------
 # issue 25: flags, output paths and meshes named before the work
 # ------------------------------------------------------------------------------------------------
