@@ -234,7 +234,9 @@ def main(args) -> dict:
 def print_outputs(args, backup: Path, state: dict) -> None:
     best = backup / BEST_WEIGHTS
     if best.is_file():
-        print(f"\noutputs in {backup}/: {BEST_WEIGHTS} (best 2-D accuracy {state['best']:.2f}% at 5 px), "
+        a5, a10 = training.best_accuracies(state)
+        print(f"\noutputs in {backup}/: {BEST_WEIGHTS} (the best test: 2-D accuracy {a5:.2f}% at 5 px, {a10:.2f}% at "
+              f"10 px), "
               f"last.weights, {CHECKPOINT}, costs.npz, metrics.csv, metrics.jsonl, training.png")
     else:
         print(f"\noutputs in {backup}/: no {BEST_WEIGHTS}: no evaluation was meaningful (the confidence term "

@@ -14,6 +14,7 @@ Reading order: the flag checks and defaults, the builders (`build_model`, `build
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import warnings
@@ -128,6 +129,15 @@ def best_score(acc_5px: float, acc_10px: float) -> tuple[float, float]:
     """The best-model score of both training scripts (BEST_RULE, D64), compared lexicographically by
     engine.Trainer: the sum of the 5 and 10 px accuracies, then the 5 px accuracy."""
     return (acc_5px + acc_10px, acc_5px)
+
+
+def best_accuracies(state: dict) -> tuple[float, float]:
+    """(5 px, 10 px) accuracy of the best test of a finished run (its `best_score`, `best_score`'s
+    inverse); NaN, NaN when no test was meaningful."""
+    score = state.get("best_score")
+    if not score or len(score) < 2:
+        return math.nan, math.nan
+    return score[1], score[0] - score[1]
 
 
 def check_run_numbers(args) -> None:

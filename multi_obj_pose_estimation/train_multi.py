@@ -303,7 +303,9 @@ def main(args) -> dict:
         best = backup / engine.BEST_WEIGHTS
         if not best.is_file():
             best = backup / engine.LAST_WEIGHTS
-        print(f"\noutputs in {backup}/: {best.name} (best mean 5 px accuracy {state['best']:.2f}%), "
+        a5, a10 = training.best_accuracies(state)
+        print(f"\noutputs in {backup}/: {best.name} (the best test: mean 2-D accuracy {a5:.2f}% at 5 px, {a10:.2f}% "
+              f"at 10 px), "
               f"{engine.CHECKPOINT}, costs.npz, metrics.csv, training.png")
         print(f"score it with:\n  {score_command(args, best)}")
 
