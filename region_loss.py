@@ -27,6 +27,7 @@ PROPOSAL_THRESH = 0.25  # design §5.8: proposals = cells with sigmoid confidenc
 PRETRAIN_NUM_EPOCHS = 15  # design §5.5: confidence term only when epoch > 15
 MS_SCALES = {"coord_scale": 1.0, "noobject_scale": 1.0, "object_scale": 5.0, "class_scale": 1.0}  # design §5.6
 KD_MODES = (None, "fork", "fixed")  # design §8.3 / D10
+ANCHOR_RULES = ("size", "class")  # design §5.7 (the original's) and D65
 COORD_LOSSES = ("mse", "l1")  # design §5.4 (the originals' squared error) and D55 (absolute error, fast recipe)
 
 
@@ -117,7 +118,7 @@ def choose_anchors(gw: torch.Tensor, gh: torch.Tensor, anchors: torch.Tensor,
 def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: int = NUM_KEYPOINTS,
                   num_classes: int = 1, num_anchors: int = 1, anchors=(), noobject_scale: float = 1.0,
                   object_scale: float = 5.0, sil_thresh: float = SIL_THRESH, multi: bool | None = None,
-                  repro_anchor_bug: bool = False) -> Targets:
+                  repro_anchor_bug: bool = False, anchor_rule: str = "size") -> Targets:
     """GT masks and targets from the detached current predictions (design §5.3, §5.7).
 
     output: (B, A*(2K+1+C), H, W) raw network output (only used detached, through
@@ -125,6 +126,8 @@ def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: 
     anchors: flat list (w0, h0, w1, h1, ...) in grid units (only read when A > 1).
     multi: whether this is the multi-object loss (default: C > 1 or A > 1); only then does
     `repro_anchor_bug` apply (tconf taken from row b*A*H*W - H*W + gj*W + gi, wrapping for b = 0).
+    anchor_rule: 'size', the original's best anchor by box IoU (design §5.7); 'class', anchor = class
+    id mod A, so that each anchor's output channels regress one object's corners (ours, D65).
     The ignore region loops over label slots (a running maximum, each step handles that slot of
     every image); the responsible cells are computed for all objects at once.
     """
@@ -178,8 +181,13 @@ def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: 
         step = len(anchors) // A
         anchor_wh = torch.tensor([[anchors[step * a], anchors[step * a + 1]] for a in range(A)],
                                  dtype=torch.float64, device=device)
-        n = choose_anchors(row[:, 2 * K + 1].double() * W, row[:, 2 * K + 2].double() * H, anchor_wh,
-                           repro_anchor_bug)
+        if anchor_rule == "class":
+            n = row[:, 0].long() % A
+        elif anchor_rule == "size":
+            n = choose_anchors(row[:, 2 * K + 1].double() * W, row[:, 2 * K + 2].double() * H, anchor_wh,
+                               repro_anchor_bug)
+        else:
+            raise ValueError(f"anchor rule {anchor_rule!r}; expected one of {ANCHOR_RULES}")
     else:
         n = torch.zeros_like(b)
     cell = gj * W + gi
@@ -438,6 +446,7 @@ class RegionLoss(nn.Module):
         self.class_scale = MS_SCALES["class_scale"]
         self.thresh = SIL_THRESH
         self.repro_anchor_bug = False
+        self.anchor_rule = "size"  # 'class': anchor = class id mod A (D65)
         self.kd_mode = None
         self.kd_alpha = 1.0
         # the fast recipe (train.py --recipe fast); both off reproduces the original
@@ -485,7 +494,8 @@ class RegionLoss(nn.Module):
         return build_targets(output, target, num_keypoints=self.num_keypoints, num_classes=self.num_classes,
                              num_anchors=self.num_anchors, anchors=self.anchors,
                              noobject_scale=self.noobject_scale, object_scale=self.object_scale,
-                             sil_thresh=self.thresh, multi=self.multi, repro_anchor_bug=self.repro_anchor_bug)
+                             sil_thresh=self.thresh, multi=self.multi, repro_anchor_bug=self.repro_anchor_bug,
+                             anchor_rule=self.anchor_rule)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor, epoch: int, teacher_output=None):
         """output: (B, A*(2K+1+C), H, W) raw; target: (B, 50*21) normalised label rows.

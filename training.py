@@ -263,6 +263,7 @@ def build_loss(model, args) -> RegionLoss:
         loss_fn.neighbour_conf_scale = FAST.neighbour_conf_scale
     loss_fn.coord_loss = args.coord_loss
     loss_fn.repro_anchor_bug = bool(getattr(args, "repro_anchor_bug", False))
+    loss_fn.anchor_rule = getattr(args, "anchor_rule", None) or "size"
     return loss_fn
 
 

@@ -746,3 +746,27 @@ def test_multi_vote_takes_only_the_cells_of_the_class():
     assert torch.equal(boxes.score, plain.score) and torch.equal(boxes.kept, plain.kept)
     with pytest.raises(ValueError, match="unknown box rule"):
         utils.select_multi_boxes(out, 0.05, C, K, 1, rule="mean")
+
+
+def test_anchor_rule_class_trains_anchor_class_mod_a():
+    """--anchor-rule class (D65): each object trains anchor (class id mod A) whatever its box size;
+    'size' is the original's IoU rule; another name is refused."""
+    from region_loss import build_targets
+
+    A, C, H, W = 3, 13, 8, 8
+    anchors = [1.0, 1.0, 2.5, 3.9, 6.0, 6.0]
+    target = torch.zeros(1, 50 * 21, dtype=torch.float64)
+    for slot, (cls, cx) in enumerate([(0, 0.1), (1, 0.3), (2, 0.5), (4, 0.7)]):
+        pts = [cx, 0.5] + [cx + 0.02, 0.52] * 8
+        target[0, slot * 21:(slot + 1) * 21] = torch.tensor([cls, *pts, 0.3, 0.3])  # one box size for all
+    output = torch.zeros(1, A * (2 * K + 1 + C), H, W)
+    by_class = build_targets(output, target, num_keypoints=K, num_classes=C, num_anchors=A, anchors=anchors,
+                             anchor_rule="class")
+    assert by_class.assigned["anchor"].tolist() == [0, 1, 2, 1]
+    for a, gi in zip([0, 1, 2, 1], [0, 2, 4, 5]):
+        assert by_class.coord_mask[0, a, 4, gi] == 1
+    by_size = build_targets(output, target, num_keypoints=K, num_classes=C, num_anchors=A, anchors=anchors)
+    assert len(set(by_size.assigned["anchor"].tolist())) == 1  # the same box size: the same anchor
+    with pytest.raises(ValueError, match="anchor rule 'colour'"):
+        build_targets(output, target, num_keypoints=K, num_classes=C, num_anchors=A, anchors=anchors,
+                      anchor_rule="colour")

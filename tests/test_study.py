@@ -64,6 +64,12 @@ def test_study_end_to_end_kill_and_resume(tmp_path, monkeypatch):
                 "images_per_s", "train_images_per_s"} <= set(r)
         assert 0.0 <= r["acc_2d"] <= r["acc_2d_10px"] <= 100.0 and r["images_per_s"] > 0 and r["train_images"] > 0
     assert {r["kd"] for r in rows} == {"none", "fixed"} and {r["seed"] for r in rows} == {0, 1}
+    # equal images: every student trained the same number of images, distilled or not (issue 24)
+    assert len({r["train_images"] for r in rows if r["run"] != "teacher"}) == 1
+    assert {(r["kd"], r["kd_alpha"]) for r in rows if r["run"] != "teacher"} == {("none", 0.0), ("fixed", 1.0)}
+    for r in rows:  # each accuracy with its 95 % interval for its number of test images
+        lo, hi = r["acc_2d_ci95"]
+        assert r["n"] > 0 and lo <= r["acc_2d"] <= hi
 
     commands = (out / "commands.txt").read_text()
     assert sys.executable not in commands and "python train.py" in commands
@@ -145,10 +151,11 @@ def test_readme_results_table_is_the_published_cpu_study():
 
 
 def test_mean_rows_average_the_objects():
-    base = {"run": "r", "network": "trial3", "kd": "none", "seed": 0, "split": "test", "train_images": 10,
+    base = {"run": "r", "network": "trial3", "kd": "none", "kd_alpha": 0.0, "seed": 0, "split": "test", "n": 5,
+            "train_images": 10,
             "train_minutes": 1.0, "train_images_per_s": 2.0, **{k: 0.0 for k in run_study.ROW_METRICS}}
     rows = run_study.mean_rows([{**base, "object": "a", "acc_2d": 10.0}, {**base, "object": "b", "acc_2d": 30.0}])
-    assert [r["object"] for r in rows] == ["a", "b", "mean"] and rows[-1]["acc_2d"] == 20.0
+    assert [r["object"] for r in rows] == ["a", "b", "mean"] and rows[-1]["acc_2d"] == 20.0 and rows[-1]["n"] == 10
 
 
 def test_unknown_budget_is_refused(capsys):
@@ -221,3 +228,38 @@ def test_gpu_budget_runs_the_forks_protocol(tmp_path):
     fixed = run_study.train_command(runs[3], b, data, args, "w.weights", "t.weights", resume=True, overwrite=False)
     assert fixed[fixed.index("--kd-mode") + 1] == "fixed" and fixed[fixed.index("--teacher-weights") + 1] == "t.weights"
     assert fixed[-1] == "--resume" and fixed[fixed.index("--eval-every") + 1] == str(run_study.STUDENT_EVAL_EVERY)
+
+
+def test_study_modes_map_to_kd_flags():
+    assert run_study.kd_of("fixed") == ("fixed", 1.0) and run_study.kd_of("fork") == ("fork", 1.0)
+    assert run_study.kd_of("fixed-a0.5") == ("fixed", 0.5)
+    b = run_study.BUDGETS["cpu"]
+    assert b.student_minutes is None and b.student_epochs == run_study.CPU_STUDENT_EPOCHS  # equal images
+    assert b.modes == ("none", "fork", "fixed", "fixed-a0.5")
+
+
+def test_intervals_and_verdict_on_fixed_inputs():
+    """The 95 % Wilson interval of an accuracy, the sampling error of a difference, the t interval
+    across seeds, and the verdict that needs the difference to clear both the seed spread and the
+    sampling error (issue 24)."""
+    lo, hi = run_study.binomial_interval(50.0, 100)
+    assert (lo, hi) == pytest.approx((40.383, 59.617), abs=1e-3)
+    assert run_study.binomial_interval(0.0, 10) == pytest.approx((0.0, 27.753), abs=1e-3)  # not empty at 0 %
+    assert run_study.binomial_interval(100.0, 10)[1] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="at least one test object"):
+        run_study.binomial_interval(50.0, 0)
+    assert run_study.sampling_error(50.0, 240, 50.0, 240) == pytest.approx(8.946, abs=1e-3)
+    assert run_study.t_interval([5.0, 6.0, 7.0]) == pytest.approx((3.516, 8.484), abs=1e-3)
+    assert run_study.t_interval([5.0]) is None
+    assert run_study.verdict(6.0, 3.0, 8.9, False) == "no measurable effect"  # within the sampling error
+    assert run_study.verdict(6.0, 3.0, 5.0, False) == "better"
+    assert run_study.verdict(-6.0, 3.0, None, True) == "better"  # an error: lower is better
+    assert run_study.verdict(6.0, None, 1.0, False) == "no measurable effect"  # one seed: no spread
+    # paired differences with the test sizes: the +6 points of `fixed` are inside 8.9 points of sampling error
+    rows = [dict(r, n=240) for r in _rows("none", [50.0, 52.0, 54.0]) + _rows("fixed", [55.0, 58.0, 61.0])]
+    (d,) = run_study.paired_differences(rows, "acc_2d")
+    assert d["sampling"] == pytest.approx(8.885, abs=1e-3) and d["ci95"] == pytest.approx((3.516, 8.484), abs=1e-3)
+    assert d["verdict"] == "no measurable effect"
+    rows = [dict(r, n=2400) for r in rows]  # ten times the test images: the sampling error shrinks to 2.8
+    (d,) = run_study.paired_differences(rows, "acc_2d")
+    assert d["sampling"] == pytest.approx(2.810, abs=1e-3) and d["verdict"] == "better"

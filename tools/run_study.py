@@ -10,8 +10,10 @@ Budgets (the flags below override single entries):
        images) plus a fresh test set of 200 images (seed 11). Teacher: Tiny-YOLOv2 pose, its first
        four convolutions from the YOLO-LITE trial 3 VOC backbone (the only ImageNet/VOC features on
        disk; design D53), 120 minutes. Students: YOLO-LITE trial 3 from its VOC backbone, `none`,
-       `fork` and `fixed`, seeds 0, 1, 2, 10 minutes each (the same wall-clock budget: a distilled
-       student also pays for the teacher's forward pass, so it sees fewer images; both are reported).
+       `fork`, `fixed` (--kd-alpha 1, the fork's) and `fixed-a0.5` (half ground truth), seeds 0, 1,
+       2, each 30 epochs: the same 40,800 training images for every student, distilled or not (a
+       time budget gave the distilled ones fewer). Trial 10 cells are a second call with the same
+       --out: `--students trial10 --modes none,fixed` (or the better fixed of trial 3).
   gpu  the fork's protocol: the original recipe (500 epochs, multi-scale 416, the cfg batch),
        3 synthetic objects with LINEMOD's split sizes (~180 train / ~1,020 test images each), a
        YOLOv2 pose teacher (darknet19 ImageNet backbone if cfg/darknet19_448.conv.23 exists),
@@ -57,7 +59,15 @@ NETWORKS = {  # name: (cfg, init weights or None for random)
     "trial3": ("cfg/yolo-lite-trial3-pose.cfg", "weights/tiny-yolov2-trial3-voc.weights"),
     "trial10": ("cfg/yolo-lite-trial10-pose.cfg", "weights/tiny-yolov2-trial10-voc.weights"),
 }
-MODES = ("none", "fork", "fixed")
+# A student cell's distillation: none, the fork's channel bug (fork), the right channels (fixed), at the
+# fork's --kd-alpha 1 or, with '-a<alpha>', a blend with the ground truth (fixed-a0.5: half and half).
+MODES = ("none", "fork", "fixed", "fixed-a0.5")
+
+
+def kd_of(mode: str) -> tuple[str, float]:
+    """(train.py --kd-mode, --kd-alpha) of a study mode: 'fixed-a0.5' -> ('fixed', 0.5); alpha 1 without a suffix."""
+    kd, _, alpha = mode.partition("-a")
+    return kd, float(alpha) if alpha else 1.0
 # Tiny-YOLOv2's first four 3x3 convolutions (16, 32, 64, 128 filters, with their max-pools: cfg
 # layers 0-7) have the same shapes as YOLO-LITE trial 3's, so its VOC backbone can seed them (D53).
 TRIAL3_SEED_LAYERS = 8
@@ -90,19 +100,22 @@ class Budget:
     max_batches: int | None = None
 
 
+CPU_STUDENT_EPOCHS = 30  # every CPU student trains 40,800 images (1,360 x 30), distilled or not: equal images
 BUDGETS = {
     "cpu": Budget(name="cpu", recipe="fast", teacher="tiny", teacher_init="trial3-seed", teacher_minutes=120.0,
-                  teacher_epochs=None, student_minutes=10.0, student_epochs=None, students=("trial3",),
+                  teacher_epochs=None, student_minutes=None, student_epochs=CPU_STUDENT_EPOCHS, students=("trial3",),
                   modes=MODES, seeds=(0, 1, 2), size=256, batch=8, objects=1, images=1600, test_fraction=0.15,
                   fresh_images=200, fresh_seed=11, teacher_eval_every=3),
     "gpu": Budget(name="gpu", recipe="original", teacher="yolov2", teacher_init="darknet19-if-present",
                   teacher_minutes=None, teacher_epochs=500, student_minutes=None, student_epochs=500,
-                  students=("trial3", "trial10"), modes=MODES, seeds=(0, 1, 2), size=None, batch=None, objects=3,
+                  students=("trial3", "trial10"), modes=MODES[:3], seeds=(0, 1, 2), size=None, batch=None, objects=3,
                   images=1200, test_fraction=0.85, fresh_images=200, fresh_seed=11, teacher_eval_every=10),
 }
 STUDENT_EVAL_EVERY = 10**6  # students are tested once, at the end: no model is picked on the test split
 ROW_METRICS = ("acc_2d", "acc_2d_10px", "acc_add", "acc_5cm5deg", "mean_err_2d", "mean_err_corner", "images_per_s")
 STAT_METRICS = ("acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner")
+ACCURACY_METRICS = ("acc_2d", "acc_2d_10px", "acc_add", "acc_5cm5deg")  # each a share of n test objects
+Z95 = 1.959963984540054  # the normal 97.5 % quantile: two-sided 95 % intervals
 RUN_SELECTION = ("students", "modes", "seeds")  # budget entries that only choose runs: may differ between calls
 
 
@@ -394,8 +407,9 @@ def train_command(run: Run, b: Budget, datacfg: Path, args, init: str | None, te
     if is_teacher and "fresh" in splits_of(datacfg, b):
         cmd += ["--also-valid", str(fresh_of(datacfg, b))]
     if run.kd != "none":
-        cmd += ["--distiled", "1", "--kd-mode", run.kd, "--teacher-cfg", NETWORKS[b.teacher][0],
-                "--teacher-weights", teacher]
+        kd_mode, kd_alpha = kd_of(run.kd)
+        cmd += ["--distiled", "1", "--kd-mode", kd_mode, "--kd-alpha", f"{kd_alpha:g}",
+                "--teacher-cfg", NETWORKS[b.teacher][0], "--teacher-weights", teacher]
     if resume:
         cmd += ["--resume"]
     elif overwrite:
@@ -449,11 +463,59 @@ def train_and_score(run: Run, b: Budget, datacfg: Path, args, init: str | None, 
 # rows and statistics
 # --------------------------------------------------------------------------------------------
 
+def binomial_interval(percent: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The 95 % Wilson score interval (%, lo, hi) of an accuracy of `percent` % over n test objects.
+
+    Wilson's interval rather than the normal one: it stays inside [0, 100] and is not empty at 0 %
+    or 100 %, where the small studies' students often are. ValueError for n < 1.
+    """
+    if n < 1:
+        raise ValueError(f"an interval needs at least one test object, found n = {n}")
+    p = min(max(percent / 100.0, 0.0), 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return 100.0 * max(centre - half, 0.0), 100.0 * min(centre + half, 1.0)
+
+
+def sampling_error(percent_a: float, n_a: int, percent_b: float, n_b: int, z: float = Z95) -> float:
+    """Half-width (percentage points) of the 95 % normal interval of the difference of two
+    accuracies measured on n_a and n_b test objects: z * sqrt(pa (1 - pa) / n_a + pb (1 - pb) / n_b)."""
+    pa, pb = percent_a / 100.0, percent_b / 100.0
+    return 100.0 * z * math.sqrt(pa * (1 - pa) / n_a + pb * (1 - pb) / n_b)
+
+
+def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """The Student-t interval of the mean of `values` (seed-to-seed differences); None for fewer than 2."""
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return None
+    mean, sem = statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+    half = float(t.ppf(0.5 + confidence / 2, len(values) - 1)) * sem
+    return mean - half, mean + half
+
+
+def verdict(mean: float, spread: float | None, sampling: float | None, lower_is_better: bool) -> str:
+    """'better' / 'worse' only when the mean difference clears both the seed spread (the larger
+    standard deviation over seeds of the two groups) and the sampling error of the test sets (for an
+    accuracy; None for a mean error, whose per-image spread the summaries do not keep); else
+    'no measurable effect'. Without a spread (fewer than 2 seeds) there is never an effect."""
+    if spread is None or not math.isfinite(mean) or abs(mean) <= spread:
+        return "no measurable effect"
+    if sampling is not None and abs(mean) <= sampling:
+        return "no measurable effect"
+    return "better" if (mean < 0) == lower_is_better else "worse"
+
+
 def run_row(run: Run, split: str) -> dict:
     """One row: the run's valid.py scores on one split, and its training throughput."""
     summary = json.loads((run.folder / f"valid_{split}.json").read_text())["objects"][0]
-    row = {"run": run.run, "network": run.network, "kd": run.kd, "seed": run.seed, "object": run.obj, "split": split,
-           **{k: summary.get(k) for k in ROW_METRICS}}
+    row = {"run": run.run, "network": run.network, "kd": run.kd, "kd_alpha": kd_of(run.kd)[1] if run.kd != "none"
+           else 0.0, "seed": run.seed, "object": run.obj, "split": split,
+           **{k: summary.get(k) for k in ROW_METRICS}, "n": summary.get("n")}
+    for k in ACCURACY_METRICS:  # the 95 % interval of each accuracy for its number of test objects
+        if row.get(k) is not None and row["n"]:
+            row[f"{k}_ci95"] = list(binomial_interval(row[k], row["n"]))
     metrics = run.folder / "metrics.jsonl"
     last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.is_file() else {}
     seen, minutes = last.get("seen"), last.get("minutes")
@@ -468,8 +530,8 @@ def mean_rows(rows: list[dict]) -> list[dict]:
     keys = dict.fromkeys((r["run"], r["split"]) for r in rows)
     for run, split in keys:
         group = [r for r in rows if r["run"] == run and r["split"] == split]
-        mean = {k: group[0][k] for k in ("run", "network", "kd", "seed")}
-        mean.update(object="mean", split=split)
+        mean = {k: group[0].get(k) for k in ("run", "network", "kd", "kd_alpha", "seed")}
+        mean.update(object="mean", split=split, n=sum(r.get("n") or 0 for r in group) or None)
         for k in (*ROW_METRICS, "train_images", "train_minutes", "train_images_per_s"):
             vals = [r[k] for r in group if r[k] is not None]
             mean[k] = sum(vals) / len(vals) if vals else None
@@ -499,11 +561,14 @@ def group_stats(rows: list[dict], metric: str) -> list[dict]:
 def paired_differences(rows: list[dict], metric: str) -> list[dict]:
     """Each distilled group minus `none` of the same network, seed by seed (paired).
 
-    Returns {split, network, kd, metric, n, diffs (by seed), mean, std, verdict}: 'no measurable effect'
-    when |mean difference| is within the larger of the two groups' standard deviations over seeds
-    (or with fewer than 2 seeds), else 'better' / 'worse' (for errors, lower is better).
+    Returns {split, network, kd, metric, n, diffs (by seed), mean, std, ci95 (the t interval of the
+    mean difference across seeds, None for < 2 seeds), spread (the larger std over seeds of the two
+    groups), sampling (`sampling_error` of the two groups' mean accuracies for their test sizes;
+    None for mean errors or rows without n), verdict (`verdict`)}.
     """
     stats = {(g["split"], g["network"], g["kd"]): g for g in group_stats(rows, metric)}
+    sizes = {(r["split"], r["network"], r["kd"]): r.get("n") for r in rows
+             if r["object"] == "mean" and r["run"] != "teacher" and r.get("n")}
     lower_is_better = metric.startswith("mean_err")
     out = []
     for (split, network, kd), g in stats.items():
@@ -515,13 +580,13 @@ def paired_differences(rows: list[dict], metric: str) -> list[dict]:
         d = list(diffs.values())
         mean = statistics.fmean(d) if d else math.nan
         std = statistics.stdev(d) if len(d) > 1 else None
-        spread = max(x for x in (g["std"], base["std"]) if x is not None) if g["std"] is not None else None
-        if spread is None or base["std"] is None or abs(mean) <= spread:
-            verdict = "no measurable effect"
-        else:
-            verdict = "better" if (mean < 0) == lower_is_better else "worse"
+        spread = (max(g["std"], base["std"]) if g["std"] is not None and base["std"] is not None else None)
+        n_g, n_b = sizes.get((split, network, kd)), sizes.get((split, network, "none"))
+        sampling = (sampling_error(g["mean"], n_g, base["mean"], n_b)
+                    if metric in ACCURACY_METRICS and n_g and n_b else None)
         out.append({"split": split, "network": network, "kd": kd, "metric": metric, "n": len(d), "diffs": diffs,
-                    "mean": mean, "std": std, "spread": spread, "verdict": verdict})
+                    "mean": mean, "std": std, "ci95": t_interval(d), "spread": spread, "sampling": sampling,
+                    "verdict": verdict(mean, spread, sampling, lower_is_better)})
     return out
 
 
