@@ -71,6 +71,16 @@ def test_study_end_to_end_kill_and_resume(tmp_path, monkeypatch):
         lo, hi = r["acc_2d_ci95"]
         assert r["n"] > 0 and lo <= r["acc_2d"] <= hi
 
+    # the teacher picked its weights on a tenth of the training images, not on the test split (issue 24)
+    teacher_cfg = out / "teacher_data/obj00.data"
+    assert "teacher_data/obj00.data" in train_lines(out)[0] and teacher_cfg.is_file()
+    held_out = (out / "teacher_data/obj00_valid.txt").read_text().split()
+    trained = (out / "teacher_data/obj00_train.txt").read_text().split()
+    assert len(held_out) >= 1 and not set(held_out) & set(trained)
+    test_list = {p.rsplit("/", 1)[-1] for p in (out / "data/LINEMOD/obj00/test.txt").read_text().split()}
+    assert not {p.rsplit("/", 1)[-1] for p in held_out} & test_list
+    teacher_rows = [json.loads(line) for line in (out / "runs/teacher/obj00/metrics.jsonl").read_text().splitlines()]
+    assert {r["n"] for r in teacher_rows} == {len(held_out)}
     commands = (out / "commands.txt").read_text()
     assert sys.executable not in commands and "python train.py" in commands
     assert "--seed 1" in commands and "--kd-mode fixed" in commands and "runs/teacher/obj00/model.weights" in commands

@@ -20,6 +20,9 @@ Budgets (the flags below override single entries):
        trial 3 and trial 10 students, the three modes, seeds 0, 1, 2. --data DIR runs it on a
        LINEMOD-format folder instead (e.g. the real LINEMOD set, tools/get_linemod.sh).
 
+The teacher trains on nine tenths of the training images and is tested, to keep its best weights,
+on the held-out tenth (OUT/teacher_data/), never on a test set; students are tested once, at the end.
+
 Every run writes OUT/runs/<run>/<object>/ (train.py's outputs, valid_test.json, valid_fresh.json);
 OUT/commands.txt has every command with its seed, OUT/results.{csv,json,md} the rows, the mean and
 standard deviation over seeds and the paired differences against `none`, OUT/students.png one
@@ -257,6 +260,40 @@ def prepare_data(out: Path, b: Budget, data: str | None, commands: Path) -> dict
     return {c.stem: c for c in cfgs}
 
 
+VALIDATION_FRACTION = 0.1  # of an object's training images, held out to choose the teacher's weights
+
+
+def teacher_data(out: Path, datacfg: Path) -> Path:
+    """OUT/teacher_data/<obj>.data, written once: the object's `.data` with `train` its training list
+    minus a held-out tenth (a permutation of seed 0) and `valid` that tenth. The teacher trains on it,
+    and its periodic test, which picks its model.weights, never sees a test image (issue 24); it is
+    scored on the test split and the fresh set afterwards like every run."""
+    import numpy as np
+
+    import dataset
+    from linemod_format import read_data_cfg
+
+    folder = out / "teacher_data"
+    dest = folder / f"{datacfg.stem}.data"
+    if dest.is_file():
+        return dest
+    opts = read_data_cfg(datacfg, resolve_paths=True)
+    paths = [os.path.abspath(p) for p in dataset.read_list(opts["train"])]
+    if len(paths) < 2:
+        raise InputError(f"{datacfg}: {len(paths)} training image(s); the teacher needs at least 2 to hold one out")
+    order = np.random.default_rng(0).permutation(len(paths))
+    k = max(1, round(VALIDATION_FRACTION * len(paths)))
+    lists = {"train": sorted(order[k:]), "valid": sorted(order[:k])}
+    for key, index in lists.items():
+        write_text(folder / f"{datacfg.stem}_{key}.txt", "".join(paths[i] + "\n" for i in index))
+    path_keys = ("mesh", "backup", "tr_range")
+    lines = [f"{key} = {os.path.abspath(folder / f'{datacfg.stem}_{key}.txt')}" for key in lists]
+    lines += [f"{key} = {os.path.abspath(value) if key in path_keys else value}" for key, value in opts.items()
+              if key not in lists]
+    write_text(dest, "\n".join(lines) + "\n")  # last: its presence means the lists are there
+    return dest
+
+
 def splits_of(datacfg: Path, b: Budget) -> dict[str, Path]:
     """The test lists a run is scored on: {'test': .data, 'fresh': .data if there is a fresh set}."""
     fresh = fresh_of(datacfg, b)
@@ -431,15 +468,17 @@ def valid_command(run: Run, datacfg: Path, b: Budget, split: str, args) -> list[
 
 
 def train_and_score(run: Run, b: Budget, datacfg: Path, args, init: str | None, teacher: str | None,
-                    log: Path, commands: Path) -> None:
-    """Train the run (or continue it) unless done, then score it on both splits unless scored."""
+                    log: Path, commands: Path, train_datacfg: Path | None = None) -> None:
+    """Train the run (or continue it) unless done, then score it on both splits unless scored.
+    train_datacfg: the `.data` it trains on when not `datacfg` (the teacher's, `teacher_data`)."""
     s = state(run)
     if s == "failed":
         (run.folder / "failed.json").unlink()  # --retry-failed (check_teachers refused it otherwise)
         s = "killed" if (run.folder / "checkpoint.pt").is_file() else "new"
     if s != "done":
         overwrite = run.folder.is_dir() and any(run.folder.iterdir())
-        cmd = train_command(run, b, datacfg, args, init, teacher, resume=s == "killed", overwrite=overwrite)
+        cmd = train_command(run, b, train_datacfg or datacfg, args, init, teacher, resume=s == "killed",
+                            overwrite=overwrite)
         try:
             execute(cmd, log, commands)
         except RunFailed as exc:
@@ -736,7 +775,8 @@ def main(args) -> list[dict]:
         else:
             init = NETWORKS[run.network][1]
             teacher = teacher_weights_for(runs, run.obj, args.teacher_weights) if run.kd != "none" else None
-        train_and_score(run, b, objects[run.obj], args, init, teacher, log, commands)
+        train_on = teacher_data(out, objects[run.obj]) if run.run == "teacher" else None
+        train_and_score(run, b, objects[run.obj], args, init, teacher, log, commands, train_on)
     rows = mean_rows([run_row(r, split) for r in runs for split in splits_of(objects[r.obj], b)])
     payload = write_reports(out, rows, b)
     plot_students(out, rows)
