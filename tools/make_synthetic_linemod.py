@@ -583,6 +583,16 @@ def _next_index(folder: Path) -> int:
     return max((int(p.stem) for p in folder.glob("*.jpg") if p.stem.isdigit()), default=-1) + 1
 
 
+def _fresh_start(out: Path, flag: str, n: int, need: str, fresh_seed: int):
+    """The checks both fresh additions start with (InputError naming the flag): n >= 1, a seed >= 0,
+    a synthetic dataset; returns its (info, object names) as `_synthetic_info`."""
+    if n < 1:
+        raise InputError(f"{flag} {n}: {need}")
+    if fresh_seed < 0:
+        raise InputError(f"--fresh-seed {fresh_seed}: must be >= 0")
+    return _synthetic_info(out)
+
+
 def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bool = True) -> dict:
     """Add n new test images for every object of a synthetic dataset, from poses and backgrounds of fresh_seed.
 
@@ -593,11 +603,7 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
     that already has a fresh test set.
     """
     out = Path(out_dir)
-    if n < 1:
-        raise InputError(f"--fresh-test {n}: need at least one image per object")
-    if fresh_seed < 0:
-        raise InputError(f"--fresh-seed {fresh_seed}: must be >= 0")
-    info, names = _synthetic_info(out)
+    info, names = _fresh_start(out, "--fresh-test", n, "need at least one image per object", fresh_seed)
     taken = [p for name in names for p in fresh_names(name, fresh_seed) if (out / p).exists()]
     if taken:
         raise InputError(f"{out}: seed {fresh_seed} already has a fresh test set ({taken[0]}); choose another "
@@ -659,11 +665,7 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
     "scenes" (n), "scenes_per_object" ({object: fresh scenes that show it}), "seconds"}.
     """
     out = Path(out_dir)
-    if n < 1:
-        raise InputError(f"--fresh-multi {n}: need at least one scene")
-    if fresh_seed < 0:
-        raise InputError(f"--fresh-seed {fresh_seed}: must be >= 0")
-    info, names = _synthetic_info(out)
+    info, names = _fresh_start(out, "--fresh-multi", n, "need at least one scene", fresh_seed)
     occ_path = out / "cfg" / "occlusion.data"
     if not info.get("multi") or not occ_path.is_file():
         why = f"{INFO_FILE} says multi {info.get('multi', 0)}" if not info.get("multi") else f"{occ_path} not found"
