@@ -299,12 +299,14 @@ def floor_confidence(targets: Targets, floor: float) -> Targets:
     return replace(targets, tconf=tconf)
 
 
+NEIGHBOUR_TARGETS = ("gt", "teacher")  # what the neighbour cells regress under distillation (D66)
 NEIGHBOURS = {4: ((-1, 0), (1, 0), (0, -1), (0, 1)),
               8: ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1))}
 
 
 def add_neighbour_cells(targets: Targets, target: torch.Tensor, noobject_scale: float,
-                        num_keypoints: int = NUM_KEYPOINTS, neighbours: int = 4) -> Targets:
+                        num_keypoints: int = NUM_KEYPOINTS, neighbours: int = 4,
+                        teacher: tuple | None = None, alpha: float = 1.0) -> Targets:
     """Targets where the 4 (or 8) cells next to each responsible cell also regress the box corners.
 
     A neighbour cell (gi +- 1, gj) or (gi, gj +- 1) (and, with 8, the diagonal ones) inside the
@@ -313,8 +315,11 @@ def add_neighbour_cells(targets: Targets, target: torch.Tensor, noobject_scale: 
     offsets, any value is reachable) but no centroid target (its sigmoid cannot leave its own
     cell), no class target, and keeps a background confidence target (0, weight
     `noobject_scale`, never ignored), so that the most confident cell stays the centroid's. Four
-    times more corner gradient per image: the fast recipe's main speed-up (design §7.6). The
-    neighbours regress the ground truth, also under distillation.
+    times more corner gradient per image: the fast recipe's main speed-up (design §7.6).
+
+    Under distillation the neighbours regress the ground truth unless `teacher` (tx, ty of
+    `teacher_targets`, (B, A, K, H, W)) is given: then (1 - alpha) * GT + alpha * the teacher's
+    corners at that neighbour cell, as the responsible cell's blend (D66).
     """
     B, A, H, W = targets.coord_mask.shape
     K = num_keypoints
@@ -343,8 +348,13 @@ def add_neighbour_cells(targets: Targets, target: torch.Tensor, noobject_scale: 
             bb, aa, ii, jj = b[ok], n[ok], ni[ok], nj[ok]
             point[bb, aa, :, jj, ii] = 1.0
             point[bb, aa, 0, jj, ii] = 0.0  # no centroid target
-            tx[bb, aa, :, jj, ii] = (gx[ok] - ii[:, None].to(gx.dtype)).to(tx.dtype)
-            ty[bb, aa, :, jj, ii] = (gy[ok] - jj[:, None].to(gy.dtype)).to(ty.dtype)
+            gt_x = (gx[ok] - ii[:, None].to(gx.dtype)).to(tx.dtype)
+            gt_y = (gy[ok] - jj[:, None].to(gy.dtype)).to(ty.dtype)
+            if teacher is not None:
+                te_x, te_y = (t[bb, aa, :, jj, ii].to(tx.dtype) for t in teacher[:2])
+                gt_x, gt_y = (1.0 - alpha) * gt_x + alpha * te_x, (1.0 - alpha) * gt_y + alpha * te_y
+            tx[bb, aa, :, jj, ii] = gt_x
+            ty[bb, aa, :, jj, ii] = gt_y
             conf_mask[bb, aa, jj, ii] = float(noobject_scale)  # never ignored: a background cell
     return replace(targets, point_mask=point, tx=tx, ty=ty, conf_mask=conf_mask)
 
@@ -454,6 +464,7 @@ class RegionLoss(nn.Module):
         self.batch_mean = False  # divide the summed loss by the batch size
         self.neighbour_cells = 0  # 4 or 8: the cells next to the responsible one also regress the corners
         self.neighbour_conf_scale = None  # their background confidence weight (None: noobject_scale)
+        self.neighbour_target = "gt"  # under distillation: 'gt' or 'teacher' (the blend, as the responsible cell; D66)
         self.coord_loss = "mse"  # 'l1' (D55): absolute instead of squared coordinate error
         if self.num_anchors > 1 and len(self.anchors) < 2 * self.num_anchors:
             raise ValueError(f"RegionLoss: {self.num_anchors} anchors need {2 * self.num_anchors} anchor "
@@ -497,17 +508,17 @@ class RegionLoss(nn.Module):
                              sil_thresh=self.thresh, multi=self.multi, repro_anchor_bug=self.repro_anchor_bug,
                              anchor_rule=self.anchor_rule)
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor, epoch: int, teacher_output=None):
-        """output: (B, A*(2K+1+C), H, W) raw; target: (B, 50*21) normalised label rows.
-
-        Returns (loss, stats): loss a 0-dim tensor summed over the batch; stats python numbers
-        nGT, nCorrect, nProposals, loss_x, loss_y, loss_conf, loss_cls, total.
-        """
+    def make_targets(self, output: torch.Tensor, target: torch.Tensor, teacher_output=None) -> Targets:
+        """The targets the loss compares `output` with: build_targets, then the teacher's blend
+        (distillation), the confidence floor and the neighbour cells (the fast recipe), in that order."""
         if teacher_output is not None and self.kd_mode is None:
             raise ValueError("a teacher output was given but kd_mode is None; set kd_mode to 'fork' or 'fixed'")
         if self.kd_mode not in KD_MODES:
             raise ValueError(f"kd_mode {self.kd_mode!r}; expected one of {KD_MODES}")
+        if self.neighbour_target not in NEIGHBOUR_TARGETS:
+            raise ValueError(f"neighbour_target {self.neighbour_target!r}; expected one of {NEIGHBOUR_TARGETS}")
         targets = self.build_targets(output, target)
+        teacher = None
         if teacher_output is not None:
             self.check_teacher(output, teacher_output)
             teacher = teacher_targets(teacher_output.to(output.device), self.kd_mode, self.num_keypoints,
@@ -517,7 +528,18 @@ class RegionLoss(nn.Module):
             targets = floor_confidence(targets, self.conf_floor)
         if self.neighbour_cells:
             conf_scale = self.noobject_scale if self.neighbour_conf_scale is None else self.neighbour_conf_scale
-            targets = add_neighbour_cells(targets, target, conf_scale, self.num_keypoints, self.neighbour_cells)
+            from_teacher = teacher if self.neighbour_target == "teacher" else None
+            targets = add_neighbour_cells(targets, target, conf_scale, self.num_keypoints, self.neighbour_cells,
+                                          teacher=from_teacher, alpha=self.kd_alpha)
+        return targets
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor, epoch: int, teacher_output=None):
+        """output: (B, A*(2K+1+C), H, W) raw; target: (B, 50*21) normalised label rows.
+
+        Returns (loss, stats): loss a 0-dim tensor summed over the batch; stats python numbers
+        nGT, nCorrect, nProposals, loss_x, loss_y, loss_conf, loss_cls, total.
+        """
+        targets = self.make_targets(output, target, teacher_output)
         loss, terms = loss_terms(output, targets, num_keypoints=self.num_keypoints, num_classes=self.num_classes,
                                  num_anchors=self.num_anchors, coord_scale=self.coord_scale,
                                  class_scale=self.class_scale, coord_loss=self.coord_loss,

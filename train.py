@@ -33,6 +33,7 @@ import utils
 import evaluation
 from errors import InputError, run_cli
 from recipes import FAST
+from region_loss import NEIGHBOUR_TARGETS
 from training import (allow_partial, build_loss, build_model, build_optimizer_and_schedule,  # noqa: F401
                       check_run_numbers, check_single_image_batches, repo_path, suggest_fast_recipe)
 
@@ -78,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "bug (corners 2-8 regressed to shifted channels, D10), which leaves students at 0 %% on "
                         "the CPU study (docs/results.md)")
     p.add_argument("--kd-alpha", type=float, default=1.0, help="targets = (1-a)*GT + a*teacher (fork: 1)")
+    p.add_argument("--kd-neighbours", choices=NEIGHBOUR_TARGETS, default="gt",
+                   help="what the fast recipe's neighbour cells regress under distillation: gt (default), the "
+                        "ground truth; teacher, the --kd-alpha blend with the teacher's corners at that cell (D66)")
     p.add_argument("--also-valid", nargs="+", default=[], metavar="DATACFG",
                    help="also test on these .data files' valid lists at every evaluation (e.g. a fresh test set "
                         "of tools/make_synthetic_linemod.py --fresh-test); logged, not used to pick the best model")

@@ -61,9 +61,10 @@ def ensure_synthetic_dataset(root, params: dict, quiet: bool = False) -> Path:
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scales: str, loss_scales_why: str,
-                  pretrain_num_epochs: int) -> None:
+                  pretrain_num_epochs: int, main_job_test_size: str = "") -> None:
     """The flags every training script has, with one meaning and one default everywhere; where the
-    original scripts differ (--loss-scales, --pretrain_num_epochs), the help says which and why."""
+    original scripts differ (--loss-scales, --pretrain_num_epochs), the help says which and why.
+    main_job_test_size: a main job's own --test-size and why, appended to its help."""
     from region_loss import COORD_LOSSES
 
     p.add_argument("--allow-partial-weights", action="store_true",
@@ -109,7 +110,8 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
     cli.add_sizes(p, train=True, test=True,
                   train_help=f"fixed square training size (default: original multi-scale, design §6.5; fast "
                              f"{FAST.size})",
-                  test_help=f"square test size (default: original cfg test_width/height; fast {FAST.size})")
+                  test_help=f"square test size (default: original cfg test_width/height; fast {FAST.size}"
+                            + (f"; {main_job_test_size})" if main_job_test_size else ")"))
     p.add_argument("--final-size", type=int, default=None, metavar="S",
                    help="train the last --final-epochs epochs at S px (a multiple of 32) and test at S: a last phase "
                         "at a higher resolution, for sub-cell accuracy (D58; needs an epoch budget)")
@@ -183,6 +185,9 @@ def fill_recipe_defaults(args, loss_scales: str, pretrain_num_epochs: int) -> ar
     if args.workers is None:
         cpu_only = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
         args.workers = 0 if fast and cpu_only else min(4, os.cpu_count() or 1)
+    if getattr(args, "kd_neighbours", "gt") != "gt" and not (fast and getattr(args, "distiled", 0)):
+        raise FlagError(f"--kd-neighbours {args.kd_neighbours} sets what the fast recipe's neighbour cells regress "
+                        "under distillation: it needs --distiled 1 and --recipe fast")
     return args
 
 
@@ -292,6 +297,7 @@ def build_teacher(args, model, loss_fn: RegionLoss, device):
     teacher = build_model(args.teacher_cfg, args.teacher_weights, device, False, until_last=False)
     teacher = teacher.inference_copy(channels_last=args.channels_last)
     loss_fn.kd_mode, loss_fn.kd_alpha = args.kd_mode, args.kd_alpha
+    loss_fn.neighbour_target = getattr(args, "kd_neighbours", "gt")
     size = args.train_size or 416
     with torch.no_grad():
         probe = torch.zeros(1, 3, size, size, device=device)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import utils
-from region_loss import (RegionLoss, add_neighbour_cells, blend_targets, build_targets, check_teacher, choose_anchors,
-                         floor_confidence, format_stats, loss_terms, teacher_targets)
+from region_loss import (NEIGHBOUR_TARGETS, RegionLoss, add_neighbour_cells, blend_targets, build_targets,
+                         check_teacher, choose_anchors, floor_confidence, format_stats, loss_terms, teacher_targets)
 
 K = 9
 ANCHORS3 = [1.0, 1.0, 2.0, 2.0, 4.0, 4.0]  # grid units
@@ -518,6 +518,38 @@ def test_neighbour_cells_regress_the_corners_but_not_the_centroid():
     loss.backward()
     assert o.grad[0, 2:18, 2, 0].abs().sum() > 0 and o.grad[0, 0:2, 2, 0].abs().sum() == 0
     assert o.grad[0, 2:18, 0, 3].abs().sum() == 0  # far cells: no coordinate gradient
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_what_the_neighbour_cells_regress_under_distillation(alpha):
+    """The fast recipe with a teacher (D66): the responsible cell regresses the blend of GT and
+    teacher; the neighbour cells regress the ground truth (gt, the default) or the same blend with
+    the teacher's corners at the neighbour cell (teacher). Never the centroid, whatever the mode."""
+    out, tgt = _one_object()
+    teacher_out = torch.randn(2, 20, 4, 4, generator=torch.Generator().manual_seed(1))
+    te_x, te_y, _ = teacher_targets(teacher_out, "fixed")
+    gx, gy = tgt[0, 1:19:2].to(torch.float32) * 4, tgt[0, 2:19:2].to(torch.float32) * 4
+    targets = {}
+    for mode in NEIGHBOUR_TARGETS:
+        loss_fn = RegionLoss(9, 1)
+        loss_fn.neighbour_cells, loss_fn.kd_mode, loss_fn.kd_alpha, loss_fn.neighbour_target = 4, "fixed", alpha, mode
+        targets[mode] = loss_fn.make_targets(out, tgt, teacher_out)
+    blend = lambda g, t: (1 - alpha) * g + alpha * t
+    for t in targets.values():  # the responsible cell (gi 1, gj 2) of image 0: the blend, both modes
+        torch.testing.assert_close(t.tx[0, 0, :, 2, 1], blend(gx - 1, te_x[0, 0, :, 2, 1]))
+        assert t.point_mask[0, 0, 0, 2, 0] == 0 and t.point_mask[0, 0, 1:, 2, 0].all()
+    # the neighbour (gi 0, gj 2) and (gi 1, gj 1): corners 1..8 relative to the neighbour cell
+    torch.testing.assert_close(targets["gt"].tx[0, 0, 1:, 2, 0], gx[1:])
+    torch.testing.assert_close(targets["gt"].ty[0, 0, 1:, 1, 1], gy[1:] - 1)
+    torch.testing.assert_close(targets["teacher"].tx[0, 0, 1:, 2, 0], blend(gx[1:], te_x[0, 0, 1:, 2, 0]))
+    torch.testing.assert_close(targets["teacher"].ty[0, 0, 1:, 1, 1], blend(gy[1:] - 1, te_y[0, 0, 1:, 1, 1]))
+    # without a teacher the mode changes nothing
+    plain = RegionLoss(9, 1)
+    plain.neighbour_cells, plain.neighbour_target = 4, "teacher"
+    torch.testing.assert_close(plain.make_targets(out, tgt).tx[0, 0, 1:, 2, 0], gx[1:])
+    plain.neighbour_target = "both"
+    with pytest.raises(ValueError, match="neighbour_target 'both'"):
+        plain(out, tgt, epoch=20)
 
 
 def test_batch_mean_divides_the_summed_loss():

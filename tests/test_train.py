@@ -269,21 +269,30 @@ def test_distillation_runs_with_the_chosen_mode(synth, tmp_path, monkeypatch):
     def spy(self, output, target, epoch, teacher_output=None):
         assert teacher_output is not None and not teacher_output.requires_grad
         assert teacher_output.shape == output.shape
-        seen_modes.append((self.kd_mode, self.kd_alpha))
+        seen_modes.append((self.kd_mode, self.kd_alpha, self.neighbour_target, self.neighbour_cells > 0))
         return real(self, output, target, epoch, teacher_output)
 
     monkeypatch.setattr(RegionLoss, "forward", spy)
     argv = [str(synth), TRIAL10, str(ROOT / "weights/tiny-yolov2-trial10-voc.weights"), "--backupdir",
             str(tmp_path / "student"), "--batch-size", "4", "--train-size", str(SIZE), "--test-size", str(SIZE),
             "--workers", "0", "--quiet", "--epochs", "1", "--distiled", "1", "--teacher-cfg", TRIAL3,
-            "--teacher-weights", str(tmp_path / "teacher.weights"), "--kd-mode", "fixed", "--kd-alpha", "0.5"]
-    run_main(argv)
-    assert seen_modes == [("fixed", 0.5)] * 3
+            "--teacher-weights", str(tmp_path / "teacher.weights")]
+    chosen = ["--kd-mode", "fixed", "--kd-alpha", "0.5", "--recipe", "fast", "--kd-neighbours", "teacher"]
+    run_main(argv + chosen)
+    assert seen_modes == [("fixed", 0.5, "teacher", True)] * 3
     # the default mode is the corrected one; the fork's bug only when asked for
     seen_modes.clear()
-    default = [a for a in argv if a not in ("--kd-mode", "fixed", "--kd-alpha", "0.5")]
-    run_main([*default, "--backupdir", str(tmp_path / "student_default")])
-    assert seen_modes == [("fixed", 1.0)] * 3
+    run_main([*argv, "--backupdir", str(tmp_path / "student_default")])
+    assert seen_modes == [("fixed", 1.0, "gt", False)] * 3
+
+
+@pytest.mark.parametrize("extra", [[], ["--distiled", "1"]])
+def test_kd_neighbours_without_distillation_in_the_fast_recipe_is_refused(synth, tmp_path, extra):
+    """--kd-neighbours teacher only means something for a distilled student of the fast recipe (D66)."""
+    args = small_args(synth, tmp_path / "out", "--epochs", "1", "--kd-neighbours", "teacher", *extra)
+    with pytest.raises(FlagError, match="--kd-neighbours teacher .* needs --distiled 1 and --recipe fast"):
+        run_main(args)
+    assert not (tmp_path / "out").exists()
 
 
 def test_teacher_of_another_layout_is_refused_before_training(synth, tmp_path):
