@@ -241,11 +241,17 @@ def test_gpu_budget_runs_the_forks_protocol(tmp_path):
 
 
 def test_study_modes_map_to_kd_flags():
-    assert run_study.kd_of("fixed") == ("fixed", 1.0) and run_study.kd_of("fork") == ("fork", 1.0)
-    assert run_study.kd_of("fixed-a0.5") == ("fixed", 0.5)
+    assert run_study.kd_of("fixed") == ("fixed", 1.0, "gt") and run_study.kd_of("fork") == ("fork", 1.0, "gt")
+    assert run_study.kd_of("fixed-a0.5") == ("fixed", 0.5, "gt")
+    assert run_study.kd_of("fixed-nt") == ("fixed", 1.0, "teacher")
+    assert run_study.kd_of("fixed-a0.5-nt") == ("fixed", 0.5, "teacher")
+    with pytest.raises(ValueError, match="unknown suffix 'x'"):
+        run_study.kd_of("fixed-x")
     b = run_study.BUDGETS["cpu"]
     assert b.student_minutes is None and b.student_epochs == run_study.CPU_STUDENT_EPOCHS  # equal images
-    assert b.modes == ("none", "fork", "fixed", "fixed-a0.5")
+    # an epoch budget for the teacher too: the same teacher on a busy machine
+    assert b.teacher_minutes is None and b.teacher_epochs == run_study.CPU_TEACHER_EPOCHS
+    assert b.modes == ("none", "fork", "fixed", "fixed-a0.5", "fixed-nt")
 
 
 def test_intervals_and_verdict_on_fixed_inputs():

@@ -1,6 +1,6 @@
 """The distillation study (docs/design.md §14.4): a teacher, then students without and with KD, every run scored.
 
-    python tools/run_study.py --budget cpu --out runs/study_cpu    # 2 cores: 2 h teacher, 9 students of 10 min
+    python tools/run_study.py --budget cpu --out runs/study_cpu    # 2 cores: hours; resumable
     python tools/run_study.py --budget gpu --out runs/study_gpu    # one GPU: the fork's protocol
     python tools/run_study.py --budget cpu --out /tmp/s --epochs 1 --max-batches 2 --seeds 0,1 \\
         --images-per-object 12 --fresh-images 4 --train-size 64                  # a smoke run, minutes
@@ -9,11 +9,13 @@ Budgets (the flags below override single entries):
   cpu  the fast recipe at 256 px on the main job's synthetic set (1 object, 1,360 train / 240 test
        images) plus a fresh test set of 200 images (seed 11). Teacher: Tiny-YOLOv2 pose, its first
        four convolutions from the YOLO-LITE trial 3 VOC backbone (the only ImageNet/VOC features on
-       disk; design D53), 120 minutes. Students: YOLO-LITE trial 3 from its VOC backbone, `none`,
-       `fork`, `fixed` (--kd-alpha 1, the fork's) and `fixed-a0.5` (half ground truth), seeds 0, 1,
-       2, each 30 epochs: the same 40,800 training images for every student, distilled or not (a
-       time budget gave the distilled ones fewer). Trial 10 cells are a second call with the same
-       --out: `--students trial10 --modes none,fixed` (or the better fixed of trial 3).
+       disk; design D53), 45 epochs (55,080 images). Students: YOLO-LITE trial 3 from its VOC
+       backbone, `none`, `fork`, `fixed` (--kd-alpha 1, the fork's), `fixed-a0.5` (half ground
+       truth) and `fixed-nt` (the neighbour cells regress the teacher too, D66), seeds 0, 1, 2, each
+       30 epochs: the same 40,800 training images for every student, distilled or not (a time
+       budget gave the distilled ones fewer). Epoch budgets: a busy machine trains the same models,
+       only its images/s differ. Trial 10 cells are a second call with the same --out:
+       `--students trial10 --modes none,fixed` (or the better fixed of trial 3).
   gpu  the fork's protocol: the original recipe (500 epochs, multi-scale 416, the cfg batch),
        3 synthetic objects with LINEMOD's split sizes (~180 train / ~1,020 test images each), a
        YOLOv2 pose teacher (darknet19 ImageNet backbone if cfg/darknet19_448.conv.23 exists),
@@ -63,14 +65,24 @@ NETWORKS = {  # name: (cfg, init weights or None for random)
     "trial10": ("cfg/yolo-lite-trial10-pose.cfg", "weights/tiny-yolov2-trial10-voc.weights"),
 }
 # A student cell's distillation: none, the fork's channel bug (fork), the right channels (fixed), at the
-# fork's --kd-alpha 1 or, with '-a<alpha>', a blend with the ground truth (fixed-a0.5: half and half).
-MODES = ("none", "fork", "fixed", "fixed-a0.5")
+# fork's --kd-alpha 1 or, with '-a<alpha>', a blend with the ground truth (fixed-a0.5: half and half);
+# '-nt': the fast recipe's neighbour cells regress the teacher too (--kd-neighbours teacher, D66), not the GT.
+MODES = ("none", "fork", "fixed", "fixed-a0.5", "fixed-nt")
 
 
-def kd_of(mode: str) -> tuple[str, float]:
-    """(train.py --kd-mode, --kd-alpha) of a study mode: 'fixed-a0.5' -> ('fixed', 0.5); alpha 1 without a suffix."""
-    kd, _, alpha = mode.partition("-a")
-    return kd, float(alpha) if alpha else 1.0
+def kd_of(mode: str) -> tuple[str, float, str]:
+    """(train.py --kd-mode, --kd-alpha, --kd-neighbours) of a study mode: 'fixed-a0.5' -> ('fixed', 0.5,
+    'gt'), 'fixed-nt' -> ('fixed', 1.0, 'teacher'); alpha 1 and the GT neighbours without a suffix."""
+    kd, *suffixes = mode.split("-")
+    alpha, neighbours = 1.0, "gt"
+    for suffix in suffixes:
+        if suffix == "nt":
+            neighbours = "teacher"
+        elif suffix.startswith("a"):
+            alpha = float(suffix[1:])
+        else:
+            raise ValueError(f"study mode {mode!r}: unknown suffix {suffix!r}")
+    return kd, alpha, neighbours
 # Tiny-YOLOv2's first four 3x3 convolutions (16, 32, 64, 128 filters, with their max-pools: cfg
 # layers 0-7) have the same shapes as YOLO-LITE trial 3's, so its VOC backbone can seed them (D53).
 TRIAL3_SEED_LAYERS = 8
@@ -104,9 +116,11 @@ class Budget:
 
 
 CPU_STUDENT_EPOCHS = 30  # every CPU student trains 40,800 images (1,360 x 30), distilled or not: equal images
+CPU_TEACHER_EPOCHS = 45  # 55,080 images (1,224 x 45), about what the 2-hour teacher of the first study saw
 BUDGETS = {
-    "cpu": Budget(name="cpu", recipe="fast", teacher="tiny", teacher_init="trial3-seed", teacher_minutes=120.0,
-                  teacher_epochs=None, student_minutes=None, student_epochs=CPU_STUDENT_EPOCHS, students=("trial3",),
+    "cpu": Budget(name="cpu", recipe="fast", teacher="tiny", teacher_init="trial3-seed", teacher_minutes=None,
+                  teacher_epochs=CPU_TEACHER_EPOCHS, student_minutes=None, student_epochs=CPU_STUDENT_EPOCHS,
+                  students=("trial3",),
                   modes=MODES, seeds=(0, 1, 2), size=256, batch=8, objects=1, images=1600, test_fraction=0.15,
                   fresh_images=200, fresh_seed=11, teacher_eval_every=3),
     "gpu": Budget(name="gpu", recipe="original", teacher="yolov2", teacher_init="darknet19-if-present",
@@ -182,6 +196,10 @@ def resolve_budget(args) -> Budget:
         changes["students"] = _name_list("--students", args.students, [k for k in NETWORKS if k != "yolov2"])
     if args.modes is not None:
         changes["modes"] = _name_list("--modes", args.modes, MODES)
+    neighbour_modes = [m for m in changes.get("modes", b.modes) if m != "none" and kd_of(m)[2] != "gt"]
+    if neighbour_modes and b.recipe != "fast":
+        raise FlagError(f"--modes {','.join(neighbour_modes)}: the neighbour cells are the fast recipe's; "
+                        f"budget {b.name!r} trains the {b.recipe} recipe")
     if args.seeds is not None:
         changes["seeds"] = _int_list("--seeds", args.seeds)
     for flag, key in (("teacher_minutes", "teacher_minutes"), ("student_minutes", "student_minutes")):
@@ -444,9 +462,9 @@ def train_command(run: Run, b: Budget, datacfg: Path, args, init: str | None, te
     if is_teacher and "fresh" in splits_of(datacfg, b):
         cmd += ["--also-valid", str(fresh_of(datacfg, b))]
     if run.kd != "none":
-        kd_mode, kd_alpha = kd_of(run.kd)
+        kd_mode, kd_alpha, kd_neighbours = kd_of(run.kd)
         cmd += ["--distiled", "1", "--kd-mode", kd_mode, "--kd-alpha", f"{kd_alpha:g}",
-                "--teacher-cfg", NETWORKS[b.teacher][0], "--teacher-weights", teacher]
+                "--kd-neighbours", kd_neighbours, "--teacher-cfg", NETWORKS[b.teacher][0], "--teacher-weights", teacher]
     if resume:
         cmd += ["--resume"]
     elif overwrite:
@@ -549,8 +567,9 @@ def verdict(mean: float, spread: float | None, sampling: float | None, lower_is_
 def run_row(run: Run, split: str) -> dict:
     """One row: the run's valid.py scores on one split, and its training throughput."""
     summary = json.loads((run.folder / f"valid_{split}.json").read_text())["objects"][0]
-    row = {"run": run.run, "network": run.network, "kd": run.kd, "kd_alpha": kd_of(run.kd)[1] if run.kd != "none"
-           else 0.0, "seed": run.seed, "object": run.obj, "split": split,
+    kd_alpha, kd_neighbours = kd_of(run.kd)[1:] if run.kd != "none" else (0.0, None)
+    row = {"run": run.run, "network": run.network, "kd": run.kd, "kd_alpha": kd_alpha, "kd_neighbours": kd_neighbours,
+           "seed": run.seed, "object": run.obj, "split": split,
            **{k: summary.get(k) for k in ROW_METRICS}, "n": summary.get("n")}
     for k in ACCURACY_METRICS:  # the 95 % interval of each accuracy for its number of test objects
         if row.get(k) is not None and row["n"]:
@@ -569,7 +588,7 @@ def mean_rows(rows: list[dict]) -> list[dict]:
     keys = dict.fromkeys((r["run"], r["split"]) for r in rows)
     for run, split in keys:
         group = [r for r in rows if r["run"] == run and r["split"] == split]
-        mean = {k: group[0].get(k) for k in ("run", "network", "kd", "kd_alpha", "seed")}
+        mean = {k: group[0].get(k) for k in ("run", "network", "kd", "kd_alpha", "kd_neighbours", "seed")}
         mean.update(object="mean", split=split, n=sum(r.get("n") or 0 for r in group) or None)
         for k in (*ROW_METRICS, "train_images", "train_minutes", "train_images_per_s"):
             vals = [r[k] for r in group if r[k] is not None]
