@@ -116,7 +116,7 @@ def check_inputs(args) -> None:
     if args.initweightfile and not Path(args.initweightfile).is_file():
         raise InputError(f"cannot start training:\n  init weights not found: {args.initweightfile}")
     preflight.check_training_inputs(args.datacfg, args.modelcfg, args.initweightfile,
-                                    allow_partial=allow_partial(args),
+                                    until_last=not args.init_all_layers, allow_partial=allow_partial(args),
                                     teacher_cfg=args.teacher_cfg if args.distiled else None,
                                     teacher_weights=args.teacher_weights if args.distiled else None,
                                     bg_dir=args.bg_dir)

@@ -70,6 +70,9 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
     p.add_argument("--allow-partial-weights", action="store_true",
                    help="accept init weights that fill only part of the network (automatic for darknet's "
                         "truncated backbones, *.conv.N)")
+    p.add_argument("--init-all-layers", action="store_true",
+                   help="load every layer of --initweightfile, the output conv too (continue from a trained model "
+                        "of the same cfg); default: all but the output conv, as the originals ('until last')")
     p.add_argument("--recipe", default=None, choices=recipes.RECIPES,
                    help="original (default with --datacfg): the papers' recipe exactly; fast (default of the "
                         "main job): AdamW, cosine, EMA, confidence floor, neighbour cells, frozen first conv, "
@@ -347,7 +350,7 @@ def run(args, variant: Variant) -> dict:
     fast = args.recipe == "fast"
 
     model = build_model(args.modelcfg, args.initweightfile, device, args.channels_last, partial=allow_partial(args),
-                        quiet=args.quiet or rank != 0)
+                        until_last=not getattr(args, "init_all_layers", False), quiet=args.quiet or rank != 0)
     model.seen = 0  # the original resets the counter after loading the init weights
     check_output(model, args.modelcfg)
     variant.check_model(model)

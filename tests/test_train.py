@@ -286,6 +286,40 @@ def test_distillation_runs_with_the_chosen_mode(synth, tmp_path, monkeypatch):
     assert seen_modes == [("fixed", 1.0, "gt", False)] * 3
 
 
+def test_init_all_layers_continues_from_a_trained_model(synth, tmp_path, monkeypatch):
+    """--init-all-layers loads the output conv too: a model of the same cfg continues where it was;
+    without it the head is fresh (the originals' 'until last'). A file whose head does not fit the
+    cfg (the VOC backbone's 125 filters) is refused before training."""
+    import training
+
+    trained = Darknet(TRIAL3)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.uniform_(-0.1, 0.1)
+    trained.save_weights(tmp_path / "trained.weights")
+    head = trained.models[-2][0].weight.detach().clone()  # the output conv (the last block is [region])
+    built, real_build = [], training.build_model
+
+    def spy(*args, **kw):
+        model = real_build(*args, **kw)
+        built.append(model.models[-2][0].weight.detach().cpu().clone())
+        return model
+
+    monkeypatch.setattr(training, "build_model", spy)
+
+    def args(backup, weights, *extra):
+        return [str(synth), TRIAL3, str(weights), "--backupdir", str(tmp_path / backup), "--batch-size", "4",
+                "--train-size", str(SIZE), "--test-size", str(SIZE), "--workers", "0", "--quiet", "--epochs", "1",
+                "--max-batches", "1", *extra]
+
+    run_main(args("all", tmp_path / "trained.weights", "--init-all-layers"))
+    run_main(args("until_last", tmp_path / "trained.weights"))
+    assert torch.equal(built[0], head) and not torch.equal(built[1], head)
+    with pytest.raises(InputError, match="tiny-yolov2-trial3-voc.weights"):
+        run_main(args("voc", BACKBONE3, "--init-all-layers"))
+    assert not (tmp_path / "voc").exists()
+
+
 @pytest.mark.parametrize("extra", [[], ["--distiled", "1"]])
 def test_kd_neighbours_without_distillation_in_the_fast_recipe_is_refused(synth, tmp_path, extra):
     """--kd-neighbours teacher only means something for a distilled student of the fast recipe (D66)."""
