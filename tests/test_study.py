@@ -279,3 +279,46 @@ def test_intervals_and_verdict_on_fixed_inputs():
     rows = [dict(r, n=2400) for r in rows]  # ten times the test images: the sampling error shrinks to 2.8
     (d,) = run_study.paired_differences(rows, "acc_2d")
     assert d["sampling"] == pytest.approx(2.810, abs=1e-3) and d["verdict"] == "better"
+
+
+# --------------------------------------------------------------------------------------------
+# tools/fork_numbers.py: the fork's numbers experiment (issue 24)
+# --------------------------------------------------------------------------------------------
+
+def test_the_fork_rule_keeps_the_first_test_unless_5px_improves():
+    from tools import fork_numbers
+
+    evals = [dict(epoch=10, acc_2d_5px=4.0, acc_2d_10px=40.0), dict(epoch=20, acc_2d_5px=0.0, acc_2d_10px=45.0),
+             dict(epoch=30, acc_2d_5px=4.0, acc_2d_10px=60.0), dict(epoch=40, acc_2d_5px=0.0, acc_2d_10px=0.0)]
+    assert fork_numbers.fork_pick(evals)["epoch"] == 10  # ties at 5 px never replace it (strictly greater)
+    assert fork_numbers.our_pick(evals)["epoch"] == 30  # 5 px + 10 px (training.best_score)
+    zeros = [dict(epoch=e, acc_2d_5px=0.0, acc_2d_10px=0.0) for e in (10, 20)]
+    assert fork_numbers.fork_pick(zeros)["epoch"] == 10  # the fork's best starts at -1: the first test is saved
+
+
+@pytest.mark.slow
+def test_fork_numbers_end_to_end(tmp_path):
+    from tools import fork_numbers
+
+    out = tmp_path / "study"
+    with pytest.raises(InputError, match="the study has not made these yet"):
+        fork_numbers.main(fork_numbers.get_args_parser().parse_args(["--study", str(out)]))
+    study(out, "--seeds", "0", "--modes", "none")  # the teacher and the trained student
+    argv = ["--study", str(out), "--epochs", "2", "--steps-per-epoch", "1", "--size", "64", "--device", "cpu",
+            "--cells", "fork-trained,fork-backbone,none-trained", "--publish", str(tmp_path / "pub")]
+    record = fork_numbers.main(fork_numbers.get_args_parser().parse_args(argv))
+    assert list(record["cells"]) == ["fork-trained", "fork-backbone", "none-trained"]
+    for cell in record["cells"].values():
+        assert [e["epoch"] for e in cell["evals"]] == [1] and cell["evals"][0]["steps"] == 1
+        assert cell["fork_pick"] == cell["evals"][0]
+    lines = (out / "fork_numbers/commands.txt").read_text().splitlines()
+    assert len(lines) == 3
+    assert "--init-all-layers" in lines[0] and "--kd-mode fork" in lines[0] and "trial3-none-s0" in lines[0]
+    assert "--init-all-layers" not in lines[1] and "--kd-mode fork" in lines[1]
+    assert "--init-all-layers" in lines[2] and "--distiled" not in lines[2]
+    assert all("--recipe original" in line and "--batch-size 16" in line for line in lines)
+    for name in ("results.json", "results.md", "fork_numbers.png", "fork-trained_metrics.jsonl"):
+        assert (tmp_path / "pub" / name).is_file(), name
+    # a second call redoes nothing
+    fork_numbers.main(fork_numbers.get_args_parser().parse_args(argv))
+    assert len((out / "fork_numbers/commands.txt").read_text().splitlines()) == 3
