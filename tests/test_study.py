@@ -194,6 +194,22 @@ def test_folder_of_another_budget_is_refused(tmp_path):
         run_study.claim_folder(tmp_path / "s3", tiny, None)
 
 
+def test_folder_with_other_cells_or_images_is_refused(tmp_path):
+    """A study folder whose runs were made with another cell (here another --kd-alpha for the same
+    run name) or another image count is refused before any training, nothing overwritten."""
+    out = _claimed_with_data(tmp_path)
+    b = run_study.resolve_budget(run_study.get_args_parser().parse_args(TINY))
+    run = run_study.Run("trial3-fixed-s0", "trial3", "fixed", 0, "obj00", out / "runs/trial3-fixed-s0/obj00")
+    theirs = dict(run_study.cell_of(run, b, run_study.NETWORKS["trial3"][1]), kd_alpha=0.5)
+    run_study.write_text(run.folder / "run.json", json.dumps(theirs))
+    with pytest.raises(InputError, match="(?s)other cells.*trial3-fixed-s0.*kd_alpha: 0.5 there, 1.0 now"):
+        study(out)
+    assert not (out / "runs/teacher").exists() and json.loads((run.folder / "run.json").read_text()) == theirs
+    more = [("16" if prev == "--images-per-object" else a) for prev, a in zip(["", *TINY], TINY)]
+    with pytest.raises(InputError, match="another budget.*images: 12 there, 16 now"):
+        run_study.main(run_study.get_args_parser().parse_args(["--out", str(out), *more]))
+
+
 def _claimed_with_data(tmp_path):
     """A study folder with its (tiny) synthetic data made, and no run started."""
     out = tmp_path / "study"

@@ -29,7 +29,9 @@ Every run writes OUT/runs/<run>/<object>/ (train.py's outputs, valid_test.json, 
 OUT/commands.txt has every command with its seed, OUT/results.{csv,json,md} the rows, the mean and
 standard deviation over seeds and the paired differences against `none`, OUT/students.png one
 point per seed. The study resumes: a finished run is never redone, a killed one continues from its
-checkpoint (`--resume`), so run the same command again after a stop. --publish DIR copies the small
+checkpoint (`--resume`), so run the same command again after a stop. Each run records its cell
+(network, distillation flags, seed, init, budget) in `<run>/run.json`; a call that would train a
+run differently, or a budget with other images or epochs, is refused before any training. --publish DIR copies the small
 files (commands, results, figures, per-run valid JSON and metrics) into DIR (docs/results/cpu).
 """
 from __future__ import annotations
@@ -382,6 +384,32 @@ def teacher_weights_for(runs: list[Run], obj: str, given: str | None) -> str:
     return str(next(r for r in runs if r.run == "teacher" and r.obj == obj).folder / "model.weights")
 
 
+def cell_of(run: Run, b: Budget, init: str | None) -> dict:
+    """What makes a run's model: its network, distillation flags, seed, init weights and budget.
+    Written to `<run>/run.json` when it starts; a later call that would train it otherwise is refused."""
+    is_teacher = run.run == "teacher"
+    kd = dict(zip(("kd_mode", "kd_alpha", "kd_neighbours"), kd_of(run.kd))) if run.kd != "none" else {}
+    return {"run": run.run, "cfg": run.cfg, "seed": run.seed, "init": init and portable(str(init)), **kd,
+            "epochs": b.teacher_epochs if is_teacher else b.student_epochs,
+            "minutes": b.teacher_minutes if is_teacher else b.student_minutes}
+
+
+def check_cells(runs: list[Run], b: Budget, inits: dict[str, str | None]) -> None:
+    """Before any training: every run folder made by an earlier call holds the same cell (run.json),
+    else InputError naming the run and the difference (a folder made with other cells or images)."""
+    problems = []
+    for run in runs:
+        path = run.folder / "run.json"
+        if path.is_file():
+            theirs, mine = json.loads(path.read_text()), cell_of(run, b, inits[run.run])
+            diff = [f"{k}: {theirs.get(k)!r} there, {v!r} now" for k, v in mine.items() if theirs.get(k) != v]
+            if diff:
+                problems.append(f"{run.folder}: " + "; ".join(diff))
+    if problems:
+        raise InputError("the study folder holds runs made with other cells; use another --out:\n  "
+                         + "\n  ".join(problems))
+
+
 def check_teachers(runs: list[Run], b: Budget, given: str | None, retry: bool) -> None:
     """Before any training: a distilled student needs a teacher that exists or will be trained."""
     if not any(r.kd != "none" for r in runs):
@@ -494,7 +522,9 @@ def train_and_score(run: Run, b: Budget, datacfg: Path, args, init: str | None, 
         (run.folder / "failed.json").unlink()  # --retry-failed (check_teachers refused it otherwise)
         s = "killed" if (run.folder / "checkpoint.pt").is_file() else "new"
     if s != "done":
-        overwrite = run.folder.is_dir() and any(run.folder.iterdir())
+        if s == "new":
+            write_text(run.folder / "run.json", json.dumps(cell_of(run, b, init), indent=1) + "\n")
+        overwrite = run.folder.is_dir() and any(p.name != "run.json" for p in run.folder.iterdir())
         cmd = train_command(run, b, train_datacfg or datacfg, args, init, teacher, resume=s == "killed",
                             overwrite=overwrite)
         try:
@@ -788,11 +818,13 @@ def main(args) -> list[dict]:
     if args.teacher_weights:
         runs = [r for r in runs if r.run != "teacher"]
     init_teacher = teacher_init_file(out, b) if any(r.run == "teacher" for r in runs) else None
+    inits = {r.run: init_teacher if r.run == "teacher" else NETWORKS[r.network][1] for r in runs}
+    check_cells(runs, b, inits)
     for run in runs:
+        init = inits[run.run]
         if run.run == "teacher":
-            init, teacher = init_teacher, None
+            teacher = None
         else:
-            init = NETWORKS[run.network][1]
             teacher = teacher_weights_for(runs, run.obj, args.teacher_weights) if run.kd != "none" else None
         train_on = teacher_data(out, objects[run.obj]) if run.run == "teacher" else None
         train_and_score(run, b, objects[run.obj], args, init, teacher, log, commands, train_on)
