@@ -325,7 +325,7 @@ def test_fork_numbers_end_to_end(tmp_path):
     record = fork_numbers.main(fork_numbers.get_args_parser().parse_args(argv))
     assert list(record["cells"]) == ["fork-trained", "fork-backbone", "none-trained"]
     for cell in record["cells"].values():
-        assert [e["epoch"] for e in cell["evals"]] == [1] and cell["evals"][0]["steps"] == 1
+        assert [e["epoch"] for e in cell["evals"]] == [1] and cell["evals"][0]["steps"] == 2  # 2 epochs of 1 step
         assert cell["fork_pick"] == cell["evals"][0]
     lines = (out / "fork_numbers/commands.txt").read_text().splitlines()
     assert len(lines) == 3

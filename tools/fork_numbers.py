@@ -9,7 +9,7 @@ distillation against 34.87 % without. The explanation tested here: the fork's st
 from an already trained student's weights, and the original recipe's best-model rule kept an
 early evaluation. The fork's train.py tests first after epoch 10, always saves that first test
 (its best starts at -1) and replaces it only when the 5 px accuracy is strictly greater (design
-§7.3); with ~180 LINEMOD training images per object and batch 16, epoch 10 is ~120 SGD steps at
+§7.3); with ~180 LINEMOD training images per object and batch 16, epoch 10 is ~130 SGD steps at
 the cfg's learning rate, little enough to leave a trained model almost as it was.
 
 The cells, each the original recipe in the fork's cadence (`--epochs E --max-batches S` steps per
@@ -20,6 +20,8 @@ each a train.py run on the study's synthetic object with the study's teacher:
   fork-backbone  --kd-mode fork from the trained student's backbone, a fresh head (the fork's 'until last')
   none-trained   no distillation from the trained student, every layer: the control
   fork-voc       --kd-mode fork from the VOC backbone, as the study's fork students
+  fixed-trained  --kd-mode fixed (the right channels) from the trained student, every layer: is it
+                 the bug or the teacher?
 
 Writes OUT/<cell>/ (train.py's outputs), OUT/results.json (every evaluation, and the evaluation
 each best-model rule keeps: the fork's, 5 px strictly greater from -1; ours, design D23),
@@ -52,6 +54,7 @@ CELLS = {
     "fork-backbone": ("fork", "trained", False),
     "none-trained": ("none", "trained", True),
     "fork-voc": ("fork", "voc", False),
+    "fixed-trained": ("fixed", "trained", True),
 }
 FORK_EVAL_EVERY = 10  # the fork's train.py: a test after every epoch e with e % 10 == 0, e > 0 (design §7.3)
 FORK_BATCH = 16  # the trial 3 cfg's batch
@@ -128,10 +131,10 @@ def our_pick(evals: list[dict]) -> dict:
     return best
 
 
-def cell_result(folder: Path, steps_per_epoch: int) -> dict:
+def cell_result(folder: Path) -> dict:
     keys = ("epoch", "seen", "acc_2d_5px", "acc_2d_10px", "acc_add", "mean_err_2d", "n")
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    evals = [{k: r.get(k) for k in keys} | {"steps": r["epoch"] * steps_per_epoch} for r in rows]
+    evals = [{k: r.get(k) for k in keys} | {"steps": r["seen"] // FORK_BATCH} for r in rows]  # epoch e: e + 1 done
     return {"evals": evals, "fork_pick": fork_pick(evals), "our_pick": our_pick(evals)}
 
 
@@ -201,7 +204,7 @@ def main(args) -> dict:
         if code:
             raise InputError(f"cell {cell} failed (exit {code}); see {folder / 'train.log'}")
         write_text(folder / "done.json", json.dumps({"cell": cell}) + "\n")
-    results = {cell: cell_result(out / cell, args.steps_per_epoch) for cell in cells}
+    results = {cell: cell_result(out / cell) for cell in cells}
     student_test = study / "runs" / args.student / inputs["data"].stem / "valid_test.json"
     start = json.loads(student_test.read_text())["objects"][0] if student_test.is_file() else None
     record = {"student": args.student, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
