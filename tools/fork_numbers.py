@@ -131,10 +131,11 @@ def our_pick(evals: list[dict]) -> dict:
     return best
 
 
-def cell_result(folder: Path) -> dict:
+def cell_result(folder: Path, steps_per_epoch: int) -> dict:
     keys = ("epoch", "seen", "acc_2d_5px", "acc_2d_10px", "acc_add", "mean_err_2d", "n")
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    evals = [{k: r.get(k) for k in keys} | {"steps": r["seen"] // FORK_BATCH} for r in rows]  # epoch e: e + 1 done
+    # after epoch e (0-based), e + 1 epochs of steps_per_epoch steps each (--max-batches) are done
+    evals = [{k: r.get(k) for k in keys} | {"steps": (r["epoch"] + 1) * steps_per_epoch} for r in rows]
     return {"evals": evals, "fork_pick": fork_pick(evals), "our_pick": our_pick(evals)}
 
 
@@ -204,7 +205,7 @@ def main(args) -> dict:
         if code:
             raise InputError(f"cell {cell} failed (exit {code}); see {folder / 'train.log'}")
         write_text(folder / "done.json", json.dumps({"cell": cell}) + "\n")
-    results = {cell: cell_result(out / cell) for cell in cells}
+    results = {cell: cell_result(out / cell, args.steps_per_epoch) for cell in cells}
     student_test = study / "runs" / args.student / inputs["data"].stem / "valid_test.json"
     start = json.loads(student_test.read_text())["objects"][0] if student_test.is_file() else None
     record = {"student": args.student, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
