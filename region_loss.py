@@ -275,15 +275,20 @@ def teacher_targets(teacher_output: torch.Tensor, mode: str, num_keypoints: int 
     return tx, ty, torch.sigmoid(T[:, :, 2 * K])
 
 
+def blend(gt: torch.Tensor, teacher: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(1 - alpha) * gt + alpha * teacher, elementwise (design §8.3): the one distillation target rule."""
+    return (1.0 - alpha) * gt + alpha * teacher
+
+
 def blend_targets(targets: Targets, teacher: tuple, alpha: float) -> Targets:
-    """Replace coordinate targets and tconf by (1 - alpha) * GT + alpha * teacher (design §8.3).
+    """Replace coordinate targets and tconf by `blend`(GT, teacher, alpha) (design §8.3).
 
     Masks and statistics are kept from the GT. alpha = 1 is the fork (teacher only);
     alpha = 0 is the plain GT loss.
     """
     tx, ty, tconf = (t.to(targets.tx.dtype) for t in teacher)
-    mix = lambda gt, te: (1.0 - alpha) * gt + alpha * te
-    return replace(targets, tx=mix(targets.tx, tx), ty=mix(targets.ty, ty), tconf=mix(targets.tconf, tconf))
+    return replace(targets, tx=blend(targets.tx, tx, alpha), ty=blend(targets.ty, ty, alpha),
+                   tconf=blend(targets.tconf, tconf, alpha))
 
 
 def floor_confidence(targets: Targets, floor: float) -> Targets:
@@ -318,8 +323,8 @@ def add_neighbour_cells(targets: Targets, target: torch.Tensor, noobject_scale: 
     times more corner gradient per image: the fast recipe's main speed-up (design §7.6).
 
     Under distillation the neighbours regress the ground truth unless `teacher` (tx, ty of
-    `teacher_targets`, (B, A, K, H, W)) is given: then (1 - alpha) * GT + alpha * the teacher's
-    corners at that neighbour cell, as the responsible cell's blend (D66).
+    `teacher_targets`, (B, A, K, H, W)) is given: then `blend`(GT, the teacher's corners at that
+    neighbour cell, alpha), as the responsible cell's (D66).
     """
     B, A, H, W = targets.coord_mask.shape
     K = num_keypoints
@@ -348,13 +353,13 @@ def add_neighbour_cells(targets: Targets, target: torch.Tensor, noobject_scale: 
             bb, aa, ii, jj = b[ok], n[ok], ni[ok], nj[ok]
             point[bb, aa, :, jj, ii] = 1.0
             point[bb, aa, 0, jj, ii] = 0.0  # no centroid target
-            gt_x = (gx[ok] - ii[:, None].to(gx.dtype)).to(tx.dtype)
-            gt_y = (gy[ok] - jj[:, None].to(gy.dtype)).to(ty.dtype)
+            x = (gx[ok] - ii[:, None].to(gx.dtype)).to(tx.dtype)
+            y = (gy[ok] - jj[:, None].to(gy.dtype)).to(ty.dtype)
             if teacher is not None:
-                te_x, te_y = (t[bb, aa, :, jj, ii].to(tx.dtype) for t in teacher[:2])
-                gt_x, gt_y = (1.0 - alpha) * gt_x + alpha * te_x, (1.0 - alpha) * gt_y + alpha * te_y
-            tx[bb, aa, :, jj, ii] = gt_x
-            ty[bb, aa, :, jj, ii] = gt_y
+                x = blend(x, teacher[0][bb, aa, :, jj, ii].to(tx.dtype), alpha)
+                y = blend(y, teacher[1][bb, aa, :, jj, ii].to(ty.dtype), alpha)
+            tx[bb, aa, :, jj, ii] = x
+            ty[bb, aa, :, jj, ii] = y
             conf_mask[bb, aa, jj, ii] = float(noobject_scale)  # never ignored: a background cell
     return replace(targets, point_mask=point, tx=tx, ty=ty, conf_mask=conf_mask)
 
