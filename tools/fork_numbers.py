@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -41,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import cli
 from errors import InputError, run_cli
-from linemod_format import append_text, write_text
+from linemod_format import write_text
+from tools import run_study
 from training import best_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,15 +194,11 @@ def main(args) -> dict:
         folder = out / cell
         if (folder / "done.json").is_file():
             continue
-        cmd = train_command(cell, inputs, folder, args)
-        line = " ".join(shlex.quote(c) for c in cmd)
-        append_text(commands, line.replace(sys.executable, "python").replace(str(ROOT) + "/", "") + "\n")
-        print(f"$ {line}", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "train.log", "a") as log:
-            code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-        if code:
-            raise InputError(f"cell {cell} failed (exit {code}); see {folder / 'train.log'}")
+        try:  # the study's runner: the command noted in commands.txt, its output in the cell's log
+            run_study.execute(train_command(cell, inputs, folder, args), folder / "train.log", commands)
+        except run_study.RunFailed as exc:
+            raise InputError(f"cell {cell} failed (exit {exc.code}); see {folder / 'train.log'}") from None
         write_text(folder / "done.json", json.dumps({"cell": cell}) + "\n")
     results = {cell: cell_result(out / cell, args.steps_per_epoch) for cell in cells}
     student_test = study / "runs" / args.student / inputs["data"].stem / "valid_test.json"

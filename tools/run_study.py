@@ -31,8 +31,9 @@ standard deviation over seeds and the paired differences against `none`, OUT/stu
 point per seed. The study resumes: a finished run is never redone, a killed one continues from its
 checkpoint (`--resume`), so run the same command again after a stop. Each run records its cell
 (network, distillation flags, seed, init, budget) in `<run>/run.json`; a call that would train a
-run differently, or a budget with other images or epochs, is refused before any training. --publish DIR copies the small
-files (commands, results, figures, per-run valid JSON and metrics) into DIR (docs/results/cpu).
+run differently, or a budget with other images or epochs, is refused before any training.
+--publish DIR copies the small files (commands, results, figures, per-run valid JSON and metrics)
+into DIR (docs/results/cpu).
 """
 from __future__ import annotations
 
