@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import cli
 from errors import InputError, run_cli
+from evaluation import skipped_by_all
 from linemod_format import write_text
 from tools import run_study
 from training import best_score
@@ -77,8 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def study_inputs(study: Path, student: str) -> dict[str, Path]:
     """The study's object .data, its teacher's and the trained student's weights; InputError if one is missing."""
-    cfgs = sorted((study / "data" / "cfg").glob("obj*.data"))
-    cfgs = [c for c in cfgs if "_fresh" not in c.stem]
+    cfgs = sorted(c for c in (study / "data" / "cfg").glob("*.data") if not skipped_by_all(c))  # as run_study
     found = {"data": cfgs[0] if cfgs else study / "data" / "cfg" / "obj00.data"}
     obj = found["data"].stem
     found["teacher"] = study / "runs" / "teacher" / obj / "model.weights"
