@@ -257,12 +257,17 @@ def test_gpu_budget_runs_the_forks_protocol(tmp_path):
 
 
 def test_study_modes_map_to_kd_flags():
-    assert run_study.kd_of("fixed") == ("fixed", 1.0, "gt") and run_study.kd_of("fork") == ("fork", 1.0, "gt")
-    assert run_study.kd_of("fixed-a0.5") == ("fixed", 0.5, "gt")
-    assert run_study.kd_of("fixed-nt") == ("fixed", 1.0, "teacher")
-    assert run_study.kd_of("fixed-a0.5-nt") == ("fixed", 0.5, "teacher")
+    def flags(mode, alpha, neighbours):
+        return {"kd_mode": mode, "kd_alpha": alpha, "kd_neighbours": neighbours}
+
+    assert run_study.kd_flags("none") == {}
+    assert run_study.kd_flags("fixed") == flags("fixed", 1.0, "gt")
+    assert run_study.kd_flags("fork") == flags("fork", 1.0, "gt")
+    assert run_study.kd_flags("fixed-a0.5") == flags("fixed", 0.5, "gt")
+    assert run_study.kd_flags("fixed-nt") == flags("fixed", 1.0, "teacher")
+    assert run_study.kd_flags("fixed-a0.5-nt") == flags("fixed", 0.5, "teacher")
     with pytest.raises(ValueError, match="unknown suffix 'x'"):
-        run_study.kd_of("fixed-x")
+        run_study.kd_flags("fixed-x")
     b = run_study.BUDGETS["cpu"]
     assert b.student_minutes is None and b.student_epochs == run_study.CPU_STUDENT_EPOCHS  # equal images
     # an epoch budget for the teacher too: the same teacher on a busy machine
@@ -310,6 +315,7 @@ def test_the_fork_rule_keeps_the_first_test_unless_5px_improves():
     assert fork_numbers.our_pick(evals)["epoch"] == 30  # 5 px + 10 px (training.best_score)
     zeros = [dict(epoch=e, acc_2d_5px=0.0, acc_2d_10px=0.0) for e in (10, 20)]
     assert fork_numbers.fork_pick(zeros)["epoch"] == 10  # the fork's best starts at -1: the first test is saved
+    assert fork_numbers.our_pick(zeros)["epoch"] == 10  # ours too keeps the first of equal scores
 
 
 @pytest.mark.slow

@@ -121,13 +121,9 @@ def fork_pick(evals: list[dict]) -> dict:
 
 
 def our_pick(evals: list[dict]) -> dict:
-    """The evaluation train.py keeps (training.best_score: 5 px + 10 px, ties by 5 px, strictly better)."""
-    best = None
-    for e in evals:
-        if best is None or best_score(e["acc_2d_5px"], e["acc_2d_10px"]) > best_score(best["acc_2d_5px"],
-                                                                                     best["acc_2d_10px"]):
-            best = e
-    return best
+    """The evaluation train.py keeps (training.best_score: 5 px + 10 px, ties by 5 px, strictly better:
+    max keeps the first of equal scores)."""
+    return max(evals, key=lambda e: best_score(e["acc_2d_5px"], e["acc_2d_10px"]))
 
 
 def cell_result(folder: Path, steps_per_epoch: int) -> dict:
@@ -154,7 +150,9 @@ def markdown(results: dict, start: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(out: Path, results: dict) -> Path:
+def plot(out: Path, results: dict, start: dict | None) -> Path:
+    """Accuracy against SGD steps per cell; a cell that starts from every layer of the trained student
+    starts at step 0 with that student's own test accuracy (`start`), so the first steps' effect shows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,9 +160,9 @@ def plot(out: Path, results: dict) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
     for cell, r in results.items():
-        steps = [e["steps"] for e in r["evals"]]
+        points = ([{"steps": 0, **start}] if start and CELLS[cell][1:] == ("trained", True) else []) + r["evals"]
         for ax, key in zip(axes, ("acc_2d_5px", "acc_2d_10px")):
-            ax.plot(steps, [e[key] for e in r["evals"]], marker="o", label=cell)
+            ax.plot([e["steps"] for e in points], [e[key] for e in points], marker="o", label=cell)
     for ax, title in zip(axes, ("2-D accuracy at 5 px (%)", "at 10 px (%)")):
         ax.set_title(title)
         ax.set_xlabel("SGD steps (batch 16)")
@@ -209,7 +207,7 @@ def main(args) -> dict:
     write_text(out / "results.json", json.dumps(record, indent=1) + "\n")
     table = markdown(results, record["student_test"])
     write_text(out / "results.md", table)
-    plot(out, results)
+    plot(out, results, record["student_test"])
     print(table)
     if args.publish:
         dest = Path(args.publish)

@@ -73,9 +73,12 @@ NETWORKS = {  # name: (cfg, init weights or None for random)
 MODES = ("none", "fork", "fixed", "fixed-a0.5", "fixed-nt")
 
 
-def kd_of(mode: str) -> tuple[str, float, str]:
-    """(train.py --kd-mode, --kd-alpha, --kd-neighbours) of a study mode: 'fixed-a0.5' -> ('fixed', 0.5,
-    'gt'), 'fixed-nt' -> ('fixed', 1.0, 'teacher'); alpha 1 and the GT neighbours without a suffix."""
+def kd_flags(mode: str) -> dict:
+    """train.py's distillation flags of a study mode ({} for 'none'): 'fixed-a0.5' -> {kd_mode: 'fixed',
+    kd_alpha: 0.5, kd_neighbours: 'gt'}, 'fixed-nt' -> neighbours 'teacher'; alpha 1 and the GT neighbours
+    without a suffix."""
+    if mode == "none":
+        return {}
     kd, *suffixes = mode.split("-")
     alpha, neighbours = 1.0, "gt"
     for suffix in suffixes:
@@ -85,7 +88,9 @@ def kd_of(mode: str) -> tuple[str, float, str]:
             alpha = float(suffix[1:])
         else:
             raise ValueError(f"study mode {mode!r}: unknown suffix {suffix!r}")
-    return kd, alpha, neighbours
+    return {"kd_mode": kd, "kd_alpha": alpha, "kd_neighbours": neighbours}
+
+
 # Tiny-YOLOv2's first four 3x3 convolutions (16, 32, 64, 128 filters, with their max-pools: cfg
 # layers 0-7) have the same shapes as YOLO-LITE trial 3's, so its VOC backbone can seed them (D53).
 TRIAL3_SEED_LAYERS = 8
@@ -199,7 +204,7 @@ def resolve_budget(args) -> Budget:
         changes["students"] = _name_list("--students", args.students, [k for k in NETWORKS if k != "yolov2"])
     if args.modes is not None:
         changes["modes"] = _name_list("--modes", args.modes, MODES)
-    neighbour_modes = [m for m in changes.get("modes", b.modes) if m != "none" and kd_of(m)[2] != "gt"]
+    neighbour_modes = [m for m in changes.get("modes", b.modes) if kd_flags(m).get("kd_neighbours", "gt") != "gt"]
     if neighbour_modes and b.recipe != "fast":
         raise FlagError(f"--modes {','.join(neighbour_modes)}: the neighbour cells are the fast recipe's; "
                         f"budget {b.name!r} trains the {b.recipe} recipe")
@@ -389,7 +394,7 @@ def cell_of(run: Run, b: Budget, init: str | None) -> dict:
     """What makes a run's model: its network, distillation flags, seed, init weights and budget.
     Written to `<run>/run.json` when it starts; a later call that would train it otherwise is refused."""
     is_teacher = run.run == "teacher"
-    kd = dict(zip(("kd_mode", "kd_alpha", "kd_neighbours"), kd_of(run.kd))) if run.kd != "none" else {}
+    kd = kd_flags(run.kd)
     return {"run": run.run, "cfg": run.cfg, "seed": run.seed, "init": init and portable(str(init)), **kd,
             "epochs": b.teacher_epochs if is_teacher else b.student_epochs,
             "minutes": b.teacher_minutes if is_teacher else b.student_minutes}
@@ -490,10 +495,9 @@ def train_command(run: Run, b: Budget, datacfg: Path, args, init: str | None, te
         cmd += ["--pretrain_num_epochs", str(max(-1, min(epochs // 5, epochs - 2)))]
     if is_teacher and "fresh" in splits_of(datacfg, b):
         cmd += ["--also-valid", str(fresh_of(datacfg, b))]
-    if run.kd != "none":
-        kd_mode, kd_alpha, kd_neighbours = kd_of(run.kd)
-        cmd += ["--distiled", "1", "--kd-mode", kd_mode, "--kd-alpha", f"{kd_alpha:g}",
-                "--kd-neighbours", kd_neighbours, "--teacher-cfg", NETWORKS[b.teacher][0], "--teacher-weights", teacher]
+    if kd := kd_flags(run.kd):
+        cmd += ["--distiled", "1", "--kd-mode", kd["kd_mode"], "--kd-alpha", f"{kd['kd_alpha']:g}",
+                "--kd-neighbours", kd["kd_neighbours"], "--teacher-cfg", NETWORKS[b.teacher][0], "--teacher-weights", teacher]
     if resume:
         cmd += ["--resume"]
     elif overwrite:
@@ -598,8 +602,9 @@ def verdict(mean: float, spread: float | None, sampling: float | None, lower_is_
 def run_row(run: Run, split: str) -> dict:
     """One row: the run's valid.py scores on one split, and its training throughput."""
     summary = json.loads((run.folder / f"valid_{split}.json").read_text())["objects"][0]
-    kd_alpha, kd_neighbours = kd_of(run.kd)[1:] if run.kd != "none" else (0.0, None)
-    row = {"run": run.run, "network": run.network, "kd": run.kd, "kd_alpha": kd_alpha, "kd_neighbours": kd_neighbours,
+    kd = kd_flags(run.kd)
+    row = {"run": run.run, "network": run.network, "kd": run.kd, "kd_alpha": kd.get("kd_alpha", 0.0),
+           "kd_neighbours": kd.get("kd_neighbours"),
            "seed": run.seed, "object": run.obj, "split": split,
            **{k: summary.get(k) for k in ROW_METRICS}, "n": summary.get("n")}
     for k in ACCURACY_METRICS:  # the 95 % interval of each accuracy for its number of test objects
