@@ -336,6 +336,69 @@ def read_gray(path, size: tuple[int, int], kind: str = "mask") -> np.ndarray:
     return arr
 
 
+CACHE_RAM_SHARE = 0.5  # --cache-images may take at most this share of the memory free when it starts
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A training image decoded once (--cache-images, design D67): `full` (H, W, 3) uint8 BGR, `half`
+    its 2x reduction as the JPEG decoder makes it (None for other formats: `image.halve` then), `mask`
+    (H, W) uint8 or None. The arrays are read-only: the samples made from them never write into them."""
+    full: np.ndarray
+    half: np.ndarray | None
+    mask: np.ndarray | None
+
+    def image(self, halved: bool) -> np.ndarray:
+        """What `decode_rgb(data, path, halved=halved, bgr=True)` returns for this file, without decoding."""
+        if not halved:
+            return self.full
+        return self.half if self.half is not None else im.halve(self.full)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.full, self.half, self.mask) if a is not None)
+
+
+def decode_once(path, mask: bool = True, halves: bool = True) -> DecodedImage:
+    """Decode a training image (and its mask) for the cache, with the uncached fast path's readers and
+    checks, so that its pixels and its errors are the same. halves: keep a JPEG's 2x reduction too
+    (the single-object fast path decodes at half size when the crop shrinks 2x, D49)."""
+    path = os.fspath(path)
+    data = read_bytes(path)
+    w0, h0 = encoded_size(data) or image_size(path)
+    check_pixels(path, (w0, h0))
+    full = decode_rgb(data, path, bgr=True)
+    if full.shape[:2] != (h0, w0):
+        raise InputError(f"{path}: the image decodes to {full.shape[1]}x{full.shape[0]}, its header says {w0}x{h0}")
+    half = decode_rgb(data, path, halved=True, bgr=True) if halves and data[:2] == JPEG_SOI else None
+    arrays = (full, half, read_gray(mask_path(path), (w0, h0)) if mask else None)
+    for a in arrays:
+        if a is not None:
+            a.setflags(write=False)
+    return DecodedImage(*arrays)
+
+
+def decoded_bytes_estimate(paths: Sequence[str], halves: bool) -> int:
+    """The bytes `decode_once` will hold for `paths`, from their headers: BGR image, JPEG half, mask."""
+    total = 0
+    for path in paths:
+        w, h = image_size(path)
+        total += w * h * 4 + (((w + 1) // 2) * ((h + 1) // 2) * 3 if halves else 0)
+    return total
+
+
+def free_memory_bytes() -> int | None:
+    """Memory available to this process now (Linux: MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def load_mask(path, size: tuple[int, int]) -> Image.Image:
     """An object mask as a PIL 'L' image; ImageError (a ValueError) naming the file if it is not `size` (w, h)."""
     mask = load_image(path, "mask", mode="L")
@@ -430,8 +493,12 @@ def _augment_object(img, mask, rng: np.random.Generator, size: int, *,
     return img, mask, im.crop_label_params(offsets, ow, oh, shift_xy, size), flip
 
 
-def _read_object(path, fast: bool):
-    """(image, mask) of a training image: PIL (the Pillow path) or uint8 BGR (H, W, 3) and (H, W) (cv2 path)."""
+def _read_object(path, fast: bool, decoded: Mapping[str, DecodedImage] | None = None):
+    """(image, mask) of a training image: PIL (the Pillow path) or uint8 BGR (H, W, 3) and (H, W) (cv2
+    path; from `decoded` when it holds the file, D67)."""
+    cached = decoded.get(path) if decoded else None
+    if cached is not None:
+        return cached.full, cached.mask
     if fast:
         img = decode_rgb(read_bytes(path), path, bgr=True)
         return img, read_gray(mask_path(path), (img.shape[1], img.shape[0]))
@@ -443,7 +510,7 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
                         rng: np.random.Generator, background, *, jitter: float = MULTI_JITTER,
                         resample: str = im.DEFAULT_RESAMPLE, fix_crop: bool = False,
                         repro_label_bugs: bool = False, max_tries: int = MAX_PASTE_TRIES,
-                        fast: bool = False) -> MultiObjectSample:
+                        fast: bool = False, decoded: Mapping[str, DecodedImage] | None = None) -> MultiObjectSample:
     """The design §6.3 training sample: the main object plus non-overlapping extra objects on a background.
 
     img_path: main image (its object = grand-parent folder); extra_paths: object name -> its
@@ -457,11 +524,12 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
     Default (bugs fixed): the shift pads with black (no wrap) and labels follow the flip
     (x -> 1 - x). `repro_label_bugs=True`: wrap-around shift, labels ignore the flip (D20).
     fast: the cv2 path (decode, crop and resize with cv2, arrays throughout, D63): the same draws,
-    hence the same labels; `image` is then a uint8 BGR array (S, S, 3).
+    hence the same labels; `image` is then a uint8 BGR array (S, S, 3). decoded: path -> its arrays
+    decoded once (the fast path's image cache, D67).
     """
     fixed = not repro_label_bugs
     S = int(size)
-    main_img, main_mask = _read_object(img_path, fast)
+    main_img, main_mask = _read_object(img_path, fast, decoded)
     main_rows = read_label_rows(label_path(img_path))
 
     extras = extra_objects(object_name(img_path), [k for k, v in extra_paths.items() if len(v)])
@@ -480,7 +548,7 @@ def multi_object_sample(img_path, extra_paths: Mapping[str, Sequence[str]], size
         pool = extra_paths[obj]
         for _ in range(max_tries):
             path = pool[int(rng.integers(len(pool)))]
-            x_img, x_mask = _read_object(path, fast)
+            x_img, x_mask = _read_object(path, fast, decoded)
             x_rows = read_label_rows(label_path(path))[:1]
             if fast:
                 x_img = np.where(im.binary_mask(x_mask), x_img, 0).astype(np.uint8)
@@ -588,6 +656,7 @@ class PoseDataset(Dataset):
         self._file_cache: dict[int, np.ndarray] = {}
         self._bad: set[int] = set()
         self._bad_count = _shared_counter()
+        self.decoded: dict[str, DecodedImage] = {}  # path -> its decoded arrays (`cache_images`, D67)
         self._check_files()
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -731,6 +800,36 @@ class PoseDataset(Dataset):
             for k in range(self.procedural_pool):
                 self.pool_background(k, bgr=True)
 
+    cache_halves = True  # the single-object fast path decodes at half size when the crop shrinks 2x (D49)
+
+    def cache_paths(self) -> list[str]:
+        """The image files the fast path reads (the multi-object sample adds its extra objects')."""
+        return [p for i, p in enumerate(self.paths) if i not in self._bad]
+
+    def cache_images(self) -> int:
+        """Decode every training image the fast path reads, and its mask, into RAM now (design D67):
+        loader workers forked after this share the read-only arrays (spawned workers get a copy).
+        The samples are the same, pixel for pixel. Returns the bytes held. InputError, before decoding
+        anything, when they need more than CACHE_RAM_SHARE of the free memory; a bad file raises as
+        a sample would (with skip_bad: a warning, and the sample is skipped)."""
+        if not (self.train and self.fast):
+            raise ValueError("the image cache serves the fast path's training samples (train=True, fast=True)")
+        paths = [p for p in self.cache_paths() if p not in self.decoded]
+        need, free = decoded_bytes_estimate(paths, self.cache_halves), free_memory_bytes()
+        if free is not None and need > CACHE_RAM_SHARE * free:
+            raise InputError(f"{self.source}: caching its {len(paths)} training images decoded needs "
+                             f"{need / 2**30:.2f} GiB, more than {CACHE_RAM_SHARE:.0%} of the {free / 2**30:.2f} GiB "
+                             "of free memory; train without the image cache")
+        index = {p: i for i, p in enumerate(self.paths)}
+        for path in paths:
+            try:
+                self.decoded[path] = decode_once(path, halves=self.cache_halves)
+            except (OSError, ValueError) as e:
+                if not self.skip_bad or path not in index:
+                    raise
+                self._mark_bad(index[path], e)
+        return sum(d.nbytes for d in self.decoded.values())
+
     @property
     def file_pool_size(self) -> int:
         """Background files in the fast path's pool: FILE_POOL, or all files when there are fewer."""
@@ -782,17 +881,25 @@ class PoseDataset(Dataset):
         """
         path = self.paths[index]
         rng = self.rng(index)
-        data = read_bytes(path)
-        w0, h0 = encoded_size(data) or image_size(path)
-        check_pixels(path, (w0, h0))  # before cv2 decodes a bomb (the pre-flight has refused it already)
+        cached = self.decoded.get(path)
+        if cached is None:
+            data = read_bytes(path)
+            w0, h0 = encoded_size(data) or image_size(path)
+            check_pixels(path, (w0, h0))  # before cv2 decodes a bomb (the pre-flight has refused it already)
+        else:
+            h0, w0 = cached.full.shape[:2]
         rows = read_truths(label_path(path), self.label_width)
         bg = self.fast_background(index, size)
         offsets = im.draw_crop_offsets(rng, w0, h0, self.jitter)
         halved = im.shrinks_by_half(offsets, w0, h0, size)  # then decode at half size (D49)
-        img = decode_rgb(data, path, halved=halved, bgr=True)  # BGR until the colour step
-        if not halved and img.shape[:2] != (h0, w0):
-            raise InputError(f"{path}: the image decodes to {img.shape[1]}x{img.shape[0]}, its header says {w0}x{h0}")
-        mask = read_gray(mask_path(path), (w0, h0)) if bg is not None else None
+        if cached is None:
+            img = decode_rgb(data, path, halved=halved, bgr=True)  # BGR until the colour step
+            if not halved and img.shape[:2] != (h0, w0):
+                raise InputError(f"{path}: the image decodes to {img.shape[1]}x{img.shape[0]}, "
+                                 f"its header says {w0}x{h0}")
+            mask = read_gray(mask_path(path), (w0, h0)) if bg is not None else None
+        else:
+            img, mask = cached.image(halved), cached.mask if bg is not None else None
         if halved and mask is not None:
             mask = im.halve(mask)
         out = im.fast_augment(img, mask, bg, offsets, size, self.fix_crop, source_size=(w0, h0) if halved else None)
@@ -875,6 +982,12 @@ class MultiObjectDataset(PoseDataset):
                     if not os.path.exists(f):
                         raise FileNotFoundError(f"{f}: {kind} of extra object {obj!r} not found")
 
+    cache_halves = False  # the composition decodes its objects in full
+
+    def cache_paths(self) -> list[str]:
+        extras = [p for paths in self.extra_paths.values() for p in paths]
+        return list(dict.fromkeys(super().cache_paths() + extras))
+
     def train_sample(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
         if size[0] != size[1]:
             raise ValueError(f"the multi-object sample is square; found size {size}")
@@ -894,7 +1007,7 @@ class MultiObjectDataset(PoseDataset):
         bg = self.fast_background(index, size, always=True)
         s = multi_object_sample(self.paths[index], self.extra_paths, size[0], rng, bg, jitter=self.jitter,
                                 resample=self.resample, fix_crop=self.fix_crop,
-                                repro_label_bugs=self.repro_label_bugs, fast=True)
+                                repro_label_bugs=self.repro_label_bugs, fast=True, decoded=self.decoded)
         out = im.fast_distort(s.image, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure), bgr=True)
         return out, s.labels
 

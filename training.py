@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,6 +99,10 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
     cli.add_seed(p)
     cli.add_workers(p, help="loader workers (default: original min(4, cores); fast 0 on a CPU, where loading "
                             "in the training process is cheaper than the cores a worker takes, else 4)")
+    p.add_argument("--cache-images", action="store_true",
+                   help="fast recipe: decode the training images and masks once into RAM (about 1.5 MB per 640x480 "
+                        "image, shared by the loader workers) instead of every epoch; the same samples. For a GPU, "
+                        "where decoding limits the loader (docs/design.md D67)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on with fast, off with original)")
@@ -188,6 +193,9 @@ def fill_recipe_defaults(args, loss_scales: str, pretrain_num_epochs: int) -> ar
     if args.workers is None:
         cpu_only = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
         args.workers = 0 if fast and cpu_only else min(4, os.cpu_count() or 1)
+    if getattr(args, "cache_images", False) and not fast:
+        raise FlagError("--cache-images serves the fast recipe's cv2 loader; the original recipe's Pillow path "
+                        "decodes every sample (add --recipe fast, or drop the flag)")
     if getattr(args, "kd_neighbours", "gt") != "gt" and not (fast and getattr(args, "distiled", 0)):
         raise FlagError(f"--kd-neighbours {args.kd_neighbours} sets what the fast recipe's neighbour cells regress "
                         "under distillation: it needs --distiled 1 and --recipe fast")
@@ -366,6 +374,12 @@ def run(args, variant: Variant) -> dict:
     teacher = build_teacher(args, model, loss_fn, device) if getattr(args, "distiled", 0) else None
 
     train_set = variant.train_set(model)
+    if getattr(args, "cache_images", False):  # before the workers fork, so that they share it
+        t0 = time.perf_counter()
+        held = train_set.cache_images()
+        if rank == 0 and not args.quiet:
+            print(f"image cache: {len(train_set.decoded)} training images decoded, {held / 2**20:.0f} MiB, "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
     train_set.warm_background_pool()  # before the workers fork, so that they share it
     check_single_image_batches(batch, len(train_set), args.train_size, world)
     test_shape = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)

@@ -13,6 +13,9 @@ image's own background (the fast recipe's default). Rows per case:
     cv2, today's fast path    the fast path as it was before issue 23 item 6 (the BASELINE copy
                               below), with the fast recipe's jitter and background probability
     cv2 fast path             `fast=True` as it is now, same settings
+    cv2 fast path, cached     the same with the training images and masks decoded once into RAM
+                              (`--cache-images`, D67: the same samples); the one-off decoding time
+                              is printed above the table, not counted in images/s
 
 Each row runs one full epoch of `make_train_loader` after one warm-up batch, `--repeats` times
 interleaved with the other rows; the best is kept (the machine may be shared). With 0 workers the
@@ -45,6 +48,7 @@ from utils import IM_HEIGHT, IM_WIDTH, label_row
 BG_FILES = 20  # background JPEGs in the fixture's --bg-dir folder
 BG_SIZE = (640, 480)  # VOC2012's are at most 500 px a side; 640 x 480 costs a little more to decode
 TODAY = "cv2, today's fast path"
+CACHED = "cv2 fast path, cached"
 
 
 def make_fixture(root: str, n: int, seed: int = 0) -> str:
@@ -208,8 +212,12 @@ def case_datasets(list_file: str, bg_dir: str, bg: str) -> list[tuple[str, ds.Po
     fast_kw = dict(fast=True, jitter=recipes.FAST.jitter, bg_dir=bg_dir if files else None,
                    bg_prob=recipes.FAST.bg_prob_with_dir if files else recipes.FAST.bg_prob)
     pillow = ds.PoseDataset(list_file, train=True, bg_dir=bg_dir if files else None)
+    cached = ds.PoseDataset(list_file, train=True, **fast_kw)
+    t0 = time.perf_counter()
+    cached.cache_images()
+    print(f"image cache: {len(cached.decoded)} images decoded in {time.perf_counter() - t0:.2f} s")
     return [("Pillow, original recipe", pillow), (TODAY, TodayFastDataset(list_file, train=True, **fast_kw)),
-            ("cv2 fast path", ds.PoseDataset(list_file, train=True, **fast_kw))]
+            ("cv2 fast path", ds.PoseDataset(list_file, train=True, **fast_kw)), (CACHED, cached)]
 
 
 def main(argv=None) -> list[tuple]:

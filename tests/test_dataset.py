@@ -573,6 +573,83 @@ def test_header_size_and_half_size_decode(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# the image cache (--cache-images, D67): the same samples without decoding every epoch
+# --------------------------------------------------------------------------------------------
+
+def _samples(d, keys):
+    out = []
+    for epoch, i, size in keys:
+        d.set_epoch(epoch)
+        x, t = d[(i, size)]
+        out.append((x.numpy().copy(), t.numpy().copy()))
+    return out
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_cached_samples_are_the_decoded_ones_pixel_for_pixel(tmp_path, monkeypatch, ext):
+    make_linemod(tmp_path, n=3, size=(128, 96), ext=ext)
+    monkeypatch.chdir(tmp_path)
+    kw = dict(train=True, seed=5, fast=True, jitter=0.2, bg_prob=0.5, bg_dir=_photo_backgrounds(tmp_path / "bg"))
+    plain, cached = ds.PoseDataset("LINEMOD/ape/train.txt", **kw), ds.PoseDataset("LINEMOD/ape/train.txt", **kw)
+    held = cached.cache_images()
+    assert sorted(cached.decoded) == sorted(cached.paths) and plain.decoded == {}
+    entry = cached.decoded[cached.paths[0]]
+    assert entry.full.shape == (96, 128, 3) and entry.mask.shape == (96, 128)
+    assert (entry.half is not None) == (ext == ".jpg")  # the decoder's own 2x reduction, JPEG only
+    assert held == sum(e.nbytes for e in cached.decoded.values())
+    with pytest.raises(ValueError, match="read-only"):
+        entry.full[0, 0] = 1  # a sample cannot write into the cache
+    # size 32 shrinks the crop 2x or more (the half-size decode, D49), 96 does not; two epochs each
+    keys = [(e, i, size) for e in (0, 1) for i in range(3) for size in (32, 96)]
+    for (xa, ta), (xb, tb) in zip(_samples(plain, keys), _samples(cached, keys)):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ta, tb)
+    os.remove(cached.paths[0])  # the cache reads no file again
+    _samples(cached, keys)
+
+
+def test_cached_multi_object_samples_are_the_decoded_ones(multi_root, monkeypatch):
+    root, pools = multi_root
+    monkeypatch.chdir(root)
+    plain, cached = (ds.MultiObjectDataset("LINEMOD/ape/train.txt", pools, train=True, seed=2, fast=True)
+                     for _ in range(2))
+    cached.cache_images()
+    extras = {p for paths in pools.values() for p in paths}
+    assert set(cached.decoded) == set(cached.paths) | extras  # the extra objects' images too
+    assert all(e.half is None for e in cached.decoded.values())  # the composition decodes in full
+    keys = [(e, i, 160) for e in (0, 1) for i in range(2)]
+    for (xa, ta), (xb, tb) in zip(_samples(plain, keys), _samples(cached, keys)):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ta, tb)
+
+
+def test_image_cache_refuses_more_than_its_share_of_free_memory(small, monkeypatch):
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, fast=True)
+    need = ds.decoded_bytes_estimate(d.paths, True)
+    assert need == 3 * (64 * 48 * 4 + 32 * 24 * 3)  # BGR + mask, and a half in case of JPEG
+    monkeypatch.setattr(ds, "free_memory_bytes", lambda: int(need / ds.CACHE_RAM_SHARE) - 1)
+    with pytest.raises(ds.InputError, match=r"LINEMOD/ape/train.txt: caching its 3 training images decoded needs"):
+        d.cache_images()
+    assert d.decoded == {}  # refused before decoding anything
+    monkeypatch.setattr(ds, "free_memory_bytes", lambda: int(need / ds.CACHE_RAM_SHARE) + 1)
+    d.cache_images()
+    assert len(d.decoded) == 3
+    with pytest.raises(ValueError, match="serves the fast path"):
+        ds.PoseDataset("LINEMOD/ape/train.txt", train=True).cache_images()
+
+
+def test_image_cache_names_a_bad_file_or_skips_it(small):
+    Image.new("L", (10, 10)).save("LINEMOD/ape/mask/0001.png")  # the mask of image 1 has the wrong size
+    with pytest.raises(ImageError, match=r"0001\.png: mask is 10x10, expected the image size 64x48"):
+        ds.PoseDataset("LINEMOD/ape/train.txt", train=True, fast=True).cache_images()
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, fast=True, skip_bad=True)
+    with pytest.warns(UserWarning, match="skipping bad sample 1"):
+        d.cache_images()
+    assert d.bad_samples == 1 and len(d.decoded) == 2
+    assert d[(1, 32)][1].numpy()[1] == d[(2, 32)][1].numpy()[1]  # sample 1 is replaced by the next good one
+
+
+# --------------------------------------------------------------------------------------------
 # issue 25: hostile images are named errors, from the header, before any pixel is decoded
 # --------------------------------------------------------------------------------------------
 

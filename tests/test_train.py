@@ -159,6 +159,19 @@ def test_a_seed_gives_byte_identical_weights(synth, tmp_path):
     assert (tmp_path / "a" / "last.weights").read_bytes() != (tmp_path / "c" / "last.weights").read_bytes()
 
 
+def test_the_image_cache_trains_the_same_model(synth, tmp_path):
+    """--cache-images (D67) changes where the pixels come from, not the pixels: byte-identical weights
+    (the cached run loads in a forked worker, which reads the parent's arrays)."""
+    for run, extra in (("plain", []), ("cached", ["--cache-images", "--workers", "1"])):
+        run_main(small_args(synth, tmp_path / run, "--recipe", "fast", "--epochs", "2", "--eval-every", "1",
+                            "--seed", "3", *extra))
+    for name in ("model.weights", "last.weights"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "cached" / name).read_bytes(), name
+    with pytest.raises(FlagError, match="--cache-images serves the fast recipe's cv2 loader"):
+        run_main(small_args(synth, tmp_path / "original", "--recipe", "original", "--epochs", "1", "--cache-images"))
+    assert not (tmp_path / "original").exists()
+
+
 def test_a_final_phase_trains_the_last_epochs_at_the_final_size_and_tests_there(synth, tmp_path, monkeypatch):
     sizes = []
     real = dataset.make_train_loader
