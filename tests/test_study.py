@@ -135,16 +135,17 @@ def test_summary_statistics_on_fixed_inputs():
 def test_summary_table_on_fixed_inputs():
     def row(run, network, kd, seed, split, a5, a10):
         return {"run": run, "network": network, "kd": kd, "seed": seed, "object": "mean", "split": split,
-                "acc_2d": a5, "acc_2d_10px": a10, "acc_add": 1.0, "train_images_per_s": 4.0}
+                "acc_2d": a5, "acc_2d_10px": a10, "acc_add": 1.0, "train_images": 40800 if network != "tiny" else 55080}
     rows = [row(f"trial3-none-s{s}", "trial3", "none", s, split, 10.0 + 2 * s, 50.0) for s in range(3)
             for split in ("test", "fresh")]
     rows += [row("teacher", "tiny", "none", 0, split, 48.0, 90.0) for split in ("test", "fresh")]
     rows.append({**rows[0], "object": "obj00", "acc_2d": 99.0})  # a per-object row: left out
     lines = run_study.summary_table(rows).splitlines()
     assert lines[0].startswith("| network | distillation | seeds | test 2D 5 px % |")
-    assert lines[2] == "| tiny (teacher) | none | 0 | 48.0 | 90.0 | 48.0 | 90.0 | 1.0 | 4.0 |"
+    assert lines[0].endswith("| test ADD % | training images |")
+    assert lines[2] == "| tiny (teacher) | none | 0 | 48.0 | 90.0 | 48.0 | 90.0 | 1.0 | 55,080 |"
     assert lines[3] == ("| trial3 | none | 0, 1, 2 | 12.0 ± 2.0 | 50.0 ± 0.0 | 12.0 ± 2.0 | 50.0 ± 0.0 "
-                        "| 1.0 ± 0.0 | 4.0 ± 0.0 |")
+                        "| 1.0 ± 0.0 | 40,800 |")  # equal images: one count for the three seeds
     assert len(lines) == 4
 
 
