@@ -1053,20 +1053,28 @@ class MultiScaleBatchSampler(Sampler):
     from r (like DistributedSampler). Global batch b's size comes from the images seen before
     it, `seen + b * batch_size * world_size`, drawn with default_rng([seed, epoch, b, 2]): the
     same on every rank and whatever the number of workers. mode: 'single', 'multi' (design §6.5
-    tables) or 'fixed' (always fixed_size). The last incomplete batch is kept unless drop_last.
+    tables), 'fixed' (always fixed_size) or 'range' (32 * U{lo/32..hi/32} for size_range (lo, hi),
+    multiples of 32: multi-scale around the test size, D68). The last incomplete batch is kept unless drop_last.
     start_batch: resume an interrupted epoch: batches 0..start_batch-1 are skipped, the others
     are exactly those of a full pass; len() counts the remaining batches, `num_batches` all.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, epoch: int = 0, seen: int = 0,
                  mode: str = "single", fixed_size: int = DEFAULT_SIZE, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = False, start_batch: int = 0):
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False, start_batch: int = 0,
+                 size_range: tuple[int, int] | None = None):
         if num_samples <= 0 or batch_size <= 0:
             raise ValueError(f"num_samples and batch_size must be positive, found {num_samples} and {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, found {rank}")
-        if mode != "fixed" and mode not in SCALE_TABLES:
-            raise ValueError(f"unknown multi-scale mode {mode!r}; expected 'single', 'multi' or 'fixed'")
+        if mode not in ("fixed", "range") and mode not in SCALE_TABLES:
+            raise ValueError(f"unknown multi-scale mode {mode!r}; expected 'single', 'multi', 'fixed' or 'range'")
+        if mode == "range":
+            lo, hi = size_range or (0, -1)
+            if not (SIZE_STEP <= lo <= hi and lo % SIZE_STEP == 0 and hi % SIZE_STEP == 0):
+                raise ValueError(f"size_range must be (lo, hi), multiples of {SIZE_STEP} with lo <= hi, "
+                                 f"found {size_range}")
+        self.size_range = size_range
         self.num_samples, self.batch_size = int(num_samples), int(batch_size)
         self.seed, self.epoch, self.seen = int(seed), int(epoch), int(seen)
         self.mode, self.fixed_size, self.shuffle = mode, int(fixed_size), shuffle
@@ -1099,6 +1107,9 @@ class MultiScaleBatchSampler(Sampler):
             return self.fixed_size
         seen = self.seen + b * self.batch_size * self.world_size
         rng = np.random.default_rng([self.seed, self.epoch, b, _SIZE_STREAM])
+        if self.mode == "range":
+            lo, hi = self.size_range
+            return SIZE_STEP * int(rng.integers(lo // SIZE_STEP, hi // SIZE_STEP + 1))
         return multiscale_size(seen, self.N, rng, self.mode)
 
     @property
@@ -1133,14 +1144,15 @@ def collate(batch):
 def make_train_loader(dataset: PoseDataset, batch_size: int, seed: int | None = None, epoch: int = 0, seen: int = 0,
                       workers: int = 0, mode: str = "single", rank: int = 0, world_size: int = 1,
                       pin_memory: bool | None = None, fixed_size: int = DEFAULT_SIZE, shuffle: bool = True,
-                      drop_last: bool = False, start_batch: int = 0) -> DataLoader:
+                      drop_last: bool = False, start_batch: int = 0,
+                      size_range: tuple[int, int] | None = None) -> DataLoader:
     """A training DataLoader for one epoch: MultiScaleBatchSampler batches, dataset.set_epoch(epoch).
 
     seed defaults to dataset.seed (it drives the shuffle and the sizes; the dataset's seed drives
     the augmentation). `seen` = images seen before this epoch, over all ranks (e.g. model.seen).
     pin_memory defaults to torch.cuda.is_available() (the original pins, design §6.6).
     start_batch: skip the epoch's first batches (resume); len(loader) counts the remaining ones,
-    loader.batch_sampler.num_batches the whole epoch.
+    loader.batch_sampler.num_batches the whole epoch. size_range: (lo, hi) of mode 'range'.
     """
     seed = dataset.seed if seed is None else seed
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -1148,7 +1160,7 @@ def make_train_loader(dataset: PoseDataset, batch_size: int, seed: int | None = 
     dataset.warm_background_pool()  # in this process, before the workers start: they inherit it (fork)
     sampler = MultiScaleBatchSampler(len(dataset), batch_size, seed, epoch, seen, mode=mode, fixed_size=fixed_size,
                                      shuffle=shuffle, rank=rank, world_size=world_size, drop_last=drop_last,
-                                     start_batch=start_batch)
+                                     start_batch=start_batch, size_range=size_range)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory)
 

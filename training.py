@@ -120,6 +120,9 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
                              f"{FAST.size})",
                   test_help=f"square test size (default: original cfg test_width/height; fast {FAST.size}"
                             + (f"; {main_job_test_size})" if main_job_test_size else ")"))
+    p.add_argument("--train-sizes", default=None, metavar="LO,HI",
+                   help="multi-scale around the test size: each batch at a size drawn uniformly from LO, LO+32, ..., "
+                        "HI (multiples of 32), instead of --train-size (D68)")
     p.add_argument("--final-size", type=int, default=None, metavar="S",
                    help="train the last --final-epochs epochs at S px (a multiple of 32) and test at S: a last phase "
                         "at a higher resolution, for sub-cell accuracy (D58; needs an epoch budget)")
@@ -163,9 +166,29 @@ def check_run_numbers(args) -> None:
         raise FlagError(f"--minutes must be positive, found {args.minutes}")
     if (getattr(args, "final_size", None) is None) != (getattr(args, "final_epochs", None) is None):
         raise FlagError("--final-size and --final-epochs go together: give both or neither")
+    args.train_sizes = parse_train_sizes(getattr(args, "train_sizes", None), args.train_size)
     alpha = getattr(args, "kd_alpha", None)
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise FlagError(f"--kd-alpha must be in [0, 1], found {alpha}")
+
+
+def parse_train_sizes(text, train_size) -> tuple[int, int] | None:
+    """--train-sizes 'LO,HI' -> (LO, HI), multiples of 32 with LO <= HI (None stays None); FlagError
+    otherwise, or when --train-size is given too (one training size rule per run)."""
+    if text is None or isinstance(text, tuple):
+        return text
+    parts = str(text).split(",")
+    try:
+        lo, hi = (int(v) for v in parts)
+    except ValueError:
+        raise FlagError(f"--train-sizes must be LO,HI (two sizes, e.g. 224,320), found {text!r}") from None
+    cli.check_size("--train-sizes", lo)
+    cli.check_size("--train-sizes", hi)
+    if lo > hi:
+        raise FlagError(f"--train-sizes {text}: LO must not be above HI")
+    if train_size is not None:
+        raise FlagError(f"--train-sizes {text} and --train-size {train_size}: give one (a range or a fixed size)")
+    return lo, hi
 
 
 def fill_recipe_defaults(args, loss_scales: str, pretrain_num_epochs: int) -> argparse.Namespace:
@@ -410,10 +433,13 @@ def run(args, variant: Variant) -> dict:
                                                          else f"{epochs} epochs"), flush=True)
 
     def make_loader(epoch, seen, start_batch):
-        size = final_size if final_from is not None and epoch >= final_from else args.train_size
+        final = final_from is not None and epoch >= final_from
+        size = final_size if final else args.train_size
+        sizes = None if final else getattr(args, "train_sizes", None)
+        mode = "range" if sizes else "fixed" if size else variant_scale_mode(train_set)
         return dataset.make_train_loader(
             train_set, batch_size=batch, seed=args.seed, epoch=epoch, seen=seen, workers=args.workers,
-            mode="fixed" if size else variant_scale_mode(train_set), fixed_size=size or dataset.DEFAULT_SIZE,
+            mode=mode, fixed_size=size or dataset.DEFAULT_SIZE, size_range=sizes,
             rank=rank, world_size=world, pin_memory=device.type == "cuda", start_batch=start_batch)
 
     evaluate = variant.evaluation(model, device, test_shape, lambda: trainer.state["seen"])

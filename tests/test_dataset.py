@@ -307,6 +307,20 @@ def test_batch_sampler_sizes_follow_the_global_seen_count():
     assert {size for b in fixed for _, size in b} == {320}
 
 
+def test_batch_sampler_range_draws_each_batch_size_around_the_test_size():
+    """mode 'range' (D68): 32 * U{lo/32..hi/32} per batch, from the batch's own stream, every size reachable."""
+    s = ds.MultiScaleBatchSampler(400, 2, seed=1, epoch=3, mode="range", size_range=(224, 320))
+    sizes = [b[0][1] for b in s]
+    assert set(sizes) == {224, 256, 288, 320}  # 200 batches: each of the 4 sizes drawn
+    assert all(len({size for _, size in b}) == 1 for b in s)
+    assert sizes[:5] == [32 * int(np.random.default_rng([1, 3, b, 2]).integers(7, 11)) for b in range(5)]
+    assert sizes == [b[0][1] for b in ds.MultiScaleBatchSampler(400, 2, seed=1, epoch=3, mode="range",
+                                                                  size_range=(224, 320))]
+    for bad in [None, (224, 300), (320, 224), (0, 32)]:
+        with pytest.raises(ValueError, match="size_range must be"):
+            ds.MultiScaleBatchSampler(10, 2, mode="range", size_range=bad)
+
+
 def test_batch_sampler_ranks_share_sizes_and_split_the_data():
     n, bs, world = 23, 3, 2
     ranks = [ds.MultiScaleBatchSampler(n, bs, seed=5, epoch=4, seen=40 * 21, rank=r, world_size=world)

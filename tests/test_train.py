@@ -201,6 +201,32 @@ def test_a_final_phase_trains_the_last_epochs_at_the_final_size_and_tests_there(
             small_args(synth, tmp_path / "z", "--final-size", "100", "--final-epochs", "1")))
 
 
+def test_train_sizes_draw_each_batch_in_the_range(synth, tmp_path, monkeypatch):
+    """--train-sizes LO,HI (D68): the loader's batches take sizes in the range; bad values are refused."""
+    seen = []
+    real = dataset.make_train_loader
+
+    def spy(*args, **kw):
+        loader = real(*args, **kw)
+        seen.extend(images.shape[-1] for images, _ in loader)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(dataset, "make_train_loader", spy)
+    argv = small_args(synth, tmp_path / "run", "--recipe", "fast", "--epochs", "2", "--train-sizes", "64,128")
+    argv.remove("--train-size")
+    argv.remove(str(SIZE))
+    run_main(argv)
+    assert set(seen) <= {64, 96, 128} and len(set(seen)) >= 2 and len(seen) == 6  # 2 epochs of 3 batches
+    for value, message in [("64", "must be LO,HI"), ("64,100", "must be a positive multiple of 32"),
+                           ("128,64", "LO must not be above HI")]:
+        with pytest.raises(FlagError, match=message):
+            train.resolve_args(train.get_args_parser().parse_args(small_args(synth, tmp_path / "x", "--train-sizes",
+                                                                             value)))
+    with pytest.raises(FlagError, match="give one"):  # small_args gives --train-size too
+        train.resolve_args(train.get_args_parser().parse_args(small_args(synth, tmp_path / "x", "--train-sizes",
+                                                                         "64,128")))
+
+
 def test_best_model_is_replaced_only_by_a_strictly_better_one(synth, tmp_path, monkeypatch):
     scores = iter([10.0, 5.0, 10.0, 20.0])
     written = []
