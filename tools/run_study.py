@@ -6,7 +6,7 @@
         --images-per-object 12 --fresh-images 4 --train-size 64                  # a smoke run, minutes
 
 Budgets (the flags below override single entries):
-  cpu  the fast recipe at 256 px on the main job's synthetic set (1 object, 1,360 train / 240 test
+  cpu  the fast recipe at 256 px on a synthetic set like the earlier main job's (1 object, 1,360 train / 240 test
        images) plus a fresh test set of 200 images (seed 11). Teacher: Tiny-YOLOv2 pose, its first
        four convolutions from the YOLO-LITE trial 3 VOC backbone (the only ImageNet/VOC features on
        disk; design D53), 45 epochs (55,080 images). Students: YOLO-LITE trial 3 from its VOC
@@ -497,7 +497,8 @@ def train_command(run: Run, b: Budget, datacfg: Path, args, init: str | None, te
         cmd += ["--also-valid", str(fresh_of(datacfg, b))]
     if kd := kd_flags(run.kd):
         cmd += ["--distiled", "1", "--kd-mode", kd["kd_mode"], "--kd-alpha", f"{kd['kd_alpha']:g}",
-                "--kd-neighbours", kd["kd_neighbours"], "--teacher-cfg", NETWORKS[b.teacher][0], "--teacher-weights", teacher]
+                "--kd-neighbours", kd["kd_neighbours"], "--teacher-cfg", NETWORKS[b.teacher][0],
+                "--teacher-weights", teacher]
     if resume:
         cmd += ["--resume"]
     elif overwrite:
