@@ -41,7 +41,7 @@ DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
 DEFAULT_INITWEIGHTS = "weights/tiny-yolov2-trial3-voc.weights"
 DEFAULT_TEACHER_CFG = "cfg/yolo-pose.cfg"
 POSITIONAL = ("datacfg", "modelcfg", "initweightfile")
-# The main job (no --datacfg): one synthetic LINEMOD object, the fast recipe, a time budget on the CPU.
+# The main job (no --datacfg): one synthetic LINEMOD object, the fast recipe, an epoch budget on the CPU.
 SYNTHETIC_ROOT = Path("data/synthetic")
 # 5,440 train / 240 test images: at equal images (48,960), 5,440 distinct x 9 epochs scored 51 % at 5 px and
 # 95 % at 10 px on the test split, 1,360 x 36 33 % and 82 % (docs/results.md, "More distinct images").
