@@ -359,19 +359,32 @@ class DecodedImage:
         return sum(a.nbytes for a in (self.full, self.half, self.mask) if a is not None)
 
 
+def read_sized(path) -> tuple[bytes, tuple[int, int]]:
+    """The bytes of image file `path` and its (w, h) from the header, checked by `check_pixels` before
+    cv2 decodes a bomb (the pre-flight has refused one already)."""
+    data = read_bytes(path)
+    size = encoded_size(data) or image_size(path)
+    check_pixels(path, size)
+    return data, size
+
+
+def check_decoded_size(path, img: np.ndarray, size: tuple[int, int]) -> None:
+    """InputError naming `path` unless the full decode `img` (H, W[, C]) has the header's size (w, h)."""
+    if img.shape[:2] != (size[1], size[0]):
+        raise InputError(f"{path}: the image decodes to {img.shape[1]}x{img.shape[0]}, "
+                         f"its header says {size[0]}x{size[1]}")
+
+
 def decode_once(path, mask: bool = True, halves: bool = True) -> DecodedImage:
     """Decode a training image (and its mask) for the cache, with the uncached fast path's readers and
     checks, so that its pixels and its errors are the same. halves: keep a JPEG's 2x reduction too
     (the single-object fast path decodes at half size when the crop shrinks 2x, D49)."""
     path = os.fspath(path)
-    data = read_bytes(path)
-    w0, h0 = encoded_size(data) or image_size(path)
-    check_pixels(path, (w0, h0))
+    data, size = read_sized(path)
     full = decode_rgb(data, path, bgr=True)
-    if full.shape[:2] != (h0, w0):
-        raise InputError(f"{path}: the image decodes to {full.shape[1]}x{full.shape[0]}, its header says {w0}x{h0}")
+    check_decoded_size(path, full, size)
     half = decode_rgb(data, path, halved=True, bgr=True) if halves and data[:2] == JPEG_SOI else None
-    arrays = (full, half, read_gray(mask_path(path), (w0, h0)) if mask else None)
+    arrays = (full, half, read_gray(mask_path(path), size) if mask else None)
     for a in arrays:
         if a is not None:
             a.setflags(write=False)
@@ -883,9 +896,7 @@ class PoseDataset(Dataset):
         rng = self.rng(index)
         cached = self.decoded.get(path)
         if cached is None:
-            data = read_bytes(path)
-            w0, h0 = encoded_size(data) or image_size(path)
-            check_pixels(path, (w0, h0))  # before cv2 decodes a bomb (the pre-flight has refused it already)
+            data, (w0, h0) = read_sized(path)
         else:
             h0, w0 = cached.full.shape[:2]
         rows = read_truths(label_path(path), self.label_width)
@@ -894,9 +905,8 @@ class PoseDataset(Dataset):
         halved = im.shrinks_by_half(offsets, w0, h0, size)  # then decode at half size (D49)
         if cached is None:
             img = decode_rgb(data, path, halved=halved, bgr=True)  # BGR until the colour step
-            if not halved and img.shape[:2] != (h0, w0):
-                raise InputError(f"{path}: the image decodes to {img.shape[1]}x{img.shape[0]}, "
-                                 f"its header says {w0}x{h0}")
+            if not halved:
+                check_decoded_size(path, img, (w0, h0))
             mask = read_gray(mask_path(path), (w0, h0)) if bg is not None else None
         else:
             img, mask = cached.image(halved), cached.mask if bg is not None else None

@@ -652,6 +652,17 @@ def test_image_cache_refuses_more_than_its_share_of_free_memory(small, monkeypat
         ds.PoseDataset("LINEMOD/ape/train.txt", train=True).cache_images()
 
 
+def test_a_header_that_disagrees_with_the_decode_is_named(small, monkeypatch):
+    """The fast path and the image cache both check the decoded size against the header's (one check)."""
+    monkeypatch.setattr(ds, "encoded_size", lambda data: (64, 40))  # the files are 64x48
+    monkeypatch.setattr(ds, "read_gray", lambda path, size, kind="mask": np.zeros(size[::-1], np.uint8))
+    d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, fast=True, jitter=0.0)
+    with pytest.raises(ds.InputError, match=r"000000\.png: the image decodes to 64x48, its header says 64x40"):
+        d[(0, 64)]  # no jitter: the crop does not shrink 2x, so the image is decoded in full
+    with pytest.raises(ds.InputError, match=r"000000\.png: the image decodes to 64x48, its header says 64x40"):
+        d.cache_images()
+
+
 def test_image_cache_names_a_bad_file_or_skips_it(small):
     Image.new("L", (10, 10)).save("LINEMOD/ape/mask/0001.png")  # the mask of image 1 has the wrong size
     with pytest.raises(ImageError, match=r"0001\.png: mask is 10x10, expected the image size 64x48"):

@@ -112,12 +112,8 @@ def train_command(cell: str, inputs: dict, folder: Path, args) -> list[str]:
 
 def fork_pick(evals: list[dict]) -> dict:
     """The evaluation the fork's train.py keeps: the first (its best starts at -1), replaced only
-    by a strictly greater 5 px accuracy (design §7.3)."""
-    best = None
-    for e in evals:
-        if best is None or e["acc_2d_5px"] > best["acc_2d_5px"]:
-            best = e
-    return best
+    by a strictly greater 5 px accuracy (design §7.3): max keeps the first of equal ones."""
+    return max(evals, key=lambda e: e["acc_2d_5px"])
 
 
 def our_pick(evals: list[dict]) -> dict:
