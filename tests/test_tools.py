@@ -636,6 +636,57 @@ def test_draw_labels_occlusion_order_and_grid(synth, tmp_path, monkeypatch):
     assert grid[:, 640:].max() == 0 and grid[:, :640].max() > 0  # 2 training images in a 1x3 grid: black padding
 
 
+def _fake_predictions(synth, path, shift=(0.03, 0.0, 0.0)):
+    """A valid.py --save-predictions file for the first test image of obj00: its saved pose moved by
+    `shift` metres, the 9 points of that pose; returns (image path, 9 points, the moved pose's 9 points)."""
+    entry = (synth / "LINEMOD/obj00/test.txt").read_text().split()[0]
+    rec = next(r for r in _poses(synth, "obj00")["poses"] if r["image"] == entry)
+    corners = utils.box_corners(MeshPly(synth / "LINEMOD/obj00/obj00.ply").vertices)
+    R, t = np.asarray(rec["R"]), np.asarray(rec["t"]) + shift
+    K = utils.get_camera_intrinsic()
+    moved = utils.keypoints_from_pose(corners, R, t, K)
+    pr_px = moved + [[3.0, -2.0]]  # the network's points, off the moved box's so both can be seen
+    np.savez(path, image=np.array([str((synth / entry).resolve())]), pr_px=pr_px[None], R_pr=R[None],
+             t_pr=t[None], err_2d=np.array([4.2]))
+    return entry, pr_px, moved
+
+
+def test_draw_labels_predictions(synth, tmp_path, capsys):
+    npz, out = tmp_path / "predictions_obj00.npz", tmp_path / "pred.png"
+    entry, pr_px, moved = _fake_predictions(synth, npz)
+    assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--predictions", str(npz), "--no-poses",
+                             "--n", "4", "--cols", "1", "--scale", "1", "--out", str(out)]) == 0
+    assert f"{entry}: 2-D error 4.20 px" in capsys.readouterr().out  # only the scored image, its error
+    drawn = cv2.imread(str(out))
+    assert drawn.shape == (480, 640, 3)  # one image: the file scores one of the two test images
+    bgr = lambda rgb: list(rgb[::-1])  # noqa: E731
+    for p in pr_px:  # the network's points: orange dots
+        x, y = np.round(p).astype(int)
+        assert list(drawn[y, x]) == bgr(draw_labels.PRED_POINT_COLOR), p
+    mids = [(moved[1 + a] + moved[1 + b]) / 2 for a, b in utils.BOX_EDGES]
+    blue = [np.array_equal(drawn[y, x], bgr(draw_labels.PRED_BOX_COLOR)) for x, y in np.round(mids).astype(int)]
+    assert sum(blue) >= 10, blue  # the predicted pose's box (an edge hidden under a dot or the label box at most)
+
+
+def test_draw_labels_prediction_errors(synth, tmp_path, capsys):
+    npz = tmp_path / "p.npz"
+    _fake_predictions(synth, npz)
+    data = str(synth / "cfg/obj00.data")
+    assert draw_labels.main(["--data", data, data, "--predictions", str(npz), "--out", str(tmp_path / "x.png")]) == 2
+    assert "--predictions goes with one --datacfg, found 2" in capsys.readouterr().err
+    assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / "no.npz"),
+                             "--out", str(tmp_path / "x.png")]) == 2
+    assert "no.npz: file not found" in capsys.readouterr().err
+    np.savez(tmp_path / "old.npz", pr_px=np.zeros((1, 9, 2)))
+    assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / "old.npz"),
+                             "--out", str(tmp_path / "x.png")]) == 2
+    assert "old.npz: not a valid.py --save-predictions file with image paths (missing 'image" in capsys.readouterr().err
+    assert draw_labels.main(["--data", data, "--split", "train", "--predictions", str(npz),
+                             "--out", str(tmp_path / "x.png")]) == 2
+    assert "is in the predictions file (another split or dataset?)" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_draw_labels_errors(synth, tmp_path, capsys):
     bad = tmp_path / "bad.data"
     bad.write_text((synth / "cfg/obj00.data").read_text().replace("LINEMOD/obj00/test.txt", "LINEMOD/obj00/none.txt"))

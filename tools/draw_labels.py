@@ -4,6 +4,13 @@
     python tools/draw_labels.py --datacfg data/synthetic/cfg/obj0[0-2].data --split train --n 4 --colors 256 --out x.png
     python tools/draw_labels.py --datacfg data/synthetic/cfg/occlusion.data --split train --out docs/img/x.png
     python tools/draw_labels.py --datacfg data/synthetic/cfg/obj01_occlusion.data --occlusion --out x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj00.data --predictions runs/pred/predictions_obj00.npz \
+        --no-poses --out docs/img/main_job_prediction.png
+
+With `--predictions` (the `.npz` of `valid.py --save-predictions DIR`) the images are chosen among
+the scored ones and each gets, over its green label box, the network's 9 points (orange dots) and
+the box of the pose PnP recovered from them (blue), the pose valid.py scores; the 2-D error
+(mean distance of the 9 points to the label's, valid.py's err_2d) is printed per image.
 
 For each chosen image of the `.data` files' lists (`--split valid` = the `valid` key, `train` =
 the `train` key; with several files the images alternate between them), every row of its label
@@ -44,6 +51,8 @@ from utils import box_corners, camera_from_data_cfg, draw_box, keypoints_from_po
 
 LABEL_COLOR = (0, 255, 0)  # green: the label file
 POSE_COLOR = (255, 0, 255)  # magenta: re-projected from the saved pose
+PRED_BOX_COLOR = (40, 110, 255)  # blue: the predicted pose's box (valid.py --save-predictions)
+PRED_POINT_COLOR = (255, 150, 0)  # orange: the network's 9 points
 POSE_RADIUS_PX = 4  # full-resolution dot radius (still visible in a half-size grid)
 MAX_PALETTE = 256  # a PNG palette holds at most 256 colours
 MAX_SCALE = 4.0  # a tile larger than 4x the image only costs memory
@@ -111,6 +120,30 @@ def draw_image(image_path: str, root: Path, K: np.ndarray, width: int, height: i
     return img, gap
 
 
+def load_predictions(path: Path) -> dict:
+    """{resolved image path: (pr_px (9, 2), R_pr (3, 3), t_pr (3,), err_2d)} from a valid.py --save-predictions file."""
+    try:
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in ("image", "pr_px", "R_pr", "t_pr", "err_2d")}
+    except KeyError as exc:
+        raise ValueError(f"{path}: not a valid.py --save-predictions file with image paths (missing {exc})") from None
+    return {str(Path(im).resolve()): (px, R, t, float(e)) for im, px, R, t, e in
+            zip(arrays["image"], arrays["pr_px"], arrays["R_pr"], arrays["t_pr"], arrays["err_2d"])}
+
+
+def draw_prediction(img: np.ndarray, prediction: tuple, corners: np.ndarray, K: np.ndarray,
+                    thickness: int = 2) -> np.ndarray:
+    """img (H, W, 3) with the predicted pose's box (blue) and the network's 9 points (orange) drawn."""
+    px, R, t, _ = prediction
+    if np.all(np.isfinite(R)) and np.all(np.isfinite(t)):  # a failed PnP has no pose: only the points
+        img = draw_box(img, keypoints_from_pose(corners, R, t, K), PRED_BOX_COLOR, thickness)
+    for p in px:
+        if np.all(np.isfinite(p)):
+            cv2.circle(img, (int(round(p[0] * 16)), int(round(p[1] * 16))), POSE_RADIUS_PX * 16, PRED_POINT_COLOR, -1,
+                       cv2.LINE_AA, 4)
+    return img
+
+
 def make_grid(images: list[np.ndarray], cols: int, scale: float) -> np.ndarray:
     """Tiles (H, W, 3) resized by `scale`, `cols` per row, black padding for a short last row."""
     tiles = [cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for im in images]
@@ -153,12 +186,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--occlusion", action="store_true",
                    help="read labels_occlusion/ of the .data 'name' (OCCLUSION order)")
     p.add_argument("--no-poses", action="store_true", help="do not draw points re-projected from poses/*.json")
+    p.add_argument("--predictions", metavar="NPZ", default=None,
+                   help="valid.py --save-predictions file: draw the predicted points and pose box on the scored "
+                        "images (one .data file)")
     p.add_argument("--out", required=True, help="output PNG")
     return p
 
 
-def _data_images(data: Path, split: str, n: int, occlusion: bool, no_poses: bool) -> list[tuple]:
-    """n (image, root, K, width, height, occlusion name, pose index) jobs spread over one .data file's list."""
+def _data_images(data: Path, split: str, n: int, occlusion: bool, no_poses: bool,
+                 only: set | None = None) -> list[tuple]:
+    """n (image, root, K, width, height, occlusion name, pose index) jobs spread over one .data file's list
+    (over its entries whose resolved path is in `only`, when given)."""
     opts = read_data_cfg(data, resolve_paths=True)
     root = data.resolve().parent.parent
     K, width, height = camera_from_data_cfg(opts, data)
@@ -170,6 +208,10 @@ def _data_images(data: Path, split: str, n: int, occlusion: bool, no_poses: bool
     entries = [line.strip() for line in list_path.read_text().splitlines() if line.strip()]
     if not entries:
         raise ValueError(f"{list_path} lists no images")
+    if only is not None:
+        entries = [e for e in entries if str(_resolve(e, root).resolve()) in only]
+        if not entries:
+            raise ValueError(f"no image of {list_path} is in the predictions file (another split or dataset?)")
     pose_index = {} if no_poses else load_pose_index(root)
     name = opts.get("name") if occlusion else None
     return [(e, root, K, width, height, name, pose_index) for e in pick(entries, n)]
@@ -184,16 +226,33 @@ def check_flags(args) -> None:
     if not 0 < args.scale <= MAX_SCALE:
         raise FlagError(f"--scale must be above 0 and at most {MAX_SCALE:g}, found {args.scale}")
     cli.check_output_file("--out", args.out)
+    if args.predictions is not None:
+        if len(args.datacfg) != 1:
+            raise FlagError(f"--predictions goes with one --datacfg, found {len(args.datacfg)}")
+        if args.occlusion:
+            raise FlagError("--predictions draws single-object predictions; it does not combine with --occlusion")
+        if not Path(args.predictions).is_file():
+            raise FlagError(f"--predictions {args.predictions}: file not found")
 
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         check_flags(args)
+        predictions = load_predictions(Path(args.predictions)) if args.predictions else None
         per_file = -(-args.n // len(args.datacfg))  # ceil: the images are shared out over the .data files
-        lists = [_data_images(Path(d), args.split, per_file, args.occlusion, args.no_poses) for d in args.datacfg]
+        lists = [_data_images(Path(d), args.split, per_file, args.occlusion, args.no_poses,
+                              None if predictions is None else set(predictions)) for d in args.datacfg]
         jobs = [job for group in zip(*[lst + [None] * (per_file - len(lst)) for lst in lists]) for job in group if job]
         drawn = [draw_image(*job) for job in jobs[:args.n]]
+        if predictions is not None:
+            data = Path(args.datacfg[0])
+            corners = box_corners(MeshPly(_resolve(read_data_cfg(data, resolve_paths=True)["mesh"],
+                                                   data.resolve().parent.parent)).vertices)
+            for i, (job, (img, gap)) in enumerate(zip(jobs, drawn)):
+                pred = predictions[str(_resolve(job[0], job[1]).resolve())]
+                drawn[i] = (draw_prediction(img, pred, corners, job[2]), gap)
+                print(f"{job[0]}: 2-D error {pred[3]:.2f} px")
     except (OSError, ValueError) as exc:
         print(f"draw_labels: error: {exc}", file=sys.stderr)
         return 2
