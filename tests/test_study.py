@@ -303,6 +303,27 @@ def test_intervals_and_verdict_on_fixed_inputs():
     assert d["sampling"] == pytest.approx(2.810, abs=1e-3) and d["verdict"] == "better"
 
 
+
+def test_results_md_shows_the_intervals():
+    """results.md's every-run table gives each accuracy its Wilson interval, and the paired table the
+    t interval across seeds, the seed spread and the sampling error next to the verdict."""
+    rows = []
+    for kd, a5 in (("none", [50.0, 52.0, 54.0]), ("fixed", [55.0, 58.0, 61.0])):
+        for r in _rows(kd, a5):
+            r.update(kd_alpha=1.0 if kd == "fixed" else 0.0, n=240, acc_2d_10px=90.0, acc_add=20.0,
+                     mean_err_corner=9.0, train_images=40800.0, train_images_per_s=50.0)
+            r.update({f"{k}_ci95": list(run_study.binomial_interval(r[k], 240))
+                      for k in ("acc_2d", "acc_2d_10px", "acc_add")})
+            rows.append(r)
+    stats = [g for m in ("acc_2d",) for g in run_study.group_stats(rows, m)]
+    paired = run_study.paired_differences(rows, "acc_2d")
+    text = run_study.markdown(rows, stats, paired, run_study.BUDGETS["cpu"])
+    lo, hi = run_study.binomial_interval(55.0, 240)
+    assert (f"| trial3-fixed-s0 | test | 240 | 55.00 [{lo:.1f}, {hi:.1f}] | 90.00 [85.6, 93.2] | 20.00 [15.4, 25.5] "
+            "| 9.00 | 40800 | 50.00 |") in text
+    assert "| test | trial3 | fixed | acc_2d | 6.00 | [3.52, 8.48] | 5.00, 6.00, 7.00 | 3.00 | 8.88 " \
+           "| no measurable effect |" in text
+
 # --------------------------------------------------------------------------------------------
 # tools/fork_numbers.py: the fork's numbers experiment (issue 24)
 # --------------------------------------------------------------------------------------------

@@ -693,6 +693,19 @@ def _fmt(v, digits: int = 2) -> str:
     return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _cell(row: dict, key: str) -> str:
+    """One cell of the every-run table: an accuracy with its 95 % interval, a count, or a number."""
+    if key == "train_images":
+        return _fmt(row[key], 0)
+    ci = row.get(f"{key}_ci95")
+    return _fmt(row[key]) + (f" {_interval(ci)}" if ci and row[key] is not None else "")
+
+
+def _interval(ci, digits: int = 1) -> str:
+    """'[lo, hi]', or '' for no interval."""
+    return "" if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
 def write_reports(out: Path, rows: list[dict], b: Budget) -> dict:
     stats = [g for m in STAT_METRICS for g in group_stats(rows, m)]
     paired = [d for m in STAT_METRICS for d in paired_differences(rows, m)]
@@ -739,8 +752,8 @@ def summary_table(rows: list[dict]) -> str:
 
 def markdown(rows, stats, paired, b: Budget) -> str:
     cols = ("acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner", "train_images", "train_images_per_s")
-    head = ("| run | split | 2D 5 px % | 2D 10 px % | ADD % | mean corner err px | training images "
-            "| training images/s |\n|---|---|---|---|---|---|---|---|")
+    head = ("| run | split | n | 2D 5 px % [95 %] | 2D 10 px % [95 %] | ADD % [95 %] | mean corner err px "
+            "| training images | training images/s |\n|---|---|---|---|---|---|---|---|---|")
     # the runs' own training minutes (a call that only rebuilds the reports trains nothing)
     minutes = sum(r["train_minutes"] or 0 for r in rows if r["object"] != "mean" and r["split"] == "test")
     shared = ("" if b.student_minutes else " Under an epoch budget the machine may have been shared (the model is "
@@ -748,19 +761,20 @@ def markdown(rows, stats, paired, b: Budget) -> str:
     lines = [f"Budget `{b.name}`: {dataclasses.asdict(b)}; training time of all runs {minutes:.1f} min.{shared}", "",
              "### Summary (mean ± std over seeds)", "", summary_table(rows),
              "### Every run (mean over objects)", "", head]
-    lines += [f"| {r['run']} | {r['split']} | " + " | ".join(_fmt(r[k], 0 if k == 'train_images' else 2)
-                                                             for k in cols) + " |"
+    lines += [f"| {r['run']} | {r['split']} | {_fmt(r.get('n'))} | " + " | ".join(_cell(r, k) for k in cols) + " |"
               for r in rows if r["object"] == "mean"]
     lines += ["", "### Mean and standard deviation over seeds", "",
               "| split | network | kd | metric | n | mean | std | per seed |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {g['split']} | {g['network']} | {g['kd']} | {g['metric']} | {g['n']} | {_fmt(g['mean'])} | "
               f"{_fmt(g['std'])} | {', '.join(_fmt(v) for v in g['values'].values())} |" for g in stats]
     lines += ["", "### Paired differences against `none` (same seed)", "",
-              "| split | network | kd | metric | mean diff | std of diffs | per seed | spread | verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {d['split']} | {d['network']} | {d['kd']} | {d['metric']} | {_fmt(d['mean'])} | {_fmt(d['std'])} | "
-              f"{', '.join(_fmt(v) for v in d['diffs'].values())} | {_fmt(d['spread'])} | {d['verdict']} |"
-              for d in paired]
+              "| split | network | kd | metric | mean diff | 95 % interval (seeds) | per seed | seed spread "
+              "| sampling error | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {d['split']} | {d['network']} | {d['kd']} | {d['metric']} | {_fmt(d['mean'])} | "
+              f"{_interval(d['ci95'], 2)} | "
+              f"{', '.join(_fmt(v) for v in d['diffs'].values())} | {_fmt(d['spread'])} | {_fmt(d['sampling'])} | "
+              f"{d['verdict']} |" for d in paired]
     return "\n".join(lines) + "\n"
 
 
