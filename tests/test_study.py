@@ -101,6 +101,11 @@ def test_study_end_to_end_kill_and_resume(tmp_path, monkeypatch):
     before = (out / "commands.txt").read_text()
     study(out)
     assert (out / "commands.txt").read_text() == before
+    # a call with another selection trains nothing new, and its report still holds the earlier calls' runs
+    again = study(out, "--modes", "none", "--seeds", "1")
+    assert (out / "commands.txt").read_text() == before
+    assert [r["run"] for r in again] == [r["run"] for r in rows]
+    assert "'modes': ('none', 'fixed'), 'seeds': (0, 1)" in (out / "results.md").read_text()
 
 
 def _rows(kd: str, values: list[float], metric: str = "acc_2d") -> list[dict]:

@@ -71,6 +71,7 @@ NETWORKS = {  # name: (cfg, init weights or None for random)
 # fork's --kd-alpha 1 or, with '-a<alpha>', a blend with the ground truth (fixed-a0.5: half and half);
 # '-nt': the fast recipe's neighbour cells regress the teacher too (--kd-neighbours teacher, D66), not the GT.
 MODES = ("none", "fork", "fixed", "fixed-a0.5", "fixed-nt")
+STUDENT_NETWORKS = tuple(k for k in NETWORKS if k != "yolov2")  # YOLOv2 only teaches
 
 
 def kd_flags(mode: str) -> dict:
@@ -155,7 +156,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="study folder (default runs/study_<budget>)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="a LINEMOD-format folder with cfg/*.data to use instead of generating the synthetic set")
-    p.add_argument("--students", default=None, help=f"comma list of {','.join(k for k in NETWORKS if k != 'yolov2')}")
+    p.add_argument("--students", default=None, help=f"comma list of {','.join(STUDENT_NETWORKS)}")
     p.add_argument("--modes", default=None, help=f"comma list of {','.join(MODES)}")
     p.add_argument("--seeds", default=None, help="comma list of student seeds (default 0,1,2)")
     p.add_argument("--teacher-minutes", type=float, default=None)
@@ -201,7 +202,7 @@ def resolve_budget(args) -> Budget:
     b = BUDGETS[args.budget or "cpu"]
     changes = {}
     if args.students is not None:
-        changes["students"] = _name_list("--students", args.students, [k for k in NETWORKS if k != "yolov2"])
+        changes["students"] = _name_list("--students", args.students, STUDENT_NETWORKS)
     if args.modes is not None:
         changes["modes"] = _name_list("--modes", args.modes, MODES)
     neighbour_modes = [m for m in changes.get("modes", b.modes) if kd_flags(m).get("kd_neighbours", "gt") != "gt"]
@@ -371,6 +372,26 @@ def plan_runs(out: Path, b: Budget, objects: list[str]) -> list[Run]:
                 name = f"{net}-{mode}-s{seed}"
                 runs += [Run(name, net, mode, seed, o, out / "runs" / name / o) for o in objects]
     return runs
+
+
+def report_runs(out: Path, b: Budget, objects: list[str], planned: list[Run]) -> tuple[list[Run], Budget]:
+    """The runs a report covers: this call's and every finished run that earlier calls made in the
+    folder with other students, modes or seeds (a study in several calls gets one table), in plan
+    order; and the budget with the selection they make up."""
+    seeds = set(b.seeds)
+    for d in (out / "runs").glob("*-s*"):
+        tail = d.name.rsplit("-s", 1)[1]
+        if tail.isdigit():
+            seeds.add(int(tail))
+    full = dataclasses.replace(b, students=STUDENT_NETWORKS, modes=MODES, seeds=tuple(sorted(seeds)))
+    mine = {(r.run, r.obj) for r in planned}
+    runs = [r for r in plan_runs(out, full, objects)
+            if (r.run, r.obj) in mine or (state(r) == "done" and (r.folder / "valid_test.json").is_file())]
+    students = [r for r in runs if r.run != "teacher"]
+    chosen = dataclasses.replace(b, students=tuple(dict.fromkeys(r.network for r in students)),
+                                 modes=tuple(m for m in MODES if any(r.kd == m for r in students)),
+                                 seeds=tuple(sorted({r.seed for r in students})))
+    return runs, chosen
 
 
 def state(run: Run) -> str:
@@ -854,8 +875,9 @@ def main(args) -> list[dict]:
             teacher = teacher_weights_for(runs, run.obj, args.teacher_weights) if run.kd != "none" else None
         train_on = teacher_data(out, objects[run.obj]) if run.run == "teacher" else None
         train_and_score(run, b, objects[run.obj], args, init, teacher, log, commands, train_on)
+    runs, b_report = report_runs(out, b, list(objects), runs)
     rows = mean_rows([run_row(r, split) for r in runs for split in splits_of(objects[r.obj], b)])
-    payload = write_reports(out, rows, b)
+    payload = write_reports(out, rows, b_report)
     plot_students(out, rows)
     teacher_metrics = [r.folder / "metrics.jsonl" for r in runs if r.run == "teacher"]
     if teacher_metrics and teacher_metrics[0].is_file():
