@@ -11,6 +11,7 @@ import utils
 from errors import DataCfgError, MeshError
 from linemod_format import DATA_CFG_DEFAULTS
 from MeshPly import MeshPly
+from tolerances import PNP_ATOL
 
 
 @pytest.fixture(scope="module")
@@ -190,21 +191,21 @@ def test_golden_evaluation_end_to_end(ev, mesh):
     for i in range(n):
         R_gt, t_gt = utils.pnp(p3, gt[i], K)
         R_pr, t_pr = utils.pnp(p3, pr[i], K)
-        np.testing.assert_allclose(R_gt, ev["R_gt"][i], atol=1e-9)
-        np.testing.assert_allclose(t_gt.ravel(), ev["t_gt"][i], atol=1e-9)
-        np.testing.assert_allclose(R_pr, ev["R_pr"][i], atol=1e-9)
-        np.testing.assert_allclose(t_pr.ravel(), ev["t_pr"][i], atol=1e-9)
+        np.testing.assert_allclose(R_gt, ev["R_gt"][i], atol=PNP_ATOL)
+        np.testing.assert_allclose(t_gt.ravel(), ev["t_gt"][i], atol=PNP_ATOL)
+        np.testing.assert_allclose(R_pr, ev["R_pr"][i], atol=PNP_ATOL)
+        np.testing.assert_allclose(t_pr.ravel(), ev["t_pr"][i], atol=PNP_ATOL)
         errs["2d"].append(utils.projection_error_2d(mesh.vertices, K, R_gt, t_gt, R_pr, t_pr))
         errs["3d"].append(utils.add_error(mesh.vertices, R_gt, t_gt, R_pr, t_pr))
         errs["adds"].append(utils.adds_error(mesh.vertices, R_gt, t_gt, R_pr, t_pr))
         errs["trans"].append(utils.translation_error(t_gt, t_pr))
         errs["angle"].append(utils.angle_error(R_gt, R_pr))
         errs["corner"].append(utils.corner_error_2d(gt[i], pr[i]))
-    np.testing.assert_allclose(errs["2d"], ev["errs_2d"], rtol=1e-5)
-    np.testing.assert_allclose(errs["3d"], ev["errs_3d"], rtol=1e-5)
-    np.testing.assert_allclose(errs["trans"], ev["errs_trans"], rtol=1e-5)
-    np.testing.assert_allclose(errs["angle"], ev["errs_angle"], rtol=1e-5)
-    np.testing.assert_allclose(errs["corner"], ev["errs_corner2D"], rtol=1e-5)
+    np.testing.assert_allclose(errs["2d"], ev["errs_2d"], rtol=1e-5, atol=PNP_ATOL)
+    np.testing.assert_allclose(errs["3d"], ev["errs_3d"], rtol=1e-5, atol=PNP_ATOL)
+    np.testing.assert_allclose(errs["trans"], ev["errs_trans"], rtol=1e-5, atol=PNP_ATOL)
+    np.testing.assert_allclose(errs["angle"], ev["errs_angle"], rtol=1e-5, atol=PNP_ATOL)
+    np.testing.assert_allclose(errs["corner"], ev["errs_corner2D"], rtol=1e-5, atol=PNP_ATOL)
     assert all(s <= a + 1e-12 for s, a in zip(errs["adds"], errs["3d"]))
     px = ev["px_threshold"]
     acc = {

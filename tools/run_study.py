@@ -884,7 +884,7 @@ def main(args) -> list[dict]:
         from tools import plot_curve
 
         plot_curve.plot(plot_curve.series(plot_curve.read_rows(teacher_metrics[0])), out / "teacher_curve.png",
-                        title=f"teacher ({b.teacher}) on {runs[0].obj}")
+                        title=f"teacher ({b.teacher}) on {runs[0].obj}, tested on the held-out tenth of its images")
     if args.publish:
         publish(out, Path(args.publish), runs)
     return payload["rows"]
