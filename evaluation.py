@@ -26,6 +26,7 @@ reported), never a crash.
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -42,7 +43,7 @@ import dataset
 import image as im
 import utils
 from errors import CfgError, DataCfgError, InputError, MeshError, WeightsError
-from linemod_format import NUM_KEYPOINTS, atomic_write, occlusion_label_path
+from linemod_format import NUM_KEYPOINTS, atomic_write, occlusion_label_path, write_text
 from MeshPly import MeshPly
 
 DIAM_SOURCES = ("data", "mesh")
@@ -693,6 +694,12 @@ def _json_safe(value):
         return float(value) if math.isfinite(value) else None
     return value
 
+
+def write_summaries_json(path, summaries: list, mean_row=mean_row) -> None:
+    """The `--json` file of valid.py and valid_multi.py: {"objects": the summaries, "mean": their
+    `mean_row` (None for one object)}, plain JSON (`_json_safe`), written whole."""
+    payload = {"objects": summaries, "mean": mean_row(summaries) if len(summaries) > 1 else None}
+    write_text(path, json.dumps(_json_safe(payload), indent=2))
 
 
 def save_predictions(path, records: dict, image_paths=None) -> None:

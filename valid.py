@@ -18,7 +18,6 @@ output or a failed PnP is a miss (counted and reported), never a crash.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from evaluation import (  # noqa: F401 - re-exported: valid.<name> is used by tr
     REPORT_PX_THRESHOLDS, TABLE_COLUMNS, TIMER_KEYS, EvalSetup, _json_safe, accuracy_curves, check_model_cfg,
     check_test_list, check_weights, curves_figure, evaluate, inference_net, load_eval_setup, load_model, log,
     mean_row, plot_curves, pose_errors, print_table, report, save_predictions, skipped_by_all, solve_pose,
-    summarize,
+    summarize, write_summaries_json,
 )
 from linemod_format import METRICS_CSV_HEADER as CSV_HEADER  # noqa: F401 - design §9.5, D34
 from linemod_format import NUM_KEYPOINTS, append_csv, csv_columns, write_text  # noqa: F401 - re-exported
@@ -236,8 +235,7 @@ def main(args) -> list:
                                   "2d_projection": summary["acc_2d"], "3d_transformation": summary["acc_add"]})
     print_table(summaries)
     if args.json:
-        payload = {"objects": summaries, "mean": mean_row(summaries) if len(summaries) > 1 else None}
-        write_text(args.json, json.dumps(_json_safe(payload), indent=2))
+        write_summaries_json(args.json, summaries)
     return summaries
 
 

@@ -27,7 +27,6 @@ and `dataset.OcclusionTestSet`; those names are re-exported here as `valid_multi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from dataset import OcclusionTestSet  # noqa: F401 - re-exported
 from errors import FlagError, InputError, run_cli
 from evaluation import (  # noqa: F401 - re-exported: valid_multi.<name> is used by train_multi.py and the tests
     DIAM_SOURCES, MULTI_SELECTIONS, OcclusionObject, _json_safe, evaluate_object, load_model, load_objects, log,
-    pick_box, threshold_accuracies,
+    pick_box, threshold_accuracies, write_summaries_json,
 )
 # the evaluation's occlusion names under this script's own (re-exported)
 from evaluation import OCCLUSION_OBJECTS as VALID_OBJECTS  # design §9.6 (driller, eggbox not scored)
@@ -51,7 +50,6 @@ from evaluation import occlusion_mean_row as mean_row
 from evaluation import occlusion_report as report
 from evaluation import occlusion_test_loader as make_test_loader
 from evaluation import print_occlusion_table as print_table
-from linemod_format import write_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -146,8 +144,7 @@ def main(args) -> list:
             report(summary)
     print_table(summaries)
     if args.json:
-        payload = {"objects": summaries, "mean": mean_row(summaries) if len(summaries) > 1 else None}
-        write_text(args.json, json.dumps(_json_safe(payload), indent=2))
+        write_summaries_json(args.json, summaries, mean_row)
     return summaries
 
 
