@@ -78,6 +78,15 @@ def load_pose_index(root: Path) -> dict:
     return index
 
 
+def draw_dots(img: np.ndarray, points_px: np.ndarray, color) -> None:
+    """Filled dots of POSE_RADIUS_PX at the finite points (N, 2) pixels, drawn into img (H, W, 3) in place,
+    at sub-pixel positions (4 fractional bits)."""
+    for p in points_px:
+        if np.all(np.isfinite(p)):
+            cv2.circle(img, (int(round(p[0] * 16)), int(round(p[1] * 16))), POSE_RADIUS_PX * 16, color, -1,
+                       cv2.LINE_AA, 4)
+
+
 def draw_image(image_path: str, root: Path, K: np.ndarray, width: int, height: int, occlusion_name: str | None = None,
                pose_index: dict | None = None, thickness: int = 2) -> tuple[np.ndarray, float]:
     """The RGB image (H, W, 3) uint8 with its label boxes (and saved-pose points) drawn, and the gap.
@@ -114,9 +123,7 @@ def draw_image(image_path: str, root: Path, K: np.ndarray, width: int, height: i
         # the label row of this object: the one of its class nearest to the re-projection
         d = min(float(np.abs(p - kp).max()) for p in label_pts[class_id])
         gap = d if np.isnan(gap) else max(gap, d)
-        for p in kp:
-            cv2.circle(img, (int(round(p[0] * 16)), int(round(p[1] * 16))), POSE_RADIUS_PX * 16, POSE_COLOR, -1,
-                       cv2.LINE_AA, 4)
+        draw_dots(img, kp, POSE_COLOR)
     return img, gap
 
 
@@ -137,10 +144,7 @@ def draw_prediction(img: np.ndarray, prediction: tuple, corners: np.ndarray, K: 
     px, R, t, _ = prediction
     if np.all(np.isfinite(R)) and np.all(np.isfinite(t)):  # a failed PnP has no pose: only the points
         img = draw_box(img, keypoints_from_pose(corners, R, t, K), PRED_BOX_COLOR, thickness)
-    for p in px:
-        if np.all(np.isfinite(p)):
-            cv2.circle(img, (int(round(p[0] * 16)), int(round(p[1] * 16))), POSE_RADIUS_PX * 16, PRED_POINT_COLOR, -1,
-                       cv2.LINE_AA, 4)
+    draw_dots(img, px, PRED_POINT_COLOR)
     return img
 
 
