@@ -151,6 +151,14 @@ def fill_defaults(args: argparse.Namespace, values: dict) -> argparse.Namespace:
     return args
 
 
+def fill_main_job_defaults(args: argparse.Namespace, values: dict) -> argparse.Namespace:
+    """A main job's settings (`fill_defaults`), except that a --minutes budget replaces its epoch
+    count: `--minutes 120` trains two hours, not the main job's epochs (whichever ended first)."""
+    if getattr(args, "minutes", None):
+        values = {k: v for k, v in values.items() if k != "epochs"}
+    return fill_defaults(args, values)
+
+
 def check_size(flag: str, value) -> None:
     """FlagError unless value is None or a positive multiple of the network stride (32) up to MAX_SIZE."""
     if value is not None and (value < STRIDE or value % STRIDE):

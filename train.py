@@ -149,7 +149,7 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     quick = args.datacfg is None
     if quick:
         args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
-        cli.fill_defaults(args, QUICK)
+        cli.fill_main_job_defaults(args, QUICK)
     training.fill_recipe_defaults(args, loss_scales="cfg", pretrain_num_epochs=15)
     args.modelcfg = args.modelcfg or repo_path(DEFAULT_MODELCFG)
     if args.initweightfile is None:

@@ -130,7 +130,7 @@ def resolve_args(args) -> tuple[argparse.Namespace, dict]:
     quick = args.datacfg is None
     if quick:
         args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
-        cli.fill_defaults(args, QUICK)
+        cli.fill_main_job_defaults(args, QUICK)
         args.modelcfg = args.modelcfg or QUICK_MODELCFG
         args.initweightfile = args.initweightfile or str(ROOT / QUICK_INITWEIGHTS)
     training.fill_recipe_defaults(args, loss_scales="ms", pretrain_num_epochs=0)

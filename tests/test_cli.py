@@ -140,3 +140,16 @@ def test_output_paths_are_checked_before_the_work(tmp_path, monkeypatch):
     monkeypatch.setattr(cli.shutil, "disk_usage", lambda p: SimpleNamespace(total=1 << 30, used=1 << 30, free=10))
     with pytest.raises(OutputPathError, match=r"--out .*full: the file system is full \(10 bytes free\)"):
         cli.check_output_dir("--out", tmp_path / "full")
+
+
+@pytest.mark.parametrize("script", [train, "train_multi"])
+def test_a_minutes_budget_replaces_the_main_jobs_epochs(script):
+    # `train.py --minutes 120` trains two hours: the main job's epoch count must not also stop it
+    from multi_obj_pose_estimation import train_multi
+    module = train_multi if script == "train_multi" else script
+    timed = cli.fill_main_job_defaults(parse(module, ["--minutes", "120"]), module.QUICK)
+    assert timed.epochs is None and timed.minutes == 120 and timed.recipe == "fast"
+    plain = cli.fill_main_job_defaults(parse(module, []), module.QUICK)
+    assert plain.epochs == module.MAIN_JOB_EPOCHS and plain.minutes is None
+    both = cli.fill_main_job_defaults(parse(module, ["--minutes", "5", "--epochs", "3"]), module.QUICK)
+    assert (both.epochs, both.minutes) == (3, 5)  # given together, both stay: whichever ends first

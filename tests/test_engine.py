@@ -66,7 +66,9 @@ def test_recipe_defaults_original_with_a_datacfg_and_fast_for_the_main_job(synth
     assert args.backupdir == "backup/synthetic/obj00"
     assert (args.coord_loss, args.box_rule) == (train.FAST.coord_loss, train.FAST.box_rule)
     # another budget gets its own folder
-    assert train.resolve_args(args_for(["--minutes", "120"]))[0].backupdir == "backup/synthetic/obj00_120min"
+    two_hours = train.resolve_args(args_for(["--minutes", "120"]))[0]
+    assert two_hours.backupdir == "backup/synthetic/obj00_120min"
+    assert two_hours.epochs is None and two_hours.minutes == 120  # the minutes budget, not the main job's epochs
     assert train.resolve_args(args_for(["--epochs", "7"]))[0].backupdir == "backup/synthetic/obj00_7ep"
 
 
