@@ -27,7 +27,7 @@ def train_lines(out) -> list[str]:
 
 
 @pytest.mark.slow
-def test_study_end_to_end_kill_and_resume(tmp_path, monkeypatch):
+def test_study_end_to_end_kill_and_resume(tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
     real_execute = run_study.execute
 
@@ -106,6 +106,21 @@ def test_study_end_to_end_kill_and_resume(tmp_path, monkeypatch):
     assert (out / "commands.txt").read_text() == before
     assert [r["run"] for r in again] == [r["run"] for r in rows]
     assert "'modes': ('none', 'fixed'), 'seeds': (0, 1)" in (out / "results.md").read_text()
+
+    # a new machine keeps only the published files: --restore continues the study in a new folder,
+    # training only the teacher again (its weights are not published), which scores as it did
+    assert (published / "runs/trial3-fixed-s1/obj00/run.json").is_file()
+    moved = tmp_path / "moved"
+    capsys.readouterr()
+    restored = study(moved, "--restore", str(published))
+    lines = train_lines(moved)
+    assert len(lines) == 1 and "runs/teacher/obj00" in lines[0]
+    assert json.loads((moved / "runs/trial3-none-s1/obj00/done.json").read_text())["restored_from"]
+    said = capsys.readouterr().out
+    assert "restored from" in said and "4 finished runs" in said
+    assert "the teacher of obj00 trained again scores as the published one" in said
+    keys = ("run", "split", "object", "acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner", "train_images")
+    assert [{k: r[k] for k in keys} for r in restored] == [{k: r[k] for k in keys} for r in rows]
 
 
 def _rows(kd: str, values: list[float], metric: str = "acc_2d") -> list[dict]:
@@ -198,6 +213,12 @@ def test_folder_of_another_budget_is_refused(tmp_path):
     (tmp_path / "s3" / "runs").mkdir(parents=True)
     with pytest.raises(InputError, match="without a study.json"):
         run_study.claim_folder(tmp_path / "s3", tiny, None)
+    # --restore takes only a published study of the same budget, and copies nothing otherwise
+    with pytest.raises(InputError, match="--restore .*s3: no study.json there"):
+        run_study.restore_published(tmp_path / "s4", tmp_path / "s3", tiny, None, {})
+    with pytest.raises(InputError, match="--restore .*study: a study of another budget.*recipe: 'original' there"):
+        run_study.restore_published(tmp_path / "s4", out, tiny, None, {})
+    assert not (tmp_path / "s4").exists()
 
 
 def test_folder_with_other_cells_or_images_is_refused(tmp_path):

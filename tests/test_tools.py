@@ -807,6 +807,21 @@ def test_plot_curve_reads_the_runs_rows_and_the_extra_test_sets(tmp_path):
         plot_curve.read_rows(metrics)
 
 
+def test_curve_reach_times_and_table_on_fixed_inputs():
+    from tools import plot_curve
+
+    minutes, acc = [10.0, 20.0, 30.0], [30.0, 40.0, 70.0]
+    assert plot_curve.minutes_to_reach(minutes, acc, 50.0) == pytest.approx(20.0 + 10.0 / 3)
+    assert plot_curve.minutes_to_reach(minutes, acc, 30.0) == 10.0  # already there at the first evaluation
+    assert plot_curve.minutes_to_reach(minutes, acc, 80.0) is None
+    rows = [{"minutes": m, "seen": 1000 * i, "acc_2d": a, "acc_2d_10px": a + 20, "f:acc_2d": a - 5,
+             "f:acc_2d_10px": a + 10, "mean_err_corner": 20.0 - i} for i, (m, a) in enumerate(zip(minutes, acc), 1)]
+    lines = plot_curve.curve_table(rows, (11.0,)).splitlines()
+    assert lines[0] == ("| minutes | images seen | test 5 px | test 10 px | f 5 px | f 10 px | mean corner error |")
+    assert lines[2:] == ["| 10.0 | 1,000 | 30.0 % | 50.0 % | 25.0 % | 40.0 % | 19.0 px |",
+                         "| 30.0 | 3,000 | 70.0 % | 90.0 % | 65.0 % | 80.0 % | 17.0 px |"]  # the nearest, the last
+
+
 # --------------------------------------------------------------------------------------------
 # tools/record_main_job.py: the README's main-job table comes from a raw record
 # --------------------------------------------------------------------------------------------
@@ -837,6 +852,12 @@ def test_record_main_job_on_fixed_inputs(tmp_path):
     assert lines[2] == ("| test split (240) | **41.00 %** | **90.50 %** | 97.00 % | 99.00 % | 100.00 % | 30.00 % | "
                         "20.00 % | 5.5 px | 9.0 px |")
     assert lines[3].startswith("| fresh seed 11 (200) |") and len(lines) == 4
+    assert record["command"] == "python train.py"
+    timed = rec.main(rec.get_args_parser().parse_args([
+        "--backup", str(backup), "--wall-minutes", "121", "--test-json", str(tmp_path / "t.json"), "--fresh-json",
+        str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores", "--out", str(tmp_path / "c.json"),
+        "--command", "python train.py --minutes 120"]))
+    assert timed["command"] == "python train.py --minutes 120"
 
 
 def test_readme_main_job_table_is_its_raw_record():
@@ -848,6 +869,18 @@ def test_readme_main_job_table_is_its_raw_record():
     assert table in (ROOT / "README.md").read_text()
     assert table in (ROOT / "docs/results.md").read_text()
     assert record["command"] == "python train.py" and record["date"] and record["machine"]
+
+
+def test_two_hour_table_is_its_raw_record():
+    """The two-hour run's table in the README and docs/results.md is main_job_table of its record."""
+    from tools import record_main_job as rec
+
+    record = json.loads((ROOT / "docs/results/cpu_fast/curve_120min_record.json").read_text())
+    table = rec.main_job_table(record)
+    assert table in (ROOT / "README.md").read_text() and table in (ROOT / "docs/results.md").read_text()
+    assert record["command"].startswith("python train.py --minutes 120") and record["date"] and record["machine"]
+    curve = json.loads((ROOT / "docs/results/cpu_fast/curve_120min.json").read_text())
+    assert curve["rows"][-1]["seen"] == record["images_seen"]
 
 
 def test_record_multi_main_job_on_fixed_inputs(tmp_path):

@@ -52,6 +52,33 @@ def series(rows: list[dict]) -> dict[str, dict[str, list]]:
     return out
 
 
+def minutes_to_reach(minutes: list[float], values: list[float], level: float) -> float | None:
+    """The minutes at which `values` first reach `level`, interpolated linearly between the two
+    evaluations around it (the first evaluation's minutes if it is already there); None if never."""
+    for i, (m, v) in enumerate(zip(minutes, values)):
+        if v >= level:
+            if i == 0:
+                return m
+            m0, v0 = minutes[i - 1], values[i - 1]
+            return m0 + (m - m0) * (level - v0) / (v - v0)
+    return None
+
+
+def curve_table(rows: list[dict], at_minutes: tuple[float, ...]) -> str:
+    """A markdown table of the evaluation nearest to each of `at_minutes`, and the last one: minutes,
+    images seen, the 5 and 10 px accuracies of every set (`series`) and the mean corner error."""
+    curves = series(rows)
+    picked = dict.fromkeys(min(range(len(rows)), key=lambda i: abs(rows[i]["minutes"] - m)) for m in at_minutes)
+    picked = sorted(set(picked) | {len(rows) - 1})
+    head = ["minutes", "images seen"] + [f"{name} {key}" for name in curves for key in ("5 px", "10 px")]
+    lines = ["| " + " | ".join(head + ["mean corner error"]) + " |", "|" + "---|" * (len(head) + 1)]
+    for i in picked:
+        accs = [f"{curves[name][key][i]:.1f} %" for name in curves for key in ("5 px", "10 px")]
+        lines.append(f"| {rows[i]['minutes']:.1f} | {rows[i]['seen']:,} | " + " | ".join(accs)
+                     + f" | {rows[i]['mean_err_corner']:.1f} px |")
+    return "\n".join(lines)
+
+
 def plot(curves: dict, path, title: str = "") -> None:
     from matplotlib.figure import Figure
 
@@ -61,8 +88,9 @@ def plot(curves: dict, path, title: str = "") -> None:
     for name, c in curves.items():
         for key, style in styles.items():
             ax.plot(c["minutes"], c[key], style, marker="o", ms=3, label=f"{name}, {key}")
-    ax.axhline(50, color="grey", lw=0.6)
-    ax.set(xlabel="minutes of training (2 CPU cores)", ylabel="2-D projection accuracy (%)", ylim=(0, 101),
+    for level in (50, 80):
+        ax.axhline(level, color="grey", lw=0.6)
+    ax.set(xlabel="minutes of training and testing (2 CPU cores)", ylabel="2-D projection accuracy (%)", ylim=(0, 101),
            title=title)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -76,6 +104,9 @@ def get_args_parser():
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--json", default=None, help="also write the rows and curves as JSON")
     p.add_argument("--title", default="")
+    p.add_argument("--table-at", default=None, metavar="M1,M2,...",
+                   help="print a markdown table of the evaluations nearest to these minutes and the last, and "
+                        "the minutes at which each set first reaches 50 and 80 %% at 5 px")
     return p
 
 
@@ -88,6 +119,14 @@ def main(argv=None) -> dict:
     if args.json:
         write_text(args.json, json.dumps({"metrics": str(args.metrics), "curves": curves, "rows": rows}, indent=1)
                    + "\n")
+    if args.table_at:
+        at = tuple(float(m) for m in args.table_at.split(","))
+        print(curve_table(rows, at))
+        for name, c in curves.items():
+            for level in (50, 80):
+                reached = minutes_to_reach(c["minutes"], c["5 px"], level)
+                print(f"{name}: {level} % at 5 px " + (f"after {reached:.1f} minutes" if reached is not None
+                                                         else "not reached"))
     return curves
 
 

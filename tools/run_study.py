@@ -32,8 +32,11 @@ point per seed. The study resumes: a finished run is never redone, a killed one 
 checkpoint (`--resume`), so run the same command again after a stop. Each run records its cell
 (network, distillation flags, seed, init, budget) in `<run>/run.json`; a call that would train a
 run differently, or a budget with other images or epochs, is refused before any training.
---publish DIR copies the small files (commands, results, figures, per-run valid JSON and metrics)
-into DIR (docs/results/cpu).
+--publish DIR copies the small files (commands, results, figures, per-run valid JSON, metrics and
+run.json) into DIR (docs/results/cpu). --restore DIR continues a published study in a new --out (a
+new machine keeps only those files): its finished students are copied in and never trained again;
+the teacher trains again, as its weights are not published, and the call says whether it scores as
+the published one did.
 """
 from __future__ import annotations
 
@@ -174,6 +177,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_workers(p, default=None, help="loader workers of every run (default: train.py's)")
     p.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
     p.add_argument("--publish", default=None, metavar="DIR", help="copy the small result files into DIR")
+    p.add_argument("--restore", default=None, metavar="DIR",
+                   help="continue a study published with --publish DIR (e.g. on a new machine): its finished "
+                        "student runs are copied into --out and never trained again; the teacher trains again, "
+                        "its weights are not published")
     return p
 
 
@@ -246,14 +253,10 @@ def claim_folder(out: Path, b: Budget, data: str | None) -> None:
     mine = {"budget": dataclasses.asdict(b), "data": data}
     if path.is_file():
         theirs = json.loads(path.read_text())
-        old, new = theirs.get("budget", {}), json.loads(json.dumps(mine["budget"]))
-        diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in new.items()
-                if k not in RUN_SELECTION and old.get(k) != v]
-        if theirs.get("data") != data:
-            diff.append(f"data: {theirs.get('data')!r} there, {data!r} now")
+        diff = budget_differences(theirs, b, data)
         if diff:
-            raise InputError(f"{out} holds the runs of another budget ({old.get('name')!r}, this is {b.name!r}); "
-                             f"use another --out. Differences: " + "; ".join(diff))
+            raise InputError(f"{out} holds the runs of another budget ({theirs.get('budget', {}).get('name')!r}, "
+                             f"this is {b.name!r}); use another --out. Differences: " + "; ".join(diff))
         return
     stale = [p for p in (out / "runs", out / "results.json") if p.exists()]
     if stale:
@@ -261,6 +264,68 @@ def claim_folder(out: Path, b: Budget, data: str | None) -> None:
                          f"use another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(mine, indent=1) + "\n")
+
+
+def budget_differences(study: dict, b: Budget, data: str | None) -> list[str]:
+    """What differs between a study.json's budget and data and this call's, selection entries aside."""
+    old, new = study.get("budget", {}), json.loads(json.dumps(dataclasses.asdict(b)))
+    diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in new.items()
+            if k not in RUN_SELECTION and old.get(k) != v]
+    if study.get("data") != data:
+        diff.append(f"data: {study.get('data')!r} there, {data!r} now")
+    return diff
+
+
+RESTORED_FILES = ("run.json", "metrics.jsonl")  # with each split's valid_<split>.json
+
+
+def restore_published(out: Path, source: Path, b: Budget, data: str | None, objects: dict[str, Path]) -> list[str]:
+    """Continue a study that `--publish` copied out (a new machine keeps only the published files):
+    each finished student run of SOURCE is copied into OUT/runs and marked done, so the plan never
+    trains it again and the report covers it. A run OUT already holds is kept as it is. The teacher
+    is not restored: its model.weights is not published, so it trains again (the same data, seed and
+    epochs give the same model on the same kind of machine; `compare_teacher` says whether it did).
+    Returns the restored runs' names; InputError, before anything is copied, for a SOURCE of
+    another budget or without a study.json."""
+    study_file = source / "study.json"
+    if not study_file.is_file():
+        raise InputError(f"--restore {source}: no study.json there (not a folder written by --publish)")
+    diff = budget_differences(json.loads(study_file.read_text()), b, data)
+    if diff:
+        raise InputError(f"--restore {source}: a study of another budget; differences: " + "; ".join(diff))
+    restored = []
+    for run_dir in sorted(p for p in (source / "runs").glob("*") if p.is_dir() and p.name != "teacher"):
+        for obj, datacfg in objects.items():
+            src, dest = run_dir / obj, out / "runs" / run_dir.name / obj
+            needed = [f"valid_{split}.json" for split in splits_of(datacfg, b)] + ["metrics.jsonl"]
+            if dest.exists() or not all((src / name).is_file() for name in needed):
+                continue
+            for name in dict.fromkeys(needed + list(RESTORED_FILES)):
+                if (src / name).is_file():
+                    copy_file(src / name, dest / name)
+            write_text(dest / "done.json", json.dumps({"restored_from": portable(str(source))}) + "\n")
+            restored.append(f"{run_dir.name}/{obj}")
+    return restored
+
+
+def compare_teacher(out: Path, source: Path, objects: list[str]) -> list[str]:
+    """One line per object: whether the teacher trained here scores as the published one did on the
+    test split (the restored distilled students learnt from the published teacher)."""
+    lines = []
+    for obj in objects:
+        mine, theirs = (p / "runs" / "teacher" / obj / "valid_test.json" for p in (out, source))
+        if not (mine.is_file() and theirs.is_file()):
+            continue
+        a, c = (json.loads(p.read_text())["objects"][0] for p in (mine, theirs))
+        keys = ("acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner")
+        if all(a.get(k) == c.get(k) for k in keys):
+            lines.append(f"the teacher of {obj} trained again scores as the published one "
+                         f"({a['acc_2d']:.2f} % at 5 px on the test split)")
+        else:
+            lines.append(f"WARNING: the teacher of {obj} trained again differs from the published one ("
+                         + ", ".join(f"{k} {a.get(k)} here, {c.get(k)} there" for k in keys if a.get(k) != c.get(k))
+                         + "): the restored distilled students learnt from the published teacher")
+    return lines
 
 
 def prepare_data(out: Path, b: Budget, data: str | None, commands: Path) -> dict[str, Path]:
@@ -839,7 +904,7 @@ def publish(out: Path, dest: Path, runs: list[Run]) -> None:
         if (out / name).is_file():
             copy_file(out / name, dest / name)
     for run in runs:
-        for name in ("valid_test.json", "valid_fresh.json", "metrics.jsonl"):
+        for name in ("valid_test.json", "valid_fresh.json", "metrics.jsonl", "run.json"):
             if (run.folder / name).is_file():
                 target = dest / "runs" / run.run / run.obj / name
                 copy_file(run.folder / name, target)
@@ -860,6 +925,10 @@ def main(args) -> list[dict]:
     claim_folder(out, b, data)
     commands, log = out / "commands.txt", out / "log.txt"
     objects = prepare_data(out, b, data, commands)
+    if args.restore:
+        restored = restore_published(out, Path(args.restore), b, data, objects)
+        print(f"restored from {args.restore}: {len(restored)} finished runs" + (f" ({', '.join(restored)})"
+                                                                                 if restored else ""), flush=True)
     runs = plan_runs(out, b, list(objects))
     check_teachers(runs, b, args.teacher_weights, args.retry_failed)
     if args.teacher_weights:
@@ -875,6 +944,9 @@ def main(args) -> list[dict]:
             teacher = teacher_weights_for(runs, run.obj, args.teacher_weights) if run.kd != "none" else None
         train_on = teacher_data(out, objects[run.obj]) if run.run == "teacher" else None
         train_and_score(run, b, objects[run.obj], args, init, teacher, log, commands, train_on)
+    if args.restore:
+        for line in compare_teacher(out, Path(args.restore), list(objects)):
+            print(line, flush=True)
     runs, b_report = report_runs(out, b, list(objects), runs)
     rows = mean_rows([run_row(r, split) for r in runs for split in splits_of(objects[r.obj], b)])
     payload = write_reports(out, rows, b_report)
