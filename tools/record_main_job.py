@@ -103,13 +103,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> dict:
     if args.multi:
         record = {"date": args.date, "machine": args.machine, "commit": args.commit,
-                  "command": args.command or "python multi_obj_pose_estimation/train_multi.py", "wall_minutes": args.wall_minutes,
+                  "command": args.command or "python multi_obj_pose_estimation/train_multi.py",
+                  "wall_minutes": args.wall_minutes,
                   **training_of(args.backup), "fresh_seed": args.fresh_seed,
                   "test": multi_summaries_of(args.test_json), "fresh": multi_summaries_of(args.fresh_json)}
         write_text(args.out, json.dumps(record, indent=1) + "\n")
         print(multi_job_table(record, "test") + "\n\n" + multi_job_table(record, "fresh"))
         return record
-    record = {"date": args.date, "machine": args.machine, "commit": args.commit, "command": args.command or "python train.py",
+    record = {"date": args.date, "machine": args.machine, "commit": args.commit,
+              "command": args.command or "python train.py",
               "wall_minutes": args.wall_minutes, **training_of(args.backup), "fresh_seed": args.fresh_seed,
               "test": summary_of(args.test_json), "fresh": summary_of(args.fresh_json)}
     write_text(args.out, json.dumps(record, indent=1) + "\n")
