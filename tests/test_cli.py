@@ -14,7 +14,7 @@ import train
 import valid
 from benchmarks import bench_forward, bench_train, bench_valid
 from errors import FlagError, OutputPathError
-from multi_obj_pose_estimation import valid_multi
+from multi_obj_pose_estimation import train_multi, valid_multi
 from tools import bop_to_linemod, draw_labels, export_onnx, make_labels, make_synthetic_linemod, run_study
 
 
@@ -142,11 +142,9 @@ def test_output_paths_are_checked_before_the_work(tmp_path, monkeypatch):
         cli.check_output_dir("--out", tmp_path / "full")
 
 
-@pytest.mark.parametrize("script", [train, "train_multi"])
-def test_a_minutes_budget_replaces_the_main_jobs_epochs(script):
+@pytest.mark.parametrize("module", [train, train_multi])
+def test_a_minutes_budget_replaces_the_main_jobs_epochs(module):
     # `train.py --minutes 120` trains two hours: the main job's epoch count must not also stop it
-    from multi_obj_pose_estimation import train_multi
-    module = train_multi if script == "train_multi" else script
     timed = cli.fill_main_job_defaults(parse(module, ["--minutes", "120"]), module.QUICK)
     assert timed.epochs is None and timed.minutes == 120 and timed.recipe == "fast"
     plain = cli.fill_main_job_defaults(parse(module, []), module.QUICK)

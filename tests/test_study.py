@@ -392,3 +392,18 @@ def test_fork_numbers_end_to_end(tmp_path):
     # a second call redoes nothing
     fork_numbers.main(fork_numbers.get_args_parser().parse_args(argv))
     assert len((out / "fork_numbers/commands.txt").read_text().splitlines()) == 3
+
+
+def test_compare_teacher_names_what_differs(tmp_path):
+    """--restore retrains the teacher; the call says whether it scores as the published one did."""
+    summary = {"acc_2d": 49.2, "acc_2d_10px": 86.7, "acc_add": 42.5, "mean_err_corner": 10.6, "n": 240}
+    for where, s in (("here", summary), ("there", summary), ("other", dict(summary, acc_add=40.0))):
+        path = tmp_path / where / "runs/teacher/obj00/valid_test.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"objects": [s]}))
+    same = run_study.compare_teacher(tmp_path / "here", tmp_path / "there", ["obj00", "obj01"])
+    assert same == ["the teacher of obj00 trained again scores as the published one "
+                    "(49.20 % at 5 px on the test split)"]  # obj01 has no teacher: no line
+    differs = run_study.compare_teacher(tmp_path / "here", tmp_path / "other", ["obj00"])
+    assert len(differs) == 1 and differs[0].startswith("WARNING: the teacher of obj00 trained again differs")
+    assert "acc_add 42.5 here, 40.0 there" in differs[0] and "acc_2d " not in differs[0]

@@ -276,7 +276,7 @@ def budget_differences(study: dict, b: Budget, data: str | None) -> list[str]:
     return diff
 
 
-RESTORED_FILES = ("run.json", "metrics.jsonl")  # with each split's valid_<split>.json
+PUBLISHED_RUN_FILES = ("valid_test.json", "valid_fresh.json", "metrics.jsonl", "run.json")  # publish, restore
 
 
 def restore_published(out: Path, source: Path, b: Budget, data: str | None, objects: dict[str, Path]) -> list[str]:
@@ -300,7 +300,7 @@ def restore_published(out: Path, source: Path, b: Budget, data: str | None, obje
             needed = [f"valid_{split}.json" for split in splits_of(datacfg, b)] + ["metrics.jsonl"]
             if dest.exists() or not all((src / name).is_file() for name in needed):
                 continue
-            for name in dict.fromkeys(needed + list(RESTORED_FILES)):
+            for name in PUBLISHED_RUN_FILES:
                 if (src / name).is_file():
                     copy_file(src / name, dest / name)
             write_text(dest / "done.json", json.dumps({"restored_from": portable(str(source))}) + "\n")
@@ -316,14 +316,14 @@ def compare_teacher(out: Path, source: Path, objects: list[str]) -> list[str]:
         mine, theirs = (p / "runs" / "teacher" / obj / "valid_test.json" for p in (out, source))
         if not (mine.is_file() and theirs.is_file()):
             continue
-        a, c = (json.loads(p.read_text())["objects"][0] for p in (mine, theirs))
-        keys = ("acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner")
-        if all(a.get(k) == c.get(k) for k in keys):
+        a, c = (valid_summary(p) for p in (mine, theirs))
+        if all(a.get(k) == c.get(k) for k in STAT_METRICS):
             lines.append(f"the teacher of {obj} trained again scores as the published one "
                          f"({a['acc_2d']:.2f} % at 5 px on the test split)")
         else:
             lines.append(f"WARNING: the teacher of {obj} trained again differs from the published one ("
-                         + ", ".join(f"{k} {a.get(k)} here, {c.get(k)} there" for k in keys if a.get(k) != c.get(k))
+                         + ", ".join(f"{k} {a.get(k)} here, {c.get(k)} there" for k in STAT_METRICS
+                                       if a.get(k) != c.get(k))
                          + "): the restored distilled students learnt from the published teacher")
     return lines
 
@@ -686,9 +686,14 @@ def verdict(mean: float, spread: float | None, sampling: float | None, lower_is_
     return "better" if (mean < 0) == lower_is_better else "worse"
 
 
+def valid_summary(path: Path) -> dict:
+    """The (first) object's summary of a `valid.py --json` file."""
+    return json.loads(path.read_text())["objects"][0]
+
+
 def run_row(run: Run, split: str) -> dict:
     """One row: the run's valid.py scores on one split, and its training throughput."""
-    summary = json.loads((run.folder / f"valid_{split}.json").read_text())["objects"][0]
+    summary = valid_summary(run.folder / f"valid_{split}.json")
     kd = kd_flags(run.kd)
     row = {"run": run.run, "network": run.network, "kd": run.kd, "kd_alpha": kd.get("kd_alpha", 0.0),
            "kd_neighbours": kd.get("kd_neighbours"),
@@ -904,7 +909,7 @@ def publish(out: Path, dest: Path, runs: list[Run]) -> None:
         if (out / name).is_file():
             copy_file(out / name, dest / name)
     for run in runs:
-        for name in ("valid_test.json", "valid_fresh.json", "metrics.jsonl", "run.json"):
+        for name in PUBLISHED_RUN_FILES:
             if (run.folder / name).is_file():
                 target = dest / "runs" / run.run / run.obj / name
                 copy_file(run.folder / name, target)
