@@ -121,6 +121,12 @@ def test_study_end_to_end_kill_and_resume(tmp_path, monkeypatch, capsys):
     assert "the teacher of obj00 trained again scores as the published one" in said
     keys = ("run", "split", "object", "acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner", "train_images")
     assert [{k: r[k] for k in keys} for r in restored] == [{k: r[k] for k in keys} for r in rows]
+    # publishing the continued study keeps the restored runs' commands, then the ones run here
+    study(moved, "--publish", str(tmp_path / "republished"))
+    history = (tmp_path / "republished/commands.txt").read_text()
+    earlier, marker, here = history.partition("# continued on another machine with --restore")
+    assert earlier == (published / "commands.txt").read_text() and marker
+    assert "trial3-fixed-s1" not in here and here.count("train.py") == 1 and "runs/teacher/obj00" in here
 
 
 def _rows(kd: str, values: list[float], metric: str = "acc_2d") -> list[dict]:
@@ -170,12 +176,15 @@ def test_summary_table_on_fixed_inputs():
 
 
 def test_readme_results_table_is_the_published_cpu_study():
-    """The README's table is summary_table of docs/results/cpu/results.json, not typed by hand."""
+    """The README's and docs/results.md's tables are generated from docs/results/cpu/results.json,
+    not typed by hand."""
     payload = json.loads((ROOT / "docs/results/cpu/results.json").read_text())
     assert payload["budget"]["name"] == "cpu"
     table = run_study.summary_table(payload["rows"])
     assert table in (ROOT / "README.md").read_text()
     assert table in (ROOT / "docs/results/cpu/results.md").read_text()
+    assert table in (ROOT / "docs/results.md").read_text()
+    assert run_study.paired_table(payload["paired"]) in (ROOT / "docs/results.md").read_text()
     for run in {r["run"] for r in payload["rows"]}:  # every run's valid.py outputs are published
         for split in ("test", "fresh"):
             assert (ROOT / "docs/results/cpu/runs" / run / "obj00" / f"valid_{split}.json").is_file()
@@ -349,6 +358,23 @@ def test_results_md_shows_the_intervals():
             "| 9.00 | 40800 | 50.00 |") in text
     assert "| test | trial3 | fixed | acc_2d | 6.00 | [3.52, 8.48] | 5.00, 6.00, 7.00 | 3.00 | 8.88 " \
            "| no measurable effect |" in text
+    assert run_study.paired_table(paired) in text
+
+
+def test_paired_table_on_fixed_inputs():
+    """One line per network and mode: mean [t interval] ±sampling error per column, and the verdicts."""
+    rows = [dict(r, n=240) for r in _rows("none", [50.0, 52.0, 54.0]) + _rows("fixed", [55.0, 58.0, 61.0])]
+    rows += [dict(r, split="fresh", n=2400) for r in rows]  # ten times the images: 'better' on the fresh set
+    rows += [dict(r, network="trial10", run=r["run"].replace("trial3", "trial10"), acc_2d=r["acc_2d"] + 1)
+             for r in _rows("none", [40.0]) + _rows("fixed", [45.0])]  # one seed: no interval, never an effect
+    paired = run_study.paired_differences(rows, "acc_2d")
+    lines = run_study.paired_table(paired).splitlines()
+    assert lines[0] == ("| network | mode | seeds | test 5 px | test 10 px | fresh 5 px | fresh 10 px | test ADD "
+                        "| verdict (every column) |")
+    assert lines[2] == ("| trial3 | fixed | 0, 1, 2 | +6.0 [+3.5, +8.5] ±8.9 |  | +6.0 [+3.5, +8.5] ±2.8 |  |  "
+                        "| no measurable effect, better |")
+    assert lines[3] == "| trial10 | fixed | 0 | +5.0 |  |  |  |  | no measurable effect |"
+    assert len(lines) == 4
 
 # --------------------------------------------------------------------------------------------
 # tools/fork_numbers.py: the fork's numbers experiment (issue 24)

@@ -36,7 +36,8 @@ run differently, or a budget with other images or epochs, is refused before any 
 run.json) into DIR (docs/results/cpu). --restore DIR continues a published study in a new --out (a
 new machine keeps only those files): its finished students are copied in and never trained again;
 the teacher trains again, as its weights are not published, and the call says whether it scores as
-the published one did.
+the published one did; the published commands.txt then lists the restored runs' commands, a line
+saying where the study continued, and the commands run since.
 """
 from __future__ import annotations
 
@@ -277,6 +278,7 @@ def budget_differences(study: dict, b: Budget, data: str | None) -> list[str]:
 
 
 PUBLISHED_RUN_FILES = ("valid_test.json", "valid_fresh.json", "metrics.jsonl", "run.json")  # publish, restore
+RESTORED_COMMANDS = "restored_commands.txt"  # the commands.txt of the study --restore continued
 
 
 def restore_published(out: Path, source: Path, b: Budget, data: str | None, objects: dict[str, Path]) -> list[str]:
@@ -305,6 +307,10 @@ def restore_published(out: Path, source: Path, b: Budget, data: str | None, obje
                     copy_file(src / name, dest / name)
             write_text(dest / "done.json", json.dumps({"restored_from": portable(str(source))}) + "\n")
             restored.append(f"{run_dir.name}/{obj}")
+    # the restored runs' commands ran on the other machine: keep them, so that --publish writes the
+    # whole history (theirs, then this folder's), not only the commands run here
+    if restored and (source / "commands.txt").is_file() and not (out / RESTORED_COMMANDS).exists():
+        copy_file(source / "commands.txt", out / RESTORED_COMMANDS)
     return restored
 
 
@@ -841,6 +847,36 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PAIRED_COLUMNS = (("test", "acc_2d", "test 5 px"), ("test", "acc_2d_10px", "test 10 px"),
+                  ("fresh", "acc_2d", "fresh 5 px"), ("fresh", "acc_2d_10px", "fresh 10 px"),
+                  ("test", "acc_add", "test ADD"))
+
+
+def paired_table(paired: list[dict]) -> str:
+    """docs/results.md's table of paired differences against `none`: one line per network and mode,
+    each cell 'mean [95 % t interval across seeds] ±sampling error' in points (no interval for one
+    seed), and the verdicts of its columns (one word when they agree)."""
+    by_key = {(d["network"], d["kd"], d["split"], d["metric"]): d for d in paired}
+    groups = list(dict.fromkeys((d["network"], d["kd"]) for d in paired))
+    lines = ["| network | mode | seeds | " + " | ".join(c[2] for c in PAIRED_COLUMNS) + " | verdict (every column) |",
+             "|---|---|---|" + "---|" * (len(PAIRED_COLUMNS) + 1)]
+    for network, kd in groups:
+        cells, verdicts, seeds = [], [], []
+        for split, metric, _ in PAIRED_COLUMNS:
+            d = by_key.get((network, kd, split, metric))
+            if d is None:
+                cells.append("")
+                continue
+            seeds = seeds or list(d["diffs"])
+            ci = d["ci95"]
+            cells.append(f"{d['mean']:+.1f}" + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "")
+                         + (f" ±{d['sampling']:.1f}" if d["sampling"] is not None else ""))
+            verdicts.append(d["verdict"])
+        lines.append(f"| {network} | {kd} | {', '.join(map(str, seeds))} | " + " | ".join(cells)
+                     + f" | {', '.join(dict.fromkeys(verdicts))} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows, stats, paired, b: Budget) -> str:
     cols = ("acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner", "train_images", "train_images_per_s")
     head = ("| run | split | n | 2D 5 px % [95 %] | 2D 10 px % [95 %] | ADD % [95 %] | mean corner err px "
@@ -858,7 +894,8 @@ def markdown(rows, stats, paired, b: Budget) -> str:
               "| split | network | kd | metric | n | mean | std | per seed |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {g['split']} | {g['network']} | {g['kd']} | {g['metric']} | {g['n']} | {_fmt(g['mean'])} | "
               f"{_fmt(g['std'])} | {', '.join(_fmt(v) for v in g['values'].values())} |" for g in stats]
-    lines += ["", "### Paired differences against `none` (same seed)", "",
+    lines += ["", "### Paired differences against `none` (same seed), in points", "", paired_table(paired),
+              "### Paired differences against `none` (same seed), every metric", "",
               "| split | network | kd | metric | mean diff | 95 % interval (seeds) | per seed | seed spread "
               "| sampling error | verdict |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -901,13 +938,24 @@ def plot_students(out: Path, rows: list[dict]) -> Path:
     return path
 
 
+def published_commands(out: Path) -> str:
+    """Every command of the study in the order it ran: those of the runs `--restore` copied in (they
+    ran on another machine), then a line saying so, then the commands run in OUT."""
+    here = (out / "commands.txt").read_text() if (out / "commands.txt").is_file() else ""
+    if not (out / RESTORED_COMMANDS).is_file():
+        return here
+    return ((out / RESTORED_COMMANDS).read_text()
+            + "# continued on another machine with --restore: the restored runs above were copied in, not run "
+              "again; the commands below ran there\n" + here)
+
+
 def publish(out: Path, dest: Path, runs: list[Run]) -> None:
     """Copy the small result files into dest (per-run valid JSON and metrics under dest/runs)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("study.json", "commands.txt", "results.csv", "results.json", "results.md", "students.png",
-                 "teacher_curve.png"):
+    for name in ("study.json", "results.csv", "results.json", "results.md", "students.png", "teacher_curve.png"):
         if (out / name).is_file():
             copy_file(out / name, dest / name)
+    write_text(dest / "commands.txt", published_commands(out))
     for run in runs:
         for name in PUBLISHED_RUN_FILES:
             if (run.folder / name).is_file():
