@@ -420,6 +420,17 @@ def test_fork_numbers_end_to_end(tmp_path):
     assert len((out / "fork_numbers/commands.txt").read_text().splitlines()) == 3
 
 
+def test_publish_leaves_no_machine_paths(tmp_path):
+    """valid.py's JSON names the weights by absolute path; the published copy names them from the checkout."""
+    folder = tmp_path / "study/runs/trial3-none-s0/obj00"
+    folder.mkdir(parents=True)
+    (folder / "valid_test.json").write_text(json.dumps({"weights": f"{run_study.ROOT}/runs/study_cpu/model.weights"}))
+    run = run_study.Run("trial3-none-s0", "trial3", "none", 0, "obj00", folder)
+    run_study.publish(tmp_path / "study", tmp_path / "pub", [run])
+    published = json.loads((tmp_path / "pub/runs/trial3-none-s0/obj00/valid_test.json").read_text())
+    assert published == {"weights": "runs/study_cpu/model.weights"}
+
+
 def test_compare_teacher_names_what_differs(tmp_path):
     """--restore retrains the teacher; the call says whether it scores as the published one did."""
     summary = {"acc_2d": 49.2, "acc_2d_10px": 86.7, "acc_add": 42.5, "mean_err_corner": 10.6, "n": 240}

@@ -946,21 +946,21 @@ def published_commands(out: Path) -> str:
         return here
     return ((out / RESTORED_COMMANDS).read_text()
             + "# continued on another machine with --restore: the restored runs above were copied in, not run "
-              "again; the commands below ran there\n" + here)
+              "again; the commands below ran on the new machine\n" + here)
 
 
 def publish(out: Path, dest: Path, runs: list[Run]) -> None:
-    """Copy the small result files into dest (per-run valid JSON and metrics under dest/runs)."""
+    """Copy the small result files into dest (per-run valid JSON and metrics under dest/runs), with
+    this checkout's paths made relative (`portable`), as in commands.txt."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("study.json", "results.csv", "results.json", "results.md", "students.png", "teacher_curve.png"):
         if (out / name).is_file():
             copy_file(out / name, dest / name)
     write_text(dest / "commands.txt", published_commands(out))
     for run in runs:
-        for name in PUBLISHED_RUN_FILES:
+        for name in PUBLISHED_RUN_FILES:  # text files; valid.py's JSON names its weights by absolute path
             if (run.folder / name).is_file():
-                target = dest / "runs" / run.run / run.obj / name
-                copy_file(run.folder / name, target)
+                write_text(dest / "runs" / run.run / run.obj / name, portable((run.folder / name).read_text()))
     print(f"published: {dest}")
 
 
