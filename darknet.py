@@ -720,6 +720,11 @@ class Darknet(nn.Module):
         """Print the layer table (stdout or `file`) and return it."""
         return print_cfg(self.blocks, width, height, file)
 
+    @property
+    def output_channels(self) -> int:
+        """Channels of `forward`'s output: the last layer before `[region]` (A*(2K+1+C) for a pose head)."""
+        return self.specs[self._last_output_layer()].out_shape[0]
+
     def num_stored_floats(self) -> int:
         """float32 values a full `.weights` file holds for this cfg (design §1.5)."""
         return sum(s.stored for s in self.specs)

@@ -35,11 +35,12 @@ from PIL import Image
 
 import cli
 import dataset
+import evaluation
 import image
 import model_info
+import model_loading
 import preflight
 import utils
-import evaluation
 from errors import DataCfgError, InputError, MeshError, run_cli
 from linemod_format import read_data_cfg, write_text
 from MeshPly import MeshPly
@@ -262,7 +263,7 @@ def main(args) -> dict:
         cli.check_positive("--max-frames", args.max_frames)
         out = cli.check_output_dir("--out", args.out)  # before any frame: a bad folder never ends a long run
         device = cli.resolve_device(args.device)
-        model = evaluation.load_model(args.modelcfg, args.weightfile, device)
+        model = model_loading.load_model(args.modelcfg, args.weightfile, device)
         opts = read_data_cfg(args.datacfg, resolve_paths=True)
         opts["_datacfg"] = args.datacfg
         K, _, _ = utils.camera_from_data_cfg(opts, args.datacfg)

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import dataset
 import linemod_format as lf
 import utils
-import valid
 from darknet import WeightsLoad
 from errors import InputError
 from MeshPly import MeshPly
+from model_loading import check_model_cfg
 
 MAX_LISTED = 5  # problems of one kind listed before "... and N more"
 
@@ -175,7 +175,7 @@ def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bo
         if mesh is not None:  # a point or a line gives no pose; a flat mesh a warning
             attempt(utils.check_mesh_vertices, mesh.vertices, opts["mesh"])
 
-    model = attempt(valid.check_model_cfg, modelcfg)  # CfgError, or a head that does not match [region]
+    model = attempt(check_model_cfg, modelcfg)  # CfgError, or a head that does not match [region]
     label_width = lf.LABEL_WIDTH if model is None else 2 * model.num_keypoints + 3
     if model is not None and initweights:
         report.init_weights = attempt(model.check_weights, initweights, until_last=until_last,
@@ -183,7 +183,7 @@ def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bo
     if (teacher_cfg is None) != (teacher_weights is None):
         problems.append("distillation needs both a teacher cfg and teacher weights")
     elif teacher_cfg is not None:
-        teacher = attempt(valid.check_model_cfg, teacher_cfg)
+        teacher = attempt(check_model_cfg, teacher_cfg)
         if teacher is not None:  # a full load: the file must fill the teacher exactly
             report.teacher_weights = attempt(teacher.check_weights, teacher_weights)
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import NUM_KEYPOINTS, corner_confidence, corner_confidences, decode_output
+from utils import (
+    NUM_KEYPOINTS, check_head_channels, corner_confidence, corner_confidences, decode_output, head_channel_problem,
+)
 
 SIL_THRESH = 0.6  # design §5.3: ignore cells whose best corner confidence vs any GT is above this
 RECALL_THRESH = 0.5  # design §5.3 / §13: a GT counts as "correct" when its tconf > 0.5
@@ -134,10 +136,8 @@ def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: 
     B, _, H, W = output.shape
     A, K = num_anchors, num_keypoints
     multi = (num_classes > 1 or num_anchors > 1) if multi is None else multi
-    per_anchor = 2 * K + 1 + num_classes
-    if output.shape[1] != A * per_anchor:
-        raise ValueError(f"output has {output.shape[1]} channels; expected num_anchors*(2K+1+C) = "
-                         f"{A}*({2 * K}+1+{num_classes}) = {A * per_anchor}")
+    check_head_channels(output.shape[1], A, K, num_classes)
+    per_anchor = output.shape[1] // A
     # decode keypoints and confidence only: keep one class channel so decode_output skips a softmax over C
     kept = output.detach().reshape(B, A, per_anchor, H, W)[:, :, :2 * K + 2].reshape(B, A * (2 * K + 2), H, W)
     points, conf_all, _ = decode_output(kept, K, 1, A)  # (B, A, H, W, 2K) normalised, (B, A, H, W)
@@ -231,21 +231,16 @@ def check_teacher(student_output: torch.Tensor, teacher_output: torch.Tensor, nu
     it; the teacher and student share output stride 32, design §8.2). Call once before training
     with dummy inputs, and it runs again on every distilled forward.
     """
-    expected = num_anchors * (2 * num_keypoints + 1 + num_classes)
     s, t = tuple(student_output.shape), tuple(teacher_output.shape)
-    problems = []
     if len(t) != 4:
         raise ValueError(f"teacher output has shape {t}; expected 4-D (B, C, H, W) like the student's {s}")
-    if s[1] != expected:
-        problems.append(f"student has {s[1]} channels but num_anchors*(2K+1+C) = {num_anchors}*"
-                        f"({2 * num_keypoints}+1+{num_classes}) = {expected}")
+    problems = [head_channel_problem(s[1], num_anchors, num_keypoints, num_classes, "student")]
     if t[0] != s[0]:
         problems.append(f"batch {t[0]} vs student {s[0]}")
     if t[2:] != s[2:]:
         problems.append(f"grid {t[2]}x{t[3]} (HxW) vs student {s[2]}x{s[3]}")
-    if t[1] != expected:
-        problems.append(f"{t[1]} channels vs the student's {num_anchors} anchor(s) x (2K+1+C = "
-                        f"{2 * num_keypoints}+1+{num_classes}) = {expected}")
+    problems.append(head_channel_problem(t[1], num_anchors, num_keypoints, num_classes, "teacher"))
+    problems = [p for p in problems if p]
     if problems:
         raise ValueError("teacher output does not match the student: " + "; ".join(problems))
 

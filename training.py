@@ -29,6 +29,7 @@ import cli
 import dataset
 import engine
 import model_info
+import model_loading
 import recipes
 from darknet import Darknet
 from errors import FlagError, InputError
@@ -274,16 +275,10 @@ def build_model(cfg: str, weights, device, channels_last: bool, until_last: bool
 def check_output(model, modelcfg) -> None:
     """InputError unless the network's output has the A*(2K+1+C) channels the loss and the test
     read, and its [region] has the anchor values its anchors need."""
-    expect = model.num_anchors * (2 * model.num_keypoints + 1 + model.num_classes)
-    with torch.no_grad():  # a tiny probe: the output channels, whatever the layers
-        was_training = model.training
-        probe = torch.zeros(1, model.channels, 64, 64, device=next(model.parameters()).device)
-        channels = model.eval()(probe).shape[1]
-        model.train(was_training)
-    if channels != expect:
-        raise InputError(f"cannot start training: {modelcfg}: the output has {channels} channels; [region] "
-                         f"num={model.num_anchors}, classes={model.num_classes}, num_keypoints="
-                         f"{model.num_keypoints} need {expect}")
+    try:
+        model_loading.check_head(model, modelcfg)
+    except InputError as exc:
+        raise InputError(f"cannot start training: {exc}") from None
     if model.num_anchors > 1 and len(model.anchors) < 2 * model.num_anchors:
         raise InputError(f"cannot start training: {modelcfg}: {model.num_anchors} anchors need "
                          f"{2 * model.num_anchors} anchor values")

@@ -17,7 +17,7 @@ import evaluation
 import hostile
 import recipes
 import train
-from errors import CheckpointError, InputError
+from errors import CheckpointError, InputError, run_cli
 from tools.make_synthetic_linemod import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_recipe_defaults_original_with_a_datacfg_and_fast_for_the_main_job(synth
     args, _ = train.resolve_args(args_for([]))
     assert args.recipe == "fast" and args.epochs == train.MAIN_JOB_EPOCHS and args.minutes is None
     assert args.backupdir == "backup/synthetic/obj00"
-    assert (args.coord_loss, args.box_rule) == (train.FAST.coord_loss, train.FAST.box_rule)
+    assert (args.coord_loss, args.box_rule) == (recipes.FAST.coord_loss, recipes.FAST.box_rule)
     # another budget gets its own folder
     two_hours = train.resolve_args(args_for(["--minutes", "120"]))[0]
     assert two_hours.backupdir == "backup/synthetic/obj00_120min"
@@ -95,7 +95,7 @@ def test_bad_numbers_stop_before_any_work(synth, tmp_path, flag, value, message)
 
 def test_cli_reports_bad_input_with_exit_status_2(synth, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        train.run_cli(train.main_cli, small_args(synth, tmp_path / "out", "--epochs", "0"), prog="train.py")
+        run_cli(train.main_cli, small_args(synth, tmp_path / "out", "--epochs", "0"), prog="train.py")
     assert exc.value.code == 2
     assert "train.py: error: --epochs must be >= 1, found 0" in capsys.readouterr().err
 

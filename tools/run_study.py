@@ -59,7 +59,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-import valid
+import evaluation
+import model_loading
 from errors import FlagError, InputError, run_cli
 from linemod_format import append_text, atomic_write, copy_file, write_text
 
@@ -347,7 +348,7 @@ def prepare_data(out: Path, b: Budget, data: str | None, commands: Path) -> dict
                  workers=auto_workers(b.objects * b.images))
         note(commands, f"python tools/make_synthetic_linemod.py --out {portable(str(root))} --num-objects {b.objects} "
                        f"--images-per-object {b.images} --test-fraction {b.test_fraction} --seed 0")
-    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if not valid.skipped_by_all(c))
+    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if not evaluation.skipped_by_all(c))
     if not cfgs:
         raise InputError(f"{root / 'cfg'}: no object .data files")
     if (root / INFO_FILE).is_file() and not all(fresh_of(c, b).is_file() for c in cfgs):
@@ -516,7 +517,7 @@ def check_teachers(runs: list[Run], b: Budget, given: str | None, retry: bool) -
     if given:
         if not Path(given).is_file():
             raise InputError(f"--teacher-weights {given}: file not found")
-        valid.check_weights(valid.check_model_cfg(str(ROOT / teacher_cfg)), teacher_cfg, given)
+        model_loading.check_weights(model_loading.check_model_cfg(str(ROOT / teacher_cfg)), teacher_cfg, given)
         return
     for t in (r for r in runs if r.run == "teacher"):
         s = state(t)
