@@ -99,10 +99,6 @@ class MeshPly:
         """Read a millimetre mesh (BOP) and return it in metres."""
         return cls(filename, color=color, scale=MM_TO_M)
 
-    def homogeneous(self) -> np.ndarray:
-        """Vertices as the (4, N) homogeneous matrix the metrics use."""
-        return np.vstack([self.vertices.T, np.ones((1, len(self.vertices)))])
-
 
 MAX_HEADER_BYTES = 1 << 20
 

@@ -35,6 +35,7 @@ from PIL import Image
 
 import cli
 import dataset
+import image_files
 import evaluation
 import image
 import model_info
@@ -113,8 +114,8 @@ def check_images(files) -> None:
     problems, rotated = [], []
     for f in files:
         try:
-            header = dataset.read_header(f)
-            dataset.check_bit_depth(f, header.mode)
+            header = image_files.read_header(f)
+            image_files.check_bit_depth(f, header.mode)
         except (OSError, ValueError) as exc:
             problems.append(str(exc))
             continue
@@ -132,7 +133,7 @@ def _image_frames(files):
     """Decoded with PIL, like the test loader, so the pixels (hence the poses) equal valid.py's."""
     for f in files:
         try:
-            img = dataset.load_image(f)
+            img = image_files.load_image(f)
         except ValueError as exc:
             raise SourceError(f"{f}: unreadable image (corrupt or not an image)") from exc
         yield f.stem, np.asarray(img)

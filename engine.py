@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 import errors
 from errors import CheckpointError, InputError, OverwriteError
-from linemod_format import append_text, atomic_write, write_text
+from linemod_format import append_text, atomic_write, probe_write, write_text
 from model_info import INFO_FILE
 
 CHECKPOINT, BEST_WEIGHTS, LAST_WEIGHTS = "checkpoint.pt", "model.weights", "last.weights"
@@ -261,14 +261,10 @@ def prepare_backup(backup: Path, resume: bool, overwrite: bool, need_bytes: int 
         backup.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{backup}: cannot create the backup folder: {exc.strerror}") from None
-    probe = backup / f".write_test{os.getpid()}"
     try:
-        probe.write_bytes(b"0")
+        probe_write(backup)
     except OSError as exc:
         raise InputError(f"{backup}: the backup folder is not writable: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(OSError):  # a read-only folder fails here too: keep the error above
-            probe.unlink(missing_ok=True)
     lock_backup(backup)
     try:
         free = shutil.disk_usage(backup).free

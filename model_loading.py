@@ -6,8 +6,8 @@ darknet.py is the general darknet network and its `.weights` format; this module
 run asks of it, so that every script, `evaluation`, `preflight` and `training` share one check:
 `check_head` (the output has the A*(2K+1+C) channels its `[region]` describes, `utils.head_channels`),
 `check_model_cfg` (the untrained network of a cfg, head checked), `check_weights` (a weights file
-fills that network exactly) and `load_model` (both, then the weights loaded, in eval mode).
-Errors are CfgError / WeightsError naming the file.
+fills that network exactly) and `load_model` (both, then the weights loaded, in eval mode);
+`NETWORKS`, the shipped networks by name. Errors are CfgError / WeightsError naming the file.
 """
 from __future__ import annotations
 
@@ -16,6 +16,15 @@ from pathlib import Path
 import utils
 from darknet import Darknet, read_weights_file
 from errors import CfgError, WeightsError
+
+# The networks the project ships, by the names the study and the benchmarks use (design §1.5):
+# name -> (cfg, init weights or None for a random start), paths relative to the repository root.
+NETWORKS = {
+    "yolov2": ("cfg/yolo-pose.cfg", None),
+    "tiny": ("cfg/tiny-yolo-pose.cfg", None),
+    "trial3": ("cfg/yolo-lite-trial3-pose.cfg", "weights/tiny-yolov2-trial3-voc.weights"),
+    "trial10": ("cfg/yolo-lite-trial10-pose.cfg", "weights/tiny-yolov2-trial10-voc.weights"),
+}
 
 
 def check_head(model: Darknet, modelcfg) -> None:

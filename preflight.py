@@ -11,8 +11,10 @@ cfg (`Darknet.check_weights`) and, when distilling, the teacher cfg and weights.
 every problem and raises one InputError listing them all, so that a user fixes them in one go
 instead of one per run; inputs that are legal but suspicious (empty label files, a label point
 far outside the image, a list entry given twice, a mesh that looks like millimetres or is flat,
-a focal length no camera has) give one warning each, naming them. valid.py and train_multi.py
-scan their lists with the same `check_image_list`.
+a focal length no camera has) give one warning each, naming them. The test lists of valid.py,
+valid_multi.py and train.py --also-valid (`evaluation.check_test_list`,
+`evaluation.check_occlusion_test_images`) and train_multi.py's lists are scanned with the same
+`check_image_list`.
 
 Nothing here trains, writes or allocates a model's worth of memory beyond building the two
 networks once; the per-file rules live with their readers (linemod_format, dataset, utils,
@@ -25,7 +27,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import dataset
+import image_files
 import linemod_format as lf
 import utils
 from darknet import WeightsLoad
@@ -61,7 +63,7 @@ class ListScan:
 def check_image_list(list_file, *, train: bool, label_width: int = lf.LABEL_WIDTH, size=None, size_from: str = "",
                      label_of: Callable[[str], str] = lf.label_path) -> ListScan:
     """Scan one list: every image, label file and (for training) mask must be a regular file;
-    every image header must pass `dataset.check_image_header` (of `size` (w, h) when given, which
+    every image header must pass `image_files.check_image_header` (of `size` (w, h) when given, which
     `size_from` names), every mask be the size of its image, every label file pass
     `linemod_format.read_label_rows`. label_of: the label file of an image (the OCCLUSION tests
     read another folder). Raises what `read_list` raises for the list itself."""
@@ -89,9 +91,9 @@ def check_images(paths, source, *, train: bool, label_width: int = lf.LABEL_WIDT
             scan.problems.extend(missing)
             continue
         try:
-            header = dataset.check_image_header(path, "image", size, size_from, decode=True)
+            header = image_files.check_image_header(path, "image", size, size_from, decode=True)
             if train:
-                dataset.check_image_header(files["mask"], "mask", header.size, f"the size of its image {path}")
+                image_files.check_image_header(files["mask"], "mask", header.size, f"the size of its image {path}")
             rows = lf.read_label_rows(files["label file"], label_width)
         except InputError as exc:
             scan.problems.append(str(exc))
@@ -123,11 +125,12 @@ def warn_list_oddities(list_file, scan: ListScan, use: str) -> None:
 
 def check_backgrounds(bg_dir) -> list:
     """The problems of the background images of --bg-dir: each header read as the lists' are
-    (a regular file, within the pixel cap, 8-bit); raises what `dataset.list_images` raises."""
+    (a regular file, within the pixel cap, 8-bit); raises what `image_files.list_images` raises."""
     problems = []
-    for path in dataset.list_images(bg_dir):
+    for path in image_files.list_images(bg_dir):
         try:
-            dataset.check_bit_depth(path, dataset.read_header(path, "background image").mode, "background image")
+            mode = image_files.read_header(path, "background image").mode
+            image_files.check_bit_depth(path, mode, "background image")
         except InputError as exc:
             problems.append(str(exc))
     return problems

@@ -14,6 +14,7 @@ import dataset
 import detect
 import evaluation
 import hostile
+import linemod_format
 import utils
 from darknet import Darknet
 from errors import InputError
@@ -42,7 +43,7 @@ def setup(tmp_path_factory):
     opts = utils.read_data_cfg(datacfg, resolve_paths=True)
     images = root / "images"
     images.mkdir()
-    paths = dataset.read_list(opts["valid"])
+    paths = linemod_format.read_list(opts["valid"])
     for p in paths:
         shutil.copy(p, images / Path(p).name)
     return {"root": root, "datacfg": datacfg, "weights": root / "model.weights", "images": images, "paths": paths}

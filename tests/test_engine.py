@@ -15,6 +15,7 @@ import torch
 import engine
 import evaluation
 import hostile
+import linemod_format
 import recipes
 import train
 from errors import CheckpointError, InputError, run_cli
@@ -446,7 +447,7 @@ def test_metric_logs_are_replaced_whole_never_appended_in_place(tmp_path, monkey
 def test_a_read_only_backup_folder_is_one_clean_error(tmp_path, monkeypatch):
     """The clean error was raised, then the clean-up of the probe file raised over it (issue 25).
     Tests run as root, where chmod stops no write: the read-only file system is simulated."""
-    monkeypatch.setattr(engine.Path, "write_bytes", hostile.os_error(hostile.EROFS))
+    monkeypatch.setattr(linemod_format, "open", hostile.os_error(hostile.EROFS), raising=False)
     monkeypatch.setattr(engine.Path, "unlink", hostile.os_error(hostile.EROFS))
     with pytest.raises(InputError, match=r"backup: the backup folder is not writable: Read-only file system"):
         engine.prepare_backup(tmp_path / "backup", resume=False, overwrite=False)

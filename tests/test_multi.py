@@ -22,6 +22,7 @@ import torch
 import dataset
 import detect
 import evaluation
+import linemod_format
 import model_loading
 import recipes
 import training
@@ -168,7 +169,7 @@ def test_occlusion_labels_are_reordered_to_the_linemod_order(occ):
         ts = dataset.OcclusionTestSet(o.setup.valid_list, o.name, 64)
         raw = dataset.OcclusionTestSet(o.setup.valid_list, o.name, 64, reorder=False)
         for i, path in enumerate(ts.paths):
-            scene_rows = dataset.read_truths(dataset.label_path(path))  # the scene's labels, design §9.2 order
+            scene_rows = dataset.read_truths(linemod_format.label_path(path))  # the scene's labels, design §9.2 order
             mine = ts[i][1].numpy().reshape(50, 21)[0]
             expect = scene_rows[scene_rows[:, 0] == o.class_id][0]
             np.testing.assert_allclose(mine, expect, atol=1e-12)
@@ -181,7 +182,7 @@ def test_occlusion_labels_are_reordered_to_the_linemod_order(occ):
 
 def test_missing_occlusion_label_is_named(occ, tmp_path):
     o = evaluation.load_objects(occ / "cfg/occlusion.data", ["obj01"])[0]
-    path = dataset.read_list(o.setup.valid_list)[0]
+    path = linemod_format.read_list(o.setup.valid_list)[0]
     lst = tmp_path / "list.txt"
     lst.write_text(path + "\n")
     label = occlusion_label_path(path, "obj09")
@@ -265,14 +266,14 @@ def _centroid_to_mask_px(row, mask, S):
 
 def test_pasted_objects_keep_their_labels_on_their_masks(occ):
     pools = dataset.linemod_train_lists(occ / "LINEMOD")
-    paths = dataset.read_list(occ / "cfg/train_occlusion.txt")
+    paths = linemod_format.read_list(occ / "cfg/train_occlusion.txt")
     S, far = 192, {False: 0, True: 0}
     pasted = 0
     for repro in (False, True):
         for seed in range(6):
             s = dataset.multi_object_sample(paths[seed], pools, S, np.random.default_rng(seed),
                                             np.zeros((8, 8, 3), np.uint8), repro_label_bugs=repro)
-            n_main = len(dataset.read_truths(dataset.label_path(paths[seed])))
+            n_main = len(dataset.read_truths(linemod_format.label_path(paths[seed])))
             pasted += (len(s.labels) - n_main) * (not repro)
             for row, mask in zip(s.labels, s.masks):
                 d = _centroid_to_mask_px(row, mask, S)
@@ -300,7 +301,7 @@ def test_schedule_counts_raw_batches():
 def test_loss_uses_the_cfg_anchors_classes_and_ms_scales(repro):
     args = train_multi.get_args_parser().parse_args(["--pretrain_num_epochs", "3"] + ["--repro-anchor-bug"] * repro)
     training.fill_recipe_defaults(args, loss_scales="ms", pretrain_num_epochs=0)  # train_multi's defaults
-    loss = train_multi.make_loss(Darknet(TRIAL3_MULTI), args)
+    loss = training.build_loss(Darknet(TRIAL3_MULTI), args)
     assert (loss.num_classes, loss.num_anchors, loss.pretrain_num_epochs, loss.repro_anchor_bug) == (13, 5, 3, repro)
     assert loss.anchors == pytest.approx([1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879,
                                           5.8851])
@@ -313,7 +314,7 @@ def test_a_few_steps_lower_the_loss(occ):
     model = Darknet(TRIAL3_MULTI)
     model.load_weights_until_last(BACKBONE3)
     args = training.fill_recipe_defaults(train_multi.get_args_parser().parse_args([]), "ms", 0)
-    loss_fn = train_multi.make_loss(model, args)
+    loss_fn = training.build_loss(model, args)
     pools = dataset.linemod_train_lists(occ / "LINEMOD")
     ds = dataset.MultiObjectDataset(occ / "cfg/train_occlusion.txt", pools, train=True, seed=0)
     images, target = dataset.collate([ds[(i, 128)] for i in range(4)])
@@ -438,8 +439,8 @@ def _occ_copy(occ, tmp_path):
 def test_train_multi_checks_the_training_labels_before_training(occ, tmp_path):
     """A bad training label was met mid-training, although the README says it is checked before."""
     root, data = _occ_copy(occ, tmp_path)
-    first = dataset.read_list(utils.read_data_cfg(data, resolve_paths=True)["train"])[0]
-    Path(dataset.label_path(first)).write_text("0 0.5 0.5\n")
+    first = linemod_format.read_list(utils.read_data_cfg(data, resolve_paths=True)["train"])[0]
+    Path(linemod_format.label_path(first)).write_text("0 0.5 0.5\n")
     args = ["--datacfg", str(data), "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", "none",
             "--backupdir", str(tmp_path / "b"), "--quiet"]
     with pytest.raises(InputError, match=r"(?s)cannot start training:.*:1: expected 21 numbers per object, found 3"):
@@ -450,7 +451,7 @@ def test_train_multi_checks_the_training_labels_before_training(occ, tmp_path):
 def test_all_empty_occlusion_labels_are_refused_and_some_warn(occ, tmp_path):
     root, data = _occ_copy(occ, tmp_path)
     (obj,) = evaluation.load_objects(data, ["obj00"])
-    paths = dataset.read_list(obj.setup.valid_list)
+    paths = linemod_format.read_list(obj.setup.valid_list)
     Path(occlusion_label_path(paths[0], "obj00")).write_text("")
     with pytest.warns(UserWarning, match=rf"1 of {len(paths)} labels_occlusion files of 'obj00' are empty"):
         evaluation.check_occlusion_test_images([obj])
@@ -498,7 +499,7 @@ def test_fast_multi_sample_has_the_pillow_samples_labels(occ):
     """The cv2 path of the design §6.3 sample makes the same draws: the same objects pasted, labels
     equal to 1e-6, the objects on the same pixels."""
     pools = dataset.linemod_train_lists(occ / "LINEMOD")
-    paths = dataset.read_list(occ / "cfg/train_occlusion.txt")
+    paths = linemod_format.read_list(occ / "cfg/train_occlusion.txt")
     S = 160
     for seed, path in enumerate(paths):
         slow = dataset.multi_object_sample(path, pools, S, np.random.default_rng(seed), np.zeros((S, S, 3), np.uint8))
@@ -709,7 +710,7 @@ def test_load_objects_names_a_test_list_without_mesh_and_a_mesh_without_diameter
 def test_missing_occlusion_label_files_are_named_before_the_work(occ, tmp_path):
     root, data = _occ_copy(occ, tmp_path)
     (obj,) = evaluation.load_objects(data, ["obj01"])
-    first = dataset.read_list(obj.setup.valid_list)[0]
+    first = linemod_format.read_list(obj.setup.valid_list)[0]
     label = Path(occlusion_label_path(first, "obj01"))
     label.unlink()
     with pytest.raises(InputError, match=rf"{label}"):

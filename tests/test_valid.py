@@ -66,7 +66,7 @@ def encode(points_norm: np.ndarray) -> np.ndarray:
 
 def gt_points_norm(test_set) -> np.ndarray:
     """The first object's 9 label points (N, 9, 2), normalised, of every test image."""
-    return np.stack([dataset.read_truths(dataset.label_path(p))[0, 1:19].reshape(9, 2) for p in test_set.paths])
+    return np.stack([dataset.read_truths(linemod_format.label_path(p))[0, 1:19].reshape(9, 2) for p in test_set.paths])
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def golden_root(ev, golden_dir, tmp_path_factory):
     for i, row in enumerate(ev["label_rows"]):
         path = images / f"{i:06d}.png"
         cv2.imwrite(str(path), np.full((480, 640, 3), 10 * i, np.uint8))
-        dataset.write_truths(dataset.label_path(path), row)
+        dataset.write_truths(linemod_format.label_path(path), row)
         lines.append(f"LINEMOD/box/JPEGImages/{i:06d}.png")
     (root / "LINEMOD" / "box" / "test.txt").write_text("\n".join(lines) + "\n")
     shutil.copy(golden_dir / "synthetic_box.ply", root / "LINEMOD" / "box" / "box.ply")
@@ -118,8 +118,8 @@ def trial3_weights(tmp_path_factory, root, synth):
     torch.manual_seed(0)
     model = Darknet(TRIAL3_CFG)
     model.load_weights_until_last(root / "weights" / "tiny-yolov2-trial3-voc.weights")
-    first = dataset.read_list(synth / "LINEMOD" / "obj00" / "test.txt")[0]
-    bias = encode(dataset.read_truths(dataset.label_path(first))[:1, 1:19].reshape(1, 9, 2))[0]
+    first = linemod_format.read_list(synth / "LINEMOD" / "obj00" / "test.txt")[0]
+    bias = encode(dataset.read_truths(linemod_format.label_path(first))[:1, 1:19].reshape(1, 9, 2))[0]
     head = model.models[-2].conv
     with torch.no_grad():
         head.weight.normal_(0.0, 0.01)
@@ -543,8 +543,8 @@ def test_bad_labels_stop_before_the_loop_and_empty_ones_warn(synth, trial3_weigh
     shutil.copytree(synth / "LINEMOD" / "obj00", root / "LINEMOD" / "obj00")
     shutil.copytree(synth / "cfg", root / "cfg")
     data = root / "cfg" / "obj00.data"
-    paths = dataset.read_list(root / "LINEMOD" / "obj00" / "test.txt")
-    labels = [Path(dataset.label_path(p)) for p in paths]
+    paths = linemod_format.read_list(root / "LINEMOD" / "obj00" / "test.txt")
+    labels = [Path(linemod_format.label_path(p)) for p in paths]
     good = labels[0].read_text()
     labels[0].write_text("")
     labels[1].write_text("\n")
@@ -627,7 +627,7 @@ def _private_copy(synth, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(synth / "LINEMOD" / "obj00", root / "LINEMOD" / "obj00")
     shutil.copytree(synth / "cfg", root / "cfg")
-    return root, root / "cfg" / "obj00.data", dataset.read_list(root / "LINEMOD" / "obj00" / "test.txt")
+    return root, root / "cfg" / "obj00.data", linemod_format.read_list(root / "LINEMOD" / "obj00" / "test.txt")
 
 
 def test_output_paths_are_checked_before_the_loop(synth, trial3_weights, tmp_path, no_loop):

@@ -61,17 +61,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 import evaluation
 import model_loading
+from model_loading import NETWORKS
 from errors import FlagError, InputError, run_cli
 from linemod_format import append_text, atomic_write, copy_file, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
-NETWORKS = {  # name: (cfg, init weights or None for random)
-    "yolov2": ("cfg/yolo-pose.cfg", None),
-    "tiny": ("cfg/tiny-yolo-pose.cfg", None),
-    "trial3": ("cfg/yolo-lite-trial3-pose.cfg", "weights/tiny-yolov2-trial3-voc.weights"),
-    "trial10": ("cfg/yolo-lite-trial10-pose.cfg", "weights/tiny-yolov2-trial10-voc.weights"),
-}
 # A student cell's distillation: none, the fork's channel bug (fork), the right channels (fixed), at the
 # fork's --kd-alpha 1 or, with '-a<alpha>', a blend with the ground truth (fixed-a0.5: half and half);
 # '-nt': the fast recipe's neighbour cells regress the teacher too (--kd-neighbours teacher, D66), not the GT.
