@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import cli
 import tools.synth_render as sr
+from errors import run_cli
 from tools import make_synthetic_linemod as gen
 from utils import IM_HEIGHT, IM_WIDTH, get_camera_intrinsic
 
@@ -186,4 +187,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="bench_synthetic.py")

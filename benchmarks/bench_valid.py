@@ -36,6 +36,7 @@ import cli
 import dataset
 import valid
 from darknet import Darknet
+from errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,4 +136,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)), prog="bench_valid.py")
