@@ -152,7 +152,7 @@ def render_mask(vertices: np.ndarray, faces: np.ndarray, R, t, K, width: int, he
     Every face is rendered with both windings, so a mesh whose faces are not consistently
     oriented still gives a full silhouette (the renderer culls back faces).
     """
-    from tools.synth_render import Light, Mesh, render
+    from render import Light, Mesh, render
 
     both = np.concatenate([faces, faces[:, ::-1]])
     mesh = Mesh(vertices, both, np.zeros_like(vertices), np.zeros((len(vertices), 3), np.uint8),

@@ -1,6 +1,6 @@
 """Procedural textured meshes, LINEMOD-like poses and a small numpy z-buffer renderer (CPU only).
 
-Used by tools/make_synthetic_linemod.py (design §14.3); every function is pure and takes its
+Used by synthetic.py (design §14.3) and tools/make_labels.py (masks); every function is pure and takes its
 randomness from an explicit numpy Generator, so a seed fixes every pixel.
 
 Units and frames:
