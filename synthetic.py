@@ -75,12 +75,16 @@ like the test scenes above and numbered after every image in the main object's J
 """
 from __future__ import annotations
 
+import colorsys
+import hashlib
 import json
+import math
 import multiprocessing
 import os
+import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -93,10 +97,13 @@ from linemod_format import (
     pose_entry, read_data_cfg, to_occlusion_order, write_data_cfg, write_label_rows, write_list, write_poses_json,
     write_text,
 )
-from MeshPly import write_ply
+from MeshPly import read_mesh, write_ply
 from ownership import Outputs, run_record
-from render import Light, Mesh, make_mesh, render, sample_pose
-from utils import get_camera_intrinsic, label_from_pose, mesh_diameter
+from render import (
+    AMBIENT_RANGE, DISTANCE_RANGE_M, ELEVATION_RANGE_DEG, LIGHT_COUNT_RANGE, LIGHT_INTENSITY_RANGE,
+    LIGHT_SATURATION_MAX, SHININESS_RANGE, SPECULAR_RANGE, Light, Lighting, Mesh, make_mesh, render, sample_pose,
+)
+from utils import check_mesh_vertices, get_camera_intrinsic, label_from_pose, mesh_diameter
 
 DEFAULT_OUT = "data/synthetic"
 DEFAULT_TEST_FRACTION = 0.25
@@ -133,6 +140,7 @@ class SynthObject:
     class_id: int
     mesh: Mesh
     diameter: float  # metres, utils.mesh_diameter of the written vertices
+    pose_ranges: dict = field(default_factory=dict)  # sample_pose keywords (a user mesh's camera ranges)
 
 
 def build_objects(n: int, seed: int) -> list[SynthObject]:
@@ -142,6 +150,38 @@ def build_objects(n: int, seed: int) -> list[SynthObject]:
         mesh = make_mesh(_rng(seed, TAG_MESH, i))
         out.append(SynthObject(name, i, mesh, mesh_diameter(mesh.vertices)))
     return out
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a set of user meshes is rendered (generate_from_meshes); every field is recorded in
+    synthetic_info.json. Ranges are (low, high), drawn uniformly per image.
+
+    distance_m: camera distance of the model origin, metres; None: derived from each mesh's size
+        and the camera (camera_distances). elevation_deg: the view's angle above the model's xy
+        plane (LINEMOD's upper hemisphere). inplane_deg: roll about the optical axis.
+    lights: number of directional lights (inclusive); light_intensity: their summed diffuse
+        intensity; light_saturation: how coloured they may be (0 white); ambient; specular
+        (highlight strength); shininess (Blinn-Phong exponent).
+    """
+    distance_m: tuple | None = None
+    elevation_deg: tuple = ELEVATION_RANGE_DEG
+    inplane_deg: tuple = (-180.0, 180.0)
+    lights: tuple = LIGHT_COUNT_RANGE
+    light_intensity: tuple = LIGHT_INTENSITY_RANGE
+    light_saturation: float = LIGHT_SATURATION_MAX
+    ambient: tuple = AMBIENT_RANGE
+    specular: tuple = SPECULAR_RANGE
+    shininess: tuple = SHININESS_RANGE
+
+    def lighting(self, rng: np.random.Generator) -> Lighting:
+        return Lighting.random(rng, count=self.lights, intensity=self.light_intensity,
+                               saturation=self.light_saturation, ambient=self.ambient, specular=self.specular,
+                               shininess=self.shininess)
+
+    def record(self) -> dict:
+        """The options as JSON values (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,11 +226,36 @@ def render_single(objects: list[SynthObject], obj_idx: int, img_idx: int, seed: 
     return _composite(bg, rendering), mask, R, t
 
 
+def render_mesh_single(objects: list[SynthObject], obj_idx: int, img_idx: int, seed: int, K: np.ndarray,
+                       width: int, height: int, options: RenderOptions, tag: int = TAG_IMAGE):
+    """One image of a user's mesh: (rgb (H, W, 3) uint8, mask (H, W) uint8 0/255, R (3, 3), t (3,) m).
+
+    Pose (the object's camera ranges), colours, lights and background come from the stream
+    (seed, tag, obj_idx, img_idx); `options` says how they are drawn.
+    """
+    rng = _rng(seed, tag, obj_idx, img_idx)
+    obj = objects[obj_idx]
+    R, t = sample_pose(rng, obj.mesh.keypoints3d, K, width, height, **obj.pose_ranges)
+    rendering = render([_dress(rng, obj.mesh)], [(R, t)], K, width, height, options.lighting(rng))
+    bg = make_background(rng, np.concatenate([o.mesh.face_colors for o in objects]).astype(np.float64), width, height)
+    mask = np.where(rendering.ids == 0, 255, 0).astype(np.uint8)
+    return _composite(bg, rendering), mask, R, t
+
+
+def _dress(rng: np.random.Generator, mesh: Mesh) -> Mesh:
+    """The mesh as rendered in one image: a mesh without colours gets one random colour (a draw
+    from rng only then), any other is unchanged."""
+    if mesh.colored:
+        return mesh
+    h, sat, val = rng.random(), rng.uniform(0.1, 0.9), rng.uniform(0.3, 1.0)
+    return mesh.recolored(np.round(np.array(colorsys.hsv_to_rgb(h, sat, val)) * 255).astype(np.uint8))
+
+
 def _place_scene(rng, objects: list[SynthObject], chosen: list[int], K, width, height):
     """Poses [(R, t)] for the chosen objects (chosen[0] = main, near the image centre); others near it."""
     main = objects[chosen[0]]
     R, t = sample_pose(rng, main.mesh.keypoints3d, K, width, height,
-                       centre_box=(0.3 * width, 0.7 * width, 0.3 * height, 0.7 * height))
+                       centre_box=(0.3 * width, 0.7 * width, 0.3 * height, 0.7 * height), **main.pose_ranges)
     poses = [(R, t)]
     spheres = [_sphere(main.mesh, R, t)]
     main_px = K @ t / t[2]
@@ -203,7 +268,8 @@ def _place_scene(rng, objects: list[SynthObject], chosen: list[int], K, width, h
             target = main_px[:2] + rng.uniform(0.4, 1.0) * r_px * np.array([np.cos(ang), np.sin(ang)])
             box = (target[0] - 15, target[0] + 15, target[1] - 15, target[1] + 15)
             try:
-                Ri, ti = sample_pose(rng, mesh.keypoints3d, K, width, height, centre_box=box)
+                Ri, ti = sample_pose(rng, mesh.keypoints3d, K, width, height, centre_box=box,
+                                     **objects[idx].pose_ranges)
             except RuntimeError:
                 continue
             c, r = _sphere(mesh, Ri, ti)
@@ -221,10 +287,11 @@ def _sphere(mesh: Mesh, R, t):
 
 
 def render_scene(objects: list[SynthObject], scene_idx: int, seed: int, K: np.ndarray,
-                 width: int = IM_WIDTH, height: int = IM_HEIGHT, tag: int = TAG_SCENE):
+                 width: int = IM_WIDTH, height: int = IM_HEIGHT, tag: int = TAG_SCENE, options=None):
     """One multi-object scene with mutual occlusion.
 
-    Objects, poses, light and background come from the stream (seed, tag, scene_idx). Returns
+    Objects, poses, light and background come from the stream (seed, tag, scene_idx); options
+    (RenderOptions, a set of user meshes) or None (the procedural sets, flat shading). Returns
     rgb (H, W, 3) uint8, mask (H, W) uint8 (union of all objects, 0/255), and a list of
     (object index, R (3, 3), t (3,) m, visible fraction) sorted by object index; object 0 always.
     """
@@ -232,13 +299,14 @@ def render_scene(objects: list[SynthObject], scene_idx: int, seed: int, K: np.nd
         raise ValueError(f"multi-object scenes need at least 2 objects; got {len(objects)}")
     rng = _rng(seed, tag, scene_idx)
     others = np.arange(1, len(objects))
-    light = Light.random(rng)
+    light = Light.random(rng) if options is None else options.lighting(rng)
+    meshes = [o.mesh for o in objects] if options is None else [_dress(rng, o.mesh) for o in objects]
     best = None
     for _ in range(SCENE_TRIES):
         n_extra = int(rng.integers(1, min(len(others), MAX_SCENE_EXTRAS) + 1))
         chosen = [0] + sorted(int(i) for i in rng.choice(others, size=n_extra, replace=False))
         placed, poses = _place_scene(rng, objects, chosen, K, width, height)
-        rendering = render([objects[i].mesh for i in placed], poses, K, width, height, light)
+        rendering = render([meshes[i] for i in placed], poses, K, width, height, light)
         vis = rendering.visible_fraction()
         if len(placed) > 1 and np.all(vis >= MIN_VISIBLE):
             best = (placed, poses, rendering)
@@ -247,11 +315,11 @@ def render_scene(objects: list[SynthObject], scene_idx: int, seed: int, K: np.nd
             keep = [k for k in range(len(placed)) if k == 0 or vis[k] >= MIN_VISIBLE]
             best = ([placed[k] for k in keep], [poses[k] for k in keep], None)
     if best is None:  # practically unreachable: fall back to the main object alone
-        R, t = sample_pose(rng, objects[0].mesh.keypoints3d, K, width, height)
+        R, t = sample_pose(rng, objects[0].mesh.keypoints3d, K, width, height, **objects[0].pose_ranges)
         best = ([0], [(R, t)], None)
     placed, poses, rendering = best
     if rendering is None:  # objects were dropped: render the kept ones again
-        rendering = render([objects[i].mesh for i in placed], poses, K, width, height, light)
+        rendering = render([meshes[i] for i in placed], poses, K, width, height, light)
     bg = make_background(rng, np.concatenate([o.mesh.face_colors for o in objects]).astype(np.float64), width, height)
     mask = np.where(rendering.ids >= 0, 255, 0).astype(np.uint8)
     vis = rendering.visible_fraction()
@@ -284,13 +352,15 @@ def _run_job(job):
     ('fresh', ...) (add_fresh_test) or ('fresh_scene', ...) (add_fresh_multi)."""
     s = _STATE
     objects, K, out, seed = s["objects"], s["K"], s["out"], s["seed"]
+    width, height, options = s.get("width", IM_WIDTH), s.get("height", IM_HEIGHT), s.get("options")
     if job[0] in ("single", "fresh"):
         _, oi, ii = job[:3]
-        if job[0] == "fresh":  # ('fresh', obj_idx, image index, fresh seed, k-th fresh image)
-            rgb, mask, R, t = render_single(objects, oi, job[4], job[3], K, tag=TAG_FRESH)
+        index, image_seed, tag = (job[4], job[3], TAG_FRESH) if job[0] == "fresh" else (ii, seed, TAG_IMAGE)
+        if options is None:  # ('fresh', obj_idx, image index, fresh seed, k-th fresh image)
+            rgb, mask, R, t = render_single(objects, oi, index, image_seed, K, width, height, tag=tag)
         else:
-            rgb, mask, R, t = render_single(objects, oi, ii, seed, K)
-        row = label_from_pose(objects[oi].mesh.corners, R, t, K, objects[oi].class_id)
+            rgb, mask, R, t = render_mesh_single(objects, oi, index, image_seed, K, width, height, options, tag=tag)
+        row = label_from_pose(objects[oi].mesh.corners, R, t, K, objects[oi].class_id, width, height)
         rel = f"LINEMOD/{objects[oi].name}/JPEGImages/{image_stem(ii)}.jpg"
         _write_image(out, rel, rgb, mask, row[None], s["quality"])
         return job, [(oi, R, t, 1.0, row)]
@@ -300,8 +370,8 @@ def _run_job(job):
     else:
         _, si, ii, is_test = job
         scene_seed, tag = seed, TAG_SCENE
-    rgb, mask, items = render_scene(objects, si, scene_seed, K, tag=tag)
-    rows = [(oi, R, t, vis, label_from_pose(objects[oi].mesh.corners, R, t, K, objects[oi].class_id))
+    rgb, mask, items = render_scene(objects, si, scene_seed, K, width, height, tag=tag, options=options)
+    rows = [(oi, R, t, vis, label_from_pose(objects[oi].mesh.corners, R, t, K, objects[oi].class_id, width, height))
             for oi, R, t, vis in items]
     rel = f"LINEMOD/{objects[0].name}/JPEGImages/{image_stem(ii)}.jpg"
     _write_image(out, rel, rgb, mask, np.stack([r[4] for r in rows]), s["quality"])
@@ -409,9 +479,25 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
     if seed < 0:
         raise ValueError(f"seed must be >= 0; got {seed}")
     start = time.perf_counter()
-    out = Path(out_dir)
     K = get_camera_intrinsic()
     objs = build_objects(objects, seed)
+    params = generation_params(objects, images_per_object, seed, multi, test_fraction, jpeg_quality)
+    return _write_set(Path(out_dir), objs, K, IM_WIDTH, IM_HEIGHT, images_per_object, seed, multi, test_fraction,
+                      workers, overwrite, jpeg_quality, params, "tools/make_synthetic_linemod.py", {}, None, quiet,
+                      start)
+
+
+def _write_set(out: Path, objs: list[SynthObject], K: np.ndarray, width: int, height: int, images_per_object: int,
+               seed: int, multi: int, test_fraction: float, workers: int, overwrite: bool, jpeg_quality: int,
+               params: dict, generator: str, extra_info: dict, options, quiet: bool, start: float,
+               progress: bool = False) -> dict:
+    """Render and write a set of `objs` (the one writer of generate and generate_from_meshes).
+
+    params: what the manifest records (the set's identity); generator and extra_info: the
+    synthetic_info.json entries beyond the common ones; options: None (procedural, flat shading)
+    or a RenderOptions. Returns generate's summary.
+    """
+    objects = len(objs)
     main = objs[0].name
 
     # single-object images, then scenes numbered after them in the main object's folder
@@ -420,11 +506,12 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
     outputs = Outputs(out, TOOL)
     outputs.plan(planned_files(out, objs, images_per_object, multi, scene_test), GROUP)
     outputs.check(overwrite)  # before anything is written: never a file this generator did not write
-    outputs.begin(generation_params(objects, images_per_object, seed, multi, test_fraction, jpeg_quality))
+    outputs.begin(params)
     jobs = [("single", o.class_id, i) for o in objs for i in range(images_per_object)]
     jobs += [("scene", s, images_per_object + s, bool(scene_test[s])) for s in range(multi)]
-    state = {"objects": objs, "K": K, "out": out, "seed": seed, "quality": jpeg_quality}
-    results = _run_jobs(jobs, state, workers)
+    state = {"objects": objs, "K": K, "out": out, "seed": seed, "quality": jpeg_quality, "width": width,
+             "height": height, "options": options}
+    results = _run_jobs(jobs, state, workers, progress)
 
     # per-object files
     poses = {o.class_id: [] for o in objs}
@@ -457,27 +544,27 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
         m = o.mesh
         write_ply(folder / f"{o.name}.ply", m.vertices, m.faces, m.normals, m.vertex_colors)
         write_poses_json(out / "poses" / f"{o.name}.json", o.name, o.class_id, f"{rel_folder}/{o.name}.ply",
-                         K, IM_WIDTH, IM_HEIGHT, poses[o.class_id])
+                         K, width, height, poses[o.class_id])
         if multi:
             write_list(folder / "test_occlusion.txt", test_scenes[o.class_id])
 
     # cfg files last: their presence means the dataset is complete
     for o in objs:
         path = out / "cfg" / f"{o.name}.data"
-        write_data_cfg(path, data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K))
+        write_data_cfg(path, data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K, width, height))
         data_cfgs.append(path)
     occlusion_data = None
     if multi:
         write_list(out / "cfg" / "train_occlusion.txt", train_scenes)
         occlusion_data = out / "cfg" / "occlusion.data"
-        write_data_cfg(occlusion_data, _occlusion_items(objs, K))
+        write_data_cfg(occlusion_data, _occlusion_items(objs, K, width, height))
         for o in objs:
-            write_data_cfg(out / "cfg" / f"{o.name}_occlusion.data", _object_occlusion_items(o, K))
-    info = {"generator": "tools/make_synthetic_linemod.py", "format_version": 1, "seed": seed,
+            write_data_cfg(out / "cfg" / f"{o.name}_occlusion.data", _object_occlusion_items(o, K, width, height))
+    info = {"generator": generator, "format_version": 1, "seed": seed,
             "objects": [o.name for o in objs], "images_per_object": images_per_object, "multi": multi,
             "main_object": main if multi else None, "test_fraction": test_fraction, "jpeg_quality": jpeg_quality,
-            "width": IM_WIDTH, "height": IM_HEIGHT, "K": K.tolist(),
-            "diameters": {o.name: o.diameter for o in objs}}
+            "width": width, "height": height, "K": K.tolist(),
+            "diameters": {o.name: o.diameter for o in objs}, **extra_info}
     write_text(out / INFO_FILE, json.dumps(info, indent=1) + "\n")
     outputs.finish()
     for rel in outputs.kept:
@@ -730,9 +817,10 @@ def _fresh_occlusion_cfg(occ_path: Path, lists: dict, names: list[str]) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def _occlusion_items(objs: list[SynthObject], K: np.ndarray) -> list[tuple[str, str]]:
+def _occlusion_items(objs: list[SynthObject], K: np.ndarray, width: int = IM_WIDTH,
+                     height: int = IM_HEIGHT) -> list[tuple[str, str]]:
     items = [("train", "cfg/train_occlusion.txt"), ("backup", "backup_multi"), ("name", "occlusion"),
-             ("gpus", "0"), ("num_workers", "10"), ("im_width", str(IM_WIDTH)), ("im_height", str(IM_HEIGHT)),
+             ("gpus", "0"), ("num_workers", "10"), ("im_width", str(width)), ("im_height", str(height)),
              ("fx", repr(float(K[0, 0]))), ("fy", repr(float(K[1, 1]))),
              ("u0", repr(float(K[0, 2]))), ("v0", repr(float(K[1, 2])))]
     for o in objs:  # design §3.2: 1-based suffixes in class order
@@ -742,10 +830,12 @@ def _occlusion_items(objs: list[SynthObject], K: np.ndarray) -> list[tuple[str, 
     return items
 
 
-def _object_occlusion_items(o: SynthObject, K: np.ndarray) -> list[tuple[str, str]]:
-    items = data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K, train="cfg/train_occlusion.txt",
-                           valid=f"LINEMOD/{o.name}/test_occlusion.txt", backup="backup_multi")
-    return items + [("im_width", str(IM_WIDTH)), ("im_height", str(IM_HEIGHT))]
+def _object_occlusion_items(o: SynthObject, K: np.ndarray, width: int = IM_WIDTH,
+                            height: int = IM_HEIGHT) -> list[tuple[str, str]]:
+    items = data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K, width, height,
+                           train="cfg/train_occlusion.txt", valid=f"LINEMOD/{o.name}/test_occlusion.txt",
+                           backup="backup_multi")
+    return items + [("im_width", str(width)), ("im_height", str(height))]
 
 
 def auto_workers(n_images: int) -> int:
@@ -754,22 +844,30 @@ def auto_workers(n_images: int) -> int:
     return max(1, min(os.cpu_count() or 1, 8, n_images // AUTO_IMAGES_PER_WORKER))
 
 
-def _run_jobs(jobs: list, state: dict, workers: int) -> list:
-    """Results of _run_job in job order; workers > 1 uses a process pool.
+def _run_jobs(jobs: list, state: dict, workers: int, progress: bool = False) -> list:
+    """Results of _run_job in job order; workers > 1 uses a process pool; progress: a tqdm bar on stderr.
 
     The pool is started with 'spawn', never 'fork': a fork after torch or OpenCV have started
     their thread pools (as in a test session or in train.py) can deadlock the children.
     """
     workers = max(1, min(int(workers), len(jobs)))
+
+    def bar(results):
+        if not progress:
+            return list(results)
+        from tqdm import tqdm  # only a command that shows progress pays for the import
+
+        return list(tqdm(results, total=len(jobs), desc="rendering", unit="image"))
+
     if workers == 1:
         _init_worker(state, worker_process=False)
         try:
-            return [_run_job(j) for j in jobs]
+            return bar(_run_job(j) for j in jobs)
         finally:
             _STATE.clear()
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(state,)) as pool:
-        return list(pool.imap(_run_job, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+        return bar(pool.imap(_run_job, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
 
 
 def _print_summary(summary: dict, objs, test_flags, scene_test) -> None:
@@ -787,3 +885,149 @@ def _print_summary(summary: dict, objs, test_flags, scene_test) -> None:
     print("  data cfgs: " + " ".join(summary["data_cfgs"]))
     if summary["occlusion_data"]:
         print(f"  multi-object cfg: {summary['occlusion_data']}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sets rendered from user meshes
+# --------------------------------------------------------------------------------------------
+
+MESH_GENERATOR = "synthetic.generate_from_meshes"
+MIN_APPARENT_PX = 16.0  # the farthest view shows the object at least this wide (pixels)
+FIT_FRACTION = 0.9  # the nearest default view fills at most this fraction of the shorter image side
+LINEMOD_FX = 572.4114  # design §3.3: the default distances give a mesh LINEMOD's pixel sizes on any camera
+
+
+def camera_distances(vertices: np.ndarray, K: np.ndarray, width: int, height: int, requested=None,
+                     source="mesh") -> tuple[float, float]:
+    """The camera distance range (lo, hi) in metres of a mesh (N, 3) m for camera K (3, 3) and a
+    width x height image.
+
+    The object's extent about its origin, 2 r with r = max |v|, spans 2 f r / d pixels at distance d.
+    requested None: LINEMOD's DISTANCE_RANGE_M scaled by fx / LINEMOD_FX (a LINEMOD-sized object
+    appears as in LINEMOD), clipped so the object fits in FIT_FRACTION of the shorter side and
+    spans at least MIN_APPARENT_PX; when the clip leaves nothing, the range of the same ratio next
+    to the limit it crossed. requested (lo, hi): checked, InputError naming `source` when the camera
+    cannot see the object there (wider than the image at lo, narrower than MIN_APPARENT_PX at hi,
+    or lo inside the object).
+    """
+    r = float(np.linalg.norm(np.asarray(vertices, dtype=np.float64), axis=1).max())
+    f_near, f_far = float(max(K[0, 0], K[1, 1])), float(min(K[0, 0], K[1, 1]))
+    side = float(min(width, height))
+    if requested is not None:
+        lo, hi = (float(x) for x in requested)
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
+            raise InputError(f"camera distance {lo:g}-{hi:g} m: expected 0 < low <= high")
+        problems = []
+        if lo <= r:
+            problems.append(f"at {lo:g} m the camera is inside the object (it reaches {r:.3g} m from its origin)")
+        elif 2 * f_near * r / lo > side:
+            problems.append(f"at {lo:g} m the object spans {2 * f_near * r / lo:.0f} px, more than the "
+                            f"{width}x{height} image")
+        if 2 * f_far * r / hi < MIN_APPARENT_PX:
+            problems.append(f"at {hi:g} m the object spans {2 * f_far * r / hi:.1f} px, under {MIN_APPARENT_PX:g}")
+        if problems:
+            raise InputError(f"{source}: the camera (fx {K[0, 0]:g}, fy {K[1, 1]:g}, {width}x{height}) cannot see "
+                             f"the object at the requested distances: {'; '.join(problems)}; choose another "
+                             f"distance range (or check the mesh units)")
+        return lo, hi
+    lo, hi = (d * float(K[0, 0]) / LINEMOD_FX for d in DISTANCE_RANGE_M)
+    near = max(2 * f_near * r / (FIT_FRACTION * side), 1.01 * r)
+    far = 2 * f_far * r / MIN_APPARENT_PX
+    ratio = hi / lo
+    if near > hi or near > far:
+        return near, max(near, min(near * ratio, far))
+    if far < lo:
+        return far / ratio, far
+    return max(lo, near), min(hi, far)
+
+
+def _object_name(path: Path, taken: set) -> str:
+    """A folder-safe object name from a mesh file name (unique among `taken`)."""
+    base = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem).strip("_") or "object"
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def _file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_mesh_objects(mesh_paths, mesh_units="m", K=None, width: int = IM_WIDTH, height: int = IM_HEIGHT,
+                      options: RenderOptions | None = None, names=None) -> tuple[list[SynthObject], list[dict]]:
+    """Read the user meshes (MeshPly.read_mesh) as SynthObjects with their camera ranges, and their
+    records for synthetic_info.json; MeshError / InputError naming the file before anything is written.
+
+    mesh_units: one of MESH_UNITS for all, or a list with one per mesh.
+    """
+    options = options or RenderOptions()
+    K = get_camera_intrinsic() if K is None else np.asarray(K, dtype=np.float64)
+    paths = [Path(p) for p in ([mesh_paths] if isinstance(mesh_paths, (str, Path)) else mesh_paths)]
+    if not paths:
+        raise InputError("no mesh given; pass at least one .ply or .obj file")
+    units = [mesh_units] * len(paths) if isinstance(mesh_units, str) else list(mesh_units)
+    if len(units) != len(paths):
+        raise InputError(f"{len(units)} mesh units for {len(paths)} meshes; give one for all or one per mesh")
+    if names is not None and len(names) != len(paths):
+        raise InputError(f"{len(names)} names for {len(paths)} meshes")
+    taken: set = set()
+    objs, records = [], []
+    for i, (path, unit) in enumerate(zip(paths, units)):
+        name = _object_name(Path(names[i]) if names else path, taken)
+        mesh = Mesh.from_file(read_mesh(path, unit))
+        check_mesh_vertices(mesh.vertices, path)  # a point or a line has no pose
+        distance = camera_distances(mesh.vertices, K, width, height, options.distance_m, source=str(path))
+        ranges = {"distance": distance, "elevation_deg": tuple(options.elevation_deg),
+                  "inplane_rad": tuple(math.radians(a) for a in options.inplane_deg)}
+        objs.append(SynthObject(name, i, mesh, mesh_diameter(mesh.vertices), ranges))
+        records.append({"name": name, "file": str(path), "units": unit, "sha256": _file_sha256(path),
+                        "vertices": len(mesh.vertices), "faces": len(mesh.faces),
+                        "textured": mesh.texture is not None, "colored": mesh.colored,
+                        "distance_m": [round(d, 6) for d in distance]})
+    return objs, records
+
+
+def generate_from_meshes(out_dir, mesh_paths, mesh_units="m", K=None, width: int = IM_WIDTH,
+                         height: int = IM_HEIGHT, n_images: int = 100, seed: int = 0,
+                         options: RenderOptions | None = None, multi: int = 0,
+                         test_fraction: float = DEFAULT_TEST_FRACTION, workers: int = 1, overwrite: bool = False,
+                         names=None, quiet: bool = True) -> dict:
+    """Render a LINEMOD-format set of the user's meshes under out_dir; return generate's summary.
+
+    mesh_paths: .ply / .obj files (one object each, class ids in this order); mesh_units 'm' or
+    'mm' (or one per mesh); K (3, 3) the camera (default LINEMOD's) for width x height images;
+    n_images per mesh; multi: OCCLUSION-style scenes of the meshes together (needs 2 or more);
+    options: RenderOptions (the randomisation; defaults in its docstring). The layout, the
+    manifest rules and the files are those of generate(); synthetic_info.json also records every
+    mesh (file, units, sha256, camera distances) and the options. Labels are LINEMOD's: point 0 the
+    mesh's own origin, then the corners of its axis-aligned box. The same arguments give the
+    same bytes, whatever `workers` is. A progress bar on stderr unless quiet.
+    """
+    options = options or RenderOptions()
+    if n_images < 1 or multi < 0:
+        raise InputError(f"need n_images >= 1 and multi >= 0; got {n_images}, {multi}")
+    if seed < 0:
+        raise InputError(f"seed must be >= 0; got {seed}")
+    if int(width) < 1 or int(height) < 1:
+        raise InputError(f"image size {width}x{height}: expected positive width and height")
+    K = get_camera_intrinsic() if K is None else np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError(f"camera matrix {K.tolist()}: expected a 3x3 matrix with positive fx and fy")
+    start = time.perf_counter()
+    objs, records = load_mesh_objects(mesh_paths, mesh_units, K, width, height, options, names)
+    if multi and len(objs) < 2:
+        raise InputError(f"multi-object scenes need at least 2 meshes; got {len(objs)}")
+    params = {"meshes": [{k: r[k] for k in ("name", "sha256", "units")} for r in records],
+              "images_per_object": int(n_images), "seed": int(seed), "multi": int(multi),
+              "test_fraction": float(test_fraction), "width": int(width), "height": int(height),
+              "K": K.tolist(), "options": options.record()}
+    extra = {"meshes": records, "options": options.record()}
+    return _write_set(Path(out_dir), objs, K, int(width), int(height), int(n_images), int(seed), int(multi),
+                      float(test_fraction), workers, overwrite, JPEG_QUALITY, params, MESH_GENERATOR, extra,
+                      options, quiet, start, progress=not quiet)
