@@ -75,7 +75,7 @@ def run_once(argv: list[str], eager: bool) -> float:
 
 
 def main(args) -> list[tuple]:
-    from tools.make_synthetic_linemod import generate
+    from synthetic import generate
 
     device = cli.resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="bench_detect_") as tmp:

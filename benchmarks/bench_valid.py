@@ -95,7 +95,7 @@ def main(args) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_valid_") as tmp:
         datacfg = args.datacfg
         if datacfg is None:
-            from tools.make_synthetic_linemod import generate
+            from synthetic import generate
 
             t = time.perf_counter()
             generated = generate(tmp, objects=1, images_per_object=args.images_per_object, seed=0, test_fraction=1.0)

@@ -40,6 +40,7 @@ import cli
 import dataset
 import engine
 import preflight
+import synthetic
 import training
 import utils
 import evaluation
@@ -115,10 +116,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -> Path:
     """The synthetic occlusion set, generated once (training.ensure_synthetic_dataset, design D60);
     return its occlusion .data file."""
-    from tools.make_synthetic_linemod import generation_params
-
-    params = generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=SYNTHETIC_SCENES,
-                               test_fraction=SYNTHETIC_TEST_FRACTION)
+    params = synthetic.generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=SYNTHETIC_SCENES,
+                                         test_fraction=SYNTHETIC_TEST_FRACTION)
     return training.ensure_synthetic_dataset(root, params, quiet=quiet) / "cfg" / "occlusion.data"
 
 

@@ -28,7 +28,7 @@ from darknet import Darknet, parse_cfg
 from errors import DataCfgError, InputError
 from multi_obj_pose_estimation import train_multi, valid_multi
 from linemod_format import OCCLUSION_PERM, occlusion_label_path
-from tools.make_synthetic_linemod import generate
+from synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI_CFG = ROOT / "multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg"

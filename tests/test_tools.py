@@ -22,7 +22,7 @@ import utils
 from MeshPly import MeshPly, write_ply
 from tools import bop_to_linemod as bop
 from tools import draw_labels, make_labels
-from tools import make_synthetic_linemod as gen
+import synthetic as gen
 from errors import FlagError, OutputPathError, PoseFileError
 from linemod_format import read_label_rows, read_list, read_poses, write_poses_csv
 
