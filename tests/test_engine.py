@@ -245,7 +245,7 @@ def test_a_new_run_into_a_used_folder_is_refused_unless_overwrite(synth, tmp_pat
 
 def test_backup_folder_problems_are_found_before_training(synth, tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(InputError, match="afile: the backup folder is a file"):
+    with pytest.raises(InputError, match="--backupdir .*afile: is a file; expected a folder"):
         train.main(args_for(small_args(synth, tmp_path / "afile", "--epochs", "1")))
 
     class Usage:
@@ -449,5 +449,5 @@ def test_a_read_only_backup_folder_is_one_clean_error(tmp_path, monkeypatch):
     Tests run as root, where chmod stops no write: the read-only file system is simulated."""
     monkeypatch.setattr(linemod_format, "open", hostile.os_error(hostile.EROFS), raising=False)
     monkeypatch.setattr(engine.Path, "unlink", hostile.os_error(hostile.EROFS))
-    with pytest.raises(InputError, match=r"backup: the backup folder is not writable: Read-only file system"):
+    with pytest.raises(InputError, match=r"--backupdir .*backup: cannot write there \(Read-only file system\)"):
         engine.prepare_backup(tmp_path / "backup", resume=False, overwrite=False)

@@ -76,9 +76,8 @@ def imported_names(path: Path) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("module", LIBRARY)
 def test_no_library_module_imports_a_script_even_inside_a_function(module):
-    """Expected to fail on main before the render/synthetic move (issue 36): training.py imported
-    tools.make_synthetic_linemod inside `ensure_synthetic_dataset`; after the move it imports the
-    library module synthetic.py and this passes for every module."""
+    """Failed before issue 36 for preflight (it imported valid) and training (it imported
+    tools.make_synthetic_linemod inside `ensure_synthetic_dataset`; now the library synthetic.py)."""
     path = ROOT / f"{module}.py"
     bad = [f"{path.name}:{line}: {name}" for line, name in imported_names(path) if forbidden(name)]
     assert bad == [], "a library module imports a script or tool: " + ", ".join(bad)
