@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: import the top level
 
+import cli  # noqa: E402
 from linemod_format import write_text  # noqa: E402
 BENCH = ROOT / "benchmarks"
 
@@ -111,10 +112,11 @@ def run(name: str, quick: bool, device: str, timeout: float) -> tuple[str, float
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.default_argument_parser(__doc__)
     p.add_argument("--quick", action="store_true", help="smaller settings (a few minutes on 2 cores)")
     p.add_argument("--only", default=",".join(SUITE), help=f"comma list of {','.join(SUITE)}")
-    p.add_argument("--out", default=str(ROOT / "docs/benchmarks.md"))
+    cli.add_out(p, "file", what="the report, markdown", why="docs/benchmarks.md of the repository")
+    cli.add_alias(p, "--out", "--out-file")  # --out is an output folder everywhere
     p.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
     return p
 
@@ -148,7 +150,7 @@ def main(args) -> Path:
                 continue
             for t in found:
                 lines += add_ceiling_column(t, ceilings[device]) + [""]
-    path = Path(args.out)
+    path = Path(args.out_file) if args.out_file else ROOT / "docs/benchmarks.md"
     write_text(path, "\n".join(lines).rstrip() + "\n")  # atomically (design D60)
     print(f"wrote {path}")
     return path

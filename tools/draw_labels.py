@@ -178,11 +178,11 @@ def save_png(path: Path, rgb: np.ndarray, colors: int = 0) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__.split("\n\n")[0])
-    cli.add_datacfg(p, required=True, nargs="+",
-                    help=".data file(s) (single-object, occlusion.data or <obj>_occlusion.data); images alternate "
-                         "between them")
-    p.add_argument("--split", choices=("valid", "train"), default="valid",
+    cli.add_datacfg(p, "one or more, single-object, occlusion.data or <obj>_occlusion.data; images alternate "
+                       "between them", required=True, nargs="+")
+    p.add_argument("--list", choices=("valid", "train"), default="valid",
                    help="which list of the .data file (default valid)")
+    cli.add_alias(p, "--split", "--list")  # --split is bop_to_linemod.py's BOP split folder
     p.add_argument("--n", type=int, default=4, help="number of images, spread over the list (default 4)")
     p.add_argument("--cols", type=int, default=2, help="grid columns (default 2)")
     p.add_argument("--scale", type=float, default=0.5, help="tile scale (default 0.5)")
@@ -193,7 +193,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", metavar="NPZ", default=None,
                    help="valid.py --save-predictions file: draw the predicted points and pose box on the scored "
                         "images (one .data file)")
-    p.add_argument("--out", required=True, help="output PNG")
+    cli.add_out(p, "file", what="the PNG", required=True)
+    cli.add_alias(p, "--out", "--out-file")  # --out is an output folder everywhere
     return p
 
 
@@ -229,7 +230,7 @@ def check_flags(args) -> None:
     cli.check_range("--colors", args.colors, 0, MAX_PALETTE)
     if not 0 < args.scale <= MAX_SCALE:
         raise FlagError(f"--scale must be above 0 and at most {MAX_SCALE:g}, found {args.scale}")
-    cli.check_output_file("--out", args.out)
+    cli.check_output_file("--out-file", args.out_file)
     if args.predictions is not None:
         if len(args.datacfg) != 1:
             raise FlagError(f"--predictions goes with one --datacfg, found {len(args.datacfg)}")
@@ -245,7 +246,7 @@ def main(argv=None) -> int:
         check_flags(args)
         predictions = load_predictions(Path(args.predictions)) if args.predictions else None
         per_file = -(-args.n // len(args.datacfg))  # ceil: the images are shared out over the .data files
-        lists = [_data_images(Path(d), args.split, per_file, args.occlusion, args.no_poses,
+        lists = [_data_images(Path(d), args.list, per_file, args.occlusion, args.no_poses,
                               None if predictions is None else set(predictions)) for d in args.datacfg]
         jobs = [job for group in zip(*[lst + [None] * (per_file - len(lst)) for lst in lists]) for job in group if job]
         drawn = [draw_image(*job) for job in jobs[:args.n]]
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as exc:
         print(f"draw_labels: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = Path(args.out_file)
     save_png(out, make_grid([img for img, _ in drawn], args.cols, args.scale), args.colors)
     gaps = [g for _, g in drawn if not np.isnan(g)]
     gap = f"; label vs saved pose: max {max(gaps):.2g} px over {len(gaps)} images" if gaps else ""
