@@ -28,6 +28,7 @@ import dataset
 import engine
 import evaluation
 import recipes
+import synthetic
 import training
 from errors import InputError, run_cli
 from linemod_format import LOG_ACC_10PX, LOG_ACC_5PX
@@ -102,10 +103,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -> Path:
     """The main job's synthetic LINEMOD set, generated once (training.ensure_synthetic_dataset, design
     D60); return its first object's .data."""
-    from tools.make_synthetic_linemod import generation_params
-
-    params = generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=0,
-                               test_fraction=SYNTHETIC_TEST_FRACTION)
+    params = synthetic.generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=0,
+                                         test_fraction=SYNTHETIC_TEST_FRACTION)
     folder = training.ensure_synthetic_dataset(root, params, quiet=quiet)
     cfgs = sorted(c for c in (folder / "cfg").glob("*.data") if not evaluation.skipped_by_all(c))
     return cfgs[0]

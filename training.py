@@ -32,6 +32,7 @@ import linemod_format as lf
 import model_info
 import preflight
 import recipes
+import synthetic
 from darknet import Darknet
 from errors import FlagError, InputError
 from recipes import FAST
@@ -48,13 +49,11 @@ ORIGINAL_EVAL_EVERY = 10  # the fork's test cadence; train_multi.py's original (
 # --------------------------------------------------------------------------------------------
 
 def ensure_synthetic_dataset(root, params: dict, quiet: bool = False) -> Path:
-    """The folder of a main job's synthetic set made with `params` (tools/make_synthetic_linemod.py
+    """The folder of a main job's synthetic set made with `params` (synthetic.py
     `generation_params`), generated once. One rule for both main jobs (design D60): a folder that
     holds any other set, or files the generator did not write, is left as it is and the set goes
     to `<root>_main` instead."""
-    from tools.make_synthetic_linemod import ensure_dataset
-
-    return ensure_dataset(Path(root), params, quiet=quiet)
+    return synthetic.ensure_dataset(Path(root), params, quiet=quiet)
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scales: str, loss_scales_why: str,

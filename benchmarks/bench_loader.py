@@ -43,6 +43,7 @@ import dataset as ds
 import image as im
 import recipes
 from linemod_format import label_path, mask_path
+from errors import run_cli
 from utils import IM_HEIGHT, IM_WIDTH, label_row
 
 BG_FILES = 20  # background JPEGs in the fixture's --bg-dir folder
@@ -234,7 +235,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> list[tuple]:
-    args = get_args_parser().parse_args(argv)
+    p = get_args_parser()
+    args = p.parse_args(argv)
+    if args.images_per_object < 2 * args.batch_size:  # the first batch is a warm-up: nothing would be timed
+        p.error(f"--images-per-object {args.images_per_object}: need at least two batches of "
+                f"--batch-size {args.batch_size}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         list_file = make_fixture(tmp, args.images_per_object)
@@ -261,4 +266,4 @@ def main(argv=None) -> list[tuple]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="bench_loader.py")

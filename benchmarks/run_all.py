@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run_all.py            # CPU (and CUDA + AMP when a GPU is present)
     .venv/bin/python benchmarks/run_all.py --quick    # smaller settings, a few minutes on 2 cores
-    .venv/bin/python benchmarks/run_all.py --only forward,loss --out /tmp/bench.md
+    .venv/bin/python benchmarks/run_all.py --only forward,loss --out-file /tmp/bench.md
 
 Each benchmark script prints its own markdown table with a ratio against a baseline measured in
 the same run; this script runs them one after the other (never in parallel, so they do not
@@ -45,6 +45,17 @@ SUITE = {
                "detect.py end to end on 640x480 images (read, resize, forward, decode, PnP): fused vs eager"),
 }
 PER_DEVICE = ("forward", "train", "valid", "detect")  # run once per device (CPU, and CUDA when present)
+# the CUDA figures come from benchmarks/device_check.py on a lent GPU machine, recorded by hand under
+# this heading: a rewrite of the file keeps that section as it is
+KEPT_HEADING = "## CUDA (benchmarks/device_check.py)"
+
+
+def kept_section(path: Path) -> list[str]:
+    """The lines of `path` from KEPT_HEADING to the end ([] when the file or the heading is missing)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    return lines[lines.index(KEPT_HEADING):] if KEPT_HEADING in lines else []
 
 
 def flop_ceiling(device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
@@ -114,7 +125,8 @@ def run(name: str, quick: bool, device: str, timeout: float) -> tuple[str, float
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__)
     p.add_argument("--quick", action="store_true", help="smaller settings (a few minutes on 2 cores)")
-    p.add_argument("--only", default=",".join(SUITE), help=f"comma list of {','.join(SUITE)}")
+    p.add_argument("--only", default=",".join(SUITE),
+                   help=f"which parts to run: a comma list of {','.join(SUITE)} (default: all)")
     cli.add_out(p, "file", what="the report, markdown", why="docs/benchmarks.md of the repository")
     cli.add_alias(p, "--out", "--out-file")  # --out is an output folder everywhere
     p.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
@@ -151,6 +163,9 @@ def main(args) -> Path:
             for t in found:
                 lines += add_ceiling_column(t, ceilings[device]) + [""]
     path = Path(args.out_file) if args.out_file else ROOT / "docs/benchmarks.md"
+    kept = kept_section(path)
+    if kept:
+        lines += [""] + kept
     write_text(path, "\n".join(lines).rstrip() + "\n")  # atomically (design D60)
     print(f"wrote {path}")
     return path

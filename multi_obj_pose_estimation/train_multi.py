@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 import dataset
 import engine
+import synthetic
 import training
 import utils
 import evaluation
@@ -120,10 +121,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -> Path:
     """The synthetic occlusion set, generated once (training.ensure_synthetic_dataset, design D60);
     return its occlusion .data file."""
-    from tools.make_synthetic_linemod import generation_params
-
-    params = generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=SYNTHETIC_SCENES,
-                               test_fraction=SYNTHETIC_TEST_FRACTION)
+    params = synthetic.generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=SYNTHETIC_SCENES,
+                                         test_fraction=SYNTHETIC_TEST_FRACTION)
     return training.ensure_synthetic_dataset(root, params, quiet=quiet) / "cfg" / "occlusion.data"
 
 

@@ -18,7 +18,7 @@ import hostile
 import recipes
 import train
 from errors import CheckpointError, InputError
-from tools.make_synthetic_linemod import generate
+from synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL3 = str(ROOT / "cfg/yolo-lite-trial3-pose.cfg")

@@ -27,7 +27,7 @@ import valid
 from darknet import Darknet
 from errors import EXIT_FAULT, FlagError, InputError, run_cli
 from region_loss import RegionLoss
-from tools.make_synthetic_linemod import generate
+from synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL3 = str(ROOT / "cfg/yolo-lite-trial3-pose.cfg")
@@ -420,7 +420,7 @@ def _files(root: Path) -> dict:
 def test_the_main_jobs_dataset_step_leaves_the_readme_by_hand_set_in_place(tmp_path, monkeypatch, capsys):
     """README: the by-hand set (3 objects; fewer images here), a fresh test set and a .data file of
     the user's in data/synthetic, then `python train.py`: every file stays, the main job uses its own folder."""
-    from tools.make_synthetic_linemod import add_fresh_test
+    from synthetic import add_fresh_test
 
     monkeypatch.setattr(train, "SYNTHETIC_IMAGES", 4)
     root = tmp_path / "synthetic"

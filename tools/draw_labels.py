@@ -1,18 +1,19 @@
 """Overlay the labelled 3-D boxes on dataset images and save a PNG grid (a visual label check).
 
-    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj00.data --n 4 --out docs/img/synthetic_labels.png
-    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj0[0-2].data --split train --n 4 --colors 256 --out x.png
-    python tools/draw_labels.py --datacfg data/synthetic/cfg/occlusion.data --split train --out docs/img/x.png
-    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj01_occlusion.data --occlusion --out x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj00.data --n 4 --out-file docs/img/synthetic_labels.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj0[0-2].data --list train --n 4 --colors 256 \\
+        --out-file x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/occlusion.data --list train --out-file docs/img/x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj01_occlusion.data --occlusion --out-file x.png
     python tools/draw_labels.py --datacfg data/synthetic/cfg/obj00.data --predictions runs/pred/predictions_obj00.npz \
-        --no-poses --out docs/img/main_job_prediction.png
+        --no-poses --out-file docs/img/main_job_prediction.png
 
 With `--predictions` (the `.npz` of `valid.py --save-predictions DIR`) the images are chosen among
 the scored ones and each gets, over its green label box, the network's 9 points (orange dots) and
 the box of the pose PnP recovered from them (blue), the pose valid.py scores; the 2-D error
 (mean distance of the 9 points to the label's, valid.py's err_2d) is printed per image.
 
-For each chosen image of the `.data` files' lists (`--split valid` = the `valid` key, `train` =
+For each chosen image of the `.data` files' lists (`--list valid` = the `valid` key, `train` =
 the `train` key; with several files the images alternate between them), every row of its label
 file is drawn with utils.draw_box: green box, centroid dot, class id. With `--occlusion` the
 labels come from LINEMOD/<name>/labels_occlusion/ and are put back into the design §9.2 order with the
@@ -223,7 +224,7 @@ def _data_images(data: Path, split: str, n: int, occlusion: bool, no_poses: bool
 
 
 def check_flags(args) -> None:
-    """The numbers in range and --out a writable PNG path, before any image is read (FlagError,
+    """The numbers in range and --out-file a writable PNG path, before any image is read (FlagError,
     OutputPathError: run_cli prints one line and exits 2)."""
     cli.check_positive("--n", args.n)
     cli.check_positive("--cols", args.cols)

@@ -1,7 +1,7 @@
 """Export a pose network (cfg + .weights) to ONNX, with dynamic batch and input size, and check it.
 
     python tools/export_onnx.py --modelcfg cfg/yolo-lite-trial3-pose.cfg \\
-        --weightfile weights/tiny-yolov2-trial3-voc.weights --until-last --out runs/trial3.onnx
+        --weightfile weights/tiny-yolov2-trial3-voc.weights --until-last --out-file runs/trial3.onnx
 
 The exported graph is the network's forward (raw output, design §4; decoding and PnP stay in
 Python). BatchNorm is folded into the convolutions first (`--no-fuse` keeps it). After export the
@@ -107,7 +107,7 @@ def written_opset(path) -> int:
 
 
 def check_flags(args) -> Path:
-    """--opset and --tolerance in range and --out a writable file, before the export; returns --out."""
+    """--opset and --tolerance in range and --out-file a writable file, before the export; returns --out-file."""
     cli.check_range("--opset", args.opset, MIN_OPSET, max_opset())
     if not args.tolerance > 0:
         raise FlagError(f"--tolerance must be positive, found {args.tolerance}")

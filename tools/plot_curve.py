@@ -1,6 +1,6 @@
 """Accuracy against training minutes from a run's metrics.jsonl: a PNG and the raw JSON.
 
-    python tools/plot_curve.py backup/synthetic/obj00_120min/metrics.jsonl --out docs/img/cpu_curve.png \\
+    python tools/plot_curve.py backup/synthetic/obj00_120min/metrics.jsonl --out-file docs/img/cpu_curve.png \\
         --json docs/results/cpu_fast/curve_120min.json [--title "..."]
 
 Every evaluation row of train.py and train_multi.py has `minutes` (training and testing time so

@@ -1,11 +1,11 @@
 """Record a main-job measurement as one JSON file, and the README's main-job table made from it.
 
-    python tools/record_main_job.py --backup backup/synthetic/obj00 --wall-minutes 12.4 \\
+    python tools/record_main_job.py --backupdir backup/synthetic/obj00 --wall-minutes 12.4 \\
         --test-json runs/main_valid_test.json --fresh-json runs/main_valid_fresh11.json \\
-        --machine "2-core x86_64, torch 2.13.0+cpu" --out docs/results/cpu_fast/main_job.json
-    python tools/record_main_job.py --multi --backup backup_multi/synthetic --wall-minutes 14.2 \\
+        --machine "2-core x86_64, torch 2.13.0+cpu" --out-file docs/results/cpu_fast/main_job.json
+    python tools/record_main_job.py --multi --backupdir backup_multi/synthetic --wall-minutes 14.2 \\
         --test-json runs/multi_test.json --fresh-json runs/multi_fresh11.json --fresh-seed 11 \\
-        --machine "..." --out docs/results/cpu_multi/main_job.json     # train_multi.py, valid_multi.py --json
+        --machine "..." --out-file docs/results/cpu_multi/main_job.json     # train_multi.py, valid_multi.py --json
 
 The record holds what a reader needs to trust a figure: the date and machine, the epochs, images
 seen and minutes of training (from the run's own metrics.jsonl and checkpoint), the wall-clock

@@ -19,7 +19,7 @@ Budgets (the flags below override single entries):
   gpu  the fork's protocol: the original recipe (500 epochs, multi-scale 416, the cfg batch),
        3 synthetic objects with LINEMOD's split sizes (~180 train / ~1,020 test images each), a
        YOLOv2 pose teacher (darknet19 ImageNet backbone if cfg/darknet19_448.conv.23 exists),
-       trial 3 and trial 10 students, the three modes, seeds 0, 1, 2. --data DIR runs it on a
+       trial 3 and trial 10 students, the three modes, seeds 0, 1, 2. --dataset DIR runs it on a
        LINEMOD-format folder instead (e.g. the real LINEMOD set, tools/get_linemod.sh).
 
 The teacher trains on nine tenths of the training images and is tested, to keep its best weights,
@@ -340,10 +340,10 @@ def compare_teacher(out: Path, source: Path, objects: list[str]) -> list[str]:
 
 
 def prepare_data(out: Path, b: Budget, data: str | None, commands: Path) -> dict[str, Path]:
-    """{object: its .data file}: the synthetic set (generated once in OUT/data) or --data's, with a
+    """{object: its .data file}: the synthetic set (generated once in OUT/data) or --dataset's, with a
     fresh test set (`<obj>_fresh<S>.data`) added once to a synthetic set; a folder that is not
     synthetic (real LINEMOD) is scored on its test split only."""
-    from tools.make_synthetic_linemod import INFO_FILE, add_fresh_test, auto_workers, generate
+    from synthetic import INFO_FILE, add_fresh_test, auto_workers, generate
 
     root = Path(data) if data else out / "data"
     if data is None and not (root / "cfg").is_dir():
