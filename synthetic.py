@@ -6,7 +6,7 @@ jobs' set, `ensure_dataset`); rendering is render.py.
     from synthetic import generate, add_fresh_test, add_fresh_multi
     generate("data/synthetic", objects=3, images_per_object=20, seed=0, multi=0)
     add_fresh_test("data/synthetic", 100, fresh_seed=7)      # --fresh-test 100 --fresh-seed 7
-    add_fresh_multi("data/synthetic", 50, fresh_seed=7)      # --fresh-multi 50 --fresh-seed 7
+    add_fresh_multi("data/synthetic", 50, fresh_seed=7)      # --fresh-scenes 50 --fresh-seed 7
 
 add_fresh_test adds a fresh test set to an existing dataset: N new images per object whose
 poses and backgrounds come from the fresh seed, listed in LINEMOD/<obj>/test_fresh<S>.txt, with
@@ -46,7 +46,7 @@ has fewer files) only files the manifest says it wrote, unchanged.
 
 Objects are named obj00, obj01, ... (not LINEMOD names: the diameters differ).
 
-With `multi=N` (--multi N), N OCCLUSION-style scenes are added (design §3.4, §6.3, §9.6). Object 0 ("main",
+With `multi=N` (--scenes N), N OCCLUSION-style scenes are added (design §3.4, §6.3, §9.6). Object 0 ("main",
 the role benchvise plays in OCCLUSION) is in every scene, with 1-3 other objects placed so that
 their silhouettes overlap (no 3-D interpenetration, each object at least MIN_VISIBLE visible):
 
@@ -66,7 +66,7 @@ their silhouettes overlap (no 3-D interpenetration, each object at least MIN_VIS
 The label path of a test scene for <obj> is derived as in the original: replace the main
 object's folder name by <obj> and JPEGImages by labels_occlusion.
 
-add_fresh_multi(out, N, S) (--fresh-multi N --fresh-seed S) adds N test scenes drawn from S alone, written
+add_fresh_multi(out, N, S) (--fresh-scenes N --fresh-seed S) adds N test scenes drawn from S alone, written
 like the test scenes above and numbered after every image in the main object's JPEGImages, plus:
 
     LINEMOD/<obj>/test_occlusion_fresh<S>.txt   the fresh scenes that contain <obj>
@@ -475,7 +475,7 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
         raise ValueError(f"need objects >= 1, images_per_object >= 1, multi >= 0; "
                          f"got {objects}, {images_per_object}, {multi}")
     if multi and objects < 2:
-        raise ValueError(f"--multi needs at least 2 objects (scenes mix classes); got --objects {objects}")
+        raise ValueError(f"--scenes needs at least 2 objects (scenes mix classes); got --num-objects {objects}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0; got {seed}")
     start = time.perf_counter()
@@ -624,7 +624,7 @@ def ensure_dataset(root, params: dict, quiet: bool = False) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Fresh test sets added to an existing dataset (--fresh-test, --fresh-multi)
+# Fresh test sets added to an existing dataset (--fresh-test, --fresh-scenes)
 # --------------------------------------------------------------------------------------------
 
 def fresh_names(name: str, fresh_seed: int) -> tuple[str, str]:
@@ -730,7 +730,7 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
 
 
 def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bool = True) -> dict:
-    """Add n new OCCLUSION-style test scenes to a synthetic dataset made with --multi, from fresh_seed.
+    """Add n new OCCLUSION-style test scenes to a synthetic dataset made with --scenes, from fresh_seed.
 
     Scene k's objects, poses, placements, light and background come from the stream
     (fresh_seed, TAG_FRESH_SCENE, k), independent of the dataset's own scenes. Writes, like a test
@@ -747,12 +747,12 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
     "scenes" (n), "scenes_per_object" ({object: fresh scenes that show it}), "seconds"}.
     """
     out = Path(out_dir)
-    info, names = _fresh_start(out, "--fresh-multi", n, "need at least one scene", fresh_seed)
+    info, names = _fresh_start(out, "--fresh-scenes", n, "need at least one scene", fresh_seed)
     occ_path = out / "cfg" / "occlusion.data"
     if not info.get("multi") or not occ_path.is_file():
         why = f"{INFO_FILE} says multi {info.get('multi', 0)}" if not info.get("multi") else f"{occ_path} not found"
-        raise InputError(f"{out}: no multi-object scenes here ({why}); --fresh-multi adds test scenes to a dataset "
-                         f"made with --multi N (nothing was changed)")
+        raise InputError(f"{out}: no multi-object scenes here ({why}); --fresh-scenes adds test scenes to a dataset "
+                         f"made with --scenes N (nothing was changed)")
     cfg_rel = fresh_multi_cfg(fresh_seed)
     lists = {name: fresh_multi_names(name, fresh_seed)[0] for name in names}
     taken = [p for p in [cfg_rel, *lists.values()] if (out / p).exists()]

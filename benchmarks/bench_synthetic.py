@@ -142,14 +142,20 @@ def renderer_comparison(n: int) -> tuple[float, float, int, int]:
     return t_ref / n * 1e3, t_cur / n * 1e3, diff, covered
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_num_objects(p, default=3)
-    p.add_argument("--images-per-object", type=int, default=80, help="full size of table 1 (default 80, as train.py)")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+def get_args_parser() -> argparse.ArgumentParser:
+    p = cli.default_argument_parser(__doc__.splitlines()[0])
+    cli.add_num_objects(p, default=3, why="the generator's")
+    p.add_argument("--images-per-object", type=int, default=80,
+                   help="images per object: the full size of table 1 (default 80: as train.py)")
+    cli.add_workers(p, default=[1, 2], nargs="+", what="the generator's, each count timed",
+                    why="one and two, on 2 cores")
     p.add_argument("--stage-images", type=int, default=60, help="images timed for table 2")
     p.add_argument("--renders", type=int, default=60, help="renders timed for table 3")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
     cv2.setNumThreads(1)  # like a pool worker: the comparison is per process
     n_full = args.images_per_object
     n_half = max(1, n_full // 2)

@@ -38,7 +38,7 @@ Output (the LINEMOD layout of design §3.4 under --out; lists and .data paths re
     LINEMOD/<name>/image_map.txt               'NNNNNN <original image>' per line
     LINEMOD/<name>/<name>.ply                  the mesh in metres (ASCII; normals, colours)
     poses/<name>.json                          the poses in metres (draw_labels.py checks them)
-    cfg/<name>.data                            every design §3.2 key; diam = mesh diameter unless --diam
+    cfg/<name>.data                            every design §3.2 key; diam = mesh diameter unless --diameter
     ssp_manifest.json                          what it wrote (ownership.py): a file that exists and
                                                that it did not write is never replaced; --overwrite
                                                replaces only its own files of this --name
@@ -342,7 +342,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mesh", required=True, help="PLY mesh of the object (metres unless --mesh-units mm)")
     p.add_argument("--poses", required=True, help="poses .json or .csv (model to camera; R row-major, t in metres)")
     p.add_argument("--images-dir", default=".", help="folder the pose file's image names are relative to (default .)")
-    p.add_argument("--out", required=True, help="dataset root to write (LINEMOD/<name>/, cfg/, poses/)")
+    cli.add_out(p, what="the dataset root to write (LINEMOD/<name>/, cfg/, poses/)", required=True)
     p.add_argument("--name", required=True, help="object name (folder, .data and .ply names)")
     p.add_argument("--class-id", type=int, default=0, help="class id in the labels (default 0)")
     cam = p.add_argument_group("camera (default: the LINEMOD camera, design §3.3, and the first image's size)")
@@ -355,21 +355,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     units.add_argument("--mesh-units", choices=sorted(UNIT_SCALE), default=None, help="mesh units (default m)")
     units.add_argument("--pose-units", choices=sorted(UNIT_SCALE), default=None, help="units of t (default m)")
     units.add_argument("--mm", action="store_true", help="mesh and t in millimetres (BOP); same as both units mm")
-    p.add_argument("--diam", type=float, default=None,
-                   help="diameter in metres (default: the mesh's largest vertex distance)")
+    p.add_argument("--diameter", type=float, default=None,
+                   help="the object's diameter in metres, written as the .data 'diam' (default: the mesh's largest "
+                        "vertex distance)")
+    cli.add_alias(p, "--diam", "--diameter")  # --diam is valid.py's choice of the ADD diameter
     p.add_argument("--masks", choices=MASK_MODES, default="render",
                    help="render: mesh silhouettes (default); full: all-255 masks; none: no masks (no training)")
     p.add_argument("--masks-dir", default=None, help="your own masks, one per image with the image's stem")
     split = p.add_argument_group("train/test split (default: seeded random)")
     split.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
-                       help=f"random test fraction (default {DEFAULT_TEST_FRACTION})")
-    cli.add_seed(split, help="seed of the random split (default 0)")
-    split.add_argument("--train-list", default=None, help="file of image names (as in --poses) for train.txt")
-    split.add_argument("--test-list", default=None, help="file of image names for test.txt")
+                       help=f"fraction of images in test.txt: a random split (default {DEFAULT_TEST_FRACTION}: a "
+                            f"quarter held out, as the synthetic sets)")
+    cli.add_seed(split, what="of the random split")
+    split.add_argument("--train-list", default=None,
+                       help="file of the images for train.txt: their names, as in --poses")
+    split.add_argument("--test-list", default=None, help="file of the images for test.txt: their names")
     p.add_argument("--symlink", action="store_true", help="link the images instead of copying them")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the files an earlier make_labels run wrote for this --name (never other files, "
-                        "nor this run's inputs)")
+                   help="replace what an earlier run wrote: the files of this --name (never other files, nor this "
+                        "run's inputs)")
     return p
 
 
@@ -384,7 +388,7 @@ def main(argv=None) -> int:
         K, width, height = resolve_camera(args.camera_data, args.fx, args.fy, args.u0, args.v0, args.width, args.height)
         data = make_labels(args.mesh, args.poses, args.images_dir, args.out, args.name, K, width, height,
                            mesh_units, pose_units, args.class_id, args.test_fraction, args.seed, args.train_list,
-                           args.test_list, args.symlink, args.masks, args.masks_dir, args.diam, args.overwrite,
+                           args.test_list, args.symlink, args.masks, args.masks_dir, args.diameter, args.overwrite,
                            camera_data=args.camera_data)
     except (OSError, ValueError) as exc:  # FileNotFoundError, FileExistsError, MeshError, PoseFileError
         print(f"make_labels: error: {exc}", file=sys.stderr)
