@@ -347,6 +347,48 @@ def test_make_labels_overwrite_keeps_its_inputs_and_files_it_did_not_write(synth
     assert (out / "LINEMOD/o/notes.txt").is_file() and (out / "cfg/my_own.data").is_file()
 
 
+@pytest.mark.parametrize("diam", ["0", "-0.1", "nan", "inf"])
+def test_make_labels_refuses_a_diameter_that_train_and_valid_refuse(synth, tmp_path, capsys, diam):
+    """--diam 0 was written as `diam = 0.0`, which train.py and valid.py then refused (issue 36)."""
+    (tmp_path / "p.json").write_text(json.dumps(_user_records(synth, "obj00")[:2]))
+    err = _run_make_labels(synth, tmp_path, capsys, tmp_path / "p.json", extra=["--diam", diam])
+    assert f"--diam {float(diam)}: the object's diameter must be a positive number of metres" in err
+    assert not (tmp_path / "bad_out").exists()
+
+
+def test_make_labels_after_ctrl_c_overwrites_what_it_wrote_and_a_hostile_manifest_deletes_nothing(
+        synth, tmp_path, capsys, monkeypatch):
+    records = _user_records(synth, "obj00")[:3]
+    (tmp_path / "p.json").write_text(json.dumps(records))
+    out = tmp_path / "out"
+    real, calls = make_labels.write_label_rows, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(make_labels, "write_label_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o"))
+    monkeypatch.setattr(make_labels, "write_label_rows", real)
+    entry = json.loads((out / "ssp_manifest.json").read_text())["files"]["LINEMOD/o/labels/000000.txt"]
+    assert entry["unfinished"] is True and len(entry["sha256"]) == 64  # what it wrote, recorded
+    assert make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o", "--overwrite")) == 0
+    # a manifest edited to name a file outside its folder: refused, and nothing is removed
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's\n")
+    manifest = json.loads((out / "ssp_manifest.json").read_text())
+    manifest["files"]["../victim.txt"] = {"tool": "make_labels.py", "group": "o", "unfinished": True}
+    (out / "ssp_manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'ssp_manifest.json'}: refused: the entry '../victim.txt' leads out of the folder" in err
+    assert victim.read_text() == "the user's\n" and (out / "LINEMOD/o/labels/000000.txt").is_file()
+
+
 def test_bop_to_linemod_refuses_to_replace_a_data_file_the_user_edited(bop_dir, tmp_path, capsys):
     out = tmp_path / "o"
     argv = ["--bop", str(bop_dir), "--out", str(out), "--objects", "1", "--names", "bop"]
