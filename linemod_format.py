@@ -634,6 +634,12 @@ def copy_file(src, dst) -> None:
 # --------------------------------------------------------------------------------------------
 
 METRICS_CSV_HEADER = ("model", "object", "2d_projection", "3d_transformation")  # the fork's columns, design §9.5
+# The training logs of both scripts name the 2-D projection accuracies as the evaluation summaries do,
+# acc_2d_<t>px; a column of a part of the test is '<part>:<name>' (an --also-valid set, an object of
+# train_multi.py). Older logs used other names: train.py acc_2d for the 5 px one (beside acc_2d_5px),
+# train_multi.py acc_5px, acc_10px and acc_5px_<object>; `log_row` reads them under today's.
+LOG_ACC_5PX, LOG_ACC_10PX = "acc_2d_5px", "acc_2d_10px"
+OLD_LOG_NAMES = {"acc_2d": LOG_ACC_5PX, "acc_5px": LOG_ACC_5PX, "acc_10px": LOG_ACC_10PX}
 
 
 def csv_columns(path, header=METRICS_CSV_HEADER) -> list | None:
@@ -651,6 +657,21 @@ def csv_columns(path, header=METRICS_CSV_HEADER) -> list | None:
         raise InputError(f"{path}: its header {existing} has other columns than {list(header)}; "
                          "write to another file")
     return existing
+
+
+def log_row(row: dict) -> dict:
+    """A training log row (metrics.jsonl) under today's column names (`OLD_LOG_NAMES`); a name
+    already there is kept, so a train.py log's acc_2d_5px wins over its acc_2d."""
+    renamed = {}
+    for key, value in row.items():
+        part, _, name = key.rpartition(":")
+        if name in OLD_LOG_NAMES:
+            name = OLD_LOG_NAMES[name]
+        elif not part and name.startswith(("acc_5px_", "acc_10px_")):  # train_multi.py's acc_5px_<object>
+            old, _, part = name.partition("px_")
+            name = OLD_LOG_NAMES[old + "px"]
+        renamed.setdefault(f"{part}:{name}" if part else name, value)
+    return renamed | {k: v for k, v in row.items() if k in renamed}  # today's name wins over an old one
 
 
 def append_csv(path, row: dict, header=METRICS_CSV_HEADER) -> None:

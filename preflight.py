@@ -3,7 +3,9 @@
     report = check_training_inputs("cfg/ape.data", "cfg/yolo-lite-trial3-pose.cfg",
                                    "weights/tiny-yolov2-trial3-voc.weights")
 
-`check_training_inputs` reads the `.data` file (camera, diameter), the mesh, both image lists
+`check_training_inputs` is the one pre-flight of both training scripts (train.py and
+train_multi.py, through `training.check_inputs`); what differs is the data (its `check_tests` and
+`extra_lists`). It reads the `.data` file (camera, diameter), the mesh, the image lists
 with every image header (size against the `.data` width and height, bit depth, EXIF orientation,
 pixel count; the pixels are not decoded: design D61), label file (count, finite, range) and
 training mask (its size against the image's), the network cfg, the init weights against that
@@ -11,7 +13,7 @@ cfg (`Darknet.check_weights`) and, when distilling, the teacher cfg and weights.
 every problem and raises one InputError listing them all, so that a user fixes them in one go
 instead of one per run; inputs that are legal but suspicious (empty label files, a label point
 far outside the image, a list entry given twice, a mesh that looks like millimetres or is flat,
-a focal length no camera has) give one warning each, naming them. valid.py and train_multi.py
+a focal length no camera has) give one warning each, naming them. valid.py and valid_multi.py
 scan their lists with the same `check_image_list`.
 
 Nothing here trains, writes or allocates a model's worth of memory beyond building the two
@@ -142,69 +144,103 @@ def summarise(problems: list) -> list:
 
 def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bool = True,
                           allow_partial: bool = False, teacher_cfg=None, teacher_weights=None,
-                          bg_dir=None) -> TrainingInputs:
-    """Check everything a single-object training run reads; return what was found.
+                          bg_dir=None, check_tests: Callable | None = None,
+                          extra_lists: dict | None = None) -> TrainingInputs:
+    """Check everything a training run reads, single- or multi-object; return what was found.
 
-    datacfg: the `.data` file (train, valid, mesh, camera keys, diam); modelcfg: the student cfg;
-    initweights: loaded with `load_weights_until_last` (or `load_weights` when not `until_last`),
-    refused when it fills less than the network unless `allow_partial`; teacher_cfg and
-    teacher_weights (both or neither): a full load, the file must fit exactly; bg_dir: the
-    background folder, if any. Raises InputError listing every problem found. Warns, one line
-    each, about empty label files, label points far outside the image and entries listed twice
-    (train and valid), a mesh that looks like millimetres or is flat, an unreal focal length.
+    datacfg: the `.data` file (train, the camera keys, and what the test reads); modelcfg: the
+    student cfg (its head, and its 2K+3 label width for every label file); initweights: loaded
+    with `load_weights_until_last` (or `load_weights` when not `until_last`), refused when it
+    fills less than the network unless `allow_partial`; teacher_cfg and teacher_weights (both or
+    neither): a full load, the file must fit exactly; bg_dir: the background folder, if any.
+
+    What differs between the two training scripts is the data, and only that is a parameter:
+    check_tests(model) -> problems (model: the network of modelcfg, None when it is refused)
+    checks what the run tests on; None: the single-object test (the `mesh`, `diam` and `valid`
+    keys). extra_lists: {name: image paths} trained on besides the `train` list (the objects
+    pasted around the main one, design §6.3), checked as it is.
+
+    Raises InputError listing every problem found. Warns, one line each, about empty label files,
+    label points far outside the image and entries listed twice, a mesh that looks like
+    millimetres or is flat, an unreal focal length.
     """
     problems: list[str] = []
     opts = lf.read_data_cfg(datacfg, resolve_paths=True)  # DataCfgError: nothing else can be checked
     report = TrainingInputs(opts)
-
-    def attempt(fn, *args, **kw):
-        try:
-            return fn(*args, **kw)
-        except (ValueError, OSError) as exc:  # InputError is a ValueError; a missing folder an OSError
-            problems.append(str(exc))
-            return None
-
-    camera = attempt(utils.camera_from_data_cfg, opts, datacfg)
+    camera = attempt(problems, utils.camera_from_data_cfg, opts, datacfg)
     size = None if camera is None else camera[1:]  # every image must be the .data width x height
-    if "diam" in opts:
-        attempt(lf.data_cfg_number, opts, "diam", datacfg, positive=True)
-    if "mesh" not in opts:
-        problems.append(f"{datacfg}: no 'mesh' key (expected a line 'mesh = <path>')")
-    else:
-        mesh = attempt(MeshPly, opts["mesh"])
-        if mesh is not None:  # a point or a line gives no pose; a flat mesh a warning
-            attempt(utils.check_mesh_vertices, mesh.vertices, opts["mesh"])
+    size_from = f"the width and height of {datacfg}"
 
-    model = attempt(valid.check_model_cfg, modelcfg)  # CfgError, or a head that does not match [region]
+    missing = [f"{what} not found: {path}" for what, path in (("init weights", initweights),
+                                                             ("teacher cfg", teacher_cfg),
+                                                             ("teacher weights", teacher_weights))
+               if path and not os.path.isfile(path)]
+    model = attempt(problems, valid.check_model_cfg, modelcfg)  # CfgError, or a head that does not match [region]
+    problems.extend(missing)
     label_width = lf.LABEL_WIDTH if model is None else 2 * model.num_keypoints + 3
-    if model is not None and initweights:
-        report.init_weights = attempt(model.check_weights, initweights, until_last=until_last,
+    if model is not None and initweights and os.path.isfile(initweights):
+        report.init_weights = attempt(problems, model.check_weights, initweights, until_last=until_last,
                                       allow_partial=allow_partial)
     if (teacher_cfg is None) != (teacher_weights is None):
         problems.append("distillation needs both a teacher cfg and teacher weights")
-    elif teacher_cfg is not None:
-        teacher = attempt(valid.check_model_cfg, teacher_cfg)
+    elif teacher_cfg is not None and os.path.isfile(teacher_cfg) and os.path.isfile(teacher_weights):
+        teacher = attempt(problems, valid.check_model_cfg, teacher_cfg)
         if teacher is not None:  # a full load: the file must fill the teacher exactly
-            report.teacher_weights = attempt(teacher.check_weights, teacher_weights)
+            report.teacher_weights = attempt(problems, teacher.check_weights, teacher_weights)
 
-    for key, train in (("train", True), ("valid", False)):
+    lists = (("train", True),) if check_tests else (("train", True), ("valid", False))
+    for key, train in lists:
         if key not in opts:
             problems.append(f"{datacfg}: no '{key}' key (expected a line '{key} = <image list>')")
             continue
-        scan = attempt(check_image_list, opts[key], train=train, label_width=label_width, size=size,
-                       size_from=f"the width and height of {datacfg}")
-        if scan is None:
-            continue
+        scan = attempt(problems, check_image_list, opts[key], train=train, label_width=label_width, size=size,
+                       size_from=size_from)
+        if scan is not None:
+            problems.extend(summarise(scan.problems))
+            report_list(report, key, opts[key], scan, train)
+    for name, paths in (extra_lists or {}).items():
+        scan = check_images(paths, f"the train list of {name}", train=True, label_width=label_width, size=size,
+                            size_from=size_from)
         problems.extend(summarise(scan.problems))
-        setattr(report, f"n_{key}", len(scan.paths))
-        report.empty_labels[key] = empty = scan.empty
-        if empty:
-            what = "training images have no object to learn from" if train else "test images have no object to score"
-            warnings.warn(f"{opts[key]}: {len(empty)} of {len(scan.paths)} label files are empty, so {len(empty)} "
-                          f"{what} (first: {empty[0]})", stacklevel=2)
-        warn_list_oddities(opts[key], scan, "trained on" if train else "scored")
+    problems.extend(check_tests(model) if check_tests else single_object_tests(opts, datacfg))
     if bg_dir is not None:
-        problems.extend(summarise(attempt(check_backgrounds, bg_dir) or []))
+        problems.extend(summarise(attempt(problems, check_backgrounds, bg_dir) or []))
     if problems:
         raise InputError("cannot start training:\n  " + "\n  ".join(dict.fromkeys(problems)))
     return report
+
+
+def attempt(problems: list, fn, *args, **kw):
+    """fn(*args, **kw), or None with its error's message appended to `problems`."""
+    try:
+        return fn(*args, **kw)
+    except (ValueError, OSError) as exc:  # InputError is a ValueError; a missing folder an OSError
+        problems.append(str(exc))
+        return None
+
+
+def single_object_tests(opts: dict, datacfg) -> list:
+    """The problems of a single-object run's test besides its `valid` list (scanned with the
+    training list): the `.data` diameter and the mesh."""
+    problems = []
+    if "diam" in opts:
+        attempt(problems, lf.data_cfg_number, opts, "diam", datacfg, positive=True)
+    if "mesh" not in opts:
+        problems.append(f"{datacfg}: no 'mesh' key (expected a line 'mesh = <path>')")
+    else:
+        mesh = attempt(problems, MeshPly, opts["mesh"])
+        if mesh is not None:  # a point or a line gives no pose; a flat mesh a warning
+            attempt(problems, utils.check_mesh_vertices, mesh.vertices, opts["mesh"])
+    return problems
+
+
+def report_list(report: TrainingInputs, key: str, source, scan: ListScan, train: bool) -> None:
+    """Record one scanned list in `report` (its size, its empty label files); warn once about empty
+    label files and once about each oddity (`warn_list_oddities`)."""
+    setattr(report, f"n_{key}", len(scan.paths))
+    report.empty_labels[key] = empty = scan.empty
+    if empty:
+        what = "training images have no object to learn from" if train else "test images have no object to score"
+        warnings.warn(f"{source}: {len(empty)} of {len(scan.paths)} label files are empty, so {len(empty)} "
+                      f"{what} (first: {empty[0]})", stacklevel=3)
+    warn_list_oddities(source, scan, "trained on" if train else "scored")

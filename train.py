@@ -26,16 +26,13 @@ from pathlib import Path
 import cli
 import dataset
 import engine
-import preflight
-import recipes
-import training
-import utils
 import evaluation
+import recipes
+import synthetic
+import training
 from errors import InputError, run_cli
-from recipes import FAST
+from linemod_format import LOG_ACC_10PX, LOG_ACC_5PX
 from region_loss import NEIGHBOUR_TARGETS
-from training import (allow_partial, build_loss, build_model, build_optimizer_and_schedule,  # noqa: F401
-                      check_run_numbers, check_single_image_batches, repo_path, suggest_fast_recipe)
 
 DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
 DEFAULT_INITWEIGHTS = "weights/tiny-yolov2-trial3-voc.weights"
@@ -54,7 +51,8 @@ QUICK = dict(recipe="fast", epochs=MAIN_JOB_EPOCHS, eval_every=5)
 CHECKPOINT, BEST_WEIGHTS = engine.CHECKPOINT, engine.BEST_WEIGHTS
 COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies",
              "testing_errors_pixel", "testing_errors_angle")  # the original's costs.npz arrays
-ROW_KEYS = ("acc_2d", *(f"acc_2d_{t}px" for t in evaluation.REPORT_PX_THRESHOLDS), "acc_add", "acc_adds",
+# the columns of metrics.csv / metrics.jsonl: the 2-D accuracies as acc_2d_<t>px, the names of train_multi.py's log
+ROW_KEYS = (*(f"acc_2d_{t}px" for t in evaluation.REPORT_PX_THRESHOLDS), "acc_add", "acc_adds",
             "acc_5cm5deg", "acc_corner", "mean_err_2d", "mean_err_add", "mean_err_corner", "mean_err_trans",
             "mean_err_angle", "n", "n_failed")
 NonFiniteLoss = engine.NonFiniteLoss
@@ -62,6 +60,12 @@ NonFiniteLoss = engine.NonFiniteLoss
 # the original optimiser and schedule, under the names the tests and benchmarks use
 learning_rate = recipes.step_learning_rate
 build_optimizer = recipes.build_sgd
+# what the flags default to (training.resolve_args); the fork's train.py reads the [region] loss scales, and
+# the original recipe trains its first 15 epochs without the confidence term (design §5.5, §5.6)
+DEFAULTS = training.Defaults(modelcfg=DEFAULT_MODELCFG, initweights=DEFAULT_INITWEIGHTS, main_job=QUICK,
+                             main_job_data=lambda quiet: ensure_synthetic_dataset(quiet=quiet),
+                             backup="backup/{name}", main_job_backup="backup/synthetic/{name}",
+                             loss_scales="cfg", pretrain_num_epochs=15)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -71,9 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_model(p, weights="initweightfile", cfg_help=f"network cfg (default {DEFAULT_MODELCFG})",
                   weights_help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; 'none' for "
                                f"random)")
-    training.add_run_flags(p, main_job_epochs=MAIN_JOB_EPOCHS, loss_scales="cfg",
+    training.add_run_flags(p, main_job_epochs=MAIN_JOB_EPOCHS, loss_scales=DEFAULTS.loss_scales,
                            loss_scales_why="the fork's train.py reads the [region] scales (noobject 0.1)",
-                           pretrain_num_epochs=15)
+                           pretrain_num_epochs=DEFAULTS.pretrain_num_epochs)
     cli.add_distiled(p, help="1: distil from a teacher (design §8)")
     p.add_argument("--teacher-cfg", default=DEFAULT_TEACHER_CFG)
     p.add_argument("--teacher-weights", default=None, help="default backup/<name>/model_backup.weights")
@@ -98,31 +102,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -> Path:
     """The main job's synthetic LINEMOD set, generated once (training.ensure_synthetic_dataset, design
     D60); return its first object's .data."""
-    from tools.make_synthetic_linemod import generation_params
-
-    params = generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=0,
-                               test_fraction=SYNTHETIC_TEST_FRACTION)
+    params = synthetic.generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=0,
+                                         test_fraction=SYNTHETIC_TEST_FRACTION)
     folder = training.ensure_synthetic_dataset(root, params, quiet=quiet)
     cfgs = sorted(c for c in (folder / "cfg").glob("*.data") if not evaluation.skipped_by_all(c))
     return cfgs[0]
-
-
-def check_inputs(args) -> None:
-    """Every input training reads, checked before anything starts (preflight.py): the .data values,
-    the mesh, every image, label and mask of both lists, the cfg, the init and teacher weights."""
-    if args.distiled:
-        missing = [f"{what} not found: {path}" for what, path in (("teacher cfg", args.teacher_cfg),
-                                                                  ("teacher weights", args.teacher_weights))
-                   if not Path(path).is_file()]
-        if missing:
-            raise InputError("cannot start training:\n  " + "\n  ".join(missing))
-    if args.initweightfile and not Path(args.initweightfile).is_file():
-        raise InputError(f"cannot start training:\n  init weights not found: {args.initweightfile}")
-    preflight.check_training_inputs(args.datacfg, args.modelcfg, args.initweightfile,
-                                    until_last=not args.init_all_layers, allow_partial=allow_partial(args),
-                                    teacher_cfg=args.teacher_cfg if args.distiled else None,
-                                    teacher_weights=args.teacher_weights if args.distiled else None,
-                                    bg_dir=args.bg_dir)
 
 
 def check_also_valid(datacfgs) -> list[tuple[str, evaluation.EvalSetup]]:
@@ -143,34 +127,14 @@ def check_also_valid(datacfgs) -> list[tuple[str, evaluation.EvalSetup]]:
 
 
 def resolve_args(args) -> tuple[argparse.Namespace, dict]:
-    """Fill defaults: positional form, the main job, the recipe's defaults, backup dir, teacher paths."""
+    """The positional form, then the defaults (training.resolve_args, the rule of both scripts),
+    then the teacher's paths."""
     cli.merge_positional(args, POSITIONAL)
-    check_run_numbers(args)
-    quick = args.datacfg is None
-    if quick:
-        args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
-        cli.fill_main_job_defaults(args, QUICK)
-    training.fill_recipe_defaults(args, loss_scales="cfg", pretrain_num_epochs=15)
-    args.modelcfg = args.modelcfg or repo_path(DEFAULT_MODELCFG)
-    if args.initweightfile is None:
-        args.initweightfile = repo_path(DEFAULT_INITWEIGHTS)
-    if str(args.initweightfile).lower() == "none":
-        args.initweightfile = None
-    if not Path(args.datacfg).is_file():
-        raise InputError(f"cannot start training: data cfg not found: {args.datacfg}")
-    opts = utils.read_data_cfg(args.datacfg, resolve_paths=True)
-    name = opts.get("name", Path(args.datacfg).stem)
-    if args.backupdir is None:
-        if quick:  # a budget other than the main job's gets its own folder
-            suffix = (f"_{args.minutes:g}min" if args.minutes else
-                      "" if args.epochs == MAIN_JOB_EPOCHS else f"_{args.epochs}ep")
-            args.backupdir = f"backup/synthetic/{name}{suffix}"
-        else:
-            args.backupdir = opts.get("backup", f"backup/{name}")
+    args, opts = training.resolve_args(args, DEFAULTS)
     if args.teacher_cfg == DEFAULT_TEACHER_CFG:
-        args.teacher_cfg = repo_path(DEFAULT_TEACHER_CFG)
+        args.teacher_cfg = cli.find_path(DEFAULT_TEACHER_CFG, training.ROOT)
     if args.teacher_weights is None:
-        args.teacher_weights = f"backup/{name}/model_backup.weights"
+        args.teacher_weights = f"backup/{opts.get('name', Path(args.datacfg).stem)}/model_backup.weights"
     return args, opts
 
 
@@ -202,15 +166,11 @@ def main(args) -> dict:
     extra_tests = []
 
     def check():
-        check_inputs(args)
+        training.check_inputs(args)
         extra_tests.extend(check_also_valid(args.also_valid))
 
     def train_set(model):
-        return dataset.listDataset(opts["train"], train=True, seed=args.seed, resample=args.resample,
-                                   bg_dir=args.bg_dir, num_keypoints=model.num_keypoints, fast=fast,
-                                   **({"jitter": FAST.jitter,
-                                       "bg_prob": FAST.bg_prob_with_dir if args.bg_dir else FAST.bg_prob}
-                                      if fast else {}))
+        return dataset.listDataset(opts["train"], **training.sample_options(args, model))
 
     def make_evaluation(model, device, test_shape, seen):
         test_set = dataset.listDataset(opts["valid"], train=False, shape=test_shape, resample=args.resample)
@@ -228,7 +188,7 @@ def main(args) -> dict:
                                                  num_keypoints=model.num_keypoints, box_rule=args.box_rule)
                 evaluation.log(f"epoch {epoch} on {tag}: 2D {summary['acc_2d']:.2f}% "
                           f"(10 px {summary['acc_2d_10px']:.2f}%)")
-                result["row"].update({f"{tag}:{k}": summary[k] for k in ("acc_2d", "acc_2d_10px", "mean_err_corner")})
+                result["row"].update({f"{tag}:{k}": summary[k] for k in (LOG_ACC_5PX, LOG_ACC_10PX, "mean_err_corner")})
             return result
         return evaluate_and_count
 

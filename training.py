@@ -28,8 +28,11 @@ import torch
 import cli
 import dataset
 import engine
+import linemod_format as lf
 import model_info
+import preflight
 import recipes
+import synthetic
 from darknet import Darknet
 from errors import FlagError, InputError
 from recipes import FAST
@@ -45,20 +48,12 @@ ORIGINAL_EVAL_EVERY = 10  # the fork's test cadence; train_multi.py's original (
 # Paths, data and flags
 # --------------------------------------------------------------------------------------------
 
-def repo_path(path: str) -> str:
-    """`path` as given if it exists from the current directory, else from the repository root
-    (so the defaults work from any directory)."""
-    return path if Path(path).exists() or not (ROOT / path).exists() else str(ROOT / path)
-
-
 def ensure_synthetic_dataset(root, params: dict, quiet: bool = False) -> Path:
-    """The folder of a main job's synthetic set made with `params` (tools/make_synthetic_linemod.py
+    """The folder of a main job's synthetic set made with `params` (synthetic.py
     `generation_params`), generated once. One rule for both main jobs (design D60): a folder that
     holds any other set, or files the generator did not write, is left as it is and the set goes
     to `<root>_main` instead."""
-    from tools.make_synthetic_linemod import ensure_dataset
-
-    return ensure_dataset(Path(root), params, quiet=quiet)
+    return synthetic.ensure_dataset(Path(root), params, quiet=quiet)
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scales: str, loss_scales_why: str,
@@ -225,6 +220,87 @@ def fill_recipe_defaults(args, loss_scales: str, pretrain_num_epochs: int) -> ar
     return args
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """What a training script's flags default to (`resolve_args`); paths relative to the current
+    folder, else to a folder of `search`.
+
+    main_job: the flag values of the main job (no --datacfg), e.g. its recipe and epochs;
+    main_job_data(quiet) -> its `.data` file, generated once. backup, main_job_backup: the backup
+    folder when the `.data` has no 'backup' key ('{name}': the `.data` 'name'); the main job's
+    gets its budget as a suffix when it is not the main job's own. loss_scales and
+    pretrain_num_epochs: see `fill_recipe_defaults`."""
+    modelcfg: str
+    initweights: str
+    main_job: dict
+    main_job_data: Callable[[bool], Path]
+    backup: str
+    main_job_backup: str
+    loss_scales: str
+    pretrain_num_epochs: int
+    search: tuple = (ROOT,)
+
+
+def resolve_args(args, defaults: Defaults) -> tuple[argparse.Namespace, dict]:
+    """Fill a training run's defaults, one rule for both scripts; return (args, the `.data` options).
+
+    The numeric flags are checked first (before the main job generates its data); without
+    --datacfg, the main job's data and flag values; the recipe's defaults; --modelcfg and
+    --initweightfile from `defaults` ('none': random initialisation); every path flag as given
+    when it exists from the current folder, else found in `defaults.search` (cli.find_path); the
+    backup folder. InputError when the `.data` file is missing."""
+    check_run_numbers(args)
+    main_job = args.datacfg is None
+    if main_job:
+        args.datacfg = str(defaults.main_job_data(args.quiet))
+        cli.fill_main_job_defaults(args, defaults.main_job)
+    fill_recipe_defaults(args, loss_scales=defaults.loss_scales, pretrain_num_epochs=defaults.pretrain_num_epochs)
+    cli.fill_defaults(args, {"modelcfg": defaults.modelcfg, "initweightfile": defaults.initweights})
+    if str(args.initweightfile).lower() == "none":
+        args.initweightfile = None
+    args.datacfg, args.modelcfg = (cli.find_path(p, *defaults.search) for p in (args.datacfg, args.modelcfg))
+    if args.initweightfile is not None:
+        args.initweightfile = cli.find_path(args.initweightfile, *defaults.search)
+    if not Path(args.datacfg).is_file():
+        raise InputError(f"cannot start training: data cfg not found: {args.datacfg}")
+    opts = lf.read_data_cfg(args.datacfg, resolve_paths=True)
+    name = opts.get("name", Path(args.datacfg).stem)
+    if args.backupdir is None and main_job:  # a budget other than the main job's gets its own folder
+        suffix = (f"_{args.minutes:g}min" if args.minutes else
+                  "" if args.epochs == defaults.main_job["epochs"] else f"_{args.epochs}ep")
+        args.backupdir = defaults.main_job_backup.format(name=name) + suffix
+    elif args.backupdir is None:
+        args.backupdir = opts.get("backup", defaults.backup.format(name=name))
+    return args, opts
+
+
+def sample_options(args, model, composed: bool = False) -> dict:
+    """The training sample's keywords (`dataset.PoseDataset`), one rule for both scripts: the seed,
+    resize filter, --bg-dir, the network's keypoint count and the recipe's loader (fast: the cv2
+    path). The fast recipe's jitter and background probability (`recipes.FAST`) apply to a list's
+    own images; the design §6.3 composition (`composed`) keeps its own (dataset.MultiObjectDataset)."""
+    fast = args.recipe == "fast"
+    options = dict(train=True, seed=args.seed, resample=args.resample, bg_dir=args.bg_dir,
+                   num_keypoints=model.num_keypoints, fast=fast)
+    if fast and not composed:
+        options.update(jitter=FAST.jitter, bg_prob=FAST.bg_prob_with_dir if args.bg_dir else FAST.bg_prob)
+    return options
+
+
+def check_inputs(args, check_tests: Callable | None = None, extra_lists: dict | None = None):
+    """Every input a training run reads, checked before anything starts: the one pre-flight of
+    both scripts (`preflight.check_training_inputs`) with this run's flags. What the scripts pass
+    differs only where their data differ: check_tests (what the run tests on; None: the
+    single-object `.data`'s test) and extra_lists (images trained on besides the `train` list).
+    Raises InputError listing every problem; returns the preflight report."""
+    distil = bool(getattr(args, "distiled", 0))
+    return preflight.check_training_inputs(
+        args.datacfg, args.modelcfg, args.initweightfile, until_last=not getattr(args, "init_all_layers", False),
+        allow_partial=allow_partial(args), teacher_cfg=args.teacher_cfg if distil else None,
+        teacher_weights=args.teacher_weights if distil else None, bg_dir=args.bg_dir, check_tests=check_tests,
+        extra_lists=extra_lists)
+
+
 def allow_partial(args) -> bool:
     """Partial init weights are allowed when asked, or for darknet's truncated backbones (`*.conv.N`)."""
     name = Path(args.initweightfile).name if args.initweightfile else ""
@@ -363,8 +439,7 @@ class Variant:
     """What a training script brings to `run`: everything that differs between single- and
     multi-object training.
 
-    check_inputs(): every input file, before anything starts (InputError).
-    check_model(model): the network fits the data (e.g. its class count), InputError.
+    check_inputs(): every input file, before anything starts (`check_inputs`; InputError).
     train_set(model): the training dataset (a dataset.PoseDataset).
     evaluation(model, device, test_shape, seen): a callable (eval_model, epoch) -> engine result
         dict ({'row', 'score', 'costs'}); seen() gives the images trained so far.
@@ -376,7 +451,6 @@ class Variant:
     evaluation: Callable[..., Callable]
     outputs: Callable[[dict, Path], None]
     cost_keys: tuple
-    check_model: Callable[[object], None] = lambda model: None
     step_unit: float | None = None
 
 
@@ -396,7 +470,6 @@ def run(args, variant: Variant) -> dict:
                         until_last=not getattr(args, "init_all_layers", False), quiet=args.quiet or rank != 0)
     model.seen = 0  # the original resets the counter after loading the init weights
     check_output(model, args.modelcfg)
-    variant.check_model(model)
     if fast and args.initweightfile:  # pretrained low-level filters: not worth their backward pass on a CPU
         recipes.freeze_first_convs(model, FAST.frozen_convs)
     batch = args.batch_size or int(model.net["batch"])

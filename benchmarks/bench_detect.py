@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 import detect
 from darknet import Darknet
+from errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELCFG = "cfg/yolo-lite-trial3-pose.cfg"
@@ -74,7 +75,7 @@ def run_once(argv: list[str], eager: bool) -> float:
 
 
 def main(args) -> list[tuple]:
-    from tools.make_synthetic_linemod import generate
+    from synthetic import generate
 
     device = cli.resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="bench_detect_") as tmp:
@@ -109,4 +110,4 @@ def main(args) -> list[tuple]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)), prog="bench_detect.py")

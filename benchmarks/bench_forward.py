@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import cli
 from darknet import Darknet
+from errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,4 +169,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)), prog="bench_forward.py")

@@ -43,6 +43,7 @@ import dataset as ds
 import image as im
 import recipes
 from linemod_format import label_path, mask_path
+from errors import run_cli
 from utils import IM_HEIGHT, IM_WIDTH, label_row
 
 BG_FILES = 20  # background JPEGs in the fixture's --bg-dir folder
@@ -229,6 +230,9 @@ def main(argv=None) -> list[tuple]:
     cli.add_workers(p, default=[0], nargs="+", help="loader worker counts to time (default 0: per core)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timings per row; the best is kept")
     args = p.parse_args(argv)
+    if args.images_per_object < 2 * args.batch_size:  # the first batch is a warm-up: nothing would be timed
+        p.error(f"--images-per-object {args.images_per_object}: need at least two batches of "
+                f"--batch-size {args.batch_size}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         list_file = make_fixture(tmp, args.images_per_object)
@@ -255,4 +259,4 @@ def main(argv=None) -> list[tuple]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="bench_loader.py")

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
+from errors import run_cli
 from region_loss import RegionLoss
 
 TH, SHARP, EPS = 80.0, 2.0, 1e-5  # design §5.2
@@ -211,4 +212,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="bench_loss.py")

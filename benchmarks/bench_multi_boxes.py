@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
+from errors import run_cli
 from utils import get_multi_region_boxes
 
 K = 9
@@ -107,4 +108,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="bench_multi_boxes.py")

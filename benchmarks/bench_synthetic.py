@@ -13,7 +13,7 @@ Three tables, all measured in this run:
    compositing, JPEG/PNG encoding and writing.
 3. The renderer's rasteriser: the previous implementation (REFERENCE, kept below as the
    baseline: square power-of-two boxes, edge functions on full pixel grids) against the current
-   one (tools/synth_render._rasterize: weights affine in the pixel, one row and one column term
+   one (render._rasterize: weights affine in the pixel, one row and one column term
    per box), ms per render of 1-3 objects, with the number of pixels where the two renderings
    differ (ids or colour).
 Defaults take about half a minute on 2 cores. Not a test: numbers depend on the machine.
@@ -34,15 +34,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-import tools.synth_render as sr
-from tools import make_synthetic_linemod as gen
+import render as sr
+import synthetic as gen
+from errors import run_cli
 from utils import IM_HEIGHT, IM_WIDTH, get_camera_intrinsic
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference_rasterize(px: np.ndarray, inv_z: np.ndarray, width: int, height: int):
-    """The previous tools/synth_render._rasterize, the baseline of table 3 (same signature and result)."""
+    """The previous render._rasterize, the baseline of table 3 (same signature and result)."""
     lo = np.maximum(np.ceil(px.min(axis=1)).astype(np.int64), 0)
     hi = np.minimum(np.floor(px.max(axis=1)).astype(np.int64), np.array([width - 1, height - 1]))
     a, b, c = px[:, 0], px[:, 1], px[:, 2]
@@ -186,4 +187,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="bench_synthetic.py")

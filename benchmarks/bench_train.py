@@ -47,6 +47,7 @@ import engine
 import recipes
 from benchmarks.bench_loader import make_fixture
 from darknet import Darknet
+from errors import run_cli
 from region_loss import RegionLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,4 +238,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)), prog="bench_train.py")

@@ -36,6 +36,7 @@ import cli
 import dataset
 import valid
 from darknet import Darknet
+from errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +95,7 @@ def main(args) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_valid_") as tmp:
         datacfg = args.datacfg
         if datacfg is None:
-            from tools.make_synthetic_linemod import generate
+            from synthetic import generate
 
             t = time.perf_counter()
             generated = generate(tmp, objects=1, images_per_object=args.images_per_object, seed=0, test_fraction=1.0)
@@ -135,4 +136,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)), prog="bench_valid.py")

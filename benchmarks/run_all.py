@@ -44,6 +44,17 @@ SUITE = {
                "detect.py end to end on 640x480 images (read, resize, forward, decode, PnP): fused vs eager"),
 }
 PER_DEVICE = ("forward", "train", "valid", "detect")  # run once per device (CPU, and CUDA when present)
+# the CUDA figures come from benchmarks/device_check.py on a lent GPU machine, recorded by hand under
+# this heading: a rewrite of the file keeps that section as it is
+KEPT_HEADING = "## CUDA (benchmarks/device_check.py)"
+
+
+def kept_section(path: Path) -> list[str]:
+    """The lines of `path` from KEPT_HEADING to the end ([] when the file or the heading is missing)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    return lines[lines.index(KEPT_HEADING):] if KEPT_HEADING in lines else []
 
 
 def flop_ceiling(device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
@@ -149,6 +160,9 @@ def main(args) -> Path:
             for t in found:
                 lines += add_ceiling_column(t, ceilings[device]) + [""]
     path = Path(args.out)
+    kept = kept_section(path)
+    if kept:
+        lines += [""] + kept
     write_text(path, "\n".join(lines).rstrip() + "\n")  # atomically (design D60)
     print(f"wrote {path}")
     return path

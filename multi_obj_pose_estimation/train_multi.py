@@ -39,12 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 import dataset
 import engine
-import preflight
+import synthetic
 import training
 import utils
 import evaluation
 from errors import InputError, run_cli
 from evaluation import log
+from linemod_format import LOG_ACC_10PX, LOG_ACC_5PX
 from recipes import FAST
 from region_loss import ANCHOR_RULES
 
@@ -69,9 +70,16 @@ MAIN_JOB_TEST_SIZE = 288
 QUICK_MODELCFG = "cfg/yolo-lite-trial3-multi3.cfg"
 QUICK_INITWEIGHTS = "weights/tiny-yolov2-trial3-voc.weights"
 QUICK = dict(recipe="fast", epochs=MAIN_JOB_EPOCHS, eval_every=5, paste="off", anchor_rule="class",
-             test_size=MAIN_JOB_TEST_SIZE)
+             test_size=MAIN_JOB_TEST_SIZE, modelcfg=QUICK_MODELCFG, initweightfile=QUICK_INITWEIGHTS)
 COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies", "testing_errors_pixel")
 PASTE = ("on", "off")
+# what the flags default to (training.resolve_args): paths from the current folder, else from this folder (the
+# original ran here) or the repository's; the loss of the original train_multi.py has the MS scales, and its
+# confidence term is on from the first epoch (design §5.5, §5.6)
+DEFAULTS = training.Defaults(modelcfg=DEFAULT_MODELCFG, initweights=DEFAULT_INITWEIGHTS, main_job=QUICK,
+                             main_job_data=lambda quiet: ensure_synthetic_dataset(quiet=quiet),
+                             backup="backup_multi", main_job_backup="backup_multi/synthetic",
+                             loss_scales="ms", pretrain_num_epochs=0, search=(HERE, ROOT))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -82,9 +90,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                   cfg_help=f"network cfg (default {DEFAULT_MODELCFG}; synthetic: {QUICK_MODELCFG})",
                   weights_help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; synthetic: "
                                f"{QUICK_INITWEIGHTS}; 'none' for random)")
-    training.add_run_flags(p, main_job_epochs=MAIN_JOB_EPOCHS, loss_scales="ms",
+    training.add_run_flags(p, main_job_epochs=MAIN_JOB_EPOCHS, loss_scales=DEFAULTS.loss_scales,
                            loss_scales_why="the original train_multi.py builds its loss with the MS defaults",
-                           pretrain_num_epochs=0,
+                           pretrain_num_epochs=DEFAULTS.pretrain_num_epochs,
                            main_job_test_size=f"the main job's {MAIN_JOB_TEST_SIZE}: trained at {FAST.size}, it scored "
                                               "about 5 points more at 10 px at this 9 x 9 grid (docs/results.md)")
     p.add_argument("--paste", choices=PASTE, default=None,
@@ -115,43 +123,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 def ensure_synthetic_dataset(root: Path = SYNTHETIC_ROOT, quiet: bool = False) -> Path:
     """The synthetic occlusion set, generated once (training.ensure_synthetic_dataset, design D60);
     return its occlusion .data file."""
-    from tools.make_synthetic_linemod import generation_params
-
-    params = generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=SYNTHETIC_SCENES,
-                               test_fraction=SYNTHETIC_TEST_FRACTION)
+    params = synthetic.generation_params(SYNTHETIC_OBJECTS, SYNTHETIC_IMAGES, seed=0, multi=SYNTHETIC_SCENES,
+                                         test_fraction=SYNTHETIC_TEST_FRACTION)
     return training.ensure_synthetic_dataset(root, params, quiet=quiet) / "cfg" / "occlusion.data"
 
 
 def resolve_args(args) -> tuple[argparse.Namespace, dict]:
-    """Fill the defaults (the synthetic main job when no --datacfg) and read the data cfg.
-
-    Numeric flags are checked first, before the main job generates its data."""
-    training.check_run_numbers(args)
-    quick = args.datacfg is None
-    if quick:
-        args.datacfg = str(ensure_synthetic_dataset(quiet=args.quiet))
-        cli.fill_main_job_defaults(args, QUICK)
-        args.modelcfg = args.modelcfg or QUICK_MODELCFG
-        args.initweightfile = args.initweightfile or str(ROOT / QUICK_INITWEIGHTS)
-    training.fill_recipe_defaults(args, loss_scales="ms", pretrain_num_epochs=0)
+    """The defaults (training.resolve_args, the rule of both scripts), then --paste and --objects."""
+    args, opts = training.resolve_args(args, DEFAULTS)
     cli.fill_defaults(args, {"paste": "on"})
-    args.datacfg = cli.find_path(args.datacfg, HERE, ROOT)  # as valid_multi.py looks paths up
-    args.modelcfg = cli.find_path(args.modelcfg or DEFAULT_MODELCFG, HERE, ROOT)
-    if args.initweightfile is None:
-        args.initweightfile = DEFAULT_INITWEIGHTS
-    if str(args.initweightfile).lower() == "none":
-        args.initweightfile = None
     args.objects = cli.object_list(args.objects)
-    if not Path(args.datacfg).is_file():
-        raise InputError(f"cannot start training: data cfg not found: {args.datacfg}")
-    opts = utils.read_data_cfg(args.datacfg, resolve_paths=True)
-    if args.backupdir is None:
-        if quick:  # a budget other than the main job's gets its own folder
-            suffix = (f"_{args.minutes:g}min" if args.minutes else
-                      "" if args.epochs == MAIN_JOB_EPOCHS else f"_{args.epochs}ep")
-            args.backupdir = f"backup_multi/synthetic{suffix}"
-        else:
-            args.backupdir = opts.get("backup", "backup_multi")
     return args, opts
 
 
@@ -165,52 +146,40 @@ def extra_object_lists(train_paths: list[str], linemod_dir=None) -> dict[str, li
     return dataset.linemod_train_lists(folder)
 
 
-def check_inputs(args, opts: dict) -> list:
-    """Every file training needs, checked before anything starts; returns the test objects."""
-    problems, objects = [], []
-    if "train" not in opts:
-        problems.append(f"{args.datacfg}: no 'train' key")
-    elif not Path(opts["train"]).is_file():
-        problems.append(f"{args.datacfg}: train list not found: {opts['train']}")
-    else:  # every training image, mask and label file now, not when the first batch meets them
-        try:
-            scan = preflight.check_image_list(opts["train"], train=True)
-            problems.extend(preflight.summarise(scan.problems))
-            preflight.warn_list_oddities(opts["train"], scan, "trained on")
-        except (OSError, ValueError) as exc:
-            problems.append(str(exc))
-    if not Path(args.modelcfg).is_file():
-        problems.append(f"model cfg not found: {args.modelcfg}")
-    if args.initweightfile and not Path(args.initweightfile).is_file():
-        problems.append(f"init weights not found: {args.initweightfile}")
+def pasted_lists(args, opts: dict) -> dict:
+    """--paste on: the training images of the objects pasted around the main one
+    (`extra_object_lists`); {} with --paste off, or when the train list cannot be read (the
+    pre-flight names it). InputError naming --linemod-dir when that folder is missing."""
+    if args.paste != "on":
+        return {}
     try:
-        objects = evaluation.load_objects(args.datacfg, args.objects)
-        evaluation.check_occlusion_test_images(objects)  # load_objects checked the lists and meshes
+        train_paths = dataset.read_list(opts["train"])
+    except (KeyError, OSError, ValueError):
+        return {}
+    if not train_paths:
+        return {}
+    try:
+        return extra_object_lists(train_paths, args.linemod_dir)
     except (OSError, ValueError) as exc:
-        problems.append(str(exc))
-    if problems:
-        raise InputError("cannot start training:\n  " + "\n  ".join(problems))
-    return objects
+        raise InputError(f"cannot start training:\n  {exc}") from None
 
 
-def check_extra_objects(extras: dict) -> None:
-    """The images, masks and label files of the objects pasted around the main one, checked as the
-    training list is (`preflight.check_images`), before training: the sample reads them mid-epoch."""
-    problems = []
-    for obj, paths in extras.items():
-        scan = preflight.check_images(paths, f"the train list of {obj}", train=True)
-        problems.extend(preflight.summarise(scan.problems))
-    if problems:
-        raise InputError("cannot start training:\n  " + "\n  ".join(problems))
-
-
-def check_classes(model, args, objects) -> None:
-    """Refuse a network with fewer classes than the objects' class ids (the output layout itself is
-    checked by training.check_output)."""
-    for o in objects:
-        if o.class_id >= model.num_classes:
-            raise InputError(f"cannot start training: {args.datacfg}: object {o.name!r} has class id {o.class_id} "
-                             f"but {args.modelcfg} has {model.num_classes} classes")
+def occlusion_tests(args, found: dict):
+    """The test of a multi-object run, as preflight's `check_tests`: the objects valid_multi.py
+    scores (`evaluation.load_objects`: valid<k>, mesh<k>, diam<k>), their test images and
+    labels_occlusion files, and a network with a class for each (a model of None: not checked).
+    Keeps the objects in found['objects']."""
+    def check(model) -> list:
+        try:
+            objects = evaluation.load_objects(args.datacfg, args.objects)
+            evaluation.check_occlusion_test_images(objects)  # load_objects checked the lists and meshes
+        except (OSError, ValueError) as exc:
+            return [str(exc)]
+        found["objects"] = objects
+        classes = model.num_classes if model is not None else math.inf
+        return [f"{args.datacfg}: object {o.name!r} has class id {o.class_id} but {args.modelcfg} has {classes} "
+                f"classes" for o in objects if o.class_id >= classes]
+    return check
 
 
 def make_loss(model, args):
@@ -222,17 +191,11 @@ def make_loss(model, args):
 def make_train_set(args, opts: dict, model, extras: dict):
     """--paste on: the design §6.3 composition (`dataset.MultiObjectDataset`); off: the list's images
     as they are (`dataset.PoseDataset`, the single-object sample). The fast recipe's cv2 path either way."""
-    fast = args.recipe == "fast"
-    common = dict(train=True, seed=args.seed, resample=args.resample, bg_dir=args.bg_dir,
-                  num_keypoints=model.num_keypoints, fast=fast)
     try:
         if args.paste == "on":
             return dataset.MultiObjectDataset(opts["train"], extras, repro_label_bugs=args.repro_label_bugs,
-                                              **common)
-        return dataset.PoseDataset(opts["train"], **common,
-                                   **({"jitter": FAST.jitter,
-                                       "bg_prob": FAST.bg_prob_with_dir if args.bg_dir else FAST.bg_prob}
-                                      if fast else {}))
+                                              **training.sample_options(args, model, composed=True))
+        return dataset.PoseDataset(opts["train"], **training.sample_options(args, model))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot start training:\n  {exc}") from None
 
@@ -242,14 +205,14 @@ def make_train_set(args, opts: dict, model, extras: dict):
 # --------------------------------------------------------------------------------------------
 
 def test_all(model, loaders, objects, device, conf_thresh: float, box_rule: str = "max") -> dict:
-    """Score every object; returns {'objects': [summary...], 'acc_5px' and 'acc_10px': the mean over
-    the objects of the 5 and 10 px accuracies, 'mean_err_2d': mean over objects of the mean 2-D
-    projection error (px)}."""
+    """Score every object; returns {'objects': [summary...], LOG_ACC_5PX and LOG_ACC_10PX: the mean
+    over the objects of the 5 and 10 px accuracies, 'mean_err_2d': mean over objects of the mean
+    2-D projection error (px)}."""
     summaries = [evaluation.evaluate_object(model, loader, o, device, conf_thresh, box_rule=box_rule)[0]
                  for o, loader in zip(objects, loaders)]
     errs = [s["mean_err_2d"] for s in summaries if math.isfinite(s["mean_err_2d"])]
-    return {"objects": summaries, "acc_5px": float(np.mean([s["acc_px"][0] for s in summaries])),
-            "acc_10px": float(np.mean([s["acc_px"][1] for s in summaries])),
+    return {"objects": summaries, LOG_ACC_5PX: float(np.mean([s["acc_px"][0] for s in summaries])),
+            LOG_ACC_10PX: float(np.mean([s["acc_px"][1] for s in summaries])),
             "mean_err_2d": float(np.mean(errs)) if errs else math.nan}
 
 
@@ -258,23 +221,25 @@ def log_test(result: dict, epoch: int) -> None:
         accs = " ".join(f"{a:.1f}" for a in s["acc_px"])
         log(f"epoch {epoch} {s['object']}: 2D acc at {s['thresholds'][0]}..{s['thresholds'][-1]} px: "
                         f"{accs}; ADD {s['acc_add']:.1f}%, 5cm5deg {s['acc_5cm5deg']:.1f}%")
-    log(f"epoch {epoch}: mean 2D accuracy at 5 px {result['acc_5px']:.2f}%, at 10 px "
-                    f"{result['acc_10px']:.2f}%, mean px err {result['mean_err_2d']:.2f}")
+    log(f"epoch {epoch}: mean 2D accuracy at 5 px {result[LOG_ACC_5PX]:.2f}%, at 10 px "
+                    f"{result[LOG_ACC_10PX]:.2f}%, mean px err {result['mean_err_2d']:.2f}")
 
 
 def periodic_test(objects, args, device, test_shape, seen):
     """The periodic test of every object; the score is `training.best_score` of the mean 5 and 10 px
-    accuracies: engine keeps a later model only when strictly better."""
+    accuracies: engine keeps a later model only when strictly better. The log names them as
+    train.py's does, each object's under '<object>:' (plot_curve.py draws them)."""
     loaders = [evaluation.occlusion_test_loader(o, test_shape, batch_size=8, resample=args.resample) for o in objects]
 
     def evaluate(eval_model, epoch):
         result = test_all(eval_model, loaders, objects, device, args.conf_thresh, args.box_rule)
         log_test(result, epoch)
-        row = {"acc_5px": result["acc_5px"], "acc_10px": result["acc_10px"], "mean_err_2d": result["mean_err_2d"],
-               **{f"acc_5px_{s['object']}": s["acc_px"][0] for s in result["objects"]},
-               **{f"acc_10px_{s['object']}": s["acc_px"][1] for s in result["objects"]}}
-        return {"row": row, "score": training.best_score(result["acc_5px"], result["acc_10px"]),
-                "costs": {"testing_iters": seen(), "testing_accuracies": result["acc_5px"],
+        row = {LOG_ACC_5PX: result[LOG_ACC_5PX], LOG_ACC_10PX: result[LOG_ACC_10PX],
+               "mean_err_2d": result["mean_err_2d"],
+               **{f"{s['object']}:{LOG_ACC_5PX}": s["acc_px"][0] for s in result["objects"]},
+               **{f"{s['object']}:{LOG_ACC_10PX}": s["acc_px"][1] for s in result["objects"]}}
+        return {"row": row, "score": training.best_score(result[LOG_ACC_5PX], result[LOG_ACC_10PX]),
+                "costs": {"testing_iters": seen(), "testing_accuracies": result[LOG_ACC_5PX],
                           "testing_errors_pixel": result["mean_err_2d"]}}
     return evaluate
 
@@ -296,14 +261,8 @@ def main(args) -> dict:
     found = {}
 
     def check():
-        found["objects"] = check_inputs(args, opts)
-        found["extras"] = {}
-        if args.paste == "on":
-            try:
-                found["extras"] = extra_object_lists(dataset.read_list(opts["train"]), args.linemod_dir)
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot start training:\n  {exc}") from None
-            check_extra_objects(found["extras"])
+        found["extras"] = pasted_lists(args, opts)
+        training.check_inputs(args, check_tests=occlusion_tests(args, found), extra_lists=found["extras"])
 
     def train_set(model):
         data = make_train_set(args, opts, model, found["extras"])
@@ -324,7 +283,6 @@ def main(args) -> dict:
 
     variant = training.Variant(
         check_inputs=check, train_set=train_set, outputs=outputs, cost_keys=COST_KEYS, step_unit=1.0,
-        check_model=lambda model: check_classes(model, args, found["objects"]),
         evaluation=lambda model, device, shape, seen: periodic_test(found["objects"], args, device, shape, seen))
     return training.run(args, variant)
 

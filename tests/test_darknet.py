@@ -699,6 +699,7 @@ def test_train_mode_backward(root):
     assert model.models[0].conv.weight.grad is not None and model.models[0].bn.num_batches_tracked == 1
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("cfg", ALL_CFGS)
 def test_cuda_matches_cpu(root, cfg):
     if not torch.cuda.is_available():
@@ -718,6 +719,7 @@ def test_cuda_matches_cpu(root, cfg):
     assert (out - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
 
 
+@pytest.mark.cuda
 def test_cuda_weights_io(root, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("CUDA is not available on this machine; loading onto a CUDA model needs a GPU")

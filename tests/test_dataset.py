@@ -376,6 +376,7 @@ def test_test_loader_and_collate(small):
         ds.collate([(torch.zeros(3, 4, 4), torch.zeros(1050)), (torch.zeros(3, 8, 8), torch.zeros(1050))])
 
 
+@pytest.mark.cuda
 def test_pinned_batches_reach_the_gpu(small):
     if not torch.cuda.is_available():
         pytest.skip("CUDA not available: pinned-memory transfer not exercised")

@@ -18,7 +18,7 @@ import valid
 from darknet import Darknet
 from errors import InputError
 from MeshPly import write_ply
-from tools.make_synthetic_linemod import generate
+from synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL3 = ROOT / "cfg/yolo-lite-trial3-pose.cfg"

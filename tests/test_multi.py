@@ -28,7 +28,7 @@ from darknet import Darknet, parse_cfg
 from errors import DataCfgError, InputError
 from multi_obj_pose_estimation import train_multi, valid_multi
 from linemod_format import OCCLUSION_PERM, occlusion_label_path
-from tools.make_synthetic_linemod import generate
+from synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI_CFG = ROOT / "multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg"
@@ -248,7 +248,7 @@ def test_training_test_records_the_5px_accuracy(occ):
     n, exact = len(gts), (len(gts) + 1) // 2
     acc = result["objects"][0]["acc_px"]
     assert acc[0] == pytest.approx(100 * exact / (n + 1e-5)) and acc[-1] == pytest.approx(100 * n / (n + 1e-5))
-    assert result["acc_5px"] == acc[0]
+    assert result["acc_2d_5px"] == acc[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,9 +351,18 @@ def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeyp
     with open(backup / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1]
-    per_object = [float(rows[0][f"acc_5px_obj0{i}"]) for i in range(3)]
-    assert float(rows[0]["acc_5px"]) == pytest.approx(np.mean(per_object))
-    assert costs["testing_accuracies"][0] == pytest.approx(float(rows[0]["acc_5px"]))
+    per_object = [float(rows[0][f"obj0{i}:acc_2d_5px"]) for i in range(3)]  # train.py's names (issue 36)
+    assert float(rows[0]["acc_2d_5px"]) == pytest.approx(np.mean(per_object))
+    assert costs["testing_accuracies"][0] == pytest.approx(float(rows[0]["acc_2d_5px"]))
+    # tools/plot_curve.py draws the run: the mean over the objects and each object
+    from tools import plot_curve
+
+    curves = plot_curve.main([str(backup / "metrics.jsonl"), "--out", str(tmp_path / "curve.png")])
+    assert list(curves) == ["test", "obj00", "obj01", "obj02"]
+    assert curves["test"]["5 px"] == [pytest.approx(float(rows[0]["acc_2d_5px"]))]
+    assert [curves[f"obj0{i}"]["10 px"][0] for i in range(3)] == [
+        pytest.approx(float(rows[0][f"obj0{i}:acc_2d_10px"])) for i in range(3)]
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     command = out.split("score it with:\n")[1].split()
     assert command[0] == "python" and Path(command[1]).resolve() == ROOT / "multi_obj_pose_estimation/valid_multi.py"
     argv = command[2:]
@@ -443,6 +452,72 @@ def test_train_multi_checks_the_training_labels_before_training(occ, tmp_path):
     with pytest.raises(InputError, match=r"(?s)cannot start training:.*:1: expected 21 numbers per object, found 3"):
         train_multi.main(train_multi.get_args_parser().parse_args(args))
     assert not (tmp_path / "b").exists()
+
+
+# issue 36: train_multi.py runs train.py's pre-flight (training.check_inputs), so each of these stops a
+# multi-object run before the backup folder is made, not later and one at a time
+def _multi_args(data, tmp_path, *extra, cfg=TRIAL3_MULTI, init="none"):
+    return ["--datacfg", str(data), "--modelcfg", str(cfg), "--initweightfile", str(init),
+            "--backupdir", str(tmp_path / "b"), "--quiet", *extra]
+
+
+def _run_multi_refused(argv, tmp_path, match):
+    with pytest.raises(InputError, match=match):
+        train_multi.main(train_multi.get_args_parser().parse_args(argv))
+    assert not (tmp_path / "b").exists()
+
+
+def test_train_multi_checks_image_sizes_against_the_data_file(occ, tmp_path):
+    root, data = _occ_copy(occ, tmp_path)
+    text = data.read_text()
+    key = "im_width" if "im_width" in text else "width"
+    data.write_text("\n".join(f"{key} = 320" if line.split("=")[0].strip() == key else line
+                              for line in text.splitlines()) + "\n")
+    _run_multi_refused(_multi_args(data, tmp_path), tmp_path,
+                       rf"(?s)cannot start training:.*is 640x480, expected 320x480 \(the width and height of {data}")
+
+
+def test_train_multi_checks_init_weights_against_the_cfg(occ, tmp_path):
+    trial10 = ROOT / "weights/tiny-yolov2-trial10-voc.weights"  # trial 10's backbone for trial 3
+    _run_multi_refused(_multi_args(occ / "cfg/occlusion.data", tmp_path, init=trial10), tmp_path,
+                       rf"(?s)cannot start training:.*{trial10}: .*another network")
+
+
+def test_train_multi_checks_the_cfgs_head(occ, tmp_path):
+    cfg = tmp_path / "head.cfg"
+    cfg.write_text(TRIAL3_MULTI.read_text().replace("classes=13", "classes=12"))
+    _run_multi_refused(_multi_args(occ / "cfg/occlusion.data", tmp_path, cfg=cfg), tmp_path,
+                       rf"(?s)cannot start training:.*{cfg}: the output has 160 channels; .*classes=12 .*need 155")
+
+
+def test_train_multi_checks_the_background_images(occ, tmp_path):
+    from PIL import Image
+
+    bg = tmp_path / "bg"
+    bg.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint16)).save(bg / "deep.png")  # 16 bits per sample
+    _run_multi_refused(_multi_args(occ / "cfg/occlusion.data", tmp_path, "--bg-dir", str(bg)), tmp_path,
+                       r"(?s)cannot start training:.*deep\.png: background image has 16 or 32 bits per sample")
+
+
+def test_train_multi_checks_labels_at_the_models_width(occ, tmp_path):
+    """A network of 8 keypoints reads 2*8+3 = 19 numbers per object, not the 21 of 9 keypoints."""
+    cfg = tmp_path / "k8.cfg"
+    cfg.write_text(TRIAL3_MULTI.read_text().replace("num_keypoints=9", "num_keypoints=8")
+                   .replace("filters=160", "filters=150").replace("coords=18", "coords=16"))
+    _run_multi_refused(_multi_args(occ / "cfg/occlusion.data", tmp_path, cfg=cfg), tmp_path,
+                       r"(?s)cannot start training:.*:1: expected 19 numbers per object, found 21")
+
+
+def test_train_multi_warns_of_empty_training_labels_before_training(occ, tmp_path):
+    root, data = _occ_copy(occ, tmp_path)
+    train_list = utils.read_data_cfg(data, resolve_paths=True)["train"]
+    paths = dataset.read_list(train_list)
+    Path(dataset.label_path(paths[0])).write_text("")
+    with pytest.warns(UserWarning, match=rf"{train_list}: 1 of {len(paths)} label files are empty, so 1 training "
+                                         r"images have no object to learn from"):
+        _run_multi_refused(_multi_args(data, tmp_path, init=tmp_path / "none.weights"), tmp_path,
+                           r"init weights not found")
 
 
 def test_all_empty_occlusion_labels_are_refused_and_some_warn(occ, tmp_path):
@@ -579,7 +654,7 @@ def test_a_tie_at_5px_keeps_the_model_best_at_10px(occ, tmp_path, monkeypatch):
         a5, a10 = next(results)
         s = {"object": "obj00", "acc_px": [a5, a10] + [50.0] * 8, "thresholds": list(range(5, 55, 5)),
              "acc_add": 0.0, "acc_5cm5deg": 0.0, "mean_err_2d": 9.0}
-        return {"objects": [s], "acc_5px": a5, "acc_10px": a10, "mean_err_2d": 9.0}
+        return {"objects": [s], "acc_2d_5px": a5, "acc_2d_10px": a10, "mean_err_2d": 9.0}
 
     real_save = Net.save_weights
 

@@ -10,7 +10,7 @@ import linemod_format as lf
 import preflight
 from errors import InputError
 from MeshPly import MeshPly, MeshUnitsWarning, write_ply
-from tools.make_synthetic_linemod import generate
+from synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL3, TRIAL10 = ROOT / "cfg" / "yolo-lite-trial3-pose.cfg", ROOT / "cfg" / "yolo-lite-trial10-pose.cfg"

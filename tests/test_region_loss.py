@@ -453,6 +453,7 @@ def test_format_stats():
     assert format_stats(stats, 64) == line
 
 
+@pytest.mark.cuda
 def test_cuda_matches_cpu(rl):
     if not torch.cuda.is_available():
         pytest.skip("CUDA not available: the device path is only exercised on a GPU machine")

@@ -1,4 +1,4 @@
-"""The synthetic LINEMOD generator (tools/make_synthetic_linemod.py, tools/synth_render.py).
+"""The synthetic LINEMOD generator (synthetic.py, render.py, and its command line tools/make_synthetic_linemod.py).
 
 Labels are written with '%.6f' like LINEMOD, so a label re-computed from the saved pose agrees
 to half a unit of the 6th decimal: 5e-7 in normalised units, i.e. 640 * 5e-7 = 3.2e-4 px in x
@@ -10,6 +10,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -18,11 +20,12 @@ import pytest
 
 import hostile
 import image
+import synthetic as gen
 import utils
 from errors import EXIT_FAULT, run_cli
 from MeshPly import MeshPly
-from tools import make_synthetic_linemod as gen
-from tools.synth_render import Light, Mesh, look_at_rotation, render
+from render import Light, Mesh, look_at_rotation, render
+from tools import make_synthetic_linemod as gen_cli
 
 LABEL_TOL = 5e-7 + 1e-12  # '%.6f' rounding, normalised units
 OCC_PERM = [0, 1, 3, 5, 7, 2, 4, 6, 8]  # design §9.6, new index <- old index
@@ -122,7 +125,7 @@ def test_ply_has_normals_colours_and_lineMOD_like_mesh(synth):
 def test_meshes_are_asymmetric():
     """No 180-degree turn about a box axis maps a mesh onto itself (mean vertex-to-vertex gap)."""
     from scipy.spatial import cKDTree
-    from tools.synth_render import make_mesh
+    from render import make_mesh
 
     for seed in range(4):
         m = make_mesh(np.random.default_rng(seed))
@@ -338,13 +341,13 @@ def test_refuses_to_overwrite(tmp_path):
 
 def test_overwrite_replaces_only_the_files_the_generator_wrote(tmp_path, capsys):
     out = tmp_path / "ds"
-    assert gen.main(["--out", str(out), "--num-objects", "2", "--images-per-object", "2", "--quiet"]) == 0
+    assert gen_cli.main(["--out", str(out), "--num-objects", "2", "--images-per-object", "2", "--quiet"]) == 0
     (out / "cfg/my_own.data").write_text("the user's\n")
     (out / "LINEMOD/ape").mkdir()
     (out / "LINEMOD/ape/ape.ply").write_text("another object's\n")
     (out / "LINEMOD/obj00/notes.txt").write_text("the user's\n")
     (out / "cfg/obj01.data").write_text("edited\n")  # the generator's file, changed since
-    assert gen.main(["--out", str(out), "--num-objects", "2", "--images-per-object", "2", "--overwrite"]) == 2
+    assert gen_cli.main(["--out", str(out), "--num-objects", "2", "--images-per-object", "2", "--overwrite"]) == 2
     assert f"{out / 'cfg/obj01.data'} (changed since make_synthetic_linemod.py wrote it)" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="obj01.data: changed since make_synthetic_linemod.py wrote it; kept"):
         gen.generate(out, objects=1, images_per_object=3, overwrite=True)  # obj01 is no longer written
@@ -360,8 +363,8 @@ def test_a_main_jobs_interrupted_generation_is_finished_in_its_own_folder(tmp_pa
     root = tmp_path / "synthetic"
     real = gen._run_jobs
 
-    def killed(jobs, state, workers):
-        real(jobs[:1], state, workers)
+    def killed(jobs, state, workers, progress=False):
+        real(jobs[:1], state, workers, progress)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(gen, "_run_jobs", killed)
@@ -376,11 +379,11 @@ def test_a_main_jobs_interrupted_generation_is_finished_in_its_own_folder(tmp_pa
 
 def test_cli_prints_summary(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert gen.main(["--out", str(out), "--num-objects", "1", "--images-per-object", "2", "--seed", "1",
+    assert gen_cli.main(["--out", str(out), "--num-objects", "1", "--images-per-object", "2", "--seed", "1",
                      "--workers", "1"]) == 0
     text = capsys.readouterr().out
     assert str(out) in text and "images/s" in text and "obj00" in text and "1 train / 1 test" in text
-    assert gen.main(["--out", str(out), "--num-objects", "1", "--images-per-object", "2"]) == 2
+    assert gen_cli.main(["--out", str(out), "--num-objects", "1", "--images-per-object", "2"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
@@ -469,7 +472,7 @@ def test_fresh_test_set_refuses_a_used_seed_or_a_folder_without_objects(fresh, t
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == snapshot
     with pytest.raises(gen.InputError, match="no synthetic objects here"):
         gen.add_fresh_test(tmp_path, 2, fresh_seed=1)
-    assert gen.main(["--out", str(tmp_path / "empty"), "--fresh-test", "2", "--fresh-seed", "4"]) == 2
+    assert gen_cli.main(["--out", str(tmp_path / "empty"), "--fresh-test", "2", "--fresh-seed", "4"]) == 2
     assert "no synthetic objects here" in capsys.readouterr().err
 
 
@@ -566,7 +569,7 @@ def test_fresh_multi_is_deterministic_per_seed(fresh_multi, tmp_path):
     root, before, _ = fresh_multi
     other = tmp_path / "ds"
     _fresh_multi_dataset(other)
-    assert gen.main(["--out", str(other), "--fresh-multi", "3", "--fresh-seed", "11", "--workers", "1",
+    assert gen_cli.main(["--out", str(other), "--fresh-multi", "3", "--fresh-seed", "11", "--workers", "1",
                      "--quiet"]) == 0
     ours, theirs = _sha256_tree(root), _sha256_tree(other)
     assert ours == theirs  # the fresh files and the manifest too
@@ -604,10 +607,10 @@ def test_fresh_multi_refusals_name_the_folder_or_file(fresh_multi, fresh, tmp_pa
     _refused(tmp_path / "empty", lambda: gen.add_fresh_multi(tmp_path / "empty", 2, fresh_seed=1),
              "no synthetic objects here")
     capsys.readouterr()
-    assert gen.main(["--out", str(root), "--fresh-multi", "2", "--fresh-test", "2", "--fresh-seed", "30"]) == 2
+    assert gen_cli.main(["--out", str(root), "--fresh-multi", "2", "--fresh-test", "2", "--fresh-seed", "30"]) == 2
     assert "--fresh-test 2 and --fresh-multi 2: choose one per call" in capsys.readouterr().err
     assert not list(root.rglob("*fresh30*"))
-    assert gen.main(["--out", str(tmp_path / "none"), "--fresh-multi", "2"]) == 2
+    assert gen_cli.main(["--out", str(tmp_path / "none"), "--fresh-multi", "2"]) == 2
     assert "no synthetic objects here" in capsys.readouterr().err
 
 
@@ -624,9 +627,41 @@ def test_a_full_disk_during_generation_is_one_line(tmp_path, monkeypatch, capsys
     the generation is recorded as unfinished, so that a later --overwrite replaces it (design D60)."""
     monkeypatch.setattr(image, "write_bytes", hostile.os_error(hostile.ENOSPC, "000000.jpg"))
     with pytest.raises(SystemExit) as exit_:
-        run_cli(gen.main, ["--out", str(tmp_path / "full"), "--num-objects", "1", "--images-per-object", "2",
+        run_cli(gen_cli.main, ["--out", str(tmp_path / "full"), "--num-objects", "1", "--images-per-object", "2",
                            "--workers", "1"], prog="make_synthetic_linemod.py")
     assert exit_.value.code == EXIT_FAULT
     err = capsys.readouterr().err
     assert err.startswith("make_synthetic_linemod.py: error: 000000.jpg: No space left on device (the file system "
                           "is full") and len(err.splitlines()) == 1
+
+
+def test_generation_and_rendering_are_libraries_that_load_no_tool():
+    """synthetic.py, render.py and the training modules import nothing under tools/, not even inside
+    a function; a fresh interpreter that imports them has no tools module loaded (design §14.3)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    for rel in ("render.py", "synthetic.py", "training.py", "train.py", "multi_obj_pose_estimation/train_multi.py"):
+        tree = ast.parse((root / rel).read_text(encoding="utf-8"))
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in names if m == "tools" or m.startswith("tools.")], rel
+    code = ("import sys; import render, synthetic, training; "
+            "print(sorted(m for m in sys.modules if m == 'tools' or m.startswith('tools.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# The digest of a tiny procedural set (every file but the manifest, whose finish time varies), as
+# the generator wrote it before rendering user meshes became possible (commit 'STEP1'): the main
+# jobs' recorded weights depend on these bytes, so the procedural path must not change at all.
+PROCEDURAL_SET_SHA256 = "be45389acd7582490bc8fd760dcdb731ada12ae5f93f48e8801b8cd80ba74b98"
+
+
+def test_procedural_set_bytes_are_pinned(tmp_path):
+    root = tmp_path / "pinned"
+    gen.generate(root, objects=2, images_per_object=2, seed=0, multi=2, test_fraction=0.5)
+    tree = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "ssp_manifest.json"}
+    digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
+    assert digest == PROCEDURAL_SET_SHA256

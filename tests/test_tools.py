@@ -22,7 +22,7 @@ import utils
 from MeshPly import MeshPly, write_ply
 from tools import bop_to_linemod as bop
 from tools import draw_labels, make_labels
-from tools import make_synthetic_linemod as gen
+import synthetic as gen
 from errors import FlagError, OutputPathError, PoseFileError
 from linemod_format import read_label_rows, read_list, read_poses, write_poses_csv
 
@@ -831,6 +831,7 @@ def test_get_linemod_offline_download_unpack_and_checks(sh, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 def test_plot_curve_reads_the_runs_rows_and_the_extra_test_sets(tmp_path):
+    """A log of before issue 36 (train.py named the 5 px accuracy acc_2d) is read under today's names."""
     from tools import plot_curve
 
     rows = [{"epoch": 5, "minutes": 4.0, "acc_2d": 1.0, "acc_2d_10px": 20.0, "fresh7:acc_2d": 0.5,
@@ -843,7 +844,11 @@ def test_plot_curve_reads_the_runs_rows_and_the_extra_test_sets(tmp_path):
     assert curves == {"test": {"minutes": [4.0, 8.0], "5 px": [1.0, 3.0], "10 px": [20.0, 45.0]},
                       "fresh7": {"minutes": [4.0, 8.0], "5 px": [0.5, 2.0], "10 px": [18.0, 41.0]}}
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "c.json").read_text())["rows"] == rows
+    assert json.loads((tmp_path / "c.json").read_text())["rows"] == [
+        {"epoch": 5, "minutes": 4.0, "acc_2d_5px": 1.0, "acc_2d_10px": 20.0, "fresh7:acc_2d_5px": 0.5,
+         "fresh7:acc_2d_10px": 18.0},
+        {"epoch": 10, "minutes": 8.0, "acc_2d_5px": 3.0, "acc_2d_10px": 45.0, "fresh7:acc_2d_5px": 2.0,
+         "fresh7:acc_2d_10px": 41.0}]
     metrics.write_text('{"epoch": 1}\nnot json\n')
     with pytest.raises(plot_curve.InputError, match=r"metrics.jsonl:1: no 'minutes'"):
         plot_curve.read_rows(metrics)
@@ -856,12 +861,24 @@ def test_curve_reach_times_and_table_on_fixed_inputs():
     assert plot_curve.minutes_to_reach(minutes, acc, 50.0) == pytest.approx(20.0 + 10.0 / 3)
     assert plot_curve.minutes_to_reach(minutes, acc, 30.0) == 10.0  # already there at the first evaluation
     assert plot_curve.minutes_to_reach(minutes, acc, 80.0) is None
-    rows = [{"minutes": m, "seen": 1000 * i, "acc_2d": a, "acc_2d_10px": a + 20, "f:acc_2d": a - 5,
+    rows = [{"minutes": m, "seen": 1000 * i, "acc_2d_5px": a, "acc_2d_10px": a + 20, "f:acc_2d_5px": a - 5,
              "f:acc_2d_10px": a + 10, "mean_err_corner": 20.0 - i} for i, (m, a) in enumerate(zip(minutes, acc), 1)]
     lines = plot_curve.curve_table(rows, (11.0,)).splitlines()
     assert lines[0] == ("| minutes | images seen | test 5 px | test 10 px | f 5 px | f 10 px | mean corner error |")
     assert lines[2:] == ["| 10.0 | 1,000 | 30.0 % | 50.0 % | 25.0 % | 40.0 % | 19.0 px |",
                          "| 30.0 | 3,000 | 70.0 % | 90.0 % | 65.0 % | 80.0 % | 17.0 px |"]  # the nearest, the last
+
+
+def test_plot_curve_reads_a_published_multi_object_log():
+    """train_multi.py's log of before issue 36 (acc_5px, acc_10px, acc_5px_<object>): the mean and each object."""
+    from tools import plot_curve
+
+    rows = plot_curve.read_rows(ROOT / "docs/results/cpu_multi/scenes_2960x20_metrics.jsonl")
+    curves = plot_curve.series(rows)
+    assert list(curves) == ["test", "obj00", "obj01", "obj02"]
+    assert curves["test"]["5 px"][0] == pytest.approx(1.2469305728304672)
+    assert curves["obj01"]["10 px"][0] == pytest.approx(31.491710967308787)
+    assert plot_curve.curve_table(rows, ()).splitlines()[2].endswith(" | - |")  # no corner error in this log
 
 
 # --------------------------------------------------------------------------------------------

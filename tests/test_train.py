@@ -19,12 +19,15 @@ import dataset
 import engine
 import evaluation
 import hostile
+import recipes
 import train
+import training
+import utils
 import valid
 from darknet import Darknet
 from errors import EXIT_FAULT, FlagError, InputError, run_cli
 from region_loss import RegionLoss
-from tools.make_synthetic_linemod import generate
+from synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL3 = str(ROOT / "cfg/yolo-lite-trial3-pose.cfg")
@@ -94,7 +97,7 @@ def test_optimizer_divides_lr_and_multiplies_decay_by_batch():
 def test_overfits_eight_images(tmp_path):
     """8 synthetic images at 128x128: the loss (all terms) at least halves within 60 steps."""
     generate(tmp_path / "d", objects=1, images_per_object=8, seed=1, test_fraction=0.0)
-    opts = train.utils.read_data_cfg(tmp_path / "d/cfg/obj00.data", resolve_paths=True)
+    opts = utils.read_data_cfg(tmp_path / "d/cfg/obj00.data", resolve_paths=True)
     data = dataset.listDataset(opts["train"], shape=(128, 128), train=False)
     assert len(data) == 8
     images, target = next(iter(dataset.make_test_loader(data, batch_size=8)))
@@ -417,7 +420,7 @@ def _files(root: Path) -> dict:
 def test_the_main_jobs_dataset_step_leaves_the_readme_by_hand_set_in_place(tmp_path, monkeypatch, capsys):
     """README: the by-hand set (3 objects; fewer images here), a fresh test set and a .data file of
     the user's in data/synthetic, then `python train.py`: every file stays, the main job uses its own folder."""
-    from tools.make_synthetic_linemod import add_fresh_test
+    from synthetic import add_fresh_test
 
     monkeypatch.setattr(train, "SYNTHETIC_IMAGES", 4)
     root = tmp_path / "synthetic"
@@ -466,12 +469,12 @@ def test_main_job_generates_the_data_and_trains(tmp_path, monkeypatch, capsys):
     for name in ("model.weights", "checkpoint.pt", "costs.npz", "metrics.csv", "training.png", "model_info.json"):
         assert (backup / name).is_file(), name
     info = json.loads((backup / "model_info.json").read_text())
-    assert info["test_size"] == 128 and info["box_rule"] == train.FAST.box_rule
+    assert info["test_size"] == 128 and info["box_rule"] == recipes.FAST.box_rule
     assert "python valid.py --datacfg data/synthetic/cfg/obj00.data" in out
     assert f"--weightfile {backup / 'model.weights'}" in out
     # the printed command works as written: the test size comes from model_info.json
     (summary,) = valid.main(valid.get_args_parser().parse_args(out.split("python valid.py ")[1].split()))
-    assert summary["test_size"] == [128, 128] and summary["box_rule"] == train.FAST.box_rule
+    assert summary["test_size"] == [128, 128] and summary["box_rule"] == recipes.FAST.box_rule
 
 
 @pytest.mark.slow
@@ -523,11 +526,11 @@ def test_flags_and_also_valid_are_checked_before_training(synth, tmp_path, extra
 
 def test_the_original_recipe_on_a_cpu_names_the_fast_one():
     with pytest.warns(UserWarning, match=r"stays at 0 % on a CPU for hours; add --recipe fast"):
-        train.suggest_fast_recipe("original", torch.device("cpu"))
+        training.suggest_fast_recipe("original", torch.device("cpu"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        train.suggest_fast_recipe("fast", torch.device("cpu"))
-        train.suggest_fast_recipe("original", torch.device("cuda"))
+        training.suggest_fast_recipe("fast", torch.device("cpu"))
+        training.suggest_fast_recipe("original", torch.device("cuda"))
     with pytest.warns(UserWarning, match=r"--amp has no effect on cpu: mixed precision runs on CUDA only"):
         cli.warn_amp_unused(True, torch.device("cpu"))
 

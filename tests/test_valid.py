@@ -100,7 +100,7 @@ def run_golden(root, ev, batch_size=1, diam="mesh"):
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from tools.make_synthetic_linemod import generate
+    from synthetic import generate
 
     root = tmp_path_factory.mktemp("synth")
     generate(root, objects=2, images_per_object=6, seed=0)

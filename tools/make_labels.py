@@ -68,7 +68,7 @@ from linemod_format import (
     JPEG_QUALITY, copy_file, data_cfg_items, image_stem, mask_path, pose_entry, read_data_cfg, read_poses,
     split_flags, write_data_cfg, write_label_rows, write_list, write_poses_json,
 )
-from MeshPly import MM_TO_M, MeshPly, units_warning, write_ply
+from MeshPly import MESH_UNITS, MeshPly, units_warning, vertex_normals, write_ply
 from ownership import Outputs
 from utils import (box_corners, camera_from_data_cfg, check_mesh_vertices, get_camera_intrinsic, label_from_pose,
                    mesh_diameter, pose_points3d)
@@ -76,23 +76,11 @@ from utils import (box_corners, camera_from_data_cfg, check_mesh_vertices, get_c
 TOOL = "make_labels.py"  # the name its files carry in the output folder's manifest (ownership.py)
 DEFAULT_TEST_FRACTION = 0.25
 KEEP_EXTENSIONS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png"}  # what the design §3.4 derivations handle
-UNIT_SCALE = {"m": 1.0, "mm": MM_TO_M}
+UNIT_SCALE = MESH_UNITS  # metres per unit of --mesh-units and --pose-units
 MASK_MODES = ("render", "full", "none")
 # unit sanity check (a warning): an object 20 m away is almost always a millimetre pose read as
 # metres; the mesh's own check is MeshPly.units_warning
 SUSPICIOUS_DISTANCE_M = 20.0
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (N, 3) of a triangle mesh (zeros for unused vertices)."""
-    n = np.zeros_like(vertices)
-    if len(faces):
-        tri = vertices[faces]
-        fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        for k in range(3):
-            np.add.at(n, faces[:, k], fn)
-    length = np.linalg.norm(n, axis=1, keepdims=True)
-    return np.where(length > 0, n / np.maximum(length, 1e-300), 0.0)
 
 
 def write_mesh_metres(path: Path, mesh: MeshPly, vertices: np.ndarray, normals=None) -> np.ndarray:
@@ -153,7 +141,7 @@ def render_mask(vertices: np.ndarray, faces: np.ndarray, R, t, K, width: int, he
     Every face is rendered with both windings, so a mesh whose faces are not consistently
     oriented still gives a full silhouette (the renderer culls back faces).
     """
-    from tools.synth_render import Light, Mesh, render
+    from render import Light, Mesh, render
 
     both = np.concatenate([faces, faces[:, ::-1]])
     mesh = Mesh(vertices, both, np.zeros_like(vertices), np.zeros((len(vertices), 3), np.uint8),

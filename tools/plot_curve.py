@@ -3,10 +3,12 @@
     python tools/plot_curve.py backup/synthetic/obj00_120min/metrics.jsonl --out docs/img/cpu_curve.png \\
         --json docs/results/cpu_fast/curve_120min.json [--title "..."]
 
-Every evaluation row of train.py has `minutes` (training and testing time so far), the 2-D
-projection accuracies `acc_2d` (5 px) and `acc_2d_10px` on the run's test list, and, for each
-`--also-valid` set, the same under `<set>:acc_2d` and `<set>:acc_2d_10px`. The figure draws the
-5 and 10 px accuracies of every set against minutes; the JSON keeps the rows as they are.
+Every evaluation row of train.py and train_multi.py has `minutes` (training and testing time so
+far) and the 2-D projection accuracies `acc_2d_5px` and `acc_2d_10px` on the run's test (the mean
+over the objects for train_multi.py); each `--also-valid` set of train.py, and each object of
+train_multi.py, has the same under `<set>:acc_2d_5px` and `<set>:acc_2d_10px`. The figure draws the
+5 and 10 px accuracies of every set against minutes; the JSON keeps the rows (under today's names:
+older logs are read too, `linemod_format.log_row`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import cli
 from errors import InputError, run_cli
-from linemod_format import atomic_write, write_text
+from linemod_format import LOG_ACC_10PX, LOG_ACC_5PX, atomic_write, log_row, write_text
 
 
 def read_rows(path) -> list[dict]:
@@ -34,8 +36,9 @@ def read_rows(path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
-        if "minutes" not in row or "acc_2d" not in row:
-            raise InputError(f"{path}:{n}: no 'minutes' / 'acc_2d' (written by an older train.py?)")
+        row = log_row(row) if isinstance(row, dict) else {}
+        if "minutes" not in row or LOG_ACC_5PX not in row:
+            raise InputError(f"{path}:{n}: no 'minutes' / '{LOG_ACC_5PX}' (not a train.py or train_multi.py log?)")
         rows.append(row)
     if not rows:
         raise InputError(f"{path}: no evaluation rows")
@@ -43,12 +46,13 @@ def read_rows(path) -> list[dict]:
 
 
 def series(rows: list[dict]) -> dict[str, dict[str, list]]:
-    """{set name: {'minutes': [...], '5 px': [...], '10 px': [...]}}; the run's own test list is 'test'."""
-    sets = {"test": ""} | {k.split(":")[0]: k.split(":")[0] + ":" for k in rows[0] if k.endswith(":acc_2d")}
+    """{set name: {'minutes': [...], '5 px': [...], '10 px': [...]}}; the run's own test is 'test', an
+    --also-valid set or an object of a multi-object run its name (rows as `read_rows` gives them)."""
+    sets = {"test": ""} | {k.split(":")[0]: k.split(":")[0] + ":" for k in rows[0] if k.endswith(f":{LOG_ACC_5PX}")}
     out = {}
     for name, prefix in sets.items():
-        out[name] = {"minutes": [r["minutes"] for r in rows], "5 px": [r[f"{prefix}acc_2d"] for r in rows],
-                     "10 px": [r[f"{prefix}acc_2d_10px"] for r in rows]}
+        out[name] = {"minutes": [r["minutes"] for r in rows], "5 px": [r[f"{prefix}{LOG_ACC_5PX}"] for r in rows],
+                     "10 px": [r[f"{prefix}{LOG_ACC_10PX}"] for r in rows]}
     return out
 
 
@@ -66,7 +70,8 @@ def minutes_to_reach(minutes: list[float], values: list[float], level: float) ->
 
 def curve_table(rows: list[dict], at_minutes: tuple[float, ...]) -> str:
     """A markdown table of the evaluation nearest to each of `at_minutes`, and the last one: minutes,
-    images seen, the 5 and 10 px accuracies of every set (`series`) and the mean corner error."""
+    images seen, the 5 and 10 px accuracies of every set (`series`) and the mean corner error (a
+    multi-object log has none: '-')."""
     curves = series(rows)
     picked = dict.fromkeys(min(range(len(rows)), key=lambda i: abs(rows[i]["minutes"] - m)) for m in at_minutes)
     picked = sorted(set(picked) | {len(rows) - 1})
@@ -74,8 +79,9 @@ def curve_table(rows: list[dict], at_minutes: tuple[float, ...]) -> str:
     lines = ["| " + " | ".join(head + ["mean corner error"]) + " |", "|" + "---|" * (len(head) + 1)]
     for i in picked:
         accs = [f"{curves[name][key][i]:.1f} %" for name in curves for key in ("5 px", "10 px")]
+        corner = rows[i].get("mean_err_corner")
         lines.append(f"| {rows[i]['minutes']:.1f} | {rows[i]['seen']:,} | " + " | ".join(accs)
-                     + f" | {rows[i]['mean_err_corner']:.1f} px |")
+                     + (f" | {corner:.1f} px |" if corner is not None else " | - |"))
     return "\n".join(lines)
 
 

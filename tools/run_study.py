@@ -338,7 +338,7 @@ def prepare_data(out: Path, b: Budget, data: str | None, commands: Path) -> dict
     """{object: its .data file}: the synthetic set (generated once in OUT/data) or --data's, with a
     fresh test set (`<obj>_fresh<S>.data`) added once to a synthetic set; a folder that is not
     synthetic (real LINEMOD) is scored on its test split only."""
-    from tools.make_synthetic_linemod import INFO_FILE, add_fresh_test, auto_workers, generate
+    from synthetic import INFO_FILE, add_fresh_test, auto_workers, generate
 
     root = Path(data) if data else out / "data"
     if data is None and not (root / "cfg").is_dir():

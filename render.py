@@ -1,6 +1,6 @@
 """Procedural textured meshes, LINEMOD-like poses and a small numpy z-buffer renderer (CPU only).
 
-Used by tools/make_synthetic_linemod.py (design §14.3); every function is pure and takes its
+Used by synthetic.py (design §14.3) and tools/make_labels.py (masks); every function is pure and takes its
 randomness from an explicit numpy Generator, so a seed fixes every pixel.
 
 Units and frames:
@@ -14,10 +14,20 @@ own colour pattern plus one marker patch, so neither the shape nor the texture i
 The model origin is moved off the box centre (like LINEMOD), then the mesh is scaled to a
 target diameter (10-30 cm) and quantised to float32 (the precision of the written PLY).
 
-Renderer: back-face culling, then every front triangle is rasterised at the pixel centres inside
-it (barycentric weights, affine in the pixel, vectorised per bounding-box size), and a z-buffer
-on 1/z keeps the nearest one. Flat Lambertian shading with one directional light and an ambient term. The object mask is
-exactly the set of pixels the renderer wrote.
+User meshes (MeshPly.read_mesh -> Mesh.from_file): any PLY or OBJ, per-vertex colours or a
+texture with UVs, the mesh's own origin; vertex normals computed when the file has none.
+
+Renderer: back-face culling (not for a two-sided mesh: a user's mesh may be wound
+inconsistently), then every triangle is rasterised at the pixel centres inside it (barycentric
+weights, affine in the pixel, vectorised per bounding-box size), and a z-buffer on 1/z keeps the
+nearest one. Two shadings:
+    Light (the procedural sets, kept byte for byte): flat Lambertian per face, one directional
+        light and an ambient term;
+    Lighting (user meshes, domain randomisation): smooth per pixel, the vertex normals, colours
+        and texture coordinates interpolated perspective-correctly (weights lambda_i / z_i,
+        normalised), several coloured directional lights (Lambert), an ambient colour and a
+        Blinn-Phong specular highlight.
+The object mask is exactly the set of pixels the renderer wrote.
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from MeshPly import MeshFile, vertex_normals
 from utils import box_corners, mesh_diameter, pose_points3d, project_points
 
 # design §14.3: object sizes and camera distances like LINEMOD
@@ -36,6 +47,17 @@ ELEVATION_RANGE_DEG = (10.0, 85.0)  # upper hemisphere (85: keep the look-at 'up
 ORIGIN_OFFSET_RANGE = (0.08, 0.25)  # origin offset from the box centre, fraction of the box size
 KEYPOINT_MARGIN_PX = 8.0  # all 9 label points at least this far inside the image when possible
 POSE_TRIES = 200
+INPLANE_RANGE_RAD = (-math.pi, math.pi)  # any in-plane roll
+UNCOLORED_GRAY = 160  # the placeholder colour of a mesh without colours (a set randomises it per image)
+
+# Lighting.random: the defaults of the smooth shading's randomisation (synthetic.RenderOptions)
+LIGHT_COUNT_RANGE = (1, 3)
+LIGHT_INTENSITY_RANGE = (0.5, 1.3)  # sum of the lights' diffuse intensities, shared between them
+LIGHT_SATURATION_MAX = 0.25  # light colours: a random hue at most this saturated (0 = white)
+AMBIENT_RANGE = (0.25, 0.55)
+SPECULAR_RANGE = (0.0, 0.35)  # Blinn-Phong highlight strength (0-1 of full white)
+SHININESS_RANGE = (8.0, 64.0)
+LIGHT_MIN_FRONT = 0.2  # every light is at least this much towards the camera side (-z of its direction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,16 +66,47 @@ POSE_TRIES = 200
 
 @dataclass
 class Mesh:
-    """A triangle mesh with flat per-face colours.
+    """A triangle mesh.
 
     vertices (N, 3) float64 metres (float32-exact values), faces (M, 3) int64,
-    normals (N, 3) float64 unit, vertex_colors (N, 3) uint8, face_colors (M, 3) uint8.
+    normals (N, 3) float64 unit, vertex_colors (N, 3) uint8, face_colors (M, 3) uint8 (the flat
+    shading's colours; the mean colour of each face for a user mesh). Optional: uv (M, 3, 2) and
+    texture (H, W, 3) uint8 RGB (a texture replaces the vertex colours in the smooth shading);
+    colored False when the colours are a placeholder (the mesh file had none); two_sided True
+    to render back faces too (no culling; the smooth shading flips normals that face away).
     """
     vertices: np.ndarray
     faces: np.ndarray
     normals: np.ndarray
     vertex_colors: np.ndarray
     face_colors: np.ndarray
+    uv: np.ndarray | None = None
+    texture: np.ndarray | None = None
+    colored: bool = True
+    two_sided: bool = False
+
+    @classmethod
+    def from_file(cls, mesh: MeshFile) -> Mesh:
+        """The renderable mesh of a MeshPly.read_mesh result: normals from the file, or area-weighted
+        from the faces; two-sided (a user's winding may be inconsistent)."""
+        normals = mesh.normals if mesh.normals is not None else vertex_normals(mesh.vertices, mesh.faces)
+        colored = mesh.colors is not None or mesh.texture is not None
+        if mesh.colors is not None:
+            vertex_colors = np.asarray(mesh.colors, dtype=np.uint8)
+        else:
+            vertex_colors = np.full((len(mesh.vertices), 3), UNCOLORED_GRAY, dtype=np.uint8)
+        if mesh.texture is not None:
+            face_colors = sample_texture(mesh.texture, mesh.uv.mean(axis=1))
+        else:
+            face_colors = np.round(vertex_colors[mesh.faces].astype(np.float64).mean(axis=1)).astype(np.uint8)
+        return cls(mesh.vertices, np.asarray(mesh.faces, dtype=np.int64), normals, vertex_colors, face_colors,
+                   uv=mesh.uv, texture=mesh.texture, colored=colored, two_sided=True)
+
+    def recolored(self, color) -> Mesh:
+        """A copy with every vertex and face colour set to `color` (3,) uint8 RGB (no texture)."""
+        c = np.asarray(color, dtype=np.uint8).reshape(1, 3)
+        return Mesh(self.vertices, self.faces, self.normals, np.repeat(c, len(self.vertices), 0),
+                    np.repeat(c, len(self.faces), 0), None, None, True, self.two_sided)
 
     @property
     def corners(self) -> np.ndarray:
@@ -316,20 +369,22 @@ def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def sample_pose(rng: np.random.Generator, keypoints3d: np.ndarray, K: np.ndarray, width: int, height: int,
-                distance=DISTANCE_RANGE_M, centre_box=None, margin: float = KEYPOINT_MARGIN_PX):
-    """A LINEMOD-like pose (R (3, 3), t (3,) m): upper-hemisphere view, any in-plane roll.
+                distance=DISTANCE_RANGE_M, centre_box=None, margin: float = KEYPOINT_MARGIN_PX,
+                elevation_deg=ELEVATION_RANGE_DEG, inplane_rad=INPLANE_RANGE_RAD):
+    """A LINEMOD-like pose (R (3, 3), t (3,) m): a view from elevation_deg (degrees above the model's
+    xy plane, uniform over that band of the sphere), an in-plane roll uniform in inplane_rad.
 
     The origin lies `distance` metres from the camera (uniform in the range); its projection is
     uniform among the pixels that keep all `keypoints3d` (9, 3) `margin` px inside the image and,
     if given, inside centre_box = (u_lo, u_hi, v_lo, v_hi). The camera pans to that pixel
     (rotation about its centre), so the view stays a true perspective look-at.
     """
-    sin_lo, sin_hi = (math.sin(math.radians(e)) for e in ELEVATION_RANGE_DEG)
+    sin_lo, sin_hi = (math.sin(math.radians(e)) for e in elevation_deg)
     Kinv = np.linalg.inv(K)
     fallback = None
     for _ in range(POSE_TRIES):
         elev = math.asin(rng.uniform(sin_lo, sin_hi))  # uniform over the spherical cap
-        R0 = look_at_rotation(elev, rng.uniform(0, 2 * np.pi), rng.uniform(-np.pi, np.pi))
+        R0 = look_at_rotation(elev, rng.uniform(0, 2 * np.pi), rng.uniform(*inplane_rad))
         d = rng.uniform(*distance)
         kp = project_points(keypoints3d, R0, np.array([0.0, 0.0, d]), K)
         rel = kp - kp[0]
@@ -374,6 +429,49 @@ class Light:
     def random(cls, rng: np.random.Generator) -> Light:
         d = np.array([rng.uniform(-0.7, 0.7), rng.uniform(-0.9, -0.1), -1.0])  # from the camera side, above
         return cls(d / np.linalg.norm(d), float(rng.uniform(0.3, 0.5)), float(rng.uniform(0.5, 0.75)))
+
+
+@dataclass
+class Lighting:
+    """Smooth shading: albedo * (ambient + sum_l color_l * max(0, n . d_l))
+    + 255 * specular * sum_l color_l * max(0, n . h_l) ** shininess, h_l = unit(d_l + view).
+
+    directions (L, 3) unit vectors from the surface towards each light, camera frame; colors
+    (L, 3) each light's RGB intensity (1 = full); ambient (3,) RGB; specular, shininess scalars.
+    """
+    directions: np.ndarray
+    colors: np.ndarray
+    ambient: np.ndarray
+    specular: float = 0.0
+    shininess: float = 32.0
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, count=LIGHT_COUNT_RANGE, intensity=LIGHT_INTENSITY_RANGE,
+               saturation: float = LIGHT_SATURATION_MAX, ambient=AMBIENT_RANGE, specular=SPECULAR_RANGE,
+               shininess=SHININESS_RANGE) -> Lighting:
+        """count lights (uniform integer in the range, inclusive) from random directions on the camera's
+        side, colours of a random hue up to `saturation`, their intensities summing to a value uniform
+        in `intensity`; ambient, specular and shininess uniform in their ranges."""
+        n = int(rng.integers(count[0], count[1] + 1))
+        d = rng.normal(size=(n, 3))
+        d[:, 2] = -np.abs(d[:, 2])
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        d[:, 2] = np.minimum(d[:, 2], -LIGHT_MIN_FRONT)
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        share = rng.dirichlet(np.ones(n)) * rng.uniform(*intensity)
+        tint = np.stack([_hsv(rng.random(), rng.uniform(0, saturation), 1.0) / 255.0 for _ in range(n)])
+        amb = rng.uniform(*ambient) * _hsv(rng.random(), rng.uniform(0, saturation / 2), 1.0) / 255.0
+        return cls(d, tint * share[:, None], amb, float(rng.uniform(*specular)), float(rng.uniform(*shininess)))
+
+    def shade(self, albedo: np.ndarray, normal: np.ndarray, view: np.ndarray) -> np.ndarray:
+        """RGB (P, 3) uint8 of surface points: albedo (P, 3) 0-255, unit normal and view (P, 3), camera frame."""
+        ndl = np.clip(normal @ self.directions.T, 0.0, None)  # (P, L)
+        half = self.directions[None, :, :] + view[:, None, :]
+        half /= np.maximum(np.linalg.norm(half, axis=2, keepdims=True), 1e-12)
+        ndh = np.clip(np.einsum("pi,pli->pl", normal, half), 0.0, None) * (ndl > 0)
+        diffuse = self.ambient + ndl @ self.colors  # (P, 3)
+        highlight = (255.0 * self.specular) * (ndh ** self.shininess) @ self.colors
+        return np.clip(np.round(albedo * diffuse + highlight), 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -437,27 +535,33 @@ def _rasterize(px: np.ndarray, inv_z: np.ndarray, width: int, height: int):
     return np.concatenate(pix_out), np.concatenate(tri_out), np.concatenate(iz_out)
 
 
-def render(meshes, poses, K: np.ndarray, width: int, height: int, light: Light) -> Rendering:
+def render(meshes, poses, K: np.ndarray, width: int, height: int, light) -> Rendering:
     """Render meshes (list of Mesh) at poses (list of (R (3, 3), t (3,) m)) with camera K (3, 3).
 
-    Objects occlude each other through one z-buffer. Returns a Rendering (see its docstring).
+    light: a Light (flat shading per face) or a Lighting (smooth shading per pixel). Objects
+    occlude each other through one z-buffer. Returns a Rendering (see its docstring).
     """
-    px_all, iz_all, col_all, obj_all = [], [], [], []
+    smooth = isinstance(light, Lighting)
+    px_all, iz_all, col_all, obj_all, face_all = [], [], [], [], []
     for i, (mesh, (R, t)) in enumerate(zip(meshes, poses)):
         cam = mesh.vertices @ np.asarray(R).T + np.asarray(t).reshape(1, 3)
         tri = cam[mesh.faces]  # (M, 3, 3)
         n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        front = np.einsum("mi,mi->m", n, tri[:, 0]) < 0  # facing the camera at the origin
+        if mesh.two_sided:
+            front = np.ones(len(tri), dtype=bool)
+        else:
+            front = np.einsum("mi,mi->m", n, tri[:, 0]) < 0  # facing the camera at the origin
         tri, n = tri[front], n[front]
-        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-300)
-        shade = light.ambient + light.diffuse * np.clip(n @ light.direction, 0.0, None)
-        col_all.append(np.clip(mesh.face_colors[front] * shade[:, None], 0, 255))
+        if not smooth:
+            n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-300)
+            shade = light.ambient + light.diffuse * np.clip(n @ light.direction, 0.0, None)
+            col_all.append(np.clip(mesh.face_colors[front] * shade[:, None], 0, 255))
         uvw = tri @ np.asarray(K).T
         px_all.append(uvw[..., :2] / uvw[..., 2:3])
         iz_all.append(1.0 / tri[..., 2])
         obj_all.append(np.full(len(tri), i, dtype=np.int16))
+        face_all.append(np.nonzero(front)[0])
     px, inv_z = np.concatenate(px_all), np.concatenate(iz_all)
-    colors = np.concatenate(col_all).round().astype(np.uint8)
     obj = np.concatenate(obj_all)
     pix, tri, iz = _rasterize(px, inv_z, width, height)
     rgb = np.zeros((width * height, 3), dtype=np.uint8)
@@ -474,9 +578,73 @@ def render(meshes, poses, K: np.ndarray, width: int, height: int, light: Light) 
         face = np.full(n, -1, dtype=np.int64)
         face[local[win]] = tri[win]
         hit = np.nonzero(face >= 0)[0]
-        rgb[first + hit] = colors[face[hit]]
+        if smooth:
+            rgb[first + hit] = _shade_smooth(meshes, poses, K, light, first + hit, face[hit], px, inv_z, obj,
+                                             np.concatenate(face_all), width)
+        else:
+            colors = np.concatenate(col_all).round().astype(np.uint8)
+            rgb[first + hit] = colors[face[hit]]
         ids[first + hit] = obj[face[hit]]
         sil = np.zeros((len(meshes), n), dtype=bool)
         sil[obj[tri], local] = True
         silhouette_px = sil.sum(axis=1)
     return Rendering(rgb.reshape(height, width, 3), ids.reshape(height, width), silhouette_px)
+
+
+def _shade_smooth(meshes, poses, K, lighting: Lighting, pixels, tri, px, inv_z, obj, mesh_face, width: int):
+    """RGB (P, 3) uint8 of the P pixels `pixels` (flat indices) won by triangles `tri` (P,).
+
+    px (T, 3, 2) and inv_z (T, 3) are the rasterised triangles, obj (T,) their mesh and
+    mesh_face (T,) their face in it. Screen-space barycentrics lambda (affine in the pixel) become
+    perspective-correct weights mu_i = lambda_i / z_i / sum_j lambda_j / z_j, which interpolate the
+    vertex normals (camera frame), colours and texture coordinates.
+    """
+    p = np.stack([pixels % width, pixels // width], axis=1).astype(np.float64)  # (P, 2) pixel centres
+    a, b, c = px[tri, 0], px[tri, 1], px[tri, 2]
+
+    def cross(e, f):
+        return e[:, 0] * f[:, 1] - e[:, 1] * f[:, 0]
+
+    area = cross(b - a, c - a)
+    lam = np.stack([cross(c - b, p - b), cross(a - c, p - c)], axis=1) / area[:, None]
+    lam = np.concatenate([lam, 1.0 - lam.sum(axis=1, keepdims=True)], axis=1)  # (P, 3)
+    wz = lam * inv_z[tri]
+    iz = wz.sum(axis=1)  # 1/z at the pixel (affine in screen space)
+    mu = wz / iz[:, None]
+    normal = np.zeros((len(p), 3))
+    albedo = np.zeros((len(p), 3))
+    for i, mesh in enumerate(meshes):
+        sel = np.nonzero(obj[tri] == i)[0]
+        if not len(sel):
+            continue
+        R = np.asarray(poses[i][0])
+        corners = mesh.faces[mesh_face[tri[sel]]]  # (S, 3) vertex indices
+        normal[sel] = np.einsum("sk,skj->sj", mu[sel], mesh.normals[corners] @ R.T)
+        if mesh.texture is not None:
+            uv = np.einsum("sk,skj->sj", mu[sel], mesh.uv[mesh_face[tri[sel]]])
+            albedo[sel] = sample_texture(mesh.texture, uv)
+        else:
+            albedo[sel] = np.einsum("sk,skj->sj", mu[sel], mesh.vertex_colors[corners].astype(np.float64))
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+    ray = np.concatenate([p, np.ones((len(p), 1))], axis=1) @ np.linalg.inv(np.asarray(K)).T  # (P, 3) z = 1
+    view = -ray / np.linalg.norm(ray, axis=1, keepdims=True)  # towards the camera
+    normal *= np.where(np.einsum("pi,pi->p", normal, view) < 0, -1.0, 1.0)[:, None]  # two-sided lighting
+    return lighting.shade(albedo, normal, view)
+
+
+def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear, wrapping look-up (P, 3) float64 of texture (H, W, 3) uint8 at uv (P, 2): u to the
+    right, v up, 0..1 across the image (the OBJ / PLY convention)."""
+    h, w = texture.shape[:2]
+    uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+    x = np.mod(uv[:, 0], 1.0) * w - 0.5  # texel centres at (i + 0.5) / w
+    y = (1.0 - np.mod(uv[:, 1], 1.0)) * h - 0.5
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    x1, y1 = (x0 + 1) % w, (y0 + 1) % h
+    x0, y0 = x0 % w, y0 % h
+    tex = texture.astype(np.float64)
+    top = tex[y0, x0] * (1 - fx) + tex[y0, x1] * fx
+    bottom = tex[y1, x0] * (1 - fx) + tex[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
