@@ -729,6 +729,31 @@ def test_draw_labels_prediction_errors(synth, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_draw_labels_refuses_truncated_or_wrong_shaped_predictions(synth, tmp_path, capsys):
+    """Each was a traceback (issue 36): one line naming the file and what is wrong."""
+    npz = tmp_path / "p.npz"
+    _fake_predictions(synth, npz)
+    good = dict(np.load(npz))
+    data = str(synth / "cfg/obj00.data")
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(npz.read_bytes()[:300])
+    wrong = {"pr": dict(good, pr_px=good["pr_px"][:, :8]), "R": dict(good, R_pr=good["R_pr"][:, :2]),
+             "n": dict(good, err_2d=np.array([4.2, 1.0])), "image": dict(good, image=np.zeros(1))}
+    for name, arrays in wrong.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+    for name, message in (("cut", "cut.npz: not a readable .npz file"),
+                          ("pr", "pr.npz: 'pr_px' holds float64 of shape (1, 8, 2), expected numbers of shape "
+                                 "(1, 9, 2) (one per image path)"),
+                          ("R", "R.npz: 'R_pr' holds float64 of shape (1, 2, 3)"),
+                          ("n", "n.npz: 'err_2d' holds float64 of shape (2,), expected numbers of shape (1,)"),
+                          ("image", "image.npz: 'image' holds float64 of shape (1,), expected a list of paths")):
+        assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / f"{name}.npz"),
+                                 "--out", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("draw_labels: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_draw_labels_errors(synth, tmp_path, capsys):
     bad = tmp_path / "bad.data"
     bad.write_text((synth / "cfg/obj00.data").read_text().replace("LINEMOD/obj00/test.txt", "LINEMOD/obj00/none.txt"))
@@ -852,6 +877,39 @@ def test_plot_curve_reads_the_runs_rows_and_the_extra_test_sets(tmp_path):
     metrics.write_text('{"epoch": 1}\nnot json\n')
     with pytest.raises(plot_curve.InputError, match=r"metrics.jsonl:1: no 'minutes'"):
         plot_curve.read_rows(metrics)
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"minutes": "4", "acc_2d_5px": 1.0}'], r"m.jsonl:1: 'minutes' not a finite number"),
+    (['{"minutes": 4.0, "acc_2d_5px": 1.0, "seen": null}'], r"m.jsonl:1: 'seen' not a finite number"),
+    (['{"minutes": Infinity, "acc_2d_5px": 1.0}'], r"m.jsonl:1: 'minutes' not a finite number"),
+    (['{"minutes": 4.0, "acc_2d_5px": 1.0, "f:acc_2d_5px": 2.0}', '{"minutes": 8.0, "acc_2d_5px": 3.0}'],
+     r"m.jsonl:2: no 'f:acc_2d_5px' \(the first row has them\)"),
+])
+def test_plot_curve_names_the_line_of_a_bad_row(tmp_path, lines, message):
+    """Each ended in a traceback in series, curve_table or the plot (issue 36)."""
+    from tools import plot_curve
+
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(plot_curve.InputError, match=message):
+        plot_curve.main([str(path), "--out", str(tmp_path / "c.png")])
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_curve_refuses_a_binary_log_and_bad_table_minutes(tmp_path):
+    from tools import plot_curve
+
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(plot_curve.InputError, match=r"m.jsonl: not a text file"):
+        plot_curve.main([str(path), "--out", str(tmp_path / "c.png")])
+    path.write_text('{"minutes": 4.0, "acc_2d_5px": 1.0, "acc_2d_10px": 2.0}\n')
+    for at, message in (("ten,20", "expected minutes separated by commas"), ("nan", "minutes must be finite and >= 0")):
+        with pytest.raises(FlagError, match=f"--table-at {at}: {message}"):
+            plot_curve.main([str(path), "--out", str(tmp_path / "c.png"), "--table-at", at])
+    assert not (tmp_path / "c.png").exists()  # the flag is checked before the figure is drawn
+    plot_curve.main([str(path), "--out", str(tmp_path / "c.png"), "--table-at", "4"])  # no 'seen': '-'
 
 
 def test_curve_reach_times_and_table_on_fixed_inputs():
