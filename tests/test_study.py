@@ -393,6 +393,38 @@ def test_the_fork_rule_keeps_the_first_test_unless_5px_improves():
     assert fork_numbers.our_pick(zeros)["epoch"] == 10  # ours too keeps the first of equal scores
 
 
+def test_fork_numbers_names_a_bad_log_or_valid_file(tmp_path, capsys):
+    """A torn metrics.jsonl or a truncated valid_test.json of the study ended in a traceback (issue 36)."""
+    from tools import fork_numbers
+
+    study_dir = tmp_path / "study"
+    for rel in ("data/cfg/obj00.data", "runs/teacher/obj00/model.weights", "runs/trial3-none-s0/obj00/model.weights"):
+        (study_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (study_dir / rel).write_text("x\n")
+    cell = study_dir / "fork_numbers/none-trained"
+    cell.mkdir(parents=True)
+    (cell / "done.json").write_text("{}")
+    row = {"epoch": 1, "seen": 32, "minutes": 0.5, "acc_2d_5px": 1.0, "acc_2d_10px": 2.0}
+    argv = ["--study", str(study_dir), "--cells", "none-trained"]
+
+    def one_line():
+        with pytest.raises(SystemExit) as exit_:
+            fork_numbers.run_cli(lambda a: fork_numbers.main(fork_numbers.get_args_parser().parse_args(a)), argv,
+                                 prog="fork_numbers.py")
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+        return err
+
+    (cell / "metrics.jsonl").write_text(json.dumps(row) + '\n{"epoch": 2, "se')
+    assert "none-trained/metrics.jsonl:2: not a JSON line" in one_line()
+    (cell / "metrics.jsonl").write_text(json.dumps(dict(row, epoch="1")) + "\n")
+    assert "metrics.jsonl:1: 'epoch' not a finite number" in one_line()
+    (cell / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    (study_dir / "runs/trial3-none-s0/obj00/valid_test.json").write_text('{"objects": [{"acc_2d_5px": 3')
+    assert "obj00/valid_test.json: not readable JSON" in one_line()
+    assert not (study_dir / "fork_numbers/results.json").exists()
+
+
 @pytest.mark.slow
 def test_fork_numbers_end_to_end(tmp_path):
     from tools import fork_numbers

@@ -948,7 +948,8 @@ def test_record_main_job_on_fixed_inputs(tmp_path):
 
     backup = tmp_path / "backup"
     backup.mkdir()
-    rows = [{"epoch": 4, "seen": 5440, "minutes": 1.5}, {"epoch": 9, "seen": 13600, "minutes": 3.25}]
+    rows = [{"epoch": 4, "seen": 5440, "minutes": 1.5, "acc_2d_5px": 20.0, "acc_2d_10px": 60.0},
+            {"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0, "acc_2d_10px": 90.5}]
     (backup / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {"acc_2d": 41.0, "acc_2d_10px": 90.5, "acc_2d_15px": 97.0, "acc_2d_20px": 99.0, "acc_2d_30px": 100.0,
                "acc_add": 30.0, "acc_5cm5deg": 20.0, "mean_err_2d": 5.55, "mean_err_corner": 9.04, "n": 240,
@@ -975,6 +976,37 @@ def test_record_main_job_on_fixed_inputs(tmp_path):
         str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores", "--out", str(tmp_path / "c.json"),
         "--command", "python train.py --minutes 120"]))
     assert timed["command"] == "python train.py --minutes 120"
+
+
+def test_record_main_job_checks_its_inputs(tmp_path, capsys):
+    """No input was checked: a missing, truncated or other-version file ended in a traceback (issue 36)."""
+    from tools import record_main_job as rec
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "metrics.jsonl").write_text('{"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0}\n{"ep')
+    summary = {k: 1.0 for k in rec.KEYS}
+    (tmp_path / "t.json").write_text(json.dumps({"objects": [summary]}))
+    (tmp_path / "cut.json").write_text(json.dumps({"objects": [summary]})[:40])
+    (tmp_path / "old.json").write_text(json.dumps({"objects": [{"acc_2d": 41.0}]}))
+
+    def run(metrics_ok=True, test="t.json", wall="11.5"):
+        if metrics_ok:
+            (backup / "metrics.jsonl").write_text('{"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0}\n')
+        argv = ["--backup", str(backup), "--wall-minutes", wall, "--test-json", str(tmp_path / test), "--fresh-json",
+                str(tmp_path / "t.json"), "--fresh-seed", "11", "--machine", "m", "--out", str(tmp_path / "r.json")]
+        with pytest.raises(SystemExit) as exit_:
+            rec.run_cli(lambda a: rec.main(rec.get_args_parser().parse_args(a)), argv, prog="record_main_job.py")
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        return err
+
+    assert "metrics.jsonl:2: not a JSON line" in run(metrics_ok=False)
+    assert "nope.json: valid.py --json file not found" in run(test="nope.json")
+    assert "cut.json: not readable JSON" in run(test="cut.json")
+    assert "old.json: the summary of the object lacks acc_2d_10px" in run(test="old.json")
+    assert "--wall-minutes inf: must be a positive, finite number of minutes" in run(wall="inf")
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_readme_main_job_table_is_its_raw_record():
@@ -1005,7 +1037,8 @@ def test_record_multi_main_job_on_fixed_inputs(tmp_path):
 
     backup = tmp_path / "backup"
     backup.mkdir()
-    (backup / "metrics.jsonl").write_text(json.dumps({"epoch": 39, "seen": 54400, "minutes": 11.0}) + "\n")
+    (backup / "metrics.jsonl").write_text(json.dumps({"epoch": 39, "seen": 54400, "minutes": 11.0, "acc_2d_5px": 20.0,
+                                                      "acc_2d_10px": 61.0}) + "\n")
     thresholds = list(range(5, 55, 5))
     objs = [{"object": f"obj0{i}", "n": 240 - 60 * i, "thresholds": thresholds,
              "acc_px": [10.0 * (i + 1)] + [60.0 + i] * 9, "acc_add": 5.0 * i, "acc_5cm5deg": 1.0,
