@@ -27,13 +27,13 @@ paths are checked before the work starts (`check_output_file`, `check_output_dir
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import warnings
 from pathlib import Path
 
 from errors import FlagError, OutputPathError
+from linemod_format import probe_write
 
 STRIDE = 32  # design §1.5: every pose network has output stride 32
 # 128 cells a side: four times LINEMOD's largest side; a larger input only exhausts memory
@@ -215,15 +215,10 @@ def check_output_file(flag: str, path) -> Path:
 
 def _probe_write(flag: str, folder: Path) -> None:
     """OutputPathError unless a file can be created in `folder` and the file system has room."""
-    probe = folder / f".ssp_write_test_{os.getpid()}"
     try:
-        with open(probe, "wb") as f:
-            f.write(b"0")
+        probe_write(folder)
     except OSError as exc:
         raise OutputPathError(f"{flag} {folder}: cannot write there ({exc.strerror or exc})") from None
-    finally:
-        with contextlib.suppress(OSError):  # a clean-up that fails must not hide the error above
-            probe.unlink()
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_OUTPUT_BYTES:
         raise OutputPathError(f"{flag} {folder}: the file system is full ({free} bytes free)")

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import cli
 import errors
 from errors import CheckpointError, InputError, OverwriteError
 from linemod_format import append_text, atomic_write, write_text
@@ -367,22 +368,10 @@ def prepare_backup(backup: Path, resume: bool, overwrite: bool, need_bytes: int 
 
     The folder is locked for this run first (`lock_backup`: two runs at once are refused). A
     folder that already holds a run is refused unless resuming or told to overwrite (then the
-    old run's files are removed, so that logs of two runs never mix).
+    old run's files are removed, so that logs of two runs never mix). The folder itself is checked
+    as every output folder is (`cli.check_output_dir`: OutputPathError naming --backupdir).
     """
-    if backup.exists() and not backup.is_dir():
-        raise InputError(f"{backup}: the backup folder is a file")
-    try:
-        backup.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{backup}: cannot create the backup folder: {exc.strerror}") from None
-    probe = backup / f".write_test{os.getpid()}"
-    try:
-        probe.write_bytes(b"0")
-    except OSError as exc:
-        raise InputError(f"{backup}: the backup folder is not writable: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(OSError):  # a read-only folder fails here too: keep the error above
-            probe.unlink(missing_ok=True)
+    cli.check_output_dir("--backupdir", backup)
     lock_backup(backup)
     try:
         free = shutil.disk_usage(backup).free

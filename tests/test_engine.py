@@ -15,9 +15,10 @@ import torch
 import engine
 import evaluation
 import hostile
+import linemod_format
 import recipes
 import train
-from errors import CheckpointError, InputError
+from errors import CheckpointError, InputError, run_cli
 from synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_bad_numbers_stop_before_any_work(synth, tmp_path, flag, value, message)
 
 def test_cli_reports_bad_input_with_exit_status_2(synth, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        train.run_cli(train.main_cli, small_args(synth, tmp_path / "out", "--epochs", "0"), prog="train.py")
+        run_cli(train.main_cli, small_args(synth, tmp_path / "out", "--epochs", "0"), prog="train.py")
     assert exc.value.code == 2
     assert "train.py: error: --epochs must be >= 1, found 0" in capsys.readouterr().err
 
@@ -246,7 +247,7 @@ def test_a_new_run_into_a_used_folder_is_refused_unless_overwrite(synth, tmp_pat
 
 def test_backup_folder_problems_are_found_before_training(synth, tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(InputError, match="afile: the backup folder is a file"):
+    with pytest.raises(InputError, match="--backupdir .*afile: is a file; expected a folder"):
         train.main(args_for(small_args(synth, tmp_path / "afile", "--epochs", "1")))
 
     class Usage:
@@ -448,9 +449,9 @@ def test_metric_logs_are_replaced_whole_never_appended_in_place(tmp_path, monkey
 def test_a_read_only_backup_folder_is_one_clean_error(tmp_path, monkeypatch):
     """The clean error was raised, then the clean-up of the probe file raised over it (issue 25).
     Tests run as root, where chmod stops no write: the read-only file system is simulated."""
-    monkeypatch.setattr(engine.Path, "write_bytes", hostile.os_error(hostile.EROFS))
+    monkeypatch.setattr(linemod_format, "open", hostile.os_error(hostile.EROFS), raising=False)
     monkeypatch.setattr(engine.Path, "unlink", hostile.os_error(hostile.EROFS))
-    with pytest.raises(InputError, match=r"backup: the backup folder is not writable: Read-only file system"):
+    with pytest.raises(InputError, match=r"--backupdir .*backup: cannot write there \(Read-only file system\)"):
         engine.prepare_backup(tmp_path / "backup", resume=False, overwrite=False)
 
 

@@ -616,10 +616,10 @@ def test_fresh_multi_refusals_name_the_folder_or_file(fresh_multi, fresh, tmp_pa
 
 def test_valid_all_leaves_out_the_fresh_occlusion_data():
     """valid.py --all scores single-object .data files: the fresh scenes' occlusion file is left out."""
-    import valid
+    import evaluation
 
-    assert valid.skipped_by_all(Path(gen.fresh_multi_cfg(11)))
-    assert valid.skipped_by_all(Path(gen.fresh_names("obj00", 11)[1]))
+    assert evaluation.skipped_by_all(Path(gen.fresh_multi_cfg(11)))
+    assert evaluation.skipped_by_all(Path(gen.fresh_names("obj00", 11)[1]))
 
 
 def test_a_full_disk_during_generation_is_one_line(tmp_path, monkeypatch, capsys):

@@ -41,7 +41,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-import dataset
+import image_files
 from errors import FlagError, InputError, run_cli
 from linemod_format import (
     NUM_KEYPOINTS, atomic_write, from_occlusion_order, label_path, occlusion_label_path, read_data_cfg,
@@ -98,7 +98,7 @@ def draw_image(image_path: str, root: Path, K: np.ndarray, width: int, height: i
     """
     resolved = _resolve(image_path, root)
     if resolved.exists():  # refused from its header: a FIFO (cv2 would wait forever), a bomb, 16 bits
-        dataset.check_bit_depth(resolved, dataset.read_header(resolved).mode)
+        image_files.check_bit_depth(resolved, image_files.read_header(resolved).mode)
     bgr = cv2.imread(str(resolved), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileNotFoundError(f"{image_path}: cannot read the image (looked in . and {root})")

@@ -63,19 +63,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-import valid
+import evaluation
+import model_loading
+from model_loading import NETWORKS
 from errors import FlagError, InputError, run_cli
 from linemod_format import append_text, atomic_write, check_inside, copy_file, write_text
 from ownership import Outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
-NETWORKS = {  # name: (cfg, init weights or None for random)
-    "yolov2": ("cfg/yolo-pose.cfg", None),
-    "tiny": ("cfg/tiny-yolo-pose.cfg", None),
-    "trial3": ("cfg/yolo-lite-trial3-pose.cfg", "weights/tiny-yolov2-trial3-voc.weights"),
-    "trial10": ("cfg/yolo-lite-trial10-pose.cfg", "weights/tiny-yolov2-trial10-voc.weights"),
-}
 # A student cell's distillation: none, the fork's channel bug (fork), the right channels (fixed), at the
 # fork's --kd-alpha 1 or, with '-a<alpha>', a blend with the ground truth (fixed-a0.5: half and half);
 # '-nt': the fast recipe's neighbour cells regress the teacher too (--kd-neighbours teacher, D66), not the GT.
@@ -419,7 +415,7 @@ def prepare_data(out: Path, b: Budget, data: str | None, commands: Path) -> dict
                  workers=auto_workers(b.objects * b.images))
         note(commands, f"python tools/make_synthetic_linemod.py --out {portable(str(root))} --num-objects {b.objects} "
                        f"--images-per-object {b.images} --test-fraction {b.test_fraction} --seed 0")
-    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if not valid.skipped_by_all(c))
+    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if not evaluation.skipped_by_all(c))
     if not cfgs:
         raise InputError(f"{root / 'cfg'}: no object .data files")
     if (root / INFO_FILE).is_file() and not all(fresh_of(c, b).is_file() for c in cfgs):
@@ -588,7 +584,7 @@ def check_teachers(runs: list[Run], b: Budget, given: str | None, retry: bool) -
     if given:
         if not Path(given).is_file():
             raise InputError(f"--teacher-weights {given}: file not found")
-        valid.check_weights(valid.check_model_cfg(str(ROOT / teacher_cfg)), teacher_cfg, given)
+        model_loading.check_weights(model_loading.check_model_cfg(str(ROOT / teacher_cfg)), teacher_cfg, given)
         return
     for t in (r for r in runs if r.run == "teacher"):
         s = state(t)
