@@ -160,8 +160,8 @@ def check_run_numbers(args) -> None:
     cli.check_size("--train-size", args.train_size)
     cli.check_size("--final-size", getattr(args, "final_size", None))
     cli.check_size("--test-size", args.test_size)
-    if args.minutes is not None and not args.minutes > 0:
-        raise FlagError(f"--minutes must be positive, found {args.minutes}")
+    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise FlagError(f"--minutes must be positive and finite (a time budget in minutes), found {args.minutes}")
     if (getattr(args, "final_size", None) is None) != (getattr(args, "final_epochs", None) is None):
         raise FlagError("--final-size and --final-epochs go together: give both or neither")
     args.train_sizes = parse_train_sizes(getattr(args, "train_sizes", None), args.train_size)
@@ -310,17 +310,29 @@ def allow_partial(args) -> bool:
     return bool(args.allow_partial_weights) or re.search(r"\.conv\.\d+$", name) is not None
 
 
-def check_single_image_batches(batch: int, n_train: int, train_size, world: int = 1) -> None:
-    """FlagError when a training batch would hold a single image at a 1x1 output grid (--train-size
-    32): BatchNorm cannot normalise one value per channel, and the step would fail mid-epoch."""
-    if train_size is None or train_size > cli.STRIDE:
+def check_single_image_batches(batch: int, n_train: int, sizes: dict, world: int = 1) -> None:
+    """FlagError when a training batch would hold a single image at a 1x1 output grid (a training
+    size of 32): BatchNorm cannot normalise one value per channel, and the step would fail
+    mid-epoch. sizes: {the flag as given ('--train-size 32', '--train-sizes 32,64'): the smallest
+    size it trains at, or None}."""
+    small = [flag for flag, size in sizes.items() if size is not None and size <= cli.STRIDE]
+    if not small:
         return
     per_rank = -(-n_train // world)
     if batch == 1 or per_rank % batch == 1:
         what = "--batch-size 1" if batch == 1 else (f"the last batch of each epoch ({per_rank} images in batches "
                                                       f"of {batch}) holds one image")
-        raise FlagError(f"--train-size {train_size} gives a 1x1 output grid and {what}: BatchNorm needs more than "
-                        f"one value per channel; use --train-size 64 or more, or another --batch-size")
+        raise FlagError(f"{small[0]} gives a 1x1 output grid and {what}: BatchNorm needs more than "
+                        f"one value per channel; train at 64 or more, or choose another --batch-size")
+
+
+def training_sizes(args) -> dict:
+    """{flag as given: the smallest size it trains at} for check_single_image_batches."""
+    sizes = getattr(args, "train_sizes", None)
+    final_size = getattr(args, "final_size", None)
+    return {f"--train-size {args.train_size}": args.train_size,
+            f"--train-sizes {sizes[0]},{sizes[1]}" if sizes else "--train-sizes": sizes[0] if sizes else None,
+            f"--final-size {final_size}": final_size}
 
 
 def suggest_fast_recipe(recipe: str, device) -> None:
@@ -455,7 +467,7 @@ def run(args, variant: Variant) -> dict:
     loss_fn = build_loss(model, args)
     teacher = build_teacher(args, model, loss_fn, device) if getattr(args, "distiled", 0) else None
     train_set = prepare_train_set(args, variant, model, announce=rank == 0 and not args.quiet)
-    check_single_image_batches(batch, len(train_set), args.train_size, world)
+    check_single_image_batches(batch, len(train_set), training_sizes(args), world)
     test_shape = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
     optimizer, schedule = build_optimizer_and_schedule(model, args.recipe, batch, len(train_set), epochs,
                                                        minutes=args.minutes, step_unit=variant.step_unit,

@@ -50,6 +50,7 @@ the code the synthetic generator uses, applied to the box of the mesh exactly as
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -61,7 +62,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/make_labels.py` finds the top level
 
 import cli
-from errors import PoseFileError, run_cli
+from errors import FlagError, PoseFileError, run_cli
 from image import write_image
 from linemod_format import (
     JPEG_QUALITY, copy_file, data_cfg_items, image_stem, mask_path, pose_entry, read_data_cfg, read_poses,
@@ -200,6 +201,9 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
         raise ValueError(f"masks must be one of {MASK_MODES}; got {masks!r}")
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"--name must be a plain folder name; got {name!r}")
+    if diam is not None and not (math.isfinite(diam) and diam > 0):  # train.py and valid.py refuse such a .data
+        raise FlagError(f"--diam {diam}: the object's diameter must be a positive number of metres "
+                        f"(leave --diam out to use the mesh's)")
 
     # --- read and check every input first: a bad input leaves the output untouched ---
     mesh = MeshPly(mesh_path, scale=UNIT_SCALE[mesh_units], check_units=False)  # warned below, with the flag
@@ -253,49 +257,48 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
     outputs.plan(object_files(out, name, images, masks=mask_sources is not None or masks != "none"), name)
     outputs.check(overwrite, inputs=[mesh_path, poses_path, *sources, *(mask_sources or []),
                                      *(p for p in (train_list, test_list, camera_data) if p)])
-    outputs.begin({"name": name, "mesh": str(mesh_path), "poses": str(poses_path)})
-    vertices = write_mesh_metres(folder / f"{name}.ply", mesh, mesh.vertices)
-    diameter = mesh_diameter(vertices)
-    units = units_warning(vertices, mesh_path, hint="pass --mesh-units mm") if mesh_units == "m" else None
-    if units:
-        warn(f"warning: {units}")
+    with outputs.writing({"name": name, "mesh": str(mesh_path), "poses": str(poses_path)}):
+        vertices = write_mesh_metres(folder / f"{name}.ply", mesh, mesh.vertices)
+        diameter = mesh_diameter(vertices)
+        units = units_warning(vertices, mesh_path, hint="pass --mesh-units mm") if mesh_units == "m" else None
+        if units:
+            warn(f"warning: {units}")
 
-    entries, image_map, rel_images, outside = [], [], [], []
-    for i, (rec, src) in enumerate(zip(poses, sources)):
-        R, t = rec["R"], rec["t"] * UNIT_SCALE[pose_units]
-        dst = place_image(src, folder / "JPEGImages" / image_stem(i), symlink)
-        rel = f"LINEMOD/{name}/JPEGImages/{dst.name}"
-        row = label_from_pose(corners, R, t, K, class_id, width, height)
-        if not (0 <= row[1] <= 1 and 0 <= row[2] <= 1):
-            outside.append(i)
-        write_label_rows(folder / "labels" / f"{image_stem(i)}.txt", row)
-        mask_file = out / mask_path(rel)
-        if mask_sources is not None:
-            m = cv2.imread(str(mask_sources[i]), cv2.IMREAD_GRAYSCALE)
-            if m is None:
-                raise ValueError(f"{mask_sources[i]}: cannot read the mask")
-            _write_mask(mask_file, np.where(m > 0, 255, 0).astype(np.uint8))
-        elif masks == "render":
-            _write_mask(mask_file, render_mask(vertices, mesh.indices, R, t, K, width, height))
-        elif masks == "full":
-            _write_mask(mask_file, np.full((height, width), 255, np.uint8))
-        entries.append(pose_entry(rel, R, t, label=f"LINEMOD/{name}/labels/{image_stem(i)}.txt", row=0))
-        image_map.append(f"{image_stem(i)} {rec['image']}")
-        rel_images.append(rel)
-    if outside:
-        warn(f"warning: the object centre projects outside the image in {len(outside)} of {len(poses)} images "
-             f"(first: pose entry {outside[0]}); check the camera and that R, t map model to camera")
+        entries, image_map, rel_images, outside = [], [], [], []
+        for i, (rec, src) in enumerate(zip(poses, sources)):
+            R, t = rec["R"], rec["t"] * UNIT_SCALE[pose_units]
+            dst = place_image(src, folder / "JPEGImages" / image_stem(i), symlink)
+            rel = f"LINEMOD/{name}/JPEGImages/{dst.name}"
+            row = label_from_pose(corners, R, t, K, class_id, width, height)
+            if not (0 <= row[1] <= 1 and 0 <= row[2] <= 1):
+                outside.append(i)
+            write_label_rows(folder / "labels" / f"{image_stem(i)}.txt", row)
+            mask_file = out / mask_path(rel)
+            if mask_sources is not None:
+                m = cv2.imread(str(mask_sources[i]), cv2.IMREAD_GRAYSCALE)
+                if m is None:
+                    raise ValueError(f"{mask_sources[i]}: cannot read the mask")
+                _write_mask(mask_file, np.where(m > 0, 255, 0).astype(np.uint8))
+            elif masks == "render":
+                _write_mask(mask_file, render_mask(vertices, mesh.indices, R, t, K, width, height))
+            elif masks == "full":
+                _write_mask(mask_file, np.full((height, width), 255, np.uint8))
+            entries.append(pose_entry(rel, R, t, label=f"LINEMOD/{name}/labels/{image_stem(i)}.txt", row=0))
+            image_map.append(f"{image_stem(i)} {rec['image']}")
+            rel_images.append(rel)
+        if outside:
+            warn(f"warning: the object centre projects outside the image in {len(outside)} of {len(poses)} images "
+                 f"(first: pose entry {outside[0]}); check the camera and that R, t map model to camera")
 
-    write_list(folder / "train.txt", [p for p, f in zip(rel_images, flags) if not f])
-    write_list(folder / "test.txt", [p for p, f in zip(rel_images, flags) if f])
-    write_list(folder / "training_range.txt", [str(i) for i, f in enumerate(flags) if not f])
-    write_list(folder / "image_map.txt", image_map)
-    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K, width, height,
-                     entries)
-    data = out / "cfg" / f"{name}.data"
-    diameter = diameter if diam is None else float(diam)
-    write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter, K, width, height))
-    outputs.finish()
+        write_list(folder / "train.txt", [p for p, f in zip(rel_images, flags) if not f])
+        write_list(folder / "test.txt", [p for p, f in zip(rel_images, flags) if f])
+        write_list(folder / "training_range.txt", [str(i) for i, f in enumerate(flags) if not f])
+        write_list(folder / "image_map.txt", image_map)
+        write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K, width, height,
+                         entries)
+        data = out / "cfg" / f"{name}.data"
+        diameter = diameter if diam is None else float(diam)
+        write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter, K, width, height))
     for rel in outputs.kept:
         warn(f"warning: {out / rel}: changed since {TOOL} wrote it; kept as it is")
     return data
