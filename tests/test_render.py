@@ -352,20 +352,40 @@ def test_mesh_set_labels_are_the_projection_of_the_mesh_box_under_the_saved_pose
             assert np.abs(px - expected).max() < LABEL_TOL_PX
 
 
-def test_mesh_set_masks_are_the_rendered_object(mesh_set):
-    root, paths, _ = mesh_set
-    name = "tex_box"
+def _object_masks(root: Path, name: str, mesh: Mesh):
+    """(mask file > 0, the object rendered alone at the saved pose, the image) of every image of `name`."""
     doc = json.loads((root / "poses" / f"{name}.json").read_text())
-    mesh = Mesh.from_file(read_mesh(paths[2]))
     for e in doc["poses"]:
         if e["label"].startswith(f"LINEMOD/{name}/"):
             stem = Path(e["image"]).stem
             mask = cv2.imread(str(root / f"LINEMOD/{name}/mask/{stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE)
             alone = render([mesh], [(np.array(e["R"]), np.array(e["t"]))], K, W, H, one_light())
-            assert np.array_equal(mask > 0, alone.ids == 0)
-            image = cv2.imread(str(root / e["image"]))[:, :, ::-1].astype(int)
-            inside = image[mask > 0]
-            assert np.mean(np.abs(inside[:, 0] - inside[:, 2]) > 60) > 0.5  # red or blue texture, not grey
+            yield mask > 0, alone.ids == 0, cv2.imread(str(root / e["image"]))[:, :, ::-1].astype(int)
+
+
+def test_mesh_set_masks_are_the_rendered_object(mesh_set, tmp_path):
+    root, paths, _ = mesh_set
+    mesh = Mesh.from_file(read_mesh(paths[2]))
+    for mask, alone, image in _object_masks(root, "tex_box", mesh):  # with distractors and occluders
+        assert not np.any(mask & ~alone)  # never a pixel off the object
+        assert mask.sum() >= synthetic.RenderOptions().min_visible * alone.sum()
+        inside = image[mask]
+        assert np.mean(np.abs(inside[:, 0] - inside[:, 2]) > 60) > 0.5  # red or blue texture, not grey
+    bare = tmp_path / "bare"
+    options = synthetic.RenderOptions(distractors=(0, 0), occluders=(0, 0))
+    synthetic.generate_from_meshes(bare, paths[2:], n_images=3, seed=2, options=options)
+    for mask, alone, _ in _object_masks(bare, "tex_box", mesh):
+        assert np.array_equal(mask, alone)  # nothing in front: the mask is the whole rendered object
+
+
+def test_occluders_hide_part_of_the_object_and_distractors_show(tmp_path, coloured_ply):
+    options = synthetic.RenderOptions(distractors=(3, 3), occluders=(1, 1), min_visible=0.3, blur_px=(0, 0),
+                                      noise=(0, 0))
+    root = tmp_path / "cluttered"
+    synthetic.generate_from_meshes(root, [coloured_ply], n_images=6, seed=4, options=options)
+    mesh = Mesh.from_file(read_mesh(coloured_ply))
+    hidden = [1 - m.sum() / a.sum() for m, a, _ in _object_masks(root, "box", mesh)]
+    assert max(hidden) > 0.05 and min(hidden) >= 0.0 and max(hidden) <= 0.7
 
 
 def test_mesh_set_is_byte_identical_for_a_seed_whatever_the_workers(mesh_set, tmp_path):
