@@ -649,6 +649,36 @@ def _synthetic_info(out: Path) -> tuple[dict, list[str]]:
     return info, names
 
 
+def _fresh_state(out: Path, info: dict, names: list[str]) -> tuple[list[SynthObject], dict]:
+    """(objects, job state) to render more images of the set in `out` from its synthetic_info.json:
+    procedural objects are rebuilt from the set's seed; a set of user meshes reads its mesh files
+    again (InputError naming the file when one is missing or changed since: its sha256 is recorded)
+    and draws with its recorded options."""
+    K = np.asarray(info["K"], dtype=np.float64)
+    width, height, seed = int(info.get("width", IM_WIDTH)), int(info.get("height", IM_HEIGHT)), int(info["seed"])
+    state = {"K": K, "out": out, "seed": seed, "width": width, "height": height}
+    if info.get("generator") != MESH_GENERATOR:
+        objs = build_objects(len(names), seed)
+        return objs, {**state, "objects": objs, "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
+    where = out / INFO_FILE
+    try:
+        records = [(Path(r["file"]), r["units"], r["name"], r["sha256"]) for r in info["meshes"]]
+        options = RenderOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["options"].items()})
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{where}: the meshes or options of this set are not readable ({exc}); render a new set "
+                         f"instead") from None
+    for path, _, name, digest in records:
+        if not path.is_file():
+            raise InputError(f"{where}: mesh {path} of object {name} not found; it is needed to render more images")
+        if _file_sha256(path) != digest:
+            raise InputError(f"{where}: mesh {path} of object {name} changed since the set was made; render a new "
+                             f"set (nothing was changed)")
+    objs, _ = load_mesh_objects([r[0] for r in records], [r[1] for r in records], K, width, height, options,
+                                [r[2] for r in records])
+    randomiser = Randomiser.prepare(options, lambda k: _rng(seed, TAG_DISTRACTOR, k))
+    return objs, {**state, "objects": objs, "quality": JPEG_QUALITY, "options": randomiser}
+
+
 def _next_index(folder: Path) -> int:
     """The image index after every NNNNNN.jpg in `folder` (0 for none)."""
     return max((int(p.stem) for p in folder.glob("*.jpg") if p.stem.isdigit()), default=-1) + 1
@@ -680,8 +710,8 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
         raise InputError(f"{out}: seed {fresh_seed} already has a fresh test set ({taken[0]}); choose another "
                          f"--fresh-seed (nothing was changed)")
     start = time.perf_counter()
-    K = np.asarray(info["K"], dtype=np.float64)
-    objs = build_objects(len(names), int(info["seed"]))
+    objs, state = _fresh_state(out, info, names)
+    K, width, height = state["K"], state["width"], state["height"]
     jobs = []
     outputs = Outputs(out, TOOL)
     for o in objs:
@@ -693,8 +723,6 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
             outputs.plan(_image_files(out, f"LINEMOD/{o.name}/JPEGImages/{image_stem(first + k)}.jpg"), GROUP)
     outputs.check(overwrite=False)  # a fresh set only adds files
     outputs.begin()
-    state = {"objects": objs, "K": K, "out": out, "seed": int(info["seed"]),
-             "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
     results = _run_jobs(jobs, state, workers)
     data_cfgs = []
     for o in objs:
@@ -704,10 +732,10 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
         poses = [pose_entry(rel, rows[0][1], rows[0][2], label=label_path(rel), row=0)
                  for rel, (_, rows) in zip(images, mine)]
         write_poses_json(_fresh_poses_json(out, o.name, fresh_seed, False), o.name, o.class_id,
-                         f"LINEMOD/{o.name}/{o.name}.ply", K, IM_WIDTH, IM_HEIGHT, poses)
+                         f"LINEMOD/{o.name}/{o.name}.ply", K, width, height, poses)
         write_list(out / list_rel, images)
         items = [(k, list_rel if k == "valid" else v)
-                 for k, v in data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K)]
+                 for k, v in data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K, width, height)]
         write_data_cfg(out / cfg_rel, items)
         data_cfgs.append(str(out / cfg_rel))
     outputs.finish()
@@ -750,8 +778,8 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
                          f"another --fresh-seed (nothing was changed)")
     cfg_text = _fresh_occlusion_cfg(occ_path, lists, names)  # a bad occlusion.data stops here, before writing
     start = time.perf_counter()
-    K = np.asarray(info["K"], dtype=np.float64)
-    objs = build_objects(len(names), int(info["seed"]))
+    objs, state = _fresh_state(out, info, names)
+    K, width, height = state["K"], state["width"], state["height"]
     main = objs[0].name  # render_scene puts object 0 in every scene; generate() files scenes in its folder
     first = _next_index(out / "LINEMOD" / main / "JPEGImages")
     jobs = [("fresh_scene", k, first + k, int(fresh_seed)) for k in range(n)]
@@ -763,8 +791,6 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
                  + [_fresh_poses_json(out, name, fresh_seed, True) for name in names], GROUP)
     outputs.check(overwrite=False)  # fresh scenes only add files
     outputs.begin()
-    state = {"objects": objs, "K": K, "out": out, "seed": int(info["seed"]),
-             "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
     results = _run_jobs(jobs, state, workers)
     poses, scenes = {o.class_id: [] for o in objs}, {o.class_id: [] for o in objs}
     for job, rows in results:
@@ -774,7 +800,7 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
             scenes[oi].append(rel)
     for o in objs:
         write_poses_json(_fresh_poses_json(out, o.name, fresh_seed, True), o.name, o.class_id,
-                         f"LINEMOD/{o.name}/{o.name}.ply", K, IM_WIDTH, IM_HEIGHT, poses[o.class_id])
+                         f"LINEMOD/{o.name}/{o.name}.ply", K, width, height, poses[o.class_id])
         write_list(out / lists[o.name], scenes[o.class_id])
     write_text(out / cfg_rel, cfg_text)  # last: its presence means the fresh scenes are complete
     outputs.finish()

@@ -433,3 +433,32 @@ def test_default_distances_follow_the_mesh_size_and_the_camera():
     assert 2 * K[1, 1] * r / lo == pytest.approx(synthetic.FIT_FRACTION * H) and hi == pytest.approx(2 * lo)
     lo, hi = synthetic.camera_distances(v, 2 * K * [[1], [1], [0.5]], W, H)  # twice the focal length
     assert (lo, hi) == pytest.approx((1.2, 2.4))
+
+
+def test_fresh_test_sets_of_a_mesh_set_render_the_same_meshes(mesh_set, tmp_path):
+    import shutil
+
+    root, paths, _ = mesh_set
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    summary = synthetic.add_fresh_test(copy, 2, fresh_seed=8)
+    scenes = synthetic.add_fresh_multi(copy, 2, fresh_seed=8)
+    assert scenes["scenes"] == 2 and len(summary["data_cfgs"]) == 3
+    source = read_mesh(paths[0], "mm")
+    doc = json.loads((copy / "poses/mm_box_fresh8.json").read_text())
+    mesh = Mesh.from_file(source)
+    for e in doc["poses"]:  # the user's mesh, not a procedural object: labels and masks fit it
+        row = read_label_rows(copy / e["label"])[0]
+        expected = project_points(pose_points3d(box_corners(source.vertices)), np.array(e["R"]), np.array(e["t"]), K)
+        assert np.abs(row[1:19].reshape(9, 2) * [W, H] - expected).max() < LABEL_TOL_PX
+        mask = cv2.imread(str(copy / f"LINEMOD/mm_box/mask/{Path(e['image']).stem[-4:]}.png"), 0) > 0
+        alone = render([mesh], [(np.array(e["R"]), np.array(e["t"]))], K, W, H, one_light()).ids == 0
+        assert mask.any() and not np.any(mask & ~alone)
+    original = paths[1].read_bytes()
+    try:
+        paths[1].write_bytes(original + b"\n")  # a mesh changed since the set was made
+        with pytest.raises(InputError, match=r"synthetic_info.json: mesh .*bin_box.ply of object bin_box changed"):
+            synthetic.add_fresh_test(copy, 1, fresh_seed=9)
+    finally:
+        paths[1].write_bytes(original)  # the module's other tests use it
+

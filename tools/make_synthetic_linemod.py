@@ -109,8 +109,8 @@ def main(argv=None) -> int:
     try:
         if args.mesh is not None:
             if args.fresh_test is not None or args.fresh_multi is not None:
-                raise InputError("--fresh-test and --fresh-multi add to a procedural set; for a fresh test set of "
-                                 "your meshes render another set with --mesh and another --seed")
+                raise InputError("--fresh-test and --fresh-multi add to the set already in --out, made from "
+                                 "meshes or not (its meshes and options are recorded there): leave out --mesh")
             render_meshes(args)
             return 0
         jpeg_quality = JPEG_QUALITY if args.jpeg_quality is None else _jpeg_quality(args.jpeg_quality)
