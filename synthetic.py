@@ -341,8 +341,9 @@ def _run_job(job):
     width, height, options = s.get("width", IM_WIDTH), s.get("height", IM_HEIGHT), s.get("options")
     if job[0] in ("single", "fresh"):
         _, oi, ii = job[:3]
+        # ('fresh', obj_idx, image index, fresh seed, k-th fresh image): drawn from the fresh seed
         index, image_seed, tag = (job[4], job[3], TAG_FRESH) if job[0] == "fresh" else (ii, seed, TAG_IMAGE)
-        if options is None:  # ('fresh', obj_idx, image index, fresh seed, k-th fresh image)
+        if options is None:
             rgb, mask, R, t = render_single(objects, oi, index, image_seed, K, width, height, tag=tag)
         else:
             rgb, mask, R, t = render_mesh_single(objects, oi, index, image_seed, K, width, height, options, tag=tag)
@@ -571,7 +572,10 @@ def _write_set(out: Path, objs: list[SynthObject], K: np.ndarray, width: int, he
 def describe(params: dict) -> str:
     """A set's parameters in words, for messages."""
     scenes = f", {params['multi']} scenes" if params.get("multi") else ""
-    objects = f"{params['objects']} object{'' if params['objects'] == 1 else 's'}"
+    if "meshes" in params:  # a set of user meshes (generate_from_meshes)
+        objects = "meshes " + ", ".join(m["name"] for m in params["meshes"])
+    else:
+        objects = f"{params['objects']} object{'' if params['objects'] == 1 else 's'}"
     return (f"{objects}, {params['images_per_object']} images per object{scenes}, "
             f"seed {params['seed']}, test fraction {params['test_fraction']:g}")
 

@@ -122,6 +122,8 @@ def test_texture_from_vertex_uvs_face_texcoords_and_obj(tmp_path):
                                    comments=["TextureFile tex.png"]))
     m1 = read_mesh(per_vertex)
     assert m1.uv.shape == (12, 3, 2) and m1.texture.shape == (64, 64, 3)
+    faces = Mesh.from_file(m1).face_colors  # the flat colour of a face: its texture at the mean UV
+    assert faces.dtype == np.uint8 and {tuple(c) for c in faces} <= {(220, 30, 30), (30, 30, 220), (125, 30, 125)}
     assert np.allclose(m1.uv, uv.astype(np.float32)[m1.faces])
     assert np.array_equal(m1.texture[0, 0], [220, 30, 30])  # read as RGB
     per_face = tmp_path / "uv_face.ply"
@@ -461,4 +463,13 @@ def test_fresh_test_sets_of_a_mesh_set_render_the_same_meshes(mesh_set, tmp_path
             synthetic.add_fresh_test(copy, 1, fresh_seed=9)
     finally:
         paths[1].write_bytes(original)  # the module's other tests use it
+
+
+def test_the_main_job_meeting_a_mesh_set_names_it_and_moves_aside(coloured_ply, tmp_path, capsys):
+    root = tmp_path / "synthetic"
+    synthetic.generate_from_meshes(root, [coloured_ply], n_images=1)
+    params = synthetic.generation_params(1, 2, seed=0, multi=0, test_fraction=0.5)
+    assert synthetic.ensure_dataset(root, params) == tmp_path / "synthetic_main"
+    out = capsys.readouterr().out
+    assert f"{root} holds a synthetic set made with other parameters (meshes box, 1 images per object" in out
 
