@@ -280,6 +280,16 @@ def _probe_write(flag: str, folder: Path) -> None:
         raise OutputPathError(f"{flag} {folder}: the file system is full ({free} bytes free)")
 
 
+def add_camera(p, title: str) -> None:
+    """The camera flags (utils.resolve_camera): a .data file, then any of its values overridden."""
+    cam = p.add_argument_group(title)
+    cam.add_argument("--camera-data", default=None, help=".data file to take fx, fy, u0, v0, width, height from")
+    for key in ("fx", "fy", "u0", "v0"):
+        cam.add_argument(f"--{key}", type=float, default=None, help="pixels")
+    cam.add_argument("--width", type=int, default=None, help="image width in pixels")
+    cam.add_argument("--height", type=int, default=None, help="image height in pixels")
+
+
 def add_batch_size(p, default=None, why: str = "", what: str = "") -> None:
     """--batch-size: images per batch (forward pass, or training step); `what` after the meaning."""
     p.add_argument("--batch-size", type=int, default=default, metavar="N",

@@ -641,12 +641,13 @@ def test_generation_and_rendering_are_libraries_that_load_no_tool():
     import ast
 
     root = Path(__file__).resolve().parents[1]
-    for rel in ("render.py", "synthetic.py", "training.py", "train.py", "multi_obj_pose_estimation/train_multi.py"):
+    for rel in ("render.py", "synthetic.py", "randomisation.py", "backgrounds.py", "MeshPly.py", "training.py",
+                "train.py", "multi_obj_pose_estimation/train_multi.py"):
         tree = ast.parse((root / rel).read_text(encoding="utf-8"))
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [m for m in names if m == "tools" or m.startswith("tools.")], rel
-    code = ("import sys; import render, synthetic, training; "
+    code = ("import sys; import render, synthetic, randomisation, backgrounds, training; "
             "print(sorted(m for m in sys.modules if m == 'tools' or m.startswith('tools.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -995,7 +995,8 @@ def test_record_main_job_checks_its_inputs(tmp_path, capsys):
         if metrics_ok:
             (backup / "metrics.jsonl").write_text('{"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0}\n')
         argv = ["--backupdir", str(backup), "--wall-minutes", wall, "--test-json", str(tmp_path / test), "--fresh-json",
-                str(tmp_path / "t.json"), "--fresh-seed", "11", "--machine", "m", "--out-file", str(tmp_path / "r.json")]
+                str(tmp_path / "t.json"), "--fresh-seed", "11", "--machine", "m",
+                "--out-file", str(tmp_path / "r.json")]
         with pytest.raises(SystemExit) as exit_:
             rec.run_cli(lambda a: rec.main(rec.get_args_parser().parse_args(a)), argv, prog="record_main_job.py")
         err = capsys.readouterr().err

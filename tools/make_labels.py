@@ -65,13 +65,13 @@ import cli
 from errors import FlagError, PoseFileError, run_cli
 from image import write_image
 from linemod_format import (
-    JPEG_QUALITY, copy_file, data_cfg_items, image_stem, mask_path, pose_entry, read_data_cfg, read_poses,
+    JPEG_QUALITY, copy_file, data_cfg_items, image_stem, mask_path, pose_entry, read_poses,
     split_flags, write_data_cfg, write_label_rows, write_list, write_poses_json,
 )
 from MeshPly import MESH_UNITS, MeshPly, units_warning, vertex_normals, write_ply
 from ownership import Outputs
-from utils import (box_corners, camera_from_data_cfg, check_mesh_vertices, get_camera_intrinsic, label_from_pose,
-                   mesh_diameter, pose_points3d)
+from utils import (box_corners, check_mesh_vertices, get_camera_intrinsic, label_from_pose,
+                   mesh_diameter, pose_points3d, resolve_camera)
 
 TOOL = "make_labels.py"  # the name its files carry in the output folder's manifest (ownership.py)
 DEFAULT_TEST_FRACTION = 0.25
@@ -159,22 +159,6 @@ def find_mask(masks_dir: Path, image_name: str) -> Path:
         if cand.is_file():
             return cand
     raise FileNotFoundError(f"{stem_path.with_suffix('.png')}: mask of image {image_name!r} not found in {masks_dir}")
-
-
-def resolve_camera(camera_data=None, fx=None, fy=None, u0=None, v0=None, width=None, height=None):
-    """(K (3, 3), width or None, height or None): LINEMOD defaults < camera_data's keys < explicit values."""
-    K, w, h = get_camera_intrinsic(), None, None
-    if camera_data is not None:
-        K, w, h = camera_from_data_cfg(read_data_cfg(camera_data), camera_data)
-    vals = {"fx": K[0, 0], "fy": K[1, 1], "u0": K[0, 2], "v0": K[1, 2]}
-    for key, v in (("fx", fx), ("fy", fy), ("u0", u0), ("v0", v0)):
-        if v is not None:
-            vals[key] = float(v)
-    if not (vals["fx"] > 0 and vals["fy"] > 0 and np.isfinite(list(vals.values())).all()):
-        raise ValueError(f"focal lengths must be positive and all camera values finite; got fx={vals['fx']}, "
-                         f"fy={vals['fy']}, u0={vals['u0']}, v0={vals['v0']}")
-    K = get_camera_intrinsic(vals["u0"], vals["v0"], vals["fx"], vals["fy"])
-    return K, (w if width is None else int(width)), (h if height is None else int(height))
 
 
 def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.ndarray | None = None,
@@ -348,12 +332,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_out(p, what="the dataset root to write (LINEMOD/<name>/, cfg/, poses/)", required=True)
     p.add_argument("--name", required=True, help="object name (folder, .data and .ply names)")
     p.add_argument("--class-id", type=int, default=0, help="class id in the labels (default 0)")
-    cam = p.add_argument_group("camera (default: the LINEMOD camera, design §3.3, and the first image's size)")
-    cam.add_argument("--camera-data", default=None, help=".data file to take fx, fy, u0, v0, width, height from")
-    for key in ("fx", "fy", "u0", "v0"):
-        cam.add_argument(f"--{key}", type=float, default=None, help="pixels")
-    cam.add_argument("--width", type=int, default=None, help="image width in pixels")
-    cam.add_argument("--height", type=int, default=None, help="image height in pixels")
+    cli.add_camera(p, "camera (default: the LINEMOD camera, design §3.3, and the first image's size)")
     units = p.add_argument_group("units")
     units.add_argument("--mesh-units", choices=sorted(UNIT_SCALE), default=None, help="mesh units (default m)")
     units.add_argument("--pose-units", choices=sorted(UNIT_SCALE), default=None, help="units of t (default m)")
