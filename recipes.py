@@ -196,3 +196,64 @@ class ModelEMA:
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
         self.updates, self.decay = int(state["updates"]), float(state["decay"])
+
+
+# --------------------------------------------------------------------------------------------
+# The mesh job: `train.py --mesh` and `train_multi.py --mesh` (docs/design.md §7.7)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MeshJob:
+    """What `--mesh` renders and trains when no flag says otherwise: the one place of these numbers.
+
+    The set: images_per_object rendered images of each mesh, scenes OCCLUSION-style scenes of the
+    meshes together (multi-object only), test_fraction of them held out as the rendered test split.
+    The run: the fast recipe (design §7.6) on `modelcfg` from `initweights`, at train_size and
+    test_size, for `epochs`, tested every eval_every epochs; `flags` adds script flags (the
+    multi-object sample and anchor rule). Each is a flag away (--images-per-object, --scenes,
+    --modelcfg, --initweightfile, --train-size, --test-size, --epochs or --minutes, --eval-every).
+    """
+    images_per_object: int
+    scenes: int
+    test_fraction: float
+    modelcfg: str
+    initweights: str
+    train_size: int
+    test_size: int
+    epochs: int
+    eval_every: int
+    flags: tuple = ()  # (flag dest, value) pairs of one script
+
+    def defaults(self) -> dict:
+        """The flag values of the job (cli.fill_main_job_defaults: a --minutes budget replaces the epochs)."""
+        return {"recipe": "fast", "images_per_object": self.images_per_object, "scenes": self.scenes,
+                "modelcfg": self.modelcfg, "initweightfile": self.initweights, "train_size": self.train_size,
+                "test_size": self.test_size, "epochs": self.epochs, "eval_every": self.eval_every,
+                **dict(self.flags)}
+
+
+# First numbers, to be tuned on the real frames of issue 34 (docs/results.md); not tuned per object.
+MESH = MeshJob(
+    images_per_object=6000,  # distinct renders beat repeated epochs at equal images (the main job's finding)
+    scenes=0,  # one object: no scenes
+    test_fraction=0.1,  # 600 rendered test images: a 95 % interval of about +-4 points
+    modelcfg="cfg/yolo-lite-trial3-pose.cfg",  # YOLO-LITE trial 3, the main job's network: fast on a CPU
+    initweights="weights/tiny-yolov2-trial3-voc.weights",  # its VOC backbone
+    train_size=416,  # a user's object covers ~50 px of 640x480 (LINEMOD's ape): 256 px leaves it ~20 px
+    test_size=416,  # tested at the size it trains at
+    epochs=12,  # an epoch budget: the same model on every machine (design §7.6)
+    eval_every=3,  # four tests: model.weights is the best of them (training.best_score)
+)
+# Several meshes: the multi-object main job's network and sample (train_multi.py, D65) on rendered scenes.
+MESH_MULTI = MeshJob(
+    images_per_object=20,  # the per-object lists of the layout; training reads the scenes (paste off)
+    scenes=6000,  # OCCLUSION-style scenes where the meshes occlude each other
+    test_fraction=0.1,
+    modelcfg="multi_obj_pose_estimation/cfg/yolo-lite-trial3-multi3.cfg",  # 13 classes, one anchor per object
+    initweights="weights/tiny-yolov2-trial3-voc.weights",
+    train_size=416,
+    test_size=416,
+    epochs=12,
+    eval_every=3,
+    flags=(("paste", "off"), ("anchor_rule", "class")),  # the scenes show every object; one head per object
+)

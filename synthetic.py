@@ -90,7 +90,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from errors import InputError, OverwriteError
+from errors import InputError, MeshError, OverwriteError
 from image import procedural_background, write_image
 from linemod_format import (
     IM_HEIGHT, IM_WIDTH, JPEG_QUALITY, data_cfg_items, image_stem, label_path, mask_path, occlusion_label_path,
@@ -580,19 +580,26 @@ def describe(params: dict) -> str:
             f"seed {params['seed']}, test fraction {params['test_fraction']:g}")
 
 
-def ensure_dataset(root, params: dict, quiet: bool = False) -> Path:
-    """The folder of a main job's synthetic set made with exactly `params` (see generation_params),
-    generated once; design D60.
+def ensure_dataset(root, params: dict, quiet: bool = False, make=None, fallback: str | None = MAIN_JOB_SUFFIX,
+                   who: str = "the main job") -> Path:
+    """The folder of a synthetic set made with exactly `params`, generated once; design D60. The
+    one rule of the main jobs' sets and of the sets of `train.py --mesh` (design §7.7).
 
     `root` is used when it holds that set, an unfinished generation of it, or nothing in the
-    generator's way; otherwise `<root>_main`, by the same rule. A set made with other parameters
-    and every file the generator did not write are never touched: when both folders are taken,
-    OverwriteError says why and what to do.
+    generator's way; otherwise `<root><fallback>` (None: no other folder), by the same rule. A set
+    made with other parameters and every file the generator did not write are never touched: when
+    every folder is taken, OverwriteError says why and what to do. params: `generation_params`
+    (a procedural set, made by `generate`) or `mesh_set_params`, with make(folder, overwrite)
+    the call that renders it; who: whose set, for the messages.
     """
     root = Path(root)
-    own = root.with_name(root.name + MAIN_JOB_SUFFIX)
+    folders = (root,) if fallback is None else (root, root.with_name(root.name + fallback))
+    if make is None:
+        def make(folder, overwrite):
+            n = params["objects"] * params["images_per_object"] + params["multi"]
+            generate(folder, **params, overwrite=overwrite, workers=auto_workers(n))
     reasons = []
-    for folder in (root, own):
+    for folder in folders:
         found, finished = dataset_params(folder)
         if found == params and finished:
             return folder
@@ -603,17 +610,16 @@ def ensure_dataset(root, params: dict, quiet: bool = False) -> Path:
             try:
                 if not quiet:
                     print(f"generating the synthetic set in {folder} ({describe(params)}; once) ...", flush=True)
-                generate(folder, **params, overwrite=found is not None,  # only an unfinished run of this very set
-                         workers=auto_workers(params["objects"] * params["images_per_object"] + params["multi"]))
+                make(folder, found is not None)  # overwrite only an unfinished run of this very set
                 return folder
             except OverwriteError as exc:  # raised before anything was written
                 short = f"{folder} holds files the generator did not write"
                 reasons.append(str(exc))
-        if not quiet and folder == root:
-            print(f"{short}: left as it is; the main job uses {own}", flush=True)
-    raise OverwriteError("the main job's synthetic set cannot be made without replacing files it did not make:\n"
-                         + "\n".join(reasons) + "\npass --datacfg to train on a set of your own, or move one of "
-                         "these folders away")
+        if not quiet and folder == root and len(folders) > 1:
+            print(f"{short}: left as it is; {who} uses {folders[1]}", flush=True)
+    raise OverwriteError(f"{who}'s synthetic set cannot be made without replacing files it did not make:\n"
+                         + "\n".join(reasons) + f"\npass --datacfg to train on a set of your own, or move "
+                         f"{'one of these folders' if len(folders) > 1 else 'this folder'} away")
 
 
 # --------------------------------------------------------------------------------------------
@@ -970,6 +976,46 @@ def _object_name(path: Path, taken: set) -> str:
     return name
 
 
+def mesh_object_names(paths, names=None) -> list[str]:
+    """The object names of a set of user meshes: folder-safe, unique, from `names` or the files'
+    stems (ape.ply -> ape); InputError when `names` does not give one per mesh."""
+    if names is not None and len(names) != len(paths):
+        raise InputError(f"{len(names)} names for {len(paths)} meshes")
+    taken: set = set()
+    return [_object_name(Path(names[i]) if names else Path(path), taken) for i, path in enumerate(paths)]
+
+
+def _mesh_paths_and_units(mesh_paths, mesh_units) -> tuple[list[Path], list[str]]:
+    """The mesh files as a list and their units, one per mesh; InputError for none or a count mismatch."""
+    paths = [Path(p) for p in ([mesh_paths] if isinstance(mesh_paths, (str, Path)) else mesh_paths)]
+    if not paths:
+        raise InputError("no mesh given; pass at least one .ply or .obj file")
+    units = [mesh_units] * len(paths) if isinstance(mesh_units, str) else list(mesh_units)
+    if len(units) != len(paths):
+        raise InputError(f"{len(units)} mesh units for {len(paths)} meshes; give one for all or one per mesh")
+    return paths, units
+
+
+def mesh_set_params(mesh_paths, mesh_units="m", K=None, width: int = IM_WIDTH, height: int = IM_HEIGHT,
+                    n_images: int = 100, seed: int = 0, options: RenderOptions | None = None, multi: int = 0,
+                    test_fraction: float = DEFAULT_TEST_FRACTION, names=None) -> dict:
+    """The parameters that identify a set of user meshes (generate_from_meshes' arguments): what its
+    manifest records and `ensure_dataset` compares. Each mesh is known by its name, units and the
+    sha256 of its file's bytes, so the files are hashed, not read as meshes; MeshError naming a
+    file that is missing or not a file."""
+    options = (options or RenderOptions()).checked()
+    paths, units = _mesh_paths_and_units(mesh_paths, mesh_units)
+    for path in paths:
+        if not path.is_file():
+            raise MeshError(f"{path}: mesh file not found" if not path.exists() else f"{path}: not a file")
+    K = get_camera_intrinsic() if K is None else np.asarray(K, dtype=np.float64)
+    meshes = [{"name": name, "sha256": _file_sha256(path), "units": unit}
+              for path, unit, name in zip(paths, units, mesh_object_names(paths, names))]
+    return {"meshes": meshes, "images_per_object": int(n_images), "seed": int(seed), "multi": int(multi),
+            "test_fraction": float(test_fraction), "width": int(width), "height": int(height),
+            "K": K.tolist(), "options": options.record()}
+
+
 def _file_sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -987,18 +1033,9 @@ def load_mesh_objects(mesh_paths, mesh_units="m", K=None, width: int = IM_WIDTH,
     """
     options = (options or RenderOptions()).checked()
     K = get_camera_intrinsic() if K is None else np.asarray(K, dtype=np.float64)
-    paths = [Path(p) for p in ([mesh_paths] if isinstance(mesh_paths, (str, Path)) else mesh_paths)]
-    if not paths:
-        raise InputError("no mesh given; pass at least one .ply or .obj file")
-    units = [mesh_units] * len(paths) if isinstance(mesh_units, str) else list(mesh_units)
-    if len(units) != len(paths):
-        raise InputError(f"{len(units)} mesh units for {len(paths)} meshes; give one for all or one per mesh")
-    if names is not None and len(names) != len(paths):
-        raise InputError(f"{len(names)} names for {len(paths)} meshes")
-    taken: set = set()
+    paths, units = _mesh_paths_and_units(mesh_paths, mesh_units)
     objs, records = [], []
-    for i, (path, unit) in enumerate(zip(paths, units)):
-        name = _object_name(Path(names[i]) if names else path, taken)
+    for i, (path, unit, name) in enumerate(zip(paths, units, mesh_object_names(paths, names))):
         mesh = Mesh.from_file(read_mesh(path, unit))
         check_mesh_vertices(mesh.vertices, path)  # a point or a line has no pose
         distance = camera_distances(mesh.vertices, K, width, height, options.distance_m, source=str(path))
@@ -1043,10 +1080,8 @@ def generate_from_meshes(out_dir, mesh_paths, mesh_units="m", K=None, width: int
     if multi and len(objs) < 2:
         raise InputError(f"multi-object scenes need at least 2 meshes; got {len(objs)}")
     randomiser = Randomiser.prepare(options, lambda k: _rng(seed, TAG_DISTRACTOR, k))  # --backgrounds checked
-    params = {"meshes": [{k: r[k] for k in ("name", "sha256", "units")} for r in records],
-              "images_per_object": int(n_images), "seed": int(seed), "multi": int(multi),
-              "test_fraction": float(test_fraction), "width": int(width), "height": int(height),
-              "K": K.tolist(), "options": options.record()}
+    params = mesh_set_params(mesh_paths, mesh_units, K, width, height, n_images, seed, options, multi,
+                             test_fraction, names)
     extra = {"meshes": records, "options": options.record(), "background_photos": len(randomiser.photos)}
     return _write_set(Path(out_dir), objs, K, int(width), int(height), int(n_images), int(seed), int(multi),
                       float(test_fraction), workers, overwrite, list(options.jpeg_quality), params, MESH_GENERATOR,

@@ -1,6 +1,7 @@
 """Train a single-object pose network, optionally distilled from a teacher (docs/design.md).
 
     python train.py                                    # main job: synthetic data, YOLO-LITE trial 3, CPU, fast recipe
+    python train.py --mesh my_object.ply --mesh-units mm --camera-data camera.data   # your object from its mesh
     python train.py --minutes 120                      # the same, for two hours: an accurate model on a CPU
     python train.py --datacfg cfg/ape.data --modelcfg cfg/yolo-pose.cfg --initweightfile cfg/darknet19_448.conv.23
     python train.py cfg/duck.data cfg/yolo-pose.cfg backup/duck/init.weights   # positional form
@@ -14,6 +15,11 @@ for reproducing the papers. `fast` (AdamW, warm-up and cosine decay over the epo
 --minutes budget, EMA weights, a confidence target with a floor, the cv2 loader, 256 px): the
 default of the main job, and the one to use for a quick model on a CPU or a new dataset.
 
+With --mesh (instead of --datacfg): a set is rendered from your mesh once (cached under data/mesh/, with the
+camera and randomisation flags of tools/make_synthetic_linemod.py), recipes.MESH is trained on it into
+backup/mesh/<name>/, and the commands that score it and run it on your photos are printed (design §7.7).
+Several --mesh files train a multi-object model (multi_obj_pose_estimation/train_multi.py --mesh).
+
 Writes into the backup dir: model.weights (darknet format, best evaluation so far), last.weights
 (the end of the run), checkpoint.pt (every epoch and on Ctrl-C; --resume continues from it),
 costs.npz, metrics.csv / metrics.jsonl (one row per evaluation) and training.png.
@@ -21,15 +27,17 @@ costs.npz, metrics.csv / metrics.jsonl (one row per evaluation) and training.png
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import cli
 import dataset
 import engine
 import evaluation
+import mesh_job
 import synthetic
 import training
-from errors import InputError, run_cli
+from errors import FlagError, InputError, run_cli
 from linemod_format import LOG_ACC_10PX, LOG_ACC_5PX
 from region_loss import NEIGHBOUR_TARGETS
 
@@ -86,6 +94,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--also-valid", nargs="+", default=[], metavar="DATACFG",
                    help="also test on these .data files' valid lists at every evaluation (e.g. a fresh test set "
                         "of tools/make_synthetic_linemod.py --fresh-test); logged, not used to pick the best model")
+    mesh_job.add_mesh_flags(p, multi=False)
     return p
 
 
@@ -155,6 +164,9 @@ def periodic_test(test_set, setup, device, num_keypoints: int, fast: bool, box_r
 # --------------------------------------------------------------------------------------------
 
 def main(args) -> dict:
+    if args.mesh is not None and len(args.mesh) > 1:
+        raise FlagError(f"{len(args.mesh)} --mesh files train a multi-object model: run "
+                        f"multi_obj_pose_estimation/train_multi.py with the same flags (train.py's command line does)")
     args, opts = resolve_args(args)
     fast = args.recipe == "fast"
     extra_tests = []
@@ -204,12 +216,21 @@ def print_outputs(args, backup: Path, state: dict) -> None:
               f"was still off); last.weights holds the final state, {engine.CHECKPOINT} continues with --resume")
         best = backup / engine.LAST_WEIGHTS
     # the test size and box rule travel in model_info.json beside the weights (D56)
-    print(f"score it with:\n  python valid.py --datacfg {args.datacfg} --modelcfg {args.modelcfg} "
-          f"--weightfile {best}")
+    score = f"python valid.py --datacfg {args.datacfg} --modelcfg {args.modelcfg} --weightfile {best}"
+    if args.mesh is not None:
+        print(mesh_job.closing_commands(score, args.datacfg, args.modelcfg, best, multi=False))
+    else:
+        print(f"score it with:\n  {score}")
 
 
 def main_cli(argv=None) -> dict:
-    return main(get_args_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = get_args_parser().parse_args(argv)
+    if args.mesh is not None and len(args.mesh) > 1:  # several meshes: a multi-object model (design §7.7)
+        from multi_obj_pose_estimation import train_multi
+
+        return train_multi.main_cli(argv)
+    return main(args)
 
 
 if __name__ == "__main__":

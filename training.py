@@ -29,6 +29,7 @@ import cli
 import dataset
 import engine
 import linemod_format as lf
+import mesh_job
 import model_info
 import model_loading
 import preflight
@@ -232,7 +233,8 @@ class Defaults:
     main_job_data(quiet) -> its `.data` file, generated once. backup, main_job_backup: the backup
     folder when the `.data` has no 'backup' key ('{name}': the `.data` 'name'); the main job's
     gets its budget as a suffix when it is not the main job's own. loss_scales and
-    pretrain_num_epochs: see `fill_recipe_defaults`."""
+    pretrain_num_epochs: see `fill_recipe_defaults`. A run with --mesh takes its flag values from
+    recipes.MESH or MESH_MULTI and its data from `mesh_job.mesh_dataset` (design §7.7)."""
     modelcfg: str
     initweights: str
     main_job: dict
@@ -253,8 +255,14 @@ def resolve_args(args, defaults: Defaults) -> tuple[argparse.Namespace, dict]:
     when it exists from the current folder, else found in `defaults.search` (cli.find_path); the
     backup folder. InputError when the `.data` file is missing."""
     check_run_numbers(args)
-    main_job = args.datacfg is None
-    if main_job:
+    mesh_job.check_mesh_flags(args)
+    mesh = getattr(args, "mesh", None) is not None
+    main_job = args.datacfg is None and not mesh
+    if mesh:  # the job's flags first: the set's image counts are among them
+        mesh_job.fill_mesh_defaults(args, mesh_job.job_for(args))
+        check_files_before_rendering(args, defaults.search)
+        args.datacfg = str(mesh_job.mesh_dataset(args, mesh_job.job_for(args), quiet=args.quiet))
+    elif main_job:
         args.datacfg = str(defaults.main_job_data(args.quiet))
         cli.fill_main_job_defaults(args, defaults.main_job)
     fill_recipe_defaults(args, loss_scales=defaults.loss_scales, pretrain_num_epochs=defaults.pretrain_num_epochs)
@@ -272,9 +280,20 @@ def resolve_args(args, defaults: Defaults) -> tuple[argparse.Namespace, dict]:
         suffix = (f"_{args.minutes:g}min" if args.minutes else
                   "" if args.epochs == defaults.main_job["epochs"] else f"_{args.epochs}ep")
         args.backupdir = defaults.main_job_backup.format(name=name) + suffix
+    elif args.backupdir is None and mesh:
+        args.backupdir = mesh_job.MESH_BACKUP.format(name=mesh_job.run_name(args))
     elif args.backupdir is None:
         args.backupdir = opts.get("backup", defaults.backup.format(name=name))
     return args, opts
+
+
+def check_files_before_rendering(args, search) -> None:
+    """InputError when --modelcfg or --initweightfile is not a file: a --mesh run finds out before
+    it renders its set (minutes), not after (the full check is the pre-flight's)."""
+    for flag, path in (("--modelcfg", args.modelcfg), ("--initweightfile", args.initweightfile)):
+        if path is not None and str(path).lower() != "none" and not Path(cli.find_path(path, *search)).is_file():
+            raise InputError(f"cannot start training: {flag} {path}: file not found (checked before rendering the "
+                             f"--mesh set)")
 
 
 def sample_options(args, model, composed: bool = False) -> dict:

@@ -1,6 +1,7 @@
 """Train the multi-object pose network, the OCCLUSION model (design §5.7, §6.3, §7.2, §7.5).
 
     python multi_obj_pose_estimation/train_multi.py      # main job: synthetic occlusion scenes, YOLO-LITE trial 3, CPU
+    python multi_obj_pose_estimation/train_multi.py --mesh a.ply b.ply --mesh-units mm --camera-data camera.data
     python multi_obj_pose_estimation/train_multi.py --datacfg cfg/occlusion.data \\
         --modelcfg multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg --initweightfile backup_multi/init.weights
     torchrun --nproc_per_node 2 multi_obj_pose_estimation/train_multi.py ...   # DDP (the original used DataParallel)
@@ -12,6 +13,11 @@ main one; --paste off trains on the list's images as they are, as train.py does,
 already show every object); the loss has the cfg's anchors and classes (design §5.7); the test
 scores every object of the occlusion `.data` file (`evaluation.evaluate_object`, as valid_multi.py does, design §9.6).
 The original recipe counts the cfg steps in raw batches (design §7.2).
+
+With --mesh A B ... (instead of --datacfg): OCCLUSION-style scenes of your meshes, where they occlude
+each other, are rendered once (cached under data/mesh/, the camera and randomisation flags of
+tools/make_synthetic_linemod.py), recipes.MESH_MULTI is trained on them into backup/mesh/<names>/,
+and the commands that score it and run it on your photos are printed (design §7.7).
 
 Fixed by default, each with a flag that reproduces the original (design §11): the flipped /
 wrapped main object's labels (--repro-label-bugs, item 20), the anchor chosen for tconf and for
@@ -39,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 import dataset
 import engine
+import mesh_job
 import synthetic
 import training
 import utils
@@ -111,6 +118,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--linemod-dir", default=None,
                    help="folder of <obj>/train.txt for the pasted objects (default: the training images' LINEMOD "
                         "folder)")
+    mesh_job.add_mesh_flags(p, multi=True)
     return p
 
 
@@ -271,7 +279,10 @@ def main(args) -> dict:
         print(f"\noutputs in {backup}/: {best.name} (the best test: mean 2-D accuracy {a5:.2f}% at 5 px, {a10:.2f}% "
               f"at 10 px), "
               f"{engine.CHECKPOINT}, costs.npz, metrics.csv, training.png")
-        print(f"score it with:\n  {score_command(args, best)}")
+        if args.mesh is not None:
+            print(mesh_job.closing_commands(score_command(args, best), args.datacfg, args.modelcfg, best, multi=True))
+        else:
+            print(f"score it with:\n  {score_command(args, best)}")
 
     variant = training.Variant(
         check_inputs=check, train_set=train_set, outputs=outputs, cost_keys=COST_KEYS, step_unit=1.0,

@@ -41,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="images per object: single-object images (default 20: a small set to look at)")
     cli.add_seed(p, what="same seed, same bytes")
     p.add_argument("--scenes", type=int, default=0,
-                   help="number of OCCLUSION-style multi-object scenes (default %(default)s)")
+                   help="number of OCCLUSION-style multi-object scenes (default 0: single-object images only)")
     cli.add_alias(p, "--multi", "--scenes")  # --multi is detect.py's multi-object switch
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                    help=f"fraction of images in test.txt (default {DEFAULT_TEST_FRACTION}: a quarter held out)")
