@@ -24,7 +24,8 @@ from tools import bop_to_linemod as bop
 from tools import draw_labels, make_labels
 import synthetic as gen
 from errors import FlagError, OutputPathError, PoseFileError
-from linemod_format import read_label_rows, read_list, read_poses, write_poses_csv
+from conftest import write_poses_csv
+from linemod_format import read_label_rows, read_list, read_poses
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "get_linemod.sh"
