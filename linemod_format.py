@@ -613,10 +613,26 @@ def append_text(path, text: str) -> None:
     write_bytes(path, old + text.encode())
 
 
-def copy_file(src, dst) -> None:
-    """Copy the bytes of `src` to `dst` atomically; a symlink at `dst` is replaced, never written through."""
+def copy_file(src, dst, within=None) -> None:
+    """Copy the bytes of `src` to `dst` atomically; a symlink at `dst` is replaced, never written through.
+
+    within: a folder `src` must lie in (`check_inside`): a copy out of a folder someone else made
+    never brings in a file from elsewhere on the machine through a symbolic link."""
+    if within is not None:
+        check_inside(src, within)
     with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout)
+
+
+def check_inside(path, folder, what: str = "") -> None:
+    """InputError unless `path` is a regular file inside `folder` once every symbolic link is
+    followed (a link to a file elsewhere, or through a linked folder out of it, is refused)."""
+    top, real = os.path.realpath(folder), os.path.realpath(path)
+    if os.path.commonpath([top, real]) != top:
+        raise InputError(f"{path}: a symbolic link that leads out of {what or folder} (to {real}); refused, "
+                         f"nothing was copied")
+    if not os.path.isfile(real):
+        raise InputError(f"{path}: not a regular file; refused, nothing was copied")
 
 
 # --------------------------------------------------------------------------------------------

@@ -86,6 +86,19 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture(autouse=True)
+def _keep_stop_signals():
+    """run_cli ignores Ctrl-C once a script is interrupted (it is ending); a test that runs it in this
+    process gets the handlers back, so that the test session stays interruptible."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        if signal.getsignal(sig) is not handler and handler is not None:
+            signal.signal(sig, handler)
+
+
 def write_poses_csv(path, records) -> None:
     """A CSV pose file (the CSV_POSE_COLUMNS header that `linemod_format.read_poses` reads) from
     [{image, R (3, 3), t (3,)}]; repr() numbers, exact. Users write their own: only the tests need a writer."""

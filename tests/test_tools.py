@@ -348,6 +348,48 @@ def test_make_labels_overwrite_keeps_its_inputs_and_files_it_did_not_write(synth
     assert (out / "LINEMOD/o/notes.txt").is_file() and (out / "cfg/my_own.data").is_file()
 
 
+@pytest.mark.parametrize("diam", ["0", "-0.1", "nan", "inf"])
+def test_make_labels_refuses_a_diameter_that_train_and_valid_refuse(synth, tmp_path, capsys, diam):
+    """--diam 0 was written as `diam = 0.0`, which train.py and valid.py then refused (issue 36)."""
+    (tmp_path / "p.json").write_text(json.dumps(_user_records(synth, "obj00")[:2]))
+    err = _run_make_labels(synth, tmp_path, capsys, tmp_path / "p.json", extra=["--diam", diam])
+    assert f"--diam {float(diam)}: the object's diameter must be a positive number of metres" in err
+    assert not (tmp_path / "bad_out").exists()
+
+
+def test_make_labels_after_ctrl_c_overwrites_what_it_wrote_and_a_hostile_manifest_deletes_nothing(
+        synth, tmp_path, capsys, monkeypatch):
+    records = _user_records(synth, "obj00")[:3]
+    (tmp_path / "p.json").write_text(json.dumps(records))
+    out = tmp_path / "out"
+    real, calls = make_labels.write_label_rows, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(make_labels, "write_label_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o"))
+    monkeypatch.setattr(make_labels, "write_label_rows", real)
+    entry = json.loads((out / "ssp_manifest.json").read_text())["files"]["LINEMOD/o/labels/000000.txt"]
+    assert entry["unfinished"] is True and len(entry["sha256"]) == 64  # what it wrote, recorded
+    assert make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o", "--overwrite")) == 0
+    # a manifest edited to name a file outside its folder: refused, and nothing is removed
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's\n")
+    manifest = json.loads((out / "ssp_manifest.json").read_text())
+    manifest["files"]["../victim.txt"] = {"tool": "make_labels.py", "group": "o", "unfinished": True}
+    (out / "ssp_manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'ssp_manifest.json'}: refused: the entry '../victim.txt' leads out of the folder" in err
+    assert victim.read_text() == "the user's\n" and (out / "LINEMOD/o/labels/000000.txt").is_file()
+
+
 def test_bop_to_linemod_refuses_to_replace_a_data_file_the_user_edited(bop_dir, tmp_path, capsys):
     out = tmp_path / "o"
     argv = ["--bop", str(bop_dir), "--out", str(out), "--objects", "1", "--names", "bop"]
@@ -597,8 +639,8 @@ def _box_edge_midpoints(row):
 
 def test_draw_labels_draws_the_box_and_pose_points(synth, tmp_path, capsys):
     out = tmp_path / "one.png"
-    assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--split", "train", "--n", "1", "--cols", "1",
-                             "--scale", "1", "--out", str(out)]) == 0
+    assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--list", "train", "--n", "1", "--cols", "1",
+                             "--scale", "1", "--out-file", str(out)]) == 0
     assert "label vs saved pose: max" in capsys.readouterr().out
     drawn = cv2.imread(str(out))
     first = (synth / "LINEMOD/obj00/train.txt").read_text().split()[0]
@@ -630,8 +672,8 @@ def test_draw_labels_occlusion_order_and_grid(synth, tmp_path, monkeypatch):
     assert gap > 1.0  # read without the design §9.6 permutation they would not
     monkeypatch.undo()
     out = tmp_path / "grid.png"
-    assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--split", "train", "--n", "3", "--cols", "3",
-                             "--colors", "64", "--out", str(out)]) == 0
+    assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--list", "train", "--n", "3", "--cols", "3",
+                             "--colors", "64", "--out-file", str(out)]) == 0
     grid = cv2.imread(str(out))
     assert grid.shape == (240, 960, 3) and len(np.unique(grid.reshape(-1, 3), axis=0)) <= 64
     assert grid[:, 640:].max() == 0 and grid[:, :640].max() > 0  # 2 training images in a 1x3 grid: black padding
@@ -656,7 +698,7 @@ def test_draw_labels_predictions(synth, tmp_path, capsys):
     npz, out = tmp_path / "predictions_obj00.npz", tmp_path / "pred.png"
     entry, pr_px, moved = _fake_predictions(synth, npz)
     assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--predictions", str(npz), "--no-poses",
-                             "--n", "4", "--cols", "1", "--scale", "1", "--out", str(out)]) == 0
+                             "--n", "4", "--cols", "1", "--scale", "1", "--out-file", str(out)]) == 0
     assert f"{entry}: 2-D error 4.20 px" in capsys.readouterr().out  # only the scored image, its error
     drawn = cv2.imread(str(out))
     assert drawn.shape == (480, 640, 3)  # one image: the file scores one of the two test images
@@ -673,18 +715,44 @@ def test_draw_labels_prediction_errors(synth, tmp_path, capsys):
     npz = tmp_path / "p.npz"
     _fake_predictions(synth, npz)
     data = str(synth / "cfg/obj00.data")
-    assert draw_labels.main(["--data", data, data, "--predictions", str(npz), "--out", str(tmp_path / "x.png")]) == 2
+    assert draw_labels.main(["--data", data, data, "--predictions", str(npz),
+                             "--out-file", str(tmp_path / "x.png")]) == 2
     assert "--predictions goes with one --datacfg, found 2" in capsys.readouterr().err
     assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / "no.npz"),
-                             "--out", str(tmp_path / "x.png")]) == 2
+                             "--out-file", str(tmp_path / "x.png")]) == 2
     assert "no.npz: file not found" in capsys.readouterr().err
     np.savez(tmp_path / "old.npz", pr_px=np.zeros((1, 9, 2)))
     assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / "old.npz"),
-                             "--out", str(tmp_path / "x.png")]) == 2
+                             "--out-file", str(tmp_path / "x.png")]) == 2
     assert "old.npz: not a valid.py --save-predictions file with image paths (missing 'image" in capsys.readouterr().err
-    assert draw_labels.main(["--data", data, "--split", "train", "--predictions", str(npz),
-                             "--out", str(tmp_path / "x.png")]) == 2
+    assert draw_labels.main(["--data", data, "--list", "train", "--predictions", str(npz),
+                             "--out-file", str(tmp_path / "x.png")]) == 2
     assert "is in the predictions file (another split or dataset?)" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_draw_labels_refuses_truncated_or_wrong_shaped_predictions(synth, tmp_path, capsys):
+    """Each was a traceback (issue 36): one line naming the file and what is wrong."""
+    npz = tmp_path / "p.npz"
+    _fake_predictions(synth, npz)
+    good = dict(np.load(npz))
+    data = str(synth / "cfg/obj00.data")
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(npz.read_bytes()[:300])
+    wrong = {"pr": dict(good, pr_px=good["pr_px"][:, :8]), "R": dict(good, R_pr=good["R_pr"][:, :2]),
+             "n": dict(good, err_2d=np.array([4.2, 1.0])), "image": dict(good, image=np.zeros(1))}
+    for name, arrays in wrong.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+    for name, message in (("cut", "cut.npz: not a readable .npz file"),
+                          ("pr", "pr.npz: 'pr_px' holds float64 of shape (1, 8, 2), expected numbers of shape "
+                                 "(1, 9, 2) (one per image path)"),
+                          ("R", "R.npz: 'R_pr' holds float64 of shape (1, 2, 3)"),
+                          ("n", "n.npz: 'err_2d' holds float64 of shape (2,), expected numbers of shape (1,)"),
+                          ("image", "image.npz: 'image' holds float64 of shape (1,), expected a list of paths")):
+        assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / f"{name}.npz"),
+                                 "--out", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("draw_labels: error: ") and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.png").exists()
 
 
@@ -692,7 +760,7 @@ def test_draw_labels_errors(synth, tmp_path, capsys):
     bad = tmp_path / "bad.data"
     bad.write_text((synth / "cfg/obj00.data").read_text().replace("LINEMOD/obj00/test.txt", "LINEMOD/obj00/none.txt"))
     shutil.copytree(synth / "cfg", tmp_path / "cfg", dirs_exist_ok=True)
-    assert draw_labels.main(["--data", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert draw_labels.main(["--data", str(bad), "--out-file", str(tmp_path / "x.png")]) == 2
     assert "none.txt: image list not found" in capsys.readouterr().err
 
 
@@ -799,7 +867,7 @@ def test_plot_curve_reads_the_runs_rows_and_the_extra_test_sets(tmp_path):
              "fresh7:acc_2d_10px": 41.0}]
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    curves = plot_curve.main([str(metrics), "--out", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json")])
+    curves = plot_curve.main([str(metrics), "--out-file", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json")])
     assert curves == {"test": {"minutes": [4.0, 8.0], "5 px": [1.0, 3.0], "10 px": [20.0, 45.0]},
                       "fresh7": {"minutes": [4.0, 8.0], "5 px": [0.5, 2.0], "10 px": [18.0, 41.0]}}
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -811,6 +879,39 @@ def test_plot_curve_reads_the_runs_rows_and_the_extra_test_sets(tmp_path):
     metrics.write_text('{"epoch": 1}\nnot json\n')
     with pytest.raises(plot_curve.InputError, match=r"metrics.jsonl:1: no 'minutes'"):
         plot_curve.read_rows(metrics)
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"minutes": "4", "acc_2d_5px": 1.0}'], r"m.jsonl:1: 'minutes' not a finite number"),
+    (['{"minutes": 4.0, "acc_2d_5px": 1.0, "seen": null}'], r"m.jsonl:1: 'seen' not a finite number"),
+    (['{"minutes": Infinity, "acc_2d_5px": 1.0}'], r"m.jsonl:1: 'minutes' not a finite number"),
+    (['{"minutes": 4.0, "acc_2d_5px": 1.0, "f:acc_2d_5px": 2.0}', '{"minutes": 8.0, "acc_2d_5px": 3.0}'],
+     r"m.jsonl:2: no 'f:acc_2d_5px' \(the first row has them\)"),
+])
+def test_plot_curve_names_the_line_of_a_bad_row(tmp_path, lines, message):
+    """Each ended in a traceback in series, curve_table or the plot (issue 36)."""
+    from tools import plot_curve
+
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(plot_curve.InputError, match=message):
+        plot_curve.main([str(path), "--out", str(tmp_path / "c.png")])
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_curve_refuses_a_binary_log_and_bad_table_minutes(tmp_path):
+    from tools import plot_curve
+
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(plot_curve.InputError, match=r"m.jsonl: not a text file"):
+        plot_curve.main([str(path), "--out", str(tmp_path / "c.png")])
+    path.write_text('{"minutes": 4.0, "acc_2d_5px": 1.0, "acc_2d_10px": 2.0}\n')
+    for at, message in (("ten,20", "expected minutes separated by commas"), ("nan", "minutes must be finite and >= 0")):
+        with pytest.raises(FlagError, match=f"--table-at {at}: {message}"):
+            plot_curve.main([str(path), "--out", str(tmp_path / "c.png"), "--table-at", at])
+    assert not (tmp_path / "c.png").exists()  # the flag is checked before the figure is drawn
+    plot_curve.main([str(path), "--out", str(tmp_path / "c.png"), "--table-at", "4"])  # no 'seen': '-'
 
 
 def test_curve_reach_times_and_table_on_fixed_inputs():
@@ -849,7 +950,8 @@ def test_record_main_job_on_fixed_inputs(tmp_path):
 
     backup = tmp_path / "backup"
     backup.mkdir()
-    rows = [{"epoch": 4, "seen": 5440, "minutes": 1.5}, {"epoch": 9, "seen": 13600, "minutes": 3.25}]
+    rows = [{"epoch": 4, "seen": 5440, "minutes": 1.5, "acc_2d_5px": 20.0, "acc_2d_10px": 60.0},
+            {"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0, "acc_2d_10px": 90.5}]
     (backup / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {"acc_2d": 41.0, "acc_2d_10px": 90.5, "acc_2d_15px": 97.0, "acc_2d_20px": 99.0, "acc_2d_30px": 100.0,
                "acc_add": 30.0, "acc_5cm5deg": 20.0, "mean_err_2d": 5.55, "mean_err_corner": 9.04, "n": 240,
@@ -858,9 +960,9 @@ def test_record_main_job_on_fixed_inputs(tmp_path):
         (tmp_path / name).write_text(json.dumps({"objects": [{**summary, "n": n}], "mean": None}))
     out = tmp_path / "main_job.json"
     record = rec.main(rec.get_args_parser().parse_args([
-        "--backup", str(backup), "--wall-minutes", "11.5", "--test-json", str(tmp_path / "t.json"), "--fresh-json",
+        "--backupdir", str(backup), "--wall-minutes", "11.5", "--test-json", str(tmp_path / "t.json"), "--fresh-json",
         str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores", "--date", "2026-12-01",
-        "--out", str(out)]))
+        "--out-file", str(out)]))
     assert json.loads(out.read_text()) == record
     assert (record["epochs"], record["images_seen"], record["training_minutes"]) == (10, 13600, 3.25)
     assert "other" not in record["test"] and record["fresh"]["n"] == 200
@@ -872,10 +974,42 @@ def test_record_main_job_on_fixed_inputs(tmp_path):
     assert lines[3].startswith("| fresh seed 11 (200) |") and len(lines) == 4
     assert record["command"] == "python train.py"
     timed = rec.main(rec.get_args_parser().parse_args([
-        "--backup", str(backup), "--wall-minutes", "121", "--test-json", str(tmp_path / "t.json"), "--fresh-json",
-        str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores", "--out", str(tmp_path / "c.json"),
+        "--backupdir", str(backup), "--wall-minutes", "121", "--test-json", str(tmp_path / "t.json"), "--fresh-json",
+        str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores", "--out-file", str(tmp_path / "c.json"),
         "--command", "python train.py --minutes 120"]))
     assert timed["command"] == "python train.py --minutes 120"
+
+
+def test_record_main_job_checks_its_inputs(tmp_path, capsys):
+    """No input was checked: a missing, truncated or other-version file ended in a traceback (issue 36)."""
+    from tools import record_main_job as rec
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "metrics.jsonl").write_text('{"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0}\n{"ep')
+    summary = {k: 1.0 for k in rec.KEYS}
+    (tmp_path / "t.json").write_text(json.dumps({"objects": [summary]}))
+    (tmp_path / "cut.json").write_text(json.dumps({"objects": [summary]})[:40])
+    (tmp_path / "old.json").write_text(json.dumps({"objects": [{"acc_2d": 41.0}]}))
+
+    def run(metrics_ok=True, test="t.json", wall="11.5"):
+        if metrics_ok:
+            (backup / "metrics.jsonl").write_text('{"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0}\n')
+        argv = ["--backupdir", str(backup), "--wall-minutes", wall, "--test-json", str(tmp_path / test), "--fresh-json",
+                str(tmp_path / "t.json"), "--fresh-seed", "11", "--machine", "m",
+                "--out-file", str(tmp_path / "r.json")]
+        with pytest.raises(SystemExit) as exit_:
+            rec.run_cli(lambda a: rec.main(rec.get_args_parser().parse_args(a)), argv, prog="record_main_job.py")
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        return err
+
+    assert "metrics.jsonl:2: not a JSON line" in run(metrics_ok=False)
+    assert "nope.json: valid.py --json file not found" in run(test="nope.json")
+    assert "cut.json: not readable JSON" in run(test="cut.json")
+    assert "old.json: the summary of the object lacks acc_2d_10px" in run(test="old.json")
+    assert "--wall-minutes inf: must be a positive, finite number of minutes" in run(wall="inf")
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_readme_main_job_table_is_its_raw_record():
@@ -906,7 +1040,8 @@ def test_record_multi_main_job_on_fixed_inputs(tmp_path):
 
     backup = tmp_path / "backup"
     backup.mkdir()
-    (backup / "metrics.jsonl").write_text(json.dumps({"epoch": 39, "seen": 54400, "minutes": 11.0}) + "\n")
+    (backup / "metrics.jsonl").write_text(json.dumps({"epoch": 39, "seen": 54400, "minutes": 11.0, "acc_2d_5px": 20.0,
+                                                      "acc_2d_10px": 61.0}) + "\n")
     thresholds = list(range(5, 55, 5))
     objs = [{"object": f"obj0{i}", "n": 240 - 60 * i, "thresholds": thresholds,
              "acc_px": [10.0 * (i + 1)] + [60.0 + i] * 9, "acc_add": 5.0 * i, "acc_5cm5deg": 1.0,
@@ -914,9 +1049,9 @@ def test_record_multi_main_job_on_fixed_inputs(tmp_path):
     for name in ("t.json", "f.json"):
         (tmp_path / name).write_text(json.dumps({"objects": objs, "mean": None}))
     record = rec.main(rec.get_args_parser().parse_args([
-        "--multi", "--backup", str(backup), "--wall-minutes", "14.0", "--test-json", str(tmp_path / "t.json"),
+        "--multi", "--backupdir", str(backup), "--wall-minutes", "14.0", "--test-json", str(tmp_path / "t.json"),
         "--fresh-json", str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores",
-        "--out", str(tmp_path / "m.json")]))
+        "--out-file", str(tmp_path / "m.json")]))
     assert record["command"] == "python multi_obj_pose_estimation/train_multi.py" and record["images_seen"] == 54400
     lines = rec.multi_job_table(record, "test").splitlines()
     assert lines[0] == ("| object (test images) | 5 px | 10 px | 15 px | 20 px | 25 px | 30 px | 35 px | 40 px | "
@@ -957,12 +1092,12 @@ def test_make_labels_refuses_a_mesh_that_gives_no_pose(synth, tmp_path, capsys):
     (["--cols", "0"], "--cols must be >= 1, found 0"),  # was a ZeroDivisionError
     (["--colors", "300"], "--colors must be from 0 to 256, found 300"),
     (["--scale", "0"], "--scale must be above 0"),
-    (["--out", "DIR"], "--out DIR: is a folder; expected a file name"),
+    (["--out-file", "DIR"], "--out-file DIR: is a folder; expected a file name"),
 ])
 def test_draw_labels_flags_are_named(synth, tmp_path, capsys, monkeypatch, flags, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "DIR").mkdir()
-    argv = ["--datacfg", str(synth / "cfg/obj00.data"), "--out", "x.png", *flags]
+    argv = ["--datacfg", str(synth / "cfg/obj00.data"), "--out-file", "x.png", *flags]
     assert draw_labels.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"draw_labels: error: {message}") and len(err.splitlines()) == 1
@@ -976,11 +1111,11 @@ def test_export_onnx_checks_the_opset_and_out_before_exporting(tmp_path, capsys)
     cfg = str(ROOT / "cfg/yolo-lite-trial3-pose.cfg")
     run = lambda *a: export_onnx.main(export_onnx.get_args_parser().parse_args(["--modelcfg", cfg, *a]))  # noqa: E731
     with pytest.raises(FlagError, match=rf"--opset must be from 18 to {export_onnx.max_opset()}, found 1"):
-        run("--opset", "1", "--out", str(tmp_path / "m.onnx"))
-    with pytest.raises(OutputPathError, match=r"--out .*: is a folder; expected a file name"):
-        run("--out", str(tmp_path))
+        run("--opset", "1", "--out-file", str(tmp_path / "m.onnx"))
+    with pytest.raises(OutputPathError, match=r"--out-file .*: is a folder; expected a file name"):
+        run("--out-file", str(tmp_path))
     with pytest.raises(FlagError, match=r"--tolerance must be positive, found -1"):
-        run("--tolerance", "-1", "--out", str(tmp_path / "m.onnx"))
+        run("--tolerance", "-1", "--out-file", str(tmp_path / "m.onnx"))
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -988,6 +1123,6 @@ def test_draw_labels_refuses_a_bomb_from_its_header(synth, tmp_path, capsys):
     root = tmp_path / "copy"
     shutil.copytree(synth, root)
     hostile.bomb_png(read_list(root / "LINEMOD/obj00/test.txt")[0])  # cv2 decoded it: 1.2 GB
-    argv = ["--datacfg", str(root / "cfg/obj00.data"), "--n", "1", "--out", str(tmp_path / "x.png")]
+    argv = ["--datacfg", str(root / "cfg/obj00.data"), "--n", "1", "--out-file", str(tmp_path / "x.png")]
     assert draw_labels.main(argv) == 2
     assert "image is too large to decode" in capsys.readouterr().err

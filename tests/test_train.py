@@ -507,6 +507,8 @@ def test_ddp_two_gloo_processes_write_one_set_of_outputs(synth, tmp_path):
     (["--max-batches", "0"], r"--max-batches must be >= 1, found 0"),
     (["--train-size", "32", "--batch-size", "1"], r"--train-size 32 gives a 1x1 output grid and --batch-size 1"),
     (["--train-size", "32"], r"the last batch of each epoch \(9 images in batches of 4\) holds one image"),
+    (["--train-sizes", "32,64", "--batch-size", "1"], r"--train-sizes 32,64 gives a 1x1 output grid and --batch-size"),
+    (["--final-size", "32", "--final-epochs", "1", "--batch-size", "1"], r"--final-size 32 gives a 1x1 output grid"),
     (["--device", "meta"], r"--device meta: expected auto, cpu, cuda or cuda:N"),
     (["--also-valid", "NOPE"], r"--also-valid .*nope\.data: .*nope\.data: data cfg not found"),
 ])
@@ -514,8 +516,12 @@ def test_flags_and_also_valid_are_checked_before_training(synth, tmp_path, extra
     """Each was a traceback: BatchNorm on one value per channel, a device without our operators,
     the extra test set read only at the first evaluation."""
     extra = [str(tmp_path / "nope.data") if e == "NOPE" else e for e in extra]
+    argv = small_args(synth, tmp_path / "out", "--epochs", "1", *extra)
+    if "--train-sizes" in extra:  # a range instead of the fixed size (the --batch-size 1 of issue 36)
+        at = argv.index("--train-size")
+        del argv[at:at + 2]
     with pytest.raises(InputError, match=message):
-        run_main(small_args(synth, tmp_path / "out", "--epochs", "1", *extra))
+        run_main(argv)
     assert not (tmp_path / "out").exists()
 
 
@@ -531,12 +537,17 @@ def test_the_original_recipe_on_a_cpu_names_the_fast_one():
 
 
 def test_a_full_disk_during_training_is_one_line(synth, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(engine, "atomic_torch_save", hostile.os_error(hostile.ENOSPC, "checkpoint.pt"))
+    """The checkpoint's writes find the disk full: torch.save raises its RuntimeError, the run ends in
+    one line naming the file and the free space (issue 36)."""
+    import linemod_format
+
+    monkeypatch.setattr(linemod_format, "open", hostile.full_disk_open(1000, ".checkpoint.pt."), raising=False)
     with pytest.raises(SystemExit) as exit_:
         run_cli(train.main_cli, small_args(synth, tmp_path / "out", "--epochs", "1", "--max-batches", "1"),
                 prog="train.py")
     assert exit_.value.code == EXIT_FAULT
     err = capsys.readouterr().err.splitlines()
-    assert err[-1].startswith("train.py: error: checkpoint.pt: No space left on device (the file system is full")
+    assert err[-1].startswith(f"train.py: error: {tmp_path / 'out' / 'checkpoint.pt'}: No space left on device (")
+    assert " MB free; the previous file is kept) (the file system is full" in err[-1]
     assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "out" / engine.LOCK_FILE).exists()  # the run's lock is released
