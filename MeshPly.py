@@ -97,10 +97,6 @@ class MeshPly:
         """Read a millimetre mesh (BOP) and return it in metres."""
         return cls(filename, color=color, scale=MM_TO_M)
 
-    def homogeneous(self) -> np.ndarray:
-        """Vertices as the (4, N) homogeneous matrix the metrics use."""
-        return np.vstack([self.vertices.T, np.ones((1, len(self.vertices)))])
-
 
 def _load_ply(filename: str) -> PlyData:
     """The parsed PLY file with a vertex element holding x, y, z; MeshError naming the file otherwise."""

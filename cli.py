@@ -35,7 +35,6 @@ Default paths are found from the current folder, else from the repository's (`fi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import sys
@@ -43,6 +42,7 @@ import warnings
 from pathlib import Path
 
 from errors import FlagError, OutputPathError
+from linemod_format import probe_write
 
 STRIDE = 32  # design §1.5: every pose network has output stride 32
 # 128 cells a side: four times LINEMOD's largest side; a larger input only exhausts memory
@@ -273,18 +273,23 @@ def check_output_file(flag: str, path) -> Path:
 
 def _probe_write(flag: str, folder: Path) -> None:
     """OutputPathError unless a file can be created in `folder` and the file system has room."""
-    probe = folder / f".ssp_write_test_{os.getpid()}"
     try:
-        with open(probe, "wb") as f:
-            f.write(b"0")
+        probe_write(folder)
     except OSError as exc:
         raise OutputPathError(f"{flag} {folder}: cannot write there ({exc.strerror or exc})") from None
-    finally:
-        with contextlib.suppress(OSError):  # a clean-up that fails must not hide the error above
-            probe.unlink()
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_OUTPUT_BYTES:
         raise OutputPathError(f"{flag} {folder}: the file system is full ({free} bytes free)")
+
+
+def add_camera(p, title: str) -> None:
+    """The camera flags (utils.resolve_camera): a .data file, then any of its values overridden."""
+    cam = p.add_argument_group(title)
+    cam.add_argument("--camera-data", default=None, help=".data file to take fx, fy, u0, v0, width, height from")
+    for key in ("fx", "fy", "u0", "v0"):
+        cam.add_argument(f"--{key}", type=float, default=None, help="pixels")
+    cam.add_argument("--width", type=int, default=None, help="image width in pixels")
+    cam.add_argument("--height", type=int, default=None, help="image height in pixels")
 
 
 def add_batch_size(p, default=None, why: str = "", what: str = "") -> None:

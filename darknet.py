@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from errors import CfgError, WeightsError  # also re-exported: darknet.CfgError, darknet.WeightsError
+from errors import CfgError, WeightsError
 from linemod_format import atomic_write
 
 __all__ = [
-    "CfgError", "parse_cfg", "parse_cfg_text", "plan_layers", "LayerSpec", "network_table", "print_cfg",
-    "Darknet", "WeightsLoad", "WeightsError", "read_weights_file", "write_weights_file", "count_parameters",
-    "weights_nbytes",
+    "parse_cfg", "parse_cfg_text", "plan_layers", "LayerSpec", "network_table", "print_cfg",
+    "Darknet", "WeightsLoad", "read_weights_file", "write_weights_file",
     "fold_batchnorm", "OUTPUT_STRIDE",
 ]
 
@@ -673,7 +672,7 @@ class Darknet(nn.Module):
         outside the module tree so it never enters `state_dict()` or `.weights`."""
         cached = self.__dict__.get("_region_loss")
         if cached is None:
-            from region_loss import RegionLoss  # local: region_loss does not import darknet
+            from region_loss import RegionLoss  # here: building a network needs no loss (nor utils' cv2, scipy)
             cached = RegionLoss.from_region(self.region, self.num_keypoints, scales="cfg")
             self.__dict__["_region_loss"] = cached
         return cached
@@ -719,6 +718,11 @@ class Darknet(nn.Module):
     def print_network(self, width: int | None = None, height: int | None = None, file=None) -> str:
         """Print the layer table (stdout or `file`) and return it."""
         return print_cfg(self.blocks, width, height, file)
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of `forward`'s output: the last layer before `[region]` (A*(2K+1+C) for a pose head)."""
+        return self.specs[self._last_output_layer()].out_shape[0]
 
     def num_stored_floats(self) -> int:
         """float32 values a full `.weights` file holds for this cfg (design §1.5)."""
@@ -987,18 +991,3 @@ def write_weights_file(path, header, floats: np.ndarray) -> None:
     with atomic_write(path, "wb") as f:
         f.write(header.astype("<i4").tobytes())
         f.write(np.ascontiguousarray(floats, dtype="<f4").tobytes())
-
-
-# ============================================================================================
-# Helpers
-# ============================================================================================
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters (requires_grad) of any module."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def weights_nbytes(cfg) -> int:
-    """Size in bytes of a full `.weights` file for a cfg path or block list (no model is built)."""
-    blocks = cfg if isinstance(cfg, (list, tuple)) else parse_cfg(cfg)
-    return HEADER_BYTES + 4 * sum(s.stored for s in plan_layers(blocks))

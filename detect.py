@@ -35,11 +35,13 @@ from PIL import Image
 
 import cli
 import dataset
+import image_files
+import evaluation
 import image
 import model_info
+import model_loading
 import preflight
 import utils
-import evaluation
 from errors import DataCfgError, InputError, MeshError, run_cli
 from linemod_format import read_data_cfg, write_text
 from MeshPly import MeshPly
@@ -112,8 +114,8 @@ def check_images(files) -> None:
     problems, rotated = [], []
     for f in files:
         try:
-            header = dataset.read_header(f)
-            dataset.check_bit_depth(f, header.mode)
+            header = image_files.read_header(f)
+            image_files.check_bit_depth(f, header.mode)
         except (OSError, ValueError) as exc:
             problems.append(str(exc))
             continue
@@ -131,7 +133,7 @@ def _image_frames(files):
     """Decoded with PIL, like the test loader, so the pixels (hence the poses) equal valid.py's."""
     for f in files:
         try:
-            img = dataset.load_image(f)
+            img = image_files.load_image(f)
         except ValueError as exc:
             raise SourceError(f"{f}: unreadable image (corrupt or not an image)") from exc
         yield f.stem, np.asarray(img)
@@ -261,7 +263,7 @@ def main(args) -> dict:
         cli.check_positive("--max-frames", args.max_frames)
         out = cli.check_output_dir("--out", args.out)  # before any frame: a bad folder never ends a long run
         device = cli.resolve_device(args.device)
-        model = evaluation.load_model(args.modelcfg, args.weightfile, device)
+        model = model_loading.load_model(args.modelcfg, args.weightfile, device)
         opts = read_data_cfg(args.datacfg, resolve_paths=True)
         opts["_datacfg"] = args.datacfg
         K, _, _ = utils.camera_from_data_cfg(opts, args.datacfg)

@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import cli
 import errors
 from errors import CheckpointError, InputError, OverwriteError
 from linemod_format import append_text, atomic_write, write_text
@@ -47,6 +49,8 @@ RUN_FILES = (CHECKPOINT, BEST_WEIGHTS, LAST_WEIGHTS, "costs.npz", "training.png"
 CHECKPOINT_SIZE_FACTOR = 4
 MIN_FREE_BYTES = 8 << 20
 LOCK_FILE = "run.lock"  # the backup folder's owner: one run at a time (design D60)
+MAX_PID = 2**31 - 1  # pid_t is a signed 32-bit integer (Linux allows at most 2**22)
+MAX_COUNT = 2**53  # a checkpoint's counters (epoch, images seen, ...) stay below it: exact as floats
 
 
 NonFiniteLoss = errors.NonFiniteLoss  # the loss became NaN or inf; the message names the epoch and the batch
@@ -64,8 +68,35 @@ def new_state(cost_keys) -> dict:
 # --------------------------------------------------------------------------------------------
 
 def atomic_torch_save(obj, path) -> None:
-    with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+    """torch.save `obj` to `path` atomically (the old file stays whole when the write fails).
+
+    torch.save reports a failed write of its zip writer (a full disk: ENOSPC) as a RuntimeError
+    ("unexpected pos ...") whose context is the OSError; that becomes the OSError again, naming
+    the file and the space left, so that run_cli prints one line (status 1)."""
+    try:
+        with atomic_write(path, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as exc:
+        cause = os_error_behind(exc)
+        if cause is None:
+            raise
+        try:
+            free = f"{shutil.disk_usage(Path(path).parent).free / 1e6:.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        raise OSError(cause.errno, f"{cause.strerror or 'write failed'} ({free}; the previous file is kept)",
+                      str(path)) from None
+
+
+def os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError (with an errno) in the chain of causes and contexts of `exc`, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_npz(path, **arrays) -> None:
@@ -143,6 +174,90 @@ def load_checkpoint(path, device="cpu") -> dict:
     return ckpt
 
 
+STATE_COUNTERS = ("epoch", "batch_in_epoch", "seen", "epoch_start_seen", "iteration", "evaluations")
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def state_problem(state, cost_keys) -> str | None:
+    """What is out of range in a checkpoint's training state (`new_state`'s keys), or None.
+
+    Counters are integers in [0, 2**53); `epoch_start_seen` <= `seen`; `train_seconds` finite and
+    >= 0; `best` a number, `best_score` None or a list of finite numbers; `last_evaluated` None
+    or an epoch; `pending` None or {'epoch', 'last', 'due'}; `costs` the lists of `cost_keys`."""
+    if not isinstance(state, dict):
+        return f"the training state is a {type(state).__name__}, not a mapping"
+    for key in STATE_COUNTERS:
+        if not _count(state.get(key)):
+            return f"state {key} = {state.get(key)!r} (an integer from 0 below 2**53 expected)"
+    if state["epoch_start_seen"] > state["seen"]:
+        return f"state epoch_start_seen {state['epoch_start_seen']} > seen {state['seen']}"
+    seconds = state.get("train_seconds")
+    if not (_number(seconds) and math.isfinite(seconds) and seconds >= 0):
+        return f"state train_seconds = {seconds!r} (a finite number >= 0 expected)"
+    if not _number(state.get("best")) or state["best"] == math.inf:
+        return f"state best = {state.get('best')!r} (a number expected)"
+    best_score = state.get("best_score")
+    if best_score is not None and not (isinstance(best_score, list) and best_score
+                                       and all(_number(v) and math.isfinite(v) for v in best_score)):
+        return f"state best_score = {best_score!r} (None or a list of finite numbers expected)"
+    if state.get("last_evaluated") is not None and not _count(state["last_evaluated"]):
+        return f"state last_evaluated = {state['last_evaluated']!r} (None or an epoch expected)"
+    pending = state.get("pending")
+    if pending is not None and not (isinstance(pending, dict) and _count(pending.get("epoch"))
+                                    and isinstance(pending.get("last"), bool) and isinstance(pending.get("due"), bool)):
+        return f"state pending = {pending!r} (None or {{'epoch', 'last', 'due'}} expected)"
+    costs = state.get("costs")
+    if not isinstance(costs, dict) or sorted(costs) != sorted(cost_keys):
+        found = sorted(costs) if isinstance(costs, dict) else type(costs).__name__
+        return f"state costs hold {found}, expected {sorted(cost_keys)}"
+    for key, values in costs.items():
+        if not (isinstance(values, list) and all(_number(v) for v in values)):
+            return f"state costs[{key!r}] is not a list of numbers"
+    return None
+
+
+OPTIMIZER_NUMBERS = ("lr", "weight_decay", "momentum", "dampening", "eps", "initial_lr")
+
+
+def optimizer_problem(saved) -> str | None:
+    """What is out of range in an optimiser's state_dict (its hyper-parameters finite and >= 0, Adam's
+    betas in [0, 1), its state tensors finite), or None."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return "the optimiser state has no parameter groups"
+    for i, group in enumerate(groups):
+        for key in OPTIMIZER_NUMBERS:
+            value = group.get(key)
+            if key in group and not (_number(value) and math.isfinite(value) and value >= 0):
+                return f"optimiser group {i}: {key} = {value!r} (a finite number >= 0 expected)"
+        betas = group.get("betas")
+        if betas is not None and not (isinstance(betas, (list, tuple)) and len(betas) == 2
+                                      and all(_number(b) and 0 <= b < 1 for b in betas)):
+            return f"optimiser group {i}: betas = {betas!r} (two numbers in [0, 1) expected)"
+    return tensors_problem(saved.get("state"), "optimiser")
+
+
+def tensors_problem(tree, what: str) -> str | None:
+    """The first non-finite floating-point tensor in a (nested) state dict, named, or None."""
+    stack = [("", tree)]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{name}.{k}" if name else str(k), v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{name}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return f"the {what} tensor {name} holds NaN or inf"
+    return None
+
+
 def run_differences(saved: dict, current: dict) -> list[str]:
     """Human-readable differences between two run identities."""
     keys = sorted(set(saved) | set(current))
@@ -165,11 +280,11 @@ def lock_owner_alive(owner: dict) -> bool:
     if owner.get("host") != socket.gethostname():
         return True
     pid = owner.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= MAX_PID:
+        return False  # no process has that pid (a hand-edited or corrupt lock)
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # another user's process: it exists
         pass
@@ -253,22 +368,10 @@ def prepare_backup(backup: Path, resume: bool, overwrite: bool, need_bytes: int 
 
     The folder is locked for this run first (`lock_backup`: two runs at once are refused). A
     folder that already holds a run is refused unless resuming or told to overwrite (then the
-    old run's files are removed, so that logs of two runs never mix).
+    old run's files are removed, so that logs of two runs never mix). The folder itself is checked
+    as every output folder is (`cli.check_output_dir`: OutputPathError naming --backupdir).
     """
-    if backup.exists() and not backup.is_dir():
-        raise InputError(f"{backup}: the backup folder is a file")
-    try:
-        backup.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{backup}: cannot create the backup folder: {exc.strerror}") from None
-    probe = backup / f".write_test{os.getpid()}"
-    try:
-        probe.write_bytes(b"0")
-    except OSError as exc:
-        raise InputError(f"{backup}: the backup folder is not writable: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(OSError):  # a read-only folder fails here too: keep the error above
-            probe.unlink(missing_ok=True)
+    cli.check_output_dir("--backupdir", backup)
     lock_backup(backup)
     try:
         free = shutil.disk_usage(backup).free
@@ -288,22 +391,55 @@ def prepare_backup(backup: Path, resume: bool, overwrite: bool, need_bytes: int 
 
 
 def prune_metrics(backup: Path, epoch: int) -> None:
-    """Drop metric rows of epochs >= `epoch`: written after the checkpoint a resumed run starts from."""
-    csv_path, jsonl_path = backup / METRICS_FILES[0], backup / METRICS_FILES[1]
-    if jsonl_path.is_file():
-        lines = [ln for ln in jsonl_path.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("epoch", -1) < epoch]
-        if len(kept) != len(lines):
-            write_text(jsonl_path, "".join(k + "\n" for k in kept))
-    if csv_path.is_file():
-        lines = csv_path.read_text().splitlines()
-        if lines:
-            header = lines[0].split(",")
-            col = header.index("epoch") if "epoch" in header else None
-            if col is not None:
-                kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[col]) < epoch]
-                if len(kept) != len(lines):
-                    write_text(csv_path, "".join(k + "\n" for k in kept))
+    """Drop metric rows of epochs >= `epoch`: written after the checkpoint a resumed run starts from.
+
+    A torn last line (a copy or a crash that cut the file) is dropped with a warning naming the
+    file; any other line that is not a row with an integer epoch is an InputError naming the file
+    and the line, before either log is changed."""
+    plans = []
+    for path, parse in ((backup / METRICS_FILES[1], _jsonl_epoch), (backup / METRICS_FILES[0], None)):
+        if not path.is_file():
+            continue
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read the metric log: {exc}") from None
+        first = 0
+        if parse is None:  # the CSV: its header names the epoch column
+            if not lines or "epoch" not in lines[0].split(","):
+                continue
+            col = lines[0].split(",").index("epoch")
+            parse, first = (lambda ln, col=col: int(ln.split(",")[col])), 1
+        kept, torn = lines[:first], False
+        for number, line in enumerate(lines[first:], start=first + 1):
+            if not line.strip():
+                continue
+            try:
+                row_epoch = parse(line)
+            except (ValueError, IndexError, TypeError):
+                if number == len(lines):
+                    torn = True
+                    continue
+                raise InputError(f"{path}:{number}: not a metric row ({line[:60]!r}); fix or remove the line, "
+                                 f"then --resume again") from None
+            if row_epoch < epoch:
+                kept.append(line)
+        if torn:
+            warnings.warn(f"{path}:{len(lines)}: a torn last line (the run stopped while writing it) is dropped",
+                          stacklevel=2)
+        if kept != lines:
+            plans.append((path, kept))
+    for path, kept in plans:
+        write_text(path, "".join(k + "\n" for k in kept))
+
+
+def _jsonl_epoch(line: str) -> int:
+    """The epoch of one metrics.jsonl row; ValueError when the line is not a row with an integer epoch."""
+    row = json.loads(line)
+    epoch = row.get("epoch") if isinstance(row, dict) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise ValueError("no integer epoch")
+    return epoch
 
 
 def plain(value):
@@ -414,17 +550,29 @@ class Trainer:
         if diffs and not force:
             raise CheckpointError(f"{path}: made by another run; " + "; ".join(diffs)
                                   + " (--force-resume continues anyway)")
+        state = ckpt["state"]
+        if isinstance(state, dict):
+            for key, value in (("train_seconds", 0.0), ("pending", None)):
+                state.setdefault(key, value)
+        why = state_problem(state, self.state["costs"]) or optimizer_problem(ckpt["optimizer"]) \
+            or tensors_problem(ckpt["model"], "model") or tensors_problem(ckpt.get("ema"), "EMA")
+        if why:
+            raise CheckpointError(f"{path}: refused: {why}; not a state this run could have saved (a damaged or "
+                                  f"edited checkpoint)")
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if self.ema is not None and ckpt.get("ema"):
                 self.ema.load_state_dict(ckpt["ema"])
-        except (RuntimeError, ValueError, KeyError) as exc:
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{path}: does not fit this network or optimiser: {exc}") from None
-        self.state = ckpt["state"]
-        for key, value in (("train_seconds", 0.0), ("pending", None)):
-            self.state.setdefault(key, value)
-        set_rng_state(ckpt["rng"])
+        saved_rng = rng_state()
+        try:
+            set_rng_state(ckpt["rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            set_rng_state(saved_rng)
+            raise CheckpointError(f"{path}: refused: its random states cannot be restored ({exc})") from None
+        self.state = state
         if self.rank == 0:  # rows of the epoch whose evaluation was interrupted are written again
             pending = self.state["pending"]
             prune_metrics(self.backup, pending["epoch"] if pending else self.state["epoch"])
@@ -639,7 +787,7 @@ class Trainer:
         except KeyboardInterrupt:
             if self._before_step is not None:  # inside end_epoch: save the state of before it, marked
                 self.state = self._before_step
-            self.save_checkpoint()
+            self.save_checkpoint()  # a second Ctrl-C is ignored from the first on (_interrupt)
             if self.rank == 0:
                 print(f"\ninterrupted: state saved to {self.checkpoint_path()}; continue with --resume",
                       file=sys.stderr)
@@ -656,6 +804,10 @@ class Trainer:
 
 
 def _interrupt(signum, frame):
+    """The first Ctrl-C (or SIGTERM) stops training; those after it are ignored until `fit` restores
+    the handlers, so that a second one cannot break the clean-up (the checkpoint being saved, the
+    data-loader workers being stopped) or print a traceback."""
+    errors.ignore_interrupts()
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -7,8 +7,11 @@ each: a full disk (status 1), Ctrl-C (`interrupted`, status 130), memory exhaust
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -112,6 +115,38 @@ def exit_status(exc: OSError) -> int:
     return EXIT_FAULT if exc.errno in FAULT_ERRNOS else EXIT_BAD_INPUT
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and a `kill` or a scheduler ending the job
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold Ctrl-C and SIGTERM back while the block runs (a clean-up that saves a file): a signal
+    that arrives meanwhile is raised again when the block ends, so a second Ctrl-C never stops a
+    clean-up halfway. Python runs signal handlers in the main thread only, so outside it (where
+    no handler can interrupt the block) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    old = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            signal.raise_signal(caught[0])  # delivered now, to the handler the block found
+
+
+def ignore_interrupts() -> None:
+    """Ignore Ctrl-C and SIGTERM from now on: the process is ending after an interruption, and a
+    second Ctrl-C must not interrupt the interpreter's own clean-up (data-loader workers, exit
+    handlers) with a traceback."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def run_cli(main: Callable, argv=None, prog: str | None = None):
     """Run `main(argv)`; an InputError becomes one clean message on stderr and exit status 2.
 
@@ -134,6 +169,7 @@ def run_cli(main: Callable, argv=None, prog: str | None = None):
         print(f"{name}: error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
+        ignore_interrupts()  # the script ends here: a second Ctrl-C must not break its exit
         print(f"{name}: interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except NonFiniteLoss as exc:

@@ -14,8 +14,8 @@ Reading order:
   4. the one evaluation loop, `evaluation_loop`, and its two faces: `evaluate` (valid.py, train.py)
      and `evaluate_object` (valid_multi.py, train_multi.py);
   5. the reports and files: `report`, `print_table`, `save_predictions`, the occlusion report;
-  6. the checks before a run: `check_model_cfg`, `check_weights`, `load_model`, `check_test_list`,
-     `check_occlusion_test_images`.
+  6. the checks of the test lists before a run: `check_test_list`, `check_occlusion_test_images`
+     (the network and its weights: model_loading.py).
 
 Differences from the original valid.py and valid_multi.py, all listed in docs/design.md §11: the
 box is chosen per image, so batches > 1 work (D24); the ADD threshold uses the `.data` diameter
@@ -41,8 +41,9 @@ from scipy.spatial import cKDTree
 
 import dataset
 import image as im
+import preflight
 import utils
-from errors import CfgError, DataCfgError, InputError, MeshError, WeightsError
+from errors import DataCfgError, InputError, MeshError
 from linemod_format import NUM_KEYPOINTS, atomic_write, occlusion_label_path, write_text
 from MeshPly import MeshPly
 
@@ -713,50 +714,8 @@ def save_predictions(path, records: dict, image_paths=None) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Checks before a run: the network, its weights, the test lists
+# Checks before a run: the test lists (the network and its weights: model_loading)
 # --------------------------------------------------------------------------------------------
-
-def check_model_cfg(modelcfg):
-    """The network of `modelcfg` (untrained), after checking that its output has the
-    A*(2K+1+C) channels its `[region]` and `num_keypoints` describe (design §4). Raises CfgError."""
-    from darknet import Darknet
-
-    if not Path(modelcfg).is_file():
-        raise CfgError(f"model cfg not found: {modelcfg}")
-    model = Darknet(modelcfg)
-    channels = next(s.out_shape[0] for s in reversed(model.specs) if s.kind not in ("region", "cost"))
-    expect = model.num_anchors * (2 * model.num_keypoints + 1 + model.num_classes)
-    if channels != expect:
-        raise CfgError(f"{modelcfg}: the output has {channels} channels; [region] num={model.num_anchors}, "
-                       f"classes={model.num_classes} and num_keypoints={model.num_keypoints} need {expect}")
-    return model
-
-
-def check_weights(model, modelcfg, weightfile) -> None:
-    """Raise WeightsError unless `weightfile` holds exactly the floats `model` (built from
-    `modelcfg`) stores, all of them usable (`Darknet.check_weights`)."""
-    from darknet import read_weights_file
-
-    if not Path(weightfile).is_file():
-        raise WeightsError(f"weights file not found: {weightfile}")
-    _, _, floats = read_weights_file(weightfile)
-    need = model.num_stored_floats()
-    if floats.size != need:  # a short file would otherwise load silently up to a layer boundary (design §2.2)
-        raise WeightsError(f"{weightfile} does not fit {modelcfg}: the file holds {floats.size} floats, "
-                           f"the cfg needs {need} (weights of another network, or a backbone-only file?)")
-    model.check_weights(weightfile)
-
-
-def load_model(modelcfg, weightfile, device):
-    """The network of `modelcfg` with all of `weightfile` loaded, in eval mode on `device`.
-
-    Raises CfgError / WeightsError (see `check_model_cfg`, `check_weights`) before loading.
-    """
-    model = check_model_cfg(modelcfg)
-    check_weights(model, modelcfg, weightfile)
-    model.load_weights(weightfile)
-    return model.to(device).eval()
-
 
 def check_test_list(setup: EvalSetup, datacfg, label_width: int = 2 * NUM_KEYPOINTS + 3) -> list[str]:
     """The problems of a test list before scoring it (`preflight.check_image_list`: every image's
@@ -764,8 +723,6 @@ def check_test_list(setup: EvalSetup, datacfg, label_width: int = 2 * NUM_KEYPOI
     `preflight.MAX_LISTED` lines; [] when it can be scored. Warns (one line each) about empty label
     files (they add no object to the scores), label points far outside the image and entries
     listed twice. valid.py and train.py --also-valid check their lists here."""
-    import preflight
-
     scan = preflight.check_image_list(setup.valid_list, train=False, label_width=label_width,
                                       size=(setup.im_width, setup.im_height),
                                       size_from=f"the width and height of {datacfg}")
@@ -783,8 +740,6 @@ def check_occlusion_test_images(objects) -> None:
     files, before anything runs. Raises InputError listing the problems (a missing label file is
     named), and for an object whose label files are all empty (nothing to score); warns when only
     some are empty."""
-    import preflight
-
     problems = []
     for o in objects:
         scan = preflight.check_image_list(o.setup.valid_list, train=False,

@@ -142,17 +142,6 @@ def _check_label_row(values: list, where: str) -> None:
                          f"{2 * LABEL_COORD_LIMIT:g} (normalised)")
 
 
-def check_label_files(paths, width: int = LABEL_WIDTH) -> list[str]:
-    """Read the label file of every image in `paths` (`read_label_rows`); return those that are
-    empty (images without an object). Raises LabelError (or FileNotFoundError) for the first bad one."""
-    empty = []
-    for path in paths:
-        labels = label_path(path)
-        if read_label_rows(labels, width).size == 0:
-            empty.append(labels)
-    return empty
-
-
 def far_outside(rows: np.ndarray) -> bool:
     """Whether any point of label rows (n, w) lies more than LABEL_WARN_OUTSIDE image sizes outside the image."""
     coords = np.asarray(rows, dtype=np.float64)[:, 1:-2]
@@ -579,6 +568,19 @@ def split_flags(keys: list, test_fraction: float, seed, train=None, test=None,
 # Atomic writes: a crash or an error never leaves half a file, nor a temporary one
 # --------------------------------------------------------------------------------------------
 
+def probe_write(folder) -> None:
+    """Raise the OSError that creating a file in `folder` meets (a read-only file system, no
+    permission, a full disk), if any: one byte written to a probe file, which is removed again.
+    The one writability check of the output folders (cli.check_output_dir, engine.prepare_backup)."""
+    probe = Path(folder) / f".ssp_write_test_{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"0")
+    finally:
+        with contextlib.suppress(OSError):  # a clean-up that fails must not hide the error of the write
+            probe.unlink()
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w"):
     """Open a temporary file beside `path` for writing; on success it replaces `path` in one step.
@@ -623,10 +625,26 @@ def append_text(path, text: str) -> None:
     write_bytes(path, old + text.encode())
 
 
-def copy_file(src, dst) -> None:
-    """Copy the bytes of `src` to `dst` atomically; a symlink at `dst` is replaced, never written through."""
+def copy_file(src, dst, within=None) -> None:
+    """Copy the bytes of `src` to `dst` atomically; a symlink at `dst` is replaced, never written through.
+
+    within: a folder `src` must lie in (`check_inside`): a copy out of a folder someone else made
+    never brings in a file from elsewhere on the machine through a symbolic link."""
+    if within is not None:
+        check_inside(src, within)
     with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout)
+
+
+def check_inside(path, folder, what: str = "") -> None:
+    """InputError unless `path` is a regular file inside `folder` once every symbolic link is
+    followed (a link to a file elsewhere, or through a linked folder out of it, is refused)."""
+    top, real = os.path.realpath(folder), os.path.realpath(path)
+    if os.path.commonpath([top, real]) != top:
+        raise InputError(f"{path}: a symbolic link that leads out of {what or folder} (to {real}); refused, "
+                         f"nothing was copied")
+    if not os.path.isfile(real):
+        raise InputError(f"{path}: not a regular file; refused, nothing was copied")
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,8 +10,11 @@ run lists every file it will write (`Outputs.plan`) and `Outputs.check` refuses,
 
 `Outputs.begin` then removes the files it will replace (with `overwrite`, also this tool's older
 files of the same groups that this run no longer writes, unless changed since) and records the
-plan as unfinished; `Outputs.finish` records every written file's size and sha256. The manifest is
-`<root>/ssp_manifest.json`:
+plan as unfinished; `Outputs.finish` records every written file's size and sha256. A run that
+ends early inside `Outputs.writing` (an error, Ctrl-C) records the size and sha256 of what it
+wrote, still marked unfinished: an unfinished entry is the tool's own only when its file still
+matches them, so a run killed outright leaves files that a later run names and never removes.
+The manifest is `<root>/ssp_manifest.json`:
 
     {"format": 1,
      "files": {"cfg/drill.data": {"tool": "make_labels.py", "group": "drill", "bytes": 312, "sha256": "..."},
@@ -19,18 +22,25 @@ plan as unfinished; `Outputs.finish` records every written file's size and sha25
                "LINEMOD/drill/labels/000001.txt": {..., "unfinished": true}},           # being written
      "runs": {"make_labels.py:drill": {"params": {...}, "finished": true}}}
 
+A manifest names only files inside its own folder: every key is a relative, normalised POSIX path
+(no `..`, no absolute path) whose folders do not lead out of the root through a symbolic link.
+`read_manifest` refuses any other manifest, naming it and the entry, before anything is removed:
+a manifest is a file anyone could have edited, and what it names is what `--overwrite` deletes.
+
 A group is what one `--overwrite` may replace as a whole: an object of the label tool or the
 converter (its name), the whole synthetic set of the generator.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import posixpath
 from collections.abc import Iterable
 from pathlib import Path
 
-from errors import OverwriteError
+from errors import OverwriteError, deferred_interrupts
 from linemod_format import write_text
 
 MANIFEST = "ssp_manifest.json"
@@ -40,7 +50,11 @@ HASH_CHUNK = 1 << 20
 
 
 def read_manifest(root) -> dict:
-    """The manifest of `root` (an empty one when there is none); OverwriteError for an unreadable one."""
+    """The manifest of `root` (an empty one when there is none).
+
+    OverwriteError naming the manifest for one that cannot be read or is malformed (`files` or
+    `runs` not a mapping, an entry not a mapping, a field of the wrong type), and for an entry
+    naming a file outside `root` (`entry_problem`): nothing is removed on its word."""
     path = Path(root) / MANIFEST
     if not path.is_file():
         return {"format": MANIFEST_FORMAT, "files": {}, "runs": {}}
@@ -53,7 +67,55 @@ def read_manifest(root) -> dict:
                              f"; this version reads format {MANIFEST_FORMAT}")
     manifest.setdefault("files", {})
     manifest.setdefault("runs", {})
+    for key in ("files", "runs"):
+        if not isinstance(manifest[key], dict):
+            raise OverwriteError(f"{path}: malformed manifest: '{key}' is a {type(manifest[key]).__name__}, "
+                                 f"not a mapping; nothing was written or removed")
+    for rel, entry in manifest["files"].items():
+        why = entry_problem(root, rel, entry)
+        if why:
+            raise OverwriteError(f"{path}: refused: the entry {rel!r} {why}; a manifest names only files inside "
+                                 f"its own folder, so nothing was written or removed (move the manifest away "
+                                 f"if this folder is yours)")
+    for name, run in manifest["runs"].items():
+        if not (isinstance(run, dict) and isinstance(run.get("params"), dict)
+                and isinstance(run.get("finished"), bool)):
+            raise OverwriteError(f"{path}: malformed manifest: the run {name!r} is not "
+                                 f"{{'params': {{...}}, 'finished': true|false}}; nothing was written or removed")
     return manifest
+
+
+ENTRY_FIELDS = {"tool": str, "group": str, "bytes": int, "sha256": str, "link": str, "unfinished": bool}
+
+
+def entry_problem(root, rel, entry) -> str | None:
+    """Why a manifest entry (`rel`: its key, `entry`: its value) is refused, or None.
+
+    A key is a relative, normalised POSIX path inside `root` ('a/b.txt', never '../b', '/b',
+    'a/./b', 'a//b' or '.'), and no folder on its way is a symbolic link out of `root`; the
+    fields are those of `file_record` plus 'tool', 'group' and 'unfinished', of their types."""
+    if not isinstance(rel, str) or not rel:
+        return "is not a file name"
+    if "\\" in rel or "\0" in rel or rel.startswith("/") or posixpath.isabs(rel):
+        return "is an absolute path" if rel.startswith("/") else "is not a relative POSIX path"
+    parts = rel.split("/")
+    if ".." in parts:
+        return "leads out of the folder ('..')"
+    if posixpath.normpath(rel) != rel or rel == ".":
+        return f"is not a normalised path (it would be {posixpath.normpath(rel)!r})"
+    if rel == MANIFEST:
+        return "is the manifest itself"
+    top = os.path.realpath(root)
+    parent = os.path.realpath(os.path.join(top, posixpath.dirname(rel)))
+    if os.path.commonpath([top, parent]) != top:
+        return f"lies behind a symbolic link that leads out of the folder (to {parent})"
+    if not isinstance(entry, dict):
+        return f"is a {type(entry).__name__}, not a mapping"
+    wrong = [k for k, kind in ENTRY_FIELDS.items() if k in entry and (not isinstance(entry[k], kind)
+                                                                    or (kind is int and isinstance(entry[k], bool)))]
+    if wrong:
+        return f"has fields of the wrong type: {', '.join(wrong)}"
+    return None
 
 
 def run_record(root, tool: str, group: str) -> dict | None:
@@ -77,9 +139,8 @@ def file_record(path: Path) -> dict:
 
 
 def _unchanged(path: Path, entry: dict) -> bool:
-    """Does the file still hold what the manifest entry recorded (an unfinished entry always does)?"""
-    if entry.get("unfinished"):
-        return True
+    """Does the file still hold what the manifest entry recorded? An unfinished entry without a
+    record (its run was killed before it could record what it wrote) never does."""
     if "link" in entry:
         return path.is_symlink() and os.readlink(path) == entry["link"]
     if path.is_symlink() or not path.is_file() or path.stat().st_size != entry.get("bytes"):
@@ -130,6 +191,9 @@ class Outputs:
             return f"not written by {self.tool}"
         if entry.get("tool") != self.tool:
             return f"written by {entry.get('tool')}"
+        if entry.get("unfinished") and "sha256" not in entry and "link" not in entry:
+            return (f"left by a run of {self.tool} that was killed before it recorded what it wrote; "
+                    f"remove it by hand if it is not yours")
         if not _unchanged(self.root / rel, entry):
             return f"changed since {self.tool} wrote it"
         return None
@@ -180,6 +244,30 @@ class Outputs:
             for group in set(self.planned.values()):
                 self.manifest["runs"][f"{self.tool}:{group}"] = {"params": params, "finished": False}
         self._save()
+
+    @contextlib.contextmanager
+    def writing(self, params: dict | None = None):
+        """`begin(params)`, the block that writes the files, then `finish`; when the block raises
+        (an error, Ctrl-C), `record_unfinished` instead, and the exception goes on."""
+        self.begin(params)
+        try:
+            yield self
+        except BaseException:
+            self.record_unfinished()
+            raise
+        self.finish()
+
+    def record_unfinished(self) -> None:
+        """After a run that ended early: record the size and sha256 of each planned file it wrote,
+        still unfinished, so that the next run (with overwrite) knows them as its own. Ctrl-C and
+        SIGTERM wait until the manifest is saved (a second Ctrl-C during the clean-up)."""
+        with deferred_interrupts():
+            files = self.manifest["files"]
+            for rel, group in self.planned.items():
+                path = self.root / rel
+                if path.is_symlink() or path.is_file():
+                    files[rel] = {"tool": self.tool, "group": group, "unfinished": True, **file_record(path)}
+            self._save()
 
     def finish(self) -> None:
         """Record the size and sha256 of every planned file that was written (the others are dropped)."""

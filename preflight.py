@@ -13,8 +13,9 @@ cfg (`Darknet.check_weights`) and, when distilling, the teacher cfg and weights.
 every problem and raises one InputError listing them all, so that a user fixes them in one go
 instead of one per run; inputs that are legal but suspicious (empty label files, a label point
 far outside the image, a list entry given twice, a mesh that looks like millimetres or is flat,
-a focal length no camera has) give one warning each, naming them. valid.py and valid_multi.py
-scan their lists with the same `check_image_list`.
+a focal length no camera has) give one warning each, naming them. The test lists of valid.py,
+valid_multi.py and train.py --also-valid (`evaluation.check_test_list`,
+`evaluation.check_occlusion_test_images`) are scanned with the same `check_image_list`.
 
 Nothing here trains, writes or allocates a model's worth of memory beyond building the two
 networks once; the per-file rules live with their readers (linemod_format, dataset, utils,
@@ -27,13 +28,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import dataset
+import image_files
 import linemod_format as lf
 import utils
-import valid
 from darknet import WeightsLoad
 from errors import InputError
 from MeshPly import MeshPly
+from model_loading import check_model_cfg
 
 MAX_LISTED = 5  # problems of one kind listed before "... and N more"
 
@@ -63,7 +64,7 @@ class ListScan:
 def check_image_list(list_file, *, train: bool, label_width: int = lf.LABEL_WIDTH, size=None, size_from: str = "",
                      label_of: Callable[[str], str] = lf.label_path) -> ListScan:
     """Scan one list: every image, label file and (for training) mask must be a regular file;
-    every image header must pass `dataset.check_image_header` (of `size` (w, h) when given, which
+    every image header must pass `image_files.check_image_header` (of `size` (w, h) when given, which
     `size_from` names), every mask be the size of its image, every label file pass
     `linemod_format.read_label_rows`. label_of: the label file of an image (the OCCLUSION tests
     read another folder). Raises what `read_list` raises for the list itself."""
@@ -91,9 +92,9 @@ def check_images(paths, source, *, train: bool, label_width: int = lf.LABEL_WIDT
             scan.problems.extend(missing)
             continue
         try:
-            header = dataset.check_image_header(path, "image", size, size_from, decode=True)
+            header = image_files.check_image_header(path, "image", size, size_from, decode=True)
             if train:
-                dataset.check_image_header(files["mask"], "mask", header.size, f"the size of its image {path}")
+                image_files.check_image_header(files["mask"], "mask", header.size, f"the size of its image {path}")
             rows = lf.read_label_rows(files["label file"], label_width)
         except InputError as exc:
             scan.problems.append(str(exc))
@@ -125,11 +126,12 @@ def warn_list_oddities(list_file, scan: ListScan, use: str) -> None:
 
 def check_backgrounds(bg_dir) -> list:
     """The problems of the background images of --bg-dir: each header read as the lists' are
-    (a regular file, within the pixel cap, 8-bit); raises what `dataset.list_images` raises."""
+    (a regular file, within the pixel cap, 8-bit); raises what `image_files.list_images` raises."""
     problems = []
-    for path in dataset.list_images(bg_dir):
+    for path in image_files.list_images(bg_dir):
         try:
-            dataset.check_bit_depth(path, dataset.read_header(path, "background image").mode, "background image")
+            mode = image_files.read_header(path, "background image").mode
+            image_files.check_bit_depth(path, mode, "background image")
         except InputError as exc:
             problems.append(str(exc))
     return problems
@@ -175,7 +177,7 @@ def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bo
                                                              ("teacher cfg", teacher_cfg),
                                                              ("teacher weights", teacher_weights))
                if path and not os.path.isfile(path)]
-    model = attempt(problems, valid.check_model_cfg, modelcfg)  # CfgError, or a head that does not match [region]
+    model = attempt(problems, check_model_cfg, modelcfg)  # CfgError, or a head that does not match [region]
     problems.extend(missing)
     label_width = lf.LABEL_WIDTH if model is None else 2 * model.num_keypoints + 3
     if model is not None and initweights and os.path.isfile(initweights):
@@ -184,7 +186,7 @@ def check_training_inputs(datacfg, modelcfg, initweights=None, *, until_last: bo
     if (teacher_cfg is None) != (teacher_weights is None):
         problems.append("distillation needs both a teacher cfg and teacher weights")
     elif teacher_cfg is not None and os.path.isfile(teacher_cfg) and os.path.isfile(teacher_weights):
-        teacher = attempt(problems, valid.check_model_cfg, teacher_cfg)
+        teacher = attempt(problems, check_model_cfg, teacher_cfg)
         if teacher is not None:  # a full load: the file must fill the teacher exactly
             report.teacher_weights = attempt(problems, teacher.check_weights, teacher_weights)
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import NUM_KEYPOINTS, corner_confidence, corner_confidences, decode_output
+from utils import (
+    NUM_KEYPOINTS, check_head_channels, corner_confidence, corner_confidences, decode_output, head_channel_problem,
+)
 
 SIL_THRESH = 0.6  # design §5.3: ignore cells whose best corner confidence vs any GT is above this
 RECALL_THRESH = 0.5  # design §5.3 / §13: a GT counts as "correct" when its tconf > 0.5
@@ -114,6 +116,76 @@ def choose_anchors(gw: torch.Tensor, gh: torch.Tensor, anchors: torch.Tensor,
     return torch.where(iou.max(dim=1).values > 0, best, fallback)
 
 
+def decode_for_targets(output: torch.Tensor, num_keypoints: int, num_classes: int, num_anchors: int):
+    """The detached predictions the targets are built from: points (B, A, H, W, 2K) normalised and
+    confidence (B, A, H, W). Only keypoints and confidence are decoded: one class channel is kept so
+    that `decode_output` skips a softmax over C."""
+    B, _, H, W = output.shape
+    A, K = num_anchors, num_keypoints
+    check_head_channels(output.shape[1], A, K, num_classes)
+    per_anchor = output.shape[1] // A
+    kept = output.detach().reshape(B, A, per_anchor, H, W)[:, :, :2 * K + 2].reshape(B, A * (2 * K + 2), H, W)
+    points, conf, _ = decode_output(kept, K, 1, A)
+    return points, conf
+
+
+def best_gt_confidence(pred: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor, num_keypoints: int) -> torch.Tensor:
+    """(B, A*H*W) the best confidence (eps 0) of every cell and anchor's points `pred` (B, A*H*W, 2K)
+    against any GT of its image, the ignore region's test (design §5.3). A loop over label slots:
+    each step handles that slot of every image (a running maximum)."""
+    best = torch.zeros(pred.shape[:2], dtype=pred.dtype, device=pred.device)
+    n_slots = int(valid.nonzero(as_tuple=True)[1].max()) + 1 if valid.any() else 0
+    for t in range(n_slots):
+        gt = rows[:, t, None, 1:1 + 2 * num_keypoints].to(pred.dtype).expand_as(pred)  # utils takes the shape from gt
+        best = torch.where(valid[:, t, None], torch.maximum(best, corner_confidences(gt, pred)), best)
+    return best
+
+
+def responsible_cells(row: torch.Tensor, b: torch.Tensor, slot: torch.Tensor, W: int, H: int, num_keypoints: int):
+    """The cell of every object (its centroid's, design §5.3): (gx, gy) (N, K) its points in grid units
+    (the target's dtype), (gi, gj) (N,) the cell, by int() truncation. ValueError naming the image
+    and slot of a centroid outside the grid."""
+    gxy = row[:, 1:1 + 2 * num_keypoints].reshape(-1, num_keypoints, 2)
+    gx, gy = gxy[..., 0] * W, gxy[..., 1] * H
+    gi, gj = gx[:, 0].trunc().long(), gy[:, 0].trunc().long()
+    bad = (gi < 0) | (gi >= W) | (gj < 0) | (gj >= H)
+    if bad.any():
+        k = int(bad.nonzero()[0, 0])
+        raise ValueError(f"target image {int(b[k])} slot {int(slot[k])}: centroid ({float(gxy[k, 0, 0]):.6f}, "
+                         f"{float(gxy[k, 0, 1]):.6f}) falls in cell ({int(gi[k])}, {int(gj[k])}), outside the "
+                         f"{W}x{H} grid; expected x0, y0 in [0, 1)")
+    return gx, gy, gi, gj
+
+
+def object_anchors(row: torch.Tensor, num_anchors: int, anchors, W: int, H: int, num_keypoints: int,
+                   anchor_rule: str = "size", repro_anchor_bug: bool = False) -> torch.Tensor:
+    """(N,) long: the anchor of every object, row (N, 2K+3). One anchor: 0. 'size': the best anchor
+    by box IoU (design §5.7, `choose_anchors`); 'class': class id mod A (D65)."""
+    A, K = num_anchors, num_keypoints
+    if A == 1:
+        return torch.zeros(row.shape[0], dtype=torch.long, device=row.device)
+    if len(anchors) < 2 * A:
+        raise ValueError(f"{A} anchors need {2 * A} anchor values (w, h pairs); got {len(anchors)}")
+    step = len(anchors) // A
+    anchor_wh = torch.tensor([[anchors[step * a], anchors[step * a + 1]] for a in range(A)],
+                             dtype=torch.float64, device=row.device)
+    if anchor_rule == "class":
+        return row[:, 0].long() % A
+    if anchor_rule == "size":
+        return choose_anchors(row[:, 2 * K + 1].double() * W, row[:, 2 * K + 2].double() * H, anchor_wh,
+                              repro_anchor_bug)
+    raise ValueError(f"anchor rule {anchor_rule!r}; expected one of {ANCHOR_RULES}")
+
+
+def last_writer(flat: torch.Tensor, size: int) -> torch.Tensor:
+    """(N,) bool: the objects whose trained row `flat` (N,) no later object shares: where objects
+    share (b, n, gj, gi), the later slot wins (design §5.3). size: the number of rows, B*A*H*W."""
+    order = torch.arange(flat.numel(), device=flat.device)
+    last = torch.full((size,), -1, dtype=torch.long, device=flat.device).scatter_reduce(
+        0, flat, order, reduce="amax")
+    return last[flat] == order
+
+
 @torch.no_grad()
 def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: int = NUM_KEYPOINTS,
                   num_classes: int = 1, num_anchors: int = 1, anchors=(), noobject_scale: float = 1.0,
@@ -128,68 +200,29 @@ def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: 
     `repro_anchor_bug` apply (tconf taken from row b*A*H*W - H*W + gj*W + gi, wrapping for b = 0).
     anchor_rule: 'size', the original's best anchor by box IoU (design §5.7); 'class', anchor = class
     id mod A, so that each anchor's output channels regress one object's corners (ours, D65).
-    The ignore region loops over label slots (a running maximum, each step handles that slot of
-    every image); the responsible cells are computed for all objects at once.
+    Steps: the ignore region (`best_gt_confidence`), every object's cell and anchor
+    (`responsible_cells`, `object_anchors`) and its confidence target, then the writes (`last_writer`).
     """
     B, _, H, W = output.shape
     A, K = num_anchors, num_keypoints
     multi = (num_classes > 1 or num_anchors > 1) if multi is None else multi
-    per_anchor = 2 * K + 1 + num_classes
-    if output.shape[1] != A * per_anchor:
-        raise ValueError(f"output has {output.shape[1]} channels; expected num_anchors*(2K+1+C) = "
-                         f"{A}*({2 * K}+1+{num_classes}) = {A * per_anchor}")
-    # decode keypoints and confidence only: keep one class channel so decode_output skips a softmax over C
-    kept = output.detach().reshape(B, A, per_anchor, H, W)[:, :, :2 * K + 2].reshape(B, A * (2 * K + 2), H, W)
-    points, conf_all, _ = decode_output(kept, K, 1, A)  # (B, A, H, W, 2K) normalised, (B, A, H, W)
+    points, conf_all = decode_for_targets(output, K, num_classes, A)  # (B, A, H, W, 2K), (B, A, H, W)
     dtype, device = points.dtype, points.device
     pred = points.reshape(B, A * H * W, 2 * K)
     rows, valid = parse_target(target.to(device), K)
     if rows.shape[0] != B:
         raise ValueError(f"target has {rows.shape[0]} images but the output has {B}")
     b, slot = valid.nonzero(as_tuple=True)  # every object, ordered by image then slot
-    n_slots = int(slot.max()) + 1 if slot.numel() else 0
-
     grid = (B, A, H, W)
-    conf_mask = torch.full(grid, float(noobject_scale), dtype=dtype, device=device)
-    coord_mask = torch.zeros(grid, dtype=dtype, device=device)
-    tx = torch.zeros(B, A, K, H, W, dtype=dtype, device=device)
-    ty = torch.zeros_like(tx)
-    tconf = torch.zeros(grid, dtype=dtype, device=device)
-    tcls = torch.zeros(grid, dtype=torch.long, device=device)
 
-    # 1. ignore region: best confidence of every cell/anchor against any GT of its image (eps 0)
-    best_conf = torch.zeros(B, A * H * W, dtype=dtype, device=device)
-    for t in range(n_slots):
-        gt = rows[:, t, None, 1:1 + 2 * K].to(dtype).expand_as(pred)  # utils takes the shape from gt
-        best_conf = torch.where(valid[:, t, None], torch.maximum(best_conf, corner_confidences(gt, pred)), best_conf)
-    conf_mask[(best_conf > sil_thresh).reshape(grid)] = 0.0
+    # 1. ignore region: cells whose points already match a GT of their image are not pushed to 0
+    conf_mask = torch.full(grid, float(noobject_scale), dtype=dtype, device=device)
+    conf_mask[(best_gt_confidence(pred, rows, valid, K) > sil_thresh).reshape(grid)] = 0.0
 
     # 2. responsible cell, anchor and tconf of every object
     row = rows[b, slot]  # (N, 2K+3)
-    gxy = row[:, 1:1 + 2 * K].reshape(-1, K, 2)
-    gx, gy = gxy[..., 0] * W, gxy[..., 1] * H  # grid units, in the target's dtype
-    gi, gj = gx[:, 0].trunc().long(), gy[:, 0].trunc().long()  # int() truncation, design §5.3
-    bad = (gi < 0) | (gi >= W) | (gj < 0) | (gj >= H)
-    if bad.any():
-        k = int(bad.nonzero()[0, 0])
-        raise ValueError(f"target image {int(b[k])} slot {int(slot[k])}: centroid ({float(gxy[k, 0, 0]):.6f}, "
-                         f"{float(gxy[k, 0, 1]):.6f}) falls in cell ({int(gi[k])}, {int(gj[k])}), outside the "
-                         f"{W}x{H} grid; expected x0, y0 in [0, 1)")
-    if A > 1:
-        if len(anchors) < 2 * A:
-            raise ValueError(f"{A} anchors need {2 * A} anchor values (w, h pairs); got {len(anchors)}")
-        step = len(anchors) // A
-        anchor_wh = torch.tensor([[anchors[step * a], anchors[step * a + 1]] for a in range(A)],
-                                 dtype=torch.float64, device=device)
-        if anchor_rule == "class":
-            n = row[:, 0].long() % A
-        elif anchor_rule == "size":
-            n = choose_anchors(row[:, 2 * K + 1].double() * W, row[:, 2 * K + 2].double() * H, anchor_wh,
-                               repro_anchor_bug)
-        else:
-            raise ValueError(f"anchor rule {anchor_rule!r}; expected one of {ANCHOR_RULES}")
-    else:
-        n = torch.zeros_like(b)
+    gx, gy, gi, gj = responsible_cells(row, b, slot, W, H, K)
+    n = object_anchors(row, A, anchors, W, H, K, anchor_rule, repro_anchor_bug)
     cell = gj * W + gi
     flat = b * A * H * W + n * H * W + cell  # the trained row of (B*A*H*W)
     pred_row = flat
@@ -200,16 +233,18 @@ def build_targets(output: torch.Tensor, target: torch.Tensor, *, num_keypoints: 
         conf = corner_confidence(row[:, 1:1 + 2 * K].to(dtype), pred.reshape(-1, 2 * K)[pred_row])  # eps 1e-5
 
     # 3. write them; where objects share (b, n, gj, gi) the later slot wins (design §5.3)
-    order = torch.arange(flat.numel(), device=device)
-    last = torch.full((B * A * H * W,), -1, dtype=torch.long, device=device).scatter_reduce(
-        0, flat, order, reduce="amax")
-    w = last[flat] == order  # objects not overwritten by a later one
+    w = last_writer(flat, B * A * H * W)
     idx = (b[w], n[w], gj[w], gi[w])
+    coord_mask = torch.zeros(grid, dtype=dtype, device=device)
     coord_mask[idx] = 1.0
     conf_mask[idx] = float(object_scale)
+    tx = torch.zeros(B, A, K, H, W, dtype=dtype, device=device)
+    ty = torch.zeros_like(tx)
     tx[idx[0], idx[1], :, idx[2], idx[3]] = (gx[w] - gi[w, None].to(gx.dtype)).to(dtype)
     ty[idx[0], idx[1], :, idx[2], idx[3]] = (gy[w] - gj[w, None].to(gy.dtype)).to(dtype)
+    tconf = torch.zeros(grid, dtype=dtype, device=device)
     tconf[idx] = conf[w]
+    tcls = torch.zeros(grid, dtype=torch.long, device=device)
     tcls[idx] = row[w, 0].long()
 
     assigned = {"b": b, "slot": slot, "anchor": n, "gj": gj, "gi": gi, "pred_row": pred_row, "tconf": conf}
@@ -231,21 +266,16 @@ def check_teacher(student_output: torch.Tensor, teacher_output: torch.Tensor, nu
     it; the teacher and student share output stride 32, design §8.2). Call once before training
     with dummy inputs, and it runs again on every distilled forward.
     """
-    expected = num_anchors * (2 * num_keypoints + 1 + num_classes)
     s, t = tuple(student_output.shape), tuple(teacher_output.shape)
-    problems = []
     if len(t) != 4:
         raise ValueError(f"teacher output has shape {t}; expected 4-D (B, C, H, W) like the student's {s}")
-    if s[1] != expected:
-        problems.append(f"student has {s[1]} channels but num_anchors*(2K+1+C) = {num_anchors}*"
-                        f"({2 * num_keypoints}+1+{num_classes}) = {expected}")
+    problems = [head_channel_problem(s[1], num_anchors, num_keypoints, num_classes, "student")]
     if t[0] != s[0]:
         problems.append(f"batch {t[0]} vs student {s[0]}")
     if t[2:] != s[2:]:
         problems.append(f"grid {t[2]}x{t[3]} (HxW) vs student {s[2]}x{s[3]}")
-    if t[1] != expected:
-        problems.append(f"{t[1]} channels vs the student's {num_anchors} anchor(s) x (2K+1+C = "
-                        f"{2 * num_keypoints}+1+{num_classes}) = {expected}")
+    problems.append(head_channel_problem(t[1], num_anchors, num_keypoints, num_classes, "teacher"))
+    problems = [p for p in problems if p]
     if problems:
         raise ValueError("teacher output does not match the student: " + "; ".join(problems))
 

@@ -27,7 +27,6 @@ import cli
 import dataset
 import engine
 import evaluation
-import recipes
 import synthetic
 import training
 from errors import InputError, run_cli
@@ -48,18 +47,12 @@ SYNTHETIC_TEST_FRACTION = SYNTHETIC_TEST_IMAGES / SYNTHETIC_IMAGES
 # training on an idle 2-core x86_64 machine (docs/results.md).
 MAIN_JOB_EPOCHS = 9
 QUICK = dict(recipe="fast", epochs=MAIN_JOB_EPOCHS, eval_every=5)
-CHECKPOINT, BEST_WEIGHTS = engine.CHECKPOINT, engine.BEST_WEIGHTS
 COST_KEYS = ("training_iters", "training_losses", "testing_iters", "testing_accuracies",
              "testing_errors_pixel", "testing_errors_angle")  # the original's costs.npz arrays
 # the columns of metrics.csv / metrics.jsonl: the 2-D accuracies as acc_2d_<t>px, the names of train_multi.py's log
 ROW_KEYS = (*(f"acc_2d_{t}px" for t in evaluation.REPORT_PX_THRESHOLDS), "acc_add", "acc_adds",
             "acc_5cm5deg", "acc_corner", "mean_err_2d", "mean_err_add", "mean_err_corner", "mean_err_trans",
             "mean_err_angle", "n", "n_failed")
-NonFiniteLoss = engine.NonFiniteLoss
-
-# the original optimiser and schedule, under the names the tests and benchmarks use
-learning_rate = recipes.step_learning_rate
-build_optimizer = recipes.build_sgd
 # what the flags default to (training.resolve_args); the fork's train.py reads the [region] loss scales, and
 # the original recipe trains its first 15 epochs without the confidence term (design §5.5, §5.6)
 DEFAULTS = training.Defaults(modelcfg=DEFAULT_MODELCFG, initweights=DEFAULT_INITWEIGHTS, main_job=QUICK,
@@ -200,15 +193,15 @@ def main(args) -> dict:
 
 
 def print_outputs(args, backup: Path, state: dict) -> None:
-    best = backup / BEST_WEIGHTS
+    best = backup / engine.BEST_WEIGHTS
     if best.is_file():
         a5, a10 = training.best_accuracies(state)
-        print(f"\noutputs in {backup}/: {BEST_WEIGHTS} (the best test: 2-D accuracy {a5:.2f}% at 5 px, {a10:.2f}% at "
-              f"10 px), "
-              f"last.weights, {CHECKPOINT}, costs.npz, metrics.csv, metrics.jsonl, training.png")
+        print(f"\noutputs in {backup}/: {engine.BEST_WEIGHTS} (the best test: 2-D accuracy {a5:.2f}% at 5 px, "
+              f"{a10:.2f}% at 10 px), last.weights, {engine.CHECKPOINT}, costs.npz, metrics.csv, metrics.jsonl, "
+              f"training.png")
     else:
-        print(f"\noutputs in {backup}/: no {BEST_WEIGHTS}: no evaluation was meaningful (the confidence term "
-              f"was still off); last.weights holds the final state, {CHECKPOINT} continues with --resume")
+        print(f"\noutputs in {backup}/: no {engine.BEST_WEIGHTS}: no evaluation was meaningful (the confidence term "
+              f"was still off); last.weights holds the final state, {engine.CHECKPOINT} continues with --resume")
         best = backup / engine.LAST_WEIGHTS
     # the test size and box rule travel in model_info.json beside the weights (D56)
     print(f"score it with:\n  python valid.py --datacfg {args.datacfg} --modelcfg {args.modelcfg} "

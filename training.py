@@ -30,6 +30,7 @@ import dataset
 import engine
 import linemod_format as lf
 import model_info
+import model_loading
 import preflight
 import recipes
 import synthetic
@@ -159,8 +160,8 @@ def check_run_numbers(args) -> None:
     cli.check_size("--train-size", args.train_size)
     cli.check_size("--final-size", getattr(args, "final_size", None))
     cli.check_size("--test-size", args.test_size)
-    if args.minutes is not None and not args.minutes > 0:
-        raise FlagError(f"--minutes must be positive, found {args.minutes}")
+    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise FlagError(f"--minutes must be positive and finite (a time budget in minutes), found {args.minutes}")
     if (getattr(args, "final_size", None) is None) != (getattr(args, "final_epochs", None) is None):
         raise FlagError("--final-size and --final-epochs go together: give both or neither")
     args.train_sizes = parse_train_sizes(getattr(args, "train_sizes", None), args.train_size)
@@ -309,17 +310,29 @@ def allow_partial(args) -> bool:
     return bool(args.allow_partial_weights) or re.search(r"\.conv\.\d+$", name) is not None
 
 
-def check_single_image_batches(batch: int, n_train: int, train_size, world: int = 1) -> None:
-    """FlagError when a training batch would hold a single image at a 1x1 output grid (--train-size
-    32): BatchNorm cannot normalise one value per channel, and the step would fail mid-epoch."""
-    if train_size is None or train_size > cli.STRIDE:
+def check_single_image_batches(batch: int, n_train: int, sizes: dict, world: int = 1) -> None:
+    """FlagError when a training batch would hold a single image at a 1x1 output grid (a training
+    size of 32): BatchNorm cannot normalise one value per channel, and the step would fail
+    mid-epoch. sizes: {the flag as given ('--train-size 32', '--train-sizes 32,64'): the smallest
+    size it trains at, or None}."""
+    small = [flag for flag, size in sizes.items() if size is not None and size <= cli.STRIDE]
+    if not small:
         return
     per_rank = -(-n_train // world)
     if batch == 1 or per_rank % batch == 1:
         what = "--batch-size 1" if batch == 1 else (f"the last batch of each epoch ({per_rank} images in batches "
                                                       f"of {batch}) holds one image")
-        raise FlagError(f"--train-size {train_size} gives a 1x1 output grid and {what}: BatchNorm needs more than "
-                        f"one value per channel; use --train-size 64 or more, or another --batch-size")
+        raise FlagError(f"{small[0]} gives a 1x1 output grid and {what}: BatchNorm needs more than "
+                        f"one value per channel; train at 64 or more, or choose another --batch-size")
+
+
+def training_sizes(args) -> dict:
+    """{flag as given: the smallest size it trains at} for check_single_image_batches."""
+    sizes = getattr(args, "train_sizes", None)
+    final_size = getattr(args, "final_size", None)
+    return {f"--train-size {args.train_size}": args.train_size,
+            f"--train-sizes {sizes[0]},{sizes[1]}" if sizes else "--train-sizes": sizes[0] if sizes else None,
+            f"--final-size {final_size}": final_size}
 
 
 def suggest_fast_recipe(recipe: str, device) -> None:
@@ -352,16 +365,10 @@ def build_model(cfg: str, weights, device, channels_last: bool, until_last: bool
 def check_output(model, modelcfg) -> None:
     """InputError unless the network's output has the A*(2K+1+C) channels the loss and the test
     read, and its [region] has the anchor values its anchors need."""
-    expect = model.num_anchors * (2 * model.num_keypoints + 1 + model.num_classes)
-    with torch.no_grad():  # a tiny probe: the output channels, whatever the layers
-        was_training = model.training
-        probe = torch.zeros(1, model.channels, 64, 64, device=next(model.parameters()).device)
-        channels = model.eval()(probe).shape[1]
-        model.train(was_training)
-    if channels != expect:
-        raise InputError(f"cannot start training: {modelcfg}: the output has {channels} channels; [region] "
-                         f"num={model.num_anchors}, classes={model.num_classes}, num_keypoints="
-                         f"{model.num_keypoints} need {expect}")
+    try:
+        model_loading.check_head(model, modelcfg)
+    except InputError as exc:
+        raise InputError(f"cannot start training: {exc}") from None
     if model.num_anchors > 1 and len(model.anchors) < 2 * model.num_anchors:
         raise InputError(f"cannot start training: {modelcfg}: {model.num_anchors} anchors need "
                          f"{2 * model.num_anchors} anchor values")
@@ -446,45 +453,97 @@ class Variant:
 
 def run(args, variant: Variant) -> dict:
     """Train with the resolved `args` (the flags both scripts share) and `variant`; returns the
-    final engine state. Raises InputError / FlagError before the backup folder is touched."""
-    device = cli.resolve_device(args.device)
-    rank, world, device = engine.setup_distributed(device)
-    if rank == 0:  # one line per run, not one per process
-        cli.warn_amp_unused(args.amp, device)
-        suggest_fast_recipe(args.recipe, device)
+    final engine state. Raises InputError / FlagError before the backup folder is touched.
+
+    The steps keep one order, which the random streams follow (the same seed, the same weights):
+    the inputs checked, the seed set, the model, the loss and teacher, the training set, the
+    optimiser, the trainer, then the epochs."""
+    rank, world, device = start_processes(args)
     variant.check_inputs()
     engine.seed_everything(args.seed)
-    fast = args.recipe == "fast"
-
-    model = build_model(args.modelcfg, args.initweightfile, device, args.channels_last, partial=allow_partial(args),
-                        until_last=not getattr(args, "init_all_layers", False), quiet=args.quiet or rank != 0)
-    model.seen = 0  # the original resets the counter after loading the init weights
-    check_output(model, args.modelcfg)
-    if fast and args.initweightfile:  # pretrained low-level filters: not worth their backward pass on a CPU
-        recipes.freeze_first_convs(model, FAST.frozen_convs)
+    model = prepare_model(args, device, quiet=args.quiet or rank != 0)
     batch = args.batch_size or int(model.net["batch"])
-    epochs = args.epochs if args.epochs is not None else (None if args.minutes else int(model.max_epochs))
-    final_size = getattr(args, "final_size", None)
-    final_from = epochs - args.final_epochs if final_size else None  # D58: the last epochs at final_size
-    if final_from is not None and final_from < 0:
-        raise FlagError(f"--final-epochs {args.final_epochs} is more than the {epochs} epochs of the run")
+    epochs, final_from = epoch_budget(args, model)
     loss_fn = build_loss(model, args)
     teacher = build_teacher(args, model, loss_fn, device) if getattr(args, "distiled", 0) else None
-
-    train_set = variant.train_set(model)
-    if getattr(args, "cache_images", False):  # before the workers fork, so that they share it
-        t0 = time.perf_counter()
-        held = train_set.cache_images()
-        if rank == 0 and not args.quiet:
-            print(f"image cache: {len(train_set.decoded)} training images decoded, {held / 2**20:.0f} MiB, "
-                  f"{time.perf_counter() - t0:.1f} s", flush=True)
-    train_set.warm_background_pool()  # before the workers fork, so that they share it
-    check_single_image_batches(batch, len(train_set), args.train_size, world)
+    train_set = prepare_train_set(args, variant, model, announce=rank == 0 and not args.quiet)
+    check_single_image_batches(batch, len(train_set), training_sizes(args), world)
     test_shape = (args.test_size, args.test_size) if args.test_size else (model.test_width, model.test_height)
     optimizer, schedule = build_optimizer_and_schedule(model, args.recipe, batch, len(train_set), epochs,
                                                        minutes=args.minutes, step_unit=variant.step_unit,
                                                        decay_bn_bias=bool(getattr(args, "decay_bn_bias", 1)))
-    ema = recipes.ModelEMA(model, FAST.ema_decay) if fast else None
+    trainer = build_trainer(args, variant, model, optimizer, loss_fn, schedule, teacher, batch,
+                            device=device, rank=rank, world=world)
+    if args.resume:
+        trainer.resume(None if args.resume == "auto" else args.resume, force=args.force_resume)
+    elif rank == 0 and not args.quiet:
+        model.print_network()
+        print(f"recipe {args.recipe}: batch {batch}, " + (f"{args.minutes:g} minutes" if args.minutes and not epochs
+                                                         else f"{epochs} epochs"), flush=True)
+    make_loader = loader_factory(args, train_set, batch, final_from, device=device, rank=rank, world=world)
+    evaluate = variant.evaluation(model, device, test_shape, lambda: trainer.state["seen"])
+    if rank == 0 and test_shape[0] == test_shape[1]:  # valid.py and detect.py test at the trained size (D56)
+        model_info.write_info(trainer.backup, args.modelcfg, test_shape[0], args.box_rule)
+    state = trainer.fit(make_loader, evaluate, epochs=epochs, budget_s=args.minutes * 60 if args.minutes else None,
+                        eval_every=args.eval_every, meaningful_from=args.pretrain_num_epochs + 1)
+    if rank == 0:
+        variant.outputs(state, trainer.backup)
+    return state
+
+
+def start_processes(args) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process (DDP under torchrun, engine.setup_distributed);
+    rank 0 warns once about --amp without CUDA and the original recipe on a CPU."""
+    rank, world, device = engine.setup_distributed(cli.resolve_device(args.device))
+    if rank == 0:  # one line per run, not one per process
+        cli.warn_amp_unused(args.amp, device)
+        suggest_fast_recipe(args.recipe, device)
+    return rank, world, device
+
+
+def prepare_model(args, device, quiet: bool) -> Darknet:
+    """The student: built from --modelcfg with --initweightfile ('until last' unless --init-all-layers),
+    its `seen` reset, its output checked (`check_output`); the fast recipe
+    freezes its first convolutions when it starts from pretrained weights."""
+    model = build_model(args.modelcfg, args.initweightfile, device, args.channels_last, partial=allow_partial(args),
+                        until_last=not getattr(args, "init_all_layers", False), quiet=quiet)
+    model.seen = 0  # the original resets the counter after loading the init weights
+    check_output(model, args.modelcfg)
+    if args.recipe == "fast" and args.initweightfile:  # pretrained low-level filters: not worth their backward pass
+        recipes.freeze_first_convs(model, FAST.frozen_convs)
+    return model
+
+
+def epoch_budget(args, model) -> tuple[int | None, int | None]:
+    """(epochs, final_from): --epochs, else the cfg's max_epochs (None under --minutes); the first
+    epoch of the --final-size phase (D58), or None. FlagError when --final-epochs exceeds the run."""
+    epochs = args.epochs if args.epochs is not None else (None if args.minutes else int(model.max_epochs))
+    final_from = epochs - args.final_epochs if getattr(args, "final_size", None) else None
+    if final_from is not None and final_from < 0:
+        raise FlagError(f"--final-epochs {args.final_epochs} is more than the {epochs} epochs of the run")
+    return epochs, final_from
+
+
+def prepare_train_set(args, variant: Variant, model, announce: bool):
+    """The variant's training set, its images decoded into RAM under --cache-images (D67) and its
+    background pool filled: both before the loader workers fork, so that they share them."""
+    train_set = variant.train_set(model)
+    if getattr(args, "cache_images", False):
+        t0 = time.perf_counter()
+        held = train_set.cache_images()
+        if announce:
+            print(f"image cache: {len(train_set.decoded)} training images decoded, {held / 2**20:.0f} MiB, "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+    train_set.warm_background_pool()
+    return train_set
+
+
+def build_trainer(args, variant: Variant, model, optimizer, loss_fn, schedule, teacher, batch: int, *,
+                  device, rank: int, world: int) -> engine.Trainer:
+    """The engine.Trainer of the run: EMA weights with the fast recipe, the DDP wrapper with several
+    processes, the backup folder prepared by rank 0 (engine.prepare_backup: --resume, --overwrite,
+    room for the checkpoints)."""
+    ema = recipes.ModelEMA(model, FAST.ema_decay) if args.recipe == "fast" else None
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -495,17 +554,17 @@ def run(args, variant: Variant) -> dict:
         engine.prepare_backup(backup, resume=bool(args.resume), overwrite=args.overwrite,
                               need_bytes=engine.CHECKPOINT_SIZE_FACTOR * 4 * n_params)
     run_id = engine.run_identity(args.modelcfg, args.datacfg, batch, args.recipe)
-    trainer = engine.Trainer(model, optimizer, loss_fn, schedule, backup=backup, run=run_id,
-                             cost_keys=variant.cost_keys, device=device, net=net, ema=ema, teacher=teacher,
-                             amp=args.amp, channels_last=args.channels_last, rank=rank, world=world,
-                             progress=not args.quiet, log_every=args.log_every, max_batches=args.max_batches,
-                             args=vars(args))
-    if args.resume:
-        trainer.resume(None if args.resume == "auto" else args.resume, force=args.force_resume)
-    elif rank == 0 and not args.quiet:
-        model.print_network()
-        print(f"recipe {args.recipe}: batch {batch}, " + (f"{args.minutes:g} minutes" if args.minutes and not epochs
-                                                         else f"{epochs} epochs"), flush=True)
+    return engine.Trainer(model, optimizer, loss_fn, schedule, backup=backup, run=run_id,
+                          cost_keys=variant.cost_keys, device=device, net=net, ema=ema, teacher=teacher,
+                          amp=args.amp, channels_last=args.channels_last, rank=rank, world=world,
+                          progress=not args.quiet, log_every=args.log_every, max_batches=args.max_batches,
+                          args=vars(args))
+
+
+def loader_factory(args, train_set, batch: int, final_from: int | None, *, device, rank: int, world: int):
+    """make_loader(epoch, seen, start_batch) for engine.Trainer.fit: each epoch's loader at its sizes
+    (--train-size, --train-sizes, the final phase's --final-size, else design §6.5's multi-scale table)."""
+    final_size = getattr(args, "final_size", None)
 
     def make_loader(epoch, seen, start_batch):
         final = final_from is not None and epoch >= final_from
@@ -516,15 +575,7 @@ def run(args, variant: Variant) -> dict:
             train_set, batch_size=batch, seed=args.seed, epoch=epoch, seen=seen, workers=args.workers,
             mode=mode, fixed_size=size or dataset.DEFAULT_SIZE, size_range=sizes,
             rank=rank, world_size=world, pin_memory=device.type == "cuda", start_batch=start_batch)
-
-    evaluate = variant.evaluation(model, device, test_shape, lambda: trainer.state["seen"])
-    if rank == 0 and test_shape[0] == test_shape[1]:  # valid.py and detect.py test at the trained size (D56)
-        model_info.write_info(backup, args.modelcfg, test_shape[0], args.box_rule)
-    state = trainer.fit(make_loader, evaluate, epochs=epochs, budget_s=args.minutes * 60 if args.minutes else None,
-                        eval_every=args.eval_every, meaningful_from=args.pretrain_num_epochs + 1)
-    if rank == 0:
-        variant.outputs(state, backup)
-    return state
+    return make_loader
 
 
 def variant_scale_mode(train_set) -> str:

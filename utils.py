@@ -275,6 +275,32 @@ def corner_confidence(gt: torch.Tensor, pr: torch.Tensor, **kw) -> torch.Tensor:
 # Decoding the network output (design §4)
 # --------------------------------------------------------------------------------------------
 
+def head_channels(num_anchors: int = 1, num_keypoints: int = NUM_KEYPOINTS, num_classes: int = 1) -> int:
+    """Channels of a pose network's output, A*(2K+1+C): per anchor 2K keypoint coordinates, one
+    confidence and C class logits (design §4). The one statement of the rule: the decoder, the loss,
+    the distillation check and the model checks (`model_loading.check_head`) all ask it."""
+    return num_anchors * (2 * num_keypoints + 1 + num_classes)
+
+
+def head_channel_problem(channels: int, num_anchors: int = 1, num_keypoints: int = NUM_KEYPOINTS,
+                         num_classes: int = 1, what: str = "output") -> str | None:
+    """None when `channels` is `head_channels(...)`, else one phrase naming `what`, the channels
+    found and the A*(2K+1+C) expected."""
+    expect = head_channels(num_anchors, num_keypoints, num_classes)
+    if channels == expect:
+        return None
+    return (f"{what} has {channels} channels; expected num_anchors*(2K+1+C) = "
+            f"{num_anchors}*({2 * num_keypoints}+1+{num_classes}) = {expect}")
+
+
+def check_head_channels(channels: int, num_anchors: int = 1, num_keypoints: int = NUM_KEYPOINTS,
+                        num_classes: int = 1) -> None:
+    """ValueError (`head_channel_problem`) unless a raw output's `channels` fit the head."""
+    problem = head_channel_problem(channels, num_anchors, num_keypoints, num_classes)
+    if problem:
+        raise ValueError(problem)
+
+
 def decode_output(output: torch.Tensor, num_keypoints: int = NUM_KEYPOINTS, num_classes: int = 1, num_anchors: int = 1):
     """Decode raw network output into per-cell keypoints, confidence and class probabilities.
 
@@ -285,10 +311,8 @@ def decode_output(output: torch.Tensor, num_keypoints: int = NUM_KEYPOINTS, num_
         cls_prob: (B, A, H, W, C) softmax over the class logits
     """
     B, ch, H, W = output.shape
-    per_anchor = 2 * num_keypoints + 1 + num_classes
-    if ch != num_anchors * per_anchor:
-        raise ValueError(f"output has {ch} channels; expected num_anchors*(2K+1+C) = "
-                         f"{num_anchors}*({2 * num_keypoints}+1+{num_classes}) = {num_anchors * per_anchor}")
+    check_head_channels(ch, num_anchors, num_keypoints, num_classes)
+    per_anchor = ch // num_anchors
     o = output.reshape(B, num_anchors, per_anchor, H, W).permute(0, 1, 3, 4, 2)  # (B, A, H, W, ch)
     xy = o[..., : 2 * num_keypoints].reshape(B, num_anchors, H, W, num_keypoints, 2)
     xy = torch.cat([torch.sigmoid(xy[..., :1, :]), xy[..., 1:, :]], dim=-2)
@@ -519,6 +543,22 @@ def camera_from_data_cfg(options: dict, source="<data cfg>") -> tuple[np.ndarray
     for key, focal, side in (("fx", fx, width), ("fy", fy, height)):
         warn_unreal_focal(source, key, focal, side)
     return get_camera_intrinsic(u0, v0, fx, fy), width, height
+
+
+def resolve_camera(camera_data=None, fx=None, fy=None, u0=None, v0=None, width=None, height=None):
+    """(K (3, 3), width or None, height or None): LINEMOD defaults < camera_data's keys < explicit values."""
+    K, w, h = get_camera_intrinsic(), None, None
+    if camera_data is not None:
+        K, w, h = camera_from_data_cfg(read_data_cfg(camera_data), camera_data)
+    vals = {"fx": K[0, 0], "fy": K[1, 1], "u0": K[0, 2], "v0": K[1, 2]}
+    for key, v in (("fx", fx), ("fy", fy), ("u0", u0), ("v0", v0)):
+        if v is not None:
+            vals[key] = float(v)
+    if not (vals["fx"] > 0 and vals["fy"] > 0 and np.isfinite(list(vals.values())).all()):
+        raise ValueError(f"focal lengths must be positive and all camera values finite; got fx={vals['fx']}, "
+                         f"fy={vals['fy']}, u0={vals['u0']}, v0={vals['v0']}")
+    K = get_camera_intrinsic(vals["u0"], vals["v0"], vals["fx"], vals["fy"])
+    return K, (w if width is None else int(width)), (h if height is None else int(height))
 
 
 def field_of_view_deg(focal_px: float, side_px: float) -> float:

@@ -5,8 +5,8 @@
     python valid.py --all cfg --modelcfg cfg/yolo-pose.cfg --weightfile 'backup/{name}/model_backup.weights'
 
 A thin command line over `evaluation.py`, which holds the evaluation itself (`load_eval_setup`,
-`pose_errors`, `summarize`, `evaluate`, the reports); its names are re-exported here for the code and
-the notebook that use them as `valid.<name>`. Reading order: `get_args_parser` -> `plan_jobs` (every
+`pose_errors`, `summarize`, `evaluate`, the reports), and `model_loading.py` (the network and its
+weights, checked). Reading order: `get_args_parser` -> `plan_jobs` (every
 input checked before the work) -> `score_object` -> `main` (curves, predictions, CSV, JSON, table).
 
 Differences from the original valid.py, all listed in docs/design.md design §11: the box is chosen
@@ -24,15 +24,12 @@ from pathlib import Path
 import cli
 import model_info
 from errors import FlagError, InputError, run_cli
-from evaluation import (  # noqa: F401 - re-exported: valid.<name> is used by train.py, detect.py, tools, the notebook
-    ADD_CURVE_MAX, CURVE_STEPS, DIAM_SOURCES, ERROR_KEYS, MEAN_KEYS, POSE_KEYS, PX_CURVE_MAX, RECORD_KEYS,
-    REPORT_PX_THRESHOLDS, TABLE_COLUMNS, TIMER_KEYS, EvalSetup, _json_safe, accuracy_curves, check_model_cfg,
-    check_test_list, check_weights, curves_figure, evaluate, inference_net, load_eval_setup, load_model, log,
-    mean_row, plot_curves, pose_errors, print_table, report, save_predictions, skipped_by_all, solve_pose,
-    summarize, write_summaries_json,
+from evaluation import (
+    DIAM_SOURCES, EvalSetup, accuracy_curves, check_test_list, evaluate, load_eval_setup, log, plot_curves,
+    print_table, report, save_predictions, skipped_by_all, write_summaries_json,
 )
-from linemod_format import METRICS_CSV_HEADER as CSV_HEADER  # noqa: F401 - design §9.5, D34
-from linemod_format import NUM_KEYPOINTS, append_csv, csv_columns, write_text  # noqa: F401 - re-exported
+from linemod_format import NUM_KEYPOINTS, append_csv, csv_columns
+from model_loading import check_model_cfg, check_weights, load_model
 
 DEFAULT_DATACFG = "cfg/ape.data"
 DEFAULT_MODELCFG = "cfg/yolo-pose.cfg"
@@ -87,9 +84,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print less: no progress bar or per-object report, only the "
                                                         "table")
     return p
-
-
-resolve_device = cli.resolve_device  # train.py and detect.py pick devices through valid.resolve_device
 
 
 @dataclass
@@ -205,7 +199,7 @@ def main(args) -> list:
     """Score every object; return their summaries. Bad inputs stop here with an InputError."""
     try:
         args = resolve_args(args)
-        device = resolve_device(args.device)
+        device = cli.resolve_device(args.device)
         cli.warn_amp_unused(args.amp, device)
         csv_path = None
         if args.csv:

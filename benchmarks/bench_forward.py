@@ -35,15 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 from darknet import Darknet
 from errors import run_cli
+from model_loading import NETWORKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-NETS = {
-    "trial3": "cfg/yolo-lite-trial3-pose.cfg",
-    "trial10": "cfg/yolo-lite-trial10-pose.cfg",
-    "tiny": "cfg/tiny-yolo-pose.cfg",
-    "yolov2": "cfg/yolo-pose.cfg",
-}
+NETS = {name: cfg for name, (cfg, _) in NETWORKS.items()}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import cli
 import dataset as ds
+import image_files
 import image as im
 import recipes
 from linemod_format import label_path, mask_path
@@ -100,7 +101,7 @@ def _today_read_rgb(path, kind="image"):
     if arr is None:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: {kind} not found")
-        return np.asarray(ds.load_image(path, kind))
+        return np.asarray(image_files.load_image(path, kind))
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
@@ -165,7 +166,7 @@ class TodayFastDataset(ds.PoseDataset):
             return None
         if self.bg_files:
             path = self.bg_files[int(rng.integers(len(self.bg_files)))]
-            pool_image = np.asarray(ds.load_image(path, "background image"))
+            pool_image = np.asarray(image_files.load_image(path, "background image"))
         else:
             pool_image = self.pool_background(int(rng.integers(self.procedural_pool)))
         return _today_background_window(pool_image, rng, size)
@@ -179,7 +180,7 @@ class TodayFastDataset(ds.PoseDataset):
         rows = ds.read_truths(label_path(path), self.label_width)
         bg = self.fast_background(index, size)
         offsets = im.draw_crop_offsets(rng, w0, h0, self.jitter)
-        mask = ds.read_gray(mask_path(path), (w0, h0)) if bg is not None else None
+        mask = image_files.read_gray(mask_path(path), (w0, h0)) if bg is not None else None
         out = _today_fast_augment(img, mask, bg, offsets, size, self.fix_crop)
         rng.integers(1, 10001)
         out = _today_fast_distort(out, *im.draw_hsv(rng, self.hue, self.saturation, self.exposure))

@@ -48,12 +48,12 @@ import recipes
 from benchmarks.bench_loader import make_fixture
 from darknet import Darknet
 from errors import run_cli
+from model_loading import NETWORKS
 from region_loss import RegionLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 
-NETS = {"trial3": "cfg/yolo-lite-trial3-pose.cfg", "trial10": "cfg/yolo-lite-trial10-pose.cfg",
-        "tiny": "cfg/tiny-yolo-pose.cfg", "yolov2": "cfg/yolo-pose.cfg"}
+NETS = {name: cfg for name, (cfg, _) in NETWORKS.items()}
 STUDENTS, TEACHER = ("trial3", "trial10"), "tiny"  # the CPU study's networks (docs/design.md §14.4)
 
 

@@ -1,6 +1,6 @@
 """End-to-end evaluation speed: the eager network at batch 1 (the original) vs the fused network, batched.
 
-`valid.evaluate` over a whole test split, everything included: image loading and resizing, the
+`evaluation.evaluate` over a whole test split, everything included: image loading and resizing, the
 forward pass, decoding, PnP (GT and prediction) and every metric. The baseline is the eager
 network at batch 1 (what the original valid.py does); valid.py runs the BN-folded, channels-last
 copy (design D57). Each network and batch size is run in the same process, in interleaved rounds
@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import cli
 import dataset
-import valid
+import evaluation
+import model_loading
 from darknet import Darknet
 from errors import run_cli
 
@@ -72,7 +73,7 @@ def build_model(args, device):
     """(model, description): the requested weights, the main job's, or the VOC backbone + random head."""
     weights = args.weightfile or (MAIN_JOB_WEIGHTS if (ROOT / MAIN_JOB_WEIGHTS).is_file() else None)
     if weights:
-        return valid.load_model(cli.find_path(args.modelcfg), cli.find_path(weights), device), weights
+        return model_loading.load_model(cli.find_path(args.modelcfg), cli.find_path(weights), device), weights
     torch.manual_seed(0)
     model = Darknet(cli.find_path(args.modelcfg))
     model.load_weights_until_last(ROOT / VOC_BACKBONE)
@@ -83,8 +84,8 @@ def run_once(model, setup, test_set, batch, workers, device, fuse: bool = True) 
     """One evaluate() pass: images/s, ms per image of each stage, and the summary."""
     loader = dataset.make_test_loader(test_set, batch_size=batch, workers=workers)
     start = time.perf_counter()
-    summary, _ = valid.evaluate(model, loader, setup, device, num_classes=model.num_classes,
-                                num_keypoints=model.num_keypoints, num_anchors=model.num_anchors, fuse=fuse)
+    summary, _ = evaluation.evaluate(model, loader, setup, device, num_classes=model.num_classes,
+                                     num_keypoints=model.num_keypoints, num_anchors=model.num_anchors, fuse=fuse)
     total = time.perf_counter() - start
     n = summary["images"]
     ms = {k: 1e3 * summary[f"time_{k}"] for k in STAGES if k != "load"}
@@ -106,7 +107,7 @@ def main(args) -> None:
             generated = generate(tmp, objects=1, images_per_object=args.images_per_object, seed=0, test_fraction=1.0)
             datacfg = generated["data_cfgs"][0]
             print(f"generated {args.images_per_object} test images in {time.perf_counter() - t:.1f} s")
-        setup = valid.load_eval_setup(datacfg)
+        setup = evaluation.load_eval_setup(datacfg)
         test_set = dataset.listDataset(setup.valid_list, shape=(args.test_size, args.test_size))
         model, described = build_model(args, device)
         what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"

@@ -180,12 +180,6 @@ def occlusion_tests(args, found: dict):
     return check
 
 
-def make_loss(model, args):
-    """The multi-object loss: training.build_loss (the cfg's anchors and classes, --loss-scales, the
-    recipe's options, --repro-anchor-bug)."""
-    return training.build_loss(model, args)
-
-
 def make_train_set(args, opts: dict, model, extras: dict):
     """--paste on: the design §6.3 composition (`dataset.MultiObjectDataset`); off: the list's images
     as they are (`dataset.PoseDataset`, the single-object sample). The fast recipe's cv2 path either way."""

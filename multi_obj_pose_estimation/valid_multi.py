@@ -22,7 +22,7 @@ of hard-coded per-object files (`diam<k>` required unless --diam mesh); the box 
 GT with no box of its class, or a failed PnP, is a miss.
 
 A thin command line over `evaluation.py` (`load_objects`, `evaluate_object`, the occlusion report)
-and `dataset.OcclusionTestSet`; those names are re-exported here as `valid_multi.<name>`.
+and `model_loading.load_model`.
 """
 from __future__ import annotations
 
@@ -35,21 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 import model_info
 import utils
-from dataset import OcclusionTestSet  # noqa: F401 - re-exported
 from errors import FlagError, InputError, run_cli
-from evaluation import (  # noqa: F401 - re-exported: valid_multi.<name> is used by train_multi.py and the tests
-    DIAM_SOURCES, MULTI_SELECTIONS, OcclusionObject, _json_safe, evaluate_object, load_model, load_objects, log,
-    pick_box, threshold_accuracies, write_summaries_json,
+from evaluation import (
+    DIAM_SOURCES, MULTI_SELECTIONS, OCCLUSION_OBJECTS, check_occlusion_test_images, evaluate_object, load_objects, log,
+    occlusion_mean_row, occlusion_report, occlusion_test_loader, print_occlusion_table, write_summaries_json,
 )
-# the evaluation's occlusion names under this script's own (re-exported)
-from evaluation import OCCLUSION_OBJECTS as VALID_OBJECTS  # design §9.6 (driller, eggbox not scored)
-from evaluation import OCCLUSION_PX_THRESHOLDS as PX_THRESHOLDS  # noqa: F401 - design §9.6: 5, 10, ..., 50 px
-from evaluation import OCCLUSION_TABLE_EXTRA as TABLE_EXTRA  # noqa: F401
-from evaluation import check_occlusion_test_images as check_test_images
-from evaluation import occlusion_mean_row as mean_row
-from evaluation import occlusion_report as report
-from evaluation import occlusion_test_loader as make_test_loader
-from evaluation import print_occlusion_table as print_table
+from model_loading import load_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -77,7 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_alias(p, "--initweightfile", "--weightfile", deprecated=False)  # the original's own flag (design §7.4)
     cli.add_datacfg(p, "an occlusion set's, with valid<k>/mesh<k>/diam<k>", default=DEFAULT_DATACFG,
                     why="the file the original reads")
-    cli.add_objects(p, f"those to score (default: {' '.join(VALID_OBJECTS)} when the .data file has them, else all)")
+    cli.add_objects(p, f"those to score (default: {' '.join(OCCLUSION_OBJECTS)} when the .data file has them, "
+                       f"else all)")
     cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH, what="as detect.py --multi (design §4.2, D63)")
     p.add_argument("--select", choices=MULTI_SELECTIONS, default="class",
                    help="box of each GT: 'class' (default, D63), the box of its class that detect.py --multi "
@@ -119,10 +111,10 @@ def main(args) -> list:
         args = check_args(args)
         device = cli.resolve_device(args.device)
         objects = load_objects(args.datacfg, args.objects, args.diam, args.pnp)
-        check_test_images(objects)
+        check_occlusion_test_images(objects)
         model = load_model(args.modelcfg, args.weightfile, device)
         size, rule = model_info.resolve(args, args.weightfile, args.modelcfg, (model.test_width, model.test_height))
-        loaders = [make_test_loader(o, size, args.batch_size, args.workers, args.resample) for o in objects]
+        loaders = [occlusion_test_loader(o, size, args.batch_size, args.workers, args.resample) for o in objects]
         for o in objects:
             if o.class_id >= model.num_classes:
                 raise ValueError(f"{args.datacfg}: object {o.name!r} has class id {o.class_id} but {args.modelcfg} "
@@ -139,10 +131,10 @@ def main(args) -> list:
                        select=args.select)
         summaries.append(summary)
         if not args.quiet:
-            report(summary)
-    print_table(summaries)
+            occlusion_report(summary)
+    print_occlusion_table(summaries)
     if args.json:
-        write_summaries_json(args.json, summaries, mean_row)
+        write_summaries_json(args.json, summaries, occlusion_mean_row)
     return summaries
 
 

@@ -80,3 +80,16 @@ def golden_weights(golden, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(autouse=True)
+def _keep_stop_signals():
+    """run_cli ignores Ctrl-C once a script is interrupted (it is ending); a test that runs it in this
+    process gets the handlers back, so that the test session stays interruptible."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        if signal.getsignal(sig) is not handler and handler is not None:
+            signal.signal(sig, handler)

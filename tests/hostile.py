@@ -63,4 +63,35 @@ def os_error(code: int, filename=None):
     return fail
 
 
+def full_disk_open(budget: int, pattern: str):
+    """linemod_format's `open` on a disk with `budget` bytes left for files whose name holds `pattern`:
+    a write past it raises OSError(ENOSPC), as the file system does."""
+    import builtins
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.left = f, budget
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.left -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, *args, **kwargs):
+        f = builtins.open(path, *args, **kwargs)
+        return Full(f) if pattern in str(path) else f
+
+    return fake_open
+
+
 ENOSPC, EROFS = errno.ENOSPC, errno.EROFS

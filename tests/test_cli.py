@@ -14,6 +14,7 @@ import torch
 import cli
 import detect
 import hostile
+import linemod_format
 import train
 import valid
 from benchmarks import bench_forward, bench_train, bench_valid
@@ -88,7 +89,6 @@ def test_checks_and_device():
     with pytest.raises(FlagError, match="--batch-size must be >= 1, found 0"):
         cli.check_positive("--batch-size", 0)
     assert cli.resolve_device("cpu").type == "cpu"
-    assert valid.resolve_device is cli.resolve_device
     with pytest.raises(FlagError, match="--device banana: not a device"):
         cli.resolve_device("banana")
 
@@ -139,7 +139,7 @@ def test_output_paths_are_checked_before_the_work(tmp_path, monkeypatch):
     assert cli.check_output_file("--json", tmp_path / "new" / "s.json") == tmp_path / "new" / "s.json"
     assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []  # the probe is gone
     # tests run as root, where chmod stops no write: a read-only file system is simulated
-    monkeypatch.setattr(cli, "open", hostile.os_error(hostile.EROFS), raising=False)
+    monkeypatch.setattr(linemod_format, "open", hostile.os_error(hostile.EROFS), raising=False)
     with pytest.raises(OutputPathError, match=r"--save-predictions .*ro: cannot write there \(Read-only file system\)"):
         cli.check_output_dir("--save-predictions", tmp_path / "ro")
     monkeypatch.undo()

@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import dataset as ds
+import image_files
 import hostile
 import image as im
 from errors import ImageError
@@ -86,10 +87,11 @@ def test_list_images_recursive(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     for name in ("a/x.jpg", "a/b/y.PNG", "a/b/z.jpeg", "a/notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    assert [os.path.relpath(p, tmp_path) for p in ds.list_images(tmp_path)] == ["a/b/y.PNG", "a/b/z.jpeg", "a/x.jpg"]
+    found = [os.path.relpath(p, tmp_path) for p in image_files.list_images(tmp_path)]
+    assert found == ["a/b/y.PNG", "a/b/z.jpeg", "a/x.jpg"]
     (tmp_path / "none").mkdir()
     with pytest.raises(ValueError, match="no .jpg/.jpeg/.png images found"):
-        ds.list_images(tmp_path / "none")
+        image_files.list_images(tmp_path / "none")
 
 
 # -------------------------------------------------------------------------- test sample (design §6.2, D17)
@@ -578,13 +580,14 @@ def test_header_size_and_half_size_decode(tmp_path):
     for ext in (".jpg", ".png"):
         path = str(tmp_path / f"x{ext}")
         Image.fromarray(img).save(path, quality=95)
-        assert ds.encoded_size(ds.read_bytes(path)) == (65, 47)
-        full, half = ds.read_rgb(path), ds.read_rgb(path, halved=True)
+        data = image_files.read_bytes(path)
+        assert image_files.encoded_size(data) == (65, 47)
+        full, half = image_files.decode_rgb(data, path), image_files.decode_rgb(data, path, halved=True)
         assert full.shape == (47, 65, 3) and half.shape == (24, 33, 3)
         assert np.abs(half.astype(int) - im.halve(full).astype(int))[2:-2, 2:-2].mean() < (6 if ext == ".jpg" else 1e-9)
-    assert ds.encoded_size(b"GIF89a....") is None
+    assert image_files.encoded_size(b"GIF89a....") is None
     with pytest.raises(FileNotFoundError, match="image not found"):
-        ds.read_bytes(tmp_path / "missing.jpg")
+        image_files.read_bytes(tmp_path / "missing.jpg")
 
 
 # --------------------------------------------------------------------------------------------
@@ -655,8 +658,8 @@ def test_image_cache_refuses_more_than_its_share_of_free_memory(small, monkeypat
 
 def test_a_header_that_disagrees_with_the_decode_is_named(small, monkeypatch):
     """The fast path and the image cache both check the decoded size against the header's (one check)."""
-    monkeypatch.setattr(ds, "encoded_size", lambda data: (64, 40))  # the files are 64x48
-    monkeypatch.setattr(ds, "read_gray", lambda path, size, kind="mask": np.zeros(size[::-1], np.uint8))
+    monkeypatch.setattr(image_files, "encoded_size", lambda data: (64, 40))  # the files are 64x48
+    monkeypatch.setattr(image_files, "read_gray", lambda path, size, kind="mask": np.zeros(size[::-1], np.uint8))
     d = ds.PoseDataset("LINEMOD/ape/train.txt", train=True, fast=True, jitter=0.0)
     with pytest.raises(ds.InputError, match=r"000000\.png: the image decodes to 64x48, its header says 64x40"):
         d[(0, 64)]  # no jitter: the crop does not shrink 2x, so the image is decoded in full
@@ -681,36 +684,38 @@ def test_image_cache_names_a_bad_file_or_skips_it(small):
 
 def test_hostile_images_are_image_errors_from_their_headers(tmp_path):
     bomb = hostile.bomb_png(tmp_path / "bomb.png")
-    for read in (ds.read_header, ds.load_image, ds.image_size):
+    for read in (image_files.read_header, image_files.load_image, image_files.image_size):
         with pytest.raises(ImageError, match=r"bomb\.png: image is (too large to decode|20000x20000 pixels)"):
             read(bomb)
     with pytest.raises(ImageError, match=rf"big\.png: image is 9000x9000 pixels, more than the "
-                                         rf"{ds.MAX_IMAGE_PIXELS:,}"):
-        ds.read_header(hostile.bomb_png(tmp_path / "big.png", 9000))  # under Pillow's limit, over ours
+                                         rf"{image_files.MAX_IMAGE_PIXELS:,}"):
+        image_files.read_header(hostile.bomb_png(tmp_path / "big.png", 9000))  # under Pillow's limit, over ours
     deep = hostile.png16(tmp_path / "deep.png")
-    assert ds.read_header(deep).mode.startswith("I")
+    assert image_files.read_header(deep).mode.startswith("I")
     with pytest.raises(ImageError, match=r"deep\.png: image has 16 or 32 bits per sample \(Pillow mode I"):
-        ds.load_image(deep)  # Pillow's convert('RGB') gave white
+        image_files.load_image(deep)  # Pillow's convert('RGB') gave white
     pipe = hostile.fifo(tmp_path / "pipe.jpg")
-    for read in (ds.read_header, ds.load_image, ds.read_bytes, lambda p: ds.read_gray(p, (8, 6))):
+    for read in (image_files.read_header, image_files.load_image, image_files.read_bytes,
+                 lambda p: image_files.read_gray(p, (8, 6))):
         with pytest.raises(ImageError, match=r"pipe\.jpg: (image|mask) is not a regular file"):
             read(pipe)  # opening it waited forever for a writer
     with pytest.raises(FileNotFoundError, match=r"none\.jpg: image not found"):
-        ds.read_header(tmp_path / "none.jpg")
+        image_files.read_header(tmp_path / "none.jpg")
 
 
 def test_exif_rotation_is_read_and_refused_the_same_way_for_training_and_testing(tmp_path):
     """The fast loader ignored the EXIF rotation as Pillow does; the pre-flights now refuse it (D61)."""
     turned = hostile.rotated_jpeg(tmp_path / "turned.jpg", size=(8, 6), orientation=6)
-    header = ds.read_header(turned)
+    header = image_files.read_header(turned)
     assert (header.size, header.orientation) == ((8, 6), 6)
-    assert ds.load_image(turned).size == ds.read_rgb(turned).shape[1::-1] == (8, 6)  # both the stored pixels
+    rgb = image_files.decode_rgb(image_files.read_bytes(turned), turned)
+    assert image_files.load_image(turned).size == rgb.shape[1::-1] == (8, 6)  # both the stored pixels
     with pytest.raises(ImageError, match=r"turned\.jpg: image has EXIF orientation 6 \(stored rotated or mirrored\)"):
-        ds.check_image_header(turned)
+        image_files.check_image_header(turned)
     plain = hostile.rgb(tmp_path / "plain.png", size=(8, 6))
-    assert ds.check_image_header(plain, size=(8, 6)).orientation == 1
+    assert image_files.check_image_header(plain, size=(8, 6)).orientation == 1
     with pytest.raises(ImageError, match=r"plain\.png: image is 8x6, expected 640x480 \(the \.data size\)"):
-        ds.check_image_header(plain, size=(640, 480), size_from="the .data size")
+        image_files.check_image_header(plain, size=(640, 480), size_from="the .data size")
 
 
 def test_a_mask_of_another_size_and_a_fifo_in_a_list_are_named(small):
@@ -722,4 +727,4 @@ def test_a_mask_of_another_size_and_a_fifo_in_a_list_are_named(small):
     os.remove("LINEMOD/ape/labels/000001.txt")
     with pytest.raises(ImageError, match=r"0000\.png: mask is 8x6, expected the image size"):
         hostile.rgb("LINEMOD/ape/mask/0000.png", size=(8, 6))
-        ds.read_gray("LINEMOD/ape/mask/0000.png", ds.image_size("LINEMOD/ape/JPEGImages/000000.png"))
+        image_files.read_gray("LINEMOD/ape/mask/0000.png", image_files.image_size("LINEMOD/ape/JPEGImages/000000.png"))

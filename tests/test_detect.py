@@ -12,9 +12,10 @@ import torch
 
 import dataset
 import detect
+import evaluation
 import hostile
+import linemod_format
 import utils
-import valid
 from darknet import Darknet
 from errors import InputError
 from MeshPly import write_ply
@@ -42,7 +43,7 @@ def setup(tmp_path_factory):
     opts = utils.read_data_cfg(datacfg, resolve_paths=True)
     images = root / "images"
     images.mkdir()
-    paths = dataset.read_list(opts["valid"])
+    paths = linemod_format.read_list(opts["valid"])
     for p in paths:
         shutil.copy(p, images / Path(p).name)
     return {"root": root, "datacfg": datacfg, "weights": root / "model.weights", "images": images, "paths": paths}
@@ -65,10 +66,10 @@ def test_images_give_the_poses_of_valid(setup, tmp_path, rule):
 
     model = Darknet(TRIAL3)
     model.load_weights(setup["weights"])
-    ev = valid.load_eval_setup(setup["datacfg"])
+    ev = evaluation.load_eval_setup(setup["datacfg"])
     test_set = dataset.listDataset(ev.valid_list, shape=(SIZE, SIZE), train=False)
-    _, records = valid.evaluate(model.eval(), dataset.make_test_loader(test_set, batch_size=1), ev, "cpu",
-                                box_rule=rule)
+    _, records = evaluation.evaluate(model.eval(), dataset.make_test_loader(test_set, batch_size=1), ev, "cpu",
+                                     box_rule=rule)
     by_name = {f["frame"]: f["detections"] for f in saved["frames"]}
     for i, p in enumerate(setup["paths"]):
         (d,) = by_name[Path(p).stem]

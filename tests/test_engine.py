@@ -15,9 +15,10 @@ import torch
 import engine
 import evaluation
 import hostile
+import linemod_format
 import recipes
 import train
-from errors import CheckpointError, InputError
+from errors import CheckpointError, InputError, run_cli
 from synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,8 @@ def test_unknown_recipe_is_refused_by_name(capsys):
     ("--test-size", "100", "--test-size must be a positive multiple of 32 .*, found 100"),
     ("--train-size", "0", "--train-size must be a positive multiple of 32 .*, found 0"),
     ("--minutes", "-1", "--minutes must be positive"),
+    ("--minutes", "inf", r"--minutes must be positive and finite \(a time budget in minutes\), found inf"),
+    ("--minutes", "nan", r"--minutes must be positive and finite .*, found nan"),
 ])
 def test_bad_numbers_stop_before_any_work(synth, tmp_path, flag, value, message):
     with pytest.raises(InputError, match=message):
@@ -95,7 +98,7 @@ def test_bad_numbers_stop_before_any_work(synth, tmp_path, flag, value, message)
 
 def test_cli_reports_bad_input_with_exit_status_2(synth, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        train.run_cli(train.main_cli, small_args(synth, tmp_path / "out", "--epochs", "0"), prog="train.py")
+        run_cli(train.main_cli, small_args(synth, tmp_path / "out", "--epochs", "0"), prog="train.py")
     assert exc.value.code == 2
     assert "train.py: error: --epochs must be >= 1, found 0" in capsys.readouterr().err
 
@@ -244,7 +247,7 @@ def test_a_new_run_into_a_used_folder_is_refused_unless_overwrite(synth, tmp_pat
 
 def test_backup_folder_problems_are_found_before_training(synth, tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(InputError, match="afile: the backup folder is a file"):
+    with pytest.raises(InputError, match="--backupdir .*afile: is a file; expected a folder"):
         train.main(args_for(small_args(synth, tmp_path / "afile", "--epochs", "1")))
 
     class Usage:
@@ -446,7 +449,143 @@ def test_metric_logs_are_replaced_whole_never_appended_in_place(tmp_path, monkey
 def test_a_read_only_backup_folder_is_one_clean_error(tmp_path, monkeypatch):
     """The clean error was raised, then the clean-up of the probe file raised over it (issue 25).
     Tests run as root, where chmod stops no write: the read-only file system is simulated."""
-    monkeypatch.setattr(engine.Path, "write_bytes", hostile.os_error(hostile.EROFS))
+    monkeypatch.setattr(linemod_format, "open", hostile.os_error(hostile.EROFS), raising=False)
     monkeypatch.setattr(engine.Path, "unlink", hostile.os_error(hostile.EROFS))
-    with pytest.raises(InputError, match=r"backup: the backup folder is not writable: Read-only file system"):
+    with pytest.raises(InputError, match=r"--backupdir .*backup: cannot write there \(Read-only file system\)"):
         engine.prepare_backup(tmp_path / "backup", resume=False, overwrite=False)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 36: hostile run files and faults of the machine, one line each
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pid", [2**70, -5, True, "12"])
+def test_a_lock_with_an_impossible_pid_is_stale(tmp_path, capsys, pid):
+    """A pid of 2**70 made os.kill raise OverflowError: a traceback (issue 36)."""
+    import os
+
+    (tmp_path / engine.LOCK_FILE).write_text(_lock_of(pid))
+    assert engine.lock_owner_alive(json.loads((tmp_path / engine.LOCK_FILE).read_text())) is False
+    engine.lock_backup(tmp_path)
+    assert "taking over a stale lock" in capsys.readouterr().out
+    assert json.loads((tmp_path / engine.LOCK_FILE).read_text())["pid"] == os.getpid()
+    engine.release_backup(tmp_path)
+
+
+def test_a_torn_last_metric_line_is_dropped_with_a_warning_and_a_bad_middle_line_named(tmp_path):
+    jsonl, csv_path = tmp_path / "metrics.jsonl", tmp_path / "metrics.csv"
+    jsonl.write_text('{"epoch": 0, "acc": 1}\n{"epoch": 1, "acc": 2}\n{"epoch": 2, "ac')
+    csv_path.write_text("acc,epoch\n1,0\n2,1\n3,")
+    with pytest.warns(UserWarning) as caught:
+        engine.prune_metrics(tmp_path, 2)
+    assert sorted(str(w.message) for w in caught) == [
+        f"{csv_path}:4: a torn last line (the run stopped while writing it) is dropped",
+        f"{jsonl}:3: a torn last line (the run stopped while writing it) is dropped"]
+    assert jsonl.read_text() == '{"epoch": 0, "acc": 1}\n{"epoch": 1, "acc": 2}\n'
+    assert csv_path.read_text() == "acc,epoch\n1,0\n2,1\n"
+    jsonl.write_text('{"epoch": 0}\n[1, 2]\n{"epoch": 1}\n')
+    csv_path.write_text("epoch,acc\n0,1\nx,2\n1,3\n")
+    with pytest.raises(InputError, match=r"metrics.jsonl:2: not a metric row \('\[1, 2\]'\)"):
+        engine.prune_metrics(tmp_path, 1)
+    jsonl.unlink()
+    with pytest.raises(InputError, match=r"metrics.csv:3: not a metric row \('x,2'\)"):
+        engine.prune_metrics(tmp_path, 1)
+    assert csv_path.read_text() == "epoch,acc\n0,1\nx,2\n1,3\n"  # refused before anything changed
+
+
+def _edit_checkpoint(path, edit):
+    ckpt = torch.load(path, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, path)
+
+
+def _set(*keys, value):
+    def edit(ckpt):
+        d = ckpt
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return edit
+
+
+def _first_param(ckpt):
+    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][key][0] = math.nan
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("state", "epoch", value=-1), r"state epoch = -1 \(an integer from 0 below 2\*\*53 expected\)"),
+    (_set("state", "seen", value=2**70), r"state seen = 1180591620717411303424"),
+    (_set("state", "iteration", value=1.5), r"state iteration = 1.5"),
+    (_set("state", "train_seconds", value=math.inf), r"state train_seconds = inf"),
+    (_set("state", "best_score", value=[math.nan]), r"state best_score = \[nan\]"),
+    (_set("state", "pending", value={"epoch": 0}), r"state pending = \{'epoch': 0\}"),
+    (_set("state", "costs", value={"x": []}), r"state costs hold \['x'\], expected"),
+    (_set("state", value=[1, 2]), r"the training state is a list"),
+    (lambda c: c["optimizer"]["param_groups"][0].update(lr=math.nan), r"optimiser group 0: lr = nan"),
+    (lambda c: c["optimizer"]["param_groups"][0].update(momentum=-0.9), r"optimiser group 0: momentum = -0.9"),
+    (_first_param, r"the model tensor models\.0\..* holds NaN or inf"),
+])
+def test_a_checkpoint_that_loads_but_holds_out_of_range_values_is_refused(synth, tmp_path, edit, message):
+    out = tmp_path / "run"
+    argv = small_args(synth, out, "--epochs", "1", "--pretrain_num_epochs", "-1")
+    train.main(args_for(argv))
+    _edit_checkpoint(out / "checkpoint.pt", edit)
+    with pytest.raises(CheckpointError, match=rf"checkpoint.pt: refused: {message}.*a damaged or edited checkpoint"):
+        train.main(args_for(argv[:-4] + ["--epochs", "2", "--pretrain_num_epochs", "-1", "--resume"]))
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_naming_the_free_space_and_keeps_the_old_one(tmp_path,
+                                                                                                   monkeypatch):
+    """torch.save reports ENOSPC as RuntimeError('... unexpected pos ...'), not OSError (torch 2.13)."""
+    import errno
+
+    import linemod_format
+
+    path = tmp_path / "checkpoint.pt"
+    engine.atomic_torch_save({"format": 2, "w": torch.arange(4.0)}, path)
+    monkeypatch.setattr(linemod_format, "open", hostile.full_disk_open(1000, ".checkpoint.pt."), raising=False)
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # what torch itself raises, unpatched
+        with linemod_format.atomic_write(tmp_path / "other.checkpoint.pt.x", "wb") as f:
+            torch.save({"w": torch.zeros(10_000)}, f)
+    with pytest.raises(OSError) as exc:
+        engine.atomic_torch_save({"format": 2, "w": torch.zeros(10_000)}, path)
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(path)
+    assert "No space left on device (" in str(exc.value) and " MB free; the previous file is kept)" in str(exc.value)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(4.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_during_the_clean_up_changes_nothing_and_prints_no_traceback(synth, tmp_path):
+    """Ctrl-C twice in quick succession, with loader workers: the second one, during the checkpoint or
+    the workers' shutdown, printed 'Exception ignored ... KeyboardInterrupt' tracebacks (issue 36)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for delay in (0.0, 0.05):
+        out = tmp_path / f"run{delay}"
+        argv = small_args(synth, out, "--epochs", "200", "--pretrain_num_epochs", "-1", "--eval-every", "100")
+        argv[argv.index("--workers") + 1] = "2"
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], cwd=tmp_path,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 120
+            while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, err[-2000:]
+        assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+        assert err.rstrip().endswith("train.py: interrupted")
+        assert engine.load_checkpoint(out / "checkpoint.pt")["state"]["epoch"] >= 1
+        assert not (out / engine.LOCK_FILE).exists()

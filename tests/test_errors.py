@@ -112,3 +112,26 @@ def test_a_loader_worker_error_prints_the_message_it_carried(capsys):
                          "\"x.py\", line 1, in f\nerrors.ImageError: a.png: two\nlines\n")
     assert one_line(wrapped) == "a.png: two\nlines"
     assert one_line(InputError("plain")) == "plain"
+
+
+def test_after_ctrl_c_a_script_ignores_a_second_one_while_it_ends():
+    """A second Ctrl-C while the interpreter stopped the data-loader workers printed a traceback (issue 36)."""
+    import signal
+
+    with pytest.raises(SystemExit):
+        run_cli(_raises(KeyboardInterrupt()), [], prog="tool.py")
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+def test_deferred_interrupts_finish_the_block_then_deliver_the_signal():
+    import os
+    import signal
+
+    from errors import deferred_interrupts
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C during the clean-up
+            done.append("saved")
+    assert done == ["saved"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

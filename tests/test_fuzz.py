@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import dataset
+import image_files
 import hostile
 import linemod_format as lf
 import utils
@@ -469,10 +470,11 @@ def test_image_reader_reads_valid_images_to_their_size_and_mode(w, h, mode, fmt)
         mode = "L"  # JPEG has no palette
     path = WORK / f"ok.{fmt.lower()}"
     Image.new(mode, (w, h), 7 if mode != "RGB" else (7, 8, 9)).save(path, format=fmt)
-    header = dataset.check_image_header(path, size=(w, h))
+    header = image_files.check_image_header(path, size=(w, h))
     assert (header.size, header.orientation) == ((w, h), 1)
     assert header.mode == mode or fmt == "BMP"  # BMP stores a one-colour palette image as 1-bit
-    assert dataset.load_image(path).size == (w, h) and dataset.read_rgb(path).shape == (h, w, 3)
+    assert image_files.load_image(path).size == (w, h)
+    assert image_files.decode_rgb(image_files.read_bytes(path), path).shape == (h, w, 3)
 
 
 @FEW
@@ -491,8 +493,8 @@ def test_image_reader_refuses_every_hostile_image(kind, side):
         hostile.rgb(path, size=(side, side))
         path.write_bytes(path.read_bytes()[:40])  # the header, and part of the pixels
     with pytest.raises(ImageError, match=r"bad\.(png|jpg): "):
-        dataset.check_image_header(path, size=(side, side))
-        dataset.load_image(path)
+        image_files.check_image_header(path, size=(side, side))
+        image_files.load_image(path)
 
 
 @FUZZ
@@ -500,8 +502,8 @@ def test_image_reader_refuses_every_hostile_image(kind, side):
                       mutated(_image_bytes("BMP"))))
 def test_image_reader_on_random_input_returns_or_raises_image_errors(data):
     path = _write("f.img", data)
-    _returns_or_raises(ImageError, dataset.read_header, path)
-    _returns_or_raises(ImageError, dataset.load_image, path)
+    _returns_or_raises(ImageError, image_files.read_header, path)
+    _returns_or_raises(ImageError, image_files.load_image, path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -281,16 +281,7 @@ def test_binary_label_and_list_files(tmp_path):
         lf.read_list(f)
 
 
-def test_check_label_files_returns_the_empty_ones(tmp_path):
-    (tmp_path / "labels").mkdir()
-    good = " ".join(["0"] + ["0.5"] * 20) + "\n"
-    (tmp_path / "labels" / "a.txt").write_text(good)
-    (tmp_path / "labels" / "b.txt").write_text("\n")
-    images = [str(tmp_path / "JPEGImages" / n) for n in ("a.jpg", "b.jpg")]
-    assert lf.check_label_files(images) == [str(tmp_path / "labels" / "b.txt")]
-    (tmp_path / "labels" / "a.txt").write_text(good.replace("0.5", "nan", 1))
-    with pytest.raises(LabelError, match=r"a\.txt:1: expected finite numbers"):
-        lf.check_label_files(images)
+
 
 
 def test_an_all_zero_row_is_refused_and_oddities_are_found(tmp_path):

@@ -23,8 +23,6 @@ def test_round_trip_linemod_fields(tmp_path, binary):
     np.testing.assert_allclose(m.normals, NORMALS, atol=1e-7)
     np.testing.assert_allclose(m.colors, COLORS / 255.0)
     np.testing.assert_array_equal(m.indices, FACES)
-    h = m.homogeneous()
-    assert h.shape == (4, 4) and np.all(h[3] == 1)
 
 
 def test_ascii_linemod_style_file_with_quads(tmp_path):

@@ -21,7 +21,10 @@ import torch
 
 import dataset
 import detect
-import train
+import evaluation
+import linemod_format
+import model_loading
+import recipes
 import training
 import utils
 from darknet import Darknet, parse_cfg
@@ -109,9 +112,9 @@ def test_get_multi_region_boxes_bad_input():
 def test_pick_box_takes_the_most_confident_box_of_the_class():
     boxes = torch.tensor([[0.0] * 18 + [0.7, 0.9, 2], [1.0] * 18 + [0.8, 0.5, 1], [2.0] * 18 + [0.8, 0.4, 2],
                           [3.0] * 18 + [0.6, 0.9, 2]])
-    assert valid_multi.pick_box(boxes, 2)[0] == 2.0  # det 0.8 beats 0.7 and 0.6
-    assert valid_multi.pick_box(boxes, 1)[0] == 1.0
-    assert valid_multi.pick_box(boxes, 0) is None
+    assert evaluation.pick_box(boxes, 2)[0] == 2.0  # det 0.8 beats 0.7 and 0.6
+    assert evaluation.pick_box(boxes, 1)[0] == 1.0
+    assert evaluation.pick_box(boxes, 0) is None
 
 
 def test_select_multi_boxes_takes_each_class_best_cell_among_its_own():
@@ -149,7 +152,7 @@ def test_select_multi_boxes_takes_each_class_best_cell_among_its_own():
 
 def test_threshold_accuracies():
     err = [4.9, 5.0, 12.0, 50.0, 51.0, math.inf]
-    acc = valid_multi.threshold_accuracies(err)
+    acc = evaluation.threshold_accuracies(err)
     expect = [2, 2, 3, 3, 3, 3, 3, 3, 3, 4]  # <= 5, 10, ..., 50 px
     assert acc == pytest.approx([100 * k / (6 + 1e-5) for k in expect])
 
@@ -159,14 +162,14 @@ def test_threshold_accuracies():
 # --------------------------------------------------------------------------------------------
 
 def test_occlusion_labels_are_reordered_to_the_linemod_order(occ):
-    objects = valid_multi.load_objects(occ / "cfg/occlusion.data")
+    objects = evaluation.load_objects(occ / "cfg/occlusion.data")
     assert [(o.name, o.class_id) for o in objects] == [("obj00", 0), ("obj01", 1), ("obj02", 2)]
     n_checked = 0
     for o in objects:
-        ts = valid_multi.OcclusionTestSet(o.setup.valid_list, o.name, 64)
-        raw = valid_multi.OcclusionTestSet(o.setup.valid_list, o.name, 64, reorder=False)
+        ts = dataset.OcclusionTestSet(o.setup.valid_list, o.name, 64)
+        raw = dataset.OcclusionTestSet(o.setup.valid_list, o.name, 64, reorder=False)
         for i, path in enumerate(ts.paths):
-            scene_rows = dataset.read_truths(dataset.label_path(path))  # the scene's labels, design §9.2 order
+            scene_rows = dataset.read_truths(linemod_format.label_path(path))  # the scene's labels, design §9.2 order
             mine = ts[i][1].numpy().reshape(50, 21)[0]
             expect = scene_rows[scene_rows[:, 0] == o.class_id][0]
             np.testing.assert_allclose(mine, expect, atol=1e-12)
@@ -178,13 +181,13 @@ def test_occlusion_labels_are_reordered_to_the_linemod_order(occ):
 
 
 def test_missing_occlusion_label_is_named(occ, tmp_path):
-    o = valid_multi.load_objects(occ / "cfg/occlusion.data", ["obj01"])[0]
-    path = dataset.read_list(o.setup.valid_list)[0]
+    o = evaluation.load_objects(occ / "cfg/occlusion.data", ["obj01"])[0]
+    path = linemod_format.read_list(o.setup.valid_list)[0]
     lst = tmp_path / "list.txt"
     lst.write_text(path + "\n")
     label = occlusion_label_path(path, "obj09")
     with pytest.raises(FileNotFoundError, match=f"{label}: label file not found"):
-        valid_multi.OcclusionTestSet(lst, "obj09", 64)
+        dataset.OcclusionTestSet(lst, "obj09", 64)
 
 
 class PlantedModel(torch.nn.Module):
@@ -217,11 +220,11 @@ def plant(points, class_id, H=8, W=8, C=13, A=5, a=2):
 
 
 def test_evaluate_object_on_planted_predictions(occ):
-    obj = valid_multi.load_objects(occ / "cfg/occlusion.data", ["obj00"])[0]
-    loader = valid_multi.make_test_loader(obj, (256, 256), batch_size=2)
+    obj = evaluation.load_objects(occ / "cfg/occlusion.data", ["obj00"])[0]
+    loader = evaluation.occlusion_test_loader(obj, (256, 256), batch_size=2)
     gts = [t.numpy().reshape(50, 21)[0] for _, ts in loader for t in ts]
     exact = [plant(g[1:19].reshape(9, 2), 0) for g in gts]
-    summary, records = valid_multi.evaluate_object(PlantedModel(exact), loader, obj)
+    summary, records = evaluation.evaluate_object(PlantedModel(exact), loader, obj)
     n = len(gts)
     assert summary["n"] == n and summary["n_failed"] == 0 and summary["class_id"] == 0
     assert summary["acc_px"] == pytest.approx([100 * n / (n + 1e-5)] * 10)
@@ -230,17 +233,17 @@ def test_evaluate_object_on_planted_predictions(occ):
     # the same points under another class: no cell has class 0 as its best class above the threshold,
     # a miss for every GT (D63); the original's choice falls back on a low-confidence box instead
     wrong = [plant(g[1:19].reshape(9, 2), 1) for g in gts]
-    summary, records = valid_multi.evaluate_object(PlantedModel(wrong), loader, obj)
+    summary, records = evaluation.evaluate_object(PlantedModel(wrong), loader, obj)
     assert summary["n_failed"] == n and np.isnan(records["pr_px"]).all() and summary["acc_px"][-1] == 0
     wrong = [plant(g[1:19].reshape(9, 2), 1) for g in gts]
-    summary, records = valid_multi.evaluate_object(PlantedModel(wrong), loader, obj, select="original")
+    summary, records = evaluation.evaluate_object(PlantedModel(wrong), loader, obj, select="original")
     assert np.isfinite(records["pr_px"]).all() and summary["acc_px"][-1] < 100 * n / (n + 1e-5)
 
 
 def test_training_test_records_the_5px_accuracy(occ):
     """design §7.5 / D23: the recorded accuracy is the 5 px one (the original kept 50 px)."""
-    obj = valid_multi.load_objects(occ / "cfg/occlusion.data", ["obj00"])[0]
-    loader = valid_multi.make_test_loader(obj, (256, 256), batch_size=1)
+    obj = evaluation.load_objects(occ / "cfg/occlusion.data", ["obj00"])[0]
+    loader = evaluation.occlusion_test_loader(obj, (256, 256), batch_size=1)
     gts = [t.numpy().reshape(50, 21)[0] for _, ts in loader for t in ts]
     shift = np.array([20.0 / 640, 0.0])  # every point 20 px to the right: a 2-D error far above 5, below 50 px
     outs = [plant(g[1:19].reshape(9, 2) + (shift if i % 2 else 0), 0) for i, g in enumerate(gts)]
@@ -263,14 +266,14 @@ def _centroid_to_mask_px(row, mask, S):
 
 def test_pasted_objects_keep_their_labels_on_their_masks(occ):
     pools = dataset.linemod_train_lists(occ / "LINEMOD")
-    paths = dataset.read_list(occ / "cfg/train_occlusion.txt")
+    paths = linemod_format.read_list(occ / "cfg/train_occlusion.txt")
     S, far = 192, {False: 0, True: 0}
     pasted = 0
     for repro in (False, True):
         for seed in range(6):
             s = dataset.multi_object_sample(paths[seed], pools, S, np.random.default_rng(seed),
                                             np.zeros((8, 8, 3), np.uint8), repro_label_bugs=repro)
-            n_main = len(dataset.read_truths(dataset.label_path(paths[seed])))
+            n_main = len(dataset.read_truths(linemod_format.label_path(paths[seed])))
             pasted += (len(s.labels) - n_main) * (not repro)
             for row, mask in zip(s.labels, s.masks):
                 d = _centroid_to_mask_px(row, mask, S)
@@ -288,7 +291,7 @@ def test_schedule_counts_raw_batches():
     net = parse_cfg(MULTI_CFG)[0]
     steps = [float(s) for s in net["steps"].split(",")]
     scales = [float(s) for s in net["scales"].split(",")]
-    lr = lambda t: train.learning_rate(t, float(net["learning_rate"]), steps, scales, step_unit=1.0)
+    lr = lambda t: recipes.step_learning_rate(t, float(net["learning_rate"]), steps, scales, step_unit=1.0)
     for t, expect in [(0, 1e-4), (99, 1e-4), (100, 1e-3), (19999, 1e-3), (20000, 1e-4), (29999, 1e-4),
                       (30000, 1e-5), (10 ** 6, 1e-5)]:
         assert lr(t) == pytest.approx(expect), t
@@ -298,7 +301,7 @@ def test_schedule_counts_raw_batches():
 def test_loss_uses_the_cfg_anchors_classes_and_ms_scales(repro):
     args = train_multi.get_args_parser().parse_args(["--pretrain_num_epochs", "3"] + ["--repro-anchor-bug"] * repro)
     training.fill_recipe_defaults(args, loss_scales="ms", pretrain_num_epochs=0)  # train_multi's defaults
-    loss = train_multi.make_loss(Darknet(TRIAL3_MULTI), args)
+    loss = training.build_loss(Darknet(TRIAL3_MULTI), args)
     assert (loss.num_classes, loss.num_anchors, loss.pretrain_num_epochs, loss.repro_anchor_bug) == (13, 5, 3, repro)
     assert loss.anchors == pytest.approx([1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879,
                                           5.8851])
@@ -311,11 +314,11 @@ def test_a_few_steps_lower_the_loss(occ):
     model = Darknet(TRIAL3_MULTI)
     model.load_weights_until_last(BACKBONE3)
     args = training.fill_recipe_defaults(train_multi.get_args_parser().parse_args([]), "ms", 0)
-    loss_fn = train_multi.make_loss(model, args)
+    loss_fn = training.build_loss(model, args)
     pools = dataset.linemod_train_lists(occ / "LINEMOD")
     ds = dataset.MultiObjectDataset(occ / "cfg/train_occlusion.txt", pools, train=True, seed=0)
     images, target = dataset.collate([ds[(i, 128)] for i in range(4)])
-    opt = train.build_optimizer(model, 1e-3, 0.9, 0.0005, 4)
+    opt = recipes.build_sgd(model, 1e-3, 0.9, 0.0005, 4)
     losses = []
     for _ in range(8):
         loss, stats = loss_fn(model(images), target, epoch=1)
@@ -445,8 +448,8 @@ def _occ_copy(occ, tmp_path):
 def test_train_multi_checks_the_training_labels_before_training(occ, tmp_path):
     """A bad training label was met mid-training, although the README says it is checked before."""
     root, data = _occ_copy(occ, tmp_path)
-    first = dataset.read_list(utils.read_data_cfg(data, resolve_paths=True)["train"])[0]
-    Path(dataset.label_path(first)).write_text("0 0.5 0.5\n")
+    first = linemod_format.read_list(utils.read_data_cfg(data, resolve_paths=True)["train"])[0]
+    Path(linemod_format.label_path(first)).write_text("0 0.5 0.5\n")
     args = ["--datacfg", str(data), "--modelcfg", str(TRIAL3_MULTI), "--initweightfile", "none",
             "--backupdir", str(tmp_path / "b"), "--quiet"]
     with pytest.raises(InputError, match=r"(?s)cannot start training:.*:1: expected 21 numbers per object, found 3"):
@@ -522,15 +525,15 @@ def test_train_multi_warns_of_empty_training_labels_before_training(occ, tmp_pat
 
 def test_all_empty_occlusion_labels_are_refused_and_some_warn(occ, tmp_path):
     root, data = _occ_copy(occ, tmp_path)
-    (obj,) = valid_multi.load_objects(data, ["obj00"])
-    paths = dataset.read_list(obj.setup.valid_list)
+    (obj,) = evaluation.load_objects(data, ["obj00"])
+    paths = linemod_format.read_list(obj.setup.valid_list)
     Path(occlusion_label_path(paths[0], "obj00")).write_text("")
     with pytest.warns(UserWarning, match=rf"1 of {len(paths)} labels_occlusion files of 'obj00' are empty"):
-        valid_multi.check_test_images([obj])
+        evaluation.check_occlusion_test_images([obj])
     for p in paths:
         Path(occlusion_label_path(p, "obj00")).write_text("")
     with pytest.raises(InputError, match=rf"all {len(paths)} labels_occlusion files of 'obj00' are empty"):
-        valid_multi.check_test_images([obj])
+        evaluation.check_occlusion_test_images([obj])
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,7 +574,7 @@ def test_fast_multi_sample_has_the_pillow_samples_labels(occ):
     """The cv2 path of the design §6.3 sample makes the same draws: the same objects pasted, labels
     equal to 1e-6, the objects on the same pixels."""
     pools = dataset.linemod_train_lists(occ / "LINEMOD")
-    paths = dataset.read_list(occ / "cfg/train_occlusion.txt")
+    paths = linemod_format.read_list(occ / "cfg/train_occlusion.txt")
     S = 160
     for seed, path in enumerate(paths):
         slow = dataset.multi_object_sample(path, pools, S, np.random.default_rng(seed), np.zeros((S, S, 3), np.uint8))
@@ -718,14 +721,14 @@ def test_valid_multi_and_detect_multi_give_the_same_poses(occ, tmp_path, rule):
     size = 160
     weights = _confident_multi_weights(tmp_path / "multi.weights")
     data = occ / "cfg/occlusion.data"
-    objects = valid_multi.load_objects(data)
-    model = valid_multi.load_model(TRIAL3_MULTI, weights, "cpu")
+    objects = evaluation.load_objects(data)
+    model = model_loading.load_model(TRIAL3_MULTI, weights, "cpu")
     images = tmp_path / "scenes"
     images.mkdir()
     scored = {}
     for obj in objects:
-        loader = valid_multi.make_test_loader(obj, (size, size), batch_size=1)
-        _, records = valid_multi.evaluate_object(model, loader, obj, "cpu", box_rule=rule)
+        loader = evaluation.occlusion_test_loader(obj, (size, size), batch_size=1)
+        _, records = evaluation.evaluate_object(model, loader, obj, "cpu", box_rule=rule)
         scored[obj.class_id] = (loader.dataset.paths, records)
         for p in loader.dataset.paths:
             shutil.copy(p, images / Path(p).name)
@@ -768,25 +771,25 @@ def test_load_objects_names_a_test_list_without_mesh_and_a_mesh_without_diameter
     no_mesh = _edit_data(data, root / "cfg/no_mesh.data", add=["valid7 = LINEMOD/obj00/test_occlusion.txt"])
     no_diam = _edit_data(data, root / "cfg/no_diam.data", drop=("diam2",))
     with pytest.raises(DataCfgError, match=rf"{no_mesh}: 'valid7' has no 'mesh7'"):
-        valid_multi.load_objects(no_mesh)
+        evaluation.load_objects(no_mesh)
     with pytest.raises(DataCfgError, match=rf"{no_diam}: object 'obj01' has mesh2 but no 'diam2'"):
-        valid_multi.load_objects(no_diam)
+        evaluation.load_objects(no_diam)
     with pytest.raises(InputError, match=r"(?s)cannot evaluate:.*no 'diam2'"):
         valid_multi.main(valid_multi.get_args_parser().parse_args(["--datacfg", str(no_diam), "--quiet"]))
     # the mesh's diameter only when asked for; an object not scored needs no diameter
-    (obj,) = valid_multi.load_objects(no_diam, ["obj01"], diam_source="mesh")
+    (obj,) = evaluation.load_objects(no_diam, ["obj01"], diam_source="mesh")
     assert obj.setup.diam == pytest.approx(utils.mesh_diameter(obj.setup.vertices))
-    assert [o.name for o in valid_multi.load_objects(no_diam, ["obj00", "obj02"])] == ["obj00", "obj02"]
+    assert [o.name for o in evaluation.load_objects(no_diam, ["obj00", "obj02"])] == ["obj00", "obj02"]
 
 
 def test_missing_occlusion_label_files_are_named_before_the_work(occ, tmp_path):
     root, data = _occ_copy(occ, tmp_path)
-    (obj,) = valid_multi.load_objects(data, ["obj01"])
-    first = dataset.read_list(obj.setup.valid_list)[0]
+    (obj,) = evaluation.load_objects(data, ["obj01"])
+    first = linemod_format.read_list(obj.setup.valid_list)[0]
     label = Path(occlusion_label_path(first, "obj01"))
     label.unlink()
     with pytest.raises(InputError, match=rf"{label}"):
-        valid_multi.check_test_images([obj])
+        evaluation.check_occlusion_test_images([obj])
     with pytest.raises(InputError, match=rf"(?s)cannot evaluate:.*{label}"):
         valid_multi.main(valid_multi.get_args_parser().parse_args(
             ["--datacfg", str(data), "--objects", "obj01", "--modelcfg", str(TRIAL3_MULTI), "--weightfile",

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from errors import OverwriteError
-from ownership import MANIFEST, MAX_NAMED, Outputs, read_manifest
+from ownership import MANIFEST, MAX_NAMED, Outputs, read_manifest, sha256
 
 
 def write_run(root, tool, group, files: dict, overwrite=False, inputs=()):
@@ -77,18 +77,91 @@ def test_overwrite_never_replaces_or_removes_an_input(tmp_path):
     assert (tmp_path / "a/img.jpg").read_text() == "pixels\n" and (tmp_path / "a/old.jpg").is_file()
 
 
-def test_an_interrupted_run_is_recorded_as_unfinished_and_is_its_own(tmp_path):
+def test_an_interrupted_run_records_what_it_wrote_as_unfinished_and_its_own(tmp_path):
+    out = Outputs(tmp_path, "tool.py")
+    out.plan([tmp_path / "a/1.txt", tmp_path / "a/2.txt"], "a")
+    out.check()
+    with pytest.raises(KeyboardInterrupt), out.writing({"n": 2}):
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a/1.txt").write_text("half")
+        raise KeyboardInterrupt  # Ctrl-C while the run writes
+    manifest = read_manifest(tmp_path)
+    assert manifest["runs"]["tool.py:a"]["finished"] is False
+    assert manifest["files"]["a/1.txt"]["unfinished"] is True and manifest["files"]["a/1.txt"]["bytes"] == 4
+    with pytest.raises(OverwriteError, match="earlier run of tool.py"):
+        write_run(tmp_path, "tool.py", "a", {"a/1.txt": "1\n", "a/2.txt": "2\n"})
+    write_run(tmp_path, "tool.py", "a", {"a/1.txt": "1\n", "a/2.txt": "2\n"}, overwrite=True)
+    assert (tmp_path / "a/1.txt").read_text() == "1\n"
+    assert read_manifest(tmp_path)["runs"]["tool.py:a"]["finished"] is True
+
+
+def test_an_unfinished_entry_is_its_own_only_when_its_size_and_hash_say_so(tmp_path):
+    """A run killed outright records nothing of what it wrote: the files are named, never removed;
+    and a file changed since an interrupted run recorded it is the user's."""
     out = Outputs(tmp_path, "tool.py")
     out.plan([tmp_path / "a/1.txt", tmp_path / "a/2.txt"], "a")
     out.check()
     out.begin({"n": 2})
     (tmp_path / "a").mkdir()
-    (tmp_path / "a/1.txt").write_text("half")  # then the run is killed
-    assert read_manifest(tmp_path)["runs"]["tool.py:a"]["finished"] is False
-    with pytest.raises(OverwriteError, match="earlier run of tool.py"):
-        write_run(tmp_path, "tool.py", "a", {"a/1.txt": "1\n", "a/2.txt": "2\n"})
-    write_run(tmp_path, "tool.py", "a", {"a/1.txt": "1\n", "a/2.txt": "2\n"}, overwrite=True)
-    assert (tmp_path / "a/1.txt").read_text() == "1\n"
+    (tmp_path / "a/1.txt").write_text("half")  # then the run is killed (SIGKILL: no clean-up)
+    (tmp_path / "a/2.txt").write_text("the user's\n")  # a file the run never wrote
+    for overwrite in (False, True):
+        with pytest.raises(OverwriteError, match=r"(?s)a/1.txt \(left by a run of tool.py that was killed before "
+                                                 r"it recorded what it wrote.*a/2.txt \(left by"):
+            write_run(tmp_path, "tool.py", "a", {"a/1.txt": "1\n", "a/2.txt": "2\n"}, overwrite=overwrite)
+    assert (tmp_path / "a/2.txt").read_text() == "the user's\n" and (tmp_path / "a/1.txt").read_text() == "half"
+    out = Outputs(tmp_path, "tool.py")
+    out.plan([tmp_path / "b/1.txt"], "b")
+    out.check()
+    with pytest.raises(KeyboardInterrupt), out.writing({"n": 1}):
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b/1.txt").write_text("half")
+        raise KeyboardInterrupt
+    (tmp_path / "b/1.txt").write_text("edited")  # same size, another hash
+    with pytest.raises(OverwriteError, match=r"b/1.txt \(changed since tool.py wrote it\)"):
+        write_run(tmp_path, "tool.py", "b", {"b/1.txt": "1\n"}, overwrite=True)
+    assert (tmp_path / "b/1.txt").read_text() == "edited"
+
+
+@pytest.mark.parametrize("key, why", [
+    ("../victim.txt", r"leads out of the folder \('..'\)"),
+    ("a/../../victim.txt", r"leads out of the folder"),
+    ("/VICTIM", "is an absolute path"),
+    ("a/./b.txt", "is not a normalised path"),
+    ("a//b.txt", "is not a normalised path"),
+    ("link/victim.txt", "lies behind a symbolic link that leads out of the folder"),
+    (MANIFEST, "is the manifest itself"),
+])
+def test_a_manifest_naming_a_file_outside_its_folder_is_refused_and_nothing_is_removed(tmp_path, key, why):
+    root, outside = tmp_path / "out", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("the user's\n")
+    (root / "link").symlink_to(outside)
+    key = key.replace("/VICTIM", str(victim))
+    entry = {"tool": "tool.py", "group": "a", "unfinished": True}
+    if key == "link/victim.txt":  # even with the size and hash of the file behind the link
+        entry.update(bytes=victim.stat().st_size, sha256=sha256(victim))
+    (root / MANIFEST).write_text(json.dumps({"format": 1, "files": {key: entry}, "runs": {}}))
+    with pytest.raises(OverwriteError, match=rf"{MANIFEST}: refused: the entry '.*' {why}.*; a manifest names only "
+                                             r"files inside its own folder"):
+        write_run(root, "tool.py", "a", {"a/1.txt": "1\n"}, overwrite=True)
+    assert victim.read_text() == "the user's\n" and not (root / "a").exists()
+
+
+@pytest.mark.parametrize("manifest, message", [
+    ({"format": 1, "files": ["a.txt"]}, "malformed manifest: 'files' is a list, not a mapping"),
+    ({"format": 1, "files": {}, "runs": []}, "malformed manifest: 'runs' is a list, not a mapping"),
+    ({"format": 1, "files": {"a.txt": "tool.py"}}, "the entry 'a.txt' is a str, not a mapping"),
+    ({"format": 1, "files": {"a.txt": {"tool": "t", "bytes": "12"}}}, "has fields of the wrong type: bytes"),
+    ({"format": 1, "files": {}, "runs": {"t:a": {"params": 3}}}, "the run 't:a' is not"),
+])
+def test_a_malformed_manifest_is_one_error_naming_it(tmp_path, manifest, message):
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(OverwriteError, match=f"{MANIFEST}: .*{message}"):
+        Outputs(tmp_path, "tool.py")
+    assert os.listdir(tmp_path) == [MANIFEST]
 
 
 def test_a_long_refusal_names_the_first_files_and_the_folders_of_the_rest(tmp_path):

@@ -4,11 +4,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import sys
 
 import pytest
 
-from errors import FlagError, InputError
+from errors import FlagError, InputError, OverwriteError
 from tools import run_study
 
 ROOT = run_study.ROOT
@@ -392,6 +393,38 @@ def test_the_fork_rule_keeps_the_first_test_unless_5px_improves():
     assert fork_numbers.our_pick(zeros)["epoch"] == 10  # ours too keeps the first of equal scores
 
 
+def test_fork_numbers_names_a_bad_log_or_valid_file(tmp_path, capsys):
+    """A torn metrics.jsonl or a truncated valid_test.json of the study ended in a traceback (issue 36)."""
+    from tools import fork_numbers
+
+    study_dir = tmp_path / "study"
+    for rel in ("data/cfg/obj00.data", "runs/teacher/obj00/model.weights", "runs/trial3-none-s0/obj00/model.weights"):
+        (study_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (study_dir / rel).write_text("x\n")
+    cell = study_dir / "fork_numbers/none-trained"
+    cell.mkdir(parents=True)
+    (cell / "done.json").write_text("{}")
+    row = {"epoch": 1, "seen": 32, "minutes": 0.5, "acc_2d_5px": 1.0, "acc_2d_10px": 2.0}
+    argv = ["--study", str(study_dir), "--cells", "none-trained"]
+
+    def one_line():
+        with pytest.raises(SystemExit) as exit_:
+            fork_numbers.run_cli(lambda a: fork_numbers.main(fork_numbers.get_args_parser().parse_args(a)), argv,
+                                 prog="fork_numbers.py")
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+        return err
+
+    (cell / "metrics.jsonl").write_text(json.dumps(row) + '\n{"epoch": 2, "se')
+    assert "none-trained/metrics.jsonl:2: not a JSON line" in one_line()
+    (cell / "metrics.jsonl").write_text(json.dumps(dict(row, epoch="1")) + "\n")
+    assert "metrics.jsonl:1: 'epoch' not a finite number" in one_line()
+    (cell / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    (study_dir / "runs/trial3-none-s0/obj00/valid_test.json").write_text('{"objects": [{"acc_2d_5px": 3')
+    assert "obj00/valid_test.json: not readable JSON" in one_line()
+    assert not (study_dir / "fork_numbers/results.json").exists()
+
+
 @pytest.mark.slow
 def test_fork_numbers_end_to_end(tmp_path):
     from tools import fork_numbers
@@ -444,3 +477,96 @@ def test_compare_teacher_names_what_differs(tmp_path):
     differs = run_study.compare_teacher(tmp_path / "here", tmp_path / "other", ["obj00"])
     assert len(differs) == 1 and differs[0].startswith("WARNING: the teacher of obj00 trained again differs")
     assert "acc_add 42.5 here, 40.0 there" in differs[0] and "acc_2d " not in differs[0]
+
+
+# --------------------------------------------------------------------------------------------
+# issue 36: --restore checks every file first and follows no link out; --publish replaces only its own
+# --------------------------------------------------------------------------------------------
+
+def _published(tmp_path):
+    """A published study of the TINY budget with one finished student run (no training)."""
+    b = run_study.resolve_budget(run_study.get_args_parser().parse_args(TINY))
+    source = tmp_path / "published"
+    run_study.claim_folder(source, b, None)
+    (source / "commands.txt").write_text("python train.py ...\n")
+    run = run_study.Run("trial3-none-s0", "trial3", "none", 0, "obj00", source / "runs/trial3-none-s0/obj00")
+    run.folder.mkdir(parents=True)
+    summary = {"acc_2d": 50.0, "acc_2d_10px": 90.0, "acc_add": 40.0, "acc_5cm5deg": 10.0, "mean_err_2d": 5.5,
+               "mean_err_corner": 6.0, "images_per_s": 12.0, "n": 4}
+    (run.folder / "valid_test.json").write_text(json.dumps({"objects": [summary]}))
+    (run.folder / "metrics.jsonl").write_text('{"epoch": 0, "seen": 8, "minutes": 0.1}\n'
+                                              '{"epoch": 1, "seen": 16, "minutes": 0.2}\n')
+    (run.folder / "run.json").write_text(json.dumps(run_study.cell_of(run, b, run_study.NETWORKS["trial3"][1])))
+    return b, source, run.folder
+
+
+def test_restore_copies_a_checked_published_run(tmp_path):
+    b, source, _ = _published(tmp_path)
+    out = tmp_path / "moved"
+    assert run_study.restore_published(out, source, b, None, {"obj00": tmp_path / "obj00.data"}) == \
+        ["trial3-none-s0/obj00"]
+    dest = out / "runs/trial3-none-s0/obj00"
+    assert sorted(p.name for p in dest.iterdir()) == ["done.json", "metrics.jsonl", "run.json", "valid_test.json"]
+    assert (out / run_study.RESTORED_COMMANDS).read_text() == "python train.py ...\n"
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("valid_test.json", lambda p: p.write_text(p.read_text()[:30]), r"valid_test.json: not readable JSON"),
+    ("valid_test.json", lambda p: p.write_text('{"objects": [{"acc_2d": "high"}]}'),
+     r"valid_test.json: not a valid.py --json summary \(objects\[0\] lacks numbers for acc_2d\)"),
+    ("metrics.jsonl", lambda p: p.write_text(p.read_text()[:60]), r"metrics.jsonl:2: not a JSON metric row"),
+    ("run.json", lambda p: p.write_text(p.read_text()[:20]), r"run.json: not readable JSON"),
+    ("run.json", lambda p: p.write_text(json.dumps(dict(json.loads(p.read_text()), seed=7, init="/etc/x"))),
+     r"run.json: not the cell of trial3-none-s1 in this budget: seed: 7 there, 1 for trial3-none-s1; init: '/etc/x'"),
+    ("metrics.jsonl", "LINK", r"metrics.jsonl: a symbolic link that leads out of --restore .*published \(to "),
+    ("run.json", "LINKED_FOLDER", r"s1/obj00/valid_test.json: a symbolic link that leads out of --restore"),
+])
+def test_restore_refuses_a_damaged_or_linked_file_before_copying_anything(tmp_path, name, damage, message):
+    """A truncated file ended in a traceback, a link brought a file from elsewhere into the study,
+    a hostile run.json was copied before it was checked (issue 36)."""
+    b, source, good = _published(tmp_path)
+    folder = source / "runs/trial3-none-s1/obj00"  # damaged below; checked after the good run s0
+    shutil.copytree(good, folder)
+    (folder / "run.json").write_text(json.dumps(dict(json.loads((good / "run.json").read_text()), seed=1,
+                                                     run="trial3-none-s1")))
+    outside = tmp_path / "elsewhere"
+    if damage == "LINK":
+        outside.mkdir()
+        (outside / "secret.jsonl").write_text('{"epoch": 0, "secret": 1}\n')
+        (folder / name).unlink()
+        (folder / name).symlink_to(outside / "secret.jsonl")
+    elif damage == "LINKED_FOLDER":
+        shutil.move(str(folder), str(outside))
+        folder.symlink_to(outside)
+    else:
+        damage(folder / name)
+    out = tmp_path / "moved"
+    with pytest.raises(InputError, match=message):
+        run_study.restore_published(out, source, b, None, {"obj00": tmp_path / "obj00.data"})
+    assert not out.exists()  # nothing copied, not even the good run s0
+
+
+def test_publish_replaces_only_what_an_earlier_publish_wrote(tmp_path):
+    b, source, folder = _published(tmp_path)
+    run = run_study.Run("trial3-none-s0", "trial3", "none", 0, "obj00", folder)
+    (source / "results.md").write_text("# results\n")
+    dest = tmp_path / "docs"
+    dest.mkdir()
+    (dest / "results.md").write_text("my own notes\n")
+    (dest / "notes.txt").write_text("mine\n")
+    with pytest.raises(OverwriteError, match=rf"(?s)refused, nothing was written.*{dest / 'results.md'} \(not written "
+                                             r"by run_study.py\)"):
+        run_study.publish(source, dest, [run])
+    assert sorted(p.name for p in dest.iterdir()) == ["notes.txt", "results.md"]
+    (dest / "results.md").unlink()
+    run_study.publish(source, dest, [run])
+    assert (dest / "results.md").read_text() == "# results\n"
+    assert (dest / "runs/trial3-none-s0/obj00/run.json").is_file()
+    (source / "results.md").write_text("# results, again\n")
+    run_study.publish(source, dest, [])  # its own earlier files: replaced, and those it no longer writes removed
+    assert (dest / "results.md").read_text() == "# results, again\n"
+    assert not (dest / "runs/trial3-none-s0/obj00/run.json").exists() and (dest / "notes.txt").read_text() == "mine\n"
+    (dest / "commands.txt").write_text("edited by hand\n")
+    with pytest.raises(OverwriteError, match=r"commands.txt \(changed since run_study.py wrote it\)"):
+        run_study.publish(source, dest, [run])
+    assert (dest / "commands.txt").read_text() == "edited by hand\n"

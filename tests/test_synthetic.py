@@ -616,10 +616,10 @@ def test_fresh_multi_refusals_name_the_folder_or_file(fresh_multi, fresh, tmp_pa
 
 def test_valid_all_leaves_out_the_fresh_occlusion_data():
     """valid.py --all scores single-object .data files: the fresh scenes' occlusion file is left out."""
-    import valid
+    import evaluation
 
-    assert valid.skipped_by_all(Path(gen.fresh_multi_cfg(11)))
-    assert valid.skipped_by_all(Path(gen.fresh_names("obj00", 11)[1]))
+    assert evaluation.skipped_by_all(Path(gen.fresh_multi_cfg(11)))
+    assert evaluation.skipped_by_all(Path(gen.fresh_names("obj00", 11)[1]))
 
 
 def test_a_full_disk_during_generation_is_one_line(tmp_path, monkeypatch, capsys):
@@ -641,12 +641,13 @@ def test_generation_and_rendering_are_libraries_that_load_no_tool():
     import ast
 
     root = Path(__file__).resolve().parents[1]
-    for rel in ("render.py", "synthetic.py", "training.py", "train.py", "multi_obj_pose_estimation/train_multi.py"):
+    for rel in ("render.py", "synthetic.py", "randomisation.py", "backgrounds.py", "MeshPly.py", "training.py",
+                "train.py", "multi_obj_pose_estimation/train_multi.py"):
         tree = ast.parse((root / rel).read_text(encoding="utf-8"))
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [m for m in names if m == "tools" or m.startswith("tools.")], rel
-    code = ("import sys; import render, synthetic, training; "
+    code = ("import sys; import render, synthetic, randomisation, backgrounds, training; "
             "print(sorted(m for m in sys.modules if m == 'tools' or m.startswith('tools.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -347,6 +347,48 @@ def test_make_labels_overwrite_keeps_its_inputs_and_files_it_did_not_write(synth
     assert (out / "LINEMOD/o/notes.txt").is_file() and (out / "cfg/my_own.data").is_file()
 
 
+@pytest.mark.parametrize("diam", ["0", "-0.1", "nan", "inf"])
+def test_make_labels_refuses_a_diameter_that_train_and_valid_refuse(synth, tmp_path, capsys, diam):
+    """--diam 0 was written as `diam = 0.0`, which train.py and valid.py then refused (issue 36)."""
+    (tmp_path / "p.json").write_text(json.dumps(_user_records(synth, "obj00")[:2]))
+    err = _run_make_labels(synth, tmp_path, capsys, tmp_path / "p.json", extra=["--diam", diam])
+    assert f"--diam {float(diam)}: the object's diameter must be a positive number of metres" in err
+    assert not (tmp_path / "bad_out").exists()
+
+
+def test_make_labels_after_ctrl_c_overwrites_what_it_wrote_and_a_hostile_manifest_deletes_nothing(
+        synth, tmp_path, capsys, monkeypatch):
+    records = _user_records(synth, "obj00")[:3]
+    (tmp_path / "p.json").write_text(json.dumps(records))
+    out = tmp_path / "out"
+    real, calls = make_labels.write_label_rows, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(make_labels, "write_label_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o"))
+    monkeypatch.setattr(make_labels, "write_label_rows", real)
+    entry = json.loads((out / "ssp_manifest.json").read_text())["files"]["LINEMOD/o/labels/000000.txt"]
+    assert entry["unfinished"] is True and len(entry["sha256"]) == 64  # what it wrote, recorded
+    assert make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o", "--overwrite")) == 0
+    # a manifest edited to name a file outside its folder: refused, and nothing is removed
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's\n")
+    manifest = json.loads((out / "ssp_manifest.json").read_text())
+    manifest["files"]["../victim.txt"] = {"tool": "make_labels.py", "group": "o", "unfinished": True}
+    (out / "ssp_manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert make_labels.main(_make_labels_argv(synth, tmp_path / "p.json", out, "o", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'ssp_manifest.json'}: refused: the entry '../victim.txt' leads out of the folder" in err
+    assert victim.read_text() == "the user's\n" and (out / "LINEMOD/o/labels/000000.txt").is_file()
+
+
 def test_bop_to_linemod_refuses_to_replace_a_data_file_the_user_edited(bop_dir, tmp_path, capsys):
     out = tmp_path / "o"
     argv = ["--bop", str(bop_dir), "--out", str(out), "--objects", "1", "--names", "bop"]
@@ -688,6 +730,31 @@ def test_draw_labels_prediction_errors(synth, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_draw_labels_refuses_truncated_or_wrong_shaped_predictions(synth, tmp_path, capsys):
+    """Each was a traceback (issue 36): one line naming the file and what is wrong."""
+    npz = tmp_path / "p.npz"
+    _fake_predictions(synth, npz)
+    good = dict(np.load(npz))
+    data = str(synth / "cfg/obj00.data")
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(npz.read_bytes()[:300])
+    wrong = {"pr": dict(good, pr_px=good["pr_px"][:, :8]), "R": dict(good, R_pr=good["R_pr"][:, :2]),
+             "n": dict(good, err_2d=np.array([4.2, 1.0])), "image": dict(good, image=np.zeros(1))}
+    for name, arrays in wrong.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+    for name, message in (("cut", "cut.npz: not a readable .npz file"),
+                          ("pr", "pr.npz: 'pr_px' holds float64 of shape (1, 8, 2), expected numbers of shape "
+                                 "(1, 9, 2) (one per image path)"),
+                          ("R", "R.npz: 'R_pr' holds float64 of shape (1, 2, 3)"),
+                          ("n", "n.npz: 'err_2d' holds float64 of shape (2,), expected numbers of shape (1,)"),
+                          ("image", "image.npz: 'image' holds float64 of shape (1,), expected a list of paths")):
+        assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / f"{name}.npz"),
+                                 "--out", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("draw_labels: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_draw_labels_errors(synth, tmp_path, capsys):
     bad = tmp_path / "bad.data"
     bad.write_text((synth / "cfg/obj00.data").read_text().replace("LINEMOD/obj00/test.txt", "LINEMOD/obj00/none.txt"))
@@ -813,6 +880,39 @@ def test_plot_curve_reads_the_runs_rows_and_the_extra_test_sets(tmp_path):
         plot_curve.read_rows(metrics)
 
 
+@pytest.mark.parametrize("lines, message", [
+    (['{"minutes": "4", "acc_2d_5px": 1.0}'], r"m.jsonl:1: 'minutes' not a finite number"),
+    (['{"minutes": 4.0, "acc_2d_5px": 1.0, "seen": null}'], r"m.jsonl:1: 'seen' not a finite number"),
+    (['{"minutes": Infinity, "acc_2d_5px": 1.0}'], r"m.jsonl:1: 'minutes' not a finite number"),
+    (['{"minutes": 4.0, "acc_2d_5px": 1.0, "f:acc_2d_5px": 2.0}', '{"minutes": 8.0, "acc_2d_5px": 3.0}'],
+     r"m.jsonl:2: no 'f:acc_2d_5px' \(the first row has them\)"),
+])
+def test_plot_curve_names_the_line_of_a_bad_row(tmp_path, lines, message):
+    """Each ended in a traceback in series, curve_table or the plot (issue 36)."""
+    from tools import plot_curve
+
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(plot_curve.InputError, match=message):
+        plot_curve.main([str(path), "--out", str(tmp_path / "c.png")])
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_curve_refuses_a_binary_log_and_bad_table_minutes(tmp_path):
+    from tools import plot_curve
+
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(plot_curve.InputError, match=r"m.jsonl: not a text file"):
+        plot_curve.main([str(path), "--out", str(tmp_path / "c.png")])
+    path.write_text('{"minutes": 4.0, "acc_2d_5px": 1.0, "acc_2d_10px": 2.0}\n')
+    for at, message in (("ten,20", "expected minutes separated by commas"), ("nan", "minutes must be finite and >= 0")):
+        with pytest.raises(FlagError, match=f"--table-at {at}: {message}"):
+            plot_curve.main([str(path), "--out", str(tmp_path / "c.png"), "--table-at", at])
+    assert not (tmp_path / "c.png").exists()  # the flag is checked before the figure is drawn
+    plot_curve.main([str(path), "--out", str(tmp_path / "c.png"), "--table-at", "4"])  # no 'seen': '-'
+
+
 def test_curve_reach_times_and_table_on_fixed_inputs():
     from tools import plot_curve
 
@@ -849,7 +949,8 @@ def test_record_main_job_on_fixed_inputs(tmp_path):
 
     backup = tmp_path / "backup"
     backup.mkdir()
-    rows = [{"epoch": 4, "seen": 5440, "minutes": 1.5}, {"epoch": 9, "seen": 13600, "minutes": 3.25}]
+    rows = [{"epoch": 4, "seen": 5440, "minutes": 1.5, "acc_2d_5px": 20.0, "acc_2d_10px": 60.0},
+            {"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0, "acc_2d_10px": 90.5}]
     (backup / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {"acc_2d": 41.0, "acc_2d_10px": 90.5, "acc_2d_15px": 97.0, "acc_2d_20px": 99.0, "acc_2d_30px": 100.0,
                "acc_add": 30.0, "acc_5cm5deg": 20.0, "mean_err_2d": 5.55, "mean_err_corner": 9.04, "n": 240,
@@ -876,6 +977,38 @@ def test_record_main_job_on_fixed_inputs(tmp_path):
         str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores", "--out-file", str(tmp_path / "c.json"),
         "--command", "python train.py --minutes 120"]))
     assert timed["command"] == "python train.py --minutes 120"
+
+
+def test_record_main_job_checks_its_inputs(tmp_path, capsys):
+    """No input was checked: a missing, truncated or other-version file ended in a traceback (issue 36)."""
+    from tools import record_main_job as rec
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "metrics.jsonl").write_text('{"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0}\n{"ep')
+    summary = {k: 1.0 for k in rec.KEYS}
+    (tmp_path / "t.json").write_text(json.dumps({"objects": [summary]}))
+    (tmp_path / "cut.json").write_text(json.dumps({"objects": [summary]})[:40])
+    (tmp_path / "old.json").write_text(json.dumps({"objects": [{"acc_2d": 41.0}]}))
+
+    def run(metrics_ok=True, test="t.json", wall="11.5"):
+        if metrics_ok:
+            (backup / "metrics.jsonl").write_text('{"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0}\n')
+        argv = ["--backupdir", str(backup), "--wall-minutes", wall, "--test-json", str(tmp_path / test), "--fresh-json",
+                str(tmp_path / "t.json"), "--fresh-seed", "11", "--machine", "m",
+                "--out-file", str(tmp_path / "r.json")]
+        with pytest.raises(SystemExit) as exit_:
+            rec.run_cli(lambda a: rec.main(rec.get_args_parser().parse_args(a)), argv, prog="record_main_job.py")
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        return err
+
+    assert "metrics.jsonl:2: not a JSON line" in run(metrics_ok=False)
+    assert "nope.json: valid.py --json file not found" in run(test="nope.json")
+    assert "cut.json: not readable JSON" in run(test="cut.json")
+    assert "old.json: the summary of the object lacks acc_2d_10px" in run(test="old.json")
+    assert "--wall-minutes inf: must be a positive, finite number of minutes" in run(wall="inf")
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_readme_main_job_table_is_its_raw_record():
@@ -906,7 +1039,8 @@ def test_record_multi_main_job_on_fixed_inputs(tmp_path):
 
     backup = tmp_path / "backup"
     backup.mkdir()
-    (backup / "metrics.jsonl").write_text(json.dumps({"epoch": 39, "seen": 54400, "minutes": 11.0}) + "\n")
+    (backup / "metrics.jsonl").write_text(json.dumps({"epoch": 39, "seen": 54400, "minutes": 11.0, "acc_2d_5px": 20.0,
+                                                      "acc_2d_10px": 61.0}) + "\n")
     thresholds = list(range(5, 55, 5))
     objs = [{"object": f"obj0{i}", "n": 240 - 60 * i, "thresholds": thresholds,
              "acc_px": [10.0 * (i + 1)] + [60.0 + i] * 9, "acc_add": 5.0 * i, "acc_5cm5deg": 1.0,

@@ -19,10 +19,10 @@ import dataset
 import engine
 import evaluation
 import hostile
+import linemod_format
 import recipes
 import train
 import training
-import utils
 import valid
 from darknet import Darknet
 from errors import EXIT_FAULT, FlagError, InputError, run_cli
@@ -61,7 +61,7 @@ def small_args(datacfg, backup, *extra) -> list[str]:
 def test_learning_rate_schedules_of_the_cfgs():
     ms = Darknet(ROOT / "cfg/yolo-pose.cfg").net  # steps -1,80,160 in epochs
     nb = 1000 / 8  # nbatches = nSamples / batch
-    lr = lambda t: train.learning_rate(t, ms["learning_rate"], ms["steps"], ms["scales"], nb)  # noqa: E731
+    lr = lambda t: recipes.step_learning_rate(t, ms["learning_rate"], ms["steps"], ms["scales"], nb)  # noqa: E731
     assert lr(0) == pytest.approx(1e-4)
     assert lr(80 * nb - 1) == pytest.approx(1e-4)
     assert lr(80 * nb) == pytest.approx(1e-5)
@@ -70,22 +70,23 @@ def test_learning_rate_schedules_of_the_cfgs():
 
     fork = Darknet(TRIAL3).net  # steps 400000,450000 epochs: never reached
     last_batch = 500 * 100 / 16  # 500 epochs of 100 images
-    assert train.learning_rate(last_batch, fork["learning_rate"], fork["steps"], fork["scales"], 100 / 16) == 1e-3
+    last_lr = recipes.step_learning_rate(last_batch, fork["learning_rate"], fork["steps"], fork["scales"], 100 / 16)
+    assert last_lr == 1e-3
 
     multi = Darknet(ROOT / "multi_obj_pose_estimation/cfg/yolo-pose-multi.cfg").net  # raw batches
-    lr = lambda t: train.learning_rate(t, multi["learning_rate"], multi["steps"], multi["scales"])  # noqa: E731
+    lr = lambda t: recipes.step_learning_rate(t, multi["learning_rate"], multi["steps"], multi["scales"])  # noqa: E731
     assert [lr(t) for t in (0, 99, 100, 19999, 20000, 29999, 30000, 10 ** 6)] == pytest.approx(
         [1e-4, 1e-4, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
 
 
 def test_optimizer_divides_lr_and_multiplies_decay_by_batch():
     model = Darknet(TRIAL3)
-    opt = train.build_optimizer(model, 1e-3, 0.9, 5e-4, 16)
+    opt = recipes.build_sgd(model, 1e-3, 0.9, 5e-4, 16)
     (g,) = opt.param_groups
     assert g["lr"] == pytest.approx(1e-3 / 16) and g["weight_decay"] == pytest.approx(5e-4 * 16)
     assert g["momentum"] == 0.9 and g["dampening"] == 0 and not g["nesterov"]
     assert len(g["params"]) == len(list(model.parameters()))  # BN and biases decayed too (design §7.1)
-    opt = train.build_optimizer(model, 1e-3, 0.9, 5e-4, 16, decay_bn_bias=False)
+    opt = recipes.build_sgd(model, 1e-3, 0.9, 5e-4, 16, decay_bn_bias=False)
     assert [g["weight_decay"] for g in opt.param_groups] == [pytest.approx(8e-3), 0.0]
     assert all(p.ndim <= 1 for p in opt.param_groups[1]["params"])
 
@@ -97,7 +98,7 @@ def test_optimizer_divides_lr_and_multiplies_decay_by_batch():
 def test_overfits_eight_images(tmp_path):
     """8 synthetic images at 128x128: the loss (all terms) at least halves within 60 steps."""
     generate(tmp_path / "d", objects=1, images_per_object=8, seed=1, test_fraction=0.0)
-    opts = utils.read_data_cfg(tmp_path / "d/cfg/obj00.data", resolve_paths=True)
+    opts = linemod_format.read_data_cfg(tmp_path / "d/cfg/obj00.data", resolve_paths=True)
     data = dataset.listDataset(opts["train"], shape=(128, 128), train=False)
     assert len(data) == 8
     images, target = next(iter(dataset.make_test_loader(data, batch_size=8)))
@@ -106,7 +107,7 @@ def test_overfits_eight_images(tmp_path):
     model.load_weights_until_last(BACKBONE3)
     model.train()
     loss_fn = RegionLoss.from_region(model.region, 9, scales="cfg", pretrain_num_epochs=0)
-    opt = train.build_optimizer(model, 1e-3, 0.9, 5e-4, 8)
+    opt = recipes.build_sgd(model, 1e-3, 0.9, 5e-4, 8)
     losses = []
     for _ in range(60):
         loss, _ = loss_fn(model(images), target, 1)
@@ -506,6 +507,8 @@ def test_ddp_two_gloo_processes_write_one_set_of_outputs(synth, tmp_path):
     (["--max-batches", "0"], r"--max-batches must be >= 1, found 0"),
     (["--train-size", "32", "--batch-size", "1"], r"--train-size 32 gives a 1x1 output grid and --batch-size 1"),
     (["--train-size", "32"], r"the last batch of each epoch \(9 images in batches of 4\) holds one image"),
+    (["--train-sizes", "32,64", "--batch-size", "1"], r"--train-sizes 32,64 gives a 1x1 output grid and --batch-size"),
+    (["--final-size", "32", "--final-epochs", "1", "--batch-size", "1"], r"--final-size 32 gives a 1x1 output grid"),
     (["--device", "meta"], r"--device meta: expected auto, cpu, cuda or cuda:N"),
     (["--also-valid", "NOPE"], r"--also-valid .*nope\.data: .*nope\.data: data cfg not found"),
 ])
@@ -513,8 +516,12 @@ def test_flags_and_also_valid_are_checked_before_training(synth, tmp_path, extra
     """Each was a traceback: BatchNorm on one value per channel, a device without our operators,
     the extra test set read only at the first evaluation."""
     extra = [str(tmp_path / "nope.data") if e == "NOPE" else e for e in extra]
+    argv = small_args(synth, tmp_path / "out", "--epochs", "1", *extra)
+    if "--train-sizes" in extra:  # a range instead of the fixed size (the --batch-size 1 of issue 36)
+        at = argv.index("--train-size")
+        del argv[at:at + 2]
     with pytest.raises(InputError, match=message):
-        run_main(small_args(synth, tmp_path / "out", "--epochs", "1", *extra))
+        run_main(argv)
     assert not (tmp_path / "out").exists()
 
 
@@ -530,12 +537,17 @@ def test_the_original_recipe_on_a_cpu_names_the_fast_one():
 
 
 def test_a_full_disk_during_training_is_one_line(synth, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(engine, "atomic_torch_save", hostile.os_error(hostile.ENOSPC, "checkpoint.pt"))
+    """The checkpoint's writes find the disk full: torch.save raises its RuntimeError, the run ends in
+    one line naming the file and the free space (issue 36)."""
+    import linemod_format
+
+    monkeypatch.setattr(linemod_format, "open", hostile.full_disk_open(1000, ".checkpoint.pt."), raising=False)
     with pytest.raises(SystemExit) as exit_:
         run_cli(train.main_cli, small_args(synth, tmp_path / "out", "--epochs", "1", "--max-batches", "1"),
                 prog="train.py")
     assert exit_.value.code == EXIT_FAULT
     err = capsys.readouterr().err.splitlines()
-    assert err[-1].startswith("train.py: error: checkpoint.pt: No space left on device (the file system is full")
+    assert err[-1].startswith(f"train.py: error: {tmp_path / 'out' / 'checkpoint.pt'}: No space left on device (")
+    assert " MB free; the previous file is kept) (the file system is full" in err[-1]
     assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "out" / engine.LOCK_FILE).exists()  # the run's lock is released

@@ -16,7 +16,10 @@ import pytest
 import torch
 
 import dataset
+import evaluation
 import hostile
+import linemod_format
+import model_loading
 import utils
 import valid
 from darknet import Darknet
@@ -63,7 +66,7 @@ def encode(points_norm: np.ndarray) -> np.ndarray:
 
 def gt_points_norm(test_set) -> np.ndarray:
     """The first object's 9 label points (N, 9, 2), normalised, of every test image."""
-    return np.stack([dataset.read_truths(dataset.label_path(p))[0, 1:19].reshape(9, 2) for p in test_set.paths])
+    return np.stack([dataset.read_truths(linemod_format.label_path(p))[0, 1:19].reshape(9, 2) for p in test_set.paths])
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,7 @@ def golden_root(ev, golden_dir, tmp_path_factory):
     for i, row in enumerate(ev["label_rows"]):
         path = images / f"{i:06d}.png"
         cv2.imwrite(str(path), np.full((480, 640, 3), 10 * i, np.uint8))
-        dataset.write_truths(dataset.label_path(path), row)
+        dataset.write_truths(linemod_format.label_path(path), row)
         lines.append(f"LINEMOD/box/JPEGImages/{i:06d}.png")
     (root / "LINEMOD" / "box" / "test.txt").write_text("\n".join(lines) + "\n")
     shutil.copy(golden_dir / "synthetic_box.ply", root / "LINEMOD" / "box" / "box.ply")
@@ -93,9 +96,9 @@ def golden_root(ev, golden_dir, tmp_path_factory):
 
 
 def run_golden(root, ev, batch_size=1, diam="mesh"):
-    setup = valid.load_eval_setup(root / "cfg" / "box.data", diam_source=diam)
+    setup = evaluation.load_eval_setup(root / "cfg" / "box.data", diam_source=diam)
     test_set = dataset.listDataset(setup.valid_list, shape=(64, 64))
-    return valid.evaluate(Replay(ev["network_outputs"]), dataset.make_test_loader(test_set, batch_size), setup)
+    return evaluation.evaluate(Replay(ev["network_outputs"]), dataset.make_test_loader(test_set, batch_size), setup)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +118,8 @@ def trial3_weights(tmp_path_factory, root, synth):
     torch.manual_seed(0)
     model = Darknet(TRIAL3_CFG)
     model.load_weights_until_last(root / "weights" / "tiny-yolov2-trial3-voc.weights")
-    first = dataset.read_list(synth / "LINEMOD" / "obj00" / "test.txt")[0]
-    bias = encode(dataset.read_truths(dataset.label_path(first))[:1, 1:19].reshape(1, 9, 2))[0]
+    first = linemod_format.read_list(synth / "LINEMOD" / "obj00" / "test.txt")[0]
+    bias = encode(dataset.read_truths(linemod_format.label_path(first))[:1, 1:19].reshape(1, 9, 2))[0]
     head = model.models[-2].conv
     with torch.no_grad():
         head.weight.normal_(0.0, 0.01)
@@ -179,7 +182,7 @@ def test_golden_evaluation_end_to_end(golden_root, ev, batch_size):
 
 def test_batched_and_batch1_give_identical_numbers_on_the_golden(golden_root, ev):
     (s1, r1), (s4, r4) = run_golden(golden_root, ev, 1), run_golden(golden_root, ev, 4)
-    for k in valid.RECORD_KEYS:
+    for k in evaluation.RECORD_KEYS:
         np.testing.assert_array_equal(r1[k], r4[k], err_msg=k)
     for k in ("acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "acc_corner", "mean_err_2d", "mean_err_angle"):
         assert s1[k] == s4[k], k
@@ -208,7 +211,7 @@ def test_cli_on_the_golden_writes_report_csv_json_predictions_curves(golden_root
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d Testing box", text)  # the design §9.4 time prefix
     with open(out / "metrics.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == list(valid.CSV_HEADER)
+    assert rows[0] == list(linemod_format.METRICS_CSV_HEADER)
     assert rows[1][0] == "yolo-lite-trial3-pose" and rows[1][1] == "box"
     assert float(rows[1][2]) == pytest.approx(float(ev["acc_2d_5px"]), rel=1e-12)
     payload = json.loads((out / "summary.json").read_text())
@@ -227,10 +230,10 @@ def test_cli_on_the_golden_writes_report_csv_json_predictions_curves(golden_root
 # --------------------------------------------------------------------------------------------
 
 def synth_eval(synth, outputs_from_gt, batch_size=1, obj="obj00"):
-    setup = valid.load_eval_setup(synth / "cfg" / f"{obj}.data")
+    setup = evaluation.load_eval_setup(synth / "cfg" / f"{obj}.data")
     test_set = dataset.listDataset(setup.valid_list, shape=(64, 64))
     outputs = outputs_from_gt(gt_points_norm(test_set), setup)
-    return valid.evaluate(Replay(outputs), dataset.make_test_loader(test_set, batch_size), setup)
+    return evaluation.evaluate(Replay(outputs), dataset.make_test_loader(test_set, batch_size), setup)
 
 
 def test_gt_points_as_predictions_score_100_everywhere(synth):
@@ -246,9 +249,9 @@ def test_gt_points_as_predictions_score_100_everywhere(synth):
 
 
 def test_metric_layer_with_gt_gives_zero_errors(synth):
-    setup = valid.load_eval_setup(synth / "cfg" / "obj01.data")
+    setup = evaluation.load_eval_setup(synth / "cfg" / "obj01.data")
     gt_px = gt_points_norm(dataset.listDataset(setup.valid_list, shape=(64, 64)))[0] * [640, 480]
-    res = valid.pose_errors(gt_px.astype(np.float32), gt_px.astype(np.float32), setup)
+    res = evaluation.pose_errors(gt_px.astype(np.float32), gt_px.astype(np.float32), setup)
     assert not res["failed"]
     for k in ("err_2d", "err_add", "err_trans", "err_corner"):
         assert res[k] == 0.0, k
@@ -273,13 +276,13 @@ def test_known_pixel_shift_gives_known_errors(synth):
 def test_known_pose_offset_gives_known_errors(synth):
     """Predicted points projected from (R, t + d): ADD = ||d||, translation = ||d||, angle 0, and
     the 2-D error is the mean projected offset of the vertices."""
-    setup = valid.load_eval_setup(synth / "cfg" / "obj00.data")
+    setup = evaluation.load_eval_setup(synth / "cfg" / "obj00.data")
     R = cv2.Rodrigues(np.array([0.3, -1.2, 0.4]))[0]
     t = np.array([0.03, -0.02, 0.8])
     d = np.array([0.004, -0.003, 0.0])
     gt = utils.keypoints_from_pose(setup.corners, R, t, setup.K).astype(np.float32)
     pr = utils.keypoints_from_pose(setup.corners, R, t + d, setup.K).astype(np.float32)
-    res = valid.pose_errors(gt, pr, setup)
+    res = evaluation.pose_errors(gt, pr, setup)
     cam = setup.vertices @ R.T + t
     expect_2d = np.mean(np.hypot(setup.K[0, 0] * ((cam[:, 0] + d[0]) / cam[:, 2] - cam[:, 0] / cam[:, 2]),
                                  setup.K[1, 1] * ((cam[:, 1] + d[1]) / cam[:, 2] - cam[:, 1] / cam[:, 2])))
@@ -291,7 +294,7 @@ def test_known_pose_offset_gives_known_errors(synth):
 
 
 def test_non_finite_output_and_failed_pnp_count_as_misses(synth, monkeypatch, capsys):
-    setup = valid.load_eval_setup(synth / "cfg" / "obj00.data")
+    setup = evaluation.load_eval_setup(synth / "cfg" / "obj00.data")
     test_set = dataset.listDataset(setup.valid_list, shape=(64, 64))
     gt = gt_points_norm(test_set)
     outputs = encode(np.concatenate([gt, gt, gt]))
@@ -307,7 +310,7 @@ def test_non_finite_output_and_failed_pnp_count_as_misses(synth, monkeypatch, ca
 
     monkeypatch.setattr(utils, "pnp", flaky_pnp)
     loader = dataset.make_test_loader(dataset.listDataset(test_set.paths * 3, shape=(64, 64)), batch_size=2)
-    summary, rec = valid.evaluate(Replay(outputs), loader, setup)
+    summary, rec = evaluation.evaluate(Replay(outputs), loader, setup)
     assert summary["n"] == 6 and summary["n_failed"] == 3
     np.testing.assert_array_equal(rec["failed"], [True, True, False, True, False, False])
     assert np.all(np.isinf(rec["err_2d"][rec["failed"]])) and np.all(np.isnan(rec["R_pr"][0]))
@@ -316,7 +319,7 @@ def test_non_finite_output_and_failed_pnp_count_as_misses(synth, monkeypatch, ca
         assert summary[k] == utils.accuracy(3, 6), k
     assert summary["acc_corner"] == utils.accuracy(4, 6)
     assert math.isfinite(summary["mean_err_2d"]) and summary["mean_err_2d"] < 1e-3
-    valid.report(summary)
+    evaluation.report(summary)
     assert "3 of 6 objects counted as misses" in capsys.readouterr().out
 
 
@@ -325,16 +328,16 @@ def test_non_finite_output_and_failed_pnp_count_as_misses(synth, monkeypatch, ca
 # --------------------------------------------------------------------------------------------
 
 def test_real_network_batched_equals_batch1_and_adds_le_add(synth, trial3_weights, root):
-    model = valid.load_model(TRIAL3_CFG, trial3_weights, "cpu")
-    setup = valid.load_eval_setup(synth / "cfg" / "obj01.data")
+    model = model_loading.load_model(TRIAL3_CFG, trial3_weights, "cpu")
+    setup = evaluation.load_eval_setup(synth / "cfg" / "obj01.data")
     test_set = dataset.listDataset(setup.valid_list, shape=(TEST_SIZE, TEST_SIZE))
-    s1, r1 = valid.evaluate(model, dataset.make_test_loader(test_set, 1), setup)
-    s2, r2 = valid.evaluate(model, dataset.make_test_loader(test_set, 2), setup)
+    s1, r1 = evaluation.evaluate(model, dataset.make_test_loader(test_set, 1), setup)
+    s2, r2 = evaluation.evaluate(model, dataset.make_test_loader(test_set, 2), setup)
     # the same per-image boxes; only the batch's conv kernels may differ in the last float32 bits
     # (about 1e-6 in the raw output at this size on CPU: 1e-4 px after decoding)
     np.testing.assert_allclose(r1["pr_px"], r2["pr_px"], atol=1e-3)
     np.testing.assert_array_equal(r1["gt_px"], r2["gt_px"])
-    for k in (*valid.ERROR_KEYS, "R_pr", "t_pr"):
+    for k in (*evaluation.ERROR_KEYS, "R_pr", "t_pr"):
         np.testing.assert_allclose(r1[k], r2[k], rtol=1e-5, atol=1e-6, err_msg=k)
     for k in ("acc_2d", "acc_add", "acc_adds", "acc_5cm5deg", "acc_corner", "n", "n_failed"):
         assert s1[k] == s2[k], k
@@ -344,12 +347,12 @@ def test_real_network_batched_equals_batch1_and_adds_le_add(synth, trial3_weight
 
 
 def test_fused_evaluation_equals_the_eager_network(synth, trial3_weights):
-    model = valid.load_model(TRIAL3_CFG, trial3_weights, "cpu")
-    setup = valid.load_eval_setup(synth / "cfg" / "obj00.data")
+    model = model_loading.load_model(TRIAL3_CFG, trial3_weights, "cpu")
+    setup = evaluation.load_eval_setup(synth / "cfg" / "obj00.data")
     test_set = dataset.listDataset(setup.valid_list, shape=(TEST_SIZE, TEST_SIZE))
     for rule in utils.BOX_RULES:
-        _, fused = valid.evaluate(model, dataset.make_test_loader(test_set, 2), setup, box_rule=rule)
-        _, eager = valid.evaluate(model, dataset.make_test_loader(test_set, 2), setup, box_rule=rule, fuse=False)
+        _, fused = evaluation.evaluate(model, dataset.make_test_loader(test_set, 2), setup, box_rule=rule)
+        _, eager = evaluation.evaluate(model, dataset.make_test_loader(test_set, 2), setup, box_rule=rule, fuse=False)
         # outputs equal to 1e-4 (test_darknet): at most a few thousandths of a pixel after decoding
         np.testing.assert_allclose(fused["pr_px"], eager["pr_px"], atol=2e-2)
         np.testing.assert_allclose(fused["conf"], eager["conf"], atol=1e-4)
@@ -413,12 +416,12 @@ def test_csv_append_keeps_one_header(synth, trial3_weights, tmp_path, capsys):
     # the fork's committed CSVs have their columns sorted: appending follows the file's order
     old = tmp_path / "old.csv"
     old.write_text("2d_projection,3d_transformation,model,object\n1.0,2.0,m,ape\n")
-    valid.append_csv(old, {"model": "m2", "object": "cat", "2d_projection": 3.0, "3d_transformation": 4.0})
+    linemod_format.append_csv(old, {"model": "m2", "object": "cat", "2d_projection": 3.0, "3d_transformation": 4.0})
     assert old.read_text().splitlines()[-1] == "3.0,4.0,m2,cat"
     bad = tmp_path / "other.csv"
     bad.write_text("epoch,acc\n1,2\n")
     with pytest.raises(InputError, match=r"other\.csv: its header \['epoch', 'acc'\] has other columns"):
-        valid.append_csv(bad, {"model": "m"})
+        linemod_format.append_csv(bad, {"model": "m"})
 
 
 def test_all_prints_per_object_rows_and_the_mean(synth, trial3_weights, tmp_path, capsys):
@@ -540,8 +543,8 @@ def test_bad_labels_stop_before_the_loop_and_empty_ones_warn(synth, trial3_weigh
     shutil.copytree(synth / "LINEMOD" / "obj00", root / "LINEMOD" / "obj00")
     shutil.copytree(synth / "cfg", root / "cfg")
     data = root / "cfg" / "obj00.data"
-    paths = dataset.read_list(root / "LINEMOD" / "obj00" / "test.txt")
-    labels = [Path(dataset.label_path(p)) for p in paths]
+    paths = linemod_format.read_list(root / "LINEMOD" / "obj00" / "test.txt")
+    labels = [Path(linemod_format.label_path(p)) for p in paths]
     good = labels[0].read_text()
     labels[0].write_text("")
     labels[1].write_text("\n")
@@ -593,10 +596,10 @@ def test_notebook_is_committed_clean_and_executes(synth, trial3_weights, root, m
 
 def test_save_predictions_is_atomic(tmp_path, monkeypatch):
     """--save-predictions: a failed write leaves the old file whole and no temporary file."""
-    records = {k: np.zeros(2) for k in valid.RECORD_KEYS}
+    records = {k: np.zeros(2) for k in evaluation.RECORD_KEYS}
     records["image_index"] = np.arange(2)
     path = tmp_path / "predictions_x.npz"
-    valid.save_predictions(path, records, ["a.jpg", "b.jpg"])
+    evaluation.save_predictions(path, records, ["a.jpg", "b.jpg"])
     before = path.read_bytes()
 
     def torn(f, **arrays):
@@ -605,17 +608,15 @@ def test_save_predictions_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", torn)
     with pytest.raises(OSError, match="disk full"):
-        valid.save_predictions(path, records, ["a.jpg", "b.jpg"])
+        evaluation.save_predictions(path, records, ["a.jpg", "b.jpg"])
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
     assert list(np.load(path)["image"]) == ["a.jpg", "b.jpg"]
 
 
 def test_all_scores_each_object_once():
     """--all leaves out the OCCLUSION files and the fresh test sets, which test an object already listed."""
-    import valid
-
     names = ["ape.data", "obj00.data", "obj00_fresh7.data", "occlusion.data", "freshwater.data"]
-    assert [n for n in names if not valid.skipped_by_all(Path(n))] == ["ape.data", "obj00.data", "freshwater.data"]
+    assert [n for n in names if not evaluation.skipped_by_all(Path(n))] == ["ape.data", "obj00.data", "freshwater.data"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,7 +627,7 @@ def _private_copy(synth, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(synth / "LINEMOD" / "obj00", root / "LINEMOD" / "obj00")
     shutil.copytree(synth / "cfg", root / "cfg")
-    return root, root / "cfg" / "obj00.data", dataset.read_list(root / "LINEMOD" / "obj00" / "test.txt")
+    return root, root / "cfg" / "obj00.data", linemod_format.read_list(root / "LINEMOD" / "obj00" / "test.txt")
 
 
 def test_output_paths_are_checked_before_the_loop(synth, trial3_weights, tmp_path, no_loop):
@@ -672,7 +673,7 @@ def test_a_mesh_that_gives_no_pose_is_refused(synth, tmp_path):
     mesh = root / "LINEMOD" / "obj00" / "obj00.ply"
     write_ply(mesh, np.zeros((5, 3)), np.array([[0, 1, 2]]))
     with pytest.raises(MeshError, match=r"obj00\.ply: the mesh's bounding box is 0 x 0 x 0 \(m\) over 5 vertices"):
-        valid.load_eval_setup(data)
+        evaluation.load_eval_setup(data)
 
 
 def test_ctrl_c_is_one_line_and_status_130(synth, trial3_weights, monkeypatch, capsys):

@@ -349,12 +349,11 @@ def convert(bop_dir, out_dir, split: str = "test", objects=None, names: str = "l
     for o, name, _, _ in plans:
         outputs.plan(object_files(out, name, image_files(out, name, found[o], image_format), masks=True), name)
     outputs.check(overwrite, inputs=[p for o, *_ in plans for p in _input_files(bop, split, o, found[o])])
-    outputs.begin({"bop": str(bop), "split": split})
-    datas = []
-    for o, name, diameter, flags in plans:
-        datas.append(convert_object(bop, split, o, found[o], out, name, ids[o], diameter, rotate_y_180,
-                                    image_format, mask_kind, flags, warn))
-    outputs.finish()
+    with outputs.writing({"bop": str(bop), "split": split}):
+        datas = []
+        for o, name, diameter, flags in plans:
+            datas.append(convert_object(bop, split, o, found[o], out, name, ids[o], diameter, rotate_y_180,
+                                        image_format, mask_kind, flags, warn))
     for rel in outputs.kept:
         warn(f"warning: {out / rel}: changed since {TOOL} wrote it; kept as it is")
     return datas

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -41,8 +42,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-import dataset
-from errors import FlagError, run_cli
+import image_files
+from errors import FlagError, InputError, run_cli
 from linemod_format import (
     NUM_KEYPOINTS, atomic_write, from_occlusion_order, label_path, occlusion_label_path, read_data_cfg,
     read_label_rows,
@@ -98,7 +99,7 @@ def draw_image(image_path: str, root: Path, K: np.ndarray, width: int, height: i
     """
     resolved = _resolve(image_path, root)
     if resolved.exists():  # refused from its header: a FIFO (cv2 would wait forever), a bomb, 16 bits
-        dataset.check_bit_depth(resolved, dataset.read_header(resolved).mode)
+        image_files.check_bit_depth(resolved, image_files.read_header(resolved).mode)
     bgr = cv2.imread(str(resolved), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileNotFoundError(f"{image_path}: cannot read the image (looked in . and {root})")
@@ -128,15 +129,31 @@ def draw_image(image_path: str, root: Path, K: np.ndarray, width: int, height: i
     return img, gap
 
 
+PREDICTION_SHAPES = {"pr_px": (9, 2), "R_pr": (3, 3), "t_pr": (3,), "err_2d": ()}  # per image, valid.py's arrays
+
+
 def load_predictions(path: Path) -> dict:
-    """{resolved image path: (pr_px (9, 2), R_pr (3, 3), t_pr (3,), err_2d)} from a valid.py --save-predictions file."""
+    """{resolved image path: (pr_px (9, 2), R_pr (3, 3), t_pr (3,), err_2d)} from a valid.py --save-predictions file.
+
+    InputError naming the file for one that is not a readable .npz (truncated, pickled objects), lacks
+    an array, or holds arrays of other shapes than N image paths and N predictions of those shapes."""
     try:
-        with np.load(path) as npz:
-            arrays = {k: npz[k] for k in ("image", "pr_px", "R_pr", "t_pr", "err_2d")}
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in ("image", *PREDICTION_SHAPES)}
     except KeyError as exc:
-        raise ValueError(f"{path}: not a valid.py --save-predictions file with image paths (missing {exc})") from None
-    return {str(Path(im).resolve()): (px, R, t, float(e)) for im, px, R, t, e in
-            zip(arrays["image"], arrays["pr_px"], arrays["R_pr"], arrays["t_pr"], arrays["err_2d"])}
+        raise InputError(f"{path}: not a valid.py --save-predictions file with image paths (missing {exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable .npz file (truncated, or not one of valid.py's): {exc}") from None
+    images = arrays["image"]
+    if images.ndim != 1 or images.dtype.kind not in "US":
+        raise InputError(f"{path}: 'image' holds {images.dtype} of shape {images.shape}, expected a list of paths")
+    for key, shape in PREDICTION_SHAPES.items():
+        a = arrays[key]
+        if a.shape != (len(images), *shape) or a.dtype.kind not in "fiu":
+            raise InputError(f"{path}: '{key}' holds {a.dtype} of shape {a.shape}, expected numbers of shape "
+                             f"{(len(images), *shape)} (one per image path)")
+    return {str(Path(str(im)).resolve()): (px, R, t, float(e)) for im, px, R, t, e in
+            zip(images, arrays["pr_px"], arrays["R_pr"], arrays["t_pr"], arrays["err_2d"])}
 
 
 def draw_prediction(img: np.ndarray, prediction: tuple, corners: np.ndarray, K: np.ndarray,

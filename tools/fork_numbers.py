@@ -42,6 +42,7 @@ from errors import InputError, run_cli
 from evaluation import skipped_by_all
 from linemod_format import write_text
 from tools import run_study
+from tools.plot_curve import read_rows
 from training import best_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,8 +125,14 @@ def our_pick(evals: list[dict]) -> dict:
 
 
 def cell_result(folder: Path, steps_per_epoch: int) -> dict:
+    """A cell's evaluations (from its metrics.jsonl) and those the two best-model rules keep;
+    InputError naming the file and line for a row without a numeric epoch or 5 and 10 px accuracy."""
     keys = ("epoch", "seen", "acc_2d_5px", "acc_2d_10px", "acc_add", "mean_err_2d", "n")
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = folder / "metrics.jsonl"
+    rows = read_rows(path)  # JSON rows with finite minutes and accuracies (plot_curve.py)
+    for n, r in enumerate(rows, 1):
+        if not isinstance(r.get("epoch"), int) or "acc_2d_10px" not in r:
+            raise InputError(f"{path}: evaluation {n} has no integer 'epoch' or no 'acc_2d_10px'")
     # after epoch e (0-based), e + 1 epochs of steps_per_epoch steps each (--max-batches) are done
     evals = [{k: r.get(k) for k in keys} | {"steps": (r["epoch"] + 1) * steps_per_epoch} for r in rows]
     return {"evals": evals, "fork_pick": fork_pick(evals), "our_pick": our_pick(evals)}
@@ -197,7 +204,9 @@ def main(args) -> dict:
         write_text(folder / "done.json", json.dumps({"cell": cell}) + "\n")
     results = {cell: cell_result(out / cell, args.steps_per_epoch) for cell in cells}
     student_test = study / "runs" / args.student / inputs["data"].stem / "valid_test.json"
-    start = json.loads(student_test.read_text())["objects"][0] if student_test.is_file() else None
+    start = run_study.valid_summary(student_test) if student_test.is_file() else None
+    if start is not None and not all(isinstance(start.get(k), (int, float)) for k in ("acc_2d_5px", "acc_2d_10px")):
+        raise InputError(f"{student_test}: no 5 and 10 px accuracies (acc_2d_5px, acc_2d_10px) in its summary")
     record = {"student": args.student, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
               "batch": FORK_BATCH, "size": args.size, "student_test": start and {
                   k: start.get(k) for k in ("acc_2d_5px", "acc_2d_10px", "acc_add", "n")}, "cells": results}

@@ -50,6 +50,7 @@ the code the synthetic generator uses, applied to the box of the mesh exactly as
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -61,16 +62,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/make_labels.py` finds the top level
 
 import cli
-from errors import PoseFileError, run_cli
+from errors import FlagError, PoseFileError, run_cli
 from image import write_image
 from linemod_format import (
-    JPEG_QUALITY, copy_file, data_cfg_items, image_stem, mask_path, pose_entry, read_data_cfg, read_poses,
+    JPEG_QUALITY, copy_file, data_cfg_items, image_stem, mask_path, pose_entry, read_poses,
     split_flags, write_data_cfg, write_label_rows, write_list, write_poses_json,
 )
 from MeshPly import MESH_UNITS, MeshPly, units_warning, vertex_normals, write_ply
 from ownership import Outputs
-from utils import (box_corners, camera_from_data_cfg, check_mesh_vertices, get_camera_intrinsic, label_from_pose,
-                   mesh_diameter, pose_points3d)
+from utils import (box_corners, check_mesh_vertices, get_camera_intrinsic, label_from_pose,
+                   mesh_diameter, pose_points3d, resolve_camera)
 
 TOOL = "make_labels.py"  # the name its files carry in the output folder's manifest (ownership.py)
 DEFAULT_TEST_FRACTION = 0.25
@@ -160,22 +161,6 @@ def find_mask(masks_dir: Path, image_name: str) -> Path:
     raise FileNotFoundError(f"{stem_path.with_suffix('.png')}: mask of image {image_name!r} not found in {masks_dir}")
 
 
-def resolve_camera(camera_data=None, fx=None, fy=None, u0=None, v0=None, width=None, height=None):
-    """(K (3, 3), width or None, height or None): LINEMOD defaults < camera_data's keys < explicit values."""
-    K, w, h = get_camera_intrinsic(), None, None
-    if camera_data is not None:
-        K, w, h = camera_from_data_cfg(read_data_cfg(camera_data), camera_data)
-    vals = {"fx": K[0, 0], "fy": K[1, 1], "u0": K[0, 2], "v0": K[1, 2]}
-    for key, v in (("fx", fx), ("fy", fy), ("u0", u0), ("v0", v0)):
-        if v is not None:
-            vals[key] = float(v)
-    if not (vals["fx"] > 0 and vals["fy"] > 0 and np.isfinite(list(vals.values())).all()):
-        raise ValueError(f"focal lengths must be positive and all camera values finite; got fx={vals['fx']}, "
-                         f"fy={vals['fy']}, u0={vals['u0']}, v0={vals['v0']}")
-    K = get_camera_intrinsic(vals["u0"], vals["v0"], vals["fx"], vals["fy"])
-    return K, (w if width is None else int(width)), (h if height is None else int(height))
-
-
 def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.ndarray | None = None,
                 width: int | None = None, height: int | None = None, mesh_units: str = "m",
                 pose_units: str = "m", class_id: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION,
@@ -200,6 +185,9 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
         raise ValueError(f"masks must be one of {MASK_MODES}; got {masks!r}")
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"--name must be a plain folder name; got {name!r}")
+    if diam is not None and not (math.isfinite(diam) and diam > 0):  # train.py and valid.py refuse such a .data
+        raise FlagError(f"--diam {diam}: the object's diameter must be a positive number of metres "
+                        f"(leave --diam out to use the mesh's)")
 
     # --- read and check every input first: a bad input leaves the output untouched ---
     mesh = MeshPly(mesh_path, scale=UNIT_SCALE[mesh_units], check_units=False)  # warned below, with the flag
@@ -253,49 +241,48 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
     outputs.plan(object_files(out, name, images, masks=mask_sources is not None or masks != "none"), name)
     outputs.check(overwrite, inputs=[mesh_path, poses_path, *sources, *(mask_sources or []),
                                      *(p for p in (train_list, test_list, camera_data) if p)])
-    outputs.begin({"name": name, "mesh": str(mesh_path), "poses": str(poses_path)})
-    vertices = write_mesh_metres(folder / f"{name}.ply", mesh, mesh.vertices)
-    diameter = mesh_diameter(vertices)
-    units = units_warning(vertices, mesh_path, hint="pass --mesh-units mm") if mesh_units == "m" else None
-    if units:
-        warn(f"warning: {units}")
+    with outputs.writing({"name": name, "mesh": str(mesh_path), "poses": str(poses_path)}):
+        vertices = write_mesh_metres(folder / f"{name}.ply", mesh, mesh.vertices)
+        diameter = mesh_diameter(vertices)
+        units = units_warning(vertices, mesh_path, hint="pass --mesh-units mm") if mesh_units == "m" else None
+        if units:
+            warn(f"warning: {units}")
 
-    entries, image_map, rel_images, outside = [], [], [], []
-    for i, (rec, src) in enumerate(zip(poses, sources)):
-        R, t = rec["R"], rec["t"] * UNIT_SCALE[pose_units]
-        dst = place_image(src, folder / "JPEGImages" / image_stem(i), symlink)
-        rel = f"LINEMOD/{name}/JPEGImages/{dst.name}"
-        row = label_from_pose(corners, R, t, K, class_id, width, height)
-        if not (0 <= row[1] <= 1 and 0 <= row[2] <= 1):
-            outside.append(i)
-        write_label_rows(folder / "labels" / f"{image_stem(i)}.txt", row)
-        mask_file = out / mask_path(rel)
-        if mask_sources is not None:
-            m = cv2.imread(str(mask_sources[i]), cv2.IMREAD_GRAYSCALE)
-            if m is None:
-                raise ValueError(f"{mask_sources[i]}: cannot read the mask")
-            _write_mask(mask_file, np.where(m > 0, 255, 0).astype(np.uint8))
-        elif masks == "render":
-            _write_mask(mask_file, render_mask(vertices, mesh.indices, R, t, K, width, height))
-        elif masks == "full":
-            _write_mask(mask_file, np.full((height, width), 255, np.uint8))
-        entries.append(pose_entry(rel, R, t, label=f"LINEMOD/{name}/labels/{image_stem(i)}.txt", row=0))
-        image_map.append(f"{image_stem(i)} {rec['image']}")
-        rel_images.append(rel)
-    if outside:
-        warn(f"warning: the object centre projects outside the image in {len(outside)} of {len(poses)} images "
-             f"(first: pose entry {outside[0]}); check the camera and that R, t map model to camera")
+        entries, image_map, rel_images, outside = [], [], [], []
+        for i, (rec, src) in enumerate(zip(poses, sources)):
+            R, t = rec["R"], rec["t"] * UNIT_SCALE[pose_units]
+            dst = place_image(src, folder / "JPEGImages" / image_stem(i), symlink)
+            rel = f"LINEMOD/{name}/JPEGImages/{dst.name}"
+            row = label_from_pose(corners, R, t, K, class_id, width, height)
+            if not (0 <= row[1] <= 1 and 0 <= row[2] <= 1):
+                outside.append(i)
+            write_label_rows(folder / "labels" / f"{image_stem(i)}.txt", row)
+            mask_file = out / mask_path(rel)
+            if mask_sources is not None:
+                m = cv2.imread(str(mask_sources[i]), cv2.IMREAD_GRAYSCALE)
+                if m is None:
+                    raise ValueError(f"{mask_sources[i]}: cannot read the mask")
+                _write_mask(mask_file, np.where(m > 0, 255, 0).astype(np.uint8))
+            elif masks == "render":
+                _write_mask(mask_file, render_mask(vertices, mesh.indices, R, t, K, width, height))
+            elif masks == "full":
+                _write_mask(mask_file, np.full((height, width), 255, np.uint8))
+            entries.append(pose_entry(rel, R, t, label=f"LINEMOD/{name}/labels/{image_stem(i)}.txt", row=0))
+            image_map.append(f"{image_stem(i)} {rec['image']}")
+            rel_images.append(rel)
+        if outside:
+            warn(f"warning: the object centre projects outside the image in {len(outside)} of {len(poses)} images "
+                 f"(first: pose entry {outside[0]}); check the camera and that R, t map model to camera")
 
-    write_list(folder / "train.txt", [p for p, f in zip(rel_images, flags) if not f])
-    write_list(folder / "test.txt", [p for p, f in zip(rel_images, flags) if f])
-    write_list(folder / "training_range.txt", [str(i) for i, f in enumerate(flags) if not f])
-    write_list(folder / "image_map.txt", image_map)
-    write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K, width, height,
-                     entries)
-    data = out / "cfg" / f"{name}.data"
-    diameter = diameter if diam is None else float(diam)
-    write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter, K, width, height))
-    outputs.finish()
+        write_list(folder / "train.txt", [p for p, f in zip(rel_images, flags) if not f])
+        write_list(folder / "test.txt", [p for p, f in zip(rel_images, flags) if f])
+        write_list(folder / "training_range.txt", [str(i) for i, f in enumerate(flags) if not f])
+        write_list(folder / "image_map.txt", image_map)
+        write_poses_json(out / "poses" / f"{name}.json", name, class_id, f"LINEMOD/{name}/{name}.ply", K, width, height,
+                         entries)
+        data = out / "cfg" / f"{name}.data"
+        diameter = diameter if diam is None else float(diam)
+        write_data_cfg(data, data_cfg_items(name, f"LINEMOD/{name}", diameter, K, width, height))
     for rel in outputs.kept:
         warn(f"warning: {out / rel}: changed since {TOOL} wrote it; kept as it is")
     return data
@@ -345,12 +332,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_out(p, what="the dataset root to write (LINEMOD/<name>/, cfg/, poses/)", required=True)
     p.add_argument("--name", required=True, help="object name (folder, .data and .ply names)")
     p.add_argument("--class-id", type=int, default=0, help="class id in the labels (default 0)")
-    cam = p.add_argument_group("camera (default: the LINEMOD camera, design §3.3, and the first image's size)")
-    cam.add_argument("--camera-data", default=None, help=".data file to take fx, fy, u0, v0, width, height from")
-    for key in ("fx", "fy", "u0", "v0"):
-        cam.add_argument(f"--{key}", type=float, default=None, help="pixels")
-    cam.add_argument("--width", type=int, default=None, help="image width in pixels")
-    cam.add_argument("--height", type=int, default=None, help="image height in pixels")
+    cli.add_camera(p, "camera (default: the LINEMOD camera, design §3.3, and the first image's size)")
     units = p.add_argument_group("units")
     units.add_argument("--mesh-units", choices=sorted(UNIT_SCALE), default=None, help="mesh units (default m)")
     units.add_argument("--pose-units", choices=sorted(UNIT_SCALE), default=None, help="units of t (default m)")

@@ -4,11 +4,14 @@
         --seed 0 [--scenes N] [--test-fraction 0.25] [--workers W] [--overwrite]
     python tools/make_synthetic_linemod.py --out data/synthetic --fresh-test 100 --fresh-seed 7
     python tools/make_synthetic_linemod.py --out data/synthetic --fresh-scenes 50 --fresh-seed 7
+    python tools/make_synthetic_linemod.py --out data/ape_synth --mesh ape.ply --mesh-units mm \\
+        --images-per-object 2000 [--camera-data cam.data] [--backgrounds VOC2012/JPEGImages] [...]
 
 The second form adds a fresh test set to an existing dataset (N new images per object from the
 fresh seed), the third N fresh multi-object test scenes to a dataset made with --scenes; nothing
-that exists is changed. The command line of synthetic.py, whose docstring describes the layout,
-the scenes and the overwrite rules.
+that exists is changed. The fourth renders your own meshes (PLY or OBJ, one object each) with the
+domain randomisation of docs/data.md §2c. The command line of synthetic.py, whose docstring
+describes the layout, the scenes and the overwrite rules.
 """
 from __future__ import annotations
 
@@ -21,10 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import cli
 from errors import InputError, run_cli
 from linemod_format import JPEG_QUALITY
+from MeshPly import MESH_UNITS
+from randomisation import JPEG_QUALITY_RANGE, OPTION_FLAGS, add_render_flags, options_from_args
 from synthetic import (
     AUTO_IMAGES_PER_WORKER, DEFAULT_OUT, DEFAULT_TEST_FRACTION, add_fresh_multi, add_fresh_test, auto_workers,
-    generate,
+    generate, generate_from_meshes,
 )
+from utils import resolve_camera
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,7 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"fraction of images in test.txt (default {DEFAULT_TEST_FRACTION}: a quarter held out)")
     cli.add_workers(p, default=None, what="of the generator; they do not change the output",
                     why=f"one per {AUTO_IMAGES_PER_WORKER} images, at most the CPU count and 8")
-    p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help=f"JPEG quality (default {JPEG_QUALITY})")
+    p.add_argument("--jpeg-quality", default=None, metavar="Q",
+                   help=f"JPEG quality (default {JPEG_QUALITY}); with --mesh a range LOW,HIGH drawn per image "
+                        f"(default {JPEG_QUALITY_RANGE[0]},{JPEG_QUALITY_RANGE[1]})")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier run wrote: a dataset of this generator (only the files its manifest "
                         "lists)")
@@ -58,12 +66,58 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh-seed", type=int, default=1, metavar="S",
                    help="seed of the fresh test set: its images or scenes (default 1: another than the dataset's 0)")
     p.add_argument("--quiet", action="store_true", help="print less: nothing")
+    mesh = p.add_argument_group("your own objects (instead of procedural ones; docs/data.md §2b)")
+    mesh.add_argument("--mesh", nargs="+", default=None, metavar="FILE",
+                      help="PLY or OBJ meshes to render, one object each (class ids in this order); "
+                           "--images-per-object images of each")
+    mesh.add_argument("--mesh-units", choices=sorted(MESH_UNITS), default="m",
+                      help="units of the mesh files (default m)")
+    cli.add_camera(p, "camera of a --mesh set (default: the LINEMOD camera, design §3.3, 640x480)")
+    add_render_flags(p, "domain randomisation of a --mesh set (docs/data.md §2c)", skip=("jpeg_quality",))
     return p
 
 
-def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
+MESH_ONLY = ("mesh_units", "camera_data", "fx", "fy", "u0", "v0", "width", "height",
+             *(flag.lstrip("-").replace("-", "_") for name, (flag, _) in OPTION_FLAGS.items()
+               if name != "jpeg_quality"))  # flags that mean nothing without --mesh
+
+
+def _jpeg_quality(text) -> int:
     try:
+        quality = int(text)
+    except ValueError:
+        raise InputError(f"--jpeg-quality {text}: expected a whole number (a range LOW,HIGH only with "
+                         f"--mesh)") from None
+    cli.check_range("--jpeg-quality", quality, 1, 100)
+    return quality
+
+
+def render_meshes(args) -> dict:
+    """The --mesh form: the camera and the options from the flags, then generate_from_meshes."""
+    K, width, height = resolve_camera(args.camera_data, args.fx, args.fy, args.u0, args.v0, args.width, args.height)
+    options = options_from_args(args)
+    n = len(args.mesh) * args.images_per_object + args.scenes
+    return generate_from_meshes(args.out, args.mesh, args.mesh_units, K, width or 640, height or 480,
+                                n_images=args.images_per_object, seed=args.seed, options=options, multi=args.scenes,
+                                test_fraction=args.test_fraction, workers=args.workers or auto_workers(n),
+                                overwrite=args.overwrite, quiet=args.quiet)
+
+
+def main(argv=None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.mesh is None:
+        given = [name for name in MESH_ONLY if getattr(args, name) not in (None, parser.get_default(name))]
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} is an option of a --mesh set; pass --mesh FILE ...")
+    try:
+        if args.mesh is not None:
+            if args.fresh_test is not None or args.fresh_scenes is not None:
+                raise InputError("--fresh-test and --fresh-scenes add to the set already in --out, made from "
+                                 "meshes or not (its meshes and options are recorded there): leave out --mesh")
+            render_meshes(args)
+            return 0
+        jpeg_quality = JPEG_QUALITY if args.jpeg_quality is None else _jpeg_quality(args.jpeg_quality)
         if args.fresh_test is not None and args.fresh_scenes is not None:
             raise InputError(f"--fresh-test {args.fresh_test} and --fresh-scenes {args.fresh_scenes}: choose one per "
                              f"call (run the command once for each; nothing was changed in {args.out})")
@@ -78,7 +132,7 @@ def main(argv=None) -> int:
         generate(args.out, objects=args.num_objects, images_per_object=args.images_per_object, seed=args.seed,
                  multi=args.scenes, test_fraction=args.test_fraction,
                  workers=args.workers or auto_workers(args.num_objects * args.images_per_object + args.scenes),
-                 overwrite=args.overwrite, jpeg_quality=args.jpeg_quality, quiet=args.quiet)
+                 overwrite=args.overwrite, jpeg_quality=jpeg_quality, quiet=args.quiet)
     except (ValueError, FileExistsError) as exc:  # InputError is a ValueError
         print(f"make_synthetic_linemod: error: {exc}", file=sys.stderr)
         return 2

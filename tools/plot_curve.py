@@ -13,23 +13,30 @@ older logs are read too, `linemod_format.log_row`).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-from errors import InputError, run_cli
+from errors import FlagError, InputError, run_cli
 from linemod_format import LOG_ACC_10PX, LOG_ACC_5PX, atomic_write, log_row, write_text
 
 
 def read_rows(path) -> list[dict]:
-    """The evaluation rows of a metrics.jsonl file; InputError naming the file and line if one is bad."""
+    """The evaluation rows of a metrics.jsonl file; InputError naming the file and line if one is bad:
+    not JSON, without `minutes` (a finite number) or the 5 px accuracy, an accuracy, `seen` or
+    `epoch` that is not a number, or without an accuracy the first row has (every row draws the same sets)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: metrics file not found")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a text file ({exc})") from None
+    rows, first = [], None
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -39,10 +46,33 @@ def read_rows(path) -> list[dict]:
         row = log_row(row) if isinstance(row, dict) else {}
         if "minutes" not in row or LOG_ACC_5PX not in row:
             raise InputError(f"{path}:{n}: no 'minutes' / '{LOG_ACC_5PX}' (not a train.py or train_multi.py log?)")
+        accuracies = [k for k in row if k.endswith((LOG_ACC_5PX, LOG_ACC_10PX))]
+        first = first or accuracies
+        missing = [k for k in first if k not in row]
+        if missing:
+            raise InputError(f"{path}:{n}: no {', '.join(repr(k) for k in missing)} (the first row has them)")
+        bad = [k for k in ("minutes", "seen", "epoch", *accuracies) if k in row and not _is_number(row[k])]
+        if bad or not math.isfinite(row["minutes"]):
+            raise InputError(f"{path}:{n}: {', '.join(repr(k) for k in bad or ['minutes'])} not a finite number")
         rows.append(row)
     if not rows:
         raise InputError(f"{path}: no evaluation rows")
     return rows
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_minutes(text: str) -> tuple[float, ...]:
+    """--table-at 'M1,M2,...' -> the minutes (finite numbers >= 0); FlagError naming the flag otherwise."""
+    try:
+        at = tuple(float(m) for m in text.split(","))
+    except ValueError:
+        raise FlagError(f"--table-at {text}: expected minutes separated by commas, e.g. 30,60,120") from None
+    if not all(math.isfinite(m) and m >= 0 for m in at):
+        raise FlagError(f"--table-at {text}: minutes must be finite and >= 0")
+    return at
 
 
 def series(rows: list[dict]) -> dict[str, dict[str, list]]:
@@ -80,7 +110,8 @@ def curve_table(rows: list[dict], at_minutes: tuple[float, ...]) -> str:
     for i in picked:
         accs = [f"{curves[name][key][i]:.1f} %" for name in curves for key in ("5 px", "10 px")]
         corner = rows[i].get("mean_err_corner")
-        lines.append(f"| {rows[i]['minutes']:.1f} | {rows[i]['seen']:,} | " + " | ".join(accs)
+        seen = f"{rows[i]['seen']:,}" if "seen" in rows[i] else "-"
+        lines.append(f"| {rows[i]['minutes']:.1f} | {seen} | " + " | ".join(accs)
                      + (f" | {corner:.1f} px |" if corner is not None else " | - |"))
     return "\n".join(lines)
 
@@ -120,14 +151,14 @@ def get_args_parser():
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     rows = read_rows(args.metrics)
+    at = parse_minutes(args.table_at) if args.table_at else None
     curves = series(rows)
     Path(args.out_file).parent.mkdir(parents=True, exist_ok=True)
     plot(curves, args.out_file, args.title)
     if args.json:
         write_text(args.json, json.dumps({"metrics": str(args.metrics), "curves": curves, "rows": rows}, indent=1)
                    + "\n")
-    if args.table_at:
-        at = tuple(float(m) for m in args.table_at.split(","))
+    if at is not None:
         print(curve_table(rows, at))
         for name, c in curves.items():
             for level in (50, 80):

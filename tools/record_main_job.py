@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,23 +25,52 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
+from errors import FlagError, InputError, run_cli
 from linemod_format import write_text
+from tools.plot_curve import read_rows
 
 THRESHOLDS = (5, 10, 15, 20, 30)  # px, the valid.py report's lines
 KEYS = ("acc_2d", "acc_2d_10px", "acc_2d_15px", "acc_2d_20px", "acc_2d_30px", "acc_add", "acc_5cm5deg",
         "mean_err_2d", "mean_err_corner", "n", "test_size", "box_rule")
 
 
+def valid_objects(path) -> list[dict]:
+    """The per-object summaries of a valid.py (valid_multi.py) --json file; InputError naming the file
+    when it is missing, not JSON or has no 'objects' list of summaries."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: valid.py --json file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not readable JSON ({exc})") from None
+    objects = doc.get("objects") if isinstance(doc, dict) else None
+    if not (isinstance(objects, list) and objects and all(isinstance(o, dict) for o in objects)):
+        raise InputError(f"{path}: not a valid.py --json file (no 'objects' list of summaries)")
+    return objects
+
+
+def _pick(summary: dict, keys, path) -> dict:
+    """`keys` of one object's summary; InputError naming the file and the missing keys."""
+    missing = [k for k in keys if k not in summary]
+    if missing:
+        raise InputError(f"{path}: the summary of {summary.get('object', 'the object')} lacks {', '.join(missing)} "
+                         f"(valid.py --json of another version, or the multi-object file without --multi?)")
+    return {k: summary[k] for k in keys}
+
+
 def summary_of(path) -> dict:
     """The first object's summary of a valid.py --json file, reduced to KEYS."""
-    s = json.loads(Path(path).read_text())["objects"][0]
-    return {k: s[k] for k in KEYS}
+    return _pick(valid_objects(path)[0], KEYS, path)
 
 
 def training_of(backup) -> dict:
-    """Epochs, images seen and minutes of training and testing from the run's last metrics row."""
-    rows = [json.loads(line) for line in (Path(backup) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """Epochs, images seen and minutes of training and testing from the run's last metrics row
+    (InputError naming metrics.jsonl when it is missing or a row is bad: plot_curve.read_rows)."""
+    rows = read_rows(Path(backup) / "metrics.jsonl")
     last = rows[-1]
+    if not isinstance(last.get("epoch"), int) or "seen" not in last:
+        raise InputError(f"{Path(backup) / 'metrics.jsonl'}: its last row has no integer 'epoch' and 'seen'")
     return {"epochs": last["epoch"] + 1, "images_seen": last["seen"], "training_minutes": last["minutes"]}
 
 
@@ -64,7 +94,7 @@ MULTI_KEYS = ("object", "n", "thresholds", "acc_px", "acc_add", "acc_5cm5deg", "
 
 def multi_summaries_of(path) -> list[dict]:
     """Every object's summary of a valid_multi.py --json file, reduced to MULTI_KEYS."""
-    return [{k: s[k] for k in MULTI_KEYS} for s in json.loads(Path(path).read_text())["objects"]]
+    return [_pick(s, MULTI_KEYS, path) for s in valid_objects(path)]
 
 
 def multi_job_table(record: dict, key: str) -> str:
@@ -105,6 +135,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> dict:
+    if not (math.isfinite(args.wall_minutes) and args.wall_minutes > 0):
+        raise FlagError(f"--wall-minutes {args.wall_minutes}: must be a positive, finite number of minutes")
+    if args.fresh_seed < 0:
+        raise FlagError(f"--fresh-seed {args.fresh_seed}: must be >= 0")
     if args.multi:
         record = {"date": args.date, "machine": args.machine, "commit": args.commit,
                   "command": args.command or "python multi_obj_pose_estimation/train_multi.py",
@@ -124,4 +158,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(lambda argv: main(get_args_parser().parse_args(argv)), prog="record_main_job.py")

@@ -33,8 +33,11 @@ checkpoint (`--resume`), so run the same command again after a stop. Each run re
 (network, distillation flags, seed, init, budget) in `<run>/run.json`; a call that would train a
 run differently, or a budget with other images or epochs, is refused before any training.
 --publish DIR copies the small files (commands, results, figures, per-run valid JSON, metrics and
-run.json) into DIR (docs/results/cpu). --restore DIR continues a published study in a new --out (a
-new machine keeps only those files): its finished students are copied in and never trained again;
+run.json) into DIR (docs/results/cpu), replacing only files an earlier --publish wrote there (DIR's
+ssp_manifest.json, design D60). --restore DIR continues a published study in a new --out (a
+new machine keeps only those files): every file is checked first (no link out of DIR, each JSON
+readable, each run.json the cell its run's name says), then its finished students are copied in and
+never trained again;
 the teacher trains again, as its weights are not published, and the call says whether it scores as
 the published one did; the published commands.txt then lists the restored runs' commands, a line
 saying where the study continued, and the commands run since.
@@ -53,24 +56,22 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
 import cli
-import valid
+import evaluation
+import model_loading
+from model_loading import NETWORKS
 from errors import FlagError, InputError, run_cli
-from linemod_format import append_text, atomic_write, copy_file, write_text
+from linemod_format import append_text, atomic_write, check_inside, copy_file, write_text
+from ownership import Outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
-NETWORKS = {  # name: (cfg, init weights or None for random)
-    "yolov2": ("cfg/yolo-pose.cfg", None),
-    "tiny": ("cfg/tiny-yolo-pose.cfg", None),
-    "trial3": ("cfg/yolo-lite-trial3-pose.cfg", "weights/tiny-yolov2-trial3-voc.weights"),
-    "trial10": ("cfg/yolo-lite-trial10-pose.cfg", "weights/tiny-yolov2-trial10-voc.weights"),
-}
 # A student cell's distillation: none, the fork's channel bug (fork), the right channels (fixed), at the
 # fork's --kd-alpha 1 or, with '-a<alpha>', a blend with the ground truth (fixed-a0.5: half and half);
 # '-nt': the fast recipe's neighbour cells regress the teacher too (--kd-neighbours teacher, D66), not the GT.
@@ -258,7 +259,7 @@ def claim_folder(out: Path, b: Budget, data: str | None) -> None:
     path = out / "study.json"
     mine = {"budget": dataclasses.asdict(b), "data": data}
     if path.is_file():
-        theirs = json.loads(path.read_text())
+        theirs = read_json(path, dict)
         diff = budget_differences(theirs, b, data)
         if diff:
             raise InputError(f"{out} holds the runs of another budget ({theirs.get('budget', {}).get('name')!r}, "
@@ -292,31 +293,98 @@ def restore_published(out: Path, source: Path, b: Budget, data: str | None, obje
     trains it again and the report covers it. A run OUT already holds is kept as it is. The teacher
     is not restored: its model.weights is not published, so it trains again (the same data, seed and
     epochs give the same model on the same kind of machine; `compare_teacher` says whether it did).
-    Returns the restored runs' names; InputError, before anything is copied, for a SOURCE of
-    another budget or without a study.json."""
+    Returns the restored runs' names. Every file is checked before anything is copied (InputError
+    naming the file): a SOURCE of another budget or without a study.json, a symbolic link out of
+    SOURCE, a valid JSON, metrics.jsonl or run.json that does not read as one, a run.json of
+    another cell than its run's name says."""
     study_file = source / "study.json"
     if not study_file.is_file():
         raise InputError(f"--restore {source}: no study.json there (not a folder written by --publish)")
-    diff = budget_differences(json.loads(study_file.read_text()), b, data)
+    check_inside(study_file, source, f"--restore {source}")
+    diff = budget_differences(read_json(study_file, dict), b, data)
     if diff:
         raise InputError(f"--restore {source}: a study of another budget; differences: " + "; ".join(diff))
-    restored = []
+    copies, restored = [], []
     for run_dir in sorted(p for p in (source / "runs").glob("*") if p.is_dir() and p.name != "teacher"):
+        run_name = parse_run_name(run_dir.name)
+        if run_name is None:
+            warnings.warn(f"{run_dir}: not a student run of this study (<network>-<mode>-s<seed>); not restored",
+                          stacklevel=2)
+            continue
         for obj, datacfg in objects.items():
             src, dest = run_dir / obj, out / "runs" / run_dir.name / obj
             needed = [f"valid_{split}.json" for split in splits_of(datacfg, b)] + ["metrics.jsonl"]
             if dest.exists() or not all((src / name).is_file() for name in needed):
                 continue
-            for name in PUBLISHED_RUN_FILES:
-                if (src / name).is_file():
-                    copy_file(src / name, dest / name)
-            write_text(dest / "done.json", json.dumps({"restored_from": portable(str(source))}) + "\n")
-            restored.append(f"{run_dir.name}/{obj}")
-    # the restored runs' commands ran on the other machine: keep them, so that --publish writes the
-    # whole history (theirs, then this folder's), not only the commands run here
-    if restored and (source / "commands.txt").is_file() and not (out / RESTORED_COMMANDS).exists():
-        copy_file(source / "commands.txt", out / RESTORED_COMMANDS)
-    return restored
+            run = Run(run_dir.name, *run_name, obj, dest)
+            names = [name for name in PUBLISHED_RUN_FILES if (src / name).is_file()]
+            for name in names:
+                check_inside(src / name, source, f"--restore {source}")
+                check_published_run_file(src / name, run, b)
+            copies += [(src / name, dest / name) for name in names]
+            restored.append(run)
+    commands = source / "commands.txt"
+    if restored and commands.is_file() and not (out / RESTORED_COMMANDS).exists():
+        check_inside(commands, source, f"--restore {source}")
+        copies.append((commands, out / RESTORED_COMMANDS))  # they ran on the other machine: --publish keeps them
+    for src, dest in copies:  # everything checked: now copy
+        copy_file(src, dest, within=source)
+    for run in restored:
+        write_text(run.folder / "done.json", json.dumps({"restored_from": portable(str(source))}) + "\n")
+    return [f"{run.run}/{run.obj}" for run in restored]
+
+
+def parse_run_name(name: str) -> tuple[str, str, int] | None:
+    """(network, mode, seed) of a student run's folder name '<network>-<mode>-s<seed>', or None."""
+    head, _, seed = name.rpartition("-s")
+    network, _, mode = head.partition("-")
+    if network in STUDENT_NETWORKS and mode in MODES and seed.isdigit():
+        return network, mode, int(seed)
+    return None
+
+
+def read_json(path: Path, kind: type):
+    """The JSON value of a published file, of type `kind`; InputError naming the file otherwise."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise InputError(f"{path}: a JSON {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def check_published_run_file(path: Path, run: Run, b: Budget) -> None:
+    """InputError naming `path` unless it reads as what the report needs of it: a valid.py JSON with
+    numeric metrics, a metrics.jsonl of JSON rows, a run.json of the cell `run`'s name says."""
+    name = path.name
+    if name == "metrics.jsonl":
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not readable ({exc})") from None
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{number}: not a JSON metric row ({line[:60]!r})")
+        if not lines:
+            raise InputError(f"{path}: no metric rows")
+    elif name == "run.json":
+        theirs = read_json(path, dict)
+        mine = cell_of(run, b, NETWORKS[run.network][1])
+        diff = [f"{k}: {theirs.get(k)!r} there, {v!r} for {run.run}" for k, v in mine.items() if theirs.get(k) != v]
+        if diff:
+            raise InputError(f"{path}: not the cell of {run.run} in this budget: {'; '.join(diff)}")
+    else:  # valid_<split>.json
+        summary = valid_summary(path)
+        bad = [k for k in (*ROW_METRICS, "n") if not (summary.get(k) is None or (
+            isinstance(summary.get(k), (int, float)) and not isinstance(summary.get(k), bool)))]
+        if bad:
+            raise InputError(f"{path}: not a valid.py --json summary (objects[0] lacks numbers for "
+                             f"{', '.join(bad)})")
 
 
 def compare_teacher(out: Path, source: Path, objects: list[str]) -> list[str]:
@@ -352,7 +420,7 @@ def prepare_data(out: Path, b: Budget, data: str | None, commands: Path) -> dict
                  workers=auto_workers(b.objects * b.images))
         note(commands, f"python tools/make_synthetic_linemod.py --out {portable(str(root))} --num-objects {b.objects} "
                        f"--images-per-object {b.images} --test-fraction {b.test_fraction} --seed 0")
-    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if not valid.skipped_by_all(c))
+    cfgs = sorted(c for c in (root / "cfg").glob("*.data") if not evaluation.skipped_by_all(c))
     if not cfgs:
         raise InputError(f"{root / 'cfg'}: no object .data files")
     if (root / INFO_FILE).is_file() and not all(fresh_of(c, b).is_file() for c in cfgs):
@@ -504,7 +572,7 @@ def check_cells(runs: list[Run], b: Budget, inits: dict[str, str | None]) -> Non
     for run in runs:
         path = run.folder / "run.json"
         if path.is_file():
-            theirs, mine = json.loads(path.read_text()), cell_of(run, b, inits[run.run])
+            theirs, mine = read_json(path, dict), cell_of(run, b, inits[run.run])
             diff = [f"{k}: {theirs.get(k)!r} there, {v!r} now" for k, v in mine.items() if theirs.get(k) != v]
             if diff:
                 problems.append(f"{run.folder}: " + "; ".join(diff))
@@ -521,7 +589,7 @@ def check_teachers(runs: list[Run], b: Budget, given: str | None, retry: bool) -
     if given:
         if not Path(given).is_file():
             raise InputError(f"--teacher-weights {given}: file not found")
-        valid.check_weights(valid.check_model_cfg(str(ROOT / teacher_cfg)), teacher_cfg, given)
+        model_loading.check_weights(model_loading.check_model_cfg(str(ROOT / teacher_cfg)), teacher_cfg, given)
         return
     for t in (r for r in runs if r.run == "teacher"):
         s = state(t)
@@ -698,8 +766,11 @@ def verdict(mean: float, spread: float | None, sampling: float | None, lower_is_
 
 
 def valid_summary(path: Path) -> dict:
-    """The (first) object's summary of a `valid.py --json` file."""
-    return json.loads(path.read_text())["objects"][0]
+    """The (first) object's summary of a `valid.py --json` file (InputError naming it when it is not one)."""
+    objects = read_json(path, dict).get("objects")
+    if not (isinstance(objects, list) and objects and isinstance(objects[0], dict)):
+        raise InputError(f"{path}: not a valid.py --json file (no 'objects' list)")
+    return objects[0]
 
 
 def run_row(run: Run, split: str) -> dict:
@@ -714,7 +785,13 @@ def run_row(run: Run, split: str) -> dict:
         if row.get(k) is not None and row["n"]:
             row[f"{k}_ci95"] = list(binomial_interval(row[k], row["n"]))
     metrics = run.folder / "metrics.jsonl"
-    last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.is_file() else {}
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    try:
+        last = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        raise InputError(f"{metrics}:{len(lines)}: not a JSON metric row ({lines[-1][:60]!r})") from None
+    if not isinstance(last, dict):
+        raise InputError(f"{metrics}:{len(lines)}: not a JSON metric row ({lines[-1][:60]!r})")
     seen, minutes = last.get("seen"), last.get("minutes")
     row.update(train_images=seen, train_minutes=minutes,
                train_images_per_s=seen / (60 * minutes) if seen and minutes else None)
@@ -954,18 +1031,34 @@ def published_commands(out: Path) -> str:
               "again; the commands below ran on the new machine\n" + here)
 
 
+PUBLISH_TOOL, PUBLISH_GROUP = "run_study.py", "publish"  # its files in DIR's manifest (ownership.py)
+PUBLISHED_STUDY_FILES = ("study.json", "results.csv", "results.json", "results.md", "students.png",
+                         "teacher_curve.png")
+
+
 def publish(out: Path, dest: Path, runs: list[Run]) -> None:
     """Copy the small result files into dest (per-run valid JSON and metrics under dest/runs), with
-    this checkout's paths made relative (`portable`), as in commands.txt."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("study.json", "results.csv", "results.json", "results.md", "students.png", "teacher_curve.png"):
-        if (out / name).is_file():
-            copy_file(out / name, dest / name)
-    write_text(dest / "commands.txt", published_commands(out))
+    this checkout's paths made relative (`portable`), as in commands.txt.
+
+    dest may hold other files: a file this --publish would write is replaced only when an earlier
+    --publish wrote it and nobody changed it since (dest's ssp_manifest.json, design D60); any other
+    is refused, naming every file, before anything is written. Files an earlier --publish wrote that
+    this one no longer writes are removed."""
+    texts: dict[str, str] = {"commands.txt": published_commands(out)}
+    copies = {name: out / name for name in PUBLISHED_STUDY_FILES if (out / name).is_file()}
     for run in runs:
         for name in PUBLISHED_RUN_FILES:  # text files; valid.py's JSON names its weights by absolute path
             if (run.folder / name).is_file():
-                write_text(dest / "runs" / run.run / run.obj / name, portable((run.folder / name).read_text()))
+                texts[f"runs/{run.run}/{run.obj}/{name}"] = portable((run.folder / name).read_text())
+    outputs = Outputs(dest, PUBLISH_TOOL)
+    outputs.plan([dest / rel for rel in [*copies, *texts]], PUBLISH_GROUP)
+    inputs = list(copies.values()) + [r.folder / name for r in runs for name in PUBLISHED_RUN_FILES]
+    outputs.check(overwrite=True, inputs=inputs)
+    with outputs.writing({"study": portable(str(out))}):
+        for rel, src in copies.items():
+            copy_file(src, dest / rel)
+        for rel, text in texts.items():
+            write_text(dest / rel, text)
     print(f"published: {dest}")
 
 
