@@ -68,10 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print less: nothing")
     mesh = p.add_argument_group("your own objects (instead of procedural ones; docs/data.md §2b)")
     mesh.add_argument("--mesh", nargs="+", default=None, metavar="FILE",
-                      help="PLY or OBJ meshes to render, one object each (class ids in this order); "
-                           "--images-per-object images of each")
+                      help="mesh file: PLY or OBJ, one or more to render, one object each (class ids in this "
+                           "order); --images-per-object images of each")
     mesh.add_argument("--mesh-units", choices=sorted(MESH_UNITS), default="m",
-                      help="units of the mesh files (default m)")
+                      help="mesh units: of the --mesh files (default m: metres, as LINEMOD's meshes)")
     cli.add_camera(p, "camera of a --mesh set (default: the LINEMOD camera, design §3.3, 640x480)")
     add_render_flags(p, "domain randomisation of a --mesh set (docs/data.md §2c)", skip=("jpeg_quality",))
     return p
