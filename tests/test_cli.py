@@ -20,7 +20,7 @@ import valid
 from benchmarks import bench_forward, bench_train, bench_valid
 from errors import FlagError, OutputPathError
 from multi_obj_pose_estimation import train_multi, valid_multi
-from benchmarks import run_all
+from benchmarks import device_check, run_all
 from tools import (bop_to_linemod, draw_labels, export_onnx, make_labels, make_synthetic_linemod, plot_curve,
                    record_main_job, run_study)
 
@@ -263,6 +263,8 @@ RENAMED = [
                                                          "f", "--fresh-seed", "1", "--machine", "m", "--out-file",
                                                          "r.json"]),
     (run_all, "--out", "--out-file", ["b.md"], []),
+    (make_synthetic_linemod, "--backgrounds", "--bg-dir", ["d"], ["--mesh", "m.ply"]),
+    (device_check, "--steps", "--only", ["env"], []),
 ]
 
 

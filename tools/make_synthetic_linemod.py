@@ -5,7 +5,7 @@
     python tools/make_synthetic_linemod.py --out data/synthetic --fresh-test 100 --fresh-seed 7
     python tools/make_synthetic_linemod.py --out data/synthetic --fresh-scenes 50 --fresh-seed 7
     python tools/make_synthetic_linemod.py --out data/ape_synth --mesh ape.ply --mesh-units mm \\
-        --images-per-object 2000 [--camera-data cam.data] [--backgrounds VOC2012/JPEGImages] [...]
+        --images-per-object 2000 [--camera-data cam.data] [--bg-dir VOC2012/JPEGImages] [...]
 
 The second form adds a fresh test set to an existing dataset (N new images per object from the
 fresh seed), the third N fresh multi-object test scenes to a dataset made with --scenes; nothing
