@@ -20,9 +20,9 @@ import valid
 from benchmarks import bench_forward, bench_train, bench_valid
 from errors import FlagError, OutputPathError
 from multi_obj_pose_estimation import train_multi, valid_multi
-from benchmarks import device_check, run_all
-from tools import (bop_to_linemod, draw_labels, export_onnx, make_labels, make_synthetic_linemod, plot_curve,
-                   record_main_job, run_study)
+from benchmarks import bench_loader, device_check, run_all
+from tools import (bop_to_linemod, draw_labels, export_onnx, fork_numbers, make_labels, make_synthetic_linemod,
+                   plot_curve, record_main_job, run_study)
 
 
 def parse(module, argv):
@@ -265,6 +265,9 @@ RENAMED = [
     (run_all, "--out", "--out-file", ["b.md"], []),
     (make_synthetic_linemod, "--backgrounds", "--bg-dir", ["d"], ["--mesh", "m.ply"]),
     (device_check, "--steps", "--only", ["env"], []),
+    (bench_loader, "--repeats", "--rounds", ["2"], []),
+    (run_study, "--fresh-images", "--fresh-test", ["4"], []),
+    (fork_numbers, "--size", "--train-size", ["128"], []),
 ]
 
 

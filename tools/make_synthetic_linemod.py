@@ -54,9 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="replace what an earlier run wrote: a dataset of this generator (only the files its manifest "
                         "lists)")
     p.add_argument("--fresh-test", type=int, default=None, metavar="N",
-                   help="add N new test images per object to the dataset in --out (poses and backgrounds from "
-                        "--fresh-seed): LINEMOD/<obj>/test_fresh<S>.txt and cfg/<obj>_fresh<S>.data; nothing "
-                        "existing changes")
+                   help="fresh test images per object: add N new ones to the dataset in --out (poses and "
+                        "backgrounds from --fresh-seed): LINEMOD/<obj>/test_fresh<S>.txt and cfg/<obj>_fresh<S>.data; "
+                        "nothing existing changes")
     p.add_argument("--fresh-scenes", type=int, default=None, metavar="N",
                    help="add N new multi-object test scenes to the dataset in --out, made as --scenes (objects, "
                         "poses, placements, lights and backgrounds from --fresh-seed): "
