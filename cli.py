@@ -282,6 +282,19 @@ def _probe_write(flag: str, folder: Path) -> None:
         raise OutputPathError(f"{flag} {folder}: the file system is full ({free} bytes free)")
 
 
+def add_mesh(p, what: str, nargs=None, required: bool = False) -> None:
+    """--mesh: the object's mesh file (PLY, or OBJ where it is rendered); `what` says what the script does with it."""
+    p.add_argument("--mesh", nargs=nargs, required=required, default=None, metavar="FILE",
+                   help=f"mesh of the object: {what}")
+
+
+def add_mesh_units(p, choices, default="m", why: str = "LINEMOD's metres; BOP meshes are mm") -> None:
+    """--mesh-units: the units of the --mesh file's coordinates (m, or mm for BOP meshes)."""
+    shown = f"default: {why}" if default is None else f"default {default}: {why}"
+    p.add_argument("--mesh-units", choices=sorted(choices), default=default,
+                   help=f"units of the mesh coordinates ({shown})")
+
+
 def add_camera(p, title: str) -> None:
     """The camera flags (utils.resolve_camera): a .data file, then any of its values overridden."""
     cam = p.add_argument_group(title)

@@ -349,10 +349,10 @@ def test_make_labels_overwrite_keeps_its_inputs_and_files_it_did_not_write(synth
 
 @pytest.mark.parametrize("diam", ["0", "-0.1", "nan", "inf"])
 def test_make_labels_refuses_a_diameter_that_train_and_valid_refuse(synth, tmp_path, capsys, diam):
-    """--diam 0 was written as `diam = 0.0`, which train.py and valid.py then refused (issue 36)."""
+    """--diameter 0 was written as `diam = 0.0`, which train.py and valid.py then refused (issue 36)."""
     (tmp_path / "p.json").write_text(json.dumps(_user_records(synth, "obj00")[:2]))
-    err = _run_make_labels(synth, tmp_path, capsys, tmp_path / "p.json", extra=["--diam", diam])
-    assert f"--diam {float(diam)}: the object's diameter must be a positive number of metres" in err
+    err = _run_make_labels(synth, tmp_path, capsys, tmp_path / "p.json", extra=["--diameter", diam])
+    assert f"--diameter {float(diam)}: the object's diameter must be a positive number of metres" in err
     assert not (tmp_path / "bad_out").exists()
 
 

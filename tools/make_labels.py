@@ -186,8 +186,8 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"--name must be a plain folder name; got {name!r}")
     if diam is not None and not (math.isfinite(diam) and diam > 0):  # train.py and valid.py refuse such a .data
-        raise FlagError(f"--diam {diam}: the object's diameter must be a positive number of metres "
-                        f"(leave --diam out to use the mesh's)")
+        raise FlagError(f"--diameter {diam}: the object's diameter must be a positive number of metres "
+                        f"(leave --diameter out to use the mesh's)")
 
     # --- read and check every input first: a bad input leaves the output untouched ---
     mesh = MeshPly(mesh_path, scale=UNIT_SCALE[mesh_units], check_units=False)  # warned below, with the flag
@@ -326,7 +326,7 @@ def object_files(out: Path, name: str, images: list[Path], masks: bool) -> list[
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__.split("\n\n")[0],
                                     epilog="Formats and outputs: python -c 'import tools.make_labels as m; help(m)'")
-    p.add_argument("--mesh", required=True, help="mesh file: the object's PLY (metres unless --mesh-units mm)")
+    cli.add_mesh(p, "PLY (metres unless --mesh-units mm), its box gives the label points", required=True)
     p.add_argument("--poses", required=True, help="poses .json or .csv (model to camera; R row-major, t in metres)")
     p.add_argument("--images-dir", default=".", help="folder the pose file's image names are relative to (default .)")
     cli.add_out(p, what="the dataset root to write (LINEMOD/<name>/, cfg/, poses/)", required=True)
@@ -334,8 +334,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-id", type=int, default=0, help="class id in the labels (default 0)")
     cli.add_camera(p, "camera (default: the LINEMOD camera, design §3.3, and the first image's size)")
     units = p.add_argument_group("units")
-    units.add_argument("--mesh-units", choices=sorted(UNIT_SCALE), default=None,
-                       help="mesh units (default: m, or mm with --mm)")
+    cli.add_mesh_units(units, UNIT_SCALE, default=None, why="m, or mm with --mm")
     units.add_argument("--pose-units", choices=sorted(UNIT_SCALE), default=None, help="units of t (default m)")
     units.add_argument("--mm", action="store_true", help="mesh and t in millimetres (BOP); same as both units mm")
     p.add_argument("--diameter", type=float, default=None,

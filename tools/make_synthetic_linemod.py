@@ -67,11 +67,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="seed of the fresh test set: its images or scenes (default 1: another than the dataset's 0)")
     p.add_argument("--quiet", action="store_true", help="print less: nothing")
     mesh = p.add_argument_group("your own objects (instead of procedural ones; docs/data.md §2b)")
-    mesh.add_argument("--mesh", nargs="+", default=None, metavar="FILE",
-                      help="mesh file: PLY or OBJ, one or more to render, one object each (class ids in this "
-                           "order); --images-per-object images of each")
-    mesh.add_argument("--mesh-units", choices=sorted(MESH_UNITS), default="m",
-                      help="mesh units: of the --mesh files (default m: metres, as LINEMOD's meshes)")
+    cli.add_mesh(mesh, "PLY or OBJ, one object per file, rendered (class ids in this order; "
+                       "--images-per-object images of each)", nargs="+")
+    cli.add_mesh_units(mesh, MESH_UNITS)
     cli.add_camera(p, "camera of a --mesh set (default: the LINEMOD camera, design §3.3, 640x480)")
     add_render_flags(p, "domain randomisation of a --mesh set (docs/data.md §2c)", skip=("jpeg_quality",))
     return p
