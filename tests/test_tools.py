@@ -749,7 +749,7 @@ def test_draw_labels_refuses_truncated_or_wrong_shaped_predictions(synth, tmp_pa
                           ("n", "n.npz: 'err_2d' holds float64 of shape (2,), expected numbers of shape (1,)"),
                           ("image", "image.npz: 'image' holds float64 of shape (1,), expected a list of paths")):
         assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / f"{name}.npz"),
-                                 "--out", str(tmp_path / "x.png")]) == 2
+                                 "--out-file", str(tmp_path / "x.png")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("draw_labels: error: ") and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.png").exists()
