@@ -1042,7 +1042,7 @@ def generate_from_meshes(out_dir, mesh_paths, mesh_units="m", K=None, width: int
     objs, records = load_mesh_objects(mesh_paths, mesh_units, K, width, height, options, names)
     if multi and len(objs) < 2:
         raise InputError(f"multi-object scenes need at least 2 meshes; got {len(objs)}")
-    randomiser = Randomiser.prepare(options, lambda k: _rng(seed, TAG_DISTRACTOR, k))  # --backgrounds checked
+    randomiser = Randomiser.prepare(options, lambda k: _rng(seed, TAG_DISTRACTOR, k))  # --bg-dir checked
     params = {"meshes": [{k: r[k] for k in ("name", "sha256", "units")} for r in records],
               "images_per_object": int(n_images), "seed": int(seed), "multi": int(multi),
               "test_fraction": float(test_fraction), "width": int(width), "height": int(height),

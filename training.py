@@ -130,7 +130,8 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
     cli.add_resample(p)
     cli.add_box_rule(p, default_help=f"the recipe's (original: max; fast: {FAST.box_rule}); used by the evaluations "
                                      "and written to model_info.json for the scoring scripts and detect.py")
-    p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
+    p.add_argument("--bg-dir", default=None,
+                   help="folder of background photos: e.g. VOC2012 JPEGImages, behind the object (default: procedural)")
     p.add_argument("--decay-bn-bias", type=int, default=1, help="0: no weight decay on BN and biases (D14)")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches: smoke tests")
     p.add_argument("--log-every", type=int, default=0, help="print the per-batch loss line every N batches")
