@@ -250,12 +250,19 @@ class Outputs:
         """`begin(params)`, the block that writes the files, then `finish`; when the block raises
         (an error, Ctrl-C), `record_unfinished` instead, and the exception goes on."""
         self.begin(params)
+        with self.recorded():
+            yield self
+        self.finish()
+
+    @contextlib.contextmanager
+    def recorded(self):
+        """A block (after `begin`) that writes planned files: when it raises (an error, Ctrl-C), what
+        it wrote is recorded (`record_unfinished`) and the exception goes on."""
         try:
             yield self
         except BaseException:
             self.record_unfinished()
             raise
-        self.finish()
 
     def record_unfinished(self) -> None:
         """After a run that ended early: record the size and sha256 of each planned file it wrote,

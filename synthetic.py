@@ -439,6 +439,18 @@ def generation_params(objects: int, images_per_object: int, seed: int, multi: in
             "multi": int(multi), "test_fraction": float(test_fraction), "jpeg_quality": int(jpeg_quality)}
 
 
+def read_info(path: Path) -> dict:
+    """A synthetic_info.json; InputError naming it when it is not a readable JSON object."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable {INFO_FILE} ({exc}); move it away or generate the set again") \
+            from None
+    if not isinstance(info, dict):
+        raise InputError(f"{path}: a JSON {type(info).__name__}, not the object {INFO_FILE} holds")
+    return info
+
+
 def dataset_params(out) -> tuple[dict | None, bool]:
     """(the generation parameters of the synthetic set in `out`, finished?): from the manifest, or
     from synthetic_info.json for a set of an older version; (None, False) when there is none."""
@@ -449,7 +461,7 @@ def dataset_params(out) -> tuple[dict | None, bool]:
     info_path = out / INFO_FILE
     if not info_path.is_file():
         return None, False
-    info = json.loads(info_path.read_text())
+    info = read_info(info_path)
     return generation_params(len(info.get("objects") or []), info.get("images_per_object", 0), info.get("seed", 0),
                              info.get("multi", 0), info.get("test_fraction", DEFAULT_TEST_FRACTION),
                              info.get("jpeg_quality", JPEG_QUALITY)), True
@@ -511,7 +523,8 @@ def _write_set(out: Path, objs: list[SynthObject], K: np.ndarray, width: int, he
     jobs += [("scene", s, images_per_object + s, bool(scene_test[s])) for s in range(multi)]
     state = {"objects": objs, "K": K, "out": out, "seed": seed, "quality": jpeg_quality, "width": width,
              "height": height, "options": options}
-    results = _run_jobs(jobs, state, workers, progress)
+    with outputs.recorded():  # Ctrl-C while rendering: the images written so far stay the generator's
+        results = _run_jobs(jobs, state, workers, progress)
 
     # per-object files
     poses = {o.class_id: [] for o in objs}
@@ -616,8 +629,8 @@ def ensure_dataset(root, params: dict, quiet: bool = False) -> Path:
             except OverwriteError as exc:  # raised before anything was written
                 short = f"{folder} holds files the generator did not write"
                 reasons.append(str(exc))
-        if not quiet and folder == root:
-            print(f"{short}: left as it is; the main job uses {own}", flush=True)
+        if folder == root:  # where the main job's data go is worth a warning, --quiet or not
+            warnings.warn(f"{short}: left as it is; the main job uses {own}", stacklevel=2)
     raise OverwriteError("the main job's synthetic set cannot be made without replacing files it did not make:\n"
                          + "\n".join(reasons) + "\npass --datacfg to train on a set of your own, or move one of "
                          "these folders away")
@@ -653,7 +666,7 @@ def _synthetic_info(out: Path) -> tuple[dict, list[str]]:
     if not info_path.is_file():
         raise InputError(f"{out}: no synthetic objects here ({INFO_FILE} not found); generate the dataset first "
                          f"with --out {out}")
-    info = json.loads(info_path.read_text())
+    info = read_info(info_path)
     names = list(info.get("objects") or [])
     if not names:
         raise InputError(f"{info_path}: lists no objects")
@@ -706,7 +719,8 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
     outputs.begin()
     state = {"objects": objs, "K": K, "out": out, "seed": int(info["seed"]),
              "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
-    results = _run_jobs(jobs, state, workers)
+    with outputs.recorded():  # Ctrl-C while rendering: the images written so far stay the generator's
+        results = _run_jobs(jobs, state, workers)
     data_cfgs = []
     for o in objs:
         mine = [(job, rows) for job, rows in results if job[1] == o.class_id]
@@ -776,7 +790,8 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
     outputs.begin()
     state = {"objects": objs, "K": K, "out": out, "seed": int(info["seed"]),
              "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
-    results = _run_jobs(jobs, state, workers)
+    with outputs.recorded():  # Ctrl-C while rendering: the images written so far stay the generator's
+        results = _run_jobs(jobs, state, workers)
     poses, scenes = {o.class_id: [] for o in objs}, {o.class_id: [] for o in objs}
     for job, rows in results:
         rel = f"LINEMOD/{main}/JPEGImages/{image_stem(job[2])}.jpg"
