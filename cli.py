@@ -1,8 +1,9 @@
 """One command-line vocabulary for every script: each flag name means one thing everywhere.
 
 Every script builds its parser from `default_argument_parser` and the `add_*` helpers below, so
-the same flag has the same spelling, type, default convention and help text in train.py,
-valid.py, detect.py, the multi-object scripts, the tools and the benchmarks (docs/design.md design §15):
+the same flag has the same spelling, meaning (the first words of its help), type and default
+convention in train.py, valid.py, detect.py, the multi-object scripts, the tools and the
+benchmarks (docs/design.md §15; tests/test_cli.py builds every parser and checks it):
 
     --datacfg (alias --data)      a `.data` file                      add_datacfg
     --modelcfg                    a network `.cfg`                    add_model
@@ -12,17 +13,24 @@ valid.py, detect.py, the multi-object scripts, the tools and the benchmarks (doc
     --device                      auto, cpu, cuda, cuda:1, ...        add_device / resolve_device
     --train-size, --test-size     square input sizes, multiples of 32 add_sizes / check_size
     --batch-size                  images per batch                    add_batch_size
-    --workers                     loader (or generator) processes     add_workers
+    --workers                     worker processes (loader, generator) add_workers
     --seed                        the seed of every random stream     add_seed
     --pnp, --resample             PnP solver, PIL resize filter       add_pnp, add_resample
     --box-rule                    max cell or the paper's 3x3 vote    add_box_rule
     --objects                     which objects, by name              add_objects
     --num-objects                 how many objects to generate        add_num_objects
     --distiled (alias --distill)  the fork's distillation switch      add_distiled
+    --out, --out-file             an output folder, an output file    add_out
+
+A flag that was renamed keeps its old spelling as a hidden alias that warns once, naming the new
+one (`add_alias`); an original script's own spelling of another flag stays without a warning
+(`add_alias(..., deprecated=False)`). Names are never abbreviated (`--back` is no flag): a
+prefix would be a second name, with another meaning in another script.
 
 Values that need no file are checked by the helpers (`check_size`, `check_positive`); they raise
 errors.FlagError, which `errors.run_cli` turns into a one-line message and exit status 2. Output
 paths are checked before the work starts (`check_output_file`, `check_output_dir`: OutputPathError).
+Default paths are found from the current folder, else from the repository's (`find_path`).
 """
 from __future__ import annotations
 
@@ -45,34 +53,80 @@ MIN_FREE_OUTPUT_BYTES = 1 << 20  # an output folder with less room than this is 
 
 
 def default_argument_parser(doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
-    """A parser whose description is the script's docstring, shown as written (usage lines kept)."""
-    return argparse.ArgumentParser(description=doc, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A parser whose description is the script's docstring, shown as written (usage lines kept),
+    that takes every flag by its whole name only (no abbreviations: one name, one meaning)."""
+    return argparse.ArgumentParser(description=doc, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=False)
+
+
+class Alias(argparse.Action):
+    """Another spelling of a flag (`add_alias`): sets what the flag sets; when deprecated, warns
+    once that the old spelling is on its way out, naming the new one."""
+
+    def __init__(self, option_strings, dest, target: argparse.Action, new: str, deprecated: bool, **kw):
+        super().__init__(option_strings, dest, **kw)
+        self.target, self.new, self.deprecated = target, new, deprecated
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if self.deprecated:  # FutureWarning: shown by default; errors.run_cli prints it as one line
+            warnings.warn(f"{option_string} is deprecated: use {self.new} (the same flag; docs/design.md §15)",
+                          FutureWarning, stacklevel=2)
+        self.target(parser, namespace, values, self.new)
+
+
+def add_alias(p: argparse.ArgumentParser, old: str, new: str, deprecated: bool = True) -> None:
+    """Keep `old` as a spelling of flag `new` (already in `p`), hidden from --help.
+
+    deprecated: a renamed flag (docs/design.md §15): each use warns once, naming `new`. False: an
+    original script's own spelling (design §7.4), kept as it is, without a warning."""
+    target = next(a for a in p._actions if new in a.option_strings)
+    where = p
+    if target.required:  # either spelling gives it: one of the two is required (and not both)
+        target.required = False
+        where = p.add_mutually_exclusive_group(required=True)
+        where._group_actions.append(target)
+    where.add_argument(old, dest=target.dest, nargs=target.nargs, const=target.const, type=target.type,
+                       choices=target.choices, metavar=target.metavar, default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS, action=Alias, target=target, new=new, deprecated=deprecated)
+
+
+def add_out(p, kind: str = "folder", what: str = "", default=None, required: bool = False,
+            why: str = "") -> None:
+    """--out (an output folder) or, kind='file', --out-file (an output file): `what` it holds,
+    `default` and `why` that default (docs/design.md §15)."""
+    name, meaning = ("--out", "output folder") if kind == "folder" else ("--out-file", "output file")
+    p.add_argument(name, default=default, required=required, metavar="DIR" if kind == "folder" else "FILE",
+                   help=f"{meaning}{': ' + what if what else ''}{_default(default, why, why)}")
 
 
 # --------------------------------------------------------------------------------------------
 # Files: data cfg, network cfg, weights, the original positional form
 # --------------------------------------------------------------------------------------------
 
-def add_datacfg(p, default=None, required: bool = False, nargs=None, help: str | None = None) -> None:
-    """--datacfg (alias --data): the object's `.data` file (design §3.2)."""
+def add_datacfg(p, what: str = "the object's", default=None, why: str = "", required: bool = False,
+                nargs=None) -> None:
+    """--datacfg (alias --data): a `.data` file (design §3.2), `what` it describes."""
     p.add_argument("--datacfg", "--data", dest="datacfg", default=default, required=required, nargs=nargs,
-                   metavar="DATA", help=help or f"object .data file{_default(default)}")
+                   metavar="DATA", help=f".data file: {what}{_default(default, why, why)}")
 
 
-def add_model(p, cfg_default=None, cfg_required: bool = False, weights: str | None = "weightfile",
-              weights_default=None, weights_required: bool = False, weights_aliases: tuple[str, ...] = (),
-              cfg_help: str | None = None, weights_help: str | None = None) -> None:
-    """--modelcfg and, unless weights is None, --weightfile (evaluate, run) or --initweightfile (train)."""
+def add_model(p, cfg_default=None, cfg_why: str = "", cfg_required: bool = False,
+              weights: str | None = "weightfile", weights_default=None, weights_why: str = "",
+              weights_required: bool = False, weights_detail: str = "") -> None:
+    """--modelcfg and, unless weights is None, --weightfile (evaluate, run) or --initweightfile (train).
+
+    *_why: why that default (a script whose default differs from another's says why, design §15);
+    weights_detail: words after the meaning ('loaded until last', ...)."""
     p.add_argument("--modelcfg", default=cfg_default, required=cfg_required, metavar="CFG",
-                   help=cfg_help or f"network cfg{_default(cfg_default)}")
+                   help=f"network cfg{_default(cfg_default, cfg_why, cfg_why)}")
     if weights is None:
         return
     if weights not in ("weightfile", "initweightfile"):
         raise ValueError(f"weights must be 'weightfile' or 'initweightfile', not {weights!r}")
-    what = "darknet .weights to start training from" if weights == "initweightfile" else "darknet .weights"
-    p.add_argument(f"--{weights}", *(f"--{a}" for a in weights_aliases), dest=weights, default=weights_default,
-                   required=weights_required, metavar="WEIGHTS",
-                   help=weights_help or f"{what}{_default(weights_default)}")
+    what = "darknet weights to start training from" if weights == "initweightfile" else "darknet weights"
+    p.add_argument(f"--{weights}", dest=weights, default=weights_default, required=weights_required, metavar="WEIGHTS",
+                   help=f"{what}{': ' + weights_detail if weights_detail else ''}"
+                        f"{_default(weights_default, weights_why, weights_why)}")
 
 
 def add_positional(p, names: tuple[str, ...]) -> None:
@@ -99,7 +153,7 @@ def merge_positional(args: argparse.Namespace, names: tuple[str, ...]) -> argpar
 
 def add_device(p, default: str = "auto") -> None:
     """--device: auto (CUDA if available), cpu, cuda, cuda:1, ..."""
-    p.add_argument("--device", default=default, help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default=default, help="the device: auto (CUDA if available), cpu, cuda, cuda:1, ...")
 
 
 def resolve_device(name: str):
@@ -131,16 +185,18 @@ def warn_amp_unused(amp: bool, device) -> None:
 
 
 def add_sizes(p, train: bool = False, test: bool = True, train_default=None, test_default=None,
-              train_help: str | None = None, test_help: str | None = None) -> None:
-    """--train-size (a fixed square training size) and / or --test-size (the square input size to test at)."""
+              train_why: str = "multi-scale, design §6.5", test_why: str = "the cfg test_width x test_height",
+              train_what: str = "", test_what: str = "") -> None:
+    """--train-size (the square training size) and / or --test-size (the square input size to test
+    at), multiples of STRIDE; *_why: why that default, *_what: words after the meaning."""
     if train:
         p.add_argument("--train-size", type=int, default=train_default, metavar="S",
-                       help=train_help or f"fixed square training size, a multiple of {STRIDE}"
-                                          f"{_default(train_default, 'multi-scale, design §6.5')}")
+                       help=f"square training size: {train_what + ', ' if train_what else ''}a multiple of "
+                            f"{STRIDE}{_default(train_default, train_why, train_why)}")
     if test:
         p.add_argument("--test-size", type=int, default=test_default, metavar="S",
-                       help=test_help or f"square input size, a multiple of {STRIDE}"
-                                         f"{_default(test_default, 'the cfg test_width x test_height')}")
+                       help=f"square input size: {test_what + ', ' if test_what else ''}a multiple of "
+                            f"{STRIDE}{_default(test_default, test_why, test_why)}")
 
 
 def fill_defaults(args: argparse.Namespace, values: dict) -> argparse.Namespace:
@@ -224,22 +280,45 @@ def _probe_write(flag: str, folder: Path) -> None:
         raise OutputPathError(f"{flag} {folder}: the file system is full ({free} bytes free)")
 
 
-def add_batch_size(p, default=None, help: str | None = None) -> None:
-    """--batch-size: images per batch (forward pass, or training step)."""
+def add_mesh(p, what: str, nargs=None, required: bool = False) -> None:
+    """--mesh: the object's mesh file (PLY, or OBJ where it is rendered); `what` says what the script does with it."""
+    p.add_argument("--mesh", nargs=nargs, required=required, default=None, metavar="FILE",
+                   help=f"mesh of the object: {what}")
+
+
+def add_mesh_units(p, choices, default="m", why: str = "LINEMOD's metres; BOP meshes are mm") -> None:
+    """--mesh-units: the units of the --mesh file's coordinates (m, or mm for BOP meshes)."""
+    shown = f"default: {why}" if default is None else f"default {default}: {why}"
+    p.add_argument("--mesh-units", choices=sorted(choices), default=default,
+                   help=f"units of the mesh coordinates ({shown})")
+
+
+def add_camera(p, title: str) -> None:
+    """The camera flags (utils.resolve_camera): a .data file, then any of its values overridden."""
+    cam = p.add_argument_group(title)
+    cam.add_argument("--camera-data", default=None, help=".data file to take fx, fy, u0, v0, width, height from")
+    for key in ("fx", "fy", "u0", "v0"):
+        cam.add_argument(f"--{key}", type=float, default=None, help="pixels")
+    cam.add_argument("--width", type=int, default=None, help="image width in pixels")
+    cam.add_argument("--height", type=int, default=None, help="image height in pixels")
+
+
+def add_batch_size(p, default=None, why: str = "", what: str = "") -> None:
+    """--batch-size: images per batch (forward pass, or training step); `what` after the meaning."""
     p.add_argument("--batch-size", type=int, default=default, metavar="N",
-                   help=help or f"images per batch{_default(default)}")
+                   help=f"images per batch{': ' + what if what else ''}{_default(default, why, why)}")
 
 
-def add_workers(p, default=None, help: str | None = None, nargs=None) -> None:
+def add_workers(p, default=None, why: str = "", what: str = "of the data loader", nargs=None) -> None:
     """--workers: worker processes (data loader, or the generator); a list with nargs='+' in benchmarks."""
     p.add_argument("--workers", type=int, default=default, nargs=nargs, metavar="N",
-                   help=help or f"data loader worker processes{_default(default)}")
+                   help=f"worker processes: {what}{_default(default, why, why)}")
 
 
-def add_seed(p, default: int = 0, help: str | None = None) -> None:
+def add_seed(p, default: int = 0, what: str = "") -> None:
     """--seed: the seed of every random stream (shuffle, augmentation, generation, split), 0..MAX_SEED."""
     p.add_argument("--seed", type=seed_value, default=default,
-                   help=help or f"random seed, 0 to {MAX_SEED} (default {default})")
+                   help=f"random seed: {what + ', ' if what else ''}0 to {MAX_SEED} (default {default})")
 
 
 def seed_value(text: str) -> int:
@@ -253,17 +332,19 @@ def seed_value(text: str) -> int:
     return value
 
 
-def add_conf_thresh(p, default=None, help: str | None = None) -> None:
-    """--conf-thresh: the multi-object box score threshold (design §4.2)."""
+def add_conf_thresh(p, default=None, what: str = "") -> None:
+    """--conf-thresh: the multi-object box score threshold, det_conf * class prob (design §4.2)."""
     p.add_argument("--conf-thresh", type=float, default=default, metavar="T",
-                   help=help or f"multi-object box score threshold{_default(default, 'the cfg conf_thresh')}")
+                   help=f"box score threshold: det_conf * class prob of a multi-object box{', ' + what if what else ''}"
+                        f"{_default(default, 'the cfg conf_thresh')}")
 
 
 def add_pnp(p) -> None:
     """--pnp: the OpenCV PnP solver (the original: iterative, design §9.1)."""
     from utils import PNP_METHODS
 
-    p.add_argument("--pnp", choices=sorted(PNP_METHODS), default="iterative", help="PnP solver (original: iterative)")
+    p.add_argument("--pnp", choices=sorted(PNP_METHODS), default="iterative",
+                   help="PnP solver (default iterative: the original's)")
 
 
 def add_box_rule(p, default_help: str = "the rule the weights were trained with (model_info.json beside them), "
@@ -276,21 +357,22 @@ def add_box_rule(p, default_help: str = "the rule the weights were trained with 
                         f"are the confidence-weighted mean over the 3x3 cells around it (D54). Default: {default_help}")
 
 
-def add_resample(p, what: str = "resize filter") -> None:
+def add_resample(p, what: str = "") -> None:
     """--resample: the PIL resize filter (bicubic: Pillow >= 7; nearest: Pillow < 7, design §6.4)."""
     from image import DEFAULT_RESAMPLE, RESAMPLE_FILTERS
 
     p.add_argument("--resample", choices=tuple(RESAMPLE_FILTERS), default=DEFAULT_RESAMPLE,
-                   help=f"{what} (default {DEFAULT_RESAMPLE}; nearest: Pillow < 7, design §6.4)")
+                   help=f"resize filter{': ' + what if what else ''} (default {DEFAULT_RESAMPLE}; nearest: Pillow < 7, "
+                        f"design §6.4)")
 
 
 # --------------------------------------------------------------------------------------------
 # Objects and the fork's distillation switch
 # --------------------------------------------------------------------------------------------
 
-def add_objects(p, help: str) -> None:
+def add_objects(p, what: str) -> None:
     """--objects NAME [NAME ...]: which objects, by name (commas also separate: `ape,can`)."""
-    p.add_argument("--objects", nargs="+", default=None, metavar="NAME", help=help)
+    p.add_argument("--objects", nargs="+", default=None, metavar="NAME", help=f"which objects, by name: {what}")
 
 
 def object_list(values) -> list[str] | None:
@@ -300,20 +382,22 @@ def object_list(values) -> list[str] | None:
     return [v for value in values for v in (s.strip() for s in str(value).split(",")) if v]
 
 
-def add_num_objects(p, default: int, help: str | None = None) -> None:
+def add_num_objects(p, default=None, why: str = "", what: str = "") -> None:
     """--num-objects N: how many objects to generate."""
     p.add_argument("--num-objects", type=int, default=default, metavar="N",
-                   help=help or f"number of objects (default {default})")
+                   help=f"number of objects{': ' + what if what else ''}{_default(default, why, why)}")
 
 
-def add_distiled(p, help: str) -> None:
+def add_distiled(p, what: str) -> None:
     """--distiled (the fork's spelling, alias --distill): nonzero switches distillation on."""
-    p.add_argument("--distiled", "--distill", dest="distiled", type=int, default=0, help=help)
+    p.add_argument("--distiled", "--distill", dest="distiled", type=int, default=0,
+                   help=f"the fork's distillation switch: {what}")
 
 
-def _default(value, otherwise: str | None = None) -> str:
+def _default(value, otherwise: str | None = None, why: str = "") -> str:
+    """' (default VALUE)', ' (default VALUE: WHY)' or, for None, ' (default: OTHERWISE)'."""
     if value is not None:
-        return f" (default {value})"
+        return f" (default {value}{': ' + why if why else ''})"
     return f" (default: {otherwise})" if otherwise else ""
 
 
@@ -321,10 +405,14 @@ def _count(n: int) -> str:
     return {1: "one", 2: "two", 3: "three"}.get(n, str(n))
 
 
+ROOT = Path(__file__).resolve().parent  # the repository: every default path is relative to it
+
+
 def find_path(path, *bases) -> str:
     """`path` as given when it exists from the current directory, else from the first of `bases`
-    (folders) where it exists, relative to the current directory; unchanged when found nowhere."""
-    for base in bases:
+    (folders; default: the repository's) where it exists, relative to the current directory;
+    unchanged when found nowhere. The one rule for default paths of every script."""
+    for base in bases or (ROOT,):
         if not Path(path).exists() and (Path(base) / path).exists():
             return os.path.relpath(Path(base) / path)
     return str(path)

@@ -239,22 +239,21 @@ def annotate(rgb: np.ndarray, detections: list[Detection], corners: dict, K: np.
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__)
     p.add_argument("source", help="image, folder of images, video file, or camera index (0, 1, ...)")
-    cli.add_datacfg(p, required=True, help=".data file: camera and mesh (with --multi mesh<k> for class k-1)")
-    cli.add_model(p, cfg_default=DEFAULT_MODELCFG, weights="weightfile", weights_required=True)
-    p.add_argument("--out", default="runs/detect", help="output folder")
+    cli.add_datacfg(p, "camera and mesh (with --multi mesh<k> for class k-1)", required=True)
+    cli.add_model(p, cfg_default=DEFAULT_MODELCFG, weights="weightfile", weights_required=True,
+                  cfg_why="the network train.py trains without flags; valid.py keeps the original's yolo-pose.cfg")
+    cli.add_out(p, what="the annotated frames and detections.json", default="runs/detect",
+                why="beside the other runs' outputs")
     p.add_argument("--multi", action="store_true", help="multi-object mode: one box per detected class")
-    cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH,
-                        help=f"--multi: box score threshold, det_conf * class prob (default {utils.MULTI_CONF_THRESH}, "
-                             f"as valid_multi.py; design §4.2, D63)")
-    cli.add_sizes(p, test=True, test_help="square input size, a multiple of 32 (default: the size the weights "
-                                          "were trained for, model_info.json beside them, else the cfg "
-                                          "test_width x test_height)")
+    cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH, what="with --multi, as valid_multi.py (design §4.2, D63)")
+    cli.add_sizes(p, test=True, test_why="the size the weights were trained for, model_info.json beside them, else "
+                                         "the cfg test_width x test_height")
     cli.add_box_rule(p)
     cli.add_device(p)
     cli.add_pnp(p)
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (camera, long videos)")
     p.add_argument("--no-images", action="store_true", help="write only detections.json")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="print less: no progress bar")
     return p
 
 

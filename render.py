@@ -96,7 +96,7 @@ class Mesh:
         else:
             vertex_colors = np.full((len(mesh.vertices), 3), UNCOLORED_GRAY, dtype=np.uint8)
         if mesh.texture is not None:
-            face_colors = sample_texture(mesh.texture, mesh.uv.mean(axis=1))
+            face_colors = np.round(sample_texture(mesh.texture, mesh.uv.mean(axis=1))).astype(np.uint8)
         else:
             face_colors = np.round(vertex_colors[mesh.faces].astype(np.float64).mean(axis=1)).astype(np.uint8)
         return cls(mesh.vertices, np.asarray(mesh.faces, dtype=np.int64), normals, vertex_colors, face_colors,

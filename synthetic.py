@@ -6,7 +6,7 @@ jobs' set, `ensure_dataset`); rendering is render.py.
     from synthetic import generate, add_fresh_test, add_fresh_multi
     generate("data/synthetic", objects=3, images_per_object=20, seed=0, multi=0)
     add_fresh_test("data/synthetic", 100, fresh_seed=7)      # --fresh-test 100 --fresh-seed 7
-    add_fresh_multi("data/synthetic", 50, fresh_seed=7)      # --fresh-multi 50 --fresh-seed 7
+    add_fresh_multi("data/synthetic", 50, fresh_seed=7)      # --fresh-scenes 50 --fresh-seed 7
 
 add_fresh_test adds a fresh test set to an existing dataset: N new images per object whose
 poses and backgrounds come from the fresh seed, listed in LINEMOD/<obj>/test_fresh<S>.txt, with
@@ -46,7 +46,7 @@ has fewer files) only files the manifest says it wrote, unchanged.
 
 Objects are named obj00, obj01, ... (not LINEMOD names: the diameters differ).
 
-With `multi=N` (--multi N), N OCCLUSION-style scenes are added (design §3.4, §6.3, §9.6). Object 0 ("main",
+With `multi=N` (--scenes N), N OCCLUSION-style scenes are added (design §3.4, §6.3, §9.6). Object 0 ("main",
 the role benchvise plays in OCCLUSION) is in every scene, with 1-3 other objects placed so that
 their silhouettes overlap (no 3-D interpenetration, each object at least MIN_VISIBLE visible):
 
@@ -66,7 +66,7 @@ their silhouettes overlap (no 3-D interpenetration, each object at least MIN_VIS
 The label path of a test scene for <obj> is derived as in the original: replace the main
 object's folder name by <obj> and JPEGImages by labels_occlusion.
 
-add_fresh_multi(out, N, S) (--fresh-multi N --fresh-seed S) adds N test scenes drawn from S alone, written
+add_fresh_multi(out, N, S) (--fresh-scenes N --fresh-seed S) adds N test scenes drawn from S alone, written
 like the test scenes above and numbered after every image in the main object's JPEGImages, plus:
 
     LINEMOD/<obj>/test_occlusion_fresh<S>.txt   the fresh scenes that contain <obj>
@@ -84,7 +84,7 @@ import os
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -99,10 +99,8 @@ from linemod_format import (
 )
 from MeshPly import read_mesh, write_ply
 from ownership import Outputs, run_record
-from render import (
-    AMBIENT_RANGE, DISTANCE_RANGE_M, ELEVATION_RANGE_DEG, LIGHT_COUNT_RANGE, LIGHT_INTENSITY_RANGE,
-    LIGHT_SATURATION_MAX, SHININESS_RANGE, SPECULAR_RANGE, Light, Lighting, Mesh, make_mesh, render, sample_pose,
-)
+from randomisation import Randomiser, RenderOptions
+from render import DISTANCE_RANGE_M, Light, Mesh, make_mesh, render, sample_pose
 from utils import check_mesh_vertices, get_camera_intrinsic, label_from_pose, mesh_diameter
 
 DEFAULT_OUT = "data/synthetic"
@@ -122,6 +120,7 @@ MAIN_JOB_SUFFIX = "_main"  # the main jobs' own folder when theirs holds another
 
 # seed streams: np.random.SeedSequence([seed, TAG, ...]) keeps every draw independent of the others
 TAG_MESH, TAG_IMAGE, TAG_SCENE, TAG_SPLIT, TAG_FRESH, TAG_FRESH_SCENE = 0, 1, 2, 3, 4, 5
+TAG_JPEG, TAG_DISTRACTOR = 6, 7  # sets of user meshes: each image's JPEG quality; the distractor meshes
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -150,38 +149,6 @@ def build_objects(n: int, seed: int) -> list[SynthObject]:
         mesh = make_mesh(_rng(seed, TAG_MESH, i))
         out.append(SynthObject(name, i, mesh, mesh_diameter(mesh.vertices)))
     return out
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """How a set of user meshes is rendered (generate_from_meshes); every field is recorded in
-    synthetic_info.json. Ranges are (low, high), drawn uniformly per image.
-
-    distance_m: camera distance of the model origin, metres; None: derived from each mesh's size
-        and the camera (camera_distances). elevation_deg: the view's angle above the model's xy
-        plane (LINEMOD's upper hemisphere). inplane_deg: roll about the optical axis.
-    lights: number of directional lights (inclusive); light_intensity: their summed diffuse
-        intensity; light_saturation: how coloured they may be (0 white); ambient; specular
-        (highlight strength); shininess (Blinn-Phong exponent).
-    """
-    distance_m: tuple | None = None
-    elevation_deg: tuple = ELEVATION_RANGE_DEG
-    inplane_deg: tuple = (-180.0, 180.0)
-    lights: tuple = LIGHT_COUNT_RANGE
-    light_intensity: tuple = LIGHT_INTENSITY_RANGE
-    light_saturation: float = LIGHT_SATURATION_MAX
-    ambient: tuple = AMBIENT_RANGE
-    specular: tuple = SPECULAR_RANGE
-    shininess: tuple = SHININESS_RANGE
-
-    def lighting(self, rng: np.random.Generator) -> Lighting:
-        return Lighting.random(rng, count=self.lights, intensity=self.light_intensity,
-                               saturation=self.light_saturation, ambient=self.ambient, specular=self.specular,
-                               shininess=self.shininess)
-
-    def record(self) -> dict:
-        """The options as JSON values (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,19 +194,30 @@ def render_single(objects: list[SynthObject], obj_idx: int, img_idx: int, seed: 
 
 
 def render_mesh_single(objects: list[SynthObject], obj_idx: int, img_idx: int, seed: int, K: np.ndarray,
-                       width: int, height: int, options: RenderOptions, tag: int = TAG_IMAGE):
+                       width: int, height: int, randomiser: Randomiser, tag: int = TAG_IMAGE):
     """One image of a user's mesh: (rgb (H, W, 3) uint8, mask (H, W) uint8 0/255, R (3, 3), t (3,) m).
 
-    Pose (the object's camera ranges), colours, lights and background come from the stream
-    (seed, tag, obj_idx, img_idx); `options` says how they are drawn.
+    Pose (the object's camera ranges), colour, lights, distractors, occluders, background and
+    camera effects come from the stream (seed, tag, obj_idx, img_idx), drawn as `randomiser` says
+    (randomisation.py); the mask is exactly the object's rendered pixels left visible.
     """
     rng = _rng(seed, tag, obj_idx, img_idx)
     obj = objects[obj_idx]
     R, t = sample_pose(rng, obj.mesh.keypoints3d, K, width, height, **obj.pose_ranges)
-    rendering = render([_dress(rng, obj.mesh)], [(R, t)], K, width, height, options.lighting(rng))
-    bg = make_background(rng, np.concatenate([o.mesh.face_colors for o in objects]).astype(np.float64), width, height)
-    mask = np.where(rendering.ids == 0, 255, 0).astype(np.uint8)
-    return _composite(bg, rendering), mask, R, t
+    mesh = _dress(rng, obj.mesh)
+    lighting = randomiser.options.lighting(rng)
+    radius = float(np.linalg.norm(obj.mesh.vertices, axis=1).max())
+    behind, front = randomiser.clutter(rng, radius, t, K, width, height)
+    extra = behind + front
+    rendering = render([mesh] + [m for m, _ in extra], [(R, t)] + [p for _, p in extra], K, width, height, lighting)
+    if front and rendering.visible_fraction()[0] < randomiser.options.min_visible:
+        rendering = render([mesh] + [m for m, _ in behind], [(R, t)] + [p for _, p in behind], K, width, height,
+                           lighting)  # the occluders hid too much: without them
+    bg = randomiser.background(rng, width, height)
+    rgb = rendering.rgb.copy()
+    randomiser.jitter(rng, rgb, rendering.ids == 0)
+    rgb = randomiser.finish(rng, bg, replace(rendering, rgb=rgb))
+    return rgb, np.where(rendering.ids == 0, 255, 0).astype(np.uint8), R, t
 
 
 def _dress(rng: np.random.Generator, mesh: Mesh) -> Mesh:
@@ -290,8 +268,9 @@ def render_scene(objects: list[SynthObject], scene_idx: int, seed: int, K: np.nd
                  width: int = IM_WIDTH, height: int = IM_HEIGHT, tag: int = TAG_SCENE, options=None):
     """One multi-object scene with mutual occlusion.
 
-    Objects, poses, light and background come from the stream (seed, tag, scene_idx); options
-    (RenderOptions, a set of user meshes) or None (the procedural sets, flat shading). Returns
+    Objects, poses, light and background come from the stream (seed, tag, scene_idx); options: a
+    randomisation.Randomiser (a set of user meshes: smooth shading, its backgrounds and camera
+    effects) or None (the procedural sets, flat shading). Returns
     rgb (H, W, 3) uint8, mask (H, W) uint8 (union of all objects, 0/255), and a list of
     (object index, R (3, 3), t (3,) m, visible fraction) sorted by object index; object 0 always.
     """
@@ -299,7 +278,7 @@ def render_scene(objects: list[SynthObject], scene_idx: int, seed: int, K: np.nd
         raise ValueError(f"multi-object scenes need at least 2 objects; got {len(objects)}")
     rng = _rng(seed, tag, scene_idx)
     others = np.arange(1, len(objects))
-    light = Light.random(rng) if options is None else options.lighting(rng)
+    light = Light.random(rng) if options is None else options.options.lighting(rng)
     meshes = [o.mesh for o in objects] if options is None else [_dress(rng, o.mesh) for o in objects]
     best = None
     for _ in range(SCENE_TRIES):
@@ -320,11 +299,18 @@ def render_scene(objects: list[SynthObject], scene_idx: int, seed: int, K: np.nd
     placed, poses, rendering = best
     if rendering is None:  # objects were dropped: render the kept ones again
         rendering = render([meshes[i] for i in placed], poses, K, width, height, light)
-    bg = make_background(rng, np.concatenate([o.mesh.face_colors for o in objects]).astype(np.float64), width, height)
     mask = np.where(rendering.ids >= 0, 255, 0).astype(np.uint8)
     vis = rendering.visible_fraction()
     items = sorted((placed[k], poses[k][0], poses[k][1], float(vis[k])) for k in range(len(placed)))
-    return _composite(bg, rendering), mask, items
+    if options is None:
+        bg = make_background(rng, np.concatenate([o.mesh.face_colors for o in objects]).astype(np.float64), width,
+                             height)
+        return _composite(bg, rendering), mask, items
+    bg = options.background(rng, width, height)
+    rgb = rendering.rgb.copy()
+    for k in range(len(placed)):
+        options.jitter(rng, rgb, rendering.ids == k)
+    return options.finish(rng, bg, replace(rendering, rgb=rgb)), mask, items
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,14 +341,16 @@ def _run_job(job):
     width, height, options = s.get("width", IM_WIDTH), s.get("height", IM_HEIGHT), s.get("options")
     if job[0] in ("single", "fresh"):
         _, oi, ii = job[:3]
+        # ('fresh', obj_idx, image index, fresh seed, k-th fresh image): drawn from the fresh seed
         index, image_seed, tag = (job[4], job[3], TAG_FRESH) if job[0] == "fresh" else (ii, seed, TAG_IMAGE)
-        if options is None:  # ('fresh', obj_idx, image index, fresh seed, k-th fresh image)
+        if options is None:
             rgb, mask, R, t = render_single(objects, oi, index, image_seed, K, width, height, tag=tag)
         else:
             rgb, mask, R, t = render_mesh_single(objects, oi, index, image_seed, K, width, height, options, tag=tag)
         row = label_from_pose(objects[oi].mesh.corners, R, t, K, objects[oi].class_id, width, height)
         rel = f"LINEMOD/{objects[oi].name}/JPEGImages/{image_stem(ii)}.jpg"
-        _write_image(out, rel, rgb, mask, row[None], s["quality"])
+        quality = s["quality"] if options is None else options.jpeg_quality(_rng(image_seed, TAG_JPEG, tag, oi, index))
+        _write_image(out, rel, rgb, mask, row[None], quality)
         return job, [(oi, R, t, 1.0, row)]
     if job[0] == "fresh_scene":  # ('fresh_scene', k-th fresh scene, image index, fresh seed): a test scene
         _, si, ii, scene_seed = job
@@ -374,7 +362,8 @@ def _run_job(job):
     rows = [(oi, R, t, vis, label_from_pose(objects[oi].mesh.corners, R, t, K, objects[oi].class_id, width, height))
             for oi, R, t, vis in items]
     rel = f"LINEMOD/{objects[0].name}/JPEGImages/{image_stem(ii)}.jpg"
-    _write_image(out, rel, rgb, mask, np.stack([r[4] for r in rows]), s["quality"])
+    quality = s["quality"] if options is None else options.jpeg_quality(_rng(scene_seed, TAG_JPEG, tag, si))
+    _write_image(out, rel, rgb, mask, np.stack([r[4] for r in rows]), quality)
     if is_test:
         for oi, _, _, _, row in rows:
             write_label_rows(out / occlusion_label_path(rel, objects[oi].name), to_occlusion_order(row))
@@ -487,7 +476,7 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
         raise ValueError(f"need objects >= 1, images_per_object >= 1, multi >= 0; "
                          f"got {objects}, {images_per_object}, {multi}")
     if multi and objects < 2:
-        raise ValueError(f"--multi needs at least 2 objects (scenes mix classes); got --objects {objects}")
+        raise ValueError(f"--scenes needs at least 2 objects (scenes mix classes); got --num-objects {objects}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0; got {seed}")
     start = time.perf_counter()
@@ -500,14 +489,15 @@ def generate(out_dir=DEFAULT_OUT, objects: int = 3, images_per_object: int = 20,
 
 
 def _write_set(out: Path, objs: list[SynthObject], K: np.ndarray, width: int, height: int, images_per_object: int,
-               seed: int, multi: int, test_fraction: float, workers: int, overwrite: bool, jpeg_quality: int,
+               seed: int, multi: int, test_fraction: float, workers: int, overwrite: bool, jpeg_quality,
                params: dict, generator: str, extra_info: dict, options, quiet: bool, start: float,
                progress: bool = False) -> dict:
     """Render and write a set of `objs` (the one writer of generate and generate_from_meshes).
 
     params: what the manifest records (the set's identity); generator and extra_info: the
-    synthetic_info.json entries beyond the common ones; options: None (procedural, flat shading)
-    or a RenderOptions. Returns generate's summary.
+    synthetic_info.json entries beyond the common ones; jpeg_quality: the procedural sets' one
+    quality (recorded as it is: a range for user meshes, whose options draw it per image);
+    options: None (procedural, flat shading) or a randomisation.Randomiser. Returns generate's summary.
     """
     objects = len(objs)
     main = objs[0].name
@@ -595,7 +585,10 @@ def _write_set(out: Path, objs: list[SynthObject], K: np.ndarray, width: int, he
 def describe(params: dict) -> str:
     """A set's parameters in words, for messages."""
     scenes = f", {params['multi']} scenes" if params.get("multi") else ""
-    objects = f"{params['objects']} object{'' if params['objects'] == 1 else 's'}"
+    if "meshes" in params:  # a set of user meshes (generate_from_meshes)
+        objects = "meshes " + ", ".join(m["name"] for m in params["meshes"])
+    else:
+        objects = f"{params['objects']} object{'' if params['objects'] == 1 else 's'}"
     return (f"{objects}, {params['images_per_object']} images per object{scenes}, "
             f"seed {params['seed']}, test fraction {params['test_fraction']:g}")
 
@@ -637,7 +630,7 @@ def ensure_dataset(root, params: dict, quiet: bool = False) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Fresh test sets added to an existing dataset (--fresh-test, --fresh-multi)
+# Fresh test sets added to an existing dataset (--fresh-test, --fresh-scenes)
 # --------------------------------------------------------------------------------------------
 
 def fresh_names(name: str, fresh_seed: int) -> tuple[str, str]:
@@ -673,6 +666,36 @@ def _synthetic_info(out: Path) -> tuple[dict, list[str]]:
     return info, names
 
 
+def _fresh_state(out: Path, info: dict, names: list[str]) -> tuple[list[SynthObject], dict]:
+    """(objects, job state) to render more images of the set in `out` from its synthetic_info.json:
+    procedural objects are rebuilt from the set's seed; a set of user meshes reads its mesh files
+    again (InputError naming the file when one is missing or changed since: its sha256 is recorded)
+    and draws with its recorded options."""
+    K = np.asarray(info["K"], dtype=np.float64)
+    width, height, seed = int(info.get("width", IM_WIDTH)), int(info.get("height", IM_HEIGHT)), int(info["seed"])
+    state = {"K": K, "out": out, "seed": seed, "width": width, "height": height}
+    if info.get("generator") != MESH_GENERATOR:
+        objs = build_objects(len(names), seed)
+        return objs, {**state, "objects": objs, "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
+    where = out / INFO_FILE
+    try:
+        records = [(Path(r["file"]), r["units"], r["name"], r["sha256"]) for r in info["meshes"]]
+        options = RenderOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["options"].items()})
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{where}: the meshes or options of this set are not readable ({exc}); render a new set "
+                         f"instead") from None
+    for path, _, name, digest in records:
+        if not path.is_file():
+            raise InputError(f"{where}: mesh {path} of object {name} not found; it is needed to render more images")
+        if _file_sha256(path) != digest:
+            raise InputError(f"{where}: mesh {path} of object {name} changed since the set was made; render a new "
+                             f"set (nothing was changed)")
+    objs, _ = load_mesh_objects([r[0] for r in records], [r[1] for r in records], K, width, height, options,
+                                [r[2] for r in records])
+    randomiser = Randomiser.prepare(options, lambda k: _rng(seed, TAG_DISTRACTOR, k))
+    return objs, {**state, "objects": objs, "quality": JPEG_QUALITY, "options": randomiser}
+
+
 def _next_index(folder: Path) -> int:
     """The image index after every NNNNNN.jpg in `folder` (0 for none)."""
     return max((int(p.stem) for p in folder.glob("*.jpg") if p.stem.isdigit()), default=-1) + 1
@@ -704,8 +727,8 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
         raise InputError(f"{out}: seed {fresh_seed} already has a fresh test set ({taken[0]}); choose another "
                          f"--fresh-seed (nothing was changed)")
     start = time.perf_counter()
-    K = np.asarray(info["K"], dtype=np.float64)
-    objs = build_objects(len(names), int(info["seed"]))
+    objs, state = _fresh_state(out, info, names)
+    K, width, height = state["K"], state["width"], state["height"]
     jobs = []
     outputs = Outputs(out, TOOL)
     for o in objs:
@@ -717,8 +740,6 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
             outputs.plan(_image_files(out, f"LINEMOD/{o.name}/JPEGImages/{image_stem(first + k)}.jpg"), GROUP)
     outputs.check(overwrite=False)  # a fresh set only adds files
     outputs.begin()
-    state = {"objects": objs, "K": K, "out": out, "seed": int(info["seed"]),
-             "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
     with outputs.recorded():  # Ctrl-C while rendering: the images written so far stay the generator's
         results = _run_jobs(jobs, state, workers)
     data_cfgs = []
@@ -729,10 +750,10 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
         poses = [pose_entry(rel, rows[0][1], rows[0][2], label=label_path(rel), row=0)
                  for rel, (_, rows) in zip(images, mine)]
         write_poses_json(_fresh_poses_json(out, o.name, fresh_seed, False), o.name, o.class_id,
-                         f"LINEMOD/{o.name}/{o.name}.ply", K, IM_WIDTH, IM_HEIGHT, poses)
+                         f"LINEMOD/{o.name}/{o.name}.ply", K, width, height, poses)
         write_list(out / list_rel, images)
         items = [(k, list_rel if k == "valid" else v)
-                 for k, v in data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K)]
+                 for k, v in data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K, width, height)]
         write_data_cfg(out / cfg_rel, items)
         data_cfgs.append(str(out / cfg_rel))
     outputs.finish()
@@ -744,7 +765,7 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
 
 
 def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bool = True) -> dict:
-    """Add n new OCCLUSION-style test scenes to a synthetic dataset made with --multi, from fresh_seed.
+    """Add n new OCCLUSION-style test scenes to a synthetic dataset made with --scenes, from fresh_seed.
 
     Scene k's objects, poses, placements, light and background come from the stream
     (fresh_seed, TAG_FRESH_SCENE, k), independent of the dataset's own scenes. Writes, like a test
@@ -761,12 +782,12 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
     "scenes" (n), "scenes_per_object" ({object: fresh scenes that show it}), "seconds"}.
     """
     out = Path(out_dir)
-    info, names = _fresh_start(out, "--fresh-multi", n, "need at least one scene", fresh_seed)
+    info, names = _fresh_start(out, "--fresh-scenes", n, "need at least one scene", fresh_seed)
     occ_path = out / "cfg" / "occlusion.data"
     if not info.get("multi") or not occ_path.is_file():
         why = f"{INFO_FILE} says multi {info.get('multi', 0)}" if not info.get("multi") else f"{occ_path} not found"
-        raise InputError(f"{out}: no multi-object scenes here ({why}); --fresh-multi adds test scenes to a dataset "
-                         f"made with --multi N (nothing was changed)")
+        raise InputError(f"{out}: no multi-object scenes here ({why}); --fresh-scenes adds test scenes to a dataset "
+                         f"made with --scenes N (nothing was changed)")
     cfg_rel = fresh_multi_cfg(fresh_seed)
     lists = {name: fresh_multi_names(name, fresh_seed)[0] for name in names}
     taken = [p for p in [cfg_rel, *lists.values()] if (out / p).exists()]
@@ -775,8 +796,8 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
                          f"another --fresh-seed (nothing was changed)")
     cfg_text = _fresh_occlusion_cfg(occ_path, lists, names)  # a bad occlusion.data stops here, before writing
     start = time.perf_counter()
-    K = np.asarray(info["K"], dtype=np.float64)
-    objs = build_objects(len(names), int(info["seed"]))
+    objs, state = _fresh_state(out, info, names)
+    K, width, height = state["K"], state["width"], state["height"]
     main = objs[0].name  # render_scene puts object 0 in every scene; generate() files scenes in its folder
     first = _next_index(out / "LINEMOD" / main / "JPEGImages")
     jobs = [("fresh_scene", k, first + k, int(fresh_seed)) for k in range(n)]
@@ -788,8 +809,6 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
                  + [_fresh_poses_json(out, name, fresh_seed, True) for name in names], GROUP)
     outputs.check(overwrite=False)  # fresh scenes only add files
     outputs.begin()
-    state = {"objects": objs, "K": K, "out": out, "seed": int(info["seed"]),
-             "quality": int(info.get("jpeg_quality", JPEG_QUALITY))}
     with outputs.recorded():  # Ctrl-C while rendering: the images written so far stay the generator's
         results = _run_jobs(jobs, state, workers)
     poses, scenes = {o.class_id: [] for o in objs}, {o.class_id: [] for o in objs}
@@ -800,7 +819,7 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
             scenes[oi].append(rel)
     for o in objs:
         write_poses_json(_fresh_poses_json(out, o.name, fresh_seed, True), o.name, o.class_id,
-                         f"LINEMOD/{o.name}/{o.name}.ply", K, IM_WIDTH, IM_HEIGHT, poses[o.class_id])
+                         f"LINEMOD/{o.name}/{o.name}.ply", K, width, height, poses[o.class_id])
         write_list(out / lists[o.name], scenes[o.class_id])
     write_text(out / cfg_rel, cfg_text)  # last: its presence means the fresh scenes are complete
     outputs.finish()
@@ -981,7 +1000,7 @@ def load_mesh_objects(mesh_paths, mesh_units="m", K=None, width: int = IM_WIDTH,
 
     mesh_units: one of MESH_UNITS for all, or a list with one per mesh.
     """
-    options = options or RenderOptions()
+    options = (options or RenderOptions()).checked()
     K = get_camera_intrinsic() if K is None else np.asarray(K, dtype=np.float64)
     paths = [Path(p) for p in ([mesh_paths] if isinstance(mesh_paths, (str, Path)) else mesh_paths)]
     if not paths:
@@ -1024,7 +1043,7 @@ def generate_from_meshes(out_dir, mesh_paths, mesh_units="m", K=None, width: int
     mesh's own origin, then the corners of its axis-aligned box. The same arguments give the
     same bytes, whatever `workers` is. A progress bar on stderr unless quiet.
     """
-    options = options or RenderOptions()
+    options = (options or RenderOptions()).checked()
     if n_images < 1 or multi < 0:
         raise InputError(f"need n_images >= 1 and multi >= 0; got {n_images}, {multi}")
     if seed < 0:
@@ -1038,11 +1057,12 @@ def generate_from_meshes(out_dir, mesh_paths, mesh_units="m", K=None, width: int
     objs, records = load_mesh_objects(mesh_paths, mesh_units, K, width, height, options, names)
     if multi and len(objs) < 2:
         raise InputError(f"multi-object scenes need at least 2 meshes; got {len(objs)}")
+    randomiser = Randomiser.prepare(options, lambda k: _rng(seed, TAG_DISTRACTOR, k))  # --backgrounds checked
     params = {"meshes": [{k: r[k] for k in ("name", "sha256", "units")} for r in records],
               "images_per_object": int(n_images), "seed": int(seed), "multi": int(multi),
               "test_fraction": float(test_fraction), "width": int(width), "height": int(height),
               "K": K.tolist(), "options": options.record()}
-    extra = {"meshes": records, "options": options.record()}
+    extra = {"meshes": records, "options": options.record(), "background_photos": len(randomiser.photos)}
     return _write_set(Path(out_dir), objs, K, int(width), int(height), int(n_images), int(seed), int(multi),
-                      float(test_fraction), workers, overwrite, JPEG_QUALITY, params, MESH_GENERATOR, extra,
-                      options, quiet, start, progress=not quiet)
+                      float(test_fraction), workers, overwrite, list(options.jpeg_quality), params, MESH_GENERATOR,
+                      extra, randomiser, quiet, start, progress=not quiet)

@@ -64,16 +64,17 @@ DEFAULTS = training.Defaults(modelcfg=DEFAULT_MODELCFG, initweights=DEFAULT_INIT
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__)
     cli.add_positional(p, POSITIONAL)
-    cli.add_datacfg(p, help="object .data file (default: the synthetic set, generated if missing)")
-    cli.add_model(p, weights="initweightfile", cfg_help=f"network cfg (default {DEFAULT_MODELCFG})",
-                  weights_help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; 'none' for "
-                               f"random)")
+    cli.add_datacfg(p, why="the synthetic set, generated if missing")
+    cli.add_model(p, weights="initweightfile", weights_detail="loaded 'until last'; 'none' for random",
+                  cfg_why=f"{DEFAULT_MODELCFG}, YOLO-LITE trial 3, the main job's network",
+                  weights_why=f"{DEFAULT_INITWEIGHTS}, its VOC backbone")
     training.add_run_flags(p, main_job_epochs=MAIN_JOB_EPOCHS, loss_scales=DEFAULTS.loss_scales,
                            loss_scales_why="the fork's train.py reads the [region] scales (noobject 0.1)",
                            pretrain_num_epochs=DEFAULTS.pretrain_num_epochs)
-    cli.add_distiled(p, help="1: distil from a teacher (design §8)")
-    p.add_argument("--teacher-cfg", default=DEFAULT_TEACHER_CFG)
-    p.add_argument("--teacher-weights", default=None, help="default backup/<name>/model_backup.weights")
+    cli.add_distiled(p, "1: distil from a teacher (design §8)")
+    p.add_argument("--teacher-cfg", default=DEFAULT_TEACHER_CFG, help="the teacher's network cfg (default %(default)s)")
+    p.add_argument("--teacher-weights", default=None,
+                   help="the teacher's weights (default: backup/<name>/model_backup.weights)")
     p.add_argument("--kd-mode", choices=("fork", "fixed"), default="fixed",
                    help="fixed (default): the teacher's right channels; fork: reproduces the fork's channel-index "
                         "bug (corners 2-8 regressed to shifted channels, D10), which leaves students at 0 %% on "

@@ -79,22 +79,24 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
                         "so a slower or busier machine trains a different model; the main job trains "
                         f"{main_job_epochs} epochs instead")
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"default: cfg max_epochs (500), or until --minutes; the main job {main_job_epochs}")
+                   help=f"epochs to train (default: cfg max_epochs (500), or until --minutes; the main job "
+                        f"{main_job_epochs})")
     p.add_argument("--pretrain_num_epochs", type=int, default=None,
                    help=f"epochs without the confidence term (original: {pretrain_num_epochs}, this script's "
                         f"original default, design §5.5; fast: none)")
-    p.add_argument("--backupdir", default=None, help="output folder (default: the .data 'backup' key)")
+    p.add_argument("--backupdir", default=None,
+                   help="a training run's folder: where this run writes (default: the .data 'backup' key)")
     p.add_argument("--coord-loss", choices=COORD_LOSSES, default=None,
                    help="corner loss: mse, the originals' squared error (default with original); l1, the absolute "
                         f"error (D55; default with fast: {FAST.coord_loss})")
     p.add_argument("--loss-scales", choices=("cfg", "ms"), default=None,
                    help=f"cfg: the [region] scales (noobject 0.1); ms: the MS loss object's (noobject 1, design "
                         f"§5.6); default {loss_scales}: {loss_scales_why}")
-    cli.add_batch_size(p, help=f"default: cfg batch (fast: {FAST.batch})")
+    cli.add_batch_size(p, why=f"cfg batch; fast {FAST.batch}")
     cli.add_device(p)
     cli.add_seed(p)
-    cli.add_workers(p, help="loader workers (default: original min(4, cores); fast 0 on a CPU, where loading "
-                            "in the training process is cheaper than the cores a worker takes, else 4)")
+    cli.add_workers(p, why="original min(4, cores); fast 0 on a CPU, where loading in the training process is "
+                           "cheaper than the cores a worker takes, else 4")
     p.add_argument("--cache-images", action="store_true",
                    help="fast recipe: decode the training images and masks once into RAM (about 1.5 MB per 640x480 "
                         "image, shared by the loader workers) instead of every epoch; the same samples. For a GPU, "
@@ -106,16 +108,16 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
                    help="continue from a checkpoint (default: <backupdir>/checkpoint.pt)")
     p.add_argument("--force-resume", action="store_true",
                    help="resume even from a checkpoint made with another cfg, data file, batch size or recipe")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in the backup folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier run wrote: the run already in the backup folder")
     p.add_argument("--eval-every", type=int, default=None,
                    help=f"test after epochs e %% N == 0, e > 0, and after the last (default {ORIGINAL_EVAL_EVERY}, "
                         f"the fork's; the main jobs 5). model.weights is the best test so far by "
                         f"{BEST_RULE}; a later test replaces it only when strictly better")
-    cli.add_sizes(p, train=True, test=True,
-                  train_help=f"fixed square training size (default: original multi-scale, design §6.5; fast "
-                             f"{FAST.size})",
-                  test_help=f"square test size (default: original cfg test_width/height; fast {FAST.size}"
-                            + (f"; {main_job_test_size})" if main_job_test_size else ")"))
+    cli.add_sizes(p, train=True, test=True, train_what="fixed",
+                  train_why=f"original multi-scale, design §6.5; fast {FAST.size}", test_what="of the tests",
+                  test_why=f"original cfg test_width/height; fast {FAST.size}"
+                           + (f"; {main_job_test_size}" if main_job_test_size else ""))
     p.add_argument("--train-sizes", default=None, metavar="LO,HI",
                    help="multi-scale around the test size: each batch at a size drawn uniformly from LO, LO+32, ..., "
                         "HI (multiples of 32), instead of --train-size (D68)")
@@ -129,9 +131,9 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
                                      "and written to model_info.json for the scoring scripts and detect.py")
     p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
     p.add_argument("--decay-bn-bias", type=int, default=1, help="0: no weight decay on BN and biases (D14)")
-    p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke tests)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches: smoke tests")
     p.add_argument("--log-every", type=int, default=0, help="print the per-batch loss line every N batches")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, network table or per-epoch lines")
+    p.add_argument("--quiet", action="store_true", help="print less: no progress bar, network table or per-epoch lines")
 
 
 def best_score(acc_5px: float, acc_10px: float) -> tuple[float, float]:

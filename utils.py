@@ -545,6 +545,22 @@ def camera_from_data_cfg(options: dict, source="<data cfg>") -> tuple[np.ndarray
     return get_camera_intrinsic(u0, v0, fx, fy), width, height
 
 
+def resolve_camera(camera_data=None, fx=None, fy=None, u0=None, v0=None, width=None, height=None):
+    """(K (3, 3), width or None, height or None): LINEMOD defaults < camera_data's keys < explicit values."""
+    K, w, h = get_camera_intrinsic(), None, None
+    if camera_data is not None:
+        K, w, h = camera_from_data_cfg(read_data_cfg(camera_data), camera_data)
+    vals = {"fx": K[0, 0], "fy": K[1, 1], "u0": K[0, 2], "v0": K[1, 2]}
+    for key, v in (("fx", fx), ("fy", fy), ("u0", u0), ("v0", v0)):
+        if v is not None:
+            vals[key] = float(v)
+    if not (vals["fx"] > 0 and vals["fy"] > 0 and np.isfinite(list(vals.values())).all()):
+        raise ValueError(f"focal lengths must be positive and all camera values finite; got fx={vals['fx']}, "
+                         f"fy={vals['fy']}, u0={vals['u0']}, v0={vals['v0']}")
+    K = get_camera_intrinsic(vals["u0"], vals["v0"], vals["fx"], vals["fy"])
+    return K, (w if width is None else int(width)), (h if height is None else int(height))
+
+
 def field_of_view_deg(focal_px: float, side_px: float) -> float:
     """The pinhole field of view (degrees) across `side_px` pixels for a focal length of `focal_px` pixels."""
     return math.degrees(2.0 * math.atan(side_px / (2.0 * focal_px)))

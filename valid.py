@@ -47,39 +47,42 @@ POSITIONAL = ("datacfg", "modelcfg", "weightfile")  # the original's positional 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1])
     cli.add_positional(p, POSITIONAL)
-    cli.add_datacfg(p, help=f"object .data file (default {DEFAULT_DATACFG})")
-    cli.add_model(p, weights="weightfile", cfg_help=f"network cfg (default {DEFAULT_MODELCFG})",
-                  weights_help=f"darknet weights; '{{name}}' is replaced by the object name "
-                               f"(default {DEFAULT_WEIGHTFILE})")
+    cli.add_datacfg(p, why=f"{DEFAULT_DATACFG}, the original valid.py's")
+    cli.add_model(p, weights="weightfile", cfg_why=f"{DEFAULT_MODELCFG}, the original valid.py's",
+                  weights_detail="'{name}' is replaced by the object name",
+                  weights_why=f"{DEFAULT_WEIGHTFILE}, the MS-released models' place")
     p.add_argument("--backupdir", default=None,
-                   help="the fork's flag: output folder for the curves when no --curves/--json/--csv is given")
-    p.add_argument("--pretrain_num_epochs", type=int, default=None, help="accepted for the fork's scripts; unused")
-    cli.add_distiled(p, help=f"1: --csv writes {DISTILLED_CSV} (the fork's name)")
+                   help="a training run's folder: the curves go there when no --curves/--json/--csv is given (the "
+                        "fork's flag)")
+    p.add_argument("--pretrain_num_epochs", type=int, default=None,
+                   help="epochs without the confidence term: accepted from the fork's valid.py, unused")
+    cli.add_distiled(p, f"1: --csv writes {DISTILLED_CSV} (the fork's name)")
     cli.add_device(p)
-    cli.add_batch_size(p, default=1, help="images per forward pass (the box is chosen per image)")
-    cli.add_workers(p, default=0)
-    cli.add_sizes(p, test=True, test_help="square input size, a multiple of 32 (default: the size the weights "
-                                          "were trained for, model_info.json beside them, else the cfg "
-                                          "test_width x test_height)")
+    cli.add_batch_size(p, default=1, what="per forward pass, the box is chosen per image",
+                       why="the original's; more is faster, with the same scores")
+    cli.add_workers(p, default=0, why="loading in the scoring process")
+    cli.add_sizes(p, test=True, test_why="the size the weights were trained for, model_info.json beside them, else "
+                                         "the cfg test_width x test_height")
     cli.add_box_rule(p)
     p.add_argument("--all", nargs="?", const="cfg", default=None, metavar="DIR",
                    help="score every .data file in DIR (default cfg/; *occlusion* and *_fresh* skipped): one row each "
                         "and the mean")
     p.add_argument("--skip-missing", action="store_true", help="with --all: skip objects whose weights file is missing")
     p.add_argument("--diam", choices=DIAM_SOURCES, default="data",
-                   help="ADD threshold diameter: the .data value (default) or the mesh's (the original valid.py, D25)")
+                   help="the ADD diameter: the .data value (default) or the mesh's (the original valid.py, D25)")
     cli.add_pnp(p)
-    cli.add_resample(p, "test-image resize filter")
-    p.add_argument("--amp", action="store_true", help="autocast on CUDA")
+    cli.add_resample(p, "of the test images")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA: autocast")
     p.add_argument("--save-predictions", default=None, metavar="DIR",
                    help="write DIR/predictions_<name>.npz: per-image R, t, 2-D points, errors, image paths")
     p.add_argument("--csv", nargs="?", const=DEFAULT_CSV, default=None, metavar="FILE",
                    help=f"append model, object, 2d_projection, 3d_transformation (default file {DEFAULT_CSV})")
-    p.add_argument("--json", default=None, metavar="FILE", help="write every summary (and the mean) as JSON")
+    p.add_argument("--json", default=None, metavar="FILE", help="a JSON file to write: every summary and the mean")
     p.add_argument("--curves", default=None, metavar="DIR",
                    help="folder for curves_<name>.png (default: next to --json, else --csv, else --backupdir, "
                         "else the weights file)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-object report, only the table")
+    p.add_argument("--quiet", action="store_true", help="print less: no progress bar or per-object report, only the "
+                                                        "table")
     return p
 
 

@@ -39,12 +39,13 @@ VOC_BACKBONE = ROOT / "weights" / "tiny-yolov2-trial3-voc.weights"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.default_argument_parser(__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=64, help="640x480 images in the folder")
-    p.add_argument("--modelcfg", default=str(ROOT / DEFAULT_MODELCFG))
-    p.add_argument("--weightfile", default=None, help="full weights (default: VOC backbone + a seeded head)")
-    cli.add_sizes(p, test=True, test_default=416)
-    p.add_argument("--rounds", type=int, default=3, help="timed passes over the folder per network")
+    cli.add_model(p, cfg_default=DEFAULT_MODELCFG, cfg_why="the main job's network, detect.py's", weights="weightfile",
+                  weights_detail="full weights", weights_why="VOC backbone + a seeded head")
+    cli.add_sizes(p, test=True, test_default=416, test_why="the papers' size")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed repetitions: passes over the folder per network (default 3: the best counts)")
     cli.add_device(p)
     return p
 
@@ -86,6 +87,7 @@ def main(args) -> list[tuple]:
         folder.mkdir()
         for jpg in sorted((tmp / "data" / "LINEMOD" / "obj00" / "JPEGImages").glob("*.jpg")):
             shutil.copy(jpg, folder / jpg.name)
+        args.modelcfg = cli.find_path(args.modelcfg)  # from the current folder, else the repository's
         weights = args.weightfile or seeded_weights(args.modelcfg, tmp / "seeded.weights")
         argv = [str(folder), "--datacfg", str(datacfg), "--modelcfg", str(args.modelcfg), "--weightfile",
                 str(weights), "--test-size", str(args.test_size), "--device", str(device), "--no-images",

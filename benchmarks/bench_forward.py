@@ -43,16 +43,20 @@ NETS = {name: cfg for name, (cfg, _) in NETWORKS.items()}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--nets", default="trial3,trial10,tiny,yolov2", help=f"comma list of {','.join(NETS)}")
-    p.add_argument("--batch-sizes", default="1,16", help="comma list of batch sizes")
-    cli.add_sizes(p, test=True, test_default=416)
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per variant (the median is reported)")
+    p = cli.default_argument_parser(__doc__.split("\n")[0])
+    p.add_argument("--nets", default="trial3,trial10,tiny,yolov2",
+                   help=f"networks to time: a comma list of {','.join(NETS)} (default trial3,trial10,tiny,yolov2: all)")
+    p.add_argument("--batch-sizes", default="1,16",
+                   help="batch sizes to time: a comma list (default 1,16: detect.py's and training's)")
+    cli.add_sizes(p, test=True, test_default=416, test_why="the papers' size")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="timed repetitions: rounds per variant, the median is reported (default 5: a median of 5)")
     p.add_argument("--round-time", type=float, default=0.2, help="seconds per variant per round (at least 1 call)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (compile runs 2 more)")
     cli.add_device(p)
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (CPU)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile(fused+cl)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads: CPU threads "
+                                                                        "(default: the CPU count)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile: fused+cl")
     p.add_argument("--max-gflop", type=float, default=None,
                    help="skip a network/batch whose forward exceeds this many GFLOP per batch "
                         "(default 150 on CPU, i.e. YOLOv2 batch 16 is skipped; no limit on CUDA)")

@@ -222,14 +222,21 @@ def case_datasets(list_file: str, bg_dir: str, bg: str) -> list[tuple[str, ds.Po
             ("cv2 fast path", ds.PoseDataset(list_file, train=True, **fast_kw)), (CACHED, cached)]
 
 
-def main(argv=None) -> list[tuple]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images-per-object", type=int, default=48, help="images of the one generated object")
-    cli.add_batch_size(p, default=8)
+def get_args_parser() -> argparse.ArgumentParser:
+    p = cli.default_argument_parser(__doc__.splitlines()[0])
+    p.add_argument("--images-per-object", type=int, default=48,
+                   help="images per object: of the one generated object (default 48: six batches of 8)")
+    cli.add_batch_size(p, default=8, why="the fast recipe's")
     p.add_argument("--cases", type=parse_case, nargs="+", default=[(416, "files"), (256, "own")], metavar="S:BG",
                    help="training size and background: 'files' (--bg-dir) or 'own' (default 416:files 256:own)")
-    cli.add_workers(p, default=[0], nargs="+", help="loader worker counts to time (default 0: per core)")
+    cli.add_workers(p, default=[0], nargs="+", what="the loader's, each count timed",
+                    why="loading in the training process, per core")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timings per row; the best is kept")
+    return p
+
+
+def main(argv=None) -> list[tuple]:
+    p = get_args_parser()
     args = p.parse_args(argv)
     if args.images_per_object < 2 * args.batch_size:  # the first batch is a warm-up: nothing would be timed
         p.error(f"--images-per-object {args.images_per_object}: need at least two batches of "

@@ -176,11 +176,17 @@ def _time(fn, repeats):
     return 1000 * min(ts)  # best of N: robust to other processes on a shared machine
 
 
+def get_args_parser() -> argparse.ArgumentParser:
+    p = cli.default_argument_parser(__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=20,
+                   help="timed repetitions: calls of the vectorised loss, the best counts (default 20: a call takes "
+                        "milliseconds)")
+    cli.add_batch_size(p, default=16, why="the originals' training batch")
+    return p
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=20, help="timed calls of the vectorised loss (the best counts)")
-    cli.add_batch_size(ap, default=16)
-    args = ap.parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     anchors = [1.4820, 2.2412, 2.0501, 3.1265, 2.3946, 4.6891, 3.1018, 3.9910, 3.4879, 5.8851]  # design §13
     cases = [("single 13x13", 13, 13, 1, 1, 1), ("single 19x19 (608 px)", 19, 19, 1, 1, 1),
              ("multi A5 C13 13x13, 3 obj", 13, 13, 5, 13, 3)]

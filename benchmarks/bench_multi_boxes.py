@@ -80,11 +80,17 @@ def _time(fn, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats * 1e3
 
 
+def get_args_parser() -> argparse.ArgumentParser:
+    p = cli.default_argument_parser(__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=5,
+                   help="timed repetitions: calls of the vectorised version, the best counts (default 5: the loop "
+                        "is slow)")
+    cli.add_batch_size(p, default=1, why="valid_multi.py's")
+    return p
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=5, help="timed calls of the vectorised version (the best counts)")
-    cli.add_batch_size(p, default=1)
-    args = p.parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     torch.manual_seed(0)
     output = torch.randn(args.batch_size, A * (2 * K + 1 + C), GRID, GRID) * 2
     wanted = [int(i) % C for i in range(args.batch_size)]

@@ -1,7 +1,7 @@
 """Synthetic LINEMOD generator speed at 640x480: images/s for 1 vs 2 worker processes.
 
     .venv/bin/python benchmarks/bench_synthetic.py [--num-objects 3] [--images-per-object 80] [--workers 1 2]
-        [--renders 60]
+        [--renders 60] [--mesh-images 30]
 
 Three tables, all measured in this run:
 1. `generate()` end to end (meshes, images, masks, labels, lists, cfg files) per worker count,
@@ -16,7 +16,11 @@ Three tables, all measured in this run:
    one (render._rasterize: weights affine in the pixel, one row and one column term
    per box), ms per render of 1-3 objects, with the number of pixels where the two renderings
    differ (ids or colour).
-Defaults take about half a minute on 2 cores. Not a test: numbers depend on the machine.
+4. Images of a user's mesh (synthetic.render_mesh_single with the default RenderOptions: smooth
+   shading, procedural photo-like background, distractors, occluders, jitter, blur, noise) for a
+   10k-face and a 50k-face mesh, against today's procedural images (render_single), images/s in
+   this one process, and the rendering alone (render.render with a Lighting) in ms.
+Defaults take about a minute on 2 cores. Not a test: numbers depend on the machine.
 """
 from __future__ import annotations
 
@@ -142,14 +146,72 @@ def renderer_comparison(n: int) -> tuple[float, float, int, int]:
     return t_ref / n * 1e3, t_cur / n * 1e3, diff, covered
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_num_objects(p, default=3)
-    p.add_argument("--images-per-object", type=int, default=80, help="full size of table 1 (default 80, as train.py)")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+def sphere_mesh(faces: int, seed: int = 0) -> sr.Mesh:
+    """A bumpy UV sphere of about `faces` triangles (0.15 m wide), vertex colours, no normals: a
+    stand-in for a scanned user mesh (normals computed by the renderer, as for a file without)."""
+    from MeshPly import MeshFile
+
+    n = max(4, int(round(np.sqrt(faces / 4))))
+    th, ph = np.meshgrid(np.linspace(0, np.pi, n + 1), np.linspace(0, 2 * np.pi, 2 * n + 1), indexing="ij")
+    rng = np.random.default_rng(seed)
+    radius = 0.075 * (1 + 0.1 * np.sin(3 * th) * np.cos(5 * ph) + 0.01 * rng.random(th.shape))
+    v = np.stack([radius * np.sin(th) * np.cos(ph), radius * np.sin(th) * np.sin(ph), radius * np.cos(th)], -1)
+    idx = np.arange(v.shape[0] * v.shape[1]).reshape(v.shape[:2])
+    a, b, c, d = idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]
+    tris = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([a, c, d], -1).reshape(-1, 3)])
+    colors = rng.integers(0, 256, size=(idx.size, 3), dtype=np.uint8)
+    return sr.Mesh.from_file(MeshFile("sphere", v.reshape(-1, 3), tris, None, colors))
+
+
+def mesh_images(n: int) -> list[tuple[str, int, float, float]]:
+    """(mesh, faces, images/s of whole images, ms per render alone) for n images each of the
+    procedural objects (today's sets) and of a 10k- and a 50k-face mesh."""
+    from randomisation import Randomiser, RenderOptions
+
+    K = get_camera_intrinsic()
+    randomiser = Randomiser.prepare(RenderOptions(), lambda k: gen._rng(0, gen.TAG_DISTRACTOR, k))
+    rows = []
+    procedural = gen.build_objects(3, 0)
+    t0 = time.perf_counter()
+    for i in range(n):
+        gen.render_single(procedural, i % 3, i, 0, K)
+    whole = n / (time.perf_counter() - t0)
+    rows.append(("procedural (flat)", int(np.mean([len(o.mesh.faces) for o in procedural])), whole, float("nan")))
+    for faces in (10_000, 50_000):
+        mesh = sphere_mesh(faces)
+        d = gen.mesh_diameter(mesh.vertices)
+        obj = gen.SynthObject("sphere", 0, mesh, d, {"distance": gen.camera_distances(mesh.vertices, K, IM_WIDTH,
+                                                                                        IM_HEIGHT)})
+        t0 = time.perf_counter()
+        for i in range(n):
+            gen.render_mesh_single([obj], 0, i, 0, K, IM_WIDTH, IM_HEIGHT, randomiser)
+        whole = n / (time.perf_counter() - t0)
+        render_ms = []
+        for i in range(n):
+            rng = np.random.default_rng(i)
+            R, t = sr.sample_pose(rng, mesh.keypoints3d, K, IM_WIDTH, IM_HEIGHT, distance=obj.pose_ranges["distance"])
+            t0 = time.perf_counter()
+            sr.render([mesh], [(R, t)], K, IM_WIDTH, IM_HEIGHT, randomiser.options.lighting(rng))
+            render_ms.append((time.perf_counter() - t0) * 1e3)
+        rows.append((f"{faces // 1000}k-face mesh (smooth)", len(mesh.faces), whole, statistics.median(render_ms)))
+    return rows
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = cli.default_argument_parser(__doc__.splitlines()[0])
+    cli.add_num_objects(p, default=3, why="the generator's")
+    p.add_argument("--images-per-object", type=int, default=80,
+                   help="images per object: the full size of table 1 (default 80: as train.py)")
+    cli.add_workers(p, default=[1, 2], nargs="+", what="the generator's, each count timed",
+                    why="one and two, on 2 cores")
     p.add_argument("--stage-images", type=int, default=60, help="images timed for table 2")
     p.add_argument("--renders", type=int, default=60, help="renders timed for table 3")
-    args = p.parse_args(argv)
+    p.add_argument("--mesh-images", type=int, default=30, help="images of each mesh timed for table 4")
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
     cv2.setNumThreads(1)  # like a pool worker: the comparison is per process
     n_full = args.images_per_object
     n_half = max(1, n_full // 2)
@@ -184,6 +246,13 @@ def main(argv=None) -> None:
     print("|---|---|---|---|")
     print(f"| reference (previous) | {ref:.2f} | 1.00x | - |")
     print(f"| current | {cur:.2f} | {ref / cur:.2f}x | {diff} of {covered} |")
+
+    rows = mesh_images(args.mesh_images)
+    print(f"\nimages of a user's mesh, {args.mesh_images} each, one process; ratio against the procedural images:\n")
+    print("| objects | faces | images/s | ratio | ms per render alone |")
+    print("|---|---|---|---|---|")
+    for name, faces, ips, ms in rows:
+        print(f"| {name} | {faces} | {ips:.1f} | {ips / rows[0][2]:.2f}x | {'-' if ms != ms else f'{ms:.1f}'} |")
 
 
 if __name__ == "__main__":

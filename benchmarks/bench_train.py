@@ -58,13 +58,15 @@ STUDENTS, TEACHER = ("trial3", "trial10"), "tiny"  # the CPU study's networks (d
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--nets", default="trial3", help=f"comma list of {','.join(NETS)} (default trial3)")
-    cli.add_batch_size(p, default=8)
-    cli.add_sizes(p, train=True, test=False, train_default=256, train_help="square training size (default 256)")
+    p = cli.default_argument_parser(__doc__.split("\n")[0])
+    p.add_argument("--nets", default="trial3",
+                   help=f"networks to time: a comma list of {','.join(NETS)} (default trial3: the main job's)")
+    cli.add_batch_size(p, default=8, why="the fast recipe's")
+    cli.add_sizes(p, train=True, test=False, train_default=256, train_why="the fast recipe's")
     p.add_argument("--sizes", type=int, nargs="*", default=[224, 192], help="smaller sizes to time the fast step at")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on a CPU)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile: slow to compile on a CPU")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed repetitions: rounds per variant (default 3: the best counts)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
     p.add_argument("--loader-images", type=int, default=48, help="fixture images for the loader table")
     p.add_argument("--no-loader", action="store_true", help="skip the loader table")

@@ -48,18 +48,24 @@ STAGES = ("load", "to_device", "forward", "decode", "eval")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datacfg", default=None, help="object .data file (default: a generated synthetic object)")
-    p.add_argument("--images-per-object", type=int, default=48, help="test images of the generated object")
-    p.add_argument("--modelcfg", default=DEFAULT_MODELCFG)
-    p.add_argument("--weightfile", default=None,
-                   help=f"full weights (default {MAIN_JOB_WEIGHTS} if present, else VOC backbone + random head)")
-    p.add_argument("--batch-sizes", default="1,8,32", help="comma list of batch sizes; the first is the baseline")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
-    cli.add_sizes(p, test=True, test_default=416)
-    p.add_argument("--rounds", type=int, default=3, help="timed passes over the test set per batch size")
+    p = cli.default_argument_parser(__doc__.split("\n")[0])
+    cli.add_datacfg(p, why="a generated synthetic object")
+    p.add_argument("--images-per-object", type=int, default=48,
+                   help="images per object: test images of the generated object (default 48: a few batches of 8 "
+                        "and 32)")
+    cli.add_model(p, cfg_default=DEFAULT_MODELCFG, cfg_why="the main job's network", weights="weightfile",
+                  weights_detail="full weights",
+                  weights_why=f"{MAIN_JOB_WEIGHTS} if present, else VOC backbone + random head")
+    p.add_argument("--batch-sizes", default="1,8,32",
+                   help="batch sizes to time: a comma list, the first is the baseline (default 1,8,32: "
+                        "valid.py's 1 and two larger)")
+    cli.add_workers(p, default=0, why="loading in the scoring process, as valid.py")
+    cli.add_sizes(p, test=True, test_default=416, test_why="the papers' size")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed repetitions: passes over the test set per batch size (default 3: the best counts)")
     cli.add_device(p)
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (CPU)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads: CPU threads "
+                                                                        "(default: the CPU count)")
     return p
 
 
@@ -67,10 +73,9 @@ def build_model(args, device):
     """(model, description): the requested weights, the main job's, or the VOC backbone + random head."""
     weights = args.weightfile or (MAIN_JOB_WEIGHTS if (ROOT / MAIN_JOB_WEIGHTS).is_file() else None)
     if weights:
-        return model_loading.load_model(ROOT / args.modelcfg if not Path(args.modelcfg).is_file() else args.modelcfg,
-                                        ROOT / weights if not Path(weights).is_file() else weights, device), weights
+        return model_loading.load_model(cli.find_path(args.modelcfg), cli.find_path(weights), device), weights
     torch.manual_seed(0)
-    model = Darknet(ROOT / args.modelcfg)
+    model = Darknet(cli.find_path(args.modelcfg))
     model.load_weights_until_last(ROOT / VOC_BACKBONE)
     return model.to(device).eval(), f"{VOC_BACKBONE} + random head"
 

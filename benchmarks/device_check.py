@@ -21,7 +21,7 @@ so a call cut short still brings back what ran (the device tool returns at most 
 
     python benchmarks/device_check.py                  # on the device machine
     DRY=1 python benchmarks/device_check.py            # the same steps on a CPU with short caps
-    python benchmarks/device_check.py --steps env,forward --deadline 120
+    python benchmarks/device_check.py --only env,forward --deadline 120
 
 DRY=1 runs each step small (tiny networks and sets, a few seconds each, --device cpu) in a scratch
 folder, so the script itself is tested on every CI run (tests/test_benchmarks.py).
@@ -47,6 +47,9 @@ from pathlib import Path
 from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: import the top level
+import cli  # noqa: E402
+
 DEADLINE_S = 540.0  # one device call is at most 10 minutes: leave one for the start and the transfers
 MIN_STEP_S = 10.0  # a step with less time than this left is skipped, not started
 ARCHIVE = "device_check.tar.gz"
@@ -303,9 +306,10 @@ def print_env(dry: bool) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", default=",".join(s.name for s in STEPS),
-                   help="comma list of steps to run, in the script's order (default: all)")
+    p = cli.default_argument_parser(__doc__.split("\n")[0])
+    p.add_argument("--only", default=",".join(s.name for s in STEPS),
+                   help="which parts to run: a comma list of steps, run in the script's order (default: all)")
+    cli.add_alias(p, "--steps", "--only")  # --steps is bench_train.py's number of timed steps
     p.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds for the whole check (default 540)")
     p.add_argument("--dry", action="store_true", help="the same as DRY=1: every step small, on the CPU")
     p.add_argument("--env", action="store_true", help=argparse.SUPPRESS)  # the env step's own process
@@ -318,10 +322,10 @@ def main(argv=None) -> int:
     if args.env:
         print_env(dry)
         return 0
-    names = [n for n in args.steps.split(",") if n]
+    names = [n for n in args.only.split(",") if n]
     unknown = sorted(set(names) - {s.name for s in STEPS})
     if unknown:
-        print(f"device_check.py: error: --steps: unknown {', '.join(unknown)}; "
+        print(f"device_check.py: error: --only: unknown {', '.join(unknown)}; "
               f"expected some of {', '.join(s.name for s in STEPS)}", file=sys.stderr)
         return 2
     if not args.deadline > 0:

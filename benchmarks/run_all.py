@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run_all.py            # CPU (and CUDA + AMP when a GPU is present)
     .venv/bin/python benchmarks/run_all.py --quick    # smaller settings, a few minutes on 2 cores
-    .venv/bin/python benchmarks/run_all.py --only forward,loss --out /tmp/bench.md
+    .venv/bin/python benchmarks/run_all.py --only forward,loss --out-file /tmp/bench.md
 
 Each benchmark script prints its own markdown table with a ratio against a baseline measured in
 the same run; this script runs them one after the other (never in parallel, so they do not
@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: import the top level
 
+import cli  # noqa: E402
 from linemod_format import write_text  # noqa: E402
 BENCH = ROOT / "benchmarks"
 
@@ -122,10 +123,12 @@ def run(name: str, quick: bool, device: str, timeout: float) -> tuple[str, float
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.default_argument_parser(__doc__)
     p.add_argument("--quick", action="store_true", help="smaller settings (a few minutes on 2 cores)")
-    p.add_argument("--only", default=",".join(SUITE), help=f"comma list of {','.join(SUITE)}")
-    p.add_argument("--out", default=str(ROOT / "docs/benchmarks.md"))
+    p.add_argument("--only", default=",".join(SUITE),
+                   help=f"which parts to run: a comma list of {','.join(SUITE)} (default: all)")
+    cli.add_out(p, "file", what="the report, markdown", why="docs/benchmarks.md of the repository")
+    cli.add_alias(p, "--out", "--out-file")  # --out is an output folder everywhere
     p.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
     return p
 
@@ -159,7 +162,7 @@ def main(args) -> Path:
                 continue
             for t in found:
                 lines += add_ceiling_column(t, ceilings[device]) + [""]
-    path = Path(args.out)
+    path = Path(args.out_file) if args.out_file else ROOT / "docs/benchmarks.md"
     kept = kept_section(path)
     if kept:
         lines += [""] + kept

@@ -84,12 +84,11 @@ DEFAULTS = training.Defaults(modelcfg=DEFAULT_MODELCFG, initweights=DEFAULT_INIT
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1])
-    cli.add_datacfg(p, help="occlusion .data file (the original's default: cfg/occlusion.data); without it, the "
-                            f"synthetic set in {SYNTHETIC_ROOT} (generated if missing)")
-    cli.add_model(p, weights="initweightfile",
-                  cfg_help=f"network cfg (default {DEFAULT_MODELCFG}; synthetic: {QUICK_MODELCFG})",
-                  weights_help=f"darknet weights loaded 'until last' (default {DEFAULT_INITWEIGHTS}; synthetic: "
-                               f"{QUICK_INITWEIGHTS}; 'none' for random)")
+    cli.add_datacfg(p, "an occlusion set's (the original's: cfg/occlusion.data)",
+                    why=f"the synthetic set in {SYNTHETIC_ROOT}, generated if missing")
+    cli.add_model(p, weights="initweightfile", weights_detail="loaded 'until last'; 'none' for random",
+                  cfg_why=f"{DEFAULT_MODELCFG}, the original's; the main job's {QUICK_MODELCFG}",
+                  weights_why=f"{DEFAULT_INITWEIGHTS}, the original's; the main job's {QUICK_INITWEIGHTS}")
     training.add_run_flags(p, main_job_epochs=MAIN_JOB_EPOCHS, loss_scales=DEFAULTS.loss_scales,
                            loss_scales_why="the original train_multi.py builds its loss with the MS defaults",
                            pretrain_num_epochs=DEFAULTS.pretrain_num_epochs,
@@ -107,9 +106,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="reproduce the original's tconf from anchor -1 and anchor -1 for all-zero IoUs (D22)")
     p.add_argument("--repro-label-bugs", action="store_true",
                    help="reproduce the original's labels that ignore the flip and the wrap-around shift (D20)")
-    cli.add_objects(p, help="objects to test (default: those valid_multi.py scores: the six of design §9.6, "
-                            "else all)")
-    cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH, help="test box threshold (design §4.2)")
+    cli.add_objects(p, "those to test (default: those valid_multi.py scores: the six of design §9.6, else all)")
+    cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH, what="of the tests (design §4.2)")
     p.add_argument("--linemod-dir", default=None,
                    help="folder of <obj>/train.txt for the pasted objects (default: the training images' LINEMOD "
                         "folder)")

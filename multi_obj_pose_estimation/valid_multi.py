@@ -62,33 +62,32 @@ def find_path(path) -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[1])
-    cli.add_model(p, cfg_default=DEFAULT_MODELCFG, weights="weightfile", weights_default=DEFAULT_WEIGHTFILE,
-                  weights_aliases=("initweightfile",),
-                  weights_help=f"darknet weights to score (alias --initweightfile, the original's name; "
-                               f"default {DEFAULT_WEIGHTFILE})")
-    cli.add_datacfg(p, default=DEFAULT_DATACFG,
-                    help=f"occlusion .data file with valid<k>/mesh<k>/diam<k> (default {DEFAULT_DATACFG})")
-    cli.add_objects(p, help=f"objects to score (default: {' '.join(OCCLUSION_OBJECTS)} when the .data file has them, "
-                            f"else all)")
-    cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH,
-                        help=f"box score threshold, det_conf * class prob (default {utils.MULTI_CONF_THRESH}, "
-                             f"as detect.py --multi; design §4.2, D63)")
+    cli.add_model(p, cfg_default=DEFAULT_MODELCFG, cfg_why="the original valid_multi.py's", weights="weightfile",
+                  weights_default=DEFAULT_WEIGHTFILE, weights_why="the original valid_multi.py's",
+                  weights_detail="to score (the original's name: --initweightfile, kept)")
+    cli.add_alias(p, "--initweightfile", "--weightfile", deprecated=False)  # the original's own flag (design §7.4)
+    cli.add_datacfg(p, "an occlusion set's, with valid<k>/mesh<k>/diam<k>", default=DEFAULT_DATACFG,
+                    why="the file the original reads")
+    cli.add_objects(p, f"those to score (default: {' '.join(OCCLUSION_OBJECTS)} when the .data file has them, "
+                       f"else all)")
+    cli.add_conf_thresh(p, default=utils.MULTI_CONF_THRESH, what="as detect.py --multi (design §4.2, D63)")
     p.add_argument("--select", choices=MULTI_SELECTIONS, default="class",
                    help="box of each GT: 'class' (default, D63), the box of its class that detect.py --multi "
                         "draws; 'original', the original's boxes with the fallback box of the image's first GT "
                         "class (design §4.2)")
-    cli.add_sizes(p, test=True, test_help="square input size, a multiple of 32 (default: the size the weights were "
-                                          "trained for, model_info.json beside them, else the cfg width x height)")
+    cli.add_sizes(p, test=True, test_why="the size the weights were trained for, model_info.json beside them, else "
+                                         "the cfg width x height")
     cli.add_box_rule(p)
-    cli.add_batch_size(p, default=1, help="images per forward pass (boxes are chosen per image)")
-    cli.add_workers(p, default=0)
+    cli.add_batch_size(p, default=1, what="per forward pass, boxes are chosen per image",
+                       why="the original's; more is faster, with the same scores")
+    cli.add_workers(p, default=0, why="loading in the scoring process")
     cli.add_device(p)
     p.add_argument("--diam", choices=DIAM_SOURCES, default="data",
-                   help="ADD diameter: diam<k> (default; required for every object scored) or the mesh's")
+                   help="the ADD diameter: diam<k> (default; required for every object scored) or the mesh's")
     cli.add_pnp(p)
-    cli.add_resample(p, "test-image resize filter")
-    p.add_argument("--json", default=None, metavar="FILE", help="write every summary (and the mean) as JSON")
-    p.add_argument("--quiet", action="store_true", help="only the table")
+    cli.add_resample(p, "of the test images")
+    p.add_argument("--json", default=None, metavar="FILE", help="a JSON file to write: every summary and the mean")
+    p.add_argument("--quiet", action="store_true", help="print less: only the table")
     return p
 
 

@@ -36,7 +36,7 @@ def test_ceiling_column():
 
 def test_unknown_benchmark_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown benchmark"):
-        run_all.main(run_all.get_args_parser().parse_args(["--only", "nope", "--out", str(tmp_path / "b.md")]))
+        run_all.main(run_all.get_args_parser().parse_args(["--only", "nope", "--out-file", str(tmp_path / "b.md")]))
 
 
 def test_flop_ceiling_is_positive():
@@ -49,12 +49,12 @@ def test_a_rewrite_keeps_the_recorded_cuda_section(tmp_path, monkeypatch):
     out.write_text("\n".join(["# Benchmarks", "", "## old table", "| x |", ""] + cuda) + "\n")
     monkeypatch.setattr(run_all, "run", lambda name, quick, device, timeout: (OUT, 0.1, 0))
     monkeypatch.setattr(run_all, "flop_ceiling", lambda device: 100.0)
-    run_all.main(run_all.get_args_parser().parse_args(["--only", "loss", "--out", str(out)]))
+    run_all.main(run_all.get_args_parser().parse_args(["--only", "loss", "--out-file", str(out)]))
     text = out.read_text()
     assert "## old table" not in text and "## loss" in text  # the rest is regenerated
     assert text.endswith("\n".join(cuda) + "\n") and text.count(run_all.KEPT_HEADING) == 1
     out.write_text("# Benchmarks\n")
-    run_all.main(run_all.get_args_parser().parse_args(["--only", "loss", "--out", str(out)]))
+    run_all.main(run_all.get_args_parser().parse_args(["--only", "loss", "--out-file", str(out)]))
     assert run_all.KEPT_HEADING not in out.read_text()
 
 
@@ -123,8 +123,8 @@ def test_out_unset_writes_a_local_folder_and_bad_flags_are_named(tmp_path, monke
     out = dc.out_dir()
     assert out.parent == tmp_path / "runs" / "device_check" and out.is_dir()
     assert "$OUT is not set" in capsys.readouterr().out
-    assert dc.main(["--steps", "env,nope"]) == 2
-    assert "--steps: unknown nope" in capsys.readouterr().err
+    assert dc.main(["--only", "env,nope"]) == 2
+    assert "--only: unknown nope" in capsys.readouterr().err
     assert dc.main(["--deadline", "0"]) == 2
 
 

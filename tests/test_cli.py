@@ -1,6 +1,11 @@
 """cli.py: one meaning per flag name; every script's parser takes the canonical names and the kept aliases."""
+import argparse
+import importlib
+import re
 import subprocess
 import sys
+import warnings
+from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +21,9 @@ import valid
 from benchmarks import bench_forward, bench_train, bench_valid
 from errors import FlagError, OutputPathError
 from multi_obj_pose_estimation import train_multi, valid_multi
-from tools import bop_to_linemod, draw_labels, export_onnx, make_labels, make_synthetic_linemod, run_study
+from benchmarks import run_all
+from tools import (bop_to_linemod, draw_labels, export_onnx, make_labels, make_synthetic_linemod, plot_curve,
+                   record_main_job, run_study)
 
 
 def parse(module, argv):
@@ -62,8 +69,8 @@ def test_objects_are_names_and_the_count_is_num_objects():
 
 
 def test_tools_and_benchmarks_use_the_canonical_names():
-    assert parse(draw_labels, ["--datacfg", "a.data", "b.data", "--out", "x.png"]).datacfg == ["a.data", "b.data"]
-    assert parse(draw_labels, ["--data", "a.data", "--out", "x.png"]).datacfg == ["a.data"]
+    assert parse(draw_labels, ["--datacfg", "a.data", "b.data", "--out-file", "x.png"]).datacfg == ["a.data", "b.data"]
+    assert parse(draw_labels, ["--data", "a.data", "--out-file", "x.png"]).datacfg == ["a.data"]
     assert parse(export_onnx, ["--modelcfg", "m.cfg", "--weightfile", "w"]).weightfile == "w"
     assert parse(make_labels, ["--mesh", "m", "--poses", "p", "--out", "o", "--name", "n", "--seed", "3"]).seed == 3
     f = parse(bench_forward, ["--batch-sizes", "1,2", "--test-size", "64", "--device", "cpu"])
@@ -151,3 +158,146 @@ def test_a_minutes_budget_replaces_the_main_jobs_epochs(module):
     assert plain.epochs == module.MAIN_JOB_EPOCHS and plain.minutes is None
     both = cli.fill_main_job_defaults(parse(module, ["--minutes", "5", "--epochs", "3"]), module.QUICK)
     assert (both.epochs, both.minutes) == (3, 5)  # given together, both stay: whichever ends first
+
+
+# --------------------------------------------------------------------------------------------
+# issue 36: one vocabulary. Every script (a file with a __main__ guard) exposes get_args_parser; a
+# flag name has one meaning in all of them (the same dest, action, type and choices, and the same
+# first words of its help); where its defaults differ, every help says why ("default X: why").
+# --------------------------------------------------------------------------------------------
+
+ROOT = Path(cli.__file__).resolve().parent
+SCRIPT_FOLDERS = (".", "multi_obj_pose_estimation", "tools", "benchmarks")
+DEFAULT_WHY = re.compile(r"\bdefault\b[^;()]*?:\s*\S")  # 'default X: why', or 'default: how' for a computed one
+
+
+def script_modules() -> list[str]:
+    """The module name of every script and tool: each .py file of SCRIPT_FOLDERS with a __main__ guard."""
+    names = []
+    for folder in SCRIPT_FOLDERS:
+        for path in sorted((ROOT / folder).glob("*.py")):
+            if 'if __name__ == "__main__":' in path.read_text():
+                names.append(path.relative_to(ROOT).with_suffix("").as_posix().replace("/", "."))
+    return names
+
+
+def meaning(help_text: str) -> str:
+    """A help's first words, up to ' (', '; ', ': ' or ', ': what the flag is."""
+    return re.split(r" \(|; |: |, ", help_text or "", maxsplit=1)[0].strip().lower()
+
+
+def vocabulary_problems(parsers: dict) -> list[str]:
+    """One line per flag name that has two meanings, or two defaults without a help that says why.
+
+    parsers: {script: ArgumentParser}. Hidden options (help=SUPPRESS: the kept old spellings,
+    cli.add_alias) are left out; a required flag has no default to explain."""
+    uses = defaultdict(list)
+    for script, parser in parsers.items():
+        for action in parser._actions:
+            if action.help != argparse.SUPPRESS and not isinstance(action, argparse._HelpAction):
+                for name in action.option_strings:
+                    uses[name].append((script, action))
+    problems = []
+    for name, found in sorted(uses.items()):
+        kinds = {(a.dest, type(a).__name__, getattr(a.type, "__name__", a.type), tuple(a.choices or ()),
+                  meaning(a.help)) for _, a in found}
+        if len(kinds) > 1:
+            problems.append(f"{name} has {len(kinds)} meanings: " + "; ".join(
+                f"{script}: {meaning(a.help)!r} ({a.dest}, {type(a).__name__}, {getattr(a.type, '__name__', a.type)}, "
+                f"{a.choices})" for script, a in found))
+        optional = [(script, a) for script, a in found if not a.required]
+        if len({repr(a.default) for _, a in optional}) > 1:
+            problems += [f"{name} in {script}: default {a.default!r}, elsewhere another, and its help says not why "
+                         f"('default X: why'): {a.help!r}"
+                         for script, a in optional if not DEFAULT_WHY.search(a.help or "")]
+    return problems
+
+
+def test_every_script_exposes_its_parser_without_abbreviations():
+    modules = script_modules()
+    assert {"train", "valid", "detect", "multi_obj_pose_estimation.train_multi", "tools.run_study",
+            "benchmarks.bench_loss"} <= set(modules) and len(modules) >= 23
+    for name in modules:
+        parser = importlib.import_module(name).get_args_parser()
+        assert isinstance(parser, argparse.ArgumentParser) and not parser.allow_abbrev, name
+
+
+def test_one_flag_name_has_one_meaning_in_every_script():
+    parsers = {name: importlib.import_module(name).get_args_parser() for name in script_modules()}
+    assert vocabulary_problems(parsers) == []
+
+
+def test_the_vocabulary_rule_finds_two_meanings_and_unexplained_defaults():
+    a, b = argparse.ArgumentParser(), argparse.ArgumentParser()
+    a.add_argument("--multi", action="store_true", help="multi-object mode")
+    b.add_argument("--multi", type=int, default=0, help="number of scenes")
+    a.add_argument("--out", help="output folder")
+    b.add_argument("--out", help="output file: the PNG")
+    a.add_argument("--rounds", type=int, default=3, help="timed repetitions")
+    b.add_argument("--rounds", type=int, default=5, help="timed repetitions (default 5: a median of five)")
+    a.add_argument("--seed", type=int, default=0, help="random seed")
+    b.add_argument("--seed", type=int, default=0, help="random seed: of the split")
+    b.add_argument("--old", dest="seed", type=int, help=argparse.SUPPRESS)  # a kept spelling: not counted
+    problems = vocabulary_problems({"a.py": a, "b.py": b})
+    assert [p.split(":")[0] for p in problems] == ["--multi has 2 meanings", "--multi in a.py", "--multi in b.py",
+                                                   "--out has 2 meanings", "--rounds in a.py"]
+    assert "a.py: 'multi-object mode' (multi, _StoreTrueAction, None, None)" in problems[0]
+    assert "b.py: 'number of scenes' (multi, _StoreAction, int, None)" in problems[0]
+    assert problems[3].endswith("b.py: 'output file' (out, _StoreAction, None, None)")
+    assert problems[4].startswith("--rounds in a.py: default 3, elsewhere another")
+
+
+# the renamed flags (docs/design.md §15): old spelling, new spelling, the arguments the script needs besides
+RENAMED = [
+    (make_synthetic_linemod, "--multi", "--scenes", ["4"], []),
+    (make_synthetic_linemod, "--fresh-multi", "--fresh-scenes", ["4"], []),
+    (run_study, "--data", "--dataset", ["d"], []),
+    (make_labels, "--diam", "--diameter", ["0.1"], ["--mesh", "m", "--poses", "p", "--out", "o", "--name", "n"]),
+    (draw_labels, "--split", "--list", ["train"], ["--datacfg", "a.data", "--out-file", "x.png"]),
+    (draw_labels, "--out", "--out-file", ["x.png"], ["--datacfg", "a.data"]),
+    (export_onnx, "--out", "--out-file", ["m.onnx"], ["--modelcfg", "m.cfg"]),
+    (plot_curve, "--out", "--out-file", ["c.png"], ["metrics.jsonl"]),
+    (record_main_job, "--out", "--out-file", ["r.json"], ["--backupdir", "b", "--wall-minutes", "1", "--test-json",
+                                                          "t", "--fresh-json", "f", "--fresh-seed", "1", "--machine",
+                                                          "m"]),
+    (record_main_job, "--backup", "--backupdir", ["b"], ["--wall-minutes", "1", "--test-json", "t", "--fresh-json",
+                                                         "f", "--fresh-seed", "1", "--machine", "m", "--out-file",
+                                                         "r.json"]),
+    (run_all, "--out", "--out-file", ["b.md"], []),
+]
+
+
+@pytest.mark.parametrize("module, old, new, value, rest", RENAMED, ids=lambda v: v if isinstance(v, str) else None)
+def test_a_renamed_flag_keeps_its_old_spelling_with_one_line_naming_the_new(module, old, new, value, rest):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        by_new = parse(module, rest + [new, *value])
+        assert not caught
+        by_old = parse(module, rest + [old, *value])
+    assert vars(by_old) == vars(by_new)
+    assert [str(w.message) for w in caught] == [f"{old} is deprecated: use {new} (the same flag; docs/design.md §15)"]
+    shown = {name for a in module.get_args_parser()._actions if a.help != argparse.SUPPRESS
+             for name in a.option_strings}
+    assert new in shown and old not in shown  # --help shows the one name
+
+
+def test_an_original_scripts_own_spelling_stays_without_a_warning():
+    """valid_multi.py's --initweightfile is the original's name for the weights it scores (design §7.4)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parse(valid_multi, ["--initweightfile", "w"]).weightfile == "w"
+
+
+def test_a_warning_of_a_deprecated_flag_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "tools/plot_curve.py", str(tmp_path / "none.jsonl"), "--out",
+                           str(tmp_path / "c.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stderr.splitlines()[0] == ("plot_curve.py: warning: --out is deprecated: use --out-file (the same "
+                                           "flag; docs/design.md §15)")
+    assert proc.returncode == 2 and "none.jsonl: metrics file not found" in proc.stderr
+
+
+def test_names_are_never_abbreviated():
+    """`--backup` is record_main_job.py's old spelling: in train.py it was an abbreviation of --backupdir."""
+    for module, argv in ((train, ["--backup", "b"]), (train, ["--all"]), (train, ["--init", "w"])):
+        with pytest.raises(SystemExit):
+            parse(module, argv)

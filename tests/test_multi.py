@@ -360,7 +360,7 @@ def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeyp
     # tools/plot_curve.py draws the run: the mean over the objects and each object
     from tools import plot_curve
 
-    curves = plot_curve.main([str(backup / "metrics.jsonl"), "--out", str(tmp_path / "curve.png")])
+    curves = plot_curve.main([str(backup / "metrics.jsonl"), "--out-file", str(tmp_path / "curve.png")])
     assert list(curves) == ["test", "obj00", "obj01", "obj02"]
     assert curves["test"]["5 px"] == [pytest.approx(float(rows[0]["acc_2d_5px"]))]
     assert [curves[f"obj0{i}"]["10 px"][0] for i in range(3)] == [

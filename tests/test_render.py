@@ -122,6 +122,8 @@ def test_texture_from_vertex_uvs_face_texcoords_and_obj(tmp_path):
                                    comments=["TextureFile tex.png"]))
     m1 = read_mesh(per_vertex)
     assert m1.uv.shape == (12, 3, 2) and m1.texture.shape == (64, 64, 3)
+    faces = Mesh.from_file(m1).face_colors  # the flat colour of a face: its texture at the mean UV
+    assert faces.dtype == np.uint8 and {tuple(c) for c in faces} <= {(220, 30, 30), (30, 30, 220), (125, 30, 125)}
     assert np.allclose(m1.uv, uv.astype(np.float32)[m1.faces])
     assert np.array_equal(m1.texture[0, 0], [220, 30, 30])  # read as RGB
     per_face = tmp_path / "uv_face.ply"
@@ -352,20 +354,40 @@ def test_mesh_set_labels_are_the_projection_of_the_mesh_box_under_the_saved_pose
             assert np.abs(px - expected).max() < LABEL_TOL_PX
 
 
-def test_mesh_set_masks_are_the_rendered_object(mesh_set):
-    root, paths, _ = mesh_set
-    name = "tex_box"
+def _object_masks(root: Path, name: str, mesh: Mesh):
+    """(mask file > 0, the object rendered alone at the saved pose, the image) of every image of `name`."""
     doc = json.loads((root / "poses" / f"{name}.json").read_text())
-    mesh = Mesh.from_file(read_mesh(paths[2]))
     for e in doc["poses"]:
         if e["label"].startswith(f"LINEMOD/{name}/"):
             stem = Path(e["image"]).stem
             mask = cv2.imread(str(root / f"LINEMOD/{name}/mask/{stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE)
             alone = render([mesh], [(np.array(e["R"]), np.array(e["t"]))], K, W, H, one_light())
-            assert np.array_equal(mask > 0, alone.ids == 0)
-            image = cv2.imread(str(root / e["image"]))[:, :, ::-1].astype(int)
-            inside = image[mask > 0]
-            assert np.mean(np.abs(inside[:, 0] - inside[:, 2]) > 60) > 0.5  # red or blue texture, not grey
+            yield mask > 0, alone.ids == 0, cv2.imread(str(root / e["image"]))[:, :, ::-1].astype(int)
+
+
+def test_mesh_set_masks_are_the_rendered_object(mesh_set, tmp_path):
+    root, paths, _ = mesh_set
+    mesh = Mesh.from_file(read_mesh(paths[2]))
+    for mask, alone, image in _object_masks(root, "tex_box", mesh):  # with distractors and occluders
+        assert not np.any(mask & ~alone)  # never a pixel off the object
+        assert mask.sum() >= synthetic.RenderOptions().min_visible * alone.sum()
+        inside = image[mask]
+        assert np.mean(np.abs(inside[:, 0] - inside[:, 2]) > 60) > 0.5  # red or blue texture, not grey
+    bare = tmp_path / "bare"
+    options = synthetic.RenderOptions(distractors=(0, 0), occluders=(0, 0))
+    synthetic.generate_from_meshes(bare, paths[2:], n_images=3, seed=2, options=options)
+    for mask, alone, _ in _object_masks(bare, "tex_box", mesh):
+        assert np.array_equal(mask, alone)  # nothing in front: the mask is the whole rendered object
+
+
+def test_occluders_hide_part_of_the_object_and_distractors_show(tmp_path, coloured_ply):
+    options = synthetic.RenderOptions(distractors=(3, 3), occluders=(1, 1), min_visible=0.3, blur_px=(0, 0),
+                                      noise=(0, 0))
+    root = tmp_path / "cluttered"
+    synthetic.generate_from_meshes(root, [coloured_ply], n_images=6, seed=4, options=options)
+    mesh = Mesh.from_file(read_mesh(coloured_ply))
+    hidden = [1 - m.sum() / a.sum() for m, a, _ in _object_masks(root, "box", mesh)]
+    assert max(hidden) > 0.05 and min(hidden) >= 0.0 and max(hidden) <= 0.7
 
 
 def test_mesh_set_is_byte_identical_for_a_seed_whatever_the_workers(mesh_set, tmp_path):
@@ -413,3 +435,41 @@ def test_default_distances_follow_the_mesh_size_and_the_camera():
     assert 2 * K[1, 1] * r / lo == pytest.approx(synthetic.FIT_FRACTION * H) and hi == pytest.approx(2 * lo)
     lo, hi = synthetic.camera_distances(v, 2 * K * [[1], [1], [0.5]], W, H)  # twice the focal length
     assert (lo, hi) == pytest.approx((1.2, 2.4))
+
+
+def test_fresh_test_sets_of_a_mesh_set_render_the_same_meshes(mesh_set, tmp_path):
+    import shutil
+
+    root, paths, _ = mesh_set
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    summary = synthetic.add_fresh_test(copy, 2, fresh_seed=8)
+    scenes = synthetic.add_fresh_multi(copy, 2, fresh_seed=8)
+    assert scenes["scenes"] == 2 and len(summary["data_cfgs"]) == 3
+    source = read_mesh(paths[0], "mm")
+    doc = json.loads((copy / "poses/mm_box_fresh8.json").read_text())
+    mesh = Mesh.from_file(source)
+    for e in doc["poses"]:  # the user's mesh, not a procedural object: labels and masks fit it
+        row = read_label_rows(copy / e["label"])[0]
+        expected = project_points(pose_points3d(box_corners(source.vertices)), np.array(e["R"]), np.array(e["t"]), K)
+        assert np.abs(row[1:19].reshape(9, 2) * [W, H] - expected).max() < LABEL_TOL_PX
+        mask = cv2.imread(str(copy / f"LINEMOD/mm_box/mask/{Path(e['image']).stem[-4:]}.png"), 0) > 0
+        alone = render([mesh], [(np.array(e["R"]), np.array(e["t"]))], K, W, H, one_light()).ids == 0
+        assert mask.any() and not np.any(mask & ~alone)
+    original = paths[1].read_bytes()
+    try:
+        paths[1].write_bytes(original + b"\n")  # a mesh changed since the set was made
+        with pytest.raises(InputError, match=r"synthetic_info.json: mesh .*bin_box.ply of object bin_box changed"):
+            synthetic.add_fresh_test(copy, 1, fresh_seed=9)
+    finally:
+        paths[1].write_bytes(original)  # the module's other tests use it
+
+
+def test_the_main_job_meeting_a_mesh_set_names_it_and_moves_aside(coloured_ply, tmp_path, capsys):
+    root = tmp_path / "synthetic"
+    synthetic.generate_from_meshes(root, [coloured_ply], n_images=1)
+    params = synthetic.generation_params(1, 2, seed=0, multi=0, test_fraction=0.5)
+    assert synthetic.ensure_dataset(root, params) == tmp_path / "synthetic_main"
+    out = capsys.readouterr().out
+    assert f"{root} holds a synthetic set made with other parameters (meshes box, 1 images per object" in out
+

@@ -493,7 +493,7 @@ def test_fresh_test_set_refuses_a_used_seed_or_a_folder_without_objects(fresh, t
 
 
 # ------------------------------------------------------------------------------------------------
-# fresh multi-object scenes (--fresh-multi N --fresh-seed S)
+# fresh multi-object scenes (--fresh-scenes N --fresh-seed S)
 # ------------------------------------------------------------------------------------------------
 
 def _sha256_tree(root):
@@ -585,7 +585,7 @@ def test_fresh_multi_is_deterministic_per_seed(fresh_multi, tmp_path):
     root, before, _ = fresh_multi
     other = tmp_path / "ds"
     _fresh_multi_dataset(other)
-    assert gen_cli.main(["--out", str(other), "--fresh-multi", "3", "--fresh-seed", "11", "--workers", "1",
+    assert gen_cli.main(["--out", str(other), "--fresh-scenes", "3", "--fresh-seed", "11", "--workers", "1",
                      "--quiet"]) == 0
     ours, theirs = _sha256_tree(root), _sha256_tree(other)
     assert ours == theirs  # the fresh files and the manifest too
@@ -607,7 +607,7 @@ def test_fresh_multi_refusals_name_the_folder_or_file(fresh_multi, fresh, tmp_pa
     root, _, _ = fresh_multi
     _refused(root, lambda: gen.add_fresh_multi(root, 2, fresh_seed=11),
              r"seed 11 already has fresh multi-object scenes \(cfg/occlusion_fresh11.data\)")
-    _refused(root, lambda: gen.add_fresh_multi(root, 0, fresh_seed=20), "--fresh-multi 0: need at least one scene")
+    _refused(root, lambda: gen.add_fresh_multi(root, 0, fresh_seed=20), "--fresh-scenes 0: need at least one scene")
     _refused(root, lambda: gen.add_fresh_multi(root, 2, fresh_seed=-1), "--fresh-seed -1: must be >= 0")
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
@@ -623,10 +623,10 @@ def test_fresh_multi_refusals_name_the_folder_or_file(fresh_multi, fresh, tmp_pa
     _refused(tmp_path / "empty", lambda: gen.add_fresh_multi(tmp_path / "empty", 2, fresh_seed=1),
              "no synthetic objects here")
     capsys.readouterr()
-    assert gen_cli.main(["--out", str(root), "--fresh-multi", "2", "--fresh-test", "2", "--fresh-seed", "30"]) == 2
-    assert "--fresh-test 2 and --fresh-multi 2: choose one per call" in capsys.readouterr().err
+    assert gen_cli.main(["--out", str(root), "--fresh-scenes", "2", "--fresh-test", "2", "--fresh-seed", "30"]) == 2
+    assert "--fresh-test 2 and --fresh-scenes 2: choose one per call" in capsys.readouterr().err
     assert not list(root.rglob("*fresh30*"))
-    assert gen_cli.main(["--out", str(tmp_path / "none"), "--fresh-multi", "2"]) == 2
+    assert gen_cli.main(["--out", str(tmp_path / "none"), "--fresh-scenes", "2"]) == 2
     assert "no synthetic objects here" in capsys.readouterr().err
 
 
@@ -657,12 +657,13 @@ def test_generation_and_rendering_are_libraries_that_load_no_tool():
     import ast
 
     root = Path(__file__).resolve().parents[1]
-    for rel in ("render.py", "synthetic.py", "training.py", "train.py", "multi_obj_pose_estimation/train_multi.py"):
+    for rel in ("render.py", "synthetic.py", "randomisation.py", "backgrounds.py", "MeshPly.py", "training.py",
+                "train.py", "multi_obj_pose_estimation/train_multi.py"):
         tree = ast.parse((root / rel).read_text(encoding="utf-8"))
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [m for m in names if m == "tools" or m.startswith("tools.")], rel
-    code = ("import sys; import render, synthetic, training; "
+    code = ("import sys; import render, synthetic, randomisation, backgrounds, training; "
             "print(sorted(m for m in sys.modules if m == 'tools' or m.startswith('tools.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -638,8 +638,8 @@ def _box_edge_midpoints(row):
 
 def test_draw_labels_draws_the_box_and_pose_points(synth, tmp_path, capsys):
     out = tmp_path / "one.png"
-    assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--split", "train", "--n", "1", "--cols", "1",
-                             "--scale", "1", "--out", str(out)]) == 0
+    assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--list", "train", "--n", "1", "--cols", "1",
+                             "--scale", "1", "--out-file", str(out)]) == 0
     assert "label vs saved pose: max" in capsys.readouterr().out
     drawn = cv2.imread(str(out))
     first = (synth / "LINEMOD/obj00/train.txt").read_text().split()[0]
@@ -671,8 +671,8 @@ def test_draw_labels_occlusion_order_and_grid(synth, tmp_path, monkeypatch):
     assert gap > 1.0  # read without the design §9.6 permutation they would not
     monkeypatch.undo()
     out = tmp_path / "grid.png"
-    assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--split", "train", "--n", "3", "--cols", "3",
-                             "--colors", "64", "--out", str(out)]) == 0
+    assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--list", "train", "--n", "3", "--cols", "3",
+                             "--colors", "64", "--out-file", str(out)]) == 0
     grid = cv2.imread(str(out))
     assert grid.shape == (240, 960, 3) and len(np.unique(grid.reshape(-1, 3), axis=0)) <= 64
     assert grid[:, 640:].max() == 0 and grid[:, :640].max() > 0  # 2 training images in a 1x3 grid: black padding
@@ -697,7 +697,7 @@ def test_draw_labels_predictions(synth, tmp_path, capsys):
     npz, out = tmp_path / "predictions_obj00.npz", tmp_path / "pred.png"
     entry, pr_px, moved = _fake_predictions(synth, npz)
     assert draw_labels.main(["--data", str(synth / "cfg/obj00.data"), "--predictions", str(npz), "--no-poses",
-                             "--n", "4", "--cols", "1", "--scale", "1", "--out", str(out)]) == 0
+                             "--n", "4", "--cols", "1", "--scale", "1", "--out-file", str(out)]) == 0
     assert f"{entry}: 2-D error 4.20 px" in capsys.readouterr().out  # only the scored image, its error
     drawn = cv2.imread(str(out))
     assert drawn.shape == (480, 640, 3)  # one image: the file scores one of the two test images
@@ -714,17 +714,18 @@ def test_draw_labels_prediction_errors(synth, tmp_path, capsys):
     npz = tmp_path / "p.npz"
     _fake_predictions(synth, npz)
     data = str(synth / "cfg/obj00.data")
-    assert draw_labels.main(["--data", data, data, "--predictions", str(npz), "--out", str(tmp_path / "x.png")]) == 2
+    assert draw_labels.main(["--data", data, data, "--predictions", str(npz),
+                             "--out-file", str(tmp_path / "x.png")]) == 2
     assert "--predictions goes with one --datacfg, found 2" in capsys.readouterr().err
     assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / "no.npz"),
-                             "--out", str(tmp_path / "x.png")]) == 2
+                             "--out-file", str(tmp_path / "x.png")]) == 2
     assert "no.npz: file not found" in capsys.readouterr().err
     np.savez(tmp_path / "old.npz", pr_px=np.zeros((1, 9, 2)))
     assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / "old.npz"),
-                             "--out", str(tmp_path / "x.png")]) == 2
+                             "--out-file", str(tmp_path / "x.png")]) == 2
     assert "old.npz: not a valid.py --save-predictions file with image paths (missing 'image" in capsys.readouterr().err
-    assert draw_labels.main(["--data", data, "--split", "train", "--predictions", str(npz),
-                             "--out", str(tmp_path / "x.png")]) == 2
+    assert draw_labels.main(["--data", data, "--list", "train", "--predictions", str(npz),
+                             "--out-file", str(tmp_path / "x.png")]) == 2
     assert "is in the predictions file (another split or dataset?)" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 
@@ -758,7 +759,7 @@ def test_draw_labels_errors(synth, tmp_path, capsys):
     bad = tmp_path / "bad.data"
     bad.write_text((synth / "cfg/obj00.data").read_text().replace("LINEMOD/obj00/test.txt", "LINEMOD/obj00/none.txt"))
     shutil.copytree(synth / "cfg", tmp_path / "cfg", dirs_exist_ok=True)
-    assert draw_labels.main(["--data", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert draw_labels.main(["--data", str(bad), "--out-file", str(tmp_path / "x.png")]) == 2
     assert "none.txt: image list not found" in capsys.readouterr().err
 
 
@@ -865,7 +866,7 @@ def test_plot_curve_reads_the_runs_rows_and_the_extra_test_sets(tmp_path):
              "fresh7:acc_2d_10px": 41.0}]
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    curves = plot_curve.main([str(metrics), "--out", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json")])
+    curves = plot_curve.main([str(metrics), "--out-file", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json")])
     assert curves == {"test": {"minutes": [4.0, 8.0], "5 px": [1.0, 3.0], "10 px": [20.0, 45.0]},
                       "fresh7": {"minutes": [4.0, 8.0], "5 px": [0.5, 2.0], "10 px": [18.0, 41.0]}}
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -958,9 +959,9 @@ def test_record_main_job_on_fixed_inputs(tmp_path):
         (tmp_path / name).write_text(json.dumps({"objects": [{**summary, "n": n}], "mean": None}))
     out = tmp_path / "main_job.json"
     record = rec.main(rec.get_args_parser().parse_args([
-        "--backup", str(backup), "--wall-minutes", "11.5", "--test-json", str(tmp_path / "t.json"), "--fresh-json",
+        "--backupdir", str(backup), "--wall-minutes", "11.5", "--test-json", str(tmp_path / "t.json"), "--fresh-json",
         str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores", "--date", "2026-12-01",
-        "--out", str(out)]))
+        "--out-file", str(out)]))
     assert json.loads(out.read_text()) == record
     assert (record["epochs"], record["images_seen"], record["training_minutes"]) == (10, 13600, 3.25)
     assert "other" not in record["test"] and record["fresh"]["n"] == 200
@@ -972,8 +973,8 @@ def test_record_main_job_on_fixed_inputs(tmp_path):
     assert lines[3].startswith("| fresh seed 11 (200) |") and len(lines) == 4
     assert record["command"] == "python train.py"
     timed = rec.main(rec.get_args_parser().parse_args([
-        "--backup", str(backup), "--wall-minutes", "121", "--test-json", str(tmp_path / "t.json"), "--fresh-json",
-        str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores", "--out", str(tmp_path / "c.json"),
+        "--backupdir", str(backup), "--wall-minutes", "121", "--test-json", str(tmp_path / "t.json"), "--fresh-json",
+        str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores", "--out-file", str(tmp_path / "c.json"),
         "--command", "python train.py --minutes 120"]))
     assert timed["command"] == "python train.py --minutes 120"
 
@@ -993,8 +994,9 @@ def test_record_main_job_checks_its_inputs(tmp_path, capsys):
     def run(metrics_ok=True, test="t.json", wall="11.5"):
         if metrics_ok:
             (backup / "metrics.jsonl").write_text('{"epoch": 9, "seen": 13600, "minutes": 3.25, "acc_2d_5px": 41.0}\n')
-        argv = ["--backup", str(backup), "--wall-minutes", wall, "--test-json", str(tmp_path / test), "--fresh-json",
-                str(tmp_path / "t.json"), "--fresh-seed", "11", "--machine", "m", "--out", str(tmp_path / "r.json")]
+        argv = ["--backupdir", str(backup), "--wall-minutes", wall, "--test-json", str(tmp_path / test), "--fresh-json",
+                str(tmp_path / "t.json"), "--fresh-seed", "11", "--machine", "m",
+                "--out-file", str(tmp_path / "r.json")]
         with pytest.raises(SystemExit) as exit_:
             rec.run_cli(lambda a: rec.main(rec.get_args_parser().parse_args(a)), argv, prog="record_main_job.py")
         err = capsys.readouterr().err
@@ -1046,9 +1048,9 @@ def test_record_multi_main_job_on_fixed_inputs(tmp_path):
     for name in ("t.json", "f.json"):
         (tmp_path / name).write_text(json.dumps({"objects": objs, "mean": None}))
     record = rec.main(rec.get_args_parser().parse_args([
-        "--multi", "--backup", str(backup), "--wall-minutes", "14.0", "--test-json", str(tmp_path / "t.json"),
+        "--multi", "--backupdir", str(backup), "--wall-minutes", "14.0", "--test-json", str(tmp_path / "t.json"),
         "--fresh-json", str(tmp_path / "f.json"), "--fresh-seed", "11", "--machine", "2 cores",
-        "--out", str(tmp_path / "m.json")]))
+        "--out-file", str(tmp_path / "m.json")]))
     assert record["command"] == "python multi_obj_pose_estimation/train_multi.py" and record["images_seen"] == 54400
     lines = rec.multi_job_table(record, "test").splitlines()
     assert lines[0] == ("| object (test images) | 5 px | 10 px | 15 px | 20 px | 25 px | 30 px | 35 px | 40 px | "
@@ -1089,12 +1091,12 @@ def test_make_labels_refuses_a_mesh_that_gives_no_pose(synth, tmp_path, capsys):
     (["--cols", "0"], "--cols must be >= 1, found 0"),  # was a ZeroDivisionError
     (["--colors", "300"], "--colors must be from 0 to 256, found 300"),
     (["--scale", "0"], "--scale must be above 0"),
-    (["--out", "DIR"], "--out DIR: is a folder; expected a file name"),
+    (["--out-file", "DIR"], "--out-file DIR: is a folder; expected a file name"),
 ])
 def test_draw_labels_flags_are_named(synth, tmp_path, capsys, monkeypatch, flags, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "DIR").mkdir()
-    argv = ["--datacfg", str(synth / "cfg/obj00.data"), "--out", "x.png", *flags]
+    argv = ["--datacfg", str(synth / "cfg/obj00.data"), "--out-file", "x.png", *flags]
     assert draw_labels.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"draw_labels: error: {message}") and len(err.splitlines()) == 1
@@ -1108,11 +1110,11 @@ def test_export_onnx_checks_the_opset_and_out_before_exporting(tmp_path, capsys)
     cfg = str(ROOT / "cfg/yolo-lite-trial3-pose.cfg")
     run = lambda *a: export_onnx.main(export_onnx.get_args_parser().parse_args(["--modelcfg", cfg, *a]))  # noqa: E731
     with pytest.raises(FlagError, match=rf"--opset must be from 18 to {export_onnx.max_opset()}, found 1"):
-        run("--opset", "1", "--out", str(tmp_path / "m.onnx"))
-    with pytest.raises(OutputPathError, match=r"--out .*: is a folder; expected a file name"):
-        run("--out", str(tmp_path))
+        run("--opset", "1", "--out-file", str(tmp_path / "m.onnx"))
+    with pytest.raises(OutputPathError, match=r"--out-file .*: is a folder; expected a file name"):
+        run("--out-file", str(tmp_path))
     with pytest.raises(FlagError, match=r"--tolerance must be positive, found -1"):
-        run("--tolerance", "-1", "--out", str(tmp_path / "m.onnx"))
+        run("--tolerance", "-1", "--out-file", str(tmp_path / "m.onnx"))
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -1120,6 +1122,6 @@ def test_draw_labels_refuses_a_bomb_from_its_header(synth, tmp_path, capsys):
     root = tmp_path / "copy"
     shutil.copytree(synth, root)
     hostile.bomb_png(read_list(root / "LINEMOD/obj00/test.txt")[0])  # cv2 decoded it: 1.2 GB
-    argv = ["--datacfg", str(root / "cfg/obj00.data"), "--n", "1", "--out", str(tmp_path / "x.png")]
+    argv = ["--datacfg", str(root / "cfg/obj00.data"), "--n", "1", "--out-file", str(tmp_path / "x.png")]
     assert draw_labels.main(argv) == 2
     assert "image is too large to decode" in capsys.readouterr().err

@@ -374,23 +374,25 @@ def get_args_parser() -> argparse.ArgumentParser:
                                     epilog="Frames, names, splits: "
                                            "python -c 'import tools.bop_to_linemod as m; help(m)'")
     p.add_argument("--bop", required=True, help="BOP dataset folder (holds models/ and the split folders)")
-    p.add_argument("--out", required=True, help="dataset root to write (LINEMOD/<name>/, cfg/, poses/)")
+    cli.add_out(p, what="the dataset root to write (LINEMOD/<name>/, cfg/, poses/)", required=True)
     p.add_argument("--split", default="test", help="BOP split folder (default test)")
-    cli.add_objects(p, help="objects to convert, by name (ape, obj_000005) or BOP id (default: all annotated)")
+    cli.add_objects(p, "those to convert, by name (ape, obj_000005) or BOP id (default: all annotated)")
     p.add_argument("--names", choices=("linemod", "bop"), default="linemod", help="object naming (default linemod)")
     p.add_argument("--rotate-y-180", action="store_true",
                    help="write mesh and poses rotated 180 deg about the model Y axis (see the frames note)")
-    p.add_argument("--train-list", default=None, help="image ids for train.txt ('{name}'/'{obj_id}' substituted)")
-    p.add_argument("--test-list", default=None, help="image ids for test.txt (default: the rest)")
+    p.add_argument("--train-list", default=None,
+                   help="file of the images for train.txt: their ids ('{name}'/'{obj_id}' substituted)")
+    p.add_argument("--test-list", default=None, help="file of the images for test.txt: their ids (default: the rest)")
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
-                   help=f"random test fraction without lists (default {DEFAULT_TEST_FRACTION})")
-    cli.add_seed(p, help="seed of the random split (default 0)")
+                   help=f"fraction of images in test.txt: a random split without lists (default "
+                        f"{DEFAULT_TEST_FRACTION}: about LINEMOD's, where 15 %% of the images train)")
+    cli.add_seed(p, what="of the random split")
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="output image format (default jpg)")
     p.add_argument("--mask-kind", choices=("visib", "full"), default="visib",
                    help="BOP mask to use first (default visib)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the files an earlier bop_to_linemod run wrote for these objects (never other "
-                        "files, nor the BOP inputs)")
+                   help="replace what an earlier run wrote: the files of these objects (never other files, nor the "
+                        "BOP inputs)")
     return p
 
 

@@ -1,18 +1,19 @@
 """Overlay the labelled 3-D boxes on dataset images and save a PNG grid (a visual label check).
 
-    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj00.data --n 4 --out docs/img/synthetic_labels.png
-    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj0[0-2].data --split train --n 4 --colors 256 --out x.png
-    python tools/draw_labels.py --datacfg data/synthetic/cfg/occlusion.data --split train --out docs/img/x.png
-    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj01_occlusion.data --occlusion --out x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj00.data --n 4 --out-file docs/img/synthetic_labels.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj0[0-2].data --list train --n 4 --colors 256 \\
+        --out-file x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/occlusion.data --list train --out-file docs/img/x.png
+    python tools/draw_labels.py --datacfg data/synthetic/cfg/obj01_occlusion.data --occlusion --out-file x.png
     python tools/draw_labels.py --datacfg data/synthetic/cfg/obj00.data --predictions runs/pred/predictions_obj00.npz \
-        --no-poses --out docs/img/main_job_prediction.png
+        --no-poses --out-file docs/img/main_job_prediction.png
 
 With `--predictions` (the `.npz` of `valid.py --save-predictions DIR`) the images are chosen among
 the scored ones and each gets, over its green label box, the network's 9 points (orange dots) and
 the box of the pose PnP recovered from them (blue), the pose valid.py scores; the 2-D error
 (mean distance of the 9 points to the label's, valid.py's err_2d) is printed per image.
 
-For each chosen image of the `.data` files' lists (`--split valid` = the `valid` key, `train` =
+For each chosen image of the `.data` files' lists (`--list valid` = the `valid` key, `train` =
 the `train` key; with several files the images alternate between them), every row of its label
 file is drawn with utils.draw_box: green box, centroid dot, class id. With `--occlusion` the
 labels come from LINEMOD/<name>/labels_occlusion/ and are put back into the design §9.2 order with the
@@ -195,11 +196,11 @@ def save_png(path: Path, rgb: np.ndarray, colors: int = 0) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__.split("\n\n")[0])
-    cli.add_datacfg(p, required=True, nargs="+",
-                    help=".data file(s) (single-object, occlusion.data or <obj>_occlusion.data); images alternate "
-                         "between them")
-    p.add_argument("--split", choices=("valid", "train"), default="valid",
+    cli.add_datacfg(p, "one or more, single-object, occlusion.data or <obj>_occlusion.data; images alternate "
+                       "between them", required=True, nargs="+")
+    p.add_argument("--list", choices=("valid", "train"), default="valid",
                    help="which list of the .data file (default valid)")
+    cli.add_alias(p, "--split", "--list")  # --split is bop_to_linemod.py's BOP split folder
     p.add_argument("--n", type=int, default=4, help="number of images, spread over the list (default 4)")
     p.add_argument("--cols", type=int, default=2, help="grid columns (default 2)")
     p.add_argument("--scale", type=float, default=0.5, help="tile scale (default 0.5)")
@@ -210,7 +211,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", metavar="NPZ", default=None,
                    help="valid.py --save-predictions file: draw the predicted points and pose box on the scored "
                         "images (one .data file)")
-    p.add_argument("--out", required=True, help="output PNG")
+    cli.add_out(p, "file", what="the PNG", required=True)
+    cli.add_alias(p, "--out", "--out-file")  # --out is an output folder everywhere
     return p
 
 
@@ -239,14 +241,14 @@ def _data_images(data: Path, split: str, n: int, occlusion: bool, no_poses: bool
 
 
 def check_flags(args) -> None:
-    """The numbers in range and --out a writable PNG path, before any image is read (FlagError,
+    """The numbers in range and --out-file a writable PNG path, before any image is read (FlagError,
     OutputPathError: run_cli prints one line and exits 2)."""
     cli.check_positive("--n", args.n)
     cli.check_positive("--cols", args.cols)
     cli.check_range("--colors", args.colors, 0, MAX_PALETTE)
     if not 0 < args.scale <= MAX_SCALE:
         raise FlagError(f"--scale must be above 0 and at most {MAX_SCALE:g}, found {args.scale}")
-    cli.check_output_file("--out", args.out)
+    cli.check_output_file("--out-file", args.out_file)
     if args.predictions is not None:
         if len(args.datacfg) != 1:
             raise FlagError(f"--predictions goes with one --datacfg, found {len(args.datacfg)}")
@@ -262,7 +264,7 @@ def main(argv=None) -> int:
         check_flags(args)
         predictions = load_predictions(Path(args.predictions)) if args.predictions else None
         per_file = -(-args.n // len(args.datacfg))  # ceil: the images are shared out over the .data files
-        lists = [_data_images(Path(d), args.split, per_file, args.occlusion, args.no_poses,
+        lists = [_data_images(Path(d), args.list, per_file, args.occlusion, args.no_poses,
                               None if predictions is None else set(predictions)) for d in args.datacfg]
         jobs = [job for group in zip(*[lst + [None] * (per_file - len(lst)) for lst in lists]) for job in group if job]
         drawn = [draw_image(*job) for job in jobs[:args.n]]
@@ -277,7 +279,7 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as exc:
         print(f"draw_labels: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = Path(args.out_file)
     save_png(out, make_grid([img for img, _ in drawn], args.cols, args.scale), args.colors)
     gaps = [g for _, g in drawn if not np.isnan(g)]
     gap = f"; label vs saved pose: max {max(gaps):.2g} px over {len(gaps)} images" if gaps else ""

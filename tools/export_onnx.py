@@ -1,7 +1,7 @@
 """Export a pose network (cfg + .weights) to ONNX, with dynamic batch and input size, and check it.
 
     python tools/export_onnx.py --modelcfg cfg/yolo-lite-trial3-pose.cfg \\
-        --weightfile weights/tiny-yolov2-trial3-voc.weights --until-last --out runs/trial3.onnx
+        --weightfile weights/tiny-yolov2-trial3-voc.weights --until-last --out-file runs/trial3.onnx
 
 The exported graph is the network's forward (raw output, design §4; decoding and PnP stay in
 Python). BatchNorm is folded into the convolutions first (`--no-fuse` keeps it). After export the
@@ -79,14 +79,15 @@ def check(model: Darknet, onnx_path, shapes=CHECK_SHAPES, seed: int = 0) -> floa
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__)
-    cli.add_model(p, cfg_required=True, weights="weightfile",
-                  weights_help="darknet .weights (default: random initialisation)")
+    cli.add_model(p, cfg_required=True, weights="weightfile", weights_why="random initialisation")
     p.add_argument("--until-last", action="store_true", help="load the weights up to the last conv (a backbone)")
-    p.add_argument("--out", default=None, help="output .onnx (default runs/<cfg name>.onnx)")
+    cli.add_out(p, "file", what="the .onnx", why="runs/<cfg name>.onnx")
+    cli.add_alias(p, "--out", "--out-file")  # --out is an output folder everywhere
     p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm as separate nodes")
     p.add_argument("--opset", type=int, default=OPSET,
                    help=f"ONNX opset, {MIN_OPSET} or newer (the exporter's own; default {OPSET})")
-    p.add_argument("--tolerance", type=float, default=TOLERANCE)
+    p.add_argument("--tolerance", type=float, default=TOLERANCE,
+                   help="largest difference allowed between the ONNX and the PyTorch outputs (default %(default)g)")
     return p
 
 
@@ -106,11 +107,11 @@ def written_opset(path) -> int:
 
 
 def check_flags(args) -> Path:
-    """--opset and --tolerance in range and --out a writable file, before the export; returns --out."""
+    """--opset and --tolerance in range and --out-file a writable file, before the export; returns --out-file."""
     cli.check_range("--opset", args.opset, MIN_OPSET, max_opset())
     if not args.tolerance > 0:
         raise FlagError(f"--tolerance must be positive, found {args.tolerance}")
-    return cli.check_output_file("--out", args.out or f"runs/{Path(args.modelcfg).stem}.onnx")
+    return cli.check_output_file("--out-file", args.out_file or f"runs/{Path(args.modelcfg).stem}.onnx")
 
 
 def main(args) -> float:

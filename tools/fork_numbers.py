@@ -66,14 +66,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__)
     p.add_argument("--study", default="runs/study_cpu", help="a distillation study folder (tools/run_study.py)")
     p.add_argument("--student", default="trial3-none-s0", help="the trained student run of the study")
-    p.add_argument("--out", default=None, help="output folder (default STUDY/fork_numbers)")
-    p.add_argument("--epochs", type=int, default=100, help="epochs of every cell (default 100)")
+    cli.add_out(p, why="STUDY/fork_numbers")
+    p.add_argument("--epochs", type=int, default=100,
+                   help="epochs to train: every cell (default 100: ten of the fork's tests, every 10 epochs)")
     p.add_argument("--steps-per-epoch", type=int, default=LINEMOD_STEPS_PER_EPOCH,
                    help=f"SGD steps per epoch (default {LINEMOD_STEPS_PER_EPOCH}, a LINEMOD object at batch 16)")
     p.add_argument("--size", type=int, default=256, help="training and test size (default 256, the study's)")
     p.add_argument("--cells", default=",".join(CELLS), help=f"comma list of {','.join(CELLS)}")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--publish", default=None, metavar="DIR", help="copy results and metrics into DIR")
+    cli.add_device(p)
+    p.add_argument("--publish", default=None, metavar="DIR", help="copy the results into DIR: results and metrics")
     return p
 
 

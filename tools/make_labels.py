@@ -38,7 +38,7 @@ Output (the LINEMOD layout of design §3.4 under --out; lists and .data paths re
     LINEMOD/<name>/image_map.txt               'NNNNNN <original image>' per line
     LINEMOD/<name>/<name>.ply                  the mesh in metres (ASCII; normals, colours)
     poses/<name>.json                          the poses in metres (draw_labels.py checks them)
-    cfg/<name>.data                            every design §3.2 key; diam = mesh diameter unless --diam
+    cfg/<name>.data                            every design §3.2 key; diam = mesh diameter unless --diameter
     ssp_manifest.json                          what it wrote (ownership.py): a file that exists and
                                                that it did not write is never replaced; --overwrite
                                                replaces only its own files of this --name
@@ -65,13 +65,13 @@ import cli
 from errors import FlagError, PoseFileError, run_cli
 from image import write_image
 from linemod_format import (
-    JPEG_QUALITY, copy_file, data_cfg_items, image_stem, mask_path, pose_entry, read_data_cfg, read_poses,
+    JPEG_QUALITY, copy_file, data_cfg_items, image_stem, mask_path, pose_entry, read_poses,
     split_flags, write_data_cfg, write_label_rows, write_list, write_poses_json,
 )
 from MeshPly import MESH_UNITS, MeshPly, units_warning, vertex_normals, write_ply
 from ownership import Outputs
-from utils import (box_corners, camera_from_data_cfg, check_mesh_vertices, get_camera_intrinsic, label_from_pose,
-                   mesh_diameter, pose_points3d)
+from utils import (box_corners, check_mesh_vertices, get_camera_intrinsic, label_from_pose,
+                   mesh_diameter, pose_points3d, resolve_camera)
 
 TOOL = "make_labels.py"  # the name its files carry in the output folder's manifest (ownership.py)
 DEFAULT_TEST_FRACTION = 0.25
@@ -159,22 +159,6 @@ def find_mask(masks_dir: Path, image_name: str) -> Path:
         if cand.is_file():
             return cand
     raise FileNotFoundError(f"{stem_path.with_suffix('.png')}: mask of image {image_name!r} not found in {masks_dir}")
-
-
-def resolve_camera(camera_data=None, fx=None, fy=None, u0=None, v0=None, width=None, height=None):
-    """(K (3, 3), width or None, height or None): LINEMOD defaults < camera_data's keys < explicit values."""
-    K, w, h = get_camera_intrinsic(), None, None
-    if camera_data is not None:
-        K, w, h = camera_from_data_cfg(read_data_cfg(camera_data), camera_data)
-    vals = {"fx": K[0, 0], "fy": K[1, 1], "u0": K[0, 2], "v0": K[1, 2]}
-    for key, v in (("fx", fx), ("fy", fy), ("u0", u0), ("v0", v0)):
-        if v is not None:
-            vals[key] = float(v)
-    if not (vals["fx"] > 0 and vals["fy"] > 0 and np.isfinite(list(vals.values())).all()):
-        raise ValueError(f"focal lengths must be positive and all camera values finite; got fx={vals['fx']}, "
-                         f"fy={vals['fy']}, u0={vals['u0']}, v0={vals['v0']}")
-    K = get_camera_intrinsic(vals["u0"], vals["v0"], vals["fx"], vals["fy"])
-    return K, (w if width is None else int(width)), (h if height is None else int(height))
 
 
 def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.ndarray | None = None,
@@ -342,37 +326,36 @@ def object_files(out: Path, name: str, images: list[Path], masks: bool) -> list[
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__.split("\n\n")[0],
                                     epilog="Formats and outputs: python -c 'import tools.make_labels as m; help(m)'")
-    p.add_argument("--mesh", required=True, help="PLY mesh of the object (metres unless --mesh-units mm)")
+    cli.add_mesh(p, "PLY (metres unless --mesh-units mm), its box gives the label points", required=True)
     p.add_argument("--poses", required=True, help="poses .json or .csv (model to camera; R row-major, t in metres)")
     p.add_argument("--images-dir", default=".", help="folder the pose file's image names are relative to (default .)")
-    p.add_argument("--out", required=True, help="dataset root to write (LINEMOD/<name>/, cfg/, poses/)")
+    cli.add_out(p, what="the dataset root to write (LINEMOD/<name>/, cfg/, poses/)", required=True)
     p.add_argument("--name", required=True, help="object name (folder, .data and .ply names)")
     p.add_argument("--class-id", type=int, default=0, help="class id in the labels (default 0)")
-    cam = p.add_argument_group("camera (default: the LINEMOD camera, design §3.3, and the first image's size)")
-    cam.add_argument("--camera-data", default=None, help=".data file to take fx, fy, u0, v0, width, height from")
-    for key in ("fx", "fy", "u0", "v0"):
-        cam.add_argument(f"--{key}", type=float, default=None, help="pixels")
-    cam.add_argument("--width", type=int, default=None, help="image width in pixels")
-    cam.add_argument("--height", type=int, default=None, help="image height in pixels")
+    cli.add_camera(p, "camera (default: the LINEMOD camera, design §3.3, and the first image's size)")
     units = p.add_argument_group("units")
-    units.add_argument("--mesh-units", choices=sorted(UNIT_SCALE), default=None, help="mesh units (default m)")
+    cli.add_mesh_units(units, UNIT_SCALE, default=None, why="m, or mm with --mm")
     units.add_argument("--pose-units", choices=sorted(UNIT_SCALE), default=None, help="units of t (default m)")
     units.add_argument("--mm", action="store_true", help="mesh and t in millimetres (BOP); same as both units mm")
-    p.add_argument("--diam", type=float, default=None,
-                   help="diameter in metres (default: the mesh's largest vertex distance)")
+    p.add_argument("--diameter", type=float, default=None,
+                   help="the object's diameter in metres, written as the .data 'diam' (default: the mesh's largest "
+                        "vertex distance)")
+    cli.add_alias(p, "--diam", "--diameter")  # --diam is valid.py's choice of the ADD diameter
     p.add_argument("--masks", choices=MASK_MODES, default="render",
                    help="render: mesh silhouettes (default); full: all-255 masks; none: no masks (no training)")
     p.add_argument("--masks-dir", default=None, help="your own masks, one per image with the image's stem")
     split = p.add_argument_group("train/test split (default: seeded random)")
     split.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
-                       help=f"random test fraction (default {DEFAULT_TEST_FRACTION})")
-    cli.add_seed(split, help="seed of the random split (default 0)")
-    split.add_argument("--train-list", default=None, help="file of image names (as in --poses) for train.txt")
-    split.add_argument("--test-list", default=None, help="file of image names for test.txt")
+                       help=f"fraction of images in test.txt: a random split (default {DEFAULT_TEST_FRACTION}: a "
+                            f"quarter held out, as the synthetic sets)")
+    cli.add_seed(split, what="of the random split")
+    split.add_argument("--train-list", default=None,
+                       help="file of the images for train.txt: their names, as in --poses")
+    split.add_argument("--test-list", default=None, help="file of the images for test.txt: their names")
     p.add_argument("--symlink", action="store_true", help="link the images instead of copying them")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the files an earlier make_labels run wrote for this --name (never other files, "
-                        "nor this run's inputs)")
+                   help="replace what an earlier run wrote: the files of this --name (never other files, nor this "
+                        "run's inputs)")
     return p
 
 
@@ -387,7 +370,7 @@ def main(argv=None) -> int:
         K, width, height = resolve_camera(args.camera_data, args.fx, args.fy, args.u0, args.v0, args.width, args.height)
         data = make_labels(args.mesh, args.poses, args.images_dir, args.out, args.name, K, width, height,
                            mesh_units, pose_units, args.class_id, args.test_fraction, args.seed, args.train_list,
-                           args.test_list, args.symlink, args.masks, args.masks_dir, args.diam, args.overwrite,
+                           args.test_list, args.symlink, args.masks, args.masks_dir, args.diameter, args.overwrite,
                            camera_data=args.camera_data)
     except (OSError, ValueError) as exc:  # FileNotFoundError, FileExistsError, MeshError, PoseFileError
         print(f"make_labels: error: {exc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Accuracy against training minutes from a run's metrics.jsonl: a PNG and the raw JSON.
 
-    python tools/plot_curve.py backup/synthetic/obj00_120min/metrics.jsonl --out docs/img/cpu_curve.png \\
+    python tools/plot_curve.py backup/synthetic/obj00_120min/metrics.jsonl --out-file docs/img/cpu_curve.png \\
         --json docs/results/cpu_fast/curve_120min.json [--title "..."]
 
 Every evaluation row of train.py and train_multi.py has `minutes` (training and testing time so
@@ -138,9 +138,10 @@ def plot(curves: dict, path, title: str = "") -> None:
 def get_args_parser():
     p = cli.default_argument_parser(__doc__)
     p.add_argument("metrics", help="a run's metrics.jsonl")
-    p.add_argument("--out", required=True, help="the PNG to write")
-    p.add_argument("--json", default=None, help="also write the rows and curves as JSON")
-    p.add_argument("--title", default="")
+    cli.add_out(p, "file", what="the PNG", required=True)
+    cli.add_alias(p, "--out", "--out-file")  # --out is an output folder everywhere
+    p.add_argument("--json", default=None, metavar="FILE", help="a JSON file to write: the rows and curves, too")
+    p.add_argument("--title", default="", help="the figure's title")
     p.add_argument("--table-at", default=None, metavar="M1,M2,...",
                    help="print a markdown table of the evaluations nearest to these minutes and the last, and "
                         "the minutes at which each set first reaches 50 and 80 %% at 5 px")
@@ -152,8 +153,8 @@ def main(argv=None) -> dict:
     rows = read_rows(args.metrics)
     at = parse_minutes(args.table_at) if args.table_at else None
     curves = series(rows)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    plot(curves, args.out, args.title)
+    Path(args.out_file).parent.mkdir(parents=True, exist_ok=True)
+    plot(curves, args.out_file, args.title)
     if args.json:
         write_text(args.json, json.dumps({"metrics": str(args.metrics), "curves": curves, "rows": rows}, indent=1)
                    + "\n")

@@ -1,11 +1,11 @@
 """Record a main-job measurement as one JSON file, and the README's main-job table made from it.
 
-    python tools/record_main_job.py --backup backup/synthetic/obj00 --wall-minutes 12.4 \\
+    python tools/record_main_job.py --backupdir backup/synthetic/obj00 --wall-minutes 12.4 \\
         --test-json runs/main_valid_test.json --fresh-json runs/main_valid_fresh11.json \\
-        --machine "2-core x86_64, torch 2.13.0+cpu" --out docs/results/cpu_fast/main_job.json
-    python tools/record_main_job.py --multi --backup backup_multi/synthetic --wall-minutes 14.2 \\
+        --machine "2-core x86_64, torch 2.13.0+cpu" --out-file docs/results/cpu_fast/main_job.json
+    python tools/record_main_job.py --multi --backupdir backup_multi/synthetic --wall-minutes 14.2 \\
         --test-json runs/multi_test.json --fresh-json runs/multi_fresh11.json --fresh-seed 11 \\
-        --machine "..." --out docs/results/cpu_multi/main_job.json     # train_multi.py, valid_multi.py --json
+        --machine "..." --out-file docs/results/cpu_multi/main_job.json     # train_multi.py, valid_multi.py --json
 
 The record holds what a reader needs to trust a figure: the date and machine, the epochs, images
 seen and minutes of training (from the run's own metrics.jsonl and checkpoint), the wall-clock
@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the top level
 
+import cli
 from errors import FlagError, InputError, run_cli
 from linemod_format import write_text
 from tools.plot_curve import read_rows
@@ -114,19 +115,22 @@ def multi_job_table(record: dict, key: str) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--multi", action="store_true", help="the multi-object main job (train_multi.py, valid_multi.py)")
-    p.add_argument("--backup", required=True, help="the main job's backup folder")
+    p = cli.default_argument_parser(__doc__.split("\n")[0])
+    p.add_argument("--multi", action="store_true",
+                   help="multi-object mode: the multi-object main job (train_multi.py, valid_multi.py)")
+    p.add_argument("--backupdir", required=True, help="a training run's folder: the main job's, read")
+    cli.add_alias(p, "--backup", "--backupdir")
     p.add_argument("--wall-minutes", type=float, required=True, help="wall clock of `python train.py`, minutes")
     p.add_argument("--test-json", required=True, help="valid.py (valid_multi.py) --json on the test split")
     p.add_argument("--fresh-json", required=True, help="valid.py (valid_multi.py) --json on a fresh set")
-    p.add_argument("--fresh-seed", type=int, required=True)
+    p.add_argument("--fresh-seed", type=int, required=True, help="seed of the fresh test set: --fresh-json's")
     p.add_argument("--machine", required=True, help="what it ran on, e.g. '2-core x86_64, torch 2.13.0+cpu'")
-    p.add_argument("--date", default=time.strftime("%Y-%m-%d"))
-    p.add_argument("--commit", default=None)
+    p.add_argument("--date", default=time.strftime("%Y-%m-%d"), help="the day it ran (default: today)")
+    p.add_argument("--commit", default=None, help="the commit it ran")
     p.add_argument("--command", default=None,
                    help="the command measured, when not the plain main job (e.g. 'python train.py --minutes 120')")
-    p.add_argument("--out", required=True)
+    cli.add_out(p, "file", what="the record, JSON", required=True)
+    cli.add_alias(p, "--out", "--out-file")  # --out is an output folder everywhere
     return p
 
 
@@ -139,16 +143,16 @@ def main(args) -> dict:
         record = {"date": args.date, "machine": args.machine, "commit": args.commit,
                   "command": args.command or "python multi_obj_pose_estimation/train_multi.py",
                   "wall_minutes": args.wall_minutes,
-                  **training_of(args.backup), "fresh_seed": args.fresh_seed,
+                  **training_of(args.backupdir), "fresh_seed": args.fresh_seed,
                   "test": multi_summaries_of(args.test_json), "fresh": multi_summaries_of(args.fresh_json)}
-        write_text(args.out, json.dumps(record, indent=1) + "\n")
+        write_text(args.out_file, json.dumps(record, indent=1) + "\n")
         print(multi_job_table(record, "test") + "\n\n" + multi_job_table(record, "fresh"))
         return record
     record = {"date": args.date, "machine": args.machine, "commit": args.commit,
               "command": args.command or "python train.py",
-              "wall_minutes": args.wall_minutes, **training_of(args.backup), "fresh_seed": args.fresh_seed,
+              "wall_minutes": args.wall_minutes, **training_of(args.backupdir), "fresh_seed": args.fresh_seed,
               "test": summary_of(args.test_json), "fresh": summary_of(args.fresh_json)}
-    write_text(args.out, json.dumps(record, indent=1) + "\n")
+    write_text(args.out_file, json.dumps(record, indent=1) + "\n")
     print(main_job_table(record))
     return record
 

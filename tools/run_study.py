@@ -19,7 +19,7 @@ Budgets (the flags below override single entries):
   gpu  the fork's protocol: the original recipe (500 epochs, multi-scale 416, the cfg batch),
        3 synthetic objects with LINEMOD's split sizes (~180 train / ~1,020 test images each), a
        YOLOv2 pose teacher (darknet19 ImageNet backbone if cfg/darknet19_448.conv.23 exists),
-       trial 3 and trial 10 students, the three modes, seeds 0, 1, 2. --data DIR runs it on a
+       trial 3 and trial 10 students, the three modes, seeds 0, 1, 2. --dataset DIR runs it on a
        LINEMOD-format folder instead (e.g. the real LINEMOD set, tools/get_linemod.sh).
 
 The teacher trains on nine tenths of the training images and is tested, to keep its best weights,
@@ -158,27 +158,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = cli.default_argument_parser(__doc__)
     p.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="the protocol (default cpu)")
     p.add_argument("--reduced", action="store_true", help="the same as --budget cpu")
-    p.add_argument("--out", default=None, help="study folder (default runs/study_<budget>)")
-    p.add_argument("--data", default=None, metavar="DIR",
+    cli.add_out(p, what="the study's", why="runs/study_<budget>")
+    p.add_argument("--dataset", default=None, metavar="DIR",
                    help="a LINEMOD-format folder with cfg/*.data to use instead of generating the synthetic set")
+    cli.add_alias(p, "--data", "--dataset")  # --data is a .data file everywhere else
     p.add_argument("--students", default=None, help=f"comma list of {','.join(STUDENT_NETWORKS)}")
     p.add_argument("--modes", default=None, help=f"comma list of {','.join(MODES)}")
     p.add_argument("--seeds", default=None, help="comma list of student seeds (default 0,1,2)")
-    p.add_argument("--teacher-minutes", type=float, default=None)
-    p.add_argument("--student-minutes", type=float, default=None)
-    p.add_argument("--epochs", type=int, default=None, help="a fixed number of epochs for every run (no time budget)")
-    p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches (smoke runs)")
-    cli.add_num_objects(p, default=None, help="synthetic objects (budget 'objects')")
-    p.add_argument("--images-per-object", type=int, default=None, help="synthetic images per object")
+    p.add_argument("--teacher-minutes", type=float, default=None,
+                   help="train the teacher for this many minutes (default: the budget's epochs)")
+    p.add_argument("--student-minutes", type=float, default=None,
+                   help="train each student for this many minutes (default: the budget's epochs)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs to train: every run, teacher and students (default: the budget's)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches: smoke runs")
+    cli.add_num_objects(p, what="synthetic objects", why="the budget's 'objects'")
+    p.add_argument("--images-per-object", type=int, default=None,
+                   help="images per object: synthetic images (default: the budget's)")
     p.add_argument("--fresh-images", type=int, default=None, help="fresh test images per object")
-    cli.add_sizes(p, train=True, test=False, train_help="square size of every run, trained and scored")
-    cli.add_batch_size(p, help="training batch size")
+    cli.add_sizes(p, train=True, test=False, train_what="of every run, trained and scored", train_why="the budget's")
+    cli.add_batch_size(p, what="of every training run", why="the budget's")
     p.add_argument("--teacher-weights", default=None,
-                   help="use these teacher weights (the budget's teacher cfg) instead of training the teacher")
+                   help="the teacher's weights: use these (the budget's teacher cfg) instead of training the teacher")
     cli.add_device(p)
-    cli.add_workers(p, default=None, help="loader workers of every run (default: train.py's)")
+    cli.add_workers(p, default=None, what="of every run's loader", why="train.py's")
     p.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
-    p.add_argument("--publish", default=None, metavar="DIR", help="copy the small result files into DIR")
+    p.add_argument("--publish", default=None, metavar="DIR", help="copy the results into DIR: the small result files")
     p.add_argument("--restore", default=None, metavar="DIR",
                    help="continue a study published with --publish DIR (e.g. on a new machine): its finished "
                         "student runs are copied into --out and never trained again; the teacher trains again, "
@@ -405,7 +410,7 @@ def compare_teacher(out: Path, source: Path, objects: list[str]) -> list[str]:
 
 
 def prepare_data(out: Path, b: Budget, data: str | None, commands: Path) -> dict[str, Path]:
-    """{object: its .data file}: the synthetic set (generated once in OUT/data) or --data's, with a
+    """{object: its .data file}: the synthetic set (generated once in OUT/data) or --dataset's, with a
     fresh test set (`<obj>_fresh<S>.data`) added once to a synthetic set; a folder that is not
     synthetic (real LINEMOD) is scored on its test split only."""
     from synthetic import INFO_FILE, add_fresh_test, auto_workers, generate
@@ -1067,9 +1072,9 @@ def main(args) -> list[dict]:
     b = resolve_budget(args)
     cli.resolve_device(args.device)  # a bad device stops here, not in the first run
     out = Path(args.out or f"runs/study_{b.name}").resolve()
-    data = str(Path(args.data).resolve()) if args.data else None
+    data = str(Path(args.dataset).resolve()) if args.dataset else None
     if data and not (Path(data) / "cfg").is_dir():
-        raise InputError(f"--data {args.data}: no cfg/ folder with .data files there")
+        raise InputError(f"--dataset {args.dataset}: no cfg/ folder with .data files there")
     claim_folder(out, b, data)
     commands, log = out / "commands.txt", out / "log.txt"
     objects = prepare_data(out, b, data, commands)

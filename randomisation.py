@@ -1,0 +1,333 @@
+"""Domain randomisation of the sets rendered from user meshes (synthetic.generate_from_meshes).
+
+Every choice is a named field of RenderOptions with its default here, recorded in the set's
+synthetic_info.json (docs/data.md §2c documents each). A Randomiser holds the options with what
+they need at render time (the checked background photos, the distractor meshes); its methods
+take the image's numpy Generator, so a seed fixes every pixel.
+
+Order of one image (synthetic.render_mesh_single): pose, object colour (meshes without colours),
+lights, distractors behind and occluders in front, rendering, background, object colour jitter,
+composite, blur, sensor noise; the JPEG quality comes from a stream of its own.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+from backgrounds import list_photos, photo_background, procedural_photo
+from errors import InputError
+from render import (
+    AMBIENT_RANGE, ELEVATION_RANGE_DEG, LIGHT_COUNT_RANGE, LIGHT_INTENSITY_RANGE, LIGHT_SATURATION_MAX,
+    SHININESS_RANGE, SPECULAR_RANGE, Lighting, Mesh, make_mesh,
+)
+
+# defaults (docs/data.md §2c)
+INPLANE_RANGE_DEG = (-180.0, 180.0)
+DISTRACTOR_RANGE = (0, 4)  # procedural objects behind the object
+OCCLUDER_RANGE = (0, 1)  # procedural objects in front of it, overlapping its silhouette
+MIN_VISIBLE = 0.6  # occluders are dropped when less of the object than this stays visible
+HUE_SHIFT = 0.03  # the object's hue moves by up to this fraction of the colour circle
+SATURATION_RANGE = (0.7, 1.3)  # multipliers of the object's saturation, brightness, contrast
+BRIGHTNESS_RANGE = (0.7, 1.4)
+CONTRAST_RANGE = (0.7, 1.3)
+BLUR_SIGMA_RANGE_PX = (0.0, 1.2)  # Gaussian blur of the whole image
+NOISE_SIGMA_RANGE = (0.0, 6.0)  # Gaussian sensor noise, grey levels (0-255)
+JPEG_QUALITY_RANGE = (70, 95)
+
+DISTRACTOR_POOL = 12  # procedural meshes made once per set, scaled and turned per use
+DISTRACTOR_SIZE = (0.6, 2.0)  # behind: radius relative to the object's
+DISTRACTOR_DEPTH = (0.0, 0.6)  # behind: extra distance beyond touching, relative to the object's distance
+OCCLUDER_SIZE = (0.3, 0.7)  # in front: apparent radius relative to the object's
+OCCLUDER_DEPTH = (0.4, 0.85)  # in front: distance relative to the object's near side
+OCCLUDER_OFFSET = (0.6, 1.3)  # in front: centre offset from the object's, in apparent object radii
+NEAR_PLANE_M = 0.05
+
+
+def _pair(name: str, value, low=-math.inf, high=math.inf, integer: bool = False) -> tuple:
+    """value as a checked (lo, hi) tuple; InputError naming the option."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: expected two numbers (low, high); got {value!r}") from None
+    if not (low <= lo <= hi <= high) or (integer and (lo != int(lo) or hi != int(hi))):
+        kind = "whole numbers " if integer else ""
+        raise InputError(f"{name} {lo:g},{hi:g}: expected {kind}{low:g} <= low <= high <= {high:g}")
+    return (int(lo), int(hi)) if integer else (lo, hi)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a set of user meshes is rendered; ranges are (low, high), drawn uniformly per image.
+
+    Camera: distance_m (metres from the camera to the model origin; None: from each mesh's size
+    and the camera, synthetic.camera_distances), elevation_deg (the view above the model's xy
+    plane), inplane_deg (roll about the optical axis).
+    Lights (render.Lighting.random): lights (how many), light_intensity (their summed diffuse
+    intensity), light_saturation (0 white), ambient, specular, shininess.
+    Scene: backgrounds (a folder of photos; None: procedural photo-like backgrounds), distractors
+    (procedural objects behind, how many), occluders (in front, overlapping the object, how
+    many), min_visible (occluders that hide more are dropped).
+    Camera effects: hue (largest shift of the object's hue, fraction of the circle), saturation,
+    brightness, contrast (multipliers of the object's pixels), blur_px (Gaussian sigma of the whole
+    image), noise (sensor noise sigma, grey levels), jpeg_quality.
+    """
+    distance_m: tuple | None = None
+    elevation_deg: tuple = ELEVATION_RANGE_DEG
+    inplane_deg: tuple = INPLANE_RANGE_DEG
+    lights: tuple = LIGHT_COUNT_RANGE
+    light_intensity: tuple = LIGHT_INTENSITY_RANGE
+    light_saturation: float = LIGHT_SATURATION_MAX
+    ambient: tuple = AMBIENT_RANGE
+    specular: tuple = SPECULAR_RANGE
+    shininess: tuple = SHININESS_RANGE
+    backgrounds: str | None = None
+    distractors: tuple = DISTRACTOR_RANGE
+    occluders: tuple = OCCLUDER_RANGE
+    min_visible: float = MIN_VISIBLE
+    hue: float = HUE_SHIFT
+    saturation: tuple = SATURATION_RANGE
+    brightness: tuple = BRIGHTNESS_RANGE
+    contrast: tuple = CONTRAST_RANGE
+    blur_px: tuple = BLUR_SIGMA_RANGE_PX
+    noise: tuple = NOISE_SIGMA_RANGE
+    jpeg_quality: tuple = JPEG_QUALITY_RANGE
+
+    def checked(self) -> RenderOptions:
+        """The options with every range as a checked tuple; InputError naming the first bad one."""
+        values = {
+            "distance_m": None if self.distance_m is None else _pair("distance_m", self.distance_m, 0.0),
+            "elevation_deg": _pair("elevation_deg", self.elevation_deg, -89.0, 89.0),
+            "inplane_deg": _pair("inplane_deg", self.inplane_deg, -360.0, 360.0),
+            "lights": _pair("lights", self.lights, 1, 16, integer=True),
+            "light_intensity": _pair("light_intensity", self.light_intensity, 0.0),
+            "ambient": _pair("ambient", self.ambient, 0.0),
+            "specular": _pair("specular", self.specular, 0.0),
+            "shininess": _pair("shininess", self.shininess, 1.0),
+            "distractors": _pair("distractors", self.distractors, 0, 50, integer=True),
+            "occluders": _pair("occluders", self.occluders, 0, 10, integer=True),
+            "saturation": _pair("saturation", self.saturation, 0.0),
+            "brightness": _pair("brightness", self.brightness, 0.0),
+            "contrast": _pair("contrast", self.contrast, 0.0),
+            "blur_px": _pair("blur_px", self.blur_px, 0.0, 20.0),
+            "noise": _pair("noise", self.noise, 0.0, 128.0),
+            "jpeg_quality": _pair("jpeg_quality", self.jpeg_quality, 1, 100, integer=True),
+        }
+        for name, low, high in (("light_saturation", 0.0, 1.0), ("min_visible", 0.0, 1.0), ("hue", 0.0, 0.5)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and low <= v <= high):
+                shown = f"{v:g}" if isinstance(v, (int, float)) else repr(v)
+                raise InputError(f"{name} {shown}: expected a number from {low:g} to {high:g}")
+        if self.backgrounds is not None and not isinstance(self.backgrounds, str):
+            values["backgrounds"] = str(self.backgrounds)
+        return RenderOptions(**{**asdict(self), **values})
+
+    def record(self) -> dict:
+        """The options as JSON values (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def lighting(self, rng: np.random.Generator) -> Lighting:
+        return Lighting.random(rng, count=self.lights, intensity=self.light_intensity,
+                               saturation=self.light_saturation, ambient=self.ambient, specular=self.specular,
+                               shininess=self.shininess)
+
+
+def distractor_pool(rng_for, n: int = DISTRACTOR_POOL) -> list[Mesh]:
+    """n procedural meshes of 1 m diameter, mesh k from rng_for(k) (a numpy Generator)."""
+    return [make_mesh(rng_for(k), diameter=1.0) for k in range(n)]
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random rotation (3, 3) (a normalised Gaussian quaternion)."""
+    w, x, y, z = (q := rng.normal(size=4)) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _scaled(mesh: Mesh, radius: float) -> Mesh:
+    """The mesh scaled so that its vertices reach `radius` metres from its origin."""
+    s = radius / float(np.linalg.norm(mesh.vertices, axis=1).max())
+    return Mesh(mesh.vertices * s, mesh.faces, mesh.normals, mesh.vertex_colors, mesh.face_colors)
+
+
+@dataclass
+class Randomiser:
+    """RenderOptions with what they need at render time: photos (the checked --backgrounds files)
+    and pool (the distractor meshes); picklable for the worker processes."""
+    options: RenderOptions
+    photos: list = field(default_factory=list)
+    pool: list = field(default_factory=list)
+
+    @classmethod
+    def prepare(cls, options: RenderOptions, rng_for) -> Randomiser:
+        """Check the options and the backgrounds folder (InputError before any rendering) and make
+        the distractor meshes (mesh k from rng_for(k)) when the options ask for any."""
+        options = options.checked()
+        photos = list_photos(options.backgrounds) if options.backgrounds is not None else []
+        need_pool = options.distractors[1] > 0 or options.occluders[1] > 0
+        return cls(options, photos, distractor_pool(rng_for) if need_pool else [])
+
+    def clutter(self, rng: np.random.Generator, radius: float, t: np.ndarray, K: np.ndarray, width: int,
+                height: int) -> tuple[list, list]:
+        """(behind, in_front): lists of (Mesh, (R, t)) around an object reaching `radius` metres from
+        its origin at t (3,) m. Behind: anywhere in the image, beyond the object's far side. In
+        front: between the camera and the object's near side, overlapping its silhouette."""
+        o = self.options
+        d_obj = float(np.linalg.norm(t))
+        Kinv = np.linalg.inv(K)
+
+        def at_pixel(u, v, depth):
+            ray = Kinv @ np.array([u, v, 1.0])
+            return depth * ray / np.linalg.norm(ray)
+
+        behind, front = [], []
+        for _ in range(int(rng.integers(o.distractors[0], o.distractors[1] + 1))):
+            mesh = self.pool[int(rng.integers(len(self.pool)))]
+            r = radius * rng.uniform(*DISTRACTOR_SIZE)
+            depth = d_obj + radius + r + d_obj * rng.uniform(*DISTRACTOR_DEPTH)
+            pose = (_random_rotation(rng), at_pixel(rng.uniform(0, width), rng.uniform(0, height), depth))
+            behind.append((_scaled(mesh, r), pose))
+        centre = K @ t
+        centre = centre[:2] / centre[2]
+        r_px = K[0, 0] * radius / d_obj
+        for _ in range(int(rng.integers(o.occluders[0], o.occluders[1] + 1))):
+            mesh = self.pool[int(rng.integers(len(self.pool)))]
+            depth = (d_obj - radius) * rng.uniform(*OCCLUDER_DEPTH)
+            r = radius * depth / d_obj * rng.uniform(*OCCLUDER_SIZE)
+            ang, off = rng.uniform(0, 2 * np.pi), rng.uniform(*OCCLUDER_OFFSET) * r_px
+            rot = _random_rotation(rng)
+            if depth - r < NEAR_PLANE_M or depth + r > d_obj - radius:
+                continue  # the object is too near the camera for an occluder between them
+            pixel = centre + off * np.array([math.cos(ang), math.sin(ang)])
+            front.append((_scaled(mesh, r), (rot, at_pixel(pixel[0], pixel[1], depth))))
+        return behind, front
+
+    def background(self, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB: a random photo crop with --backgrounds, else a procedural photo."""
+        if self.photos:
+            return photo_background(rng, self.photos, width, height)
+        return procedural_photo(rng, width, height)
+
+    def jitter(self, rng: np.random.Generator, rgb: np.ndarray, selected: np.ndarray) -> None:
+        """Shift hue and scale saturation, brightness and contrast of rgb (H, W, 3) uint8 where
+        selected (H, W) bool, in place (one draw of each, even when nothing is selected)."""
+        o = self.options
+        dh, s, b, c = (rng.uniform(-o.hue, o.hue), rng.uniform(*o.saturation), rng.uniform(*o.brightness),
+                       rng.uniform(*o.contrast))
+        if not selected.any():
+            return
+        px = rgb[selected].reshape(-1, 1, 3).astype(np.float32) / 255.0
+        hsv = cv2.cvtColor(px, cv2.COLOR_RGB2HSV)  # float: H in degrees, S and V in 0-1
+        hsv[..., 0] = np.mod(hsv[..., 0] + 360.0 * dh, 360.0)
+        hsv[..., 1] = np.clip(hsv[..., 1] * s, 0.0, 1.0)
+        out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(-1, 3)
+        mean = out.mean()
+        out = ((out - mean) * c + mean) * b
+        rgb[selected] = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+    def finish(self, rng: np.random.Generator, background: np.ndarray, rendering) -> np.ndarray:
+        """The rendered pixels over the background, then blur and sensor noise: (H, W, 3) uint8."""
+        o = self.options
+        img = background.copy()
+        cv2.copyTo(rendering.rgb, (rendering.ids >= 0).view(np.uint8), img)
+        sigma, noise = rng.uniform(*o.blur_px), rng.uniform(*o.noise)
+        if sigma > 0.05:
+            img = cv2.GaussianBlur(img, (0, 0), sigma)
+        if noise > 0:
+            grain = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise)
+            img = np.clip(np.round(img.astype(np.float32) + grain), 0, 255).astype(np.uint8)
+        return img
+
+    def jpeg_quality(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(self.options.jpeg_quality[0], self.options.jpeg_quality[1] + 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line flags (tools/make_synthetic_linemod.py --mesh; one spelling wherever they appear)
+# --------------------------------------------------------------------------------------------
+
+# RenderOptions field -> (flag, what one value is); a range is given as LOW,HIGH
+OPTION_FLAGS = {
+    "distance_m": ("--distance", "metres from the camera to the model origin (default: from the mesh size and "
+                                 "the camera, LINEMOD's 0.6-1.2 m for a LINEMOD-sized object)"),
+    "elevation_deg": ("--elevation", "degrees of the view above the model's xy plane"),
+    "inplane_deg": ("--inplane", "degrees of roll about the optical axis"),
+    "lights": ("--lights", "number of directional lights"),
+    "light_intensity": ("--light-intensity", "summed diffuse intensity of the lights"),
+    "light_saturation": ("--light-saturation", "largest saturation of a light's colour (0 white)"),
+    "ambient": ("--ambient", "ambient light"),
+    "specular": ("--specular", "strength of the specular highlight"),
+    "shininess": ("--shininess", "Blinn-Phong exponent of the highlight"),
+    "backgrounds": ("--backgrounds", "folder of background photos, e.g. VOC2012 JPEGImages (default: "
+                                     "procedural photo-like backgrounds)"),
+    "distractors": ("--distractors", "procedural objects behind the object"),
+    "occluders": ("--occluders", "procedural objects in front of the object, overlapping it"),
+    "min_visible": ("--min-visible", "occluders are dropped when less of the object stays visible"),
+    "hue": ("--hue", "largest shift of the object's hue, fraction of the colour circle"),
+    "saturation": ("--saturation", "multiplier of the object's saturation"),
+    "brightness": ("--brightness", "multiplier of the object's brightness"),
+    "contrast": ("--contrast", "multiplier of the object's contrast"),
+    "blur_px": ("--blur", "Gaussian blur sigma of the image, pixels"),
+    "noise": ("--noise", "sensor noise sigma, grey levels"),
+    "jpeg_quality": ("--jpeg-quality", "JPEG quality"),
+}
+
+
+def _default_text(value) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
+
+
+def add_render_flags(p, group_title: str, skip=()) -> None:
+    """One flag per RenderOptions field (OPTION_FLAGS) except `skip`, default None (the option's
+    default); ranges as LOW,HIGH (one number N means N,N)."""
+    group = p.add_argument_group(group_title)
+    defaults = RenderOptions()
+    for name, (flag, what) in OPTION_FLAGS.items():
+        if name in skip:
+            continue
+        default = getattr(defaults, name)
+        if name == "backgrounds":
+            group.add_argument(flag, default=None, metavar="DIR", help=what)
+        elif default is None:
+            group.add_argument(flag, default=None, metavar="LOW,HIGH", help=f"{what}; a range drawn per image")
+        elif isinstance(default, tuple):
+            group.add_argument(flag, default=None, metavar="LOW,HIGH",
+                               help=f"{what}; a range drawn per image (default {_default_text(default)})")
+        else:
+            group.add_argument(flag, type=float, default=None, help=f"{what} (default {_default_text(default)})")
+
+
+def parse_range(flag: str, text) -> tuple[float, float]:
+    """'LOW,HIGH' or 'N' -> (low, high); InputError naming the flag."""
+    parts = str(text).split(",")
+    try:
+        values = [float(x) for x in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise InputError(f"{flag} {text}: expected LOW,HIGH or one number")
+    return (values[0], values[-1])
+
+
+def options_from_args(args, skip=()) -> RenderOptions:
+    """RenderOptions from the flags of add_render_flags: each flag given replaces its default; checked."""
+    values = {}
+    for name, (flag, _) in OPTION_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None) if name not in skip else None
+        if value is None:
+            continue
+        default = getattr(RenderOptions(), name)
+        ranged = name != "backgrounds" and (isinstance(default, tuple) or default is None)
+        values[name] = parse_range(flag, value) if ranged else value
+    try:
+        return RenderOptions(**values).checked()
+    except InputError as exc:  # name the flag, not the field
+        text = str(exc)
+        for name, (flag, _) in OPTION_FLAGS.items():
+            if text.startswith(f"{name}:") or text.startswith(f"{name} "):
+                text = flag + text[len(name):]
+                break
+        raise InputError(text) from None

@@ -1,0 +1,181 @@
+"""Domain randomisation of sets rendered from user meshes (randomisation.py, backgrounds.py) and the
+--mesh form of tools/make_synthetic_linemod.py."""
+import colorsys
+import json
+import math
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import synthetic
+from backgrounds import BackgroundWarning, list_photos, procedural_photo
+from errors import InputError
+from randomisation import OPTION_FLAGS, Randomiser, RenderOptions, options_from_args
+from render import Rendering
+from tools import make_synthetic_linemod as gen_cli
+
+from test_render import box_quads, colours_for, ply_text
+
+ONE_FLAT = dict(distractors=(0, 0), occluders=(0, 0), blur_px=(0, 0), noise=(0, 0))
+
+
+@pytest.fixture()
+def box_ply(tmp_path):
+    v, q = box_quads()
+    path = tmp_path / "box.ply"
+    path.write_text(ply_text(v, q, [("uchar", "red"), ("uchar", "green"), ("uchar", "blue")], colours_for(v)))
+    return path
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    """Three flat photos of known colours (and one file that is not an image)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, bgr in enumerate(((0, 0, 200), (0, 200, 0), (200, 0, 0))):
+        cv2.imwrite(str(folder / f"p{k}.jpg"), np.full((300, 500, 3), bgr, np.uint8))
+    return folder
+
+
+def test_every_option_has_a_flag_and_is_recorded_with_its_default(box_ply, tmp_path):
+    assert set(OPTION_FLAGS) == set(RenderOptions().record())
+    root = tmp_path / "set"
+    synthetic.generate_from_meshes(root, [box_ply], n_images=1)
+    info = json.loads((root / synthetic.INFO_FILE).read_text())
+    assert info["options"] == RenderOptions().record()
+    assert info["options"]["distance_m"] is None and info["meshes"][0]["distance_m"] == [0.6, 1.2]
+    assert info["background_photos"] == 0
+
+
+def test_backgrounds_folder_is_checked_before_rendering(box_ply, tmp_path, photos):
+    out = tmp_path / "never"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=f"--backgrounds {empty}: no image files"):
+        synthetic.generate_from_meshes(out, [box_ply], n_images=1, options=RenderOptions(backgrounds=str(empty)))
+    (empty / "x.jpg").write_bytes(b"")
+    with pytest.raises(InputError, match=r"1 image file\(s\), none readable \(first: x.jpg\)"):
+        synthetic.generate_from_meshes(out, [box_ply], n_images=1, options=RenderOptions(backgrounds=str(empty)))
+    with pytest.raises(InputError, match="folder not found"):
+        synthetic.generate_from_meshes(out, [box_ply], n_images=1, options=RenderOptions(backgrounds=str(out)))
+    assert not out.exists()
+    (photos / "notes.png").write_text("not a png")
+    with pytest.warns(BackgroundWarning, match=r"1 of 4 image files are not readable and are skipped"):
+        assert [Path(p).name for p in list_photos(photos)] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+
+
+def test_photo_backgrounds_show_behind_the_object(box_ply, tmp_path, photos):
+    root = tmp_path / "photo_set"
+    options = RenderOptions(backgrounds=str(photos), jpeg_quality=(100, 100), **ONE_FLAT)
+    synthetic.generate_from_meshes(root, [box_ply], n_images=4, seed=1, options=options)
+    colours = {(200, 0, 0), (0, 200, 0), (0, 0, 200)}  # RGB of the three photos
+    seen = set()
+    for img in sorted((root / "LINEMOD/box/JPEGImages").glob("*.jpg")):
+        rgb = cv2.imread(str(img))[:, :, ::-1].astype(int)
+        mask = cv2.imread(str(root / "LINEMOD/box/mask" / f"{img.stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE) > 0
+        far = cv2.dilate(mask.astype(np.uint8), np.ones((15, 15), np.uint8)) == 0
+        median = tuple(int(c) for c in np.median(rgb[far], axis=0))
+        match = [c for c in colours if max(abs(a - b) for a, b in zip(c, median)) <= 3]
+        assert match, median
+        seen.add(match[0])
+    assert len(seen) >= 2
+    info = json.loads((root / synthetic.INFO_FILE).read_text())
+    assert info["options"]["backgrounds"] == str(photos) and info["background_photos"] == 3
+
+
+def test_camera_ranges_are_the_requested_ones(box_ply, tmp_path):
+    root = tmp_path / "ranges"
+    options = RenderOptions(distance_m=(0.8, 0.8), elevation_deg=(30, 30), **ONE_FLAT)
+    synthetic.generate_from_meshes(root, [box_ply], n_images=5, seed=3, options=options)
+    for e in json.loads((root / "poses/box.json").read_text())["poses"]:
+        R, t = np.array(e["R"]), np.array(e["t"])
+        camera = -R.T @ t  # the camera centre in the model frame
+        assert np.linalg.norm(t) == pytest.approx(0.8, abs=1e-9)
+        assert math.degrees(math.asin(camera[2] / np.linalg.norm(camera))) == pytest.approx(30.0, abs=1e-6)
+
+
+def test_procedural_photo_backgrounds_are_textured_and_seeded():
+    a = procedural_photo(np.random.default_rng(5), 320, 240)
+    b = procedural_photo(np.random.default_rng(5), 320, 240)
+    c = procedural_photo(np.random.default_rng(6), 320, 240)
+    assert a.shape == (240, 320, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.std() > 5 and len(np.unique(a.reshape(-1, 3), axis=0)) > 500  # not flat, not a few colours
+
+
+def _randomiser(**kw) -> Randomiser:
+    return Randomiser(RenderOptions(**kw).checked())
+
+
+def test_colour_jitter_changes_only_the_object_pixels():
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[:2] = (200, 40, 40)
+    selected = np.zeros((4, 4), bool)
+    selected[0] = True
+    out = rgb.copy()
+    _randomiser(hue=0.5, saturation=(1, 1), brightness=(1, 1), contrast=(1, 1)).jitter(
+        np.random.default_rng(0), out, selected)
+    assert np.array_equal(out[1:], rgb[1:])  # unselected pixels untouched
+    dh = np.random.default_rng(0).uniform(-0.5, 0.5)  # the draw jitter makes first
+    h, sat, val = colorsys.rgb_to_hsv(200 / 255, 40 / 255, 40 / 255)
+    expected = np.array(colorsys.hsv_to_rgb((h + dh) % 1.0, sat, val)) * 255
+    assert np.abs(out[0].astype(float) - expected).max() <= 1.0  # every selected pixel: the hue turned by dh
+    out = rgb.copy()
+    _randomiser(hue=0.0, saturation=(1, 1), brightness=(0.5, 0.5), contrast=(1, 1)).jitter(
+        np.random.default_rng(0), out, selected)
+    assert np.array_equal(out[0, 0], [100, 20, 20])
+
+
+def test_blur_and_noise_of_the_whole_image():
+    bg = np.full((64, 64, 3), 100, np.uint8)
+    rendering = Rendering(np.zeros_like(bg), np.full((64, 64), -1, np.int16), np.zeros(0, np.int64))
+    rendering.ids[20:40, 20:40] = 0
+    rendering.rgb[20:40, 20:40] = 250
+    clean = _randomiser(blur_px=(0, 0), noise=(0, 0)).finish(np.random.default_rng(0), bg, rendering)
+    assert np.array_equal(clean[rendering.ids == 0], np.full((400, 3), 250)) and np.all(clean[rendering.ids < 0] == 100)
+    noisy = _randomiser(blur_px=(0, 0), noise=(8, 8)).finish(np.random.default_rng(0), bg, rendering)
+    assert (noisy[:16].astype(float) - 100).std() == pytest.approx(8.0, rel=0.1)
+    blurred = _randomiser(blur_px=(2, 2), noise=(0, 0)).finish(np.random.default_rng(0), bg, rendering)
+    assert 100 < blurred[30, 18, 0] < 250  # the edge is spread
+
+
+def test_bad_options_name_the_flag(tmp_path):
+    parser = gen_cli.get_args_parser()
+    args = parser.parse_args(["--mesh", "x.ply", "--blur", "0.5", "--distractors", "2,5", "--backgrounds", "d"])
+    options = options_from_args(args)
+    assert options.blur_px == (0.5, 0.5) and options.distractors == (2, 5) and options.backgrounds == "d"
+    for argv, match in ((["--blur", "3,1"], r"--blur 3,1: expected 0 <= low <= high <= 20"),
+                        (["--lights", "1.5,2"], r"--lights 1.5,2: expected whole numbers"),
+                        (["--noise", "a"], r"--noise a: expected LOW,HIGH or one number"),
+                        (["--min-visible", "2"], r"--min-visible 2: expected a number from 0 to 1")):
+        with pytest.raises(InputError, match=match):
+            options_from_args(parser.parse_args(["--mesh", "x.ply", *argv]))
+
+
+def test_cli_renders_a_mesh_and_refuses_mesh_flags_without_one(box_ply, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert gen_cli.main(["--out", str(out), "--mesh", str(box_ply), "--images-per-object", "2", "--quiet",
+                         "--jpeg-quality", "80,90", "--distance", "0.7,0.9", "--fx", "600"]) == 0
+    info = json.loads((out / synthetic.INFO_FILE).read_text())
+    assert info["options"]["jpeg_quality"] == [80, 90] and info["options"]["distance_m"] == [0.7, 0.9]
+    assert info["K"][0][0] == 600.0 and (out / "cfg/box.data").is_file()
+    with pytest.raises(SystemExit):
+        gen_cli.main(["--out", str(tmp_path / "p"), "--backgrounds", str(tmp_path)])
+    assert "--backgrounds is an option of a --mesh set" in capsys.readouterr().err
+    assert gen_cli.main(["--out", str(tmp_path / "p"), "--jpeg-quality", "80,90"]) == 2
+    err = capsys.readouterr().err
+    assert "--jpeg-quality 80,90: expected a whole number (a range LOW,HIGH only with --mesh)" in err
+
+
+def test_same_seed_same_randomised_set(box_ply, tmp_path, photos):
+    options = RenderOptions(backgrounds=str(photos), distractors=(2, 3), occluders=(1, 1))
+    a, b = tmp_path / "a", tmp_path / "b"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about here
+        synthetic.generate_from_meshes(a, [box_ply], n_images=3, seed=9, options=options)
+    synthetic.generate_from_meshes(b, [box_ply], n_images=3, seed=9, options=options)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "ssp_manifest.json")
+    assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
