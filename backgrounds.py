@@ -26,11 +26,11 @@ PROCEDURAL_SCALE = 2  # drawn at 1/2 resolution, then upsampled (smooth like a d
 
 
 class BackgroundWarning(UserWarning):
-    """Some files of a --backgrounds folder are not images OpenCV can read; they are skipped."""
+    """Some files of a --bg-dir folder are not images OpenCV can read; they are skipped."""
 
 
 def list_photos(folder) -> list[str]:
-    """The readable photos of `folder` (recursively, sorted, as strings) for --backgrounds.
+    """The readable photos of `folder` (recursively, sorted, as strings) for --bg-dir.
 
     A file counts when its extension is an image's and OpenCV recognises its header. Raises
     InputError naming the folder, before any rendering, when it is missing, not a folder, or holds
@@ -38,13 +38,13 @@ def list_photos(folder) -> list[str]:
     """
     root = Path(folder)
     if not root.exists():
-        raise InputError(f"--backgrounds {root}: folder not found")
+        raise InputError(f"--bg-dir {root}: folder not found")
     if not root.is_dir():
-        raise InputError(f"--backgrounds {root}: not a folder (expected a folder of photos, e.g. VOC2012 JPEGImages)")
+        raise InputError(f"--bg-dir {root}: not a folder (expected a folder of photos, e.g. VOC2012 JPEGImages)")
     try:
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in PHOTO_EXTENSIONS and p.is_file())
     except OSError as exc:
-        raise InputError(f"--backgrounds {root}: cannot list the folder ({exc})") from None
+        raise InputError(f"--bg-dir {root}: cannot list the folder ({exc})") from None
     good, bad = [], []
     for p in files:
         try:
@@ -54,10 +54,10 @@ def list_photos(folder) -> list[str]:
         (good if ok else bad).append(p)
     if not good:
         what = f"{len(files)} image file(s), none readable (first: {files[0].name})" if files else "no image files"
-        raise InputError(f"--backgrounds {root}: {what}; expected photos ({', '.join(PHOTO_EXTENSIONS)}), "
+        raise InputError(f"--bg-dir {root}: {what}; expected photos ({', '.join(PHOTO_EXTENSIONS)}), "
                          f"e.g. VOC2012 JPEGImages")
     if bad:
-        warnings.warn(f"--backgrounds {root}: {len(bad)} of {len(files)} image files are not readable and are "
+        warnings.warn(f"--bg-dir {root}: {len(bad)} of {len(files)} image files are not readable and are "
                       f"skipped (first: {bad[0]})", BackgroundWarning, stacklevel=2)
     return [str(p) for p in good]
 
@@ -70,7 +70,7 @@ def photo_background(rng: np.random.Generator, photos: list[str], width: int, he
     zoom, fx, fy, flip = rng.uniform(*PHOTO_ZOOM_RANGE), rng.random(), rng.random(), rng.random() < 0.5
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
-        raise ImageError(f"{path}: a --backgrounds photo that cannot be decoded; remove it from the folder")
+        raise ImageError(f"{path}: a --bg-dir photo that cannot be decoded; remove it from the folder")
     h, w = bgr.shape[:2]
     scale = min(w / width, h / height) / zoom
     cw, ch = max(1, int(round(width * scale))), max(1, int(round(height * scale)))

@@ -22,8 +22,8 @@ benchmarks (docs/design.md §15; tests/test_cli.py builds every parser and check
     --distiled (alias --distill)  the fork's distillation switch      add_distiled
     --out, --out-file             an output folder, an output file    add_out
 
-A flag that was renamed keeps its old spelling as a hidden alias that warns once, naming the new
-one (`add_alias`); an original script's own spelling of another flag stays without a warning
+A flag that was renamed keeps its old spelling as a hidden alias that prints one warning line
+naming the new one (`add_alias`); an original script's own spelling of another flag stays without a warning
 (`add_alias(..., deprecated=False)`). Names are never abbreviated (`--back` is no flag): a
 prefix would be a second name, with another meaning in another script.
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -60,24 +61,25 @@ def default_argument_parser(doc: str | None, epilog: str | None = None) -> argpa
 
 
 class Alias(argparse.Action):
-    """Another spelling of a flag (`add_alias`): sets what the flag sets; when deprecated, warns
-    once that the old spelling is on its way out, naming the new one."""
+    """Another spelling of a flag (`add_alias`): sets what the flag sets; when deprecated, prints
+    one line on stderr naming the new spelling (in errors.run_cli's warning form, whether or not
+    the script parses inside it)."""
 
     def __init__(self, option_strings, dest, target: argparse.Action, new: str, deprecated: bool, **kw):
         super().__init__(option_strings, dest, **kw)
         self.target, self.new, self.deprecated = target, new, deprecated
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if self.deprecated:  # FutureWarning: shown by default; errors.run_cli prints it as one line
-            warnings.warn(f"{option_string} is deprecated: use {self.new} (the same flag; docs/design.md §15)",
-                          FutureWarning, stacklevel=2)
+        if self.deprecated:
+            print(f"{parser.prog}: warning: {option_string} is deprecated: use {self.new} (the same flag; "
+                  f"docs/design.md §15)", file=sys.stderr)
         self.target(parser, namespace, values, self.new)
 
 
 def add_alias(p: argparse.ArgumentParser, old: str, new: str, deprecated: bool = True) -> None:
     """Keep `old` as a spelling of flag `new` (already in `p`), hidden from --help.
 
-    deprecated: a renamed flag (docs/design.md §15): each use warns once, naming `new`. False: an
+    deprecated: a renamed flag (docs/design.md §15): each use prints one line naming `new`. False: an
     original script's own spelling (design §7.4), kept as it is, without a warning."""
     target = next(a for a in p._actions if new in a.option_strings)
     where = p

@@ -1,6 +1,6 @@
 """`train.py --mesh`: one command from a user's mesh to a pose model (docs/design.md §7.7).
 
-    python train.py --mesh my_object.ply --mesh-units mm --camera-data camera.data [--backgrounds DIR ...]
+    python train.py --mesh my_object.ply --mesh-units mm --camera-data camera.data [--bg-dir DIR ...]
     python multi_obj_pose_estimation/train_multi.py --mesh a.ply b.ply --mesh-units mm ...
 
 train.py and train_multi.py take --mesh with the generator's camera and randomisation flags
@@ -33,9 +33,10 @@ MESH_BACKUP = "backup/mesh/{name}"  # the run's folder: model.weights, model_inf
 HASH_CHARS = 10  # hex digits of the set's hash in its folder name: 40 bits, no collision among a user's sets
 DEFAULT_UNITS = "m"
 CAMERA_FLAGS = ("camera_data", "fx", "fy", "u0", "v0", "width", "height")
-# flags that mean nothing without --mesh (all default to None, so any given one is seen)
+# flags that mean nothing without --mesh (all default to None, so any given one is seen); --bg-dir is a
+# training flag too (the fast recipe's background swap): with --mesh the set is rendered over its photos as well
 MESH_ONLY = ("mesh_units", "images_per_object", "scenes", *CAMERA_FLAGS,
-             *(flag.lstrip("-").replace("-", "_") for flag, _ in OPTION_FLAGS.values()))
+             *(flag.lstrip("-").replace("-", "_") for name, (flag, _) in OPTION_FLAGS.items() if name != "backgrounds"))
 PHOTOS = "PHOTOS"  # the placeholder of the printed detect.py command
 
 
@@ -58,7 +59,10 @@ def add_mesh_flags(p, multi: bool) -> None:
                             f"(default: {MESH_MULTI.scenes}, recipes.MESH_MULTI)")
     cli.add_camera(p, "camera of the --mesh set, and of your photos (default: the LINEMOD camera, design §3.3, "
                       "640x480)")
-    add_render_flags(p, "domain randomisation of the --mesh set (docs/data.md §2c)")
+    # --bg-dir (training.add_run_flags) is also the folder the set is rendered over (RenderOptions.backgrounds)
+    add_render_flags(p, "domain randomisation of the --mesh set (docs/data.md §2c; and --bg-dir)",
+                     skip=("backgrounds",))
+    cli.add_alias(p, "--backgrounds", "--bg-dir")  # the generator's old name of the folder
 
 
 def check_mesh_flags(args) -> None:

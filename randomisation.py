@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+import cli
 from backgrounds import list_photos, photo_background, procedural_photo
 from errors import InputError
 from render import (
@@ -155,7 +156,7 @@ def _scaled(mesh: Mesh, radius: float) -> Mesh:
 
 @dataclass
 class Randomiser:
-    """RenderOptions with what they need at render time: photos (the checked --backgrounds files)
+    """RenderOptions with what they need at render time: photos (the checked --bg-dir files)
     and pool (the distractor meshes); picklable for the worker processes."""
     options: RenderOptions
     photos: list = field(default_factory=list)
@@ -206,7 +207,7 @@ class Randomiser:
         return behind, front
 
     def background(self, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB: a random photo crop with --backgrounds, else a procedural photo."""
+        """(H, W, 3) uint8 RGB: a random photo crop with --bg-dir, else a procedural photo."""
         if self.photos:
             return photo_background(rng, self.photos, width, height)
         return procedural_photo(rng, width, height)
@@ -261,8 +262,8 @@ OPTION_FLAGS = {
     "ambient": ("--ambient", "ambient light"),
     "specular": ("--specular", "strength of the specular highlight"),
     "shininess": ("--shininess", "Blinn-Phong exponent of the highlight"),
-    "backgrounds": ("--backgrounds", "folder of background photos, e.g. VOC2012 JPEGImages (default: "
-                                     "procedural photo-like backgrounds)"),
+    "backgrounds": ("--bg-dir", "folder of background photos: e.g. VOC2012 JPEGImages (default: procedural "
+                                "photo-like backgrounds)"),
     "distractors": ("--distractors", "procedural objects behind the object"),
     "occluders": ("--occluders", "procedural objects in front of the object, overlapping it"),
     "min_visible": ("--min-visible", "occluders are dropped when less of the object stays visible"),
@@ -291,6 +292,7 @@ def add_render_flags(p, group_title: str, skip=()) -> None:
         default = getattr(defaults, name)
         if name == "backgrounds":
             group.add_argument(flag, default=None, metavar="DIR", help=what)
+            cli.add_alias(p, "--backgrounds", flag)  # the name train.py gives the same folder: --bg-dir
         elif default is None:
             group.add_argument(flag, default=None, metavar="LOW,HIGH", help=f"{what}; a range drawn per image")
         elif isinstance(default, tuple):

@@ -9,7 +9,8 @@ backup folder and model_info.json, the loader and its last phase at a higher res
 `engine.Trainer`.
 
 Reading order: the flag checks and defaults, the builders (`build_model`, `build_loss`,
-`build_optimizer_and_schedule`, `build_teacher`), then `Variant` and `run`.
+`build_optimizer_and_schedule`, `build_teacher`), then `Variant` and `run`, whose steps follow it
+in the order it calls them.
 """
 from __future__ import annotations
 
@@ -130,7 +131,8 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
     cli.add_resample(p)
     cli.add_box_rule(p, default_help=f"the recipe's (original: max; fast: {FAST.box_rule}); used by the evaluations "
                                      "and written to model_info.json for the scoring scripts and detect.py")
-    p.add_argument("--bg-dir", default=None, help="background images (VOC2012 JPEGImages); default: procedural")
+    p.add_argument("--bg-dir", default=None,
+                   help="folder of background photos: e.g. VOC2012 JPEGImages, behind the object (default: procedural)")
     p.add_argument("--decay-bn-bias", type=int, default=1, help="0: no weight decay on BN and biases (D14)")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches: smoke tests")
     p.add_argument("--log-every", type=int, default=0, help="print the per-batch loss line every N batches")

@@ -1,7 +1,7 @@
 """Training-loader throughput (images/s): the cv2 fast path (D49) against today's fast path and Pillow.
 
     .venv/bin/python benchmarks/bench_loader.py [--images-per-object 48] [--batch-size 8] \\
-        [--cases 416:files 256:own] [--workers 0] [--repeats 3]
+        [--cases 416:files 256:own] [--workers 0] [--rounds 3]
 
 The fixture (640x480 JPEGs: a procedural background with a drawn object, its mask and label, and a
 folder of BG_FILES 640x480 background JPEGs standing in for VOC) is written to a temporary folder.
@@ -17,7 +17,7 @@ image's own background (the fast recipe's default). Rows per case:
                               (`--cache-images`, D67: the same samples); the one-off decoding time
                               is printed above the table, not counted in images/s
 
-Each row runs one full epoch of `make_train_loader` after one warm-up batch, `--repeats` times
+Each row runs one full epoch of `make_train_loader` after one warm-up batch, `--rounds` times
 interleaved with the other rows; the best is kept (the machine may be shared). With 0 workers the
 samples are made in the timing process, so images/s is the throughput of one core. Ratios are
 against today's fast path and against Pillow at the same case and worker count in the same run.
@@ -231,7 +231,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="training size and background: 'files' (--bg-dir) or 'own' (default 416:files 256:own)")
     cli.add_workers(p, default=[0], nargs="+", what="the loader's, each count timed",
                     why="loading in the training process, per core")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved timings per row; the best is kept")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed repetitions: interleaved timings per row, the best is kept (default 3: the best counts)")
+    cli.add_alias(p, "--repeats", "--rounds")  # --rounds in every other benchmark
     return p
 
 
@@ -249,14 +251,14 @@ def main(argv=None) -> list[tuple]:
             variants = case_datasets(list_file, bg_dir, bg)
             for w in args.workers:
                 best = {name: 0.0 for name, _ in variants}
-                for _ in range(args.repeats):
+                for _ in range(args.rounds):
                     for name, dataset in variants:
                         best[name] = max(best[name], images_per_second(dataset, args.batch_size, size, w))
                 for name, _ in variants:
                     rows.append((size, bg, w, name, best[name], best[name] / best[TODAY],
                                  best[name] / best["Pillow, original recipe"]))
     print(f"training loader, {args.images_per_object} images 640x480, {BG_FILES} background files "
-          f"{BG_SIZE[0]}x{BG_SIZE[1]}, batch {args.batch_size}, {os.cpu_count()} CPUs, best of {args.repeats}; "
+          f"{BG_SIZE[0]}x{BG_SIZE[1]}, batch {args.batch_size}, {os.cpu_count()} CPUs, best of {args.rounds}; "
           f"fast rows: jitter {recipes.FAST.jitter}, a file background for {recipes.FAST.bg_prob_with_dir:.0%} "
           f"of the samples with 'files'\n")
     print("| size | background | workers | path | images/s | vs today's fast path | vs Pillow |\n"

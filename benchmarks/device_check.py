@@ -104,8 +104,8 @@ def train_bench(ctx: Context) -> list[str]:
 def loader(ctx: Context) -> list[str]:
     if ctx.dry:
         return python() + ["benchmarks/bench_loader.py", "--images-per-object", "12", "--batch-size", "4",
-                           "--cases", "64:own", "--workers", "0", "--repeats", "1"]
-    return python() + ["benchmarks/bench_loader.py", "--workers", "0", "4", "8", "--repeats", "2"]
+                           "--cases", "64:own", "--workers", "0", "--rounds", "1"]
+    return python() + ["benchmarks/bench_loader.py", "--workers", "0", "4", "8", "--rounds", "2"]
 
 
 def dry_data(ctx: Context) -> Path:

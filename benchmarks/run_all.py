@@ -36,7 +36,7 @@ SUITE = {
     "train": ("bench_train.py", [], ["--nets", "trial3,tiny", "--batch-size", "8", "--rounds", "2"],
               "training step images/s per network: fp32 vs channels-last (+ AMP on CUDA)"),
     "loss": ("bench_loss.py", [], ["--rounds", "20"], "region loss + target building: vectorised vs per-cell loop"),
-    "loader": ("bench_loader.py", [], ["--images-per-object", "32", "--workers", "0", "2", "--repeats", "3"],
+    "loader": ("bench_loader.py", [], ["--images-per-object", "32", "--workers", "0", "2", "--rounds", "3"],
                "training loader images/s: the fast path vs Pillow and vs the fast path before issue 23"),
     "synthetic": ("bench_synthetic.py", [], [], "synthetic LINEMOD generator images/s (640x480)"),
     "valid": ("bench_valid.py", [], ["--batch-sizes", "1,8", "--rounds", "2"],

@@ -155,7 +155,7 @@ def test_a_folder_it_did_not_make_is_refused_and_left_as_it_is(one, tmp_path, mo
     (["--mesh", "nope.ply"], MeshError, "nope.ply: mesh file not found"),
     (["--mesh", "box.ply", "--datacfg", "cfg/ape.data"], FlagError, "--mesh renders its own set"),
     (["--fx", "500"], FlagError, "--fx is an option of a --mesh set; pass --mesh FILE"),
-    (["--backgrounds", "photos"], FlagError, "--backgrounds is an option of a --mesh set"),
+    (["--blur", "0"], FlagError, "--blur is an option of a --mesh set"),
     (["--mesh", "box.ply", "--scenes", "3"], FlagError, "scenes show several objects together"),
     (["--mesh", "box.ply", "--images-per-object", "0"], FlagError, "--images-per-object must be >= 1"),
     (["--mesh", "box.ply", "--modelcfg", "nope.cfg"], InputError, "--modelcfg nope.cfg: file not found"),
@@ -193,3 +193,18 @@ def test_several_meshes_train_a_multi_object_model_on_scenes(tmp_path, monkeypat
     detect_argv = command(out, "detect.py")
     assert "--multi" in detect_argv and detect_argv[detect_argv.index("--datacfg") + 1] == \
         str(folder / "cfg/occlusion.data")
+
+
+def test_bg_dir_is_the_folder_the_set_is_rendered_over_and_trained_with(recwarn):
+    """train.py has one --bg-dir: with --mesh the rendering's photos (RenderOptions.backgrounds) and the
+    training sample's; --backgrounds, the generator's old name, is the same flag."""
+    from randomisation import options_from_args
+
+    args = train.get_args_parser().parse_args(["--mesh", "x.ply", "--bg-dir", "photos", "--blur", "0.5"])
+    assert args.bg_dir == "photos"
+    options = options_from_args(args)
+    assert options.backgrounds == "photos" and options.blur_px == (0.5, 0.5)
+    old = train.get_args_parser().parse_args(["--mesh", "x.ply", "--backgrounds", "photos", "--blur", "0.5"])
+    assert vars(old) == vars(args)
+    assert [str(w.message) for w in recwarn] == ["--backgrounds is deprecated: use --bg-dir (the same flag; "
+                                                 "docs/design.md §15)"]

@@ -676,6 +676,13 @@ def test_a_tie_at_5px_keeps_the_model_best_at_10px(occ, tmp_path, monkeypatch):
     assert state["best_score"] == [30.0, 0.0]
     assert written == [4, 6]  # after epochs 1 (the first test) and 2 (30 % at 10 px); not 3 (20 %)
     assert "the 5 px plus the 10 px accuracy" in " ".join(train_multi.get_args_parser().format_help().split())
+    # the run's log names the accuracies as train.py's does, and tools/plot_curve.py draws it (issue 36)
+    from tools import plot_curve
+
+    curves = plot_curve.main([str(tmp_path / "b/metrics.jsonl"), "--out-file", str(tmp_path / "curve.png")])
+    assert list(curves) == ["test", "obj00"]
+    assert curves["test"]["10 px"] == curves["obj00"]["10 px"] == [10.0, 30.0, 20.0]
+    assert curves["test"]["5 px"] == [0.0, 0.0, 0.0] and (tmp_path / "curve.png").stat().st_size > 0
 
 
 def test_train_multi_does_not_import_train_py():

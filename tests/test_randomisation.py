@@ -54,7 +54,7 @@ def test_backgrounds_folder_is_checked_before_rendering(box_ply, tmp_path, photo
     out = tmp_path / "never"
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InputError, match=f"--backgrounds {empty}: no image files"):
+    with pytest.raises(InputError, match=f"--bg-dir {empty}: no image files"):
         synthetic.generate_from_meshes(out, [box_ply], n_images=1, options=RenderOptions(backgrounds=str(empty)))
     (empty / "x.jpg").write_bytes(b"")
     with pytest.raises(InputError, match=r"1 image file\(s\), none readable \(first: x.jpg\)"):
@@ -144,7 +144,7 @@ def test_blur_and_noise_of_the_whole_image():
 
 def test_bad_options_name_the_flag(tmp_path):
     parser = gen_cli.get_args_parser()
-    args = parser.parse_args(["--mesh", "x.ply", "--blur", "0.5", "--distractors", "2,5", "--backgrounds", "d"])
+    args = parser.parse_args(["--mesh", "x.ply", "--blur", "0.5", "--distractors", "2,5", "--bg-dir", "d"])
     options = options_from_args(args)
     assert options.blur_px == (0.5, 0.5) and options.distractors == (2, 5) and options.backgrounds == "d"
     for argv, match in ((["--blur", "3,1"], r"--blur 3,1: expected 0 <= low <= high <= 20"),
@@ -163,8 +163,8 @@ def test_cli_renders_a_mesh_and_refuses_mesh_flags_without_one(box_ply, tmp_path
     assert info["options"]["jpeg_quality"] == [80, 90] and info["options"]["distance_m"] == [0.7, 0.9]
     assert info["K"][0][0] == 600.0 and (out / "cfg/box.data").is_file()
     with pytest.raises(SystemExit):
-        gen_cli.main(["--out", str(tmp_path / "p"), "--backgrounds", str(tmp_path)])
-    assert "--backgrounds is an option of a --mesh set" in capsys.readouterr().err
+        gen_cli.main(["--out", str(tmp_path / "p"), "--bg-dir", str(tmp_path)])
+    assert "--bg-dir is an option of a --mesh set" in capsys.readouterr().err
     assert gen_cli.main(["--out", str(tmp_path / "p"), "--jpeg-quality", "80,90"]) == 2
     err = capsys.readouterr().err
     assert "--jpeg-quality 80,90: expected a whole number (a range LOW,HIGH only with --mesh)" in err

@@ -15,7 +15,7 @@ from tools import run_study
 ROOT = run_study.ROOT
 
 TINY = ["--budget", "cpu", "--epochs", "2", "--max-batches", "2", "--seeds", "0,1", "--modes", "none,fixed",
-        "--num-objects", "1", "--images-per-object", "12", "--fresh-images", "4", "--train-size", "64",
+        "--num-objects", "1", "--images-per-object", "12", "--fresh-test", "4", "--train-size", "64",
         "--batch-size", "4", "--workers", "0", "--device", "cpu"]
 
 
@@ -433,7 +433,7 @@ def test_fork_numbers_end_to_end(tmp_path):
     with pytest.raises(InputError, match="the study has not made these yet"):
         fork_numbers.main(fork_numbers.get_args_parser().parse_args(["--study", str(out)]))
     study(out, "--seeds", "0", "--modes", "none")  # the teacher and the trained student
-    argv = ["--study", str(out), "--epochs", "2", "--steps-per-epoch", "1", "--size", "64", "--device", "cpu",
+    argv = ["--study", str(out), "--epochs", "2", "--steps-per-epoch", "1", "--train-size", "64", "--device", "cpu",
             "--cells", "fork-trained,fork-backbone,none-trained", "--publish", str(tmp_path / "pub")]
     record = fork_numbers.main(fork_numbers.get_args_parser().parse_args(argv))
     assert list(record["cells"]) == ["fork-trained", "fork-backbone", "none-trained"]

@@ -24,7 +24,8 @@ from tools import bop_to_linemod as bop
 from tools import draw_labels, make_labels
 import synthetic as gen
 from errors import FlagError, OutputPathError, PoseFileError
-from linemod_format import read_label_rows, read_list, read_poses, write_poses_csv
+from conftest import write_poses_csv
+from linemod_format import read_label_rows, read_list, read_poses
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "get_linemod.sh"
@@ -349,10 +350,10 @@ def test_make_labels_overwrite_keeps_its_inputs_and_files_it_did_not_write(synth
 
 @pytest.mark.parametrize("diam", ["0", "-0.1", "nan", "inf"])
 def test_make_labels_refuses_a_diameter_that_train_and_valid_refuse(synth, tmp_path, capsys, diam):
-    """--diam 0 was written as `diam = 0.0`, which train.py and valid.py then refused (issue 36)."""
+    """--diameter 0 was written as `diam = 0.0`, which train.py and valid.py then refused (issue 36)."""
     (tmp_path / "p.json").write_text(json.dumps(_user_records(synth, "obj00")[:2]))
-    err = _run_make_labels(synth, tmp_path, capsys, tmp_path / "p.json", extra=["--diam", diam])
-    assert f"--diam {float(diam)}: the object's diameter must be a positive number of metres" in err
+    err = _run_make_labels(synth, tmp_path, capsys, tmp_path / "p.json", extra=["--diameter", diam])
+    assert f"--diameter {float(diam)}: the object's diameter must be a positive number of metres" in err
     assert not (tmp_path / "bad_out").exists()
 
 
@@ -749,7 +750,7 @@ def test_draw_labels_refuses_truncated_or_wrong_shaped_predictions(synth, tmp_pa
                           ("n", "n.npz: 'err_2d' holds float64 of shape (2,), expected numbers of shape (1,)"),
                           ("image", "image.npz: 'image' holds float64 of shape (1,), expected a list of paths")):
         assert draw_labels.main(["--data", data, "--predictions", str(tmp_path / f"{name}.npz"),
-                                 "--out", str(tmp_path / "x.png")]) == 2
+                                 "--out-file", str(tmp_path / "x.png")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("draw_labels: error: ") and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.png").exists()
@@ -894,7 +895,7 @@ def test_plot_curve_names_the_line_of_a_bad_row(tmp_path, lines, message):
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(plot_curve.InputError, match=message):
-        plot_curve.main([str(path), "--out", str(tmp_path / "c.png")])
+        plot_curve.main([str(path), "--out-file", str(tmp_path / "c.png")])
     assert not (tmp_path / "c.png").exists()
 
 
@@ -904,13 +905,13 @@ def test_plot_curve_refuses_a_binary_log_and_bad_table_minutes(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     with pytest.raises(plot_curve.InputError, match=r"m.jsonl: not a text file"):
-        plot_curve.main([str(path), "--out", str(tmp_path / "c.png")])
+        plot_curve.main([str(path), "--out-file", str(tmp_path / "c.png")])
     path.write_text('{"minutes": 4.0, "acc_2d_5px": 1.0, "acc_2d_10px": 2.0}\n')
     for at, message in (("ten,20", "expected minutes separated by commas"), ("nan", "minutes must be finite and >= 0")):
         with pytest.raises(FlagError, match=f"--table-at {at}: {message}"):
-            plot_curve.main([str(path), "--out", str(tmp_path / "c.png"), "--table-at", at])
+            plot_curve.main([str(path), "--out-file", str(tmp_path / "c.png"), "--table-at", at])
     assert not (tmp_path / "c.png").exists()  # the flag is checked before the figure is drawn
-    plot_curve.main([str(path), "--out", str(tmp_path / "c.png"), "--table-at", "4"])  # no 'seen': '-'
+    plot_curve.main([str(path), "--out-file", str(tmp_path / "c.png"), "--table-at", "4"])  # no 'seen': '-'
 
 
 def test_curve_reach_times_and_table_on_fixed_inputs():

@@ -71,7 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="epochs to train: every cell (default 100: ten of the fork's tests, every 10 epochs)")
     p.add_argument("--steps-per-epoch", type=int, default=LINEMOD_STEPS_PER_EPOCH,
                    help=f"SGD steps per epoch (default {LINEMOD_STEPS_PER_EPOCH}, a LINEMOD object at batch 16)")
-    p.add_argument("--size", type=int, default=256, help="training and test size (default 256, the study's)")
+    cli.add_sizes(p, train=True, test=False, train_default=256, train_what="of every cell, trained and tested",
+                  train_why="the study's")
+    cli.add_alias(p, "--size", "--train-size")  # --train-size in train.py and run_study.py
     p.add_argument("--cells", default=",".join(CELLS), help=f"comma list of {','.join(CELLS)}")
     cli.add_device(p)
     p.add_argument("--publish", default=None, metavar="DIR", help="copy the results into DIR: results and metrics")
@@ -98,7 +100,8 @@ def train_command(cell: str, inputs: dict, folder: Path, args) -> list[str]:
     cmd = [sys.executable, "train.py", "--datacfg", str(inputs["data"]), "--modelcfg", STUDENT_CFG,
            "--initweightfile", str(weights), "--recipe", "original", "--backupdir", str(folder),
            "--epochs", str(args.epochs), "--max-batches", str(args.steps_per_epoch), "--batch-size", str(FORK_BATCH),
-           "--train-size", str(args.size), "--test-size", str(args.size), "--eval-every", str(FORK_EVAL_EVERY),
+           "--train-size", str(args.train_size), "--test-size", str(args.train_size),
+           "--eval-every", str(FORK_EVAL_EVERY),
            "--device", args.device, "--seed", "0", "--quiet",
            # the fork tested at epoch 10, inside its 15 epochs without the confidence term; train.py skips
            # tests before that term is on, so it starts at epoch 10 here (the first test's epoch)
@@ -182,7 +185,7 @@ def plot(out: Path, results: dict, start: dict | None) -> Path:
 def main(args) -> dict:
     for flag in ("epochs", "steps_per_epoch"):
         cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-    cli.check_size("--size", args.size)
+    cli.check_size("--train-size", args.train_size)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     unknown = [c for c in cells if c not in CELLS]
     if unknown or not cells:
@@ -208,7 +211,7 @@ def main(args) -> dict:
     if start is not None and not all(isinstance(start.get(k), (int, float)) for k in ("acc_2d_5px", "acc_2d_10px")):
         raise InputError(f"{student_test}: no 5 and 10 px accuracies (acc_2d_5px, acc_2d_10px) in its summary")
     record = {"student": args.student, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
-              "batch": FORK_BATCH, "size": args.size, "student_test": start and {
+              "batch": FORK_BATCH, "size": args.train_size, "student_test": start and {
                   k: start.get(k) for k in ("acc_2d_5px", "acc_2d_10px", "acc_add", "n")}, "cells": results}
     write_text(out / "results.json", json.dumps(record, indent=1) + "\n")
     table = markdown(results, record["student_test"])

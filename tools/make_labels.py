@@ -186,8 +186,8 @@ def make_labels(mesh_path, poses_path, images_dir, out_dir, name: str, K: np.nda
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"--name must be a plain folder name; got {name!r}")
     if diam is not None and not (math.isfinite(diam) and diam > 0):  # train.py and valid.py refuse such a .data
-        raise FlagError(f"--diam {diam}: the object's diameter must be a positive number of metres "
-                        f"(leave --diam out to use the mesh's)")
+        raise FlagError(f"--diameter {diam}: the object's diameter must be a positive number of metres "
+                        f"(leave --diameter out to use the mesh's)")
 
     # --- read and check every input first: a bad input leaves the output untouched ---
     mesh = MeshPly(mesh_path, scale=UNIT_SCALE[mesh_units], check_units=False)  # warned below, with the flag

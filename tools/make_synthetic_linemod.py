@@ -5,7 +5,7 @@
     python tools/make_synthetic_linemod.py --out data/synthetic --fresh-test 100 --fresh-seed 7
     python tools/make_synthetic_linemod.py --out data/synthetic --fresh-scenes 50 --fresh-seed 7
     python tools/make_synthetic_linemod.py --out data/ape_synth --mesh ape.ply --mesh-units mm \\
-        --images-per-object 2000 [--camera-data cam.data] [--backgrounds VOC2012/JPEGImages] [...]
+        --images-per-object 2000 [--camera-data cam.data] [--bg-dir VOC2012/JPEGImages] [...]
 
 The second form adds a fresh test set to an existing dataset (N new images per object from the
 fresh seed), the third N fresh multi-object test scenes to a dataset made with --scenes; nothing
@@ -54,9 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="replace what an earlier run wrote: a dataset of this generator (only the files its manifest "
                         "lists)")
     p.add_argument("--fresh-test", type=int, default=None, metavar="N",
-                   help="add N new test images per object to the dataset in --out (poses and backgrounds from "
-                        "--fresh-seed): LINEMOD/<obj>/test_fresh<S>.txt and cfg/<obj>_fresh<S>.data; nothing "
-                        "existing changes")
+                   help="fresh test images per object: add N new ones to the dataset in --out (poses and "
+                        "backgrounds from --fresh-seed): LINEMOD/<obj>/test_fresh<S>.txt and cfg/<obj>_fresh<S>.data; "
+                        "nothing existing changes")
     p.add_argument("--fresh-scenes", type=int, default=None, metavar="N",
                    help="add N new multi-object test scenes to the dataset in --out, made as --scenes (objects, "
                         "poses, placements, lights and backgrounds from --fresh-seed): "

@@ -3,7 +3,7 @@
     python tools/run_study.py --budget cpu --out runs/study_cpu    # 2 cores: hours; resumable
     python tools/run_study.py --budget gpu --out runs/study_gpu    # one GPU: the fork's protocol
     python tools/run_study.py --budget cpu --out /tmp/s --epochs 1 --max-batches 2 --seeds 0,1 \\
-        --images-per-object 12 --fresh-images 4 --train-size 64                  # a smoke run, minutes
+        --images-per-object 12 --fresh-test 4 --train-size 64                  # a smoke run, minutes
 
 Budgets (the flags below override single entries):
   cpu  the fast recipe at 256 px on a synthetic set like the earlier main job's (1 object, 1,360 train / 240 test
@@ -175,7 +175,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_num_objects(p, what="synthetic objects", why="the budget's 'objects'")
     p.add_argument("--images-per-object", type=int, default=None,
                    help="images per object: synthetic images (default: the budget's)")
-    p.add_argument("--fresh-images", type=int, default=None, help="fresh test images per object")
+    p.add_argument("--fresh-test", type=int, default=None, metavar="N",
+                   help="fresh test images per object: the fresh set every run is scored on too (default: the "
+                        "budget's)")
+    cli.add_alias(p, "--fresh-images", "--fresh-test")  # the generator's name for the same number
     cli.add_sizes(p, train=True, test=False, train_what="of every run, trained and scored", train_why="the budget's")
     cli.add_batch_size(p, what="of every training run", why="the budget's")
     p.add_argument("--teacher-weights", default=None,
@@ -236,7 +239,7 @@ def resolve_budget(args) -> Budget:
         changes.update(teacher_epochs=args.epochs, student_epochs=args.epochs, teacher_minutes=None,
                        student_minutes=None)
     for flag, key in (("max_batches", "max_batches"), ("num_objects", "objects"), ("images_per_object", "images"),
-                      ("fresh_images", "fresh_images"), ("batch_size", "batch")):
+                      ("fresh_test", "fresh_images"), ("batch_size", "batch")):
         if getattr(args, flag) is not None:
             cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
             changes[key] = getattr(args, flag)
@@ -262,7 +265,8 @@ def claim_folder(out: Path, b: Budget, data: str | None) -> None:
         theirs = read_json(path, dict)
         diff = budget_differences(theirs, b, data)
         if diff:
-            raise InputError(f"{out} holds the runs of another budget ({theirs.get('budget', {}).get('name')!r}, "
+            name = theirs["budget"].get("name") if isinstance(theirs.get("budget"), dict) else None
+            raise InputError(f"{out} holds the runs of another budget ({name!r}, "
                              f"this is {b.name!r}); use another --out. Differences: " + "; ".join(diff))
         return
     stale = [p for p in (out / "runs", out / "results.json") if p.exists()]
@@ -275,7 +279,8 @@ def claim_folder(out: Path, b: Budget, data: str | None) -> None:
 
 def budget_differences(study: dict, b: Budget, data: str | None) -> list[str]:
     """What differs between a study.json's budget and data and this call's, selection entries aside."""
-    old, new = study.get("budget", {}), json.loads(json.dumps(dataclasses.asdict(b)))
+    old, new = study.get("budget"), json.loads(json.dumps(dataclasses.asdict(b)))
+    old = old if isinstance(old, dict) else {}
     diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in new.items()
             if k not in RUN_SELECTION and old.get(k) != v]
     if study.get("data") != data:
@@ -594,7 +599,7 @@ def check_teachers(runs: list[Run], b: Budget, given: str | None, retry: bool) -
     for t in (r for r in runs if r.run == "teacher"):
         s = state(t)
         if s == "failed" and not retry:
-            info = json.loads((t.folder / "failed.json").read_text())
+            info = read_json(t.folder / "failed.json", dict)
             raise InputError(f"the teacher run {t.folder} failed (exit {info.get('exit')}; see {info.get('log')}), "
                              f"so its distilled students cannot train. Fix the cause and rerun with --retry-failed, "
                              f"or give --teacher-weights")
