@@ -130,7 +130,7 @@ def mesh_dataset(args, job: MeshJob, root=MESH_ROOT, quiet: bool = False) -> Pat
                                        workers=synthetic.auto_workers(n_images), overwrite=overwrite, quiet=quiet)
 
     cached = synthetic.dataset_params(folder) == (params, True)
-    folder = synthetic.ensure_dataset(folder, params, quiet=quiet, make=render, fallback=None, who="train.py --mesh")
+    folder = synthetic.ensure_dataset(folder, params, quiet=quiet, make=render, fallback=None, who="the --mesh run")
     if cached and not quiet:
         print(f"the set rendered from {', '.join(map(str, args.mesh))} is in {folder} (rendered before; "
               f"{synthetic.describe(params)})", flush=True)

@@ -144,7 +144,7 @@ def test_a_folder_it_did_not_make_is_refused_and_left_as_it_is(one, tmp_path, mo
     theirs = tmp_path / mesh_job.MESH_ROOT / set_folder(root).name / "cfg" / "box.data"
     theirs.parent.mkdir(parents=True)
     theirs.write_text("the user's\n")
-    with pytest.raises(OverwriteError, match=r"(?s)train.py --mesh's synthetic set cannot be made.*box.data.*"
+    with pytest.raises(OverwriteError, match=r"(?s)the --mesh run's synthetic set cannot be made.*box.data.*"
                                              r"move this folder away"):
         train.main_cli(mesh_argv("box.ply"))
     assert theirs.read_text() == "the user's\n"
