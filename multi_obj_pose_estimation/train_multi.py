@@ -50,7 +50,7 @@ import synthetic
 import training
 import utils
 import evaluation
-from errors import InputError, run_cli
+from errors import FlagError, InputError, run_cli
 from evaluation import log
 from linemod_format import LOG_ACC_10PX, LOG_ACC_5PX
 from recipes import FAST
@@ -257,6 +257,9 @@ def score_command(args, weights: Path) -> str:
 
 
 def main(args) -> dict:
+    if args.mesh is not None and len(args.mesh) < 2:
+        raise FlagError(f"--mesh {args.mesh[0]}: a multi-object model needs several meshes; train.py --mesh trains "
+                        f"one object")
     args, opts = resolve_args(args)
     found = {}
 

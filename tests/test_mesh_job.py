@@ -16,7 +16,7 @@ import synthetic
 import train
 import valid
 from errors import FlagError, InputError, MeshError, OverwriteError, run_cli
-from multi_obj_pose_estimation import valid_multi
+from multi_obj_pose_estimation import train_multi, valid_multi
 from randomisation import RenderOptions
 
 from test_render import box_quads, colours_for, ply_text
@@ -179,6 +179,8 @@ def test_several_meshes_train_a_multi_object_model_on_scenes(tmp_path, monkeypat
                                                     reverse=True)
     with pytest.raises(FlagError, match="2 --mesh files train a multi-object model"):  # main() alone: one object
         train.main(train.get_args_parser().parse_args(mesh_argv(a, b)))
+    with pytest.raises(FlagError, match="a multi-object model needs several meshes; train.py --mesh trains one"):
+        train_multi.main_cli(mesh_argv(a))
     train.main_cli(mesh_argv(a, b, extra=["--images-per-object", "2", "--scenes", "12"]))
     out = capsys.readouterr().out
     folder = set_folder(tmp_path)
