@@ -36,7 +36,7 @@ import model_loading
 import preflight
 import recipes
 import synthetic
-from darknet import Darknet
+from darknet import Darknet, parse_cfg
 from errors import FlagError, InputError
 from recipes import FAST
 from region_loss import RegionLoss
@@ -290,12 +290,19 @@ def resolve_args(args, defaults: Defaults) -> tuple[argparse.Namespace, dict]:
 
 
 def check_files_before_rendering(args, search) -> None:
-    """InputError when --modelcfg or --initweightfile is not a file: a --mesh run finds out before
-    it renders its set (minutes), not after (the full check is the pre-flight's)."""
+    """InputError when --modelcfg or --initweightfile is not a file, or the network has fewer classes
+    than there are meshes: a --mesh run finds out before it renders its set (minutes), not after
+    (the full check is the pre-flight's)."""
     for flag, path in (("--modelcfg", args.modelcfg), ("--initweightfile", args.initweightfile)):
         if path is not None and str(path).lower() != "none" and not Path(cli.find_path(path, *search)).is_file():
             raise InputError(f"cannot start training: {flag} {path}: file not found (checked before rendering the "
                              f"--mesh set)")
+    cfg = cli.find_path(args.modelcfg, *search)
+    regions = [b for b in parse_cfg(cfg) if b["type"] == "region"]
+    classes = int(regions[-1].get("classes", 1)) if regions else 1
+    if len(args.mesh) > classes:
+        raise InputError(f"cannot start training: {len(args.mesh)} meshes, one class each, but {cfg} has {classes} "
+                         f"class{'es' if classes != 1 else ''} (checked before rendering the --mesh set)")
 
 
 def sample_options(args, model, composed: bool = False) -> dict:

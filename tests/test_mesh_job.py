@@ -21,6 +21,7 @@ from randomisation import RenderOptions
 
 from test_render import box_quads, colours_for, ply_text
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 CAMERA = ["--fx", "60", "--fy", "60", "--u0", "32", "--v0", "32", "--width", str(SIZE), "--height", str(SIZE)]
 TINY = ["--train-size", str(SIZE), "--test-size", str(SIZE), "--epochs", "1",
@@ -159,6 +160,8 @@ def test_a_folder_it_did_not_make_is_refused_and_left_as_it_is(one, tmp_path, mo
     (["--mesh", "box.ply", "--scenes", "3"], FlagError, "scenes show several objects together"),
     (["--mesh", "box.ply", "--images-per-object", "0"], FlagError, "--images-per-object must be >= 1"),
     (["--mesh", "box.ply", "--modelcfg", "nope.cfg"], InputError, "--modelcfg nope.cfg: file not found"),
+    (["--mesh", "box.ply", "box.ply", "--scenes", "2", "--modelcfg", str(ROOT / recipes.MESH.modelcfg)], InputError,
+     "2 meshes, one class each, but"),  # a one-class network for two meshes: before the rendering
 ])
 def test_bad_input_is_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys, argv, error, message):
     monkeypatch.chdir(tmp_path)
