@@ -728,10 +728,6 @@ class Darknet(nn.Module):
         """float32 values a full `.weights` file holds for this cfg (design §1.5)."""
         return sum(s.stored for s in self.specs)
 
-    def weights_nbytes(self) -> int:
-        """Bytes of a full `.weights` file written by `save_weights` (16-byte header + floats)."""
-        return HEADER_BYTES + 4 * self.num_stored_floats()
-
     def gflops(self, width: int | None = None, height: int | None = None) -> float:
         """GFLOP (multiply-accumulates x 2) per image at `width x height` (design §14.2)."""
         return sum(s.flops for s in plan_layers(self.blocks, width, height)) / 1e9

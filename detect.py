@@ -191,9 +191,10 @@ def select_boxes(output: torch.Tensor, multi: bool, num_classes: int, num_keypoi
     return [(c, float(score[c]), points[c].reshape(-1, 2)) for c in kept]
 
 
-def class_corners(opts: dict, multi: bool) -> dict[int, np.ndarray]:
+def class_corners(opts: dict, multi: bool, num_classes: int = 1) -> dict[int, np.ndarray]:
     """{class id: (8, 3) box corners} from the .data file's mesh keys: mesh (class 0), or in multi mode
-    mesh<k> for class k - 1 (design §3.2, as valid_multi.py reads them)."""
+    mesh<k> for class k - 1 (design §3.2, as valid_multi.py reads them). In multi mode, one warning
+    names the classes of the network's `num_classes` without a mesh: their detections get no pose."""
     keys = {0: "mesh"} if not multi else {int(k[4:]) - 1: k for k in opts if k.startswith("mesh") and k[4:].isdigit()}
     if multi and not keys and "mesh" in opts:
         keys = {0: "mesh"}
@@ -206,6 +207,12 @@ def class_corners(opts: dict, multi: bool) -> dict[int, np.ndarray]:
         corners[c] = utils.box_corners(vertices)
     if not corners:
         raise DataCfgError(f"{opts.get('_datacfg')}: no 'mesh' key; detect.py needs the object's mesh for its 3-D box")
+    missing = [c for c in range(num_classes) if c not in corners] if multi else []
+    if missing:
+        warnings.warn(f"{opts.get('_datacfg')}: no {', '.join(f'mesh{c + 1}' for c in missing)} for class"
+                      f"{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of the network's "
+                      f"{num_classes}: their detections get no pose (R and t null in detections.json, no box "
+                      f"drawn); add the key{'s' if len(missing) > 1 else ''} to the .data file", stacklevel=2)
     return corners
 
 
@@ -267,7 +274,7 @@ def main(args) -> dict:
         opts = read_data_cfg(args.datacfg, resolve_paths=True)
         opts["_datacfg"] = args.datacfg
         K, _, _ = utils.camera_from_data_cfg(opts, args.datacfg)
-        corners = class_corners(opts, args.multi)
+        corners = class_corners(opts, args.multi, model.num_classes)
     except (OSError, ValueError) as exc:  # CfgError, WeightsError, ... are ValueErrors
         raise InputError(f"cannot detect:\n  {exc}") from None
     kind, frames, fps = open_source(args.source)  # SourceError names the source

@@ -171,6 +171,9 @@ def load_checkpoint(path, device="cpu") -> dict:
     missing = [k for k in ("model", "optimizer", "state", "rng", "run") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    wrong = [k for k in ("model", "optimizer", "state", "rng", "run") if not isinstance(ckpt[k], dict)]
+    if wrong:
+        raise CheckpointError(f"{path}: refused: {', '.join(wrong)} not a mapping (a damaged or edited checkpoint)")
     return ckpt
 
 

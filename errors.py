@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import signal
 import sys
 import threading
@@ -171,7 +172,6 @@ def run_cli(main: Callable, argv=None, prog: str | None = None):
     except KeyboardInterrupt:
         ignore_interrupts()  # the script ends here: a second Ctrl-C must not break its exit
         print(f"{name}: interrupted", file=sys.stderr)
-        raise SystemExit(EXIT_INTERRUPTED) from None
     except NonFiniteLoss as exc:
         print(f"{name}: error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(EXIT_FAULT) from None
@@ -184,3 +184,7 @@ def run_cli(main: Callable, argv=None, prog: str | None = None):
         raise SystemExit(exit_status(exc)) from None
     finally:
         warnings.showwarning = saved
+    # interrupted: out of the except block, the run's frames (its data-loader workers, their shared
+    # tensors) are released now, with Ctrl-C ignored, not while the interpreter shuts down
+    gc.collect()
+    raise SystemExit(EXIT_INTERRUPTED)

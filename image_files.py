@@ -5,8 +5,9 @@
     img = load_image(path)                              # a PIL RGB image, Pillow's decoder
 
 A file is checked before it is decoded: a regular file (not a folder or FIFO), at most
-MAX_IMAGE_PIXELS pixels (a decompression bomb is refused from its header), 8 bits per sample, no
-EXIF rotation; a truncated file fails when read, not in a loader later. Errors are
+MAX_IMAGE_PIXELS pixels (a decompression bomb is refused from its header), 8 bits per sample. The
+pre-flights' `check_image_header` also refuses an EXIF rotation and decodes the file once, so that
+a truncated file fails there, not in a loader later. Errors are
 FileNotFoundError or ImageError (an InputError), naming the file and its kind ('image', 'mask',
 'background image'). dataset.py builds the samples from these readers; the pre-flights
 (preflight.py, detect.py) check headers with them; image.py holds the pixel operations.

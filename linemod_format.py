@@ -520,18 +520,6 @@ def _read_poses_csv(path: Path) -> list[dict]:
     return records
 
 
-def write_poses_csv(path, records) -> None:
-    """A CSV pose file (the CSV_POSE_COLUMNS header) from [{image, R (3, 3), t (3,)}]; repr() numbers, exact."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_POSE_COLUMNS)
-    for rec in records:
-        vals = np.concatenate([np.asarray(rec["R"], dtype=np.float64).reshape(9),
-                               np.asarray(rec["t"], dtype=np.float64).reshape(3)])
-        writer.writerow([str(rec["image"])] + [repr(float(v)) for v in vals])
-    write_text(path, buf.getvalue())
-
-
 # --------------------------------------------------------------------------------------------
 # Train / test split of a converted dataset
 # --------------------------------------------------------------------------------------------

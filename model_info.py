@@ -17,7 +17,7 @@ import json
 import warnings
 from pathlib import Path
 
-from cli import STRIDE
+from cli import MAX_SIZE, STRIDE
 from linemod_format import write_text
 from utils import BOX_RULES
 
@@ -44,8 +44,8 @@ def _problem(path: Path, info) -> str | None:
     if not isinstance(info, dict) or info.get("format") != INFO_FORMAT:
         return f"expected a JSON object with \"format\": {INFO_FORMAT}"
     size = info.get("test_size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < STRIDE or size % STRIDE:
-        return f"test_size = {size!r}; expected a positive multiple of {STRIDE}"
+    if not isinstance(size, int) or isinstance(size, bool) or size < STRIDE or size % STRIDE or size > MAX_SIZE:
+        return f"test_size = {size!r} is out of range; expected a multiple of {STRIDE} from {STRIDE} to {MAX_SIZE}"
     if info.get("box_rule") not in BOX_RULES:
         return f"box_rule = {info.get('box_rule')!r}; expected one of {', '.join(BOX_RULES)}"
     if not isinstance(info.get("cfg_sha256"), str):

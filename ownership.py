@@ -71,8 +71,9 @@ def read_manifest(root) -> dict:
         if not isinstance(manifest[key], dict):
             raise OverwriteError(f"{path}: malformed manifest: '{key}' is a {type(manifest[key]).__name__}, "
                                  f"not a mapping; nothing was written or removed")
+    folders: dict[str, str] = {}  # the realpath of each folder the entries name, resolved once
     for rel, entry in manifest["files"].items():
-        why = entry_problem(root, rel, entry)
+        why = entry_problem(root, rel, entry, folders)
         if why:
             raise OverwriteError(f"{path}: refused: the entry {rel!r} {why}; a manifest names only files inside "
                                  f"its own folder, so nothing was written or removed (move the manifest away "
@@ -88,12 +89,13 @@ def read_manifest(root) -> dict:
 ENTRY_FIELDS = {"tool": str, "group": str, "bytes": int, "sha256": str, "link": str, "unfinished": bool}
 
 
-def entry_problem(root, rel, entry) -> str | None:
+def entry_problem(root, rel, entry, folders: dict | None = None) -> str | None:
     """Why a manifest entry (`rel`: its key, `entry`: its value) is refused, or None.
 
     A key is a relative, normalised POSIX path inside `root` ('a/b.txt', never '../b', '/b',
     'a/./b', 'a//b' or '.'), and no folder on its way is a symbolic link out of `root`; the
-    fields are those of `file_record` plus 'tool', 'group' and 'unfinished', of their types."""
+    fields are those of `file_record` plus 'tool', 'group' and 'unfinished', of their types.
+    folders: realpaths already resolved ({'': the root's, folder: its}), filled in as it goes."""
     if not isinstance(rel, str) or not rel:
         return "is not a file name"
     if "\\" in rel or "\0" in rel or rel.startswith("/") or posixpath.isabs(rel):
@@ -105,8 +107,12 @@ def entry_problem(root, rel, entry) -> str | None:
         return f"is not a normalised path (it would be {posixpath.normpath(rel)!r})"
     if rel == MANIFEST:
         return "is the manifest itself"
-    top = os.path.realpath(root)
-    parent = os.path.realpath(os.path.join(top, posixpath.dirname(rel)))
+    folders = {} if folders is None else folders
+    top = folders.get("") or folders.setdefault("", os.path.realpath(root))
+    folder = posixpath.dirname(rel)
+    if folder not in folders:
+        folders[folder] = os.path.realpath(os.path.join(top, folder))
+    parent = folders[folder]
     if os.path.commonpath([top, parent]) != top:
         return f"lies behind a symbolic link that leads out of the folder (to {parent})"
     if not isinstance(entry, dict):
@@ -250,12 +256,19 @@ class Outputs:
         """`begin(params)`, the block that writes the files, then `finish`; when the block raises
         (an error, Ctrl-C), `record_unfinished` instead, and the exception goes on."""
         self.begin(params)
+        with self.recorded():
+            yield self
+        self.finish()
+
+    @contextlib.contextmanager
+    def recorded(self):
+        """A block (after `begin`) that writes planned files: when it raises (an error, Ctrl-C), what
+        it wrote is recorded (`record_unfinished`) and the exception goes on."""
         try:
             yield self
         except BaseException:
             self.record_unfinished()
             raise
-        self.finish()
 
     def record_unfinished(self) -> None:
         """After a run that ended early: record the size and sha256 of each planned file it wrote,

@@ -8,7 +8,8 @@ Layout (design §4): the raw output (B, A*(2K+1+C), H, W) is viewed as (B, A, 2K
 channels [x0, y0, x1, y1, ..., x8, y8, conf, cls_0, ...]. Targets are built in the same
 (B, A, ..., H, W) layout so that every loss term is a masked sum over whole tensors.
 
-Reading order: `build_targets` (GT -> masks and targets, design §5.3/§5.7), `teacher_targets`
+Reading order: `build_targets` (GT -> masks and targets, design §5.3/§5.7; its steps are the
+functions just above it), `teacher_targets`
 (design §8.3), `loss_terms` (§5.4), then `RegionLoss`, which glues them together.
 """
 from __future__ import annotations

@@ -428,6 +428,18 @@ def generation_params(objects: int, images_per_object: int, seed: int, multi: in
             "multi": int(multi), "test_fraction": float(test_fraction), "jpeg_quality": int(jpeg_quality)}
 
 
+def read_info(path: Path) -> dict:
+    """A synthetic_info.json; InputError naming it when it is not a readable JSON object."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable {INFO_FILE} ({exc}); move it away or generate the set again") \
+            from None
+    if not isinstance(info, dict):
+        raise InputError(f"{path}: a JSON {type(info).__name__}, not the object {INFO_FILE} holds")
+    return info
+
+
 def dataset_params(out) -> tuple[dict | None, bool]:
     """(the generation parameters of the synthetic set in `out`, finished?): from the manifest, or
     from synthetic_info.json for a set of an older version; (None, False) when there is none."""
@@ -438,7 +450,7 @@ def dataset_params(out) -> tuple[dict | None, bool]:
     info_path = out / INFO_FILE
     if not info_path.is_file():
         return None, False
-    info = json.loads(info_path.read_text())
+    info = read_info(info_path)
     return generation_params(len(info.get("objects") or []), info.get("images_per_object", 0), info.get("seed", 0),
                              info.get("multi", 0), info.get("test_fraction", DEFAULT_TEST_FRACTION),
                              info.get("jpeg_quality", JPEG_QUALITY)), True
@@ -496,67 +508,66 @@ def _write_set(out: Path, objs: list[SynthObject], K: np.ndarray, width: int, he
     outputs = Outputs(out, TOOL)
     outputs.plan(planned_files(out, objs, images_per_object, multi, scene_test), GROUP)
     outputs.check(overwrite)  # before anything is written: never a file this generator did not write
-    outputs.begin(params)
-    jobs = [("single", o.class_id, i) for o in objs for i in range(images_per_object)]
-    jobs += [("scene", s, images_per_object + s, bool(scene_test[s])) for s in range(multi)]
-    state = {"objects": objs, "K": K, "out": out, "seed": seed, "quality": jpeg_quality, "width": width,
-             "height": height, "options": options}
-    results = _run_jobs(jobs, state, workers, progress)
+    with outputs.writing(params):  # an error or Ctrl-C records what was written: the next run replaces it
+        jobs = [("single", o.class_id, i) for o in objs for i in range(images_per_object)]
+        jobs += [("scene", s, images_per_object + s, bool(scene_test[s])) for s in range(multi)]
+        state = {"objects": objs, "K": K, "out": out, "seed": seed, "quality": jpeg_quality, "width": width,
+                 "height": height, "options": options}
+        results = _run_jobs(jobs, state, workers, progress)
 
-    # per-object files
-    poses = {o.class_id: [] for o in objs}
-    train_scenes, test_scenes = [], {o.class_id: [] for o in objs}
-    for job, rows in results:
-        if job[0] == "single":
-            _, oi, ii = job
-            rel = f"LINEMOD/{objs[oi].name}/JPEGImages/{image_stem(ii)}.jpg"
-            _, R, t, _, _ = rows[0]
-            poses[oi].append(pose_entry(rel, R, t, label=label_path(rel), row=0))
-            continue
-        _, si, ii, is_test = job
-        rel = f"LINEMOD/{main}/JPEGImages/{image_stem(ii)}.jpg"
-        for oi, entry in _scene_poses(rel, rows, objs, is_test):
-            poses[oi].append(entry)
-            if is_test:
-                test_scenes[oi].append(rel)
-        if not is_test:
-            train_scenes.append(rel)
+        # per-object files
+        poses = {o.class_id: [] for o in objs}
+        train_scenes, test_scenes = [], {o.class_id: [] for o in objs}
+        for job, rows in results:
+            if job[0] == "single":
+                _, oi, ii = job
+                rel = f"LINEMOD/{objs[oi].name}/JPEGImages/{image_stem(ii)}.jpg"
+                _, R, t, _, _ = rows[0]
+                poses[oi].append(pose_entry(rel, R, t, label=label_path(rel), row=0))
+                continue
+            _, si, ii, is_test = job
+            rel = f"LINEMOD/{main}/JPEGImages/{image_stem(ii)}.jpg"
+            for oi, entry in _scene_poses(rel, rows, objs, is_test):
+                poses[oi].append(entry)
+                if is_test:
+                    test_scenes[oi].append(rel)
+            if not is_test:
+                train_scenes.append(rel)
 
-    data_cfgs = []
-    for o in objs:
-        folder = out / "LINEMOD" / o.name
-        rel_folder = f"LINEMOD/{o.name}"
-        images = [f"{rel_folder}/JPEGImages/{image_stem(i)}.jpg" for i in range(images_per_object)]
-        flags = test_flags[o.class_id]
-        write_list(folder / "train.txt", [p for p, f in zip(images, flags) if not f])
-        write_list(folder / "test.txt", [p for p, f in zip(images, flags) if f])
-        write_list(folder / "training_range.txt", [str(i) for i in range(images_per_object) if not flags[i]])
-        m = o.mesh
-        write_ply(folder / f"{o.name}.ply", m.vertices, m.faces, m.normals, m.vertex_colors)
-        write_poses_json(out / "poses" / f"{o.name}.json", o.name, o.class_id, f"{rel_folder}/{o.name}.ply",
-                         K, width, height, poses[o.class_id])
-        if multi:
-            write_list(folder / "test_occlusion.txt", test_scenes[o.class_id])
-
-    # cfg files last: their presence means the dataset is complete
-    for o in objs:
-        path = out / "cfg" / f"{o.name}.data"
-        write_data_cfg(path, data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K, width, height))
-        data_cfgs.append(path)
-    occlusion_data = None
-    if multi:
-        write_list(out / "cfg" / "train_occlusion.txt", train_scenes)
-        occlusion_data = out / "cfg" / "occlusion.data"
-        write_data_cfg(occlusion_data, _occlusion_items(objs, K, width, height))
+        data_cfgs = []
         for o in objs:
-            write_data_cfg(out / "cfg" / f"{o.name}_occlusion.data", _object_occlusion_items(o, K, width, height))
-    info = {"generator": generator, "format_version": 1, "seed": seed,
-            "objects": [o.name for o in objs], "images_per_object": images_per_object, "multi": multi,
-            "main_object": main if multi else None, "test_fraction": test_fraction, "jpeg_quality": jpeg_quality,
-            "width": width, "height": height, "K": K.tolist(),
-            "diameters": {o.name: o.diameter for o in objs}, **extra_info}
-    write_text(out / INFO_FILE, json.dumps(info, indent=1) + "\n")
-    outputs.finish()
+            folder = out / "LINEMOD" / o.name
+            rel_folder = f"LINEMOD/{o.name}"
+            images = [f"{rel_folder}/JPEGImages/{image_stem(i)}.jpg" for i in range(images_per_object)]
+            flags = test_flags[o.class_id]
+            write_list(folder / "train.txt", [p for p, f in zip(images, flags) if not f])
+            write_list(folder / "test.txt", [p for p, f in zip(images, flags) if f])
+            write_list(folder / "training_range.txt", [str(i) for i in range(images_per_object) if not flags[i]])
+            m = o.mesh
+            write_ply(folder / f"{o.name}.ply", m.vertices, m.faces, m.normals, m.vertex_colors)
+            write_poses_json(out / "poses" / f"{o.name}.json", o.name, o.class_id, f"{rel_folder}/{o.name}.ply",
+                             K, width, height, poses[o.class_id])
+            if multi:
+                write_list(folder / "test_occlusion.txt", test_scenes[o.class_id])
+
+        # cfg files last: their presence means the dataset is complete
+        for o in objs:
+            path = out / "cfg" / f"{o.name}.data"
+            write_data_cfg(path, data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K, width, height))
+            data_cfgs.append(path)
+        occlusion_data = None
+        if multi:
+            write_list(out / "cfg" / "train_occlusion.txt", train_scenes)
+            occlusion_data = out / "cfg" / "occlusion.data"
+            write_data_cfg(occlusion_data, _occlusion_items(objs, K, width, height))
+            for o in objs:
+                write_data_cfg(out / "cfg" / f"{o.name}_occlusion.data", _object_occlusion_items(o, K, width, height))
+        info = {"generator": generator, "format_version": 1, "seed": seed,
+                "objects": [o.name for o in objs], "images_per_object": images_per_object, "multi": multi,
+                "main_object": main if multi else None, "test_fraction": test_fraction, "jpeg_quality": jpeg_quality,
+                "width": width, "height": height, "K": K.tolist(),
+                "diameters": {o.name: o.diameter for o in objs}, **extra_info}
+        write_text(out / INFO_FILE, json.dumps(info, indent=1) + "\n")
     for rel in outputs.kept:
         warnings.warn(f"{out / rel}: changed since {TOOL} wrote it; kept as it is", stacklevel=2)
 
@@ -609,8 +620,8 @@ def ensure_dataset(root, params: dict, quiet: bool = False) -> Path:
             except OverwriteError as exc:  # raised before anything was written
                 short = f"{folder} holds files the generator did not write"
                 reasons.append(str(exc))
-        if not quiet and folder == root:
-            print(f"{short}: left as it is; the main job uses {own}", flush=True)
+        if folder == root:  # where the main job's data go is worth a warning, --quiet or not
+            warnings.warn(f"{short}: left as it is; the main job uses {own}", stacklevel=2)
     raise OverwriteError("the main job's synthetic set cannot be made without replacing files it did not make:\n"
                          + "\n".join(reasons) + "\npass --datacfg to train on a set of your own, or move one of "
                          "these folders away")
@@ -646,7 +657,7 @@ def _synthetic_info(out: Path) -> tuple[dict, list[str]]:
     if not info_path.is_file():
         raise InputError(f"{out}: no synthetic objects here ({INFO_FILE} not found); generate the dataset first "
                          f"with --out {out}")
-    info = json.loads(info_path.read_text())
+    info = read_info(info_path)
     names = list(info.get("objects") or [])
     if not names:
         raise InputError(f"{info_path}: lists no objects")
@@ -726,23 +737,22 @@ def add_fresh_test(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: bo
         for k in range(n):
             outputs.plan(_image_files(out, f"LINEMOD/{o.name}/JPEGImages/{image_stem(first + k)}.jpg"), GROUP)
     outputs.check(overwrite=False)  # a fresh set only adds files
-    outputs.begin()
-    results = _run_jobs(jobs, state, workers)
-    data_cfgs = []
-    for o in objs:
-        mine = [(job, rows) for job, rows in results if job[1] == o.class_id]
-        images = [f"LINEMOD/{o.name}/JPEGImages/{image_stem(job[2])}.jpg" for job, _ in mine]
-        list_rel, cfg_rel = fresh_names(o.name, fresh_seed)
-        poses = [pose_entry(rel, rows[0][1], rows[0][2], label=label_path(rel), row=0)
-                 for rel, (_, rows) in zip(images, mine)]
-        write_poses_json(_fresh_poses_json(out, o.name, fresh_seed, False), o.name, o.class_id,
-                         f"LINEMOD/{o.name}/{o.name}.ply", K, width, height, poses)
-        write_list(out / list_rel, images)
-        items = [(k, list_rel if k == "valid" else v)
-                 for k, v in data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K, width, height)]
-        write_data_cfg(out / cfg_rel, items)
-        data_cfgs.append(str(out / cfg_rel))
-    outputs.finish()
+    with outputs.writing():
+        results = _run_jobs(jobs, state, workers)
+        data_cfgs = []
+        for o in objs:
+            mine = [(job, rows) for job, rows in results if job[1] == o.class_id]
+            images = [f"LINEMOD/{o.name}/JPEGImages/{image_stem(job[2])}.jpg" for job, _ in mine]
+            list_rel, cfg_rel = fresh_names(o.name, fresh_seed)
+            poses = [pose_entry(rel, rows[0][1], rows[0][2], label=label_path(rel), row=0)
+                     for rel, (_, rows) in zip(images, mine)]
+            write_poses_json(_fresh_poses_json(out, o.name, fresh_seed, False), o.name, o.class_id,
+                             f"LINEMOD/{o.name}/{o.name}.ply", K, width, height, poses)
+            write_list(out / list_rel, images)
+            items = [(k, list_rel if k == "valid" else v)
+                     for k, v in data_cfg_items(o.name, f"LINEMOD/{o.name}", o.diameter, K, width, height)]
+            write_data_cfg(out / cfg_rel, items)
+            data_cfgs.append(str(out / cfg_rel))
     summary = {"out": str(out), "data_cfgs": data_cfgs, "images": len(jobs), "seconds": time.perf_counter() - start}
     if not quiet:
         print(f"fresh test set (seed {fresh_seed}): {n} images for each of {', '.join(names)} in "
@@ -794,20 +804,19 @@ def add_fresh_multi(out_dir, n: int, fresh_seed: int, workers: int = 1, quiet: b
     outputs.plan([out / p for p in lists.values()] + [out / cfg_rel]
                  + [_fresh_poses_json(out, name, fresh_seed, True) for name in names], GROUP)
     outputs.check(overwrite=False)  # fresh scenes only add files
-    outputs.begin()
-    results = _run_jobs(jobs, state, workers)
-    poses, scenes = {o.class_id: [] for o in objs}, {o.class_id: [] for o in objs}
-    for job, rows in results:
-        rel = f"LINEMOD/{main}/JPEGImages/{image_stem(job[2])}.jpg"
-        for oi, entry in _scene_poses(rel, rows, objs, is_test=True):
-            poses[oi].append(entry)
-            scenes[oi].append(rel)
-    for o in objs:
-        write_poses_json(_fresh_poses_json(out, o.name, fresh_seed, True), o.name, o.class_id,
-                         f"LINEMOD/{o.name}/{o.name}.ply", K, width, height, poses[o.class_id])
-        write_list(out / lists[o.name], scenes[o.class_id])
-    write_text(out / cfg_rel, cfg_text)  # last: its presence means the fresh scenes are complete
-    outputs.finish()
+    with outputs.writing():
+        results = _run_jobs(jobs, state, workers)
+        poses, scenes = {o.class_id: [] for o in objs}, {o.class_id: [] for o in objs}
+        for job, rows in results:
+            rel = f"LINEMOD/{main}/JPEGImages/{image_stem(job[2])}.jpg"
+            for oi, entry in _scene_poses(rel, rows, objs, is_test=True):
+                poses[oi].append(entry)
+                scenes[oi].append(rel)
+        for o in objs:
+            write_poses_json(_fresh_poses_json(out, o.name, fresh_seed, True), o.name, o.class_id,
+                             f"LINEMOD/{o.name}/{o.name}.ply", K, width, height, poses[o.class_id])
+            write_list(out / lists[o.name], scenes[o.class_id])
+        write_text(out / cfg_rel, cfg_text)  # last: its presence means the fresh scenes are complete
     summary = {"out": str(out), "occlusion_data": str(out / cfg_rel),
                "test_lists": {name: str(out / rel) for name, rel in lists.items()}, "scenes": n,
                "scenes_per_object": {o.name: len(scenes[o.class_id]) for o in objs},

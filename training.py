@@ -9,7 +9,8 @@ backup folder and model_info.json, the loader and its last phase at a higher res
 `engine.Trainer`.
 
 Reading order: the flag checks and defaults, the builders (`build_model`, `build_loss`,
-`build_optimizer_and_schedule`, `build_teacher`), then `Variant` and `run`.
+`build_optimizer_and_schedule`, `build_teacher`), then `Variant` and `run`, whose steps follow it
+in the order it calls them.
 """
 from __future__ import annotations
 

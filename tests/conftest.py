@@ -3,12 +3,16 @@
 A missing golden file fails the test that needs it: the faithfulness checks run on every machine.
 SSP_GOLDEN may point at another copy of the golden folder (optional; the default is tests/data/golden).
 """
+import csv
 import hashlib
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from linemod_format import CSV_POSE_COLUMNS, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("SSP_GOLDEN", ROOT / "tests" / "data" / "golden"))
@@ -93,3 +97,16 @@ def _keep_stop_signals():
     for sig, handler in saved.items():
         if signal.getsignal(sig) is not handler and handler is not None:
             signal.signal(sig, handler)
+
+
+def write_poses_csv(path, records) -> None:
+    """A CSV pose file (the CSV_POSE_COLUMNS header that `linemod_format.read_poses` reads) from
+    [{image, R (3, 3), t (3,)}]; repr() numbers, exact. Users write their own: only the tests need a writer."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_POSE_COLUMNS)
+    for rec in records:
+        vals = np.concatenate([np.asarray(rec["R"], dtype=np.float64).reshape(9),
+                               np.asarray(rec["t"], dtype=np.float64).reshape(3)])
+        writer.writerow([str(rec["image"])] + [repr(float(v)) for v in vals])
+    write_text(path, buf.getvalue())

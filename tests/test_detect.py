@@ -201,6 +201,22 @@ def test_multi_mode_keeps_one_box_per_class_above_threshold():
                                       (torch.sigmoid(torch.tensor(-10.0)).item() + 1) / H])
 
 
+def test_multi_mode_names_the_classes_without_a_mesh(setup):
+    """--multi with valid2 but no mesh2 gave class 1 a null pose without a word (issue 36)."""
+    mesh = utils.read_data_cfg(setup["datacfg"], resolve_paths=True)["mesh"]
+    opts = {"_datacfg": "occ.data", "mesh1": mesh, "valid1": "a.txt", "valid2": "b.txt"}
+    with pytest.warns(UserWarning, match=r"occ.data: no mesh2 for class 1 of the network's 2: their detections get "
+                                         r"no pose \(R and t null in detections.json"):
+        corners = detect.class_corners(opts, True, num_classes=2)
+    assert list(corners) == [0]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every class has its mesh: no warning
+        assert list(detect.class_corners(dict(opts, mesh2=mesh), True, num_classes=2)) == [0, 1]
+        assert list(detect.class_corners({"mesh": mesh}, False)) == [0]
+
+
 def test_onnx_export_matches_pytorch(tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (see requirements.txt)")
     pytest.importorskip("onnxscript", reason="onnxscript is not installed (see requirements.txt)")

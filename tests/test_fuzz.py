@@ -29,14 +29,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import dataset
-import image_files
 import hostile
+import image_files
 import linemod_format as lf
 import utils
 from darknet import Darknet, parse_cfg, plan_layers, write_weights_file
 from errors import (CfgError, DataCfgError, ImageError, LabelError, LayoutError, MeshError, PoseFileError,
                     WeightsError)
 from MeshPly import MeshPly, write_ply
+from conftest import write_poses_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=60, deadline=5000, derandomize=True, database=None,
@@ -548,7 +549,7 @@ POSE = st.builds(lambda a, t, name: {"image": name, "R": _rotation(a), "t": np.a
 def test_pose_reader_reads_back_what_was_written(poses, csv_file):
     path = WORK / ("ok.csv" if csv_file else "ok.json")
     if csv_file:
-        lf.write_poses_csv(path, poses)
+        write_poses_csv(path, poses)
     else:
         path.write_text(json.dumps([lf.pose_entry(p["image"], p["R"], p["t"]) for p in poses]))
     got = lf.read_poses(path)

@@ -377,6 +377,22 @@ def test_a_main_jobs_interrupted_generation_is_finished_in_its_own_folder(tmp_pa
     assert not (tmp_path / "synthetic_main").exists()
 
 
+def test_a_broken_synthetic_info_is_named(tmp_path):
+    """A truncated synthetic_info.json ended in a JSON traceback in the main jobs and --fresh-test (issue 36)."""
+    root = tmp_path / "synthetic"
+    gen.generate(root, objects=1, images_per_object=2, seed=0)
+    (root / "ssp_manifest.json").unlink()  # a set of an older version: its parameters come from the info file
+    info = root / gen.INFO_FILE
+    info.write_text(info.read_text()[:50])
+    params = gen.generation_params(1, 2, seed=0, multi=0, test_fraction=gen.DEFAULT_TEST_FRACTION)
+    for call in (lambda: gen.ensure_dataset(root, params, quiet=True), lambda: gen.add_fresh_test(root, 1, 7)):
+        with pytest.raises(gen.InputError, match=rf"{info}: not a readable synthetic_info.json \(.*\); move it away"):
+            call()
+    info.write_text("[1, 2]")
+    with pytest.raises(gen.InputError, match=rf"{info}: a JSON list, not the object synthetic_info.json holds"):
+        gen.dataset_params(root)
+
+
 def test_cli_prints_summary(tmp_path, capsys):
     out = tmp_path / "cli"
     assert gen_cli.main(["--out", str(out), "--num-objects", "1", "--images-per-object", "2", "--seed", "1",

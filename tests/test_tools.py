@@ -24,7 +24,8 @@ from tools import bop_to_linemod as bop
 from tools import draw_labels, make_labels
 import synthetic as gen
 from errors import FlagError, OutputPathError, PoseFileError
-from linemod_format import read_label_rows, read_list, read_poses, write_poses_csv
+from conftest import write_poses_csv
+from linemod_format import read_label_rows, read_list, read_poses
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "get_linemod.sh"
@@ -894,7 +895,7 @@ def test_plot_curve_names_the_line_of_a_bad_row(tmp_path, lines, message):
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(plot_curve.InputError, match=message):
-        plot_curve.main([str(path), "--out", str(tmp_path / "c.png")])
+        plot_curve.main([str(path), "--out-file", str(tmp_path / "c.png")])
     assert not (tmp_path / "c.png").exists()
 
 
@@ -904,13 +905,13 @@ def test_plot_curve_refuses_a_binary_log_and_bad_table_minutes(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     with pytest.raises(plot_curve.InputError, match=r"m.jsonl: not a text file"):
-        plot_curve.main([str(path), "--out", str(tmp_path / "c.png")])
+        plot_curve.main([str(path), "--out-file", str(tmp_path / "c.png")])
     path.write_text('{"minutes": 4.0, "acc_2d_5px": 1.0, "acc_2d_10px": 2.0}\n')
     for at, message in (("ten,20", "expected minutes separated by commas"), ("nan", "minutes must be finite and >= 0")):
         with pytest.raises(FlagError, match=f"--table-at {at}: {message}"):
-            plot_curve.main([str(path), "--out", str(tmp_path / "c.png"), "--table-at", at])
+            plot_curve.main([str(path), "--out-file", str(tmp_path / "c.png"), "--table-at", at])
     assert not (tmp_path / "c.png").exists()  # the flag is checked before the figure is drawn
-    plot_curve.main([str(path), "--out", str(tmp_path / "c.png"), "--table-at", "4"])  # no 'seen': '-'
+    plot_curve.main([str(path), "--out-file", str(tmp_path / "c.png"), "--table-at", "4"])  # no 'seen': '-'
 
 
 def test_curve_reach_times_and_table_on_fixed_inputs():

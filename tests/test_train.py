@@ -429,14 +429,16 @@ def test_the_main_jobs_dataset_step_leaves_the_readme_by_hand_set_in_place(tmp_p
     add_fresh_test(root, 2, fresh_seed=7)
     (root / "cfg/my_obj00.data").write_text((root / "cfg/obj00.data").read_text().replace("backup = ", "backup = my/"))
     before = _files(root)
-    data = train.ensure_synthetic_dataset(root)
-    assert _files(root) == before
     own = tmp_path / "synthetic_main"
+    with pytest.warns(UserWarning) as caught:  # a warning line, --quiet or not (issue 36)
+        data = train.ensure_synthetic_dataset(root)
+    assert _files(root) == before
     assert data == own / "cfg/obj00.data" and data.is_file()
-    out = capsys.readouterr().out
-    assert f"{root} holds a synthetic set made with other parameters (3 objects, 4 images per object" in out
-    assert f"left as it is; the main job uses {own}" in out
-    assert train.ensure_synthetic_dataset(root, quiet=True) == data  # found, not made again
+    assert [str(w.message) for w in caught] == [
+        f"{root} holds a synthetic set made with other parameters (3 objects, 4 images per object, seed 0, test "
+        f"fraction 0.25): left as it is; the main job uses {own}"]
+    with pytest.warns(UserWarning, match=f"left as it is; the main job uses {own}"):
+        assert train.ensure_synthetic_dataset(root, quiet=True) == data  # found, not made again
     # a set the main job made itself, in its own folder, is used as it is
     assert train.ensure_synthetic_dataset(own, quiet=True) == data
     assert _files(root) == before

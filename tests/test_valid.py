@@ -386,7 +386,8 @@ def test_the_trained_size_and_rule_travel_with_the_weights(synth, trial3_weights
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"test_size": 100}, "test_size = 100; expected a positive multiple of 32"),
+    ({"test_size": 100}, "test_size = 100 is out of range; expected a multiple of 32 from 32 to 4096"),
+    ({"test_size": 10**6}, "test_size = 1000000 is out of range"),  # issue 36: it ran out of memory
     ({"box_rule": "median"}, "box_rule = 'median'"),
     ({"format": 7}, '"format": 1'),
     ({"cfg_sha256": "0" * 64}, "written for"),

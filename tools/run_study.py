@@ -265,7 +265,8 @@ def claim_folder(out: Path, b: Budget, data: str | None) -> None:
         theirs = read_json(path, dict)
         diff = budget_differences(theirs, b, data)
         if diff:
-            raise InputError(f"{out} holds the runs of another budget ({theirs.get('budget', {}).get('name')!r}, "
+            name = theirs["budget"].get("name") if isinstance(theirs.get("budget"), dict) else None
+            raise InputError(f"{out} holds the runs of another budget ({name!r}, "
                              f"this is {b.name!r}); use another --out. Differences: " + "; ".join(diff))
         return
     stale = [p for p in (out / "runs", out / "results.json") if p.exists()]
@@ -278,7 +279,8 @@ def claim_folder(out: Path, b: Budget, data: str | None) -> None:
 
 def budget_differences(study: dict, b: Budget, data: str | None) -> list[str]:
     """What differs between a study.json's budget and data and this call's, selection entries aside."""
-    old, new = study.get("budget", {}), json.loads(json.dumps(dataclasses.asdict(b)))
+    old, new = study.get("budget"), json.loads(json.dumps(dataclasses.asdict(b)))
+    old = old if isinstance(old, dict) else {}
     diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in new.items()
             if k not in RUN_SELECTION and old.get(k) != v]
     if study.get("data") != data:
@@ -597,7 +599,7 @@ def check_teachers(runs: list[Run], b: Budget, given: str | None, retry: bool) -
     for t in (r for r in runs if r.run == "teacher"):
         s = state(t)
         if s == "failed" and not retry:
-            info = json.loads((t.folder / "failed.json").read_text())
+            info = read_json(t.folder / "failed.json", dict)
             raise InputError(f"the teacher run {t.folder} failed (exit {info.get('exit')}; see {info.get('log')}), "
                              f"so its distilled students cannot train. Fix the cause and rerun with --retry-failed, "
                              f"or give --teacher-weights")
