@@ -112,15 +112,20 @@ def dry_data(ctx: Context) -> Path:
     return ctx.work / "synthetic"
 
 
+def dry_train(ctx: Context, backup: str) -> list[str]:
+    """train.py's arguments of a DRY run: the fast recipe, one epoch at 64 px on the 4-image set, on the CPU."""
+    return ["train.py", "--datacfg", str(dry_data(ctx) / "cfg" / "obj00.data"), "--recipe", "fast", "--epochs", "1",
+            "--train-size", "64", "--test-size", "64", "--batch-size", "2", "--device", "cpu",
+            "--backupdir", str(ctx.work / backup), "--quiet"]
+
+
 def main_job(ctx: Context) -> list[str]:
     if not ctx.dry:
         return python() + ["train.py"]
     # DRY: a 4-image set made first, then the fast recipe for one epoch at 64 px on it
     make = python() + ["tools/make_synthetic_linemod.py", "--out", str(dry_data(ctx)), "--num-objects", "1",
                        "--images-per-object", "4", "--workers", "1"]
-    train = python() + ["train.py", "--datacfg", str(dry_data(ctx) / "cfg" / "obj00.data"), "--recipe", "fast",
-                        "--epochs", "1", "--train-size", "64", "--test-size", "64", "--batch-size", "2",
-                        "--device", "cpu", "--backupdir", str(ctx.work / "main_job"), "--quiet"]
+    train = python() + dry_train(ctx, "main_job")
     return ["bash", "-c", f"{shlex.join(make)} && {shlex.join(train)}"]
 
 
@@ -138,9 +143,7 @@ def valid(ctx: Context) -> list[str] | None:
 def torchrun(ctx: Context) -> list[str]:
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1"]
     if ctx.dry:
-        return run + ["train.py", "--datacfg", str(dry_data(ctx) / "cfg" / "obj00.data"), "--recipe", "fast",
-                      "--epochs", "1", "--train-size", "64", "--test-size", "64", "--batch-size", "2",
-                      "--device", "cpu", "--backupdir", str(ctx.work / "torchrun"), "--quiet"]
+        return run + dry_train(ctx, "torchrun")
     return run + ["train.py", "--epochs", "1", "--backupdir", str(ctx.work / "torchrun")]
 
 
