@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from errors import FlagError, InputError, OverwriteError
+import stats
 from tools import run_study
 
 ROOT = run_study.ROOT
@@ -316,15 +317,15 @@ def test_intervals_and_verdict_on_fixed_inputs():
     """The 95 % Wilson interval of an accuracy, the sampling error of a difference, the t interval
     across seeds, and the verdict that needs the difference to clear both the seed spread and the
     sampling error (issue 24)."""
-    lo, hi = run_study.binomial_interval(50.0, 100)
+    lo, hi = stats.binomial_interval(50.0, 100)
     assert (lo, hi) == pytest.approx((40.383, 59.617), abs=1e-3)
-    assert run_study.binomial_interval(0.0, 10) == pytest.approx((0.0, 27.753), abs=1e-3)  # not empty at 0 %
-    assert run_study.binomial_interval(100.0, 10)[1] == pytest.approx(100.0)
+    assert stats.binomial_interval(0.0, 10) == pytest.approx((0.0, 27.753), abs=1e-3)  # not empty at 0 %
+    assert stats.binomial_interval(100.0, 10)[1] == pytest.approx(100.0)
     with pytest.raises(ValueError, match="at least one test object"):
-        run_study.binomial_interval(50.0, 0)
-    assert run_study.sampling_error(50.0, 240, 50.0, 240) == pytest.approx(8.946, abs=1e-3)
-    assert run_study.t_interval([5.0, 6.0, 7.0]) == pytest.approx((3.516, 8.484), abs=1e-3)
-    assert run_study.t_interval([5.0]) is None
+        stats.binomial_interval(50.0, 0)
+    assert stats.sampling_error(50.0, 240, 50.0, 240) == pytest.approx(8.946, abs=1e-3)
+    assert stats.t_interval([5.0, 6.0, 7.0]) == pytest.approx((3.516, 8.484), abs=1e-3)
+    assert stats.t_interval([5.0]) is None
     assert run_study.verdict(6.0, 3.0, 8.9, False) == "no measurable effect"  # within the sampling error
     assert run_study.verdict(6.0, 3.0, 5.0, False) == "better"
     assert run_study.verdict(-6.0, 3.0, None, True) == "better"  # an error: lower is better
@@ -348,13 +349,13 @@ def test_results_md_shows_the_intervals():
         for r in _rows(kd, a5):
             r.update(kd_alpha=1.0 if kd == "fixed" else 0.0, n=240, acc_2d_10px=90.0, acc_add=20.0,
                      mean_err_corner=9.0, train_images=40800.0, train_images_per_s=50.0)
-            r.update({f"{k}_ci95": list(run_study.binomial_interval(r[k], 240))
+            r.update({f"{k}_ci95": list(stats.binomial_interval(r[k], 240))
                       for k in ("acc_2d", "acc_2d_10px", "acc_add")})
             rows.append(r)
     stats = [g for m in ("acc_2d",) for g in run_study.group_stats(rows, m)]
     paired = run_study.paired_differences(rows, "acc_2d")
     text = run_study.markdown(rows, stats, paired, run_study.BUDGETS["cpu"])
-    lo, hi = run_study.binomial_interval(55.0, 240)
+    lo, hi = stats.binomial_interval(55.0, 240)
     assert (f"| trial3-fixed-s0 | test | 240 | 55.00 [{lo:.1f}, {hi:.1f}] | 90.00 [85.6, 93.2] | 20.00 [15.4, 25.5] "
             "| 9.00 | 40800 | 50.00 |") in text
     assert "| test | trial3 | fixed | acc_2d | 6.00 | [3.52, 8.48] | 5.00, 6.00, 7.00 | 3.00 | 8.88 " \

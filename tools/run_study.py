@@ -69,6 +69,7 @@ from model_loading import NETWORKS
 from errors import FlagError, InputError, run_cli
 from linemod_format import append_text, atomic_write, check_inside, copy_file, write_text
 from ownership import Outputs
+from stats import binomial_interval, sampling_error, t_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,6 @@ STUDENT_EVAL_EVERY = 10**6  # students are tested once, at the end: no model is 
 ROW_METRICS = ("acc_2d", "acc_2d_10px", "acc_add", "acc_5cm5deg", "mean_err_2d", "mean_err_corner", "images_per_s")
 STAT_METRICS = ("acc_2d", "acc_2d_10px", "acc_add", "mean_err_corner")
 ACCURACY_METRICS = ("acc_2d", "acc_2d_10px", "acc_add", "acc_5cm5deg")  # each a share of n test objects
-Z95 = 1.959963984540054  # the normal 97.5 % quantile: two-sided 95 % intervals
 RUN_SELECTION = ("students", "modes", "seeds")  # budget entries that only choose runs: may differ between calls
 
 
@@ -725,38 +725,6 @@ def train_and_score(run: Run, b: Budget, datacfg: Path, args, init: str | None, 
 # --------------------------------------------------------------------------------------------
 # rows and statistics
 # --------------------------------------------------------------------------------------------
-
-def binomial_interval(percent: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """The 95 % Wilson score interval (%, lo, hi) of an accuracy of `percent` % over n test objects.
-
-    Wilson's interval rather than the normal one: it stays inside [0, 100] and is not empty at 0 %
-    or 100 %, where the small studies' students often are. ValueError for n < 1.
-    """
-    if n < 1:
-        raise ValueError(f"an interval needs at least one test object, found n = {n}")
-    p = min(max(percent / 100.0, 0.0), 1.0)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return 100.0 * max(centre - half, 0.0), 100.0 * min(centre + half, 1.0)
-
-
-def sampling_error(percent_a: float, n_a: int, percent_b: float, n_b: int, z: float = Z95) -> float:
-    """Half-width (percentage points) of the 95 % normal interval of the difference of two
-    accuracies measured on n_a and n_b test objects: z * sqrt(pa (1 - pa) / n_a + pb (1 - pb) / n_b)."""
-    pa, pb = percent_a / 100.0, percent_b / 100.0
-    return 100.0 * z * math.sqrt(pa * (1 - pa) / n_a + pb * (1 - pb) / n_b)
-
-
-def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
-    """The Student-t interval of the mean of `values` (seed-to-seed differences); None for fewer than 2."""
-    from scipy.stats import t
-
-    if len(values) < 2:
-        return None
-    mean, sem = statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
-    half = float(t.ppf(0.5 + confidence / 2, len(values) - 1)) * sem
-    return mean - half, mean + half
-
 
 def verdict(mean: float, spread: float | None, sampling: float | None, lower_is_better: bool) -> str:
     """'better' / 'worse' only when the mean difference clears both the seed spread (the larger
