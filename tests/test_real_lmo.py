@@ -16,7 +16,8 @@ import linemod_format as lf
 import utils
 from MeshPly import MeshPly
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_lmo"
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "real_lmo"
 OBJECTS = {"ape": 0, "can": 3}  # the class ids of the labels: alphabetical over the 13 LINEMOD objects
 N_FRAMES = 15
 
@@ -47,3 +48,30 @@ def test_labels_are_the_projected_mesh_box_under_the_poses(obj):
         # labels hold 6 decimals of a 640 x 480 normalisation: 0.0005 px at most
         np.testing.assert_allclose(row[1:19] * np.tile([width, height], 9), expect[1:19] * np.tile([width, height], 9),
                                    atol=0.001)
+
+
+@pytest.mark.parametrize("obj", OBJECTS)
+def test_valid_scores_the_real_frames_and_the_report_reads_its_files(obj, golden_weights, tmp_path, monkeypatch):
+    """The real `.data` files score with valid.py as they are (run from their folder, as the README
+    says), and tools/real_frame_report.py gives valid.py's own accuracies with their intervals."""
+    import valid
+    from tools import real_frame_report
+
+    out = tmp_path / obj
+    monkeypatch.chdir(REAL)  # the .data paths are relative to its folder
+    before = sorted(p for p in REAL.rglob("*"))
+    summary = valid.main(valid.get_args_parser().parse_args([
+        "--datacfg", f"{obj}.data", "--modelcfg", str(ROOT / "cfg" / "yolo-lite-trial3-pose.cfg"),
+        "--weightfile", str(golden_weights), "--test-size", "416", "--json", str(out / "valid.json"),
+        "--save-predictions", str(out), "--quiet"]))
+    assert sorted(p for p in REAL.rglob("*")) == before  # nothing written beside the frames
+    scored = json.loads((out / "valid.json").read_text())["objects"][0]
+    assert scored["n"] == N_FRAMES and scored["object"] == obj and scored["n_failed"] <= N_FRAMES
+    assert summary is not None
+    (row,) = real_frame_report.main([str(out / "valid.json"), "--json", str(tmp_path / "table.json")])
+    assert row["object"] == obj and row["n"] == N_FRAMES
+    for t in real_frame_report.PX_THRESHOLDS:  # valid.py divides by n + 1e-5 (design §9.4)
+        assert row[f"acc_{t}px"] == pytest.approx(scored[f"acc_2d_{t}px"], abs=1e-3)
+    assert row["acc_add"] == pytest.approx(scored["acc_add"], abs=1e-3)
+    assert row["mean_err_2d"] == pytest.approx(scored["mean_err_2d"], rel=1e-9)
+    assert json.loads((tmp_path / "table.json").read_text()) == [row]

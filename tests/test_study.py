@@ -141,11 +141,11 @@ def test_summary_statistics_on_fixed_inputs():
     rows += [{"run": "teacher", "network": "tiny", "kd": "none", "seed": 0, "object": "mean", "split": "test",
               "acc_2d": 90.0},  # not a student: left out
              {**rows[0], "object": "obj00", "acc_2d": 0.0}]  # a per-object row: left out
-    stats = {g["kd"]: g for g in run_study.group_stats(rows, "acc_2d")}
-    assert set(stats) == {"none", "fixed", "fork"}
-    assert stats["none"]["mean"] == pytest.approx(52.0) and stats["none"]["std"] == pytest.approx(2.0)
-    assert stats["fixed"]["mean"] == pytest.approx(58.0) and stats["fixed"]["std"] == pytest.approx(3.0)
-    assert stats["fork"]["std"] == pytest.approx(math.sqrt(13 / 3))
+    groups = {g["kd"]: g for g in run_study.group_stats(rows, "acc_2d")}
+    assert set(groups) == {"none", "fixed", "fork"}
+    assert groups["none"]["mean"] == pytest.approx(52.0) and groups["none"]["std"] == pytest.approx(2.0)
+    assert groups["fixed"]["mean"] == pytest.approx(58.0) and groups["fixed"]["std"] == pytest.approx(3.0)
+    assert groups["fork"]["std"] == pytest.approx(math.sqrt(13 / 3))
     paired = {d["kd"]: d for d in run_study.paired_differences(rows, "acc_2d")}
     assert paired["fixed"]["diffs"] == {"0": 5.0, "1": 6.0, "2": 7.0}
     assert paired["fixed"]["mean"] == pytest.approx(6.0) and paired["fixed"]["std"] == pytest.approx(1.0)
@@ -352,9 +352,9 @@ def test_results_md_shows_the_intervals():
             r.update({f"{k}_ci95": list(stats.binomial_interval(r[k], 240))
                       for k in ("acc_2d", "acc_2d_10px", "acc_add")})
             rows.append(r)
-    stats = [g for m in ("acc_2d",) for g in run_study.group_stats(rows, m)]
+    groups = [g for m in ("acc_2d",) for g in run_study.group_stats(rows, m)]
     paired = run_study.paired_differences(rows, "acc_2d")
-    text = run_study.markdown(rows, stats, paired, run_study.BUDGETS["cpu"])
+    text = run_study.markdown(rows, groups, paired, run_study.BUDGETS["cpu"])
     lo, hi = stats.binomial_interval(55.0, 240)
     assert (f"| trial3-fixed-s0 | test | 240 | 55.00 [{lo:.1f}, {hi:.1f}] | 90.00 [85.6, 93.2] | 20.00 [15.4, 25.5] "
             "| 9.00 | 40800 | 50.00 |") in text
