@@ -119,7 +119,7 @@ def get_args_parser():
     p.add_argument("--predictions", type=Path, default=None, metavar="DIR",
                    help="the folder of valid.py --save-predictions (default: each JSON file's folder)")
     cli.add_out(p, kind="file", what="the markdown table (it is printed either way)")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="the rows as JSON")
+    p.add_argument("--json", default=None, metavar="FILE", help="a JSON file to write: each object's row and the mean")
     p.add_argument("--overwrite", action="store_true", help="replace existing --out-file / --json files")
     return p
 
