@@ -74,7 +74,9 @@ def atomic_torch_save(obj, path) -> None:
     ("unexpected pos ...") whose context is the OSError; that becomes the OSError again, naming
     the file and the space left, so that run_cli prints one line (status 1)."""
     try:
-        with atomic_write(path, "wb") as f:
+        # a Ctrl-C inside torch.save leaves its zip writer broken, and the RuntimeError of its
+        # clean-up replaces the KeyboardInterrupt: the signal waits until the file is whole
+        with errors.deferred_interrupts(), atomic_write(path, "wb") as f:
             torch.save(obj, f)
     except RuntimeError as exc:
         cause = os_error_behind(exc)

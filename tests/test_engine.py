@@ -557,6 +557,25 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_naming_the_free_space_and_k
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left
 
 
+def test_a_ctrl_c_during_a_checkpoint_write_arrives_after_the_file_is_whole(tmp_path, monkeypatch):
+    """A Ctrl-C inside torch.save broke its zip writer, and the RuntimeError of its clean-up
+    ('unexpected pos') replaced the KeyboardInterrupt: a traceback, status 1 (issue 36)."""
+    import signal
+
+    real_save = torch.save
+
+    def interrupted_save(obj, f):
+        signal.raise_signal(signal.SIGINT)  # Python's own handler: KeyboardInterrupt at once, unless held back
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        engine.atomic_torch_save({"format": 2, "w": torch.arange(4.0)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(4.0))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.slow
 def test_a_second_ctrl_c_during_the_clean_up_changes_nothing_and_prints_no_traceback(synth, tmp_path):
     """Ctrl-C twice in quick succession, with loader workers: the second one, during the checkpoint or

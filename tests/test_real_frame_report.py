@@ -53,6 +53,11 @@ def test_report_of_two_objects_with_the_mean(tmp_path, capsys):
         rfr.main([str(a), "--out-file", str(tmp_path / "t.md")])
     rfr.main([str(a), "--out-file", str(tmp_path / "t.md"), "--overwrite"])
     assert "mean" not in (tmp_path / "t.md").read_text()
+    moved = tmp_path / "elsewhere"  # valid.py --save-predictions into another folder than --json
+    moved.mkdir()
+    (a.parent / "predictions_ape.npz").rename(moved / "predictions_ape.npz")
+    (row,) = rfr.main([str(a), "--predictions-dir", str(moved)])
+    assert row["acc_10px"] == pytest.approx(50.0)
 
 
 def test_report_names_a_bad_input(tmp_path):

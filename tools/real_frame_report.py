@@ -11,7 +11,7 @@ in detect.py), as a markdown table, and the mean over the objects.
         --out-file runs/real/table.md --json runs/real/table.json
 
 Each argument is a `valid.py --json` file; its per-frame predictions are read from
-`predictions_<object>.npz` beside it (`--predictions DIR` when `--save-predictions` went elsewhere).
+`predictions_<object>.npz` beside it (`--predictions-dir DIR` when `--save-predictions` went elsewhere).
 """
 from __future__ import annotations
 
@@ -116,11 +116,12 @@ def markdown(rows: list[dict]) -> str:
 def get_args_parser():
     p = cli.default_argument_parser(__doc__)
     p.add_argument("scored", nargs="+", type=Path, metavar="JSON", help="valid.py --json files, one per object")
-    p.add_argument("--predictions", type=Path, default=None, metavar="DIR",
+    p.add_argument("--predictions-dir", type=Path, default=None, metavar="DIR",
                    help="the folder of valid.py --save-predictions (default: each JSON file's folder)")
     cli.add_out(p, kind="file", what="the markdown table (it is printed either way)")
     p.add_argument("--json", default=None, metavar="FILE", help="a JSON file to write: each object's row and the mean")
-    p.add_argument("--overwrite", action="store_true", help="replace existing --out-file / --json files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier run wrote: the --out-file and --json files")
     return p
 
 
@@ -131,7 +132,7 @@ def main(argv=None) -> list[dict]:
         cli.check_output_file(flag, path)
         if Path(path).exists() and not args.overwrite:
             raise OverwriteError(f"{flag} {path}: exists; pass --overwrite to replace it")
-    rows = [read_scored(p, args.predictions) for p in args.scored]
+    rows = [read_scored(p, args.predictions_dir) for p in args.scored]
     if len(rows) > 1:
         rows.append(mean_row(rows))
     table = markdown(rows)
