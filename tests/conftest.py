@@ -99,6 +99,16 @@ def _keep_stop_signals():
             signal.signal(sig, handler)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler (KeyboardInterrupt) for the test, as in a terminal: a test run
+    started in the background by a shell inherits SIGINT ignored, and Python then installs none
+    (_keep_stop_signals puts the inherited handler back afterwards)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def write_poses_csv(path, records) -> None:
     """A CSV pose file (the CSV_POSE_COLUMNS header that `linemod_format.read_poses` reads) from
     [{image, R (3, 3), t (3,)}]; repr() numbers, exact. Users write their own: only the tests need a writer."""

@@ -557,7 +557,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_naming_the_free_space_and_k
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left
 
 
-def test_a_ctrl_c_during_a_checkpoint_write_arrives_after_the_file_is_whole(tmp_path, monkeypatch):
+def test_a_ctrl_c_during_a_checkpoint_write_arrives_after_the_file_is_whole(tmp_path, monkeypatch, ctrl_c_raises):
     """A Ctrl-C inside torch.save broke its zip writer, and the RuntimeError of its clean-up
     ('unexpected pos') replaced the KeyboardInterrupt: a traceback, status 1 (issue 36)."""
     import signal

@@ -123,7 +123,7 @@ def test_after_ctrl_c_a_script_ignores_a_second_one_while_it_ends():
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
 
 
-def test_deferred_interrupts_finish_the_block_then_deliver_the_signal():
+def test_deferred_interrupts_finish_the_block_then_deliver_the_signal(ctrl_c_raises):
     import os
     import signal
 

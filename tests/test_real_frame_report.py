@@ -13,6 +13,13 @@ from tools import real_frame_report as rfr
 ERR_2D = np.array([1.0, 5.0, 6.0, 12.0, 20.0, np.inf])  # the last a miss: no box, infinite errors
 ERR_ADD = np.array([0.001, 0.02, 0.05, 0.2, 0.3, np.inf])
 CONF = np.array([0.9, 0.6, 0.04, 0.3, np.nan, 0.2])
+GT_PX = np.tile(np.array([[50.0, 50.0], [40.0, 30.0], [60.0, 70.0]])[None], (6, 1, 1))  # extent x 40-60, y 30-70
+PR_PX = GT_PX.copy()
+PR_PX[:, 0] = [[50, 50], [40, 70], [39.9, 50], [50, 70.1], [300, 10], [np.nan, np.nan]]  # in, edge, out x3, none
+
+
+def test_a_box_is_on_the_object_when_its_centroid_is_inside_the_ground_truth_extent():
+    assert rfr.on_object(GT_PX, PR_PX).tolist() == [True, True, False, False, False, False]
 
 
 def test_frame_summary_on_fixed_frames():
@@ -27,6 +34,11 @@ def test_frame_summary_on_fixed_frames():
     assert row["median_err_2d"] == pytest.approx(6.0)
     assert row["mean_err_2d_ci95"] == pytest.approx(list(stats.t_interval([1, 5, 6, 12, 20])))
     assert row["no_detection"] == 2  # conf 0.04 < utils.MULTI_CONF_THRESH, and a NaN confidence
+    assert "on_object" not in row
+    found = rfr.on_object(GT_PX, PR_PX)
+    row = rfr.frame_summary(ERR_2D, ERR_ADD, CONF, add_threshold=0.0102, found=found)
+    assert row["on_object"] == pytest.approx(200 / 6)
+    assert row["on_object_ci95"] == pytest.approx(list(stats.binomial_interval(200 / 6, 6)))
     with pytest.raises(ValueError, match="no frames"):
         rfr.frame_summary(ERR_2D[:0], ERR_ADD[:0], CONF[:0], 0.01)
 
@@ -34,7 +46,7 @@ def test_frame_summary_on_fixed_frames():
 def write_scored(folder, name="ape", n=6, arrays=None):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "v.json").write_text(json.dumps({"objects": [{"object": name, "n": n, "add_threshold": 0.0102}]}))
-    arrays = arrays or {"err_2d": ERR_2D, "err_add": ERR_ADD, "conf": CONF}
+    arrays = {"gt_px": GT_PX, "pr_px": PR_PX, **(arrays or {"err_2d": ERR_2D, "err_add": ERR_ADD, "conf": CONF})}
     np.savez(folder / f"predictions_{name}.npz", **arrays)
     return folder / "v.json"
 
@@ -48,6 +60,8 @@ def test_report_of_two_objects_with_the_mean(tmp_path, capsys):
     table = (tmp_path / "t.md").read_text()
     assert table == capsys.readouterr().out
     assert "| ape | 6 | 33.3 [10, 70] | 50.0 [19, 81] | 83.3 [44, 97] | 16.7 [3, 56] | 8.8 [" in table
+    assert table.splitlines()[2].endswith("| 2 of 6 | 33.3 [10, 70] |")  # frames with no detection, box on the object
+    assert rows[2]["on_object"] == pytest.approx(200 / 6)
     assert json.loads((tmp_path / "t.json").read_text())[1]["acc_5px"] == pytest.approx(100.0)
     with pytest.raises(OverwriteError, match="t.md: exists; pass --overwrite"):
         rfr.main([str(a), "--out-file", str(tmp_path / "t.md")])
@@ -66,6 +80,10 @@ def test_report_names_a_bad_input(tmp_path):
     (tmp_path / "bad.json").write_text('{"objects": []}')
     with pytest.raises(InputError, match=r"bad.json: not a valid.py --json file"):
         rfr.main([str(tmp_path / "bad.json")])
+    v = write_scored(tmp_path / "flat", arrays={"err_2d": ERR_2D, "err_add": ERR_ADD, "conf": CONF,
+                                                 "pr_px": PR_PX.reshape(6, -1)})
+    with pytest.raises(InputError, match=r"predictions_ape.npz: arrays of shapes .*\(6, 6\).* scored 6 frames"):
+        rfr.main([str(v)])
     v = write_scored(tmp_path / "short", n=7)
     with pytest.raises(InputError, match=r"predictions_ape.npz: arrays of shapes .* scored 7 frames"):
         rfr.main([str(v)])
@@ -75,3 +93,17 @@ def test_report_names_a_bad_input(tmp_path):
     (tmp_path / "short" / "predictions_ape.npz").unlink()
     with pytest.raises(InputError, match=r"predictions_ape.npz: predictions not found"):
         rfr.main([str(v)])
+
+
+def test_the_committed_real_frame_tables_are_the_reports_of_their_records(root):
+    """docs/results.md and the README show the tables of docs/results/real_lmo/*.json, not typed by hand."""
+    folder = root / "docs/results/real_lmo"
+    results, readme = (root / "docs/results.md").read_text(), (root / "README.md").read_text()
+    for stem in ("real_frames", "rendered_test"):
+        rows = json.loads((folder / f"{stem}.json").read_text())
+        table = rfr.markdown(rows)
+        assert table == (folder / f"{stem}.md").read_text()
+        assert table in results
+        for row in rows[:-1]:  # the README's table: each object's 10 px accuracy with its interval
+            lo, hi = row["acc_10px_ci95"]
+            assert f"| {row['acc_10px']:.1f} [{lo:.0f}, {hi:.0f}] |" in readme, (stem, row["object"])
