@@ -29,6 +29,7 @@ from render import (
 INPLANE_RANGE_DEG = (-180.0, 180.0)
 DISTRACTOR_RANGE = (0, 4)  # procedural objects behind the object
 OCCLUDER_RANGE = (0, 1)  # procedural objects in front of it, overlapping its silhouette
+NEIGHBOUR_RANGE = (0, 0)  # procedural objects just behind it, around its outline (real clutter touches the object)
 MIN_VISIBLE = 0.6  # occluders are dropped when less of the object than this stays visible
 HUE_SHIFT = 0.03  # the object's hue moves by up to this fraction of the colour circle
 SATURATION_RANGE = (0.7, 1.3)  # multipliers of the object's saturation, brightness, contrast
@@ -44,6 +45,9 @@ DISTRACTOR_DEPTH = (0.0, 0.6)  # behind: extra distance beyond touching, relativ
 OCCLUDER_SIZE = (0.3, 0.7)  # in front: apparent radius relative to the object's
 OCCLUDER_DEPTH = (0.4, 0.85)  # in front: distance relative to the object's near side
 OCCLUDER_OFFSET = (0.6, 1.3)  # in front: centre offset from the object's, in apparent object radii
+NEIGHBOUR_SIZE = (0.7, 1.6)  # beside: radius relative to the object's (the procedural meshes look smaller than their reach)
+NEIGHBOUR_DEPTH = (0.0, 0.1)  # beside: extra distance beyond touching, relative to the object's distance
+NEIGHBOUR_OFFSET = (0.6, 1.1)  # beside: centre offset, in apparent radii of the object and the neighbour together
 NEAR_PLANE_M = 0.05
 
 
@@ -70,7 +74,8 @@ class RenderOptions:
     intensity), light_saturation (0 white), ambient, specular, shininess.
     Scene: backgrounds (a folder of photos; None: procedural photo-like backgrounds), distractors
     (procedural objects behind, how many), occluders (in front, overlapping the object, how
-    many), min_visible (occluders that hide more are dropped).
+    many), min_visible (occluders that hide more are dropped), neighbours (just behind the object,
+    around its outline, how many: the clutter that touches an object in a real scene).
     Camera effects: hue (largest shift of the object's hue, fraction of the circle), saturation,
     brightness, contrast (multipliers of the object's pixels), blur_px (Gaussian sigma of the whole
     image), noise (sensor noise sigma, grey levels), jpeg_quality.
@@ -88,6 +93,7 @@ class RenderOptions:
     distractors: tuple = DISTRACTOR_RANGE
     occluders: tuple = OCCLUDER_RANGE
     min_visible: float = MIN_VISIBLE
+    neighbours: tuple = NEIGHBOUR_RANGE
     hue: float = HUE_SHIFT
     saturation: tuple = SATURATION_RANGE
     brightness: tuple = BRIGHTNESS_RANGE
@@ -109,6 +115,7 @@ class RenderOptions:
             "shininess": _pair("shininess", self.shininess, 1.0),
             "distractors": _pair("distractors", self.distractors, 0, 50, integer=True),
             "occluders": _pair("occluders", self.occluders, 0, 10, integer=True),
+            "neighbours": _pair("neighbours", self.neighbours, 0, 50, integer=True),
             "saturation": _pair("saturation", self.saturation, 0.0),
             "brightness": _pair("brightness", self.brightness, 0.0),
             "contrast": _pair("contrast", self.contrast, 0.0),
@@ -168,14 +175,16 @@ class Randomiser:
         the distractor meshes (mesh k from rng_for(k)) when the options ask for any."""
         options = options.checked()
         photos = list_photos(options.backgrounds) if options.backgrounds is not None else []
-        need_pool = options.distractors[1] > 0 or options.occluders[1] > 0
+        need_pool = options.distractors[1] > 0 or options.occluders[1] > 0 or options.neighbours[1] > 0
         return cls(options, photos, distractor_pool(rng_for) if need_pool else [])
 
     def clutter(self, rng: np.random.Generator, radius: float, t: np.ndarray, K: np.ndarray, width: int,
                 height: int) -> tuple[list, list]:
         """(behind, in_front): lists of (Mesh, (R, t)) around an object reaching `radius` metres from
-        its origin at t (3,) m. Behind: anywhere in the image, beyond the object's far side. In
-        front: between the camera and the object's near side, overlapping its silhouette."""
+        its origin at t (3,) m. Behind: anywhere in the image, beyond the object's far side, and
+        the neighbours, just beyond it around its outline. In front: between the camera and the
+        object's near side, overlapping its silhouette. The neighbours are drawn last, and only
+        when the options ask for some, so that a set without them keeps its pixels."""
         o = self.options
         d_obj = float(np.linalg.norm(t))
         Kinv = np.linalg.inv(K)
@@ -204,6 +213,15 @@ class Randomiser:
                 continue  # the object is too near the camera for an occluder between them
             pixel = centre + off * np.array([math.cos(ang), math.sin(ang)])
             front.append((_scaled(mesh, r), (rot, at_pixel(pixel[0], pixel[1], depth))))
+        if o.neighbours[1] > 0:
+            for _ in range(int(rng.integers(o.neighbours[0], o.neighbours[1] + 1))):
+                mesh = self.pool[int(rng.integers(len(self.pool)))]
+                r = radius * rng.uniform(*NEIGHBOUR_SIZE)
+                depth = d_obj + radius + r + d_obj * rng.uniform(*NEIGHBOUR_DEPTH)
+                ang = rng.uniform(0, 2 * np.pi)
+                off = (r_px + K[0, 0] * r / depth) * rng.uniform(*NEIGHBOUR_OFFSET)
+                pixel = centre + off * np.array([math.cos(ang), math.sin(ang)])
+                behind.append((_scaled(mesh, r), (_random_rotation(rng), at_pixel(pixel[0], pixel[1], depth))))
         return behind, front
 
     def background(self, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -267,6 +285,7 @@ OPTION_FLAGS = {
     "distractors": ("--distractors", "procedural objects behind the object"),
     "occluders": ("--occluders", "procedural objects in front of the object, overlapping it"),
     "min_visible": ("--min-visible", "occluders are dropped when less of the object stays visible"),
+    "neighbours": ("--neighbours", "procedural objects just behind the object, around its outline"),
     "hue": ("--hue", "largest shift of the object's hue, fraction of the colour circle"),
     "saturation": ("--saturation", "multiplier of the object's saturation"),
     "brightness": ("--brightness", "multiplier of the object's brightness"),

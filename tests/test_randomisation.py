@@ -179,3 +179,43 @@ def test_same_seed_same_randomised_set(box_ply, tmp_path, photos):
     synthetic.generate_from_meshes(b, [box_ply], n_images=3, seed=9, options=options)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "ssp_manifest.json")
     assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_neighbours_sit_just_behind_the_object_around_its_outline():
+    from randomisation import NEIGHBOUR_OFFSET, NEIGHBOUR_SIZE
+
+    K = np.array([[572.4, 0.0, 325.3], [0.0, 573.6, 242.0], [0.0, 0.0, 1.0]])
+    options = RenderOptions(distractors=(0, 0), occluders=(0, 0), neighbours=(5, 5))
+    randomiser = Randomiser.prepare(options, lambda k: np.random.default_rng(k))
+    radius, t = 0.05, np.array([0.02, -0.01, 0.8])
+    behind, front = randomiser.clutter(np.random.default_rng(3), radius, t, K, 640, 480)
+    assert len(behind) == 5 and front == []
+    centre = (K @ t)[:2] / t[2]
+    r_px = K[0, 0] * radius / np.linalg.norm(t)
+    for mesh, (_, pos) in behind:
+        r = float(np.linalg.norm(mesh.vertices, axis=1).max())
+        depth = float(np.linalg.norm(pos))
+        assert NEIGHBOUR_SIZE[0] * radius - 1e-9 <= r <= NEIGHBOUR_SIZE[1] * radius + 1e-9  # the object's size
+        assert depth >= np.linalg.norm(t) + radius + r - 1e-9  # beyond the object's far side: it never hides it
+        pixel = (K @ pos)[:2] / pos[2]
+        reach = r_px + K[0, 0] * r / depth
+        offset = np.linalg.norm(pixel - centre)
+        assert NEIGHBOUR_OFFSET[0] * reach - 1e-6 <= offset <= NEIGHBOUR_OFFSET[1] * reach + 1e-6
+
+
+def test_neighbours_clutter_the_objects_surroundings_and_leave_its_mask_and_pose(box_ply, tmp_path):
+    images = {}
+    for count in (0, 4):
+        root = tmp_path / f"n{count}"
+        options = RenderOptions(neighbours=(count, count), jpeg_quality=(100, 100), **ONE_FLAT)
+        synthetic.generate_from_meshes(root, [box_ply], n_images=3, seed=6, options=options)
+        masks = root / "LINEMOD/box/mask"
+        images[count] = [(cv2.imread(str(p)).astype(int),
+                          cv2.imread(str(masks / f"{p.stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE))
+                         for p in sorted((root / "LINEMOD/box/JPEGImages").glob("*.jpg"))]
+        assert json.loads((root / synthetic.INFO_FILE).read_text())["options"]["neighbours"] == [count, count]
+    assert (tmp_path / "n0/poses/box.json").read_text() == (tmp_path / "n4/poses/box.json").read_text()
+    for (plain, mask), (cluttered, mask4) in zip(images[0], images[4]):
+        assert np.array_equal(mask, mask4)  # behind the object: its mask is whole
+        ring = (cv2.dilate(mask, np.ones((41, 41), np.uint8)) > 0) & (mask == 0)
+        assert np.mean(np.abs(plain - cluttered).max(axis=2)[ring] > 30) > 0.1  # objects around it
