@@ -121,3 +121,14 @@ def test_bad_inputs_are_named(tmp_path, monkeypatch):
     (tmp_path / "bk" / "baseline" / "ape" / "metrics.jsonl").write_text("")
     with pytest.raises(InputError, match="metrics.jsonl: no images-seen count"):
         ma.images_seen(tmp_path / "bk" / "baseline" / "ape" / "metrics.jsonl")
+
+
+def test_the_committed_ablation_table_is_the_tools_table_of_its_record(root):
+    """docs/results.md shows markdown() of docs/results/real_lmo/ablation/table.json, not a table typed by hand."""
+    folder = root / "docs/results/real_lmo/ablation"
+    rows = json.loads((folder / "table.json").read_text())
+    assert rows[0]["lever"] == "baseline" and rows[0]["flags"] == ""
+    assert len({s for r in rows for s in r["images_seen"].values()}) == 1  # equal images, every lever
+    table = ma.markdown(rows)
+    assert table == (folder / "table.md").read_text()
+    assert table in (root / "docs/results.md").read_text()
