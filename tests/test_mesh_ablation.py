@@ -31,7 +31,8 @@ def write_run(out: Path, backup_root: Path, lever: str, name: str, real_err, rea
     write_scored(out / lever / "synth", name, [1.0, 2.0, 30.0, 4.0], [[50, 50]] * 4)
     (backup_root / lever / name).mkdir(parents=True, exist_ok=True)
     (backup_root / lever / name / "metrics.jsonl").write_text(
-        json.dumps({"epoch": 2, "seen": seen // 2}) + "\n" + json.dumps({"epoch": 11, "seen": seen}) + "\n")
+        "".join(json.dumps({"epoch": e, "seen": k, "minutes": 5.0 * e, "acc_2d_5px": 1.0}) + "\n"
+                for e, k in ((2, seen // 2), (11, seen))))
 
 
 def test_a_lever_is_a_name_and_the_flags_it_adds():
@@ -118,9 +119,13 @@ def test_bad_inputs_are_named(tmp_path, monkeypatch):
                  "--out", str(tmp_path / "out"), "--table-only"])
     assert (tmp_path / "out" / "table.md").read_text() == "mine"
     (tmp_path / "bk" / "baseline" / "ape").mkdir(parents=True)
-    (tmp_path / "bk" / "baseline" / "ape" / "metrics.jsonl").write_text("")
-    with pytest.raises(InputError, match="metrics.jsonl: no images-seen count"):
-        ma.images_seen(tmp_path / "bk" / "baseline" / "ape" / "metrics.jsonl")
+    metrics = tmp_path / "bk" / "baseline" / "ape" / "metrics.jsonl"
+    metrics.write_text("")
+    with pytest.raises(InputError, match="metrics.jsonl: no evaluation rows"):
+        ma.images_seen(metrics)
+    metrics.write_text(json.dumps({"epoch": 11, "minutes": 3.0, "acc_2d_5px": 1.0}) + "\n")
+    with pytest.raises(InputError, match=r"metrics.jsonl: no images-seen count \('seen'\) in its last row"):
+        ma.images_seen(metrics)
 
 
 def test_the_committed_ablation_table_is_the_tools_table_of_its_record(root):

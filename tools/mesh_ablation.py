@@ -32,6 +32,7 @@ from errors import InputError, OverwriteError, run_cli  # noqa: E402
 from linemod_format import write_text  # noqa: E402
 from stats import binomial_interval  # noqa: E402
 from tools import real_frame_report  # noqa: E402
+from tools.plot_curve import read_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MESH_UNITS = "mm"  # the real-frame check's meshes (BOP models)
@@ -72,13 +73,19 @@ def valid_argv(datacfg: str, weights: Path, json_path: Path, predictions_dir: Pa
             "--save-predictions", str(predictions_dir.resolve())]
 
 
-def run_logged(argv: list[str], log: Path, cwd: Path) -> str:
-    """Run argv in cwd with its output in log; the output, or InputError naming the log on failure."""
+def run_logged(argv: list[str], log: Path, cwd: Path) -> None:
+    """Run argv in cwd with its output in log; InputError naming the log on failure."""
     with open(log, "w") as f:
         code = subprocess.call(argv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
     if code != 0:
         raise InputError(f"{shlex.join(argv[1:3])}... failed (status {code}); see {log}")
-    return log.read_text()
+
+
+def rendered_test_datacfg(log: Path) -> str | None:
+    """The rendered test split's .data file from a training log, printed in its closing valid.py
+    command: None until the run has finished."""
+    found = SCORE_LINE.findall(log.read_text()) if log.is_file() else []
+    return found[-1] if found else None
 
 
 def run_one(real_dir: Path, out: Path, lever: str, flags: list[str], obj: str, images_per_object: int) -> None:
@@ -87,30 +94,29 @@ def run_one(real_dir: Path, out: Path, lever: str, flags: list[str], obj: str, i
     (folder / "synth").mkdir(parents=True, exist_ok=True)
     backup = backup_dir(lever, obj)
     log = folder / f"{obj}_train.log"
-    done = folder / f"{obj}.trained"
-    if not done.exists():
+    if rendered_test_datacfg(log) is None:  # not trained to the end yet
         resume = (backup / "checkpoint.pt").exists()
         print(f"{lever} / {obj}: training{' (resumed)' if resume else ''}, log in {log}", flush=True)
         run_logged(train_argv(real_dir, obj, lever, flags, images_per_object, resume), log, ROOT)
-        done.write_text("")
     weights = backup / "model.weights"
     if not (folder / f"{obj}.json").exists():
         run_logged(valid_argv(f"{obj}.data", weights, folder / f"{obj}.json", folder),
                    folder / f"{obj}_valid_real.log", Path(real_dir))
     if not (folder / "synth" / f"{obj}.json").exists():
-        found = SCORE_LINE.findall(log.read_text())
-        if not found:
+        datacfg = rendered_test_datacfg(log)
+        if datacfg is None:
             raise InputError(f"{log}: no 'python valid.py --datacfg' line: not a finished train.py --mesh run")
-        run_logged(valid_argv(found[-1], weights, folder / "synth" / f"{obj}.json", folder / "synth"),
+        run_logged(valid_argv(datacfg, weights, folder / "synth" / f"{obj}.json", folder / "synth"),
                    folder / f"{obj}_valid_synth.log", ROOT)
 
 
 def images_seen(metrics_jsonl: Path) -> int:
-    """The images seen by the end of a run: 'seen' of the last line of its metrics.jsonl."""
-    try:
-        return int(json.loads(metrics_jsonl.read_text().splitlines()[-1])["seen"])
-    except (OSError, IndexError, KeyError, ValueError, TypeError) as exc:
-        raise InputError(f"{metrics_jsonl}: no images-seen count ({type(exc).__name__}: {exc})") from None
+    """The images seen by the end of a run: 'seen' of the last row of its metrics.jsonl (read and
+    checked as tools/plot_curve.py reads it)."""
+    last = read_rows(metrics_jsonl)[-1]
+    if "seen" not in last:
+        raise InputError(f"{metrics_jsonl}: no images-seen count ('seen') in its last row")
+    return int(last["seen"])
 
 
 def pooled(rows: list[dict], key: str) -> tuple[float, list[float]]:
