@@ -26,10 +26,10 @@ from render import (
 )
 
 # defaults (docs/data.md §2c)
-INPLANE_RANGE_DEG = (-180.0, 180.0)
+INPLANE_RANGE_DEG = (-45.0, 45.0)  # roll: a photo of an object on a table is near upright (LM-O: -42 to +42)
 DISTRACTOR_RANGE = (0, 4)  # procedural objects behind the object
 OCCLUDER_RANGE = (0, 1)  # procedural objects in front of it, overlapping its silhouette
-NEIGHBOUR_RANGE = (0, 0)  # procedural objects just behind it, around its outline (real clutter touches the object)
+NEIGHBOUR_RANGE = (3, 8)  # procedural objects just behind it, around its outline (real clutter touches the object)
 MIN_VISIBLE = 0.6  # occluders are dropped when less of the object than this stays visible
 HUE_SHIFT = 0.03  # the object's hue moves by up to this fraction of the colour circle
 SATURATION_RANGE = (0.7, 1.3)  # multipliers of the object's saturation, brightness, contrast
