@@ -800,11 +800,12 @@ class Trainer:
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"{exc}; the last good checkpoint is kept: {self.checkpoint_path()}") from None
         finally:
-            restore_signals(handlers)
+            # the handlers come back last: a second Ctrl-C during the clean-up stays ignored until it is done
             if self.rank == 0:
                 release_backup(self.backup)
             if self.world > 1 and dist.is_initialized():
                 dist.destroy_process_group()
+            restore_signals(handlers)
         return self.state
 
 

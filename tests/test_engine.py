@@ -592,7 +592,9 @@ def test_a_second_ctrl_c_during_the_clean_up_changes_nothing_and_prints_no_trace
         argv[argv.index("--workers") + 1] = "2"
         proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], cwd=tmp_path,
                                 env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                # Ctrl-C as in a terminal, whatever this test run inherited from its shell
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.time() + 120
             while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
