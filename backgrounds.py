@@ -22,6 +22,7 @@ PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PHOTO_ZOOM_RANGE = (1.0, 1.6)  # a crop covers 1/zoom of the photo's largest crop of the image's shape
 NOISE_OCTAVES = 5  # fractal noise: grids of 4, 8, ... 64 cells, each half the amplitude of the last
 SHAPE_COUNT_RANGE = (3, 12)
+SHARP_SIZE = (0.02, 0.12)  # a sharp shape's size, fraction of the image's larger side
 PROCEDURAL_SCALE = 2  # drawn at 1/2 resolution, then upsampled (smooth like a defocused photo anyway)
 
 
@@ -145,10 +146,61 @@ def _shape_mask(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return mask.astype(np.float64)
 
 
-def procedural_photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def _vivid_colour(rng: np.random.Generator) -> np.ndarray:
+    """An RGB colour (3,) uint8 from the whole range: half the time black, white or grey (print,
+    paper, plastic), else a saturated colour of any brightness."""
+    if rng.random() < 0.5:
+        grey = (rng.integers(0, 40), rng.integers(215, 256), rng.integers(40, 215))[int(rng.integers(3))]
+        return np.full(3, grey, np.uint8)
+    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(100, 255), rng.uniform(75, 255)]]], np.float32)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0]
+
+
+def _draw_sharp(rng: np.random.Generator, img: np.ndarray, count: int) -> None:
+    """Draw `count` sharp-edged, full-contrast shapes on img (H, W, 3) uint8 in place: filled
+    rectangles and polygons, checker or stripe patches and thick lines in colours from black to
+    white (the print, tiles and small objects of real scenes; the smooth layers have no edges)."""
+    h, w = img.shape[:2]
+    for _ in range(count):
+        size = rng.uniform(*SHARP_SIZE) * max(w, h)
+        cx, cy, angle = rng.uniform(0, w), rng.uniform(0, h), float(rng.uniform(0, 180))
+        c1, c2 = _vivid_colour(rng), _vivid_colour(rng)
+        kind = int(rng.integers(4))
+        box = ((float(cx), float(cy)), (float(size), float(size * rng.uniform(0.3, 1.0))), angle)
+        corners = cv2.boxPoints(box)
+        if kind == 0:
+            cv2.fillPoly(img, [np.round(corners).astype(np.int32)], c1.tolist(), lineType=cv2.LINE_AA)
+        elif kind == 1:
+            ang = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(3, 7))))
+            pts = np.stack([cx + 0.5 * size * np.cos(ang), cy + 0.5 * size * np.sin(ang)], axis=1)
+            cv2.fillPoly(img, [np.round(pts).astype(np.int32)], c1.tolist(), lineType=cv2.LINE_AA)
+        elif kind == 2:  # a checker (or stripes) of 2-6 cells inside the rotated rectangle
+            cells, checker = int(rng.integers(2, 7)), rng.random() < 0.6
+            x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+            x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 1, (w, h))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+            a = np.deg2rad(angle)
+            u = np.floor(((xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)) / size * cells)
+            v = np.floor((-(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)) / size * cells)
+            first = ((u + v) if checker else u) % 2 == 0
+            inside = np.zeros((y1 - y0, x1 - x0), np.uint8)
+            cv2.fillPoly(inside, [np.round(corners - (x0, y0)).astype(np.int32)], 1)
+            patch = img[y0:y1, x0:x1]
+            patch[(inside > 0) & first] = c1
+            patch[(inside > 0) & ~first] = c2
+        else:
+            a = np.deg2rad(angle)
+            end = (int(cx + size * np.cos(a)), int(cy + size * np.sin(a)))
+            cv2.line(img, (int(cx), int(cy)), end, c1.tolist(), int(rng.integers(2, 9)), lineType=cv2.LINE_AA)
+
+
+def procedural_photo(rng: np.random.Generator, width: int, height: int, sharp_shapes: tuple = (0, 0)) -> np.ndarray:
     """A photo-like background (H, W, 3) uint8 RGB: a gradient or a noise texture, then shapes lit
     from one side (a shading gradient across each) with soft shadows, each filled with a flat
-    colour, a gradient or a texture; a little vignetting."""
+    colour, a gradient or a texture; a little vignetting; then, when sharp_shapes (low, high) asks
+    for any, that many sharp-edged, full-contrast shapes at full resolution (no draw otherwise)."""
     w, h = max(1, width // PROCEDURAL_SCALE), max(1, height // PROCEDURAL_SCALE)
     img = _gradient(rng, w, h) if rng.random() < 0.5 else _texture(rng, w, h)
     light = rng.uniform(0, 2 * np.pi)
@@ -176,4 +228,7 @@ def procedural_photo(rng: np.random.Generator, width: int, height: int) -> np.nd
     vignette = 1.0 - rng.uniform(0.0, 0.35) * (np.hypot(x / w - 0.5, y / h - 0.5) / np.hypot(0.5, 0.5)) ** 2
     img *= vignette[..., None]
     small = np.clip(np.round(img), 0, 255).astype(np.uint8)
-    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    out = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    if sharp_shapes[1] > 0:
+        _draw_sharp(rng, out, int(rng.integers(sharp_shapes[0], sharp_shapes[1] + 1)))
+    return out

@@ -31,6 +31,8 @@ DISTRACTOR_RANGE = (0, 4)  # procedural objects behind the object
 OCCLUDER_RANGE = (0, 1)  # procedural objects in front of it, overlapping its silhouette
 NEIGHBOUR_RANGE = (3, 8)  # procedural objects just behind it, around its outline (real clutter touches the object)
 MIN_VISIBLE = 0.6  # occluders are dropped when less of the object than this stays visible
+LOOKALIKE_FRACTION = 0.0  # procedural objects coloured in the object's own colours (colour alone cannot tell)
+SHARP_SHAPE_RANGE = (0, 0)  # sharp-edged, full-contrast shapes over a procedural background (print, tiles)
 HUE_SHIFT = 0.03  # the object's hue moves by up to this fraction of the colour circle
 SATURATION_RANGE = (0.7, 1.3)  # multipliers of the object's saturation, brightness, contrast
 BRIGHTNESS_RANGE = (0.7, 1.4)
@@ -75,7 +77,9 @@ class RenderOptions:
     Scene: backgrounds (a folder of photos; None: procedural photo-like backgrounds), distractors
     (procedural objects behind, how many), occluders (in front, overlapping the object, how
     many), min_visible (occluders that hide more are dropped), neighbours (just behind the object,
-    around its outline, how many: the clutter that touches an object in a real scene).
+    around its outline, how many: the clutter that touches an object in a real scene),
+    lookalikes (the fraction of those procedural objects drawn in the object's own colours),
+    sharp_shapes (how many sharp-edged, full-contrast shapes over a procedural background).
     Camera effects: hue (largest shift of the object's hue, fraction of the circle), saturation,
     brightness, contrast (multipliers of the object's pixels), blur_px (Gaussian sigma of the whole
     image), noise (sensor noise sigma, grey levels), jpeg_quality.
@@ -94,6 +98,8 @@ class RenderOptions:
     occluders: tuple = OCCLUDER_RANGE
     min_visible: float = MIN_VISIBLE
     neighbours: tuple = NEIGHBOUR_RANGE
+    lookalikes: float = LOOKALIKE_FRACTION
+    sharp_shapes: tuple = SHARP_SHAPE_RANGE
     hue: float = HUE_SHIFT
     saturation: tuple = SATURATION_RANGE
     brightness: tuple = BRIGHTNESS_RANGE
@@ -116,6 +122,7 @@ class RenderOptions:
             "distractors": _pair("distractors", self.distractors, 0, 50, integer=True),
             "occluders": _pair("occluders", self.occluders, 0, 10, integer=True),
             "neighbours": _pair("neighbours", self.neighbours, 0, 50, integer=True),
+            "sharp_shapes": _pair("sharp_shapes", self.sharp_shapes, 0, 200, integer=True),
             "saturation": _pair("saturation", self.saturation, 0.0),
             "brightness": _pair("brightness", self.brightness, 0.0),
             "contrast": _pair("contrast", self.contrast, 0.0),
@@ -123,7 +130,8 @@ class RenderOptions:
             "noise": _pair("noise", self.noise, 0.0, 128.0),
             "jpeg_quality": _pair("jpeg_quality", self.jpeg_quality, 1, 100, integer=True),
         }
-        for name, low, high in (("light_saturation", 0.0, 1.0), ("min_visible", 0.0, 1.0), ("hue", 0.0, 0.5)):
+        for name, low, high in (("light_saturation", 0.0, 1.0), ("min_visible", 0.0, 1.0), ("lookalikes", 0.0, 1.0),
+                                 ("hue", 0.0, 0.5)):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and low <= v <= high):
                 shown = f"{v:g}" if isinstance(v, (int, float)) else repr(v)
@@ -145,6 +153,23 @@ class RenderOptions:
 def distractor_pool(rng_for, n: int = DISTRACTOR_POOL) -> list[Mesh]:
     """n procedural meshes of 1 m diameter, mesh k from rng_for(k) (a numpy Generator)."""
     return [make_mesh(rng_for(k), diameter=1.0) for k in range(n)]
+
+
+def lookalike(mesh: Mesh, colours: np.ndarray) -> Mesh:
+    """mesh in the colours of another object: each of its colours moved to the colour of `colours`
+    (K, 3) uint8 at the same brightness rank, so its patterns stay and its palette is the object's."""
+    def luma(c):
+        return np.asarray(c, np.float64) @ np.array([0.299, 0.587, 0.114])
+
+    own = np.sort(luma(mesh.face_colors))
+    target = colours[np.argsort(luma(colours), kind="stable")]
+
+    def moved(c):
+        q = np.searchsorted(own, luma(c), side="left") / max(len(own) - 1, 1)
+        return target[np.round(np.clip(q, 0.0, 1.0) * (len(target) - 1)).astype(np.int64)]
+
+    return Mesh(mesh.vertices, mesh.faces, mesh.normals, moved(mesh.vertex_colors), moved(mesh.face_colors),
+                None, None, True, mesh.two_sided)
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -179,12 +204,14 @@ class Randomiser:
         return cls(options, photos, distractor_pool(rng_for) if need_pool else [])
 
     def clutter(self, rng: np.random.Generator, radius: float, t: np.ndarray, K: np.ndarray, width: int,
-                height: int) -> tuple[list, list]:
+                height: int, colours: np.ndarray | None = None) -> tuple[list, list]:
         """(behind, in_front): lists of (Mesh, (R, t)) around an object reaching `radius` metres from
         its origin at t (3,) m. Behind: anywhere in the image, beyond the object's far side, and
         the neighbours, just beyond it around its outline. In front: between the camera and the
         object's near side, overlapping its silhouette. The neighbours are drawn last, and only
-        when the options ask for some, so that a set without them keeps its pixels."""
+        when the options ask for some, so that a set without them keeps its pixels. With lookalikes,
+        each object is in the colours `colours` (K, 3) uint8 (the object's) with that probability,
+        drawn after all the placements (a set without lookalikes keeps its pixels)."""
         o = self.options
         d_obj = float(np.linalg.norm(t))
         Kinv = np.linalg.inv(K)
@@ -222,13 +249,16 @@ class Randomiser:
                 off = (r_px + K[0, 0] * r / depth) * rng.uniform(*NEIGHBOUR_OFFSET)
                 pixel = centre + off * np.array([math.cos(ang), math.sin(ang)])
                 behind.append((_scaled(mesh, r), (_random_rotation(rng), at_pixel(pixel[0], pixel[1], depth))))
+        if o.lookalikes > 0 and colours is not None and len(colours):
+            behind = [(lookalike(m, colours) if rng.random() < o.lookalikes else m, pose) for m, pose in behind]
+            front = [(lookalike(m, colours) if rng.random() < o.lookalikes else m, pose) for m, pose in front]
         return behind, front
 
     def background(self, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
         """(H, W, 3) uint8 RGB: a random photo crop with --bg-dir, else a procedural photo."""
         if self.photos:
             return photo_background(rng, self.photos, width, height)
-        return procedural_photo(rng, width, height)
+        return procedural_photo(rng, width, height, sharp_shapes=self.options.sharp_shapes)
 
     def jitter(self, rng: np.random.Generator, rgb: np.ndarray, selected: np.ndarray) -> None:
         """Shift hue and scale saturation, brightness and contrast of rgb (H, W, 3) uint8 where
@@ -286,6 +316,8 @@ OPTION_FLAGS = {
     "occluders": ("--occluders", "procedural objects in front of the object, overlapping it"),
     "min_visible": ("--min-visible", "occluders are dropped when less of the object stays visible"),
     "neighbours": ("--neighbours", "procedural objects just behind the object, around its outline"),
+    "lookalikes": ("--lookalikes", "fraction of the procedural objects drawn in the object's own colours"),
+    "sharp_shapes": ("--sharp-shapes", "sharp-edged, full-contrast shapes over a procedural background"),
     "hue": ("--hue", "largest shift of the object's hue, fraction of the colour circle"),
     "saturation": ("--saturation", "multiplier of the object's saturation"),
     "brightness": ("--brightness", "multiplier of the object's brightness"),

@@ -207,7 +207,7 @@ def render_mesh_single(objects: list[SynthObject], obj_idx: int, img_idx: int, s
     mesh = _dress(rng, obj.mesh)
     lighting = randomiser.options.lighting(rng)
     radius = float(np.linalg.norm(obj.mesh.vertices, axis=1).max())
-    behind, front = randomiser.clutter(rng, radius, t, K, width, height)
+    behind, front = randomiser.clutter(rng, radius, t, K, width, height, colours=mesh.face_colors)
     extra = behind + front
     rendering = render([mesh] + [m for m, _ in extra], [(R, t)] + [p for _, p in extra], K, width, height, lighting)
     if front and rendering.visible_fraction()[0] < randomiser.options.min_visible:

@@ -219,3 +219,66 @@ def test_neighbours_clutter_the_objects_surroundings_and_leave_its_mask_and_pose
         assert np.array_equal(mask, mask4)  # behind the object: its mask is whole
         ring = (cv2.dilate(mask, np.ones((41, 41), np.uint8)) > 0) & (mask == 0)
         assert np.mean(np.abs(plain - cluttered).max(axis=2)[ring] > 30) > 0.1  # objects around it
+
+
+def test_a_lookalike_keeps_its_pattern_in_the_objects_colours():
+    from randomisation import lookalike
+    from render import make_mesh
+
+    mesh = make_mesh(np.random.default_rng(4), diameter=1.0)
+    colours = np.array([[250, 250, 250], [10, 10, 10], [200, 30, 30], [120, 120, 120]], np.uint8)
+    twin = lookalike(mesh, colours)
+    assert np.array_equal(twin.vertices, mesh.vertices) and np.array_equal(twin.faces, mesh.faces)
+    for got in (twin.face_colors, twin.vertex_colors):
+        assert {tuple(c) for c in got} <= {tuple(c) for c in colours}  # only the object's colours
+    luma = np.array([0.299, 0.587, 0.114])
+    own, new = mesh.face_colors @ luma, twin.face_colors @ luma
+    order = np.argsort(own, kind="stable")
+    assert np.all(np.diff(new[order]) >= 0)  # brightness order kept: the pattern stays
+    assert tuple(twin.face_colors[np.argmax(own)]) == (250, 250, 250)
+    assert tuple(twin.face_colors[np.argmin(own)]) == (10, 10, 10)
+
+
+def test_lookalikes_colour_that_fraction_of_the_clutter_and_move_nothing():
+    K = np.array([[572.4, 0.0, 325.3], [0.0, 573.6, 242.0], [0.0, 0.0, 1.0]])
+    colours = np.array([[240, 235, 230], [180, 20, 20]], np.uint8)
+    radius, t = 0.05, np.array([0.02, -0.01, 0.8])
+    clutter = {}
+    for fraction in (0.0, 1.0):
+        options = RenderOptions(distractors=(3, 3), occluders=(1, 1), neighbours=(4, 4), lookalikes=fraction)
+        randomiser = Randomiser.prepare(options, lambda k: np.random.default_rng(k))
+        clutter[fraction] = randomiser.clutter(np.random.default_rng(5), radius, t, K, 640, 480, colours=colours)
+    allowed = {tuple(c) for c in colours}
+    for group0, group1 in zip(clutter[0.0], clutter[1.0]):
+        assert len(group0) == len(group1)
+        for (m0, (R0, t0)), (m1, (R1, t1)) in zip(group0, group1):
+            assert np.array_equal(R0, R1) and np.array_equal(t0, t1) and np.array_equal(m0.vertices, m1.vertices)
+            assert {tuple(c) for c in m1.face_colors} <= allowed
+            assert not {tuple(c) for c in m0.face_colors} <= allowed  # the pool's own colours without them
+    assert len(clutter[1.0][0]) == 7  # 3 distractors and 4 neighbours behind; the occluder in front or dropped
+
+
+def test_sharp_shapes_add_full_contrast_edges_and_none_keeps_the_pixels():
+    plain = procedural_photo(np.random.default_rng(8), 320, 240)
+    assert np.array_equal(plain, procedural_photo(np.random.default_rng(8), 320, 240, sharp_shapes=(0, 0)))
+    sharp = procedural_photo(np.random.default_rng(8), 320, 240, sharp_shapes=(40, 40))
+    assert sharp.shape == plain.shape and sharp.dtype == np.uint8
+
+    def edges(img):
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        return np.mean(np.abs(np.diff(grey, axis=1)) > 60)
+
+    assert edges(sharp) > 5 * max(edges(plain), 1e-4)  # the smooth layers have almost no hard edges
+    grey = cv2.cvtColor(sharp, cv2.COLOR_RGB2GRAY)
+    assert np.mean(grey < 40) > 0.002 and np.mean(grey > 215) > 0.002  # black and white both present
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lookalikes", "1.5"], r"--lookalikes 1.5: expected a number from 0 to 1"),
+    (["--sharp-shapes", "9,3"], r"--sharp-shapes 9,3: expected whole numbers 0 <= low <= high <= 200"),
+    (["--sharp-shapes", "2.5"], r"--sharp-shapes 2.5,2.5: expected whole numbers"),
+])
+def test_lookalike_and_sharp_shape_flags_are_checked(flags, message):
+    args = gen_cli.get_args_parser().parse_args(["--mesh", "m.ply", *flags])
+    with pytest.raises(InputError, match=message):
+        options_from_args(args)
