@@ -109,3 +109,18 @@ def test_the_committed_real_frame_tables_are_the_reports_of_their_records(root):
             assert f"| {row['acc_10px']:.1f} [{lo:.0f}, {hi:.0f}] |" in readme, (stem, row["object"])
         earlier = folder / "first_defaults" / f"{stem}.json"  # the first defaults' figures, kept as history
         assert rfr.markdown(json.loads(earlier.read_text())) in results
+
+
+def test_the_can_with_sharp_shapes_row_is_the_report_of_its_record(root):
+    """The full-budget can run with sharp shapes: its committed table is the report of its record,
+    and docs/results.md shows that row (labelled with the run) and the README its 20 px figure."""
+    folder = root / "docs/results/real_lmo/sharp_shapes_can"
+    rows = json.loads((folder / "real_frames.json").read_text())
+    table = rfr.markdown(rows)
+    assert table == (folder / "real_frames.md").read_text()
+    can = next(line for line in table.splitlines() if line.startswith("| can |"))
+    results = (root / "docs/results.md").read_text()
+    assert can.replace("| can |", "| can, sharp shapes |") in results
+    lo, hi = rows[0]["acc_20px_ci95"]
+    assert (rows[0]["acc_20px"], round(lo), round(hi)) == (60.0, 36, 80)
+    assert "within 20 px in 9 (60.0 %)" in (root / "README.md").read_text()
