@@ -751,6 +751,7 @@ class Trainer:
         state = self.state
         out_of_time = (lambda: state["train_seconds"] >= budget_s) if budget_s else (lambda: False)
         handlers = stop_signals_interrupt()
+        quiet_fd_sharing_resets()
         try:
             pending = state.get("pending")
             if pending:
@@ -827,6 +828,34 @@ def stop_signals_interrupt() -> dict:
     for sig in (signal.SIGTERM, signal.SIGINT):
         old[sig] = signal.signal(sig, _interrupt)
     return old
+
+
+def _from_fd_sharing(tb) -> bool:
+    """Whether a traceback runs through multiprocessing's file-descriptor sharing thread."""
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.replace("\\", "/").endswith("multiprocessing/resource_sharer.py"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def quiet_fd_sharing_resets() -> None:
+    """Keep an interrupt's output clean: a loader worker stopped during a tensor hand-over leaves
+    multiprocessing's fd-sharing thread with a reset connection, and its traceback used to follow
+    a Ctrl-C. Only that thread's connection errors are dropped (a worker that really dies is
+    reported by the DataLoader itself); every other thread error goes to the previous hook.
+    Installed once per process."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_fd_sharing", False):
+        return
+
+    def hook(args):
+        if issubclass(args.exc_type, (ConnectionError, EOFError)) and _from_fd_sharing(args.exc_traceback):
+            return
+        previous(args)
+
+    hook.quiet_fd_sharing = True
+    threading.excepthook = hook
 
 
 def restore_signals(handlers: dict) -> None:

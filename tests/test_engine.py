@@ -611,3 +611,37 @@ def test_a_second_ctrl_c_during_the_clean_up_changes_nothing_and_prints_no_trace
         assert err.rstrip().endswith("train.py: interrupted")
         assert engine.load_checkpoint(out / "checkpoint.pt")["state"]["epoch"] >= 1
         assert not (out / engine.LOCK_FILE).exists()
+
+
+def test_fd_sharing_resets_are_quiet_and_other_thread_errors_are_not():
+    """After an interrupt, a loader worker stopped mid hand-over leaves multiprocessing's
+    fd-sharing thread with a reset connection: that error is dropped, no other."""
+    import threading
+
+    from engine import quiet_fd_sharing_resets
+
+    body = "def serve():\n    raise ConnectionResetError(104, 'Connection reset by peer')\n"
+    exec(compile(body, "/lib/python3/multiprocessing/resource_sharer.py", "exec"), (sharer := {}))
+    exec(compile(body, "/work/elsewhere.py", "exec"), (other := {}))
+    seen = []
+    before = threading.excepthook
+
+    def record(args):  # the file of the innermost frame
+        tb = args.exc_traceback
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        seen.append(tb.tb_frame.f_code.co_filename)
+
+    threading.excepthook = record
+    try:
+        quiet_fd_sharing_resets()
+        hook = threading.excepthook
+        quiet_fd_sharing_resets()  # once per process
+        assert threading.excepthook is hook
+        for target in (sharer["serve"], other["serve"]):
+            t = threading.Thread(target=target)
+            t.start()
+            t.join()
+    finally:
+        threading.excepthook = before
+    assert seen == ["/work/elsewhere.py"]  # the other thread's error reached the previous hook
