@@ -628,7 +628,8 @@ class Trainer:
                        unit="batch", leave=False, disable=None)
         state = self.state
         t_batch = time.perf_counter()
-        for b, (images, target) in enumerate(loader, start=start_batch):
+        for b, (images, target) in enumerate(errors.start_iteration(loader), start=start_batch):
+            raise_if_stopped()
             if (self.max_batches is not None and b >= self.max_batches) or stop():
                 break
             images = images.to(self.device, non_blocking=True)
@@ -752,6 +753,8 @@ class Trainer:
         out_of_time = (lambda: state["train_seconds"] >= budget_s) if budget_s else (lambda: False)
         handlers = stop_signals_interrupt()
         quiet_fd_sharing_resets()
+        unraisable = sys.unraisablehook
+        sys.unraisablehook = dropping_swallowed_interrupts(unraisable)
         try:
             pending = state.get("pending")
             if pending:
@@ -785,6 +788,8 @@ class Trainer:
                 state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
                 self.end_epoch(epoch, last, (epoch % eval_every == 0 and epoch > 0) or last, evaluate,
                                meaningful_from)
+                if not last:
+                    raise_if_stopped()
                 if self.world > 1:
                     dist.barrier()
                 epoch += 1
@@ -807,21 +812,49 @@ class Trainer:
             if self.world > 1 and dist.is_initialized():
                 dist.destroy_process_group()
             restore_signals(handlers)
+            sys.unraisablehook = unraisable
         return self.state
+
+
+_stop = {"signal": None}  # the stop signal fit received, kept in case Python swallows its KeyboardInterrupt
 
 
 def _interrupt(signum, frame):
     """The first Ctrl-C (or SIGTERM) stops training; those after it are ignored until `fit` restores
     the handlers, so that a second one cannot break the clean-up (the checkpoint being saved, the
     data-loader workers being stopped) or print a traceback."""
+    _stop["signal"] = signum
     errors.ignore_interrupts()
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def raise_if_stopped() -> None:
+    """Raise the KeyboardInterrupt of a stop signal `fit` received, again.
+
+    A signal handler's exception that lands in a finaliser (a data-loader iterator's __del__), a
+    weakref callback or a fork hook is printed as 'Exception ignored' and swallowed: the run went
+    on with Ctrl-C ignored. Training checks between batches and epochs, so it stops anyway."""
+    if _stop["signal"] is not None:
+        raise KeyboardInterrupt(f"signal {_stop['signal']}")
+
+
+def dropping_swallowed_interrupts(previous: Callable) -> Callable:
+    """A sys.unraisablehook for while `fit` runs: the KeyboardInterrupt of a stop signal that Python
+    swallowed is not printed (raise_if_stopped raises it where training can save its state);
+    everything else goes to `previous`."""
+    def hook(unraisable):
+        if _stop["signal"] is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            return
+        previous(unraisable)
+
+    return hook
 
 
 def stop_signals_interrupt() -> dict:
     """Make SIGTERM (a `kill`, a scheduler ending the job) and SIGINT act as Ctrl-C during training:
     the checkpoint is saved and `--resume` continues. A process started in the background by a
     non-interactive shell inherits an ignored SIGINT; it is re-enabled here. Returns the old handlers."""
+    _stop["signal"] = None
     if threading.current_thread() is not threading.main_thread():
         return {}
     old = {}
@@ -839,23 +872,31 @@ def _from_fd_sharing(tb) -> bool:
     return False
 
 
+def _fd_sharing_reset(exc_type, tb) -> bool:
+    return issubclass(exc_type, (ConnectionError, EOFError)) and _from_fd_sharing(tb)
+
+
 def quiet_fd_sharing_resets() -> None:
     """Keep an interrupt's output clean: a loader worker stopped during a tensor hand-over leaves
     multiprocessing's fd-sharing thread with a reset connection, and its traceback used to follow
-    a Ctrl-C. Only that thread's connection errors are dropped (a worker that really dies is
-    reported by the DataLoader itself); every other thread error goes to the previous hook.
+    a Ctrl-C. That thread catches its own errors and hands them to sys.excepthook (an uncaught one
+    would reach threading.excepthook): both drop only its connection errors (a worker that really
+    dies is reported by the DataLoader itself); every other error goes to the previous hook.
     Installed once per process."""
-    previous = threading.excepthook
-    if getattr(previous, "quiet_fd_sharing", False):
+    previous_thread, previous_sys = threading.excepthook, sys.excepthook
+    if getattr(previous_thread, "quiet_fd_sharing", False):
         return
 
-    def hook(args):
-        if issubclass(args.exc_type, (ConnectionError, EOFError)) and _from_fd_sharing(args.exc_traceback):
-            return
-        previous(args)
+    def thread_hook(args):
+        if not _fd_sharing_reset(args.exc_type, args.exc_traceback):
+            previous_thread(args)
 
-    hook.quiet_fd_sharing = True
-    threading.excepthook = hook
+    def sys_hook(exc_type, exc, tb):
+        if not _fd_sharing_reset(exc_type, tb):
+            previous_sys(exc_type, exc, tb)
+
+    thread_hook.quiet_fd_sharing = sys_hook.quiet_fd_sharing = True
+    threading.excepthook, sys.excepthook = thread_hook, sys_hook
 
 
 def restore_signals(handlers: dict) -> None:

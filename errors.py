@@ -139,6 +139,16 @@ def deferred_interrupts():
             signal.raise_signal(caught[0])  # delivered now, to the handler the block found
 
 
+def start_iteration(iterable):
+    """iter(iterable) with Ctrl-C and SIGTERM held back until it returns (see deferred_interrupts).
+
+    A DataLoader with workers forks them here: a KeyboardInterrupt raised inside a fork hook is
+    printed as 'Exception ignored' and swallowed (the run went on, deaf to Ctrl-C), and one raised
+    halfway through the iterator's constructor left an object whose finaliser failed at exit."""
+    with deferred_interrupts():
+        return iter(iterable)
+
+
 def ignore_interrupts() -> None:
     """Ignore Ctrl-C and SIGTERM from now on: the process is ending after an interruption, and a
     second Ctrl-C must not interrupt the interpreter's own clean-up (data-loader workers, exit

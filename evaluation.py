@@ -40,6 +40,7 @@ import torch
 from scipy.spatial import cKDTree
 
 import dataset
+import errors
 import image as im
 import preflight
 import utils
@@ -482,11 +483,12 @@ def evaluation_loop(model, loader, setup: EvalSetup, choose: BoxChoice, device="
     records = {k: [] for k in RECORD_KEYS}
     timers = dict.fromkeys(TIMER_KEYS, 0.0)
     n_images = 0
-    batches = loader
+    batches = errors.start_iteration(loader)
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(loader, desc=f"eval {setup.name}", unit="batch", leave=False)
+        batches = tqdm(batches, total=len(loader) if hasattr(loader, "__len__") else None,
+                       desc=f"eval {setup.name}", unit="batch", leave=False)
     t_start = time.perf_counter()
     try:
         for images, targets in batches:
