@@ -33,6 +33,7 @@ NEIGHBOUR_RANGE = (3, 8)  # procedural objects just behind it, around its outlin
 MIN_VISIBLE = 0.6  # occluders are dropped when less of the object than this stays visible
 LOOKALIKE_FRACTION = 0.0  # procedural objects coloured in the object's own colours (colour alone cannot tell)
 SHARP_SHAPE_RANGE = (20, 60)  # sharp-edged, full-contrast shapes over a procedural background (print, tiles)
+GROUND_FRACTION = 0.0  # images where the object stands on a textured plane drawn in perspective (a table)
 HUE_SHIFT = 0.03  # the object's hue moves by up to this fraction of the colour circle
 SATURATION_RANGE = (0.7, 1.3)  # multipliers of the object's saturation, brightness, contrast
 BRIGHTNESS_RANGE = (0.7, 1.4)
@@ -51,6 +52,11 @@ NEIGHBOUR_SIZE = (0.7, 1.6)  # beside: radius relative to the object's (procedur
 NEIGHBOUR_DEPTH = (0.0, 0.1)  # beside: extra distance beyond touching, relative to the object's distance
 NEIGHBOUR_OFFSET = (0.6, 1.1)  # beside: centre offset, in apparent radii of the object and the neighbour together
 NEAR_PLANE_M = 0.05
+GROUND_HALF_SIZE = (2.5, 8.0)  # the plane's half side, in the object's radii
+GROUND_OFFSET = 0.6  # the object stands anywhere within this fraction of the half side from the plane's centre
+GROUND_TEXTURE_PX = 512  # side of the plane's procedural texture
+GROUND_SHRINK = 0.7  # a plane reaching behind the camera is shrunk by this factor, up to GROUND_TRIES times
+GROUND_TRIES = 8
 
 
 def _pair(name: str, value, low=-math.inf, high=math.inf, integer: bool = False) -> tuple:
@@ -79,7 +85,9 @@ class RenderOptions:
     many), min_visible (occluders that hide more are dropped), neighbours (just behind the object,
     around its outline, how many: the clutter that touches an object in a real scene),
     lookalikes (the fraction of those procedural objects drawn in the object's own colours),
-    sharp_shapes (how many sharp-edged, full-contrast shapes over a procedural background).
+    sharp_shapes (how many sharp-edged, full-contrast shapes over a procedural background), ground
+    (the fraction of images where the object stands on a textured plane, a table, drawn in
+    perspective under it: the plane of the mesh's lowest point, z up as --elevation assumes).
     Camera effects: hue (largest shift of the object's hue, fraction of the circle), saturation,
     brightness, contrast (multipliers of the object's pixels), blur_px (Gaussian sigma of the whole
     image), noise (sensor noise sigma, grey levels), jpeg_quality.
@@ -100,6 +108,7 @@ class RenderOptions:
     neighbours: tuple = NEIGHBOUR_RANGE
     lookalikes: float = LOOKALIKE_FRACTION
     sharp_shapes: tuple = SHARP_SHAPE_RANGE
+    ground: float = GROUND_FRACTION
     hue: float = HUE_SHIFT
     saturation: tuple = SATURATION_RANGE
     brightness: tuple = BRIGHTNESS_RANGE
@@ -131,7 +140,7 @@ class RenderOptions:
             "jpeg_quality": _pair("jpeg_quality", self.jpeg_quality, 1, 100, integer=True),
         }
         for name, low, high in (("light_saturation", 0.0, 1.0), ("min_visible", 0.0, 1.0), ("lookalikes", 0.0, 1.0),
-                                 ("hue", 0.0, 0.5)):
+                                 ("ground", 0.0, 1.0), ("hue", 0.0, 0.5)):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and low <= v <= high):
                 shown = f"{v:g}" if isinstance(v, (int, float)) else repr(v)
@@ -260,6 +269,46 @@ class Randomiser:
             return photo_background(rng, self.photos, width, height)
         return procedural_photo(rng, width, height, sharp_shapes=self.options.sharp_shapes)
 
+    def ground(self, rng: np.random.Generator, background: np.ndarray, R: np.ndarray, t: np.ndarray,
+               vertices: np.ndarray, K: np.ndarray) -> np.ndarray:
+        """The background (H, W, 3) uint8 with, in a `ground` fraction of images, a table under the
+        object: a square of procedural texture (with the sharp shapes) on the plane z = the lowest
+        vertex's z of the model frame, seen through the object's pose (R (3, 3), t (3,) m) and K,
+        the object anywhere near its middle. The object stands above that plane, so the plane never
+        hides it, and its bottom corners touch it as on a real table. A square reaching behind the
+        camera is shrunk until it is in front (none after GROUND_TRIES); a camera below the plane
+        (a negative --elevation) gets none. No draw when ground is 0, so that a set without it
+        keeps its pixels."""
+        if self.options.ground <= 0 or rng.random() >= self.options.ground:
+            return background
+        base = float(vertices[:, 2].min())
+        if (-R.T @ t)[2] <= base:  # the camera centre in the model frame: under the table
+            return background
+        radius = float(np.linalg.norm(vertices, axis=1).max())
+        half = radius * rng.uniform(*GROUND_HALF_SIZE)
+        shift = rng.uniform(-GROUND_OFFSET, GROUND_OFFSET, size=2)
+        side = GROUND_TEXTURE_PX
+        texture = procedural_photo(rng, side, side, sharp_shapes=self.options.sharp_shapes)
+        unit = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+        for _ in range(GROUND_TRIES):
+            corners = np.column_stack([(unit + shift) * half, np.full(4, base)])  # model frame, metres
+            cam = corners @ R.T + t
+            if cam[:, 2].min() > NEAR_PLANE_M:
+                break
+            half *= GROUND_SHRINK
+        else:
+            return background
+        px = cam @ K.T
+        px = (px[:, :2] / px[:, 2:]).astype(np.float32)
+        src = np.array([[0, 0], [side, 0], [side, side], [0, side]], np.float32)
+        H = cv2.getPerspectiveTransform(src, px)
+        h, w = background.shape[:2]
+        plane = cv2.warpPerspective(texture, H, (w, h), flags=cv2.INTER_LINEAR)
+        inside = cv2.warpPerspective(np.full((side, side), 255, np.uint8), H, (w, h), flags=cv2.INTER_NEAREST)
+        out = background.copy()
+        out[inside > 0] = plane[inside > 0]
+        return out
+
     def jitter(self, rng: np.random.Generator, rgb: np.ndarray, selected: np.ndarray) -> None:
         """Shift hue and scale saturation, brightness and contrast of rgb (H, W, 3) uint8 where
         selected (H, W) bool, in place (one draw of each, even when nothing is selected)."""
@@ -318,6 +367,8 @@ OPTION_FLAGS = {
     "neighbours": ("--neighbours", "procedural objects just behind the object, around its outline"),
     "lookalikes": ("--lookalikes", "fraction of the procedural objects drawn in the object's own colours"),
     "sharp_shapes": ("--sharp-shapes", "sharp-edged, full-contrast shapes over a procedural background"),
+    "ground": ("--ground", "fraction of images where the object stands on a textured plane (a table) drawn "
+                           "in perspective under it"),
     "hue": ("--hue", "largest shift of the object's hue, fraction of the colour circle"),
     "saturation": ("--saturation", "multiplier of the object's saturation"),
     "brightness": ("--brightness", "multiplier of the object's brightness"),

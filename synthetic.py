@@ -213,7 +213,7 @@ def render_mesh_single(objects: list[SynthObject], obj_idx: int, img_idx: int, s
     if front and rendering.visible_fraction()[0] < randomiser.options.min_visible:
         rendering = render([mesh] + [m for m, _ in behind], [(R, t)] + [p for _, p in behind], K, width, height,
                            lighting)  # the occluders hid too much: without them
-    bg = randomiser.background(rng, width, height)
+    bg = randomiser.ground(rng, randomiser.background(rng, width, height), R, t, obj.mesh.vertices, K)
     rgb = rendering.rgb.copy()
     randomiser.jitter(rng, rgb, rendering.ids == 0)
     rgb = randomiser.finish(rng, bg, replace(rendering, rgb=rgb))

@@ -282,3 +282,77 @@ def test_lookalike_and_sharp_shape_flags_are_checked(flags, message):
     args = gen_cli.get_args_parser().parse_args(["--mesh", "m.ply", *flags])
     with pytest.raises(InputError, match=message):
         options_from_args(args)
+
+
+def _ground_case(elevation: float = 30.0):
+    """A camera looking at a box standing on z = -0.05 m (model frame) from `elevation` degrees."""
+    from render import look_at_rotation
+
+    K = np.array([[572.4, 0.0, 325.3], [0.0, 573.6, 242.0], [0.0, 0.0, 1.0]])
+    vertices = np.array([[x, y, z] for x in (-0.04, 0.04) for y in (-0.03, 0.03) for z in (-0.05, 0.06)])
+    R = look_at_rotation(math.radians(elevation), math.radians(20.0), 0.0)
+    return K, vertices, R, np.array([0.0, 0.0, 0.8])
+
+
+def test_the_ground_is_a_table_under_the_object_seen_through_its_pose():
+    K, vertices, R, t = _ground_case()
+    background = np.full((480, 640, 3), 77, np.uint8)
+    randomiser = Randomiser.prepare(RenderOptions(ground=1.0), lambda k: np.random.default_rng(k))
+    out = randomiser.ground(np.random.default_rng(2), background, R, t, vertices, K)
+    assert out.shape == background.shape and out.dtype == np.uint8 and np.all(background == 77)  # a new image
+    changed = np.any(out != 77, axis=2)
+    assert 0.05 < changed.mean() < 1.0
+
+    def pixel(p):
+        q = K @ (R @ p + t)
+        return q[:2] / q[2]
+
+    u, v = np.round(pixel(np.array([0.0, 0.0, -0.05]))).astype(int)  # under the object, on the plane
+    assert changed[v - 3:v + 4, u - 3:u + 4].mean() > 0.8
+    # every drawn pixel is on the plane in front of the camera: its ray meets z = -0.05 ahead
+    K, vertices, R, t = _ground_case(12.0)  # a low view: the plane's horizon is inside the image
+    changed = np.any(randomiser.ground(np.random.default_rng(3), background, R, t, vertices, K) != 77, axis=2)
+    v, u = np.nonzero(changed)
+    rays = (R.T @ (np.linalg.inv(K) @ np.stack([u, v, np.ones_like(u)]).astype(np.float64))).T
+    centre = -R.T @ t
+    ahead = (-0.05 - centre[2]) / rays[:, 2]
+    assert len(u) > 1000 and np.all(ahead > 0)
+    horizon = K @ R @ -np.array([math.cos(math.radians(20.0)), math.sin(math.radians(20.0)), 0.0])  # looking away
+    assert 0 < horizon[1] / horizon[2] < 480  # the horizon of the plane is in the image: the test means something
+
+
+def test_no_ground_draws_nothing_and_a_camera_below_the_table_gets_none():
+    K, vertices, R, t = _ground_case()
+    background = np.full((48, 64, 3), 77, np.uint8)
+    for options, (rot, pos) in ((RenderOptions(), (R, t)), (RenderOptions(ground=1.0), _ground_case(-30.0)[2:])):
+        randomiser = Randomiser.prepare(options, lambda k: np.random.default_rng(k))
+        rng = np.random.default_rng(5)
+        assert randomiser.ground(rng, background, rot, pos, vertices, K) is background
+        draws_left = rng.random()
+        if options.ground == 0:  # no draw at all: a set without the ground keeps its pixels
+            assert draws_left == np.random.default_rng(5).random()
+    assert RenderOptions().ground == 0.0
+
+
+def test_the_ground_changes_the_surroundings_not_the_objects_mask_or_pose(box_ply, tmp_path):
+    images = {}
+    for fraction in (0.0, 1.0):
+        root = tmp_path / f"g{fraction:g}"
+        options = RenderOptions(ground=fraction, jpeg_quality=(100, 100), **ONE_FLAT)
+        synthetic.generate_from_meshes(root, [box_ply], n_images=3, seed=6, options=options)
+        masks = root / "LINEMOD/box/mask"
+        images[fraction] = [(cv2.imread(str(p)).astype(int),
+                             cv2.imread(str(masks / f"{p.stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE))
+                            for p in sorted((root / "LINEMOD/box/JPEGImages").glob("*.jpg"))]
+        assert json.loads((root / synthetic.INFO_FILE).read_text())["options"]["ground"] == fraction
+    assert (tmp_path / "g0/poses/box.json").read_text() == (tmp_path / "g1/poses/box.json").read_text()
+    for (plain, mask), (grounded, mask1) in zip(images[0.0], images[1.0]):
+        assert np.array_equal(mask, mask1)  # under the object: its mask is whole
+        assert np.mean(np.abs(plain - grounded).max(axis=2)[mask == 0] > 30) > 0.1
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1"])
+def test_the_ground_flag_is_checked(value):
+    args = gen_cli.get_args_parser().parse_args(["--mesh", "m.ply", "--ground", value])
+    with pytest.raises(InputError, match=rf"--ground {value}: expected a number from 0 to 1"):
+        options_from_args(args)
