@@ -107,20 +107,19 @@ def test_the_committed_real_frame_tables_are_the_reports_of_their_records(root):
         for row in rows[:-1]:  # the README's table: each object's 10 px accuracy with its interval
             lo, hi = row["acc_10px_ci95"]
             assert f"| {row['acc_10px']:.1f} [{lo:.0f}, {hi:.0f}] |" in readme, (stem, row["object"])
-        earlier = folder / "first_defaults" / f"{stem}.json"  # the first defaults' figures, kept as history
-        assert rfr.markdown(json.loads(earlier.read_text())) in results
+        for history in ("first_defaults", "upright_neighbours"):  # earlier defaults' figures, kept
+            earlier = folder / history / f"{stem}.json"
+            assert rfr.markdown(json.loads(earlier.read_text())) == (folder / history / f"{stem}.md").read_text()
+            assert rfr.markdown(json.loads(earlier.read_text())) in results
 
 
-def test_the_can_with_sharp_shapes_row_is_the_report_of_its_record(root):
-    """The full-budget can run with sharp shapes: its committed table is the report of its record,
-    and docs/results.md shows that row (labelled with the run) and the README its 20 px figure."""
-    folder = root / "docs/results/real_lmo/sharp_shapes_can"
-    rows = json.loads((folder / "real_frames.json").read_text())
-    table = rfr.markdown(rows)
-    assert table == (folder / "real_frames.md").read_text()
-    can = next(line for line in table.splitlines() if line.startswith("| can |"))
-    results = (root / "docs/results.md").read_text()
-    assert can.replace("| can |", "| can, sharp shapes |") in results
-    lo, hi = rows[0]["acc_20px_ci95"]
-    assert (rows[0]["acc_20px"], round(lo), round(hi)) == (60.0, 36, 80)
-    assert "within 20 px in 9 (60.0 %)" in (root / "README.md").read_text()
+def test_the_readme_states_the_mean_of_its_real_frame_table(root):
+    """The README's sentence on the issue's bar is the mean row of the committed record."""
+    rows = json.loads((root / "docs/results/real_lmo/real_frames.json").read_text())
+    mean = rows[-1]
+    assert mean["object"] == "mean" and mean["n"] == 30
+    readme = " ".join((root / "README.md").read_text().split())  # line breaks as spaces
+    assert (f"**Over the two objects: {mean['acc_10px']:.1f} % of the real frames within 10 px and "
+            f"{mean['acc_20px']:.1f} % within 20 px**") in readme
+    within_20 = sum(round(r["acc_20px"] * r["n"] / 100) for r in rows[:-1])
+    assert f"({within_20} of 30)" in readme
