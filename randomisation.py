@@ -7,7 +7,7 @@ take the image's numpy Generator, so a seed fixes every pixel.
 
 Order of one image (synthetic.render_mesh_single): pose, object colour (meshes without colours),
 lights, distractors behind and occluders in front, rendering, background, object colour jitter,
-composite, blur, sensor noise; the JPEG quality comes from a stream of its own.
+object surface detail, composite, blur, sensor noise; the JPEG quality comes from a stream of its own.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ HUE_SHIFT = 0.03  # the object's hue moves by up to this fraction of the colour 
 SATURATION_RANGE = (0.7, 1.3)  # multipliers of the object's saturation, brightness, contrast
 BRIGHTNESS_RANGE = (0.7, 1.4)
 CONTRAST_RANGE = (0.7, 1.3)
+DETAIL_RANGE = (0.0, 0.0)  # fine surface detail over the object, grey levels (real ones: ridges, print, dents)
 BLUR_SIGMA_RANGE_PX = (0.0, 1.2)  # Gaussian blur of the whole image
 NOISE_SIGMA_RANGE = (0.0, 6.0)  # Gaussian sensor noise, grey levels (0-255)
 JPEG_QUALITY_RANGE = (70, 95)
@@ -52,6 +53,8 @@ NEIGHBOUR_SIZE = (0.7, 1.6)  # beside: radius relative to the object's (procedur
 NEIGHBOUR_DEPTH = (0.0, 0.1)  # beside: extra distance beyond touching, relative to the object's distance
 NEIGHBOUR_OFFSET = (0.6, 1.1)  # beside: centre offset, in apparent radii of the object and the neighbour together
 NEAR_PLANE_M = 0.05
+DETAIL_NOISE_SIGMA_PX = (0.7, 2.0)  # the detail's noise: white noise blurred by this sigma (pixels)
+DETAIL_STRIPE_PERIOD_PX = (3.0, 12.0)  # the detail's stripes: this period (pixels), any direction
 GROUND_HALF_SIZE = (2.5, 8.0)  # the plane's half side, in the object's radii
 GROUND_OFFSET = 0.6  # the object stands anywhere within this fraction of the half side from the plane's centre
 GROUND_TEXTURE_PX = 512  # side of the plane's procedural texture
@@ -89,8 +92,9 @@ class RenderOptions:
     (the fraction of images where the object stands on a textured plane, a table, drawn in
     perspective under it: the plane of the mesh's lowest point, z up as --elevation assumes).
     Camera effects: hue (largest shift of the object's hue, fraction of the circle), saturation,
-    brightness, contrast (multipliers of the object's pixels), blur_px (Gaussian sigma of the whole
-    image), noise (sensor noise sigma, grey levels), jpeg_quality.
+    brightness, contrast (multipliers of the object's pixels), detail (the amplitude, grey levels,
+    of fine surface detail over the object's pixels: band-limited noise plus stripes), blur_px
+    (Gaussian sigma of the whole image), noise (sensor noise sigma, grey levels), jpeg_quality.
     """
     distance_m: tuple | None = None
     elevation_deg: tuple = ELEVATION_RANGE_DEG
@@ -113,6 +117,7 @@ class RenderOptions:
     saturation: tuple = SATURATION_RANGE
     brightness: tuple = BRIGHTNESS_RANGE
     contrast: tuple = CONTRAST_RANGE
+    detail: tuple = DETAIL_RANGE
     blur_px: tuple = BLUR_SIGMA_RANGE_PX
     noise: tuple = NOISE_SIGMA_RANGE
     jpeg_quality: tuple = JPEG_QUALITY_RANGE
@@ -135,6 +140,7 @@ class RenderOptions:
             "saturation": _pair("saturation", self.saturation, 0.0),
             "brightness": _pair("brightness", self.brightness, 0.0),
             "contrast": _pair("contrast", self.contrast, 0.0),
+            "detail": _pair("detail", self.detail, 0.0, 255.0),
             "blur_px": _pair("blur_px", self.blur_px, 0.0, 20.0),
             "noise": _pair("noise", self.noise, 0.0, 128.0),
             "jpeg_quality": _pair("jpeg_quality", self.jpeg_quality, 1, 100, integer=True),
@@ -326,6 +332,35 @@ class Randomiser:
         out = ((out - mean) * c + mean) * b
         rgb[selected] = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
+    def detail(self, rng: np.random.Generator, rgb: np.ndarray, selected: np.ndarray) -> None:
+        """Add fine surface detail to rgb (H, W, 3) uint8 where selected (H, W) bool, in place: a grey
+        pattern of unit spread times an amplitude uniform in `detail`, the sum of band-limited noise
+        (DETAIL_NOISE_SIGMA_PX) and soft stripes (DETAIL_STRIPE_PERIOD_PX) in random shares.
+
+        A real object's surface has detail at a few pixels (ridges, holes, print, reflections) that
+        a smooth render lacks; a model trained without it shrinks its boxes on real photos (design
+        §7.7). No draw when the range is 0,0 (a set without it keeps its pixels) or nothing is
+        selected."""
+        lo, hi = self.options.detail
+        if hi <= 0 or not selected.any():
+            return
+        ys, xs = np.nonzero(selected)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        h, w = int(y1 - y0), int(x1 - x0)
+        amplitude, share = rng.uniform(lo, hi), rng.random()
+        noise = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0),
+                                 rng.uniform(*DETAIL_NOISE_SIGMA_PX))
+        angle, period, phase = rng.uniform(0, np.pi), rng.uniform(*DETAIL_STRIPE_PERIOD_PX), rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        along = xx * np.float32(np.cos(angle)) + yy * np.float32(np.sin(angle))
+        stripes = np.sin(np.float32(2 * np.pi / period) * along + np.float32(phase))
+        pattern = share * noise / max(float(noise.std()), 1e-6) + (1 - share) * stripes / np.float32(np.sqrt(0.5))
+        pattern /= max(float(pattern.std()), 1e-6)
+        box = selected[y0:y1, x0:x1]
+        patch = rgb[y0:y1, x0:x1]
+        patch[box] = np.clip(np.round(patch[box].astype(np.float32) + np.float32(amplitude) * pattern[box][:, None]),
+                             0, 255).astype(np.uint8)
+
     def finish(self, rng: np.random.Generator, background: np.ndarray, rendering) -> np.ndarray:
         """The rendered pixels over the background, then blur and sensor noise: (H, W, 3) uint8."""
         o = self.options
@@ -373,6 +408,8 @@ OPTION_FLAGS = {
     "saturation": ("--saturation", "multiplier of the object's saturation"),
     "brightness": ("--brightness", "multiplier of the object's brightness"),
     "contrast": ("--contrast", "multiplier of the object's contrast"),
+    "detail": ("--detail", "amplitude of fine surface detail (noise and stripes of a few pixels) over the "
+                           "object, grey levels"),
     "blur_px": ("--blur", "Gaussian blur sigma of the image, pixels"),
     "noise": ("--noise", "sensor noise sigma, grey levels"),
     "jpeg_quality": ("--jpeg-quality", "JPEG quality"),

@@ -216,6 +216,7 @@ def render_mesh_single(objects: list[SynthObject], obj_idx: int, img_idx: int, s
     bg = randomiser.ground(rng, randomiser.background(rng, width, height), R, t, obj.mesh.vertices, K)
     rgb = rendering.rgb.copy()
     randomiser.jitter(rng, rgb, rendering.ids == 0)
+    randomiser.detail(rng, rgb, rendering.ids == 0)
     rgb = randomiser.finish(rng, bg, replace(rendering, rgb=rgb))
     return rgb, np.where(rendering.ids == 0, 255, 0).astype(np.uint8), R, t
 

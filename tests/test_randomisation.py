@@ -356,3 +356,53 @@ def test_the_ground_flag_is_checked(value):
     args = gen_cli.get_args_parser().parse_args(["--mesh", "m.ply", "--ground", value])
     with pytest.raises(InputError, match=rf"--ground {value}: expected a number from 0 to 1"):
         options_from_args(args)
+
+
+def test_detail_adds_a_fine_pattern_to_the_object_pixels_only():
+    rgb = np.full((120, 160, 3), 128, np.uint8)
+    selected = np.zeros((120, 160), bool)
+    selected[20:100, 30:130] = True
+    out = rgb.copy()
+    _randomiser(detail=(20, 20)).detail(np.random.default_rng(4), out, selected)
+    assert np.array_equal(out[~selected], rgb[~selected])  # nothing outside the object
+    grey = out[..., 0].astype(float)
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2])  # grey detail
+    assert grey[selected].std() == pytest.approx(20.0, rel=0.05)  # the amplitude is the pattern's spread
+    coarse = cv2.GaussianBlur(grey[20:100, 30:130], (0, 0), 8.0)[16:-16, 16:-16]
+    assert coarse.std() < 0.25 * 20.0  # fine: a blur of 8 px removes most of it (a few pixels, not shading)
+
+
+def test_no_detail_draws_nothing_and_keeps_the_pixels():
+    rgb = np.full((40, 40, 3), 90, np.uint8)
+    selected = np.ones((40, 40), bool)
+    rng = np.random.default_rng(1)
+    _randomiser().detail(rng, rgb, selected)
+    assert np.all(rgb == 90) and rng.random() == np.random.default_rng(1).random()  # no draw: later pixels kept
+    assert RenderOptions().detail == (0.0, 0.0)
+
+
+def test_detail_changes_the_object_not_its_mask_pose_or_surroundings(box_ply, tmp_path):
+    images = {}
+    for amplitude in (0.0, 30.0):
+        root = tmp_path / f"d{amplitude:g}"
+        options = RenderOptions(detail=(amplitude, amplitude), jpeg_quality=(100, 100), **ONE_FLAT)
+        synthetic.generate_from_meshes(root, [box_ply], n_images=3, seed=6, options=options)
+        masks = root / "LINEMOD/box/mask"
+        images[amplitude] = [(cv2.imread(str(p)).astype(int),
+                              cv2.imread(str(masks / f"{p.stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE))
+                             for p in sorted((root / "LINEMOD/box/JPEGImages").glob("*.jpg"))]
+        assert json.loads((root / synthetic.INFO_FILE).read_text())["options"]["detail"] == [amplitude] * 2
+    assert (tmp_path / "d0/poses/box.json").read_text() == (tmp_path / "d30/poses/box.json").read_text()
+    for (plain, mask), (detailed, mask1) in zip(images[0.0], images[30.0]):
+        assert np.array_equal(mask, mask1) and mask.any()
+        far = cv2.dilate(mask, np.ones((33, 33), np.uint8)) == 0  # beyond the JPEG blocks the object touches
+        assert np.abs(plain - detailed)[far].max() <= 2
+        inner = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
+        assert np.abs(plain - detailed).max(axis=2)[inner].mean() > 10
+
+
+@pytest.mark.parametrize("value", ["-1,5", "5,2", "300"])
+def test_the_detail_flag_is_checked(value):
+    args = gen_cli.get_args_parser().parse_args(["--mesh", "m.ply", f"--detail={value}"])
+    with pytest.raises(InputError, match=r"--detail .*: expected 0 <= low <= high <= 255"):
+        options_from_args(args)
