@@ -477,10 +477,12 @@ class Lighting:
 @dataclass
 class Rendering:
     """rgb (H, W, 3) uint8 (0 where empty); ids (H, W) int16: object index or -1;
-    silhouette_px (n,) int64: pixels each object would cover alone (occlusion ignored)."""
+    silhouette_px (n,) int64: pixels each object would cover alone (occlusion ignored);
+    depth (H, W) float64: the camera z (metres) of the visible surface, 0 where empty."""
     rgb: np.ndarray
     ids: np.ndarray
     silhouette_px: np.ndarray
+    depth: np.ndarray | None = None
 
     def visible_fraction(self) -> np.ndarray:
         """(n,) visible pixels / unoccluded silhouette pixels of each object (0 when off-screen)."""
@@ -566,6 +568,7 @@ def render(meshes, poses, K: np.ndarray, width: int, height: int, light) -> Rend
     pix, tri, iz = _rasterize(px, inv_z, width, height)
     rgb = np.zeros((width * height, 3), dtype=np.uint8)
     ids = np.full(width * height, -1, dtype=np.int16)
+    depth = np.zeros(width * height)
     silhouette_px = np.zeros(len(meshes), dtype=np.int64)
     if len(pix):
         # z-buffer over the run of pixel indices the fragments touch (not the whole image)
@@ -585,10 +588,12 @@ def render(meshes, poses, K: np.ndarray, width: int, height: int, light) -> Rend
             colors = np.concatenate(col_all).round().astype(np.uint8)
             rgb[first + hit] = colors[face[hit]]
         ids[first + hit] = obj[face[hit]]
+        depth[first + hit] = 1.0 / zbuf[hit]
         sil = np.zeros((len(meshes), n), dtype=bool)
         sil[obj[tri], local] = True
         silhouette_px = sil.sum(axis=1)
-    return Rendering(rgb.reshape(height, width, 3), ids.reshape(height, width), silhouette_px)
+    return Rendering(rgb.reshape(height, width, 3), ids.reshape(height, width), silhouette_px,
+                     depth.reshape(height, width))
 
 
 def _shade_smooth(meshes, poses, K, lighting: Lighting, pixels, tri, px, inv_z, obj, mesh_face, width: int):

@@ -237,6 +237,9 @@ def test_smooth_shading_follows_the_true_sphere_normals():
     err = np.abs(r.rgb[ys, xs, 0].astype(float) - expected)[inner]
     assert err.mean() < 1.0 and err.max() < 4.0
     assert np.array_equal(r.rgb[ys, xs, 0], r.rgb[ys, xs, 2])  # white light on a white object stays grey
+    z = (ray * depth[:, None])[:, 2]  # the depth map: the camera z of the visible surface, 0 elsewhere
+    gap = (r.depth[ys, xs] - z)[inner]  # the facets lie inside the true sphere: a little deeper
+    assert gap.min() > -1e-9 and gap.max() < 5e-4 and np.all(r.depth[r.ids < 0] == 0)
 
 
 def test_specular_highlight_and_ambient():
