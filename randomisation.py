@@ -6,8 +6,9 @@ they need at render time (the checked background photos, the distractor meshes);
 take the image's numpy Generator, so a seed fixes every pixel.
 
 Order of one image (synthetic.render_mesh_single): pose, object colour (meshes without colours),
-lights, distractors behind and occluders in front, rendering, background, object colour jitter,
-object surface detail, composite, blur, sensor noise; the JPEG quality comes from a stream of its own.
+lights, distractors behind and occluders in front, rendering, background, object cavity shading,
+object colour jitter, object surface detail, composite, blur, sensor noise; the JPEG quality
+comes from a stream of its own.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ HUE_SHIFT = 0.03  # the object's hue moves by up to this fraction of the colour 
 SATURATION_RANGE = (0.7, 1.3)  # multipliers of the object's saturation, brightness, contrast
 BRIGHTNESS_RANGE = (0.7, 1.4)
 CONTRAST_RANGE = (0.7, 1.3)
+CAVITY_RANGE = (0.0, 0.0)  # grooves darkened, ridges lit, from the depth map (ambient occlusion, roughly)
 DETAIL_RANGE = (0.0, 0.0)  # fine surface detail over the object, grey levels (real ones: ridges, print, dents)
 BLUR_SIGMA_RANGE_PX = (0.0, 1.2)  # Gaussian blur of the whole image
 NOISE_SIGMA_RANGE = (0.0, 6.0)  # Gaussian sensor noise, grey levels (0-255)
@@ -53,6 +55,8 @@ NEIGHBOUR_SIZE = (0.7, 1.6)  # beside: radius relative to the object's (procedur
 NEIGHBOUR_DEPTH = (0.0, 0.1)  # beside: extra distance beyond touching, relative to the object's distance
 NEIGHBOUR_OFFSET = (0.6, 1.1)  # beside: centre offset, in apparent radii of the object and the neighbour together
 NEAR_PLANE_M = 0.05
+CAVITY_SIGMA_PX = (1.5, 3.5)  # the neighbourhood a pixel's depth is compared with (Gaussian sigma, pixels)
+CAVITY_DEPTH = 0.03  # in object radii: a pixel this much behind its neighbourhood gets the full darkening
 DETAIL_NOISE_SIGMA_PX = (0.7, 2.0)  # the detail's noise: white noise blurred by this sigma (pixels)
 DETAIL_STRIPE_PERIOD_PX = (3.0, 12.0)  # the detail's stripes: this period (pixels), any direction
 GROUND_HALF_SIZE = (2.5, 8.0)  # the plane's half side, in the object's radii
@@ -92,7 +96,8 @@ class RenderOptions:
     (the fraction of images where the object stands on a textured plane, a table, drawn in
     perspective under it: the plane of the mesh's lowest point, z up as --elevation assumes).
     Camera effects: hue (largest shift of the object's hue, fraction of the circle), saturation,
-    brightness, contrast (multipliers of the object's pixels), detail (the amplitude, grey levels,
+    brightness, contrast (multipliers of the object's pixels), cavity (the strength of the shading
+    from the depth map: grooves darker, ridges lighter), detail (the amplitude, grey levels,
     of fine surface detail over the object's pixels: band-limited noise plus stripes), blur_px
     (Gaussian sigma of the whole image), noise (sensor noise sigma, grey levels), jpeg_quality.
     """
@@ -117,6 +122,7 @@ class RenderOptions:
     saturation: tuple = SATURATION_RANGE
     brightness: tuple = BRIGHTNESS_RANGE
     contrast: tuple = CONTRAST_RANGE
+    cavity: tuple = CAVITY_RANGE
     detail: tuple = DETAIL_RANGE
     blur_px: tuple = BLUR_SIGMA_RANGE_PX
     noise: tuple = NOISE_SIGMA_RANGE
@@ -140,6 +146,7 @@ class RenderOptions:
             "saturation": _pair("saturation", self.saturation, 0.0),
             "brightness": _pair("brightness", self.brightness, 0.0),
             "contrast": _pair("contrast", self.contrast, 0.0),
+            "cavity": _pair("cavity", self.cavity, 0.0, 1.0),
             "detail": _pair("detail", self.detail, 0.0, 255.0),
             "blur_px": _pair("blur_px", self.blur_px, 0.0, 20.0),
             "noise": _pair("noise", self.noise, 0.0, 128.0),
@@ -332,6 +339,32 @@ class Randomiser:
         out = ((out - mean) * c + mean) * b
         rgb[selected] = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
+    def cavity(self, rng: np.random.Generator, rgb: np.ndarray, depth: np.ndarray, selected: np.ndarray,
+               radius: float) -> None:
+        """Shade rgb (H, W, 3) uint8 where selected (H, W) bool, in place, by its depth (H, W) metres:
+        each pixel is compared with the mean depth of the selected pixels around it (a Gaussian of
+        sigma from CAVITY_SIGMA_PX); one CAVITY_DEPTH x radius (m) behind it multiplies the pixel by
+        1 - s, as far in front by 1 + s, with s uniform in `cavity` (linear between, clipped beyond).
+
+        Smooth shading from interpolated normals has no shadow in a groove, where a photo of the
+        object shows a dark line (ambient occlusion) and a lit ridge; the grooves and rims of a
+        mesh then look as in a photo (docs/data.md). No draw when the range is 0,0."""
+        lo, hi = self.options.cavity
+        if hi <= 0 or not selected.any():
+            return
+        strength, sigma = rng.uniform(lo, hi), rng.uniform(*CAVITY_SIGMA_PX)
+        ys, xs = np.nonzero(selected)
+        pad = int(math.ceil(3 * sigma))
+        y0, x0 = max(int(ys.min()) - pad, 0), max(int(xs.min()) - pad, 0)
+        y1, x1 = int(ys.max()) + 1 + pad, int(xs.max()) + 1 + pad
+        box = selected[y0:y1, x0:x1]
+        weight = box.astype(np.float64)
+        z = np.where(box, depth[y0:y1, x0:x1], 0.0)
+        around = cv2.GaussianBlur(z, (0, 0), sigma) / np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), 1e-12)
+        shade = 1.0 + strength * np.clip((around - z) / (CAVITY_DEPTH * radius), -1.0, 1.0)
+        patch = rgb[y0:y1, x0:x1]
+        patch[box] = np.clip(np.round(patch[box] * shade[box][:, None]), 0, 255).astype(np.uint8)
+
     def detail(self, rng: np.random.Generator, rgb: np.ndarray, selected: np.ndarray) -> None:
         """Add fine surface detail to rgb (H, W, 3) uint8 where selected (H, W) bool, in place: a grey
         pattern of unit spread times an amplitude uniform in `detail`, the sum of band-limited noise
@@ -408,6 +441,8 @@ OPTION_FLAGS = {
     "saturation": ("--saturation", "multiplier of the object's saturation"),
     "brightness": ("--brightness", "multiplier of the object's brightness"),
     "contrast": ("--contrast", "multiplier of the object's contrast"),
+    "cavity": ("--cavity", "strength of the shading from the depth map over the object: grooves darker, "
+                           "ridges lighter (0-1)"),
     "detail": ("--detail", "amplitude of fine surface detail (noise and stripes of a few pixels) over the "
                            "object, grey levels"),
     "blur_px": ("--blur", "Gaussian blur sigma of the image, pixels"),

@@ -215,6 +215,7 @@ def render_mesh_single(objects: list[SynthObject], obj_idx: int, img_idx: int, s
                            lighting)  # the occluders hid too much: without them
     bg = randomiser.ground(rng, randomiser.background(rng, width, height), R, t, obj.mesh.vertices, K)
     rgb = rendering.rgb.copy()
+    randomiser.cavity(rng, rgb, rendering.depth, rendering.ids == 0, radius)
     randomiser.jitter(rng, rgb, rendering.ids == 0)
     randomiser.detail(rng, rgb, rendering.ids == 0)
     rgb = randomiser.finish(rng, bg, replace(rendering, rgb=rgb))

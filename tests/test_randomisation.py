@@ -406,3 +406,56 @@ def test_the_detail_flag_is_checked(value):
     args = gen_cli.get_args_parser().parse_args(["--mesh", "m.ply", f"--detail={value}"])
     with pytest.raises(InputError, match=r"--detail .*: expected 0 <= low <= high <= 255"):
         options_from_args(args)
+
+
+def test_cavity_darkens_a_groove_and_lights_a_ridge_from_the_depth_map():
+    depth = np.full((60, 80), 1.0)
+    depth[:, 30:33] = 1.01  # a groove 1 cm deep: 0.03 of a 0.33 m radius
+    depth[:, 45:48] = 0.99  # a ridge as high
+    selected = np.ones((60, 80), bool)
+    selected[:, 70:] = False  # not the object: kept, and not compared with
+    rgb = np.full((60, 80, 3), 100, np.uint8)
+    out = rgb.copy()
+    _randomiser(cavity=(0.5, 0.5)).cavity(np.random.default_rng(0), out, depth, selected, 1 / 3)
+    assert np.array_equal(out[:, 70:], rgb[:, 70:])
+    assert np.all(out[:, 31] < 80) and np.all(out[:, 31] >= 50)  # darker, at most by the strength
+    assert np.all(out[:, 46] > 120) and np.all(out[:, 46] <= 150)
+    assert np.all(out[:, 5:15] == 100)  # flat: unchanged
+    assert np.all(out[:, 66:70] == 100)  # the object's edge is not compared with the empty pixels beside it
+
+
+def test_no_cavity_draws_nothing_and_keeps_the_pixels():
+    rgb = np.full((20, 20, 3), 90, np.uint8)
+    depth = np.random.default_rng(0).uniform(1, 2, (20, 20))
+    rng = np.random.default_rng(1)
+    _randomiser().cavity(rng, rgb, depth, np.ones((20, 20), bool), 0.1)
+    assert np.all(rgb == 90) and rng.random() == np.random.default_rng(1).random()
+    assert RenderOptions().cavity == (0.0, 0.0)
+
+
+def test_cavity_shades_the_object_not_its_mask_or_pose(box_ply, tmp_path):
+    images = {}
+    for strength in (0.0, 1.0):
+        root = tmp_path / f"c{strength:g}"
+        options = RenderOptions(cavity=(strength, strength), jpeg_quality=(100, 100), **ONE_FLAT)
+        synthetic.generate_from_meshes(root, [box_ply], n_images=3, seed=6, options=options)
+        masks = root / "LINEMOD/box/mask"
+        images[strength] = [(cv2.imread(str(p)).astype(int),
+                             cv2.imread(str(masks / f"{p.stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE))
+                            for p in sorted((root / "LINEMOD/box/JPEGImages").glob("*.jpg"))]
+        assert json.loads((root / synthetic.INFO_FILE).read_text())["options"]["cavity"] == [strength] * 2
+    assert (tmp_path / "c0/poses/box.json").read_text() == (tmp_path / "c1/poses/box.json").read_text()
+    changed = 0
+    for (plain, mask), (shaded, mask1) in zip(images[0.0], images[1.0]):
+        assert np.array_equal(mask, mask1) and mask.any()
+        far = cv2.dilate(mask, np.ones((33, 33), np.uint8)) == 0
+        assert np.abs(plain - shaded)[far].max() <= 2
+        changed += int(np.abs(plain - shaded).max(axis=2)[mask > 0].max() > 20)
+    assert changed >= 2  # a box's edges and corners are ridges: lit
+
+
+@pytest.mark.parametrize("value", ["-0.1,0.5", "0.5,0.2", "1.5"])
+def test_the_cavity_flag_is_checked(value):
+    args = gen_cli.get_args_parser().parse_args(["--mesh", "m.ply", f"--cavity={value}"])
+    with pytest.raises(InputError, match=r"--cavity .*: expected 0 <= low <= high <= 1"):
+        options_from_args(args)
