@@ -71,6 +71,9 @@ def test_every_variant_is_scored_and_the_real_one_scores_as_the_frames(golden_we
     assert [r["variant"] for r in rows] == list(swap_tool.VARIANTS) and all(r["n"] == 15 for r in rows)
     assert json.loads((tmp_path / "swap" / "table.json").read_text()) == rows
     assert (tmp_path / "swap" / "table.md").read_text().count("\n") == 2 + len(rows)
+    picture = cv2.imread(str(tmp_path / "swap" / "fine_detail.png"))
+    w, h = swap_tool.PICTURE_TILE
+    assert picture.shape == (4 * h, swap_tool.PICTURE_FRAMES * w, 3)
     # the real variant is the frame files themselves: valid.py's own errors on them
     valid.main(valid.get_args_parser().parse_args([
         "--datacfg", "can.data", "--modelcfg", CFG, "--weightfile", str(golden_weights),

@@ -23,7 +23,9 @@ box against the true one (the spread of its 8 corners about their mean, predicte
 
 Writes under --out: one folder per variant (its images as PNG with the labels, except `real`,
 which lists the frame files themselves; its list, .data file and valid.py's --json and
-predictions), table.md and table.json. The frames themselves are only read.
+predictions), table.md and table.json, and fine_detail.png: the object in the first PICTURE_FRAMES
+frames, real (top) and rendered, each above its fine detail (the image less its blur by
+--split-px, x3 about grey). The frames themselves are only read.
 """
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ SPLIT_PX = 3.0  # the blur sigma that splits coarse from fine: the can's failure
 DETAIL_AMPLITUDE = 25.0  # grey levels: about the fine detail of a real white object's surface
 LABEL_MISMATCH_PX = 2.0  # a labelled frame whose points are further from the mesh box under any pose
 PX_THRESHOLDS = (10, 20)
+PICTURE_FRAMES = 6
+PICTURE_TILE = (100, 120)  # width, height of one tile of fine_detail.png
 
 
 def swap(real: np.ndarray, rendered: np.ndarray, mask: np.ndarray, split_px: float,
@@ -121,6 +125,25 @@ def write_variant(folder: Path, cfg: dict, datacfg: Path, images: list[str], fra
     lf.write_data_cfg(data, [("valid", str((folder / "frames.txt").resolve())),
                              ("mesh", str(Path(cfg["mesh"]).resolve()))] + [(k, cfg[k]) for k in keys])
     return data
+
+
+def fine_detail_picture(pairs, split_px: float) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: per (real, rendered, mask) frame a column of four tiles around the
+    object: the real frame, its fine detail, the rendered frame, its fine detail."""
+    columns = []
+    for real, rendered, mask in pairs:
+        ys, xs = np.nonzero(mask)
+        pad = 10
+        y0, x0 = max(int(ys.min()) - pad, 0), max(int(xs.min()) - pad, 0)
+        y1, x1 = int(ys.max()) + 1 + pad, int(xs.max()) + 1 + pad
+        tiles = []
+        for rgb in (real, rendered):
+            grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+            fine = np.clip(128 + 3 * (grey - cv2.GaussianBlur(grey, (0, 0), split_px)), 0, 255).astype(np.uint8)
+            tiles += [rgb[y0:y1, x0:x1], cv2.cvtColor(fine, cv2.COLOR_GRAY2RGB)[y0:y1, x0:x1]]
+        columns.append(np.concatenate([cv2.resize(np.ascontiguousarray(t), PICTURE_TILE, interpolation=cv2.INTER_AREA)
+                                       for t in tiles], axis=0))
+    return np.concatenate(columns, axis=1)
 
 
 def box_scale(gt_px: np.ndarray, pr_px: np.ndarray) -> np.ndarray:
@@ -194,6 +217,7 @@ def main(argv=None) -> list[dict]:
     options = RenderOptions(detail=(args.detail_amplitude, args.detail_amplitude)).checked()
     randomiser = Randomiser(options)
     variants = {name: [] for name in VARIANTS}
+    picture = []
     for i, (image, (R, t)) in enumerate(zip(images, poses)):
         bgr = cv2.imread(image)
         if bgr is None or bgr.shape[:2] != (height, width):
@@ -205,9 +229,12 @@ def main(argv=None) -> list[dict]:
         detail = real.copy()
         detail[mask] = rendering.rgb[mask]
         randomiser.detail(rng, detail, mask)
-        for name, img in swap(real, rendering.rgb, mask, args.split_px, detail).items():
+        swapped = swap(real, rendering.rgb, mask, args.split_px, detail)
+        for name, img in swapped.items():
             if name != "real":  # scored from the files themselves
                 variants[name].append(img)
+        if len(picture) < PICTURE_FRAMES:
+            picture.append((real, swapped["render"], mask))
     rows = []
     for name, frames in variants.items():
         folder = out / name
@@ -220,6 +247,8 @@ def main(argv=None) -> list[dict]:
     print(table, end="")
     lf.write_text(out / "table.md", table)
     lf.write_text(out / "table.json", json.dumps(rows, indent=1) + "\n")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(fine_detail_picture(picture, args.split_px), cv2.COLOR_RGB2BGR))
+    lf.write_bytes(out / "fine_detail.png", png.tobytes())
     return rows
 
 
