@@ -334,19 +334,27 @@ def test_no_ground_draws_nothing_and_a_camera_below_the_table_gets_none():
     assert RenderOptions().ground == 0.0
 
 
-def test_the_ground_changes_the_surroundings_not_the_objects_mask_or_pose(box_ply, tmp_path):
-    images = {}
-    for fraction in (0.0, 1.0):
-        root = tmp_path / f"g{fraction:g}"
-        options = RenderOptions(ground=fraction, jpeg_quality=(100, 100), **ONE_FLAT)
+def _box_sets_off_and_on(box_ply, tmp_path, option: str, off, on) -> list:
+    """Two 3-image sets of the box (seed 6, flat lights, lossless) with RenderOptions `option` at
+    `off` then `on`: each set's info records it and both have the same poses. Returns per image
+    ((off image, off mask), (on image, on mask)), images (H, W, 3) int, masks (H, W) uint8."""
+    images = []
+    for k, value in enumerate((off, on)):
+        root = tmp_path / f"{option}{k}"
+        options = RenderOptions(**{option: value}, jpeg_quality=(100, 100), **ONE_FLAT)
         synthetic.generate_from_meshes(root, [box_ply], n_images=3, seed=6, options=options)
         masks = root / "LINEMOD/box/mask"
-        images[fraction] = [(cv2.imread(str(p)).astype(int),
-                             cv2.imread(str(masks / f"{p.stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE))
-                            for p in sorted((root / "LINEMOD/box/JPEGImages").glob("*.jpg"))]
-        assert json.loads((root / synthetic.INFO_FILE).read_text())["options"]["ground"] == fraction
-    assert (tmp_path / "g0/poses/box.json").read_text() == (tmp_path / "g1/poses/box.json").read_text()
-    for (plain, mask), (grounded, mask1) in zip(images[0.0], images[1.0]):
+        images.append([(cv2.imread(str(p)).astype(int),
+                        cv2.imread(str(masks / f"{p.stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE))
+                       for p in sorted((root / "LINEMOD/box/JPEGImages").glob("*.jpg"))])
+        recorded = json.loads((root / synthetic.INFO_FILE).read_text())["options"][option]
+        assert recorded == (list(value) if isinstance(value, tuple) else value)
+    assert (tmp_path / f"{option}0/poses/box.json").read_text() == (tmp_path / f"{option}1/poses/box.json").read_text()
+    return list(zip(*images))
+
+
+def test_the_ground_changes_the_surroundings_not_the_objects_mask_or_pose(box_ply, tmp_path):
+    for (plain, mask), (grounded, mask1) in _box_sets_off_and_on(box_ply, tmp_path, "ground", 0.0, 1.0):
         assert np.array_equal(mask, mask1)  # under the object: its mask is whole
         assert np.mean(np.abs(plain - grounded).max(axis=2)[mask == 0] > 30) > 0.1
 
@@ -382,18 +390,7 @@ def test_no_detail_draws_nothing_and_keeps_the_pixels():
 
 
 def test_detail_changes_the_object_not_its_mask_pose_or_surroundings(box_ply, tmp_path):
-    images = {}
-    for amplitude in (0.0, 30.0):
-        root = tmp_path / f"d{amplitude:g}"
-        options = RenderOptions(detail=(amplitude, amplitude), jpeg_quality=(100, 100), **ONE_FLAT)
-        synthetic.generate_from_meshes(root, [box_ply], n_images=3, seed=6, options=options)
-        masks = root / "LINEMOD/box/mask"
-        images[amplitude] = [(cv2.imread(str(p)).astype(int),
-                              cv2.imread(str(masks / f"{p.stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE))
-                             for p in sorted((root / "LINEMOD/box/JPEGImages").glob("*.jpg"))]
-        assert json.loads((root / synthetic.INFO_FILE).read_text())["options"]["detail"] == [amplitude] * 2
-    assert (tmp_path / "d0/poses/box.json").read_text() == (tmp_path / "d30/poses/box.json").read_text()
-    for (plain, mask), (detailed, mask1) in zip(images[0.0], images[30.0]):
+    for (plain, mask), (detailed, mask1) in _box_sets_off_and_on(box_ply, tmp_path, "detail", (0.0, 0.0), (30.0, 30.0)):
         assert np.array_equal(mask, mask1) and mask.any()
         far = cv2.dilate(mask, np.ones((33, 33), np.uint8)) == 0  # beyond the JPEG blocks the object touches
         assert np.abs(plain - detailed)[far].max() <= 2
@@ -434,19 +431,8 @@ def test_no_cavity_draws_nothing_and_keeps_the_pixels():
 
 
 def test_cavity_shades_the_object_not_its_mask_or_pose(box_ply, tmp_path):
-    images = {}
-    for strength in (0.0, 1.0):
-        root = tmp_path / f"c{strength:g}"
-        options = RenderOptions(cavity=(strength, strength), jpeg_quality=(100, 100), **ONE_FLAT)
-        synthetic.generate_from_meshes(root, [box_ply], n_images=3, seed=6, options=options)
-        masks = root / "LINEMOD/box/mask"
-        images[strength] = [(cv2.imread(str(p)).astype(int),
-                             cv2.imread(str(masks / f"{p.stem[-4:]}.png"), cv2.IMREAD_GRAYSCALE))
-                            for p in sorted((root / "LINEMOD/box/JPEGImages").glob("*.jpg"))]
-        assert json.loads((root / synthetic.INFO_FILE).read_text())["options"]["cavity"] == [strength] * 2
-    assert (tmp_path / "c0/poses/box.json").read_text() == (tmp_path / "c1/poses/box.json").read_text()
     changed = 0
-    for (plain, mask), (shaded, mask1) in zip(images[0.0], images[1.0]):
+    for (plain, mask), (shaded, mask1) in _box_sets_off_and_on(box_ply, tmp_path, "cavity", (0.0, 0.0), (1.0, 1.0)):
         assert np.array_equal(mask, mask1) and mask.any()
         far = cv2.dilate(mask, np.ones((33, 33), np.uint8)) == 0
         assert np.abs(plain - shaded)[far].max() <= 2
