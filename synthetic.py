@@ -215,11 +215,12 @@ def render_mesh_single(objects: list[SynthObject], obj_idx: int, img_idx: int, s
                            lighting)  # the occluders hid too much: without them
     bg = randomiser.ground(rng, randomiser.background(rng, width, height), R, t, obj.mesh.vertices, K)
     rgb = rendering.rgb.copy()
-    randomiser.cavity(rng, rgb, rendering.depth, rendering.ids == 0, radius)
-    randomiser.jitter(rng, rgb, rendering.ids == 0)
-    randomiser.detail(rng, rgb, rendering.ids == 0)
+    visible = rendering.ids == 0  # the object's pixels: its shading, jitter, detail and mask
+    randomiser.cavity(rng, rgb, rendering.depth, visible, radius)
+    randomiser.jitter(rng, rgb, visible)
+    randomiser.detail(rng, rgb, visible)
     rgb = randomiser.finish(rng, bg, replace(rendering, rgb=rgb))
-    return rgb, np.where(rendering.ids == 0, 255, 0).astype(np.uint8), R, t
+    return rgb, np.where(visible, 255, 0).astype(np.uint8), R, t
 
 
 def _dress(rng: np.random.Generator, mesh: Mesh) -> Mesh:
