@@ -17,6 +17,7 @@ benchmarks (docs/design.md §15; tests/test_cli.py builds every parser and check
     --seed                        the seed of every random stream     add_seed
     --pnp, --resample             PnP solver, PIL resize filter       add_pnp, add_resample
     --box-rule                    max cell or the paper's 3x3 vote    add_box_rule
+    --input-filter                median or blur of a test image      add_input_filter
     --objects                     which objects, by name              add_objects
     --num-objects                 how many objects to generate        add_num_objects
     --distiled (alias --distill)  the fork's distillation switch      add_distiled
@@ -357,6 +358,27 @@ def add_box_rule(p, default_help: str = "the rule the weights were trained with 
     p.add_argument("--box-rule", choices=BOX_RULES, default=None,
                    help="max: the original's most confident cell; vote: the paper's test-time rule, the corners "
                         f"are the confidence-weighted mean over the 3x3 cells around it (D54). Default: {default_help}")
+
+
+def add_input_filter(p, default_help: str = "the filter the weights were trained for (model_info.json beside "
+                                           "them), else none") -> None:
+    """--input-filter: what every test image goes through before it is resized to the network (D69)."""
+    p.add_argument("--input-filter", default=None, metavar="FILTER",
+                   help="filter applied to every image, at the size it is read, before it is resized to the network "
+                        "input (D69): none, median:K (a K x K median, K odd: takes away lines thinner than about "
+                        "K/2 pixels and keeps edges) or gauss:SIGMA (a Gaussian blur of SIGMA pixels). Default: "
+                        + default_help)
+
+
+def check_input_filter(value) -> None:
+    """--input-filter must be a filter image.parse_input_filter reads (or None: not given)."""
+    from image import parse_input_filter
+
+    if value is not None:
+        try:
+            parse_input_filter(value)
+        except ValueError as exc:
+            raise FlagError(f"--input-filter {value}: {exc}") from None
 
 
 def add_resample(p, what: str = "") -> None:

@@ -362,6 +362,8 @@ class PoseDataset(Dataset):
     (seed, k) and cached per process (about 2x faster loading; K * 0.9 MB per worker at 640x480).
     seed, epoch: the random stream of sample i is default_rng([seed, epoch, i]); `set_epoch`.
     resample: 'bicubic' (default) or 'nearest' (Pillow < 7, strict reproduction), design §6.4.
+    input_filter: test images go through this filter ('none', 'median:K', 'gauss:SIGMA') at the size
+        they are read, before they are resized (`image.input_filter`, D69); training samples never do.
     fix_crop: crop sw x sh instead of the original's (sw-1) x (sh-1) (D19).
     fast: the cv2 training path (`fast_train_sample`): the same draws and label transform, about
     10x less work per sample; backgrounds come from a pool of `procedural_pool` (default
@@ -384,7 +386,7 @@ class PoseDataset(Dataset):
                  jitter: float = JITTER, hue: float = HUE,
                  saturation: float = SATURATION, exposure: float = EXPOSURE,
                  max_num_gt: int = MAX_OBJECTS, num_keypoints: int = NUM_KEYPOINTS,
-                 fast: bool = False, bg_prob: float = 1.0):
+                 fast: bool = False, bg_prob: float = 1.0, input_filter: str = "none"):
         if isinstance(source, (str, os.PathLike)):
             self.source = os.fspath(source)
             self.paths = read_list(source, root)
@@ -400,6 +402,8 @@ class PoseDataset(Dataset):
         self.train, self.transform = train, transform
         self.seed, self.epoch = int(seed), int(epoch)
         self.resample, self.fix_crop, self.skip_bad = resample, fix_crop, skip_bad
+        im.parse_input_filter(input_filter)  # validate early
+        self.input_filter = input_filter
         self.jitter, self.hue, self.saturation, self.exposure = jitter, hue, saturation, exposure
         self.max_num_gt = max_num_gt
         self.label_width = 2 * num_keypoints + 3
@@ -695,6 +699,8 @@ class PoseDataset(Dataset):
         path = self.paths[index]
         rows = self.label_rows(index)
         img = image_files.load_image(path)
+        if self.input_filter != "none":
+            img = Image.fromarray(im.input_filter(np.asarray(img), self.input_filter))
         if img.size != size:
             img = img.resize(size, im.resample_filter(self.resample))
         return img, rows

@@ -161,9 +161,10 @@ def _video_frames(cap, stem: str):
 # Model, preprocessing, poses
 # --------------------------------------------------------------------------------------------
 
-def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> (1, 3, h, w) float in [0, 1], resized as the test loader does (design §6.2)."""
-    img = Image.fromarray(rgb)
+def preprocess(rgb: np.ndarray, size: tuple[int, int], input_filter: str = "none") -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> (1, 3, h, w) float in [0, 1], filtered (D69) and resized as the test loader
+    does (design §6.2)."""
+    img = Image.fromarray(image.input_filter(rgb, input_filter))
     if img.size != tuple(size):
         img = img.resize(size, image.resample_filter("bicubic"))
     return dataset.to_tensor(img)[None]
@@ -249,6 +250,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_sizes(p, test=True, test_why="the size the weights were trained for, model_info.json beside them, else "
                                          "the cfg test_width x test_height")
     cli.add_box_rule(p)
+    cli.add_input_filter(p)
     cli.add_device(p)
     cli.add_pnp(p)
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (camera, long videos)")
@@ -267,6 +269,7 @@ def main(args) -> dict:
     """Detect on every frame of args.source; return the detections.json content. Bad inputs raise InputError."""
     try:
         cli.check_size("--test-size", args.test_size)
+        cli.check_input_filter(args.input_filter)
         cli.check_positive("--max-frames", args.max_frames)
         out = cli.check_output_dir("--out", args.out)  # before any frame: a bad folder never ends a long run
         device = cli.resolve_device(args.device)
@@ -278,7 +281,8 @@ def main(args) -> dict:
     except (OSError, ValueError) as exc:  # CfgError, WeightsError, ... are ValueErrors
         raise InputError(f"cannot detect:\n  {exc}") from None
     kind, frames, fps = open_source(args.source)  # SourceError names the source
-    size, rule = model_info.resolve(args, args.weightfile, args.modelcfg, (model.test_width, model.test_height))
+    size, rule, in_filter = model_info.resolve(args, args.weightfile, args.modelcfg,
+                                               (model.test_width, model.test_height))
     net = model.inference_copy(channels_last=True)  # D57
     writer, results, skipped = None, {"source": str(args.source), "frames": []}, 0
     interrupted = False
@@ -295,7 +299,7 @@ def main(args) -> dict:
                 continue
             h, w = rgb.shape[:2]
             with torch.inference_mode():
-                output = net(preprocess(rgb, size).to(device).contiguous(memory_format=torch.channels_last))
+                output = net(preprocess(rgb, size, in_filter).to(device).contiguous(memory_format=torch.channels_last))
             detections = []
             for c, conf, pts in select_boxes(output, args.multi, model.num_classes, model.num_keypoints,
                                              model.num_anchors, args.conf_thresh, rule):

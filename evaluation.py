@@ -224,9 +224,11 @@ def load_objects(datacfg, objects=None, diam_source: str = "data",
 
 
 def occlusion_test_loader(obj: OcclusionObject, shape, batch_size: int = 1, workers: int = 0,
-                          resample: str = im.DEFAULT_RESAMPLE):
-    """A test loader over one object's scenes at `shape` (w, h) (`dataset.OcclusionTestSet`)."""
-    test_set = dataset.OcclusionTestSet(obj.setup.valid_list, obj.name, shape, resample=resample)
+                          resample: str = im.DEFAULT_RESAMPLE, input_filter: str = "none"):
+    """A test loader over one object's scenes at `shape` (w, h) (`dataset.OcclusionTestSet`), each
+    image through `input_filter` first (D69)."""
+    test_set = dataset.OcclusionTestSet(obj.setup.valid_list, obj.name, shape, resample=resample,
+                                        input_filter=input_filter)
     return dataset.make_test_loader(test_set, batch_size=batch_size, workers=workers)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import cli
 from backgrounds import list_photos, photo_background, procedural_photo
 from errors import InputError
+from image import gaussian_blur
 from render import (
     AMBIENT_RANGE, ELEVATION_RANGE_DEG, LIGHT_COUNT_RANGE, LIGHT_INTENSITY_RANGE, LIGHT_SATURATION_MAX,
     SHININESS_RANGE, SPECULAR_RANGE, Lighting, Mesh, make_mesh,
@@ -400,8 +401,7 @@ class Randomiser:
         img = background.copy()
         cv2.copyTo(rendering.rgb, (rendering.ids >= 0).view(np.uint8), img)
         sigma, noise = rng.uniform(*o.blur_px), rng.uniform(*o.noise)
-        if sigma > 0.05:
-            img = cv2.GaussianBlur(img, (0, 0), sigma)
+        img = gaussian_blur(img, sigma)
         if noise > 0:
             grain = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise)
             img = np.clip(np.round(img.astype(np.float32) + grain), 0, 255).astype(np.uint8)

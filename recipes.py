@@ -209,9 +209,10 @@ class MeshJob:
     The set: images_per_object rendered images of each mesh, scenes OCCLUSION-style scenes of the
     meshes together (multi-object only), test_fraction of them held out as the rendered test split.
     The run: the fast recipe (design §7.6) on `modelcfg` from `initweights`, at train_size and
-    test_size, for `epochs`, tested every eval_every epochs; `flags` adds script flags (the
-    multi-object sample and anchor rule). Each is a flag away (--images-per-object, --scenes,
-    --modelcfg, --initweightfile, --train-size, --test-size, --epochs or --minutes, --eval-every).
+    test_size, for `epochs`, tested every eval_every epochs, each test image through input_filter
+    (D69); `flags` adds script flags (the multi-object sample and anchor rule). Each is a flag away
+    (--images-per-object, --scenes, --modelcfg, --initweightfile, --train-size, --test-size,
+    --epochs or --minutes, --eval-every, --input-filter).
     """
     images_per_object: int
     scenes: int
@@ -222,6 +223,7 @@ class MeshJob:
     test_size: int
     epochs: int
     eval_every: int
+    input_filter: str = "none"  # what every test image goes through (D69), written to model_info.json
     flags: tuple = ()  # (flag dest, value) pairs of one script
 
     def defaults(self) -> dict:
@@ -229,6 +231,7 @@ class MeshJob:
         return {"recipe": "fast", "images_per_object": self.images_per_object, "scenes": self.scenes,
                 "modelcfg": self.modelcfg, "initweightfile": self.initweights, "train_size": self.train_size,
                 "test_size": self.test_size, "epochs": self.epochs, "eval_every": self.eval_every,
+                "input_filter": self.input_filter,
                 **dict(self.flags)}
 
 

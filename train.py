@@ -179,11 +179,12 @@ def main(args) -> dict:
         return dataset.listDataset(opts["train"], **training.sample_options(args, model))
 
     def make_evaluation(model, device, test_shape, seen):
-        test_set = dataset.listDataset(opts["valid"], train=False, shape=test_shape, resample=args.resample)
+        test_set = dataset.listDataset(opts["valid"], train=False, shape=test_shape, resample=args.resample,
+                                       input_filter=training.test_filter(args))
         evaluate = periodic_test(test_set, evaluation.load_eval_setup(args.datacfg), device, model.num_keypoints, fast,
                               args.box_rule)
-        extra_sets = [dataset.listDataset(s.valid_list, train=False, shape=test_shape, resample=args.resample)
-                      for _, s in extra_tests]
+        extra_sets = [dataset.listDataset(s.valid_list, train=False, shape=test_shape, resample=args.resample,
+                                          input_filter=training.test_filter(args)) for _, s in extra_tests]
 
         def evaluate_and_count(eval_model, epoch):
             result = evaluate(eval_model, epoch)

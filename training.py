@@ -131,12 +131,19 @@ def add_run_flags(p: argparse.ArgumentParser, *, main_job_epochs: int, loss_scal
     cli.add_resample(p)
     cli.add_box_rule(p, default_help=f"the recipe's (original: max; fast: {FAST.box_rule}); used by the evaluations "
                                      "and written to model_info.json for the scoring scripts and detect.py")
+    cli.add_input_filter(p, default_help="none (with --mesh: recipes.MESH's); used by the evaluations and written to "
+                                         "model_info.json for the scoring scripts and detect.py")
     p.add_argument("--bg-dir", default=None,
                    help="folder of background photos: e.g. VOC2012 JPEGImages, behind the object (default: procedural)")
     p.add_argument("--decay-bn-bias", type=int, default=1, help="0: no weight decay on BN and biases (D14)")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches: smoke tests")
     p.add_argument("--log-every", type=int, default=0, help="print the per-batch loss line every N batches")
     p.add_argument("--quiet", action="store_true", help="print less: no progress bar, network table or per-epoch lines")
+
+
+def test_filter(args) -> str:
+    """The input filter of the run's tests and of model_info.json (D69): --input-filter, else none."""
+    return getattr(args, "input_filter", None) or "none"
 
 
 def best_score(acc_5px: float, acc_10px: float) -> tuple[float, float]:
@@ -163,6 +170,7 @@ def check_run_numbers(args) -> None:
     cli.check_size("--train-size", args.train_size)
     cli.check_size("--final-size", getattr(args, "final_size", None))
     cli.check_size("--test-size", args.test_size)
+    cli.check_input_filter(getattr(args, "input_filter", None))
     if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
         raise FlagError(f"--minutes must be positive and finite (a time budget in minutes), found {args.minutes}")
     if (getattr(args, "final_size", None) is None) != (getattr(args, "final_epochs", None) is None):
@@ -511,7 +519,7 @@ def run(args, variant: Variant) -> dict:
     make_loader = loader_factory(args, train_set, batch, final_from, device=device, rank=rank, world=world)
     evaluate = variant.evaluation(model, device, test_shape, lambda: trainer.state["seen"])
     if rank == 0 and test_shape[0] == test_shape[1]:  # valid.py and detect.py test at the trained size (D56)
-        model_info.write_info(trainer.backup, args.modelcfg, test_shape[0], args.box_rule)
+        model_info.write_info(trainer.backup, args.modelcfg, test_shape[0], args.box_rule, test_filter(args))
     state = trainer.fit(make_loader, evaluate, epochs=epochs, budget_s=args.minutes * 60 if args.minutes else None,
                         eval_every=args.eval_every, meaningful_from=args.pretrain_num_epochs + 1)
     if rank == 0:

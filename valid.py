@@ -64,6 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_sizes(p, test=True, test_why="the size the weights were trained for, model_info.json beside them, else "
                                          "the cfg test_width x test_height")
     cli.add_box_rule(p)
+    cli.add_input_filter(p)
     p.add_argument("--all", nargs="?", const="cfg", default=None, metavar="DIR",
                    help="score every .data file in DIR (default cfg/; *occlusion* and *_fresh* skipped): one row each "
                         "and the mean")
@@ -140,8 +141,10 @@ def score_object(job: Job, args, device) -> tuple[dict, dict]:
 
     setup = job.setup
     model = load_model(args.modelcfg, job.weightfile, device)
-    size, rule = model_info.resolve(args, job.weightfile, args.modelcfg, (model.test_width, model.test_height))
-    test_set = dataset.listDataset(setup.valid_list, train=False, shape=size, resample=args.resample)
+    size, rule, in_filter = model_info.resolve(args, job.weightfile, args.modelcfg,
+                                               (model.test_width, model.test_height))
+    test_set = dataset.listDataset(setup.valid_list, train=False, shape=size, resample=args.resample,
+                                   input_filter=in_filter)
     if not args.quiet:
         log(f"Testing {setup.name}...")
         log(f"Number of test samples: {len(test_set)}")
@@ -150,6 +153,7 @@ def score_object(job: Job, args, device) -> tuple[dict, dict]:
                                 num_keypoints=model.num_keypoints, num_anchors=model.num_anchors,
                                 progress=not args.quiet, amp=args.amp, box_rule=rule)
     summary.update(model=str(args.modelcfg), weights=job.weightfile, test_size=list(size), box_rule=rule,
+                   input_filter=in_filter,
                    datacfg=str(job.datacfg),
                    batch_size=args.batch_size, device=str(device))
     records["image_paths"] = test_set.paths
@@ -169,6 +173,7 @@ def resolve_args(args) -> argparse.Namespace:
     cli.check_positive("--batch-size", args.batch_size)
     cli.check_positive("--workers", args.workers, minimum=0)
     cli.check_size("--test-size", args.test_size)
+    cli.check_input_filter(args.input_filter)
     return args
 
 

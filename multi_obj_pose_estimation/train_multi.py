@@ -229,7 +229,8 @@ def periodic_test(objects, args, device, test_shape, seen):
     """The periodic test of every object; the score is `training.best_score` of the mean 5 and 10 px
     accuracies: engine keeps a later model only when strictly better. The log names them as
     train.py's does, each object's under '<object>:' (plot_curve.py draws them)."""
-    loaders = [evaluation.occlusion_test_loader(o, test_shape, batch_size=8, resample=args.resample) for o in objects]
+    loaders = [evaluation.occlusion_test_loader(o, test_shape, batch_size=8, resample=args.resample,
+                                                input_filter=training.test_filter(args)) for o in objects]
 
     def evaluate(eval_model, epoch):
         result = test_all(eval_model, loaders, objects, device, args.conf_thresh, args.box_rule)

@@ -78,6 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_sizes(p, test=True, test_why="the size the weights were trained for, model_info.json beside them, else "
                                          "the cfg width x height")
     cli.add_box_rule(p)
+    cli.add_input_filter(p)
     cli.add_batch_size(p, default=1, what="per forward pass, boxes are chosen per image",
                        why="the original's; more is faster, with the same scores")
     cli.add_workers(p, default=0, why="loading in the scoring process")
@@ -98,6 +99,7 @@ def check_args(args) -> argparse.Namespace:
     cli.check_positive("--batch-size", args.batch_size)
     cli.check_positive("--workers", args.workers, minimum=0)
     cli.check_size("--test-size", args.test_size)
+    cli.check_input_filter(args.input_filter)
     if args.json:
         cli.check_output_file("--json", args.json)
     if not 0.0 <= args.conf_thresh < 1.0:
@@ -113,8 +115,10 @@ def main(args) -> list:
         objects = load_objects(args.datacfg, args.objects, args.diam, args.pnp)
         check_occlusion_test_images(objects)
         model = load_model(args.modelcfg, args.weightfile, device)
-        size, rule = model_info.resolve(args, args.weightfile, args.modelcfg, (model.test_width, model.test_height))
-        loaders = [occlusion_test_loader(o, size, args.batch_size, args.workers, args.resample) for o in objects]
+        size, rule, in_filter = model_info.resolve(args, args.weightfile, args.modelcfg,
+                                              (model.test_width, model.test_height))
+        loaders = [occlusion_test_loader(o, size, args.batch_size, args.workers, args.resample, in_filter)
+                   for o in objects]
         for o in objects:
             if o.class_id >= model.num_classes:
                 raise ValueError(f"{args.datacfg}: object {o.name!r} has class id {o.class_id} but {args.modelcfg} "
@@ -128,6 +132,7 @@ def main(args) -> list:
         summary, _ = evaluate_object(model, loader, obj, device, args.conf_thresh, progress=not args.quiet,
                                      box_rule=rule, select=args.select)
         summary.update(model=str(args.modelcfg), weights=str(args.weightfile), test_size=list(size), box_rule=rule,
+                       input_filter=in_filter,
                        select=args.select)
         summaries.append(summary)
         if not args.quiet:

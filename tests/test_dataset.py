@@ -79,6 +79,35 @@ def test_pad_targets():
 
 
 
+@pytest.mark.parametrize("spec, cv2_filter", [
+    ("median:5", lambda x: cv2.medianBlur(x, 5)),
+    ("gauss:1.5", lambda x: cv2.GaussianBlur(x, (0, 0), 1.5)),
+])
+def test_a_test_image_is_filtered_before_it_is_resized(small, spec, cv2_filter):
+    """input_filter (D69): the image as read, through image.input_filter, then resized."""
+    source = np.asarray(Image.open("LINEMOD/ape/JPEGImages/000001.png").convert("RGB"))
+    img, _ = ds.listDataset("LINEMOD/ape/train.txt", shape=(32, 24), input_filter=spec)[1]
+    filtered = cv2_filter(source)
+    expect = np.asarray(Image.fromarray(filtered).resize((32, 24), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal((img.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8), expect)
+    assert not np.array_equal(filtered, source)
+    with pytest.raises(ValueError, match="expected none, median:K"):
+        ds.listDataset("LINEMOD/ape/train.txt", shape=(32, 24), input_filter="median:2")
+
+
+def test_a_median_takes_away_a_thin_line_and_keeps_an_edge():
+    """Why median:5 (D69): a 2 px dark line on a flat object goes, the object's outline stays where it was."""
+    img = np.full((40, 40, 3), 200, np.uint8)
+    img[:, 20:] = 60  # an edge at x = 20
+    img[10:12, :18] = 0  # a 2 px line inside the bright half
+    out = im.input_filter(img, "median:5")
+    assert np.all(out[:, :18] == 200)  # the line is gone
+    np.testing.assert_array_equal(out[:, 19:21], img[:, 19:21])  # the edge has not moved
+    blurred = im.input_filter(img, "gauss:2")
+    assert blurred[11, 5, 0] < 150 and blurred[20, 19, 0] < 190  # a blur keeps the line and smears the edge
+    assert im.input_filter(img, "none") is img
+
+
 def test_object_name_is_the_grand_parent_folder():
     assert ds.object_name("LINEMOD/duck/JPEGImages/000005.jpg") == "duck"
 

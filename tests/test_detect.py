@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import dataset
 import detect
@@ -95,6 +96,25 @@ def test_the_trained_size_and_rule_are_the_defaults(setup, tmp_path):
     implicit = run_detect([*args, "--weightfile", run / "model.weights"])
     explicit = run_detect([*args, "--weightfile", setup["weights"], "--test-size", SIZE, "--box-rule", "vote"])
     assert implicit["frames"] == explicit["frames"]
+
+
+def test_the_input_filter_of_model_info_is_applied_as_valid_py_applies_it(setup, tmp_path):
+    import model_info
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(setup["weights"], run / "model.weights")
+    model_info.write_info(run, TRIAL3, SIZE, "vote", input_filter="median:7")
+    args = [setup["images"], "--datacfg", setup["datacfg"], "--modelcfg", TRIAL3, "--out", tmp_path / "o", "--quiet",
+            "--no-images"]
+    implicit = run_detect([*args, "--weightfile", run / "model.weights"])
+    explicit = run_detect([*args, "--weightfile", setup["weights"], "--test-size", SIZE, "--box-rule", "vote",
+                           "--input-filter", "median:7"])
+    plain = run_detect([*args, "--weightfile", run / "model.weights", "--input-filter", "none"])
+    assert implicit["frames"] == explicit["frames"] != plain["frames"]
+    rgb = np.asarray(Image.open(setup["paths"][0]).convert("RGB"))
+    tensor = dataset.listDataset(setup["paths"][:1], shape=(SIZE, SIZE), input_filter="median:7")[0][0]
+    torch.testing.assert_close(detect.preprocess(rgb, (SIZE, SIZE), "median:7")[0], tensor, rtol=0, atol=0)
 
 
 def test_video_writes_mp4_and_json(setup, tmp_path):

@@ -88,6 +88,7 @@ def test_the_one_command_renders_trains_and_prints_commands_that_run(one, monkey
     assert (backup / "model.weights").is_file() and state["epoch"] == 1
     info = json.loads((backup / "model_info.json").read_text())
     assert info["test_size"] == SIZE and info["box_rule"] == recipes.FAST.box_rule
+    assert info["input_filter"] == recipes.MESH.input_filter
     assert Path(info["modelcfg"]).name == Path(recipes.MESH.modelcfg).name
     # the printed valid.py command runs as written and scores the rendered test split (1 image)
     (summary,) = valid.main(valid.get_args_parser().parse_args(command(out, "valid.py")))

@@ -386,6 +386,12 @@ def test_main_job_trains_and_valid_multi_prints_the_table(occ, tmp_path, monkeyp
     again = valid_multi.main(valid_multi.get_args_parser().parse_args(bare + ["--quiet", "--batch-size", "2"]))
     assert [s["test_size"] for s in again] == [size] * 3 and [s["acc_px"] for s in again] == [s["acc_px"]
                                                                                             for s in summaries]
+    # the input filter too (D69): none from the run, median:5 when asked, and the scores change with it
+    assert [s["input_filter"] for s in again] == ["none"] * 3
+    median = valid_multi.main(valid_multi.get_args_parser().parse_args(
+        bare + ["--quiet", "--batch-size", "2", "--input-filter", "median:5"]))
+    assert [s["input_filter"] for s in median] == ["median:5"] * 3
+    assert [s["mean_err_2d"] for s in median] != [s["mean_err_2d"] for s in again]
 
 
 # --------------------------------------------------------------------------------------------

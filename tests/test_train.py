@@ -176,6 +176,28 @@ def test_the_image_cache_trains_the_same_model(synth, tmp_path):
     assert not (tmp_path / "original").exists()
 
 
+def test_the_input_filter_is_the_run_s_tests_and_goes_to_model_info(synth, tmp_path, monkeypatch):
+    """D69: --input-filter filters the images of the run's own tests and is written to model_info.json,
+    from where valid.py and detect.py take it."""
+    filters = []
+    real = dataset.listDataset
+
+    def spy(*args, **kw):
+        filters.append((kw.get("train", False), kw.get("input_filter", "none")))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(dataset, "listDataset", spy)
+    run_main(small_args(synth, tmp_path / "run", "--recipe", "fast", "--epochs", "1", "--max-batches", "1",
+                        "--input-filter", "median:3", "--also-valid", str(synth)))
+    assert filters == [(True, "none"), (False, "median:3"), (False, "median:3")]  # training, test, --also-valid
+    assert json.loads((tmp_path / "run" / "model_info.json").read_text())["input_filter"] == "median:3"
+    run_main(small_args(synth, tmp_path / "plain", "--recipe", "fast", "--epochs", "1", "--max-batches", "1"))
+    assert json.loads((tmp_path / "plain" / "model_info.json").read_text())["input_filter"] == "none"
+    with pytest.raises(FlagError, match="--input-filter median:4: expected none, median:K"):
+        run_main(small_args(synth, tmp_path / "bad", "--input-filter", "median:4"))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_final_phase_trains_the_last_epochs_at_the_final_size_and_tests_there(synth, tmp_path, monkeypatch):
     sizes = []
     real = dataset.make_train_loader

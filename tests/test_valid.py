@@ -385,7 +385,43 @@ def test_the_trained_size_and_rule_travel_with_the_weights(synth, trial3_weights
     assert plain["test_size"] == [416, 416] and plain["box_rule"] == "max"
 
 
+def test_the_input_filter_travels_with_the_weights_and_changes_what_the_network_sees(synth, trial3_weights, tmp_path):
+    weights = _info_weights(tmp_path, trial3_weights, input_filter="gauss:2.5")
+    args = (synth / "cfg" / "obj00.data", TRIAL3_CFG, weights, "--quiet", "--json")
+    (blurred,) = cli(*args, tmp_path / "b.json", "--save-predictions", tmp_path / "b")
+    (sharp,) = cli(*args, tmp_path / "s.json", "--save-predictions", tmp_path / "s", "--input-filter", "none")  # wins
+    (median,) = cli(*args, tmp_path / "m.json", "--save-predictions", tmp_path / "m", "--input-filter", "median:5")
+    assert blurred["input_filter"] == "gauss:2.5" and sharp["input_filter"] == "none"
+    assert median["input_filter"] == "median:5"
+    b, s = np.load(tmp_path / "b" / "predictions_obj00.npz"), np.load(tmp_path / "s" / "predictions_obj00.npz")
+    m = np.load(tmp_path / "m" / "predictions_obj00.npz")
+    assert not np.allclose(b["pr_px"], s["pr_px"]) and not np.allclose(m["pr_px"], s["pr_px"])
+    (tmp_path / "old").mkdir()
+    old = _info_weights(tmp_path / "old", trial3_weights)  # a file from before the field: no filter
+    info = json.loads((old.parent / "model_info.json").read_text())
+    del info["input_filter"]
+    (old.parent / "model_info.json").write_text(json.dumps(info))
+    (o,) = cli(synth / "cfg" / "obj00.data", TRIAL3_CFG, old, "--quiet", "--json", tmp_path / "o.json",
+               "--save-predictions", tmp_path / "o")
+    assert o["input_filter"] == "none" and o["test_size"] == [TEST_SIZE, TEST_SIZE] and o["box_rule"] == "vote"
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "predictions_obj00.npz")["pr_px"], s["pr_px"])
+
+
+@pytest.mark.parametrize("value", ["median:4", "median:17", "median", "gauss:0", "gauss:21", "gauss:nan", "box:3",
+                                   "none:1"])
+def test_an_input_filter_it_cannot_apply_is_a_flag_error(synth, trial3_weights, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(lambda argv: valid.main(valid.get_args_parser().parse_args(argv)),
+                [str(synth / "cfg" / "obj00.data"), TRIAL3_CFG, str(trial3_weights), "--input-filter", value],
+                prog="valid.py")
+    assert exit_.value.code == 2
+    assert (f"--input-filter {value}: expected none, median:K (K odd, 3 to 15) or gauss:SIGMA (0 to 20 pixels)"
+            in capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("change, message", [
+    ({"input_filter": "median:6"}, "input_filter = 'median:6': expected none, median:K (K odd, 3 to 15)"),
+    ({"input_filter": 5}, "input_filter = 5: expected a string"),
     ({"test_size": 100}, "test_size = 100 is out of range; expected a multiple of 32 from 32 to 4096"),
     ({"test_size": 10**6}, "test_size = 1000000 is out of range"),  # issue 36: it ran out of memory
     ({"box_rule": "median"}, "box_rule = 'median'"),
@@ -400,7 +436,7 @@ def test_a_bad_model_info_warns_and_falls_back_to_the_cfg(synth, trial3_weights,
     with pytest.warns(UserWarning, match=re.escape(message)) as caught:
         (s,) = cli(synth / "cfg" / "obj00.data", TRIAL3_CFG, weights, "--quiet", "--test-size", TEST_SIZE)
     assert "model_info.json" in str(caught[0].message)
-    assert s["test_size"] == [TEST_SIZE, TEST_SIZE] and s["box_rule"] == "max"
+    assert s["test_size"] == [TEST_SIZE, TEST_SIZE] and s["box_rule"] == "max" and s["input_filter"] == "none"
 
 
 def test_csv_append_keeps_one_header(synth, trial3_weights, tmp_path, capsys):
