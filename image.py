@@ -29,8 +29,7 @@ OVERLAP_MASK_THRESHOLD = 200
 
 # a Gaussian sigma under it changes no uint8 pixel much: the blur is skipped (renders, test images)
 BLUR_NEGLIGIBLE_PX = 0.05
-# D69: the filters a test image can go through before it is resized (`input_filter`), and their limits
-INPUT_FILTERS = ("none", "median", "gauss")
+# D69: the limits of the filters a test image can go through before it is resized (`input_filter`)
 MAX_MEDIAN_PX = 15  # a wider median erases a LINEMOD object at 640x480
 MAX_GAUSS_PX = 20.0  # a wider blur leaves no object to see
 
