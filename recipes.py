@@ -246,7 +246,7 @@ MESH = MeshJob(
     test_size=416,  # tested at the size it trains at
     epochs=12,  # an epoch budget: the same model on every machine (design §7.6)
     eval_every=3,  # four tests: model.weights is the best of them (training.best_score)
-    input_filter="median:5",  # real photos: the can 2/15 -> 5/15 frames within 10 px (docs/results.md, D69)
+    input_filter="median:5",  # real frames within 10 px: can 2 -> 5 of 15, ape 13 -> 10 (D69, docs/results.md)
 )
 # Several meshes: the multi-object main job's network and sample (train_multi.py, D65) on rendered scenes.
 MESH_MULTI = MeshJob(

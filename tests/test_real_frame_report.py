@@ -107,7 +107,7 @@ def test_the_committed_real_frame_tables_are_the_reports_of_their_records(root):
         for row in rows[:-1]:  # the README's table: each object's 10 px accuracy with its interval
             lo, hi = row["acc_10px_ci95"]
             assert f"| {row['acc_10px']:.1f} [{lo:.0f}, {hi:.0f}] |" in readme, (stem, row["object"])
-        for history in ("first_defaults", "upright_neighbours"):  # earlier defaults' figures, kept
+        for history in ("first_defaults", "upright_neighbours", "sharp_shapes"):  # earlier defaults' figures, kept
             earlier = folder / history / f"{stem}.json"
             assert rfr.markdown(json.loads(earlier.read_text())) == (folder / history / f"{stem}.md").read_text()
             assert rfr.markdown(json.loads(earlier.read_text())) in results
